@@ -1,0 +1,31 @@
+# flanpipe: FLAN-style instruction tuning as a Snakemake workflow.
+# This file is the table of contents; every stage lives in rules/<stage>.smk and every real
+# function in the flanpipe package. Run `snakemake --cores 2 all` (embedded default) or
+# `snakemake --profile slurm all` on a cluster.
+from snakemake.utils import min_version, validate
+
+from flanpipe.config import parse_config
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+# One typed model of the config, validated before any job runs (clear error naming the key), and
+# the JSON schema generated from that model, for Snakemake's own validation.
+CFG = parse_config(config)
+validate(config, "config/config.schema.json")
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+
+
+rule all:
+    input:
+        get_raw_outputs(),

@@ -1,0 +1,134 @@
+"""The ``flanpipe`` command: every stage function, reachable without Snakemake.
+
+    flanpipe datasets [--cluster nli] [--embedded] [--json]
+    flanpipe download --dataset rte [--config config/config.yaml] [--out data/raw/rte]
+    flanpipe check-config [--config config/config.yaml]
+    flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flanpipe.config import ConfigError, json_schema_text, load_config
+from flanpipe.download import DownloadError
+from flanpipe.logs import setup_logging
+from flanpipe.registry import embedded_datasets, load_registry
+from flanpipe.validate import SchemaError
+
+DEFAULT_CONFIG = "config/config.yaml"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    reg = load_registry()
+    embedded = set(embedded_datasets())
+    clusters = args.cluster or list(reg.clusters)
+    unknown = [c for c in clusters if c not in reg.clusters]
+    if unknown:
+        print(f"unknown cluster(s) {unknown}; allowed: {list(reg.clusters)}", file=sys.stderr)
+        return 2
+    names = [n for n in reg.datasets_in(clusters) if not args.embedded or n in embedded]
+    if args.json:
+        out = [reg.datasets[n].model_dump(mode="json") | {"embedded": n in embedded} for n in names]
+        print(json.dumps(out, indent=2))
+        return 0
+    rows = []
+    for n in names:
+        s = reg.datasets[n]
+        hub = f"{s.hub.id}:{s.hub.config}" if s.hub.config else (s.hub.id or "-")
+        if not s.available_on_hub:
+            hub = f"(local only) {hub if s.hub.id else ''}".strip()
+        rows.append([n, s.cluster, s.task.type, s.metric, f"{s.splits.train or '-'}/{s.splits.eval or '-'}",
+                     "yes" if n in embedded else "", hub])
+    print(_table(rows, ["dataset", "cluster", "task", "metric", "train/eval", "embedded", "hub"]))
+    papers = {reg.datasets[n].paper_name for n in names}
+    print(f"\n{len(names)} registry entries, {len(papers)} paper datasets, "
+          f"{len({reg.datasets[n].cluster for n in names})} clusters")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from flanpipe.download import download_dataset
+
+    cfg = load_config(args.config)
+    out = args.out or f"data/raw/{args.dataset}"
+    download_dataset(args.dataset, cfg.download.source_for(args.dataset), out, cfg.seed)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    print(f"{args.config}: ok ({len(cfg.dataset_names())} datasets, held out: "
+          f"{', '.join(cfg.heldout_clusters)})")
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    text = json_schema_text()
+    if args.check:
+        if Path(args.check).read_text(encoding="utf-8") != text:
+            print(f"{args.check} is out of date: run `flanpipe config-schema --output {args.check}`",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flanpipe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list the dataset registry")
+    p.add_argument("--cluster", action="append", help="only this cluster (repeatable)")
+    p.add_argument("--embedded", action="store_true", help="only datasets with embedded demo data")
+    p.add_argument("--json", action="store_true", help="full entries as JSON")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("download", help="download one dataset into raw Parquet")
+    p.add_argument("--dataset", required=True, choices=list(load_registry().datasets),
+                   metavar="NAME")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--out", help="output directory (default data/raw/NAME)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("config-schema", help="print the config's JSON schema")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--output", help="write it here")
+    g.add_argument("--check", help="exit 1 if this file differs from the generated schema")
+    p.set_defaults(func=cmd_config_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"flanpipe: {err}", file=sys.stderr)
+        return 2
+    except (DownloadError, SchemaError) as err:
+        print(f"flanpipe: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

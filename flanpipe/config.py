@@ -1,0 +1,188 @@
+"""The typed model of the whole flanpipe config, validated once.
+
+``config/config.yaml`` is the embedded default. Snakemake loads it, :func:`parse_config` turns it into a
+:class:`Config` (or raises :class:`ConfigError` naming the bad key and what is allowed), and the JSON
+schema generated from the model (``config/config.schema.json``, ``flanpipe config-schema``) is also
+given to Snakemake's ``validate()``.
+
+>>> parse_config({"seed": 7}).seed
+7
+>>> parse_config({"seed": -1})
+Traceback (most recent call last):
+...
+flanpipe.config.ConfigError: invalid config:
+  - seed: Input should be greater than or equal to 0 (got -1)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flanpipe.registry import embedded_datasets, load_registry
+
+SourceKind = Literal["embedded", "hub", "local"]
+
+
+class ConfigError(ValueError):
+    """A config value is not allowed; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class SourceSpec(_Section):
+    """Where one dataset's raw data comes from."""
+
+    kind: SourceKind = "embedded"
+    """`embedded` (demo data shipped in the package), `hub` (Hugging Face `datasets.load_dataset`) or
+    `local` (files in the dataset's hub schema under `path`)."""
+    revision: str | None = None
+    """hub only: a commit sha, tag or branch to pin; overrides the registry's pinned revision."""
+    path: str | None = None
+    """local only: a directory holding `{split}.parquet`, `{split}.jsonl` or `{split}.csv` for each
+    hub split name the registry lists (e.g. `train.jsonl`, `validation.jsonl`)."""
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> SourceSpec:
+        if self.kind == "local" and not self.path:
+            raise ValueError("kind 'local' needs 'path' (a directory with {split}.parquet|jsonl|csv)")
+        if self.kind != "local" and self.path:
+            raise ValueError(f"'path' is only used with kind 'local', not {self.kind!r}")
+        if self.kind != "hub" and self.revision:
+            raise ValueError(f"'revision' is only used with kind 'hub', not {self.kind!r}")
+        return self
+
+
+class DownloadConfig(_Section):
+    """Stage 1: fetch each dataset's train and eval split into raw Parquet."""
+
+    default_source: SourceKind = "embedded"
+    """Source for every dataset not listed in `sources`."""
+    sources: dict[str, SourceSpec] = Field(default_factory=dict)
+    """Per-dataset overrides, keyed by registry name, e.g. `{rte: {kind: hub, revision: main}}`."""
+
+    @field_validator("sources")
+    @classmethod
+    def _known_datasets(cls, sources: dict[str, SourceSpec]) -> dict[str, SourceSpec]:
+        known = load_registry().datasets
+        unknown = sorted(set(sources) - set(known))
+        if unknown:
+            raise ValueError(f"unknown dataset(s) {unknown}; allowed: registry names "
+                             "(see `flanpipe datasets`)")
+        return sources
+
+    def source_for(self, dataset: str) -> SourceSpec:
+        """The source to read ``dataset`` from."""
+        return self.sources.get(dataset, SourceSpec(kind=self.default_source))
+
+
+class Config(_Section):
+    """The whole flanpipe config. Every stage reads only its own section."""
+
+    seed: int = Field(1234, ge=0, le=2**31 - 1)
+    """The one seed of a run; each stage and dataset derives its own from it (seed + crc32(name))."""
+    datasets: Literal["embedded", "all"] | list[str] = "embedded"
+    """Datasets this run uses: `embedded` (those with demo data in the package), `all` (the whole
+    registry: needs `download.default_source: hub` or local files) or a list of registry names."""
+    heldout_clusters: list[str] = Field(
+        default_factory=lambda: ["nli", "commonsense", "closed_book_qa"])
+    """Clusters to hold out, one instruction-tuned model each (leave-one-cluster-out); an `all`
+    model trained on every cluster is always added."""
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+
+    @field_validator("datasets")
+    @classmethod
+    def _known_dataset_list(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            known = load_registry().datasets
+            unknown = [d for d in value if d not in known]
+            if unknown:
+                raise ValueError(f"unknown dataset(s) {unknown}; allowed: 'embedded', 'all' or "
+                                 "registry names (see `flanpipe datasets`)")
+            if not value:
+                raise ValueError("the dataset list is empty")
+        return value
+
+    @field_validator("heldout_clusters")
+    @classmethod
+    def _known_clusters(cls, value: list[str]) -> list[str]:
+        clusters = list(load_registry().clusters)
+        unknown = [c for c in value if c not in clusters]
+        if unknown:
+            raise ValueError(f"unknown cluster(s) {unknown}; allowed: {clusters}")
+        if len(set(value)) != len(value):
+            raise ValueError("a cluster is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _sources_are_usable(self) -> Config:
+        embedded = set(embedded_datasets())
+        for name in self.dataset_names():
+            if self.download.source_for(name).kind == "embedded" and name not in embedded:
+                raise ValueError(
+                    f"download.sources.{name}.kind: dataset {name!r} is used with the embedded "
+                    f"source but has no embedded demo data (embedded: {sorted(embedded)}); "
+                    "allowed for it: 'hub' or 'local'")
+        return self
+
+    def dataset_names(self) -> list[str]:
+        """The registry names this run uses, in registry order."""
+        if self.datasets == "embedded":
+            return embedded_datasets()
+        if self.datasets == "all":
+            return list(load_registry().datasets)
+        order = list(load_registry().datasets)
+        return sorted(self.datasets, key=order.index)
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and ("[" in part or part.startswith(("function-", "literal")))
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        # union members appear in the location as type tags (`list[str]`); a reader wants the key
+        key = ".".join(str(p) for p in e["loc"] if not _is_type_tag(p))
+        msg = e["msg"].removeprefix("Value error, ")
+        if not key:  # a check across keys names its key in the message itself
+            lines.append(f"  - {msg}")
+            continue
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against config/config.yaml)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict | list) or e["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"  - {key}: {msg}{shown}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any] | None) -> Config:
+    """Validate a config mapping (as Snakemake or YAML gives it) into a :class:`Config`."""
+    try:
+        return Config.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    with open(path, encoding="utf-8") as f:
+        return parse_config(yaml.safe_load(f))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of :class:`Config` used by Snakemake's ``validate()``."""
+    schema = Config.model_json_schema()
+    # The draft identifier tells jsonschema (and Snakemake's validate) which dialect this is.
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

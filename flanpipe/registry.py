@@ -1,0 +1,246 @@
+"""The FLAN dataset registry: 62 paper datasets in 12 task clusters, as data.
+
+The registry lives in ``flanpipe/data/registry/{clusters,datasets}.yaml``. This module loads it once,
+validates it with typed models and answers the questions the stages ask: which datasets form a
+cluster, which clusters leave training when one is held out, what a dataset's schema is.
+
+>>> reg = load_registry()
+>>> reg.datasets["rte"].cluster
+'nli'
+>>> sorted(reg.training_clusters("nli"))[:3]
+['closed_book_qa', 'commonsense', 'coreference']
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from importlib import resources
+from typing import Any, Literal
+
+import pyarrow as pa
+import yaml
+from pydantic import BaseModel, ConfigDict, model_validator
+
+SCALAR_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+}
+METRICS = ("accuracy", "f1", "matthews_corr", "squad", "bleu", "rouge", "pearson_spearman")
+# Columns the download stage adds to every raw table; no dataset may declare them.
+RESERVED_FIELDS = ("row_index",)
+
+
+class RegistryError(ValueError):
+    """The registry data is inconsistent (a bug in the YAML files, not in user input)."""
+
+
+def arrow_type(spec: Any) -> pa.DataType:
+    """Turn a feature type written in the registry's small type language into an Arrow type.
+
+    >>> arrow_type("list<string>")
+    ListType(list<item: string>)
+    >>> arrow_type({"de": "string", "en": "string"})
+    StructType(struct<de: string, en: string>)
+    """
+    if isinstance(spec, str):
+        if spec in SCALAR_TYPES:
+            return SCALAR_TYPES[spec]
+        if spec.startswith("list<") and spec.endswith(">"):
+            return pa.list_(arrow_type(spec[5:-1]))
+        raise RegistryError(f"unknown feature type {spec!r}; allowed: {sorted(SCALAR_TYPES)}, "
+                            "list<T>, a mapping (struct) or a one-element list (list of T)")
+    if isinstance(spec, dict):
+        return pa.struct([pa.field(name, arrow_type(sub)) for name, sub in spec.items()])
+    if isinstance(spec, list) and len(spec) == 1:
+        return pa.list_(arrow_type(spec[0]))
+    raise RegistryError(f"cannot read feature type {spec!r}")
+
+
+def field_type(schema: pa.Schema, path: str) -> pa.DataType:
+    """The Arrow type at a dotted path (``translation.de``), looking through lists of structs."""
+    head, *rest = path.split(".")
+    if head not in schema.names:
+        raise KeyError(path)
+    typ = schema.field(head).type
+    for part in rest:
+        while pa.types.is_list(typ):
+            typ = typ.value_type
+        if not pa.types.is_struct(typ) or typ.get_field_index(part) < 0:
+            raise KeyError(path)
+        typ = typ.field(part).type
+    return typ
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cluster(_Strict):
+    name: str
+    excludes: tuple[str, ...] = ()
+
+
+class HubSource(_Strict):
+    id: str | None
+    config: str | None = None
+    revision: str | None = None
+
+
+class Splits(_Strict):
+    """Hub split names per role; a train-only (ParaCrawl) or eval-only (WSC273) dataset has one."""
+
+    train: str | None
+    eval: str | None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Splits:
+        if not self.train and not self.eval:
+            raise ValueError("a dataset needs a train split, an eval split or both")
+        return self
+
+
+class Task(_Strict):
+    type: Literal["classification", "multiple_choice", "generation"]
+    label_field: str | None = None
+    labels: tuple[str, ...] | None = None
+    label_values: tuple[Any, ...] | None = None
+    choices: str | tuple[str, ...] | None = None
+    label_in: str | None = None
+    targets: tuple[str, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> Task:
+        if self.type == "classification":
+            if not self.label_field or not self.labels:
+                raise ValueError("classification needs label_field and labels")
+        elif self.type == "multiple_choice":
+            if not self.label_field or not self.choices:
+                raise ValueError("multiple_choice needs label_field and choices")
+        elif not self.targets:
+            raise ValueError("generation needs targets")
+        if self.label_values is not None:
+            n = len(self.labels) if self.labels else None
+            if isinstance(self.choices, tuple):
+                n = len(self.choices)
+            if n is not None and len(self.label_values) != n:
+                raise ValueError(f"label_values has {len(self.label_values)} entries, expected {n}")
+        return self
+
+
+class DatasetSpec(_Strict):
+    """One registry entry: where a dataset comes from, its schema and its task."""
+
+    name: str
+    paper_name: str
+    cluster: str
+    description: str
+    hub: HubSource
+    available_on_hub: bool
+    local_instructions: str | None = None
+    splits: Splits
+    features: dict[str, Any]
+    id_field: str | None = None
+    text_fields: tuple[str, ...]
+    task: Task
+    metric: Literal[METRICS]  # type: ignore[valid-type]
+
+    @functools.cached_property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema of the dataset's declared features, in declaration order."""
+        return pa.schema([pa.field(k, arrow_type(v)) for k, v in self.features.items()])
+
+    @property
+    def split_roles(self) -> dict[str, str]:
+        """``{"train": hub split, "eval": hub split}`` for the roles this dataset has."""
+        roles = {"train": self.splits.train, "eval": self.splits.eval}
+        return {role: split for role, split in roles.items() if split}
+
+    def referenced_paths(self) -> list[str]:
+        """Every field path the entry names outside ``features``."""
+        task = self.task
+        paths = list(self.text_fields) + list(task.targets or ())
+        paths += [p for p in (task.label_field, task.label_in, self.id_field) if p]
+        if isinstance(task.choices, str):
+            paths.append(task.choices)
+        elif task.choices:
+            paths.extend(task.choices)
+        return paths
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> DatasetSpec:
+        if not self.available_on_hub and not self.local_instructions:
+            raise ValueError("a dataset with no hub copy needs local_instructions")
+        for reserved in RESERVED_FIELDS:
+            if reserved in self.features:
+                raise ValueError(f"feature name {reserved!r} is reserved")
+        for path in self.referenced_paths():
+            try:
+                field_type(self.schema, path)
+            except KeyError:
+                raise ValueError(f"field path {path!r} is not among the features") from None
+        return self
+
+
+class Registry(_Strict):
+    clusters: dict[str, Cluster]
+    datasets: dict[str, DatasetSpec]
+
+    @model_validator(mode="after")
+    def _check_links(self) -> Registry:
+        for name, spec in self.datasets.items():
+            if spec.cluster not in self.clusters:
+                raise ValueError(f"dataset {name}: unknown cluster {spec.cluster!r}")
+        for name, cluster in self.clusters.items():
+            for other in cluster.excludes:
+                if other not in self.clusters:
+                    raise ValueError(f"cluster {name}: excludes unknown cluster {other!r}")
+                if name not in self.clusters[other].excludes:
+                    raise ValueError(f"exclusion {name} -> {other} is not symmetric")
+        return self
+
+    def datasets_in(self, clusters: Iterable[str]) -> list[str]:
+        """Registry keys of the datasets in ``clusters``, in registry order."""
+        wanted = set(clusters)
+        return [name for name, spec in self.datasets.items() if spec.cluster in wanted]
+
+    def excluded_clusters(self, heldout: str) -> list[str]:
+        """The held-out cluster plus every cluster it excludes from training."""
+        if heldout not in self.clusters:
+            raise KeyError(heldout)
+        return [heldout, *self.clusters[heldout].excludes]
+
+    def training_clusters(self, heldout: str) -> list[str]:
+        """Clusters a model evaluated on ``heldout`` may train on (leave-one-cluster-out).
+
+        ``heldout="all"`` trains on every cluster.
+        """
+        if heldout == "all":
+            return list(self.clusters)
+        dropped = set(self.excluded_clusters(heldout))
+        return [c for c in self.clusters if c not in dropped]
+
+
+def _read_yaml(name: str) -> Any:
+    text = resources.files("flanpipe").joinpath("data/registry", name).read_text("utf-8")
+    return yaml.safe_load(text)
+
+
+@functools.cache
+def load_registry() -> Registry:
+    """Load and validate the registry shipped with the package (cached)."""
+    clusters = _read_yaml("clusters.yaml")["clusters"]
+    datasets = _read_yaml("datasets.yaml")["datasets"]
+    return Registry(
+        clusters=clusters,
+        datasets={name: {"name": name, **entry} for name, entry in datasets.items()},
+    )
+
+
+def embedded_datasets() -> list[str]:
+    """Registry keys of the datasets the package ships demo data for, in registry order."""
+    root = resources.files("flanpipe").joinpath("data/embedded")
+    present = {p.name for p in root.iterdir() if p.is_dir() and any(p.iterdir())}
+    return [name for name in load_registry().datasets if name in present]

@@ -1,0 +1,296 @@
+"""Check raw rows against a dataset's registry schema; quarantine bad rows with their reasons.
+
+A row is rejected when a declared field is missing (null), has the wrong type, a text field is
+empty, or its label is out of range for the task. Rejected rows keep their original content (as
+JSON) and position, so nothing is dropped silently.
+
+Columns are converted with one Arrow cast each; only a column whose cast fails is walked value by
+value, to find the rows at fault.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flanpipe.registry import DatasetSpec
+
+REJECTED_SCHEMA = pa.schema([
+    pa.field("split", pa.string()),
+    pa.field("row_index", pa.int64()),
+    pa.field("kind", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("row", pa.string()),
+])
+REJECT_KINDS = ("invalid_json", "wrong_type", "missing_field", "empty_text", "label_out_of_range")
+
+
+class SchemaError(ValueError):
+    """The source does not have the dataset's schema at all (not a bad row: a wrong file)."""
+
+
+@dataclass
+class CheckedSplit:
+    """The outcome of checking one split: the rows kept and the rows quarantined."""
+
+    table: pa.Table
+    rejected: pa.Table
+    rows_read: int
+    extra_columns: list[str] = field(default_factory=list)
+
+    def rejected_by_kind(self) -> dict[str, int]:
+        return dict(Counter(self.rejected.column("kind").to_pylist()))
+
+
+# --- value conformance ---------------------------------------------------------------------------
+
+def _type_name(typ: pa.DataType) -> str:
+    if pa.types.is_list(typ):
+        return f"list<{_type_name(typ.value_type)}>"
+    if pa.types.is_struct(typ):
+        return "struct{" + ", ".join(f.name for f in typ) + "}"
+    return {pa.int64(): "int", pa.float64(): "float", pa.bool_(): "bool", pa.string(): "string"}[typ]
+
+
+def _conform_value(value: Any, typ: pa.DataType) -> tuple[Any, bool]:
+    """Return ``(converted, ok)`` for one Python value against an Arrow type (None is ok)."""
+    if value is None:
+        return None, True
+    if pa.types.is_list(typ):
+        if not isinstance(value, list | tuple):
+            return None, False
+        out = [_conform_value(v, typ.value_type) for v in value]
+        return [v for v, _ in out], all(ok for _, ok in out)
+    if pa.types.is_struct(typ):
+        if not isinstance(value, dict):
+            return None, False
+        out = {f.name: _conform_value(value.get(f.name), f.type) for f in typ}
+        return {k: v for k, (v, _) in out.items()}, all(ok for _, ok in out.values())
+    if typ == pa.string():
+        return (value, True) if isinstance(value, str) else (None, False)
+    if typ == pa.bool_():
+        return (value, True) if isinstance(value, bool) else _parse_scalar(value, typ)
+    if typ == pa.int64():
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, True
+        return _parse_scalar(value, typ)
+    if typ == pa.float64():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value), True
+        return _parse_scalar(value, typ)
+    raise TypeError(typ)
+
+
+def _parse_scalar(value: Any, typ: pa.DataType) -> tuple[Any, bool]:
+    """Strings that parse as the declared scalar (CSV cells, ``"1"``) are accepted."""
+    if not isinstance(value, str):
+        return None, False
+    try:
+        return pa.scalar(value.strip(), pa.string()).cast(typ).as_py(), True
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None, False
+
+
+def _conform_column(values: pa.Array | list[Any], typ: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """Convert a column to ``typ``; return the array and a mask of rows whose value did not fit."""
+    try:
+        if isinstance(values, list):
+            arr = pa.array(values, type=typ)
+        else:
+            arr = values.cast(typ, safe=True)
+        # pa.array accepts bools for numbers and numbers for bools; recheck those rows strictly.
+        if not isinstance(values, list) or not _has_bool_number_mix(values, typ):
+            return arr, np.zeros(len(arr), dtype=bool)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, OverflowError):
+        pass
+    py = values if isinstance(values, list) else values.to_pylist()
+    converted, bad = [], np.zeros(len(py), dtype=bool)
+    for i, v in enumerate(py):
+        conv, ok = _conform_value(v, typ)
+        converted.append(conv)
+        bad[i] = not ok
+    return pa.array(converted, type=typ), bad
+
+
+def _has_bool_number_mix(values: list[Any], typ: pa.DataType) -> bool:
+    if typ in (pa.int64(), pa.float64()):
+        return any(isinstance(v, bool) for v in values)
+    if typ == pa.bool_():
+        return any(v is not None and not isinstance(v, bool) for v in values)
+    return False
+
+
+# --- nested access -------------------------------------------------------------------------------
+
+def leaves_at(table: pa.Table, path: str) -> tuple[pa.Array, np.ndarray]:
+    """The leaf values at a dotted path and, for each, the row it came from.
+
+    Lists are flattened on the way down, so ``choices.text`` on ``{"text": ["a", "b"]}`` gives two
+    leaves from the same row.
+    """
+    head, *rest = path.split(".")
+    arr = table.column(head).combine_chunks()
+    parents = np.arange(len(arr), dtype=np.int64)
+    for part in [*rest, None]:
+        while pa.types.is_list(arr.type):
+            parents = parents[pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)]
+            arr = pc.list_flatten(arr)
+        if part is not None:
+            arr = pc.struct_field(arr, part)
+    return arr, parents
+
+
+def _rows_with(parents: np.ndarray, mask: np.ndarray | pa.Array, n_rows: int) -> np.ndarray:
+    """A row mask that is True where any leaf of the row has ``mask`` set."""
+    mask = np.asarray(mask, dtype=bool)
+    return np.bincount(parents[mask], minlength=n_rows).astype(bool)
+
+
+def _leaf_count(parents: np.ndarray, n_rows: int) -> np.ndarray:
+    return np.bincount(parents, minlength=n_rows)
+
+
+def _blank(arr: pa.Array) -> np.ndarray:
+    """True where a string leaf is null, empty or only white space."""
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0)
+    return pc.fill_null(blank, True).to_numpy(zero_copy_only=False)
+
+
+# --- the check -----------------------------------------------------------------------------------
+
+class _Reasons:
+    def __init__(self, n: int):
+        self.by_row: dict[int, list[tuple[str, str]]] = {}
+        self.n = n
+
+    def add(self, mask: np.ndarray, kind: str, reason: str) -> None:
+        for i in np.flatnonzero(mask):
+            self.by_row.setdefault(int(i), []).append((kind, reason))
+
+    def flagged(self) -> np.ndarray:
+        mask = np.zeros(self.n, dtype=bool)
+        mask[list(self.by_row)] = True
+        return mask
+
+
+def check_split(
+    source: pa.Table | list[dict[str, Any] | None],
+    spec: DatasetSpec,
+    split: str,
+    bad_lines: dict[int, str] | None = None,
+) -> CheckedSplit:
+    """Check one split against ``spec``.
+
+    ``source`` is an Arrow table or a list of records (``None`` where a line could not be parsed;
+    its raw text and parse error are in ``bad_lines``). Returns the valid rows in the declared
+    schema plus a ``row_index`` column (their position in the source), and the rejected rows.
+    """
+    bad_lines = bad_lines or {}
+    is_records = isinstance(source, list)
+    n = len(source) if is_records else source.num_rows
+    reasons = _Reasons(n)
+    if is_records:
+        present = {k for rec in source if rec for k in rec}
+    else:
+        present = set(source.column_names)
+    missing = [name for name in spec.features if name not in present]
+    if missing and n > len(bad_lines):
+        raise SchemaError(
+            f"{spec.name} [{split}]: the source has no column(s) {missing}; expected the hub schema "
+            f"{list(spec.features)}, found {sorted(present)}")
+    extra = sorted(present - set(spec.features))
+
+    reasons.add(np.isin(np.arange(n), list(bad_lines)), "invalid_json", "line is not valid JSON")
+    columns = []
+    for fld in spec.schema:
+        if is_records:
+            values = [rec.get(fld.name) if rec else None for rec in source]
+        else:
+            values = source.column(fld.name).combine_chunks()
+        arr, wrong = _conform_column(values, fld.type)
+        reasons.add(wrong, "wrong_type", f"field {fld.name!r} is not of type {_type_name(fld.type)}")
+        null = arr.is_null().to_numpy(zero_copy_only=False) & ~wrong
+        if bad_lines:
+            null[list(bad_lines)] = False
+        reasons.add(null, "missing_field", f"field {fld.name!r} is missing")
+        columns.append(arr)
+    table = pa.Table.from_arrays(columns, schema=spec.schema)
+    _check_content(table, spec, reasons)
+
+    keep = ~reasons.flagged()
+    valid = table.filter(pa.array(keep)).append_column(
+        "row_index", pa.array(np.flatnonzero(keep), type=pa.int64()))
+    return CheckedSplit(valid, _rejected_table(source, split, reasons, bad_lines), n, extra)
+
+
+def _check_content(table: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> None:
+    """Empty text and label range, on rows whose fields are all present."""
+    n = table.num_rows
+    task = spec.task
+    text_paths = list(spec.text_fields)
+    if task.type == "multiple_choice":
+        text_paths += [task.choices] if isinstance(task.choices, str) else list(task.choices)
+    if task.type == "generation":
+        text_paths += [p for p in task.targets
+                       if pa.types.is_string(table.schema.field(p.split(".")[0]).type)]
+    for path in dict.fromkeys(text_paths):
+        leaves, parents = leaves_at(table, path)
+        if not pa.types.is_string(leaves.type):
+            continue
+        empty = _rows_with(parents, _blank(leaves), n) | (_leaf_count(parents, n) == 0)
+        empty &= table.column(path.split(".")[0]).is_valid().to_numpy(zero_copy_only=False)
+        reasons.add(empty, "empty_text", f"text field {path!r} is empty")
+
+    if task.type == "generation":
+        return
+    label, _ = leaves_at(table, task.label_field)
+    present = label.is_valid().to_numpy(zero_copy_only=False)
+    if task.label_values is not None:
+        index = pc.index_in(label, value_set=pa.array(task.label_values, type=label.type))
+    elif task.label_in is None:
+        index = label
+    else:
+        index = None
+    if task.type == "classification":
+        n_classes = np.full(n, len(task.labels))
+        allowed = f"one of {list(task.label_values or range(len(task.labels)))}"
+    elif isinstance(task.choices, tuple):
+        n_classes = np.full(n, len(task.choices))
+        allowed = f"one of {list(task.label_values or range(len(task.choices)))}"
+    else:
+        _, parents = leaves_at(table, task.choices)
+        n_classes = _leaf_count(parents, n)
+        allowed = f"an index into {task.choices!r}"
+    if index is None:  # the label must appear in a per-row list (ARC's answerKey in choices.label)
+        keys, parents = leaves_at(table, task.label_in)
+        row_label = pc.take(label, pa.array(parents))
+        ok = _rows_with(parents, pc.fill_null(pc.equal(keys, row_label), False), n)
+        allowed = f"a value of {task.label_in!r}"
+    else:
+        idx = pc.fill_null(index, -1).to_numpy(zero_copy_only=False)
+        ok = (idx >= 0) & (idx < n_classes)
+    reasons.add(present & ~ok, "label_out_of_range",
+                f"label field {task.label_field!r} is out of range: must be {allowed}")
+
+
+def _rejected_table(source, split: str, reasons: _Reasons, bad_lines: dict[int, str]) -> pa.Table:
+    rows = sorted(reasons.by_row)
+    if isinstance(source, list):
+        originals = [source[i] for i in rows]
+    else:
+        originals = source.take(pa.array(rows, type=pa.int64())).to_pylist() if rows else []
+    texts = [bad_lines[i] if i in bad_lines else json.dumps(rec, default=str, ensure_ascii=False)
+             for i, rec in zip(rows, originals, strict=True)]
+    return pa.Table.from_pydict({
+        "split": [split] * len(rows),
+        "row_index": rows,
+        "kind": [reasons.by_row[i][0][0] for i in rows],
+        "reason": ["; ".join(r for _, r in reasons.by_row[i]) for i in rows],
+        "row": texts,
+    }, schema=REJECTED_SCHEMA)

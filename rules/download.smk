@@ -1,0 +1,22 @@
+# Stage 1, download: one job per dataset, raw Parquet in the dataset's hub schema + manifest.
+from flanpipe.download import STAGE_VERSION as DOWNLOAD_VERSION
+
+
+rule download:
+    output:
+        train="data/raw/{dataset}/train.parquet",
+        eval="data/raw/{dataset}/eval.parquet",
+        rejected="data/raw/{dataset}/rejected.parquet",
+        manifest="data/raw/{dataset}/manifest.json",
+    log:
+        "logs/download/{dataset}.log",
+    benchmark:
+        "benchmarks/download/{dataset}.tsv"
+    conda:
+        "../envs/flanpipe.yaml"
+    params:
+        source=get_download_source,
+        seed=CFG.seed,
+        stage_version=DOWNLOAD_VERSION,
+    script:
+        "../workflow_scripts/download.py"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The README's demo: set up .venv, then run the workflow on the embedded default (CPU only).
+# Extra arguments go to snakemake (e.g. `bash scripts/demo.sh -n` for a dry run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
+snakemake --cores "${CORES:-2}" "$@" all
+echo
+flanpipe datasets --embedded

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project's virtual environment in .venv: CPU torch first, so that
+# deepspeed does not pull a CUDA build, then flanpipe with its dev tools. Idempotent.
+#   PYTHON=python3.11   the interpreter to build the venv from
+#   TORCH_SPEC=...      another torch requirement (e.g. a CUDA build on a GPU cluster)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $PYTHON" >&2
+  "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! python -c "import torch" 2>/dev/null; then
+  echo "[setup] installing $TORCH_SPEC" >&2
+  python -m pip install -q "$TORCH_SPEC"
+fi
+echo "[setup] installing flanpipe and its dependencies" >&2
+python -m pip install -q -e ".[dev]"
+echo "[setup] done: $(python -c 'import flanpipe, torch; print("flanpipe", flanpipe.__version__, "torch", torch.__version__)')" >&2

@@ -1,0 +1,75 @@
+"""The workflow end to end with Snakemake itself, on the embedded default."""
+
+import json
+import re
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from flanpipe.registry import embedded_datasets, load_registry
+from tests.conftest import REPO, run_snakemake
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("wf")
+    run_snakemake(wd, "all")
+    return wd
+
+
+def test_download_outputs_and_manifests(workdir):
+    reg = load_registry()
+    for name in embedded_datasets():
+        out = workdir / "data/raw" / name
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["dataset"] == name and manifest["cluster"] == reg.datasets[name].cluster
+        for role in ("train", "eval"):
+            info = manifest["splits"][role]
+            assert pq.read_table(out / f"{role}.parquet").num_rows == info["rows"] > 0
+            assert info["rows_read"] == info["rows"] + info["rejected"]
+        assert (workdir / f"logs/download/{name}.log").read_text().count("rows read") == 2
+        assert (workdir / f"benchmarks/download/{name}.tsv").exists()
+
+
+def test_rerun_has_nothing_to_do(workdir):
+    proc = run_snakemake(workdir, "all", "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_deleting_one_output_reruns_only_that_dataset(workdir):
+    (workdir / "data/raw/rte/train.parquet").unlink()
+    proc = run_snakemake(workdir, "all", "-n")
+    text = proc.stdout + proc.stderr
+    assert re.search(r"^download\s+1$", text, re.M), text
+    assert re.findall(r"wildcards: dataset=(\w+)", text) == ["rte"]
+
+
+def test_bad_config_fails_before_any_job_runs(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cfg["download"]["default_source"] = "ftp"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(tmp_path, "all", config_file=bad, check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "download.default_source" in err and "'embedded', 'hub' or 'local'" in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_lint_passes(tmp_path):
+    proc = run_snakemake(tmp_path, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_killed_job_output_is_not_taken_as_complete(tmp_path):
+    """A partial output from a killed job: Snakemake's incomplete marker plus our temp-then-rename."""
+    run_snakemake(tmp_path, "data/raw/sst2/manifest.json")
+    shutil.rmtree(tmp_path / "data/raw/sst2")
+    (tmp_path / "data/raw/sst2").mkdir(parents=True)
+    (tmp_path / "data/raw/sst2/.train.parquet.abc.tmp").write_bytes(b"PAR1 half")
+    proc = run_snakemake(tmp_path, "data/raw/sst2/manifest.json", "-n")
+    assert "download" in proc.stdout + proc.stderr

@@ -1,0 +1,57 @@
+"""The typed config: defaults, errors that name the key and what is allowed, the JSON schema."""
+
+import json
+
+import jsonschema
+import pytest
+import yaml
+
+from flanpipe.config import ConfigError, json_schema, json_schema_text, load_config, parse_config
+from flanpipe.registry import embedded_datasets
+
+
+def test_embedded_default_parses(repo):
+    cfg = load_config(repo / "config/config.yaml")
+    assert cfg.dataset_names() == embedded_datasets()
+    assert cfg.download.source_for("rte").kind == "embedded"
+
+
+@pytest.mark.parametrize("data, key, allowed", [
+    ({"seed": -1}, "seed", "greater than or equal to 0"),
+    ({"seed": "abc"}, "seed", "valid integer"),
+    ({"sed": 1}, "sed", "unknown key"),
+    ({"datasets": ["rte", "nope"]}, "datasets", "registry names"),
+    ({"datasets": "some"}, "datasets", "'embedded' or 'all'"),
+    ({"heldout_clusters": ["astrology"]}, "heldout_clusters", "'nli'"),
+    ({"download": {"default_source": "ftp"}}, "download.default_source",
+     "'embedded', 'hub' or 'local'"),
+    ({"download": {"sources": {"rte": {"kind": "ftp"}}}}, "download.sources.rte.kind",
+     "'embedded', 'hub' or 'local'"),
+    ({"download": {"sources": {"rte": {"kind": "local"}}}}, "download.sources.rte",
+     "needs 'path'"),
+    ({"download": {"sources": {"nope": {"kind": "hub"}}}}, "download.sources", "unknown dataset"),
+    ({"datasets": ["mnli"]}, "download.sources.mnli.kind", "no embedded demo data"),
+])
+def test_bad_value_names_key_and_allowed(data, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    msg = str(err.value)
+    assert f"- {key}:" in msg, msg
+    assert allowed in msg, msg
+
+
+def test_hub_source_for_a_dataset_without_demo_data_is_fine():
+    cfg = parse_config({"datasets": ["mnli"], "download": {"default_source": "hub"}})
+    assert cfg.dataset_names() == ["mnli"]
+
+
+def test_committed_schema_is_the_generated_one(repo):
+    assert (repo / "config/config.schema.json").read_text() == json_schema_text()
+
+
+def test_schema_accepts_default_and_rejects_what_the_model_rejects(repo):
+    default = yaml.safe_load((repo / "config/config.yaml").read_text())
+    validator = jsonschema.Draft202012Validator(json_schema())
+    validator.validate(default)
+    for bad in [{"seed": -1}, {"sed": 1}, {"download": {"default_source": "ftp"}}]:
+        assert list(validator.iter_errors(bad)), json.dumps(bad)
