@@ -20,6 +20,7 @@ validate(config, "config/config.schema.json")
 
 include: "rules/common.smk"
 include: "rules/download.smk"
+include: "rules/templatize.smk"
 
 
 wildcard_constraints:
@@ -29,3 +30,4 @@ wildcard_constraints:
 rule all:
     input:
         get_raw_outputs(),
+        get_templatized(),

@@ -2,6 +2,8 @@
 
     flanpipe datasets [--cluster nli] [--embedded] [--json]
     flanpipe download --dataset rte [--config config/config.yaml] [--out data/raw/rte]
+    flanpipe templates --dataset rte [--row 3] [--options letters]
+    flanpipe templatize --dataset rte [--config config/config.yaml]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -17,6 +19,7 @@ from flanpipe.config import ConfigError, json_schema_text, load_config
 from flanpipe.download import DownloadError
 from flanpipe.logs import setup_logging
 from flanpipe.registry import embedded_datasets, load_registry
+from flanpipe.templates import TemplateError
 from flanpipe.validate import SchemaError
 
 DEFAULT_CONFIG = "config/config.yaml"
@@ -65,6 +68,46 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_templates(args: argparse.Namespace) -> int:
+    """Print one rendered example of each of a dataset's templates."""
+    import pyarrow as pa
+
+    from flanpipe.download import read_embedded_split
+    from flanpipe.templates import load_bank
+    from flanpipe.templatize import render_examples
+    from flanpipe.validate import check_split
+
+    reg = load_registry()
+    spec = reg.datasets[args.dataset]
+    if args.raw:
+        raw = pa.parquet.read_table(args.raw)
+    elif args.dataset in embedded_datasets():
+        split = spec.split_roles.get("train") or spec.split_roles["eval"]
+        records, bad, _ = read_embedded_split(spec, split)
+        raw = check_split(records, spec, split, bad).table
+    else:
+        print(f"{args.dataset} has no embedded demo data: pass --raw data/raw/{args.dataset}/train.parquet",
+              file=sys.stderr)
+        return 2
+    raw = raw.slice(args.row, 1)
+    bank = load_bank()[args.dataset]
+    print(f"# {args.dataset} ({spec.paper_name}, {spec.cluster}): {len(bank.templates)} templates, "
+          f"{sum(t.inverted for t in bank.templates)} turned around; raw row {args.row}\n")
+    for ex in render_examples(args.dataset, raw, args.options):
+        flag = " (turned around)" if ex["inverted"] else ""
+        print(f"--- template {ex['template_id']}{flag}\n[input]\n{ex['inputs']}\n[target]\n{ex['targets']}\n")
+    return 0
+
+
+def cmd_templatize(args: argparse.Namespace) -> int:
+    from flanpipe.templatize import templatize_dataset
+
+    cfg = load_config(args.config)
+    out = args.out or f"data/templatized/{args.dataset}.parquet"
+    templatize_dataset(args.dataset, args.raw or f"data/raw/{args.dataset}", out, cfg.templatize, cfg.seed)
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config}: ok ({len(cfg.dataset_names())} datasets, held out: "
@@ -105,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default data/raw/NAME)")
     p.set_defaults(func=cmd_download)
 
+    p = sub.add_parser("templates", help="print a rendered example of each template of a dataset")
+    p.add_argument("--dataset", required=True, choices=list(load_registry().datasets), metavar="NAME")
+    p.add_argument("--row", type=int, default=0, help="which raw row to render (default 0)")
+    p.add_argument("--raw", help="a raw Parquet file (default: the embedded demo data)")
+    p.add_argument("--options", choices=["dash", "letters", "none"], default="dash")
+    p.set_defaults(func=cmd_templates)
+
+    p = sub.add_parser("templatize", help="templatize one dataset's raw splits")
+    p.add_argument("--dataset", required=True, choices=list(load_registry().datasets), metavar="NAME")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--raw", help="directory with train.parquet and eval.parquet (default data/raw/NAME)")
+    p.add_argument("--out", help="output Parquet (default data/templatized/NAME.parquet)")
+    p.set_defaults(func=cmd_templatize)
+
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.set_defaults(func=cmd_check_config)
@@ -125,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"flanpipe: {err}", file=sys.stderr)
         return 2
-    except (DownloadError, SchemaError) as err:
+    except (DownloadError, SchemaError, TemplateError) as err:
         print(f"flanpipe: {err}", file=sys.stderr)
         return 1
 

@@ -82,6 +82,29 @@ class DownloadConfig(_Section):
         return self.sources.get(dataset, SourceSpec(kind=self.default_source))
 
 
+class FewShotConfig(_Section):
+    """Few-shot prompts for evaluation: solved train exemplars before the query."""
+
+    k: int = Field(3, ge=0, le=64)
+    """Exemplars per prompt (drawn from the train split, never the example itself)."""
+    delimiter: str = "\n\n"
+    """Between exemplars, and between the last exemplar and the query."""
+    max_tokens: int = Field(1024, ge=16)
+    """Token budget of a whole prompt; exemplars are dropped, oldest first, to fit it."""
+
+
+class TemplatizeConfig(_Section):
+    """Stage 2: phrase every example as an instruction."""
+
+    format: Literal["instructions", "no_template", "dataset_name"] = "instructions"
+    """`instructions` (the template bank), or the paper's ablations: `no_template` (input fields
+    joined plainly) and `dataset_name` (the same, prefixed with `[Task: <dataset>]`)."""
+    options: Literal["dash", "letters", "none"] = "dash"
+    """The OPTIONS suffix of classification templates: `- choice` lines, lettered `(A) choice`
+    lines, or `none` (the paper's no-options variant)."""
+    few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
+
+
 class Config(_Section):
     """The whole flanpipe config. Every stage reads only its own section."""
 
@@ -95,6 +118,7 @@ class Config(_Section):
     """Clusters to hold out, one instruction-tuned model each (leave-one-cluster-out); an `all`
     model trained on every cluster is always added."""
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    templatize: TemplatizeConfig = Field(default_factory=TemplatizeConfig)
 
     @field_validator("datasets")
     @classmethod

@@ -14,3 +14,15 @@ def get_raw_outputs():
 def get_download_source(wildcards):
     """The download source of one dataset (its slice of the config)."""
     return CFG.download.source_for(wildcards.dataset).model_dump()
+
+
+def get_templatize_params(wildcards):
+    """The templatize slice of the config, plus a digest of the dataset's templates."""
+    return {
+        "config": CFG.templatize.model_dump(),
+        "templates": templates_digest(wildcards.dataset),
+    }
+
+
+def get_templatized():
+    return expand("data/templatized/{dataset}.parquet", dataset=DATASETS)

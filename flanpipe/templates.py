@@ -1,0 +1,352 @@
+"""Instruction templates: the template bank (data) and its vectorised renderer.
+
+Templates live in ``flanpipe/data/templates/<cluster>.yaml``, one list per dataset. A template is a
+pair of format strings, ``input`` and ``target``, over a small placeholder language:
+
+- ``{field}`` / ``{struct.sub}``: a raw field by its registry path. Lists of strings are joined with
+  ", "; lists of lists with " | " inside and "; " between (DART triples).
+- ``{field|first}``, ``{field|lines}``, ``{field|numbered}``, ``{field|comma}``: list filters;
+  ``{field|nopunct}``: a string lower-cased, without punctuation (fix-punctuation task inputs).
+- ``{answer}``: the label's answer text (classification, from the template's ``answers`` map), the
+  correct choice (multiple choice) or the first reference (generation). A raw field that happens to
+  be called ``answer`` is ``{@answer}``.
+- ``{{`` and ``}}`` are literal braces.
+
+Rendering works on whole Arrow columns: a template is split once into literal pieces and column
+references, and ``binary_join_element_wise`` concatenates them for every row at once.
+
+>>> import pyarrow as pa
+>>> t = Template(id=0, input="Review: {sentence}\\nIs it positive?", target="{answer}")
+>>> table = pa.table({"sentence": ["a fine film", "dull"], "idx": [0, 1], "label": [1, 0]})
+>>> rendered = render_template(load_bank()["sst2"], t, table)
+>>> rendered.inputs.to_pylist()[0]
+'Review: a fine film\\nIs it positive?'
+"""
+
+from __future__ import annotations
+
+import functools
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import yaml
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from flanpipe.registry import DatasetSpec, field_type, load_registry
+
+FILTERS = ("first", "lines", "numbered", "comma", "nopunct")
+OptionsStyle = Literal["dash", "letters", "none"]
+Format = Literal["instructions", "no_template", "dataset_name"]
+
+
+class TemplateError(ValueError):
+    """A template cannot be rendered; the message names the dataset, template id and field."""
+
+
+class Template(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int
+    input: str
+    target: str
+    inverted: bool = False
+    answers: dict[str, str] | None = None
+    """Classification: how each label name is said (overrides the dataset's map)."""
+
+    def placeholders(self, part: Literal["input", "target"]) -> list[str]:
+        """The placeholders of ``input`` or ``target``, filters included (``concepts|lines``)."""
+        text = self.input if part == "input" else self.target
+        return [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+
+
+class DatasetTemplates(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str
+    answers: dict[str, str] | None = None
+    empty_answer: str | None = None
+    templates: tuple[Template, ...]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> DatasetTemplates:
+        ids = [t.id for t in self.templates]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{self.dataset}: template ids are not unique: {ids}")
+        return self
+
+    def answer_texts(self, spec: DatasetSpec, template: Template) -> list[str]:
+        """Classification: the answer text of each label, in label order."""
+        mapping = template.answers or self.answers or {}
+        missing = [name for name in spec.task.labels if mapping and name not in mapping]
+        if missing:
+            raise TemplateError(f"{self.dataset} template {template.id}: answers has no text for "
+                                f"label(s) {missing}")
+        return [mapping.get(name, name.replace("_", " ")) for name in spec.task.labels]
+
+    @property
+    def eval_templates(self) -> tuple[Template, ...]:
+        """Templates that pose the dataset's own task (turned-around ones do not)."""
+        return tuple(t for t in self.templates if not t.inverted)
+
+
+@functools.cache
+def load_bank() -> dict[str, DatasetTemplates]:
+    """Every dataset's templates, ``same_as`` references resolved."""
+    root = resources.files("flanpipe").joinpath("data/templates")
+    raw: dict[str, Any] = {}
+    for cluster in load_registry().clusters:
+        ref = root.joinpath(f"{cluster}.yaml")
+        if ref.is_file():
+            raw.update(yaml.safe_load(ref.read_text("utf-8")) or {})
+    bank = {}
+    for name, entry in raw.items():
+        source = entry
+        while "same_as" in source:
+            source = raw[source["same_as"]]
+        bank[name] = DatasetTemplates(dataset=name, **source)
+    return bank
+
+
+# --- column access -------------------------------------------------------------------------------
+
+def _child(arr: pa.Array, part: str) -> pa.Array:
+    """``struct.part``, looking through lists (the list structure is kept)."""
+    if pa.types.is_list(arr.type):
+        return pa.ListArray.from_arrays(arr.offsets, _child(arr.values, part), mask=arr.is_null())
+    return pc.struct_field(arr, part)
+
+
+def column_at(table: pa.Table, path: str) -> pa.Array:
+    head, *rest = path.split(".")
+    arr = table.column(head).combine_chunks()
+    for part in rest:
+        arr = _child(arr, part)
+    return arr
+
+
+def _numbered(arr: pa.Array, labels: str = "numbers") -> pa.Array:
+    """Join each list as "1. a\\n2. b" (or "(A) a\\n(B) b" with ``labels="letters"``)."""
+    offsets = arr.offsets.to_numpy()
+    n_items = int(offsets[-1] - offsets[0])
+    pos = np.arange(n_items) - np.repeat(offsets[:-1] - offsets[0], np.diff(offsets))
+    if labels == "letters":
+        marks = pa.array([f"({chr(65 + i)}) " if i < 26 else f"({i + 1}) " for i in pos], pa.string())
+    else:
+        marks = pc.binary_join_element_wise(pa.array(pos + 1).cast(pa.string()), ". ", "")
+    values = arr.values.slice(offsets[0], n_items)
+    items = pc.binary_join_element_wise(marks, values, "")
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets - offsets[0], pa.int32()), items),
+                          "\n")
+
+
+def as_text(arr: pa.Array, filt: str | None = None, sep: str = ", ") -> pa.Array:
+    """Render a column as strings, applying a list filter (``first``, ``lines``, ``numbered``, ``comma``).
+
+    >>> as_text(pa.array([[["a", "b"], ["c", "d"]]])).to_pylist()
+    ['a | b; c | d']
+    """
+    typ = arr.type
+    if filt == "nopunct" and pa.types.is_string(typ):
+        bare = pc.replace_substring_regex(pc.utf8_lower(arr), r"[^\w\s]", "")
+        return pc.utf8_trim_whitespace(pc.replace_substring_regex(bare, r"\s+", " "))
+    if not pa.types.is_list(typ):
+        if filt:
+            raise TemplateError(f"filter |{filt} needs a list field, not {typ}")
+        return arr if pa.types.is_string(typ) else arr.cast(pa.string())
+    if pa.types.is_list(typ.value_type):  # list of lists: inner " | ", outer "; "
+        inner = pa.ListArray.from_arrays(arr.offsets, as_text(arr.values, sep=" | "))
+        return as_text(inner, filt, sep="; ")
+    arr = pa.ListArray.from_arrays(arr.offsets, as_text(arr.values))
+    if filt == "first":  # "" for an empty list (squad_v2's unanswerable questions)
+        return pc.binary_join(pc.list_slice(arr, 0, 1), "")
+    if filt == "numbered":
+        return _numbered(arr)
+    if filt == "lines":
+        sep = "\n"
+    elif filt == "comma":
+        sep = ", "
+    elif filt is not None:
+        raise TemplateError(f"unknown filter |{filt}; allowed: {', '.join(FILTERS)}")
+    return pc.binary_join(arr, sep)
+
+
+# --- answers and options -------------------------------------------------------------------------
+
+def label_index(spec: DatasetSpec, table: pa.Table) -> np.ndarray:
+    """The index of each row's label among the labels (classification) or choices (multiple choice).
+
+    -1 where the label has no class (a row the download stage would have rejected).
+    """
+    task = spec.task
+    label = column_at(table, task.label_field)
+    if task.label_in:
+        keys = column_at(table, task.label_in)
+        offsets = keys.offsets.to_numpy()
+        parents = np.repeat(np.arange(len(keys)), np.diff(offsets))
+        flat = keys.values.slice(offsets[0], offsets[-1] - offsets[0])
+        match = pc.fill_null(pc.equal(flat, pc.take(label, pa.array(parents))), False).to_numpy(
+            zero_copy_only=False)
+        pos = np.arange(len(flat)) - (offsets[parents] - offsets[0])
+        idx = np.full(len(keys), -1)
+        hits = np.flatnonzero(match)[::-1]  # first match wins: write the last ones first
+        idx[parents[hits]] = pos[hits]
+        return idx
+    if task.label_values is not None:
+        label = pc.index_in(label, value_set=pa.array(task.label_values, type=label.type))
+    return pc.fill_null(label, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def choices_column(spec: DatasetSpec, table: pa.Table) -> pa.Array:
+    """Multiple choice: each row's options as a list<string> column."""
+    choices = spec.task.choices
+    if isinstance(choices, str):
+        return column_at(table, choices)
+    cols = [as_text(column_at(table, path)) for path in choices]
+    flat = pa.array(np.column_stack([c.to_numpy(zero_copy_only=False) for c in cols]).ravel(),
+                    pa.string())
+    offsets = pa.array(np.arange(0, len(flat) + 1, len(cols)), pa.int32())
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+@dataclass
+class Answers:
+    """Per-row answers and options of one dataset under one template."""
+
+    answer: pa.Array                  # string per row
+    options: pa.Array                 # list<string> per row (empty for generation)
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # -1 for generation
+
+
+def compute_answers(spec: DatasetSpec, bank: DatasetTemplates, template: Template,
+                    table: pa.Table) -> Answers:
+    n = table.num_rows
+    task = spec.task
+    if task.type == "generation":
+        first = column_at(table, task.targets[0])
+        answer = as_text(first, "first" if pa.types.is_list(first.type) else None)
+        if bank.empty_answer is not None:
+            empty = pc.fill_null(pc.equal(pc.utf8_length(answer), 0), True)
+            answer = pc.if_else(empty, bank.empty_answer, answer)
+        options = pa.array([[]] * n, pa.list_(pa.string()))
+        return Answers(answer, options, np.full(n, -1))
+    idx = label_index(spec, table)
+    if task.type == "classification":
+        texts = bank.answer_texts(spec, template)
+        bad = (idx < 0) | (idx >= len(texts))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise TemplateError(
+                f"{spec.name} template {template.id}: field {task.label_field!r} of row {row} "
+                f"({column_at(table, task.label_field)[row].as_py()!r}) has no label name "
+                f"(labels: {list(task.labels)})")
+        answer = pc.take(pa.array(texts, pa.string()), pa.array(idx))
+        options = pa.array([texts] * n, pa.list_(pa.string()))
+        return Answers(answer, options, idx)
+    options = choices_column(spec, table)
+    offsets = options.offsets.to_numpy()
+    bad = (idx < 0) | (idx >= np.diff(offsets))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise TemplateError(f"{spec.name} template {template.id}: field {task.label_field!r} of row "
+                            f"{row} does not name one of its choices")
+    answer = pc.take(options.values, pa.array(offsets[:-1] + idx))
+    return Answers(as_text(answer), as_text_list(options), idx)
+
+
+def as_text_list(arr: pa.Array) -> pa.Array:
+    if pa.types.is_string(arr.type.value_type):
+        return arr
+    return pa.ListArray.from_arrays(arr.offsets, as_text(arr.values))
+
+
+def options_suffix(options: pa.Array, style: OptionsStyle) -> pa.Array | str:
+    """The ``OPTIONS`` suffix: a blank line, ``OPTIONS:``, then one ``- choice`` line per option."""
+    if style == "none":
+        return ""
+    body = _numbered(options, "letters") if style == "letters" else pc.binary_join_element_wise(
+        "- ", pc.binary_join(options, "\n- "), "")
+    return pc.binary_join_element_wise("\n\nOPTIONS:\n", body, "")
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+@dataclass
+class Rendered:
+    inputs: pa.Array
+    targets: pa.Array
+    options: pa.Array
+    answer_index: np.ndarray
+
+
+def _render_string(fmt: str, resolve) -> pa.Array | str:
+    pieces: list[Any] = []
+    for literal, name, _spec, _conv in string.Formatter().parse(fmt):
+        if literal:
+            pieces.append(literal)
+        if name is not None:
+            pieces.append(resolve(name))
+    if not any(isinstance(p, pa.Array) for p in pieces):
+        return "".join(pieces)
+    return pc.binary_join_element_wise(*pieces, "")
+
+
+def _broadcast(value: pa.Array | str, n: int) -> pa.Array:
+    return value if isinstance(value, pa.Array) else pa.array([value] * n, pa.string())
+
+
+def render_template(bank: DatasetTemplates, template: Template, table: pa.Table,
+                    options_style: OptionsStyle = "dash") -> Rendered:
+    """Render one template on every row of ``table`` (raw rows in the registry schema)."""
+    spec = load_registry().datasets[bank.dataset]
+    answers = compute_answers(spec, bank, template, table)
+
+    def resolve(name: str) -> pa.Array:
+        path, _, filt = name.partition("|")
+        if path == "answer":
+            return answers.answer
+        path = path.removeprefix("@")
+        try:
+            field_type(spec.schema, path)
+        except KeyError:
+            raise TemplateError(f"{spec.name} template {template.id}: placeholder {{{name}}} names "
+                                f"no field of the dataset (fields: {list(spec.features)})") from None
+        try:
+            return as_text(column_at(table, path), filt or None)
+        except TemplateError as err:
+            raise TemplateError(f"{spec.name} template {template.id}: {{{name}}}: {err}") from None
+
+    n = table.num_rows
+    inputs = _broadcast(_render_string(template.input, resolve), n)
+    if spec.task.type != "generation" and not template.inverted and options_style != "none":
+        inputs = pc.binary_join_element_wise(inputs, options_suffix(answers.options, options_style), "")
+    targets = _broadcast(_render_string(template.target, resolve), n)
+    options = answers.options
+    if template.inverted:  # a turned-around task is open generation
+        options = pa.array([[]] * n, pa.list_(pa.string()))
+    return Rendered(inputs, targets, options, answers.index if not template.inverted else np.full(n, -1))
+
+
+def plain_template(spec: DatasetSpec, fmt: Format) -> Template:
+    """The ablation formats: the inputs' text fields joined plainly, optionally with the task name.
+
+    >>> plain_template(load_registry().datasets["rte"], "dataset_name").input
+    '[Task: RTE]\\n{premise}\\n{hypothesis}'
+    """
+    task = spec.task
+    skip = set(task.targets or ())
+    if isinstance(task.choices, tuple):
+        skip |= set(task.choices)
+    elif task.choices:
+        skip.add(task.choices)
+    fields = [p for p in spec.text_fields if p not in skip]
+    body = "\n".join("{" + p + "}" for p in fields)
+    if fmt == "dataset_name":
+        body = f"[Task: {spec.paper_name}]\n" + body
+    target = "{answer}" if task.type != "generation" else "{" + task.targets[0] + "|first}" \
+        if pa.types.is_list(field_type(spec.schema, task.targets[0])) else "{" + task.targets[0] + "}"
+    return Template(id=0, input=body, target=target)

@@ -1,0 +1,223 @@
+"""Stage 2, templatize: every raw example phrased as a natural-language instruction.
+
+Train rows get one template each, assigned by a seeded, balanced permutation (each template gets
+``n // T`` or ``n // T + 1`` rows); eval rows get every template that poses the dataset's own task
+(turned-around templates are for training only), so evaluations can report the mean and the best
+template. Output: ``data/templatized/{dataset}.parquet`` and ``{dataset}.manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flanpipe.config import FewShotConfig, TemplatizeConfig
+from flanpipe.io import (
+    code_version,
+    derive_seed,
+    sha256_file,
+    utc_now,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from flanpipe.registry import DatasetSpec, load_registry
+from flanpipe.templates import (
+    DatasetTemplates,
+    Template,
+    TemplateError,
+    load_bank,
+    plain_template,
+    render_template,
+)
+
+STAGE_VERSION = "1"
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([
+    pa.field("inputs", pa.string()),
+    pa.field("targets", pa.string()),
+    pa.field("dataset", pa.string()),
+    pa.field("cluster", pa.string()),
+    pa.field("split", pa.string()),
+    pa.field("example_id", pa.string()),
+    pa.field("template_id", pa.int32()),
+    pa.field("inverted", pa.bool_()),
+    pa.field("options", pa.list_(pa.string())),
+    pa.field("answer_index", pa.int32()),
+    pa.field("format", pa.string()),
+])
+
+
+def assign_templates(n_rows: int, n_templates: int, seed: int) -> np.ndarray:
+    """A balanced, seeded template index per row.
+
+    >>> np.bincount(assign_templates(23, 10, seed=0)).tolist()
+    [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
+    """
+    out = np.empty(n_rows, dtype=np.int64)
+    out[np.random.default_rng(seed).permutation(n_rows)] = np.arange(n_rows) % n_templates
+    return out
+
+
+def example_ids(spec: DatasetSpec, table: pa.Table, role: str) -> pa.Array:
+    """``{dataset}:{split}:{id}``, the id from the dataset's id field or the raw row position."""
+    if spec.id_field and pa.types.is_primitive(table.schema.field(spec.id_field).type) \
+            or spec.id_field and pa.types.is_string(table.schema.field(spec.id_field).type):
+        ids = table.column(spec.id_field).cast(pa.string())
+    else:
+        ids = table.column("row_index").cast(pa.string())
+    return pc.binary_join_element_wise(f"{spec.name}:{role}:", ids, "")
+
+
+def templates_for(bank: DatasetTemplates, spec: DatasetSpec, cfg: TemplatizeConfig,
+                  role: str) -> tuple[Template, ...]:
+    if cfg.format != "instructions":
+        return (plain_template(spec, cfg.format),)
+    return bank.templates if role == "train" else bank.eval_templates
+
+
+def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
+                     cfg: TemplatizeConfig, seed: int) -> pa.Table:
+    """Render one split of raw rows into the output schema."""
+    templates = templates_for(bank, spec, cfg, role)
+    n = raw.num_rows
+    if role == "train":
+        assignment = assign_templates(n, len(templates), derive_seed(seed, spec.name))
+        groups = [(t, np.flatnonzero(assignment == i)) for i, t in enumerate(templates)]
+    else:
+        groups = [(t, np.arange(n)) for t in templates]
+    ids = example_ids(spec, raw, role)
+    parts, order = [], []
+    for template, rows in groups:
+        if len(rows) == 0:
+            continue
+        idx = pa.array(rows)
+        r = render_template(bank, template, raw.take(idx), cfg.options)
+        _check_not_empty(spec, template, r.inputs, "input")
+        _check_not_empty(spec, template, r.targets, "target")
+        m = len(rows)
+        parts.append(pa.Table.from_arrays([
+            r.inputs, r.targets, pa.array([spec.name] * m), pa.array([spec.cluster] * m),
+            pa.array([role] * m), ids.take(idx), pa.array([template.id] * m, pa.int32()),
+            pa.array([template.inverted] * m), r.options.cast(pa.list_(pa.string())),
+            pa.array(r.answer_index, pa.int32()), pa.array([cfg.format] * m)], schema=SCHEMA))
+        order.append(rows)
+    if not parts:
+        return SCHEMA.empty_table()
+    table = pa.concat_tables(parts)
+    # raw row order (then template order, for eval rows with every template)
+    return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+
+
+def _check_not_empty(spec: DatasetSpec, template: Template, arr: pa.Array, what: str) -> None:
+    empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0), True)
+    if pc.any(empty).as_py():
+        row = pc.index(empty, True).as_py()
+        raise TemplateError(f"{spec.name} template {template.id}: the {what} of row {row} renders empty "
+                            f"({getattr(template, what)!r})")
+
+
+def templates_digest(name: str) -> str:
+    """A hash of a dataset's templates: a Snakemake param, so editing them reruns the dataset."""
+    bank = load_bank().get(name)
+    text = bank.model_dump_json() if bank else "none"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def templatize_dataset(name: str, raw_dir: str | Path, out_path: str | Path,
+                       cfg: TemplatizeConfig, seed: int) -> dict:
+    """Templatize ``raw_dir/{train,eval}.parquet`` into ``out_path`` plus a manifest beside it."""
+    spec = load_registry().datasets[name]
+    bank = load_bank().get(name)
+    if bank is None and cfg.format == "instructions":
+        raise TemplateError(f"{name}: no templates in flanpipe/data/templates/{spec.cluster}.yaml")
+    raw_dir, out_path = Path(raw_dir), Path(out_path)
+    bank = bank or DatasetTemplates(dataset=name, templates=())
+    parts, counts, inputs = [], {}, {}
+    for role in ("train", "eval"):
+        path = raw_dir / f"{role}.parquet"
+        raw = pq.read_table(path)
+        inputs[role] = {"file": str(path), "rows": raw.num_rows, "sha256": sha256_file(path)}
+        part = templatize_split(spec, bank, raw, role, cfg, seed)
+        parts.append(part)
+        counts[role] = {"rows": part.num_rows, "examples": raw.num_rows, "per_template": {
+            str(k): v for k, v in sorted(Counter(part.column("template_id").to_pylist()).items())}}
+        log.info("%s [%s]: %d examples -> %d rows over %d templates", name, role, raw.num_rows,
+                 part.num_rows, len(counts[role]["per_template"]))
+    table = pa.concat_tables(parts)
+    meta = {"stage": "templatize", "stage_version": STAGE_VERSION, "dataset": name,
+            "format": cfg.format, "options": cfg.options, "seed": seed,
+            "templates_digest": templates_digest(name)}
+    write_parquet_atomic(table, out_path, meta)
+    manifest = {**meta, "config": cfg.model_dump(), "inputs": inputs, "outputs": counts,
+                "sha256": sha256_file(out_path), "code": code_version("templatize", STAGE_VERSION),
+                "created_at": utc_now()}
+    write_json_atomic(out_path.with_suffix(".manifest.json"), manifest)
+    return manifest
+
+
+# --- few-shot ------------------------------------------------------------------------------------
+
+def whitespace_tokens(text: str) -> int:
+    """The default token count for trimming prompts before a tokenizer exists: words."""
+    return len(text.split())
+
+
+def few_shot_inputs(
+    spec: DatasetSpec,
+    bank: DatasetTemplates,
+    template: Template,
+    eval_raw: pa.Table,
+    train_raw: pa.Table,
+    cfg: FewShotConfig,
+    seed: int,
+    count_tokens: Callable[[str], int] = whitespace_tokens,
+    options_style: str = "dash",
+) -> list[str]:
+    """Each eval row's input with ``cfg.k`` solved train exemplars before it, same template.
+
+    Exemplars are drawn (seeded per dataset, template and row) from the train split, never the
+    example itself (nor a train row with the identical input); whole exemplars are dropped, oldest
+    first, until the prompt fits in ``cfg.max_tokens``.
+    """
+    ev = render_template(bank, template, eval_raw, options_style)
+    tr = render_template(bank, template, train_raw, options_style)
+    ev_inputs, tr_inputs, tr_targets = (ev.inputs.to_pylist(), tr.inputs.to_pylist(),
+                                        tr.targets.to_pylist())
+    shots = [f"{i}\n{t}" for i, t in zip(tr_inputs, tr_targets, strict=True)]
+    out = []
+    for row, query in enumerate(ev_inputs):
+        rng = np.random.default_rng([derive_seed(seed, f"{spec.name}/{template.id}"), row])
+        pool = [j for j in rng.permutation(len(shots)) if tr_inputs[j] != query][:cfg.k]
+        chosen = [shots[j] for j in pool]
+        while True:
+            prompt = cfg.delimiter.join([*chosen, query])
+            if not chosen or count_tokens(prompt) <= cfg.max_tokens:
+                break
+            chosen = chosen[1:]
+        out.append(prompt)
+    return out
+
+
+def render_examples(name: str, raw: pa.Table, options_style: str = "dash") -> list[dict]:
+    """One rendered example per template, for ``flanpipe templates --dataset``."""
+    bank = load_bank()[name]
+    rows = []
+    for t in bank.templates:
+        r = render_template(bank, t, raw.slice(0, 1), options_style)
+        rows.append({"template_id": t.id, "inverted": t.inverted, "inputs": r.inputs[0].as_py(),
+                     "targets": r.targets[0].as_py()})
+    return rows
+
+
+def dumps_examples(rows: list[dict]) -> str:
+    return json.dumps(rows, indent=2, ensure_ascii=False)

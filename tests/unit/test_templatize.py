@@ -1,0 +1,127 @@
+"""The templatize stage: balanced seeded assignment, every template on eval, formats, few-shot."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flanpipe.config import FewShotConfig, SourceSpec, TemplatizeConfig
+from flanpipe.download import download_dataset
+from flanpipe.registry import load_registry
+from flanpipe.templates import Template, TemplateError, load_bank
+from flanpipe.templatize import SCHEMA, assign_templates, few_shot_inputs, templatize_dataset
+
+REG = load_registry()
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    for name in ["rte", "arc_easy", "common_gen", "boolq"]:
+        download_dataset(name, SourceSpec(kind="embedded"), root / name, seed=1)
+    return root
+
+
+def test_assignment_is_balanced_seeded_and_a_permutation():
+    a = assign_templates(1003, 10, seed=5)
+    counts = np.bincount(a, minlength=10)
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 1003
+    assert (a == assign_templates(1003, 10, seed=5)).all()
+    assert (a != assign_templates(1003, 10, seed=6)).any()
+
+
+def test_output_schema_counts_and_template_use(raw, tmp_path):
+    out = tmp_path / "rte.parquet"
+    manifest = templatize_dataset("rte", raw / "rte", out, TemplatizeConfig(), seed=3)
+    table = pq.read_table(out)
+    assert table.schema.remove_metadata() == SCHEMA
+    bank = load_bank()["rte"]
+    train = table.filter(pa.compute.equal(table["split"], "train")).to_pylist()
+    evals = table.filter(pa.compute.equal(table["split"], "eval")).to_pylist()
+    # train: one template per example, balanced; every example once, in raw order
+    n_train = pq.read_table(raw / "rte/train.parquet").num_rows
+    assert len(train) == n_train == len({r["example_id"] for r in train})
+    per = np.bincount([r["template_id"] for r in train])
+    assert per.max() - per.min() <= 1 and len(per) == len(bank.templates)
+    assert [r["example_id"] for r in train] == [f"rte:train:{i}" for i in range(n_train)]
+    # eval: every non-inverted template on every example
+    n_eval = pq.read_table(raw / "rte/eval.parquet").num_rows
+    assert len(evals) == n_eval * len(bank.eval_templates)
+    assert not any(r["inverted"] for r in evals)
+    assert manifest["outputs"]["eval"]["rows"] == len(evals)
+    for r in train + evals:
+        assert r["cluster"] == "nli" and r["format"] == "instructions"
+        if not r["inverted"]:
+            t = next(t for t in bank.templates if t.id == r["template_id"])
+            assert r["options"] == bank.answer_texts(REG.datasets["rte"], t)
+            assert r["targets"] == r["options"][r["answer_index"]]
+
+
+def test_rerun_is_byte_identical_and_seed_matters(raw, tmp_path):
+    for name in ["a", "b"]:
+        templatize_dataset("arc_easy", raw / "arc_easy", tmp_path / f"{name}.parquet",
+                           TemplatizeConfig(), seed=3)
+    templatize_dataset("arc_easy", raw / "arc_easy", tmp_path / "c.parquet", TemplatizeConfig(), seed=4)
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    ta, tc = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "c.parquet")
+    assert ta["template_id"].to_pylist() != tc["template_id"].to_pylist()
+
+
+@pytest.mark.parametrize("fmt", ["no_template", "dataset_name"])
+def test_ablation_formats(raw, tmp_path, fmt):
+    templatize_dataset("rte", raw / "rte", tmp_path / "x.parquet", TemplatizeConfig(format=fmt), 3)
+    rows = pq.read_table(tmp_path / "x.parquet").to_pylist()
+    premise = pq.read_table(raw / "rte/train.parquet").to_pylist()[0]
+    first = rows[0]
+    body = f"{premise['premise']}\n{premise['hypothesis']}\n\nOPTIONS:\n- yes\n- no"
+    assert first["inputs"] == (body if fmt == "no_template" else f"[Task: RTE]\n{body}")
+    assert {r["format"] for r in rows} == {fmt} and {r["template_id"] for r in rows} == {0}
+    n_eval = pq.read_table(raw / "rte/eval.parquet").num_rows
+    assert sum(r["split"] == "eval" for r in rows) == n_eval  # one "template" per eval example
+
+
+def test_generation_targets_and_no_options(raw, tmp_path):
+    templatize_dataset("common_gen", raw / "common_gen", tmp_path / "g.parquet", TemplatizeConfig(), 3)
+    rows = pq.read_table(tmp_path / "g.parquet").to_pylist()
+    raw_rows = {f"common_gen:train:{r['row_index']}": r
+                for r in pq.read_table(raw / "common_gen/train.parquet").to_pylist()}
+    for r in rows:
+        assert r["options"] == [] and r["answer_index"] == -1 and "OPTIONS" not in r["inputs"]
+        if r["split"] == "train" and not r["inverted"]:
+            assert r["targets"] == raw_rows[r["example_id"]]["target"]
+
+
+def test_bad_template_writes_nothing(raw, tmp_path, monkeypatch):
+    import flanpipe.templatize as tz
+    bank = load_bank()["boolq"]
+    broken = bank.model_copy(update={"templates": (
+        *bank.templates[:-1], Template(id=99, input="{passage} {colour}", target="{answer}"))})
+    monkeypatch.setitem(tz.load_bank(), "boolq", broken)
+    out = tmp_path / "boolq.parquet"
+    with pytest.raises(TemplateError, match=r"boolq template 99: placeholder \{colour\}"):
+        templatize_dataset("boolq", raw / "boolq", out, TemplatizeConfig(), seed=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_few_shot_uses_train_exemplars_never_the_query(raw):
+    spec, bank = REG.datasets["rte"], load_bank()["rte"]
+    template = bank.eval_templates[0]
+    ev = pq.read_table(raw / "rte/eval.parquet")
+    tr = pq.read_table(raw / "rte/train.parquet")
+    cfg = FewShotConfig(k=2, delimiter="\n\n###\n\n", max_tokens=4096)
+    prompts = few_shot_inputs(spec, bank, template, ev, tr, cfg, seed=1)
+    assert len(prompts) == ev.num_rows
+    for prompt, row in zip(prompts, ev.to_pylist(), strict=True):
+        shots = prompt.split(cfg.delimiter)
+        assert len(shots) == 3 and row["premise"] in shots[-1]
+        assert all(row["premise"] not in s for s in shots[:-1])
+        assert all(s.endswith(("\nyes", "\nno")) for s in shots[:-1])
+    # the same example drawn from train as query: it is never its own exemplar
+    own = few_shot_inputs(spec, bank, template, tr, tr, FewShotConfig(k=39, max_tokens=10**6), 1)
+    for prompt, row in zip(own, tr.to_pylist(), strict=True):
+        assert sum(row["premise"] in s for s in prompt.split("\n\n")) >= 1
+        assert len(prompt.split(FewShotConfig().delimiter)) > 1
+    # the budget drops whole exemplars
+    tight = few_shot_inputs(spec, bank, template, ev, tr, FewShotConfig(k=3, max_tokens=120), 1)
+    assert all(len(p.split()) <= 120 or "\n\n" not in p for p in tight)
+    assert prompts == few_shot_inputs(spec, bank, template, ev, tr, cfg, seed=1)
