@@ -4,6 +4,7 @@
     flanpipe download --dataset rte [--config config/config.yaml] [--out data/raw/rte]
     flanpipe templates --dataset rte [--row 3] [--options letters]
     flanpipe templatize --dataset rte [--config config/config.yaml]
+    flanpipe bench templatize [--rows 1000000]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -108,6 +109,14 @@ def cmd_templatize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from flanpipe import bench
+
+    result = bench.bench_templatize(args.rows, args.peer_rows)
+    bench.print_templatize(result)
+    return 0 if result["identical_output"] else 1
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config}: ok ({len(cfg.dataset_names())} datasets, held out: "
@@ -161,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", help="directory with train.parquet and eval.parquet (default data/raw/NAME)")
     p.add_argument("--out", help="output Parquet (default data/templatized/NAME.parquet)")
     p.set_defaults(func=cmd_templatize)
+
+    p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
+    p.add_argument("what", choices=["templatize"])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--peer-rows", type=int, default=200_000, help="rows the (slower) peer renders")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("--config", default=DEFAULT_CONFIG)

@@ -123,7 +123,8 @@ def _child(arr: pa.Array, part: str) -> pa.Array:
 
 def column_at(table: pa.Table, path: str) -> pa.Array:
     head, *rest = path.split(".")
-    arr = table.column(head).combine_chunks()
+    col = table.column(head)
+    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()  # no copy for one chunk
     for part in rest:
         arr = _child(arr, part)
     return arr
@@ -232,8 +233,7 @@ def compute_answers(spec: DatasetSpec, bank: DatasetTemplates, template: Templat
         if bank.empty_answer is not None:
             empty = pc.fill_null(pc.equal(pc.utf8_length(answer), 0), True)
             answer = pc.if_else(empty, bank.empty_answer, answer)
-        options = pa.array([[]] * n, pa.list_(pa.string()))
-        return Answers(answer, options, np.full(n, -1))
+        return Answers(answer, repeat_list([], n), np.full(n, -1))
     idx = label_index(spec, table)
     if task.type == "classification":
         texts = bank.answer_texts(spec, template)
@@ -245,8 +245,7 @@ def compute_answers(spec: DatasetSpec, bank: DatasetTemplates, template: Templat
                 f"({column_at(table, task.label_field)[row].as_py()!r}) has no label name "
                 f"(labels: {list(task.labels)})")
         answer = pc.take(pa.array(texts, pa.string()), pa.array(idx))
-        options = pa.array([texts] * n, pa.list_(pa.string()))
-        return Answers(answer, options, idx)
+        return Answers(answer, repeat_list(texts, n), idx)
     options = choices_column(spec, table)
     offsets = options.offsets.to_numpy()
     bad = (idx < 0) | (idx >= np.diff(offsets))
@@ -258,16 +257,32 @@ def compute_answers(spec: DatasetSpec, bank: DatasetTemplates, template: Templat
     return Answers(as_text(answer), as_text_list(options), idx)
 
 
+def repeat_list(items: list[str], n: int) -> pa.Array:
+    """The same list of strings on each of ``n`` rows, built without a Python loop."""
+    k = len(items)
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * k)
+    values = pc.take(pa.array(items, pa.string()), pa.array(np.tile(np.arange(k), n)))
+    return pa.ListArray.from_arrays(offsets, values)
+
+
 def as_text_list(arr: pa.Array) -> pa.Array:
     if pa.types.is_string(arr.type.value_type):
         return arr
     return pa.ListArray.from_arrays(arr.offsets, as_text(arr.values))
 
 
-def options_suffix(options: pa.Array, style: OptionsStyle) -> pa.Array | str:
-    """The ``OPTIONS`` suffix: a blank line, ``OPTIONS:``, then one ``- choice`` line per option."""
+def options_suffix(options: pa.Array, style: OptionsStyle, constant: list[str] | None = None
+                   ) -> pa.Array | str:
+    """The ``OPTIONS`` suffix: a blank line, ``OPTIONS:``, then one ``- choice`` line per option.
+
+    ``constant``: the options when every row has the same (classification): one string, no column.
+    """
     if style == "none":
         return ""
+    if constant is not None:
+        marks = [f"({chr(65 + i)}) " for i in range(len(constant))] if style == "letters" else \
+            ["- "] * len(constant)
+        return "\n\nOPTIONS:\n" + "\n".join(m + c for m, c in zip(marks, constant, strict=True))
     body = _numbered(options, "letters") if style == "letters" else pc.binary_join_element_wise(
         "- ", pc.binary_join(options, "\n- "), "")
     return pc.binary_join_element_wise("\n\nOPTIONS:\n", body, "")
@@ -283,20 +298,25 @@ class Rendered:
     answer_index: np.ndarray
 
 
-def _render_string(fmt: str, resolve) -> pa.Array | str:
+def _render_string(fmt: str, resolve, suffix: pa.Array | str = "") -> pa.Array | str:
+    """Concatenate a format string's literal pieces and columns (and a suffix) in one pass."""
     pieces: list[Any] = []
     for literal, name, _spec, _conv in string.Formatter().parse(fmt):
         if literal:
             pieces.append(literal)
         if name is not None:
             pieces.append(resolve(name))
+    if isinstance(suffix, pa.Array) or suffix:
+        pieces.append(suffix)
     if not any(isinstance(p, pa.Array) for p in pieces):
         return "".join(pieces)
+    if len(pieces) == 1:  # "{answer}": the column itself, no copy
+        return pieces[0]
     return pc.binary_join_element_wise(*pieces, "")
 
 
 def _broadcast(value: pa.Array | str, n: int) -> pa.Array:
-    return value if isinstance(value, pa.Array) else pa.array([value] * n, pa.string())
+    return value if isinstance(value, pa.Array) else pa.repeat(pa.scalar(value, pa.string()), n)
 
 
 def render_template(bank: DatasetTemplates, template: Template, table: pa.Table,
@@ -321,13 +341,15 @@ def render_template(bank: DatasetTemplates, template: Template, table: pa.Table,
             raise TemplateError(f"{spec.name} template {template.id}: {{{name}}}: {err}") from None
 
     n = table.num_rows
-    inputs = _broadcast(_render_string(template.input, resolve), n)
-    if spec.task.type != "generation" and not template.inverted and options_style != "none":
-        inputs = pc.binary_join_element_wise(inputs, options_suffix(answers.options, options_style), "")
+    suffix: pa.Array | str = ""
+    if spec.task.type != "generation" and not template.inverted:
+        constant = bank.answer_texts(spec, template) if spec.task.type == "classification" else None
+        suffix = options_suffix(answers.options, options_style, constant)
+    inputs = _broadcast(_render_string(template.input, resolve, suffix), n)
     targets = _broadcast(_render_string(template.target, resolve), n)
     options = answers.options
     if template.inverted:  # a turned-around task is open generation
-        options = pa.array([[]] * n, pa.list_(pa.string()))
+        options = repeat_list([], n)
     return Rendered(inputs, targets, options, answers.index if not template.inverted else np.full(n, -1))
 
 

@@ -3,7 +3,8 @@
 Train rows get one template each, assigned by a seeded, balanced permutation (each template gets
 ``n // T`` or ``n // T + 1`` rows); eval rows get every template that poses the dataset's own task
 (turned-around templates are for training only), so evaluations can report the mean and the best
-template. Output: ``data/templatized/{dataset}.parquet`` and ``{dataset}.manifest.json``.
+template. Output: ``data/templatized/{dataset}.parquet`` (train rows then eval rows, each grouped by
+template id) and ``{dataset}.manifest.json``.
 """
 
 from __future__ import annotations
@@ -87,41 +88,45 @@ def templates_for(bank: DatasetTemplates, spec: DatasetSpec, cfg: TemplatizeConf
 
 def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
                      cfg: TemplatizeConfig, seed: int) -> pa.Table:
-    """Render one split of raw rows into the output schema."""
+    """Render one split of raw rows into the output schema.
+
+    Rows come out grouped by template (in template order), raw order within a group: train rows are
+    gathered once into their template groups and each group is rendered on a zero-copy slice; eval
+    rows are rendered whole, once per template.
+    """
     templates = templates_for(bank, spec, cfg, role)
     n = raw.num_rows
     if role == "train":
         assignment = assign_templates(n, len(templates), derive_seed(seed, spec.name))
-        groups = [(t, np.flatnonzero(assignment == i)) for i, t in enumerate(templates)]
+        raw = raw.take(pa.array(np.argsort(assignment, kind="stable")))
+        sizes = np.bincount(assignment, minlength=len(templates))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        groups = [(t, int(a), int(m)) for t, a, m in zip(templates, starts, sizes, strict=True)]
     else:
-        groups = [(t, np.arange(n)) for t in templates]
+        groups = [(t, 0, n) for t in templates]
     ids = example_ids(spec, raw, role)
-    parts, order = [], []
-    for template, rows in groups:
-        if len(rows) == 0:
+    parts = []
+    for template, start, m in groups:
+        if m == 0:
             continue
-        idx = pa.array(rows)
-        r = render_template(bank, template, raw.take(idx), cfg.options)
+        r = render_template(bank, template, raw.slice(start, m), cfg.options)
         _check_not_empty(spec, template, r.inputs, "input")
         _check_not_empty(spec, template, r.targets, "target")
-        m = len(rows)
+        const = {f.name: pa.repeat(pa.scalar(v, f.type), m) for f, v in zip(
+            [SCHEMA.field(k) for k in ("dataset", "cluster", "split", "template_id", "inverted", "format")],
+            [spec.name, spec.cluster, role, template.id, template.inverted, cfg.format], strict=True)}
         parts.append(pa.Table.from_arrays([
-            r.inputs, r.targets, pa.array([spec.name] * m), pa.array([spec.cluster] * m),
-            pa.array([role] * m), ids.take(idx), pa.array([template.id] * m, pa.int32()),
-            pa.array([template.inverted] * m), r.options.cast(pa.list_(pa.string())),
-            pa.array(r.answer_index, pa.int32()), pa.array([cfg.format] * m)], schema=SCHEMA))
-        order.append(rows)
-    if not parts:
-        return SCHEMA.empty_table()
-    table = pa.concat_tables(parts)
-    # raw row order (then template order, for eval rows with every template)
-    return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
+            r.inputs, r.targets, const["dataset"], const["cluster"], const["split"],
+            ids.slice(start, m), const["template_id"], const["inverted"], r.options,
+            pa.array(r.answer_index, pa.int32()), const["format"]], schema=SCHEMA))
+    return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
 
 
 def _check_not_empty(spec: DatasetSpec, template: Template, arr: pa.Array, what: str) -> None:
-    empty = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0), True)
-    if pc.any(empty).as_py():
-        row = pc.index(empty, True).as_py()
+    """Fail on a null or zero-length rendering (read off the offsets: no string is touched)."""
+    empty = pc.fill_null(pc.equal(pc.binary_length(arr), 0), True).to_numpy(zero_copy_only=False)
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
         raise TemplateError(f"{spec.name} template {template.id}: the {what} of row {row} renders empty "
                             f"({getattr(template, what)!r})")
 
