@@ -4,6 +4,7 @@
     flanpipe download --dataset rte [--config config/config.yaml] [--out data/raw/rte]
     flanpipe templates --dataset rte [--row 3] [--options letters]
     flanpipe templatize --dataset rte [--config config/config.yaml]
+    flanpipe summary [--data data]
     flanpipe bench templatize [--rows 1000000]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
@@ -109,6 +110,29 @@ def cmd_templatize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Per dataset: raw rows kept and rejected, templatized rows (read off the manifests)."""
+    root = Path(args.data)
+    rows = []
+    for manifest_path in sorted((root / "raw").glob("*/manifest.json")):
+        raw = json.loads(manifest_path.read_text())
+        name = raw["dataset"]
+        tmpl_path = root / "templatized" / f"{name}.manifest.json"
+        tmpl = json.loads(tmpl_path.read_text()) if tmpl_path.exists() else None
+        sp = raw["splits"]
+        rows.append([name, raw["cluster"], raw["source"]["kind"], sp["train"]["rows"], sp["eval"]["rows"],
+                     raw["rejected"]["rows"],
+                     tmpl["outputs"]["train"]["rows"] if tmpl else "-",
+                     tmpl["outputs"]["eval"]["rows"] if tmpl else "-",
+                     len(tmpl["outputs"]["train"]["per_template"]) if tmpl else "-"])
+    if not rows:
+        print(f"no manifests under {root}/raw: run `snakemake --cores 2 all` first", file=sys.stderr)
+        return 1
+    print(_table(rows, ["dataset", "cluster", "source", "raw train", "raw eval", "rejected",
+                        "instr. train", "instr. eval", "templates"]))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from flanpipe import bench
 
@@ -170,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", help="directory with train.parquet and eval.parquet (default data/raw/NAME)")
     p.add_argument("--out", help="output Parquet (default data/templatized/NAME.parquet)")
     p.set_defaults(func=cmd_templatize)
+
+    p = sub.add_parser("summary", help="what the workflow produced so far, per dataset")
+    p.add_argument("--data", default="data", help="the workflow's data directory")
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
     p.add_argument("what", choices=["templatize"])

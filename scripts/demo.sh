@@ -9,4 +9,4 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
 snakemake --cores "${CORES:-2}" "$@" all
 echo
-flanpipe datasets --embedded
+flanpipe summary

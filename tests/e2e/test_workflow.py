@@ -91,3 +91,15 @@ def test_killed_job_output_is_not_taken_as_complete(tmp_path):
     (tmp_path / "data/raw/sst2/.train.parquet.abc.tmp").write_bytes(b"PAR1 half")
     proc = run_snakemake(tmp_path, "data/raw/sst2/manifest.json", "-n")
     assert "download" in proc.stdout + proc.stderr
+
+
+def test_summary_lists_every_dataset(workdir):
+    import subprocess
+
+    from tests.conftest import BIN
+
+    proc = subprocess.run([str(BIN / "flanpipe"), "summary", "--data", str(workdir / "data")],
+                          capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()[2:]
+    assert sorted(line.split()[0] for line in lines) == sorted(embedded_datasets())
+    assert all(" - " not in line for line in lines)
