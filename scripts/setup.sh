@@ -3,6 +3,7 @@
 # deepspeed does not pull a CUDA build, then flanpipe with its dev tools. Idempotent.
 #   PYTHON=python3.11   the interpreter to build the venv from
 #   TORCH_SPEC=...      another torch requirement (e.g. a CUDA build on a GPU cluster)
+#   FLANPIPE_LINK_PROFILE=0   do not link ~/.config/snakemake/slurm to profiles/slurm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
@@ -21,4 +22,7 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing flanpipe and its dependencies" >&2
 python -m pip install -q -e ".[dev]"
+# `snakemake --profile slurm` from anywhere: link ~/.config/snakemake/slurm -> profiles/slurm
+# (idempotent; an existing, different profile there is left alone with a warning).
+bash scripts/slurm/link_profile.sh
 echo "[setup] done: $(python -c 'import flanpipe, torch; print("flanpipe", flanpipe.__version__, "torch", torch.__version__)')" >&2
