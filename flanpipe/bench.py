@@ -13,7 +13,7 @@ import pyarrow as pa
 from flanpipe.config import TemplatizeConfig
 from flanpipe.io import derive_seed
 from flanpipe.registry import load_registry
-from flanpipe.templates import load_bank
+from flanpipe.templates import load_bank, use_string_pool
 from flanpipe.templatize import assign_templates, templatize_split
 
 WORDS = ("the a one river city council library engineer teacher market storm bridge report season "
@@ -67,6 +67,7 @@ def _peer_map(raw: pa.Table, seed: int, options: bool = True):
 
 def bench_templatize(rows: int = 1_000_000, peer_rows: int = 200_000, seed: int = 1234) -> dict:
     pa.set_cpu_count(1)  # per-core figures: Arrow's kernels on one thread
+    use_string_pool()  # as the templatize stage does
     spec, bank = load_registry().datasets["rte"], load_bank()["rte"]
     raw = synthetic_rte(rows)
     cfg = TemplatizeConfig()

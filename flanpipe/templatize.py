@@ -38,6 +38,7 @@ from flanpipe.templates import (
     load_bank,
     plain_template,
     render_template,
+    use_string_pool,
 )
 
 STAGE_VERSION = "1"
@@ -141,6 +142,7 @@ def templates_digest(name: str) -> str:
 def templatize_dataset(name: str, raw_dir: str | Path, out_path: str | Path,
                        cfg: TemplatizeConfig, seed: int) -> dict:
     """Templatize ``raw_dir/{train,eval}.parquet`` into ``out_path`` plus a manifest beside it."""
+    use_string_pool()
     spec = load_registry().datasets[name]
     bank = load_bank().get(name)
     if bank is None and cfg.format == "instructions":
