@@ -72,7 +72,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_templates(args: argparse.Namespace) -> int:
     """Print one rendered example of each of a dataset's templates."""
-    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from flanpipe.download import read_embedded_split
     from flanpipe.templates import load_bank
@@ -82,7 +82,7 @@ def cmd_templates(args: argparse.Namespace) -> int:
     reg = load_registry()
     spec = reg.datasets[args.dataset]
     if args.raw:
-        raw = pa.parquet.read_table(args.raw)
+        raw = pq.read_table(args.raw)
     elif args.dataset in embedded_datasets():
         split = spec.split_roles.get("train") or spec.split_roles["eval"]
         records, bad, _ = read_embedded_split(spec, split)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from flanpipe.registry import DatasetSpec, field_type, load_registry
+from flanpipe.validate import label_index
 
 FILTERS = ("first", "lines", "numbered", "comma", "nopunct")
 
@@ -154,13 +155,19 @@ def column_at(table: pa.Table, path: str) -> pa.Array:
     return arr
 
 
+def letter_mark(i: int) -> str:
+    """``(A) ``, ``(B) ``, ... for option ``i``; past Z, ``(27) `` and on."""
+    return f"({chr(65 + i)}) " if i < 26 else f"({i + 1}) "
+
+
 def _numbered(arr: pa.Array, labels: str = "numbers") -> pa.Array:
     """Join each list as "1. a\\n2. b" (or "(A) a\\n(B) b" with ``labels="letters"``)."""
     offsets = arr.offsets.to_numpy()
     n_items = int(offsets[-1] - offsets[0])
     pos = np.arange(n_items) - np.repeat(offsets[:-1] - offsets[0], np.diff(offsets))
     if labels == "letters":
-        marks = pa.array([f"({chr(65 + i)}) " if i < 26 else f"({i + 1}) " for i in pos], pa.string())
+        longest = int(pos.max()) + 1 if n_items else 0
+        marks = pc.take(pa.array([letter_mark(i) for i in range(longest)], pa.string()), pa.array(pos))
     else:
         marks = pc.binary_join_element_wise(pa.array(pos + 1).cast(pa.string()), ". ", "")
     values = arr.values.slice(offsets[0], n_items)
@@ -202,40 +209,16 @@ def as_text(arr: pa.Array, filt: str | None = None, sep: str = ", ") -> pa.Array
 
 # --- answers and options -------------------------------------------------------------------------
 
-def label_index(spec: DatasetSpec, table: pa.Table) -> np.ndarray:
-    """The index of each row's label among the labels (classification) or choices (multiple choice).
-
-    -1 where the label has no class (a row the download stage would have rejected).
-    """
-    task = spec.task
-    label = column_at(table, task.label_field)
-    if task.label_in:
-        keys = column_at(table, task.label_in)
-        offsets = keys.offsets.to_numpy()
-        parents = np.repeat(np.arange(len(keys)), np.diff(offsets))
-        flat = keys.values.slice(offsets[0], offsets[-1] - offsets[0])
-        match = pc.fill_null(pc.equal(flat, pc.take(label, pa.array(parents))), False).to_numpy(
-            zero_copy_only=False)
-        pos = np.arange(len(flat)) - (offsets[parents] - offsets[0])
-        idx = np.full(len(keys), -1)
-        hits = np.flatnonzero(match)[::-1]  # first match wins: write the last ones first
-        idx[parents[hits]] = pos[hits]
-        return idx
-    if task.label_values is not None:
-        label = pc.index_in(label, value_set=pa.array(task.label_values, type=label.type))
-    return pc.fill_null(label, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
 def choices_column(spec: DatasetSpec, table: pa.Table) -> pa.Array:
     """Multiple choice: each row's options as a list<string> column."""
     choices = spec.task.choices
     if isinstance(choices, str):
         return column_at(table, choices)
-    cols = [as_text(column_at(table, path)) for path in choices]
-    flat = pa.array(np.column_stack([c.to_numpy(zero_copy_only=False) for c in cols]).ravel(),
-                    pa.string())
-    offsets = pa.array(np.arange(0, len(flat) + 1, len(cols)), pa.int32())
-    return pa.ListArray.from_arrays(offsets, flat)
+    n, k = table.num_rows, len(choices)
+    stacked = pa.concat_arrays([as_text(column_at(table, path)) for path in choices])
+    row_major = (np.arange(n)[:, None] + np.arange(k)[None, :] * n).ravel()  # row 0's k choices, ...
+    offsets = pa.array(np.arange(0, n * k + 1, k), pa.int32())
+    return pa.ListArray.from_arrays(offsets, pc.take(stacked, pa.array(row_major)))
 
 
 @dataclass
@@ -244,7 +227,7 @@ class Answers:
 
     answer: pa.Array                  # string per row
     options: pa.Array                 # list<string> per row (empty for generation)
-    index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # -1 for generation
+    index: np.ndarray                 # the correct option per row; -1 for generation
 
 
 def compute_answers(spec: DatasetSpec, bank: DatasetTemplates, template: Template,
@@ -304,8 +287,7 @@ def options_suffix(options: pa.Array, style: OptionsStyle, constant: list[str] |
     if style == "none":
         return ""
     if constant is not None:
-        marks = [f"({chr(65 + i)}) " for i in range(len(constant))] if style == "letters" else \
-            ["- "] * len(constant)
+        marks = [letter_mark(i) if style == "letters" else "- " for i in range(len(constant))]
         return "\n\nOPTIONS:\n" + "\n".join(m + c for m, c in zip(marks, constant, strict=True))
     body = _numbered(options, "letters") if style == "letters" else pc.binary_join_element_wise(
         "- ", pc.binary_join(options, "\n- "), "")

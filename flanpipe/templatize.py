@@ -10,7 +10,6 @@ template id) and ``{dataset}.manifest.json``.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -72,8 +71,7 @@ def assign_templates(n_rows: int, n_templates: int, seed: int) -> np.ndarray:
 
 def example_ids(spec: DatasetSpec, table: pa.Table, role: str) -> pa.Array:
     """``{dataset}:{split}:{id}``, the id from the dataset's id field or the raw row position."""
-    if spec.id_field and pa.types.is_primitive(table.schema.field(spec.id_field).type) \
-            or spec.id_field and pa.types.is_string(table.schema.field(spec.id_field).type):
+    if spec.id_field and not pa.types.is_nested(table.schema.field(spec.id_field).type):
         ids = table.column(spec.id_field).cast(pa.string())
     else:
         ids = table.column("row_index").cast(pa.string())
@@ -224,7 +222,3 @@ def render_examples(name: str, raw: pa.Table, options_style: str = "dash") -> li
         rows.append({"template_id": t.id, "inverted": t.inverted, "inputs": r.inputs[0].as_py(),
                      "targets": r.targets[0].as_py()})
     return rows
-
-
-def dumps_examples(rows: list[dict]) -> str:
-    return json.dumps(rows, indent=2, ensure_ascii=False)

@@ -249,14 +249,8 @@ def _check_content(table: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> Non
 
     if task.type == "generation":
         return
-    label, _ = leaves_at(table, task.label_field)
-    present = label.is_valid().to_numpy(zero_copy_only=False)
-    if task.label_values is not None:
-        index = pc.index_in(label, value_set=pa.array(task.label_values, type=label.type))
-    elif task.label_in is None:
-        index = label
-    else:
-        index = None
+    present = table.column(task.label_field.split(".")[0]).is_valid().to_numpy(zero_copy_only=False)
+    idx = label_index(spec, table)
     if task.type == "classification":
         n_classes = np.full(n, len(task.labels))
         allowed = f"one of {list(task.label_values or range(len(task.labels)))}"
@@ -264,19 +258,36 @@ def _check_content(table: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> Non
         n_classes = np.full(n, len(task.choices))
         allowed = f"one of {list(task.label_values or range(len(task.choices)))}"
     else:
-        _, parents = leaves_at(table, task.choices)
-        n_classes = _leaf_count(parents, n)
+        n_classes = _leaf_count(leaves_at(table, task.choices)[1], n)
         allowed = f"an index into {task.choices!r}"
-    if index is None:  # the label must appear in a per-row list (ARC's answerKey in choices.label)
-        keys, parents = leaves_at(table, task.label_in)
-        row_label = pc.take(label, pa.array(parents))
-        ok = _rows_with(parents, pc.fill_null(pc.equal(keys, row_label), False), n)
+    if task.label_in:
         allowed = f"a value of {task.label_in!r}"
-    else:
-        idx = pc.fill_null(index, -1).to_numpy(zero_copy_only=False)
-        ok = (idx >= 0) & (idx < n_classes)
+    ok = (idx >= 0) & (idx < n_classes)
     reasons.add(present & ~ok, "label_out_of_range",
                 f"label field {task.label_field!r} is out of range: must be {allowed}")
+
+
+def label_index(spec: DatasetSpec, table: pa.Table) -> np.ndarray:
+    """The index of each row's label among its classes (classification) or choices (multiple choice).
+
+    The label is the class index itself, its position in ``label_values``, or (``label_in``, ARC's
+    answer key) its position in a per-row list. -1 where it is none of those.
+    """
+    task = spec.task
+    label, _ = leaves_at(table, task.label_field)
+    if task.label_in:
+        keys, parents = leaves_at(table, task.label_in)
+        match = pc.fill_null(pc.equal(keys, pc.take(label, pa.array(parents))), False).to_numpy(
+            zero_copy_only=False)
+        first_leaf = np.concatenate([[0], np.cumsum(_leaf_count(parents, table.num_rows))])
+        pos = np.arange(len(keys)) - first_leaf[parents]
+        idx = np.full(table.num_rows, -1)
+        hits = np.flatnonzero(match)[::-1]  # first match wins: write the last ones first
+        idx[parents[hits]] = pos[hits]
+        return idx
+    if task.label_values is not None:
+        label = pc.index_in(label, value_set=pa.array(task.label_values, type=label.type))
+    return pc.fill_null(label, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _rejected_table(source, split: str, reasons: _Reasons, bad_lines: dict[int, str]) -> pa.Table:
