@@ -21,13 +21,18 @@ validate(config, "config/config.schema.json")
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/templatize.smk"
+include: "rules/dedup.smk"
+include: "rules/mix.smk"
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
+    mixture="|".join(CFG.mixtures()),
 
 
 rule all:
     input:
         get_raw_outputs(),
         get_templatized(),
+        get_mixtures(),
+        "data/catalog.duckdb",

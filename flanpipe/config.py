@@ -105,6 +105,89 @@ class TemplatizeConfig(_Section):
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
 
 
+class NearDedupConfig(_Section):
+    """Near-duplicates: MinHash + LSH over each example's raw text fields (never the templated text,
+    whose boilerplate would make unrelated examples look alike)."""
+
+    enabled: bool = True
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    """Estimated Jaccard similarity of word shingles at or above which two examples are duplicates."""
+    shingle: int = Field(3, ge=1, le=32)
+    """Words per shingle (a text shorter than this is one shingle)."""
+    num_perm: int = Field(128, ge=8, le=1024)
+    """MinHash permutations (signature length)."""
+    bands: int | None = Field(None, ge=1)
+    """LSH bands (rows per band = num_perm // bands); null picks the pair that minimises false
+    positives plus false negatives at `threshold`, as datasketch does."""
+
+
+class DedupConfig(_Section):
+    """Stage 3a: drop duplicate training examples within and across datasets; the first occurrence in
+    the stable order (datasets in registry order, rows in source order) is kept."""
+
+    exact: bool = True
+    """Drop examples whose normalised inputs + targets (lower case, whitespace collapsed) repeat."""
+    near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    pool_factor: float | None = Field(4.0, ge=1.0)
+    """Only the `pool_factor * mix.cap` rows of a dataset that a seeded draw would reach first are
+    fingerprinted (the rest can never survive the cap, and are counted as capped away); null checks
+    every row."""
+
+
+class DecontaminateConfig(_Section):
+    """Stage 3b: remove training examples that share a long word n-gram with an evaluation example of
+    a held-out dataset, per held-out setting (the `all` mixture: against every held-out cluster)."""
+
+    enabled: bool = True
+    ngram: int = Field(13, ge=2, le=64)
+    """Words per n-gram (13, as in GPT-3's and FLAN's contamination analyses)."""
+    min_ngram: int = Field(8, ge=2, le=64)
+    """For an eval dataset whose texts are short, the n-gram shrinks to the 5th percentile of its
+    eval texts' word counts, but never below this (GPT-3's rule); eval texts shorter than the
+    n-gram cannot match and are counted as unchecked."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DecontaminateConfig:
+        if self.min_ngram > self.ngram:
+            raise ValueError(f"decontaminate.min_ngram ({self.min_ngram}) must be <= decontaminate.ngram "
+                             f"({self.ngram})")
+        return self
+
+
+class MixConfig(_Section):
+    """Stage 3c: cap each dataset, then mix examples-proportionally into shuffled Parquet shards."""
+
+    cap: int = Field(30_000, ge=1)
+    """Most training examples kept per dataset, drawn by a seeded sample (the paper took the first
+    30k; a sample does not inherit the source's ordering, e.g. by topic or date)."""
+    rate_max: int = Field(3_000, ge=1)
+    """K in seqio's rate rule ``rate_i = min(n_i, K) ** (1 / T)``, normalised over datasets."""
+    temperature: float = Field(1.0, gt=0.0)
+    """T in the rate rule (1 = examples-proportional)."""
+    chars_per_token: float = Field(4.0, gt=0.0)
+    """Characters per token, to estimate example lengths before a tokenizer exists."""
+    rows_per_shard: int = Field(100_000, ge=1)
+    """Examples per mixture shard."""
+
+
+class TokenizeConfig(_Section):
+    """Stage 4: token budgets (used by the mixer to estimate tokens per example)."""
+
+    max_input_tokens: int = Field(1024, ge=1)
+    """Inputs are truncated to this many tokens."""
+    max_target_tokens: int = Field(256, ge=1)
+    """Targets are truncated to this many tokens."""
+
+
+class TrainConfig(_Section):
+    """Stage 5: the training budget (the mixer materialises enough examples for it)."""
+
+    steps: int = Field(30_000, ge=1)
+    """Optimizer steps."""
+    tokens_per_batch: int = Field(8_192, ge=1)
+    """Tokens per optimizer step (inputs + targets, over all ranks and accumulation steps)."""
+
+
 class Config(_Section):
     """The whole flanpipe config. Every stage reads only its own section."""
 
@@ -119,6 +202,11 @@ class Config(_Section):
     model trained on every cluster is always added."""
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     templatize: TemplatizeConfig = Field(default_factory=TemplatizeConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("datasets")
     @classmethod
@@ -154,6 +242,36 @@ class Config(_Section):
                     f"source but has no embedded demo data (embedded: {sorted(embedded)}); "
                     "allowed for it: 'hub' or 'local'")
         return self
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> Config:
+        near = self.dedup.near
+        if near.bands is not None and near.bands > near.num_perm:
+            raise ValueError(f"dedup.near.bands: {near.bands} bands need at least as many permutations "
+                             f"(dedup.near.num_perm is {near.num_perm})")
+        return self
+
+    def mixtures(self) -> list[str]:
+        """The mixtures this run builds: one per held-out cluster, then `all`."""
+        return [*self.heldout_clusters, "all"]
+
+    def mixture_datasets(self, mixture: str) -> list[str]:
+        """The run's datasets a mixture trains on (a held-out cluster and the clusters excluded with
+        it are left out)."""
+        if mixture == "all":
+            return self.dataset_names()
+        registry = load_registry()
+        train = set(registry.training_clusters(mixture))
+        return [d for d in self.dataset_names() if registry.datasets[d].cluster in train]
+
+    def heldout_for(self, mixture: str) -> list[str]:
+        """The clusters whose eval sets a mixture is decontaminated against."""
+        return list(self.heldout_clusters) if mixture == "all" else [mixture]
+
+    def heldout_datasets(self) -> list[str]:
+        """The run's datasets in any held-out cluster (their eval splits are decontaminated against)."""
+        registry = load_registry()
+        return [d for d in self.dataset_names() if registry.datasets[d].cluster in self.heldout_clusters]
 
     def dataset_names(self) -> list[str]:
         """The registry names this run uses, in registry order."""

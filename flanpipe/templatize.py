@@ -40,7 +40,7 @@ from flanpipe.templates import (
     use_string_pool,
 )
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([
@@ -50,6 +50,7 @@ SCHEMA = pa.schema([
     pa.field("cluster", pa.string()),
     pa.field("split", pa.string()),
     pa.field("example_id", pa.string()),
+    pa.field("row_index", pa.int64()),
     pa.field("template_id", pa.int32()),
     pa.field("inverted", pa.bool_()),
     pa.field("options", pa.list_(pa.string())),
@@ -104,6 +105,7 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
     else:
         groups = [(t, 0, n) for t in templates]
     ids = example_ids(spec, raw, role)
+    row_index = raw.column("row_index").combine_chunks().cast(pa.int64())
     parts = []
     for template, start, m in groups:
         if m == 0:
@@ -116,8 +118,8 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
             [spec.name, spec.cluster, role, template.id, template.inverted, cfg.format], strict=True)}
         parts.append(pa.Table.from_arrays([
             r.inputs, r.targets, const["dataset"], const["cluster"], const["split"],
-            ids.slice(start, m), const["template_id"], const["inverted"], r.options,
-            pa.array(r.answer_index, pa.int32()), const["format"]], schema=SCHEMA))
+            ids.slice(start, m), row_index.slice(start, m), const["template_id"], const["inverted"],
+            r.options, pa.array(r.answer_index, pa.int32()), const["format"]], schema=SCHEMA))
     return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
 
 

@@ -26,3 +26,47 @@ def get_templatize_params(wildcards):
 
 def get_templatized():
     return expand("data/templatized/{dataset}.parquet", dataset=DATASETS)
+
+
+def get_fingerprints():
+    return expand("data/dedup/fingerprints/{dataset}.parquet", dataset=DATASETS)
+
+
+def get_dropped():
+    return expand("data/dedup/{dataset}.dropped.parquet", dataset=DATASETS)
+
+
+def get_heldout_ngrams(wildcards):
+    """The eval n-gram sets a dataset's train rows are checked against: every held-out dataset's."""
+    return expand("data/decontam/ngrams/{dataset}.parquet", dataset=CFG.heldout_datasets())
+
+
+def get_mixture_inputs(wildcards):
+    """The upstream files of every dataset the mixture trains on, by kind."""
+    names = CFG.mixture_datasets(wildcards.mixture)
+    return {
+        "templatized": expand("data/templatized/{dataset}.parquet", dataset=names),
+        "fingerprints": expand("data/dedup/fingerprints/{dataset}.parquet", dataset=names),
+        "dropped": expand("data/dedup/{dataset}.dropped.parquet", dataset=names),
+        "decontam": expand("data/decontam/{dataset}.parquet", dataset=names),
+        "manifest": expand("data/raw/{dataset}/manifest.json", dataset=names),
+    }
+
+
+def get_mixtures():
+    return expand(
+        "data/mixtures/{mixture}/{file}",
+        mixture=CFG.mixtures(),
+        file=["manifest.json", "stats.parquet", "contamination.parquet"],
+    )
+
+
+def get_catalog_inputs(wildcards):
+    return {
+        "raw": get_raw_outputs(),
+        "templatized": get_templatized(),
+        "dropped": get_dropped(),
+        "decontam": expand("data/decontam/{dataset}.parquet", dataset=DATASETS),
+        "mixtures": get_mixtures(),
+        "shards": expand("data/mixtures/{mixture}/shards", mixture=CFG.mixtures()),
+    }

@@ -1,0 +1,122 @@
+"""The DuckDB catalog: one file, ``data/catalog.duckdb``, to query every stage's output.
+
+Views read the Parquet files in place (paths relative to the workflow directory, so open the catalog
+from there): ``raw.<dataset>_train`` / ``raw.<dataset>_eval`` (each dataset in its own schema),
+``rejected``, ``templatized``, ``dedup_dropped``, ``contamination_matches`` and ``mixtures`` (every
+mixture's shards, with a ``mixture`` column). Tables hold the numbers: ``mixture_stats``,
+``template_usage``, ``dedup_report`` and ``contamination_report``. The ``catalog`` rule rebuilds the
+file whenever an input changes; it is written to a temporary file and renamed into place.
+
+Example (``duckdb data/catalog.duckdb`` or ``duckdb.connect("data/catalog.duckdb", read_only=True)``)::
+
+    SELECT cluster, round(100 * sum(sampled) / sum(sum(sampled)) OVER (), 1) AS pct
+    FROM mixture_stats WHERE mixture = 'nli' GROUP BY cluster ORDER BY pct DESC;
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from flanpipe.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+TABLES = ("mixture_stats", "template_usage", "dedup_report", "contamination_report")
+
+
+def _sql_path(path: str | Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def build_catalog(out_path: str | Path, datasets: list[str], mixtures: list[str],
+                  data_dir: str = "data") -> dict:
+    """Create the catalog from the Parquet files under ``data_dir`` (a path relative to where the
+    catalog will be queried from)."""
+    d = Path(data_dir)
+    counts = {}
+    with atomic_path(out_path) as tmp:
+        tmp.unlink()  # DuckDB creates the file itself
+        con = duckdb.connect(str(tmp))
+        try:
+            con.execute("CREATE SCHEMA raw")
+            for name in datasets:
+                for split in ("train", "eval"):
+                    con.execute(f"CREATE VIEW raw.{_ident(f'{name}_{split}')} AS SELECT * FROM "
+                                f"read_parquet({_sql_path(d / 'raw' / name / f'{split}.parquet')})")
+            views = {
+                "rejected": _read((d / "raw" / n / "rejected.parquet" for n in datasets),
+                                  "dataset", r"([^/]+)/rejected\.parquet$"),
+                "templatized": _read(d / "templatized" / f"{n}.parquet" for n in datasets),
+                "dedup_dropped": _read((d / "dedup" / f"{n}.dropped.parquet" for n in datasets),
+                                       "dataset", r"([^/]+)\.dropped\.parquet$"),
+                "contamination_matches": _read((d / "decontam" / f"{n}.parquet" for n in datasets),
+                                               "dataset", r"([^/]+)\.parquet$"),
+                "mixtures": _read((d / "mixtures" / m / "shards" / "*.parquet" for m in mixtures),
+                                  "mixture", r"mixtures/([^/]+)/shards/"),
+            }
+            for name, sql in views.items():
+                con.execute(f"CREATE VIEW {name} AS {sql}")
+            con.execute(f"CREATE TABLE mixture_stats AS SELECT * FROM read_parquet("
+                        f"{_list(d / 'mixtures' / m / 'stats.parquet' for m in mixtures)}) "
+                        "ORDER BY mixture, dataset")
+            con.execute(f"CREATE TABLE contamination_report AS SELECT * FROM read_parquet("
+                        f"{_list(d / 'mixtures' / m / 'contamination.parquet' for m in mixtures)}) "
+                        "ORDER BY mixture, dataset, eval_dataset")
+            con.execute("""
+                CREATE TABLE template_usage AS
+                SELECT mixture, dataset, template_id, inverted, count(*) AS rows,
+                       count(DISTINCT example_id) AS examples
+                FROM mixtures GROUP BY ALL ORDER BY mixture, dataset, template_id""")
+            con.execute("""
+                CREATE TABLE dedup_report AS
+                SELECT dataset, reason,
+                       CASE WHEN kept_dataset = dataset THEN 'within' ELSE 'across' END AS scope,
+                       kept_dataset, count(*) AS rows, round(avg(similarity), 4) AS mean_similarity
+                FROM dedup_dropped GROUP BY ALL ORDER BY dataset, reason, scope, kept_dataset""")
+            for table in TABLES:
+                counts[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        wal = Path(str(tmp) + ".wal")
+        if wal.exists():
+            raise RuntimeError(f"DuckDB left a write-ahead log beside {tmp}")
+    log.info("catalog %s: %s", out_path, counts)
+    return counts
+
+
+def _list(paths) -> str:
+    return "[" + ", ".join(_sql_path(p) for p in paths) + "]"
+
+
+def _read(paths, column: str | None = None, pattern: str | None = None) -> str:
+    """SELECT over the Parquet ``paths``; with ``column``, a first column taken from each row's file
+    name by the regex ``pattern`` (its one group)."""
+    if column is None:
+        return f"SELECT * FROM read_parquet({_list(paths)})"
+    return (f"SELECT regexp_extract(filename, {_sql_path(pattern)}, 1) AS {column}, * EXCLUDE (filename) "
+            f"FROM read_parquet({_list(paths)}, filename=true)")
+
+
+def mixture_stats(catalog: str | Path, mixture: str | None = None) -> pa.Table:
+    """The ``mixture_stats`` table, for one mixture or all."""
+    con = duckdb.connect(str(catalog), read_only=True)
+    try:
+        if mixture is None:
+            return con.execute("SELECT * FROM mixture_stats ORDER BY mixture, dataset").to_arrow_table()
+        known = [r[0] for r in con.execute("SELECT DISTINCT mixture FROM mixture_stats ORDER BY 1")
+                 .fetchall()]
+        if mixture not in known:
+            raise KeyError(f"no mixture {mixture!r} in {catalog}; known: {known}")
+        return con.execute("SELECT * FROM mixture_stats WHERE mixture = ? ORDER BY dataset",
+                           [mixture]).to_arrow_table()
+    finally:
+        con.close()

@@ -1,0 +1,133 @@
+"""Stage 3b, decontaminate: find training examples that share a long word n-gram with an evaluation
+example of a held-out dataset.
+
+The eval side (:func:`eval_ngrams`, run in each dataset's fingerprint job) stores the set of n-gram
+hashes of the dataset's eval split. The n-gram is ``decontaminate.ngram`` words (13), shrunk for a
+dataset whose eval texts are short to the 5th percentile of their word counts, but never below
+``min_ngram`` (GPT-3's rule); eval texts shorter than that cannot match and are counted as
+unchecked. The train side (:func:`decontaminate_dataset`, one job per dataset) hashes the n-grams of
+every pool row and records each (train row, eval dataset) pair that shares one:
+``data/decontam/{dataset}.parquet``. Which matches remove a row depends on the mixture: the mixer
+drops rows matching the eval sets of the mixture's held-out cluster (for `all`, of every held-out
+cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flanpipe import fingerprint as fp
+from flanpipe.config import DecontaminateConfig
+from flanpipe.io import read_parquet_metadata, write_parquet_atomic
+from flanpipe.registry import DatasetSpec, load_registry
+
+STAGE_VERSION = "1"
+log = logging.getLogger(__name__)
+
+MATCH_SCHEMA = pa.schema([
+    pa.field("row_index", pa.int64()),
+    pa.field("example_id", pa.string()),
+    pa.field("eval_dataset", pa.string()),
+    pa.field("eval_cluster", pa.string()),
+    pa.field("ngram", pa.int32()),
+    pa.field("matches", pa.int32()),  # how many of the row's n-grams are in the eval set
+])
+NGRAM_SCHEMA = pa.schema([pa.field("hash", pa.uint64())])
+
+
+def ngram_size(word_counts: np.ndarray, cfg: DecontaminateConfig) -> int:
+    """The dataset's n-gram: ``cfg.ngram``, or the 5th percentile of eval word counts if smaller, but
+    at least ``cfg.min_ngram``.
+
+    >>> ngram_size(np.array([5, 9, 30, 40]), DecontaminateConfig())
+    8
+    """
+    if len(word_counts) == 0:
+        return cfg.ngram
+    p5 = int(np.percentile(word_counts, 5, method="lower"))
+    return int(min(cfg.ngram, max(cfg.min_ngram, p5)))
+
+
+def eval_ngrams(spec: DatasetSpec, eval_path: str | Path, out_path: str | Path,
+                cfg: DecontaminateConfig) -> dict:
+    """Write the sorted, distinct n-gram hashes of a dataset's eval split."""
+    from flanpipe.dedup import raw_texts
+
+    table = pq.read_table(eval_path)
+    words = fp.word_hashes(raw_texts(spec, table)) if table.num_rows else fp.Words(
+        np.zeros(0, np.uint64), np.zeros(1, np.int64))
+    n = ngram_size(words.counts, cfg)
+    hashes, _ = fp.ngram_hashes(words, n)
+    meta = {"stage": "eval_ngrams", "stage_version": STAGE_VERSION, "dataset": spec.name,
+            "cluster": spec.cluster, "ngram": n, "eval_rows": table.num_rows,
+            "unchecked_rows": int((words.counts < n).sum())}
+    write_parquet_atomic(pa.table({"hash": np.unique(hashes)}, schema=NGRAM_SCHEMA), out_path, meta)
+    return meta
+
+
+def contaminated_rows(words: fp.Words, eval_sets: dict[str, tuple[int, np.ndarray]]
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each eval set ``{name: (n, sorted hashes)}``: (rows with a shared n-gram, match counts)."""
+    out = {}
+    for n in sorted({n for n, _ in eval_sets.values()}):
+        grams, starts = fp.ngram_hashes(words, n)
+        doc = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+        for name, (size, hashes) in eval_sets.items():
+            if size != n:
+                continue
+            if len(hashes) == 0 or len(grams) == 0:
+                out[name] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+                continue
+            pos = np.minimum(np.searchsorted(hashes, grams), len(hashes) - 1)
+            counts = np.bincount(doc[hashes[pos] == grams], minlength=len(starts) - 1)
+            rows = np.flatnonzero(counts)
+            out[name] = (rows, counts[rows])
+    return out
+
+
+def decontaminate_dataset(name: str, raw_train: str | Path, fingerprints: str | Path,
+                          ngram_paths: dict[str, str | Path], out_path: str | Path) -> dict:
+    """Record every (pool row of ``name``, held-out eval dataset) pair sharing an n-gram."""
+    from flanpipe.dedup import raw_texts
+
+    registry = load_registry()
+    spec = registry.datasets[name]
+    pool_index = pq.read_table(fingerprints, columns=["row_index", "example_id"])
+    raw = pq.read_table(raw_train)
+    keep = pc.is_in(raw.column("row_index"), value_set=pool_index.column("row_index").combine_chunks())
+    raw = raw.filter(keep)
+    raw = raw.take(pa.array(np.argsort(raw.column("row_index").to_numpy(), kind="stable")))
+    ids = pool_index.column("example_id").to_numpy(zero_copy_only=False)
+    if raw.num_rows != pool_index.num_rows:
+        raise ValueError(f"{name}: the fingerprints do not match the raw train rows; rerun fingerprint")
+    eval_sets = {}
+    for eval_name, path in ngram_paths.items():
+        meta = read_parquet_metadata(path)
+        eval_sets[eval_name] = (int(meta["ngram"]), pq.read_table(path).column("hash").to_numpy())
+    words = fp.word_hashes(raw_texts(spec, raw)) if raw.num_rows else None
+    found = contaminated_rows(words, eval_sets) if words is not None else {}
+    row_index = raw.column("row_index").to_numpy()
+    parts = []
+    for eval_name, (rows, counts) in found.items():
+        parts.append(pa.Table.from_arrays([
+            pa.array(row_index[rows], pa.int64()), pa.array(ids[rows], pa.string()),
+            pa.array([eval_name] * len(rows), pa.string()),
+            pa.array([registry.datasets[eval_name].cluster] * len(rows), pa.string()),
+            pa.array([eval_sets[eval_name][0]] * len(rows), pa.int32()),
+            pa.array(counts, pa.int32())], schema=MATCH_SCHEMA))
+        if len(rows):
+            log.info("%s: %d pool rows share a %d-gram with %s eval", name, len(rows),
+                     eval_sets[eval_name][0], eval_name)
+    table = pa.concat_tables(parts) if parts else MATCH_SCHEMA.empty_table()
+    table = table.sort_by([("row_index", "ascending"), ("eval_dataset", "ascending")])
+    meta = {"stage": "decontaminate", "stage_version": STAGE_VERSION, "dataset": name,
+            "eval_datasets": sorted(ngram_paths), "pool_rows": raw.num_rows,
+            "contaminated_rows": int(len(np.unique(table.column("row_index").to_numpy())))}
+    write_parquet_atomic(table, out_path, meta)
+    return meta

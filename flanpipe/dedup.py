@@ -1,0 +1,238 @@
+"""Stage 3a, dedupe: exact and near-duplicate training examples, within and across datasets.
+
+Two steps, so the heavy work runs one job per dataset and only small fingerprints meet:
+
+1. :func:`fingerprint_dataset` (one job per dataset) reads the dataset's *pool* of train rows (see
+   :func:`pool_rows`) and writes, per row, a 128-bit hash of its normalised inputs + targets before
+   templating (:func:`plain_pairs`) and a MinHash signature of its raw text fields
+   (``data/dedup/fingerprints/{dataset}.parquet``). The
+   same job writes the n-gram set of the dataset's eval split for decontamination
+   (:mod:`flanpipe.decontaminate`).
+2. :func:`dedupe` (one job) walks all fingerprints in the stable order (datasets in registry order,
+   rows in source order): a row whose exact hash was seen before is an exact duplicate; of the rest,
+   rows that LSH puts in a bucket with an earlier row and whose estimated Jaccard with it reaches the
+   threshold join its component, and every component keeps its first row. Every dropped row is
+   written to ``data/dedup/{dataset}.dropped.parquet`` with the kept twin and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flanpipe import fingerprint as fp
+from flanpipe.config import DecontaminateConfig, DedupConfig
+from flanpipe.io import (
+    code_version,
+    derive_seed,
+    sha256_file,
+    utc_now,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from flanpipe.registry import DatasetSpec, load_registry
+from flanpipe.templates import DatasetTemplates, as_text, column_at, plain_template, render_template
+
+STAGE_VERSION = "1"
+log = logging.getLogger(__name__)
+
+DROPPED_SCHEMA = pa.schema([
+    pa.field("row_index", pa.int64()),
+    pa.field("example_id", pa.string()),
+    pa.field("reason", pa.string()),  # exact | near
+    pa.field("kept_dataset", pa.string()),
+    pa.field("kept_row_index", pa.int64()),
+    pa.field("kept_example_id", pa.string()),
+    pa.field("similarity", pa.float32()),  # 1 for exact; the estimated Jaccard for near
+])
+
+
+def fingerprint_schema(num_perm: int) -> pa.Schema:
+    return pa.schema([
+        pa.field("row_index", pa.int64()),
+        pa.field("example_id", pa.string()),
+        pa.field("priority", pa.uint64()),
+        pa.field("exact_hi", pa.uint64()),
+        pa.field("exact_lo", pa.uint64()),
+        pa.field("words", pa.int32()),
+        pa.field("signature", pa.list_(pa.uint32(), num_perm)),
+    ])
+
+
+def raw_texts(spec: DatasetSpec, table: pa.Table) -> pa.Array:
+    """Each row's raw text fields joined by spaces (lists flattened), the text dedup and
+    decontamination compare."""
+    parts = [as_text(column_at(table, path)) for path in spec.text_fields]
+    return pc.binary_join_element_wise(*[pc.fill_null(p, "") for p in parts], " ")
+
+
+def priorities(row_index: np.ndarray, name: str, seed: int) -> np.ndarray:
+    """A seeded 64-bit draw per row, a function of (seed, dataset, row) only.
+
+    The cap keeps the rows with the lowest draws that survive dedup and decontamination, so a row
+    kept in one held-out setting is kept in every setting where it survives: consistent sampling.
+    """
+    with np.errstate(over="ignore"):  # wrap-around is the point
+        z = row_index.astype(np.uint64) + np.uint64(derive_seed(seed, f"priority/{name}")) * fp.GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * fp.MIX1
+    z = (z ^ (z >> np.uint64(27))) * fp.MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def pool_limit(cfg: DedupConfig, cap: int) -> int | None:
+    return None if cfg.pool_factor is None else math.ceil(cfg.pool_factor * cap)
+
+
+def pool_rows(raw: pa.Table, name: str, seed: int, limit: int | None) -> tuple[pa.Table, np.ndarray]:
+    """The rows of a raw train table that dedup and decontamination examine, in source order, with
+    their priorities: all rows, or the ``limit`` with the lowest priorities."""
+    row_index = raw.column("row_index").to_numpy()
+    prio = priorities(row_index, name, seed)
+    if limit is not None and raw.num_rows > limit:
+        chosen = np.sort(np.argpartition(prio, limit - 1)[:limit])
+        raw, prio = raw.take(pa.array(chosen)), prio[chosen]
+    order = np.argsort(raw.column("row_index").to_numpy(), kind="stable")
+    return raw.take(pa.array(order)), prio[order]
+
+
+def plain_pairs(spec: DatasetSpec, table: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """Each row's (inputs, targets) before templating: all raw text fields, and the target as the
+    `no_template` format renders it. The exact hash is taken over these, so the template a train row
+    happened to draw can never hide a duplicate."""
+    bank = DatasetTemplates(dataset=spec.name, templates=())
+    targets = render_template(bank, plain_template(spec, "no_template"), table, "none").targets
+    return raw_texts(spec, table), targets
+
+
+def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | Path,
+                        out_ngrams: str | Path, cfg: DedupConfig,
+                        decontam: DecontaminateConfig, cap: int, seed: int) -> dict:
+    """Write a dataset's train-pool fingerprints and its eval-split n-gram set."""
+    from flanpipe.decontaminate import eval_ngrams  # the eval side of decontamination
+
+    spec = load_registry().datasets[name]
+    raw_dir = Path(raw_dir)
+    raw = pq.read_table(raw_dir / "train.parquet")
+    pool, prio = pool_rows(raw, name, seed, pool_limit(cfg, cap))
+    row_index = pool.column("row_index").to_numpy()
+    inputs, targets = plain_pairs(spec, pool)
+    exact = fp.exact_hashes(inputs, targets)
+    words = fp.word_hashes(inputs)
+    signature = fp.minhash(words, cfg.near.shingle, cfg.near.num_perm, seed=derive_seed(seed, "minhash"))
+    table = pa.Table.from_arrays([
+        pa.array(row_index, pa.int64()),
+        pc.binary_join_element_wise(f"{name}:train:", _ids(spec, pool), ""),
+        pa.array(prio, pa.uint64()),
+        pa.array(exact[:, 0]),
+        pa.array(exact[:, 1]),
+        pa.array(words.counts.astype(np.int32)),
+        pa.FixedSizeListArray.from_arrays(pa.array(signature.reshape(-1)), cfg.near.num_perm),
+    ], schema=fingerprint_schema(cfg.near.num_perm))
+    meta = {"stage": "fingerprint", "stage_version": STAGE_VERSION, "dataset": name, "seed": seed,
+            "raw_rows": raw.num_rows, "pool_rows": pool.num_rows, "shingle": cfg.near.shingle,
+            "num_perm": cfg.near.num_perm}
+    write_parquet_atomic(table, out_fingerprints, meta)
+    ngram_meta = eval_ngrams(spec, raw_dir / "eval.parquet", out_ngrams, decontam)
+    log.info("%s: %d of %d train rows fingerprinted; eval n-grams: %s", name, pool.num_rows,
+             raw.num_rows, ngram_meta)
+    return meta
+
+
+def _ids(spec: DatasetSpec, table: pa.Table) -> pa.Array:
+    if spec.id_field and not pa.types.is_nested(table.schema.field(spec.id_field).type):
+        return table.column(spec.id_field).cast(pa.string()).combine_chunks()
+    return table.column("row_index").cast(pa.string()).combine_chunks()
+
+
+def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray]:
+    tables = [pq.read_table(p) for p in paths]
+    for p, t in zip(paths, tables, strict=True):
+        if t.schema.field("signature").type.list_size != num_perm:
+            raise ValueError(f"{p}: signatures have {t.schema.field('signature').type.list_size} "
+                             f"permutations, the config asks for {num_perm}; rerun fingerprint")
+    col = lambda name: np.concatenate([t.column(name).to_numpy() for t in tables]) if tables else np.zeros(0)  # noqa: E731
+    sig = [t.column("signature").combine_chunks().values.to_numpy().reshape(-1, num_perm) for t in tables]
+    return {
+        "dataset": np.repeat(np.arange(len(tables)), [t.num_rows for t in tables]),
+        "row_index": col("row_index").astype(np.int64),
+        "example_id": np.concatenate([t.column("example_id").to_numpy(zero_copy_only=False)
+                                      for t in tables]) if tables else np.zeros(0, object),
+        "hi": col("exact_hi").astype(np.uint64), "lo": col("exact_lo").astype(np.uint64),
+        "words": col("words").astype(np.int64),
+        "signature": np.concatenate(sig) if sig else np.zeros((0, num_perm), np.uint32),
+    }
+
+
+def find_duplicates(hi: np.ndarray, lo: np.ndarray, signature: np.ndarray, words: np.ndarray,
+                    cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(twin, reason) per row in the stable order: ``twin[i]`` is the kept row that row ``i``
+    duplicates (-1 if kept); ``reason[i]`` is 1 for exact, 2 for near, 0 if kept."""
+    n = len(hi)
+    twin = np.full(n, -1, np.int64)
+    reason = np.zeros(n, np.int8)
+    if cfg.exact and n:
+        first = fp.first_occurrence(hi, lo, np.ones(n, np.bool_))
+        exact = first >= 0
+        twin[exact], reason[exact] = first[exact], 1
+    if cfg.near.enabled and n:
+        active = (reason == 0) & (words > 0)
+        bands = cfg.near.bands or fp.lsh_params(cfg.near.threshold, cfg.near.num_perm)[0]
+        rows = cfg.near.num_perm // bands
+        keys = fp.band_keys(signature, bands, rows)
+        root = fp.lsh_components(keys, signature, active, cfg.near.threshold)
+        near = active & (root != np.arange(n))
+        twin[near], reason[near] = root[near], 2
+    return twin, reason
+
+
+def dedupe(names: list[str], fingerprint_paths: list[str | Path], out_dir: str | Path, cfg: DedupConfig,
+           seed: int) -> dict:
+    """Find duplicates across all datasets and write ``{out_dir}/{dataset}.dropped.parquet`` each,
+    plus ``{out_dir}/report.json``."""
+    out_dir = Path(out_dir)
+    fps = _load_fingerprints([Path(p) for p in fingerprint_paths], cfg.near.num_perm)
+    twin, reason = find_duplicates(fps["hi"], fps["lo"], fps["signature"], fps["words"], cfg)
+    dropped = np.flatnonzero(twin >= 0)
+    similarity = np.ones(len(dropped), np.float32)
+    near = reason[dropped] == 2
+    if near.any():
+        a, b = fps["signature"][dropped[near]], fps["signature"][twin[dropped[near]]]
+        similarity[near] = (a == b).mean(axis=1)
+    report = {"stage": "dedupe", "stage_version": STAGE_VERSION, "seed": seed, "config": cfg.model_dump(),
+              "rows": int(len(twin)), "datasets": {}}
+    if cfg.near.enabled:
+        bands = cfg.near.bands or fp.lsh_params(cfg.near.threshold, cfg.near.num_perm)[0]
+        report["lsh"] = {"bands": bands, "rows_per_band": cfg.near.num_perm // bands}
+    for k, name in enumerate(names):
+        mine = dropped[fps["dataset"][dropped] == k]
+        sim = similarity[fps["dataset"][dropped] == k]
+        kept = twin[mine]
+        table = pa.Table.from_arrays([
+            pa.array(fps["row_index"][mine]), pa.array(fps["example_id"][mine], pa.string()),
+            pa.array(np.where(reason[mine] == 1, "exact", "near"), pa.string()),
+            pa.array(np.asarray(names, dtype=object)[fps["dataset"][kept]] if len(kept) else [], pa.string()),
+            pa.array(fps["row_index"][kept]), pa.array(fps["example_id"][kept], pa.string()),
+            pa.array(sim, pa.float32()),
+        ], schema=DROPPED_SCHEMA)
+        write_parquet_atomic(table, out_dir / f"{name}.dropped.parquet",
+                             {"stage": "dedupe", "stage_version": STAGE_VERSION, "dataset": name})
+        across = fps["dataset"][kept] != k
+        counts = Counter()
+        for r, x in zip(reason[mine].tolist(), across.tolist(), strict=True):
+            counts[f"{'exact' if r == 1 else 'near'}_{'across' if x else 'within'}"] += 1
+        report["datasets"][name] = {"fingerprinted": int((fps["dataset"] == k).sum()), "dropped": len(mine),
+                                    **{key: counts.get(key, 0) for key in (
+                                        "exact_within", "exact_across", "near_within", "near_across")}}
+        log.info("%s: %s", name, report["datasets"][name])
+    report["inputs"] = {str(p): sha256_file(p) for p in fingerprint_paths}
+    report["code"] = code_version("dedupe", STAGE_VERSION)
+    report["created_at"] = utc_now()
+    write_json_atomic(out_dir / "report.json", report)
+    return report

@@ -1,0 +1,19 @@
+"""Snakemake script of rule `fingerprint`: one dataset's train-pool fingerprints and eval n-grams."""
+
+from pathlib import Path
+
+from flanpipe.config import DecontaminateConfig, DedupConfig
+from flanpipe.dedup import fingerprint_dataset
+from flanpipe.logs import setup_logging
+
+setup_logging(snakemake.log[0])
+fingerprint_dataset(
+    name=snakemake.wildcards.dataset,
+    raw_dir=Path(snakemake.input.train).parent,
+    out_fingerprints=snakemake.output.fingerprints,
+    out_ngrams=snakemake.output.ngrams,
+    cfg=DedupConfig(**snakemake.params.dedup),
+    decontam=DecontaminateConfig(**snakemake.params.decontaminate),
+    cap=snakemake.params.cap,
+    seed=snakemake.params.seed,
+)
