@@ -111,12 +111,12 @@ def mixture_stats(catalog: str | Path, mixture: str | None = None) -> pa.Table:
     con = duckdb.connect(str(catalog), read_only=True)
     try:
         if mixture is None:
-            return con.execute("SELECT * FROM mixture_stats ORDER BY mixture, dataset").to_arrow_table()
+            return con.sql("SELECT * FROM mixture_stats ORDER BY mixture, dataset").to_arrow_table()
         known = [r[0] for r in con.execute("SELECT DISTINCT mixture FROM mixture_stats ORDER BY 1")
                  .fetchall()]
         if mixture not in known:
             raise KeyError(f"no mixture {mixture!r} in {catalog}; known: {known}")
-        return con.execute("SELECT * FROM mixture_stats WHERE mixture = ? ORDER BY dataset",
-                           [mixture]).to_arrow_table()
+        return con.sql("SELECT * FROM mixture_stats WHERE mixture = $1 ORDER BY dataset",
+                       params=[mixture]).to_arrow_table()
     finally:
         con.close()

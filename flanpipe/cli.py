@@ -5,7 +5,8 @@
     flanpipe templates --dataset rte [--row 3] [--options letters]
     flanpipe templatize --dataset rte [--config config/config.yaml]
     flanpipe summary [--data data]
-    flanpipe bench templatize [--rows 1000000]
+    flanpipe stats [--mixture nli] [--catalog data/catalog.duckdb] [--json]
+    flanpipe bench templatize|dedup [--rows 1000000]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -133,10 +134,56 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+STATS_COLUMNS = [
+    ("dataset", "dataset"), ("cluster", "cluster"), ("rows_raw", "raw"), ("rejected", "rejected"),
+    ("exact_dups", "exact dup"), ("near_dups", "near dup"), ("contaminated", "contam."),
+    ("capped", "capped"), ("kept", "kept"), ("rate", "rate %"), ("sampled", "sampled"),
+    ("epochs", "epochs"), ("mean_input_chars", "in chars"), ("mean_target_chars", "tgt chars"),
+    ("mean_tokens_est", "~tokens"),
+]
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """The ``mixture_stats`` table of the DuckDB catalog, one block per mixture."""
+    from flanpipe.catalog import mixture_stats
+
+    if not Path(args.catalog).exists():
+        print(f"no catalog at {args.catalog}: run `snakemake --cores 2 all` (or the `catalog` rule) first",
+              file=sys.stderr)
+        return 1
+    try:
+        table = mixture_stats(args.catalog, args.mixture)
+    except KeyError as err:
+        print(f"flanpipe: {err.args[0]}", file=sys.stderr)
+        return 1
+    rows = table.to_pylist()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    fmt = {"rate": lambda v: f"{100 * v:.2f}", "epochs": lambda v: f"{v:.2f}",
+           "mean_input_chars": lambda v: f"{v:.0f}", "mean_target_chars": lambda v: f"{v:.0f}",
+           "mean_tokens_est": lambda v: f"{v:.0f}"}
+    for mixture in dict.fromkeys(r["mixture"] for r in rows):
+        mine = [r for r in rows if r["mixture"] == mixture]
+        body = [[fmt.get(k, str)(r[k]) for k, _ in STATS_COLUMNS] for r in mine]
+        totals = {k: sum(r[k] for r in mine) for k, _ in STATS_COLUMNS[2:12] if k not in ("rate", "epochs")}
+        body.append(["total", "", *[str(totals[k]) if k in totals else "" for k, _ in STATS_COLUMNS[2:]]])
+        print(f"mixture {mixture}: {totals['sampled']} examples from {len(mine)} datasets")
+        print(_table(body, [h for _, h in STATS_COLUMNS]))
+        print()
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "dedup":
+        from flanpipe import bench_dedup
+
+        result = bench_dedup.bench_dedup(args.rows, args.peer_rows or 20_000)
+        bench_dedup.print_dedup(result)
+        return 0
     from flanpipe import bench
 
-    result = bench.bench_templatize(args.rows, args.peer_rows)
+    result = bench.bench_templatize(args.rows, args.peer_rows or 200_000)
     bench.print_templatize(result)
     return 0 if result["identical_output"] else 1
 
@@ -199,10 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data", help="the workflow's data directory")
     p.set_defaults(func=cmd_summary)
 
+    p = sub.add_parser("stats", help="per-dataset mixture statistics from the DuckDB catalog")
+    p.add_argument("--mixture", help="one mixture (a held-out cluster or `all`); default: every mixture")
+    p.add_argument("--catalog", default="data/catalog.duckdb")
+    p.add_argument("--json", action="store_true", help="rows as JSON")
+    p.set_defaults(func=cmd_stats)
+
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
-    p.add_argument("what", choices=["templatize"])
+    p.add_argument("what", choices=["templatize", "dedup"])
     p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--peer-rows", type=int, default=200_000, help="rows the (slower) peer renders")
+    p.add_argument("--peer-rows", type=int, default=None,
+                   help="rows the (slower) peer processes (default: 200k templatize, 20k dedup)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("check-config", help="validate a config file")

@@ -200,7 +200,7 @@ def _word_hashes(data, offsets):
             out[m] = _mix64(h)
             m += 1
     starts[n] = m
-    return out[:m].copy(), starts
+    return out[:m], starts  # a view: the untouched tail of the allocation is never paged in
 
 
 @njit(inline="always")
@@ -236,19 +236,16 @@ def _minhash(words, starts, shingle, a, b, out):
     is a bijection); a text with no words gets the all-ones signature and is flagged by the caller.
     """
     perms = a.shape[0]
-    sig = np.empty(perms, np.uint64)
+    sig = np.empty(perms, np.uint32)
     for d in range(len(starts) - 1):
         s, e = starts[d], starts[d + 1]
-        sig[:] = MASK32
+        sig[:] = SIG_EMPTY
         k = min(shingle, e - s)
         for i in range(s, e - k + 1 if k > 0 else s):
-            x = _gram(words, i, k) >> np.uint64(32)
-            for p in range(perms):
-                v = (a[p] * x + b[p]) & MASK32
-                if v < sig[p]:
-                    sig[p] = v
-        for p in range(perms):
-            out[d, p] = np.uint32(sig[p])
+            x = np.uint32(_gram(words, i, k) >> np.uint64(32))
+            for p in range(perms):  # 32-bit lanes, no branch: the loop vectorises
+                sig[p] = min(sig[p], np.uint32(a[p] * x + b[p]))
+        out[d, :] = sig
 
 
 @njit(cache=True, nogil=True)
@@ -422,7 +419,7 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     a = rng.integers(1, 2**32, num_perm, dtype=np.uint64) | np.uint64(1)
     b = rng.integers(0, 2**32, num_perm, dtype=np.uint64)
-    return a, b
+    return a.astype(np.uint32), b.astype(np.uint32)
 
 
 def minhash(words: Words, shingle: int, num_perm: int = 128, seed: int = 1) -> np.ndarray:
@@ -433,18 +430,21 @@ def minhash(words: Words, shingle: int, num_perm: int = 128, seed: int = 1) -> n
     return out
 
 
-def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) minimising false positives plus false negatives around ``threshold``.
+def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.1, fn_weight: float = 0.9
+               ) -> tuple[int, int]:
+    """(bands, rows) minimising weighted false positives plus false negatives around ``threshold``.
 
-    The same search as datasketch's ``_optimal_param`` (equal weights), on a 200-point grid.
+    The same search as datasketch's ``_optimal_param``, by the trapezoid rule. The default weights
+    favour recall: every candidate pair is verified against the signatures, so a false positive only
+    costs one comparison, while a false negative is a duplicate left in.
     """
-    xs = np.linspace(0.0, 1.0, 201)
+    below, above = np.linspace(0.0, threshold, 1001), np.linspace(threshold, 1.0, 1001)
     best, best_cost = (1, num_perm), math.inf
     for bands in range(1, num_perm + 1):
         for rows in range(1, num_perm // bands + 1):
-            p = 1 - (1 - xs**rows) ** bands  # probability a pair of similarity x shares a band
-            fp = np.trapezoid(np.where(xs < threshold, p, 0), xs)
-            fn = np.trapezoid(np.where(xs >= threshold, 1 - p, 0), xs)
-            if fp + fn < best_cost:
-                best, best_cost = (bands, rows), fp + fn
+            fp = np.trapezoid(1 - (1 - below**rows) ** bands, below)  # pairs below that share a band
+            fn = np.trapezoid((1 - above**rows) ** bands, above)  # pairs above that share none
+            cost = fp_weight * fp + fn_weight * fn
+            if cost < best_cost:
+                best, best_cost = (bands, rows), cost
     return best

@@ -38,7 +38,9 @@ def get_dropped():
 
 def get_heldout_ngrams(wildcards):
     """The eval n-gram sets a dataset's train rows are checked against: every held-out dataset's."""
-    return expand("data/decontam/ngrams/{dataset}.parquet", dataset=CFG.heldout_datasets())
+    return expand(
+        "data/decontam/ngrams/{dataset}.parquet", dataset=CFG.heldout_datasets()
+    )
 
 
 def get_mixture_inputs(wildcards):
@@ -46,7 +48,9 @@ def get_mixture_inputs(wildcards):
     names = CFG.mixture_datasets(wildcards.mixture)
     return {
         "templatized": expand("data/templatized/{dataset}.parquet", dataset=names),
-        "fingerprints": expand("data/dedup/fingerprints/{dataset}.parquet", dataset=names),
+        "fingerprints": expand(
+            "data/dedup/fingerprints/{dataset}.parquet", dataset=names
+        ),
         "dropped": expand("data/dedup/{dataset}.dropped.parquet", dataset=names),
         "decontam": expand("data/decontam/{dataset}.parquet", dataset=names),
         "manifest": expand("data/raw/{dataset}/manifest.json", dataset=names),

@@ -19,7 +19,14 @@ rule mix:
     params:
         datasets=lambda wildcards: CFG.mixture_datasets(wildcards.mixture),
         config=CFG.model_dump(
-            include={"seed", "heldout_clusters", "mix", "tokenize", "train", "datasets"}
+            include={
+                "seed",
+                "heldout_clusters",
+                "mix",
+                "tokenize",
+                "train",
+                "datasets",
+            }
         ),
         stage_version=MIX_VERSION,
     script:

@@ -10,3 +10,5 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_
 snakemake --cores "${CORES:-2}" "$@" all
 echo
 flanpipe summary
+echo
+flanpipe stats --mixture nli

@@ -1,6 +1,8 @@
 """The workflow end to end with Snakemake itself, on the embedded default."""
 
+import contextlib
 import json
+import os
 import re
 import shutil
 
@@ -8,8 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from flanpipe.config import load_config
 from flanpipe.registry import embedded_datasets, load_registry
 from tests.conftest import REPO, run_snakemake
+
+CFG = load_config(REPO / "config/config.yaml")
 
 pytestmark = pytest.mark.e2e
 
@@ -57,13 +62,34 @@ def test_rerun_has_nothing_to_do(workdir):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+@contextlib.contextmanager
+def deleted(path):
+    """Delete ``path`` for the block, then put it back with its old mtime (nothing to rerun)."""
+    data, stat = path.read_bytes(), path.stat()
+    path.unlink()
+    try:
+        yield
+    finally:
+        path.write_bytes(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
 def test_deleting_one_output_reruns_only_that_dataset(workdir):
-    (workdir / "data/raw/rte/train.parquet").unlink()
-    proc = run_snakemake(workdir, "all", "-n")
+    """sst2 is not held out: its own jobs rerun, then the jobs that read every dataset."""
+    with deleted(workdir / "data/raw/sst2/train.parquet"):
+        proc = run_snakemake(workdir, "all", "-n")
     text = proc.stdout + proc.stderr
-    assert re.search(r"^download\s+1$", text, re.M), text
-    assert re.search(r"^templatize\s+1$", text, re.M), text
-    assert set(re.findall(r"wildcards: dataset=(\w+)", text)) == {"rte"}
+    for rule in ("download", "templatize", "fingerprint", "decontaminate", "dedupe", "catalog"):
+        assert re.search(rf"^{rule}\s+1$", text, re.M), (rule, text)
+    assert re.search(rf"^mix\s+{len(CFG.mixtures())}$", text, re.M), text
+    assert set(re.findall(r"wildcards: dataset=(\w+)", text)) == {"sst2"}
+
+
+def test_deleting_a_heldout_dataset_rechecks_every_dataset_against_it(workdir):
+    with deleted(workdir / "data/raw/rte/eval.parquet"):
+        text = run_snakemake(workdir, "all", "-n").stdout
+    assert re.search(rf"^decontaminate\s+{len(embedded_datasets())}$", text, re.M), text
+    assert re.search(r"^fingerprint\s+1$", text, re.M), text
 
 
 def test_bad_config_fails_before_any_job_runs(tmp_path):

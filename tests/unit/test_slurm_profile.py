@@ -36,7 +36,8 @@ def test_profile_settings():
     resources = dict(r.split("=", 1) for r in p["default-resources"])
     assert resources == {"runtime": "60", "mem_mb": "4000", "cpus_per_task": "threads"}
     assert {r.split("=")[0] for r in p["set-resources"]} == {
-        "download:cpus_per_task", "download:mem_mb", "download:runtime"}
+        f"{rule}:{key}" for rule in ("download", "fingerprint", "dedupe", "decontaminate", "mix", "catalog")
+        for key in ("cpus_per_task", "mem_mb", "runtime")}
     assert not any(r.startswith(("train:", "evaluate:")) for r in p["set-resources"])  # not yet
 
 

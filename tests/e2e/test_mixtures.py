@@ -1,0 +1,165 @@
+"""The data half end to end on the embedded default: invariants of dedup, decontamination, caps and
+mixtures, read back through the DuckDB catalog and the Parquet files themselves."""
+
+import json
+import subprocess
+
+import duckdb
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from flanpipe.config import load_config
+from flanpipe.registry import load_registry
+from tests.conftest import BIN, REPO, run_snakemake
+
+pytestmark = pytest.mark.e2e
+CFG = load_config(REPO / "config/config.yaml")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("mix")
+    run_snakemake(wd, "all")
+    return wd
+
+
+@pytest.fixture(scope="module")
+def con(workdir):
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(workdir)  # the catalog's views use paths relative to the workflow directory
+    c = duckdb.connect("data/catalog.duckdb", read_only=True)
+    yield c
+    c.close()
+    os.chdir(cwd)
+
+
+def stats(con) -> list[dict]:
+    return con.sql("SELECT * FROM mixture_stats").to_arrow_table().to_pylist()
+
+
+def test_every_row_is_accounted_for(con):
+    rows = stats(con)
+    assert {r["mixture"] for r in rows} == set(CFG.mixtures())
+    for r in rows:
+        lost = r["rejected"] + r["exact_dups"] + r["near_dups"] + r["contaminated"] + r["capped"]
+        assert r["rows_raw"] == lost + r["kept"], r
+        assert r["kept"] <= CFG.mix.cap
+
+
+def test_counts_agree_with_the_stage_outputs(workdir, con):
+    """The stats table against independent counts from the raw, dedup and decontam files."""
+    for r in stats(con):
+        name = r["dataset"]
+        raw = pq.read_table(workdir / f"data/raw/{name}/train.parquet")
+        rejected = pq.read_table(workdir / f"data/raw/{name}/rejected.parquet")
+        dropped = pq.read_table(workdir / f"data/dedup/{name}.dropped.parquet")
+        train_split = load_registry().datasets[name].splits.train
+        rejected_train = pc.sum(pc.equal(rejected.column("split"), train_split)).as_py() or 0
+        assert r["rows_raw"] == raw.num_rows + rejected_train
+        reasons = dropped.column("reason").to_pylist()
+        assert (r["exact_dups"], r["near_dups"]) == (reasons.count("exact"), reasons.count("near"))
+
+
+def test_the_demo_data_shows_each_kind_of_loss(con):
+    by = {(r["mixture"], r["dataset"]): r for r in stats(con)}
+    assert by[("nli", "sst2")]["exact_dups"] == 1 and by[("nli", "sst2")]["near_dups"] == 1
+    # boolq quotes an RTE eval premise: removed where NLI is held out, kept elsewhere
+    assert by[("nli", "boolq")]["contaminated"] == 1 and by[("all", "boolq")]["contaminated"] == 1
+    assert by[("commonsense", "boolq")]["contaminated"] == 0
+    report = con.sql("SELECT * FROM contamination_report WHERE mixture = 'nli'").to_arrow_table().to_pylist()
+    assert [(r["dataset"], r["eval_dataset"], r["removed"]) for r in report] == [("boolq", "rte", 1)]
+
+
+def test_heldout_clusters_never_appear_in_their_mixture(con):
+    reg = load_registry()
+    for mixture in CFG.heldout_clusters:
+        query = f"SELECT DISTINCT cluster FROM mixtures WHERE mixture = '{mixture}'"
+        clusters = {c for (c,) in con.sql(query).fetchall()}
+        assert clusters and not clusters & set(reg.excluded_clusters(mixture)), (mixture, clusters)
+    all_clusters = {c for (c,) in con.sql("SELECT DISTINCT cluster FROM mixtures WHERE mixture = 'all'")
+                    .fetchall()}
+    assert all_clusters == {reg.datasets[d].cluster for d in CFG.dataset_names()}
+
+
+def test_dropped_and_contaminated_rows_never_reach_a_mixture(con):
+    leaked = con.sql("""
+        SELECT m.mixture, m.example_id FROM mixtures m
+        JOIN dedup_dropped d ON m.example_id = d.example_id""").fetchall()
+    assert leaked == []
+    leaked = con.sql("""
+        SELECT m.mixture, m.example_id FROM mixtures m
+        JOIN contamination_matches c ON m.example_id = c.example_id
+        WHERE m.mixture = 'all' OR c.eval_cluster = m.mixture""").fetchall()
+    assert leaked == []
+
+
+def test_sampled_counts_follow_the_rates_and_fill_the_budget(workdir, con):
+    for mixture in CFG.mixtures():
+        manifest = json.loads((workdir / f"data/mixtures/{mixture}/manifest.json").read_text())
+        rows = [r for r in stats(con) if r["mixture"] == mixture]
+        total = sum(r["sampled"] for r in rows)
+        assert total == manifest["examples"]
+        assert total * manifest["mean_tokens_est"] >= CFG.train.steps * CFG.train.tokens_per_batch
+        kept = np.array([min(r["kept"], CFG.mix.rate_max) for r in rows], float)
+        assert sum(r["rate"] for r in rows) == pytest.approx(1.0)
+        for r, expect in zip(rows, kept / kept.sum(), strict=True):
+            assert r["rate"] == pytest.approx(expect)
+            assert abs(r["sampled"] - total * expect) < 1
+            assert r["epochs"] == pytest.approx(r["sampled"] / r["kept"])
+        in_shards = dict(con.sql(f"SELECT dataset, count(*) FROM mixtures WHERE mixture = '{mixture}' "
+                                 "GROUP BY dataset").fetchall())
+        assert in_shards == {r["dataset"]: r["sampled"] for r in rows if r["sampled"]}
+        shards = sorted((workdir / f"data/mixtures/{mixture}/shards").glob("*.parquet"))
+        assert [s.name for s in shards] == [s["file"] for s in manifest["shards"]]
+        assert all(pq.read_metadata(s).num_rows <= CFG.mix.rows_per_shard for s in shards)
+
+
+def test_a_kept_example_is_kept_in_every_mixture_it_can_be_in(con):
+    """Consistent sampling: the cap picks the same rows in every setting where they survive."""
+    per = con.sql("""
+        SELECT dataset, mixture, list(DISTINCT example_id ORDER BY example_id) AS ids
+        FROM mixtures GROUP BY ALL""").fetchall()
+    ids = {}
+    for dataset, mixture, rows in per:
+        ids.setdefault(dataset, {})[mixture] = set(rows)
+    for dataset, by_mixture in ids.items():
+        if dataset != "boolq":  # boolq loses a contaminated row in some mixtures only
+            assert len({frozenset(v) for v in by_mixture.values()}) == 1, dataset
+
+
+def test_catalog_tables_and_stats_command(workdir, con):
+    tables = {t for (t,) in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert {"mixture_stats", "template_usage", "dedup_report", "contamination_report", "mixtures",
+            "templatized", "dedup_dropped", "rejected", "rte_train"} <= tables
+    usage = con.execute("SELECT sum(rows) FROM template_usage WHERE mixture = 'nli'").fetchone()[0]
+    assert usage == con.execute("SELECT sum(sampled) FROM mixture_stats WHERE mixture = 'nli'").fetchone()[0]
+    proc = subprocess.run([str(BIN / "flanpipe"), "stats", "--mixture", "nli"], cwd=workdir,
+                          capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("mixture nli: ")
+    listed = {line.split()[0] for line in lines[3:] if line.strip()}
+    assert listed == set(CFG.mixture_datasets("nli")) | {"total"}
+
+
+def test_readme_queries_run(workdir):
+    """Every SQL block in the README runs against the demo catalog."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    queries = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    assert len(queries) >= 3
+    c = duckdb.connect(str(workdir / "data/catalog.duckdb"), read_only=True)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        for q in queries:
+            assert c.sql(q).fetchall(), q
+    finally:
+        os.chdir(cwd)
+        c.close()
