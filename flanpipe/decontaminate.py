@@ -26,6 +26,7 @@ from flanpipe import fingerprint as fp
 from flanpipe.config import DecontaminateConfig
 from flanpipe.io import read_parquet_metadata, write_parquet_atomic
 from flanpipe.registry import DatasetSpec, load_registry
+from flanpipe.templates import raw_texts
 
 STAGE_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -57,8 +58,6 @@ def ngram_size(word_counts: np.ndarray, cfg: DecontaminateConfig) -> int:
 def eval_ngrams(spec: DatasetSpec, eval_path: str | Path, out_path: str | Path,
                 cfg: DecontaminateConfig) -> dict:
     """Write the sorted, distinct n-gram hashes of a dataset's eval split."""
-    from flanpipe.dedup import raw_texts
-
     table = pq.read_table(eval_path)
     words = fp.word_hashes(raw_texts(spec, table)) if table.num_rows else fp.Words(
         np.zeros(0, np.uint64), np.zeros(1, np.int64))
@@ -94,8 +93,6 @@ def contaminated_rows(words: fp.Words, eval_sets: dict[str, tuple[int, np.ndarra
 def decontaminate_dataset(name: str, raw_train: str | Path, fingerprints: str | Path,
                           ngram_paths: dict[str, str | Path], out_path: str | Path) -> dict:
     """Record every (pool row of ``name``, held-out eval dataset) pair sharing an n-gram."""
-    from flanpipe.dedup import raw_texts
-
     registry = load_registry()
     spec = registry.datasets[name]
     pool_index = pq.read_table(fingerprints, columns=["row_index", "example_id"])

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flanpipe import fingerprint as fp
 from flanpipe.config import DecontaminateConfig, DedupConfig
+from flanpipe.decontaminate import eval_ngrams
 from flanpipe.io import (
     code_version,
     derive_seed,
@@ -38,7 +37,8 @@ from flanpipe.io import (
     write_parquet_atomic,
 )
 from flanpipe.registry import DatasetSpec, load_registry
-from flanpipe.templates import DatasetTemplates, as_text, column_at, plain_template, render_template
+from flanpipe.templates import DatasetTemplates, plain_template, raw_texts, render_template
+from flanpipe.templatize import example_ids
 
 STAGE_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -64,13 +64,6 @@ def fingerprint_schema(num_perm: int) -> pa.Schema:
         pa.field("words", pa.int32()),
         pa.field("signature", pa.list_(pa.uint32(), num_perm)),
     ])
-
-
-def raw_texts(spec: DatasetSpec, table: pa.Table) -> pa.Array:
-    """Each row's raw text fields joined by spaces (lists flattened), the text dedup and
-    decontamination compare."""
-    parts = [as_text(column_at(table, path)) for path in spec.text_fields]
-    return pc.binary_join_element_wise(*[pc.fill_null(p, "") for p in parts], " ")
 
 
 def priorities(row_index: np.ndarray, name: str, seed: int) -> np.ndarray:
@@ -115,8 +108,6 @@ def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | 
                         out_ngrams: str | Path, cfg: DedupConfig,
                         decontam: DecontaminateConfig, cap: int, seed: int) -> dict:
     """Write a dataset's train-pool fingerprints and its eval-split n-gram set."""
-    from flanpipe.decontaminate import eval_ngrams  # the eval side of decontamination
-
     spec = load_registry().datasets[name]
     raw_dir = Path(raw_dir)
     raw = pq.read_table(raw_dir / "train.parquet")
@@ -128,7 +119,7 @@ def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | 
     signature = fp.minhash(words, cfg.near.shingle, cfg.near.num_perm, seed=derive_seed(seed, "minhash"))
     table = pa.Table.from_arrays([
         pa.array(row_index, pa.int64()),
-        pc.binary_join_element_wise(f"{name}:train:", _ids(spec, pool), ""),
+        example_ids(spec, pool, "train"),
         pa.array(prio, pa.uint64()),
         pa.array(exact[:, 0]),
         pa.array(exact[:, 1]),
@@ -143,12 +134,6 @@ def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | 
     log.info("%s: %d of %d train rows fingerprinted; eval n-grams: %s", name, pool.num_rows,
              raw.num_rows, ngram_meta)
     return meta
-
-
-def _ids(spec: DatasetSpec, table: pa.Table) -> pa.Array:
-    if spec.id_field and not pa.types.is_nested(table.schema.field(spec.id_field).type):
-        return table.column(spec.id_field).cast(pa.string()).combine_chunks()
-    return table.column("row_index").cast(pa.string()).combine_chunks()
 
 
 def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray]:
@@ -170,6 +155,12 @@ def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray
     }
 
 
+def lsh_bands(cfg: DedupConfig) -> tuple[int, int]:
+    """(bands, rows per band): the configured bands, or the best pair for the threshold."""
+    bands = cfg.near.bands or fp.lsh_params(cfg.near.threshold, cfg.near.num_perm)[0]
+    return bands, cfg.near.num_perm // bands
+
+
 def find_duplicates(hi: np.ndarray, lo: np.ndarray, signature: np.ndarray, words: np.ndarray,
                     cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
     """(twin, reason) per row in the stable order: ``twin[i]`` is the kept row that row ``i``
@@ -183,8 +174,7 @@ def find_duplicates(hi: np.ndarray, lo: np.ndarray, signature: np.ndarray, words
         twin[exact], reason[exact] = first[exact], 1
     if cfg.near.enabled and n:
         active = (reason == 0) & (words > 0)
-        bands = cfg.near.bands or fp.lsh_params(cfg.near.threshold, cfg.near.num_perm)[0]
-        rows = cfg.near.num_perm // bands
+        bands, rows = lsh_bands(cfg)
         keys = fp.band_keys(signature, bands, rows)
         root = fp.lsh_components(keys, signature, active, cfg.near.threshold)
         near = active & (root != np.arange(n))
@@ -208,8 +198,8 @@ def dedupe(names: list[str], fingerprint_paths: list[str | Path], out_dir: str |
     report = {"stage": "dedupe", "stage_version": STAGE_VERSION, "seed": seed, "config": cfg.model_dump(),
               "rows": int(len(twin)), "datasets": {}}
     if cfg.near.enabled:
-        bands = cfg.near.bands or fp.lsh_params(cfg.near.threshold, cfg.near.num_perm)[0]
-        report["lsh"] = {"bands": bands, "rows_per_band": cfg.near.num_perm // bands}
+        bands, rows = lsh_bands(cfg)
+        report["lsh"] = {"bands": bands, "rows_per_band": rows}
     for k, name in enumerate(names):
         mine = dropped[fps["dataset"][dropped] == k]
         sim = similarity[fps["dataset"][dropped] == k]
@@ -223,13 +213,11 @@ def dedupe(names: list[str], fingerprint_paths: list[str | Path], out_dir: str |
         ], schema=DROPPED_SCHEMA)
         write_parquet_atomic(table, out_dir / f"{name}.dropped.parquet",
                              {"stage": "dedupe", "stage_version": STAGE_VERSION, "dataset": name})
-        across = fps["dataset"][kept] != k
-        counts = Counter()
-        for r, x in zip(reason[mine].tolist(), across.tolist(), strict=True):
-            counts[f"{'exact' if r == 1 else 'near'}_{'across' if x else 'within'}"] += 1
-        report["datasets"][name] = {"fingerprinted": int((fps["dataset"] == k).sum()), "dropped": len(mine),
-                                    **{key: counts.get(key, 0) for key in (
-                                        "exact_within", "exact_across", "near_within", "near_across")}}
+        across, exact = fps["dataset"][kept] != k, reason[mine] == 1
+        report["datasets"][name] = {
+            "fingerprinted": int((fps["dataset"] == k).sum()), "dropped": len(mine),
+            "exact_within": int((exact & ~across).sum()), "exact_across": int((exact & across).sum()),
+            "near_within": int((~exact & ~across).sum()), "near_across": int((~exact & across).sum())}
         log.info("%s: %s", name, report["datasets"][name])
     report["inputs"] = {str(p): sha256_file(p) for p in fingerprint_paths}
     report["code"] = code_version("dedupe", STAGE_VERSION)

@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -29,7 +30,6 @@ from numba import njit
 U0 = np.uint64(0)
 U1 = np.uint64(1)
 U8 = np.uint64(8)
-MASK32 = np.uint64(0xFFFFFFFF)
 FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 FNV_PRIME = np.uint64(0x100000001B3)
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -430,6 +430,7 @@ def minhash(words: Words, shingle: int, num_perm: int = 128, seed: int = 1) -> n
     return out
 
 
+@functools.lru_cache
 def lsh_params(threshold: float, num_perm: int, fp_weight: float = 0.1, fn_weight: float = 0.9
                ) -> tuple[int, int]:
     """(bands, rows) minimising weighted false positives plus false negatives around ``threshold``.

@@ -132,7 +132,8 @@ def _kept_rows(name: str, files: DatasetInputs, heldout: set[str], removes: set[
     priority = fps.column("priority").to_numpy()
     dropped = pq.read_table(files.dropped, columns=["row_index", "reason"])
     reasons = dropped.column("reason").to_numpy(zero_copy_only=False)
-    dup = np.isin(row_index, dropped.column("row_index").to_numpy())
+    dup_rows = dropped.column("row_index").to_numpy()
+    dup = np.isin(row_index, dup_rows)
     matches = pq.read_table(files.decontam)
     matches = _in_clusters(matches, heldout)
     removing = _in_clusters(matches, removes)
@@ -141,7 +142,7 @@ def _kept_rows(name: str, files: DatasetInputs, heldout: set[str], removes: set[
     order = np.lexsort((row_index[survivors], priority[survivors]))
     kept = row_index[survivors[order[:cap]]]
 
-    manifest = _read_json(files.manifest)["splits"]["train"]
+    manifest = json.loads(Path(files.manifest).read_text(encoding="utf-8"))["splits"]["train"]
     counts = {
         "rows_raw": int(manifest["rows_read"]), "rejected": int(manifest["rejected"]),
         "exact_dups": int((reasons == "exact").sum()), "near_dups": int((reasons == "near").sum()),
@@ -152,19 +153,15 @@ def _kept_rows(name: str, files: DatasetInputs, heldout: set[str], removes: set[
     if counts["capped"] < 0 or counts["rows_raw"] != int(manifest["rows"]) + counts["rejected"]:
         raise ValueError(f"{name}: row counts do not add up ({counts}, raw train rows {manifest['rows']}); "
                          "rerun the dataset's upstream jobs")
-    removed = ~np.isin(matches.column("row_index").to_numpy(), dropped.column("row_index").to_numpy())
-    removed &= np.isin(matches.column("eval_cluster").to_numpy(zero_copy_only=False), sorted(removes))
-    matches = matches.append_column("removed", pa.array(removed))
+    removed = ~np.isin(matches.column("row_index").to_numpy(), dup_rows)
+    removed &= pc.is_in(matches.column("eval_cluster"), pa.array(sorted(removes), pa.string())).to_numpy(
+        zero_copy_only=False)
+    matches = matches.append_column("removed", pa.array(removed.astype(np.int64)))
     return counts, kept, matches
 
 
 def _in_clusters(matches: pa.Table, clusters: set[str]) -> pa.Table:
     return matches.filter(pc.is_in(matches.column("eval_cluster"), pa.array(sorted(clusters), pa.string())))
-
-
-def _read_json(path: str | Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _template_rows(files: DatasetInputs, kept: np.ndarray) -> pa.Table:
@@ -212,9 +209,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
                       **counts, "mean_input_chars": chars_in, "mean_target_chars": chars_out,
                       "mean_tokens_est": tokens})
         kept_tables.append(rows)
-        for (eval_name, eval_cluster), group in _group(matches).items():
-            contamination.append({"mixture": mixture, "dataset": name, "eval_dataset": eval_name,
-                                  "eval_cluster": eval_cluster, "rows": group[0], "removed": group[1]})
+        contamination += _contamination_rows(mixture, name, matches)
 
     sizes = np.array([s["kept"] for s in stats], np.int64)
     rates = mixing_rates(sizes, cfg.mix.rate_max, cfg.mix.temperature)
@@ -256,14 +251,13 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     return manifest
 
 
-def _group(matches: pa.Table) -> dict[tuple[str, str], tuple[int, int]]:
-    out: dict[tuple[str, str], list[int]] = {}
-    for e, c, r in zip(matches.column("eval_dataset").to_pylist(), matches.column("eval_cluster").to_pylist(),
-                       matches.column("removed").to_pylist(), strict=True):
-        g = out.setdefault((e, c), [0, 0])
-        g[0] += 1
-        g[1] += int(r)
-    return {k: (v[0], v[1]) for k, v in sorted(out.items())}
+def _contamination_rows(mixture: str, name: str, matches: pa.Table) -> list[dict]:
+    """Per eval set: the pool rows that share an n-gram with it, and how many this mixture removes."""
+    grouped = matches.group_by(["eval_dataset", "eval_cluster"]).aggregate(
+        [("row_index", "count"), ("removed", "sum")]).sort_by("eval_dataset")
+    return [{"mixture": mixture, "dataset": name, "eval_dataset": g["eval_dataset"],
+             "eval_cluster": g["eval_cluster"], "rows": g["row_index_count"], "removed": g["removed_sum"]}
+            for g in grouped.to_pylist()]
 
 
 def _write_shards(table: pa.Table, perm: np.ndarray, shard_dir: Path, rows_per_shard: int,

@@ -207,6 +207,13 @@ def as_text(arr: pa.Array, filt: str | None = None, sep: str = ", ") -> pa.Array
     return pc.binary_join(arr, sep)
 
 
+def raw_texts(spec: DatasetSpec, table: pa.Table) -> pa.Array:
+    """Each row's raw text fields joined by spaces (lists flattened), the text dedup and
+    decontamination compare."""
+    parts = [as_text(column_at(table, path)) for path in spec.text_fields]
+    return pc.binary_join_element_wise(*[pc.fill_null(p, "") for p in parts], " ")
+
+
 # --- answers and options -------------------------------------------------------------------------
 
 def choices_column(spec: DatasetSpec, table: pa.Table) -> pa.Array:

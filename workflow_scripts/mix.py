@@ -1,5 +1,6 @@
 """Snakemake script of rule `mix`: cap, rate, sample and shuffle one mixture into Parquet shards."""
 
+from dataclasses import fields
 from pathlib import Path
 
 from flanpipe.config import parse_config
@@ -7,7 +8,7 @@ from flanpipe.logs import setup_logging
 from flanpipe.mix import DatasetInputs, build_mixture
 
 setup_logging(snakemake.log[0])
-kinds = ("templatized", "fingerprints", "dropped", "decontam", "manifest")
+kinds = [f.name for f in fields(DatasetInputs)]
 build_mixture(
     mixture=snakemake.wildcards.mixture,
     datasets=snakemake.params.datasets,
