@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from flanpipe.config import ConfigError, json_schema, json_schema_text, load_config, parse_config
-from flanpipe.registry import embedded_datasets
+from flanpipe.registry import embedded_datasets, load_registry
 
 
 def test_embedded_default_parses(repo):
@@ -55,3 +55,28 @@ def test_schema_accepts_default_and_rejects_what_the_model_rejects(repo):
     validator.validate(default)
     for bad in [{"seed": -1}, {"sed": 1}, {"download": {"default_source": "ftp"}}]:
         assert list(validator.iter_errors(bad)), json.dumps(bad)
+
+
+@pytest.mark.parametrize("data, expect", [
+    ({"decontaminate": {"ngram": 10, "min_ngram": 12}},
+     "decontaminate.min_ngram (12) must be <= decontaminate.ngram (10)"),
+    ({"dedup": {"near": {"num_perm": 16, "bands": 32}}},
+     "dedup.near.bands: 32 bands need at least as many permutations"),
+    ({"dedup": {"near": {"threshold": 1.5}}},
+     "dedup.near.threshold: Input should be less than or equal to 1"),
+    ({"mix": {"cap": 0}}, "mix.cap: Input should be greater than or equal to 1 (got 0)"),
+])
+def test_stage3_values_are_checked_with_the_key_named(data, expect):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert expect in str(err.value)
+
+
+def test_mixtures_leave_out_the_heldout_and_excluded_clusters():
+    cfg = parse_config({})
+    reg = load_registry()
+    assert cfg.mixtures() == ["nli", "commonsense", "closed_book_qa", "all"]
+    assert cfg.mixture_datasets("all") == cfg.dataset_names()
+    for m in cfg.heldout_clusters:
+        kept = {reg.datasets[d].cluster for d in cfg.mixture_datasets(m)}
+        assert kept and not kept & set(reg.excluded_clusters(m))
