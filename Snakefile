@@ -23,6 +23,7 @@ include: "rules/download.smk"
 include: "rules/templatize.smk"
 include: "rules/dedup.smk"
 include: "rules/mix.smk"
+include: "rules/tokenize.smk"
 
 
 wildcard_constraints:
@@ -35,4 +36,5 @@ rule all:
         get_raw_outputs(),
         get_templatized(),
         get_mixtures(),
+        get_packed(),
         "data/catalog.duckdb",

@@ -2,10 +2,13 @@
 
 Views read the Parquet files in place (paths relative to the workflow directory, so open the catalog
 from there): ``raw.<dataset>_train`` / ``raw.<dataset>_eval`` (each dataset in its own schema),
-``rejected``, ``templatized``, ``dedup_dropped``, ``contamination_matches`` and ``mixtures`` (every
-mixture's shards, with a ``mixture`` column). Tables hold the numbers: ``mixture_stats``,
-``template_usage``, ``dedup_report`` and ``contamination_report``. The ``catalog`` rule rebuilds the
-file whenever an input changes; it is written to a temporary file and renamed into place.
+``rejected``, ``templatized``, ``dedup_dropped``, ``contamination_matches``, ``mixtures`` (every
+mixture's shards, with a ``mixture`` column) and ``packed_index`` (every packed example's row,
+segment and token counts). Tables hold the numbers: ``mixture_stats``, ``template_usage``,
+``dedup_report``, ``contamination_report``, ``packing_stats`` (per mixture: packing efficiency next to
+next-fit and pad-to-max) and ``token_stats`` (per mixture and dataset: tokens and truncations). The
+``catalog`` rule rebuilds the file whenever an input changes; it is written to a temporary file and
+renamed into place.
 
 Example (``duckdb data/catalog.duckdb`` or ``duckdb.connect("data/catalog.duckdb", read_only=True)``)::
 
@@ -25,7 +28,8 @@ from flanpipe.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-TABLES = ("mixture_stats", "template_usage", "dedup_report", "contamination_report")
+TABLES = ("mixture_stats", "template_usage", "dedup_report", "contamination_report", "packing_stats",
+          "token_stats")
 
 
 def _sql_path(path: str | Path) -> str:
@@ -61,6 +65,8 @@ def build_catalog(out_path: str | Path, datasets: list[str], mixtures: list[str]
                                                "dataset", r"([^/]+)\.parquet$"),
                 "mixtures": _read((d / "mixtures" / m / "shards" / "*.parquet" for m in mixtures),
                                   "mixture", r"mixtures/([^/]+)/shards/"),
+                "packed_index": _read((d / "packed" / m / "index.parquet" for m in mixtures),
+                                      "mixture", r"packed/([^/]+)/index\.parquet$"),
             }
             for name, sql in views.items():
                 con.execute(f"CREATE VIEW {name} AS {sql}")
@@ -70,6 +76,11 @@ def build_catalog(out_path: str | Path, datasets: list[str], mixtures: list[str]
             con.execute(f"CREATE TABLE contamination_report AS SELECT * FROM read_parquet("
                         f"{_list(d / 'mixtures' / m / 'contamination.parquet' for m in mixtures)}) "
                         "ORDER BY mixture, dataset, eval_dataset")
+            con.execute(f"CREATE TABLE packing_stats AS SELECT * FROM read_parquet("
+                        f"{_list(d / 'packed' / m / 'packing.parquet' for m in mixtures)}) ORDER BY mixture")
+            con.execute(f"CREATE TABLE token_stats AS SELECT * FROM read_parquet("
+                        f"{_list(d / 'packed' / m / 'stats.parquet' for m in mixtures)}) "
+                        "ORDER BY mixture, dataset")
             con.execute("""
                 CREATE TABLE template_usage AS
                 SELECT mixture, dataset, template_id, inverted, count(*) AS rows,
@@ -120,3 +131,13 @@ def mixture_stats(catalog: str | Path, mixture: str | None = None) -> pa.Table:
                        params=[mixture]).to_arrow_table()
     finally:
         con.close()
+
+
+def packing_stats(catalog: str | Path) -> dict[str, dict]:
+    """The ``packing_stats`` table, by mixture."""
+    con = duckdb.connect(str(catalog), read_only=True)
+    try:
+        rows = con.sql("SELECT * FROM packing_stats ORDER BY mixture").to_arrow_table().to_pylist()
+    finally:
+        con.close()
+    return {r["mixture"]: r for r in rows}

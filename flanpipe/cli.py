@@ -6,7 +6,10 @@
     flanpipe templatize --dataset rte [--config config/config.yaml]
     flanpipe summary [--data data]
     flanpipe stats [--mixture nli] [--catalog data/catalog.duckdb] [--json]
-    flanpipe bench templatize|dedup [--rows 1000000]
+    flanpipe tokenizer [--mixture all] [--config config/config.yaml] [--out models/tokenizer/spm.model]
+    flanpipe pack --mixture nli [--tokenizer models/tokenizer/spm.model] [--out data/packed/nli]
+    flanpipe show-packed --mixture nli [--row 0]
+    flanpipe bench templatize|dedup|pack [--rows N] [--threads 2]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -23,6 +26,7 @@ from flanpipe.download import DownloadError
 from flanpipe.logs import setup_logging
 from flanpipe.registry import embedded_datasets, load_registry
 from flanpipe.templates import TemplateError
+from flanpipe.tokenizer import TokenizerError
 from flanpipe.validate import SchemaError
 
 DEFAULT_CONFIG = "config/config.yaml"
@@ -145,7 +149,7 @@ STATS_COLUMNS = [
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """The ``mixture_stats`` table of the DuckDB catalog, one block per mixture."""
-    from flanpipe.catalog import mixture_stats
+    from flanpipe.catalog import mixture_stats, packing_stats
 
     if not Path(args.catalog).exists():
         print(f"no catalog at {args.catalog}: run `snakemake --cores 2 all` (or the `catalog` rule) first",
@@ -168,22 +172,72 @@ def cmd_stats(args: argparse.Namespace) -> int:
         body = [[fmt.get(k, str)(r[k]) for k, _ in STATS_COLUMNS] for r in mine]
         totals = {k: sum(r[k] for r in mine) for k, _ in STATS_COLUMNS[2:12] if k not in ("rate", "epochs")}
         body.append(["total", "", *[str(totals[k]) if k in totals else "" for k, _ in STATS_COLUMNS[2:]]])
-        print(f"mixture {mixture}: {totals['sampled']} examples from {len(mine)} datasets")
+        packed = packing_stats(args.catalog).get(mixture)
+        note = "" if packed is None else (
+            f"; packed into {packed['rows']} rows of {packed['row_tokens']} tokens, "
+            f"{100 * packed['efficiency']:.2f}% non-pad (next-fit "
+            f"{100 * packed['efficiency_next_fit']:.2f}%, pad-to-max "
+            f"{100 * packed['efficiency_pad_to_max']:.2f}%), {packed['truncated_inputs']} inputs and "
+            f"{packed['truncated_targets']} targets truncated")
+        print(f"mixture {mixture}: {totals['sampled']} examples from {len(mine)} datasets{note}")
         print(_table(body, [h for _, h in STATS_COLUMNS]))
         print()
     return 0
 
 
+def cmd_tokenizer(args: argparse.Namespace) -> int:
+    from flanpipe.tokenizer import build_tokenizer
+
+    cfg = load_config(args.config)
+    build_tokenizer(cfg.tokenize.tokenizer, args.out, cfg.seed, f"data/mixtures/{args.mixture}/shards",
+                    args.mixture, threads=args.threads)
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from flanpipe.pack import tokenize_and_pack
+
+    cfg = load_config(args.config)
+    tokenize_and_pack(args.mixture, f"data/mixtures/{args.mixture}/shards", args.tokenizer,
+                      args.out or f"data/packed/{args.mixture}", cfg, threads=args.threads)
+    return 0
+
+
+def cmd_show_packed(args: argparse.Namespace) -> int:
+    """One packed row, decoded segment by segment."""
+    from flanpipe.packed import PackedShards, unpack_row
+    from flanpipe.tokenizer import load_processor
+
+    shards = PackedShards(args.packed or f"data/packed/{args.mixture}")
+    sp = load_processor(args.tokenizer or shards.manifest["tokenizer"]["path"])
+    row = shards[args.row]
+    segments = unpack_row(row)
+    width = sum(shards.dtype[name].shape[0] for name in ("tokens", "inputs", "targets")
+                if name in shards.dtype.names)
+    used = sum(len(i) + len(t) for i, t in segments)
+    print(f"row {args.row} of {len(shards)} ({shards.layout}): {len(segments)} examples, {used} of {width} "
+          f"tokens ({100 * used / width:.1f}%)")
+    for k, (inputs, targets) in enumerate(segments, 1):
+        print(f"--- segment {k}: {len(inputs)} input + {len(targets)} target tokens (EOS included)")
+        print(f"[input]\n{sp.decode(inputs[:-1].tolist())}\n[target]\n{sp.decode(targets[:-1].tolist())}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "pack":
+        from flanpipe import bench_pack
+
+        bench_pack.print_pack(bench_pack.bench_pack(args.rows or 100_000, threads=args.threads))
+        return 0
     if args.what == "dedup":
         from flanpipe import bench_dedup
 
-        result = bench_dedup.bench_dedup(args.rows, args.peer_rows or 20_000)
+        result = bench_dedup.bench_dedup(args.rows or 1_000_000, args.peer_rows or 20_000)
         bench_dedup.print_dedup(result)
         return 0
     from flanpipe import bench
 
-    result = bench.bench_templatize(args.rows, args.peer_rows or 200_000)
+    result = bench.bench_templatize(args.rows or 1_000_000, args.peer_rows or 200_000)
     bench.print_templatize(result)
     return 0 if result["identical_output"] else 1
 
@@ -253,11 +307,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
-    p.add_argument("what", choices=["templatize", "dedup"])
-    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("what", choices=["templatize", "dedup", "pack"])
+    p.add_argument("--rows", type=int, default=None,
+                   help="rows (default: 1M templatize and dedup, 100k pack)")
     p.add_argument("--peer-rows", type=int, default=None,
                    help="rows the (slower) peer processes (default: 200k templatize, 20k dedup)")
+    p.add_argument("--threads", type=int, default=2, help="pack: SentencePiece encoder threads")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tokenizer", help="train (or copy) the SentencePiece model from a mixture")
+    p.add_argument("--mixture", default="all", help="the mixture whose text is sampled (default all)")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--out", default="models/tokenizer/spm.model")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_tokenizer)
+
+    p = sub.add_parser("pack", help="tokenize one mixture and pack it into token shards")
+    p.add_argument("--mixture", required=True)
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--tokenizer", default="models/tokenizer/spm.model")
+    p.add_argument("--out", help="output directory (default data/packed/MIXTURE)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("show-packed", help="decode one packed row, example by example")
+    p.add_argument("--mixture", default="all")
+    p.add_argument("--packed", help="a packed directory (default data/packed/MIXTURE)")
+    p.add_argument("--row", type=int, default=0)
+    p.add_argument("--tokenizer", help="default: the one the manifest names")
+    p.set_defaults(func=cmd_show_packed)
 
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("--config", default=DEFAULT_CONFIG)
@@ -279,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"flanpipe: {err}", file=sys.stderr)
         return 2
-    except (DownloadError, SchemaError, TemplateError) as err:
+    except (DownloadError, SchemaError, TemplateError, TokenizerError) as err:
         print(f"flanpipe: {err}", file=sys.stderr)
         return 1
 

@@ -170,13 +170,72 @@ class MixConfig(_Section):
     """Examples per mixture shard."""
 
 
-class TokenizeConfig(_Section):
-    """Stage 4: token budgets (used by the mixer to estimate tokens per example)."""
+class TokenizerConfig(_Section):
+    """The SentencePiece model: trained on a seeded sample of the mixture text, or an existing file."""
 
-    max_input_tokens: int = Field(1024, ge=1)
-    """Inputs are truncated to this many tokens."""
-    max_target_tokens: int = Field(256, ge=1)
-    """Targets are truncated to this many tokens."""
+    source: Literal["train", "file"] = "train"
+    """`train` a new model, or copy the `.model` at `path` (a fine-tuning run must use its
+    checkpoint's own tokenizer)."""
+    path: str | None = None
+    """`file` only: an existing SentencePiece `.model` file."""
+    shared: bool = True
+    """One tokenizer for every mixture (`models/tokenizer/spm.model`, trained on the `all` mixture's
+    text), or one per mixture (`models/tokenizer/{mixture}/spm.model`, trained on its own text)."""
+    vocab_size: int = Field(32_000, ge=300, le=1_000_000)
+    """Pieces, specials and byte pieces included (the paper's 32k). On a corpus too small for it,
+    the largest size the corpus supports is trained instead, with a warning."""
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    byte_fallback: bool = True
+    """Characters outside the vocabulary become UTF-8 byte pieces, never `<unk>`."""
+    sample_sentences: int = Field(2_000_000, ge=1_000, le=20_000_000)
+    """Lines of distinct mixture text (inputs and targets, split at newlines) sampled for training;
+    SentencePiece's training memory grows with it (a few GB at 2-5 million)."""
+    character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
+    """Share of the sample's characters that get their own piece (the rest use byte pieces)."""
+    max_sentence_chars: int = Field(4_096, ge=64)
+    """Longer sampled lines are cut to this many characters before training."""
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> TokenizerConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("tokenize.tokenizer.path: source 'file' needs the path of a SentencePiece "
+                             ".model file")
+        if self.source == "train" and self.path:
+            raise ValueError(f"tokenize.tokenizer.path is only used with source 'file', not "
+                             f"{self.source!r}")
+        return self
+
+
+class TokenizeConfig(_Section):
+    """Stage 4: tokenize each mixture and pack it into fixed-width token rows."""
+
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    max_input_tokens: int = Field(1024, ge=2, le=65_535)
+    """Inputs are truncated to this many tokens, their EOS included."""
+    max_target_tokens: int = Field(256, ge=2, le=65_535)
+    """Targets are truncated to this many tokens, their EOS included."""
+    truncate_inputs: Literal["right", "left"] = "right"
+    """Which end of a long input is cut: `right` keeps its beginning (seqio's rule), `left` keeps its
+    end (where FLAN templates put the question and the OPTIONS)."""
+    layout: Literal["decoder_only", "encoder_decoder"] = "decoder_only"
+    """`decoder_only`: rows of `max_input_tokens + max_target_tokens` tokens, each holding several
+    `inputs EOS targets EOS` examples; `encoder_decoder`: inputs and targets packed into paired rows
+    of `max_input_tokens` and `max_target_tokens`."""
+    packer: Literal["best_fit", "next_fit", "none"] = "best_fit"
+    """`best_fit` (best-fit decreasing over windows of examples), `next_fit` (arrival order, for
+    comparison) or `none` (one example per row, padded)."""
+    pack_window: int = Field(20_000, ge=1)
+    """Examples packed together; larger windows pack tighter but hold more in memory."""
+    rows_per_shard: int = Field(8_192, ge=1)
+    """Packed rows per token shard."""
+
+    @model_validator(mode="after")
+    def _segments_fit(self) -> TokenizeConfig:
+        width = self.max_input_tokens + self.max_target_tokens
+        if self.layout == "decoder_only" and width > 65_535:
+            raise ValueError(f"tokenize: a decoder-only row of max_input_tokens + max_target_tokens = "
+                             f"{width} tokens is too long (at most 65535)")
+        return self
 
 
 class TrainConfig(_Section):

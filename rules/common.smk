@@ -65,6 +65,41 @@ def get_mixtures():
     )
 
 
+def get_mixture_name(wildcards):
+    return wildcards.mixture
+
+
+def get_tokenizer_source(wildcards):
+    """What the tokenizer is made from: a given .model file, or a mixture's shards (`all` for the
+    shared tokenizer)."""
+    tokenizer = CFG.tokenize.tokenizer
+    if tokenizer.source == "file":
+        return {"model": tokenizer.path}
+    mixture = wildcards.get("mixture", "all")
+    return {
+        "shards": expand("data/mixtures/{mixture}/shards", mixture=mixture)[0],
+        "mixture_manifest": expand(
+            "data/mixtures/{mixture}/manifest.json", mixture=mixture
+        )[0],
+    }
+
+
+def get_tokenizer(wildcards):
+    """The tokenizer a mixture is packed with: the shared one, or the mixture's own."""
+    tokenizer = CFG.tokenize.tokenizer
+    if tokenizer.shared or tokenizer.source == "file":
+        return "models/tokenizer/spm.model"
+    return expand("models/tokenizer/{mixture}/spm.model", mixture=wildcards.mixture)[0]
+
+
+def get_packed():
+    return expand(
+        "data/packed/{mixture}/{file}",
+        mixture=CFG.mixtures(),
+        file=["manifest.json", "index.parquet", "stats.parquet", "packing.parquet"],
+    )
+
+
 def get_catalog_inputs(wildcards):
     return {
         "raw": get_raw_outputs(),
@@ -73,4 +108,6 @@ def get_catalog_inputs(wildcards):
         "decontam": expand("data/decontam/{dataset}.parquet", dataset=DATASETS),
         "mixtures": get_mixtures(),
         "shards": expand("data/mixtures/{mixture}/shards", mixture=CFG.mixtures()),
+        "packed": get_packed(),
+        "packed_shards": expand("data/packed/{mixture}/shards", mixture=CFG.mixtures()),
     }

@@ -12,17 +12,15 @@ import pytest
 
 from flanpipe.config import load_config
 from flanpipe.registry import load_registry
-from tests.conftest import BIN, REPO, run_snakemake
+from tests.conftest import BIN, REPO
 
 pytestmark = pytest.mark.e2e
 CFG = load_config(REPO / "config/config.yaml")
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("mix")
-    run_snakemake(wd, "all")
-    return wd
+def workdir(demo_run):
+    return demo_run
 
 
 @pytest.fixture(scope="module")

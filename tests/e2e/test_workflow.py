@@ -20,10 +20,8 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("wf")
-    run_snakemake(wd, "all")
-    return wd
+def workdir(demo_run):
+    return demo_run
 
 
 def test_download_outputs_and_manifests(workdir):
@@ -52,7 +50,10 @@ def test_templatized_outputs(workdir):
 
 def test_a_second_run_elsewhere_is_byte_identical(workdir, tmp_path):
     run_snakemake(tmp_path, "all")
-    for path in sorted((workdir / "data").rglob("*.parquet")):
+    outputs = [p for pattern in ("data/**/*.parquet", "data/**/*.npy", "models/**/*.model")
+               for p in sorted(workdir.glob(pattern))]
+    assert any(p.suffix == ".npy" for p in outputs) and any(p.suffix == ".model" for p in outputs)
+    for path in outputs:
         twin = tmp_path / path.relative_to(workdir)
         assert twin.read_bytes() == path.read_bytes(), path
 
@@ -82,6 +83,8 @@ def test_deleting_one_output_reruns_only_that_dataset(workdir):
     for rule in ("download", "templatize", "fingerprint", "decontaminate", "dedupe", "catalog"):
         assert re.search(rf"^{rule}\s+1$", text, re.M), (rule, text)
     assert re.search(rf"^mix\s+{len(CFG.mixtures())}$", text, re.M), text
+    assert re.search(rf"^pack\s+{len(CFG.mixtures())}$", text, re.M), text
+    assert re.search(r"^tokenizer\s+1$", text, re.M), text
     assert set(re.findall(r"wildcards: dataset=(\w+)", text)) == {"sst2"}
 
 

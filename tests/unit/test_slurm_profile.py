@@ -3,6 +3,7 @@
 
 import io
 import os
+import re
 import subprocess
 
 import pytest
@@ -35,9 +36,12 @@ def test_profile_settings():
     assert int(p["slurm-init-seconds-before-status-checks"]) >= 30  # sane for a real cluster
     resources = dict(r.split("=", 1) for r in p["default-resources"])
     assert resources == {"runtime": "60", "mem_mb": "4000", "cpus_per_task": "threads"}
+    # every rule of the workflow gets its own CPU, memory and time
+    pattern = re.compile(r"^(?:rule (\w+):|use rule \w+ as (\w+))", re.M)
+    rules = {a or b for smk in (REPO / "rules").glob("*.smk") for a, b in pattern.findall(smk.read_text())}
+    assert {"download", "mix", "tokenizer", "tokenizer_per_mixture", "pack"} <= rules
     assert {r.split("=")[0] for r in p["set-resources"]} == {
-        f"{rule}:{key}" for rule in ("download", "fingerprint", "dedupe", "decontaminate", "mix", "catalog")
-        for key in ("cpus_per_task", "mem_mb", "runtime")}
+        f"{rule}:{key}" for rule in rules for key in ("cpus_per_task", "mem_mb", "runtime")}
     assert not any(r.startswith(("train:", "evaluate:")) for r in p["set-resources"])  # not yet
 
 

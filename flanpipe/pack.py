@@ -1,0 +1,360 @@
+"""Stage 4b, tokenize and pack: one mixture into fixed-width token rows a trainer can memory-map.
+
+The mixture's shards are read in order, in windows of ``tokenize.pack_window`` examples. Each window
+is tokenized with SentencePiece's batch encoder (threads, no per-row Python loop), truncated to the
+input and target budgets (EOS included, truncations counted per dataset), packed by best-fit
+decreasing (:mod:`flanpipe.packing`), and its rows are shuffled (seeded) and appended to the shards.
+
+Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
+
+- ``decoder_only``: rows of ``Li + Lt`` tokens holding whole examples ``inputs EOS targets EOS``;
+  ``segment_ids`` number the examples of a row from 1 (0 is padding), ``positions`` restart at 0 for
+  each example, and ``loss_mask`` is 1 on target tokens (their EOS included). The model predicts
+  token ``t`` from tokens before it in the same segment, and the loss counts where ``loss_mask[t]``.
+- ``encoder_decoder``: paired rows, ``inputs`` of ``Li`` tokens and ``targets`` of ``Lt``, each
+  with its own ``*_segment_ids`` and ``*_positions``; segment ``s`` of a row's inputs belongs to
+  segment ``s`` of its targets, and ``loss_mask`` marks the target tokens.
+
+Output, ``data/packed/{mixture}/``:
+
+- ``shards/part-XXXXX.npy``: a structured NumPy array per shard, one record per row with the
+  fields above (``np.load(path, mmap_mode="r")``; :class:`flanpipe.packed.PackedShards` reads them);
+- ``index.parquet``: one line per example: its row and segment, offsets, token counts before and
+  after truncation, dataset, example id, template and epoch;
+- ``stats.parquet`` (tokens and truncations per dataset), ``packing.parquet`` (the mixture's packing
+  efficiency next to next-fit and pad-to-max, and rows against the lower bound) and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from flanpipe import packing
+from flanpipe.config import Config, TokenizeConfig
+from flanpipe.io import (
+    code_version,
+    derive_seed,
+    sha256_file,
+    utc_now,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+from flanpipe.tokenizer import load_processor, mixture_shards, special_ids
+
+STAGE_VERSION = "1"
+log = logging.getLogger(__name__)
+
+COLUMNS = ["inputs", "targets", "dataset", "example_id", "template_id", "epoch"]
+INDEX_SCHEMA = pa.schema([
+    pa.field("row", pa.int64()),  # packed row (0-based over all shards)
+    pa.field("segment", pa.int32()),  # 1-based within the row
+    pa.field("input_offset", pa.int32()),  # first input token in the row (decoder-only) / inputs row
+    pa.field("target_offset", pa.int32()),  # first target token in the row / targets row
+    pa.field("input_tokens", pa.int32()),  # after truncation, EOS included
+    pa.field("target_tokens", pa.int32()),
+    pa.field("input_tokens_full", pa.int32()),  # before truncation, EOS included
+    pa.field("target_tokens_full", pa.int32()),
+    pa.field("position", pa.int64()),  # the example's position in the mixture
+    pa.field("dataset", pa.string()),
+    pa.field("example_id", pa.string()),
+    pa.field("template_id", pa.int32()),
+    pa.field("epoch", pa.int32()),
+])
+STATS_SCHEMA = pa.schema([
+    pa.field("mixture", pa.string()),
+    pa.field("dataset", pa.string()),
+    pa.field("examples", pa.int64()),
+    pa.field("input_tokens", pa.int64()),
+    pa.field("target_tokens", pa.int64()),
+    pa.field("mean_input_tokens_full", pa.float64()),
+    pa.field("mean_target_tokens_full", pa.float64()),
+    pa.field("max_input_tokens_full", pa.int64()),
+    pa.field("max_target_tokens_full", pa.int64()),
+    pa.field("truncated_inputs", pa.int64()),
+    pa.field("truncated_targets", pa.int64()),
+])
+PACKING_SCHEMA = pa.schema([
+    pa.field("mixture", pa.string()),
+    pa.field("layout", pa.string()),
+    pa.field("packer", pa.string()),
+    pa.field("row_tokens", pa.int64()),  # slots per row (inputs + targets for encoder-decoder)
+    pa.field("examples", pa.int64()),
+    pa.field("rows", pa.int64()),
+    pa.field("non_pad_tokens", pa.int64()),
+    pa.field("target_tokens", pa.int64()),  # tokens the loss counts
+    pa.field("efficiency", pa.float64()),  # non-pad tokens / all token slots
+    pa.field("rows_lower_bound", pa.int64()),  # sum of windows' lower bounds
+    pa.field("rows_over_lower_bound", pa.float64()),  # rows / rows_lower_bound - 1
+    pa.field("rows_next_fit", pa.int64()),
+    pa.field("efficiency_next_fit", pa.float64()),
+    pa.field("efficiency_pad_to_max", pa.float64()),  # one example per row
+    pa.field("truncated_inputs", pa.int64()),
+    pa.field("truncated_targets", pa.int64()),
+    pa.field("budget_tokens", pa.int64()),  # train.steps * train.tokens_per_batch
+    pa.field("windows", pa.int64()),
+])
+
+
+def row_dtype(layout: str, max_input: int, max_target: int, vocab_size: int) -> np.dtype:
+    """The record of one packed row.
+
+    >>> row_dtype("decoder_only", 4, 2, 32000).names
+    ('tokens', 'segment_ids', 'positions', 'loss_mask')
+    >>> row_dtype("encoder_decoder", 4, 2, 32000)["targets"].shape
+    (2,)
+    """
+    tok = np.uint16 if vocab_size <= 2**16 else np.int32
+    if layout == "decoder_only":
+        width = max_input + max_target
+        return np.dtype([("tokens", tok, (width,)), ("segment_ids", np.uint16, (width,)),
+                         ("positions", np.uint16, (width,)), ("loss_mask", np.uint8, (width,))])
+    if layout == "encoder_decoder":
+        return np.dtype([
+            ("inputs", tok, (max_input,)), ("inputs_segment_ids", np.uint16, (max_input,)),
+            ("inputs_positions", np.uint16, (max_input,)),
+            ("targets", tok, (max_target,)), ("targets_segment_ids", np.uint16, (max_target,)),
+            ("targets_positions", np.uint16, (max_target,)), ("loss_mask", np.uint8, (max_target,))])
+    raise ValueError(f"unknown layout {layout!r}; allowed: decoder_only, encoder_decoder")
+
+
+class Encoded:
+    """A batch of texts as one flat token array: ``ids[starts[i]:starts[i] + lengths[i]]``."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.lengths = np.fromiter(map(len, arrays), np.int64, len(arrays))
+        self.starts = np.zeros(len(arrays), np.int64)
+        np.cumsum(self.lengths[:-1], out=self.starts[1:])
+        self.ids = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+
+
+def encode(sp, texts: pa.ChunkedArray | pa.Array, threads: int) -> Encoded:
+    """Batch-encode a text column with SentencePiece's own thread pool."""
+    return Encoded(sp.encode(texts.to_pylist(), return_type="numpy", num_threads=max(1, threads)))
+
+
+def windows(shards: list[Path], size: int, columns: list[str] = COLUMNS) -> Iterator[pa.Table]:
+    """The rows of ``shards``, in order, as tables of ``size`` rows (the last may be shorter)."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for path in shards:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=size, columns=columns):
+            pending.append(batch)
+            count += batch.num_rows
+            while count >= size:
+                table = pa.Table.from_batches(pending)
+                yield table.slice(0, size)
+                rest = table.slice(size)
+                pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending)
+
+
+class _ShardWriter:
+    """Appends packed rows and writes every ``rows_per_shard`` of them as one ``.npy`` shard."""
+
+    def __init__(self, directory: Path, dtype: np.dtype, rows_per_shard: int):
+        self.directory, self.dtype, self.rows_per_shard = directory, dtype, rows_per_shard
+        self.pending: list[np.ndarray] = []
+        self.count = 0
+        self.shards: list[dict] = []
+
+    def add(self, rows: np.ndarray) -> None:
+        self.pending.append(rows)
+        self.count += len(rows)
+        while self.count >= self.rows_per_shard:
+            self._flush(self.rows_per_shard)
+
+    def close(self) -> list[dict]:
+        if self.count or not self.shards:
+            self._flush(self.count)
+        return self.shards
+
+    def _flush(self, n: int) -> None:
+        rows = np.concatenate(self.pending) if self.pending else np.zeros(0, self.dtype)
+        path = self.directory / f"part-{len(self.shards):05d}.npy"
+        np.save(path, rows[:n], allow_pickle=False)
+        self.shards.append({"file": path.name, "rows": n, "sha256": sha256_file(path)})
+        self.pending = [rows[n:]]
+        self.count = len(rows) - n
+
+
+def pack_window(table: pa.Table, sp, tcfg: TokenizeConfig, dtype: np.dtype, eos: int, pad: int,
+                threads: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """Tokenize, truncate and pack one window. Returns its rows (shuffled), the per-example
+    placement (row within the window, segment, offsets, token counts) and the window's counts."""
+    li_max, lt_max = tcfg.max_input_tokens, tcfg.max_target_tokens
+    inputs = encode(sp, table.column("inputs"), threads)
+    targets = encode(sp, table.column("targets"), threads)
+    keep_in = np.minimum(inputs.lengths, li_max - 1)
+    keep_tg = np.minimum(targets.lengths, lt_max - 1)
+    size_in, size_tg = keep_in + 1, keep_tg + 1  # EOS
+    if tcfg.layout == "decoder_only":
+        dims = (size_in + size_tg, li_max + lt_max, np.zeros_like(size_in), 0)
+    else:
+        dims = (size_in, li_max, size_tg, lt_max)
+    bins, seg, off_a, off_b, n_rows = packing.pack(tcfg.packer, *dims)
+    perm = rng.permutation(n_rows)
+    row = perm[bins]
+    rows = np.zeros(n_rows, dtype)
+    left = tcfg.truncate_inputs == "left"
+    if tcfg.layout == "decoder_only":
+        rows["tokens"] = pad
+        packing.fill_decoder_only(rows["tokens"], rows["segment_ids"], rows["positions"], rows["loss_mask"],
+                                  row, seg, off_a, inputs.ids, inputs.starts, inputs.lengths, keep_in,
+                                  targets.ids, targets.starts, targets.lengths, keep_tg, eos, left)
+        target_off = off_a + size_in
+    else:
+        rows["inputs"] = pad
+        rows["targets"] = pad
+        packing.fill_side(rows["inputs"], rows["inputs_segment_ids"], rows["inputs_positions"], row, seg,
+                          off_a, inputs.ids, inputs.starts, inputs.lengths, keep_in, eos, left)
+        packing.fill_side(rows["targets"], rows["targets_segment_ids"], rows["targets_positions"], row, seg,
+                          off_b, targets.ids, targets.starts, targets.lengths, keep_tg, eos, False)
+        rows["loss_mask"] = rows["targets_segment_ids"] > 0
+        target_off = off_b
+    placement = {"row": row, "segment": seg, "input_offset": off_a, "target_offset": target_off,
+                 "input_tokens": size_in, "target_tokens": size_tg,
+                 "input_tokens_full": inputs.lengths + 1, "target_tokens_full": targets.lengths + 1}
+    counts = {"rows": n_rows, "rows_lower_bound": packing.rows_lower_bound(*dims),
+              "rows_next_fit": packing.next_fit(*dims)[4]}
+    return rows, placement, counts
+
+
+def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path, out_dir: str | Path,
+                      cfg: Config, threads: int = 1) -> dict:
+    """Tokenize and pack the mixture in ``shard_dir`` into ``out_dir``; returns the manifest."""
+    tcfg = cfg.tokenize
+    out_dir = Path(out_dir)
+    sp = load_processor(tokenizer)
+    ids = special_ids(sp)
+    eos, pad = ids["eos_id"], ids["pad_id"] if ids["pad_id"] is not None else 0
+    dtype = row_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, sp.get_piece_size())
+    shards = mixture_shards(shard_dir)
+    total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    rng = np.random.default_rng(derive_seed(cfg.seed, f"pack/{mixture}"))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".shards.", suffix=".tmp", dir=out_dir))
+    try:
+        writer = _ShardWriter(tmp, dtype, tcfg.rows_per_shard)
+        index_parts, totals = [], {"rows": 0, "rows_lower_bound": 0, "rows_next_fit": 0, "windows": 0}
+        position = 0
+        n_windows = math.ceil(total / tcfg.pack_window)
+        for table in tqdm(windows(shards, tcfg.pack_window), total=n_windows, desc=f"pack {mixture}",
+                          unit="window", mininterval=10, disable=n_windows < 4):
+            rows, placed, counts = pack_window(table, sp, tcfg, dtype, eos, pad, threads, rng)
+            placed["row"] = placed["row"] + totals["rows"]
+            placed["position"] = np.arange(position, position + table.num_rows)
+            index_parts.append(_index_table(placed, table))
+            writer.add(rows)
+            for k in ("rows", "rows_lower_bound", "rows_next_fit"):
+                totals[k] += counts[k]
+            totals["windows"] += 1
+            position += table.num_rows
+        shard_list = writer.close()
+        shard_path = out_dir / "shards"
+        if shard_path.exists():
+            shutil.rmtree(shard_path)
+        os.replace(tmp, shard_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    index = (pa.concat_tables(index_parts) if index_parts else INDEX_SCHEMA.empty_table()).sort_by(
+        [("row", "ascending"), ("segment", "ascending")])
+    meta = {"stage": "pack", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed}
+    write_parquet_atomic(index, out_dir / "index.parquet", meta)
+    stats = token_stats(mixture, index, tcfg)
+    write_parquet_atomic(stats, out_dir / "stats.parquet", meta)
+    summary = packing_summary(mixture, index, totals, tcfg, cfg.train.steps * cfg.train.tokens_per_batch)
+    write_parquet_atomic(pa.Table.from_pylist([summary], schema=PACKING_SCHEMA), out_dir / "packing.parquet",
+                         meta)
+    manifest = {
+        **meta, "layout": tcfg.layout, "examples": index.num_rows, "rows": totals["rows"],
+        "fields": {name: {"dtype": dtype[name].base.str, "shape": list(dtype[name].shape)}
+                   for name in dtype.names},
+        "rows_per_shard": tcfg.rows_per_shard, "shards": shard_list,
+        "tokenizer": {"path": str(tokenizer), "sha256": sha256_file(tokenizer),
+                      "vocab_size": sp.get_piece_size(), "special_ids": ids, "pad_fill": pad},
+        "inputs": [{"file": p.name, "sha256": sha256_file(p)} for p in shards],
+        "packing": summary, "config": {"tokenize": tcfg.model_dump(), "train": cfg.train.model_dump()},
+        "code": code_version("pack", STAGE_VERSION), "created_at": utc_now(),
+    }
+    write_json_atomic(out_dir / "manifest.json", manifest)
+    log.info("%s: %d examples in %d rows of %d tokens, %.2f%% non-pad (next-fit %.2f%%, pad-to-max %.2f%%), "
+             "%.2f%% over the lower bound; %d inputs and %d targets truncated", mixture, summary["examples"],
+             summary["rows"], summary["row_tokens"], 100 * summary["efficiency"],
+             100 * summary["efficiency_next_fit"], 100 * summary["efficiency_pad_to_max"],
+             100 * summary["rows_over_lower_bound"], summary["truncated_inputs"],
+             summary["truncated_targets"])
+    if summary["non_pad_tokens"] < summary["budget_tokens"]:
+        log.warning("%s: %d non-pad tokens, fewer than the training budget of %d (train.steps * "
+                    "train.tokens_per_batch): the trainer will repeat the data", mixture,
+                    summary["non_pad_tokens"], summary["budget_tokens"])
+    return manifest
+
+
+def _index_table(placed: dict[str, np.ndarray], table: pa.Table) -> pa.Table:
+    columns = {name: pa.array(placed[name], INDEX_SCHEMA.field(name).type)
+               for name in INDEX_SCHEMA.names if name in placed}
+    for name in ("dataset", "example_id", "template_id", "epoch"):
+        columns[name] = table.column(name).cast(INDEX_SCHEMA.field(name).type)
+    return pa.table({name: columns[name] for name in INDEX_SCHEMA.names}, schema=INDEX_SCHEMA)
+
+
+def token_stats(mixture: str, index: pa.Table, tcfg: TokenizeConfig) -> pa.Table:
+    """Tokens and truncations per dataset."""
+    table = index.append_column("trunc_in", pc.cast(pc.greater(index.column("input_tokens_full"),
+                                                               tcfg.max_input_tokens), pa.int64()))
+    table = table.append_column("trunc_tg", pc.cast(pc.greater(index.column("target_tokens_full"),
+                                                               tcfg.max_target_tokens), pa.int64()))
+    g = table.group_by("dataset").aggregate([
+        ("row", "count"), ("input_tokens", "sum"), ("target_tokens", "sum"), ("input_tokens_full", "mean"),
+        ("target_tokens_full", "mean"), ("input_tokens_full", "max"), ("target_tokens_full", "max"),
+        ("trunc_in", "sum"), ("trunc_tg", "sum")]).sort_by("dataset")
+    n = g.num_rows
+    return pa.table({
+        "mixture": pa.array([mixture] * n, pa.string()), "dataset": g.column("dataset"),
+        "examples": g.column("row_count"), "input_tokens": g.column("input_tokens_sum"),
+        "target_tokens": g.column("target_tokens_sum"),
+        "mean_input_tokens_full": g.column("input_tokens_full_mean"),
+        "mean_target_tokens_full": g.column("target_tokens_full_mean"),
+        "max_input_tokens_full": g.column("input_tokens_full_max"),
+        "max_target_tokens_full": g.column("target_tokens_full_max"),
+        "truncated_inputs": g.column("trunc_in_sum"), "truncated_targets": g.column("trunc_tg_sum"),
+    }).cast(STATS_SCHEMA)
+
+
+def packing_summary(mixture: str, index: pa.Table, totals: dict, tcfg: TokenizeConfig, budget: int) -> dict:
+    """The mixture's packing figures: efficiency next to next-fit and pad-to-max, rows against the
+    lower bound."""
+    width = tcfg.max_input_tokens + tcfg.max_target_tokens
+    n = index.num_rows
+    inputs = int(pc.sum(index.column("input_tokens")).as_py() or 0)
+    targets = int(pc.sum(index.column("target_tokens")).as_py() or 0)
+    tokens = inputs + targets
+    rows, bound, nf = totals["rows"], totals["rows_lower_bound"], totals["rows_next_fit"]
+    return {
+        "mixture": mixture, "layout": tcfg.layout, "packer": tcfg.packer, "row_tokens": width,
+        "examples": n, "rows": rows, "non_pad_tokens": tokens, "target_tokens": targets,
+        "efficiency": tokens / (rows * width) if rows else 0.0,
+        "rows_lower_bound": bound, "rows_over_lower_bound": rows / bound - 1 if bound else 0.0,
+        "rows_next_fit": nf, "efficiency_next_fit": tokens / (nf * width) if nf else 0.0,
+        "efficiency_pad_to_max": tokens / (n * width) if n else 0.0,
+        "truncated_inputs": int(pc.sum(pc.greater(index.column("input_tokens_full"),
+                                                  tcfg.max_input_tokens)).as_py() or 0),
+        "truncated_targets": int(pc.sum(pc.greater(index.column("target_tokens_full"),
+                                                   tcfg.max_target_tokens)).as_py() or 0),
+        "budget_tokens": budget, "windows": totals["windows"],
+    }
