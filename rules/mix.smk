@@ -20,12 +20,12 @@ rule mix:
         datasets=lambda wildcards: CFG.mixture_datasets(wildcards.mixture),
         config=CFG.model_dump(
             include={
-                "seed",
-                "heldout_clusters",
-                "mix",
-                "tokenize",
-                "train",
-                "datasets",
+                "seed": True,
+                "heldout_clusters": True,
+                "mix": True,
+                "datasets": True,
+                "tokenize": {"max_input_tokens", "max_target_tokens"},
+                "train": {"steps", "tokens_per_batch"},
             }
         ),
         stage_version=MIX_VERSION,

@@ -64,7 +64,11 @@ rule pack:
     threads: 8
     params:
         config=CFG.model_dump(
-            include={"seed": True, "tokenize": True, "train": True},
+            include={
+                "seed": True,
+                "tokenize": True,
+                "train": {"steps", "tokens_per_batch"},
+            },
             exclude={"tokenize": {"tokenizer"}},
         ),
         stage_version=PACK_VERSION,

@@ -132,3 +132,35 @@ def test_summary_lists_every_dataset(workdir):
     lines = proc.stdout.splitlines()[2:]
     assert sorted(line.split()[0] for line in lines) == sorted(embedded_datasets())
     assert all(" - " not in line for line in lines)
+
+
+def _config_with_tokenizer(tmp_path, **tokenizer):
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cfg["tokenize"]["tokenizer"].update(tokenizer)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_a_tokenizer_per_mixture_when_not_shared(tmp_path):
+    config = _config_with_tokenizer(tmp_path, shared=False)
+    text = run_snakemake(tmp_path, "all", "-n", config_file=config).stdout
+    assert re.search(rf"^tokenizer_per_mixture\s+{len(CFG.mixtures())}$", text, re.M), text
+    assert not re.search(r"^tokenizer\s+\d", text, re.M)
+    for mixture in CFG.mixtures():
+        assert f"models/tokenizer/{mixture}/spm.model" in text
+
+
+def test_a_given_tokenizer_file_is_copied_without_any_mixture(tmp_path):
+    from flanpipe.config import TokenizerConfig
+    from flanpipe.tokenizer import train_spm
+    from tests.unit.test_tokenizer import corpus
+
+    model, size = train_spm(corpus(300), TokenizerConfig(vocab_size=300), seed=1)
+    (tmp_path / "given.model").write_bytes(model)
+    config = _config_with_tokenizer(tmp_path, source="file", path=str(tmp_path / "given.model"))
+    run_snakemake(tmp_path, "models/tokenizer/manifest.json", config_file=config)
+    assert (tmp_path / "models/tokenizer/spm.model").read_bytes() == model
+    manifest = json.loads((tmp_path / "models/tokenizer/manifest.json").read_text())
+    assert manifest["vocab_size"] == size and manifest["source"]["file"] == str(tmp_path / "given.model")
+    assert not (tmp_path / "data").exists()  # nothing upstream ran

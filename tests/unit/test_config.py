@@ -72,6 +72,26 @@ def test_stage3_values_are_checked_with_the_key_named(data, expect):
     assert expect in str(err.value)
 
 
+@pytest.mark.parametrize("data, expect", [
+    ({"tokenize": {"tokenizer": {"source": "file"}}},
+     "tokenize.tokenizer.path: source 'file' needs the path of a SentencePiece .model file"),
+    ({"tokenize": {"tokenizer": {"path": "/x/spm.model"}}},
+     "tokenize.tokenizer.path is only used with source 'file', not 'train'"),
+    ({"tokenize": {"tokenizer": {"vocab_size": 100}}},
+     "tokenize.tokenizer.vocab_size: Input should be greater than or equal to 300 (got 100)"),
+    ({"tokenize": {"layout": "prefix_lm"}},
+     "tokenize.layout: Input should be 'decoder_only' or 'encoder_decoder' (got 'prefix_lm')"),
+    ({"tokenize": {"packer": "first_fit"}},
+     "tokenize.packer: Input should be 'best_fit', 'next_fit' or 'none'"),
+    ({"tokenize": {"max_input_tokens": 65_000, "max_target_tokens": 1_000}},
+     "a decoder-only row of max_input_tokens + max_target_tokens = 66000 tokens is too long"),
+])
+def test_stage4_values_are_checked_with_the_key_named(data, expect):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert expect in str(err.value)
+
+
 def test_mixtures_leave_out_the_heldout_and_excluded_clusters():
     cfg = parse_config({})
     reg = load_registry()
