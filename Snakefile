@@ -24,6 +24,7 @@ include: "rules/templatize.smk"
 include: "rules/dedup.smk"
 include: "rules/mix.smk"
 include: "rules/tokenize.smk"
+include: "rules/train.smk"
 
 
 wildcard_constraints:
@@ -37,4 +38,5 @@ rule all:
         get_templatized(),
         get_mixtures(),
         get_packed(),
+        get_models(),
         "data/catalog.duckdb",

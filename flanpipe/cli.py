@@ -9,7 +9,9 @@
     flanpipe tokenizer [--mixture all] [--config config/config.yaml] [--out models/tokenizer/spm.model]
     flanpipe pack --mixture nli [--tokenizer models/tokenizer/spm.model] [--out data/packed/nli]
     flanpipe show-packed --mixture nli [--row 0]
-    flanpipe bench templatize|dedup|pack [--rows N] [--threads 2]
+    flanpipe launch [--launcher torchrun|srun] [--nodes 1] [--tasks-per-node 2] -- train --mixture nli
+    flanpipe train --mixture nli [--config ...]   (one rank; started by torchrun, srun or launch)
+    flanpipe bench templatize|dedup|pack|train [--rows N] [--threads 2] [--size 1b --steps 300]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -203,6 +205,28 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """One rank of a training run (start it with torchrun, srun or `flanpipe launch`)."""
+    from flanpipe.train import train
+
+    cfg = load_config(args.config)
+    train(args.mixture, args.packed or f"data/packed/{args.mixture}", args.tokenizer,
+          args.out or f"models/{args.mixture}", cfg)
+    return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    import os
+
+    from flanpipe.launch import launch_command
+
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    cmd = launch_command(args.launcher, args.nodes, args.tasks_per_node, rest)
+    print(" ".join(cmd), file=sys.stderr)
+    os.execvp(cmd[0], cmd)
+    return 0
+
+
 def cmd_show_packed(args: argparse.Namespace) -> int:
     """One packed row, decoded segment by segment."""
     from flanpipe.packed import PackedShards, unpack_row
@@ -224,6 +248,11 @@ def cmd_show_packed(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "train":
+        from flanpipe import bench_train
+
+        bench_train.print_train(bench_train.bench_train(args.size, args.steps, args.micro_batch_rows))
+        return 0
     if args.what == "pack":
         from flanpipe import bench_pack
 
@@ -307,12 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
-    p.add_argument("what", choices=["templatize", "dedup", "pack"])
+    p.add_argument("what", choices=["templatize", "dedup", "pack", "train"])
     p.add_argument("--rows", type=int, default=None,
                    help="rows (default: 1M templatize and dedup, 100k pack)")
     p.add_argument("--peer-rows", type=int, default=None,
                    help="rows the (slower) peer processes (default: 200k templatize, 20k dedup)")
     p.add_argument("--threads", type=int, default=2, help="pack: SentencePiece encoder threads")
+    p.add_argument("--size", choices=["tiny", "125m", "1b"], default="1b", help="train: model size")
+    p.add_argument("--steps", type=int, default=300, help="train: optimizer steps")
+    p.add_argument("--micro-batch-rows", type=int, default=8, help="train: packed rows per forward pass")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tokenizer", help="train (or copy) the SentencePiece model from a mixture")
@@ -329,6 +361,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default data/packed/MIXTURE)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("train", help="one rank of a training run (see `flanpipe launch`)")
+    p.add_argument("--mixture", required=True)
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--packed", help="packed mixture (default data/packed/MIXTURE)")
+    p.add_argument("--tokenizer", default="models/tokenizer/spm.model")
+    p.add_argument("--out", help="run directory (default models/MIXTURE)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("launch", help="run a flanpipe command on every rank: launch -- train --mixture nli")
+    p.add_argument("--launcher", choices=["torchrun", "srun", "none"], default="torchrun")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--tasks-per-node", type=int, default=2)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("show-packed", help="decode one packed row, example by example")
     p.add_argument("--mixture", default="all")

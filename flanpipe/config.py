@@ -238,13 +238,68 @@ class TokenizeConfig(_Section):
         return self
 
 
+class ModelSpec(_Section):
+    """The model to instruction-tune: a local Hugging Face checkpoint, or one built from these sizes."""
+
+    source: Literal["config", "pretrained"] = "config"
+    """`config`: a new Llama-architecture decoder of the sizes below (vocabulary = the tokenizer's);
+    `pretrained`: the Llama checkpoint at `path` (never fetched from a hub at run time; its
+    tokenizer must be the one in `tokenize.tokenizer.path`)."""
+    path: str | None = None
+    """`pretrained` only: a local folder with `config.json` and safetensors weights."""
+    hidden_size: int = Field(768, ge=8)
+    num_layers: int = Field(12, ge=1)
+    num_heads: int = Field(12, ge=1)
+    num_kv_heads: int | None = Field(None, ge=1)
+    """Grouped-query attention; null: as many as `num_heads`."""
+    intermediate_size: int | None = Field(None, ge=8)
+    """null: 8/3 x hidden_size, rounded up to a multiple of 64."""
+    rope_theta: float = Field(10_000.0, gt=0)
+    tie_word_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> ModelSpec:
+        if self.source == "pretrained" and not self.path:
+            raise ValueError("train.model.path: source 'pretrained' needs a local checkpoint folder")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"train.model.hidden_size ({self.hidden_size}) must be a multiple of "
+                             f"train.model.num_heads ({self.num_heads})")
+        return self
+
+
 class TrainConfig(_Section):
-    """Stage 5: the training budget (the mixer materialises enough examples for it)."""
+    """Stage 5: instruction tuning with DeepSpeed, one model per mixture. GPUs, nodes and time limits
+    come from the Snakemake profile, not from here."""
 
     steps: int = Field(30_000, ge=1)
     """Optimizer steps."""
     tokens_per_batch: int = Field(8_192, ge=1)
-    """Tokens per optimizer step (inputs + targets, over all ranks and accumulation steps)."""
+    """Token slots per optimizer step over all ranks and accumulation steps: packed rows per step =
+    this / row length, rounded to a multiple of micro_batch_rows x ranks (at least one each)."""
+    micro_batch_rows: int = Field(1, ge=1)
+    """Packed rows per rank per forward pass; gradient accumulation makes up the rest of the batch."""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    optimizer: Literal["adafactor", "adamw"] = "adafactor"
+    """`adafactor` with an absolute learning rate (the paper's), or `adamw`."""
+    lr: float = Field(3e-5, gt=0)
+    """Constant learning rate (after the warm-up)."""
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this (0: no clipping)."""
+    zero_stage: int = Field(3, ge=0, le=3)
+    """DeepSpeed ZeRO stage (3: parameters, gradients and optimizer state partitioned)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """`auto`: bf16 on GPU, fp32 on CPU."""
+    attention: Literal["auto", "sdpa", "flex"] = "auto"
+    """Segment-masked attention: `flex` (FlexAttention block mask, no T x T mask; GPU), `sdpa`
+    (a boolean mask; CPU) or `auto` (flex on GPU, sdpa on CPU)."""
+    checkpoint_every: int = Field(1_000, ge=1)
+    """Save a DeepSpeed checkpoint every N steps (and at the end); `train` resumes from the latest."""
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    """Write metrics every N steps."""
 
 
 class Config(_Section):

@@ -100,6 +100,14 @@ def get_packed():
     )
 
 
+def get_models():
+    return expand(
+        "models/{mixture}/{file}",
+        mixture=CFG.mixtures(),
+        file=["run.json", "metrics.csv", "loss.png"],
+    )
+
+
 def get_catalog_inputs(wildcards):
     return {
         "raw": get_raw_outputs(),

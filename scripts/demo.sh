@@ -12,3 +12,10 @@ echo
 flanpipe summary
 echo
 flanpipe stats --mixture nli
+echo
+echo "trained models (Hugging Face folders, loss curves):"
+for run in models/*/run.json; do
+  dir=$(dirname "$run")
+  last=$(tail -n 1 "$dir/metrics.csv")
+  echo "  $dir/hf  $dir/loss.png  (step ${last%%,*}, loss $(echo "$last" | cut -d, -f2))"
+done

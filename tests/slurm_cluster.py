@@ -79,12 +79,12 @@ def slurm_cluster(fake_gpus: int = 0, start_timeout: int = 600) -> Iterator[Path
 
 
 def profile_with_train_block(gpus: int | None = None) -> str:
-    """profiles/slurm/config.yaml with its commented `train:` block enabled; `gpus` scales it down
-    (GPUs and ranks per node; 1 CPU and 1 GB per rank) to fit the test cluster."""
+    """profiles/slurm/config.yaml with its `train:` block scaled down by `gpus` (GPUs and ranks per
+    node; 1 CPU and 1 GB per rank) to fit the test cluster."""
     lines = PROFILE.read_text().splitlines()
-    start = lines.index("  # train:")
-    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("  #   "))
-    block = "\n".join(re.sub(r"^(\s*)# ", r"\1", line) for line in lines[start:end])
+    start = lines.index("  train:")
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
+    block = "\n".join(lines[start:end])
     if gpus is not None:
         block, n = re.subn(r'(gpu(?::\{[^}]*\})?):8"', rf'\1:{gpus}"', block)
         assert n == 2, block  # both branches of the gres expression

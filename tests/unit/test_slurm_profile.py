@@ -40,9 +40,11 @@ def test_profile_settings():
     pattern = re.compile(r"^(?:rule (\w+):|use rule \w+ as (\w+))", re.M)
     rules = {a or b for smk in (REPO / "rules").glob("*.smk") for a, b in pattern.findall(smk.read_text())}
     assert {"download", "mix", "tokenizer", "tokenizer_per_mixture", "pack"} <= rules
-    assert {r.split("=")[0] for r in p["set-resources"]} == {
-        f"{rule}:{key}" for rule in rules for key in ("cpus_per_task", "mem_mb", "runtime")}
-    assert not any(r.startswith(("train:", "evaluate:")) for r in p["set-resources"])  # not yet
+    keys = {rule: {"cpus_per_task", "mem_mb", "runtime"} for rule in rules}
+    keys["train"] |= {"nodes", "gres", "tasks_per_node", "launcher", "mpi"}
+    expected = {f"{rule}:{k}" for rule in rules for k in keys[rule]}
+    assert {r.split("=")[0] for r in p["set-resources"]} == expected
+    assert not any(r.startswith("evaluate:") for r in p["set-resources"])  # not yet
 
 
 def test_partition_and_account_come_from_the_environment(monkeypatch):
@@ -55,8 +57,8 @@ def test_partition_and_account_come_from_the_environment(monkeypatch):
 def test_train_block_once_enabled(monkeypatch):
     p = _parse(profile_with_train_block())
     train = {r.split(":", 1)[1] for r in p["set-resources"] if r.startswith("train:")}
-    assert train == {"nodes=1", "gres=gpu:8", "tasks_per_node=8", "mpi='srun'", "cpus_per_task=8",
-                     "mem_mb=400000", "runtime=2880"}
+    assert train == {"nodes=1", "gres=gpu:8", "tasks_per_node=8", "launcher='srun'", "mpi='srun'",
+                     "cpus_per_task=8", "mem_mb=400000", "runtime=2880"}
     monkeypatch.setenv("FLANPIPE_SLURM_GPU_TYPE", "a100")
     assert "train:gres=gpu:a100:8" in _parse(profile_with_train_block())["set-resources"]
 

@@ -1,0 +1,419 @@
+"""Stage 5, train: instruction-tune one model on one packed mixture with DeepSpeed (ZeRO-3 default).
+
+Run under ``torchrun``, the ``deepspeed`` launcher or ``srun`` (:mod:`flanpipe.distributed` reads the
+ranks); the same code runs on a laptop CPU (``DS_ACCELERATOR=cpu``, gloo) and on GPU nodes.
+
+One step, top to bottom:
+
+1. the step's packed rows are a pure function of (seed, step): each epoch is a seeded permutation of
+   the mixture's rows, consumed in order; rank ``r`` takes its slice, in micro-batches;
+2. every micro-batch: forward with the segment mask, the summed target-token cross-entropy, divided
+   by the number of target tokens in the whole step (all ranks, all micro-batches), backward;
+3. DeepSpeed reduces the gradients, clips the global norm, and the optimizer steps at the schedule's
+   learning rate (constant after an optional linear warm-up);
+4. every ``checkpoint_every`` steps (and at the end) a DeepSpeed checkpoint; a restarted run loads
+   the latest and continues with the same data order, so its losses are the ones an uninterrupted
+   run has.
+
+At the end, ``models/{mixture}/hf/`` is a Llama checkpoint (safetensors, ``config.json``, the
+tokenizer) that ``transformers`` loads with no flanpipe code; ``metrics.csv``, ``tensorboard/`` and
+``loss.png`` hold the curves, ``run.json`` the run's manifest with the DeepSpeed config it used.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flanpipe.config import Config, TrainConfig
+from flanpipe.distributed import DistEnv, dist_env
+from flanpipe.io import code_version, derive_seed, sha256_file, utc_now, write_json_atomic
+from flanpipe.model import FlanLM, ModelConfig, loss_sums, segment_block_mask, segment_mask
+from flanpipe.optim import build_optimizer, constant_with_warmup, optimizer_state_bytes
+from flanpipe.packed import PackedShards
+
+STAGE_VERSION = "1"
+log = logging.getLogger(__name__)
+
+METRICS = ["step", "loss", "lr", "grad_norm", "target_tokens", "tokens", "tokens_per_s", "elapsed_s"]
+FAIL_AT_STEP = "FLANPIPE_FAIL_AT_STEP"  # tests: rank 0 dies hard before this step, as a killed job does
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a step's rows are split: ``rows_per_step = micro_batch_rows * world_size * accumulation``."""
+
+    row_tokens: int
+    micro_batch_rows: int
+    world_size: int
+    accumulation: int
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.micro_batch_rows * self.world_size * self.accumulation
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.rows_per_step * self.row_tokens
+
+    @classmethod
+    def from_tokens(cls, tokens_per_batch: int, row_tokens: int, micro_batch_rows: int,
+                    world_size: int) -> BatchPlan:
+        """The plan nearest to ``tokens_per_batch`` (at least one micro-batch per rank).
+
+        >>> BatchPlan.from_tokens(8192, 1280, 1, 2).rows_per_step
+        6
+        >>> BatchPlan.from_tokens(8192, 1024, 2, 2).accumulation
+        2
+        """
+        per_pass = micro_batch_rows * world_size
+        accumulation = max(1, round(tokens_per_batch / row_tokens / per_pass))
+        return cls(row_tokens, micro_batch_rows, world_size, accumulation)
+
+
+def step_rows(step: int, plan: BatchPlan, n_rows: int, seed: int) -> np.ndarray:
+    """The global row indices of (0-based) ``step``, in order: rank ``r``, micro-batch ``m`` takes
+    ``rows[(m * world + r) * micro : ... + micro]``. Epoch ``e`` is a permutation seeded by
+    ``(seed, e)``, so any step's rows can be computed without replaying earlier steps.
+
+    >>> plan = BatchPlan(row_tokens=8, micro_batch_rows=1, world_size=2, accumulation=2)
+    >>> a = np.concatenate([step_rows(s, plan, 6, 0) for s in range(3)])
+    >>> sorted(a[:6].tolist()) == list(range(6)) and sorted(a[6:].tolist()) == list(range(6))
+    True
+    """
+    r = plan.rows_per_step
+    flat = np.arange(step * r, (step + 1) * r)
+    epochs, within = np.divmod(flat, n_rows)
+    out = np.empty(r, np.int64)
+    for e in np.unique(epochs):
+        perm = np.random.default_rng(derive_seed(seed, f"train/epoch{e}")).permutation(n_rows)
+        sel = epochs == e
+        out[sel] = perm[within[sel]]
+    return out
+
+
+def deepspeed_config(tcfg: TrainConfig, plan: BatchPlan, bf16: bool) -> dict:
+    """The DeepSpeed JSON, generated from the typed config (saved with the run)."""
+    cfg = {
+        "train_batch_size": plan.rows_per_step,
+        "train_micro_batch_size_per_gpu": plan.micro_batch_rows,
+        "gradient_accumulation_steps": plan.accumulation,
+        "gradient_clipping": tcfg.grad_clip,
+        "zero_optimization": {"stage": tcfg.zero_stage, "overlap_comm": False, "contiguous_gradients": True,
+                              "stage3_gather_16bit_weights_on_model_save": False},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return cfg
+
+
+def _device(dist: DistEnv) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist.local_rank)
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
+
+
+def _to_batch(rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: torch.from_numpy(np.ascontiguousarray(rows[name]).astype(np.int64)).to(device)
+            for name in ("tokens", "segment_ids", "positions", "loss_mask")}
+
+
+def build_model(tcfg: TrainConfig, vocab_size: int, max_positions: int) -> tuple[FlanLM, ModelConfig]:
+    """A new model of the configured size, or a local Llama checkpoint loaded into ours."""
+    spec = tcfg.model
+    if spec.source == "pretrained":
+        return load_pretrained(spec.path, vocab_size)
+    mcfg = ModelConfig(vocab_size=vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
+                       num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads,
+                       intermediate_size=spec.intermediate_size, rope_theta=spec.rope_theta,
+                       tie_word_embeddings=spec.tie_word_embeddings,
+                       max_position_embeddings=max(4096, max_positions))
+    return FlanLM(mcfg), mcfg
+
+
+def load_pretrained(path: str | Path, vocab_size: int | None = None) -> tuple[FlanLM, ModelConfig]:
+    """A local Llama checkpoint (``transformers`` ``from_pretrained``, never a hub download)."""
+    from transformers import AutoModelForCausalLM
+
+    hf_cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    mcfg = ModelConfig.from_hf(hf_cfg)
+    if vocab_size is not None and vocab_size > mcfg.vocab_size:
+        raise ValueError(f"train.model.path: the tokenizer has {vocab_size} pieces, the checkpoint's "
+                         f"embedding only {mcfg.vocab_size}: use the checkpoint's own tokenizer "
+                         "(tokenize.tokenizer.source: file)")
+    hf = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    model = FlanLM(mcfg)
+    state = {k: v for k, v in hf.state_dict().items() if not k.endswith("rotary_emb.inv_freq")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (mcfg.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match a Llama model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    return model, mcfg
+
+
+def _disable_cpu_shm_op() -> None:
+    """DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce op (~70 s) on first use;
+    training with gloo does not need it. ``FLANPIPE_DS_SHM=1`` keeps it."""
+    if os.environ.get("FLANPIPE_DS_SHM") == "1":
+        return
+    import importlib
+
+    # (`import deepspeed.comm.torch` would bind the PyTorch package, which deepspeed.comm also names torch)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, out_dir: str | Path,
+          cfg: Config) -> dict:
+    """Train on the packed mixture; returns the run manifest (on every rank)."""
+    tcfg = cfg.train
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    dist = dist_env()
+    dist.export()
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        _disable_cpu_shm_op()
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
+    import deepspeed
+
+    device = _device(dist)
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    is_main = dist.rank == 0
+
+    data = PackedShards(packed_dir)
+    if data.layout != "decoder_only":
+        raise ValueError(f"{packed_dir}: layout {data.layout!r}; the trainer trains decoder-only models "
+                         "(tokenize.layout: decoder_only)")
+    row_tokens = data.dtype["tokens"].shape[0]
+    plan = BatchPlan.from_tokens(tcfg.tokens_per_batch, row_tokens, tcfg.micro_batch_rows, dist.world_size)
+    bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_gpu)
+    attention = tcfg.attention if tcfg.attention != "auto" else ("flex" if on_gpu else "sdpa")
+
+    torch.manual_seed(derive_seed(cfg.seed, "train/init"))  # the same initial weights on every rank
+    vocab = data.manifest["tokenizer"]["vocab_size"]
+    model, mcfg = build_model(tcfg, vocab, row_tokens)
+    torch.manual_seed(derive_seed(cfg.seed, f"train/rank{dist.rank}"))
+    optimizer = build_optimizer(tcfg.optimizer, model.parameters(), tcfg.lr, tcfg.weight_decay,
+                                tcfg.adam_betas)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(tcfg.warmup_steps))
+    ds_cfg = deepspeed_config(tcfg, plan, bf16)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=ds_cfg)
+
+    start = 0
+    if (ckpt_dir / "latest").exists():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        start = int(client["step"])
+        log.info("resuming from %s at step %d", ckpt_dir, start)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / "ds_config.json", ds_cfg)
+        log.info("%s: %s parameters, %d ranks x %d rows x %d accumulation = %d rows (%d tokens) per step, "
+                 "%s, %s attention, ZeRO-%d", mixture, f"{mcfg.num_parameters():,}", dist.world_size,
+                 plan.micro_batch_rows, plan.accumulation, plan.rows_per_step, plan.tokens_per_step,
+                 "bf16" if bf16 else "fp32", attention, tcfg.zero_stage)
+    metrics = _Metrics(out_dir, start) if is_main else None
+    fail_at = int(os.environ.get(FAIL_AT_STEP, 0))
+    t0 = time.perf_counter()
+    tokens_seen = 0
+    for step in range(start, tcfg.steps):
+        if fail_at and step + 1 == fail_at and is_main:
+            os._exit(17)
+        t_step = time.perf_counter()
+        rows = step_rows(step, plan, len(data), cfg.seed)
+        mine = rows.reshape(plan.accumulation, dist.world_size, plan.micro_batch_rows)[:, dist.rank]
+        batches = [_to_batch(data.take(idx), device) for idx in mine]
+        # the loss is a mean over every target token of the step, on all ranks
+        local_targets = sum(_predicted(b) for b in batches)
+        total_targets = _all_reduce(torch.tensor(float(local_targets), device=device))
+        scale = dist.world_size * plan.accumulation / max(total_targets, 1.0)
+        loss_total = torch.zeros((), device=device)
+        lr = schedule.get_last_lr()[0]
+        for batch in batches:
+            mask = (segment_block_mask(batch["segment_ids"]) if attention == "flex"
+                    else segment_mask(batch["segment_ids"]))
+            logits = engine(batch["tokens"], batch["positions"], mask)
+            summed, _ = loss_sums(logits, batch["tokens"], batch["segment_ids"], batch["loss_mask"])
+            engine.backward(summed * scale)
+            loss_total += summed.detach().float()
+            engine.step()
+        loss = _all_reduce(loss_total) / max(total_targets, 1.0)
+        tokens_seen += plan.tokens_per_step
+        done = step + 1
+        if is_main and (done % tcfg.log_every == 0 or done == tcfg.steps):
+            elapsed = time.perf_counter() - t0
+            metrics.write({"step": done, "loss": loss, "lr": lr,
+                           "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                           "target_tokens": int(total_targets), "tokens": plan.tokens_per_step,
+                           "tokens_per_s": plan.tokens_per_step / (time.perf_counter() - t_step),
+                           "elapsed_s": elapsed})
+        if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
+            engine.save_checkpoint(str(ckpt_dir), tag=f"step{done:07d}", client_state={"step": done})
+            if is_main:
+                _prune_checkpoints(ckpt_dir, tcfg.keep_checkpoints)
+    elapsed = time.perf_counter() - t0
+    manifest = {
+        "stage": "train", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed,
+        "model": mcfg.as_dict(), "parameters": mcfg.num_parameters(), "world_size": dist.world_size,
+        "launcher": dist.launcher, "device": "cuda" if on_gpu else "cpu",
+        "precision": "bf16" if bf16 else "fp32", "attention": attention,
+        "batch": {"rows_per_step": plan.rows_per_step, "tokens_per_step": plan.tokens_per_step,
+                  "micro_batch_rows": plan.micro_batch_rows, "accumulation": plan.accumulation},
+        "steps": tcfg.steps, "resumed_from_step": start, "deepspeed": ds_cfg,
+        "optimizer": tcfg.optimizer, "optimizer_state_bytes_rank0": optimizer_state_bytes(engine.optimizer),
+        "tokens_per_s_this_run": tokens_seen / elapsed if elapsed > 0 else None,
+        "packed": {"path": str(packed_dir), "rows": len(data),
+                   "manifest_sha256": sha256_file(Path(packed_dir) / "manifest.json")},
+        "config": {"train": tcfg.model_dump(mode="json")}, "code": code_version("train", STAGE_VERSION),
+        "created_at": utc_now(),
+    }
+    if tokenizer is not None:  # (benchmarks on synthetic rows have no tokenizer to export)
+        export_hf(engine, mcfg, tokenizer, out_dir / "hf", is_main, bf16,
+                  data.manifest["tokenizer"]["special_ids"])
+    if is_main:
+        plot_loss(out_dir / "metrics.csv", out_dir / "loss.png", mixture)
+        write_json_atomic(out_dir / "run.json", manifest)
+        metrics.close()
+    torch.distributed.barrier()
+    return manifest
+
+
+def _predicted(batch: dict[str, torch.Tensor]) -> int:
+    seg, mask = batch["segment_ids"], batch["loss_mask"]
+    return int((mask[:, 1:].bool() & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).sum())
+
+
+def _all_reduce(value: torch.Tensor) -> float:
+    value = value.clone()
+    torch.distributed.all_reduce(value)
+    return float(value)
+
+
+def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
+    tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
+    for old in tags[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _Metrics:
+    """metrics.csv and TensorBoard, rank 0 only. A resumed run drops rows past its checkpoint."""
+
+    def __init__(self, out_dir: Path, start: int):
+        self.path = out_dir / "metrics.csv"
+        kept = []
+        if start and self.path.exists():
+            with open(self.path, newline="") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
+        self.file = open(self.path, "w", newline="")  # noqa: SIM115 (closed in close())
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS)
+        self.writer.writeheader()
+        self.writer.writerows(kept)
+        self.file.flush()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None)
+        except ImportError:  # tensorboard not installed: the CSV still has everything
+            self.tb = None
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+        if self.tb is not None:
+            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                self.tb.add_scalar(f"train/{k}", row[k], row["step"])
+        log.info("step %d loss %.4f lr %.2g grad norm %.3g %.0f tokens/s", row["step"], row["loss"],
+                 row["lr"], row["grad_norm"], row["tokens_per_s"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_loss(metrics_csv: Path, out_png: Path, title: str) -> None:
+    """The loss curve as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], lw=1.5)
+    ax.set(xlabel="step", ylabel="loss (target tokens)", title=f"training loss: {title}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+
+
+def export_hf(engine, mcfg: ModelConfig, tokenizer: str | Path, out: Path, is_main: bool, bf16: bool,
+              special_ids: dict[str, int | None]) -> None:
+    """The consolidated model as a Llama checkpoint folder (gathered from the ZeRO-3 partitions)."""
+    import deepspeed
+    from safetensors.torch import save_file
+
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        if is_main:
+            state = {k: v.detach().to("cpu", torch.bfloat16 if bf16 else torch.float32).clone()
+                     for k, v in engine.module.state_dict().items()}
+    if not is_main:
+        return
+    if mcfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    ids = {f"{k.removesuffix('_id')}_token_id": v for k, v in special_ids.items()
+           if k != "unk_id" and v is not None}
+    hf_cfg = mcfg.to_hf() | {"torch_dtype": "bfloat16" if bf16 else "float32"} | ids
+    (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (tmp / "generation_config.json").write_text(json.dumps(ids, indent=2, sort_keys=True) + "\n",
+                                                encoding="utf-8")
+    save_tokenizer(tokenizer, tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def save_tokenizer(model_file: str | Path, out: Path) -> None:
+    """The SentencePiece model as ``transformers`` tokenizer files: ``tokenizer.model`` and a fast
+    ``tokenizer.json`` built from the model's pieces and scores (unigram with byte fallback, a space
+    marker prepended, whitespace kept), which encodes exactly as SentencePiece does."""
+    import sentencepiece as spm
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=sp.unk_id(), byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    ids = (("pad_token", sp.pad_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id()),
+           ("bos_token", sp.bos_id()))
+    specials = {name: sp.id_to_piece(i) for name, i in ids if i >= 0}
+    tok.add_special_tokens([AddedToken(piece, special=True) for piece in specials.values()])
+    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(str(out))
+    shutil.copyfile(model_file, out / "tokenizer.model")

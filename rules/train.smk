@@ -1,0 +1,33 @@
+# Stage 5, train: one instruction-tuned model per mixture (one per held-out cluster, plus `all`).
+# Ranks, nodes and GPUs are resources: the defaults run 2 CPU processes with torchrun; the Slurm
+# profile sets launcher=srun, nodes, tasks_per_node and GPUs per cluster.
+from flanpipe.train import STAGE_VERSION as TRAIN_VERSION
+
+
+rule train:
+    input:
+        manifest="data/packed/{mixture}/manifest.json",
+        shards="data/packed/{mixture}/shards",
+        tokenizer=get_tokenizer,
+    output:
+        hf=directory("models/{mixture}/hf"),
+        metrics="models/{mixture}/metrics.csv",
+        plot="models/{mixture}/loss.png",
+        run="models/{mixture}/run.json",
+    log:
+        "logs/train/{mixture}.log",
+    benchmark:
+        "benchmarks/train/{mixture}.tsv"
+    conda:
+        "../envs/flanpipe.yaml"
+    threads: 2
+    resources:
+        nodes=1,
+        tasks_per_node=2,
+        launcher="torchrun",
+    params:
+        train=CFG.train.model_dump(mode="json"),
+        seed=CFG.seed,
+        stage_version=TRAIN_VERSION,
+    script:
+        "../workflow_scripts/train.py"
