@@ -43,15 +43,14 @@ def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
     size_tg = np.minimum(np.ceil(rng.lognormal(2.5, 1.2, n)), LT - 1).astype(np.int64) + 1
     bins, seg, off, _, n_rows = packing.pack("best_fit", size_in + size_tg, LI + LT,
                                              np.zeros(n, np.int64), 0)
-    keep = bins < rows
+    keep = np.flatnonzero(bins < rows)
     data = np.zeros(min(rows, n_rows), row_dtype("decoder_only", LI, LT, VOCAB))
-    data["tokens"] = rng.integers(4, VOCAB, data["tokens"].shape)
-    for i in np.flatnonzero(keep):
-        r, o, a, b = bins[i], off[i], size_in[i], size_tg[i]
-        data["segment_ids"][r, o:o + a + b] = seg[i]
-        data["positions"][r, o:o + a + b] = np.arange(a + b)
-        data["loss_mask"][r, o + a:o + a + b] = 1
-    data["tokens"][data["segment_ids"] == 0] = 0
+    sides = []
+    for size in (size_in[keep] - 1, size_tg[keep] - 1):  # random tokens before each EOS
+        starts = np.concatenate([[0], np.cumsum(size)[:-1]])
+        sides += [rng.integers(4, VOCAB, int(size.sum())), starts, size, size]
+    packing.fill_decoder_only(data["tokens"], data["segment_ids"], data["positions"], data["loss_mask"],
+                              bins[keep], seg[keep], off[keep], *sides, 1, False)
     (out / "shards").mkdir(parents=True)
     np.save(out / "shards/part-00000.npy", data)
     write_json_atomic(out / "manifest.json", {

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import zlib
@@ -47,6 +48,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``path``; if the block succeeds, it replaces
+    ``path`` (and whatever was there). A killed job leaves no partial directory at ``path``.
+
+    >>> with atomic_dir("/tmp/flanpipe-doctest-dir") as tmp:
+    ...     _ = (tmp / "part-0").write_text("rows")
+    >>> sorted(p.name for p in Path("/tmp/flanpipe-doctest-dir").iterdir())
+    ['part-0']
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -88,7 +111,7 @@ def derive_seed(seed: int, name: str) -> int:
     """A stage's or dataset's own seed: ``seed + crc32(name)``, kept in 32 bits.
 
     >>> derive_seed(1234, "rte")
-    3436063939
+    3737080027
     """
     return (seed + zlib.crc32(name.encode())) % 2**32
 

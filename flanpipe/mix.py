@@ -17,9 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from tqdm import tqdm
 
 from flanpipe.config import Config
 from flanpipe.io import (
+    atomic_dir,
     code_version,
     derive_seed,
     sha256_file,
@@ -264,9 +262,7 @@ def _write_shards(table: pa.Table, perm: np.ndarray, shard_dir: Path, rows_per_s
                   meta: dict) -> list[dict]:
     """Write ``table.take(perm)`` as numbered shards into a temporary directory, then rename it onto
     ``shard_dir``: a killed job leaves no partial shard directory."""
-    shard_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{shard_dir.name}.", suffix=".tmp", dir=shard_dir.parent))
-    try:
+    with atomic_dir(shard_dir) as tmp:
         count = max(1, math.ceil(len(perm) / rows_per_shard))
         shards = []
         for k in tqdm(range(count), desc=f"shards {meta['mixture']}", unit="shard", mininterval=5,
@@ -275,9 +271,4 @@ def _write_shards(table: pa.Table, perm: np.ndarray, shard_dir: Path, rows_per_s
             path = tmp / f"part-{k:05d}-of-{count:05d}.parquet"
             write_parquet_atomic(rows, path, {**meta, "shard": k, "shards": count})
             shards.append({"file": path.name, "rows": rows.num_rows, "sha256": sha256_file(path)})
-        if shard_dir.exists():
-            shutil.rmtree(shard_dir)
-        os.replace(tmp, shard_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return shards

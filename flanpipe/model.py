@@ -256,12 +256,22 @@ class FlanLM(nn.Module):
         return self.lm_head(self.model.norm(x))
 
 
+def predicted(segment_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Which next tokens the loss counts, (batch, tokens - 1): token ``t + 1`` when it is a target
+    token of the same segment as token ``t``.
+
+    >>> predicted(torch.tensor([[1, 1, 1, 2, 2]]), torch.tensor([[0, 1, 1, 0, 1]])).int().tolist()
+    [[1, 1, 0, 1]]
+    """
+    return loss_mask[:, 1:].bool() & (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0)
+
+
 def loss_sums(logits: torch.Tensor, tokens: torch.Tensor, segment_ids: torch.Tensor,
               loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy, number of predicted tokens) over the target tokens of packed rows:
-    the logits at ``t`` predict token ``t + 1`` when it is a target token of the same segment."""
+    the logits at ``t`` predict token ``t + 1`` (see :func:`predicted`)."""
     labels = tokens[:, 1:].long()
-    valid = loss_mask[:, 1:].bool() & (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0)
+    valid = predicted(segment_ids, loss_mask)
     nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                           reduction="none").view_as(labels)
     return (nll * valid).sum(), valid.sum()

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +41,7 @@ from tqdm import tqdm
 from flanpipe import packing
 from flanpipe.config import Config, TokenizeConfig
 from flanpipe.io import (
+    atomic_dir,
     code_version,
     derive_seed,
     sha256_file,
@@ -245,9 +243,7 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     rng = np.random.default_rng(derive_seed(cfg.seed, f"pack/{mixture}"))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".shards.", suffix=".tmp", dir=out_dir))
-    try:
+    with atomic_dir(out_dir / "shards") as tmp:
         writer = _ShardWriter(tmp, dtype, tcfg.rows_per_shard)
         index_parts, totals = [], {"rows": 0, "rows_lower_bound": 0, "rows_next_fit": 0, "windows": 0}
         position = 0
@@ -264,12 +260,6 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
             totals["windows"] += 1
             position += table.num_rows
         shard_list = writer.close()
-        shard_path = out_dir / "shards"
-        if shard_path.exists():
-            shutil.rmtree(shard_path)
-        os.replace(tmp, shard_path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
     index = (pa.concat_tables(index_parts) if index_parts else INDEX_SCHEMA.empty_table()).sort_by(
         [("row", "ascending"), ("segment", "ascending")])
@@ -277,7 +267,7 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     write_parquet_atomic(index, out_dir / "index.parquet", meta)
     stats = token_stats(mixture, index, tcfg)
     write_parquet_atomic(stats, out_dir / "stats.parquet", meta)
-    summary = packing_summary(mixture, index, totals, tcfg, cfg.train.steps * cfg.train.tokens_per_batch)
+    summary = packing_summary(mixture, stats, totals, tcfg, cfg.train.steps * cfg.train.tokens_per_batch)
     write_parquet_atomic(pa.Table.from_pylist([summary], schema=PACKING_SCHEMA), out_dir / "packing.parquet",
                          meta)
     manifest = {
@@ -336,14 +326,14 @@ def token_stats(mixture: str, index: pa.Table, tcfg: TokenizeConfig) -> pa.Table
     }).cast(STATS_SCHEMA)
 
 
-def packing_summary(mixture: str, index: pa.Table, totals: dict, tcfg: TokenizeConfig, budget: int) -> dict:
-    """The mixture's packing figures: efficiency next to next-fit and pad-to-max, rows against the
-    lower bound."""
+def packing_summary(mixture: str, stats: pa.Table, totals: dict, tcfg: TokenizeConfig, budget: int) -> dict:
+    """The mixture's packing figures, from its per-dataset :func:`token_stats` and the packers'
+    row counts: efficiency next to next-fit and pad-to-max, rows against the lower bound."""
     width = tcfg.max_input_tokens + tcfg.max_target_tokens
-    n = index.num_rows
-    inputs = int(pc.sum(index.column("input_tokens")).as_py() or 0)
-    targets = int(pc.sum(index.column("target_tokens")).as_py() or 0)
-    tokens = inputs + targets
+    names = ("examples", "input_tokens", "target_tokens", "truncated_inputs", "truncated_targets")
+    total = {name: int(pc.sum(stats.column(name)).as_py() or 0) for name in names}
+    n, targets = total["examples"], total["target_tokens"]
+    tokens = total["input_tokens"] + targets
     rows, bound, nf = totals["rows"], totals["rows_lower_bound"], totals["rows_next_fit"]
     return {
         "mixture": mixture, "layout": tcfg.layout, "packer": tcfg.packer, "row_tokens": width,
@@ -352,9 +342,6 @@ def packing_summary(mixture: str, index: pa.Table, totals: dict, tcfg: TokenizeC
         "rows_lower_bound": bound, "rows_over_lower_bound": rows / bound - 1 if bound else 0.0,
         "rows_next_fit": nf, "efficiency_next_fit": tokens / (nf * width) if nf else 0.0,
         "efficiency_pad_to_max": tokens / (n * width) if n else 0.0,
-        "truncated_inputs": int(pc.sum(pc.greater(index.column("input_tokens_full"),
-                                                  tcfg.max_input_tokens)).as_py() or 0),
-        "truncated_targets": int(pc.sum(pc.greater(index.column("target_tokens_full"),
-                                                   tcfg.max_target_tokens)).as_py() or 0),
+        "truncated_inputs": total["truncated_inputs"], "truncated_targets": total["truncated_targets"],
         "budget_tokens": budget, "windows": totals["windows"],
     }

@@ -20,7 +20,7 @@ references, and ``binary_join_element_wise`` concatenates them for every row at 
 >>> table = pa.table({"sentence": ["a fine film", "dull"], "idx": [0, 1], "label": [1, 0]})
 >>> rendered = render_template(load_bank()["sst2"], t, table)
 >>> rendered.inputs.to_pylist()[0]
-'Review: a fine film\\nIs it positive?'
+'Review: a fine film\\nIs it positive?\\n\\nOPTIONS:\\n- negative\\n- positive'
 """
 
 from __future__ import annotations

@@ -37,8 +37,16 @@ import torch
 
 from flanpipe.config import Config, TrainConfig
 from flanpipe.distributed import DistEnv, dist_env
-from flanpipe.io import code_version, derive_seed, sha256_file, utc_now, write_json_atomic
-from flanpipe.model import FlanLM, ModelConfig, loss_sums, segment_block_mask, segment_mask
+from flanpipe.io import (
+    atomic_dir,
+    atomic_path,
+    code_version,
+    derive_seed,
+    sha256_file,
+    utc_now,
+    write_json_atomic,
+)
+from flanpipe.model import FlanLM, ModelConfig, loss_sums, predicted, segment_block_mask, segment_mask
 from flanpipe.optim import build_optimizer, constant_with_warmup, optimizer_state_bytes
 from flanpipe.packed import PackedShards
 
@@ -104,7 +112,7 @@ def step_rows(step: int, plan: BatchPlan, n_rows: int, seed: int) -> np.ndarray:
 
 def deepspeed_config(tcfg: TrainConfig, plan: BatchPlan, bf16: bool) -> dict:
     """The DeepSpeed JSON, generated from the typed config (saved with the run)."""
-    cfg = {
+    return {
         "train_batch_size": plan.rows_per_step,
         "train_micro_batch_size_per_gpu": plan.micro_batch_rows,
         "gradient_accumulation_steps": plan.accumulation,
@@ -116,7 +124,6 @@ def deepspeed_config(tcfg: TrainConfig, plan: BatchPlan, bf16: bool) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    return cfg
 
 
 def _device(dist: DistEnv) -> torch.device:
@@ -240,7 +247,7 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         mine = rows.reshape(plan.accumulation, dist.world_size, plan.micro_batch_rows)[:, dist.rank]
         batches = [_to_batch(data.take(idx), device) for idx in mine]
         # the loss is a mean over every target token of the step, on all ranks
-        local_targets = sum(_predicted(b) for b in batches)
+        local_targets = sum(int(predicted(b["segment_ids"], b["loss_mask"]).sum()) for b in batches)
         total_targets = _all_reduce(torch.tensor(float(local_targets), device=device))
         scale = dist.world_size * plan.accumulation / max(total_targets, 1.0)
         loss_total = torch.zeros((), device=device)
@@ -292,11 +299,6 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         metrics.close()
     torch.distributed.barrier()
     return manifest
-
-
-def _predicted(batch: dict[str, torch.Tensor]) -> int:
-    seg, mask = batch["segment_ids"], batch["loss_mask"]
-    return int((mask[:, 1:].bool() & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).sum())
 
 
 def _all_reduce(value: torch.Tensor) -> float:
@@ -361,10 +363,9 @@ def plot_loss(metrics_csv: Path, out_png: Path, title: str) -> None:
     ax.set(xlabel="step", ylabel="loss (target tokens)", title=f"training loss: {title}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, out_png)
 
 
 def export_hf(engine, mcfg: ModelConfig, tokenizer: str | Path, out: Path, is_main: bool, bf16: bool,
@@ -382,19 +383,14 @@ def export_hf(engine, mcfg: ModelConfig, tokenizer: str | Path, out: Path, is_ma
         return
     if mcfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     ids = {f"{k.removesuffix('_id')}_token_id": v for k, v in special_ids.items()
            if k != "unk_id" and v is not None}
     hf_cfg = mcfg.to_hf() | {"torch_dtype": "bfloat16" if bf16 else "float32"} | ids
-    (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    (tmp / "generation_config.json").write_text(json.dumps(ids, indent=2, sort_keys=True) + "\n",
-                                                encoding="utf-8")
-    save_tokenizer(tokenizer, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, content in (("config.json", hf_cfg), ("generation_config.json", ids)):
+            (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_tokenizer(tokenizer, tmp)
 
 
 def save_tokenizer(model_file: str | Path, out: Path) -> None:
