@@ -25,11 +25,16 @@ include: "rules/dedup.smk"
 include: "rules/mix.smk"
 include: "rules/tokenize.smk"
 include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
-    mixture="|".join(CFG.mixtures()),
+    mixture="|".join(CFG.all_mixtures()),
+    heldout="|".join(CFG.heldout_clusters),
+    format="instructions|no_template|dataset_name",
+    k=r"\d+",
 
 
 rule all:
@@ -40,3 +45,4 @@ rule all:
         get_packed(),
         get_models(),
         "data/catalog.duckdb",
+        "results/report/index.md",

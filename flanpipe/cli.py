@@ -271,6 +271,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if result["identical_output"] else 1
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Text from a trained model for a prompt typed by hand."""
+    from flanpipe.evaluate import generate_text
+
+    prompts = args.prompt or [sys.stdin.read()]
+    outputs = generate_text(args.model, prompts, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    for prompt, text in zip(prompts, outputs, strict=True):
+        if len(prompts) > 1:
+            print(f"### {prompt}")
+        print(text)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """One model on one dataset, outside Snakemake."""
+    from flanpipe.evaluate import evaluate_dataset
+
+    cfg = load_config(args.config)
+    result = evaluate_dataset(args.dataset, args.model, args.raw or f"data/raw/{args.dataset}", args.out, cfg,
+                              args.few_shot, Path(args.model).name, args.contamination, threads=args.threads)
+    h = result["headline"]
+    print(f"{args.dataset}: {result['primary']} mean {h['mean']:.2f} over {h['templates']} templates, best "
+          f"{h['best']:.2f} (template {h['best_template']}), std {h['std']:.2f} -> {args.out}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    """Every eval result under a folder, one line each."""
+    import json
+
+    rows = []
+    for path in sorted(Path(args.results).rglob("*.json")):
+        r = json.loads(path.read_text(encoding="utf-8"))
+        h = r["headline"]
+        rows.append([str(path.relative_to(args.results)), r["model"], "few" if r["few_shot"] else "zero",
+                     r["primary"], f"{h['mean']:.1f}", f"{h['best']:.1f}", f"{h['std']:.2f}"])
+    print(_table(rows, ["result", "model", "shots", "metric", "mean", "best", "std"]))
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config}: ok ({len(cfg.dataset_names())} datasets, held out: "
@@ -383,6 +424,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row", type=int, default=0)
     p.add_argument("--tokenizer", help="default: the one the manifest names")
     p.set_defaults(func=cmd_show_packed)
+
+    p = sub.add_parser("generate", help="generate text with a trained model: --model models/all --prompt ...")
+    p.add_argument("--model", required=True, help="a model folder (models/all, or its hf/ folder)")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable; default: read stdin)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; the paper sampled at 0.9")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (the paper: 40)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="evaluate one model on one dataset (every template)")
+    p.add_argument("--model", required=True, help="a model folder (models/nli, or any local Llama folder)")
+    p.add_argument("--dataset", required=True, choices=list(load_registry().datasets), metavar="NAME")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--raw", help="directory with eval.parquet (and train.parquet) (default data/raw/NAME)")
+    p.add_argument("--few-shot", action="store_true", help="k exemplars from the train split")
+    p.add_argument("--contamination", help="the model's mixture's contamination.parquet")
+    p.add_argument("--out", required=True, help="the result JSON")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("results", help="one line per eval result (headline score, best template, spread)")
+    p.add_argument("--results", default="results", help="folder searched for result JSON files")
+    p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("--config", default=DEFAULT_CONFIG)

@@ -302,6 +302,58 @@ class TrainConfig(_Section):
     """Write metrics every N steps."""
 
 
+class GenerationConfig(_Section):
+    """Decoding for open-ended eval tasks (translation, summarization, QA, struct to text)."""
+
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    """Most tokens generated per example (generation stops earlier at EOS)."""
+    sample: bool = False
+    """Also sample (temperature, top-k) besides greedy decoding, reported as its own variant."""
+    temperature: float = Field(0.9, gt=0.0)
+    """Sampling temperature (the paper's sample outputs used 0.9)."""
+    top_k: int = Field(40, ge=0)
+    """Sample among the k most likely tokens (the paper's 40); 0: the whole vocabulary."""
+
+
+class EvaluateConfig(_Section):
+    """Stage 6: zero-shot and few-shot evaluation of every model on its held-out clusters."""
+
+    max_examples: int | None = Field(None, ge=1)
+    """Eval examples per dataset, a seeded sample of the eval split; null: all of them."""
+    normalization: Literal["sum", "per_token", "per_char"] = "sum"
+    """Rank classification's headline score of an option: its tokens' summed log-likelihood, or that
+    divided by its token count or its character count (all three are reported)."""
+    options_suffix: Literal["with", "without"] = "with"
+    """The headline variant: prompts with the OPTIONS suffix (as the paper evaluates) or without
+    it; both are always scored and reported."""
+    few_shot: bool = True
+    """Also evaluate few-shot (k exemplars, `templatize.few_shot`) as its own targets."""
+    base_model: bool = True
+    """Also evaluate the untuned base model (the initial weights, or the pretrained checkpoint)."""
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    max_batch_tokens: int = Field(16_384, ge=256)
+    """Padded tokens per inference batch (a prompt with all of its options, or with its new tokens)."""
+
+
+class AblationsConfig(_Section):
+    """The paper's ablations, each a Snakemake target (`ablation_clusters`, `ablation_format`), trained
+    without `heldout` and evaluated zero-shot on its datasets."""
+
+    enabled: bool = False
+    """Build the ablations: their models and evaluations (targets `ablation_clusters` and
+    `ablation_format`), part of `all` and the report. Off by default: 10 more models at FLAN scale."""
+    heldout: list[str] = Field(default_factory=lambda: ["nli", "closed_book_qa", "commonsense"])
+    """Clusters every ablation model leaves out (with the clusters they exclude) and is evaluated on."""
+    clusters: list[str] = Field(default_factory=lambda: [
+        "summarization", "translation", "reading_comprehension", "sentiment", "struct_to_text",
+        "coreference", "misc"])
+    """Training clusters added one at a time (the paper's Figure 6 order): a model on the first 1, 2,
+    ..., N of them."""
+    formats: list[Literal["instructions", "no_template", "dataset_name"]] = Field(
+        default_factory=lambda: ["instructions", "no_template", "dataset_name"])
+    """Instruction formats to train on (all N clusters); every one is evaluated with instructions."""
+
+
 class Config(_Section):
     """The whole flanpipe config. Every stage reads only its own section."""
 
@@ -321,6 +373,8 @@ class Config(_Section):
     mix: MixConfig = Field(default_factory=MixConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    ablations: AblationsConfig = Field(default_factory=AblationsConfig)
 
     @field_validator("datasets")
     @classmethod
@@ -358,6 +412,36 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _ablations_fit(self) -> Config:
+        abl = self.ablations
+        registry = load_registry()
+        for key, names in (("heldout", abl.heldout), ("clusters", abl.clusters)):
+            unknown = [c for c in names if c not in registry.clusters]
+            if unknown:
+                raise ValueError(f"ablations.{key}: unknown cluster(s) {unknown}; allowed: "
+                                 f"{list(registry.clusters)}")
+            if len(set(names)) != len(names):
+                raise ValueError(f"ablations.{key}: a cluster is listed twice")
+        if abl.enabled and not abl.clusters:
+            raise ValueError("ablations.clusters: list at least one training cluster (or set "
+                             "ablations.enabled: false)")
+        excluded = {c for h in abl.heldout for c in registry.excluded_clusters(h)}
+        clash = [c for c in abl.clusters if c in excluded]
+        if clash:
+            raise ValueError(f"ablations.clusters: {clash} are held out (or excluded with a held-out "
+                             f"cluster) by ablations.heldout {abl.heldout}")
+        if len(set(abl.formats)) != len(abl.formats):
+            raise ValueError("ablations.formats: a format is listed twice")
+        if abl.enabled:
+            used = {registry.datasets[d].cluster for d in self.dataset_names()}
+            empty = [c for c in [*abl.heldout, *abl.clusters] if c not in used]
+            if empty:
+                raise ValueError(f"ablations: the run has no dataset in cluster(s) {empty}; allowed: "
+                                 f"clusters of the run's datasets {sorted(used)} (or set "
+                                 "ablations.enabled: false)")
+        return self
+
+    @model_validator(mode="after")
     def _bands_fit(self) -> Config:
         near = self.dedup.near
         if near.bands is not None and near.bands > near.num_perm:
@@ -366,26 +450,76 @@ class Config(_Section):
         return self
 
     def mixtures(self) -> list[str]:
-        """The mixtures this run builds: one per held-out cluster, then `all`."""
+        """The main mixtures: one per held-out cluster, then `all`."""
         return [*self.heldout_clusters, "all"]
+
+    def ablation_mixtures(self) -> list[str]:
+        """The ablations' mixtures: `clusters_k` on the first k of `ablations.clusters`, and
+        `format_<f>` on all of them in another instruction format (the `instructions` point, or
+        whichever is `templatize.format`, is `clusters_N` itself)."""
+        if not self.ablations.enabled:
+            return []
+        n = len(self.ablations.clusters)
+        return [*(f"clusters_{k}" for k in range(1, n + 1)),
+                *(f"format_{f}" for f in self.ablations.formats if f != self.templatize.format)]
+
+    def evaluate_slice(self) -> dict[str, Any]:
+        """The keys an evaluation reads (its Snakemake params: a change reruns the evaluations only)."""
+        return self.model_dump(mode="json", include={
+            "seed": True, "evaluate": True, "templatize": {"options", "few_shot"},
+            "tokenize": {"max_input_tokens", "max_target_tokens", "truncate_inputs"}})
+
+    def all_mixtures(self) -> list[str]:
+        return [*self.mixtures(), *self.ablation_mixtures()]
+
+    def format_mixture(self, fmt: str) -> str:
+        """The mixture of the format ablation's point ``fmt``."""
+        if fmt == self.templatize.format:
+            return f"clusters_{len(self.ablations.clusters)}"
+        return f"format_{fmt}"
+
+    def mixture_format(self, mixture: str) -> str:
+        """The instruction format a mixture's examples are rendered in."""
+        return mixture.removeprefix("format_") if mixture.startswith("format_") else self.templatize.format
+
+    def _ablation_clusters(self, mixture: str) -> list[str] | None:
+        if mixture.startswith("clusters_"):
+            return self.ablations.clusters[:int(mixture.removeprefix("clusters_"))]
+        if mixture.startswith("format_"):
+            return list(self.ablations.clusters)
+        return None
 
     def mixture_datasets(self, mixture: str) -> list[str]:
         """The run's datasets a mixture trains on (a held-out cluster and the clusters excluded with
-        it are left out)."""
+        it are left out; an ablation mixture takes its clusters)."""
         if mixture == "all":
             return self.dataset_names()
         registry = load_registry()
-        train = set(registry.training_clusters(mixture))
+        clusters = self._ablation_clusters(mixture)
+        train = set(clusters if clusters is not None else registry.training_clusters(mixture))
         return [d for d in self.dataset_names() if registry.datasets[d].cluster in train]
 
     def heldout_for(self, mixture: str) -> list[str]:
-        """The clusters whose eval sets a mixture is decontaminated against."""
-        return list(self.heldout_clusters) if mixture == "all" else [mixture]
+        """The clusters whose eval sets a mixture is decontaminated against (and evaluated on)."""
+        if mixture == "all":
+            return list(self.heldout_clusters)
+        if self._ablation_clusters(mixture) is not None:
+            return list(self.ablations.heldout)
+        return [mixture]
+
+    def eval_clusters(self) -> list[str]:
+        """Every cluster some model is evaluated on: the held-out clusters and the ablations'."""
+        extra = self.ablations.heldout if self.ablations.enabled else []
+        return list(dict.fromkeys([*self.heldout_clusters, *extra]))
+
+    def datasets_in(self, clusters: list[str]) -> list[str]:
+        """The run's datasets in ``clusters``, in registry order."""
+        registry = load_registry()
+        return [d for d in self.dataset_names() if registry.datasets[d].cluster in clusters]
 
     def heldout_datasets(self) -> list[str]:
-        """The run's datasets in any held-out cluster (their eval splits are decontaminated against)."""
-        registry = load_registry()
-        return [d for d in self.dataset_names() if registry.datasets[d].cluster in self.heldout_clusters]
+        """The run's datasets in any evaluated cluster (their eval splits are decontaminated against)."""
+        return self.datasets_in(self.eval_clusters())
 
     def dataset_names(self) -> list[str]:
         """The registry names this run uses, in registry order."""

@@ -195,7 +195,8 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     heldout = set(cfg.heldout_for(mixture))
     removes = heldout if cfg.decontaminate.enabled else set()  # matches are still reported
     if mixture != "all":
-        leaked = [d for d in datasets if registry.datasets[d].cluster in registry.excluded_clusters(mixture)]
+        excluded = {c for h in heldout for c in registry.excluded_clusters(h)}
+        leaked = [d for d in datasets if registry.datasets[d].cluster in excluded]
         if leaked:
             raise ValueError(f"mixture {mixture!r} must not train on {leaked} (held out or excluded)")
     stats, kept_tables, contamination = [], [], []

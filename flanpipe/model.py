@@ -115,6 +115,33 @@ class ModelConfig:
         return asdict(self)
 
 
+class KVCache:
+    """Keys and values of every layer for the tokens run so far (inference only; training never
+    builds one). Layer ``i`` appends along the token axis in :meth:`update`."""
+
+    def __init__(self):
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        """Cached tokens."""
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
+            self.values[layer] = torch.cat([self.values[layer], v], dim=2)
+        return self.keys[layer], self.values[layer]
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """Norms and rotations run in float32 at least (bf16 is too coarse), float64 for a float64 model."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -123,7 +150,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
+        x = x.to(compute_dtype(x))
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
 
@@ -132,10 +159,11 @@ def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor
     """Rotary embedding of ``x`` (batch, heads, tokens, head_dim) at per-token ``positions``
     (batch, tokens), in Llama's half-split convention."""
     half = x.shape[-1] // 2
-    inv_freq = 1.0 / theta ** (torch.arange(0, half, device=x.device, dtype=torch.float32) / half)
-    angles = positions.float()[:, None, :, None] * inv_freq  # (batch, 1, tokens, half)
+    dtype = compute_dtype(x)
+    inv_freq = 1.0 / theta ** (torch.arange(0, half, device=x.device, dtype=dtype) / half)
+    angles = positions.to(dtype)[:, None, :, None] * inv_freq  # (batch, 1, tokens, half)
     cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x.float()[..., :half], x.float()[..., half:]
+    x1, x2 = x.to(dtype)[..., :half], x.to(dtype)[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
@@ -177,22 +205,26 @@ def _flex_attention(q, k, v, block_mask, gqa: bool):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.cfg = cfg
+        self.layer = layer  # this layer's slot in a KVCache
         d, hd = cfg.hidden_size, cfg.head_dim
         self.q_proj = nn.Linear(d, cfg.num_heads * hd, bias=False)
         self.k_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
         self.v_proj = nn.Linear(d, cfg.num_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(cfg.num_heads * hd, d, bias=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask, cache: KVCache | None = None
+                ) -> torch.Tensor:
         b, t, _ = x.shape
         cfg = self.cfg
         q = self.q_proj(x).view(b, t, cfg.num_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+        if cache is not None:  # inference: attend to the cached tokens too (mask: tokens x all keys)
+            k, v = cache.update(self.layer, k, v)
         gqa = cfg.num_kv_heads != cfg.num_heads
         if isinstance(mask, torch.Tensor):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
@@ -213,15 +245,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, layer: int = 0):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, positions, mask):
-        x = x + self.self_attn(self.input_layernorm(x), positions, mask)
+    def forward(self, x, positions, mask, cache: KVCache | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), positions, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -229,7 +261,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -249,11 +281,21 @@ class FlanLM(nn.Module):
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """Logits of every token. With a ``cache`` (inference), the keys and values of ``tokens`` are
+        appended to it and ``mask`` is ``(batch, 1, tokens, cached + tokens)``: the tokens attend to
+        the cached ones, so a prompt run once serves every continuation of it."""
+        return self.lm_head(self.hidden(tokens, positions, mask, cache))
+
+    def hidden(self, tokens: torch.Tensor, positions: torch.Tensor, mask,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """The final normed hidden states (``forward`` without the vocabulary projection), so that
+        inference projects only the positions it needs."""
         x = self.model.embed_tokens(tokens)
         for layer in self.model.layers:
-            x = layer(x, positions, mask)
-        return self.lm_head(self.model.norm(x))
+            x = layer(x, positions, mask, cache)
+        return self.model.norm(x)
 
 
 def predicted(segment_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,8 @@ from flanpipe.io import (
 from flanpipe.model import FlanLM, ModelConfig, loss_sums, predicted, segment_block_mask, segment_mask
 from flanpipe.optim import build_optimizer, constant_with_warmup, optimizer_state_bytes
 from flanpipe.packed import PackedShards
+from flanpipe.tokenizer import load_processor
+from flanpipe.tokenizer import special_ids as tokenizer_ids
 
 STAGE_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -372,15 +374,22 @@ def export_hf(engine, mcfg: ModelConfig, tokenizer: str | Path, out: Path, is_ma
               special_ids: dict[str, int | None]) -> None:
     """The consolidated model as a Llama checkpoint folder (gathered from the ZeRO-3 partitions)."""
     import deepspeed
-    from safetensors.torch import save_file
 
     params = list(engine.module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         if is_main:
             state = {k: v.detach().to("cpu", torch.bfloat16 if bf16 else torch.float32).clone()
                      for k, v in engine.module.state_dict().items()}
-    if not is_main:
-        return
+    if is_main:
+        save_hf(state, mcfg, tokenizer, out, bf16, special_ids)
+
+
+def save_hf(state: dict[str, torch.Tensor], mcfg: ModelConfig, tokenizer: str | Path, out: Path, bf16: bool,
+            special_ids: dict[str, int | None]) -> None:
+    """Weights, ``config.json``, ``generation_config.json`` and the tokenizer files as a Llama
+    checkpoint folder, written to a temporary folder and renamed."""
+    from safetensors.torch import save_file
+
     if mcfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     ids = {f"{k.removesuffix('_id')}_token_id": v for k, v in special_ids.items()
@@ -391,6 +400,21 @@ def export_hf(engine, mcfg: ModelConfig, tokenizer: str | Path, out: Path, is_ma
         for name, content in (("config.json", hf_cfg), ("generation_config.json", ids)):
             (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_tokenizer(tokenizer, tmp)
+
+
+def export_base_model(cfg: Config, tokenizer: str | Path, out: str | Path) -> dict:
+    """The untuned base model as a checkpoint folder, for evaluation beside the tuned ones: the
+    pretrained checkpoint (``train.model.source: pretrained``), or the very initial weights every
+    training run starts from (same seed, same sizes)."""
+    sp = load_processor(tokenizer)
+    tcfg = cfg.train
+    row_tokens = cfg.tokenize.max_input_tokens + cfg.tokenize.max_target_tokens
+    torch.manual_seed(derive_seed(cfg.seed, "train/init"))
+    model, mcfg = build_model(tcfg, sp.get_piece_size(), row_tokens)
+    state = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+    save_hf(state, mcfg, tokenizer, Path(out), False, tokenizer_ids(sp))
+    log.info("base model (%s, %s parameters) -> %s", tcfg.model.source, f"{mcfg.num_parameters():,}", out)
+    return {"source": tcfg.model.source, "parameters": mcfg.num_parameters(), "out": str(out)}
 
 
 def save_tokenizer(model_file: str | Path, out: Path) -> None:

@@ -1,4 +1,6 @@
 # Helpers shared by every stage file: the dataset list and input functions (get_*).
+from argparse import Namespace
+
 DATASETS = CFG.dataset_names()
 
 
@@ -43,11 +45,37 @@ def get_heldout_ngrams(wildcards):
     )
 
 
+def get_templatize_format_params(wildcards):
+    """The templatize slice of the config in another instruction format (the format ablation)."""
+    params = get_templatize_params(wildcards)
+    params["config"]["format"] = wildcards.format
+    return params
+
+
+def get_mixture_dataset_names(wildcards):
+    return CFG.mixture_datasets(wildcards.mixture)
+
+
+def get_mixture_heldout(wildcards):
+    """The clusters a mixture is decontaminated against (and kept clear of)."""
+    return CFG.heldout_for(wildcards.mixture)
+
+
+def get_templatized_of(mixture, names):
+    """A mixture's templatized inputs: the run's format, or the format ablation's own."""
+    fmt = CFG.mixture_format(mixture)
+    if fmt == CFG.templatize.format:
+        return expand("data/templatized/{dataset}.parquet", dataset=names)
+    return expand(
+        "data/templatized/formats/{format}/{dataset}.parquet", format=fmt, dataset=names
+    )
+
+
 def get_mixture_inputs(wildcards):
     """The upstream files of every dataset the mixture trains on, by kind."""
     names = CFG.mixture_datasets(wildcards.mixture)
     return {
-        "templatized": expand("data/templatized/{dataset}.parquet", dataset=names),
+        "templatized": get_templatized_of(wildcards.mixture, names),
         "fingerprints": expand(
             "data/dedup/fingerprints/{dataset}.parquet", dataset=names
         ),
@@ -92,6 +120,11 @@ def get_tokenizer(wildcards):
     return expand("models/tokenizer/{mixture}/spm.model", mixture=wildcards.mixture)[0]
 
 
+def get_base_tokenizer(wildcards):
+    """The base model's tokenizer: the shared one (or the `all` mixture's, when not shared)."""
+    return get_tokenizer(Namespace(mixture="all"))
+
+
 def get_packed():
     return expand(
         "data/packed/{mixture}/{file}",
@@ -118,4 +151,78 @@ def get_catalog_inputs(wildcards):
         "shards": expand("data/mixtures/{mixture}/shards", mixture=CFG.mixtures()),
         "packed": get_packed(),
         "packed_shards": expand("data/packed/{mixture}/shards", mixture=CFG.mixtures()),
+    }
+
+
+# --- evaluate and report -------------------------------------------------------------------------
+
+
+def get_eval_model_name(wildcards):
+    """The model a result file is about: a held-out mixture, `base`, or an ablation's mixture."""
+    if "k" in wildcards.keys():
+        return f"clusters_{wildcards.k}"
+    if "format" in wildcards.keys():
+        return CFG.format_mixture(wildcards.format)
+    return wildcards.get("heldout", "base")
+
+
+def get_eval_inputs(wildcards):
+    """The model folder, the dataset's raw splits (eval, and train for few-shot exemplars) and the
+    contamination counts of the model's mixture (none for the base model)."""
+    model = get_eval_model_name(wildcards)
+    inputs = {
+        "model": f"models/{model}/hf",
+        "eval": f"data/raw/{wildcards.dataset}/eval.parquet",
+        "train": f"data/raw/{wildcards.dataset}/train.parquet",
+    }
+    if model != "base":
+        inputs["contamination"] = f"data/mixtures/{model}/contamination.parquet"
+    return inputs
+
+
+def get_eval_config(wildcards):
+    """The slices of the config an evaluation reads."""
+    return CFG.evaluate_slice()
+
+
+def get_eval_results(few_shot=False):
+    """Every held-out cluster's result files (tuned, and base if configured)."""
+    suffix = ".few_shot.json" if few_shot else ".json"
+    if few_shot and not CFG.evaluate.few_shot:
+        return []
+    out = []
+    for heldout in CFG.heldout_clusters:
+        for dataset in CFG.datasets_in([heldout]):
+            out.append(f"results/eval/{heldout}/{dataset}{suffix}")
+    if CFG.evaluate.base_model:
+        datasets = CFG.datasets_in(CFG.heldout_clusters)
+        out += [f"results/eval/base/{dataset}{suffix}" for dataset in datasets]
+    return out
+
+
+def get_ablation_results(kind):
+    """The result files of one ablation (`clusters` or `format`)."""
+    if not CFG.ablations.enabled:
+        return []
+    datasets = CFG.datasets_in(CFG.ablations.heldout)
+    if kind == "clusters":
+        points = range(1, len(CFG.ablations.clusters) + 1)
+        return expand(
+            "results/ablations/clusters/{k}/{dataset}.json", k=points, dataset=datasets
+        )
+    return expand(
+        "results/ablations/format/{format}/{dataset}.json",
+        format=CFG.ablations.formats,
+        dataset=datasets,
+    )
+
+
+def get_report_inputs(wildcards):
+    return {
+        "zero_shot": get_eval_results(few_shot=False),
+        "few_shot": get_eval_results(few_shot=True),
+        "ablation_clusters": get_ablation_results("clusters"),
+        "ablation_format": get_ablation_results("format"),
+        "catalog": "data/catalog.duckdb",
+        "models": expand("models/{mixture}/metrics.csv", mixture=CFG.mixtures()),
     }

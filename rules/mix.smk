@@ -17,11 +17,11 @@ rule mix:
     conda:
         "../envs/flanpipe.yaml"
     params:
-        datasets=lambda wildcards: CFG.mixture_datasets(wildcards.mixture),
+        datasets=get_mixture_dataset_names,
+        heldout=get_mixture_heldout,
         config=CFG.model_dump(
             include={
                 "seed": True,
-                "heldout_clusters": True,
                 "mix": True,
                 "datasets": True,
                 "tokenize": {"max_input_tokens", "max_target_tokens"},

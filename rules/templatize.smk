@@ -22,3 +22,19 @@ rule templatize:
         stage_version=TEMPLATIZE_VERSION,
     script:
         "../workflow_scripts/templatize.py"
+
+
+# The format ablation: the same examples in another instruction format (`no_template`,
+# `dataset_name`), for the `format_<f>` mixtures only.
+use rule templatize as templatize_format with:
+    output:
+        table="data/templatized/formats/{format}/{dataset}.parquet",
+        manifest="data/templatized/formats/{format}/{dataset}.manifest.json",
+    log:
+        "logs/templatize/{format}/{dataset}.log",
+    benchmark:
+        "benchmarks/templatize/{format}/{dataset}.tsv"
+    params:
+        templatize=get_templatize_format_params,
+        seed=CFG.seed,
+        stage_version=TEMPLATIZE_VERSION,

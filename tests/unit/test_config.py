@@ -100,3 +100,45 @@ def test_mixtures_leave_out_the_heldout_and_excluded_clusters():
     for m in cfg.heldout_clusters:
         kept = {reg.datasets[d].cluster for d in cfg.mixture_datasets(m)}
         assert kept and not kept & set(reg.excluded_clusters(m))
+
+
+def test_ablation_mixtures_follow_the_cluster_order():
+    cfg = parse_config({"ablations": {"enabled": True, "heldout": ["nli"],
+                                      "clusters": ["sentiment", "summarization"],
+                                      "formats": ["instructions", "no_template"]}})
+    assert cfg.ablation_mixtures() == ["clusters_1", "clusters_2", "format_no_template"]
+    reg = load_registry()
+    assert {reg.datasets[d].cluster for d in cfg.mixture_datasets("clusters_1")} == {"sentiment"}
+    assert {reg.datasets[d].cluster for d in cfg.mixture_datasets("format_no_template")} == {
+        "sentiment", "summarization"}
+    assert cfg.format_mixture("instructions") == "clusters_2"  # reused, not trained twice
+    assert cfg.mixture_format("format_no_template") == "no_template"
+    assert cfg.heldout_for("clusters_2") == ["nli"]
+    assert parse_config({"ablations": {"enabled": False}}).ablation_mixtures() == []
+
+
+@pytest.mark.parametrize("ablations, message", [
+    ({"clusters": ["nli"], "enabled": True}, "ablations.clusters: ['nli'] are held out"),
+    ({"clusters": ["paraphrase"]}, "ablations.clusters: ['paraphrase'] are held out"),  # excluded with nli
+    ({"clusters": ["sentiment", "sentiment"]}, "ablations.clusters: a cluster is listed twice"),
+    ({"heldout": ["physics"]}, "ablations.heldout: unknown cluster(s) ['physics']"),
+    ({"formats": ["prose"]}, "ablations.formats.0: Input should be 'instructions'"),
+])
+def test_bad_ablations_name_the_key(ablations, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"ablations": ablations})
+    assert message in str(err.value)
+
+
+def test_evaluate_values_are_checked():
+    with pytest.raises(ConfigError, match="evaluate.normalization: Input should be 'sum', 'per_token' or "
+                                          "'per_char'"):
+        parse_config({"evaluate": {"normalization": "max"}})
+    with pytest.raises(ConfigError, match="evaluate.max_examples: Input should be greater than or equal"):
+        parse_config({"evaluate": {"max_examples": 0}})
+
+
+def test_ablations_need_data_in_their_clusters():
+    ablations = {"enabled": True, "heldout": ["nli", "commonsense"], "clusters": ["sentiment"]}
+    with pytest.raises(ConfigError, match=r"the run has no dataset in cluster\(s\) \['commonsense'"):
+        parse_config({"datasets": ["rte", "sst2"], "ablations": ablations})

@@ -1,0 +1,299 @@
+"""Stage 6, evaluate: one model on one held-out dataset, zero-shot or few-shot, every template.
+
+Evaluation reads the dataset's raw eval split (``data/raw/{dataset}/eval.parquet``), the same
+registry split that decontamination checked the training data against, and renders it with every
+template that poses the task (turned-around templates are for training), in the paper's
+instruction format whatever the model was trained on.
+
+- **Classification and multiple choice: rank classification.** Every option is scored by the
+  log-likelihood of its tokens (and EOS) given the instruction, with the prompt run once for all of
+  its options (:func:`flanpipe.scoring.score_options`). Prompts are scored with the OPTIONS suffix
+  and without it; each option's score is its summed log-likelihood, or that per token or per
+  character. The best-scoring option is the prediction.
+- **Generation: decoding.** Greedy decoding (and, with ``evaluate.generation.sample``, sampling at a
+  temperature with top-k), scored with the metric the registry names.
+- **Few-shot**: ``templatize.few_shot.k`` solved train exemplars before each query, same template,
+  never the example itself, trimmed to the token budget with the model's tokenizer.
+
+Each variant gets the metric per template, then the mean over templates, the best template and
+the spread, as the paper reports. The result also records the contamination counts of the dataset
+in the model's training mixture. Output: ``results/eval/{heldout}/{dataset}.json`` and the like.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from flanpipe import metrics
+from flanpipe.config import Config
+from flanpipe.io import code_version, derive_seed, sha256_file, write_text_atomic
+from flanpipe.model import FlanLM, ModelConfig
+from flanpipe.registry import DatasetSpec, load_registry
+from flanpipe.scoring import generate, score_options
+from flanpipe.templates import DatasetTemplates, Template, column_at, load_bank, render_template
+from flanpipe.templatize import few_shot_inputs
+from flanpipe.tokenizer import load_processor
+
+STAGE_VERSION = "1"
+NORMALIZATIONS = ("sum", "per_token", "per_char")
+log = logging.getLogger(__name__)
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A Hugging Face model folder: ``path`` itself, or its ``hf/`` (``models/all`` -> ``models/all/hf``)."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    if (path / "hf" / "config.json").exists():
+        return path / "hf"
+    raise FileNotFoundError(f"{path}: no config.json here or in {path / 'hf'} (a trained model's folder, "
+                            "e.g. models/all, or a Hugging Face Llama checkpoint folder)")
+
+
+def load_model(path: str | Path) -> tuple[FlanLM, object]:
+    """A model folder (ours or any local Llama checkpoint) as (model in eval mode, SentencePiece
+    processor of its ``tokenizer.model``). Our ``model.safetensors`` loads directly; other
+    checkpoints go through ``transformers`` (local files only)."""
+    folder = resolve_model_dir(path)
+    tok = folder / "tokenizer.model"
+    if not tok.exists():
+        raise FileNotFoundError(f"{folder}: no tokenizer.model (flanpipe evaluates with the SentencePiece "
+                                "model the checkpoint was trained with)")
+    weights = folder / "model.safetensors"
+    if weights.exists():
+        from safetensors.torch import load_file
+
+        mcfg = ModelConfig.from_hf(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+        model = FlanLM(mcfg)
+        state = {k: v.float() for k, v in load_file(str(weights)).items()}
+        if mcfg.tie_word_embeddings:
+            state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+        model.load_state_dict(state, strict=True)
+    else:
+        from flanpipe.train import load_pretrained
+
+        model, _ = load_pretrained(folder)
+    if torch.cuda.is_available():
+        model = model.to("cuda", torch.bfloat16)
+    return model.eval(), load_processor(tok)
+
+
+# --- prompts and tokens --------------------------------------------------------------------------
+
+def encode(sp, texts: list[str], limit: int, eos: int, left: bool = False) -> list[list[int]]:
+    """Token lists as the packer builds them: cut to ``limit - 1`` tokens (from the right, or from the
+    left with ``left``), then EOS."""
+    out = []
+    for ids in sp.encode(texts):
+        keep = ids[-(limit - 1):] if left and len(ids) > limit - 1 else ids[:limit - 1]
+        out.append([*keep, eos])
+    return out
+
+
+def eval_sample(table: pa.Table, max_examples: int | None, seed: int, name: str) -> pa.Table:
+    """A seeded sample of ``max_examples`` eval rows (in source order), or every row."""
+    if max_examples is None or table.num_rows <= max_examples:
+        return table
+    rng = np.random.default_rng(derive_seed(seed, f"evaluate/{name}"))
+    return table.take(pa.array(np.sort(rng.choice(table.num_rows, max_examples, replace=False))))
+
+
+def prompts_for(spec: DatasetSpec, bank: DatasetTemplates, template: Template, eval_raw: pa.Table,
+                train_raw: pa.Table | None, cfg: Config, style: str, count_tokens: Callable[[str], int]
+                ) -> list[str]:
+    """The prompt of every eval row under one template: zero-shot, or few-shot with exemplars."""
+    if train_raw is None:
+        return render_template(bank, template, eval_raw, style).inputs.to_pylist()
+    return few_shot_inputs(spec, bank, template, eval_raw, train_raw, cfg.templatize.few_shot, cfg.seed,
+                           count_tokens=count_tokens, options_style=style)
+
+
+# --- scoring one template ------------------------------------------------------------------------
+
+def rank_classify(model: FlanLM, sp, prompts: list[str], options: list[list[str]], cfg: Config
+                  ) -> dict[str, np.ndarray]:
+    """The chosen option of every row under each normalisation (``sum``, ``per_token``,
+    ``per_char``); ties go to the first option."""
+    tk = cfg.tokenize
+    eos = sp.eos_id()
+    ptoks = encode(sp, prompts, tk.max_input_tokens, eos, tk.truncate_inputs == "left")
+    flat = [o for opts in options for o in opts]
+    otoks_flat = encode(sp, flat, tk.max_target_tokens, eos)
+    otoks, at = [], 0
+    for opts in options:
+        otoks.append(otoks_flat[at:at + len(opts)])
+        at += len(opts)
+    sums = score_options(model, ptoks, otoks, max_batch_tokens=cfg.evaluate.max_batch_tokens)
+    picks = {}
+    for norm in NORMALIZATIONS:
+        chosen = []
+        for s, toks, opts in zip(sums, otoks, options, strict=True):
+            if norm == "per_token":
+                s = s / np.array([len(t) for t in toks])
+            elif norm == "per_char":
+                s = s / np.array([max(1, len(o)) for o in opts])
+            chosen.append(int(np.argmax(s)))
+        picks[norm] = np.array(chosen)
+    return picks
+
+
+def decode(model: FlanLM, sp, prompts: list[str], cfg: Config, sample: bool) -> list[str]:
+    tk, gen = cfg.tokenize, cfg.evaluate.generation
+    ptoks = encode(sp, prompts, tk.max_input_tokens, sp.eos_id(), tk.truncate_inputs == "left")
+    out = generate(model, ptoks, min(gen.max_new_tokens, tk.max_target_tokens), sp.eos_id(),
+                   temperature=gen.temperature if sample else 0.0, top_k=gen.top_k if sample else 0,
+                   seed=derive_seed(cfg.seed, "evaluate/sample"),
+                   max_batch_tokens=cfg.evaluate.max_batch_tokens)
+    return [sp.decode(ids) for ids in out]
+
+
+def references(spec: DatasetSpec, template: Template, rendered_targets: list[str],
+               raw: pa.Table) -> list[list[str]]:
+    """Every reference of a generation example. When the template's target is the answer as it is
+    (``{answer}`` or a target field), that is every value of every target field the registry names
+    (TriviaQA's value and aliases, SQuAD's answer list), the rendered one first; otherwise the
+    rendered target alone."""
+    fields = spec.task.targets
+    as_is = {"{answer}"} | {"{" + f + filt + "}" for f in fields for filt in ("", "|first")}
+    plain = template.target.strip() in as_is
+    if not plain:
+        return [[t] for t in rendered_targets]
+    columns = [column_at(raw, f).to_pylist() for f in fields]
+    out = []
+    for row, first in enumerate(rendered_targets):
+        refs = [first]
+        for col in columns:
+            value = col[row]
+            refs += [str(v) for v in (value if isinstance(value, list) else [value]) if v is not None]
+        out.append(list(dict.fromkeys(r for r in refs if r.strip() or r == first)))
+    return out
+
+
+def summarize(per_template: list[dict], variant: str, key: str) -> dict:
+    """Mean over templates, the best template and the spread of one variant's ``key``."""
+    values = np.array([t["variants"][variant][key] for t in per_template], np.float64)
+    best = int(np.argmax(values))
+    return {"mean": _r(values.mean()), "best": _r(values[best]),
+            "best_template": per_template[best]["template_id"], "worst": _r(values.min()),
+            "std": _r(values.std(ddof=0)), "templates": len(values)}
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+# --- one dataset ---------------------------------------------------------------------------------
+
+def contamination_counts(path: str | Path | None, dataset: str) -> dict:
+    """What the model's mixture found of this eval set in its training data (from the mixture's
+    ``contamination.parquet``): matched train rows and the rows removed, per training dataset."""
+    if path is None:
+        return {"mixture": None, "matched_rows": 0, "removed_rows": 0, "by_train_dataset": {},
+                "note": "untuned base model: not trained on the mixture"}
+    rows = [r for r in pq.read_table(path).to_pylist() if r["eval_dataset"] == dataset]
+    return {"mixture": Path(path).parent.name,
+            "matched_rows": int(sum(r["rows"] for r in rows)),
+            "removed_rows": int(sum(r["removed"] for r in rows)),
+            "by_train_dataset": {r["dataset"]: {"matched": int(r["rows"]), "removed": int(r["removed"])}
+                                 for r in sorted(rows, key=lambda r: r["dataset"])}}
+
+
+def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, out_path: str | Path,
+                     cfg: Config, few_shot: bool, model_name: str,
+                     contamination: str | Path | None = None, threads: int = 1) -> dict:
+    """Evaluate one model on one dataset's eval split; writes and returns the result."""
+    torch.set_num_threads(max(1, threads))
+    t0 = time.perf_counter()
+    spec = load_registry().datasets[dataset]
+    bank = load_bank()[dataset]
+    raw_dir = Path(raw_dir)
+    eval_path = raw_dir / "eval.parquet"
+    eval_raw = eval_sample(pq.read_table(eval_path), cfg.evaluate.max_examples, cfg.seed, dataset)
+    if eval_raw.num_rows == 0:
+        raise ValueError(f"{eval_path}: no eval rows to evaluate {dataset} on")
+    train_raw = None
+    if few_shot:
+        train_raw = pq.read_table(raw_dir / "train.parquet")
+        if train_raw.num_rows == 0:
+            raise ValueError(f"{raw_dir / 'train.parquet'}: few-shot needs train exemplars; it has none")
+    model, sp = load_model(model_dir)
+
+    def count_tokens(text: str) -> int:
+        return len(sp.encode(text)) + 1
+
+    task = spec.task.type
+    key = metrics.primary(spec.metric)
+    style_with = cfg.templatize.options if cfg.templatize.options != "none" else "dash"
+    per_template = []
+    for template in bank.eval_templates:
+        rendered = render_template(bank, template, eval_raw, style_with)
+        variants: dict[str, dict] = {}
+        if task == "generation":
+            prompts = prompts_for(spec, bank, template, eval_raw, train_raw, cfg, "none", count_tokens)
+            refs = references(spec, template, rendered.targets.to_pylist(), eval_raw)
+            modes = [("greedy", False)] + ([("sample", True)] if cfg.evaluate.generation.sample else [])
+            examples = {}
+            for name, sample in modes:
+                preds = decode(model, sp, prompts, cfg, sample)
+                variants[name] = metrics.compute(spec.metric, preds, refs)
+                examples[name] = preds[:3]
+        else:
+            options = rendered.options.to_pylist()
+            gold = [[opts[i]] for opts, i in zip(options, rendered.answer_index, strict=True)]
+            for suffix, style in (("with_options", style_with), ("without_options", "none")):
+                prompts = prompts_for(spec, bank, template, eval_raw, train_raw, cfg, style, count_tokens)
+                picks = rank_classify(model, sp, prompts, options, cfg)
+                for norm, chosen in picks.items():
+                    preds = [opts[c] for opts, c in zip(options, chosen, strict=True)]
+                    variants[f"{suffix}/{norm}"] = metrics.compute(spec.metric, preds, gold)
+        per_template.append({"template_id": template.id,
+                             "variants": {v: {k: _r(x) for k, x in m.items()} for v, m in variants.items()}})
+        log.info("%s template %d: %s", dataset, template.id,
+                 ", ".join(f"{v} {m[key]:.1f}" for v, m in variants.items()))
+
+    headline = ("greedy" if task == "generation"
+                else f"{cfg.evaluate.options_suffix}_options/{cfg.evaluate.normalization}")
+    names = list(per_template[0]["variants"])
+    result = {
+        "dataset": dataset, "paper_name": spec.paper_name, "cluster": spec.cluster,
+        "model": model_name, "model_dir": str(model_dir), "few_shot": few_shot,
+        "shots": cfg.templatize.few_shot.k if few_shot else 0, "task": task,
+        "method": "generation" if task == "generation" else "rank_classification",
+        "metric": spec.metric, "primary": key, "headline_variant": headline,
+        "headline": summarize(per_template, headline, key),
+        "variants": {v: summarize(per_template, v, key) for v in names},
+        "templates": per_template, "examples": eval_raw.num_rows,
+        "eval_split": {"registry_split": spec.splits.eval, "file": str(eval_path),
+                       "sha256": sha256_file(eval_path)},
+        "contamination": contamination_counts(contamination, dataset),
+        "config": {"evaluate": cfg.evaluate.model_dump(), "few_shot": cfg.templatize.few_shot.model_dump(),
+                   "options": cfg.templatize.options, "seed": cfg.seed},
+        "code": code_version("evaluate", STAGE_VERSION),
+    }
+    write_text_atomic(out_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    log.info("%s (%s, %s): %s %s mean %.2f, best %.2f (template %d), %d examples x %d templates in %.1f s",
+             dataset, model_name, "few-shot" if few_shot else "zero-shot", headline, key,
+             result["headline"]["mean"], result["headline"]["best"], result["headline"]["best_template"],
+             eval_raw.num_rows, len(per_template), time.perf_counter() - t0)
+    return result
+
+
+def generate_text(model_dir: str | Path, prompts: list[str], max_new_tokens: int = 64,
+                  temperature: float = 0.0, top_k: int = 0, seed: int = 0,
+                  max_input_tokens: int = 1024) -> list[str]:
+    """Text from a trained model for prompts typed by hand (``flanpipe generate``)."""
+    model, sp = load_model(model_dir)
+    ptoks = encode(sp, prompts, max_input_tokens, sp.eos_id())
+    out = generate(model, ptoks, max_new_tokens, sp.eos_id(), temperature=temperature, top_k=top_k, seed=seed)
+    return [sp.decode(ids) for ids in out]

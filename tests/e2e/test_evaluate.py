@@ -1,0 +1,182 @@
+"""Stage 6 on the embedded default: held-out evaluations, the base model, ablations and the report.
+
+The checks compare with independent computations: a template's accuracy recomputed with
+`transformers`' own Llama and a plain forward pass per option, greedy text against
+`transformers`' `generate`, contamination counts against the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from flanpipe.config import load_config
+from flanpipe.registry import load_registry
+from flanpipe.templates import load_bank, render_template
+from tests.conftest import BIN, REPO, run_snakemake
+
+pytestmark = pytest.mark.e2e
+CFG = load_config(REPO / "config/config.yaml")
+
+
+@pytest.fixture(scope="module")
+def workdir(demo_run):
+    return demo_run
+
+
+def expected_results() -> list[str]:
+    out = []
+    for heldout in CFG.heldout_clusters:
+        for d in CFG.datasets_in([heldout]):
+            out += [f"results/eval/{heldout}/{d}.json", f"results/eval/{heldout}/{d}.few_shot.json",
+                    f"results/eval/base/{d}.json", f"results/eval/base/{d}.few_shot.json"]
+    for d in CFG.datasets_in(CFG.ablations.heldout):
+        out += [f"results/ablations/clusters/{k}/{d}.json" for k in range(1, len(CFG.ablations.clusters) + 1)]
+        out += [f"results/ablations/format/{f}/{d}.json" for f in CFG.ablations.formats]
+    return out
+
+
+def load(workdir, rel: str) -> dict:
+    return json.loads((workdir / rel).read_text())
+
+
+def test_every_evaluation_exists_and_adds_up(workdir):
+    found = sorted(str(p.relative_to(workdir)) for p in (workdir / "results").rglob("*.json"))
+    assert found == sorted(expected_results())
+    bank = load_bank()
+    for rel in found:
+        r = load(workdir, rel)
+        eval_rows = pq.read_metadata(workdir / f"data/raw/{r['dataset']}/eval.parquet").num_rows
+        assert r["examples"] == eval_rows
+        assert [t["template_id"] for t in r["templates"]] == [t.id for t in bank[r["dataset"]].eval_templates]
+        values = [t["variants"][r["headline_variant"]][r["primary"]] for t in r["templates"]]
+        h = r["headline"]
+        assert h["mean"] == pytest.approx(np.mean(values), abs=1e-5)
+        assert h["best"] == pytest.approx(max(values)) and h["worst"] == pytest.approx(min(values))
+        assert values[[t["template_id"] for t in r["templates"]].index(h["best_template"])] == h["best"]
+        assert h["std"] == pytest.approx(np.std(values), abs=1e-5)
+        for variant in ("with_options/sum", "without_options/sum", "with_options/per_token",
+                        "without_options/per_char"):
+            assert variant in r["variants"]
+        assert r["shots"] == (CFG.templatize.few_shot.k if r["few_shot"] else 0)
+
+
+def test_the_models_are_the_ones_that_never_saw_the_cluster(workdir):
+    for heldout in CFG.heldout_clusters:
+        for d in CFG.datasets_in([heldout]):
+            r = load(workdir, f"results/eval/{heldout}/{d}.json")
+            assert r["model"] == heldout and r["cluster"] == heldout
+            mixture = json.loads((workdir / f"data/mixtures/{heldout}/manifest.json").read_text())
+            assert d not in mixture["datasets"]
+    n = len(CFG.ablations.clusters)
+    assert load(workdir, "results/ablations/format/instructions/rte.json")["model"] == f"clusters_{n}"
+    assert not (workdir / "models/format_instructions").exists()  # reused, not trained again
+    assert load(workdir, "results/eval/base/rte.json")["model"] == "base"
+
+
+def test_contamination_counts_match_the_catalog(workdir):
+    con = duckdb.connect(str(workdir / "data/catalog.duckdb"), read_only=True)
+    for heldout in CFG.heldout_clusters:
+        for d in CFG.datasets_in([heldout]):
+            r = load(workdir, f"results/eval/{heldout}/{d}.json")
+            matched, removed = con.execute(
+                "SELECT coalesce(sum(rows), 0), coalesce(sum(removed), 0) FROM contamination_report "
+                "WHERE mixture = ? AND eval_dataset = ?", [heldout, d]).fetchone()
+            counts = r["contamination"]
+            assert (counts["matched_rows"], counts["removed_rows"]) == (matched, removed)
+    # the demo plants a BoolQ passage that quotes an RTE eval premise
+    assert load(workdir, "results/eval/nli/rte.json")["contamination"]["removed_rows"] >= 1
+    assert load(workdir, "results/eval/base/rte.json")["contamination"]["removed_rows"] == 0
+
+
+def hf_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32).eval()
+
+
+def test_rank_classification_equals_transformers_scoring_each_option_from_scratch(workdir):
+    """RTE, template 0, OPTIONS suffix, summed log-likelihood: recomputed with transformers' Llama,
+    one full forward pass per (prompt, option)."""
+    import sentencepiece as spm
+
+    folder = workdir / "models/nli/hf"
+    model = hf_model(folder)
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    eos = sp.eos_id()
+    bank = load_bank()["rte"]
+    template = bank.eval_templates[0]
+    raw = pq.read_table(workdir / "data/raw/rte/eval.parquet")
+    rendered = render_template(bank, template, raw, CFG.templatize.options)
+    correct = 0
+    for prompt, options, gold in zip(rendered.inputs.to_pylist(), rendered.options.to_pylist(),
+                                     rendered.answer_index, strict=True):
+        p = sp.encode(prompt)[:CFG.tokenize.max_input_tokens - 1] + [eos]
+        scores = []
+        for option in options:
+            o = sp.encode(option) + [eos]
+            with torch.no_grad():
+                logp = model(torch.tensor([p + o])).logits.log_softmax(-1)[0]
+            scores.append(sum(float(logp[len(p) - 1 + i, t]) for i, t in enumerate(o)))
+        correct += int(np.argmax(scores)) == gold
+    r = load(workdir, "results/eval/nli/rte.json")
+    ours = r["templates"][0]["variants"]["with_options/sum"]["accuracy"]
+    assert ours == pytest.approx(100 * correct / raw.num_rows)
+
+
+def test_generate_cli_equals_transformers_greedy(workdir):
+    import sentencepiece as spm
+
+    prompt = "Premise: A man is playing a guitar.\nHypothesis: A person makes music.\n\nDoes it follow?"
+    cmd = [str(BIN / "flanpipe"), "generate", "--model", str(workdir / "models/all"), "--prompt", prompt,
+           "--max-new-tokens", "12"]
+    first = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert first == subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    folder = workdir / "models/all/hf"
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    ids = sp.encode(prompt) + [sp.eos_id()]
+    with torch.no_grad():
+        out = hf_model(folder).generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                        eos_token_id=sp.eos_id(), pad_token_id=sp.pad_id())
+    new = out[0, len(ids):].tolist()
+    new = new[:new.index(sp.eos_id())] if sp.eos_id() in new else new
+    assert first.rstrip("\n") == sp.decode(new)
+
+
+def test_base_model_is_the_untrained_initialisation(workdir):
+    """The base model is what every run starts from: it differs from each trained model, and its
+    scores come from a real (untuned) model, not a copy of a tuned one."""
+    from safetensors.torch import load_file
+
+    base = load_file(str(workdir / "models/base/hf/model.safetensors"))
+    tuned = load_file(str(workdir / "models/nli/hf/model.safetensors"))
+    assert base.keys() == tuned.keys()
+    assert any(not torch.equal(base[k], tuned[k]) for k in base)
+
+
+def test_evaluation_rerun_is_byte_identical(workdir):
+    rel = "results/eval/commonsense/copa.few_shot.json"
+    before = (workdir / rel).read_bytes()
+    run_snakemake(workdir, rel, "--forcerun", "evaluate_few_shot")
+    assert (workdir / rel).read_bytes() == before
+
+
+def test_report_has_every_figure_and_dataset(workdir):
+    report = workdir / "results/report"
+    text = (report / "index.md").read_text()
+    for png in ("heldout_clusters.png", "datasets.png", "ablation_clusters.png", "ablation_format.png",
+                "mixture_composition.png", "training_loss.png"):
+        data = (report / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, png
+        assert f"({png})" in text
+    for d in CFG.datasets_in(CFG.heldout_clusters):
+        assert f"| {d} |" in text
+    registry = load_registry()
+    for c in {registry.datasets[d].cluster for d in CFG.dataset_names()} & set(CFG.heldout_clusters):
+        assert f"| {c} |" in text

@@ -1,0 +1,19 @@
+"""Snakemake script of rule `report`: results/report/index.md and its figures."""
+
+from pathlib import Path
+
+from flanpipe.logs import setup_logging
+from flanpipe.report import build_report
+
+setup_logging(snakemake.log[0])
+build_report(
+    zero_shot=list(snakemake.input.zero_shot),
+    few_shot=list(snakemake.input.few_shot),
+    ablation_clusters=list(snakemake.input.ablation_clusters),
+    ablation_format=list(snakemake.input.ablation_format),
+    catalog=snakemake.input.catalog,
+    models=list(snakemake.input.models),
+    out_dir=Path(snakemake.output[0]).parent,
+    cluster_order=snakemake.params.clusters,
+    formats=snakemake.params.formats,
+)
