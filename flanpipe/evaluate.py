@@ -235,6 +235,8 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     task = spec.task.type
     key = metrics.primary(spec.metric)
     style_with = cfg.templatize.options if cfg.templatize.options != "none" else "dash"
+    headline = ("greedy" if task == "generation"
+                else f"{cfg.evaluate.options_suffix}_options/{cfg.evaluate.normalization}")
     per_template = []
     for template in bank.eval_templates:
         rendered = render_template(bank, template, eval_raw, style_with)
@@ -243,11 +245,12 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
             prompts = prompts_for(spec, bank, template, eval_raw, train_raw, cfg, "none", count_tokens)
             refs = references(spec, template, rendered.targets.to_pylist(), eval_raw)
             modes = [("greedy", False)] + ([("sample", True)] if cfg.evaluate.generation.sample else [])
-            examples = {}
             for name, sample in modes:
                 preds = decode(model, sp, prompts, cfg, sample)
                 variants[name] = metrics.compute(spec.metric, preds, refs)
-                examples[name] = preds[:3]
+                if name == headline:
+                    shown = [{"prompt": p, "prediction": x, "references": r}
+                             for p, x, r in zip(prompts[:3], preds[:3], refs[:3], strict=True)]
         else:
             options = rendered.options.to_pylist()
             gold = [[opts[i]] for opts, i in zip(options, rendered.answer_index, strict=True)]
@@ -257,13 +260,16 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
                 for norm, chosen in picks.items():
                     preds = [opts[c] for opts, c in zip(options, chosen, strict=True)]
                     variants[f"{suffix}/{norm}"] = metrics.compute(spec.metric, preds, gold)
+                    if f"{suffix}/{norm}" == headline:
+                        shown = chosen.tolist()
         per_template.append({"template_id": template.id,
-                             "variants": {v: {k: _r(x) for k, x in m.items()} for v, m in variants.items()}})
+                             "variants": {v: {k: _r(x) for k, x in m.items()} for v, m in variants.items()},
+                             # the headline variant's choice per example (rank classification), or
+                             # its first predictions with their references (generation)
+                             "predictions": shown})
         log.info("%s template %d: %s", dataset, template.id,
                  ", ".join(f"{v} {m[key]:.1f}" for v, m in variants.items()))
 
-    headline = ("greedy" if task == "generation"
-                else f"{cfg.evaluate.options_suffix}_options/{cfg.evaluate.normalization}")
     names = list(per_template[0]["variants"])
     result = {
         "dataset": dataset, "paper_name": spec.paper_name, "cluster": spec.cluster,

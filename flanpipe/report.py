@@ -81,7 +81,7 @@ def plot_clusters(results: list[dict], out: Path) -> None:
     ax.set_xticks(np.arange(len(clusters)) + width * (len(labels) - 1) / 2, clusters)
     ax.set_ylabel("score (mean over datasets and templates)")
     ax.set_title("Held-out clusters: untuned base vs instruction-tuned")
-    ax.legend(fontsize=8, ncols=2)
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     _save(fig, out)
 
 
@@ -104,9 +104,9 @@ def plot_datasets(results: list[dict], out: Path) -> None:
                         color="black", capsize=2, lw=0.8)
     ax.set_xticks(np.arange(len(datasets)) + width * (len(labels) - 1) / 2,
                   [f"{d}\n({next(r['primary'] for r in results if r['dataset'] == d)})" for d in datasets])
-    ax.set_ylabel("score; bars: mean over templates, whiskers: worst to best template")
+    ax.set_ylabel("score (whiskers: worst to best template)")
     ax.set_title("Held-out datasets, every template")
-    ax.legend(fontsize=8, ncols=2)
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     _save(fig, out)
 
 
@@ -135,7 +135,7 @@ def plot_ablation_clusters(points: dict[str, dict[str, float]], order: list[str]
     ax.set_xlabel("instruction-tuning clusters (added in order)")
     ax.set_ylabel("zero-shot score")
     ax.set_title("Ablation: number of instruction-tuning clusters")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     _save(fig, out)
 
 

@@ -19,3 +19,8 @@ for run in models/*/run.json; do
   last=$(tail -n 1 "$dir/metrics.csv")
   echo "  $dir/hf  $dir/loss.png  (step ${last%%,*}, loss $(echo "$last" | cut -d, -f2))"
 done
+echo
+echo "zero-shot and few-shot on the held-out clusters (results/eval/), ablations (results/ablations/):"
+flanpipe results
+echo
+echo "the report, with its figures: results/report/index.md"

@@ -114,7 +114,7 @@ def test_rank_classification_equals_transformers_scoring_each_option_from_scratc
     template = bank.eval_templates[0]
     raw = pq.read_table(workdir / "data/raw/rte/eval.parquet")
     rendered = render_template(bank, template, raw, CFG.templatize.options)
-    correct = 0
+    correct, chosen = 0, []
     for prompt, options, gold in zip(rendered.inputs.to_pylist(), rendered.options.to_pylist(),
                                      rendered.answer_index, strict=True):
         p = sp.encode(prompt)[:CFG.tokenize.max_input_tokens - 1] + [eos]
@@ -124,8 +124,11 @@ def test_rank_classification_equals_transformers_scoring_each_option_from_scratc
             with torch.no_grad():
                 logp = model(torch.tensor([p + o])).logits.log_softmax(-1)[0]
             scores.append(sum(float(logp[len(p) - 1 + i, t]) for i, t in enumerate(o)))
-        correct += int(np.argmax(scores)) == gold
+        chosen.append(int(np.argmax(scores)))
+        correct += chosen[-1] == gold
     r = load(workdir, "results/eval/nli/rte.json")
+    assert r["headline_variant"] == "with_options/sum"
+    assert r["templates"][0]["predictions"] == chosen  # the same choice on every example
     ours = r["templates"][0]["variants"]["with_options/sum"]["accuracy"]
     assert ours == pytest.approx(100 * correct / raw.num_rows)
 

@@ -28,6 +28,9 @@ def _clean_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+TARGET_RULES = {"evaluate_all", "ablation_few_shot", "ablation_clusters", "ablation_format"}
+
+
 def test_profile_settings():
     p = _parse(PROFILE.read_text())
     assert p["executor"] == "slurm" and p["slurm-status-command"] == "squeue"
@@ -39,12 +42,16 @@ def test_profile_settings():
     # every rule of the workflow gets its own CPU, memory and time
     pattern = re.compile(r"^(?:rule (\w+):|use rule \w+ as (\w+))", re.M)
     rules = {a or b for smk in (REPO / "rules").glob("*.smk") for a, b in pattern.findall(smk.read_text())}
-    assert {"download", "mix", "tokenizer", "tokenizer_per_mixture", "pack"} <= rules
+    rules -= TARGET_RULES  # inputs only: no job is submitted for them
+    assert {"download", "mix", "tokenizer", "tokenizer_per_mixture", "pack", "evaluate", "report"} <= rules
     keys = {rule: {"cpus_per_task", "mem_mb", "runtime"} for rule in rules}
     keys["train"] |= {"nodes", "gres", "tasks_per_node", "launcher", "mpi"}
+    for rule in rules:
+        if rule.startswith("evaluate"):
+            keys[rule] |= {"nodes", "gres"}  # one GPU per evaluation
     expected = {f"{rule}:{k}" for rule in rules for k in keys[rule]}
     assert {r.split("=")[0] for r in p["set-resources"]} == expected
-    assert not any(r.startswith("evaluate:") for r in p["set-resources"])  # not yet
+    assert "evaluate:gres=gpu:1" in p["set-resources"]
 
 
 def test_partition_and_account_come_from_the_environment(monkeypatch):
