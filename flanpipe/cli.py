@@ -253,6 +253,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         bench_train.print_train(bench_train.bench_train(args.size, args.steps, args.micro_batch_rows))
         return 0
+    if args.what == "eval":
+        from flanpipe import bench_eval
+
+        bench_eval.print_eval(bench_eval.bench_eval(prompts=args.rows or 96, threads=args.threads))
+        return 0
     if args.what == "pack":
         from flanpipe import bench_pack
 
@@ -377,12 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
-    p.add_argument("what", choices=["templatize", "dedup", "pack", "train"])
+    p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval"])
     p.add_argument("--rows", type=int, default=None,
-                   help="rows (default: 1M templatize and dedup, 100k pack)")
+                   help="rows (default: 1M templatize and dedup, 100k pack; eval: 96 prompts)")
     p.add_argument("--peer-rows", type=int, default=None,
                    help="rows the (slower) peer processes (default: 200k templatize, 20k dedup)")
-    p.add_argument("--threads", type=int, default=2, help="pack: SentencePiece encoder threads")
+    p.add_argument("--threads", type=int, default=2, help="pack: encoder threads; eval: torch threads")
     p.add_argument("--size", choices=["tiny", "125m", "1b"], default="1b", help="train: model size")
     p.add_argument("--steps", type=int, default=300, help="train: optimizer steps")
     p.add_argument("--micro-batch-rows", type=int, default=8, help="train: packed rows per forward pass")
