@@ -1,0 +1,240 @@
+"""Evaluation speed benchmark: rank classification against lm-evaluation-harness's HF backend, same run.
+
+    flanpipe bench eval [--rows 96 (prompts)] [--threads 2]
+
+A small random-init Llama model (hidden 256, 4 layers, 4 heads; a SentencePiece vocabulary of
+4,000 pieces trained here on synthetic FLAN-like text, :func:`flanpipe.bench_pack.synthetic_examples`)
+is saved as a Hugging Face checkpoint folder (``model.safetensors``, ``config.json``, tokenizer
+files) in a temporary directory. Both scorers read that folder:
+
+- **ours**: :func:`flanpipe.scoring.score_options` on the model :func:`flanpipe.train.load_pretrained`
+  loads: each prompt runs once into a key/value cache and all of its options run together on top;
+- **peer**: ``lm_eval.models.huggingface.HFLM`` (``device="cpu"``, ``dtype="float32"``), which runs
+  prompt + option as one sequence per request. It is given the very same token ids through
+  ``HFLM._loglikelihood_tokens``, which is what its public ``loglikelihood`` calls once it has
+  tokenized the (context, continuation) strings; so the peer pays no tokenization here, and the
+  two tokenizers' handling of a string split in two cannot make the sequences differ.
+
+Multiple-choice data: FLAN-like instructions of 100-300 tokens (a passage, a question and an
+OPTIONS list) with ``options`` options each, in two cases:
+
+1. multi-token options: phrases of 5-15 tokens, EOS included (the target);
+2. single-token options: one-piece class words (``yes``, ``no`` ...) without EOS. Here lm-eval's
+   ``logits_cache`` already runs each prompt once for all of its options, so the ratio shows what is
+   left: ours projects only the last prompt position onto the vocabulary.
+
+A request is one (prompt, option) pair, as lm-eval counts them. Both scorers are warmed up, then
+timed in alternating rounds (peer, ours, peer, ours ...); each side's figure is its fastest round,
+and the ratio of each round is shown too (with its median), so that a burst of load from other work
+on the machine shows instead of skewing the figure. Every option's
+log-likelihood is compared (max absolute difference, float32) and the argmax option of every prompt
+must agree (else :class:`RuntimeError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flanpipe.bench import WORDS
+from flanpipe.bench_pack import CLASS_WORDS, synthetic_examples
+from flanpipe.config import TokenizerConfig
+from flanpipe.io import derive_seed
+from flanpipe.model import FlanLM, ModelConfig
+from flanpipe.scoring import score_options
+from flanpipe.tokenizer import load_processor, special_ids, train_spm
+from flanpipe.train import load_pretrained, save_hf
+
+log = logging.getLogger(__name__)
+
+QUESTION = "Which of the following best continues the text above?"
+PROMPT_TOKENS = (100, 300)  # instruction length, EOS included
+OPTION_TOKENS = (5, 15)  # multi-token option length, EOS included
+WORD_VOCAB = 20_000  # made-up words of the synthetic text
+
+
+def instruction(passage: str, options: list[str]) -> str:
+    """A FLAN-style multiple-choice instruction with an OPTIONS suffix.
+
+    >>> print(instruction("the river rose", ["yes", "no"]))
+    the river rose
+    <BLANKLINE>
+    Which of the following best continues the text above?
+    <BLANKLINE>
+    OPTIONS:
+    - yes
+    - no
+    """
+    return f"{passage}\n\n{QUESTION}\n\nOPTIONS:\n" + "\n".join(f"- {o}" for o in options)
+
+
+def multiple_choice(sp, prompts: int, options: int, seed: int) -> dict[str, tuple[list, list]]:
+    """``{"multi": (prompt ids, option ids), "single": (...)}``: ``prompts`` instructions of
+    :data:`PROMPT_TOKENS` tokens (the instruction's pieces and EOS) over the same passages, each with
+    ``options`` options; multi-token options are :data:`OPTION_TOKENS` tokens (a phrase and EOS),
+    single-token options one piece each (class words such as ``yes`` and ``no``, then
+    :data:`flanpipe.bench.WORDS`, those the vocabulary has as one piece). Passages and phrases come from
+    :func:`~flanpipe.bench_pack.synthetic_examples` (its inputs, and the first 2-6 words of its
+    free-text targets); instructions outside the length range are drawn again."""
+    rng = np.random.default_rng(derive_seed(seed, "bench/eval/data"))
+    eos = sp.eos_id()
+    words = [w for w in dict.fromkeys(CLASS_WORDS + WORDS) if len(sp.encode(w)) == 1]
+    if len(words) < options:
+        raise ValueError(f"options ({options}): only {len(words)} candidate words are single pieces")
+    single_texts = words[:options]
+    single_ids = [sp.encode(w) for w in single_texts]
+    out: dict[str, tuple[list, list]] = {"multi": ([], []), "single": ([], [])}
+    draw = 0
+    while len(out["multi"][0]) < prompts:
+        draw += 1
+        inputs, targets = synthetic_examples(8 * prompts, derive_seed(seed, f"bench/eval/{draw}"), WORD_VOCAB)
+        phrases = [" ".join(t.split()[:rng.integers(2, 7)]) for t in targets if " " in t]
+        phrase_ids = sp.encode(phrases)
+        fits = [i for i, ids in enumerate(phrase_ids)
+                if OPTION_TOKENS[0] <= len(ids) + 1 <= OPTION_TOKENS[1]]
+        for k, text in enumerate(inputs):
+            if len(out["multi"][0]) == prompts or len(fits) < options * (k + 1):
+                break
+            passage = text.split("\n\nOPTIONS:")[0]
+            chosen = fits[options * k:options * (k + 1)]
+            multi = sp.encode(instruction(passage, [phrases[i] for i in chosen])) + [eos]
+            single = sp.encode(instruction(passage, single_texts)) + [eos]
+            if not all(PROMPT_TOKENS[0] <= len(p) <= PROMPT_TOKENS[1] for p in (multi, single)):
+                continue
+            out["multi"][0].append(multi)
+            out["multi"][1].append([phrase_ids[i] + [eos] for i in chosen])
+            out["single"][0].append(single)
+            out["single"][1].append(single_ids)
+    return out
+
+
+def build_checkpoint(out: Path, vocab: int, hidden: int, layers: int, heads: int, seed: int,
+                     threads: int) -> tuple[Path, ModelConfig]:
+    """A SentencePiece model trained on synthetic text and a random-init Llama model over it, saved
+    as a Hugging Face checkpoint folder ``out / "model"`` (the trainer's own export,
+    :func:`flanpipe.train.save_hf`)."""
+    inputs, targets = synthetic_examples(5_000, seed, WORD_VOCAB)
+    sample = [line for t in inputs + targets for line in t.split("\n") if line]
+    spm_bytes, size = train_spm(sample, TokenizerConfig(vocab_size=vocab), seed=seed, threads=threads)
+    spm_file = out / "spm.model"
+    spm_file.write_bytes(spm_bytes)
+    mcfg = ModelConfig(vocab_size=size, hidden_size=hidden, num_layers=layers, num_heads=heads)
+    torch.manual_seed(derive_seed(seed, "bench/eval/init"))
+    state = {k: v.detach().clone() for k, v in FlanLM(mcfg).state_dict().items()}
+    save_hf(state, mcfg, spm_file, out / "model", False, special_ids(load_processor(spm_bytes)))
+    return out / "model", mcfg
+
+
+def _peer_requests(prompts: list[list[int]], options: list[list[list[int]]]) -> list:
+    """``_loglikelihood_tokens`` requests: ``((context, continuation), context ids, continuation
+    ids)``, one per (prompt, option) pair, prompt-major. The strings are only cache keys there."""
+    return [(("", ""), p, o) for p, opts in zip(prompts, options, strict=True) for o in opts]
+
+
+def _timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def bench_eval(prompts: int = 96, options: int = 4, vocab: int = 4_000, hidden: int = 256, layers: int = 4,
+               heads: int = 4, batch_requests: int = 32, rounds: int = 5, single: bool = True,
+               threads: int = 2, seed: int = 1234) -> dict:
+    """Score the same multiple-choice requests with ours and lm-eval's HFLM; returns the figures
+    (``print_eval`` shows them). Both batch ``batch_requests`` requests per forward pass (ours:
+    ``batch_requests // options`` prompts with all of their options). Raises ``RuntimeError`` when
+    the two pick a different option for any prompt."""
+    from lm_eval.models.huggingface import HFLM
+
+    torch.set_num_threads(threads)
+    r: dict = {"prompts": prompts, "options": options, "threads": threads, "rounds": rounds,
+               "batch_requests": batch_requests, "seed": seed}
+    with tempfile.TemporaryDirectory(prefix="flanpipe-bench-eval-") as tmp_name:
+        start = time.perf_counter()
+        folder, mcfg = build_checkpoint(Path(tmp_name), vocab, hidden, layers, heads, seed, threads)
+        sp = load_processor(folder / "tokenizer.model")
+        data = multiple_choice(sp, prompts, options, seed)
+        r["build_s"] = time.perf_counter() - start
+        r.update(vocab=mcfg.vocab_size, hidden=hidden, layers=layers, heads=heads,
+                 parameters=mcfg.num_parameters())
+        ours_model, _ = load_pretrained(folder)
+        ours_model.eval()
+        peer = HFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=batch_requests)
+    rows = max(1, batch_requests // options)
+    for case in ("multi", "single") if single else ("multi",):
+        ps, opts = data[case]
+        requests = _peer_requests(ps, opts)
+
+        def run_peer(requests=requests):
+            return np.array([ll for ll, _ in peer._loglikelihood_tokens(requests, disable_tqdm=True)])
+
+        def run_ours(ps=ps, opts=opts):
+            return np.concatenate(score_options(ours_model, ps, opts, max_batch_tokens=1 << 30,
+                                                max_batch_rows=rows))
+
+        warm = max(1, min(len(ps), 2 * rows))  # a couple of batches each
+        peer._loglikelihood_tokens(_peer_requests(ps[:warm], opts[:warm]), disable_tqdm=True)
+        score_options(ours_model, ps[:warm], opts[:warm], max_batch_rows=rows)
+        peer_times, ours_times = [], []
+        for _ in range(rounds):
+            t, peer_ll = _timed(run_peer)
+            peer_times.append(t)
+            t, ours_ll = _timed(run_ours)
+            ours_times.append(t)
+        bounds = np.cumsum([0] + [len(o) for o in opts])
+        peer_pick = np.array([np.argmax(peer_ll[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        ours_pick = np.array([np.argmax(ours_ll[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        n = len(requests)
+        c = {"requests": n, "prompt_tokens": _stats([len(p) for p in ps]),
+             "option_tokens": _stats([len(o) for group in opts for o in group]),
+             "peer_s": min(peer_times), "ours_s": min(ours_times),
+             "peer_round_s": peer_times, "ours_round_s": ours_times,
+             "max_abs_diff": float(np.abs(peer_ll - ours_ll).max()),
+             "choices_agree": int((peer_pick == ours_pick).sum())}
+        c["peer_requests_per_s"] = n / c["peer_s"]
+        c["ours_requests_per_s"] = n / c["ours_s"]
+        c["ratio"] = c["ours_requests_per_s"] / c["peer_requests_per_s"]
+        c["round_ratios"] = [p / o for p, o in zip(peer_times, ours_times, strict=True)]
+        c["median_round_ratio"] = float(np.median(c["round_ratios"]))
+        r[case] = c
+        if c["choices_agree"] != len(ps):
+            raise RuntimeError(f"{case}-token options: ours and lm-eval pick different options for "
+                               f"{len(ps) - c['choices_agree']} of {len(ps)} prompts (max score difference "
+                               f"{c['max_abs_diff']:.2e})")
+    return r
+
+
+def _stats(values: list[int]) -> dict:
+    return {"min": int(min(values)), "mean": float(np.mean(values)), "max": int(max(values))}
+
+
+def print_eval(r: dict) -> None:
+    print(f"eval benchmark: rank classification, {r['prompts']} prompts x {r['options']} options; "
+          f"random-init Llama, {r['parameters'] / 1e6:.1f}M parameters (hidden {r['hidden']}, "
+          f"{r['layers']} layers, {r['heads']} heads, {r['vocab']:,}-piece SentencePiece vocabulary), "
+          f"float32 on CPU, {r['threads']} threads; {r['batch_requests']} requests per batch; "
+          f"best of {r['rounds']} alternating rounds")
+    names = {"multi": "multi-token options", "single": "single-token options"}
+    for case in ("multi", "single"):
+        if case not in r:
+            continue
+        c = r[case]
+        p, o = c["prompt_tokens"], c["option_tokens"]
+        print(f"  {names[case]}: {c['requests']:,} requests; prompts {p['min']}-{p['max']} tokens "
+              f"(mean {p['mean']:.0f}), options {o['min']}-{o['max']} (mean {o['mean']:.1f})")
+        print(f"     lm-eval HFLM (one sequence per request)  {c['peer_requests_per_s']:8.1f} requests/s  "
+              f"({c['peer_s']:.2f} s)")
+        print(f"     flanpipe score_options (prompt cached)   {c['ours_requests_per_s']:8.1f} requests/s  "
+              f"({c['ours_s']:.2f} s)   ours/peer {c['ratio']:.2f}x")
+        print(f"     ratio in each round {', '.join(f'{x:.2f}x' for x in c['round_ratios'])}; median "
+              f"{c['median_round_ratio']:.2f}x")
+        print(f"     scores: max |ours - peer| {c['max_abs_diff']:.1e}; same choice on "
+              f"{c['choices_agree']}/{r['prompts']} prompts")
+    m = r["multi"]
+    print(f"  target: >= 3x on multi-token options: {'met' if m['ratio'] >= 3 else 'NOT MET'} "
+          f"({m['ratio']:.2f}x)")

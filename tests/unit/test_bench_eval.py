@@ -1,0 +1,20 @@
+"""The eval benchmark end to end on a tiny model: ours and lm-eval's HFLM score the same requests alike."""
+
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from flanpipe.bench_eval import bench_eval  # noqa: E402
+
+
+def test_bench_eval_scores_agree_with_lm_eval_on_every_option(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = bench_eval(prompts=4, options=3, vocab=1_000, hidden=32, layers=1, heads=2, batch_requests=6,
+                   rounds=1, threads=1)
+    for case in ("multi", "single"):
+        c = r[case]
+        assert c["requests"] == 4 * 3
+        assert c["choices_agree"] == 4
+        assert c["max_abs_diff"] < 1e-4
+    assert r["multi"]["option_tokens"]["min"] >= 5
+    assert r["single"]["option_tokens"]["max"] == 1
