@@ -86,7 +86,23 @@ def test_deleting_one_output_reruns_only_that_dataset(workdir):
     assert re.search(rf"^pack\s+{len(CFG.all_mixtures())}$", text, re.M), text
     assert re.search(r"^tokenizer\s+1$", text, re.M), text
     assert re.search(rf"^train\s+{len(CFG.all_mixtures())}$", text, re.M), text
-    assert set(re.findall(r"wildcards: dataset=(\w+)", text)) == {"sst2"}
+    jobs = _jobs(text)
+    data_rules = {"download", "templatize", "fingerprint", "decontaminate"}
+    assert {w.get("dataset") for rule, w in jobs if rule in data_rules} == {"sst2"}
+    # every model is retrained (dedupe reads every dataset), so every evaluation reruns too
+    evaluations = [rule for rule, _ in jobs if rule.startswith("evaluate")]
+    assert len(evaluations) == len(list((workdir / "results").rglob("*.json")))
+
+
+def _jobs(dry_run: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job a dry run lists."""
+    out = []
+    for block in re.split(r"^(?=(?:local)?rule \w+:)", dry_run, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block).group(1)
+        found = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        pairs = found.group(1).split(", ") if found else []
+        out.append((rule, dict(p.split("=", 1) for p in pairs)))
+    return out
 
 
 def test_deleting_a_heldout_dataset_rechecks_every_dataset_against_it(workdir):
