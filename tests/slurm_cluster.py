@@ -82,8 +82,8 @@ def profile_with_train_block(gpus: int | None = None) -> str:
     """profiles/slurm/config.yaml with its `train:` block scaled down by `gpus` (GPUs and ranks per
     node; 1 CPU and 1 GB per rank) to fit the test cluster."""
     lines = PROFILE.read_text().splitlines()
-    start = lines.index("  train:")
-    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
+    train = _block(lines, "  train:")
+    start, end = train.start, train.stop
     block = "\n".join(lines[start:end])
     if gpus is not None:
         block, n = re.subn(r'(gpu(?::\{[^}]*\})?):8"', rf'\1:{gpus}"', block)
@@ -92,3 +92,25 @@ def profile_with_train_block(gpus: int | None = None) -> str:
             block, n = re.subn(rf"^(\s+{key}:) \d+", rf"\1 {value}", block, flags=re.M)
             assert n == 1, (key, block)
     return "\n".join(lines[:start] + block.splitlines() + lines[end:]) + "\n"
+
+
+def profile_for_cluster(gpus: int, cpus: int, mem_mb: int) -> str:
+    """The profile of `profile_with_train_block(gpus)` with every other rule's `cpus_per_task` and
+    `mem_mb` capped at `cpus` and `mem_mb`, so that a one-node test cluster accepts every job (it
+    rejects a job asking for more than the node has). Nothing else changes: the executor settings,
+    the default resources and each rule's launcher are the project's."""
+    lines = profile_with_train_block(gpus).splitlines()
+    train = _block(lines, "  train:")
+    caps = {"cpus_per_task": cpus, "mem_mb": mem_mb}
+    for i in range(lines.index("set-resources:") + 1, len(lines)):
+        m = re.match(r"^(    (\w+): )(\d+)(.*)$", lines[i])
+        if m and m.group(2) in caps and i not in train:
+            lines[i] = f"{m.group(1)}{min(int(m.group(3)), caps[m.group(2)])}{m.group(4)}"
+    return "\n".join(lines) + "\n"
+
+
+def _block(lines: list[str], header: str) -> range:
+    """The line numbers of a `set-resources` entry: its header and its indented keys."""
+    start = lines.index(header)
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("    "))
+    return range(start, end)

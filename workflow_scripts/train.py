@@ -1,5 +1,6 @@
-"""Snakemake script of rule `train`: save the run's config, then launch `flanpipe train` on every rank
-(torchrun locally; srun under the Slurm profile) and wait for it."""
+"""Snakemake script of rule `train`: save the run's config, keep the checkpoints only if they hold an
+unfinished run of the same inputs, then launch `flanpipe train` on every rank (torchrun locally; srun
+under the Slurm profile) and wait for it."""
 
 import subprocess
 from pathlib import Path
@@ -7,19 +8,24 @@ from pathlib import Path
 import yaml
 
 from flanpipe.config import parse_config
-from flanpipe.io import write_text_atomic
-from flanpipe.launch import launch_command
+from flanpipe.io import sha256_file, write_text_atomic
+from flanpipe.launch import keep_or_clear_checkpoints, launch_command
 
 out = Path(snakemake.output.run).parent
 config = out / "config.yaml"
 cfg = parse_config(snakemake.config).model_dump(mode="json")
 write_text_atomic(config, yaml.safe_dump(cfg, sort_keys=False))
 res = snakemake.resources
+ranks = int(res.nodes) * int(res.tasks_per_node)
+run_key = {"packed": sha256_file(snakemake.input.manifest), "ranks": ranks,
+           "tokenizer": sha256_file(snakemake.input.tokenizer), "train": snakemake.params.train,
+           "seed": snakemake.params.seed, "stage_version": snakemake.params.stage_version}
+checkpoints = keep_or_clear_checkpoints(out, run_key, snakemake.params.train["steps"])
 cmd = launch_command(res.launcher, int(res.nodes), int(res.tasks_per_node), [
     "train", "--mixture", snakemake.wildcards.mixture, "--config", str(config),
     "--packed", str(Path(snakemake.input.manifest).parent), "--tokenizer", snakemake.input.tokenizer,
     "--out", str(out)])
 with open(snakemake.log[0], "w") as log:
-    log.write(" ".join(cmd) + "\n")
+    log.write(f"checkpoints: {checkpoints}\n" + " ".join(cmd) + "\n")
     log.flush()
     subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)

@@ -1,37 +1,57 @@
-"""The workflow through a real Slurm cluster: `snakemake --profile slurm` on a one-node cluster on
-localhost (tests/slurm_cluster.py brings it up and always stops it).
+"""The workflow through a real Slurm cluster: `snakemake --profile` on a one-node cluster on localhost
+(tests/slurm_cluster.py brings it up and always stops it), from download to a model trained by 2
+DeepSpeed ranks that `srun` starts.
 
 Run alone with `pytest -m slurm tests/e2e/test_slurm.py`. Needs root (it installs Debian's slurmctld,
-slurmd and munge with apt-get if missing); skips otherwise. About 3.5 minutes on 2 CPUs.
+slurmd and munge with apt-get if missing) and 2 CPUs; skips otherwise. About 7 minutes on 2 CPUs.
 
-It runs the download stage (`all --until download`, one Slurm job per dataset): the point is the
-executor (sbatch, status polling, logs, failure, resume), not each stage, which the local end-to-end
-tests cover; running every stage would grow with the workflow.
+Every Slurm job starts Snakemake twice (the job step, then the job itself): some 7 CPU-seconds, so
+one job per dataset per stage on the embedded default's 13 datasets (58 jobs to one model) would take
+longer than the rest of the test suite. The test therefore runs one model's whole chain (download,
+templatize, dedupe, decontaminate, mix, tokenize, pack, train: 14 jobs) on two of the embedded
+datasets, through the project's profile with its resources capped to what the node has (2 CPUs, 2
+fake GPUs, 3 GB a job). The checks:
+- a first run with one dataset pointed at a missing directory fails that job, names its Slurm log,
+  and lets the others finish (keep-going); the rerun submits only what is left, each job once;
+- every job went through sbatch and completed in Slurm; the train job ran 2 ranks through srun;
+- the outputs (raw, templatized and packed tables, tokenizer, losses, weights) equal a local run's,
+  where torchrun starts the 2 ranks;
+- deleting one dataset's templatized table reruns exactly its downstream jobs, no others.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 import subprocess
-import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flanpipe.registry import embedded_datasets
+from flanpipe.config import load_config
 from tests.conftest import BIN, REPO, run_snakemake
-from tests.slurm_cluster import profile_with_train_block, slurm_cluster
+from tests.slurm_cluster import profile_for_cluster, slurm_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
-UNTIL = ("all", "--until", "download")
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (.+?)\)\.?$", re.M)
-# The profile polls after 40 s, as a real cluster wants; here jobs take seconds.
-FAST = ("--slurm-init-seconds-before-status-checks", "2")
+# The profile first polls after 40 s, as a real cluster wants. Then the plugin waits 10 s longer each
+# time no job has finished, and starts over when one has: from 4 s the checks come at 4, 18 and 42 s,
+# which catch a job of some 15 s (most of them here) at 18 s and the train job at 42 s.
+FAST = ("--slurm-init-seconds-before-status-checks", "4")
+
+# rte is in the nli cluster: the nli mixture leaves it out; the `all` mixture, on which the shared
+# tokenizer is trained, has it. copa is in both.
+SUBSET = ["rte", "copa"]
+BROKEN = "rte"  # pointed at a missing directory in the first run
+MIXTURE = "nli"
+TRAIN_STEPS = 8
+RANKS = 2
 
 
 @dataclass
@@ -40,14 +60,40 @@ class SlurmRun:
     text: str  # stdout + stderr
     jobs: dict[str, Path]  # Slurm job id -> its Slurm log
 
-    def datasets(self) -> list[str]:
-        """The dataset of each submitted job (from its log path .../rule_download/<dataset>/<id>.log)."""
-        return sorted(log.parent.name for log in self.jobs.values())
+    def job_names(self) -> list[str]:
+        """`rule:wildcards` (or `rule`) of each submitted job, from its Slurm log path
+        .snakemake/slurm_logs/rule_<rule>/[<wildcards>/]<id>.log."""
+        return sorted(_job_name(log) for log in self.jobs.values())
+
+    def submitted(self) -> Counter:
+        """Submitted jobs per rule."""
+        return Counter(name.partition(":")[0] for name in self.job_names())
+
+    def planned(self) -> Counter:
+        """Jobs per rule in the table Snakemake prints before it runs (or in a dry run)."""
+        return job_stats(self.text)
+
+
+def _job_name(log: Path) -> str:
+    if log.parent.name.startswith("rule_"):
+        return log.parent.name.removeprefix("rule_")
+    return f"{log.parent.parent.name.removeprefix('rule_')}:{log.parent.name}"
+
+
+def job_stats(text: str) -> Counter:
+    """The first `Job stats:` table of Snakemake's output, as {rule: count}."""
+    table = re.search(r"^Job stats:\n.*\n-+\s+-+\n((?:\S+\s+\d+\n)+)", text, re.M)
+    assert table, text
+    rows = dict(line.split() for line in table.group(1).splitlines())
+    total = int(rows.pop("total"))
+    counts = Counter({rule: int(n) for rule, n in rows.items()})
+    assert counts.total() == total
+    return counts
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    with slurm_cluster(fake_gpus=2) as state_dir:
+    with slurm_cluster(fake_gpus=RANKS) as state_dir:
         yield state_dir
 
 
@@ -65,11 +111,23 @@ def profile_env(cluster, tmp_path_factory) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module")
+def node_profile(cluster, tmp_path_factory) -> Path:
+    """The project's profile with its GPU train block scaled to the test node's 2 fake GPUs (one
+    rank and one CPU each) and every rule's CPUs and memory capped to what the node has."""
+    cpus = len(os.sched_getaffinity(0))
+    if cpus < RANKS:
+        pytest.skip(f"the train job needs {RANKS} CPUs (one per rank); this machine has {cpus}")
+    profile = tmp_path_factory.mktemp("profile")
+    (profile / "config.yaml").write_text(profile_for_cluster(gpus=RANKS, cpus=cpus, mem_mb=3000))
+    return profile
+
+
 def run_slurm(env: dict[str, str], workdir: Path, *args: str, config_file: Path | None = None,
-              timeout: int = 300) -> SlurmRun:
+              profile: str | Path = "slurm", timeout: int = 300) -> SlurmRun:
     """`snakemake --profile slurm ...` on the project's Snakefile, outputs under `workdir`; a run
     that takes longer than `timeout` is killed (its Slurm jobs are cancelled when the cluster stops)."""
-    cmd = [str(BIN / "snakemake"), "--profile", "slurm", "--snakefile", str(REPO / "Snakefile"),
+    cmd = [str(BIN / "snakemake"), "--profile", str(profile), "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(workdir), "--configfile", str(config_file or REPO / "config/config.yaml"),
            *FAST, *args]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
@@ -86,6 +144,7 @@ def squeue(*job_ids: str) -> dict[str, dict[str, str]]:
 
 
 def write_config(path: Path, **changes) -> Path:
+    """config/config.yaml with `section__key=value` (or `key=value`) changes."""
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     for key, value in changes.items():
         section, _, sub = key.partition("__")
@@ -104,142 +163,221 @@ def _manifest_counts(path: Path) -> dict:
             "splits": {s: {k: v[k] for k in keys} for s, v in m["splits"].items()}}
 
 
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train_targets(config: Path) -> list[str]:
+    """What `rule all` asks for on the way to one model: every templatized table and the model.
+    (Naming the tables matters for the partial rerun: Snakemake does not remake a missing
+    intermediate file whose consumers are up to date unless a target asks for it, as `all` does.)"""
+    cfg = load_config(config)
+    return [*(f"data/templatized/{d}.parquet" for d in cfg.dataset_names()), f"models/{MIXTURE}/run.json"]
+
+
+def _outputs(workdir: Path) -> dict[str, int]:
+    """Every file under data/ and models/, with its mtime."""
+    return {str(p.relative_to(workdir)): p.stat().st_mtime_ns
+            for top in ("data", "models") for p in (workdir / top).rglob("*") if p.is_file()}
+
+
 @pytest.fixture(scope="module")
-def slurm_run(profile_env, tmp_path_factory) -> tuple[Path, SlurmRun]:
+def train_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("train_config") / "config.yaml"
+    write_config(path, datasets=SUBSET, heldout_clusters=[MIXTURE], train__steps=TRAIN_STEPS,
+                 train__checkpoint_every=TRAIN_STEPS // 2)
+    cfg = yaml.safe_load(path.read_text())
+    if "ablations" in cfg:  # the ablation models need clusters these two datasets do not have
+        cfg["ablations"]["enabled"] = False
+        path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@dataclass
+class Chain:
+    workdir: Path
+    failed: SlurmRun  # with BROKEN's download pointed at a missing directory
+    after_failure: dict[str, int]  # the outputs the failed run left, with their mtimes
+    resumed: SlurmRun  # the same targets with the good config
+
+
+@pytest.fixture(scope="module")
+def chain(profile_env, node_profile, train_config, tmp_path_factory) -> Chain:
     workdir = tmp_path_factory.mktemp("slurm_wf")
-    run = run_slurm(profile_env, workdir, *UNTIL)
-    assert run.proc.returncode == 0, run.text
-    return workdir, run
-
-
-def test_every_job_goes_through_sbatch(slurm_run):
-    workdir, run = slurm_run
-    datasets = sorted(embedded_datasets())
-    assert re.search(rf"^download\s+{len(datasets)}$", run.text, re.M), run.text
-    assert run.datasets() == datasets, run.text  # one Slurm job per dataset, no job run locally
-    assert "localrule download" not in run.text
-    # Slurm itself ran them: one run (job name = Snakemake's run id), all completed, in the partition
-    # FLANPIPE_SLURM_PARTITION chose.
-    slurm = squeue(*run.jobs)
-    assert set(slurm) == set(run.jobs)
-    assert {j["state"] for j in slurm.values()} == {"COMPLETED"}
-    assert {j["partition"] for j in slurm.values()} == {"debug"}
-    assert len({j["name"] for j in slurm.values()}) == 1
-    # Each job's Slurm log (kept by the profile) is where Snakemake said, and the job ran the
-    # Snakemake job step inside Slurm.
-    logs = sorted((workdir / ".snakemake/slurm_logs/rule_download").glob("*/*.log"))
-    assert sorted(p.stem for p in logs) == sorted(run.jobs, key=str)
-    for jid, log in run.jobs.items():
-        assert log.exists() and log.stem == jid
-        assert "--executor slurm-jobstep" in log.read_text()
-    # The rule's own logs and benchmarks are where they are on a local run.
-    for name in datasets:
-        assert (workdir / f"logs/download/{name}.log").read_text().count("rows read") == 2
-        assert (workdir / f"benchmarks/download/{name}.tsv").exists()
-
-
-def test_outputs_equal_a_local_run(slurm_run, tmp_path):
-    workdir, _ = slurm_run
-    run_snakemake(tmp_path, *UNTIL)
-    raw_slurm, raw_local = workdir / "data/raw", tmp_path / "data/raw"
-    parquet = sorted(p.relative_to(raw_local) for p in raw_local.rglob("*.parquet"))
-    assert parquet == sorted(p.relative_to(raw_slurm) for p in raw_slurm.rglob("*.parquet"))
-    assert len(parquet) == 3 * len(embedded_datasets())
-    for rel in parquet:
-        assert (raw_slurm / rel).read_bytes() == (raw_local / rel).read_bytes(), rel
-    for name in embedded_datasets():
-        rel = Path(name) / "manifest.json"
-        assert _manifest_counts(raw_slurm / rel) == _manifest_counts(raw_local / rel), name
-
-
-def test_deleting_one_output_submits_exactly_one_job(slurm_run, profile_env):
-    workdir, _ = slurm_run
-    target = workdir / "data/raw/rte/train.parquet"
-    before = target.read_bytes()
-    target.unlink()
-    run = run_slurm(profile_env, workdir, *UNTIL)
-    assert run.proc.returncode == 0, run.text
-    assert run.datasets() == ["rte"], run.text
-    assert target.read_bytes() == before
-
-
-def test_failed_job_names_its_slurm_log_and_rerun_resumes(profile_env, tmp_path):
-    subset = ["rte", "copa", "sst2"]
-    good = write_config(tmp_path / "good.yaml", datasets=subset)
-    bad = write_config(tmp_path / "bad.yaml", datasets=subset,
-                       download__sources={"rte": {"kind": "local", "path": "/nonexistent"}})
-    workdir = tmp_path / "wf"
-    workdir.mkdir()
-
-    failed = run_slurm(profile_env, workdir, *UNTIL, config_file=bad)
+    cfg = yaml.safe_load(train_config.read_text())
+    cfg["download"]["sources"] = {BROKEN: {"kind": "local", "path": "/nonexistent"}}
+    bad = train_config.parent / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    targets = train_targets(train_config)
+    failed = run_slurm(profile_env, workdir, *targets, config_file=bad, profile=node_profile)
     assert failed.proc.returncode != 0, failed.text
-    assert failed.datasets() == sorted(subset), failed.text
-    (rte_job,) = [jid for jid, log in failed.jobs.items() if log.parent.name == "rte"]
-    rte_log = failed.jobs[rte_job]
+    after_failure = _outputs(workdir)
+    resumed = run_slurm(profile_env, workdir, *targets, config_file=train_config, profile=node_profile,
+                        timeout=480)
+    assert resumed.proc.returncode == 0, resumed.text
+    return Chain(workdir, failed, after_failure, resumed)
+
+
+def test_a_failed_job_is_reported_with_its_slurm_log(chain):
+    failed = chain.failed
+    [job_id] = [jid for jid, log in failed.jobs.items() if _job_name(log) == f"download:{BROKEN}"]
+    slurm_log = failed.jobs[job_id]
     # Snakemake's error report names the failed job's Slurm log (and the rule's own log).
     error = re.search(r"^Error in rule download:\n(?:\s+.*\n)+", failed.text, re.M)
     assert error, failed.text
-    assert str(rte_log) in error.group(0) and f"SLURM-job '{rte_job}' failed" in error.group(0)
-    assert "logs/download/rte.log" in error.group(0)
+    assert str(slurm_log) in error.group(0) and f"SLURM-job '{job_id}' failed" in error.group(0)
+    assert f"logs/download/{BROKEN}.log" in error.group(0)
     # The Slurm log holds the job's stderr: the reason it failed.
-    assert "no file for split 'train' in /nonexistent" in rte_log.read_text()
-    assert squeue(rte_job)[rte_job]["state"] == "FAILED"
-    # keep-going (profile): the other jobs finished; rte left nothing that looks complete.
-    assert not (workdir / "data/raw/rte/manifest.json").exists()
-    done = {n: (workdir / "data/raw" / n / "manifest.json").stat().st_mtime_ns for n in ("copa", "sst2")}
-
-    resumed = run_slurm(profile_env, workdir, *UNTIL, config_file=good)
-    assert resumed.proc.returncode == 0, resumed.text
-    assert resumed.datasets() == ["rte"], resumed.text
-    assert (workdir / "data/raw/rte/manifest.json").exists()
-    assert {n: (workdir / "data/raw" / n / "manifest.json").stat().st_mtime_ns for n in done} == done
+    assert "no file for split 'train' in /nonexistent" in slurm_log.read_text()
+    assert squeue(job_id)[job_id]["state"] == "FAILED"
+    # keep-going (profile): the other dataset's jobs that did not need the broken one ran and
+    # finished; the broken one left nothing that looks complete.
+    others = [d for d in SUBSET if d != BROKEN]
+    assert failed.job_names() == sorted([f"download:{BROKEN}", *(f"{rule}:{d}" for d in others
+                                         for rule in ("download", "templatize", "fingerprint"))]), failed.text
+    assert {j["state"] for jid, j in squeue(*failed.jobs).items() if jid != job_id} == {"COMPLETED"}
+    assert f"data/raw/{BROKEN}/manifest.json" not in chain.after_failure
 
 
-RANK_INFO = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in ('SLURM_PROCID', "
-             "'SLURM_NTASKS', 'SLURM_JOB_ID', 'SLURM_JOB_NODELIST', 'CUDA_VISIBLE_DEVICES')} "
-             "| {'pid': os.getpid()}))")
+def test_the_rerun_resumes_and_every_job_went_through_sbatch(chain):
+    failed, resumed = chain.failed, chain.resumed
+    # Together the two runs submitted the plan of the first, each job once, except the one that
+    # failed (twice): nothing ran locally, and nothing that had finished ran again.
+    assert "localrule" not in failed.text + resumed.text
+    assert set(failed.job_names()) & set(resumed.job_names()) == {f"download:{BROKEN}"}
+    assert failed.submitted() + resumed.submitted() == failed.planned() + Counter(download=1)
+    assert resumed.submitted() == resumed.planned(), resumed.text
+    stages = {"download", "templatize", "dedupe", "decontaminate", "mix", "tokenizer", "pack", "train"}
+    assert stages <= set(resumed.submitted())
+    assert _outputs(chain.workdir).items() >= chain.after_failure.items()  # finished outputs untouched
+    # Slurm ran them: completed, in the partition FLANPIPE_SLURM_PARTITION chose, one run name
+    # (Snakemake's run id) per run; each job's Slurm log is where Snakemake said and ran the job step.
+    slurm = squeue(*resumed.jobs)
+    assert set(slurm) == set(resumed.jobs)
+    assert {j["state"] for j in slurm.values()} == {"COMPLETED"}
+    assert {j["partition"] for j in slurm.values()} == {"debug"}
+    assert len({j["name"] for j in slurm.values()}) == 1
+    for jid, log in resumed.jobs.items():
+        assert log.stem == jid and "--executor slurm-jobstep" in log.read_text()
+    # The rules' own logs and benchmarks are where they are on a local run.
+    for name in SUBSET:
+        assert (chain.workdir / f"logs/download/{name}.log").read_text().count("rows read") == 2
+        assert (chain.workdir / f"benchmarks/templatize/{name}.tsv").exists()
 
 
-def _ranks(stdout: str) -> list[dict]:
-    return sorted((json.loads(line) for line in stdout.splitlines() if line.startswith("{")),
-                  key=lambda r: r["SLURM_PROCID"])
-
-
-def test_srun_two_tasks_see_distinct_ranks(cluster):
-    """Groundwork for a multi-rank `flanpipe train` launch (no train stage yet): `srun -n 2` starts
-    two processes in one job, ranks 0 and 1, on the same node list."""
-    proc = subprocess.run(["srun", "-n", "2", sys.executable, "-c", RANK_INFO], capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    ranks = _ranks(proc.stdout)
-    assert [r["SLURM_PROCID"] for r in ranks] == ["0", "1"], proc.stdout
-    assert len({r["pid"] for r in ranks}) == 2
-    assert len({r["SLURM_JOB_ID"] for r in ranks}) == 1
-    assert len({r["SLURM_JOB_NODELIST"] for r in ranks}) == 1 and ranks[0]["SLURM_JOB_NODELIST"]
-    assert {r["SLURM_NTASKS"] for r in ranks} == {"2"}
-
-
-def test_profile_train_block_starts_one_rank_per_gpu(profile_env, tmp_path):
-    """The profile's commented `train:` resources, enabled (scaled to the 2 fake GPUs the cluster
-    declares), run a rule the way its comment says a train rule will launch DeepSpeed ranks."""
-    profile = tmp_path / "profile"
-    profile.mkdir()
-    (profile / "config.yaml").write_text(profile_with_train_block(gpus=2))
-    (tmp_path / "rank.py").write_text(RANK_INFO)
-    (tmp_path / "Snakefile").write_text(
-        "rule train:\n"
-        "    output: 'ranks.jsonl'\n"
-        "    shell: '{resources.mpi} --nodes={resources.nodes} --ntasks-per-node={resources.tasks_per_node}"
-        f" {sys.executable} rank.py > {{output}}'\n")
-    proc = subprocess.run([str(BIN / "snakemake"), "--profile", str(profile), *FAST], cwd=tmp_path,
-                          env=profile_env, capture_output=True, text=True, timeout=180)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 0, text
-    [(job_id, _)] = SUBMITTED.findall(text)
-    ranks = _ranks((tmp_path / "ranks.jsonl").read_text())
-    assert [r["SLURM_PROCID"] for r in ranks] == ["0", "1"], ranks
-    assert {r["SLURM_JOB_ID"] for r in ranks} == {job_id}
-    assert {r["CUDA_VISIBLE_DEVICES"] for r in ranks} == {"0,1"}
+def test_train_job_runs_two_deepspeed_ranks_under_srun(chain):
+    workdir, run = chain.workdir, chain.resumed
+    [job_id] = [jid for jid, log in run.jobs.items() if _job_name(log) == f"train:{MIXTURE}"]
+    # Slurm gave the job 2 tasks and 2 GPUs (the profile's train block, scaled to the node) ...
     job = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True,
                          check=True, timeout=30).stdout
-    assert "TresPerNode=gres:gpu:2" in job and "NumTasks=2" in job, job
+    assert "JobState=COMPLETED" in job and f"NumTasks={RANKS}" in job, job
+    assert f"TresPerNode=gres:gpu:{RANKS}" in job, job
+    # ... the job ran the rule itself (not under `srun -n1`), and the rule started its ranks with
+    # srun inside the job ...
+    slurm_log = run.jobs[job_id].read_text()
+    assert "--executor slurm-jobstep" in slurm_log and "srun -n1" not in slurm_log
+    train_log = (workdir / f"logs/train/{MIXTURE}.log").read_text()
+    assert train_log.startswith(f"checkpoints: fresh\nsrun --nodes=1 --ntasks-per-node={RANKS} "), train_log
+    # ... and the ranks found each other from Slurm's variables: rank 0 of a 2-rank gloo group
+    # wrote the manifest (a lone rank of 2 would wait for the other forever).
+    out = workdir / "models" / MIXTURE
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["launcher"] == "srun" and manifest["world_size"] == RANKS, manifest
+    assert manifest["device"] == "cpu" and manifest["deepspeed"]["zero_optimization"]["stage"] == 3
+    assert manifest["resumed_from_step"] == 0 and manifest["steps"] == TRAIN_STEPS
+    assert [int(r["step"]) for r in read_metrics(out / "metrics.csv")] == list(range(1, TRAIN_STEPS + 1))
+    assert (out / "hf/model.safetensors").exists()
+
+
+def _tables(root: Path) -> list[Path]:
+    """Every Parquet table and packed token shard under data/."""
+    return sorted(p.relative_to(root) for p in (root / "data").rglob("*") if p.suffix in (".parquet", ".npy"))
+
+
+LOSS_COLUMNS = ("step", "loss", "lr", "grad_norm", "target_tokens", "tokens")
+
+
+def test_outputs_equal_a_local_torchrun_run(chain, train_config, tmp_path):
+    """The same targets run locally, where torchrun starts the 2 ranks: the same tables byte for
+    byte, the same tokenizer, the same losses and the same weights."""
+    workdir = chain.workdir
+    run_snakemake(tmp_path, *train_targets(train_config), config_file=train_config)
+    local = json.loads((tmp_path / f"models/{MIXTURE}/run.json").read_text())
+    assert local["launcher"] == "torchrun" and local["world_size"] == RANKS
+    assert _tables(workdir) == _tables(tmp_path)
+    names = {str(t) for t in _tables(tmp_path)}
+    assert {f"data/raw/{d}/train.parquet" for d in SUBSET} <= names
+    assert {f"data/mixtures/{m}/stats.parquet" for m in (MIXTURE, "all")} <= names
+    assert any(name.startswith(f"data/packed/{MIXTURE}/shards/") for name in names)
+    for rel in _tables(tmp_path):
+        assert (workdir / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
+    for name in SUBSET:
+        rel = Path("data/raw") / name / "manifest.json"
+        assert _manifest_counts(workdir / rel) == _manifest_counts(tmp_path / rel), name
+    for rel in ("models/tokenizer/spm.model", f"models/{MIXTURE}/hf/model.safetensors"):
+        assert (workdir / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel
+
+    def losses(root: Path) -> list[tuple]:
+        rows = read_metrics(root / f"models/{MIXTURE}/metrics.csv")
+        return [tuple(r[k] for k in LOSS_COLUMNS) for r in rows]
+
+    assert losses(workdir) == losses(tmp_path)
+
+
+# Where each rule writes, to tell which outputs a rerun touched.
+OUTPUTS = {"templatize": "data/templatized/{}.", "mix": "data/mixtures/{}/", "tokenizer": "models/tokenizer/",
+           "pack": "data/packed/{}/", "train": "models/{}/"}
+
+
+def downstream_of_templatized(config: Path, dataset: str) -> list[str]:
+    """The jobs a deleted `data/templatized/<dataset>.parquet` must rerun on the way to the model,
+    from the workflow's structure: its templatize job; the mix of each mixture (the model's, and
+    `all`, on which the shared tokenizer is trained) that trains on the dataset; the tokenizer if
+    `all` is among them; the model's pack and train if its mixture or the tokenizer is."""
+    cfg = load_config(config)
+    assert cfg.tokenize.tokenizer.shared and cfg.tokenize.tokenizer.source == "train"
+    mixes = [m for m in (MIXTURE, "all") if dataset in cfg.mixture_datasets(m)]
+    jobs = [f"templatize:{dataset}", *(f"mix:{m}" for m in mixes)]
+    if "all" in mixes:
+        jobs.append("tokenizer")
+    if mixes:
+        jobs += [f"pack:{MIXTURE}", f"train:{MIXTURE}"]
+    return sorted(jobs)
+
+
+def test_deleting_one_templatized_table_reruns_only_its_downstream_jobs(chain, train_config, profile_env,
+                                                                         node_profile):
+    workdir = chain.workdir
+    dataset = "rte"  # left out of the nli mixture: its mix must not rerun, the `all` one must
+    expected = downstream_of_templatized(train_config, dataset)
+    assert f"mix:{MIXTURE}" not in expected and "mix:all" in expected
+    model = workdir / f"models/{MIXTURE}/hf/model.safetensors"
+    weights = model.read_bytes()
+    before = _outputs(workdir)
+    (workdir / f"data/templatized/{dataset}.parquet").unlink()
+    targets = train_targets(train_config)
+
+    # Snakemake's own plan, through the user's profile (`--profile slurm`, linked by setup.sh).
+    dry = run_slurm(profile_env, workdir, "-n", *targets, config_file=train_config)
+    assert dry.proc.returncode == 0 and not dry.jobs, dry.text
+    rerun = run_slurm(profile_env, workdir, *targets, config_file=train_config, profile=node_profile)
+    assert rerun.proc.returncode == 0, rerun.text
+    # exactly the dataset's downstream jobs went to Slurm: what the structure says, and what the
+    # dry run planned
+    assert rerun.job_names() == expected, rerun.text
+    assert Counter(name.partition(":")[0] for name in expected) == dry.planned() == rerun.planned()
+    # nothing else was rewritten (the nli mixture, copa's tables, every raw, dedup, decontam file)
+    after = _outputs(workdir)
+    rewritten = tuple(OUTPUTS[rule].format(w) for rule, _, w in (j.partition(":") for j in expected))
+    untouched = {p for p in before if not p.startswith(rewritten)}
+    assert {f"data/mixtures/{MIXTURE}/manifest.json", "data/templatized/copa.parquet"} <= untouched
+    assert {p: after.get(p) for p in untouched} == {p: before[p] for p in untouched}
+    # the train job trained from step 0 again (its finished checkpoint is not resumed) and, on the
+    # same data, made the same weights
+    out = workdir / "models" / MIXTURE
+    assert (workdir / f"logs/train/{MIXTURE}.log").read_text().startswith("checkpoints: cleared\n")
+    assert json.loads((out / "run.json").read_text())["resumed_from_step"] == 0
+    assert [int(r["step"]) for r in read_metrics(out / "metrics.csv")] == list(range(1, TRAIN_STEPS + 1))
+    assert model.read_bytes() == weights
