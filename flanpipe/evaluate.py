@@ -110,11 +110,13 @@ def eval_sample(table: pa.Table, max_examples: int | None, seed: int, name: str)
 
 
 def prompts_for(spec: DatasetSpec, bank: DatasetTemplates, template: Template, eval_raw: pa.Table,
-                train_raw: pa.Table | None, cfg: Config, style: str, count_tokens: Callable[[str], int]
-                ) -> list[str]:
-    """The prompt of every eval row under one template: zero-shot, or few-shot with exemplars."""
+                train_raw: pa.Table | None, cfg: Config, style: str, count_tokens: Callable[[str], int],
+                rendered=None) -> list[str]:
+    """The prompt of every eval row under one template: zero-shot, or few-shot with exemplars.
+    ``rendered``: the template already rendered in ``style``, reused for zero-shot prompts."""
     if train_raw is None:
-        return render_template(bank, template, eval_raw, style).inputs.to_pylist()
+        rendered = rendered or render_template(bank, template, eval_raw, style)
+        return rendered.inputs.to_pylist()
     return few_shot_inputs(spec, bank, template, eval_raw, train_raw, cfg.templatize.few_shot, cfg.seed,
                            count_tokens=count_tokens, options_style=style)
 
@@ -255,7 +257,8 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
             options = rendered.options.to_pylist()
             gold = [[opts[i]] for opts, i in zip(options, rendered.answer_index, strict=True)]
             for suffix, style in (("with_options", style_with), ("without_options", "none")):
-                prompts = prompts_for(spec, bank, template, eval_raw, train_raw, cfg, style, count_tokens)
+                prompts = prompts_for(spec, bank, template, eval_raw, train_raw, cfg, style, count_tokens,
+                                      rendered if style == style_with else None)
                 picks = rank_classify(model, sp, prompts, options, cfg)
                 for norm, chosen in picks.items():
                     preds = [opts[c] for opts, c in zip(options, chosen, strict=True)]
