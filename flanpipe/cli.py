@@ -249,27 +249,27 @@ def cmd_show_packed(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "train":
-        from flanpipe import bench_train
+        from flanpipe.bench import train as bench_train
 
         bench_train.print_train(bench_train.bench_train(args.size, args.steps, args.micro_batch_rows))
         return 0
     if args.what == "eval":
-        from flanpipe import bench_eval
+        from flanpipe.bench import eval as bench_eval
 
         bench_eval.print_eval(bench_eval.bench_eval(prompts=args.rows or 96, threads=args.threads))
         return 0
     if args.what == "pack":
-        from flanpipe import bench_pack
+        from flanpipe.bench import pack as bench_pack
 
         bench_pack.print_pack(bench_pack.bench_pack(args.rows or 100_000, threads=args.threads))
         return 0
     if args.what == "dedup":
-        from flanpipe import bench_dedup
+        from flanpipe.bench import dedup as bench_dedup
 
         result = bench_dedup.bench_dedup(args.rows or 1_000_000, args.peer_rows or 20_000)
         bench_dedup.print_dedup(result)
         return 0
-    from flanpipe import bench
+    from flanpipe.bench import templatize as bench
 
     result = bench.bench_templatize(args.rows or 1_000_000, args.peer_rows or 200_000)
     bench.print_templatize(result)

@@ -8,10 +8,10 @@ import pytest
 
 import flanpipe
 
-MODULES = [m.name for m in pkgutil.iter_modules(flanpipe.__path__)]
+MODULES = [m.name for m in pkgutil.walk_packages(flanpipe.__path__, "flanpipe.")]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(f"flanpipe.{name}"))
+    result = doctest.testmod(importlib.import_module(name))
     assert result.failed == 0

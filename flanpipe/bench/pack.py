@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flanpipe import packing
-from flanpipe.bench_dedup import vocabulary
+from flanpipe.bench.dedup import vocabulary
 from flanpipe.config import TokenizerConfig, parse_config
 from flanpipe.io import derive_seed
 from flanpipe.pack import tokenize_and_pack

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flanpipe import fingerprint as fp
-from flanpipe.bench import WORDS
+from flanpipe.bench.templatize import WORDS
 from flanpipe.io import derive_seed
 
 SHINGLE = 3

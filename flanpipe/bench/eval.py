@@ -3,7 +3,7 @@
     flanpipe bench eval [--rows 96 (prompts)] [--threads 2]
 
 A small random-init Llama model (hidden 256, 4 layers, 4 heads; a SentencePiece vocabulary of
-4,000 pieces trained here on synthetic FLAN-like text, :func:`flanpipe.bench_pack.synthetic_examples`)
+4,000 pieces trained here on synthetic FLAN-like text, :func:`flanpipe.bench.pack.synthetic_examples`)
 is saved as a Hugging Face checkpoint folder (``model.safetensors``, ``config.json``, tokenizer
 files) in a temporary directory. Both scorers read that folder:
 
@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flanpipe.bench import WORDS
-from flanpipe.bench_pack import CLASS_WORDS, synthetic_examples
+from flanpipe.bench.pack import CLASS_WORDS, synthetic_examples
+from flanpipe.bench.templatize import WORDS
 from flanpipe.config import TokenizerConfig
 from flanpipe.io import derive_seed
 from flanpipe.model import FlanLM, ModelConfig
@@ -78,9 +78,9 @@ def multiple_choice(sp, prompts: int, options: int, seed: int) -> dict[str, tupl
     :data:`PROMPT_TOKENS` tokens (the instruction's pieces and EOS) over the same passages, each with
     ``options`` options; multi-token options are :data:`OPTION_TOKENS` tokens (a phrase and EOS),
     single-token options one piece each (class words such as ``yes`` and ``no``, then
-    :data:`flanpipe.bench.WORDS`, those the vocabulary has as one piece). Passages and phrases come from
-    :func:`~flanpipe.bench_pack.synthetic_examples` (its inputs, and the first 2-6 words of its
-    free-text targets); instructions outside the length range are drawn again."""
+    :data:`flanpipe.bench.templatize.WORDS`, those the vocabulary has as one piece). Passages and
+    phrases come from :func:`~flanpipe.bench.pack.synthetic_examples` (its inputs, and the first 2-6
+    words of its free-text targets); instructions outside the length range are drawn again."""
     rng = np.random.default_rng(derive_seed(seed, "bench/eval/data"))
     eos = sp.eos_id()
     words = [w for w in dict.fromkeys(CLASS_WORDS + WORDS) if len(sp.encode(w)) == 1]
