@@ -182,7 +182,8 @@ def locate_branch_split(paths: Iterable[str], config: str | None, split: str) ->
     by_config: dict[str, list[tuple[str, ...]]] = {}
     for path in paths:
         parts = tuple(path.strip("/").split("/"))
-        if len(parts) >= 2 and parts[-1].endswith(".parquet"):
+        hidden = parts[0].startswith(".")  # .cache/ of a `hf download --local-dir` copy
+        if len(parts) >= 2 and parts[-1].endswith(".parquet") and not hidden:
             by_config.setdefault(parts[0], []).append(parts)
     configs = sorted(by_config)
     if config is None:

@@ -261,3 +261,21 @@ def test_hub_path_is_a_parquet_branch_copy_only_where_the_branch_is_read():
                         "'parquet_branch' is only used with kind 'hub'")]:
         with pytest.raises(ConfigError, match=words):
             parse_config({"download": {"sources": {"rte": rte}}})
+
+
+def test_newsroom_extracted_jsonl_read_locally_drops_the_archive_field(tmp_path):
+    """Newsroom's release lines, extracted from dev.jsonl.gz and renamed as the instructions say."""
+    line = {"url": "http://www.nytimes.com/2005/01/01/sports/one.html", "archive": "http://web.archive.org/x",
+            "title": "A Title", "date": "20050101", "text": "Body of the article. " * 200,
+            "summary": "A summary.", "compression_bin": "high", "density_bin": "extractive",
+            "coverage_bin": "high", "density": 11.5, "coverage": 0.97, "compression": 41.0}
+    for split in ("train", "validation"):
+        rows = [{**line, "url": f"{line['url']}?{split}{i}"} for i in range(3)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = download_dataset("newsroom", SourceSpec(kind="local", path=str(tmp_path)),
+                                tmp_path / "o", seed=1)
+    ev = manifest["splits"]["eval"]
+    assert (ev["rows"], ev["rejected"], ev["extra_columns_dropped"]) == (3, 0, ["archive"])
+    table = pq.read_table(tmp_path / "o/eval.parquet")
+    assert table.column("density").to_pylist() == [11.5] * 3
+    assert table.schema.names == [*REG.datasets["newsroom"].features, "row_index"]
