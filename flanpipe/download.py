@@ -258,6 +258,8 @@ def read_parquet_branch_split(spec: DatasetSpec, split: str, root: str | None = 
             f"download {spec.hub.id} --repo-type dataset --revision {PARQUET_BRANCH} --local-dir DIR` "
             f"and set download.sources.{spec.name}: {{kind: hub, path: DIR}}. "
             + _supply_locally_hint(spec)) from err
+    log.info("%s [%s]: Parquet branch of %s in %s: config %r, %d file(s), %s layout", spec.name, split,
+             spec.hub.id, where, located.config, len(located.files), located.layout)
     if located.partial:
         log.warning("%s [%s]: the Parquet branch holds only the first part of this split (%s)",
                     spec.name, split, located.files[0].rsplit("/", 1)[0])
