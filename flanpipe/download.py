@@ -125,13 +125,10 @@ def read_hub_split(spec: DatasetSpec, split: str, revision: str | None) -> tuple
 
     try:
         ds = datasets.load_dataset(spec.hub.id, spec.hub.config, split=split, revision=revision)
-    except RuntimeError as err:
-        if SCRIPT_ONLY_MESSAGE not in str(err):
-            raise DownloadError(f"{spec.name}: could not load {spec.hub.id!r}: {err}. "
-                                + _supply_locally_hint(spec)) from err
-        raise ScriptOnlyError(f"{spec.name}: {spec.hub.id!r} ships only a loading script: {err}") \
-            from err
     except Exception as err:  # noqa: BLE001 - any failure means: tell the user how to proceed
+        if isinstance(err, RuntimeError) and SCRIPT_ONLY_MESSAGE in str(err):
+            raise ScriptOnlyError(f"{spec.name}: {spec.hub.id!r} ships only a loading script: "
+                                  f"{err}") from err
         offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
         why = "the hub is switched off (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE=1) and it is not cached" \
             if offline else f"{type(err).__name__}: {err}"
