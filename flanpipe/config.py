@@ -40,22 +40,35 @@ class SourceSpec(_Section):
     """Where one dataset's raw data comes from."""
 
     kind: SourceKind = "embedded"
-    """`embedded` (demo data shipped in the package), `hub` (Hugging Face `datasets.load_dataset`) or
+    """`embedded` (demo data shipped in the package), `hub` (Hugging Face `datasets.load_dataset`, or
+    the hub's auto-converted Parquet branch for a repository that ships only a loading script) or
     `local` (files in the dataset's hub schema under `path`)."""
     revision: str | None = None
-    """hub only: a commit sha, tag or branch to pin; overrides the registry's pinned revision."""
+    """hub only: a commit sha, tag or branch to pin; overrides the registry's pinned revision. When the
+    Parquet branch is read, a commit of that branch."""
+    parquet_branch: bool | None = None
+    """hub only: read the hub's auto-converted Parquet branch `refs/convert/parquet` (true), never
+    (false), or as the registry's `hub.parquet_branch` says, falling back to the branch when
+    `load_dataset` finds only a loading script (null)."""
     path: str | None = None
-    """local only: a directory holding `{split}.parquet`, `{split}.jsonl` or `{split}.csv` for each
-    hub split name the registry lists (e.g. `train.jsonl`, `validation.jsonl`)."""
+    """local: a directory holding `{split}.parquet`, `{split}.jsonl` or `{split}.csv` for each hub
+    split name the registry lists (e.g. `train.jsonl`, `validation.jsonl`). hub: a local copy of the
+    dataset's Parquet branch (`hf download ID --repo-type dataset --revision refs/convert/parquet
+    --local-dir DIR`), read instead of the hub whenever the branch is read."""
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> SourceSpec:
         if self.kind == "local" and not self.path:
             raise ValueError("kind 'local' needs 'path' (a directory with {split}.parquet|jsonl|csv)")
-        if self.kind != "local" and self.path:
-            raise ValueError(f"'path' is only used with kind 'local', not {self.kind!r}")
+        if self.kind not in ("local", "hub") and self.path:
+            raise ValueError(f"'path' is only used with kind 'local' or 'hub', not {self.kind!r}")
         if self.kind != "hub" and self.revision:
             raise ValueError(f"'revision' is only used with kind 'hub', not {self.kind!r}")
+        if self.kind != "hub" and self.parquet_branch is not None:
+            raise ValueError(f"'parquet_branch' is only used with kind 'hub', not {self.kind!r}")
+        if self.kind == "hub" and self.path and self.parquet_branch is False:
+            raise ValueError("with kind 'hub', 'path' is a local copy of the Parquet branch, which "
+                             "'parquet_branch: false' never reads; drop one of them")
         return self
 
 
@@ -75,6 +88,13 @@ class DownloadConfig(_Section):
         if unknown:
             raise ValueError(f"unknown dataset(s) {unknown}; allowed: registry names "
                              "(see `flanpipe datasets`)")
+        for name, source in sources.items():
+            if source.kind == "hub" and source.path and source.parquet_branch is None \
+                    and not known[name].hub.parquet_branch:
+                raise ValueError(
+                    f"{name}.path: with kind 'hub', path is a local copy of the Parquet branch, "
+                    f"but {name} is read with load_dataset (registry hub.parquet_branch is false); "
+                    "allowed: add 'parquet_branch: true', or use kind 'local'")
         return sources
 
     def source_for(self, dataset: str) -> SourceSpec:

@@ -2,7 +2,10 @@
 
 Three sources, chosen per dataset in config (``download``):
 
-- ``hub``: the real ``datasets.load_dataset(hub_id, config, split=..., revision=...)``;
+- ``hub``: the real ``datasets.load_dataset(hub_id, config, split=..., revision=...)``; for a repository
+  that ships only a loading script (registry ``hub.parquet_branch``, or found out when
+  ``load_dataset`` refuses the script), the hub's auto-converted Parquet branch
+  ``refs/convert/parquet``, read from the hub or from a local copy of that branch;
 - ``local``: ``{split}.parquet``, ``{split}.jsonl`` or ``{split}.csv`` files in the hub schema;
 - ``embedded``: the small demo data shipped inside the package.
 
@@ -16,9 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -35,13 +42,20 @@ from flanpipe.io import (
 from flanpipe.registry import DatasetSpec, load_registry
 from flanpipe.validate import CheckedSplit, check_split
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: parquet-branch reads, bytes-repr decoding
 log = logging.getLogger(__name__)
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
+PARQUET_BRANCH = "refs/convert/parquet"
+# What datasets >= 4 raises for a repository whose only loader is a script.
+SCRIPT_ONLY_MESSAGE = "Dataset scripts are no longer supported"
 
 
 class DownloadError(RuntimeError):
     """A dataset could not be read from its configured source; the message says what to do."""
+
+
+class ScriptOnlyError(DownloadError):
+    """The hub repository ships only a loading script, which ``datasets`` no longer runs."""
 
 
 def _supply_locally_hint(spec: DatasetSpec) -> str:
@@ -112,6 +126,9 @@ def read_hub_split(spec: DatasetSpec, split: str, revision: str | None) -> tuple
     try:
         ds = datasets.load_dataset(spec.hub.id, spec.hub.config, split=split, revision=revision)
     except Exception as err:  # noqa: BLE001 - any failure means: tell the user how to proceed
+        if isinstance(err, RuntimeError) and SCRIPT_ONLY_MESSAGE in str(err):
+            raise ScriptOnlyError(f"{spec.name}: {spec.hub.id!r} ships only a loading script: "
+                                  f"{err}") from err
         offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
         why = "the hub is switched off (HF_DATASETS_OFFLINE/HF_HUB_OFFLINE=1) and it is not cached" \
             if offline else f"{type(err).__name__}: {err}"
@@ -120,6 +137,133 @@ def read_hub_split(spec: DatasetSpec, split: str, revision: str | None) -> tuple
             f"{split!r}, revision {revision or 'default'}) from the Hugging Face hub: {why}. "
             + _supply_locally_hint(spec)) from err
     return ds.with_format("arrow")[:], _resolved_revision(spec.hub.id, revision, ds)
+
+
+# --- the hub's auto-converted Parquet branch -----------------------------------------------------
+
+@dataclass(frozen=True)
+class BranchSplit:
+    """Where one split lies on a ``refs/convert/parquet`` branch."""
+
+    config: str
+    """The config folder read (``default`` for a repository without named configs)."""
+    files: tuple[str, ...]
+    """The split's Parquet files, relative to the branch root, in shard order."""
+    layout: str
+    """``split_folder`` (``<config>/<split>/0000.parquet``) or ``flat`` (the older
+    ``<config>/<repo>-<split>[-00000-of-00002].parquet``)."""
+    partial: bool
+    """The converter stopped early (``<config>/partial-<split>/``): only the first part of the split."""
+
+
+def _flat_split(name: str) -> str | None:
+    """The split of an older flat file name: ``samsum-train.parquet`` or ``x-test-00000-of-00002``."""
+    match = re.fullmatch(r"[^/]+?-(?P<split>[^-/]+)(?:-\d{5}-of-\d{5})?\.parquet", name)
+    return match["split"] if match else None
+
+
+def locate_branch_split(paths: Iterable[str], config: str | None, split: str) -> BranchSplit:
+    """Find ``split`` of ``config`` among the Parquet files of a ``refs/convert/parquet`` branch.
+
+    ``paths`` are relative to the branch root. A registry entry without a config reads the config
+    ``default``, or the only config the branch has.
+
+    >>> locate_branch_split(["default/train/0000.parquet", "default/train/0001.parquet",
+    ...                      "default/test/0000.parquet"], None, "train").files
+    ('default/train/0000.parquet', 'default/train/0001.parquet')
+    >>> b = locate_branch_split(["samsum/samsum-train.parquet", "samsum/samsum-test.parquet"],
+    ...                         None, "test")
+    >>> b.config, b.files, b.layout
+    ('samsum', ('samsum/samsum-test.parquet',), 'flat')
+    """
+    by_config: dict[str, list[tuple[str, ...]]] = {}
+    for path in paths:
+        parts = tuple(path.strip("/").split("/"))
+        hidden = parts[0].startswith(".")  # .cache/ of a `hf download --local-dir` copy
+        if len(parts) >= 2 and parts[-1].endswith(".parquet") and not hidden:
+            by_config.setdefault(parts[0], []).append(parts)
+    configs = sorted(by_config)
+    if config is None:
+        if "default" in by_config or len(configs) != 1:
+            config = "default"
+        else:
+            config = configs[0]
+    if config not in by_config:
+        raise DownloadError(f"the Parquet branch has no config {config!r}; it has {configs}"
+                            + ("; name one in the registry's hub.config" if len(configs) > 1 else ""))
+    folders: dict[str, list[str]] = {}
+    flat: dict[str, list[str]] = {}
+    for parts in by_config[config]:
+        if len(parts) == 3:
+            folders.setdefault(parts[1], []).append("/".join(parts))
+        elif len(parts) == 2 and (found := _flat_split(parts[1])):
+            flat.setdefault(found, []).append("/".join(parts))
+    for layout, folder, partial, table in (("split_folder", split, False, folders),
+                                           ("split_folder", f"partial-{split}", True, folders),
+                                           ("flat", split, False, flat)):
+        if folder in table:
+            return BranchSplit(config, tuple(sorted(table[folder])), layout, partial)
+    have = sorted(set(folders) | set(flat))
+    raise DownloadError(f"the Parquet branch has no split {split!r} in config {config!r}; it has "
+                        f"{have}")
+
+
+def _branch_filesystem(spec: DatasetSpec, root: str | None, revision: str | None):
+    """The filesystem and root folder of the branch: the hub (pinned to a commit) or a local copy."""
+    if root is not None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        base = Path(root).resolve()
+        if not base.is_dir():
+            raise DownloadError(f"{spec.name}: the local copy of the Parquet branch {base} is not a "
+                                "directory")
+        return LocalFileSystem(), base.as_posix(), f"local-path:{base}"
+    from huggingface_hub import HfApi, HfFileSystem
+
+    sha = HfApi().dataset_info(spec.hub.id, revision=revision or PARQUET_BRANCH).sha
+    return HfFileSystem(), f"datasets/{spec.hub.id}@{quote(sha, safe='')}", sha
+
+
+def read_parquet_branch_split(spec: DatasetSpec, split: str, root: str | None = None,
+                              revision: str | None = None) -> tuple[pa.Table, dict]:
+    """Read one split from the hub's ``refs/convert/parquet`` branch, or from a local copy of it.
+
+    ``root`` is a directory laid out as the branch is (``hf download ID --repo-type dataset
+    --revision refs/convert/parquet --local-dir DIR`` makes one); None reads the hub.
+    ``revision`` pins a commit of the branch. Returns the table and where it came from.
+    """
+    if not spec.hub.id:
+        raise DownloadError(f"{spec.name} has no public hub copy. " + _supply_locally_hint(spec))
+    where = root or f"the hub ({spec.hub.id}@{revision or PARQUET_BRANCH})"
+    try:
+        fs, base, resolved = _branch_filesystem(spec, root, revision)
+        paths = [p.removeprefix(base).lstrip("/") for p in fs.find(base)]
+        located = locate_branch_split(paths, spec.hub.config, split)
+        tables = []
+        for rel in located.files:
+            with fs.open(f"{base}/{rel}", "rb") as f:
+                tables.append(pq.read_table(f))
+    except DownloadError as err:
+        raise DownloadError(f"{spec.name}: {err} (read from {where})") from err
+    except Exception as err:  # noqa: BLE001 - network, auth, offline: tell the user how to proceed
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        why = "the hub is switched off (HF_HUB_OFFLINE=1)" if offline and root is None \
+            else f"{type(err).__name__}: {err}"
+        raise DownloadError(
+            f"{spec.name}: could not read split {split!r} of {spec.hub.id!r} from its Parquet branch "
+            f"{PARQUET_BRANCH} in {where}: {why}. To read it offline, copy the branch with `hf "
+            f"download {spec.hub.id} --repo-type dataset --revision {PARQUET_BRANCH} --local-dir DIR` "
+            f"and set download.sources.{spec.name}: {{kind: hub, path: DIR}}. "
+            + _supply_locally_hint(spec)) from err
+    log.info("%s [%s]: Parquet branch of %s in %s: config %r, %d file(s), %s layout", spec.name, split,
+             spec.hub.id, where, located.config, len(located.files), located.layout)
+    if located.partial:
+        log.warning("%s [%s]: the Parquet branch holds only the first part of this split (%s)",
+                    spec.name, split, located.files[0].rsplit("/", 1)[0])
+    origin = {"parquet_branch": {"config": located.config, "files": list(located.files),
+                                 "layout": located.layout, "partial": located.partial},
+              "revision_resolved": resolved}
+    return pa.concat_tables(tables, promote_options="permissive"), origin
 
 
 def _resolved_revision(hub_id: str, requested: str | None, ds: Any) -> str:
@@ -143,12 +287,31 @@ def _resolved_revision(hub_id: str, requested: str | None, ds: Any) -> str:
 
 # --- the stage -----------------------------------------------------------------------------------
 
-def _read_split(spec: DatasetSpec, source: SourceSpec, split: str) -> tuple[CheckedSplit, dict]:
+def _read_hub(spec: DatasetSpec, source: SourceSpec, split: str) -> tuple[pa.Table, dict]:
+    """The hub source: ``load_dataset`` on the main branch, or the Parquet branch where needed."""
     revision = source.revision or spec.hub.revision
+    origin = {"hub_id": spec.hub.id, "hub_config": spec.hub.config, "revision_requested": revision}
+    use_branch = source.parquet_branch
+    if use_branch is None:
+        use_branch = spec.hub.parquet_branch
+    if not use_branch:
+        try:
+            table, resolved = read_hub_split(spec, split, revision)
+            return table, {**origin, "revision_resolved": resolved}
+        except ScriptOnlyError as err:
+            if source.parquet_branch is False:
+                raise DownloadError(f"{err}; parquet_branch is false for it in the config, so its "
+                                    f"Parquet branch {PARQUET_BRANCH} is not read") from err
+            log.warning("%s; reading its Parquet branch %s instead", err, PARQUET_BRANCH)
+            revision = None  # a pinned revision names a main-branch commit, not a branch one
+            origin["parquet_branch_fallback"] = True
+    table, branch_origin = read_parquet_branch_split(spec, split, source.path, revision)
+    return table, {**origin, **branch_origin}
+
+
+def _read_split(spec: DatasetSpec, source: SourceSpec, split: str) -> tuple[CheckedSplit, dict]:
     if source.kind == "hub":
-        table, resolved = read_hub_split(spec, split, revision)
-        origin = {"hub_id": spec.hub.id, "hub_config": spec.hub.config,
-                  "revision_requested": revision, "revision_resolved": resolved}
+        table, origin = _read_hub(spec, source, split)
         return check_split(table, spec, split), origin
     if source.kind == "local":
         data, bad, path = read_local_split(Path(source.path), split)
@@ -181,6 +344,7 @@ def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: i
                         "rows": checked.table.num_rows, "rejected": checked.rejected.num_rows,
                         "rejected_by_kind": checked.rejected_by_kind(),
                         "extra_columns_dropped": checked.extra_columns,
+                        "bytes_reprs_decoded": checked.bytes_reprs_decoded,
                         "file": path.name, "sha256": sha256_file(path)}
         log.info("%s [%s <- %s]: %d rows read, %d kept, %d rejected %s", name, role, split,
                  checked.rows_read, checked.table.num_rows, checked.rejected.num_rows,

@@ -84,9 +84,17 @@ class Cluster(_Strict):
 
 
 class HubSource(_Strict):
+    """Where a dataset lives on the Hugging Face hub, and how its hub copy must be read."""
+
     id: str | None
     config: str | None = None
     revision: str | None = None
+    parquet_branch: bool = False
+    """The main branch ships only a loading script (``datasets`` >= 4 will not run it): read the
+    hub's auto-converted Parquet branch ``refs/convert/parquet`` instead."""
+    bytes_repr_fields: tuple[str, ...] = ()
+    """String fields whose hub values are Python bytes reprs of a file line (``"b'7\\n'"``); the
+    download stage decodes them."""
 
 
 class Splits(_Strict):
@@ -176,6 +184,9 @@ class DatasetSpec(_Strict):
         for reserved in RESERVED_FIELDS:
             if reserved in self.features:
                 raise ValueError(f"feature name {reserved!r} is reserved")
+        for name in self.hub.bytes_repr_fields:
+            if self.features.get(name) != "string":
+                raise ValueError(f"hub.bytes_repr_fields: {name!r} is not a string feature")
         for path in self.referenced_paths():
             try:
                 field_type(self.schema, path)

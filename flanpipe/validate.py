@@ -1,8 +1,10 @@
 """Check raw rows against a dataset's registry schema; quarantine bad rows with their reasons.
 
 A row is rejected when a declared field is missing (null), has the wrong type, a text field is
-empty, or its label is out of range for the task. Rejected rows keep their original content (as
-JSON) and position, so nothing is dropped silently.
+empty, or its label is out of range for the task. Fields the registry marks as Python bytes reprs
+(``hub.bytes_repr_fields``: DeepMind Mathematics on the hub holds ``"b'7\\n'"``) are decoded first,
+with a count; a value that looks like a bytes repr but does not decode is rejected. Rejected rows
+keep their original content (as JSON) and position, so nothing is dropped silently.
 
 Columns are converted with one Arrow cast each; only a column whose cast fails is walked value by
 value, to find the rows at fault.
@@ -10,6 +12,7 @@ value, to find the rows at fault.
 
 from __future__ import annotations
 
+import ast
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +31,12 @@ REJECTED_SCHEMA = pa.schema([
     pa.field("reason", pa.string()),
     pa.field("row", pa.string()),
 ])
-REJECT_KINDS = ("invalid_json", "wrong_type", "missing_field", "empty_text", "label_out_of_range")
+REJECT_KINDS = ("invalid_json", "wrong_type", "missing_field", "empty_text", "label_out_of_range",
+                "undecodable_bytes")
+# A Python bytes literal as str() writes it: b'...' or b"..." (the quote it picks depends on content).
+BYTES_REPR = r"""(?s)^b('.*'|".*")$"""
+# The common case, decoded without Python: no escape except a final line break.
+PLAIN_BYTES_REPR = r"""^b'(?P<text>[^'\\]*)(?:\\n)?'$"""
 
 
 class SchemaError(ValueError):
@@ -43,6 +51,8 @@ class CheckedSplit:
     rejected: pa.Table
     rows_read: int
     extra_columns: list[str] = field(default_factory=list)
+    bytes_reprs_decoded: dict[str, int] = field(default_factory=dict)
+    """Per field, how many values were bytes reprs decoded to text (``hub.bytes_repr_fields``)."""
 
     def rejected_by_kind(self) -> dict[str, int]:
         return dict(Counter(self.rejected.column("kind").to_pylist()))
@@ -124,6 +134,51 @@ def _has_bool_number_mix(values: list[Any], typ: pa.DataType) -> bool:
     if typ == pa.bool_():
         return any(v is not None and not isinstance(v, bool) for v in values)
     return False
+
+
+# --- bytes reprs --------------------------------------------------------------------------------
+
+def decode_bytes_repr(text: str) -> str | None:
+    r"""Decode one ``str(bytes)`` value of a file line to its text; None if it is not one.
+
+    >>> decode_bytes_repr("b'Solve 3*x = 6 for x.\\n'")
+    'Solve 3*x = 6 for x.'
+    >>> decode_bytes_repr('b"It\'s 2\\xc2\\xb0C"')
+    "It's 2°C"
+    >>> decode_bytes_repr("b'\\xff'") is None  # not UTF-8
+    True
+    """
+    try:
+        raw = ast.literal_eval(text)
+        if not isinstance(raw, bytes):
+            return None
+        return raw.decode("utf-8").removesuffix("\n")
+    except (ValueError, SyntaxError, UnicodeDecodeError):
+        return None
+
+
+def decode_bytes_repr_column(arr: pa.Array) -> tuple[pa.Array, int, np.ndarray]:
+    r"""Decode the bytes reprs in a string column; plain strings pass through unchanged.
+
+    Returns the decoded column, how many values were decoded and a mask of the values that look
+    like a bytes repr (``b'...'``) but are not valid Python or not UTF-8. Values with no escape but
+    a final ``\n`` (nearly all of them) are decoded with one Arrow regex; the rest one by one.
+    """
+    is_repr = pc.fill_null(pc.match_substring_regex(arr, BYTES_REPR), False)
+    plain = pc.struct_field(pc.extract_regex(arr, PLAIN_BYTES_REPR), "text")
+    decoded = pc.if_else(pc.is_valid(plain), plain, arr)
+    rest = np.flatnonzero(is_repr.to_numpy(zero_copy_only=False)
+                          & ~pc.is_valid(plain).to_numpy(zero_copy_only=False))
+    bad = np.zeros(len(arr), dtype=bool)
+    if len(rest):
+        values = decoded.to_pylist()
+        for i in rest:
+            text = decode_bytes_repr(values[i])
+            bad[i] = text is None
+            values[i] = values[i] if text is None else text
+        decoded = pa.array(values, type=pa.string())
+    n_decoded = int(pc.sum(is_repr).as_py() or 0) - int(bad.sum())
+    return decoded, n_decoded, bad
 
 
 # --- nested access -------------------------------------------------------------------------------
@@ -208,6 +263,7 @@ def check_split(
 
     reasons.add(np.isin(np.arange(n), list(bad_lines)), "invalid_json", "line is not valid JSON")
     columns = []
+    decoded: dict[str, int] = {}
     for fld in spec.schema:
         if is_records:
             values = [rec.get(fld.name) if rec else None for rec in source]
@@ -215,6 +271,11 @@ def check_split(
             values = source.column(fld.name).combine_chunks()
         arr, wrong = _conform_column(values, fld.type)
         reasons.add(wrong, "wrong_type", f"field {fld.name!r} is not of type {_type_name(fld.type)}")
+        if fld.name in spec.hub.bytes_repr_fields:
+            arr, decoded[fld.name], undecodable = decode_bytes_repr_column(arr)
+            reasons.add(undecodable, "undecodable_bytes",
+                        f"field {fld.name!r} looks like a bytes repr (b'...') but is not valid "
+                        "Python or not UTF-8")
         null = arr.is_null().to_numpy(zero_copy_only=False) & ~wrong
         if bad_lines:
             null[list(bad_lines)] = False
@@ -226,7 +287,7 @@ def check_split(
     keep = ~reasons.flagged()
     valid = table.filter(pa.array(keep)).append_column(
         "row_index", pa.array(np.flatnonzero(keep), type=pa.int64()))
-    return CheckedSplit(valid, _rejected_table(source, split, reasons, bad_lines), n, extra)
+    return CheckedSplit(valid, _rejected_table(source, split, reasons, bad_lines), n, extra, decoded)
 
 
 def _check_content(table: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> None:

@@ -115,3 +115,167 @@ def test_hub_without_network_fails_fast_with_guidance(tmp_path, monkeypatch):
 def test_dataset_without_hub_copy_says_how_to_supply_it(tmp_path):
     with pytest.raises(DownloadError, match="Where to get the files"):
         download_dataset("story_cloze", SourceSpec(kind="hub"), tmp_path, seed=1)
+
+
+# --- the hub's auto-converted Parquet branch (refs/convert/parquet), laid out locally as on the hub --
+
+XSUM_DOC = ("The full cost of damage in Newton Stewart, one of the areas worst affected, is still being "
+            "assessed. Repair work is ongoing in Hawick and many roads in Peeblesshire remain badly "
+            "affected by standing water. ") * 40
+
+
+def _xsum_rows(ids):
+    return [{"document": f"{XSUM_DOC} Report {i}.", "summary": f"Clean-up continues in area {i}.",
+             "id": str(35232142 + i)} for i in ids]
+
+
+def _write(root, rel, rows):
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def test_parquet_branch_default_config_with_sharded_split_folders(tmp_path):
+    """xsum (registry config null) on today's layout: default/<split>/0000.parquet, 0001.parquet."""
+    branch = tmp_path / "branch"
+    _write(branch, "default/train/0001.parquet", _xsum_rows([3, 4]))  # written first: order by name
+    _write(branch, "default/train/0000.parquet", _xsum_rows([0, 1, 2]))
+    _write(branch, "default/validation/0000.parquet", _xsum_rows([10]))
+    _write(branch, "default/test/0000.parquet", _xsum_rows([20, 21]))
+    (branch / ".gitattributes").write_text("*.parquet filter=lfs\n")  # a branch copy holds this too
+    manifest = download_dataset("xsum", SourceSpec(kind="hub", path=str(branch)), tmp_path / "o", 1)
+    train = pq.read_table(tmp_path / "o/train.parquet")
+    assert train.column("id").to_pylist() == [str(35232142 + i) for i in range(5)]
+    assert train.column("document").to_pylist()[0] == f"{XSUM_DOC} Report 0."
+    tr, ev = manifest["splits"]["train"], manifest["splits"]["eval"]
+    assert tr["parquet_branch"] == {"config": "default", "layout": "split_folder", "partial": False,
+                                    "files": ["default/train/0000.parquet", "default/train/0001.parquet"]}
+    assert tr["revision_resolved"] == f"local-path:{branch.resolve()}"
+    assert (ev["source_split"], ev["rows"]) == ("validation", 1)
+
+
+def test_parquet_branch_older_flat_layout_under_the_script_config_name(tmp_path):
+    """samsum's branch as the converter first wrote it: samsum/samsum-<split>.parquet (one config)."""
+    branch = tmp_path / "branch"
+    dialogue = ("Amanda: I baked cookies. Do you want some?\r\nJerry: Sure!\r\n"
+                "Amanda: I'll bring you tomorrow :-)")
+    rows = [{"id": f"13818{i:03d}", "dialogue": dialogue, "summary": "Amanda baked cookies."}
+            for i in range(4)]
+    _write(branch, "samsum/samsum-train.parquet", rows[:3])
+    _write(branch, "samsum/samsum-validation.parquet", rows[3:])
+    _write(branch, "samsum/samsum-test.parquet", [])
+    manifest = download_dataset("samsum", SourceSpec(kind="hub", path=str(branch)), tmp_path / "o", 1)
+    assert manifest["splits"]["train"]["parquet_branch"]["files"] == ["samsum/samsum-train.parquet"]
+    assert manifest["splits"]["train"]["parquet_branch"]["layout"] == "flat"
+    assert pq.read_table(tmp_path / "o/eval.parquet").column("id").to_pylist() == ["13818003"]
+
+
+def test_parquet_branch_named_config_and_sharded_flat_files(tmp_path):
+    """web_nlg names its config and its validation split `dev`; shards -00000-of-00002 in order."""
+    from flanpipe.download import locate_branch_split
+
+    paths = ["release_v3.0_en/web_nlg-dev-00001-of-00002.parquet",
+             "release_v3.0_en/web_nlg-dev-00000-of-00002.parquet",
+             "release_v3.0_en/web_nlg-train.parquet", "release_v3.0_ru/web_nlg-dev.parquet"]
+    found = locate_branch_split(paths, "release_v3.0_en", "dev")
+    assert found.files == ("release_v3.0_en/web_nlg-dev-00000-of-00002.parquet",
+                           "release_v3.0_en/web_nlg-dev-00001-of-00002.parquet")
+    with pytest.raises(DownloadError, match=r"no config 'default'; it has \['release_v3.0_en', "
+                                            r"'release_v3.0_ru'\]; name one"):
+        locate_branch_split(paths, None, "dev")
+    with pytest.raises(DownloadError, match=r"no split 'test' in config 'release_v3.0_en'; it has "
+                                            r"\['dev', 'train'\]"):
+        locate_branch_split(paths, "release_v3.0_en", "test")
+    partial = locate_branch_split(["default/partial-train/0000.parquet"], None, "train")
+    assert partial.partial and partial.files == ("default/partial-train/0000.parquet",)
+
+
+def test_script_only_repository_falls_back_to_the_parquet_branch(tmp_path):
+    """The real load_dataset refuses a repository holding only a loading script; the branch is read."""
+    repo = tmp_path / "trec_repo"
+    repo.mkdir()
+    (repo / "trec_repo.py").write_text("import datasets\n")
+    spec = REG.datasets["trec"]
+    spec = spec.model_copy(update={"hub": spec.hub.model_copy(update={"id": str(repo),
+                                                                       "parquet_branch": False})})
+    branch = tmp_path / "branch"
+    rows = [{"text": "How far is it from Denver to Aspen ?", "coarse_label": 5, "fine_label": 40},
+            {"text": "What county is Modesto , California in ?", "coarse_label": 4, "fine_label": 32}]
+    _write(branch, "default/test/0000.parquet", rows)
+    from flanpipe.download import _read_split
+
+    checked, origin = _read_split(spec, SourceSpec(kind="hub", path=str(branch)), "test")
+    assert origin["parquet_branch_fallback"] is True
+    assert checked.table.drop_columns("row_index").to_pylist() == rows
+    with pytest.raises(DownloadError, match="ships only a loading script.*parquet_branch is false"):
+        _read_split(spec, SourceSpec(kind="hub", parquet_branch=False), "test")
+
+
+def test_parquet_branch_offline_fails_fast_with_the_copy_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(DownloadError) as err:
+        download_dataset("samsum", SourceSpec(kind="hub"), tmp_path, seed=1)
+    assert time.monotonic() - start < 60
+    msg = str(err.value)
+    assert "hf download Samsung/samsum --repo-type dataset --revision refs/convert/parquet" in msg
+    assert "download.sources.samsum: {kind: hub, path: DIR}" in msg
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_math_dataset_bytes_reprs_are_decoded_with_a_count(tmp_path):
+    """The hub's math_dataset holds str(bytes) of each file line; one is not UTF-8 and is quarantined."""
+    branch = tmp_path / "branch"
+    train = [{"question": "b'Solve 24 = 1601*c - 1605*c for c.\\n'", "answer": "b'6\\n'"},
+             {"question": "b'Solve -3*h = -2*h + 4 for h.\\n'", "answer": "b'-4\\n'"},
+             {"question": 'b"What\'s x if 2*x = 4?\\n"', "answer": "b'2\\n'"},
+             {"question": "b'Solve 0 = 4*b + b + 15 for \\xff.\\n'", "answer": "b'-3\\n'"}]
+    _write(branch, "algebra__linear_1d/train/0000.parquet", train)
+    _write(branch, "algebra__linear_1d/test/0000.parquet",
+           [{"question": "Solve 5*z = 10 for z.", "answer": "2"}])  # already text: left as it is
+    manifest = download_dataset("math_dataset", SourceSpec(kind="hub", path=str(branch)),
+                                tmp_path / "o", 1)
+    table = pq.read_table(tmp_path / "o/train.parquet")
+    assert table.column("question").to_pylist() == ["Solve 24 = 1601*c - 1605*c for c.",
+                                                    "Solve -3*h = -2*h + 4 for h.",
+                                                    "What's x if 2*x = 4?"]
+    assert table.column("answer").to_pylist() == ["6", "-4", "2"]
+    tr = manifest["splits"]["train"]
+    assert tr["bytes_reprs_decoded"] == {"question": 3, "answer": 4}
+    assert tr["rejected_by_kind"] == {"undecodable_bytes": 1}
+    assert manifest["splits"]["eval"]["bytes_reprs_decoded"] == {"question": 0, "answer": 0}
+    rejected = pq.read_table(tmp_path / "o/rejected.parquet").to_pylist()
+    assert [(r["row_index"], r["kind"]) for r in rejected] == [(3, "undecodable_bytes")]
+    assert "not valid Python or not UTF-8" in rejected[0]["reason"]
+
+
+def test_hub_path_is_a_parquet_branch_copy_only_where_the_branch_is_read():
+    from flanpipe.config import ConfigError, parse_config
+
+    cfg = parse_config({"download": {"sources": {"rte": {"kind": "hub", "parquet_branch": True,
+                                                         "path": "/data/rte_branch"}}}})
+    assert cfg.download.source_for("rte").path == "/data/rte_branch"
+    for rte, words in [({"kind": "hub", "path": "/x"}, "rte.path: with kind 'hub'"),
+                       ({"kind": "hub", "path": "/x", "parquet_branch": False}, "drop one of them"),
+                       ({"kind": "local", "path": "/x", "parquet_branch": True},
+                        "'parquet_branch' is only used with kind 'hub'")]:
+        with pytest.raises(ConfigError, match=words):
+            parse_config({"download": {"sources": {"rte": rte}}})
+
+
+def test_newsroom_extracted_jsonl_read_locally_drops_the_archive_field(tmp_path):
+    """Newsroom's release lines, extracted from dev.jsonl.gz and renamed as the instructions say."""
+    line = {"url": "http://www.nytimes.com/2005/01/01/sports/one.html", "archive": "http://web.archive.org/x",
+            "title": "A Title", "date": "20050101", "text": "Body of the article. " * 200,
+            "summary": "A summary.", "compression_bin": "high", "density_bin": "extractive",
+            "coverage_bin": "high", "density": 11.5, "coverage": 0.97, "compression": 41.0}
+    for split in ("train", "validation"):
+        rows = [{**line, "url": f"{line['url']}?{split}{i}"} for i in range(3)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = download_dataset("newsroom", SourceSpec(kind="local", path=str(tmp_path)),
+                                tmp_path / "o", seed=1)
+    ev = manifest["splits"]["eval"]
+    assert (ev["rows"], ev["rejected"], ev["extra_columns_dropped"]) == (3, 0, ["archive"])
+    table = pq.read_table(tmp_path / "o/eval.parquet")
+    assert table.column("density").to_pylist() == [11.5] * 3
+    assert table.schema.names == [*REG.datasets["newsroom"].features, "row_index"]

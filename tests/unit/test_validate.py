@@ -113,3 +113,28 @@ def test_arrow_source_with_castable_and_uncastable_columns():
 def test_a_source_without_the_schema_is_an_error_not_a_reject():
     with pytest.raises(SchemaError, match=r"no column\(s\) \['hypothesis'"):
         check_split([{"premise": "p", "idx": 0, "label": 0}], REG.datasets["rte"], "train")
+
+
+def test_bytes_repr_column_decodes_as_python_does():
+    """Values made by str(bytes) of real file lines, decoded by bytes.decode: the independent side."""
+    import numpy as np
+
+    from flanpipe.validate import decode_bytes_repr_column
+
+    lines = [b"Solve 24 = 1601*c - 1605*c for c.\n", b"-4\n", b"What's x if 2*x = 4?\n",
+             b'Let "k" be 3.\n', b"caf\xc3\xa9 \xe2\x88\x9a2\n", b"tab\there\n", b"back\\slash\n",
+             b"no line break", b"\n", b"two\nlines\n"]
+    values = [str(line) for line in lines] + ["already text", None, "b'\\xff\\n'", "b'cut off"]
+    decoded, n_decoded, bad = decode_bytes_repr_column(pa.array(values))
+    expected = [line.decode("utf-8").removesuffix("\n") for line in lines]
+    assert decoded.to_pylist() == [*expected, "already text", None, "b'\\xff\\n'", "b'cut off"]
+    assert n_decoded == len(lines)
+    assert np.flatnonzero(bad).tolist() == [len(lines) + 2]  # not UTF-8; "b'cut off" is no repr
+
+
+def test_bytes_reprs_in_jsonl_records_are_decoded_and_counted():
+    res = check([{"question": "b'Solve 2*a = 4 for a.\\n'", "answer": "b'2\\n'"},
+                 {"question": "b'Solve b = 1 for b.\\n'", "answer": "1"}], name="math_dataset")
+    assert res.table.column("question").to_pylist() == ["Solve 2*a = 4 for a.", "Solve b = 1 for b."]
+    assert res.table.column("answer").to_pylist() == ["2", "1"]
+    assert res.bytes_reprs_decoded == {"question": 2, "answer": 1}
