@@ -49,8 +49,7 @@ from flanpipe.io import (
 from flanpipe.model import FlanLM, ModelConfig, loss_sums, predicted, segment_block_mask, segment_mask
 from flanpipe.optim import build_optimizer, constant_with_warmup, optimizer_state_bytes
 from flanpipe.packed import PackedShards
-from flanpipe.tokenizer import load_processor
-from flanpipe.tokenizer import special_ids as tokenizer_ids
+from flanpipe.tokenizer import load_tokenizer
 
 STAGE_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -406,13 +405,13 @@ def export_base_model(cfg: Config, tokenizer: str | Path, out: str | Path) -> di
     """The untuned base model as a checkpoint folder, for evaluation beside the tuned ones: the
     pretrained checkpoint (``train.model.source: pretrained``), or the very initial weights every
     training run starts from (same seed, same sizes)."""
-    sp = load_processor(tokenizer)
+    tok = load_tokenizer(tokenizer)
     tcfg = cfg.train
     row_tokens = cfg.tokenize.max_input_tokens + cfg.tokenize.max_target_tokens
     torch.manual_seed(derive_seed(cfg.seed, "train/init"))
-    model, mcfg = build_model(tcfg, sp.get_piece_size(), row_tokens)
+    model, mcfg = build_model(tcfg, tok.vocab_size, row_tokens)
     state = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
-    save_hf(state, mcfg, tokenizer, Path(out), False, tokenizer_ids(sp))
+    save_hf(state, mcfg, tokenizer, Path(out), False, tok.special_ids())
     log.info("base model (%s, %s parameters) -> %s", tcfg.model.source, f"{mcfg.num_parameters():,}", out)
     return {"source": tcfg.model.source, "parameters": mcfg.num_parameters(), "out": str(out)}
 
@@ -420,6 +419,4 @@ def export_base_model(cfg: Config, tokenizer: str | Path, out: str | Path) -> di
 def save_tokenizer(tokenizer: str | Path, out: Path) -> None:
     """The tokenizer's ``transformers`` files in ``out`` (``Tokenizer.save_pretrained``: they encode
     exactly as the tokenizer the model was trained with)."""
-    from flanpipe.tokenizer import load_tokenizer
-
     load_tokenizer(tokenizer).save_pretrained(out)
