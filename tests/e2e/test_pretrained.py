@@ -38,7 +38,7 @@ def run(smollm2_dir, demo_run, tmp_path_factory):
     trained on: Snakemake reruns what is missing or older than its inputs (pack and train)."""
     wd = tmp_path_factory.mktemp("pretrained")
     shutil.copytree(demo_run / "data", wd / "data", ignore=shutil.ignore_patterns("packed", "catalog.duckdb"))
-    run_snakemake(wd, "--rerun-triggers", "mtime", "models/nli/run.json",
+    run_snakemake(wd, "models/nli/run.json", "--rerun-triggers", "mtime",
                   config_file=pretrained_config(wd, smollm2_dir))
     return wd
 
