@@ -49,8 +49,7 @@ from flanpipe.io import (
 from flanpipe.model import FlanLM, ModelConfig, loss_sums, predicted, segment_block_mask, segment_mask
 from flanpipe.optim import build_optimizer, constant_with_warmup, optimizer_state_bytes
 from flanpipe.packed import PackedShards
-from flanpipe.tokenizer import load_processor
-from flanpipe.tokenizer import special_ids as tokenizer_ids
+from flanpipe.tokenizer import load_tokenizer
 
 STAGE_VERSION = "1"
 log = logging.getLogger(__name__)
@@ -406,34 +405,18 @@ def export_base_model(cfg: Config, tokenizer: str | Path, out: str | Path) -> di
     """The untuned base model as a checkpoint folder, for evaluation beside the tuned ones: the
     pretrained checkpoint (``train.model.source: pretrained``), or the very initial weights every
     training run starts from (same seed, same sizes)."""
-    sp = load_processor(tokenizer)
+    tok = load_tokenizer(tokenizer)
     tcfg = cfg.train
     row_tokens = cfg.tokenize.max_input_tokens + cfg.tokenize.max_target_tokens
     torch.manual_seed(derive_seed(cfg.seed, "train/init"))
-    model, mcfg = build_model(tcfg, sp.get_piece_size(), row_tokens)
+    model, mcfg = build_model(tcfg, tok.vocab_size, row_tokens)
     state = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
-    save_hf(state, mcfg, tokenizer, Path(out), False, tokenizer_ids(sp))
+    save_hf(state, mcfg, tokenizer, Path(out), False, tok.special_ids())
     log.info("base model (%s, %s parameters) -> %s", tcfg.model.source, f"{mcfg.num_parameters():,}", out)
     return {"source": tcfg.model.source, "parameters": mcfg.num_parameters(), "out": str(out)}
 
 
-def save_tokenizer(model_file: str | Path, out: Path) -> None:
-    """The SentencePiece model as ``transformers`` tokenizer files: ``tokenizer.model`` and a fast
-    ``tokenizer.json`` built from the model's pieces and scores (unigram with byte fallback, a space
-    marker prepended, whitespace kept), which encodes exactly as SentencePiece does."""
-    import sentencepiece as spm
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
-    from transformers import PreTrainedTokenizerFast
-
-    sp = spm.SentencePieceProcessor(model_file=str(model_file))
-    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=sp.unk_id(), byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
-                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    ids = (("pad_token", sp.pad_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id()),
-           ("bos_token", sp.bos_id()))
-    specials = {name: sp.id_to_piece(i) for name, i in ids if i >= 0}
-    tok.add_special_tokens([AddedToken(piece, special=True) for piece in specials.values()])
-    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(str(out))
-    shutil.copyfile(model_file, out / "tokenizer.model")
+def save_tokenizer(tokenizer: str | Path, out: Path) -> None:
+    """The tokenizer's ``transformers`` files in ``out`` (``Tokenizer.save_pretrained``: they encode
+    exactly as the tokenizer the model was trained with)."""
+    load_tokenizer(tokenizer).save_pretrained(out)
