@@ -25,8 +25,9 @@ stop_pidfile() {  # name pidfile
   rm -f "$pf"
 }
 
-for pf in "$BASE"/run/slurmd-*.pid; do stop_pidfile "$(basename "$pf" .pid)" "$pf"; done
-stop_pidfile slurmctld "$BASE/run/slurmctld.pid"
+for pf in "$BASE"/run/slurmd-*.pid; do stop_pidfile "$(basename "$pf" .pid)" "$pf" & done
+stop_pidfile slurmctld "$BASE/run/slurmctld.pid" &
+wait
 if [ -e "$BASE/run/munged.ours" ]; then
   stop_pidfile munged /run/munge/munged.pid
   rm -f "$BASE/run/munged.ours"
