@@ -70,7 +70,8 @@ def first_host(nodelist: str) -> str:
 def rendezvous_host(nodelist: str, scontrol: str | None = None) -> str:
     """The first host of a Slurm node list, as ``scontrol show hostnames`` expands it (Slurm's own
     parser: every node-list syntax a site may use); :func:`first_host` where there is no ``scontrol``
-    (or it fails). ``scontrol`` only parses the list here: it does not contact the controller.
+    (or it fails, e.g. with no slurm.conf). ``scontrol`` only parses the list here: it does not contact
+    the controller.
 
     >>> rendezvous_host("gpu[017-020,031],login1", scontrol="/nonexistent/scontrol")
     'gpu017'
@@ -78,8 +79,9 @@ def rendezvous_host(nodelist: str, scontrol: str | None = None) -> str:
     scontrol = scontrol or shutil.which("scontrol")
     if scontrol:
         try:
+            # instant where slurm.conf is found; without one it may wait on DNS SRV lookups
             out = subprocess.run([scontrol, "show", "hostnames", nodelist], capture_output=True, text=True,
-                                 timeout=30, check=True).stdout.split()
+                                 timeout=5, check=True).stdout.split()
             if out:
                 return out[0]
         except (OSError, subprocess.SubprocessError):
