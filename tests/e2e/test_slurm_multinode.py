@@ -154,6 +154,8 @@ def test_one_train_job_on_two_nodes_through_the_profile(runs, slurm_env):
     manifest = json.loads((workdir / f"models/{MIXTURE}/run.json").read_text())
     assert manifest["launcher"] == "srun" and manifest["world_size"] == NODE_COUNT, manifest
     assert manifest["steps"] == TRAIN_STEPS and manifest["resumed_from_step"] == 0
+    if "nodes" in manifest:  # once the trainer records flanpipe.distributed.rank_nodes in run.json
+        assert manifest["nodes"] == list(NODES), manifest
 
 
 def test_two_nodes_train_the_weights_of_one_node(runs):
