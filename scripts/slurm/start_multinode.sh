@@ -2,8 +2,8 @@
 # Bring up a two-node Slurm cluster on this one machine, for flanpipe's multi-node CI test
 # (tests/e2e/test_slurm_multinode.py): two network namespaces, each a "node" with its own address,
 # hostname, /etc/hosts and /etc/slurm, joined by a veth pair on a private /24 that exists only inside
-# those namespaces (nothing is added to the machine's own interfaces, routes or /etc files, so no
-# traffic leaves the machine):
+# those namespaces (nothing is added to the machine's own interfaces or routes, so no traffic leaves
+# the machine; of /etc only /etc/netns/fpslurm-n*/ is written, and stop_multinode.sh removes it):
 #
 #   namespace fpslurm-n1: hostname fpn1, 10.251.17.1/24   slurmctld + slurmd -N fpn1
 #   namespace fpslurm-n2: hostname fpn2, 10.251.17.2/24   slurmd -N fpn2
