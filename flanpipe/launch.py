@@ -40,6 +40,36 @@ def launch_command(launcher: str, nodes: int, tasks_per_node: int, args: list[st
     raise ValueError(f"resources.launcher {launcher!r}; allowed: {', '.join(LAUNCHERS)}")
 
 
+def ranks_per_node(nodes: int, tasks_per_node: int | None, tasks: int | None = None) -> int:
+    """Ranks on each node, from the train rule's resources: ``tasks_per_node``, or ``tasks`` (all the
+    ranks) spread evenly over ``nodes``. The second form is how a Slurm profile asks for one rank per
+    node: the executor plugin refuses ``tasks_per_node`` 1 for an MPI-style job (``mpi``), and
+    ``tasks_per_node`` together with ``tasks``, so such a profile sets ``tasks`` and
+    ``tasks_per_node: 0``.
+
+    >>> ranks_per_node(2, 8), ranks_per_node(2, 0, tasks=2), ranks_per_node(1, None, tasks=4)
+    (8, 1, 4)
+    >>> ranks_per_node(2, 0, tasks=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: resources.tasks 3 must be a multiple of resources.nodes 2 (the same ranks on every node)
+    """
+    if nodes < 1:
+        raise ValueError(f"resources.nodes {nodes}; allowed: an integer >= 1")
+    if tasks:
+        if tasks % nodes:
+            raise ValueError(f"resources.tasks {tasks} must be a multiple of resources.nodes {nodes} "
+                             "(the same ranks on every node)")
+        if tasks_per_node and tasks_per_node * nodes != tasks:
+            raise ValueError(f"resources.tasks_per_node {tasks_per_node} x nodes {nodes} != resources.tasks "
+                             f"{tasks}; set one of them (tasks_per_node: 0 with tasks)")
+        return tasks // nodes
+    if not tasks_per_node or tasks_per_node < 1:
+        raise ValueError(f"resources.tasks_per_node {tasks_per_node}; allowed: an integer >= 1, or 0 with "
+                         "resources.tasks set")
+    return tasks_per_node
+
+
 def checkpoint_step(ckpt_dir: str | Path) -> int | None:
     """The step of the newest checkpoint (DeepSpeed's ``latest`` tag, ``step<N>``), or None.
 

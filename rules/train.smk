@@ -1,6 +1,7 @@
 # Stage 5, train: one instruction-tuned model per mixture (one per held-out cluster, plus `all`).
 # Ranks, nodes and GPUs are resources: the defaults run 2 CPU processes with torchrun; the Slurm
-# profile sets launcher=srun, nodes, tasks_per_node and GPUs per cluster.
+# profile sets launcher=srun, nodes, tasks_per_node (or tasks, all ranks, for one rank per node) and
+# GPUs per cluster.
 from flanpipe.train import STAGE_VERSION as TRAIN_VERSION
 
 

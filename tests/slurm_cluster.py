@@ -1,10 +1,13 @@
-"""A real one-node Slurm cluster on localhost for the tests (Debian's slurmctld, slurmd and munge),
-and the project's Slurm profile with its commented GPU blocks enabled.
+"""Real Slurm clusters on this machine for the tests (Debian's slurmctld, slurmd and munge), and the
+project's Slurm profile with its commented GPU blocks enabled.
 
-`slurm_cluster()` starts it with scripts/slurm/start_slurm.sh (which apt-get installs the packages if
-they are missing) and always stops it with scripts/slurm/stop_slurm.sh when the block ends, whether
-the tests passed, failed or were interrupted. It skips only where a cluster cannot be had: not root,
-or the packages are missing and cannot be installed.
+`slurm_cluster()` starts a one-node cluster on localhost with scripts/slurm/start_slurm.sh (which
+apt-get installs the packages if they are missing); `multinode_cluster()` starts a two-node one, each
+node a network namespace with its own address and hostname, with scripts/slurm/start_multinode.sh
+(commands for it run on its first node: `on_node("fpn1", ...)`). Both always stop their cluster when
+the block ends, whether the tests passed, failed or were interrupted. They skip only where a cluster
+cannot be had: not root, the packages are missing and cannot be installed, or (two nodes) network
+namespaces cannot be made.
 """
 
 from __future__ import annotations
@@ -24,20 +27,21 @@ from tests.conftest import REPO
 SCRIPTS = REPO / "scripts/slurm"
 PROFILE = REPO / "profiles/slurm/config.yaml"
 STATE_DIR = Path(os.environ.get("SLURM_TEST_DIR", "/tmp/flanpipe-slurm"))
+MULTINODE_DIR = Path(os.environ.get("SLURM_MULTINODE_DIR", "/tmp/flanpipe-slurm-multinode"))
+NODES = ("fpn1", "fpn2")  # the two-node cluster's nodes (start_multinode.sh)
 COMMANDS = ("slurmctld", "slurmd", "munged", "sbatch", "srun", "squeue")
 PACKAGES_UNAVAILABLE = 3  # start_slurm.sh's exit status when apt-get cannot install the packages
+NO_NAMESPACES = 4  # start_multinode.sh's exit status when network namespaces cannot be made
 
 
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _daemon_logs() -> str:
+def _daemon_logs(state_dir: Path = STATE_DIR) -> str:
     out = []
-    for name in ("slurmctld.log", "slurmd.log"):
-        path = STATE_DIR / "log" / name
-        if path.exists():
-            out.append(f"--- {path} (tail) ---\n{_tail(path.read_text(errors='replace'))}")
+    for path in sorted((state_dir / "log").glob("slurm*.log")):
+        out.append(f"--- {path} (tail) ---\n{_tail(path.read_text(errors='replace'))}")
     return "\n".join(out)
 
 
@@ -56,26 +60,51 @@ def _packages_missing() -> bool:
 
 @contextmanager
 def slurm_cluster(fake_gpus: int = 0, start_timeout: int = 600) -> Iterator[Path]:
-    """Start the cluster (idempotent), yield its state directory, always stop it afterwards."""
+    """Start the one-node cluster (idempotent), yield its state directory, always stop it afterwards."""
+    env = {**os.environ, "SLURM_FAKE_GPUS": str(fake_gpus), "SLURM_TEST_DIR": str(STATE_DIR)}
+    with _cluster("start_slurm.sh", "stop_slurm.sh", env, STATE_DIR, start_timeout):
+        yield STATE_DIR
+
+
+@contextmanager
+def multinode_cluster(fake_gpus: int = 0, start_timeout: int = 600) -> Iterator[Path]:
+    """Start the two-node cluster (nodes `NODES`, `fake_gpus` GPUs each), yield its state directory,
+    always stop it afterwards (daemons, namespaces and their link)."""
+    env = {**os.environ, "SLURM_FAKE_GPUS": str(fake_gpus), "SLURM_MULTINODE_DIR": str(MULTINODE_DIR)}
+    with _cluster("start_multinode.sh", "stop_multinode.sh", env, MULTINODE_DIR, start_timeout):
+        yield MULTINODE_DIR
+
+
+def on_node(node: str, *command: str) -> list[str]:
+    """`command` to run on a node of the two-node cluster (its network, hostname, /etc/hosts and
+    /etc/slurm): the Slurm commands and `snakemake --profile` of the tests run on the first node."""
+    return ["bash", str(SCRIPTS / "on_node.sh"), node, *command]
+
+
+@contextmanager
+def _cluster(start: str, stop: str, env: dict[str, str], state_dir: Path,
+             start_timeout: int) -> Iterator[None]:
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    env = {**os.environ, "SLURM_FAKE_GPUS": str(fake_gpus), "SLURM_TEST_DIR": str(STATE_DIR)}
     try:
         try:
-            proc = subprocess.run(["bash", str(SCRIPTS / "start_slurm.sh")], env=env, capture_output=True,
-                                  text=True, timeout=start_timeout)
+            proc = subprocess.run(["bash", str(SCRIPTS / start)], env=env, capture_output=True, text=True,
+                                  timeout=start_timeout)
         except subprocess.TimeoutExpired as e:
             if _packages_missing():
                 pytest.skip(f"installing Slurm with apt-get took over {start_timeout} s")
-            pytest.fail(f"start_slurm.sh timed out:\n{_tail(str(e.stderr or ''))}\n{_daemon_logs()}")
+            pytest.fail(f"{start} timed out:\n{_tail(str(e.stderr or ''))}\n{_daemon_logs(state_dir)}")
         if proc.returncode == PACKAGES_UNAVAILABLE:
             pytest.skip(f"Slurm packages unavailable: {_tail(proc.stderr, 5)}")
+        if proc.returncode == NO_NAMESPACES:
+            pytest.skip(f"no network namespaces here for a second node: {_tail(proc.stderr, 5)}")
         if proc.returncode != 0:
-            pytest.fail(f"start_slurm.sh failed ({proc.returncode}):\n{_tail(proc.stderr)}\n{_daemon_logs()}")
-        yield STATE_DIR
+            pytest.fail(f"{start} failed ({proc.returncode}):\n{_tail(proc.stderr)}\n"
+                        f"{_daemon_logs(state_dir)}")
+        yield
     finally:
-        subprocess.run(["bash", str(SCRIPTS / "stop_slurm.sh")], env=env, capture_output=True, timeout=120)
+        subprocess.run(["bash", str(SCRIPTS / stop)], env=env, capture_output=True, timeout=120)
 
 
 def profile_with_train_block(gpus: int | None = None) -> str:
@@ -107,6 +136,23 @@ def profile_for_cluster(gpus: int, cpus: int, mem_mb: int) -> str:
         if m and m.group(2) in caps and i not in train:
             lines[i] = f"{m.group(1)}{min(int(m.group(3)), caps[m.group(2)])}{m.group(4)}"
     return "\n".join(lines) + "\n"
+
+
+def profile_one_rank_per_node(nodes: int, cpus: int, mem_mb: int) -> str:
+    """The profile of `profile_for_cluster(gpus=1, ...)` with its train block spread over `nodes`
+    nodes, one rank (and one GPU) on each. The Slurm plugin refuses `tasks_per_node: 1` for a job
+    with `mpi` set (and `tasks_per_node` together with `tasks`), so the block asks for all the ranks
+    with `tasks`, `tasks_per_node: 0`, and `tasks_per_gpu: 1` (else the plugin would pass `tasks` as
+    sbatch's --ntasks-per-gpu); the train rule spreads `tasks` evenly over the nodes."""
+    lines = profile_for_cluster(gpus=1, cpus=cpus, mem_mb=mem_mb).splitlines()
+    train = _block(lines, "  train:")
+    block = "\n".join(lines[train.start:train.stop])
+    block, n = re.subn(r"^(\s+nodes:) \d+", rf"\1 {nodes}", block, flags=re.M)
+    assert n == 1, block
+    block, n = re.subn(r"^(\s+)tasks_per_node: \d+.*$",
+                       rf"\1tasks_per_node: 0\n\1tasks: {nodes}\n\1tasks_per_gpu: 1", block, flags=re.M)
+    assert n == 1, block
+    return "\n".join(lines[:train.start] + block.splitlines() + lines[train.stop:]) + "\n"
 
 
 def _block(lines: list[str], header: str) -> range:

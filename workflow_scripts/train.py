@@ -9,19 +9,21 @@ import yaml
 
 from flanpipe.config import parse_config
 from flanpipe.io import sha256_file, write_text_atomic
-from flanpipe.launch import keep_or_clear_checkpoints, launch_command
+from flanpipe.launch import keep_or_clear_checkpoints, launch_command, ranks_per_node
 
 out = Path(snakemake.output.run).parent
 config = out / "config.yaml"
 cfg = parse_config(snakemake.config).model_dump(mode="json")
 write_text_atomic(config, yaml.safe_dump(cfg, sort_keys=False))
 res = snakemake.resources
-ranks = int(res.nodes) * int(res.tasks_per_node)
+nodes = int(res.nodes)
+per_node = ranks_per_node(nodes, int(res.tasks_per_node), int(getattr(res, "tasks", 0) or 0))
+ranks = nodes * per_node
 run_key = {"packed": sha256_file(snakemake.input.manifest), "ranks": ranks,
            "tokenizer": sha256_file(snakemake.input.tokenizer), "train": snakemake.params.train,
            "seed": snakemake.params.seed, "stage_version": snakemake.params.stage_version}
 checkpoints = keep_or_clear_checkpoints(out, run_key, snakemake.params.train["steps"])
-cmd = launch_command(res.launcher, int(res.nodes), int(res.tasks_per_node), [
+cmd = launch_command(res.launcher, nodes, per_node, [
     "train", "--mixture", snakemake.wildcards.mixture, "--config", str(config),
     "--packed", str(Path(snakemake.input.manifest).parent), "--tokenizer", snakemake.input.tokenizer,
     "--out", str(out)])
