@@ -93,10 +93,20 @@ class Adafactor(torch.optim.Optimizer):
                     "beta1": beta1, "weight_decay": weight_decay}
         super().__init__(params, defaults)
         self.layouts: dict[int, tuple[list[Piece], object]] = {}
+        self._divisor_cache: dict[int, torch.Tensor] = {}
 
     def set_layout(self, flat: torch.Tensor, pieces: list[Piece], group=None) -> None:
         """``flat`` (a 1-D partition) holds ``pieces``; statistics are summed over ``group``."""
         self.layouts[id(flat)] = (pieces, group)
+
+    def _divisors(self, p: torch.Tensor, factored: list[Piece]) -> torch.Tensor:
+        """Sums to means: a row sum over ``cols`` elements, a column sum over ``rows`` (cached)."""
+        if id(p) not in self._divisor_cache:
+            sizes = [(n, x.shape[-1], m, x.shape[-2]) for x in factored for n, m in [x.stats_sizes]]
+            self._divisor_cache[id(p)] = torch.cat(
+                [torch.tensor([c] * n + [r] * m, dtype=torch.float32) for n, c, m, r in sizes]
+                or [torch.zeros(0)]).to(p.device)
+        return self._divisor_cache[id(p)]
 
     def _layout(self, p: torch.Tensor) -> tuple[list[Piece], object]:
         if id(p) in self.layouts:
@@ -130,21 +140,16 @@ class Adafactor(torch.optim.Optimizer):
 
         # 1. row and column sums of grad**2 of every factored tensor, over all ranks
         sums = torch.zeros_like(state["factored"])
-        divisors = torch.empty_like(sums)
         at = 0
         for x in factored:
             n_rows, n_cols = x.stats_sizes
-            rows, cols = x.shape[-2:]
-            divisors[at:at + n_rows], divisors[at + n_rows:at + n_rows + n_cols] = cols, rows
             if x.numel:
-                row, col = _row_col(x)
-                local = squared[x.local_start:x.local_start + x.numel]
-                sums[at:at + n_rows].index_add_(0, row, local)
-                sums[at + n_rows:at + n_rows + n_cols].index_add_(0, col, local)
+                _add_row_col(x, squared[x.local_start:x.local_start + x.numel], sums[at:at + n_rows],
+                             sums[at + n_rows:at + n_rows + n_cols])
             at += n_rows + n_cols
         if process_group is not None and factored:
             torch.distributed.all_reduce(sums, group=process_group)
-        stats = state["factored"].mul_(beta2).add_(sums / divisors, alpha=1.0 - beta2)
+        stats = state["factored"].mul_(beta2).add_(sums.div_(self._divisors(p, factored)), alpha=1.0 - beta2)
 
         # 2. the unclipped update of this rank's elements (0 on padding)
         update = torch.zeros_like(grad)
@@ -155,9 +160,8 @@ class Adafactor(torch.optim.Optimizer):
                 row_stat = stats[at:at + n_rows].view(*x.shape[:-1])
                 r_factor = (row_stat / row_stat.mean(dim=-1, keepdim=True)).rsqrt_().reshape(-1)
                 c_factor = stats[at + n_rows:at + n_rows + n_cols].rsqrt()
-                row, col = _row_col(x)
                 sl = slice(x.local_start, x.local_start + x.numel)
-                update[sl] = grad[sl] * r_factor[row] * c_factor[col]
+                _scale_row_col(x, grad[sl], r_factor, c_factor, update[sl])
             at += n_rows + n_cols
         v = state["full"]
         at = 0
@@ -187,15 +191,49 @@ class Adafactor(torch.optim.Optimizer):
         flat.add_(update.to(p.dtype), alpha=-group["lr"])
 
 
-def _row_col(x: Piece) -> tuple[torch.Tensor, torch.Tensor]:
+def _row_col(x: Piece, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The row and column statistic indices of a piece's elements, for shape ``(..., rows, cols)``.
 
     >>> [t.tolist() for t in _row_col(Piece((2, 3), 0, 2, 3))]
     [[0, 1, 1], [2, 0, 1]]
     """
     rows, cols = x.shape[-2:]
-    idx = torch.arange(x.tensor_start, x.tensor_start + x.numel)
+    idx = torch.arange(x.tensor_start, x.tensor_start + x.numel, device=device)
     return idx // cols, (idx // (rows * cols)) * cols + idx % cols
+
+
+def _whole_rows(x: Piece) -> bool:
+    """A piece of a matrix made of whole rows (every piece of an unpartitioned tensor): its
+    statistics are sums over a ``(rows, cols)`` view, with no index arrays."""
+    cols = x.shape[-1]
+    return len(x.shape) == 2 and x.tensor_start % cols == 0 and x.numel % cols == 0
+
+
+def _add_row_col(x: Piece, squared: torch.Tensor, row_sums: torch.Tensor, col_sums: torch.Tensor) -> None:
+    """Add a piece's ``grad**2`` (``squared``, its local elements) into its tensor's row and column sums."""
+    if _whole_rows(x):
+        block = squared.view(-1, x.shape[-1])
+        first = x.tensor_start // x.shape[-1]
+        row_sums[first:first + block.shape[0]].add_(block.sum(dim=1))
+        col_sums.add_(block.sum(dim=0))
+        return
+    row, col = _row_col(x, squared.device)
+    row_sums.index_add_(0, row, squared)
+    col_sums.index_add_(0, col, squared)
+
+
+def _scale_row_col(x: Piece, grad: torch.Tensor, r_factor: torch.Tensor, c_factor: torch.Tensor,
+                   out: torch.Tensor) -> None:
+    """``out = grad * r_factor[row] * c_factor[col]`` for a piece's local elements."""
+    if _whole_rows(x):
+        cols = x.shape[-1]
+        first = x.tensor_start // cols
+        block = out.view(-1, cols)
+        torch.mul(grad.view(-1, cols), r_factor[first:first + block.shape[0], None], out=block)
+        block.mul_(c_factor[None, :])
+        return
+    row, col = _row_col(x, grad.device)
+    out.copy_(grad * r_factor[row] * c_factor[col])
 
 
 def attach_zero_layout(optimizer) -> str:

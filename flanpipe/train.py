@@ -322,6 +322,7 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         "optimizer": tcfg.optimizer, "optimizer_partitions": partitions,
         "optimizer_state_bytes_rank0": optimizer_state_bytes(engine.optimizer),
         "adamw_state_bytes_rank0": adam_state_bytes(engine.optimizer),
+        "peak_memory_bytes_rank0": torch.cuda.max_memory_allocated(device) if on_gpu else None,
         "tokens_per_s_this_run": tokens_seen / elapsed if elapsed > 0 else None,
         "packed": {"path": str(packed_dir), "rows": len(data),
                    "manifest_sha256": sha256_file(Path(packed_dir) / "manifest.json")},
