@@ -178,8 +178,11 @@ def test_every_split_and_zero_stage_gives_the_same_weights(demo_run, tmp_path):
         for key in folders:
             if key[2] != optimizer:
                 continue
-            # the same gradient (not only up to a factor, to which both optimizers are blind)
-            np.testing.assert_allclose(norms[key], norms[reference], rtol=1e-5, err_msg=str(key))
+            # the same gradient, not only up to a factor (to which both optimizers are blind); ZeRO-0
+            # in fp32 logs no gradient norm
+            assert np.isnan(norms[key]).all() if key[1] == 0 else not np.isnan(norms[key]).any()
+            if key[1] != 0:
+                np.testing.assert_allclose(norms[key], norms[1, 3, optimizer, 1], rtol=1e-5, err_msg=str(key))
             if optimizer == "adafactor":  # every element of every tensor
                 assert max_relative_difference(runs[key], runs[reference]) <= 1e-5, key
             else:  # AdamW divides by sqrt(v) + 1e-8: an element whose gradient is ~1e-8 turns the
@@ -188,5 +191,5 @@ def test_every_split_and_zero_stage_gives_the_same_weights(demo_run, tmp_path):
                 assert max_relative_difference(runs[key], runs[reference]) <= 1e-4, key
     # the first step's gradient does not depend on the optimizer; the weights after 3 steps are far
     # apart: a difference of 1e-5 would show
-    assert norms[1, 0, "adamw", 1][0] == pytest.approx(norms[1, 0, "adafactor", 1][0], rel=1e-6)
+    assert norms[1, 3, "adamw", 1][0] == pytest.approx(norms[1, 3, "adafactor", 1][0], rel=1e-6)
     assert max_relative_difference(runs[1, 0, "adamw", 1], runs[1, 0, "adafactor", 1]) > 1e-2
