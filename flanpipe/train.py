@@ -63,7 +63,7 @@ from flanpipe.packed import PackedShards
 from flanpipe.tokenizer import load_processor
 from flanpipe.tokenizer import special_ids as tokenizer_ids
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: Adafactor per original tensor under ZeRO, no global norm clip
 log = logging.getLogger(__name__)
 
 METRICS = ["step", "loss", "lr", "grad_norm", "target_tokens", "tokens", "tokens_per_s", "elapsed_s"]

@@ -130,3 +130,24 @@ def test_unknown_optimizer_name_is_named():
 
     with pytest.raises(ValueError, match="train.optimizer.*adafactor, adamw"):
         build_optimizer("sgd", [torch.nn.Parameter(torch.zeros(2))], 1e-3, 0.0, (0.9, 0.95))
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("adafactor_decay_rate", 1.5, "less than or equal to 1"),
+    ("adafactor_beta1", 1.0, "less than 1"),
+    ("adafactor_clip_threshold", 0, "greater than 0"),
+    ("grad_clip", -1, "greater than or equal to 0"),
+])
+def test_bad_optimizer_settings_name_the_key(key, value, allowed):
+    from flanpipe.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=f"train.{key}: Input should be {allowed}"):
+        parse_config({"train": {key: value}})
+
+
+def test_defaults_are_the_papers():
+    from flanpipe.config import TrainConfig
+
+    t = TrainConfig()
+    assert (t.optimizer, t.lr, t.adafactor_decay_rate, t.adafactor_clip_threshold, t.adafactor_beta1,
+            t.grad_clip, t.weight_decay) == ("adafactor", 3e-5, 0.8, 1.0, None, 0.0, 0.0)
