@@ -251,6 +251,10 @@ def attach_zero_layout(optimizer) -> str:
     """
     import deepspeed.comm as dist
 
+    def reduce_over(pg):  # None: nothing to reduce (one rank)
+        pg = torch.distributed.group.WORLD if pg is None else pg
+        return pg if torch.distributed.get_world_size(group=pg) > 1 else None
+
     inner = getattr(optimizer, "optimizer", optimizer)
     if not isinstance(inner, Adafactor):
         return "none"
@@ -268,7 +272,7 @@ def attach_zero_layout(optimizer) -> str:
                 n = max(0, min(size, param.ds_numel - start))
                 pieces.append(Piece(tuple(param.ds_shape), at, start if n else 0, n))
                 at += size
-            inner.set_layout(optimizer.fp32_partitioned_groups_flat[i], pieces, pg)
+            inner.set_layout(optimizer.fp32_partitioned_groups_flat[i], pieces, reduce_over(pg))
         return kind
     if kind == "DeepSpeedZeroOptimizer":
         if optimizer.cpu_offload:
@@ -279,7 +283,7 @@ def attach_zero_layout(optimizer) -> str:
             shapes = [tuple(m.shape) for m in optimizer.round_robin_bit16_meta[i]]
             pieces = slices_of(shapes, optimizer.round_robin_bit16_offsets[i], dist.get_rank(group=pg) * size,
                                size)
-            inner.set_layout(optimizer.single_partition_of_fp32_groups[i], pieces, pg)
+            inner.set_layout(optimizer.single_partition_of_fp32_groups[i], pieces, reduce_over(pg))
         return kind
     if kind == "BF16_Optimizer":
         for i, tensors in enumerate(optimizer.bf16_groups):
@@ -288,7 +292,7 @@ def attach_zero_layout(optimizer) -> str:
             shapes = [tuple(t.shape) for t in tensors]
             offsets = [0, *torch.tensor([t.numel() for t in tensors]).cumsum(0).tolist()[:-1]]
             pieces = slices_of(shapes, offsets, dist.get_rank(group=pg) * size, size)
-            inner.set_layout(optimizer.fp32_groups_flat_partition[i], pieces, pg)
+            inner.set_layout(optimizer.fp32_groups_flat_partition[i], pieces, reduce_over(pg))
         return kind
     if inner is optimizer:
         return kind
