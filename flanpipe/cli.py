@@ -259,7 +259,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "train":
         from flanpipe.bench import train as bench_train
 
-        bench_train.print_train(bench_train.bench_train(args.size, args.steps, args.micro_batch_rows))
+        bench_train.print_train(bench_train.bench_train(args.size, args.steps, args.micro_batch_rows,
+                                                        optimizer=args.optimizer))
         return 0
     if args.what == "eval":
         from flanpipe.bench import eval as bench_eval
@@ -399,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=["tiny", "125m", "1b"], default="1b", help="train: model size")
     p.add_argument("--steps", type=int, default=300, help="train: optimizer steps")
     p.add_argument("--micro-batch-rows", type=int, default=8, help="train: packed rows per forward pass")
+    p.add_argument("--optimizer", choices=["adafactor", "adamw"], default="adafactor",
+                   help="train: optimizer")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tokenizer", help="train (or copy) the SentencePiece model from a mixture")

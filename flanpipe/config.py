@@ -308,14 +308,26 @@ class TrainConfig(_Section):
     """Packed rows per rank per forward pass; gradient accumulation makes up the rest of the batch."""
     model: ModelSpec = Field(default_factory=ModelSpec)
     optimizer: Literal["adafactor", "adamw"] = "adafactor"
-    """`adafactor` with an absolute learning rate (the paper's), or `adamw`."""
+    """`adafactor` with an absolute learning rate (the paper's), or `adamw`. Both update each
+    original tensor the same whatever the ZeRO stage and the number of ranks."""
     lr: float = Field(3e-5, gt=0)
-    """Constant learning rate (after the warm-up)."""
+    """Constant learning rate (after the warm-up); the paper's 3e-5."""
     warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps (the paper: none)."""
     weight_decay: float = Field(0.0, ge=0)
+    """Decoupled weight decay, `p -= lr * weight_decay * p` (the paper: none)."""
+    adafactor_decay_rate: float = Field(0.8, gt=0, le=1)
+    """Adafactor's second-moment decay exponent: `beta2 = 1 - step ** -decay_rate` (the paper's 0.8)."""
+    adafactor_clip_threshold: float = Field(1.0, gt=0)
+    """Adafactor's update clipping: each tensor's update is scaled down to at most this RMS (the
+    paper's 1.0)."""
+    adafactor_beta1: float | None = Field(None, ge=0, lt=1)
+    """Adafactor's momentum of the clipped updates; null: none, as the paper (no first moment kept)."""
     adam_betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = Field(1.0, ge=0)
-    """Clip the global gradient norm to this (0: no clipping)."""
+    """AdamW's betas."""
+    grad_clip: float = Field(0.0, ge=0)
+    """Also clip the global gradient norm to this (0: no clipping, as the paper: Adafactor clips
+    each tensor's update already)."""
     zero_stage: int = Field(3, ge=0, le=3)
     """DeepSpeed ZeRO stage (3: parameters, gradients and optimizer state partitioned)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"

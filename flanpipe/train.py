@@ -7,10 +7,14 @@ One step, top to bottom:
 
 1. the step's packed rows are a pure function of (seed, step): each epoch is a seeded permutation of
    the mixture's rows, consumed in order; rank ``r`` takes its slice, in micro-batches;
+   a background thread reads the next step's rows while this one computes;
 2. every micro-batch: forward with the segment mask, the summed target-token cross-entropy, divided
-   by the number of target tokens in the whole step (all ranks, all micro-batches), backward;
-3. DeepSpeed reduces the gradients, clips the global norm, and the optimizer steps at the schedule's
-   learning rate (constant after an optional linear warm-up);
+   by the number of target tokens in the whole step (all ranks, all micro-batches) and multiplied
+   by ranks x micro-batches, which DeepSpeed divides by again (it averages over both), backward: the
+   step's gradient is the same for any split of its rows (ranks, accumulation, micro-batch rows);
+3. DeepSpeed reduces the gradients and the optimizer steps at the schedule's learning rate (constant
+   after an optional linear warm-up): Adafactor factors and clips per original tensor, whatever the
+   ZeRO stage (:mod:`flanpipe.optim`);
 4. every ``checkpoint_every`` steps (and at the end) a DeepSpeed checkpoint; a restarted run loads
    the latest and continues with the same data order, so its losses are the ones an uninterrupted
    run has.
@@ -29,6 +33,7 @@ import os
 import shutil
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,11 +52,17 @@ from flanpipe.io import (
     write_json_atomic,
 )
 from flanpipe.model import FlanLM, ModelConfig, loss_sums, predicted, segment_block_mask, segment_mask
-from flanpipe.optim import build_optimizer, constant_with_warmup, optimizer_state_bytes
+from flanpipe.optim import (
+    adam_state_bytes,
+    attach_zero_layout,
+    build_optimizer,
+    constant_with_warmup,
+    optimizer_state_bytes,
+)
 from flanpipe.packed import PackedShards
 from flanpipe.tokenizer import load_tokenizer
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: Adafactor per original tensor under ZeRO, no global norm clip
 log = logging.getLogger(__name__)
 
 METRICS = ["step", "loss", "lr", "grad_norm", "target_tokens", "tokens", "tokens_per_s", "elapsed_s"]
@@ -139,6 +150,23 @@ def _to_batch(rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]
             for name in ("tokens", "segment_ids", "positions", "loss_mask")}
 
 
+@dataclass(frozen=True)
+class StepBatches:
+    """This rank's micro-batches of one step and their target-token count."""
+
+    batches: list[dict[str, torch.Tensor]]
+    local_targets: int
+
+
+def load_step(data: PackedShards, plan: BatchPlan, step: int, seed: int, rank: int,
+              device: torch.device) -> StepBatches:
+    """Rank ``rank``'s micro-batches of ``step`` (see :func:`step_rows`), read and on ``device``."""
+    rows = step_rows(step, plan, len(data), seed)
+    mine = rows.reshape(plan.accumulation, plan.world_size, plan.micro_batch_rows)[:, rank]
+    batches = [_to_batch(data.take(idx), device) for idx in mine]
+    return StepBatches(batches, sum(int(predicted(b["segment_ids"], b["loss_mask"]).sum()) for b in batches))
+
+
 def build_model(tcfg: TrainConfig, vocab_size: int, max_positions: int) -> tuple[FlanLM, ModelConfig]:
     """A new model of the configured size, or a local Llama checkpoint loaded into ours."""
     spec = tcfg.model
@@ -218,11 +246,13 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
     model, mcfg = build_model(tcfg, vocab, row_tokens)
     torch.manual_seed(derive_seed(cfg.seed, f"train/rank{dist.rank}"))
     optimizer = build_optimizer(tcfg.optimizer, model.parameters(), tcfg.lr, tcfg.weight_decay,
-                                tcfg.adam_betas)
+                                tcfg.adam_betas, tcfg.adafactor_decay_rate, tcfg.adafactor_clip_threshold,
+                                tcfg.adafactor_beta1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(tcfg.warmup_steps))
     ds_cfg = deepspeed_config(tcfg, plan, bf16)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=ds_cfg)
+    partitions = attach_zero_layout(engine.optimizer)  # Adafactor: which tensor each flat element is
 
     start = 0
     if (ckpt_dir / "latest").exists():
@@ -240,20 +270,22 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
     fail_at = int(os.environ.get(FAIL_AT_STEP, 0))
     t0 = time.perf_counter()
     tokens_seen = 0
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flanpipe-prefetch")
+    next_batches = loader.submit(load_step, data, plan, start, cfg.seed, dist.rank, device)
     for step in range(start, tcfg.steps):
         if fail_at and step + 1 == fail_at and is_main:
             os._exit(17)
         t_step = time.perf_counter()
-        rows = step_rows(step, plan, len(data), cfg.seed)
-        mine = rows.reshape(plan.accumulation, dist.world_size, plan.micro_batch_rows)[:, dist.rank]
-        batches = [_to_batch(data.take(idx), device) for idx in mine]
-        # the loss is a mean over every target token of the step, on all ranks
-        local_targets = sum(int(predicted(b["segment_ids"], b["loss_mask"]).sum()) for b in batches)
-        total_targets = _all_reduce(torch.tensor(float(local_targets), device=device))
+        current = next_batches.result()
+        if step + 1 < tcfg.steps:  # read the next step's rows while this one computes
+            next_batches = loader.submit(load_step, data, plan, step + 1, cfg.seed, dist.rank, device)
+        # the loss is a mean over every target token of the step, on all ranks; DeepSpeed divides
+        # the gradient by ranks x accumulation (its average), which the scale puts back
+        total_targets = _all_reduce(torch.tensor(float(current.local_targets), device=device))
         scale = dist.world_size * plan.accumulation / max(total_targets, 1.0)
         loss_total = torch.zeros((), device=device)
         lr = schedule.get_last_lr()[0]
-        for batch in batches:
+        for batch in current.batches:
             mask = (segment_block_mask(batch["segment_ids"]) if attention == "flex"
                     else segment_mask(batch["segment_ids"]))
             logits = engine(batch["tokens"], batch["positions"], mask)
@@ -266,8 +298,9 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         done = step + 1
         if is_main and (done % tcfg.log_every == 0 or done == tcfg.steps):
             elapsed = time.perf_counter() - t0
+            grad_norm = engine.get_global_grad_norm()  # None where DeepSpeed had no need of it
             metrics.write({"step": done, "loss": loss, "lr": lr,
-                           "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                           "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
                            "target_tokens": int(total_targets), "tokens": plan.tokens_per_step,
                            "tokens_per_s": plan.tokens_per_step / (time.perf_counter() - t_step),
                            "elapsed_s": elapsed})
@@ -275,6 +308,7 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
             engine.save_checkpoint(str(ckpt_dir), tag=f"step{done:07d}", client_state={"step": done})
             if is_main:
                 _prune_checkpoints(ckpt_dir, tcfg.keep_checkpoints)
+    loader.shutdown()
     elapsed = time.perf_counter() - t0
     manifest = {
         "stage": "train", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed,
@@ -284,7 +318,10 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         "batch": {"rows_per_step": plan.rows_per_step, "tokens_per_step": plan.tokens_per_step,
                   "micro_batch_rows": plan.micro_batch_rows, "accumulation": plan.accumulation},
         "steps": tcfg.steps, "resumed_from_step": start, "deepspeed": ds_cfg,
-        "optimizer": tcfg.optimizer, "optimizer_state_bytes_rank0": optimizer_state_bytes(engine.optimizer),
+        "optimizer": tcfg.optimizer, "optimizer_partitions": partitions,
+        "optimizer_state_bytes_rank0": optimizer_state_bytes(engine.optimizer),
+        "adamw_state_bytes_rank0": adam_state_bytes(engine.optimizer),
+        "peak_memory_bytes_rank0": torch.cuda.max_memory_allocated(device) if on_gpu else None,
         "tokens_per_s_this_run": tokens_seen / elapsed if elapsed > 0 else None,
         "packed": {"path": str(packed_dir), "rows": len(data),
                    "manifest_sha256": sha256_file(Path(packed_dir) / "manifest.json")},

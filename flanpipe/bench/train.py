@@ -1,13 +1,16 @@
 """Training throughput benchmark: tokens/s and MFU of `flanpipe train` on packed rows.
 
     flanpipe bench train [--size 1b] [--steps 300] [--micro-batch-rows 8]     # on a GPU machine
+    flanpipe bench train --size 1b --steps 100 --optimizer adamw              # the same with AdamW
     flanpipe bench train --size tiny --steps 20                               # checks the path on CPU
 
 It writes a synthetic packed mixture (FLAN-like example lengths, best-fit packed into rows of 1280
 tokens), runs the real trainer on it (DeepSpeed ZeRO-3, FlexAttention block masks and bf16 on GPU)
 in this process, and reports the steady-state tokens/s (the median step after 10 warm-up steps) and
 the model FLOPs utilisation: ``tokens/s x FLOPs per token / peak``, with PaLM's FLOPs count
-(6 x matmul parameters + attention) and the H100's dense bf16 peak of 989 TFLOP/s.
+(6 x matmul parameters + attention) and the H100's dense bf16 peak of 989 TFLOP/s; also the step
+time, the peak GPU memory and the optimizer state's bytes on rank 0 beside AdamW's
+(``scripts/gpu/bench_optim.sh`` runs it for Adafactor and AdamW and prints their ratio).
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
 
 
 def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
-                tokens_per_batch: int | None = None, attention: str = "auto") -> dict:
-    """Run the trainer on synthetic packed rows; returns tokens/s and MFU."""
+                tokens_per_batch: int | None = None, attention: str = "auto",
+                optimizer: str = "adafactor") -> dict:
+    """Run the trainer on synthetic packed rows; returns tokens/s, MFU, memory and state bytes."""
     from flanpipe.train import train
 
     spec = SIZES[size]
@@ -75,7 +79,7 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
         cfg = parse_config({"train": {"steps": steps, "tokens_per_batch": tokens_per_batch,
                                       "micro_batch_rows": micro_batch_rows, "model": spec,
                                       "attention": attention, "checkpoint_every": 10**9, "log_every": 1,
-                                      "lr": 3e-5}})
+                                      "lr": 3e-5, "optimizer": optimizer}})
         run = train("bench", packed, None, tmp / "run", cfg)
         with open(tmp / "run/metrics.csv", newline="") as f:
             speeds = [float(r["tokens_per_s"]) for r in csv.DictReader(f)]
@@ -85,14 +89,20 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
     return {"size": size, "parameters": mcfg.num_parameters(), "steps": steps, "device": run["device"],
             "precision": run["precision"], "attention": run["attention"],
             "tokens_per_step": run["batch"]["tokens_per_step"],
-            "tokens_per_s": steady, "flops_per_token": flops, "mfu": steady * flops / H100_BF16_PEAK,
-            "zero_stage": run["deepspeed"]["zero_optimization"]["stage"]}
+            "tokens_per_s": steady, "step_s": run["batch"]["tokens_per_step"] / steady,
+            "flops_per_token": flops, "mfu": steady * flops / H100_BF16_PEAK,
+            "zero_stage": run["deepspeed"]["zero_optimization"]["stage"], "optimizer": run["optimizer"],
+            "optimizer_state_bytes_rank0": run["optimizer_state_bytes_rank0"],
+            "adamw_state_bytes_rank0": run["adamw_state_bytes_rank0"],
+            "peak_memory_bytes_rank0": run["peak_memory_bytes_rank0"]}
 
 
 def print_train(r: dict) -> None:
     print(json.dumps(r, indent=2))
     print(f"train benchmark: {r['parameters'] / 1e6:,.0f}M-parameter model, {r['tokens_per_step']:,} tokens "
           "per step, "
-          f"{r['device']} {r['precision']}, {r['attention']} attention, ZeRO-{r['zero_stage']}: "
+          f"{r['device']} {r['precision']}, {r['attention']} attention, ZeRO-{r['zero_stage']}, "
+          f"{r['optimizer']} ({r['optimizer_state_bytes_rank0'] / 2**20:,.1f} MiB of state on rank 0; "
+          f"AdamW's: {r['adamw_state_bytes_rank0'] / 2**20:,.1f} MiB): "
           f"{r['tokens_per_s']:,.0f} tokens/s, MFU {100 * r['mfu']:.1f}% of the H100's 989 TFLOP/s bf16 peak "
           "(target 40%; llm-foundry 1B: 42%)")
