@@ -174,8 +174,12 @@ def _load_partitioned(folder: Path, config, dtype: torch.dtype, attention: str,
 
     config._attn_implementation = attention
     model_class = AutoModelForCausalLM._model_mapping[type(config)]
-    with no_init_weights(), prevent_arange_dtype_change(), \
-            deepspeed.zero.Init(config_dict_or_path=zero3, dtype=dtype):
+    # (zero.Init takes the dtype from the config's bf16 section: given a dtype as well, DeepSpeed
+    # 0.19 picks bf16 on CPU whatever it is)
+    bf16 = zero3.get("bf16", {}).get("enabled", False)
+    if bf16 != (dtype == torch.bfloat16):
+        raise ValueError(f"dtype {dtype} does not match the DeepSpeed config's bf16.enabled ({bf16})")
+    with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=zero3):
         model = model_class(config)
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
@@ -260,7 +264,8 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype
     """``model`` as a ``transformers`` folder at ``out``: safetensors shards (``model.safetensors``,
     or ``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json``), ``config.json``,
     ``generation_config.json``, and the tokenizer's files (``tokenizer.save_pretrained(out)``; a
-    SentencePiece ``.model`` path is also accepted). Written to a temporary folder and renamed.
+    SentencePiece ``.model`` path is also accepted; None: no tokenizer files, for benchmarks).
+    Written to a temporary folder and renamed.
 
     Under ZeRO-3 every rank must call it: parameters are gathered one at a time to rank 0, which
     alone writes. ``dtype`` (default: the model's) is the dtype of the saved weights."""
@@ -332,6 +337,8 @@ def _full(param: torch.nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
 
 def _save_tokenizer(tokenizer, out: Path) -> None:
     """A tokenizer object's ``save_pretrained``, or a tokenizer path loaded through the seam."""
+    if tokenizer is None:
+        return
     if hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(out)
         return
