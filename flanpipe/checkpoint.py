@@ -336,39 +336,12 @@ def _full(param: torch.nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _save_tokenizer(tokenizer, out: Path) -> None:
-    """A tokenizer object's ``save_pretrained``, or a tokenizer path loaded through the seam."""
+    """A :class:`~flanpipe.tokenizer.Tokenizer`'s (or ``transformers`` tokenizer's) files, or those of
+    the tokenizer at a path; nothing for None."""
     if tokenizer is None:
         return
-    if hasattr(tokenizer, "save_pretrained"):
-        tokenizer.save_pretrained(out)
-        return
-    try:
+    if not hasattr(tokenizer, "save_pretrained"):
         from flanpipe.tokenizer import load_tokenizer
-    except ImportError:  # (until the tokenizer seam lands: a SentencePiece .model file)
-        save_spm_tokenizer(tokenizer, out)
-        return
-    load_tokenizer(tokenizer).save_pretrained(out)
 
-
-def save_spm_tokenizer(model_file: str | Path, out: Path) -> None:
-    """The SentencePiece model as ``transformers`` tokenizer files: ``tokenizer.model`` and a fast
-    ``tokenizer.json`` built from the model's pieces and scores (unigram with byte fallback, a space
-    marker prepended, whitespace kept), which encodes exactly as SentencePiece does."""
-    import shutil
-
-    import sentencepiece as spm
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
-    from transformers import PreTrainedTokenizerFast
-
-    sp = spm.SentencePieceProcessor(model_file=str(model_file))
-    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=sp.unk_id(), byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
-                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    ids = (("pad_token", sp.pad_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id()),
-           ("bos_token", sp.bos_id()))
-    specials = {name: sp.id_to_piece(i) for name, i in ids if i >= 0}
-    tok.add_special_tokens([AddedToken(piece, special=True) for piece in specials.values()])
-    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(str(out))
-    shutil.copyfile(model_file, out / "tokenizer.model")
+        tokenizer = load_tokenizer(tokenizer)
+    tokenizer.save_pretrained(out)

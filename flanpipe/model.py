@@ -207,7 +207,8 @@ class ModelConfig:
         for key in ("attention_bias", "mlp_bias"):
             if hf.get(key):
                 raise ValueError(f"{key}: checkpoints with biases are not supported")
-        if hf.get("rope_scaling"):
+        rope = hf.get("rope_parameters") or {}  # transformers 5 writes RoPE settings here
+        if hf.get("rope_scaling") or rope.get("rope_type", "default") != "default":
             raise ValueError("rope_scaling: scaled RoPE is not supported")
         heads = hf["num_attention_heads"]
         if hf.get("head_dim") not in (None, hf["hidden_size"] // heads):
@@ -217,7 +218,8 @@ class ModelConfig:
                    num_kv_heads=hf.get("num_key_value_heads", heads),
                    intermediate_size=hf["intermediate_size"],
                    max_position_embeddings=hf.get("max_position_embeddings", 4096),
-                   rope_theta=hf.get("rope_theta", 10_000.0), rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                   rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10_000.0)),
+                   rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
                    tie_word_embeddings=hf.get("tie_word_embeddings", False),
                    init_std=hf.get("initializer_range", 0.02))
 
@@ -449,8 +451,8 @@ def save_hf(state: dict[str, torch.Tensor], mcfg: ModelConfig, tokenizer, out, b
 
     from safetensors.torch import save_file
 
-    from flanpipe.checkpoint import save_spm_tokenizer
     from flanpipe.io import atomic_dir
+    from flanpipe.tokenizer import load_tokenizer
 
     if mcfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -461,4 +463,4 @@ def save_hf(state: dict[str, torch.Tensor], mcfg: ModelConfig, tokenizer, out, b
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         for name, content in (("config.json", hf_cfg), ("generation_config.json", ids)):
             (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        save_spm_tokenizer(tokenizer, tmp)
+        load_tokenizer(tokenizer).save_pretrained(tmp)

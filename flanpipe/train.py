@@ -52,8 +52,7 @@ from flanpipe.io import (
 from flanpipe.model import ATTENTION, PackedCausalLM, predicted
 from flanpipe.optim import build_optimizer, constant_with_warmup, optimizer_state_bytes
 from flanpipe.packed import PackedShards
-from flanpipe.tokenizer import load_processor
-from flanpipe.tokenizer import special_ids as tokenizer_ids
+from flanpipe.tokenizer import load_tokenizer
 
 # legacy names, until evaluate.py and bench/eval.py load through flanpipe.checkpoint
 load_pretrained, save_hf = legacy_model.load_pretrained, legacy_model.save_hf
@@ -350,12 +349,12 @@ def export_base_model(cfg: Config, tokenizer: str | Path, out: str | Path) -> di
     """The untuned base model as a checkpoint folder, for evaluation beside the tuned ones: the
     pretrained checkpoint (``train.model.source: pretrained``), or a new model built as every
     training run builds it (same architecture, sizes and seed)."""
+    tok = load_tokenizer(tokenizer)
     tcfg = cfg.train
-    sp = load_processor(tokenizer)
     row_tokens = cfg.tokenize.max_input_tokens + cfg.tokenize.max_target_tokens
     torch.manual_seed(derive_seed(cfg.seed, "train/init"))
-    model = build_model(tcfg.model, sp.get_piece_size(), row_tokens, special_ids=tokenizer_ids(sp))
-    save_checkpoint(model, tokenizer, Path(out), dtype=torch.float32)
+    model = build_model(tcfg.model, tok.vocab_size, row_tokens, special_ids=tok.special_ids())
+    save_checkpoint(model, tok, Path(out), dtype=torch.float32)
     n = parameter_count(model)
     log.info("base model (%s, %s parameters) -> %s", tcfg.model.source, f"{n:,}", out)
     return {"source": tcfg.model.source, "parameters": n, "out": str(out)}
