@@ -347,8 +347,10 @@ def plot_loss(metrics_csv: Path, out_png: Path, title: str) -> None:
 
 def export_base_model(cfg: Config, tokenizer: str | Path, out: str | Path) -> dict:
     """The untuned base model as a checkpoint folder, for evaluation beside the tuned ones: the
-    pretrained checkpoint (``train.model.source: pretrained``), or a new model built as every
-    training run builds it (same architecture, sizes and seed)."""
+    pretrained checkpoint (``train.model.source: pretrained``), or a new model of the same
+    architecture and sizes, initialised by ``transformers`` from the same seed. (Not bit for bit the
+    trained runs' initial weights: under ZeRO-3, rank 0 initialises module by module, which draws
+    the random numbers in another order.)"""
     tok = load_tokenizer(tokenizer)
     tcfg = cfg.train
     row_tokens = cfg.tokenize.max_input_tokens + cfg.tokenize.max_target_tokens

@@ -10,16 +10,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from flanpipe.checkpoint import build_model, load_model, model_config, save_checkpoint, weight_files
+from flanpipe.checkpoint import build_model, load_checkpoint, model_config, save_checkpoint, weight_files
 from flanpipe.config import ModelSpec
 from tests.unit.test_model import ARCHITECTURES, alone_losses, packed_losses, tiny_model
 
 
 @pytest.fixture(scope="module")
-def hf_tokenizer(smollm2_dir):
-    from transformers import AutoTokenizer
+def tokenizer(smollm2_dir):
+    from flanpipe.tokenizer import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
+    return load_tokenizer(smollm2_dir)
 
 
 def tensors(folder) -> dict[str, torch.Tensor]:
@@ -31,12 +31,12 @@ def tensors(folder) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
-def test_the_export_reloads_in_transformers_with_identical_logits(name, tmp_path, hf_tokenizer):
+def test_the_export_reloads_in_transformers_with_identical_logits(name, tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = tiny_model(name, seed=3)
     # small shards: every architecture's export is split over several files and an index
-    save_checkpoint(model, hf_tokenizer, tmp_path / "hf", max_shard_bytes=20_000)
+    save_checkpoint(model, tokenizer, tmp_path / "hf", max_shard_bytes=20_000)
     assert len(weight_files(tmp_path / "hf")) > 1
     reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True).eval()
     assert type(reloaded) is type(model)
@@ -45,7 +45,7 @@ def test_the_export_reloads_in_transformers_with_identical_logits(name, tmp_path
         assert torch.equal(reloaded(input_ids=tokens).logits, model(input_ids=tokens).logits)
     text = "Premise: the cat sat.\nOPTIONS:\n- yes\n- no"
     saved = AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
-    assert saved(text)["input_ids"] == hf_tokenizer(text)["input_ids"]
+    assert saved(text, add_special_tokens=False)["input_ids"] == tokenizer.encode(text)
 
 
 def test_a_new_models_vocabulary_is_padded_and_its_special_ids_are_ours():
@@ -64,19 +64,17 @@ def test_bad_model_settings_name_the_key():
         model_config(ModelSpec(architecture="gpt_neox", num_heads=4, num_kv_heads=2, hidden_size=32), 100, 64)
 
 
-def test_smollm2_loads_from_its_folder_and_keeps_packed_examples_apart(smollm2_dir, tmp_path):
+def test_smollm2_loads_from_its_folder_and_keeps_packed_examples_apart(smollm2_dir):
     """A real pretrained Llama-architecture checkpoint (tied embeddings, 49,152-id BPE tokenizer):
-    loaded with local files only; real sentences packed in one row score as they do alone; and a
-    pretrained source whose embedding is smaller than the tokenizer is refused."""
-    from transformers import AutoTokenizer
-
-    model = load_model(smollm2_dir)
-    assert model.config.tie_word_embeddings and not model.training
-    tok = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
+    loaded with local files only, with its tokenizer; real sentences packed in one row score as they
+    do alone; and a pretrained source whose embedding is smaller than the tokenizer is refused."""
+    model, tok = load_checkpoint(smollm2_dir)
+    assert type(model).__name__ == "LlamaForCausalLM" and not model.training
+    assert model.config.tie_word_embeddings and (tok.kind, tok.vocab_size) == ("hf", 49_152)
     pairs = [("Question: what is the capital of France?\nAnswer:", " Paris"),
              ("Translate to German: good morning.\n", "Guten Morgen."),
              ("Is this review positive? The film was a delight.\nOPTIONS:\n- yes\n- no\n", "yes")]
-    examples = [(torch.tensor(tok(x)["input_ids"]), torch.tensor(tok(y)["input_ids"])) for x, y in pairs]
+    examples = [(torch.tensor(tok.encode(x)), torch.tensor(tok.encode(y))) for x, y in pairs]
     width = sum(len(x) + len(y) for x, y in examples) + 5
     assert packed_losses(model, examples, width) == pytest.approx(alone_losses(model, examples), rel=1e-4)
     with pytest.raises(ValueError, match="use the checkpoint's own tokenizer"):
