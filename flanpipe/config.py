@@ -531,7 +531,7 @@ class Config(_Section):
         """The keys an evaluation reads (its Snakemake params: a change reruns the evaluations only)."""
         return self.model_dump(mode="json", include={
             "seed": True, "evaluate": True, "templatize": {"options", "few_shot"},
-            "tokenize": {"max_input_tokens", "max_target_tokens", "truncate_inputs"}})
+            "tokenize": {"max_input_tokens", "max_target_tokens", "truncate_inputs", "add_bos"}})
 
     def all_mixtures(self) -> list[str]:
         return [*self.mixtures(), *self.ablation_mixtures()]
