@@ -181,6 +181,10 @@ def _load_partitioned(folder: Path, config, dtype: torch.dtype, attention: str,
         raise ValueError(f"dtype {dtype} does not match the DeepSpeed config's bf16.enabled ({bf16})")
     with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=zero3):
         model = model_class(config)
+    model.tie_weights()  # (as transformers does after zero.Init: the output embedding is the input's)
+    output, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    if config.tie_word_embeddings and output is not embedding:
+        raise ValueError(f"{folder}: tie_word_embeddings, but the output embedding was not tied")
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     loaded = set()

@@ -82,13 +82,17 @@ def test_smollm2_loads_from_its_folder_and_keeps_packed_examples_apart(smollm2_d
 
 
 def test_zero3_loads_partitioned_on_two_ranks_and_exports_back_exactly(tmp_path):
-    """A sharded checkpoint (untied, an odd vocabulary so partitions are padded) loads under ZeRO-3
-    on 2 gloo ranks, each holding half; the gathered export equals the source tensor for tensor."""
+    """A sharded checkpoint (tied embeddings, as SmolLM2's; an odd vocabulary so partitions are
+    padded) loads under ZeRO-3 on 2 gloo ranks, each holding half, the output embedding tied to the
+    input one (an untied copy would be left uninitialised: more parameters); the gathered export
+    equals the source tensor for tensor."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(4)
     source = LlamaForCausalLM(LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=72,
-                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                          tie_word_embeddings=True))
+    assert source.lm_head.weight is source.model.embed_tokens.weight
     source.save_pretrained(tmp_path / "src", max_shard_size="20KB")
     assert len(weight_files(tmp_path / "src")) > 1
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
