@@ -116,13 +116,22 @@ def build_model(spec: ModelSpec, vocab_size: int, max_positions: int, *,
             raise ValueError(f"train.model.path: the tokenizer has {vocab_size} ids, the checkpoint's "
                              f"embedding only {model.config.vocab_size}: use the checkpoint's own "
                              "tokenizer (tokenize.tokenizer.source: file)")
-        return model
+        return _with_activation_checkpointing(model, spec)
     from transformers import AutoModelForCausalLM
 
     config = model_config(spec, vocab_size, max_positions, special_ids)
     with _zero3_integration(zero3):
-        return AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                                attn_implementation=attention_for(config, attention))
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                 attn_implementation=attention_for(config, attention))
+    return _with_activation_checkpointing(model, spec)
+
+
+def _with_activation_checkpointing(model, spec: ModelSpec):
+    """``train.model.activation_checkpointing``: each layer's activations are recomputed in the
+    backward pass (``transformers``' non-reentrant gradient checkpointing, active in train mode)."""
+    if spec.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 @contextlib.contextmanager

@@ -192,8 +192,6 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
                         special_ids=tokenizer_info["special_ids"],
                         dtype=torch.bfloat16 if bf16 else torch.float32, attention=ATTENTION[attention],
                         zero3=ds_cfg if tcfg.zero_stage == 3 else None)
-    if tcfg.model.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     parameters = parameter_count(model)
     torch.manual_seed(derive_seed(cfg.seed, f"train/rank{dist.rank}"))

@@ -130,6 +130,23 @@ def test_gemma_final_soft_capping_is_applied():
     assert capped != pytest.approx(uncapped, rel=1e-3)
 
 
+def test_activation_checkpointing_gives_the_same_gradients():
+    from flanpipe.checkpoint import build_model as build
+
+    grads = []
+    for recompute in (False, True):
+        spec = ModelSpec(architecture="qwen3", hidden_size=32, num_layers=2, num_heads=4,
+                         activation_checkpointing=recompute)
+        torch.manual_seed(0)
+        model = build(spec, VOCAB, 64).train()
+        assert model.is_gradient_checkpointing == recompute
+        tokens, seg, pos, mask = packed_row(EXAMPLES, 40)
+        PackedCausalLM(model)(tokens, pos, seg, mask).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        assert torch.allclose(grad, grads[1][name], atol=1e-6), name
+
+
 def test_flex_attention_block_masks_equal_sdpa_and_keep_examples_apart():
     """FlexAttention (the GPU default) runs here on CPU, forward only: Gemma 3 with sliding and
     full layers, one block mask each."""
