@@ -18,6 +18,10 @@ pytestmark = pytest.mark.e2e
 CFG = load_config(REPO / "config/config.yaml")
 
 
+def ours_vocab(demo_run) -> int:
+    return json.loads((demo_run / "data/packed/nli/manifest.json").read_text())["tokenizer"]["vocab_size"]
+
+
 def read_metrics(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -39,34 +43,38 @@ def test_one_model_per_mixture_trained_with_zero3_on_two_ranks(demo_run):
 
 
 def test_the_saved_model_loads_in_transformers_alone(demo_run):
-    """No flanpipe code: transformers loads the folder; its logits equal ours on a packed example."""
+    """No flanpipe code: transformers loads the folder and its tokenizer, which encodes as ours; the
+    trained model keeps the examples of a real packed row apart (each scores as it does alone)."""
+    import pyarrow.parquet as pq
+    import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flanpipe.model import FlanLM, ModelConfig, segment_mask
+    from flanpipe.model import PackedCausalLM, predicted
     from flanpipe.packed import PackedShards
-    from flanpipe.tokenizer import load_processor
+    from flanpipe.tokenizer import load_tokenizer
 
     folder = demo_run / "models/nli/hf"
     hf = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     run = json.loads((demo_run / "models/nli/run.json").read_text())
-    ours = FlanLM(ModelConfig(**run["model"])).eval()
-    from safetensors.torch import load_file
-
-    ours.load_state_dict(load_file(str(folder / "model.safetensors")))
+    assert hf.config.model_type == run["model"]["model_type"] == "llama"
+    assert hf.config.vocab_size % 128 == 0 and hf.config.vocab_size >= ours_vocab(demo_run)
     row = PackedShards(demo_run / "data/packed/nli")[0]
-    seg = row["segment_ids"].astype(np.int64)
-    first = torch.from_numpy(row["tokens"][seg == 1].astype(np.int64))[None]
+    batch = {k: torch.from_numpy(row[k].astype(np.int64))[None]
+             for k in ("tokens", "positions", "segment_ids", "loss_mask")}
+    seg = batch["segment_ids"]
     with torch.no_grad():
-        theirs = hf(first).logits
-        mine = ours(first, torch.arange(first.shape[1])[None], segment_mask(torch.ones_like(first)))
-    assert torch.allclose(theirs, mine, atol=1e-5)
-    sp = load_processor(demo_run / "models/tokenizer/spm.model")
-    import pyarrow.parquet as pq
-
+        nll = PackedCausalLM(hf)(batch["tokens"], batch["positions"], seg, batch["loss_mask"])
+        owner = seg[:, 1:][predicted(seg, batch["loss_mask"])]
+        for s in range(1, int(seg.max()) + 1):
+            ids, targets = batch["tokens"][seg == s], batch["loss_mask"][seg == s].bool()
+            logits = hf(input_ids=ids[None]).logits[0, :-1]
+            alone = F.cross_entropy(logits[targets[1:]], ids[1:][targets[1:]], reduction="sum")
+            assert nll[owner == s].sum().item() == pytest.approx(alone.item(), rel=1e-5, abs=1e-5)
+    ours = load_tokenizer(demo_run / "models/tokenizer/spm.model")
     texts = pq.read_table(sorted((demo_run / "data/mixtures/nli/shards").glob("*.parquet"))).column("inputs")
     for text in texts.to_pylist()[:200]:
-        assert tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
+        assert tok(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
 
 
 def _train(demo_run, out, steps, env=None, check=True):
