@@ -69,7 +69,7 @@ from flanpipe.tokenizer import load_tokenizer
 # legacy names, until evaluate.py and bench/eval.py load through flanpipe.checkpoint
 load_pretrained, save_hf = legacy_model.load_pretrained, legacy_model.save_hf
 
-STAGE_VERSION = "3"  # 2: Adafactor per original tensor under ZeRO, no global norm clip; 3: transformers models
+STAGE_VERSION = "3"  # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models
 log = logging.getLogger(__name__)
 
 METRICS = ["step", "loss", "lr", "grad_norm", "target_tokens", "tokens", "tokens_per_s", "elapsed_s"]
