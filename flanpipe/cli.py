@@ -7,7 +7,7 @@
     flanpipe summary [--data data]
     flanpipe stats [--mixture nli] [--catalog data/catalog.duckdb] [--json]
     flanpipe tokenizer [--mixture all] [--config config/config.yaml] [--out models/tokenizer/spm.model]
-    flanpipe pack --mixture nli [--tokenizer models/tokenizer/spm.model] [--out data/packed/nli]
+    flanpipe pack --mixture nli [--tokenizer models/tokenizer/spm.model | CHECKPOINT] [--out data/packed/nli]
     flanpipe show-packed --mixture nli [--row 0]
     flanpipe launch [--launcher torchrun|srun] [--nodes 1] [--tasks-per-node 2] -- train --mixture nli
     flanpipe train --mixture nli [--config ...]   (one rank; started by torchrun, srun or launch)
@@ -200,7 +200,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from flanpipe.pack import tokenize_and_pack
 
     cfg = load_config(args.config)
-    tokenize_and_pack(args.mixture, f"data/mixtures/{args.mixture}/shards", args.tokenizer,
+    tokenize_and_pack(args.mixture, f"data/mixtures/{args.mixture}/shards", _tokenizer(args, cfg),
                       args.out or f"data/packed/{args.mixture}", cfg, threads=args.threads)
     return 0
 
@@ -210,9 +210,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flanpipe.train import train
 
     cfg = load_config(args.config)
-    train(args.mixture, args.packed or f"data/packed/{args.mixture}", args.tokenizer,
+    train(args.mixture, args.packed or f"data/packed/{args.mixture}", _tokenizer(args, cfg),
           args.out or f"models/{args.mixture}", cfg)
     return 0
+
+
+def _tokenizer(args: argparse.Namespace, cfg) -> str:
+    """``--tokenizer``, else the config's: a checkpoint's own, or the shared SentencePiece model."""
+    if args.tokenizer:
+        return args.tokenizer
+    given = cfg.given_tokenizer()
+    return given if given is not None else "models/tokenizer/spm.model"
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -230,10 +238,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_show_packed(args: argparse.Namespace) -> int:
     """One packed row, decoded segment by segment."""
     from flanpipe.packed import PackedShards, unpack_row
-    from flanpipe.tokenizer import load_processor
+    from flanpipe.tokenizer import load_tokenizer
 
     shards = PackedShards(args.packed or f"data/packed/{args.mixture}")
-    sp = load_processor(args.tokenizer or shards.manifest["tokenizer"]["path"])
+    tok = load_tokenizer(args.tokenizer or shards.manifest["tokenizer"]["path"])
     row = shards[args.row]
     segments = unpack_row(row)
     width = sum(shards.dtype[name].shape[0] for name in ("tokens", "inputs", "targets")
@@ -243,7 +251,7 @@ def cmd_show_packed(args: argparse.Namespace) -> int:
           f"tokens ({100 * used / width:.1f}%)")
     for k, (inputs, targets) in enumerate(segments, 1):
         print(f"--- segment {k}: {len(inputs)} input + {len(targets)} target tokens (EOS included)")
-        print(f"[input]\n{sp.decode(inputs[:-1].tolist())}\n[target]\n{sp.decode(targets[:-1].tolist())}")
+        print(f"[input]\n{tok.decode(inputs[:-1])}\n[target]\n{tok.decode(targets[:-1])}")
     return 0
 
 
@@ -403,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pack", help="tokenize one mixture and pack it into token shards")
     p.add_argument("--mixture", required=True)
     p.add_argument("--config", default=DEFAULT_CONFIG)
-    p.add_argument("--tokenizer", default="models/tokenizer/spm.model")
+    p.add_argument("--tokenizer", help="a .model file, tokenizer.json or checkpoint folder (default: "
+                   "the config's: the checkpoint's own, or models/tokenizer/spm.model)")
     p.add_argument("--out", help="output directory (default data/packed/MIXTURE)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=cmd_pack)
@@ -412,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixture", required=True)
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--packed", help="packed mixture (default data/packed/MIXTURE)")
-    p.add_argument("--tokenizer", default="models/tokenizer/spm.model")
+    p.add_argument("--tokenizer", help="exported with the model (default: as for pack)")
     p.add_argument("--out", help="run directory (default models/MIXTURE)")
     p.set_defaults(func=cmd_train)
 

@@ -171,13 +171,17 @@ class MixConfig(_Section):
 
 
 class TokenizerConfig(_Section):
-    """The SentencePiece model: trained on a seeded sample of the mixture text, or an existing file."""
+    """The tokenizer: a SentencePiece model trained on a seeded sample of the mixture text, a given
+    one, or the pretrained checkpoint's own."""
 
-    source: Literal["train", "file"] = "train"
-    """`train` a new model, or copy the `.model` at `path` (a fine-tuning run must use its
-    checkpoint's own tokenizer)."""
+    source: Literal["auto", "train", "file"] = "auto"
+    """`auto`: the checkpoint's own tokenizer when `train.model.source` is `pretrained` (read from
+    its folder: `tokenizer.json`, else `tokenizer.model`), else `train`; `train` a new SentencePiece
+    model; `file`: use the tokenizer at `path`. A pretrained checkpoint takes its own tokenizer
+    only: `train`, or a `file` outside the checkpoint folder, is refused."""
     path: str | None = None
-    """`file` only: an existing SentencePiece `.model` file."""
+    """`file` only: a SentencePiece `.model` file, a `tokenizer.json`, or a folder holding
+    `tokenizer.json` (preferred) or `tokenizer.model`."""
     shared: bool = True
     """One tokenizer for every mixture (`models/tokenizer/spm.model`, trained on the `all` mixture's
     text), or one per mixture (`models/tokenizer/{mixture}/spm.model`, trained on its own text)."""
@@ -199,8 +203,8 @@ class TokenizerConfig(_Section):
     def _path_matches_source(self) -> TokenizerConfig:
         if self.source == "file" and not self.path:
             raise ValueError("tokenize.tokenizer.path: source 'file' needs the path of a SentencePiece "
-                             ".model file")
-        if self.source == "train" and self.path:
+                             ".model file, a tokenizer.json or a folder holding one")
+        if self.source != "file" and self.path:
             raise ValueError(f"tokenize.tokenizer.path is only used with source 'file', not "
                              f"{self.source!r}")
         return self
@@ -210,8 +214,12 @@ class TokenizeConfig(_Section):
     """Stage 4: tokenize each mixture and pack it into fixed-width token rows."""
 
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    add_bos: bool | None = None
+    """Put the tokenizer's BOS token before each example's inputs. null: as the tokenizer's own
+    convention says (a checkpoint whose tokenizer adds BOS, as Llama's do, gets one; SmolLM2's and
+    flanpipe's own SentencePiece models do not); true needs a tokenizer with a BOS token."""
     max_input_tokens: int = Field(1024, ge=2, le=65_535)
-    """Inputs are truncated to this many tokens, their EOS included."""
+    """Inputs are truncated to this many tokens, their EOS (and BOS, if added) included."""
     max_target_tokens: int = Field(256, ge=2, le=65_535)
     """Targets are truncated to this many tokens, their EOS included."""
     truncate_inputs: Literal["right", "left"] = "right"
@@ -243,8 +251,8 @@ class ModelSpec(_Section):
 
     source: Literal["config", "pretrained"] = "config"
     """`config`: a new Llama-architecture decoder of the sizes below (vocabulary = the tokenizer's);
-    `pretrained`: the Llama checkpoint at `path` (never fetched from a hub at run time; its
-    tokenizer must be the one in `tokenize.tokenizer.path`)."""
+    `pretrained`: the Llama checkpoint at `path` (never fetched from a hub at run time), with its
+    own tokenizer (`tokenize.tokenizer.source: auto`)."""
     path: str | None = None
     """`pretrained` only: a local folder with `config.json` and safetensors weights."""
     hidden_size: int = Field(768, ge=8)
@@ -442,12 +450,49 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _tokenizer_follows_checkpoint(self) -> Config:
+        tok, spec = self.tokenize.tokenizer, self.train.model
+        if spec.source != "pretrained":
+            return self
+        if tok.source == "train":
+            raise ValueError(
+                "tokenize.tokenizer.source: 'train' with train.model.source 'pretrained' would fine-tune "
+                f"the checkpoint {spec.path} on ids of a new tokenizer that mean nothing to it; allowed: "
+                "'auto' (the checkpoint's own tokenizer, read from train.model.path)")
+        if tok.source == "file" and not _inside(tok.path, spec.path):
+            raise ValueError(
+                f"tokenize.tokenizer.path: {tok.path} is not the tokenizer of the checkpoint "
+                f"train.model.path ({spec.path}); a pretrained checkpoint is fine-tuned with its own "
+                "tokenizer only: set tokenize.tokenizer.source to 'auto' (or path to the checkpoint "
+                "folder or a tokenizer file in it)")
+        return self
+
+    @model_validator(mode="after")
     def _bands_fit(self) -> Config:
         near = self.dedup.near
         if near.bands is not None and near.bands > near.num_perm:
             raise ValueError(f"dedup.near.bands: {near.bands} bands need at least as many permutations "
                              f"(dedup.near.num_perm is {near.num_perm})")
         return self
+
+    def given_tokenizer(self) -> str | None:
+        """The tokenizer the run uses as it is, in place: the pretrained checkpoint's folder
+        (`tokenize.tokenizer.source: auto`), or `tokenize.tokenizer.path` when that is not a
+        SentencePiece `.model` file (a `.model` file is copied to `models/tokenizer/spm.model`);
+        None when the run trains its own.
+
+        >>> pretrained = {"model": {"source": "pretrained", "path": "/ckpt/smollm2"}}
+        >>> parse_config({"train": pretrained}).given_tokenizer()
+        '/ckpt/smollm2'
+        >>> parse_config({}).given_tokenizer() is None
+        True
+        """
+        tok = self.tokenize.tokenizer
+        if tok.source == "auto" and self.train.model.source == "pretrained":
+            return self.train.model.path
+        if tok.source == "file" and not tok.path.endswith(".model"):
+            return tok.path
+        return None
 
     def mixtures(self) -> list[str]:
         """The main mixtures: one per held-out cluster, then `all`."""
@@ -529,6 +574,12 @@ class Config(_Section):
             return list(load_registry().datasets)
         order = list(load_registry().datasets)
         return sorted(self.datasets, key=order.index)
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or a file directly in it (paths compared, not contents)."""
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return p == f or p.parent == f
 
 
 def _is_type_tag(part: object) -> bool:

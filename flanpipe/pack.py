@@ -1,13 +1,15 @@
 """Stage 4b, tokenize and pack: one mixture into fixed-width token rows a trainer can memory-map.
 
 The mixture's shards are read in order, in windows of ``tokenize.pack_window`` examples. Each window
-is tokenized with SentencePiece's batch encoder (threads, no per-row Python loop), truncated to the
-input and target budgets (EOS included, truncations counted per dataset), packed by best-fit
+is tokenized with the tokenizer's batch encoder (:mod:`flanpipe.tokenizer`: SentencePiece's threads or
+the Rust ``tokenizers`` pool, no per-row Python loop), BOS put before the inputs where the tokenizer's
+convention or ``tokenize.add_bos`` says so, truncated to the input and target budgets (BOS and EOS
+included, truncations counted per dataset), packed by best-fit
 decreasing (:mod:`flanpipe.packing`), and its rows are shuffled (seeded) and appended to the shards.
 
 Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
 
-- ``decoder_only``: rows of ``Li + Lt`` tokens holding whole examples ``inputs EOS targets EOS``;
+- ``decoder_only``: rows of ``Li + Lt`` tokens holding whole examples ``[BOS] inputs EOS targets EOS``;
   ``segment_ids`` number the examples of a row from 1 (0 is padding), ``positions`` restart at 0 for
   each example, and ``loss_mask`` is 1 on target tokens (their EOS included). The model predicts
   token ``t`` from tokens before it in the same segment, and the loss counts where ``loss_mask[t]``.
@@ -49,9 +51,9 @@ from flanpipe.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from flanpipe.tokenizer import load_processor, mixture_shards, special_ids
+from flanpipe.tokenizer import Tokenizer, load_tokenizer, mixture_shards
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 log = logging.getLogger(__name__)
 
 COLUMNS = ["inputs", "targets", "dataset", "example_id", "template_id", "epoch"]
@@ -128,18 +130,43 @@ def row_dtype(layout: str, max_input: int, max_target: int, vocab_size: int) -> 
 
 
 class Encoded:
-    """A batch of texts as one flat token array: ``ids[starts[i]:starts[i] + lengths[i]]``."""
+    """A batch of texts as one flat token array: ``ids[starts[i]:starts[i] + lengths[i]]``;
+    ``full[i]``: the text's tokens before any cut (``lengths`` unless :func:`prepend` cut it)."""
 
     def __init__(self, arrays: list[np.ndarray]):
         self.lengths = np.fromiter(map(len, arrays), np.int64, len(arrays))
         self.starts = np.zeros(len(arrays), np.int64)
         np.cumsum(self.lengths[:-1], out=self.starts[1:])
-        self.ids = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+        self.ids = np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.zeros(0, np.int32)
+        self.full = self.lengths
 
 
-def encode(sp, texts: pa.ChunkedArray | pa.Array, threads: int) -> Encoded:
-    """Batch-encode a text column with SentencePiece's own thread pool."""
-    return Encoded(sp.encode(texts.to_pylist(), return_type="numpy", num_threads=max(1, threads)))
+def encode(tokenizer: Tokenizer, texts: pa.ChunkedArray | pa.Array, threads: int) -> Encoded:
+    """Batch-encode a text column (SentencePiece's thread pool, or the Rust ``tokenizers`` one)."""
+    return Encoded(tokenizer.encode_batch(texts.to_pylist(), threads))
+
+
+def prepend(encoded: Encoded, token: int, keep_last: int | None = None) -> Encoded:
+    """``token`` before every text; with ``keep_last``, a longer text first keeps only its last
+    ``keep_last`` tokens (left truncation done here, so that the token survives it). ``full``
+    counts the token and the whole text.
+
+    >>> e = prepend(Encoded([np.array([5, 6, 7]), np.array([], np.int32), np.array([8])]), 1, keep_last=2)
+    >>> e.ids.tolist(), e.lengths.tolist(), e.full.tolist()
+    ([1, 6, 7, 1, 1, 8], [3, 1, 2], [4, 1, 2])
+    """
+    kept = encoded.lengths if keep_last is None else np.minimum(encoded.lengths, keep_last)
+    out = Encoded([])
+    out.lengths = kept + 1
+    out.starts = np.zeros(len(kept), np.int64)
+    np.cumsum(out.lengths[:-1], out=out.starts[1:])
+    out.ids = np.empty(int(out.lengths.sum()), np.int32)
+    out.ids[out.starts] = token
+    within = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
+    source = np.repeat(encoded.starts + encoded.lengths - kept, kept) + within
+    out.ids[np.repeat(out.starts + 1, kept) + within] = encoded.ids[source]
+    out.full = encoded.full + 1
+    return out
 
 
 def windows(shards: list[Path], size: int, columns: list[str] = COLUMNS) -> Iterator[pa.Table]:
@@ -188,13 +215,17 @@ class _ShardWriter:
         self.count = len(rows) - n
 
 
-def pack_window(table: pa.Table, sp, tcfg: TokenizeConfig, dtype: np.dtype, eos: int, pad: int,
-                threads: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
-    """Tokenize, truncate and pack one window. Returns its rows (shuffled), the per-example
-    placement (row within the window, segment, offsets, token counts) and the window's counts."""
+def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: TokenizeConfig, dtype: np.dtype, eos: int,
+                pad: int, threads: int, rng: np.random.Generator, bos: int | None = None
+                ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """Tokenize, truncate and pack one window (``bos``: put before each example's inputs). Returns
+    its rows (shuffled), the per-example placement (row within the window, segment, offsets, token
+    counts) and the window's counts."""
     li_max, lt_max = tcfg.max_input_tokens, tcfg.max_target_tokens
-    inputs = encode(sp, table.column("inputs"), threads)
-    targets = encode(sp, table.column("targets"), threads)
+    inputs = encode(tokenizer, table.column("inputs"), threads)
+    targets = encode(tokenizer, table.column("targets"), threads)
+    if bos is not None:
+        inputs = prepend(inputs, bos, li_max - 2 if tcfg.truncate_inputs == "left" else None)
     keep_in = np.minimum(inputs.lengths, li_max - 1)
     keep_tg = np.minimum(targets.lengths, lt_max - 1)
     size_in, size_tg = keep_in + 1, keep_tg + 1  # EOS
@@ -224,7 +255,7 @@ def pack_window(table: pa.Table, sp, tcfg: TokenizeConfig, dtype: np.dtype, eos:
         target_off = off_b
     placement = {"row": row, "segment": seg, "input_offset": off_a, "target_offset": target_off,
                  "input_tokens": size_in, "target_tokens": size_tg,
-                 "input_tokens_full": inputs.lengths + 1, "target_tokens_full": targets.lengths + 1}
+                 "input_tokens_full": inputs.full + 1, "target_tokens_full": targets.full + 1}
     counts = {"rows": n_rows, "rows_lower_bound": packing.rows_lower_bound(*dims),
               "rows_next_fit": packing.next_fit(*dims)[4]}
     return rows, placement, counts
@@ -235,10 +266,10 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     """Tokenize and pack the mixture in ``shard_dir`` into ``out_dir``; returns the manifest."""
     tcfg = cfg.tokenize
     out_dir = Path(out_dir)
-    sp = load_processor(tokenizer)
-    ids = special_ids(sp)
-    eos, pad = ids["eos_id"], ids["pad_id"] if ids["pad_id"] is not None else 0
-    dtype = row_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, sp.get_piece_size())
+    tok = load_tokenizer(tokenizer)
+    eos, pad = tok.eos_id, tok.pad_id if tok.pad_id is not None else 0
+    bos = bos_token(tok, tcfg.add_bos)
+    dtype = row_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
     shards = mixture_shards(shard_dir)
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     rng = np.random.default_rng(derive_seed(cfg.seed, f"pack/{mixture}"))
@@ -250,7 +281,7 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
         n_windows = math.ceil(total / tcfg.pack_window)
         for table in tqdm(windows(shards, tcfg.pack_window), total=n_windows, desc=f"pack {mixture}",
                           unit="window", mininterval=10, disable=n_windows < 4):
-            rows, placed, counts = pack_window(table, sp, tcfg, dtype, eos, pad, threads, rng)
+            rows, placed, counts = pack_window(table, tok, tcfg, dtype, eos, pad, threads, rng, bos)
             placed["row"] = placed["row"] + totals["rows"]
             placed["position"] = np.arange(position, position + table.num_rows)
             index_parts.append(_index_table(placed, table))
@@ -275,8 +306,7 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
         "fields": {name: {"dtype": dtype[name].base.str, "shape": list(dtype[name].shape)}
                    for name in dtype.names},
         "rows_per_shard": tcfg.rows_per_shard, "shards": shard_list,
-        "tokenizer": {"path": str(tokenizer), "sha256": sha256_file(tokenizer),
-                      "vocab_size": sp.get_piece_size(), "special_ids": ids, "pad_fill": pad},
+        "tokenizer": {**tok.describe(), "pad_fill": pad, "bos_added": bos is not None},
         "inputs": [{"file": p.name, "sha256": sha256_file(p)} for p in shards],
         "packing": summary, "config": {"tokenize": tcfg.model_dump(), "train": cfg.train.model_dump()},
         "code": code_version("pack", STAGE_VERSION), "created_at": utc_now(),
@@ -293,6 +323,17 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
                     "train.tokens_per_batch): the trainer will repeat the data", mixture,
                     summary["non_pad_tokens"], summary["budget_tokens"])
     return manifest
+
+
+def bos_token(tokenizer: Tokenizer, add_bos: bool | None) -> int | None:
+    """The BOS id to put before each example's inputs, or None: ``tokenize.add_bos``, or where that
+    is null, the tokenizer's own convention."""
+    if add_bos is None:
+        add_bos = tokenizer.add_bos
+    if add_bos and tokenizer.bos_id is None:
+        raise ValueError(f"tokenize.add_bos: true, but the tokenizer {tokenizer.path} has no BOS token; "
+                         "allowed: false or null")
+    return tokenizer.bos_id if add_bos else None
 
 
 def _index_table(placed: dict[str, np.ndarray], table: pa.Table) -> pa.Table:

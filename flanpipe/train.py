@@ -417,23 +417,9 @@ def export_base_model(cfg: Config, tokenizer: str | Path, out: str | Path) -> di
     return {"source": tcfg.model.source, "parameters": mcfg.num_parameters(), "out": str(out)}
 
 
-def save_tokenizer(model_file: str | Path, out: Path) -> None:
-    """The SentencePiece model as ``transformers`` tokenizer files: ``tokenizer.model`` and a fast
-    ``tokenizer.json`` built from the model's pieces and scores (unigram with byte fallback, a space
-    marker prepended, whitespace kept), which encodes exactly as SentencePiece does."""
-    import sentencepiece as spm
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
-    from transformers import PreTrainedTokenizerFast
+def save_tokenizer(tokenizer: str | Path, out: Path) -> None:
+    """The tokenizer's ``transformers`` files in ``out`` (``Tokenizer.save_pretrained``: they encode
+    exactly as the tokenizer the model was trained with)."""
+    from flanpipe.tokenizer import load_tokenizer
 
-    sp = spm.SentencePieceProcessor(model_file=str(model_file))
-    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=sp.unk_id(), byte_fallback=True))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
-                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    ids = (("pad_token", sp.pad_id()), ("eos_token", sp.eos_id()), ("unk_token", sp.unk_id()),
-           ("bos_token", sp.bos_id()))
-    specials = {name: sp.id_to_piece(i) for name, i in ids if i >= 0}
-    tok.add_special_tokens([AddedToken(piece, special=True) for piece in specials.values()])
-    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(str(out))
-    shutil.copyfile(model_file, out / "tokenizer.model")
+    load_tokenizer(tokenizer).save_pretrained(out)

@@ -1,6 +1,8 @@
 # Helpers shared by every stage file: the dataset list and input functions (get_*).
 from argparse import Namespace
 
+from flanpipe.tokenizer import tokenizer_file
+
 DATASETS = CFG.dataset_names()
 
 
@@ -113,7 +115,11 @@ def get_tokenizer_source(wildcards):
 
 
 def get_tokenizer(wildcards):
-    """The tokenizer a mixture is packed with: the shared one, or the mixture's own."""
+    """The tokenizer a mixture is packed with: a checkpoint's own (or a given tokenizer.json),
+    read in place; else the shared one, or the mixture's own."""
+    given = CFG.given_tokenizer()
+    if given is not None:
+        return str(tokenizer_file(given))
     tokenizer = CFG.tokenize.tokenizer
     if tokenizer.shared or tokenizer.source == "file":
         return "models/tokenizer/spm.model"

@@ -1,5 +1,6 @@
-# Stage 4, tokenize and pack: one SentencePiece model (trained on the `all` mixture, or given), then
-# each mixture tokenized and packed into fixed-width token shards.
+# Stage 4, tokenize and pack: one SentencePiece model (trained on the `all` mixture, or given), or a
+# pretrained checkpoint's own tokenizer read in place (get_tokenizer), then each mixture tokenized
+# and packed into fixed-width token shards.
 from flanpipe.pack import STAGE_VERSION as PACK_VERSION
 from flanpipe.tokenizer import STAGE_VERSION as TOKENIZER_VERSION
 

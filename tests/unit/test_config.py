@@ -74,9 +74,10 @@ def test_stage3_values_are_checked_with_the_key_named(data, expect):
 
 @pytest.mark.parametrize("data, expect", [
     ({"tokenize": {"tokenizer": {"source": "file"}}},
-     "tokenize.tokenizer.path: source 'file' needs the path of a SentencePiece .model file"),
+     "tokenize.tokenizer.path: source 'file' needs the path of a SentencePiece .model file, a "
+     "tokenizer.json or a folder holding one"),
     ({"tokenize": {"tokenizer": {"path": "/x/spm.model"}}},
-     "tokenize.tokenizer.path is only used with source 'file', not 'train'"),
+     "tokenize.tokenizer.path is only used with source 'file', not 'auto'"),
     ({"tokenize": {"tokenizer": {"vocab_size": 100}}},
      "tokenize.tokenizer.vocab_size: Input should be greater than or equal to 300 (got 100)"),
     ({"tokenize": {"layout": "prefix_lm"}},
