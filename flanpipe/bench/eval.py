@@ -2,13 +2,15 @@
 
     flanpipe bench eval [--rows 96 (prompts)] [--threads 2]
 
-A small random-init Llama model (hidden 256, 4 layers, 4 heads; a SentencePiece vocabulary of
-4,000 pieces trained here on synthetic FLAN-like text, :func:`flanpipe.bench.pack.synthetic_examples`)
-is saved as a Hugging Face checkpoint folder (``model.safetensors``, ``config.json``, tokenizer
-files) in a temporary directory. Both scorers read that folder:
+A small random-init ``transformers`` Llama (``LlamaForCausalLM``: hidden 256, 4 layers, 4 heads,
+MLP 8/3 x hidden; a SentencePiece vocabulary of 4,000 pieces trained here on synthetic FLAN-like
+text, :func:`flanpipe.bench.pack.synthetic_examples`) is saved as a Hugging Face checkpoint folder
+(``save_pretrained``, and the tokenizer seam's ``save_pretrained``) in a temporary directory. Both
+scorers read that folder:
 
-- **ours**: :func:`flanpipe.scoring.score_options` on the model :func:`flanpipe.train.load_pretrained`
-  loads: each prompt runs once into a key/value cache and all of its options run together on top;
+- **ours**: :func:`flanpipe.scoring.score_options` on the model :func:`flanpipe.evaluate.load_model`
+  loads (``AutoModelForCausalLM``): each prompt runs once into a ``DynamicCache`` and all of its
+  options run together on top, under one custom 4D mask;
 - **peer**: ``lm_eval.models.huggingface.HFLM`` (``device="cpu"``, ``dtype="float32"``), which runs
   prompt + option as one sequence per request. It is given the very same token ids through
   ``HFLM._loglikelihood_tokens``, which is what its public ``loglikelihood`` calls once it has
@@ -34,6 +36,7 @@ must agree (else :class:`RuntimeError`).
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -44,11 +47,10 @@ import torch
 from flanpipe.bench.pack import CLASS_WORDS, synthetic_examples
 from flanpipe.bench.templatize import WORDS
 from flanpipe.config import TokenizerConfig
+from flanpipe.evaluate import load_model
 from flanpipe.io import derive_seed
-from flanpipe.model import FlanLM, ModelConfig
 from flanpipe.scoring import score_options
-from flanpipe.tokenizer import load_processor, special_ids, train_spm
-from flanpipe.train import load_pretrained, save_hf
+from flanpipe.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, train_spm
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def instruction(passage: str, options: list[str]) -> str:
     return f"{passage}\n\n{QUESTION}\n\nOPTIONS:\n" + "\n".join(f"- {o}" for o in options)
 
 
-def multiple_choice(sp, prompts: int, options: int, seed: int) -> dict[str, tuple[list, list]]:
+def multiple_choice(tok: Tokenizer, prompts: int, options: int, seed: int) -> dict[str, tuple[list, list]]:
     """``{"multi": (prompt ids, option ids), "single": (...)}``: ``prompts`` instructions of
     :data:`PROMPT_TOKENS` tokens (the instruction's pieces and EOS) over the same passages, each with
     ``options`` options; multi-token options are :data:`OPTION_TOKENS` tokens (a phrase and EOS),
@@ -82,19 +84,19 @@ def multiple_choice(sp, prompts: int, options: int, seed: int) -> dict[str, tupl
     phrases come from :func:`~flanpipe.bench.pack.synthetic_examples` (its inputs, and the first 2-6
     words of its free-text targets); instructions outside the length range are drawn again."""
     rng = np.random.default_rng(derive_seed(seed, "bench/eval/data"))
-    eos = sp.eos_id()
-    words = [w for w in dict.fromkeys(CLASS_WORDS + WORDS) if len(sp.encode(w)) == 1]
+    eos = tok.eos_id
+    words = [w for w in dict.fromkeys(CLASS_WORDS + WORDS) if len(tok.encode(w)) == 1]
     if len(words) < options:
         raise ValueError(f"options ({options}): only {len(words)} candidate words are single pieces")
     single_texts = words[:options]
-    single_ids = [sp.encode(w) for w in single_texts]
+    single_ids = [tok.encode(w) for w in single_texts]
     out: dict[str, tuple[list, list]] = {"multi": ([], []), "single": ([], [])}
     draw = 0
     while len(out["multi"][0]) < prompts:
         draw += 1
         inputs, targets = synthetic_examples(8 * prompts, derive_seed(seed, f"bench/eval/{draw}"), WORD_VOCAB)
         phrases = [" ".join(t.split()[:rng.integers(2, 7)]) for t in targets if " " in t]
-        phrase_ids = sp.encode(phrases)
+        phrase_ids = [ids.tolist() for ids in tok.encode_batch(phrases)]
         fits = [i for i, ids in enumerate(phrase_ids)
                 if OPTION_TOKENS[0] <= len(ids) + 1 <= OPTION_TOKENS[1]]
         for k, text in enumerate(inputs):
@@ -102,8 +104,8 @@ def multiple_choice(sp, prompts: int, options: int, seed: int) -> dict[str, tupl
                 break
             passage = text.split("\n\nOPTIONS:")[0]
             chosen = fits[options * k:options * (k + 1)]
-            multi = sp.encode(instruction(passage, [phrases[i] for i in chosen])) + [eos]
-            single = sp.encode(instruction(passage, single_texts)) + [eos]
+            multi = tok.encode(instruction(passage, [phrases[i] for i in chosen])) + [eos]
+            single = tok.encode(instruction(passage, single_texts)) + [eos]
             if not all(PROMPT_TOKENS[0] <= len(p) <= PROMPT_TOKENS[1] for p in (multi, single)):
                 continue
             out["multi"][0].append(multi)
@@ -114,20 +116,25 @@ def multiple_choice(sp, prompts: int, options: int, seed: int) -> dict[str, tupl
 
 
 def build_checkpoint(out: Path, vocab: int, hidden: int, layers: int, heads: int, seed: int,
-                     threads: int) -> tuple[Path, ModelConfig]:
-    """A SentencePiece model trained on synthetic text and a random-init Llama model over it, saved
-    as a Hugging Face checkpoint folder ``out / "model"`` (the trainer's own export,
-    :func:`flanpipe.train.save_hf`)."""
+                     threads: int):
+    """A SentencePiece model trained on synthetic text and a random-init ``transformers`` Llama over
+    it, saved as a Hugging Face checkpoint folder ``out / "model"``; returns (folder, the model's
+    config)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     inputs, targets = synthetic_examples(5_000, seed, WORD_VOCAB)
     sample = [line for t in inputs + targets for line in t.split("\n") if line]
     spm_bytes, size = train_spm(sample, TokenizerConfig(vocab_size=vocab), seed=seed, threads=threads)
-    spm_file = out / "spm.model"
-    spm_file.write_bytes(spm_bytes)
-    mcfg = ModelConfig(vocab_size=size, hidden_size=hidden, num_layers=layers, num_heads=heads)
+    tok = SentencePieceTokenizer(spm_bytes)
+    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads,
+                         intermediate_size=64 * math.ceil(8 * hidden / 3 / 64), max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                         pad_token_id=tok.pad_id)
     torch.manual_seed(derive_seed(seed, "bench/eval/init"))
-    state = {k: v.detach().clone() for k, v in FlanLM(mcfg).state_dict().items()}
-    save_hf(state, mcfg, spm_file, out / "model", False, special_ids(load_processor(spm_bytes)))
-    return out / "model", mcfg
+    LlamaForCausalLM(config).save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    return out / "model", config
 
 
 def _peer_requests(prompts: list[list[int]], options: list[list[list[int]]]) -> list:
@@ -156,14 +163,13 @@ def bench_eval(prompts: int = 96, options: int = 4, vocab: int = 4_000, hidden: 
                "batch_requests": batch_requests, "seed": seed}
     with tempfile.TemporaryDirectory(prefix="flanpipe-bench-eval-") as tmp_name:
         start = time.perf_counter()
-        folder, mcfg = build_checkpoint(Path(tmp_name), vocab, hidden, layers, heads, seed, threads)
-        sp = load_processor(folder / "tokenizer.model")
-        data = multiple_choice(sp, prompts, options, seed)
+        folder, config = build_checkpoint(Path(tmp_name), vocab, hidden, layers, heads, seed, threads)
+        data = multiple_choice(load_tokenizer(folder), prompts, options, seed)
         r["build_s"] = time.perf_counter() - start
-        r.update(vocab=mcfg.vocab_size, hidden=hidden, layers=layers, heads=heads,
-                 parameters=mcfg.num_parameters())
-        ours_model, _ = load_pretrained(folder)
-        ours_model.eval()
+        ours_model, _ = load_model(folder)
+        r.update(vocab=config.vocab_size, hidden=hidden, layers=layers, heads=heads,
+                 parameters=sum(p.numel() for p in ours_model.parameters()),
+                 model=type(ours_model).__name__, attention=ours_model.config._attn_implementation)
         peer = HFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=batch_requests)
     rows = max(1, batch_requests // options)
     for case in ("multi", "single") if single else ("multi",):
@@ -215,7 +221,8 @@ def _stats(values: list[int]) -> dict:
 
 def print_eval(r: dict) -> None:
     print(f"eval benchmark: rank classification, {r['prompts']} prompts x {r['options']} options; "
-          f"random-init Llama, {r['parameters'] / 1e6:.1f}M parameters (hidden {r['hidden']}, "
+          f"random-init {r['model']} ({r['attention']} attention), {r['parameters'] / 1e6:.1f}M parameters "
+          f"(hidden {r['hidden']}, "
           f"{r['layers']} layers, {r['heads']} heads, {r['vocab']:,}-piece SentencePiece vocabulary), "
           f"float32 on CPU, {r['threads']} threads; {r['batch_requests']} requests per batch; "
           f"best of {r['rounds']} alternating rounds")
