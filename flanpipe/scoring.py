@@ -45,6 +45,13 @@ SHARED = -1  # key group of prompt and generated tokens: every query of the row 
 PADDING = -2  # key group of padding: no query sees it
 MASKABLE_ATTENTION = ("sdpa", "eager")  # kernels that take a custom 4D additive mask
 METHODS = ("auto", "shared", "per_option")
+HEAD_ONLY_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt_neox",
+                             "olmo2", "phi3"})
+"""``config.model_type``s whose logits are their output embedding of the decoder's last hidden state
+(then Gemma's final soft-capping), tested against the model's own forward: scoring runs the decoder
+and projects onto the vocabulary only the positions a score needs. Other types project every
+position through their own forward."""
+PROJECT_ELEMENTS = 1 << 25  # logits projected at a time (rows x vocabulary): 128 MiB in float32
 
 
 # --- batching ------------------------------------------------------------------------------------
@@ -183,6 +190,20 @@ class PromptCache:
         self.key_groups = torch.cat([self.key_groups, groups], dim=1)
 
 
+def _head_only(model: torch.nn.Module) -> bool:
+    return getattr(model.config, "model_type", None) in HEAD_ONLY_TYPES
+
+
+def project(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits of final hidden states (``(..., hidden)``) of a :data:`HEAD_ONLY_TYPES` model: its
+    output embedding, then ``final_logit_softcapping`` where the config sets it (Gemma 2/3)."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def prefill(model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -> PromptCache:
     """Run the prompts, right-padded and without their last tokens, into a fresh cache. The model
     builds its own causal (and sliding-window) masks here; padding sits after every real token, so
@@ -196,24 +217,41 @@ def prefill(model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -> PromptC
     cache = DynamicCache()
     positions = torch.arange(width, device=device).expand(n, width)
     if width:
-        kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
-        model(input_ids=_padded([p[:-1] for p in prompts], width, device), position_ids=positions,
-              cache=cache, use_cache=True, **kwargs)
+        tokens = _padded([p[:-1] for p in prompts], width, device)
+        if _head_only(model):  # no logits at all
+            model.get_decoder()(input_ids=tokens, position_ids=positions, cache=cache, use_cache=True)
+        else:
+            kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+            model(input_ids=tokens, position_ids=positions, cache=cache, use_cache=True, **kwargs)
     groups = torch.where(positions < lengths[:, None], SHARED, PADDING)
     last = torch.tensor([p[-1] for p in prompts], dtype=torch.long, device=device)
     return PromptCache(cache, positions.clone(), groups, last, lengths)
 
 
 def _forward(model: torch.nn.Module, kinds: AttentionKinds, state: PromptCache, tokens: torch.Tensor,
-             positions: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """One pass of ``tokens`` on top of the cache under the shared-extension mask; returns logits."""
+             positions: torch.Tensor, groups: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+    """One pass of ``tokens`` on top of the cache under the shared-extension mask; returns logits,
+    or with ``hidden`` (a :data:`HEAD_ONLY_TYPES` model) the decoder's last hidden states."""
     keys_pos = torch.cat([state.key_positions, positions], dim=1)
     keys_grp = torch.cat([state.key_groups, groups], dim=1)
     mask = model_masks(kinds, positions, groups, keys_pos, keys_grp, _mask_dtype(model))
-    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=state.cache,
-                use_cache=True)
+    kwargs = dict(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=state.cache,
+                  use_cache=True)
+    out = model.get_decoder()(**kwargs).last_hidden_state if hidden else model(**kwargs).logits
     state.extend(positions, groups)
-    return out.logits
+    return out
+
+
+def _target_log_probs(model: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor, logits: bool
+                      ) -> torch.Tensor:
+    """``log p(targets[k] | states[k])`` for ``states`` of shape ``(n, hidden)`` (projected here, a
+    slice at a time) or, with ``logits``, already logits ``(n, vocab)``."""
+    if logits:
+        return _log_softmax(states).gather(-1, targets[:, None])[:, 0]
+    step = max(1, PROJECT_ELEMENTS // model.get_output_embeddings().weight.shape[0])
+    parts = [_log_softmax(project(model, states[a:a + step])).gather(-1, targets[a:a + step, None])[:, 0]
+             for a in range(0, len(states), step)]
+    return torch.cat(parts)
 
 
 # --- rank classification -------------------------------------------------------------------------
@@ -268,17 +306,19 @@ def score_options(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                 offset[b, at:at + len(o)] = torch.arange(1, len(o) + 1)
                 at += len(o)
         positions = state.last_positions[:, None] + offset
-        logp = _log_softmax(_forward(model, kinds, state, tokens, positions, groups))
+        head_only = _head_only(model)
+        states = _forward(model, kinds, state, tokens, positions, groups, hidden=head_only)
         # an option's first token is predicted at column 0 (the prompt's last token), the rest by
-        # the option's previous token
+        # the option's previous token; only those positions are projected onto the vocabulary
         cols = torch.arange(width, device=device)
         prev = torch.where(offset == 1, 0, cols - 1).clamp(min=0)
-        rows = torch.arange(n, device=device)[:, None]
-        token_logp = logp[rows, prev, tokens].double().cpu().numpy()
-        grp = groups.cpu().numpy()
+        row, col = torch.nonzero(groups >= 0, as_tuple=True)
+        token_logp = _target_log_probs(model, states[row, prev[row, col]], tokens[row, col], not head_only)
+        token_logp = token_logp.double().cpu().numpy()
+        row, option = row.cpu().numpy(), groups[groups >= 0].cpu().numpy()
         for b, i in enumerate(batch):
-            real = grp[b] >= 0
-            out[i] = np.bincount(grp[b][real], weights=token_logp[b][real], minlength=len(options[i]))
+            mine = row == b
+            out[i] = np.bincount(option[mine], weights=token_logp[mine], minlength=len(options[i]))
         if progress:
             progress(n)
     return out

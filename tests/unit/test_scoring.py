@@ -7,6 +7,7 @@ import torch
 import transformers as T
 
 from flanpipe.scoring import (
+    HEAD_ONLY_TYPES,
     AttentionKinds,
     generate,
     score_options,
@@ -83,6 +84,18 @@ def test_prefix_shared_scores_equal_one_forward_per_option(arch):
         expected = [one_forward_per_option(model, p, o) for o in opts]
         np.testing.assert_allclose(scores, expected, rtol=0, atol=atol)
         assert int(np.argmax(scores)) == int(np.argmax(expected))
+
+
+def test_other_architectures_project_every_position_through_their_own_forward():
+    """Granite scales its logits (``logits_scaling``), which a bare output embedding would miss: a
+    type outside HEAD_ONLY_TYPES is scored from its own forward's logits, still prefix-shared."""
+    model = tiny_model(T.GraniteConfig(**TINY, logits_scaling=4.0))
+    assert model.config.model_type not in HEAD_ONLY_TYPES and shared_extension_supported(model)
+    prompts, options = random_requests(4, 6)
+    got = score_options(model, prompts, options, method="shared")
+    for p, opts, scores in zip(prompts, options, got, strict=True):
+        expected = [one_forward_per_option(model, p, o) for o in opts]
+        np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-10)
 
 
 def test_the_window_changes_the_scores_it_is_checked_on():
