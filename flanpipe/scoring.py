@@ -16,8 +16,15 @@ The mask is built from *positions*, not cache columns (:func:`attention_bias`), 
 sliding-window layers of Mistral, Phi-3, Qwen2/3 and Gemma 2/3 get their own window (models with
 ``config.layer_types`` receive one mask per layer type). The cache is a plain ``DynamicCache()``
 (every layer keeps every key; the masks do the windowing). Models whose attention kernel takes no
-4D mask (``flash_attention_*``) are scored one sequence per (prompt, option) instead
-(:func:`score_per_option`), which is also the reference the shared path is tested against.
+4D mask (``flash_attention_*``), or that name other layer types (chunked, linear attention), are
+scored one sequence per (prompt, option) instead (:func:`score_per_option`, also the reference the
+shared path is tested against) and generate through ``model.generate``. For the model types in
+:data:`HEAD_ONLY_TYPES` only the positions a score needs are projected onto the vocabulary.
+
+Limits: rope scalings that pick their frequencies from the sequence length (Phi-3's LongRoPE,
+``dynamic`` NTK) see the prompt's length in the prefill, as ``transformers``' own cached generation
+does, so a prompt shorter than ``original_max_position_embeddings`` whose option crosses it scores
+as in cached decoding, not as a from-scratch forward pass of prompt + option.
 
 Token sequences follow the training layout (``inputs EOS targets EOS``): a prompt is the input's
 tokens and its EOS, an option is the target's tokens and its EOS; the caller builds them.
@@ -45,6 +52,7 @@ SHARED = -1  # key group of prompt and generated tokens: every query of the row 
 PADDING = -2  # key group of padding: no query sees it
 MASKABLE_ATTENTION = ("sdpa", "eager")  # kernels that take a custom 4D additive mask
 METHODS = ("auto", "shared", "per_option")
+GENERATE_METHODS = ("auto", "shared", "one_by_one")
 HEAD_ONLY_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt_neox",
                              "olmo2", "phi3"})
 """``config.model_type``s whose logits are their output embedding of the decoder's last hidden state
@@ -366,23 +374,26 @@ def score_per_option(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              eos_id: int | Sequence[int], temperature: float = 0.0, top_k: int = 0, seed: int = 0,
              max_batch_tokens: int = 16_384, max_batch_rows: int = 32,
-             progress: Callable[[int], None] | None = None) -> list[list[int]]:
+             progress: Callable[[int], None] | None = None, method: str = "auto") -> list[list[int]]:
     """New tokens for each prompt, up to and without the first EOS (any of ``eos_id``, which may be
     a list, as Llama 3's), at most ``max_new_tokens``.
 
     ``temperature`` 0 decodes greedily; above 0 it samples from the softmax at that temperature,
     over the ``top_k`` most likely tokens when ``top_k`` > 0 (the paper's samples: 0.9 and 40).
-    Sampling is seeded per batch from ``seed``, so a rerun gives the same text.
+    Sampling is seeded per batch from ``seed``, so a rerun gives the same text. ``method``:
+    ``shared`` (batched, on the prompt cache with our masks), ``one_by_one`` (``transformers``'
+    ``model.generate``, one prompt at a time, for kernels that take no 4D mask) or ``auto``.
     """
     if temperature < 0 or top_k < 0:
         raise ValueError(f"temperature ({temperature}) and top_k ({top_k}) must be >= 0")
+    if method not in GENERATE_METHODS:
+        raise ValueError(f"method {method!r}: allowed are {', '.join(GENERATE_METHODS)}")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    if not shared_extension_supported(model):
-        raise ValueError("generate needs an attention kernel that takes a 4D mask "
-                         f"({', '.join(MASKABLE_ATTENTION)}); the model has "
-                         f"{getattr(model.config, '_attn_implementation', None)!r}")
     eos_ids = [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    if method == "one_by_one" or (method == "auto" and not shared_extension_supported(model)):
+        return _generate_one_by_one(model, prompts, max_new_tokens, eos_ids, temperature, top_k, seed,
+                                    progress)
     kinds = AttentionKinds.of(model.config)
     device = _device(model)
     eos = torch.tensor(eos_ids, device=device)
@@ -412,6 +423,26 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
             out[i] = row[:stop]
         if progress:
             progress(n)
+    return out
+
+
+def _generate_one_by_one(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                         eos_ids: list[int], temperature: float, top_k: int, seed: int,
+                         progress: Callable[[int], None] | None) -> list[list[int]]:
+    """:func:`generate` through ``model.generate``, one unpadded prompt at a time (seeded per prompt)."""
+    device = _device(model)
+    out = []
+    for number, prompt in enumerate(prompts):
+        torch.manual_seed(seed * 1_000_003 + number)
+        ids = torch.tensor([list(prompt)], device=device)
+        sampled = temperature > 0
+        new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=sampled, temperature=temperature if sampled else None,
+                             top_k=top_k if sampled else None, top_p=None, eos_token_id=eos_ids,
+                             pad_token_id=eos_ids[0])[0, len(prompt):].tolist()
+        out.append(new[:next((k for k, t in enumerate(new) if t in eos_ids), len(new))])
+        if progress:
+            progress(1)
     return out
 
 

@@ -196,6 +196,20 @@ def test_greedy_generation_equals_transformers_generate(arch):
         assert new == (ref[:ref.index(1)] if 1 in ref else ref)
 
 
+def test_batched_generation_equals_one_prompt_at_a_time_with_transformers():
+    """The fallback for kernels without 4D masks (``model.generate`` per prompt) decodes the same
+    greedy text, and samples only among the top-k."""
+    model = tiny_model(tiny_configs()["mistral"], seed=4)
+    prompts, _ = random_requests(5, 5)
+    greedy = generate(model, prompts, max_new_tokens=6, eos_id=[1, 2], method="one_by_one")
+    assert greedy == generate(model, prompts, max_new_tokens=6, eos_id=[1, 2], method="shared")
+    table = np.zeros((12, 12))
+    table[:, 4] = table[:, 6] = 5.0
+    sampled = generate(bigram_model(table), [[2]] * 6, 5, eos_id=1, temperature=0.9, top_k=2, seed=7,
+                       method="one_by_one")
+    assert {t for row in sampled for t in row} == {4, 6}
+
+
 def test_generation_stops_at_any_eos():
     table = np.zeros((12, 12))
     table[5, 7] = table[7, 1] = table[8, 2] = 20.0  # 5 -> 7 -> EOS (1); 8 -> 2
