@@ -247,31 +247,48 @@ class TokenizeConfig(_Section):
 
 
 class ModelSpec(_Section):
-    """The model to instruction-tune: a local Hugging Face checkpoint, or one built from these sizes."""
+    """The model to instruction-tune: a local Hugging Face checkpoint, or a new one of a `transformers`
+    architecture built from these sizes."""
 
     source: Literal["config", "pretrained"] = "config"
-    """`config`: a new Llama-architecture decoder of the sizes below (vocabulary = the tokenizer's);
-    `pretrained`: the Llama checkpoint at `path` (never fetched from a hub at run time), with its
-    own tokenizer (`tokenize.tokenizer.source: auto`)."""
+    """`config`: a new, randomly initialised `architecture` model of the sizes below (vocabulary = the
+    tokenizer's, padded to a multiple of 128); `pretrained`: the checkpoint at `path` (any local
+    `transformers` causal LM folder, never fetched from a hub at run time), with its own tokenizer
+    (`tokenize.tokenizer.source: auto`)."""
     path: str | None = None
     """`pretrained` only: a local folder with `config.json` and safetensors weights."""
+    architecture: Literal["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt_neox", "olmo2",
+                          "phi3"] = "llama"
+    """`config` only: the `transformers` model family of a new model (its `model_type`; `gemma3` is
+    Gemma 3's text-only `gemma3_text`)."""
     hidden_size: int = Field(768, ge=8)
     num_layers: int = Field(12, ge=1)
     num_heads: int = Field(12, ge=1)
     num_kv_heads: int | None = Field(None, ge=1)
     """Grouped-query attention; null: as many as `num_heads`."""
     intermediate_size: int | None = Field(None, ge=8)
-    """null: 8/3 x hidden_size, rounded up to a multiple of 64."""
-    rope_theta: float = Field(10_000.0, gt=0)
+    """null: 8/3 x hidden_size rounded up to a multiple of 64 (gated MLPs), 4 x hidden_size (GPT-NeoX)."""
     tie_word_embeddings: bool = False
+    hf_config: dict[str, Any] = Field(default_factory=dict)
+    """`config` only: more attributes of the `transformers` config, set as given, e.g.
+    `{rope_parameters: {rope_type: llama3, factor: 8.0, ...}}` or `{sliding_window: 512}`; each key
+    must be an attribute of the architecture's config class."""
+    activation_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass (`transformers`' gradient
+    checkpointing): less memory for long rows and big models, about a third more compute."""
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> ModelSpec:
         if self.source == "pretrained" and not self.path:
             raise ValueError("train.model.path: source 'pretrained' needs a local checkpoint folder")
+        if self.source == "config" and self.path:
+            raise ValueError("train.model.path is only used with source 'pretrained', not 'config'")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"train.model.hidden_size ({self.hidden_size}) must be a multiple of "
                              f"train.model.num_heads ({self.num_heads})")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"train.model.num_heads ({self.num_heads}) must be a multiple of "
+                             f"train.model.num_kv_heads ({self.num_kv_heads})")
         return self
 
 
@@ -300,9 +317,11 @@ class TrainConfig(_Section):
     """DeepSpeed ZeRO stage (3: parameters, gradients and optimizer state partitioned)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """`auto`: bf16 on GPU, fp32 on CPU."""
-    attention: Literal["auto", "sdpa", "flex"] = "auto"
-    """Segment-masked attention: `flex` (FlexAttention block mask, no T x T mask; GPU), `sdpa`
-    (a boolean mask; CPU) or `auto` (flex on GPU, sdpa on CPU)."""
+    attention: Literal["auto", "sdpa", "flex", "eager"] = "auto"
+    """The `transformers` attention kernel, given a segment mask of the packed rows: `flex`
+    (FlexAttention with a block mask, no T x T mask; GPU), `sdpa` (a boolean T x T mask; CPU),
+    `eager` (the plain implementation; Gemma 2's attention soft-capping needs it or `flex`) or
+    `auto` (flex on GPU, sdpa on CPU)."""
     checkpoint_every: int = Field(1_000, ge=1)
     """Save a DeepSpeed checkpoint every N steps (and at the end); `train` resumes from the latest."""
     keep_checkpoints: int = Field(2, ge=1)

@@ -1,21 +1,29 @@
-"""The decoder-only transformer that flanpipe trains: Llama's architecture, with packed sequences.
+"""Packed rows through any ``transformers`` causal LM: segment-isolated attention and a loss on
+target tokens only.
 
-The module and parameter names are those of Hugging Face's ``LlamaForCausalLM`` (``model.layers.0.
-self_attn.q_proj.weight`` ...), so a trained model is saved as a Llama checkpoint that
-``transformers`` loads with no flanpipe code, and a local Llama checkpoint loads into this model.
+Packed rows hold several examples. A token attends to earlier tokens of its own segment only, and
+positions restart at 0 for every example, so an example's loss is the same packed or alone. The
+isolation goes through the library's own attention paths: :func:`packed_attention_mask` builds,
+with ``transformers``' mask functions and our segment rule, a boolean ``T x T`` mask for ``sdpa``
+and ``eager`` (CPU), or a FlexAttention ``BlockMask`` for ``flex_attention`` (GPU: fully masked
+blocks are skipped, no ``T x T`` mask). Models with sliding-window layers (Gemma 2/3, Mistral,
+Qwen with ``use_sliding_window``, Phi-3) get one mask per layer type.
 
-Packed rows hold several examples. Attention is causal *within a segment only*: a token attends to
-earlier tokens that have its segment id, and positions restart at 0 for every example, so an
-example's loss is the same packed or alone. On CPU the mask is a boolean tensor given to
-``scaled_dot_product_attention``; on GPU, FlexAttention builds a block mask from the segment ids and
-skips the blocks it masks, without materialising a ``T x T`` mask.
+:class:`PackedCausalLM` wraps the model for training: it runs the decoder body, then projects onto
+the vocabulary only the hidden states that predict a target token (a packed FLAN row is mostly
+inputs; the ``hidden x vocab`` projection of the others is wasted), applies the model's own final
+logit soft-capping (Gemma), and returns each target token's cross-entropy. The projection runs
+inside the wrapper's ``forward``, so DeepSpeed ZeRO-3's hooks gather the output embedding.
 
->>> cfg = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4)
->>> model = FlanLM(cfg)
->>> tokens = torch.tensor([[5, 6, 7, 8, 0, 0]])
->>> segments = torch.tensor([[1, 1, 2, 2, 0, 0]]); positions = torch.tensor([[0, 1, 0, 1, 0, 0]])
->>> model(tokens, positions, segment_mask(segments)).shape
-torch.Size([1, 6, 64])
+>>> from transformers import LlamaConfig, LlamaForCausalLM
+>>> torch.manual_seed(0) and None
+>>> hf = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+...     num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4))
+>>> tokens = torch.tensor([[5, 6, 7, 8, 9, 0]])
+>>> segments = torch.tensor([[1, 1, 1, 2, 2, 0]]); positions = torch.tensor([[0, 1, 2, 0, 1, 0]])
+>>> targets = torch.tensor([[0, 1, 1, 0, 1, 0]])  # the second and third tokens, the fifth
+>>> PackedCausalLM(hf)(tokens, positions, segments, targets).shape  # one loss per predicted target
+torch.Size([3])
 """
 
 from __future__ import annotations
@@ -27,6 +35,108 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+ATTENTION = {"sdpa": "sdpa", "eager": "eager", "flex": "flex_attention"}  # train.attention -> transformers
+
+
+def predicted(segment_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Which next tokens the loss counts, (batch, tokens - 1): token ``t + 1`` when it is a target
+    token of the same segment as token ``t``.
+
+    >>> predicted(torch.tensor([[1, 1, 1, 2, 2]]), torch.tensor([[0, 1, 1, 0, 1]])).int().tolist()
+    [[1, 1, 0, 1]]
+    """
+    return loss_mask[:, 1:].bool() & (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0)
+
+
+def same_segment(segment_ids: torch.Tensor):
+    """The ``and_mask_function`` of ``transformers``' mask builders: query and key tokens share a
+    segment (padding, segment 0, attends to padding only, so no row of the mask is empty)."""
+
+    def inner(batch_idx, head_idx, q_idx, kv_idx):
+        return segment_ids[batch_idx, q_idx] == segment_ids[batch_idx, kv_idx]
+
+    return inner
+
+
+def packed_attention_mask(config, segment_ids: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """The attention mask of packed rows for a ``transformers`` model with this ``config``
+    (``config._attn_implementation`` picks the form: boolean tensor, float tensor or ``BlockMask``):
+    causal, within a segment, and within the sliding window on sliding-window layers. A dict
+    ``{layer type: mask}`` for models with ``config.layer_types``, else one mask.
+
+    >>> from transformers import LlamaConfig
+    >>> cfg = LlamaConfig(); cfg._attn_implementation = "sdpa"
+    >>> packed_attention_mask(cfg, torch.tensor([[1, 1, 2]]))[0, 0].int().tolist()
+    [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    """
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    batch, t = segment_ids.shape
+    # (the builders read only the batch size, length, dtype and device of the embeddings)
+    shape_of = torch.empty(batch, t, 0, dtype=dtype, device=segment_ids.device)
+    kwargs = {"config": config, "inputs_embeds": shape_of, "attention_mask": None, "cache": None,
+              "and_mask_function": same_segment(segment_ids)}
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        build = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        unknown = set(layer_types) - set(build)
+        if unknown:
+            raise ValueError(f"{config.model_type}: layer types {sorted(unknown)} have no packed mask here")
+        return {kind: build[kind](**kwargs) for kind in set(layer_types)}
+    if getattr(config, "sliding_window", None) is not None:  # Mistral, Phi-3: every layer slides
+        return create_sliding_window_causal_mask(**kwargs)
+    return create_causal_mask(**kwargs)
+
+
+def final_logits(config, logits: torch.Tensor) -> torch.Tensor:
+    """What the model's own ``forward`` does to the projected logits: Gemma's final soft-capping
+    (``cap * tanh(logits / cap)``); the identity elsewhere."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+class PackedCausalLM(nn.Module):
+    """A ``transformers`` causal LM trained on packed rows: ``forward`` returns the cross-entropy of
+    every predicted target token (see :func:`predicted`), in row-major order, in float32.
+
+    ``self.model`` is the wrapped model itself (export it, not the wrapper)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, segment_ids: torch.Tensor,
+                loss_mask: torch.Tensor) -> torch.Tensor:
+        config = self.model.config
+        body = getattr(self.model, self.model.base_model_prefix)
+        embeddings = self.model.get_input_embeddings()
+        mask = packed_attention_mask(config, segment_ids, embeddings.weight.dtype)
+        hidden = body(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                      use_cache=False).last_hidden_state
+        valid = predicted(segment_ids, loss_mask)
+        selected = hidden[:, :-1][valid]  # (targets, hidden): only these are projected
+        logits = final_logits(config, self.model.get_output_embeddings()(selected))
+        return F.cross_entropy(logits.float(), tokens[:, 1:][valid].long(), reduction="none")
+
+
+def flops_per_token(config, parameters: int, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward), PaLM's MFU definition: 6 per
+    parameter that multiplies (the input embedding is a lookup: left out unless tied to the output
+    projection), plus attention scores over a ``seq_len`` window, 12 x layers x heads x head_dim.
+
+    >>> from transformers import LlamaConfig
+    >>> cfg = LlamaConfig(vocab_size=100, hidden_size=8, num_attention_heads=2, num_hidden_layers=1)
+    >>> flops_per_token(cfg, parameters=1_000, seq_len=10)  # 6 x (1000 - 800) + 12 x 1 x 8 x 10
+    2160.0
+    """
+    lookup = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attention = 12 * config.num_hidden_layers * config.num_attention_heads * head_dim * seq_len
+    return float(6 * (parameters - lookup) + attention)
+
+
+# --- legacy: flanpipe's own Llama copy, kept importable until evaluation and scoring use the ------
+# --- transformers models of flanpipe.checkpoint (flanpipe/scoring.py, flanpipe/evaluate.py) -----
 
 @dataclass
 class ModelConfig:
@@ -97,7 +207,8 @@ class ModelConfig:
         for key in ("attention_bias", "mlp_bias"):
             if hf.get(key):
                 raise ValueError(f"{key}: checkpoints with biases are not supported")
-        if hf.get("rope_scaling"):
+        rope = hf.get("rope_parameters") or {}  # transformers 5 writes RoPE settings here
+        if hf.get("rope_scaling") or rope.get("rope_type", "default") != "default":
             raise ValueError("rope_scaling: scaled RoPE is not supported")
         heads = hf["num_attention_heads"]
         if hf.get("head_dim") not in (None, hf["hidden_size"] // heads):
@@ -107,7 +218,8 @@ class ModelConfig:
                    num_kv_heads=hf.get("num_key_value_heads", heads),
                    intermediate_size=hf["intermediate_size"],
                    max_position_embeddings=hf.get("max_position_embeddings", 4096),
-                   rope_theta=hf.get("rope_theta", 10_000.0), rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+                   rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10_000.0)),
+                   rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
                    tie_word_embeddings=hf.get("tie_word_embeddings", False),
                    init_std=hf.get("initializer_range", 0.02))
 
@@ -298,16 +410,6 @@ class FlanLM(nn.Module):
         return self.model.norm(x)
 
 
-def predicted(segment_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Which next tokens the loss counts, (batch, tokens - 1): token ``t + 1`` when it is a target
-    token of the same segment as token ``t``.
-
-    >>> predicted(torch.tensor([[1, 1, 1, 2, 2]]), torch.tensor([[0, 1, 1, 0, 1]])).int().tolist()
-    [[1, 1, 0, 1]]
-    """
-    return loss_mask[:, 1:].bool() & (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0)
-
-
 def loss_sums(logits: torch.Tensor, tokens: torch.Tensor, segment_ids: torch.Tensor,
               loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy, number of predicted tokens) over the target tokens of packed rows:
@@ -317,3 +419,48 @@ def loss_sums(logits: torch.Tensor, tokens: torch.Tensor, segment_ids: torch.Ten
     nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                           reduction="none").view_as(labels)
     return (nll * valid).sum(), valid.sum()
+
+
+def load_pretrained(path, vocab_size: int | None = None) -> tuple[FlanLM, ModelConfig]:
+    """(legacy) A local Llama checkpoint loaded into :class:`FlanLM`."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    mcfg = ModelConfig.from_hf(json.loads((Path(path) / "config.json").read_text(encoding="utf-8")))
+    if vocab_size is not None and vocab_size > mcfg.vocab_size:
+        raise ValueError(f"train.model.path: the tokenizer has {vocab_size} pieces, the checkpoint's "
+                         f"embedding only {mcfg.vocab_size}: use the checkpoint's own tokenizer "
+                         "(tokenize.tokenizer.source: file)")
+    hf = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    model = FlanLM(mcfg)
+    state = {k: v for k, v in hf.state_dict().items() if not k.endswith("rotary_emb.inv_freq")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (mcfg.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match a Llama model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    return model, mcfg
+
+
+def save_hf(state: dict[str, torch.Tensor], mcfg: ModelConfig, tokenizer, out, bf16: bool,
+            special_ids: dict[str, int | None]) -> None:
+    """(legacy) A :class:`FlanLM` state dict as a Llama checkpoint folder."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from flanpipe.io import atomic_dir
+    from flanpipe.tokenizer import load_tokenizer
+
+    if mcfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    ids = {f"{k.removesuffix('_id')}_token_id": v for k, v in special_ids.items()
+           if k != "unk_id" and v is not None}
+    hf_cfg = mcfg.to_hf() | {"torch_dtype": "bfloat16" if bf16 else "float32"} | ids
+    with atomic_dir(out) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for name, content in (("config.json", hf_cfg), ("generation_config.json", ids)):
+            (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        load_tokenizer(tokenizer).save_pretrained(tmp)

@@ -15,9 +15,9 @@ BPE), byte fallback (no ``<unk>`` for unseen characters), digits split, identity
 whitespace kept, so ``decode(encode(text)) == text``; newlines, which FLAN's OPTIONS suffix uses,
 become byte pieces. Special ids are fixed: pad 0, eos 1, unk 2, bos 3.
 
-Output: ``models/tokenizer/spm.model`` (a trained or given SentencePiece model; for a given
-``tokenizer.json`` folder, ``models/tokenizer/hf/``) and ``models/tokenizer/manifest.json`` (special
-ids, the size asked for and the size trained, the sample, hashes).
+Output: ``models/tokenizer/spm.model`` (a trained or given SentencePiece model) and
+``models/tokenizer/manifest.json`` (special ids, the size asked for and the size trained, the sample,
+hashes). A checkpoint's tokenizer, or a given ``tokenizer.json``, is read in place: nothing is built.
 """
 
 from __future__ import annotations
@@ -455,13 +455,16 @@ def special_ids(sp: spm.SentencePieceProcessor) -> dict[str, int | None]:
 
 def build_tokenizer(cfg: TokenizerConfig, out_model: str | Path, seed: int, mixture_shard_dir: str | Path
                     | None = None, mixture: str | None = None, threads: int = 1) -> dict:
-    """Train (``cfg.source == 'train'``, on the mixture in ``mixture_shard_dir``) or copy
-    (``'file'``) the tokenizer to ``out_model``, with ``manifest.json`` beside it; returns the
-    manifest."""
+    """Train (``cfg.source`` ``'train'`` or ``'auto'``, on the mixture in ``mixture_shard_dir``) or
+    copy (``'file'``, a ``.model`` file) the SentencePiece model to ``out_model``, with
+    ``manifest.json`` beside it; returns the manifest."""
     out_model = Path(out_model)
     manifest: dict = {"stage": "tokenizer", "stage_version": STAGE_VERSION, "seed": seed,
                       "config": cfg.model_dump(), "code": code_version("tokenizer", STAGE_VERSION)}
     if cfg.source == "file":
+        if not str(cfg.path).endswith(".model"):
+            raise TokenizerError(f"tokenize.tokenizer.path: {cfg.path} is read in place, not copied: pack "
+                                 f"with it directly (flanpipe pack --tokenizer {cfg.path})")
         model = Path(cfg.path).read_bytes()
         sp = load_processor(model)
         manifest.update(source={"file": str(cfg.path), "sha256": sha256_file(cfg.path)},

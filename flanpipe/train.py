@@ -7,7 +7,8 @@ One step, top to bottom:
 
 1. the step's packed rows are a pure function of (seed, step): each epoch is a seeded permutation of
    the mixture's rows, consumed in order; rank ``r`` takes its slice, in micro-batches;
-2. every micro-batch: forward with the segment mask, the summed target-token cross-entropy, divided
+2. every micro-batch: forward with the segment mask (:class:`~flanpipe.model.PackedCausalLM`), the
+   summed target-token cross-entropy, divided
    by the number of target tokens in the whole step (all ranks, all micro-batches), backward;
 3. DeepSpeed reduces the gradients, clips the global norm, and the optimizer steps at the schedule's
    learning rate (constant after an optional linear warm-up);
@@ -15,15 +16,16 @@ One step, top to bottom:
    the latest and continues with the same data order, so its losses are the ones an uninterrupted
    run has.
 
-At the end, ``models/{mixture}/hf/`` is a Llama checkpoint (safetensors, ``config.json``, the
-tokenizer) that ``transformers`` loads with no flanpipe code; ``metrics.csv``, ``tensorboard/`` and
+The model is a ``transformers`` causal LM built or loaded by :mod:`flanpipe.checkpoint` (under
+ZeRO-3, partitioned as it loads). At the end, ``models/{mixture}/hf/`` is its checkpoint
+(safetensors shards, ``config.json``, the tokenizer) that ``transformers`` loads with no flanpipe
+code; ``metrics.csv``, ``tensorboard/`` and
 ``loss.png`` hold the curves, ``run.json`` the run's manifest with the DeepSpeed config it used.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import shutil
@@ -35,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import flanpipe.model as legacy_model
+from flanpipe.checkpoint import build_model, parameter_count, save_checkpoint
 from flanpipe.config import Config, TrainConfig
 from flanpipe.distributed import DistEnv, dist_env
 from flanpipe.io import (
-    atomic_dir,
     atomic_path,
     code_version,
     derive_seed,
@@ -46,13 +49,15 @@ from flanpipe.io import (
     utc_now,
     write_json_atomic,
 )
-from flanpipe.model import FlanLM, ModelConfig, loss_sums, predicted, segment_block_mask, segment_mask
+from flanpipe.model import ATTENTION, PackedCausalLM, predicted
 from flanpipe.optim import build_optimizer, constant_with_warmup, optimizer_state_bytes
 from flanpipe.packed import PackedShards
-from flanpipe.tokenizer import load_processor
-from flanpipe.tokenizer import special_ids as tokenizer_ids
+from flanpipe.tokenizer import load_tokenizer
 
-STAGE_VERSION = "1"
+# legacy names, until evaluate.py and bench/eval.py load through flanpipe.checkpoint
+load_pretrained, save_hf = legacy_model.load_pretrained, legacy_model.save_hf
+
+STAGE_VERSION = "2"  # 2: transformers models, sharded export
 log = logging.getLogger(__name__)
 
 METRICS = ["step", "loss", "lr", "grad_norm", "target_tokens", "tokens", "tokens_per_s", "elapsed_s"]
@@ -140,40 +145,6 @@ def _to_batch(rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]
             for name in ("tokens", "segment_ids", "positions", "loss_mask")}
 
 
-def build_model(tcfg: TrainConfig, vocab_size: int, max_positions: int) -> tuple[FlanLM, ModelConfig]:
-    """A new model of the configured size, or a local Llama checkpoint loaded into ours."""
-    spec = tcfg.model
-    if spec.source == "pretrained":
-        return load_pretrained(spec.path, vocab_size)
-    mcfg = ModelConfig(vocab_size=vocab_size, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
-                       num_heads=spec.num_heads, num_kv_heads=spec.num_kv_heads,
-                       intermediate_size=spec.intermediate_size, rope_theta=spec.rope_theta,
-                       tie_word_embeddings=spec.tie_word_embeddings,
-                       max_position_embeddings=max(4096, max_positions))
-    return FlanLM(mcfg), mcfg
-
-
-def load_pretrained(path: str | Path, vocab_size: int | None = None) -> tuple[FlanLM, ModelConfig]:
-    """A local Llama checkpoint (``transformers`` ``from_pretrained``, never a hub download)."""
-    from transformers import AutoModelForCausalLM
-
-    hf_cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    mcfg = ModelConfig.from_hf(hf_cfg)
-    if vocab_size is not None and vocab_size > mcfg.vocab_size:
-        raise ValueError(f"train.model.path: the tokenizer has {vocab_size} pieces, the checkpoint's "
-                         f"embedding only {mcfg.vocab_size}: use the checkpoint's own tokenizer "
-                         "(tokenize.tokenizer.source: file)")
-    hf = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    model = FlanLM(mcfg)
-    state = {k: v for k, v in hf.state_dict().items() if not k.endswith("rotary_emb.inv_freq")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (mcfg.tie_word_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match a Llama model (missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
-    return model, mcfg
-
-
 def _disable_cpu_shm_op() -> None:
     """DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce op (~70 s) on first use;
     training with gloo does not need it. ``FLANPIPE_DS_SHM=1`` keeps it."""
@@ -213,17 +184,24 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
     plan = BatchPlan.from_tokens(tcfg.tokens_per_batch, row_tokens, tcfg.micro_batch_rows, dist.world_size)
     bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_gpu)
     attention = tcfg.attention if tcfg.attention != "auto" else ("flex" if on_gpu else "sdpa")
+    ds_cfg = deepspeed_config(tcfg, plan, bf16)
 
     torch.manual_seed(derive_seed(cfg.seed, "train/init"))  # the same initial weights on every rank
-    vocab = data.manifest["tokenizer"]["vocab_size"]
-    model, mcfg = build_model(tcfg, vocab, row_tokens)
+    tokenizer_info = data.manifest["tokenizer"]
+    model = build_model(tcfg.model, tokenizer_info["vocab_size"], row_tokens,
+                        special_ids=tokenizer_info["special_ids"],
+                        dtype=torch.bfloat16 if bf16 else torch.float32, attention=ATTENTION[attention],
+                        zero3=ds_cfg if tcfg.zero_stage == 3 else None)
+    if tcfg.model.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    parameters = parameter_count(model)
     torch.manual_seed(derive_seed(cfg.seed, f"train/rank{dist.rank}"))
     optimizer = build_optimizer(tcfg.optimizer, model.parameters(), tcfg.lr, tcfg.weight_decay,
                                 tcfg.adam_betas)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(tcfg.warmup_steps))
-    ds_cfg = deepspeed_config(tcfg, plan, bf16)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=ds_cfg)
+    engine, _, _, _ = deepspeed.initialize(model=PackedCausalLM(model), optimizer=optimizer,
+                                           lr_scheduler=schedule, config=ds_cfg)
 
     start = 0
     if (ckpt_dir / "latest").exists():
@@ -234,7 +212,7 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_dir / "ds_config.json", ds_cfg)
         log.info("%s: %s parameters, %d ranks x %d rows x %d accumulation = %d rows (%d tokens) per step, "
-                 "%s, %s attention, ZeRO-%d", mixture, f"{mcfg.num_parameters():,}", dist.world_size,
+                 "%s, %s attention, ZeRO-%d", mixture, f"{parameters:,}", dist.world_size,
                  plan.micro_batch_rows, plan.accumulation, plan.rows_per_step, plan.tokens_per_step,
                  "bf16" if bf16 else "fp32", attention, tcfg.zero_stage)
     metrics = _Metrics(out_dir, start) if is_main else None
@@ -255,10 +233,8 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         loss_total = torch.zeros((), device=device)
         lr = schedule.get_last_lr()[0]
         for batch in batches:
-            mask = (segment_block_mask(batch["segment_ids"]) if attention == "flex"
-                    else segment_mask(batch["segment_ids"]))
-            logits = engine(batch["tokens"], batch["positions"], mask)
-            summed, _ = loss_sums(logits, batch["tokens"], batch["segment_ids"], batch["loss_mask"])
+            nll = engine(batch["tokens"], batch["positions"], batch["segment_ids"], batch["loss_mask"])
+            summed = nll.sum()
             engine.backward(summed * scale)
             loss_total += summed.detach().float()
             engine.step()
@@ -279,7 +255,7 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
     elapsed = time.perf_counter() - t0
     manifest = {
         "stage": "train", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed,
-        "model": mcfg.as_dict(), "parameters": mcfg.num_parameters(), "world_size": dist.world_size,
+        "model": model.config.to_dict(), "parameters": parameters, "world_size": dist.world_size,
         "launcher": dist.launcher, "device": "cuda" if on_gpu else "cpu",
         "precision": "bf16" if bf16 else "fp32", "attention": attention,
         "batch": {"rows_per_step": plan.rows_per_step, "tokens_per_step": plan.tokens_per_step,
@@ -293,8 +269,7 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         "created_at": utc_now(),
     }
     if tokenizer is not None:  # (benchmarks on synthetic rows have no tokenizer to export)
-        export_hf(engine, mcfg, tokenizer, out_dir / "hf", is_main, bf16,
-                  data.manifest["tokenizer"]["special_ids"])
+        save_checkpoint(model, tokenizer, out_dir / "hf", dtype=torch.bfloat16 if bf16 else torch.float32)
     if is_main:
         plot_loss(out_dir / "metrics.csv", out_dir / "loss.png", mixture)
         write_json_atomic(out_dir / "run.json", manifest)
@@ -370,56 +345,16 @@ def plot_loss(metrics_csv: Path, out_png: Path, title: str) -> None:
     plt.close(fig)
 
 
-def export_hf(engine, mcfg: ModelConfig, tokenizer: str | Path, out: Path, is_main: bool, bf16: bool,
-              special_ids: dict[str, int | None]) -> None:
-    """The consolidated model as a Llama checkpoint folder (gathered from the ZeRO-3 partitions)."""
-    import deepspeed
-
-    params = list(engine.module.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        if is_main:
-            state = {k: v.detach().to("cpu", torch.bfloat16 if bf16 else torch.float32).clone()
-                     for k, v in engine.module.state_dict().items()}
-    if is_main:
-        save_hf(state, mcfg, tokenizer, out, bf16, special_ids)
-
-
-def save_hf(state: dict[str, torch.Tensor], mcfg: ModelConfig, tokenizer: str | Path, out: Path, bf16: bool,
-            special_ids: dict[str, int | None]) -> None:
-    """Weights, ``config.json``, ``generation_config.json`` and the tokenizer files as a Llama
-    checkpoint folder, written to a temporary folder and renamed."""
-    from safetensors.torch import save_file
-
-    if mcfg.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    ids = {f"{k.removesuffix('_id')}_token_id": v for k, v in special_ids.items()
-           if k != "unk_id" and v is not None}
-    hf_cfg = mcfg.to_hf() | {"torch_dtype": "bfloat16" if bf16 else "float32"} | ids
-    with atomic_dir(out) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for name, content in (("config.json", hf_cfg), ("generation_config.json", ids)):
-            (tmp / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        save_tokenizer(tokenizer, tmp)
-
-
 def export_base_model(cfg: Config, tokenizer: str | Path, out: str | Path) -> dict:
     """The untuned base model as a checkpoint folder, for evaluation beside the tuned ones: the
-    pretrained checkpoint (``train.model.source: pretrained``), or the very initial weights every
-    training run starts from (same seed, same sizes)."""
-    sp = load_processor(tokenizer)
+    pretrained checkpoint (``train.model.source: pretrained``), or a new model built as every
+    training run builds it (same architecture, sizes and seed)."""
+    tok = load_tokenizer(tokenizer)
     tcfg = cfg.train
     row_tokens = cfg.tokenize.max_input_tokens + cfg.tokenize.max_target_tokens
     torch.manual_seed(derive_seed(cfg.seed, "train/init"))
-    model, mcfg = build_model(tcfg, sp.get_piece_size(), row_tokens)
-    state = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
-    save_hf(state, mcfg, tokenizer, Path(out), False, tokenizer_ids(sp))
-    log.info("base model (%s, %s parameters) -> %s", tcfg.model.source, f"{mcfg.num_parameters():,}", out)
-    return {"source": tcfg.model.source, "parameters": mcfg.num_parameters(), "out": str(out)}
-
-
-def save_tokenizer(tokenizer: str | Path, out: Path) -> None:
-    """The tokenizer's ``transformers`` files in ``out`` (``Tokenizer.save_pretrained``: they encode
-    exactly as the tokenizer the model was trained with)."""
-    from flanpipe.tokenizer import load_tokenizer
-
-    load_tokenizer(tokenizer).save_pretrained(out)
+    model = build_model(tcfg.model, tok.vocab_size, row_tokens, special_ids=tok.special_ids())
+    save_checkpoint(model, tok, Path(out), dtype=torch.float32)
+    n = parameter_count(model)
+    log.info("base model (%s, %s parameters) -> %s", tcfg.model.source, f"{n:,}", out)
+    return {"source": tcfg.model.source, "parameters": n, "out": str(out)}

@@ -22,7 +22,6 @@ import numpy as np
 from flanpipe import packing
 from flanpipe.config import parse_config
 from flanpipe.io import write_json_atomic
-from flanpipe.model import ModelConfig
 from flanpipe.pack import row_dtype
 
 H100_BF16_PEAK = 989e12
@@ -80,9 +79,13 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
         with open(tmp / "run/metrics.csv", newline="") as f:
             speeds = [float(r["tokens_per_s"]) for r in csv.DictReader(f)]
     steady = float(np.median(speeds[10:] if len(speeds) > 10 else speeds))
-    mcfg = ModelConfig(vocab_size=VOCAB, **spec)
-    flops = mcfg.flops_per_token(LI + LT)
-    return {"size": size, "parameters": mcfg.num_parameters(), "steps": steps, "device": run["device"],
+    from transformers import AutoConfig
+
+    from flanpipe.model import flops_per_token
+
+    config = AutoConfig.for_model(**run["model"])
+    flops = flops_per_token(config, run["parameters"], LI + LT)
+    return {"size": size, "parameters": run["parameters"], "steps": steps, "device": run["device"],
             "precision": run["precision"], "attention": run["attention"],
             "tokens_per_step": run["batch"]["tokens_per_step"],
             "tokens_per_s": steady, "flops_per_token": flops, "mfu": steady * flops / H100_BF16_PEAK,

@@ -1,22 +1,53 @@
-"""The model: packed examples cannot see each other, and the weights are a Llama checkpoint's."""
+"""The model path: packed examples cannot see each other in any of the `transformers` architectures
+flanpipe trains, the loss counts target tokens only, and FlexAttention agrees with SDPA."""
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from flanpipe.model import FlanLM, ModelConfig, loss_sums, segment_mask
+from flanpipe.checkpoint import build_model
+from flanpipe.config import ModelSpec
+from flanpipe.model import PackedCausalLM, predicted
 from flanpipe.optim import Adafactor, optimizer_state_bytes
 from flanpipe.train import BatchPlan, step_rows
 
-CFG = ModelConfig(vocab_size=97, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2)
+VOCAB = 97
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16, "rope_theta": 500_000.0}
+# every architecture of issue 14, tiny; sliding windows of 4 tokens, shorter than the examples
+ARCHITECTURES = {
+    "llama": ("llama", {}),
+    "llama3-rope-scaling": ("llama", {"rope_parameters": LLAMA3_ROPE}),
+    "mistral": ("mistral", {"sliding_window": 4}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {}),
+    "gemma2": ("gemma2", {"sliding_window": 4}),
+    "gemma3": ("gemma3", {"sliding_window": 4}),
+    "gpt_neox": ("gpt_neox", {}),
+    "olmo2": ("olmo2", {}),
+    "phi3": ("phi3", {"sliding_window": 4}),
+}
+
+
+def tiny_model(name: str, attention: str = "sdpa", seed: int = 0):
+    architecture, hf_config = ARCHITECTURES[name]
+    spec = ModelSpec(architecture=architecture, hidden_size=32, num_layers=2, num_heads=4,
+                     num_kv_heads=None if architecture == "gpt_neox" else 2, hf_config=hf_config)
+    torch.manual_seed(seed)
+    return build_model(spec, VOCAB, 64, attention=attention).eval()
 
 
 def example(n_in: int, n_tg: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(4, 97, (n_in,), generator=g), torch.randint(4, 97, (n_tg,), generator=g)
+    return torch.randint(4, VOCAB, (n_in,), generator=g), torch.randint(4, VOCAB, (n_tg,), generator=g)
+
+
+EXAMPLES = [example(7, 3, 1), example(12, 5, 2), example(4, 2, 3)]
 
 
 def packed_row(examples, width):
+    """(tokens, segment ids, positions, loss mask) of one row holding ``examples`` then padding."""
     tokens, seg, pos, mask = (torch.zeros(width, dtype=torch.long) for _ in range(4))
     o = 0
     for s, (x, y) in enumerate(examples, 1):
@@ -28,50 +59,86 @@ def packed_row(examples, width):
     return tokens[None], seg[None], pos[None], mask[None]
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return FlanLM(CFG).eval()
-
-
-def per_example_losses(model, examples, width, masked=True):
+def packed_losses(model, examples, width=40) -> list[float]:
+    """Each example's summed target loss, all of them packed in one row (PackedCausalLM)."""
     tokens, seg, pos, mask = packed_row(examples, width)
-    attn = segment_mask(seg) if masked else torch.ones(1, 1, width, width, dtype=torch.bool).tril()
-    logits = model(tokens, pos if masked else torch.arange(width)[None], attn)
-    return [loss_sums(logits, tokens, seg * (seg == s), mask * (seg == s))[0].item()
-            for s in range(1, len(examples) + 1)]
-
-
-def test_an_examples_loss_is_the_same_packed_or_alone(model):
-    examples = [example(7, 3, 1), example(12, 5, 2), example(4, 2, 3)]
     with torch.no_grad():
-        packed = per_example_losses(model, examples, 40)
-        alone = [per_example_losses(model, [e], len(e[0]) + len(e[1]))[0] for e in examples]
-        leaky = per_example_losses(model, examples, 40, masked=False)  # plain causal attention
-    assert packed == pytest.approx(alone, rel=1e-5, abs=1e-5)
-    # without the mask, later examples see earlier ones
-    assert leaky[1:] != pytest.approx(alone[1:], rel=1e-3)
+        nll = PackedCausalLM(model)(tokens, pos, seg, mask)
+    owner = seg[:, 1:][predicted(seg, mask)]  # the segment of each predicted target
+    return [nll[owner == s].sum().item() for s in range(1, len(examples) + 1)]
 
 
-def test_loss_counts_only_target_tokens(model):
-    tokens, seg, pos, mask = packed_row([example(5, 3, 4)], 10)
-    logits = model(tokens, pos, segment_mask(seg))
-    _, count = loss_sums(logits, tokens, seg, mask)
-    assert count.item() == 3  # the three target tokens; the first input token is never predicted
-
-
-def test_weights_load_into_transformers_llama_with_identical_logits(model):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hf = LlamaForCausalLM(LlamaConfig(**CFG.to_hf())).eval()
-    hf.load_state_dict(model.state_dict(), strict=True)
-    tokens = torch.randint(4, 97, (2, 16))
+def alone_losses(model, examples) -> list[float]:
+    """Each example run alone through the model's own forward (its own masks), the cross-entropy
+    of its targets computed here from the logits."""
+    out = []
     with torch.no_grad():
-        ours = model(tokens, torch.arange(16).expand(2, 16), segment_mask(torch.ones_like(tokens)))
-        theirs = hf(tokens).logits
-    assert torch.allclose(ours, theirs, atol=1e-5)
-    assert ModelConfig.from_hf(CFG.to_hf()) == CFG
-    assert sum(p.numel() for p in model.parameters()) == CFG.num_parameters()
+        for x, y in examples:
+            logits = model(input_ids=torch.cat([x, y])[None]).logits[0]
+            out.append(F.cross_entropy(logits[len(x) - 1:-1].float(), y, reduction="sum").item())
+    return out
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_an_examples_loss_is_the_same_packed_or_alone(name):
+    model = tiny_model(name)
+    assert packed_losses(model, EXAMPLES) == pytest.approx(alone_losses(model, EXAMPLES), rel=1e-5, abs=1e-5)
+
+
+def test_without_the_segment_mask_examples_would_leak():
+    """The packed test can fail: plain causal attention over the row changes the later examples."""
+    model = tiny_model("llama")
+    tokens, seg, pos, mask = packed_row(EXAMPLES, 40)
+    with torch.no_grad():
+        logits = model(input_ids=tokens).logits[0]  # one causal sequence, positions 0..39
+    x, y = EXAMPLES[1]
+    start = len(EXAMPLES[0][0]) + len(EXAMPLES[0][1])
+    leaky = F.cross_entropy(logits[start + len(x) - 1:start + len(x) + len(y) - 1], y, reduction="sum")
+    assert leaky.item() != pytest.approx(alone_losses(model, EXAMPLES)[1], rel=1e-3)
+
+
+def test_the_sliding_window_matters_in_these_examples():
+    """Gemma 3 with a 4-token window scores a 17-token example differently from a full window, so
+    the packed test checks that the packed mask keeps the window."""
+    windowed = tiny_model("gemma3")
+    full = tiny_model("gemma3")
+    full.config.sliding_window = 64
+    assert alone_losses(windowed, EXAMPLES[1:2]) != pytest.approx(alone_losses(full, EXAMPLES[1:2]), rel=1e-3)
+
+
+def test_only_target_tokens_are_scored_and_the_sum_matches_transformers_loss():
+    model = tiny_model("qwen3")
+    x, y = EXAMPLES[1]
+    tokens, seg, pos, mask = packed_row([(x, y)], len(x) + len(y))
+    with torch.no_grad():
+        nll = PackedCausalLM(model)(tokens, pos, seg, mask)
+        labels = torch.cat([torch.full_like(x, -100), y])[None]  # transformers' own shifted mean loss
+        reference = model(input_ids=tokens, labels=labels).loss * len(y)
+    assert nll.shape == (len(y),)
+    assert nll.sum().item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_gemma_final_soft_capping_is_applied():
+    """A cap small enough to change these logits: the packed losses follow the model's own capped
+    forward, and differ from uncapped ones."""
+    model = tiny_model("gemma2")
+    model.config.final_logit_softcapping = None
+    uncapped = packed_losses(model, EXAMPLES)
+    model.config.final_logit_softcapping = 0.01
+    capped = packed_losses(model, EXAMPLES)
+    assert capped == pytest.approx(alone_losses(model, EXAMPLES), rel=1e-5, abs=1e-5)
+    assert capped != pytest.approx(uncapped, rel=1e-3)
+
+
+def test_flex_attention_block_masks_equal_sdpa_and_keep_examples_apart():
+    """FlexAttention (the GPU default) runs here on CPU, forward only: Gemma 3 with sliding and
+    full layers, one block mask each."""
+    sdpa = tiny_model("gemma3", "sdpa")
+    flex = tiny_model("gemma3", "flex_attention")
+    assert flex.config._attn_implementation == "flex_attention"
+    alone = alone_losses(sdpa, EXAMPLES)
+    assert packed_losses(flex, EXAMPLES, 48) == pytest.approx(alone, rel=1e-5, abs=1e-5)
+    assert packed_losses(sdpa, EXAMPLES, 48) == pytest.approx(alone, rel=1e-5, abs=1e-5)
 
 
 def test_adafactor_matches_transformers_absolute_lr_adafactor():
@@ -101,22 +168,3 @@ def test_each_epoch_visits_every_row_once_and_steps_are_reproducible():
     assert sorted(rows[:10]) == list(range(10)) and sorted(rows[10:]) == list(range(10))
     assert (step_rows(3, plan, 10, seed=3) == rows[12:16]).all()
     assert not (step_rows(3, plan, 10, seed=4) == rows[12:16]).all()
-
-
-def test_a_local_llama_checkpoint_loads_into_our_model(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from flanpipe.train import load_pretrained
-
-    torch.manual_seed(2)
-    hf = LlamaForCausalLM(LlamaConfig(**CFG.to_hf())).eval()
-    hf.save_pretrained(tmp_path / "ckpt")
-    model, cfg = load_pretrained(tmp_path / "ckpt", vocab_size=97)
-    tokens = torch.randint(4, 97, (1, 12))
-    with torch.no_grad():
-        ours = model.eval()(tokens, torch.arange(12)[None], segment_mask(torch.ones_like(tokens)))
-        assert torch.allclose(ours, hf(tokens).logits, atol=1e-5)
-    with pytest.raises(ValueError, match="use the checkpoint's own tokenizer"):
-        load_pretrained(tmp_path / "ckpt", vocab_size=200)
-    with pytest.raises(ValueError, match="Llama-architecture"):
-        ModelConfig.from_hf({**CFG.to_hf(), "model_type": "gpt2"})

@@ -1,0 +1,347 @@
+"""The checkpoint seam: models enter and leave flanpipe here, as plain ``transformers`` causal LMs.
+
+- :func:`build_model`: a new model from a ``transformers`` config (``train.model.architecture``:
+  Llama, Mistral, Qwen2/3, Gemma 2/3, GPT-NeoX, OLMo 2, Phi-3, ...) and the configured sizes, its
+  vocabulary padded to a multiple of 128;
+- :func:`load_model`: any local ``AutoModelForCausalLM`` folder (``local_files_only``, never a hub
+  download);
+- :func:`load_checkpoint`: a folder as (model, :class:`~flanpipe.tokenizer` tokenizer);
+- :func:`save_checkpoint`: weights in safetensors shards, ``config.json``, ``generation_config.json``
+  and the tokenizer files, so that ``AutoModelForCausalLM`` / ``AutoTokenizer`` load the folder with
+  no flanpipe code.
+
+Under DeepSpeed ZeRO-3 (``zero3=`` the DeepSpeed config), models are partitioned *while they load*:
+:func:`build_model` constructs under ``deepspeed.zero.Init`` through ``transformers``' own DeepSpeed
+integration (rank 0 initialises one module at a time), and :func:`load_model` constructs the empty,
+partitioned model the same way and then copies into each rank's partition only its slice of every
+tensor, read from the safetensors shards one tensor at a time. No rank holds the whole model;
+peak memory per rank falls with the number of ranks (figures in the README, section 5).
+:func:`save_checkpoint` gathers one parameter at a time to rank 0, which writes the shards.
+
+>>> from flanpipe.config import ModelSpec
+>>> model = build_model(ModelSpec(architecture="qwen3", hidden_size=32, num_layers=1, num_heads=4),
+...                     vocab_size=300, max_positions=64)
+>>> type(model).__name__, model.config.vocab_size, model.config.head_dim
+('Qwen3ForCausalLM', 384, 8)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from flanpipe.io import atomic_dir
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from flanpipe.config import ModelSpec
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = {  # train.model.architecture -> transformers model_type (a causal LM each)
+    "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
+    "gemma3": "gemma3_text", "gpt_neox": "gpt_neox", "olmo2": "olmo2", "phi3": "phi3",
+}
+VOCAB_MULTIPLE = 128  # embedding rows of a model we build: a multiple of this (matmul-friendly shapes)
+MAX_SHARD_BYTES = 2 * 1024**3  # safetensors shard size of an export (as transformers' save_pretrained)
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def padded_vocab(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """Embedding rows for a tokenizer of ``vocab_size`` ids: the next multiple of ``multiple``.
+
+    >>> padded_vocab(32_000), padded_vocab(32_001), padded_vocab(300)
+    (32000, 32128, 384)
+    """
+    return multiple * math.ceil(vocab_size / multiple)
+
+
+def model_config(spec: ModelSpec, vocab_size: int, max_positions: int,
+                 special_ids: dict[str, int | None] | None = None) -> PretrainedConfig:
+    """The ``transformers`` config of a new model of ``spec``'s architecture and sizes over a
+    tokenizer of ``vocab_size`` ids (padded, see :func:`padded_vocab`); ``spec.hf_config`` entries
+    override or add config attributes (e.g. ``rope_parameters``, ``sliding_window``).
+
+    >>> from flanpipe.config import ModelSpec
+    >>> cfg = model_config(ModelSpec(architecture="gpt_neox", hidden_size=64, num_heads=4,
+    ...                              num_layers=2), 1000, 512)
+    >>> cfg.model_type, cfg.vocab_size, cfg.intermediate_size, cfg.max_position_embeddings
+    ('gpt_neox', 1024, 256, 4096)
+    """
+    from transformers import AutoConfig
+
+    model_type = ARCHITECTURES[spec.architecture]
+    default = AutoConfig.for_model(model_type)
+    gated = model_type != "gpt_neox"  # SwiGLU/GeGLU MLPs: 8/3 x hidden; GPT-NeoX's GELU MLP: 4 x
+    intermediate = spec.intermediate_size or (64 * math.ceil(8 * spec.hidden_size / 3 / 64) if gated
+                                              else 4 * spec.hidden_size)
+    kwargs = {"vocab_size": padded_vocab(vocab_size), "hidden_size": spec.hidden_size,
+              "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,
+              "intermediate_size": intermediate, "tie_word_embeddings": spec.tie_word_embeddings,
+              "max_position_embeddings": max(4096, max_positions), "use_cache": False}
+    if hasattr(default, "num_key_value_heads"):
+        kwargs["num_key_value_heads"] = spec.num_kv_heads or spec.num_heads
+    elif spec.num_kv_heads not in (None, spec.num_heads):
+        raise ValueError(f"train.model.num_kv_heads: architecture {spec.architecture!r} has no grouped-"
+                         "query attention; leave it null")
+    if hasattr(default, "head_dim"):  # (Gemma's default is 256 whatever the width)
+        kwargs["head_dim"] = spec.hidden_size // spec.num_heads
+    for name in ("pad", "bos", "eos"):  # ours, not the family's defaults (Phi-3's pad id is 32000)
+        kwargs[f"{name}_token_id"] = (special_ids or {}).get(f"{name}_id")
+    for key in spec.hf_config:
+        if not hasattr(default, key):
+            raise ValueError(f"train.model.hf_config.{key}: not an attribute of transformers' "
+                             f"{type(default).__name__} (architecture {spec.architecture!r})")
+    return AutoConfig.for_model(model_type, **(kwargs | dict(spec.hf_config)))
+
+
+def build_model(spec: ModelSpec, vocab_size: int, max_positions: int, *,
+                special_ids: dict[str, int | None] | None = None, dtype: torch.dtype = torch.float32,
+                attention: str = "sdpa", zero3: dict | None = None) -> PreTrainedModel:
+    """A new, randomly initialised causal LM (``transformers``' own initialisation, seeded by the
+    caller's ``torch.manual_seed``), or the pretrained one at ``spec.path``
+    (``spec.source == "pretrained"``; its embedding must cover the tokenizer's ``vocab_size`` ids).
+    With ``zero3`` (a DeepSpeed config dict), the model is partitioned as it is built."""
+    if spec.source == "pretrained":
+        model = load_model(spec.path, dtype=dtype, attention=attention, zero3=zero3)
+        if vocab_size > model.config.vocab_size:
+            raise ValueError(f"train.model.path: the tokenizer has {vocab_size} ids, the checkpoint's "
+                             f"embedding only {model.config.vocab_size}: use the checkpoint's own "
+                             "tokenizer (tokenize.tokenizer.source: file)")
+        return model
+    from transformers import AutoModelForCausalLM
+
+    config = model_config(spec, vocab_size, max_positions, special_ids)
+    with _zero3_integration(zero3):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                                attn_implementation=attention_for(config, attention))
+
+
+@contextlib.contextmanager
+def _zero3_integration(zero3: dict | None):
+    """``transformers``' DeepSpeed integration switched on for the block (a live ``HfDeepSpeedConfig``
+    makes ``from_config`` construct under ``deepspeed.zero.Init`` and initialise module by module)."""
+    if zero3 is None or zero3.get("zero_optimization", {}).get("stage") != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+
+    keep_alive = HfDeepSpeedConfig(zero3)  # transformers holds a weak reference only
+    try:
+        yield
+    finally:
+        del keep_alive
+
+
+def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", *,
+               attention: str = "sdpa", zero3: dict | None = None) -> PreTrainedModel:
+    """Any local ``AutoModelForCausalLM`` checkpoint folder (``config.json`` and safetensors
+    weights), in ``dtype`` on ``device``, in eval mode. With ``zero3`` (a DeepSpeed ZeRO-3 config),
+    partitioned while it loads (see the module docstring)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: no config.json (a Hugging Face model folder is expected)")
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    attention = attention_for(config, attention)
+    if zero3 is not None and zero3.get("zero_optimization", {}).get("stage") == 3:
+        return _load_partitioned(folder, config, dtype, attention, zero3)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), config=config, local_files_only=True,
+                                                 dtype=dtype, attn_implementation=attention)
+    return model.to(device).eval()
+
+
+def _load_partitioned(folder: Path, config, dtype: torch.dtype, attention: str,
+                      zero3: dict) -> PreTrainedModel:
+    """The empty model constructed under ``deepspeed.zero.Init`` (parameters partitioned as each
+    module is created, nothing initialised), then every rank copies into its own partition
+    (``param.ds_tensor``: elements ``[rank * n, (rank + 1) * n)`` of the flattened parameter, padded
+    at the end) the rows of each tensor that cover it, read from the shards with ``safe_open``."""
+    import deepspeed
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+    from transformers.integrations.deepspeed import prevent_arange_dtype_change
+
+    config._attn_implementation = attention
+    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    # (zero.Init takes the dtype from the config's bf16 section: given a dtype as well, DeepSpeed
+    # 0.19 picks bf16 on CPU whatever it is)
+    bf16 = zero3.get("bf16", {}).get("enabled", False)
+    if bf16 != (dtype == torch.bfloat16):
+        raise ValueError(f"dtype {dtype} does not match the DeepSpeed config's bf16.enabled ({bf16})")
+    with no_init_weights(), prevent_arange_dtype_change(), deepspeed.zero.Init(config_dict_or_path=zero3):
+        model = model_class(config)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    loaded = set()
+    for shard in weight_files(folder):
+        with safe_open(str(shard), framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if name in params:
+                    _copy_partition(params[name], f.get_slice(name))
+                elif name in buffers:
+                    buffers[name].copy_(f.get_tensor(name))
+                else:
+                    raise ValueError(f"{shard}: tensor {name} is not in {model_class.__name__}")
+                loaded.add(name)
+    missing = [n for n in params if n not in loaded and not _tied(model, n)]
+    if missing:
+        raise ValueError(f"{folder}: no weights for {missing[:5]}")
+    return model.eval()
+
+
+def _copy_partition(param: torch.nn.Parameter, source) -> None:
+    """Copy this rank's ZeRO-3 partition of ``param`` from a safetensors slice (only the rows the
+    partition overlaps are read)."""
+    part = param.ds_tensor
+    n = part.ds_numel
+    rank = torch.distributed.get_rank(group=param.ds_process_group)
+    start, end = rank * n, min((rank + 1) * n, param.ds_numel)
+    if start >= end:
+        return
+    shape = source.get_shape()
+    row = math.prod(shape[1:]) if len(shape) > 1 else 1
+    first, last = start // row, -(-end // row)
+    rows = source[first:last] if shape else source[:]
+    flat = rows.reshape(-1)[start - first * row: end - first * row]
+    with torch.no_grad():
+        part.data[: end - start].copy_(flat.to(part.dtype))
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of ``model`` (each tied one once), whole even where ZeRO-3 partitioned them."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+def attention_for(config, attention: str) -> str:
+    """The ``transformers`` attention implementation to use: ``sdpa`` cannot soft-cap attention
+    logits (Gemma 2), so such models get ``eager`` instead.
+
+    >>> from transformers import Gemma2Config, LlamaConfig
+    >>> attention_for(Gemma2Config(), "sdpa"), attention_for(LlamaConfig(), "sdpa")
+    ('eager', 'sdpa')
+    """
+    if attention == "sdpa" and getattr(config, "attn_logit_softcapping", None):
+        return "eager"
+    return attention
+
+
+def _tied(model, name: str) -> bool:
+    return bool(model.config.tie_word_embeddings) and name.endswith("lm_head.weight")
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """A checkpoint's safetensors files: the index's shards, or ``model.safetensors``."""
+    folder = Path(folder)
+    if (folder / INDEX_NAME).exists():
+        index = json.loads((folder / INDEX_NAME).read_text(encoding="utf-8"))
+        return [folder / f for f in sorted(set(index["weight_map"].values()))]
+    if (folder / WEIGHTS_NAME).exists():
+        return [folder / WEIGHTS_NAME]
+    raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME} (safetensors weights)")
+
+
+def load_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu", attention: str = "sdpa"):
+    """A model folder as (model in eval mode, its tokenizer through :mod:`flanpipe.tokenizer`)."""
+    from flanpipe.tokenizer import load_tokenizer
+
+    return load_model(folder, dtype, device, attention=attention), load_tokenizer(folder)
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype: torch.dtype | None = None,
+                    max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+    """``model`` as a ``transformers`` folder at ``out``: safetensors shards (``model.safetensors``,
+    or ``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json``), ``config.json``,
+    ``generation_config.json``, and the tokenizer's files (``tokenizer.save_pretrained(out)``; a
+    SentencePiece ``.model`` path is also accepted; None: no tokenizer files, for benchmarks).
+    Written to a temporary folder and renamed.
+
+    Under ZeRO-3 every rank must call it: parameters are gathered one at a time to rank 0, which
+    alone writes. ``dtype`` (default: the model's) is the dtype of the saved weights."""
+    from safetensors.torch import save_file
+
+    is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    dtype = dtype or model.dtype
+    out = Path(out)
+    with atomic_dir(out) if is_main else contextlib.nullcontext(None) as tmp:
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for name, tensor in _gathered_state(model, dtype):
+            if not is_main:
+                continue
+            nbytes = tensor.numel() * tensor.element_size()
+            if size and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = tensor
+            size += nbytes
+        if not is_main:
+            return
+        names = ([WEIGHTS_NAME] if len(shards) == 1 else
+                 [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
+        for file, shard in zip(names, shards, strict=True):
+            save_file(shard, str(tmp / file), metadata={"format": "pt"})
+        if len(shards) > 1:
+            total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
+            index = {"metadata": {"total_size": total},
+                     "weight_map": {k: f for f, s in zip(names, shards, strict=True) for k in s}}
+            _write_json(tmp / INDEX_NAME, index)
+        config = model.config.to_dict() | {"dtype": str(dtype).removeprefix("torch."), "use_cache": True}
+        config.pop("_attn_implementation_autoset", None)
+        _write_json(tmp / "config.json", config)
+        ids = {k: getattr(model.config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        generation = {k: v for k, v in ids.items() if v is not None}
+        _write_json(tmp / "generation_config.json", generation)
+        _save_tokenizer(tokenizer, tmp)
+
+
+def _write_json(path: Path, content: dict) -> None:
+    path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _gathered_state(model: PreTrainedModel, dtype: torch.dtype):
+    """(name, CPU tensor) for every parameter (a tied output embedding once, under the input
+    embedding's name) and persistent buffer, gathered from ZeRO-3 partitions one at a time."""
+    seen: set[int] = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen or _tied(model, name):
+            continue
+        seen.add(id(param))
+        yield name, _full(param, dtype)
+    persistent = {n for n, _ in model.state_dict(keep_vars=True).items()}
+    for name, buffer in model.named_buffers():
+        if name in persistent:
+            cast = dtype if buffer.is_floating_point() else buffer.dtype
+            yield name, buffer.detach().to("cpu", cast).clone()
+
+
+def _full(param: torch.nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
+    if not hasattr(param, "ds_id"):  # not partitioned
+        return param.detach().to("cpu", dtype).clone()
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+        return param.detach().to("cpu", dtype).clone()
+
+
+def _save_tokenizer(tokenizer, out: Path) -> None:
+    """A :class:`~flanpipe.tokenizer.Tokenizer`'s (or ``transformers`` tokenizer's) files, or those of
+    the tokenizer at a path; nothing for None."""
+    if tokenizer is None:
+        return
+    if not hasattr(tokenizer, "save_pretrained"):
+        from flanpipe.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,110 @@
+"""The checkpoint seam: every architecture's export reloads in `transformers` alone with identical
+logits; a real pretrained checkpoint (SmolLM2) loads and keeps packed examples apart; under ZeRO-3
+with 2 ranks a sharded checkpoint loads partitioned and exports back bit for bit."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from flanpipe.checkpoint import build_model, load_model, model_config, save_checkpoint, weight_files
+from flanpipe.config import ModelSpec
+from tests.unit.test_model import ARCHITECTURES, alone_losses, packed_losses, tiny_model
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
+
+
+def tensors(folder) -> dict[str, torch.Tensor]:
+    out = {}
+    for file in weight_files(folder):
+        with safe_open(str(file), framework="pt") as f:
+            out |= {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    return out
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_the_export_reloads_in_transformers_with_identical_logits(name, tmp_path, hf_tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = tiny_model(name, seed=3)
+    # small shards: every architecture's export is split over several files and an index
+    save_checkpoint(model, hf_tokenizer, tmp_path / "hf", max_shard_bytes=20_000)
+    assert len(weight_files(tmp_path / "hf")) > 1
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True).eval()
+    assert type(reloaded) is type(model)
+    tokens = torch.randint(4, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=tokens).logits, model(input_ids=tokens).logits)
+    text = "Premise: the cat sat.\nOPTIONS:\n- yes\n- no"
+    saved = AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    assert saved(text)["input_ids"] == hf_tokenizer(text)["input_ids"]
+
+
+def test_a_new_models_vocabulary_is_padded_and_its_special_ids_are_ours():
+    spec = ModelSpec(architecture="phi3", hidden_size=32, num_layers=1, num_heads=4)
+    config = model_config(spec, 32_001, 64, {"pad_id": 0, "eos_id": 1, "unk_id": 2, "bos_id": 3})
+    assert config.vocab_size == 32_128 and config.vocab_size % 128 == 0
+    assert (config.pad_token_id, config.eos_token_id, config.bos_token_id) == (0, 1, 3)  # not Phi-3's 32000
+    model = build_model(spec, 301, 64)
+    assert model.get_input_embeddings().weight.shape == (384, 32)
+
+
+def test_bad_model_settings_name_the_key():
+    with pytest.raises(ValueError, match=r"train\.model\.hf_config\.sliding_windw: not an attribute"):
+        model_config(ModelSpec(architecture="mistral", hf_config={"sliding_windw": 8}), 100, 64)
+    with pytest.raises(ValueError, match=r"train\.model\.num_kv_heads: .*'gpt_neox'"):
+        model_config(ModelSpec(architecture="gpt_neox", num_heads=4, num_kv_heads=2, hidden_size=32), 100, 64)
+
+
+def test_smollm2_loads_from_its_folder_and_keeps_packed_examples_apart(smollm2_dir, tmp_path):
+    """A real pretrained Llama-architecture checkpoint (tied embeddings, 49,152-id BPE tokenizer):
+    loaded with local files only; real sentences packed in one row score as they do alone; and a
+    pretrained source whose embedding is smaller than the tokenizer is refused."""
+    from transformers import AutoTokenizer
+
+    model = load_model(smollm2_dir)
+    assert model.config.tie_word_embeddings and not model.training
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
+    pairs = [("Question: what is the capital of France?\nAnswer:", " Paris"),
+             ("Translate to German: good morning.\n", "Guten Morgen."),
+             ("Is this review positive? The film was a delight.\nOPTIONS:\n- yes\n- no\n", "yes")]
+    examples = [(torch.tensor(tok(x)["input_ids"]), torch.tensor(tok(y)["input_ids"])) for x, y in pairs]
+    width = sum(len(x) + len(y) for x, y in examples) + 5
+    assert packed_losses(model, examples, width) == pytest.approx(alone_losses(model, examples), rel=1e-4)
+    with pytest.raises(ValueError, match="use the checkpoint's own tokenizer"):
+        build_model(ModelSpec(source="pretrained", path=str(smollm2_dir)), 60_000, 64)
+
+
+def test_zero3_loads_partitioned_on_two_ranks_and_exports_back_exactly(tmp_path):
+    """A sharded checkpoint (untied, an odd vocabulary so partitions are padded) loads under ZeRO-3
+    on 2 gloo ranks, each holding half; the gathered export equals the source tensor for tensor."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(4)
+    source = LlamaForCausalLM(LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=72,
+                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    source.save_pretrained(tmp_path / "src", max_shard_size="20KB")
+    assert len(weight_files(tmp_path / "src")) > 1
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "flanpipe.bench.checkpoint", "load", "--folder", str(tmp_path / "src"),
+           "--export", str(tmp_path / "back")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    n = sum(p.numel() for p in source.parameters())
+    assert [r["rank"] for r in rows] == [0, 1] and all(r["parameters"] == n for r in rows)
+    # each rank holds half of every parameter (rounded up), not the model
+    half = sum(-(-p.numel() // 2) for p in source.parameters()) * 4
+    assert [r["partition_bytes"] for r in rows] == [half, half]
+    original, back = tensors(tmp_path / "src"), tensors(tmp_path / "back")
+    assert original.keys() == back.keys()
+    for name, tensor in original.items():
+        assert torch.equal(tensor, back[name]), name
