@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import torch
 
 from flanpipe import metrics
+from flanpipe.checkpoint import load_checkpoint
 from flanpipe.config import Config, TokenizeConfig
 from flanpipe.io import code_version, derive_seed, sha256_file, write_text_atomic
 from flanpipe.pack import bos_token
@@ -47,7 +48,7 @@ from flanpipe.registry import DatasetSpec, load_registry
 from flanpipe.scoring import generate, score_options
 from flanpipe.templates import DatasetTemplates, Template, column_at, load_bank, render_template
 from flanpipe.templatize import few_shot_inputs
-from flanpipe.tokenizer import Tokenizer, load_tokenizer
+from flanpipe.tokenizer import Tokenizer
 
 STAGE_VERSION = "2"
 NORMALIZATIONS = ("sum", "per_token", "per_char")
@@ -69,15 +70,10 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, Tokenizer]:
     """A model folder (a trained model's, or any local Hugging Face causal LM checkpoint) as (model
-    in eval mode, its tokenizer): ``transformers``' ``AutoModelForCausalLM``, local files only,
-    float32 on CPU and bfloat16 on a GPU."""
-    from transformers import AutoModelForCausalLM
-
-    folder = resolve_model_dir(path)
+    in eval mode, its tokenizer), through the checkpoint seam: float32 on CPU, bfloat16 on a GPU."""
     cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True,
-                                                 dtype=torch.bfloat16 if cuda else torch.float32)
-    return model.to("cuda" if cuda else "cpu").eval(), load_tokenizer(folder)
+    return load_checkpoint(resolve_model_dir(path), dtype=torch.bfloat16 if cuda else torch.float32,
+                           device="cuda" if cuda else "cpu")
 
 
 def stop_ids(model: torch.nn.Module, tokenizer: Tokenizer) -> list[int]:
@@ -188,7 +184,7 @@ def decode(model: torch.nn.Module, layout: Layout, prompts: list[str], cfg: Conf
     out = generate(model, layout.inputs(prompts), min(gen.max_new_tokens, layout.max_target_tokens),
                    stop_ids(model, layout.tokenizer), temperature=gen.temperature if sample else 0.0,
                    top_k=gen.top_k if sample else 0, seed=derive_seed(cfg.seed, "evaluate/sample"),
-                   max_batch_tokens=cfg.evaluate.max_batch_tokens)
+                   max_batch_tokens=cfg.evaluate.max_batch_tokens, vocab_limit=layout.tokenizer.vocab_size)
     return [layout.tokenizer.decode(ids) for ids in out]
 
 
@@ -338,5 +334,5 @@ def generate_text(model_dir: str | Path, prompts: list[str], max_new_tokens: int
     bos = bos_token(tokenizer, add_bos)
     ptoks = encode(tokenizer, prompts, max_input_tokens, tokenizer.eos_id, bos=bos)
     out = generate(model, ptoks, max_new_tokens, stop_ids(model, tokenizer), temperature=temperature,
-                   top_k=top_k, seed=seed)
+                   top_k=top_k, seed=seed, vocab_limit=tokenizer.vocab_size)
     return [tokenizer.decode(ids) for ids in out]

@@ -374,7 +374,8 @@ def score_per_option(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              eos_id: int | Sequence[int], temperature: float = 0.0, top_k: int = 0, seed: int = 0,
              max_batch_tokens: int = 16_384, max_batch_rows: int = 32,
-             progress: Callable[[int], None] | None = None, method: str = "auto") -> list[list[int]]:
+             progress: Callable[[int], None] | None = None, method: str = "auto",
+             vocab_limit: int | None = None) -> list[list[int]]:
     """New tokens for each prompt, up to and without the first EOS (any of ``eos_id``, which may be
     a list, as Llama 3's), at most ``max_new_tokens``.
 
@@ -383,6 +384,8 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     Sampling is seeded per batch from ``seed``, so a rerun gives the same text. ``method``:
     ``shared`` (batched, on the prompt cache with our masks), ``one_by_one`` (``transformers``'
     ``model.generate``, one prompt at a time, for kernels that take no 4D mask) or ``auto``.
+    ``vocab_limit``: only ids below it are generated (a model's embedding padded past its
+    tokenizer's vocabulary has rows no text decodes to).
     """
     if temperature < 0 or top_k < 0:
         raise ValueError(f"temperature ({temperature}) and top_k ({top_k}) must be >= 0")
@@ -393,7 +396,7 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     eos_ids = [eos_id] if isinstance(eos_id, int) else list(eos_id)
     if method == "one_by_one" or (method == "auto" and not shared_extension_supported(model)):
         return _generate_one_by_one(model, prompts, max_new_tokens, eos_ids, temperature, top_k, seed,
-                                    progress)
+                                    progress, vocab_limit)
     kinds = AttentionKinds.of(model.config)
     device = _device(model)
     eos = torch.tensor(eos_ids, device=device)
@@ -410,6 +413,8 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
         for _ in range(max_new_tokens):
             logits = _forward(model, kinds, state, token[:, None], position[:, None], shared)
             logp = _log_softmax(logits[:, -1])
+            if vocab_limit is not None:
+                logp[:, vocab_limit:] = float("-inf")
             token = torch.where(done, eos[0], _pick(logp, temperature, top_k, gen))
             produced.append(token)
             done |= torch.isin(token, eos)
@@ -428,9 +433,12 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
 
 def _generate_one_by_one(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                          eos_ids: list[int], temperature: float, top_k: int, seed: int,
-                         progress: Callable[[int], None] | None) -> list[list[int]]:
+                         progress: Callable[[int], None] | None, vocab_limit: int | None = None
+                         ) -> list[list[int]]:
     """:func:`generate` through ``model.generate``, one unpadded prompt at a time (seeded per prompt)."""
     device = _device(model)
+    rows = model.get_output_embeddings().weight.shape[0]
+    suppress = list(range(vocab_limit, rows)) if vocab_limit is not None and vocab_limit < rows else None
     out = []
     for number, prompt in enumerate(prompts):
         torch.manual_seed(seed * 1_000_003 + number)
@@ -439,7 +447,7 @@ def _generate_one_by_one(model: torch.nn.Module, prompts: Sequence[Sequence[int]
         new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=sampled, temperature=temperature if sampled else None,
                              top_k=top_k if sampled else None, top_p=None, eos_token_id=eos_ids,
-                             pad_token_id=eos_ids[0])[0, len(prompt):].tolist()
+                             pad_token_id=eos_ids[0], suppress_tokens=suppress)[0, len(prompt):].tolist()
         out.append(new[:next((k for k, t in enumerate(new) if t in eos_ids), len(new))])
         if progress:
             progress(1)

@@ -218,6 +218,17 @@ def test_generation_stops_at_any_eos():
     assert generate(model, [[3, 8], [5]], max_new_tokens=10, eos_id=[1, 2]) == [[], [7]]
 
 
+@pytest.mark.parametrize("method", ["shared", "one_by_one"])
+def test_generation_never_emits_ids_past_the_tokenizer(method):
+    """A padded embedding's extra rows (ids 10 and 11 here) are never generated."""
+    table = np.zeros((12, 12))
+    table[:, 11] = 30.0
+    table[:, 5] = 20.0
+    model = bigram_model(table)
+    assert generate(model, [[3]], 3, eos_id=1, method=method) == [[11, 11, 11]]
+    assert generate(model, [[3]], 3, eos_id=1, method=method, vocab_limit=10) == [[5, 5, 5]]
+
+
 def test_sampling_is_seeded_and_top_k_limits_the_choice():
     table = np.zeros((12, 12))
     table[:, 4] = table[:, 6] = 5.0  # two likely tokens, the rest unlikely
