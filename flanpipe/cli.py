@@ -443,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show_packed)
 
     p = sub.add_parser("generate", help="generate text with a trained model: --model models/all --prompt ...")
-    p.add_argument("--model", required=True, help="a model folder (models/all, or its hf/ folder)")
+    p.add_argument("--model", required=True,
+                   help="a model folder (models/all, its hf/ folder, or any local Hugging Face causal LM)")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable; default: read stdin)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; the paper sampled at 0.9")
@@ -452,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="evaluate one model on one dataset (every template)")
-    p.add_argument("--model", required=True, help="a model folder (models/nli, or any local Llama folder)")
+    p.add_argument("--model", required=True,
+                   help="a model folder (models/nli, or any local Hugging Face causal LM checkpoint)")
     p.add_argument("--dataset", required=True, choices=list(load_registry().datasets), metavar="NAME")
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.add_argument("--raw", help="directory with eval.parquet (and train.parquet) (default data/raw/NAME)")

@@ -5,6 +5,11 @@ registry split that decontamination checked the training data against, and rende
 template that poses the task (turned-around templates are for training), in the paper's
 instruction format whatever the model was trained on.
 
+The model is any local ``transformers`` causal LM folder (ours, or a Hugging Face checkpoint such
+as SmolLM2 or Llama), with its own tokenizer (:func:`flanpipe.tokenizer.load_tokenizer`:
+``tokenizer.json`` or ``tokenizer.model``). Token sequences follow the packer's training layout,
+``[BOS] inputs EOS targets EOS``, BOS where the tokenizer's convention or ``tokenize.add_bos`` says.
+
 - **Classification and multiple choice: rank classification.** Every option is scored by the
   log-likelihood of its tokens (and EOS) given the instruction, with the prompt run once for all of
   its options (:func:`flanpipe.scoring.score_options`). Prompts are scored with the OPTIONS suffix
@@ -26,6 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +40,17 @@ import pyarrow.parquet as pq
 import torch
 
 from flanpipe import metrics
-from flanpipe.config import Config
+from flanpipe.checkpoint import load_checkpoint
+from flanpipe.config import Config, TokenizeConfig
 from flanpipe.io import code_version, derive_seed, sha256_file, write_text_atomic
-from flanpipe.model import FlanLM, ModelConfig
+from flanpipe.pack import bos_token
 from flanpipe.registry import DatasetSpec, load_registry
 from flanpipe.scoring import generate, score_options
 from flanpipe.templates import DatasetTemplates, Template, column_at, load_bank, render_template
 from flanpipe.templatize import few_shot_inputs
-from flanpipe.tokenizer import load_processor
+from flanpipe.tokenizer import Tokenizer
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 NORMALIZATIONS = ("sum", "per_token", "per_char")
 log = logging.getLogger(__name__)
 
@@ -61,44 +68,67 @@ def resolve_model_dir(path: str | Path) -> Path:
                             "e.g. models/all, or a Hugging Face Llama checkpoint folder)")
 
 
-def load_model(path: str | Path) -> tuple[FlanLM, object]:
-    """A model folder (ours or any local Llama checkpoint) as (model in eval mode, SentencePiece
-    processor of its ``tokenizer.model``). Our ``model.safetensors`` loads directly; other
-    checkpoints go through ``transformers`` (local files only)."""
-    folder = resolve_model_dir(path)
-    tok = folder / "tokenizer.model"
-    if not tok.exists():
-        raise FileNotFoundError(f"{folder}: no tokenizer.model (flanpipe evaluates with the SentencePiece "
-                                "model the checkpoint was trained with)")
-    weights = folder / "model.safetensors"
-    if weights.exists():
-        from safetensors.torch import load_file
+def load_model(path: str | Path) -> tuple[torch.nn.Module, Tokenizer]:
+    """A model folder (a trained model's, or any local Hugging Face causal LM checkpoint) as (model
+    in eval mode, its tokenizer), through the checkpoint seam: float32 on CPU, bfloat16 on a GPU."""
+    cuda = torch.cuda.is_available()
+    return load_checkpoint(resolve_model_dir(path), dtype=torch.bfloat16 if cuda else torch.float32,
+                           device="cuda" if cuda else "cpu")
 
-        mcfg = ModelConfig.from_hf(json.loads((folder / "config.json").read_text(encoding="utf-8")))
-        model = FlanLM(mcfg)
-        state = {k: v.float() for k, v in load_file(str(weights)).items()}
-        if mcfg.tie_word_embeddings:
-            state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
-        model.load_state_dict(state, strict=True)
-    else:
-        from flanpipe.train import load_pretrained
 
-        model, _ = load_pretrained(folder)
-    if torch.cuda.is_available():
-        model = model.to("cuda", torch.bfloat16)
-    return model.eval(), load_processor(tok)
+def stop_ids(model: torch.nn.Module, tokenizer: Tokenizer) -> list[int]:
+    """The tokens that end a generation: the tokenizer's EOS, then any other EOS the model's
+    generation config names (Llama 3 ends turns with ``<|eot_id|>``)."""
+    named = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    named = [] if named is None else [named] if isinstance(named, int) else list(named)
+    return list(dict.fromkeys([tokenizer.eos_id, *named]))
 
 
 # --- prompts and tokens --------------------------------------------------------------------------
 
-def encode(sp, texts: list[str], limit: int, eos: int, left: bool = False) -> list[list[int]]:
-    """Token lists as the packer builds them: cut to ``limit - 1`` tokens (from the right, or from the
-    left with ``left``), then EOS."""
+def encode(tokenizer: Tokenizer, texts: list[str], limit: int, eos: int, left: bool = False,
+           bos: int | None = None, threads: int = 1) -> list[list[int]]:
+    """Token lists as the packer builds them: ``[BOS] text EOS`` in at most ``limit`` tokens, the
+    text cut from the right, or with ``left`` from the left (BOS and EOS always kept)."""
+    keep = limit - 1 - (bos is not None)
     out = []
-    for ids in sp.encode(texts):
-        keep = ids[-(limit - 1):] if left and len(ids) > limit - 1 else ids[:limit - 1]
-        out.append([*keep, eos])
+    for ids in tokenizer.encode_batch(texts, threads):
+        ids = ids.tolist()
+        kept = ids[-keep:] if left and len(ids) > keep else ids[:keep]
+        out.append(([bos] if bos is not None else []) + kept + [eos])
     return out
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How evaluation turns text into tokens for one model: its tokenizer, the BOS to put before
+    inputs (or None) and the packer's budgets."""
+
+    tokenizer: Tokenizer
+    bos: int | None
+    max_input_tokens: int
+    max_target_tokens: int
+    truncate_left: bool
+    threads: int = 1
+
+    @classmethod
+    def of(cls, tokenizer: Tokenizer, tcfg: TokenizeConfig, threads: int = 1) -> Layout:
+        return cls(tokenizer, bos_token(tokenizer, tcfg.add_bos), tcfg.max_input_tokens,
+                   tcfg.max_target_tokens, tcfg.truncate_inputs == "left", threads)
+
+    def inputs(self, texts: list[str]) -> list[list[int]]:
+        """``[BOS] input EOS`` per text (the prompt)."""
+        return encode(self.tokenizer, texts, self.max_input_tokens, self.tokenizer.eos_id, self.truncate_left,
+                      self.bos, self.threads)
+
+    def targets(self, texts: list[str]) -> list[list[int]]:
+        """``target EOS`` per text (an option)."""
+        return encode(self.tokenizer, texts, self.max_target_tokens, self.tokenizer.eos_id,
+                      threads=self.threads)
+
+    def count(self, text: str) -> int:
+        """The tokens a text takes as a prompt, before truncation (few-shot trimming)."""
+        return len(self.tokenizer.encode(text)) + 1 + (self.bos is not None)
 
 
 def eval_sample(table: pa.Table, max_examples: int | None, seed: int, name: str) -> pa.Table:
@@ -123,20 +153,17 @@ def prompts_for(spec: DatasetSpec, bank: DatasetTemplates, template: Template, e
 
 # --- scoring one template ------------------------------------------------------------------------
 
-def rank_classify(model: FlanLM, sp, prompts: list[str], options: list[list[str]], cfg: Config
-                  ) -> dict[str, np.ndarray]:
+def rank_classify(model: torch.nn.Module, layout: Layout, prompts: list[str], options: list[list[str]],
+                  max_batch_tokens: int) -> dict[str, np.ndarray]:
     """The chosen option of every row under each normalisation (``sum``, ``per_token``,
     ``per_char``); ties go to the first option."""
-    tk = cfg.tokenize
-    eos = sp.eos_id()
-    ptoks = encode(sp, prompts, tk.max_input_tokens, eos, tk.truncate_inputs == "left")
-    flat = [o for opts in options for o in opts]
-    otoks_flat = encode(sp, flat, tk.max_target_tokens, eos)
+    ptoks = layout.inputs(prompts)
+    otoks_flat = layout.targets([o for opts in options for o in opts])
     otoks, at = [], 0
     for opts in options:
         otoks.append(otoks_flat[at:at + len(opts)])
         at += len(opts)
-    sums = score_options(model, ptoks, otoks, max_batch_tokens=cfg.evaluate.max_batch_tokens)
+    sums = score_options(model, ptoks, otoks, max_batch_tokens=max_batch_tokens)
     picks = {}
     for norm in NORMALIZATIONS:
         chosen = []
@@ -150,14 +177,15 @@ def rank_classify(model: FlanLM, sp, prompts: list[str], options: list[list[str]
     return picks
 
 
-def decode(model: FlanLM, sp, prompts: list[str], cfg: Config, sample: bool) -> list[str]:
-    tk, gen = cfg.tokenize, cfg.evaluate.generation
-    ptoks = encode(sp, prompts, tk.max_input_tokens, sp.eos_id(), tk.truncate_inputs == "left")
-    out = generate(model, ptoks, min(gen.max_new_tokens, tk.max_target_tokens), sp.eos_id(),
-                   temperature=gen.temperature if sample else 0.0, top_k=gen.top_k if sample else 0,
-                   seed=derive_seed(cfg.seed, "evaluate/sample"),
-                   max_batch_tokens=cfg.evaluate.max_batch_tokens)
-    return [sp.decode(ids) for ids in out]
+def decode(model: torch.nn.Module, layout: Layout, prompts: list[str], cfg: Config, sample: bool
+           ) -> list[str]:
+    """Greedy (or, with ``sample``, sampled) continuations of the prompts, as text."""
+    gen = cfg.evaluate.generation
+    out = generate(model, layout.inputs(prompts), min(gen.max_new_tokens, layout.max_target_tokens),
+                   stop_ids(model, layout.tokenizer), temperature=gen.temperature if sample else 0.0,
+                   top_k=gen.top_k if sample else 0, seed=derive_seed(cfg.seed, "evaluate/sample"),
+                   max_batch_tokens=cfg.evaluate.max_batch_tokens, vocab_limit=layout.tokenizer.vocab_size)
+    return [layout.tokenizer.decode(ids) for ids in out]
 
 
 def references(spec: DatasetSpec, template: Template, rendered_targets: list[str],
@@ -229,10 +257,9 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         train_raw = pq.read_table(raw_dir / "train.parquet")
         if train_raw.num_rows == 0:
             raise ValueError(f"{raw_dir / 'train.parquet'}: few-shot needs train exemplars; it has none")
-    model, sp = load_model(model_dir)
-
-    def count_tokens(text: str) -> int:
-        return len(sp.encode(text)) + 1
+    model, tokenizer = load_model(model_dir)
+    layout = Layout.of(tokenizer, cfg.tokenize, threads)
+    count_tokens = layout.count
 
     task = spec.task.type
     key = metrics.primary(spec.metric)
@@ -248,7 +275,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
             refs = references(spec, template, rendered.targets.to_pylist(), eval_raw)
             modes = [("greedy", False)] + ([("sample", True)] if cfg.evaluate.generation.sample else [])
             for name, sample in modes:
-                preds = decode(model, sp, prompts, cfg, sample)
+                preds = decode(model, layout, prompts, cfg, sample)
                 variants[name] = metrics.compute(spec.metric, preds, refs)
                 if name == headline:
                     shown = [{"prompt": p, "prediction": x, "references": r}
@@ -259,7 +286,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
             for suffix, style in (("with_options", style_with), ("without_options", "none")):
                 prompts = prompts_for(spec, bank, template, eval_raw, train_raw, cfg, style, count_tokens,
                                       rendered if style == style_with else None)
-                picks = rank_classify(model, sp, prompts, options, cfg)
+                picks = rank_classify(model, layout, prompts, options, cfg.evaluate.max_batch_tokens)
                 for norm, chosen in picks.items():
                     preds = [opts[c] for opts, c in zip(options, chosen, strict=True)]
                     variants[f"{suffix}/{norm}"] = metrics.compute(spec.metric, preds, gold)
@@ -300,9 +327,12 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
 
 def generate_text(model_dir: str | Path, prompts: list[str], max_new_tokens: int = 64,
                   temperature: float = 0.0, top_k: int = 0, seed: int = 0,
-                  max_input_tokens: int = 1024) -> list[str]:
-    """Text from a trained model for prompts typed by hand (``flanpipe generate``)."""
-    model, sp = load_model(model_dir)
-    ptoks = encode(sp, prompts, max_input_tokens, sp.eos_id())
-    out = generate(model, ptoks, max_new_tokens, sp.eos_id(), temperature=temperature, top_k=top_k, seed=seed)
-    return [sp.decode(ids) for ids in out]
+                  max_input_tokens: int = 1024, add_bos: bool | None = None) -> list[str]:
+    """Text from a model for prompts typed by hand (``flanpipe generate``), in the training layout
+    (``[BOS] prompt EOS``; ``add_bos`` None follows the tokenizer's convention)."""
+    model, tokenizer = load_model(model_dir)
+    bos = bos_token(tokenizer, add_bos)
+    ptoks = encode(tokenizer, prompts, max_input_tokens, tokenizer.eos_id, bos=bos)
+    out = generate(model, ptoks, max_new_tokens, stop_ids(model, tokenizer), temperature=temperature,
+                   top_k=top_k, seed=seed, vocab_limit=tokenizer.vocab_size)
+    return [tokenizer.decode(ids) for ids in out]

@@ -1,22 +1,39 @@
-"""Batched inference for evaluation: rank classification over options, and generation.
+"""Batched inference for evaluation on any ``transformers`` causal LM: rank classification over
+options, and generation.
 
-Both run the prompt once and keep its keys and values (:class:`~flanpipe.model.KVCache`):
+Both run each prompt once and keep its keys and values in a ``transformers`` ``DynamicCache``:
 
-- :func:`score_options` scores every option of a prompt by the log-likelihood of its tokens. The
-  prompts of a batch are run once; then all options of each prompt run *together* as one extension
-  of that prompt's row, each option attending to the cached prompt and causally to itself, never to
-  a sibling option, with positions continuing from the end of the prompt. One prompt pass serves all
-  of its options, where a plain harness runs the prompt again for each option.
+- :func:`score_options` scores every option of a prompt by the log-likelihood of its tokens. A
+  batch's prompts (right-padded) are prefilled once, all but their last token; then each prompt's
+  last token and *all* of its options run together as one extension of that prompt's row, under a
+  custom 4D attention mask: each option sees the cached prompt and itself causally, never a sibling
+  option, and its position ids continue from the prompt's end. One prompt pass serves all of its
+  options, where a plain harness runs the prompt again for each option.
 - :func:`generate` decodes greedily, or samples with a temperature and top-k, one token per step on
-  top of the cache.
+  top of the same cache.
+
+The mask is built from *positions*, not cache columns (:func:`attention_bias`), so the
+sliding-window layers of Mistral, Phi-3, Qwen2/3 and Gemma 2/3 get their own window (models with
+``config.layer_types`` receive one mask per layer type). The cache is a plain ``DynamicCache()``
+(every layer keeps every key; the masks do the windowing). Models whose attention kernel takes no
+4D mask (``flash_attention_*``), or that name other layer types (chunked, linear attention), are
+scored one sequence per (prompt, option) instead (:func:`score_per_option`, also the reference the
+shared path is tested against) and generate through ``model.generate``. For the model types in
+:data:`HEAD_ONLY_TYPES` only the positions a score needs are projected onto the vocabulary.
+
+Limits: rope scalings that pick their frequencies from the sequence length (Phi-3's LongRoPE,
+``dynamic`` NTK) see the prompt's length in the prefill, as ``transformers``' own cached generation
+does, so a prompt shorter than ``original_max_position_embeddings`` whose option crosses it scores
+as in cached decoding, not as a from-scratch forward pass of prompt + option.
 
 Token sequences follow the training layout (``inputs EOS targets EOS``): a prompt is the input's
-tokens and its EOS, an option is the target's tokens and its EOS.
+tokens and its EOS, an option is the target's tokens and its EOS; the caller builds them.
 
 >>> import torch
->>> from flanpipe.model import FlanLM, ModelConfig
+>>> from transformers import LlamaConfig, LlamaForCausalLM
 >>> _ = torch.manual_seed(0)
->>> model = FlanLM(ModelConfig(vocab_size=32, hidden_size=16, num_layers=1, num_heads=2)).eval()
+>>> model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)).eval()
 >>> scores = score_options(model, [[5, 6, 1]], [[[7, 1], [8, 9, 1]]])
 >>> scores[0].shape, bool((scores[0] < 0).all())
 ((2,), True)
@@ -24,13 +41,28 @@ tokens and its EOS, an option is the target's tokens and its EOS.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from flanpipe.model import FlanLM, KVCache, compute_dtype
+SHARED = -1  # key group of prompt and generated tokens: every query of the row may see them
+PADDING = -2  # key group of padding: no query sees it
+MASKABLE_ATTENTION = ("sdpa", "eager")  # kernels that take a custom 4D additive mask
+METHODS = ("auto", "shared", "per_option")
+GENERATE_METHODS = ("auto", "shared", "one_by_one")
+HEAD_ONLY_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt_neox",
+                             "olmo2", "phi3"})
+"""``config.model_type``s whose logits are their output embedding of the decoder's last hidden state
+(then Gemma's final soft-capping), tested against the model's own forward: scoring runs the decoder
+and projects onto the vocabulary only the positions a score needs. Other types project every
+position through their own forward."""
+PROJECT_ELEMENTS = 1 << 25  # logits projected at a time (rows x vocabulary): 128 MiB in float32
 
+
+# --- batching ------------------------------------------------------------------------------------
 
 def _batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
     """Indices grouped into batches, longest first, each at most ``max_rows`` rows and (padded)
@@ -49,124 +81,377 @@ def _batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[lis
     return out
 
 
-def _prefill(model: FlanLM, prompts: list[Sequence[int]], device: torch.device
-             ) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
-    """Run right-padded prompts into a fresh cache: (cache, prompt lengths, log-probabilities of the
-    next token after each prompt's last token, ``(batch, vocab)``)."""
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    width = int(lengths.max())
-    tokens = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
-    for b, p in enumerate(prompts):
-        tokens[b, :len(p)] = torch.as_tensor(p, dtype=torch.long)
-    pos = torch.arange(width, device=device)
-    positions = pos.expand(len(prompts), width)
-    # causal over the prompt's own tokens; a padding query still sees the prompt (never an empty row)
-    mask = (pos[None, :, None] >= pos[None, None, :]) & (pos[None, None, :] < lengths[:, None, None])
-    cache = KVCache()
-    hidden = model.hidden(tokens, positions, mask[:, None], cache)
-    last = hidden[torch.arange(len(prompts), device=device), lengths - 1]
-    return cache, lengths, _log_softmax(model.lm_head(last))
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
-@torch.inference_mode()
-def score_options(model: FlanLM, prompts: Sequence[Sequence[int]], options: Sequence[Sequence[Sequence[int]]],
-                  max_batch_tokens: int = 16_384, max_batch_rows: int = 64,
-                  progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-    """The summed log-probability of each option's tokens given its prompt.
+def _padded(rows: Sequence[Sequence[int]], width: int, device: torch.device, fill: int = 0) -> torch.Tensor:
+    """Right-padded ``(len(rows), width)`` long tensor.
 
-    ``prompts[i]`` is a token list, ``options[i]`` the token lists of its options (each non-empty).
-    Returns one float64 array per prompt, in input order. Batches hold up to ``max_batch_rows``
-    prompts and ``max_batch_tokens`` padded tokens (prompt plus all of its options);
-    ``progress(n)`` is called with the number of prompts done after each batch.
+    >>> _padded([[1, 2], [3]], 3, torch.device("cpu")).tolist()
+    [[1, 2, 0], [3, 0, 0]]
     """
+    out = torch.full((len(rows), width), fill, dtype=torch.long, device=device)
+    for b, row in enumerate(rows):
+        out[b, :len(row)] = torch.as_tensor(list(row), dtype=torch.long)
+    return out
+
+
+# --- attention masks -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttentionKinds:
+    """How a model's layers attend: the layer types it names (``config.layer_types``, or None when
+    every layer is alike) and the sliding window of its ``sliding_attention`` layers (or of every
+    layer, for Mistral and Phi-3 with ``sliding_window`` set)."""
+
+    layer_types: tuple[str, ...] | None
+    sliding_window: int | None
+
+    @classmethod
+    def of(cls, config) -> AttentionKinds:
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        types = getattr(text, "layer_types", None)
+        window = getattr(text, "sliding_window", None)
+        return cls(tuple(dict.fromkeys(types)) if types else None, int(window) if window else None)
+
+
+def attention_bias(query_positions: torch.Tensor, query_groups: torch.Tensor, key_positions: torch.Tensor,
+                   key_groups: torch.Tensor, dtype: torch.dtype, window: int | None = None) -> torch.Tensor:
+    """The additive ``(batch, 1, queries, keys)`` mask: 0 where a query may attend to a key, the
+    dtype's minimum elsewhere. A query sees a key when the key is shared (``SHARED``: the prompt,
+    generated tokens) or of the query's own group (its option), is not after it (key position <=
+    query position), and, with ``window``, is less than ``window`` positions back.
+
+    >>> q_pos, q_grp = torch.tensor([[3, 4, 3]]), torch.tensor([[0, 0, 1]])  # two options after a prompt
+    >>> k_pos = torch.tensor([[0, 1, 2, 3, 4, 3]]); k_grp = torch.tensor([[-1, -1, -1, 0, 0, 1]])
+    >>> (attention_bias(q_pos, q_grp, k_pos, k_grp, torch.float32) == 0).int()[0, 0].tolist()
+    [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 1]]
+    >>> (attention_bias(q_pos, q_grp, k_pos, k_grp, torch.float32, window=2) == 0).int()[0, 0].tolist()
+    [[0, 0, 1, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 1, 0, 0, 1]]
+    """
+    group_ok = (key_groups[:, None, :] == SHARED) | (key_groups[:, None, :] == query_groups[:, :, None])
+    group_ok &= key_groups[:, None, :] != PADDING
+    back = query_positions[:, :, None] - key_positions[:, None, :]
+    visible = group_ok & (back >= 0)
+    if window is not None:
+        visible &= back < window
+    bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return bias.masked_fill_(~visible, torch.finfo(dtype).min)[:, None]
+
+
+def model_masks(kinds: AttentionKinds, query_positions: torch.Tensor, query_groups: torch.Tensor,
+                key_positions: torch.Tensor, key_groups: torch.Tensor, dtype: torch.dtype):
+    """The ``attention_mask`` argument for a forward pass: one 4D mask, or one per layer type
+    (``{"full_attention": ..., "sliding_attention": ...}``) for models that name layer types."""
+    def one(window):
+        return attention_bias(query_positions, query_groups, key_positions, key_groups, dtype, window)
+
+    if kinds.layer_types is None:
+        return one(kinds.sliding_window)
+    return {kind: one(kinds.sliding_window if kind == "sliding_attention" else None)
+            for kind in kinds.layer_types}
+
+
+def shared_extension_supported(model: torch.nn.Module) -> bool:
+    """Whether the model's attention kernel takes the custom 4D mask (``sdpa`` or ``eager``) and its
+    layer types are ones :func:`model_masks` knows."""
+    config = model.config
+    kinds = AttentionKinds.of(config)
+    known = kinds.layer_types is None or set(kinds.layer_types) <= {"full_attention", "sliding_attention"}
+    return getattr(config, "_attn_implementation", None) in MASKABLE_ATTENTION and known
+
+
+def _mask_dtype(model: torch.nn.Module) -> torch.dtype:
+    dtype = next(model.parameters()).dtype
+    return dtype if dtype.is_floating_point else torch.float32
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities in float32 at least (float64 stays float64)."""
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    return torch.log_softmax(logits.to(dtype), dim=-1)
+
+
+# --- the prompt cache ----------------------------------------------------------------------------
+
+@dataclass
+class PromptCache:
+    """A batch's prompts (all but their last token) in a ``DynamicCache``, with what each cache
+    column holds: its position and its group (``SHARED`` prompt token, or ``PADDING``).
+    ``last_tokens`` and ``last_positions`` are each prompt's last token and its position, which the
+    next pass feeds."""
+
+    cache: object
+    key_positions: torch.Tensor
+    key_groups: torch.Tensor
+    last_tokens: torch.Tensor
+    last_positions: torch.Tensor
+
+    def extend(self, positions: torch.Tensor, groups: torch.Tensor) -> None:
+        """Record the columns a forward pass has just appended to the cache."""
+        self.key_positions = torch.cat([self.key_positions, positions], dim=1)
+        self.key_groups = torch.cat([self.key_groups, groups], dim=1)
+
+
+def _head_only(model: torch.nn.Module) -> bool:
+    return getattr(model.config, "model_type", None) in HEAD_ONLY_TYPES
+
+
+def project(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits of final hidden states (``(..., hidden)``) of a :data:`HEAD_ONLY_TYPES` model: its
+    output embedding, then ``final_logit_softcapping`` where the config sets it (Gemma 2/3)."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def prefill(model: torch.nn.Module, prompts: Sequence[Sequence[int]]) -> PromptCache:
+    """Run the prompts, right-padded and without their last tokens, into a fresh cache. The model
+    builds its own causal (and sliding-window) masks here; padding sits after every real token, so
+    no real token sees it, and the later passes mask it out."""
+    from transformers import DynamicCache
+
+    device = _device(model)
+    n = len(prompts)
+    lengths = torch.tensor([len(p) - 1 for p in prompts], device=device)
+    width = int(lengths.max())
+    cache = DynamicCache()
+    positions = torch.arange(width, device=device).expand(n, width)
+    if width:
+        tokens = _padded([p[:-1] for p in prompts], width, device)
+        if _head_only(model):  # no logits at all
+            model.get_decoder()(input_ids=tokens, position_ids=positions, cache=cache, use_cache=True)
+        else:
+            kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+            model(input_ids=tokens, position_ids=positions, cache=cache, use_cache=True, **kwargs)
+    groups = torch.where(positions < lengths[:, None], SHARED, PADDING)
+    last = torch.tensor([p[-1] for p in prompts], dtype=torch.long, device=device)
+    return PromptCache(cache, positions.clone(), groups, last, lengths)
+
+
+def _forward(model: torch.nn.Module, kinds: AttentionKinds, state: PromptCache, tokens: torch.Tensor,
+             positions: torch.Tensor, groups: torch.Tensor, hidden: bool = False) -> torch.Tensor:
+    """One pass of ``tokens`` on top of the cache under the shared-extension mask; returns logits,
+    or with ``hidden`` (a :data:`HEAD_ONLY_TYPES` model) the decoder's last hidden states."""
+    keys_pos = torch.cat([state.key_positions, positions], dim=1)
+    keys_grp = torch.cat([state.key_groups, groups], dim=1)
+    mask = model_masks(kinds, positions, groups, keys_pos, keys_grp, _mask_dtype(model))
+    kwargs = dict(input_ids=tokens, attention_mask=mask, position_ids=positions, cache=state.cache,
+                  use_cache=True)
+    out = model.get_decoder()(**kwargs).last_hidden_state if hidden else model(**kwargs).logits
+    state.extend(positions, groups)
+    return out
+
+
+def _target_log_probs(model: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor, logits: bool
+                      ) -> torch.Tensor:
+    """``log p(targets[k] | states[k])`` for ``states`` of shape ``(n, hidden)`` (projected here, a
+    slice at a time) or, with ``logits``, already logits ``(n, vocab)``."""
+    if logits:
+        return _log_softmax(states).gather(-1, targets[:, None])[:, 0]
+    step = max(1, PROJECT_ELEMENTS // model.get_output_embeddings().weight.shape[0])
+    parts = [_log_softmax(project(model, states[a:a + step])).gather(-1, targets[a:a + step, None])[:, 0]
+             for a in range(0, len(states), step)]
+    return torch.cat(parts)
+
+
+# --- rank classification -------------------------------------------------------------------------
+
+def _check_requests(prompts, options) -> None:
     if len(prompts) != len(options):
         raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
     for i, (p, opts) in enumerate(zip(prompts, options, strict=True)):
         if not p or not opts or any(len(o) == 0 for o in opts):
             raise ValueError(f"request {i}: a prompt needs at least one token and every option one token")
-    device = next(model.parameters()).device
-    sizes = [len(p) + sum(len(o) for o in opts) for p, opts in zip(prompts, options, strict=True)]
-    out: list[np.ndarray] = [np.empty(0)] * len(prompts)
-    for batch in _batches(sizes, max_batch_tokens, max_batch_rows):
-        cache, lengths, first = _prefill(model, [prompts[i] for i in batch], device)
-        exts = [[t for o in options[i] for t in o] for i in batch]
-        width = max(len(e) for e in exts)
-        n = len(batch)
-        tokens = torch.zeros(n, width, dtype=torch.long, device=device)
-        option_of = torch.full((n, width), -1, dtype=torch.long, device=device)  # -1: padding
-        offset = torch.zeros(n, width, dtype=torch.long, device=device)  # index within its option
-        for b, i in enumerate(batch):
-            tokens[b, :len(exts[b])] = torch.as_tensor(exts[b], dtype=torch.long)
-            at = 0
-            for j, o in enumerate(options[i]):
-                option_of[b, at:at + len(o)] = j
-                offset[b, at:at + len(o)] = torch.arange(len(o))
-                at += len(o)
-        positions = lengths[:, None] + offset
-        idx = torch.arange(width, device=device)
-        same = (option_of[:, :, None] == option_of[:, None, :]) & (option_of[:, None, :] >= 0)
-        own = same & (idx[None, :, None] >= idx[None, None, :])
-        prompt_keys = torch.arange(len(cache), device=device)[None, None, :] < lengths[:, None, None]
-        mask = torch.cat([prompt_keys.expand(n, width, -1), own], dim=2)[:, None]
-        hidden = model.hidden(tokens, positions, mask, cache)
-        logp = _log_softmax(model.lm_head(hidden))
-        # token t of an option is predicted by the option's token t - 1, its first by the prompt's end
-        after_prev = torch.zeros(n, width, dtype=logp.dtype, device=device)
-        after_prev[:, 1:] = logp[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
-        token_logp = torch.where(offset == 0, first.gather(-1, tokens), after_prev)
-        token_logp = token_logp.double().cpu().numpy()
-        opt = option_of.cpu().numpy()
-        for b, i in enumerate(batch):
-            k = len(options[i])
-            out[i] = np.bincount(opt[b][opt[b] >= 0], weights=token_logp[b][opt[b] >= 0], minlength=k)
-        if progress:
-            progress(len(batch))
-    return out
 
 
 @torch.inference_mode()
-def generate(model: FlanLM, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_id: int,
-             temperature: float = 0.0, top_k: int = 0, seed: int = 0, max_batch_tokens: int = 16_384,
-             max_batch_rows: int = 32, progress: Callable[[int], None] | None = None) -> list[list[int]]:
-    """New tokens for each prompt, up to and without the first EOS, at most ``max_new_tokens``.
+def score_options(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                  options: Sequence[Sequence[Sequence[int]]], max_batch_tokens: int = 16_384,
+                  max_batch_rows: int = 64, progress: Callable[[int], None] | None = None,
+                  method: str = "auto") -> list[np.ndarray]:
+    """The summed log-probability of each option's tokens given its prompt.
 
-    ``temperature`` 0 decodes greedily; above 0 it samples from the softmax at that temperature,
-    over the ``top_k`` most likely tokens when ``top_k`` > 0 (the paper's samples: 0.9 and 40).
-    Sampling is seeded per batch from ``seed``, so a rerun gives the same text.
+    ``prompts[i]`` is a token list, ``options[i]`` the token lists of its options (each non-empty).
+    Returns one float64 array per prompt, in input order. Batches hold up to ``max_batch_rows``
+    prompts and ``max_batch_tokens`` padded tokens (prompt plus all of its options);
+    ``progress(n)`` is called with the number of prompts done after each batch. ``method``:
+    ``shared`` (prompt once, options as one masked extension), ``per_option`` (one sequence per
+    option) or ``auto`` (shared where :func:`shared_extension_supported`).
     """
-    if temperature < 0 or top_k < 0:
-        raise ValueError(f"temperature ({temperature}) and top_k ({top_k}) must be >= 0")
-    device = next(model.parameters()).device
-    out: list[list[int]] = [[] for _ in prompts]
-    sizes = [len(p) + max_new_tokens for p in prompts]
-    for number, batch in enumerate(_batches(sizes, max_batch_tokens, max_batch_rows)):
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + number)
-        cache, lengths, logp = _prefill(model, [prompts[i] for i in batch], device)
+    if method not in METHODS:
+        raise ValueError(f"method {method!r}: allowed are {', '.join(METHODS)}")
+    _check_requests(prompts, options)
+    if method == "per_option" or (method == "auto" and not shared_extension_supported(model)):
+        return score_per_option(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
+    kinds = AttentionKinds.of(model.config)
+    device = _device(model)
+    sizes = [len(p) + sum(len(o) for o in opts) for p, opts in zip(prompts, options, strict=True)]
+    out: list[np.ndarray] = [np.empty(0)] * len(prompts)
+    for batch in _batches(sizes, max_batch_tokens, max_batch_rows):
+        state = prefill(model, [prompts[i] for i in batch])
+        # each row: the prompt's last token (shared), then every option's tokens (its own group)
+        exts = [[t for o in options[i] for t in o] for i in batch]
+        width = 1 + max(len(e) for e in exts)
         n = len(batch)
-        prompt_keys = torch.arange(len(cache), device=device)[None, :] < lengths[:, None]
-        done = torch.zeros(n, dtype=torch.bool, device=device)
-        produced = []
-        for step in range(max_new_tokens):
-            token = _pick(logp, temperature, top_k, gen)
-            token = torch.where(done, torch.full_like(token, eos_id), token)
-            produced.append(token)
-            done |= token == eos_id
-            if bool(done.all()) or step == max_new_tokens - 1:
-                break
-            keys = torch.cat([prompt_keys, torch.ones(n, step + 1, dtype=torch.bool, device=device)], dim=1)
-            hidden = model.hidden(token[:, None], (lengths + step)[:, None], keys[:, None, None], cache)
-            logp = _log_softmax(model.lm_head(hidden[:, 0]))
-        rows = torch.stack(produced, dim=1).cpu().tolist()
+        tokens = torch.zeros(n, width, dtype=torch.long, device=device)
+        groups = torch.full((n, width), PADDING, dtype=torch.long, device=device)
+        offset = torch.zeros(n, width, dtype=torch.long, device=device)  # 1 + index within its option
+        groups[:, 0] = SHARED
+        tokens[:, 0] = state.last_tokens
         for b, i in enumerate(batch):
-            row = rows[b]
-            out[i] = row[:row.index(eos_id)] if eos_id in row else row
+            tokens[b, 1:1 + len(exts[b])] = torch.as_tensor(exts[b], dtype=torch.long)
+            at = 1
+            for j, o in enumerate(options[i]):
+                groups[b, at:at + len(o)] = j
+                offset[b, at:at + len(o)] = torch.arange(1, len(o) + 1)
+                at += len(o)
+        positions = state.last_positions[:, None] + offset
+        head_only = _head_only(model)
+        states = _forward(model, kinds, state, tokens, positions, groups, hidden=head_only)
+        # an option's first token is predicted at column 0 (the prompt's last token), the rest by
+        # the option's previous token; only those positions are projected onto the vocabulary
+        cols = torch.arange(width, device=device)
+        prev = torch.where(offset == 1, 0, cols - 1).clamp(min=0)
+        row, col = torch.nonzero(groups >= 0, as_tuple=True)
+        token_logp = _target_log_probs(model, states[row, prev[row, col]], tokens[row, col], not head_only)
+        token_logp = token_logp.double().cpu().numpy()
+        row, option = row.cpu().numpy(), groups[groups >= 0].cpu().numpy()
+        for b, i in enumerate(batch):
+            mine = row == b
+            out[i] = np.bincount(option[mine], weights=token_logp[mine], minlength=len(options[i]))
         if progress:
             progress(n)
     return out
 
 
-def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    return torch.log_softmax(logits.to(compute_dtype(logits)), dim=-1)
+@torch.inference_mode()
+def score_per_option(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                     options: Sequence[Sequence[Sequence[int]]], max_batch_tokens: int = 16_384,
+                     max_batch_rows: int = 64, progress: Callable[[int], None] | None = None
+                     ) -> list[np.ndarray]:
+    """:func:`score_options` the plain way: prompt + option as one right-padded sequence per option,
+    the model's own causal mask, no cache. For attention kernels that take no custom mask, and the
+    reference the shared path is checked against."""
+    _check_requests(prompts, options)
+    device = _device(model)
+    pairs = [(i, j) for i, opts in enumerate(options) for j in range(len(opts))]
+    seqs = [list(prompts[i]) + list(options[i][j]) for i, j in pairs]
+    flat = np.zeros(len(pairs))
+    done: set[int] = set()
+    for batch in _batches([len(s) for s in seqs], max_batch_tokens, max_batch_rows):
+        width = max(len(seqs[k]) for k in batch)
+        tokens = _padded([seqs[k] for k in batch], width, device)
+        positions = torch.arange(width, device=device).expand(len(batch), width)
+        logp = _log_softmax(model(input_ids=tokens, position_ids=positions, use_cache=False).logits)
+        for b, k in enumerate(batch):
+            i, j = pairs[k]
+            start, option = len(prompts[i]), options[i][j]
+            at = torch.arange(start - 1, start - 1 + len(option), device=device)
+            target = torch.as_tensor(list(option), dtype=torch.long, device=device)
+            flat[k] = float(logp[b, at, target].double().sum())
+        if progress:
+            new = {pairs[k][0] for k in batch} - done
+            done |= new
+            progress(len(new))
+    out, at = [], 0
+    for opts in options:
+        out.append(flat[at:at + len(opts)].copy())
+        at += len(opts)
+    return out
+
+
+# --- generation ----------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+             eos_id: int | Sequence[int], temperature: float = 0.0, top_k: int = 0, seed: int = 0,
+             max_batch_tokens: int = 16_384, max_batch_rows: int = 32,
+             progress: Callable[[int], None] | None = None, method: str = "auto",
+             vocab_limit: int | None = None) -> list[list[int]]:
+    """New tokens for each prompt, up to and without the first EOS (any of ``eos_id``, which may be
+    a list, as Llama 3's), at most ``max_new_tokens``.
+
+    ``temperature`` 0 decodes greedily; above 0 it samples from the softmax at that temperature,
+    over the ``top_k`` most likely tokens when ``top_k`` > 0 (the paper's samples: 0.9 and 40).
+    Sampling is seeded per batch from ``seed``, so a rerun gives the same text. ``method``:
+    ``shared`` (batched, on the prompt cache with our masks), ``one_by_one`` (``transformers``'
+    ``model.generate``, one prompt at a time, for kernels that take no 4D mask) or ``auto``.
+    ``vocab_limit``: only ids below it are generated (a model's embedding padded past its
+    tokenizer's vocabulary has rows no text decodes to).
+    """
+    if temperature < 0 or top_k < 0:
+        raise ValueError(f"temperature ({temperature}) and top_k ({top_k}) must be >= 0")
+    if method not in GENERATE_METHODS:
+        raise ValueError(f"method {method!r}: allowed are {', '.join(GENERATE_METHODS)}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    eos_ids = [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    if method == "one_by_one" or (method == "auto" and not shared_extension_supported(model)):
+        return _generate_one_by_one(model, prompts, max_new_tokens, eos_ids, temperature, top_k, seed,
+                                    progress, vocab_limit)
+    kinds = AttentionKinds.of(model.config)
+    device = _device(model)
+    eos = torch.tensor(eos_ids, device=device)
+    out: list[list[int]] = [[] for _ in prompts]
+    sizes = [len(p) + max_new_tokens for p in prompts]
+    for number, batch in enumerate(_batches(sizes, max_batch_tokens, max_batch_rows)):
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + number)
+        state = prefill(model, [prompts[i] for i in batch])
+        n = len(batch)
+        token, position = state.last_tokens, state.last_positions
+        shared = torch.full((n, 1), SHARED, dtype=torch.long, device=device)
+        done = torch.zeros(n, dtype=torch.bool, device=device)
+        produced = []
+        for _ in range(max_new_tokens):
+            logits = _forward(model, kinds, state, token[:, None], position[:, None], shared)
+            logp = _log_softmax(logits[:, -1])
+            if vocab_limit is not None:
+                logp[:, vocab_limit:] = float("-inf")
+            token = torch.where(done, eos[0], _pick(logp, temperature, top_k, gen))
+            produced.append(token)
+            done |= torch.isin(token, eos)
+            position = position + 1
+            if bool(done.all()):
+                break
+        rows = torch.stack(produced, dim=1).cpu().tolist() if produced else [[] for _ in batch]
+        for b, i in enumerate(batch):
+            row = rows[b]
+            stop = next((k for k, t in enumerate(row) if t in eos_ids), len(row))
+            out[i] = row[:stop]
+        if progress:
+            progress(n)
+    return out
+
+
+def _generate_one_by_one(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                         eos_ids: list[int], temperature: float, top_k: int, seed: int,
+                         progress: Callable[[int], None] | None, vocab_limit: int | None = None
+                         ) -> list[list[int]]:
+    """:func:`generate` through ``model.generate``, one unpadded prompt at a time (seeded per prompt)."""
+    device = _device(model)
+    rows = model.get_output_embeddings().weight.shape[0]
+    suppress = list(range(vocab_limit, rows)) if vocab_limit is not None and vocab_limit < rows else None
+    out = []
+    for number, prompt in enumerate(prompts):
+        torch.manual_seed(seed * 1_000_003 + number)
+        ids = torch.tensor([list(prompt)], device=device)
+        sampled = temperature > 0
+        new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=sampled, temperature=temperature if sampled else None,
+                             top_k=top_k if sampled else None, top_p=None, eos_token_id=eos_ids,
+                             pad_token_id=eos_ids[0], suppress_tokens=suppress)[0, len(prompt):].tolist()
+        out.append(new[:next((k for k, t in enumerate(new) if t in eos_ids), len(new))])
+        if progress:
+            progress(1)
+    return out
 
 
 def _pick(logp: torch.Tensor, temperature: float, top_k: int, gen: torch.Generator) -> torch.Tensor:

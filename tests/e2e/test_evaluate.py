@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from flanpipe.config import load_config
+from flanpipe.evaluate import eval_sample
 from flanpipe.registry import load_registry
 from flanpipe.templates import load_bank, render_template
 from tests.conftest import BIN, REPO, run_snakemake
@@ -183,3 +184,43 @@ def test_report_has_every_figure_and_dataset(workdir):
     registry = load_registry()
     for c in {registry.datasets[d].cluster for d in CFG.dataset_names()} & set(CFG.heldout_clusters):
         assert f"| {c} |" in text
+
+
+def test_evaluate_cli_on_a_pretrained_bpe_checkpoint(tmp_path, smollm2_dir):
+    """`flanpipe evaluate` on SmolLM2-135M-Instruct (Llama architecture, BPE tokenizer.json, no
+    tokenizer.model) and ARC-Easy: every template is scored, and template 0's choices equal
+    `transformers`' own tokenizer and model, one plain forward pass per option."""
+    from transformers import AutoTokenizer
+
+    raw = tmp_path / "raw/arc_easy"
+    subprocess.run([str(BIN / "flanpipe"), "download", "--dataset", "arc_easy", "--out", str(raw)],
+                   check=True, capture_output=True, cwd=REPO)
+    config = tmp_path / "config.yaml"
+    config.write_text("evaluate:\n  max_examples: 2\n")
+    out = tmp_path / "arc_easy.json"
+    subprocess.run([str(BIN / "flanpipe"), "evaluate", "--model", str(smollm2_dir), "--dataset", "arc_easy",
+                    "--raw", str(raw), "--config", str(config), "--out", str(out), "--threads", "1"],
+                   check=True, capture_output=True, cwd=REPO)
+    r = json.loads(out.read_text())
+    bank = load_bank()["arc_easy"]
+    assert r["method"] == "rank_classification" and r["examples"] == 2
+    assert [t["template_id"] for t in r["templates"]] == [t.id for t in bank.eval_templates]
+
+    cfg = load_config(config)
+    tok = AutoTokenizer.from_pretrained(str(smollm2_dir))
+    model = hf_model(smollm2_dir)
+    eos = tok.eos_token_id
+    table = pq.read_table(raw / "eval.parquet")
+    table = eval_sample(table, 2, cfg.seed, "arc_easy")
+    rendered = render_template(bank, bank.eval_templates[0], table, cfg.templatize.options)
+    chosen = []
+    for prompt, options in zip(rendered.inputs.to_pylist(), rendered.options.to_pylist(), strict=True):
+        p = tok.encode(prompt, add_special_tokens=False) + [eos]
+        scores = []
+        for option in options:
+            o = tok.encode(option, add_special_tokens=False) + [eos]
+            with torch.no_grad():
+                logp = model(torch.tensor([p + o])).logits.log_softmax(-1)[0]
+            scores.append(sum(float(logp[len(p) - 1 + i, t]) for i, t in enumerate(o)))
+        chosen.append(int(np.argmax(scores)))
+    assert r["templates"][0]["predictions"] == chosen

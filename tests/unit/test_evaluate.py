@@ -1,25 +1,58 @@
-"""Pieces of the evaluate stage: token layout, references, the template summary."""
+"""Pieces of the evaluate stage: token layout, references, the template summary; and a real
+checkpoint (SmolLM2-135M-Instruct, BPE tokenizer.json) scored against lm-evaluation-harness."""
 
+import json
+from importlib import resources
+
+import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
-from flanpipe.evaluate import encode, eval_sample, references, summarize
+from flanpipe.evaluate import Layout, encode, eval_sample, load_model, references, stop_ids, summarize
 from flanpipe.registry import load_registry
+from flanpipe.scoring import score_options
 from flanpipe.templates import Template
+from flanpipe.tokenizer import load_tokenizer
 
 
-class WordPieces:
-    """A stand-in tokenizer with SentencePiece's `encode(list)` shape: one id per word."""
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: on a shared 2-core machine a second one mostly waits (5-10x slower under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-    def encode(self, texts):
-        return [[len(w) + 10 for w in t.split()] for t in texts]
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_dir):
+    return load_model(smollm2_dir)
 
 
-def test_encode_cuts_like_the_packer_and_ends_with_eos():
-    sp = WordPieces()
-    assert encode(sp, ["a bb ccc dddd"], limit=3, eos=1) == [[11, 12, 1]]
-    assert encode(sp, ["a bb ccc dddd"], limit=3, eos=1, left=True) == [[13, 14, 1]]
-    assert encode(sp, ["a"], limit=3, eos=1) == [[11, 1]]
+def test_encode_cuts_like_the_packer_and_ends_with_eos(smollm2_dir):
+    """``[BOS] text EOS`` in ``limit`` tokens, by hand from the tokenizer's own ids."""
+    tok = load_tokenizer(smollm2_dir)
+    text = "The quick brown fox jumps over the lazy dog"
+    ids = tok.encode(text)
+    assert len(ids) >= 6
+    eos = tok.eos_id
+    assert encode(tok, [text], limit=4, eos=eos) == [ids[:3] + [eos]]
+    assert encode(tok, [text], limit=4, eos=eos, left=True) == [ids[-3:] + [eos]]
+    assert encode(tok, [text], limit=5, eos=eos, left=True, bos=7) == [[7] + ids[-3:] + [eos]]
+    assert encode(tok, [text], limit=5, eos=eos, bos=7) == [[7] + ids[:3] + [eos]]
+    assert encode(tok, [text, "fox"], limit=100, eos=eos) == [ids + [eos], tok.encode("fox") + [eos]]
+
+
+def test_layout_follows_the_tokenizer_convention_unless_config_says(smollm2_dir):
+    from flanpipe.config import TokenizeConfig
+
+    tok = load_tokenizer(smollm2_dir)
+    assert tok.add_bos is False and tok.bos_id is not None  # SmolLM2 puts no BOS before a text
+    assert Layout.of(tok, TokenizeConfig()).bos is None
+    forced = Layout.of(tok, TokenizeConfig(add_bos=True, max_input_tokens=64))
+    assert forced.inputs(["Hello there"]) == [[tok.bos_id, *tok.encode("Hello there"), tok.eos_id]]
+    assert forced.count("Hello there") == len(tok.encode("Hello there")) + 2
 
 
 def test_references_take_every_answer_of_every_target_field():
@@ -50,3 +83,44 @@ def test_eval_sample_is_seeded_and_keeps_source_order():
     assert a == eval_sample(table, 10, seed=1, name="rte").column("x").to_pylist()
     assert a != eval_sample(table, 10, seed=2, name="rte").column("x").to_pylist()
     assert eval_sample(table, None, seed=1, name="rte").num_rows == 100
+
+
+def arc_requests(n: int) -> tuple[list[str], list[list[str]]]:
+    """ARC-Easy questions from the embedded demo data, as lm-eval's arc_easy task poses them."""
+    path = resources.files("flanpipe").joinpath("data/embedded/arc_easy/test.jsonl")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
+    return ([f"Question: {r['question']}\nAnswer:" for r in rows],
+            [[f" {c}" for c in r["choices"]["text"]] for r in rows])
+
+
+def test_smollm2_option_scores_equal_lm_eval_hflm(smollm2_dir, smollm2):
+    """The same (context, continuation) requests: ours through the tokenizer seam and the shared
+    prompt cache, lm-eval's HFLM through its public ``loglikelihood`` (its own tokenizer, one
+    sequence per request)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM" and tok.kind == "hf"
+    contexts, choices = arc_requests(5)
+    prompts = [tok.encode(c) for c in contexts]
+    options = [[tok.encode(x) for x in opts] for opts in choices]
+    ours = score_options(model, prompts, options, max_batch_tokens=400)
+
+    torch.manual_seed(0)
+    peer = HFLM(pretrained=str(smollm2_dir), device="cpu", dtype="float32", batch_size=8)
+    pairs = [(c, x) for c, opts in zip(contexts, choices, strict=True) for x in opts]
+    requests = [Instance("loglikelihood", {}, pair, k) for k, pair in enumerate(pairs)]
+    peer_ll = np.array([ll for ll, _ in peer.loglikelihood(requests, disable_tqdm=True)])
+    # both split each request into the same tokens
+    for c, opts, p, o in zip(contexts, choices, prompts, options, strict=True):
+        for x, ox in zip(opts, o, strict=True):
+            assert peer._encode_pair(c, x) == (p, ox)
+    ours_flat = np.concatenate(ours)
+    assert np.abs(ours_flat - peer_ll).max() < 1e-4
+    bounds = np.cumsum([0] + [len(o) for o in options])
+    for k, scores in enumerate(ours):
+        assert int(np.argmax(scores)) == int(np.argmax(peer_ll[bounds[k]:bounds[k + 1]]))
+    assert len(set(np.round(ours_flat, 3))) == len(ours_flat)  # real, distinct scores
+    assert stop_ids(model, tok)[0] == tok.eos_id
