@@ -10,12 +10,14 @@
   and the tokenizer files, so that ``AutoModelForCausalLM`` / ``AutoTokenizer`` load the folder with
   no flanpipe code.
 
-Under DeepSpeed ZeRO-3 (``zero3=`` the DeepSpeed config), models are partitioned *while they load*:
-:func:`build_model` constructs under ``deepspeed.zero.Init`` through ``transformers``' own DeepSpeed
-integration (rank 0 initialises one module at a time), and :func:`load_model` constructs the empty,
-partitioned model the same way and then copies into each rank's partition only its slice of every
-tensor, read from the safetensors shards one tensor at a time. No rank holds the whole model;
-peak memory per rank falls with the number of ranks (figures in the README, section 5).
+Under DeepSpeed ZeRO-3 (``zero3=`` the DeepSpeed config), a pretrained checkpoint is partitioned
+*while it loads*: :func:`load_model` constructs the empty model under ``deepspeed.zero.Init``
+(through ``transformers``' own DeepSpeed integration) and copies into each rank's partition only its
+slice of every tensor, read from the safetensors shards one tensor at a time. No rank holds the
+whole model; peak memory per rank falls with the number of ranks (figures in the README, section
+5). A new model (:func:`build_model` with ``source: config``) is built whole on every rank from the
+one seed and partitioned by ``deepspeed.initialize``, so its initial weights do not depend on the
+number of ranks or the ZeRO stage.
 :func:`save_checkpoint` gathers one parameter at a time to rank 0, which writes the shards.
 
 >>> from flanpipe.config import ModelSpec
@@ -109,7 +111,7 @@ def build_model(spec: ModelSpec, vocab_size: int, max_positions: int, *,
     """A new, randomly initialised causal LM (``transformers``' own initialisation, seeded by the
     caller's ``torch.manual_seed``), or the pretrained one at ``spec.path``
     (``spec.source == "pretrained"``; its embedding must cover the tokenizer's ``vocab_size`` ids).
-    With ``zero3`` (a DeepSpeed config dict), the model is partitioned as it is built."""
+    With ``zero3`` (a DeepSpeed config dict), a pretrained model is partitioned while it loads."""
     if spec.source == "pretrained":
         model = load_model(spec.path, dtype=dtype, attention=attention, zero3=zero3)
         if vocab_size > model.config.vocab_size:
@@ -119,10 +121,13 @@ def build_model(spec: ModelSpec, vocab_size: int, max_positions: int, *,
         return _with_activation_checkpointing(model, spec)
     from transformers import AutoModelForCausalLM
 
+    # A new model is built whole on every rank, from the same seed, and DeepSpeed partitions it at
+    # initialize: its initial weights are then the same for any number of ranks and any ZeRO stage
+    # (so a step's update can be compared across splits) and equal the base model's (models/base).
+    # Built under zero.Init, transformers initialises module by module and gives other weights.
     config = model_config(spec, vocab_size, max_positions, special_ids)
-    with _zero3_integration(zero3):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                                 attn_implementation=attention_for(config, attention))
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype,
+                                             attn_implementation=attention_for(config, attention))
     return _with_activation_checkpointing(model, spec)
 
 
@@ -132,22 +137,6 @@ def _with_activation_checkpointing(model, spec: ModelSpec):
     if spec.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
-
-
-@contextlib.contextmanager
-def _zero3_integration(zero3: dict | None):
-    """``transformers``' DeepSpeed integration switched on for the block (a live ``HfDeepSpeedConfig``
-    makes ``from_config`` construct under ``deepspeed.zero.Init`` and initialise module by module)."""
-    if zero3 is None or zero3.get("zero_optimization", {}).get("stage") != 3:
-        yield
-        return
-    from transformers.integrations import HfDeepSpeedConfig
-
-    keep_alive = HfDeepSpeedConfig(zero3)  # transformers holds a weak reference only
-    try:
-        yield
-    finally:
-        del keep_alive
 
 
 def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", *,

@@ -43,7 +43,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import flanpipe.model as legacy_model
 from flanpipe.checkpoint import build_model, parameter_count, save_checkpoint
 from flanpipe.config import Config, TrainConfig
 from flanpipe.distributed import DistEnv, dist_env, rank_nodes
@@ -65,9 +64,6 @@ from flanpipe.optim import (
 )
 from flanpipe.packed import PackedShards
 from flanpipe.tokenizer import load_tokenizer
-
-# legacy names, until evaluate.py and bench/eval.py load through flanpipe.checkpoint
-load_pretrained, save_hf = legacy_model.load_pretrained, legacy_model.save_hf
 
 STAGE_VERSION = "3"  # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models
 log = logging.getLogger(__name__)

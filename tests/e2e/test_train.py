@@ -127,25 +127,27 @@ def test_zero3_on_two_ranks_equals_transformers_adafactor_on_whole_tensors(demo_
     in one process, on the same rows per step: factored moments and update clipping per tensor."""
     from transformers.optimization import Adafactor as Reference
 
+    from flanpipe.checkpoint import build_model
     from flanpipe.io import derive_seed
-    from flanpipe.model import loss_sums, predicted, segment_mask
+    from flanpipe.model import PackedCausalLM, predicted
     from flanpipe.packed import PackedShards
-    from flanpipe.train import BatchPlan, build_model, step_rows
+    from flanpipe.train import BatchPlan, step_rows
 
     data = PackedShards(demo_run / "data/packed/nli")
     row_tokens = data.dtype["tokens"].shape[0]
     tcfg = CFG.train
     plan = BatchPlan.from_tokens(tcfg.tokens_per_batch, row_tokens, tcfg.micro_batch_rows, 2)
     torch.manual_seed(derive_seed(CFG.seed, "train/init"))
-    model, _ = build_model(tcfg, data.manifest["tokenizer"]["vocab_size"], row_tokens)
+    tokenizer = data.manifest["tokenizer"]
+    model = build_model(tcfg.model, tokenizer["vocab_size"], row_tokens, special_ids=tokenizer["special_ids"])
+    packed = PackedCausalLM(model.train())
     opt = Reference(model.parameters(), lr=tcfg.lr, scale_parameter=False, relative_step=False,
                     warmup_init=False, decay_rate=-0.8, clip_threshold=1.0, beta1=None, weight_decay=0.0)
     for step in range(tcfg.steps):
         rows = data.take(step_rows(step, plan, len(data), CFG.seed))
         batch = {k: torch.from_numpy(rows[k].astype(np.int64)) for k in ("tokens", "segment_ids", "positions",
                                                                           "loss_mask")}
-        logits = model(batch["tokens"], batch["positions"], segment_mask(batch["segment_ids"]))
-        summed, _ = loss_sums(logits, batch["tokens"], batch["segment_ids"], batch["loss_mask"])
+        summed = packed(batch["tokens"], batch["positions"], batch["segment_ids"], batch["loss_mask"]).sum()
         (summed / predicted(batch["segment_ids"], batch["loss_mask"]).sum()).backward()
         opt.step()
         opt.zero_grad()
