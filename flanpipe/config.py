@@ -102,6 +102,11 @@ class TemplatizeConfig(_Section):
     options: Literal["dash", "letters", "none"] = "dash"
     """The OPTIONS suffix of classification templates: `- choice` lines, lettered `(A) choice`
     lines, or `none` (the paper's no-options variant)."""
+    passes: int = Field(4, ge=1, le=64)
+    """Renderings of each train example, one per pass, each with its own template drawn from (seed,
+    dataset, example, pass): a mixture's epoch e uses pass e % passes, so a repeated example changes
+    phrasing each epoch up to `passes` epochs. Costs `passes` x the train rows in the templatized
+    files."""
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
 
 

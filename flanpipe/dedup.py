@@ -37,10 +37,16 @@ from flanpipe.io import (
     write_parquet_atomic,
 )
 from flanpipe.registry import DatasetSpec, load_registry
-from flanpipe.templates import DatasetTemplates, plain_template, raw_texts, render_template
-from flanpipe.templatize import example_ids
+from flanpipe.templates import (
+    DatasetTemplates,
+    distinct_texts,
+    plain_template,
+    raw_texts,
+    render_template,
+)
+from flanpipe.templatize import example_ids, stable_keys
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 log = logging.getLogger(__name__)
 
 DROPPED_SCHEMA = pa.schema([
@@ -62,18 +68,21 @@ def fingerprint_schema(num_perm: int) -> pa.Schema:
         pa.field("exact_hi", pa.uint64()),
         pa.field("exact_lo", pa.uint64()),
         pa.field("words", pa.int32()),
-        pa.field("signature", pa.list_(pa.uint32(), num_perm)),
+        pa.field("signature", pa.list_(pa.uint32(), num_perm)),  # all raw text fields
+        pa.field("distinct_signature", pa.list_(pa.uint32(), num_perm)),  # the `distinct` fields
     ])
 
 
-def priorities(row_index: np.ndarray, name: str, seed: int) -> np.ndarray:
-    """A seeded 64-bit draw per row, a function of (seed, dataset, row) only.
+def priorities(keys: np.ndarray, name: str, seed: int) -> np.ndarray:
+    """A seeded 64-bit draw per row, a function of (seed, dataset, the row's stable key) only.
 
-    The cap keeps the rows with the lowest draws that survive dedup and decontamination, so a row
-    kept in one held-out setting is kept in every setting where it survives: consistent sampling.
+    The key (:func:`flanpipe.templatize.stable_keys`) is the row's id or content, never its position,
+    so adding or removing a raw row changes no other row's draw. The cap keeps the rows with the
+    lowest draws that survive dedup and decontamination, so a row kept in one held-out setting is
+    kept in every setting where it survives: consistent sampling.
     """
     with np.errstate(over="ignore"):  # wrap-around is the point
-        z = row_index.astype(np.uint64) + np.uint64(derive_seed(seed, f"priority/{name}")) * fp.GOLDEN
+        z = keys.astype(np.uint64) + np.uint64(derive_seed(seed, f"priority/{name}")) * fp.GOLDEN
     z = (z ^ (z >> np.uint64(30))) * fp.MIX1
     z = (z ^ (z >> np.uint64(27))) * fp.MIX2
     return z ^ (z >> np.uint64(31))
@@ -83,13 +92,13 @@ def pool_limit(cfg: DedupConfig, cap: int) -> int | None:
     return None if cfg.pool_factor is None else math.ceil(cfg.pool_factor * cap)
 
 
-def pool_rows(raw: pa.Table, name: str, seed: int, limit: int | None) -> tuple[pa.Table, np.ndarray]:
+def pool_rows(spec: DatasetSpec, raw: pa.Table, seed: int, limit: int | None
+              ) -> tuple[pa.Table, np.ndarray]:
     """The rows of a raw train table that dedup and decontamination examine, in source order, with
-    their priorities: all rows, or the ``limit`` with the lowest priorities."""
-    row_index = raw.column("row_index").to_numpy()
-    prio = priorities(row_index, name, seed)
+    their priorities: all rows, or the ``limit`` with the lowest priorities (ties by row)."""
+    prio = priorities(stable_keys(spec, raw), spec.name, seed)
     if limit is not None and raw.num_rows > limit:
-        chosen = np.sort(np.argpartition(prio, limit - 1)[:limit])
+        chosen = np.sort(np.lexsort((raw.column("row_index").to_numpy(), prio))[:limit])
         raw, prio = raw.take(pa.array(chosen)), prio[chosen]
     order = np.argsort(raw.column("row_index").to_numpy(), kind="stable")
     return raw.take(pa.array(order)), prio[order]
@@ -111,12 +120,17 @@ def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | 
     spec = load_registry().datasets[name]
     raw_dir = Path(raw_dir)
     raw = pq.read_table(raw_dir / "train.parquet")
-    pool, prio = pool_rows(raw, name, seed, pool_limit(cfg, cap))
+    pool, prio = pool_rows(spec, raw, seed, pool_limit(cfg, cap))
     row_index = pool.column("row_index").to_numpy()
     inputs, targets = plain_pairs(spec, pool)
     exact = fp.exact_hashes(inputs, targets)
     words = fp.word_hashes(inputs)
-    signature = fp.minhash(words, cfg.near.shingle, cfg.near.num_perm, seed=derive_seed(seed, "minhash"))
+    minhash_seed = derive_seed(seed, "minhash")
+    signature = fp.minhash(words, cfg.near.shingle, cfg.near.num_perm, seed=minhash_seed)
+    distinct = distinct_texts(spec, pool)
+    distinct_signature = (np.full_like(signature, fp.SIG_EMPTY) if distinct is None else
+                          fp.minhash(fp.word_hashes(distinct), cfg.near.shingle, cfg.near.num_perm,
+                                     seed=minhash_seed))
     table = pa.Table.from_arrays([
         pa.array(row_index, pa.int64()),
         example_ids(spec, pool, "train"),
@@ -125,10 +139,11 @@ def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | 
         pa.array(exact[:, 1]),
         pa.array(words.counts.astype(np.int32)),
         pa.FixedSizeListArray.from_arrays(pa.array(signature.reshape(-1)), cfg.near.num_perm),
+        pa.FixedSizeListArray.from_arrays(pa.array(distinct_signature.reshape(-1)), cfg.near.num_perm),
     ], schema=fingerprint_schema(cfg.near.num_perm))
     meta = {"stage": "fingerprint", "stage_version": STAGE_VERSION, "dataset": name, "seed": seed,
             "raw_rows": raw.num_rows, "pool_rows": pool.num_rows, "shingle": cfg.near.shingle,
-            "num_perm": cfg.near.num_perm}
+            "num_perm": cfg.near.num_perm, "distinct": list(spec.distinct)}
     write_parquet_atomic(table, out_fingerprints, meta)
     ngram_meta = eval_ngrams(spec, raw_dir / "eval.parquet", out_ngrams, decontam)
     log.info("%s: %d of %d train rows fingerprinted; eval n-grams: %s", name, pool.num_rows,
@@ -143,7 +158,10 @@ def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray
             raise ValueError(f"{p}: signatures have {t.schema.field('signature').type.list_size} "
                              f"permutations, the config asks for {num_perm}; rerun fingerprint")
     col = lambda name: np.concatenate([t.column(name).to_numpy() for t in tables]) if tables else np.zeros(0)  # noqa: E731
-    sig = [t.column("signature").combine_chunks().values.to_numpy().reshape(-1, num_perm) for t in tables]
+    def sigs(name: str) -> np.ndarray:
+        parts = [t.column(name).combine_chunks().values.to_numpy().reshape(-1, num_perm) for t in tables]
+        return np.concatenate(parts) if parts else np.zeros((0, num_perm), np.uint32)
+
     return {
         "dataset": np.repeat(np.arange(len(tables)), [t.num_rows for t in tables]),
         "row_index": col("row_index").astype(np.int64),
@@ -151,7 +169,7 @@ def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray
                                       for t in tables]) if tables else np.zeros(0, object),
         "hi": col("exact_hi").astype(np.uint64), "lo": col("exact_lo").astype(np.uint64),
         "words": col("words").astype(np.int64),
-        "signature": np.concatenate(sig) if sig else np.zeros((0, num_perm), np.uint32),
+        "signature": sigs("signature"), "distinct_signature": sigs("distinct_signature"),
     }
 
 
@@ -162,9 +180,12 @@ def lsh_bands(cfg: DedupConfig) -> tuple[int, int]:
 
 
 def find_duplicates(hi: np.ndarray, lo: np.ndarray, signature: np.ndarray, words: np.ndarray,
-                    cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+                    cfg: DedupConfig, distinct: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(twin, reason) per row in the stable order: ``twin[i]`` is the kept row that row ``i``
-    duplicates (-1 if kept); ``reason[i]`` is 1 for exact, 2 for near, 0 if kept."""
+    duplicates (-1 if kept); ``reason[i]`` is 1 for exact, 2 for near, 0 if kept.
+
+    Near duplicates must be alike in all their text (``signature``) and in the fields that tell
+    examples apart (``distinct``; None or all ``SIG_EMPTY`` rows: no such fields)."""
     n = len(hi)
     twin = np.full(n, -1, np.int64)
     reason = np.zeros(n, np.int8)
@@ -175,8 +196,10 @@ def find_duplicates(hi: np.ndarray, lo: np.ndarray, signature: np.ndarray, words
     if cfg.near.enabled and n:
         active = (reason == 0) & (words > 0)
         bands, rows = lsh_bands(cfg)
-        keys = fp.band_keys(signature, bands, rows)
-        root = fp.lsh_components(keys, signature, active, cfg.near.threshold)
+        if distinct is None:
+            distinct = np.full_like(signature, fp.SIG_EMPTY)
+        keys = fp.band_keys(signature, distinct, bands, rows)
+        root = fp.lsh_components(keys, signature, distinct, active, cfg.near.threshold)
         near = active & (root != np.arange(n))
         twin[near], reason[near] = root[near], 2
     return twin, reason
@@ -188,13 +211,15 @@ def dedupe(names: list[str], fingerprint_paths: list[str | Path], out_dir: str |
     plus ``{out_dir}/report.json``."""
     out_dir = Path(out_dir)
     fps = _load_fingerprints([Path(p) for p in fingerprint_paths], cfg.near.num_perm)
-    twin, reason = find_duplicates(fps["hi"], fps["lo"], fps["signature"], fps["words"], cfg)
+    twin, reason = find_duplicates(fps["hi"], fps["lo"], fps["signature"], fps["words"], cfg,
+                                   fps["distinct_signature"])
     dropped = np.flatnonzero(twin >= 0)
     similarity = np.ones(len(dropped), np.float32)
     near = reason[dropped] == 2
     if near.any():
-        a, b = fps["signature"][dropped[near]], fps["signature"][twin[dropped[near]]]
-        similarity[near] = (a == b).mean(axis=1)
+        a, b = dropped[near], twin[dropped[near]]
+        for sig in (fps["signature"], fps["distinct_signature"]):  # the lower of the two estimates
+            similarity[near] = np.minimum(similarity[near], (sig[a] == sig[b]).mean(axis=1))
     report = {"stage": "dedupe", "stage_version": STAGE_VERSION, "seed": seed, "config": cfg.model_dump(),
               "rows": int(len(twin)), "datasets": {}}
     if cfg.near.enabled:

@@ -1,10 +1,12 @@
 """Stage 2, templatize: every raw example phrased as a natural-language instruction.
 
-Train rows get one template each, assigned by a seeded, balanced permutation (each template gets
-``n // T`` or ``n // T + 1`` rows); eval rows get every template that poses the dataset's own task
-(turned-around templates are for training only), so evaluations can report the mean and the best
-template. Output: ``data/templatized/{dataset}.parquet`` (train rows then eval rows, each grouped by
-template id) and ``{dataset}.manifest.json``.
+Train rows are rendered once per pass (``templatize.passes``): pass ``p`` of an example uses the
+template drawn from (seed, dataset, the example's stable key, p) by :func:`template_draws`, so a
+repeated example gets a new phrasing in each epoch of the mixture and no row's template depends on
+any other row. Eval rows get every template that poses the dataset's own task (turned-around
+templates are for training only), so evaluations can report the mean and the best template. Output:
+``data/templatized/{dataset}.parquet`` (train rows by pass, then eval rows, each grouped by template
+id) and ``{dataset}.manifest.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flanpipe import fingerprint as fp
 from flanpipe.config import FewShotConfig, TemplatizeConfig
 from flanpipe.io import (
     code_version,
@@ -36,11 +39,12 @@ from flanpipe.templates import (
     TemplateError,
     load_bank,
     plain_template,
+    raw_texts,
     render_template,
     use_string_pool,
 )
 
-STAGE_VERSION = "2"
+STAGE_VERSION = "3"
 log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([
@@ -56,18 +60,46 @@ SCHEMA = pa.schema([
     pa.field("options", pa.list_(pa.string())),
     pa.field("answer_index", pa.int32()),
     pa.field("format", pa.string()),
+    pa.field("pass", pa.int32()),  # which rendering of a train example (epoch e uses e % passes); 0 on eval
 ])
 
 
-def assign_templates(n_rows: int, n_templates: int, seed: int) -> np.ndarray:
-    """A balanced, seeded template index per row.
+def stable_keys(spec: DatasetSpec, table: pa.Table) -> np.ndarray:
+    """A 64-bit key per raw row that does not depend on where the row sits: the hash of its id field,
+    or, for a dataset without ids, of its content (all raw text fields and the plain target). Every
+    per-row draw (template, cap priority, few-shot exemplars) derives from it.
 
-    >>> np.bincount(assign_templates(23, 10, seed=0)).tolist()
-    [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
+    >>> t = pa.table({"sentence": ["a", "b"], "label": [0, 1], "idx": [7, 3], "row_index": [0, 1]})
+    >>> k = stable_keys(load_registry().datasets["sst2"], t)
+    >>> bool(k[1] == stable_keys(load_registry().datasets["sst2"], t.slice(1))[0])
+    True
     """
-    out = np.empty(n_rows, dtype=np.int64)
-    out[np.random.default_rng(seed).permutation(n_rows)] = np.arange(n_rows) % n_templates
-    return out
+    if spec.id_field and not pa.types.is_nested(table.schema.field(spec.id_field).type):
+        return fp.string_hashes(table.column(spec.id_field).cast(pa.string()), seed=0)
+    bank = DatasetTemplates(dataset=spec.name, templates=())
+    targets = render_template(bank, plain_template(spec, "no_template"), table, "none").targets
+    hashes = fp.exact_hashes(raw_texts(spec, table), targets)
+    return hashes[:, 0] ^ (hashes[:, 1] * fp.GOLDEN)
+
+
+def template_draws(keys: np.ndarray, n_templates: int, passes: int, name: str, seed: int) -> np.ndarray:
+    """``(passes, n)`` template index per row and pass, drawn from (seed, dataset, key, pass).
+
+    Each row's first template is a seeded draw from its key; pass ``p`` moves it ``p`` templates on,
+    so an example repeated over ``n_templates`` passes meets every template once, and every pass is
+    as balanced as the first (each template's share is a binomial draw around ``n / T``).
+
+    >>> d = template_draws(np.arange(5, dtype=np.uint64), 3, 4, "rte", 1)
+    >>> d.shape, bool(((d[1] - d[0]) % 3 == 1).all()), bool((d[3] == d[0]).all())
+    ((4, 5), True, True)
+    """
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) ^ np.uint64(derive_seed(seed, f"template/{name}"))
+        z = (z ^ (z >> np.uint64(30))) * fp.MIX1
+        z = (z ^ (z >> np.uint64(27))) * fp.MIX2
+        z ^= z >> np.uint64(31)
+    first = (z % np.uint64(n_templates)).astype(np.int64)
+    return (first[None, :] + np.arange(passes)[:, None]) % n_templates
 
 
 def example_ids(spec: DatasetSpec, table: pa.Table, role: str) -> pa.Array:
@@ -90,20 +122,28 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
                      cfg: TemplatizeConfig, seed: int) -> pa.Table:
     """Render one split of raw rows into the output schema.
 
-    Rows come out grouped by template (in template order), raw order within a group: train rows are
-    gathered once into their template groups and each group is rendered on a zero-copy slice; eval
-    rows are rendered whole, once per template.
+    Train rows are rendered ``cfg.passes`` times, each pass with the per-(example, pass) draw of
+    :func:`template_draws`; within a pass rows come out grouped by template (in template order), raw
+    order within a group, each group rendered on a zero-copy slice. Eval rows are rendered whole,
+    once per template.
     """
     templates = templates_for(bank, spec, cfg, role)
-    n = raw.num_rows
-    if role == "train":
-        assignment = assign_templates(n, len(templates), derive_seed(seed, spec.name))
-        raw = raw.take(pa.array(np.argsort(assignment, kind="stable")))
+    if role != "train":
+        return _render_groups(spec, bank, raw, role, cfg, [(t, 0, raw.num_rows) for t in templates], 0)
+    draws = template_draws(stable_keys(spec, raw), len(templates), cfg.passes, spec.name, seed)
+    parts = []
+    for p, assignment in enumerate(draws):
+        grouped = raw.take(pa.array(np.argsort(assignment, kind="stable")))
         sizes = np.bincount(assignment, minlength=len(templates))
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         groups = [(t, int(a), int(m)) for t, a, m in zip(templates, starts, sizes, strict=True)]
-    else:
-        groups = [(t, 0, n) for t in templates]
+        parts.append(_render_groups(spec, bank, grouped, role, cfg, groups, p))
+    return pa.concat_tables(parts)
+
+
+def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
+                   cfg: TemplatizeConfig, groups: list[tuple[Template, int, int]], pass_: int) -> pa.Table:
+    """Render ``raw.slice(start, m)`` with each ``(template, start, m)`` group into the schema."""
     ids = example_ids(spec, raw, role)
     row_index = raw.column("row_index").combine_chunks().cast(pa.int64())
     parts = []
@@ -114,12 +154,14 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
         _check_not_empty(spec, template, r.inputs, "input")
         _check_not_empty(spec, template, r.targets, "target")
         const = {f.name: pa.repeat(pa.scalar(v, f.type), m) for f, v in zip(
-            [SCHEMA.field(k) for k in ("dataset", "cluster", "split", "template_id", "inverted", "format")],
-            [spec.name, spec.cluster, role, template.id, template.inverted, cfg.format], strict=True)}
+            [SCHEMA.field(k) for k in ("dataset", "cluster", "split", "template_id", "inverted", "format",
+                                       "pass")],
+            [spec.name, spec.cluster, role, template.id, template.inverted, cfg.format, pass_], strict=True)}
         parts.append(pa.Table.from_arrays([
             r.inputs, r.targets, const["dataset"], const["cluster"], const["split"],
             ids.slice(start, m), row_index.slice(start, m), const["template_id"], const["inverted"],
-            r.options, pa.array(r.answer_index, pa.int32()), const["format"]], schema=SCHEMA))
+            r.options, pa.array(r.answer_index, pa.int32()), const["format"], const["pass"]],
+            schema=SCHEMA))
     return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
 
 
@@ -156,13 +198,14 @@ def templatize_dataset(name: str, raw_dir: str | Path, out_path: str | Path,
         inputs[role] = {"file": str(path), "rows": raw.num_rows, "sha256": sha256_file(path)}
         part = templatize_split(spec, bank, raw, role, cfg, seed)
         parts.append(part)
+        first = part.filter(pc.equal(part.column("pass"), 0))
         counts[role] = {"rows": part.num_rows, "examples": raw.num_rows, "per_template": {
-            str(k): v for k, v in sorted(Counter(part.column("template_id").to_pylist()).items())}}
+            str(k): v for k, v in sorted(Counter(first.column("template_id").to_pylist()).items())}}
         log.info("%s [%s]: %d examples -> %d rows over %d templates", name, role, raw.num_rows,
                  part.num_rows, len(counts[role]["per_template"]))
     table = pa.concat_tables(parts)
     meta = {"stage": "templatize", "stage_version": STAGE_VERSION, "dataset": name,
-            "format": cfg.format, "options": cfg.options, "seed": seed,
+            "format": cfg.format, "options": cfg.options, "passes": cfg.passes, "seed": seed,
             "templates_digest": templates_digest(name)}
     write_parquet_atomic(table, out_path, meta)
     manifest = {**meta, "config": cfg.model_dump(), "inputs": inputs, "outputs": counts,

@@ -82,6 +82,8 @@ def get_mixture_inputs(wildcards):
         "dropped": expand("data/dedup/{dataset}.dropped.parquet", dataset=names),
         "decontam": expand("data/decontam/{dataset}.parquet", dataset=names),
         "manifest": expand("data/raw/{dataset}/manifest.json", dataset=names),
+        # every dataset's: a twin in a dataset the mixture leaves out does not count here
+        "all_dropped": get_dropped(),
     }
 
 
@@ -89,7 +91,12 @@ def get_mixtures():
     return expand(
         "data/mixtures/{mixture}/{file}",
         mixture=CFG.mixtures(),
-        file=["manifest.json", "stats.parquet", "contamination.parquet"],
+        file=[
+            "manifest.json",
+            "stats.parquet",
+            "contamination.parquet",
+            "rows.parquet",
+        ],
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 from flanpipe import fingerprint as fp
 from flanpipe.config import DecontaminateConfig, DedupConfig
 from flanpipe.dedup import dedupe, find_duplicates, fingerprint_dataset, pool_rows, priorities
+from flanpipe.registry import load_registry
 
 VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "ne", "po", "ru", "si", "ta") for b in range(60)]
 
@@ -125,7 +126,7 @@ def test_dedupe_across_datasets_records_the_kept_twin(tmp_path):
     assert json.loads((tmp_path / "dedup/report.json").read_text())["rows"] == 6
 
 
-def test_priorities_are_a_function_of_the_row_alone():
+def test_priorities_are_a_function_of_the_key_alone():
     a = priorities(np.arange(10), "rte", 1)
     b = priorities(np.array([3, 7]), "rte", 1)
     assert a[[3, 7]].tolist() == b.tolist()
@@ -135,10 +136,15 @@ def test_priorities_are_a_function_of_the_row_alone():
 
 @pytest.mark.parametrize("limit", [None, 5, 50])
 def test_pool_rows_are_the_lowest_priorities_in_source_order(limit):
-    raw = pa.table({"x": np.arange(20), "row_index": np.arange(20)[::-1].copy()})
-    pool, prio = pool_rows(raw, "rte", 1, limit)
+    spec = load_registry().datasets["sst2"]
+    raw = pa.table({"idx": np.arange(20) * 7, "sentence": [f"s {i}" for i in range(20)],
+                    "label": np.zeros(20, np.int64), "row_index": np.arange(20)[::-1].copy()})
+    pool, prio = pool_rows(spec, raw, 1, limit)
     rows = pool.column("row_index").to_numpy()
     assert (np.diff(rows) > 0).all()
-    expect = np.sort(np.argsort(priorities(np.arange(20), "rte", 1))[:limit or 20])
-    assert rows.tolist() == expect.tolist()
-    assert prio.tolist() == priorities(rows, "rte", 1).tolist()
+    # by hand: the priority of each row is a draw from its id (idx), not its position
+    by_row = {19 - i: priorities(np.array([fp.string_hashes(pa.array([str(7 * i)]), 0)[0]]), "sst2", 1)[0]
+              for i in range(20)}
+    expect = sorted(sorted(by_row, key=lambda r: (by_row[r], r))[:limit or 20])
+    assert rows.tolist() == expect
+    assert prio.tolist() == [by_row[r] for r in rows]

@@ -5,11 +5,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from flanpipe.bench.templatize import synthetic_rte
 from flanpipe.config import FewShotConfig, SourceSpec, TemplatizeConfig
 from flanpipe.download import download_dataset
 from flanpipe.registry import load_registry
 from flanpipe.templates import Template, TemplateError, load_bank
-from flanpipe.templatize import SCHEMA, assign_templates, few_shot_inputs, templatize_dataset
+from flanpipe.templatize import SCHEMA, few_shot_inputs, template_draws, templatize_dataset, templatize_split
 
 REG = load_registry()
 
@@ -22,12 +23,38 @@ def raw(tmp_path_factory):
     return root
 
 
-def test_assignment_is_balanced_seeded_and_a_permutation():
-    a = assign_templates(1003, 10, seed=5)
-    counts = np.bincount(a, minlength=10)
-    assert counts.max() - counts.min() <= 1 and counts.sum() == 1003
-    assert (a == assign_templates(1003, 10, seed=5)).all()
-    assert (a != assign_templates(1003, 10, seed=6)).any()
+def test_draws_are_balanced_within_each_pass_and_rotate_over_passes():
+    keys = np.random.default_rng(0).integers(0, 2**63, 20000, dtype=np.uint64)
+    d = template_draws(keys, 10, 4, "rte", seed=5)
+    for p in range(4):  # each pass: every template's share within 5 binomial sd of n / T
+        counts = np.bincount(d[p], minlength=10)
+        assert np.abs(counts - 2000).max() < 5 * np.sqrt(20000 * 0.1 * 0.9), counts
+    assert all(len(set(d[:, i].tolist())) == 4 for i in range(200))  # 4 passes, 4 phrasings
+    assert (d == template_draws(keys, 10, 4, "rte", seed=5)).all()
+    assert (d != template_draws(keys, 10, 4, "rte", seed=6)).any()
+    assert (d != template_draws(keys, 10, 4, "cb", seed=5)).any()
+
+
+def _templates_by_example(table: pa.Table) -> dict:
+    return {(e, p): t for e, p, t in zip(table["example_id"].to_pylist(), table["pass"].to_pylist(),
+                                         table["template_id"].to_pylist(), strict=True)}
+
+
+def test_adding_or_removing_a_raw_row_changes_no_other_template():
+    """Templates derive from (seed, dataset, example id, pass), never from row positions: dropping
+    one raw row from the middle (and so shifting every later position) leaves every other row's
+    template in every pass as it was."""
+    spec, bank = REG.datasets["rte"], load_bank()["rte"]
+    raw = synthetic_rte(300, seed=2)
+    full = _templates_by_example(templatize_split(spec, bank, raw, "train", TemplatizeConfig(), 7))
+    fewer = raw.filter(pa.compute.not_equal(raw["idx"], 100))
+    rest = _templates_by_example(templatize_split(spec, bank, fewer, "train", TemplatizeConfig(), 7))
+    assert len(full) == 300 * 4 and len(rest) == 299 * 4
+    assert rest == {k: v for k, v in full.items() if not k[0].endswith(":100")}
+    # and a row added at the front (shifting all positions) changes nothing else either
+    extra = pa.concat_tables([synthetic_rte(1, seed=9).set_column(2, "idx", pa.array([5000])), raw])
+    more = _templates_by_example(templatize_split(spec, bank, extra, "train", TemplatizeConfig(), 7))
+    assert {k: v for k, v in more.items() if not k[0].endswith(":5000")} == full
 
 
 def test_output_schema_counts_and_template_use(raw, tmp_path):
@@ -38,13 +65,18 @@ def test_output_schema_counts_and_template_use(raw, tmp_path):
     bank = load_bank()["rte"]
     train = table.filter(pa.compute.equal(table["split"], "train")).to_pylist()
     evals = table.filter(pa.compute.equal(table["split"], "eval")).to_pylist()
-    # train: one template per example, balanced; every example once, in raw order
+    # train: one template per example and pass, a different one in each pass; grouped by template
     n_train = pq.read_table(raw / "rte/train.parquet").num_rows
-    assert len(train) == n_train == len({r["example_id"] for r in train})
-    per = np.bincount([r["template_id"] for r in train])
-    assert per.max() - per.min() <= 1 and len(per) == len(bank.templates)
-    assert sorted(r["example_id"] for r in train) == sorted(f"rte:train:{i}" for i in range(n_train))
-    assert [r["template_id"] for r in train] == sorted(r["template_id"] for r in train)
+    passes = TemplatizeConfig().passes
+    assert len(train) == n_train * passes
+    for p in range(passes):
+        rows = [r for r in train if r["pass"] == p]
+        assert sorted(r["example_id"] for r in rows) == sorted(f"rte:train:{i}" for i in range(n_train))
+        assert [r["template_id"] for r in rows] == sorted(r["template_id"] for r in rows)
+    phrasings = {}
+    for r in train:
+        phrasings.setdefault(r["example_id"], set()).add(r["template_id"])
+    assert all(len(t) == passes for t in phrasings.values())
     # eval: every non-inverted template on every example
     n_eval = pq.read_table(raw / "rte/eval.parquet").num_rows
     assert len(evals) == n_eval * len(bank.eval_templates)
@@ -65,8 +97,7 @@ def test_rerun_is_byte_identical_and_seed_matters(raw, tmp_path):
     templatize_dataset("arc_easy", raw / "arc_easy", tmp_path / "c.parquet", TemplatizeConfig(), seed=4)
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     ta, tc = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "c.parquet")
-    pairs = lambda t: dict(zip(t["example_id"].to_pylist(), t["template_id"].to_pylist(), strict=True))  # noqa: E731
-    assert pairs(ta) != pairs(tc)
+    assert _templates_by_example(ta) != _templates_by_example(tc)
 
 
 @pytest.mark.parametrize("fmt", ["no_template", "dataset_name"])
