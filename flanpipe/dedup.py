@@ -4,25 +4,32 @@ Two steps, so the heavy work runs one job per dataset and only small fingerprint
 
 1. :func:`fingerprint_dataset` (one job per dataset) reads the dataset's *pool* of train rows (see
    :func:`pool_rows`) and writes, per row, a 128-bit hash of its normalised inputs + targets before
-   templating (:func:`plain_pairs`) and a MinHash signature of its raw text fields
-   (``data/dedup/fingerprints/{dataset}.parquet``). The
+   templating (:func:`plain_pairs`), a MinHash signature of its raw text fields and one of its
+   registry ``distinct`` fields plus target (:func:`row_fingerprints`;
+   ``data/dedup/fingerprints/{dataset}.parquet``). The
    same job writes the n-gram set of the dataset's eval split for decontamination
    (:mod:`flanpipe.decontaminate`).
 2. :func:`dedupe` (one job) walks all fingerprints in the stable order (datasets in registry order,
    rows in source order): a row whose exact hash was seen before is an exact duplicate; of the rest,
-   rows that LSH puts in a bucket with an earlier row and whose estimated Jaccard with it reaches the
-   threshold join its component, and every component keeps its first row. Every dropped row is
-   written to ``data/dedup/{dataset}.dropped.parquet`` with the kept twin and the reason.
+   rows that LSH puts in a bucket with an earlier row (band keys over both signatures) and whose
+   estimated Jaccard with it reaches the threshold on both signatures join its component, and every
+   component keeps its first row. So questions that share a passage, or hypotheses that share a
+   premise, are never near duplicates of each other. Every dropped row is written to
+   ``data/dedup/{dataset}.dropped.parquet`` with the kept twin and the reason. Whether a dropped row
+   leaves a given mixture is decided there (:func:`flanpipe.mix.resolve_mixture`): only if its twin
+   is in that mixture.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flanpipe import fingerprint as fp
@@ -113,6 +120,46 @@ def plain_pairs(spec: DatasetSpec, table: pa.Table) -> tuple[pa.Array, pa.Array]
     return raw_texts(spec, table), targets
 
 
+@dataclass(frozen=True)
+class RowFingerprints:
+    """What dedup compares, per row: the exact hash, the word count, and the MinHash signatures of
+    all raw text fields and of the ``distinct`` fields."""
+
+    exact: np.ndarray  # (n, 2) uint64
+    words: np.ndarray  # (n,) words in all raw text fields
+    signature: np.ndarray  # (n, num_perm) uint32
+    distinct_signature: np.ndarray  # (n, num_perm) uint32; all SIG_EMPTY without distinct fields
+
+
+def row_fingerprints(spec: DatasetSpec, table: pa.Table, cfg: DedupConfig, seed: int) -> RowFingerprints:
+    """Fingerprint raw rows.
+
+    With ``distinct`` fields in the registry, the example itself gets a second signature: of those
+    fields plus the plain target for a generation task, and for a classification or multiple-choice
+    task of those fields, scrambled by the label (each value XOR a hash of the label, so rows with
+    different labels never agree). Two rows are near duplicates only if this is alike too: rows that
+    share a passage but differ in question or answer, or a premise but differ in hypothesis or label,
+    never are.
+    """
+    inputs, targets = plain_pairs(spec, table)
+    words = fp.word_hashes(inputs)
+    minhash_seed = derive_seed(seed, "minhash")
+    signature = fp.minhash(words, cfg.near.shingle, cfg.near.num_perm, seed=minhash_seed)
+    distinct = distinct_texts(spec, table)
+    if distinct is None:
+        distinct_signature = np.full_like(signature, fp.SIG_EMPTY)
+    else:
+        generation = spec.task.type == "generation"
+        if generation:
+            distinct = pc.binary_join_element_wise(distinct, pc.fill_null(targets, ""), " ")
+        distinct_signature = fp.minhash(fp.word_hashes(distinct), cfg.near.shingle, cfg.near.num_perm,
+                                        seed=minhash_seed)
+        if not generation:
+            label = fp.exact_hashes(targets, pa.array([""] * len(targets), pa.string()))[:, 0]
+            distinct_signature ^= (label & np.uint64(0xFFFFFFFF)).astype(np.uint32)[:, None]
+    return RowFingerprints(fp.exact_hashes(inputs, targets), words.counts, signature, distinct_signature)
+
+
 def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | Path,
                         out_ngrams: str | Path, cfg: DedupConfig,
                         decontam: DecontaminateConfig, cap: int, seed: int) -> dict:
@@ -122,22 +169,15 @@ def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | 
     raw = pq.read_table(raw_dir / "train.parquet")
     pool, prio = pool_rows(spec, raw, seed, pool_limit(cfg, cap))
     row_index = pool.column("row_index").to_numpy()
-    inputs, targets = plain_pairs(spec, pool)
-    exact = fp.exact_hashes(inputs, targets)
-    words = fp.word_hashes(inputs)
-    minhash_seed = derive_seed(seed, "minhash")
-    signature = fp.minhash(words, cfg.near.shingle, cfg.near.num_perm, seed=minhash_seed)
-    distinct = distinct_texts(spec, pool)
-    distinct_signature = (np.full_like(signature, fp.SIG_EMPTY) if distinct is None else
-                          fp.minhash(fp.word_hashes(distinct), cfg.near.shingle, cfg.near.num_perm,
-                                     seed=minhash_seed))
+    f = row_fingerprints(spec, pool, cfg, seed)
+    exact, signature, distinct_signature = f.exact, f.signature, f.distinct_signature
     table = pa.Table.from_arrays([
         pa.array(row_index, pa.int64()),
         example_ids(spec, pool, "train"),
         pa.array(prio, pa.uint64()),
         pa.array(exact[:, 0]),
         pa.array(exact[:, 1]),
-        pa.array(words.counts.astype(np.int32)),
+        pa.array(f.words.astype(np.int32)),
         pa.FixedSizeListArray.from_arrays(pa.array(signature.reshape(-1)), cfg.near.num_perm),
         pa.FixedSizeListArray.from_arrays(pa.array(distinct_signature.reshape(-1)), cfg.near.num_perm),
     ], schema=fingerprint_schema(cfg.near.num_perm))
