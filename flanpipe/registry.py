@@ -197,9 +197,10 @@ class DatasetSpec(_Strict):
             except KeyError:
                 raise ValueError(f"distinct: field path {path!r} is not among the features "
                                  f"{sorted(self.features)}") from None
-            while pa.types.is_list(typ):
-                typ = typ.value_type
-            if not pa.types.is_string(typ):
+            inner = typ
+            while pa.types.is_list(inner):
+                inner = inner.value_type
+            if not pa.types.is_string(inner):
                 raise ValueError(f"distinct: field {path!r} is {typ}; allowed: string fields or lists "
                                  "of strings")
 
