@@ -60,6 +60,7 @@ STATS_SCHEMA = pa.schema([
     pa.field("mean_input_chars", pa.float64()),
     pa.field("mean_target_chars", pa.float64()),
     pa.field("mean_tokens_est", pa.float64()),
+    pa.field("inputs_cut", pa.int64()),  # sampled rows whose long field templatize cut to fit
 ])
 CONTAMINATION_SCHEMA = pa.schema([
     pa.field("mixture", pa.string()),
@@ -371,6 +372,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
         s.update(rate=float(rates[k]), sampled=int(sampled[k]),
                  epochs=float(sampled[k] / len(kept)) if len(kept) else 0.0)
         rows = _template_rows(train, passes, kept[idx], epoch)  # epoch e: its own rendering
+        s["inputs_cut"] = int(pc.sum(pc.greater(rows.column("input_cut"), 0)).as_py() or 0)
         parts.append(rows.append_column("epoch", pa.array(epoch, pa.int32())))
     table = pa.concat_tables(parts) if parts else MIXTURE_SCHEMA.empty_table()
     perm = np.random.default_rng(derive_seed(cfg.seed, f"mix/{mixture}")).permutation(table.num_rows)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from flanpipe.io import (
 from flanpipe.registry import DatasetSpec, load_registry
 from flanpipe.templates import (
     DatasetTemplates,
+    Rendered,
     Template,
     TemplateError,
     load_bank,
@@ -61,6 +63,7 @@ SCHEMA = pa.schema([
     pa.field("answer_index", pa.int32()),
     pa.field("format", pa.string()),
     pa.field("pass", pa.int32()),  # which rendering of a train example (epoch e uses e % passes); 0 on eval
+    pa.field("input_cut", pa.int32()),  # characters cut from the end of the long field to fit; 0 if none
 ])
 
 
@@ -119,17 +122,21 @@ def templates_for(bank: DatasetTemplates, spec: DatasetSpec, cfg: TemplatizeConf
 
 
 def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
-                     cfg: TemplatizeConfig, seed: int) -> pa.Table:
+                     cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None) -> pa.Table:
     """Render one split of raw rows into the output schema.
 
     Train rows are rendered ``cfg.passes`` times, each pass with the per-(example, pass) draw of
     :func:`template_draws`; within a pass rows come out grouped by template (in template order), raw
     order within a group, each group rendered on a zero-copy slice. Eval rows are rendered whole,
-    once per template.
+    once per template. With ``max_input_tokens`` (and ``cfg.cut_long_field``), inputs longer than its
+    character estimate are fitted by :func:`fit_long_field`.
     """
     templates = templates_for(bank, spec, cfg, role)
+    fit = None
+    if max_input_tokens is not None and cfg.cut_long_field:
+        fit = (long_field(spec, raw), math.floor((max_input_tokens - 1) * cfg.chars_per_token))
     if role != "train":
-        return _render_groups(spec, bank, raw, role, cfg, [(t, 0, raw.num_rows) for t in templates], 0)
+        return _render_groups(spec, bank, raw, role, cfg, [(t, 0, raw.num_rows) for t in templates], 0, fit)
     draws = template_draws(stable_keys(spec, raw), len(templates), cfg.passes, spec.name, seed)
     parts = []
     for p, assignment in enumerate(draws):
@@ -137,13 +144,15 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
         sizes = np.bincount(assignment, minlength=len(templates))
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         groups = [(t, int(a), int(m)) for t, a, m in zip(templates, starts, sizes, strict=True)]
-        parts.append(_render_groups(spec, bank, grouped, role, cfg, groups, p))
+        parts.append(_render_groups(spec, bank, grouped, role, cfg, groups, p, fit))
     return pa.concat_tables(parts)
 
 
 def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
-                   cfg: TemplatizeConfig, groups: list[tuple[Template, int, int]], pass_: int) -> pa.Table:
-    """Render ``raw.slice(start, m)`` with each ``(template, start, m)`` group into the schema."""
+                   cfg: TemplatizeConfig, groups: list[tuple[Template, int, int]], pass_: int,
+                   fit: tuple[str | None, int] | None = None) -> pa.Table:
+    """Render ``raw.slice(start, m)`` with each ``(template, start, m)`` group into the schema;
+    ``fit``: (long field, most input characters) for :func:`fit_long_field`."""
     ids = example_ids(spec, raw, role)
     row_index = raw.column("row_index").combine_chunks().cast(pa.int64())
     parts = []
@@ -151,6 +160,9 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
         if m == 0:
             continue
         r = render_template(bank, template, raw.slice(start, m), cfg.options)
+        cut = np.zeros(m, np.int32)
+        if fit is not None:
+            r, cut = fit_long_field(bank, template, raw.slice(start, m), r, *fit, cfg.options)
         _check_not_empty(spec, template, r.inputs, "input")
         _check_not_empty(spec, template, r.targets, "target")
         const = {f.name: pa.repeat(pa.scalar(v, f.type), m) for f, v in zip(
@@ -160,9 +172,52 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
         parts.append(pa.Table.from_arrays([
             r.inputs, r.targets, const["dataset"], const["cluster"], const["split"],
             ids.slice(start, m), row_index.slice(start, m), const["template_id"], const["inverted"],
-            r.options, pa.array(r.answer_index, pa.int32()), const["format"], const["pass"]],
-            schema=SCHEMA))
+            r.options, pa.array(r.answer_index, pa.int32()), const["format"], const["pass"],
+            pa.array(cut, pa.int32())], schema=SCHEMA))
     return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+
+
+def long_field(spec: DatasetSpec, raw: pa.Table) -> str | None:
+    """The dataset's long field: of its top-level string text fields, the one with the most
+    characters in ``raw`` (the passage, the article, the dialogue); None if it has none."""
+    best, most = None, 0
+    for path in spec.text_fields:
+        if "." in path or not pa.types.is_string(raw.schema.field(path).type):
+            continue
+        chars = pc.sum(pc.utf8_length(raw.column(path))).as_py() or 0
+        if chars > most:
+            best, most = path, chars
+    return best
+
+
+def fit_long_field(bank: DatasetTemplates, template: Template, raw: pa.Table, rendered: Rendered,
+                   field: str | None, max_chars: int, options: str) -> tuple[Rendered, np.ndarray]:
+    """Re-render the rows whose input passes ``max_chars`` with the end of ``field`` cut (at a word
+    boundary) by the excess, so the text the template puts before and after it (the instruction, the
+    question, the OPTIONS) stays whole. Returns the rendering and the characters cut per row.
+
+    A template that does not use the field, or a row whose other text alone passes the budget (the
+    field is emptied), is left to the tokenizer's truncation, which the pack stage counts.
+    """
+    lengths = pc.utf8_length(rendered.inputs).to_numpy(zero_copy_only=False)
+    over = np.flatnonzero(lengths > max_chars)
+    cut = np.zeros(raw.num_rows, np.int32)
+    uses = field is not None and any(p.split("|")[0] == field for p in template.placeholders("input"))
+    if not len(over) or not uses:
+        return rendered, cut
+    column = raw.column(field).combine_chunks()
+    shorter = []
+    for i, text in zip(over, column.take(pa.array(over)).to_pylist(), strict=True):
+        keep = max(0, len(text) - int(lengths[i] - max_chars))
+        space = text.rfind(" ", 0, keep + 1)
+        text_cut = text[:space] if space > 0.8 * keep else text[:keep]
+        shorter.append(text_cut)
+        cut[i] = len(text) - len(text_cut)
+    mask = np.zeros(raw.num_rows, bool)
+    mask[over] = True
+    fitted = pc.replace_with_mask(column, pa.array(mask), pa.array(shorter, column.type))
+    table = raw.set_column(raw.schema.get_field_index(field), field, fitted)
+    return render_template(bank, template, table, options), cut
 
 
 def _check_not_empty(spec: DatasetSpec, template: Template, arr: pa.Array, what: str) -> None:
@@ -182,8 +237,9 @@ def templates_digest(name: str) -> str:
 
 
 def templatize_dataset(name: str, raw_dir: str | Path, out_path: str | Path,
-                       cfg: TemplatizeConfig, seed: int) -> dict:
-    """Templatize ``raw_dir/{train,eval}.parquet`` into ``out_path`` plus a manifest beside it."""
+                       cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None) -> dict:
+    """Templatize ``raw_dir/{train,eval}.parquet`` into ``out_path`` plus a manifest beside it;
+    inputs are fitted to ``max_input_tokens`` (estimated) by cutting their long field."""
     use_string_pool()
     spec = load_registry().datasets[name]
     bank = load_bank().get(name)
@@ -196,16 +252,20 @@ def templatize_dataset(name: str, raw_dir: str | Path, out_path: str | Path,
         path = raw_dir / f"{role}.parquet"
         raw = pq.read_table(path)
         inputs[role] = {"file": str(path), "rows": raw.num_rows, "sha256": sha256_file(path)}
-        part = templatize_split(spec, bank, raw, role, cfg, seed)
+        part = templatize_split(spec, bank, raw, role, cfg, seed, max_input_tokens)
         parts.append(part)
         first = part.filter(pc.equal(part.column("pass"), 0))
+        cut = pc.greater(part.column("input_cut"), 0)
         counts[role] = {"rows": part.num_rows, "examples": raw.num_rows, "per_template": {
-            str(k): v for k, v in sorted(Counter(first.column("template_id").to_pylist()).items())}}
+            str(k): v for k, v in sorted(Counter(first.column("template_id").to_pylist()).items())},
+            "inputs_cut": int(pc.sum(cut).as_py() or 0),
+            "long_field": long_field(spec, raw) if max_input_tokens and cfg.cut_long_field else None}
         log.info("%s [%s]: %d examples -> %d rows over %d templates", name, role, raw.num_rows,
                  part.num_rows, len(counts[role]["per_template"]))
     table = pa.concat_tables(parts)
     meta = {"stage": "templatize", "stage_version": STAGE_VERSION, "dataset": name,
             "format": cfg.format, "options": cfg.options, "passes": cfg.passes, "seed": seed,
+            "max_input_tokens": max_input_tokens,
             "templates_digest": templates_digest(name)}
     write_parquet_atomic(table, out_path, meta)
     manifest = {**meta, "config": cfg.model_dump(), "inputs": inputs, "outputs": counts,

@@ -19,10 +19,12 @@ def get_download_source(wildcards):
 
 
 def get_templatize_params(wildcards):
-    """The templatize slice of the config, plus a digest of the dataset's templates."""
+    """The templatize slice of the config, plus a digest of the dataset's templates and the input
+    token budget its long fields are cut to."""
     return {
         "config": CFG.templatize.model_dump(),
         "templates": templates_digest(wildcards.dataset),
+        "max_input_tokens": CFG.tokenize.max_input_tokens,
     }
 
 

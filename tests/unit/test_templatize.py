@@ -5,12 +5,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from flanpipe.bench.dedup import load_passages
 from flanpipe.bench.templatize import synthetic_rte
 from flanpipe.config import FewShotConfig, SourceSpec, TemplatizeConfig
 from flanpipe.download import download_dataset
 from flanpipe.registry import load_registry
 from flanpipe.templates import Template, TemplateError, load_bank
 from flanpipe.templatize import SCHEMA, few_shot_inputs, template_draws, templatize_dataset, templatize_split
+from tests.conftest import smollm2_folder
 
 REG = load_registry()
 
@@ -158,3 +160,52 @@ def test_few_shot_uses_train_exemplars_never_the_query(raw):
     tight = few_shot_inputs(spec, bank, template, ev, tr, FewShotConfig(k=3, max_tokens=120), 1)
     assert all(len(p.split()) <= 120 or "\n\n" not in p for p in tight)
     assert prompts == few_shot_inputs(spec, bank, template, ev, tr, cfg, seed=1)
+
+
+def long_documents(n: int, per: int = 10) -> list[str]:
+    """News-length documents of real English: ``per`` passages each (~6,000 characters)."""
+    passages = load_passages()
+    return [" ".join(passages[(i * per + j) % len(passages)] for j in range(per)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """SmolLM2's BPE tokenizer (49k pieces), a real one the estimate must hold for."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(smollm2_folder() / "tokenizer.json"))
+
+
+@pytest.mark.parametrize(("name", "field", "extra"), [
+    ("cnn_dailymail", "article", {"highlights": "A short highlight.", "id": "x"}),
+    ("imdb", "text", {"label": 1})])
+def test_a_long_input_is_cut_inside_its_long_field_so_the_instruction_survives(bpe, name, field, extra):
+    """CNN/DM templates that end with the instruction, and IMDB's OPTIONS list: with 256 input tokens
+    the document is cut before rendering, so every input fits the budget with a real BPE tokenizer
+    and still ends with the template's own text after the field; without the cut the tokenizer's
+    right truncation would take the instruction (and the OPTIONS) off."""
+    spec, bank = REG.datasets[name], load_bank()[name]
+    docs = long_documents(30)
+    raw = pa.table({field: docs, **{k: [v] * len(docs) for k, v in extra.items()},
+                    "row_index": np.arange(len(docs))})
+    budget = 256
+    out = templatize_split(spec, bank, raw, "train", TemplatizeConfig(passes=3), 3, max_input_tokens=budget)
+    whole = templatize_split(spec, bank, raw, "train", TemplatizeConfig(passes=3, cut_long_field=False), 3,
+                             max_input_tokens=budget)
+    by_id = {t.id: t for t in bank.templates}
+    checked = 0
+    for r, w in zip(out.to_pylist(), whole.to_pylist(), strict=True):
+        template = by_id[r["template_id"]]
+        if "{" + field + "}" not in template.input:
+            assert r["input_cut"] == 0
+            continue
+        head, tail = template.input.split("{" + field + "}")
+        tail = tail.replace("{answer}", "")  # turned-around templates name the answer after the field
+        assert r["input_cut"] > 0 and r["inputs"].startswith(head.split("{")[0])
+        assert tail.rstrip() in r["inputs"][-len(tail) - 80:]
+        if not template.inverted and spec.task.type == "classification":
+            assert "\n\nOPTIONS:\n- " in r["inputs"]
+        assert len(bpe.encode(r["inputs"]).ids) < budget  # fits, EOS included: nothing is truncated
+        assert len(bpe.encode(w["inputs"]).ids) > budget  # uncut, the end would be truncated away
+        checked += 1
+    assert checked >= 60
