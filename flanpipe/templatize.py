@@ -295,20 +295,32 @@ def few_shot_inputs(
 ) -> list[str]:
     """Each eval row's input with ``cfg.k`` solved train exemplars before it, same template.
 
-    Exemplars are drawn (seeded per dataset, template and row) from the train split, never the
-    example itself (nor a train row with the identical input); whole exemplars are dropped, oldest
-    first, until the prompt fits in ``cfg.max_tokens``.
+    Exemplars come from stable keys, never positions: the train rows sit on a ring ordered by a
+    seeded hash of (seed, dataset, template, their key); each eval row starts at the hash of its own
+    key and takes the next ``k`` rows, rejecting the example itself (the same key, or the identical
+    input). That is O(log n + k) per eval row, and adding or removing one train row changes only
+    the exemplars of the eval rows whose walk passes it (consistent hashing). Whole exemplars are
+    dropped, oldest first, until the prompt fits in ``cfg.max_tokens``.
     """
     ev = render_template(bank, template, eval_raw, options_style)
     tr = render_template(bank, template, train_raw, options_style)
     ev_inputs, tr_inputs, tr_targets = (ev.inputs.to_pylist(), tr.inputs.to_pylist(),
                                         tr.targets.to_pylist())
-    shots = [f"{i}\n{t}" for i, t in zip(tr_inputs, tr_targets, strict=True)]
+    salt = derive_seed(seed, f"few_shot/{spec.name}/{template.id}")
+    train_keys, eval_keys = stable_keys(spec, train_raw), stable_keys(spec, eval_raw)
+    ring = _scramble(train_keys, salt)
+    order = np.argsort(ring, kind="stable")
+    starts = np.searchsorted(ring[order], _scramble(eval_keys, salt ^ 0x5EED))
+    n = len(order)
     out = []
     for row, query in enumerate(ev_inputs):
-        rng = np.random.default_rng([derive_seed(seed, f"{spec.name}/{template.id}"), row])
-        pool = [j for j in rng.permutation(len(shots)) if tr_inputs[j] != query][:cfg.k]
-        chosen = [shots[j] for j in pool]
+        chosen = []
+        for step in range(n):
+            j = int(order[(starts[row] + step) % n])
+            if train_keys[j] != eval_keys[row] and tr_inputs[j] != query:
+                chosen.append(f"{tr_inputs[j]}\n{tr_targets[j]}")
+                if len(chosen) == cfg.k:
+                    break
         while True:
             prompt = cfg.delimiter.join([*chosen, query])
             if not chosen or count_tokens(prompt) <= cfg.max_tokens:
@@ -316,6 +328,15 @@ def few_shot_inputs(
             chosen = chosen[1:]
         out.append(prompt)
     return out
+
+
+def _scramble(keys: np.ndarray, salt: int) -> np.ndarray:
+    """splitmix64 of each key XOR a salt: a seeded, well-spread 64-bit point per key."""
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) ^ np.uint64(salt % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * fp.MIX1
+        z = (z ^ (z >> np.uint64(27))) * fp.MIX2
+    return z ^ (z >> np.uint64(31))
 
 
 def render_examples(name: str, raw: pa.Table, options_style: str = "dash") -> list[dict]:

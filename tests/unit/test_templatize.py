@@ -209,3 +209,23 @@ def test_a_long_input_is_cut_inside_its_long_field_so_the_instruction_survives(b
         assert len(bpe.encode(w["inputs"]).ids) > budget  # uncut, the end would be truncated away
         checked += 1
     assert checked >= 60
+
+
+def test_few_shot_exemplars_come_from_keys_not_positions(raw):
+    """Exemplars derive from (seed, dataset, template, example keys): reordering the train split
+    changes no prompt, removing an eval row changes no other prompt, and removing one train row
+    changes only the prompts that showed it."""
+    spec, bank = REG.datasets["rte"], load_bank()["rte"]
+    template = bank.eval_templates[0]
+    ev = pq.read_table(raw / "rte/eval.parquet")
+    tr = pq.read_table(raw / "rte/train.parquet")
+    cfg = FewShotConfig(k=2, max_tokens=10**6)
+    base = few_shot_inputs(spec, bank, template, ev, tr, cfg, seed=1)
+    shuffled = tr.take(pa.array(np.random.default_rng(0).permutation(tr.num_rows)))
+    assert few_shot_inputs(spec, bank, template, ev, shuffled, cfg, seed=1) == base
+    assert few_shot_inputs(spec, bank, template, ev.slice(1), tr, cfg, seed=1) == base[1:]
+    gone = tr.slice(7, 1).column("premise")[0].as_py()
+    fewer = few_shot_inputs(spec, bank, template, ev, pa.concat_tables([tr.slice(0, 7), tr.slice(8)]), cfg, 1)
+    changed = [a != b for a, b in zip(base, fewer, strict=True)]
+    assert all(gone in a for a, c in zip(base, changed, strict=True) if c)
+    assert few_shot_inputs(spec, bank, template, ev, tr, cfg, seed=2) != base
