@@ -221,7 +221,7 @@ def test_readme_queries_run(workdir):
 def test_a_repeated_example_changes_phrasing_each_epoch(con):
     """Epoch e of an example is its rendering of pass e % passes: a different template each epoch."""
     passes = CFG.templatize.passes
-    rows = con.sql("""
+    rows = con.cursor().sql("""
         SELECT mixture, example_id, list(epoch ORDER BY epoch) AS epochs,
                list("pass" ORDER BY epoch) AS passes, list(template_id ORDER BY epoch) AS templates
         FROM mixtures WHERE format = 'instructions' GROUP BY ALL""").fetchall()
