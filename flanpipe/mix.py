@@ -345,6 +345,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
         kept = np.flatnonzero(fate == FATES.index("kept"))
         kept = pool.row_index[kept[np.lexsort((pool.row_index[kept], pool.priority[kept]))]]
         train, passes = _templated_train(files)
+        train = train.filter(pc.is_in(train.column("row_index"), pa.array(kept, pa.int64())))  # memory
         first = _template_rows(train, passes, kept, np.zeros(len(kept), np.int32))
         chars_in, chars_out, tokens = _estimated_tokens(first, cfg)
         stats.append({"mixture": mixture, "dataset": name, "cluster": registry.datasets[name].cluster,
