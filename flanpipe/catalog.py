@@ -3,8 +3,10 @@
 Views read the Parquet files in place (paths relative to the workflow directory, so open the catalog
 from there): ``raw.<dataset>_train`` / ``raw.<dataset>_eval`` (each dataset in its own schema),
 ``rejected``, ``templatized``, ``dedup_dropped``, ``contamination_matches``, ``mixtures`` (every
-mixture's shards, with a ``mixture`` column) and ``packed_index`` (every packed example's row,
-segment and token counts). Tables hold the numbers: ``mixture_stats``, ``template_usage``,
+mixture's shards, with a ``mixture`` column), ``mixture_rows`` (what each mixture did with every
+pool row: kept, exact or near duplicate of a named kept twin, contaminated, capped) and
+``packed_index`` (every packed example's row, segment and token counts). Tables hold the numbers:
+``mixture_stats``, ``template_usage``,
 ``dedup_report``, ``contamination_report``, ``packing_stats`` (per mixture: packing efficiency next to
 next-fit and pad-to-max) and ``token_stats`` (per mixture and dataset: tokens and truncations). The
 ``catalog`` rule rebuilds the file whenever an input changes; it is written to a temporary file and
@@ -65,6 +67,8 @@ def build_catalog(out_path: str | Path, datasets: list[str], mixtures: list[str]
                                                "dataset", r"([^/]+)\.parquet$"),
                 "mixtures": _read((d / "mixtures" / m / "shards" / "*.parquet" for m in mixtures),
                                   "mixture", r"mixtures/([^/]+)/shards/"),
+                "mixture_rows": _read((d / "mixtures" / m / "rows.parquet" for m in mixtures),
+                                      "mixture", r"mixtures/([^/]+)/rows\.parquet$"),
                 "packed_index": _read((d / "packed" / m / "index.parquet" for m in mixtures),
                                       "mixture", r"packed/([^/]+)/index\.parquet$"),
             }

@@ -113,7 +113,8 @@ def cmd_templatize(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = args.out or f"data/templatized/{args.dataset}.parquet"
-    templatize_dataset(args.dataset, args.raw or f"data/raw/{args.dataset}", out, cfg.templatize, cfg.seed)
+    templatize_dataset(args.dataset, args.raw or f"data/raw/{args.dataset}", out, cfg.templatize, cfg.seed,
+                       cfg.tokenize.max_input_tokens)
     return 0
 
 

@@ -122,6 +122,21 @@ class TemplatizeConfig(_Section):
     options: Literal["dash", "letters", "none"] = "dash"
     """The OPTIONS suffix of classification templates: `- choice` lines, lettered `(A) choice`
     lines, or `none` (the paper's no-options variant)."""
+    passes: int = Field(4, ge=1, le=64)
+    """Renderings of each train example, one per pass, each with its own template drawn from (seed,
+    dataset, example, pass): a mixture's epoch e uses pass e % passes, so a repeated example changes
+    phrasing each epoch up to `passes` epochs. Costs `passes` x the train rows in the templatized
+    files."""
+    cut_long_field: bool = True
+    """Fit an input that would pass `tokenize.max_input_tokens` by cutting the end of its long field
+    (the dataset's longest text field: the passage, the document) before rendering, so the
+    instruction and the OPTIONS around it survive; the tokenizer's right truncation would cut them."""
+    chars_per_token: float = Field(3.0, gt=0.0, le=16.0)
+    """The characters-per-token estimate the cut budgets with (`(max_input_tokens - 1) *
+    chars_per_token` characters). Lower is safer and wastes more of the budget: on English documents
+    (library docstrings, some with code and maths) with SmolLM2's 49k BPE, 3.0 fills ~68% of it and
+    never overflowed, 3.5 ~80% with a few overflows, 4.0 ~90% with 10% of cut rows overflowing. The
+    pack stage's `truncated_inputs` count says when it fell short."""
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
 
 

@@ -4,25 +4,32 @@ Two steps, so the heavy work runs one job per dataset and only small fingerprint
 
 1. :func:`fingerprint_dataset` (one job per dataset) reads the dataset's *pool* of train rows (see
    :func:`pool_rows`) and writes, per row, a 128-bit hash of its normalised inputs + targets before
-   templating (:func:`plain_pairs`) and a MinHash signature of its raw text fields
-   (``data/dedup/fingerprints/{dataset}.parquet``). The
+   templating (:func:`plain_pairs`), a MinHash signature of its raw text fields and one of its
+   registry ``distinct`` fields plus target (:func:`row_fingerprints`;
+   ``data/dedup/fingerprints/{dataset}.parquet``). The
    same job writes the n-gram set of the dataset's eval split for decontamination
    (:mod:`flanpipe.decontaminate`).
 2. :func:`dedupe` (one job) walks all fingerprints in the stable order (datasets in registry order,
    rows in source order): a row whose exact hash was seen before is an exact duplicate; of the rest,
-   rows that LSH puts in a bucket with an earlier row and whose estimated Jaccard with it reaches the
-   threshold join its component, and every component keeps its first row. Every dropped row is
-   written to ``data/dedup/{dataset}.dropped.parquet`` with the kept twin and the reason.
+   rows that LSH puts in a bucket with an earlier row (band keys over both signatures) and whose
+   estimated Jaccard with it reaches the threshold on both signatures join its component, and every
+   component keeps its first row. So questions that share a passage, or hypotheses that share a
+   premise, are never near duplicates of each other. Every dropped row is written to
+   ``data/dedup/{dataset}.dropped.parquet`` with the kept twin and the reason. Whether a dropped row
+   leaves a given mixture is decided there (:func:`flanpipe.mix.resolve_mixture`): only if its twin
+   is in that mixture.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flanpipe import fingerprint as fp
@@ -37,10 +44,16 @@ from flanpipe.io import (
     write_parquet_atomic,
 )
 from flanpipe.registry import DatasetSpec, load_registry
-from flanpipe.templates import DatasetTemplates, plain_template, raw_texts, render_template
-from flanpipe.templatize import example_ids
+from flanpipe.templates import (
+    DatasetTemplates,
+    distinct_texts,
+    plain_template,
+    raw_texts,
+    render_template,
+)
+from flanpipe.templatize import example_ids, stable_keys
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 log = logging.getLogger(__name__)
 
 DROPPED_SCHEMA = pa.schema([
@@ -62,18 +75,21 @@ def fingerprint_schema(num_perm: int) -> pa.Schema:
         pa.field("exact_hi", pa.uint64()),
         pa.field("exact_lo", pa.uint64()),
         pa.field("words", pa.int32()),
-        pa.field("signature", pa.list_(pa.uint32(), num_perm)),
+        pa.field("signature", pa.list_(pa.uint32(), num_perm)),  # all raw text fields
+        pa.field("distinct_signature", pa.list_(pa.uint32(), num_perm)),  # the `distinct` fields
     ])
 
 
-def priorities(row_index: np.ndarray, name: str, seed: int) -> np.ndarray:
-    """A seeded 64-bit draw per row, a function of (seed, dataset, row) only.
+def priorities(keys: np.ndarray, name: str, seed: int) -> np.ndarray:
+    """A seeded 64-bit draw per row, a function of (seed, dataset, the row's stable key) only.
 
-    The cap keeps the rows with the lowest draws that survive dedup and decontamination, so a row
-    kept in one held-out setting is kept in every setting where it survives: consistent sampling.
+    The key (:func:`flanpipe.templatize.stable_keys`) is the row's id or content, never its position,
+    so adding or removing a raw row changes no other row's draw. The cap keeps the rows with the
+    lowest draws that survive dedup and decontamination, so a row kept in one held-out setting is
+    kept in every setting where it survives: consistent sampling.
     """
     with np.errstate(over="ignore"):  # wrap-around is the point
-        z = row_index.astype(np.uint64) + np.uint64(derive_seed(seed, f"priority/{name}")) * fp.GOLDEN
+        z = keys.astype(np.uint64) + np.uint64(derive_seed(seed, f"priority/{name}")) * fp.GOLDEN
     z = (z ^ (z >> np.uint64(30))) * fp.MIX1
     z = (z ^ (z >> np.uint64(27))) * fp.MIX2
     return z ^ (z >> np.uint64(31))
@@ -83,13 +99,13 @@ def pool_limit(cfg: DedupConfig, cap: int) -> int | None:
     return None if cfg.pool_factor is None else math.ceil(cfg.pool_factor * cap)
 
 
-def pool_rows(raw: pa.Table, name: str, seed: int, limit: int | None) -> tuple[pa.Table, np.ndarray]:
+def pool_rows(spec: DatasetSpec, raw: pa.Table, seed: int, limit: int | None
+              ) -> tuple[pa.Table, np.ndarray]:
     """The rows of a raw train table that dedup and decontamination examine, in source order, with
-    their priorities: all rows, or the ``limit`` with the lowest priorities."""
-    row_index = raw.column("row_index").to_numpy()
-    prio = priorities(row_index, name, seed)
+    their priorities: all rows, or the ``limit`` with the lowest priorities (ties by row)."""
+    prio = priorities(stable_keys(spec, raw), spec.name, seed)
     if limit is not None and raw.num_rows > limit:
-        chosen = np.sort(np.argpartition(prio, limit - 1)[:limit])
+        chosen = np.sort(np.lexsort((raw.column("row_index").to_numpy(), prio))[:limit])
         raw, prio = raw.take(pa.array(chosen)), prio[chosen]
     order = np.argsort(raw.column("row_index").to_numpy(), kind="stable")
     return raw.take(pa.array(order)), prio[order]
@@ -104,6 +120,46 @@ def plain_pairs(spec: DatasetSpec, table: pa.Table) -> tuple[pa.Array, pa.Array]
     return raw_texts(spec, table), targets
 
 
+@dataclass(frozen=True)
+class RowFingerprints:
+    """What dedup compares, per row: the exact hash, the word count, and the MinHash signatures of
+    all raw text fields and of the ``distinct`` fields."""
+
+    exact: np.ndarray  # (n, 2) uint64
+    words: np.ndarray  # (n,) words in all raw text fields
+    signature: np.ndarray  # (n, num_perm) uint32
+    distinct_signature: np.ndarray  # (n, num_perm) uint32; all SIG_EMPTY without distinct fields
+
+
+def row_fingerprints(spec: DatasetSpec, table: pa.Table, cfg: DedupConfig, seed: int) -> RowFingerprints:
+    """Fingerprint raw rows.
+
+    With ``distinct`` fields in the registry, the example itself gets a second signature: of those
+    fields plus the plain target for a generation task, and for a classification or multiple-choice
+    task of those fields, scrambled by the label (each value XOR a hash of the label, so rows with
+    different labels never agree). Two rows are near duplicates only if this is alike too: rows that
+    share a passage but differ in question or answer, or a premise but differ in hypothesis or label,
+    never are.
+    """
+    inputs, targets = plain_pairs(spec, table)
+    words = fp.word_hashes(inputs)
+    minhash_seed = derive_seed(seed, "minhash")
+    signature = fp.minhash(words, cfg.near.shingle, cfg.near.num_perm, seed=minhash_seed)
+    distinct = distinct_texts(spec, table)
+    if distinct is None:
+        distinct_signature = np.full_like(signature, fp.SIG_EMPTY)
+    else:
+        generation = spec.task.type == "generation"
+        if generation:
+            distinct = pc.binary_join_element_wise(distinct, pc.fill_null(targets, ""), " ")
+        distinct_signature = fp.minhash(fp.word_hashes(distinct), cfg.near.shingle, cfg.near.num_perm,
+                                        seed=minhash_seed)
+        if not generation:
+            label = fp.exact_hashes(targets, pa.array([""] * len(targets), pa.string()))[:, 0]
+            distinct_signature ^= (label & np.uint64(0xFFFFFFFF)).astype(np.uint32)[:, None]
+    return RowFingerprints(fp.exact_hashes(inputs, targets), words.counts, signature, distinct_signature)
+
+
 def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | Path,
                         out_ngrams: str | Path, cfg: DedupConfig,
                         decontam: DecontaminateConfig, cap: int, seed: int) -> dict:
@@ -111,24 +167,23 @@ def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | 
     spec = load_registry().datasets[name]
     raw_dir = Path(raw_dir)
     raw = pq.read_table(raw_dir / "train.parquet")
-    pool, prio = pool_rows(raw, name, seed, pool_limit(cfg, cap))
+    pool, prio = pool_rows(spec, raw, seed, pool_limit(cfg, cap))
     row_index = pool.column("row_index").to_numpy()
-    inputs, targets = plain_pairs(spec, pool)
-    exact = fp.exact_hashes(inputs, targets)
-    words = fp.word_hashes(inputs)
-    signature = fp.minhash(words, cfg.near.shingle, cfg.near.num_perm, seed=derive_seed(seed, "minhash"))
+    f = row_fingerprints(spec, pool, cfg, seed)
+    exact, signature, distinct_signature = f.exact, f.signature, f.distinct_signature
     table = pa.Table.from_arrays([
         pa.array(row_index, pa.int64()),
         example_ids(spec, pool, "train"),
         pa.array(prio, pa.uint64()),
         pa.array(exact[:, 0]),
         pa.array(exact[:, 1]),
-        pa.array(words.counts.astype(np.int32)),
+        pa.array(f.words.astype(np.int32)),
         pa.FixedSizeListArray.from_arrays(pa.array(signature.reshape(-1)), cfg.near.num_perm),
+        pa.FixedSizeListArray.from_arrays(pa.array(distinct_signature.reshape(-1)), cfg.near.num_perm),
     ], schema=fingerprint_schema(cfg.near.num_perm))
     meta = {"stage": "fingerprint", "stage_version": STAGE_VERSION, "dataset": name, "seed": seed,
             "raw_rows": raw.num_rows, "pool_rows": pool.num_rows, "shingle": cfg.near.shingle,
-            "num_perm": cfg.near.num_perm}
+            "num_perm": cfg.near.num_perm, "distinct": list(spec.distinct)}
     write_parquet_atomic(table, out_fingerprints, meta)
     ngram_meta = eval_ngrams(spec, raw_dir / "eval.parquet", out_ngrams, decontam)
     log.info("%s: %d of %d train rows fingerprinted; eval n-grams: %s", name, pool.num_rows,
@@ -143,7 +198,10 @@ def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray
             raise ValueError(f"{p}: signatures have {t.schema.field('signature').type.list_size} "
                              f"permutations, the config asks for {num_perm}; rerun fingerprint")
     col = lambda name: np.concatenate([t.column(name).to_numpy() for t in tables]) if tables else np.zeros(0)  # noqa: E731
-    sig = [t.column("signature").combine_chunks().values.to_numpy().reshape(-1, num_perm) for t in tables]
+    def sigs(name: str) -> np.ndarray:
+        parts = [t.column(name).combine_chunks().values.to_numpy().reshape(-1, num_perm) for t in tables]
+        return np.concatenate(parts) if parts else np.zeros((0, num_perm), np.uint32)
+
     return {
         "dataset": np.repeat(np.arange(len(tables)), [t.num_rows for t in tables]),
         "row_index": col("row_index").astype(np.int64),
@@ -151,7 +209,7 @@ def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray
                                       for t in tables]) if tables else np.zeros(0, object),
         "hi": col("exact_hi").astype(np.uint64), "lo": col("exact_lo").astype(np.uint64),
         "words": col("words").astype(np.int64),
-        "signature": np.concatenate(sig) if sig else np.zeros((0, num_perm), np.uint32),
+        "signature": sigs("signature"), "distinct_signature": sigs("distinct_signature"),
     }
 
 
@@ -162,9 +220,12 @@ def lsh_bands(cfg: DedupConfig) -> tuple[int, int]:
 
 
 def find_duplicates(hi: np.ndarray, lo: np.ndarray, signature: np.ndarray, words: np.ndarray,
-                    cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+                    cfg: DedupConfig, distinct: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(twin, reason) per row in the stable order: ``twin[i]`` is the kept row that row ``i``
-    duplicates (-1 if kept); ``reason[i]`` is 1 for exact, 2 for near, 0 if kept."""
+    duplicates (-1 if kept); ``reason[i]`` is 1 for exact, 2 for near, 0 if kept.
+
+    Near duplicates must be alike in all their text (``signature``) and in the fields that tell
+    examples apart (``distinct``; None or all ``SIG_EMPTY`` rows: no such fields)."""
     n = len(hi)
     twin = np.full(n, -1, np.int64)
     reason = np.zeros(n, np.int8)
@@ -175,8 +236,10 @@ def find_duplicates(hi: np.ndarray, lo: np.ndarray, signature: np.ndarray, words
     if cfg.near.enabled and n:
         active = (reason == 0) & (words > 0)
         bands, rows = lsh_bands(cfg)
-        keys = fp.band_keys(signature, bands, rows)
-        root = fp.lsh_components(keys, signature, active, cfg.near.threshold)
+        if distinct is None:
+            distinct = np.full_like(signature, fp.SIG_EMPTY)
+        keys = fp.band_keys(signature, distinct, bands, rows)
+        root = fp.lsh_components(keys, signature, distinct, active, cfg.near.threshold)
         near = active & (root != np.arange(n))
         twin[near], reason[near] = root[near], 2
     return twin, reason
@@ -188,13 +251,15 @@ def dedupe(names: list[str], fingerprint_paths: list[str | Path], out_dir: str |
     plus ``{out_dir}/report.json``."""
     out_dir = Path(out_dir)
     fps = _load_fingerprints([Path(p) for p in fingerprint_paths], cfg.near.num_perm)
-    twin, reason = find_duplicates(fps["hi"], fps["lo"], fps["signature"], fps["words"], cfg)
+    twin, reason = find_duplicates(fps["hi"], fps["lo"], fps["signature"], fps["words"], cfg,
+                                   fps["distinct_signature"])
     dropped = np.flatnonzero(twin >= 0)
     similarity = np.ones(len(dropped), np.float32)
     near = reason[dropped] == 2
     if near.any():
-        a, b = fps["signature"][dropped[near]], fps["signature"][twin[dropped[near]]]
-        similarity[near] = (a == b).mean(axis=1)
+        a, b = dropped[near], twin[dropped[near]]
+        for sig in (fps["signature"], fps["distinct_signature"]):  # the lower of the two estimates
+            similarity[near] = np.minimum(similarity[near], (sig[a] == sig[b]).mean(axis=1))
     report = {"stage": "dedupe", "stage_version": STAGE_VERSION, "seed": seed, "config": cfg.model_dump(),
               "rows": int(len(twin)), "datasets": {}}
     if cfg.near.enabled:

@@ -278,8 +278,13 @@ def first_occurrence(hi, lo, active):
 
 
 @njit(cache=True, nogil=True)
-def band_keys(sig, bands, rows):
-    """One 64-bit key per LSH band: the hash of the band's ``rows`` signature values."""
+def band_keys(sig, distinct, bands, rows):
+    """One 64-bit key per LSH band: the hash of the band's ``rows`` values of both signatures.
+
+    ``distinct`` is the signature of the fields that tell examples apart (all ``SIG_EMPTY`` for a
+    dataset without such fields), so two rows share a bucket only if they collide in both: questions
+    that merely share a passage do not meet.
+    """
     n = sig.shape[0]
     keys = np.empty((bands, n), np.uint64)
     for i in range(n):
@@ -288,6 +293,8 @@ def band_keys(sig, bands, rows):
             for r in range(band * rows, (band + 1) * rows):
                 h = (h ^ np.uint64(sig[i, r])) * STREAM2
                 h ^= h >> np.uint64(31)
+                h = (h ^ np.uint64(distinct[i, r])) * STREAM1
+                h ^= h >> np.uint64(29)
             keys[band, i] = _mix64(h)
     return keys
 
@@ -300,34 +307,52 @@ def _find(parent, i):
     return i
 
 
+@njit(inline="always")
+def _agree(sig, i, h):
+    same = 0
+    for p in range(sig.shape[1]):
+        same += sig[i, p] == sig[h, p]
+    return same
+
+
 @njit(cache=True, nogil=True)
-def lsh_components(keys, sig, active, threshold):
-    """Union rows that share a band key and whose estimated Jaccard is at least ``threshold``.
+def lsh_components(keys, sig, distinct, active, threshold):
+    """Union rows that share a band key and whose estimated Jaccard is at least ``threshold``, both
+    over all their text (``sig``) and over the fields that tell examples apart (``distinct``).
 
     Each row is compared with the first active row holding the same key in that band (a star per
     bucket, so a bucket of size m costs m comparisons, never m**2). Returns each row's component root:
     the component's first row, so keeping roots keeps the first occurrence in the stable order.
     """
     bands, n = keys.shape
-    perms = sig.shape[1]
+    need = math.ceil(threshold * sig.shape[1] - 1e-9)
     parent = np.arange(n)
-    need = math.ceil(threshold * perms - 1e-9)
     for band in range(bands):
         heads = first_occurrence(keys[band], keys[band], active)
         for i in range(n):
             h = heads[i]
             if h < 0:
                 continue
-            same = 0
-            for p in range(perms):
-                same += sig[i, p] == sig[h, p]
-            if same >= need:
+            if _agree(sig, i, h) >= need and _agree(distinct, i, h) >= need:
                 ri, rh = _find(parent, i), _find(parent, h)
                 if ri != rh:
                     parent[max(ri, rh)] = min(ri, rh)
     for i in range(n):
         parent[i] = _find(parent, i)
     return parent
+
+
+@njit(cache=True, nogil=True)
+def _string_hashes(data, offsets, seed):
+    """64-bit FNV-1a of each string's bytes as they are (no normalisation), mixed with ``seed``."""
+    n = len(offsets) - 1
+    out = np.empty(n, np.uint64)
+    for i in range(n):
+        h = FNV_OFFSET ^ seed
+        for j in range(offsets[i], offsets[i + 1]):
+            h = (h ^ np.uint64(data[j])) * FNV_PRIME
+        out[i] = _mix64(h + np.uint64(offsets[i + 1] - offsets[i]))
+    return out
 
 
 # --- Arrow plumbing ------------------------------------------------------------------------------
@@ -414,6 +439,18 @@ def ngram_hashes(words: Words, n: int) -> tuple[np.ndarray, np.ndarray]:
     return _ngram_hashes(words.hashes, words.starts, n)
 
 
+def string_hashes(texts: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A seeded 64-bit hash of each string exactly as it is: the stable key of a row (its id), from
+    which its draws (cap priority, template per epoch) derive, so no draw depends on row positions.
+
+    >>> h = string_hashes(pa.array(["rte:train:7", "rte:train:8", "rte:train:7"]), seed=1)
+    >>> bool(h[0] == h[2]), bool(h[0] == h[1])
+    (True, False)
+    """
+    data, offsets = _buffers(texts)
+    return _string_hashes(data, offsets, np.uint64(seed % 2**64))
+
+
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The seeded MinHash permutations: odd multipliers and offsets below 2**32."""
     rng = np.random.default_rng(seed)
@@ -423,7 +460,8 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def minhash(words: Words, shingle: int, num_perm: int = 128, seed: int = 1) -> np.ndarray:
-    """``(n, num_perm)`` uint32 MinHash signatures of each text's word shingles."""
+    """``(n, num_perm)`` uint32 MinHash signatures of each text's word shingles (all ``SIG_EMPTY`` for
+    a text with no words)."""
     a, b = permutations(num_perm, seed)
     out = np.empty((len(words.starts) - 1, num_perm), np.uint32)
     _minhash(words.hashes, words.starts, shingle, a, b, out)

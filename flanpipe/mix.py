@@ -39,7 +39,7 @@ from flanpipe.io import (
 from flanpipe.registry import load_registry
 from flanpipe.templatize import SCHEMA as TEMPLATIZED_SCHEMA
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"
 log = logging.getLogger(__name__)
 
 MIXTURE_SCHEMA = TEMPLATIZED_SCHEMA.append(pa.field("epoch", pa.int32()))
@@ -60,6 +60,7 @@ STATS_SCHEMA = pa.schema([
     pa.field("mean_input_chars", pa.float64()),
     pa.field("mean_target_chars", pa.float64()),
     pa.field("mean_tokens_est", pa.float64()),
+    pa.field("inputs_cut", pa.int64()),  # sampled rows whose long field templatize cut to fit
 ])
 CONTAMINATION_SCHEMA = pa.schema([
     pa.field("mixture", pa.string()),
@@ -121,58 +122,185 @@ def repeat_sample(n: int, count: int, rng: np.random.Generator) -> tuple[np.ndar
     return idx, epoch
 
 
-def _kept_rows(name: str, files: DatasetInputs, heldout: set[str], removes: set[str], cap: int
-               ) -> tuple[dict, np.ndarray, pa.Table]:
-    """Counts, the kept row indices (priority order) and the contamination matches (against the
-    ``heldout`` clusters' eval sets) of one dataset; matches against ``removes`` are dropped."""
-    fps = pq.read_table(files.fingerprints, columns=["row_index", "priority"])
-    row_index = fps.column("row_index").to_numpy()
-    priority = fps.column("priority").to_numpy()
-    dropped = pq.read_table(files.dropped, columns=["row_index", "reason"])
-    reasons = dropped.column("reason").to_numpy(zero_copy_only=False)
-    dup_rows = dropped.column("row_index").to_numpy()
-    dup = np.isin(row_index, dup_rows)
-    matches = pq.read_table(files.decontam)
-    matches = _in_clusters(matches, heldout)
-    removing = _in_clusters(matches, removes)
-    contaminated = np.isin(row_index, removing.column("row_index").to_numpy()) & ~dup
-    survivors = np.flatnonzero(~dup & ~contaminated)
-    order = np.lexsort((row_index[survivors], priority[survivors]))
-    kept = row_index[survivors[order[:cap]]]
+@dataclass(frozen=True)
+class Pool:
+    """One dataset's pool rows (the rows dedup and decontamination examined), in source order."""
 
+    name: str
+    row_index: np.ndarray
+    example_id: np.ndarray
+    priority: np.ndarray
+    exact: np.ndarray  # (n, 2) uint64, the normalised exact hash
+    contaminated: np.ndarray  # bool: shares an n-gram with an eval set this mixture removes against
+
+
+# Bits for the row index in a (dataset, row) key: 2**40 rows per dataset.
+ROW_BITS = 40
+
+
+def _keys(dataset_index: int | np.ndarray, row_index: np.ndarray) -> np.ndarray:
+    return (np.asarray(dataset_index, np.int64) << ROW_BITS) | row_index.astype(np.int64)
+
+
+def duplicate_components(dropped_paths: list[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(member keys sorted, their component root keys) from every dataset's dedupe output.
+
+    A dropped row names its kept twin, which may itself be dropped (an exact copy of a row that is a
+    near copy of an earlier one); following twins to a row that is not dropped gives the component's
+    root, its first row in the stable order. Keys are ``(registry index << 40) | row_index``.
+    """
+    order = {name: k for k, name in enumerate(load_registry().datasets)}
+    src, dst = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for path in dropped_paths:
+        name = Path(path).name.removesuffix(".dropped.parquet")
+        t = pq.read_table(path, columns=["row_index", "kept_dataset", "kept_row_index"])
+        if t.num_rows == 0:
+            continue
+        twin_ds = np.array([order[d] for d in t.column("kept_dataset").to_pylist()], np.int64)
+        src.append(_keys(order[name], t.column("row_index").to_numpy()))
+        dst.append(_keys(twin_ds, t.column("kept_row_index").to_numpy()))
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    by = np.argsort(src)
+    src, root = src[by], dst[by]
+    for _ in range(len(src) + 1):  # twins point to earlier rows, so chains end
+        pos = np.minimum(np.searchsorted(src, root), max(len(src) - 1, 0))
+        chained = (src[pos] == root) if len(src) else np.zeros(0, bool)
+        if not chained.any():
+            break
+        root = np.where(chained, root[pos], root)
+    return src, root
+
+
+@dataclass(frozen=True)
+class Fates:
+    """What happens to each pool row of a mixture (rows of all its datasets, in the stable order)."""
+
+    dataset: np.ndarray  # index into the mixture's pools
+    position: np.ndarray  # index into that pool's arrays
+    fate: np.ndarray  # FATES index
+    twin: np.ndarray  # global index of the kept twin of a duplicate, else -1
+
+
+FATES = ("kept", "exact", "near", "contaminated", "capped")
+
+
+def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray], cap: int) -> Fates:
+    """Dedupe, decontaminate and cap the pool rows of one mixture's datasets together.
+
+    Duplicates are resolved within the mixture: each component of duplicates (over all datasets,
+    from :func:`duplicate_components`) keeps its first row among those present here, not
+    contaminated and not capped away. So a row dropped as the copy of a row from a held-out dataset,
+    or of a row that is contaminated or capped away in this mixture, stays. Each dataset keeps its
+    ``cap`` lowest-priority survivors; a capped row that was a component's representative hands the
+    role to the next member, which may change that member's dataset's survivors, so the two steps
+    repeat until nothing more is capped (the capped set only grows, so this ends). Contaminated rows
+    are counted as contaminated whatever else they are.
+    """
+    order = {name: k for k, name in enumerate(load_registry().datasets)}
+    ds = np.concatenate([np.full(len(p.row_index), k, np.int64) for k, p in enumerate(pools)]) \
+        if pools else np.zeros(0, np.int64)
+    position = np.concatenate([np.arange(len(p.row_index)) for p in pools]) if pools else ds
+    keys = np.concatenate([_keys(order[p.name], p.row_index) for p in pools]) if pools else ds
+    stable = np.argsort(keys, kind="stable")  # registry order, then source order
+    ds, position, keys = ds[stable], position[stable], keys[stable]
+    cat = lambda f: np.concatenate([f(p) for p in pools]) if pools else np.zeros(0)  # noqa: E731
+    priority = cat(lambda p: p.priority)[stable]
+    row_index = cat(lambda p: p.row_index)[stable]
+    contaminated = cat(lambda p: p.contaminated).astype(bool)[stable]
+    exact = np.concatenate([p.exact for p in pools])[stable] if pools else np.zeros((0, 2), np.uint64)
+
+    src, root = components
+    at = np.minimum(np.searchsorted(src, keys), max(len(src) - 1, 0))
+    member = (src[at] == keys) if len(src) else np.zeros(len(keys), bool)
+    group = np.unique(np.where(member, root[at] if len(src) else keys, keys), return_inverse=True)[1]
+
+    n = len(keys)
+    excluded = np.zeros(n, bool)
+    while True:
+        candidate = ~contaminated & ~excluded
+        cand = np.flatnonzero(candidate)
+        _, first = np.unique(group[cand], return_index=True)  # rows are in the stable order
+        rep_of = np.full(group.max() + 1 if n else 0, -1, np.int64)
+        rep_of[group[cand[first]]] = cand[first]
+        reps = cand[first]
+        kept = np.zeros(n, bool)
+        for k in range(len(pools)):
+            mine = reps[ds[reps] == k]
+            kept[mine[np.lexsort((row_index[mine], priority[mine]))[:cap]]] = True
+        newly = np.zeros(n, bool)
+        newly[reps] = ~kept[reps]
+        if not newly.any():
+            break
+        excluded |= newly
+
+    twin = np.where(candidate & ~kept, rep_of[group], -1)
+    dup = twin >= 0
+    same = np.zeros(n, bool)
+    same[dup] = (exact[dup] == exact[twin[dup]]).all(axis=1)
+    fate = np.full(n, FATES.index("capped"), np.int8)
+    fate[kept] = FATES.index("kept")
+    fate[dup & same] = FATES.index("exact")
+    fate[dup & ~same] = FATES.index("near")
+    fate[contaminated] = FATES.index("contaminated")
+    return Fates(ds, position, fate, twin)
+
+
+def _load_pool(name: str, files: DatasetInputs, removes: set[str]) -> tuple[Pool, pa.Table]:
+    """A dataset's pool rows, with the rows this mixture removes as contaminated, and its matches."""
+    fps = pq.read_table(files.fingerprints, columns=["row_index", "example_id", "priority", "exact_hi",
+                                                     "exact_lo"])
+    row_index = fps.column("row_index").to_numpy()
+    matches = pq.read_table(files.decontam)
+    removing = _in_clusters(matches, removes).column("row_index").to_numpy()
+    pool = Pool(name=name, row_index=row_index,
+                example_id=fps.column("example_id").to_numpy(zero_copy_only=False),
+                priority=fps.column("priority").to_numpy(),
+                exact=np.stack([fps.column("exact_hi").to_numpy(), fps.column("exact_lo").to_numpy()], 1),
+                contaminated=np.isin(row_index, removing))
+    return pool, matches
+
+
+def _dataset_counts(name: str, files: DatasetInputs, pool: Pool, fate: np.ndarray) -> dict:
+    """Every term of ``raw = rejected + exact + near + contaminated + capped + kept``, each counted:
+    raw and rejected from the download manifest, the rest from the rows' fates; rows outside the pool
+    (which can never pass the cap) are capped. Fails if they do not add up."""
     manifest = json.loads(Path(files.manifest).read_text(encoding="utf-8"))["splits"]["train"]
-    counts = {
-        "rows_raw": int(manifest["rows_read"]), "rejected": int(manifest["rejected"]),
-        "exact_dups": int((reasons == "exact").sum()), "near_dups": int((reasons == "near").sum()),
-        "contaminated": int(contaminated.sum()), "kept": len(kept),
-    }
-    valid = counts["rows_raw"] - counts["rejected"]
-    counts["capped"] = valid - counts["exact_dups"] - counts["near_dups"] - counts["contaminated"] - len(kept)
-    if counts["capped"] < 0 or counts["rows_raw"] != int(manifest["rows"]) + counts["rejected"]:
+    tally = np.bincount(fate, minlength=len(FATES))
+    counts = {"rows_raw": int(manifest["rows_read"]), "rejected": int(manifest["rejected"]),
+              "exact_dups": int(tally[FATES.index("exact")]), "near_dups": int(tally[FATES.index("near")]),
+              "contaminated": int(tally[FATES.index("contaminated")]),
+              "capped": int(manifest["rows"]) - len(pool.row_index) + int(tally[FATES.index("capped")]),
+              "kept": int(tally[FATES.index("kept")])}
+    lost = sum(v for k, v in counts.items() if k not in ("rows_raw", "kept"))
+    if counts["rows_raw"] != lost + counts["kept"] or len(fate) != len(pool.row_index):
         raise ValueError(f"{name}: row counts do not add up ({counts}, raw train rows {manifest['rows']}); "
                          "rerun the dataset's upstream jobs")
-    removed = ~np.isin(matches.column("row_index").to_numpy(), dup_rows)
-    removed &= pc.is_in(matches.column("eval_cluster"), pa.array(sorted(removes), pa.string())).to_numpy(
-        zero_copy_only=False)
-    matches = matches.append_column("removed", pa.array(removed.astype(np.int64)))
-    return counts, kept, matches
+    return counts
 
 
 def _in_clusters(matches: pa.Table, clusters: set[str]) -> pa.Table:
     return matches.filter(pc.is_in(matches.column("eval_cluster"), pa.array(sorted(clusters), pa.string())))
 
 
-def _template_rows(files: DatasetInputs, kept: np.ndarray) -> pa.Table:
-    """The templated train rows of the kept row indices, in ``kept`` order."""
+def _templated_train(files: DatasetInputs) -> tuple[pa.Table, int]:
+    """The dataset's templated train rows and how many passes (renderings per example) they hold."""
     table = pq.read_table(files.templatized)
-    train = table.filter(pc.equal(table.column("split"), "train"))
-    t_rows = train.column("row_index").to_numpy()
-    order = np.argsort(t_rows, kind="stable")
-    pos = order[np.searchsorted(t_rows[order], kept)] if len(kept) else np.zeros(0, np.int64)
+    train = table.filter(pc.equal(table.column("split"), "train")).select(TEMPLATIZED_SCHEMA.names)
+    passes = int(pc.max(train.column("pass")).as_py() or 0) + 1 if train.num_rows else 1
+    return train.cast(TEMPLATIZED_SCHEMA), passes
+
+
+def _template_rows(train: pa.Table, passes: int, rows: np.ndarray, epoch: np.ndarray) -> pa.Table:
+    """The templated rendering of each (row index, epoch): pass ``epoch % passes``, in input order."""
+    key = train.column("row_index").to_numpy() * passes + train.column("pass").to_numpy()
+    order = np.argsort(key, kind="stable")
+    want = rows.astype(np.int64) * passes + epoch % passes
+    pos = order[np.minimum(np.searchsorted(key[order], want), max(len(key) - 1, 0))] if len(want) else \
+        np.zeros(0, np.int64)
     out = train.take(pa.array(pos, pa.int64()))
-    if not np.array_equal(out.column("row_index").to_numpy(), kept):
-        raise ValueError(f"{files.templatized}: kept rows missing from the templatized table")
-    return out.select(TEMPLATIZED_SCHEMA.names).cast(TEMPLATIZED_SCHEMA)
+    if len(want) and not np.array_equal(key[pos], want):
+        raise ValueError("kept rows missing from the templatized table; rerun templatize")
+    return out
 
 
 def _estimated_tokens(rows: pa.Table, cfg: Config) -> tuple[float, float, float]:
@@ -188,8 +316,14 @@ def _estimated_tokens(rows: pa.Table, cfg: Config) -> tuple[float, float, float]
 
 
 def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs], out_dir: str | Path,
-                  cfg: Config) -> dict:
-    """Cap, rate, sample, shuffle and write one mixture; returns its manifest."""
+                  cfg: Config, dropped_paths: list[str | Path] | None = None) -> dict:
+    """Dedupe, cap, rate, sample, shuffle and write one mixture; returns its manifest.
+
+    ``dropped_paths``: every dataset's dedupe output (``data/dedup/{dataset}.dropped.parquet``), so a
+    duplicate whose twin is in a dataset this mixture leaves out is recognised as such; by default
+    the mixture's own datasets' files.
+    """
+    dropped_paths = list(dropped_paths if dropped_paths is not None else [f.dropped for f in inputs])
     registry = load_registry()
     out_dir = Path(out_dir)
     heldout = set(cfg.heldout_for(mixture))
@@ -199,16 +333,31 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
         leaked = [d for d in datasets if registry.datasets[d].cluster in excluded]
         if leaked:
             raise ValueError(f"mixture {mixture!r} must not train on {leaked} (held out or excluded)")
-    stats, kept_tables, contamination = [], [], []
-    for name, files in zip(datasets, inputs, strict=True):
-        counts, kept, matches = _kept_rows(name, files, heldout, removes, cfg.mix.cap)
-        rows = _template_rows(files, kept)
-        chars_in, chars_out, tokens = _estimated_tokens(rows, cfg)
+    loaded = [_load_pool(n, f, removes) for n, f in zip(datasets, inputs, strict=True)]
+    pools, matches = tuple(p for p, _ in loaded), [m for _, m in loaded]
+    fates = resolve_mixture(list(pools), duplicate_components(dropped_paths), cfg.mix.cap)
+    stats, kept_rows, trains, contamination, fate_tables = [], [], [], [], []
+    for k, (name, files, pool) in enumerate(zip(datasets, inputs, pools, strict=True)):
+        mine = np.flatnonzero(fates.dataset == k)
+        fate = np.empty(len(pool.row_index), np.int8)
+        fate[fates.position[mine]] = fates.fate[mine]
+        counts = _dataset_counts(name, files, pool, fate)
+        kept = np.flatnonzero(fate == FATES.index("kept"))
+        kept = pool.row_index[kept[np.lexsort((pool.row_index[kept], pool.priority[kept]))]]
+        train, passes = _templated_train(files)
+        train = train.filter(pc.is_in(train.column("row_index"), pa.array(kept, pa.int64())))  # memory
+        first = _template_rows(train, passes, kept, np.zeros(len(kept), np.int32))
+        chars_in, chars_out, tokens = _estimated_tokens(first, cfg)
         stats.append({"mixture": mixture, "dataset": name, "cluster": registry.datasets[name].cluster,
                       **counts, "mean_input_chars": chars_in, "mean_target_chars": chars_out,
                       "mean_tokens_est": tokens})
-        kept_tables.append(rows)
-        contamination += _contamination_rows(mixture, name, matches)
+        kept_rows.append(kept)
+        trains.append((train, passes))
+        found = _in_clusters(matches[k], heldout)
+        removed = pc.is_in(found.column("eval_cluster"), pa.array(sorted(removes), pa.string()))
+        contamination += _contamination_rows(mixture, name, found.append_column(
+            "removed", pc.cast(removed, pa.int64())))
+        fate_tables.append(_fate_table(name, pool, fate, fates, mine, pools))
 
     sizes = np.array([s["kept"] for s in stats], np.int64)
     rates = mixing_rates(sizes, cfg.mix.rate_max, cfg.mix.temperature)
@@ -218,12 +367,14 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     sampled = apportion(total, rates)
 
     parts = []
-    for k, (s, rows) in enumerate(zip(stats, kept_tables, strict=True)):
+    for k, (s, kept, (train, passes)) in enumerate(zip(stats, kept_rows, trains, strict=True)):
         rng = np.random.default_rng(derive_seed(cfg.seed, f"mix/{mixture}/{s['dataset']}"))
-        idx, epoch = repeat_sample(rows.num_rows, int(sampled[k]), rng)
+        idx, epoch = repeat_sample(len(kept), int(sampled[k]), rng)
         s.update(rate=float(rates[k]), sampled=int(sampled[k]),
-                 epochs=float(sampled[k] / rows.num_rows) if rows.num_rows else 0.0)
-        parts.append(rows.take(pa.array(idx, pa.int64())).append_column("epoch", pa.array(epoch, pa.int32())))
+                 epochs=float(sampled[k] / len(kept)) if len(kept) else 0.0)
+        rows = _template_rows(train, passes, kept[idx], epoch)  # epoch e: its own rendering
+        s["inputs_cut"] = int(pc.sum(pc.greater(rows.column("input_cut"), 0)).as_py() or 0)
+        parts.append(rows.append_column("epoch", pa.array(epoch, pa.int32())))
     table = pa.concat_tables(parts) if parts else MIXTURE_SCHEMA.empty_table()
     perm = np.random.default_rng(derive_seed(cfg.seed, f"mix/{mixture}")).permutation(table.num_rows)
     shards = _write_shards(table, perm, out_dir / "shards", cfg.mix.rows_per_shard,
@@ -234,6 +385,8 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     write_parquet_atomic(stats_table, out_dir / "stats.parquet", {"stage": "mix", "mixture": mixture})
     write_parquet_atomic(pa.Table.from_pylist(contamination, schema=CONTAMINATION_SCHEMA),
                          out_dir / "contamination.parquet", {"stage": "mix", "mixture": mixture})
+    write_parquet_atomic(pa.concat_tables(fate_tables) if fate_tables else FATE_SCHEMA.empty_table(),
+                         out_dir / "rows.parquet", {"stage": "mix", "mixture": mixture})
     manifest = {
         "stage": "mix", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed,
         "heldout_clusters": sorted(heldout) if mixture != "all" else [],
@@ -248,6 +401,37 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     log.info("%s: %d examples (%.0f est. tokens each) from %d datasets in %d shards", mixture,
              table.num_rows, mean_tokens, len(datasets), len(shards))
     return manifest
+
+
+FATE_SCHEMA = pa.schema([
+    pa.field("dataset", pa.string()),
+    pa.field("row_index", pa.int64()),
+    pa.field("example_id", pa.string()),
+    pa.field("fate", pa.string()),  # kept | exact | near | contaminated | capped
+    pa.field("kept_dataset", pa.string()),  # a duplicate's kept twin in this mixture, else null
+    pa.field("kept_row_index", pa.int64()),
+    pa.field("kept_example_id", pa.string()),
+])
+
+
+def _fate_table(name: str, pool: Pool, fate: np.ndarray, fates: Fates, mine: np.ndarray,
+                pools: tuple[Pool, ...]) -> pa.Table:
+    """One row per pool row of a dataset: what this mixture did with it, and a duplicate's twin."""
+    twin = np.full(len(pool.row_index), -1, np.int64)
+    twin[fates.position[mine]] = fates.twin[mine]
+    has = twin >= 0
+    t_ds, t_pos = fates.dataset[twin[has]], fates.position[twin[has]]
+    names = np.full(len(twin), None, object)
+    rows = np.zeros(len(twin), np.int64)
+    ids = np.full(len(twin), None, object)
+    names[has] = [pools[d].name for d in t_ds]
+    rows[has] = [pools[d].row_index[q] for d, q in zip(t_ds, t_pos, strict=True)]
+    ids[has] = [pools[d].example_id[q] for d, q in zip(t_ds, t_pos, strict=True)]
+    return pa.Table.from_arrays([
+        pa.array([name] * len(twin), pa.string()), pa.array(pool.row_index, pa.int64()),
+        pa.array(pool.example_id, pa.string()), pa.array(np.asarray(FATES, object)[fate], pa.string()),
+        pa.array(names, pa.string()), pa.array(rows, pa.int64(), mask=~has),
+        pa.array(ids, pa.string())], schema=FATE_SCHEMA)
 
 
 def _contamination_rows(mixture: str, name: str, matches: pa.Table) -> list[dict]:

@@ -154,6 +154,10 @@ class DatasetSpec(_Strict):
     text_fields: tuple[str, ...]
     task: Task
     metric: Literal[METRICS]  # type: ignore[valid-type]
+    distinct: tuple[str, ...] = ()
+    """Field paths that tell examples apart when they share the other text fields (SQuAD's question
+    and answer beside a shared passage, an NLI hypothesis beside a shared premise). Two rows are near
+    duplicates only if these fields are alike as well; empty: all text fields together."""
 
     @functools.cached_property
     def schema(self) -> pa.Schema:
@@ -192,7 +196,24 @@ class DatasetSpec(_Strict):
                 field_type(self.schema, path)
             except KeyError:
                 raise ValueError(f"field path {path!r} is not among the features") from None
+        self._check_distinct()
         return self
+
+    def _check_distinct(self) -> None:
+        if len(set(self.distinct)) != len(self.distinct):
+            raise ValueError(f"distinct: {list(self.distinct)} names a field twice")
+        for path in self.distinct:
+            try:
+                typ = field_type(self.schema, path)
+            except KeyError:
+                raise ValueError(f"distinct: field path {path!r} is not among the features "
+                                 f"{sorted(self.features)}") from None
+            inner = typ
+            while pa.types.is_list(inner):
+                inner = inner.value_type
+            if not pa.types.is_string(inner):
+                raise ValueError(f"distinct: field {path!r} is {typ}; allowed: string fields or lists "
+                                 "of strings")
 
 
 class Registry(_Strict):

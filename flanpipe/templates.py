@@ -207,11 +207,18 @@ def as_text(arr: pa.Array, filt: str | None = None, sep: str = ", ") -> pa.Array
     return pc.binary_join(arr, sep)
 
 
-def raw_texts(spec: DatasetSpec, table: pa.Table) -> pa.Array:
-    """Each row's raw text fields joined by spaces (lists flattened), the text dedup and
-    decontamination compare."""
-    parts = [as_text(column_at(table, path)) for path in spec.text_fields]
+def raw_texts(spec: DatasetSpec, table: pa.Table, paths: tuple[str, ...] | None = None) -> pa.Array:
+    """Each row's raw text fields (or the fields at ``paths``) joined by spaces, lists flattened: the
+    text dedup and decontamination compare."""
+    parts = [as_text(column_at(table, path)) for path in (spec.text_fields if paths is None else paths)]
     return pc.binary_join_element_wise(*[pc.fill_null(p, "") for p in parts], " ")
+
+
+def distinct_texts(spec: DatasetSpec, table: pa.Table) -> pa.Array | None:
+    """The text that tells a row apart from rows sharing its other fields (SQuAD's question and
+    answer beside a passage several questions share): the registry's ``distinct`` fields joined, or
+    None when the dataset declares none (all text fields tell rows apart)."""
+    return raw_texts(spec, table, spec.distinct) if spec.distinct else None
 
 
 # --- answers and options -------------------------------------------------------------------------

@@ -1,16 +1,19 @@
 """Stage 2, templatize: every raw example phrased as a natural-language instruction.
 
-Train rows get one template each, assigned by a seeded, balanced permutation (each template gets
-``n // T`` or ``n // T + 1`` rows); eval rows get every template that poses the dataset's own task
-(turned-around templates are for training only), so evaluations can report the mean and the best
-template. Output: ``data/templatized/{dataset}.parquet`` (train rows then eval rows, each grouped by
-template id) and ``{dataset}.manifest.json``.
+Train rows are rendered once per pass (``templatize.passes``): pass ``p`` of an example uses the
+template drawn from (seed, dataset, the example's stable key, p) by :func:`template_draws`, so a
+repeated example gets a new phrasing in each epoch of the mixture and no row's template depends on
+any other row. Eval rows get every template that poses the dataset's own task (turned-around
+templates are for training only), so evaluations can report the mean and the best template. Output:
+``data/templatized/{dataset}.parquet`` (train rows by pass, then eval rows, each grouped by template
+id) and ``{dataset}.manifest.json``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flanpipe import fingerprint as fp
 from flanpipe.config import FewShotConfig, TemplatizeConfig
 from flanpipe.io import (
     code_version,
@@ -32,15 +36,17 @@ from flanpipe.io import (
 from flanpipe.registry import DatasetSpec, load_registry
 from flanpipe.templates import (
     DatasetTemplates,
+    Rendered,
     Template,
     TemplateError,
     load_bank,
     plain_template,
+    raw_texts,
     render_template,
     use_string_pool,
 )
 
-STAGE_VERSION = "2"
+STAGE_VERSION = "3"
 log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([
@@ -56,18 +62,47 @@ SCHEMA = pa.schema([
     pa.field("options", pa.list_(pa.string())),
     pa.field("answer_index", pa.int32()),
     pa.field("format", pa.string()),
+    pa.field("pass", pa.int32()),  # which rendering of a train example (epoch e uses e % passes); 0 on eval
+    pa.field("input_cut", pa.int32()),  # characters cut from the end of the long field to fit; 0 if none
 ])
 
 
-def assign_templates(n_rows: int, n_templates: int, seed: int) -> np.ndarray:
-    """A balanced, seeded template index per row.
+def stable_keys(spec: DatasetSpec, table: pa.Table) -> np.ndarray:
+    """A 64-bit key per raw row that does not depend on where the row sits: the hash of its id field,
+    or, for a dataset without ids, of its content (all raw text fields and the plain target). Every
+    per-row draw (template, cap priority, few-shot exemplars) derives from it.
 
-    >>> np.bincount(assign_templates(23, 10, seed=0)).tolist()
-    [3, 3, 3, 2, 2, 2, 2, 2, 2, 2]
+    >>> t = pa.table({"sentence": ["a", "b"], "label": [0, 1], "idx": [7, 3], "row_index": [0, 1]})
+    >>> k = stable_keys(load_registry().datasets["sst2"], t)
+    >>> bool(k[1] == stable_keys(load_registry().datasets["sst2"], t.slice(1))[0])
+    True
     """
-    out = np.empty(n_rows, dtype=np.int64)
-    out[np.random.default_rng(seed).permutation(n_rows)] = np.arange(n_rows) % n_templates
-    return out
+    if spec.id_field and not pa.types.is_nested(table.schema.field(spec.id_field).type):
+        return fp.string_hashes(table.column(spec.id_field).cast(pa.string()), seed=0)
+    bank = DatasetTemplates(dataset=spec.name, templates=())
+    targets = render_template(bank, plain_template(spec, "no_template"), table, "none").targets
+    hashes = fp.exact_hashes(raw_texts(spec, table), targets)
+    return hashes[:, 0] ^ (hashes[:, 1] * fp.GOLDEN)
+
+
+def template_draws(keys: np.ndarray, n_templates: int, passes: int, name: str, seed: int) -> np.ndarray:
+    """``(passes, n)`` template index per row and pass, drawn from (seed, dataset, key, pass).
+
+    Each row's first template is a seeded draw from its key; pass ``p`` moves it ``p`` templates on,
+    so an example repeated over ``n_templates`` passes meets every template once, and every pass is
+    as balanced as the first (each template's share is a binomial draw around ``n / T``).
+
+    >>> d = template_draws(np.arange(5, dtype=np.uint64), 3, 4, "rte", 1)
+    >>> d.shape, bool(((d[1] - d[0]) % 3 == 1).all()), bool((d[3] == d[0]).all())
+    ((4, 5), True, True)
+    """
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) ^ np.uint64(derive_seed(seed, f"template/{name}"))
+        z = (z ^ (z >> np.uint64(30))) * fp.MIX1
+        z = (z ^ (z >> np.uint64(27))) * fp.MIX2
+        z ^= z >> np.uint64(31)
+    first = (z % np.uint64(n_templates)).astype(np.int64)
+    return (first[None, :] + np.arange(passes)[:, None]) % n_templates
 
 
 def example_ids(spec: DatasetSpec, table: pa.Table, role: str) -> pa.Array:
@@ -87,23 +122,37 @@ def templates_for(bank: DatasetTemplates, spec: DatasetSpec, cfg: TemplatizeConf
 
 
 def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
-                     cfg: TemplatizeConfig, seed: int) -> pa.Table:
+                     cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None) -> pa.Table:
     """Render one split of raw rows into the output schema.
 
-    Rows come out grouped by template (in template order), raw order within a group: train rows are
-    gathered once into their template groups and each group is rendered on a zero-copy slice; eval
-    rows are rendered whole, once per template.
+    Train rows are rendered ``cfg.passes`` times, each pass with the per-(example, pass) draw of
+    :func:`template_draws`; within a pass rows come out grouped by template (in template order), raw
+    order within a group, each group rendered on a zero-copy slice. Eval rows are rendered whole,
+    once per template. With ``max_input_tokens`` (and ``cfg.cut_long_field``), inputs longer than its
+    character estimate are fitted by :func:`fit_long_field`.
     """
     templates = templates_for(bank, spec, cfg, role)
-    n = raw.num_rows
-    if role == "train":
-        assignment = assign_templates(n, len(templates), derive_seed(seed, spec.name))
-        raw = raw.take(pa.array(np.argsort(assignment, kind="stable")))
+    fit = None
+    if max_input_tokens is not None and cfg.cut_long_field:
+        fit = (long_field(spec, raw), math.floor((max_input_tokens - 1) * cfg.chars_per_token))
+    if role != "train":
+        return _render_groups(spec, bank, raw, role, cfg, [(t, 0, raw.num_rows) for t in templates], 0, fit)
+    draws = template_draws(stable_keys(spec, raw), len(templates), cfg.passes, spec.name, seed)
+    parts = []
+    for p, assignment in enumerate(draws):
+        grouped = raw.take(pa.array(np.argsort(assignment, kind="stable")))
         sizes = np.bincount(assignment, minlength=len(templates))
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         groups = [(t, int(a), int(m)) for t, a, m in zip(templates, starts, sizes, strict=True)]
-    else:
-        groups = [(t, 0, n) for t in templates]
+        parts.append(_render_groups(spec, bank, grouped, role, cfg, groups, p, fit))
+    return pa.concat_tables(parts)
+
+
+def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
+                   cfg: TemplatizeConfig, groups: list[tuple[Template, int, int]], pass_: int,
+                   fit: tuple[str | None, int] | None = None) -> pa.Table:
+    """Render ``raw.slice(start, m)`` with each ``(template, start, m)`` group into the schema;
+    ``fit``: (long field, most input characters) for :func:`fit_long_field`."""
     ids = example_ids(spec, raw, role)
     row_index = raw.column("row_index").combine_chunks().cast(pa.int64())
     parts = []
@@ -111,16 +160,64 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
         if m == 0:
             continue
         r = render_template(bank, template, raw.slice(start, m), cfg.options)
+        cut = np.zeros(m, np.int32)
+        if fit is not None:
+            r, cut = fit_long_field(bank, template, raw.slice(start, m), r, *fit, cfg.options)
         _check_not_empty(spec, template, r.inputs, "input")
         _check_not_empty(spec, template, r.targets, "target")
         const = {f.name: pa.repeat(pa.scalar(v, f.type), m) for f, v in zip(
-            [SCHEMA.field(k) for k in ("dataset", "cluster", "split", "template_id", "inverted", "format")],
-            [spec.name, spec.cluster, role, template.id, template.inverted, cfg.format], strict=True)}
+            [SCHEMA.field(k) for k in ("dataset", "cluster", "split", "template_id", "inverted", "format",
+                                       "pass")],
+            [spec.name, spec.cluster, role, template.id, template.inverted, cfg.format, pass_], strict=True)}
         parts.append(pa.Table.from_arrays([
             r.inputs, r.targets, const["dataset"], const["cluster"], const["split"],
             ids.slice(start, m), row_index.slice(start, m), const["template_id"], const["inverted"],
-            r.options, pa.array(r.answer_index, pa.int32()), const["format"]], schema=SCHEMA))
+            r.options, pa.array(r.answer_index, pa.int32()), const["format"], const["pass"],
+            pa.array(cut, pa.int32())], schema=SCHEMA))
     return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
+
+
+def long_field(spec: DatasetSpec, raw: pa.Table) -> str | None:
+    """The dataset's long field: of its top-level string text fields, the one with the most
+    characters in ``raw`` (the passage, the article, the dialogue); None if it has none."""
+    best, most = None, 0
+    for path in spec.text_fields:
+        if "." in path or not pa.types.is_string(raw.schema.field(path).type):
+            continue
+        chars = pc.sum(pc.utf8_length(raw.column(path))).as_py() or 0
+        if chars > most:
+            best, most = path, chars
+    return best
+
+
+def fit_long_field(bank: DatasetTemplates, template: Template, raw: pa.Table, rendered: Rendered,
+                   field: str | None, max_chars: int, options: str) -> tuple[Rendered, np.ndarray]:
+    """Re-render the rows whose input passes ``max_chars`` with the end of ``field`` cut (at a word
+    boundary) by the excess, so the text the template puts before and after it (the instruction, the
+    question, the OPTIONS) stays whole. Returns the rendering and the characters cut per row.
+
+    A template that does not use the field, or a row whose other text alone passes the budget (the
+    field is emptied), is left to the tokenizer's truncation, which the pack stage counts.
+    """
+    lengths = pc.utf8_length(rendered.inputs).to_numpy(zero_copy_only=False)
+    over = np.flatnonzero(lengths > max_chars)
+    cut = np.zeros(raw.num_rows, np.int32)
+    uses = field is not None and any(p.split("|")[0] == field for p in template.placeholders("input"))
+    if not len(over) or not uses:
+        return rendered, cut
+    column = raw.column(field).combine_chunks()
+    shorter = []
+    for i, text in zip(over, column.take(pa.array(over)).to_pylist(), strict=True):
+        keep = max(0, len(text) - int(lengths[i] - max_chars))
+        space = text.rfind(" ", 0, keep + 1)
+        text_cut = text[:space] if space > 0.8 * keep else text[:keep]
+        shorter.append(text_cut)
+        cut[i] = len(text) - len(text_cut)
+    mask = np.zeros(raw.num_rows, bool)
+    mask[over] = True
+    fitted = pc.replace_with_mask(column, pa.array(mask), pa.array(shorter, column.type))
+    table = raw.set_column(raw.schema.get_field_index(field), field, fitted)
+    return render_template(bank, template, table, options), cut
 
 
 def _check_not_empty(spec: DatasetSpec, template: Template, arr: pa.Array, what: str) -> None:
@@ -140,8 +237,9 @@ def templates_digest(name: str) -> str:
 
 
 def templatize_dataset(name: str, raw_dir: str | Path, out_path: str | Path,
-                       cfg: TemplatizeConfig, seed: int) -> dict:
-    """Templatize ``raw_dir/{train,eval}.parquet`` into ``out_path`` plus a manifest beside it."""
+                       cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None) -> dict:
+    """Templatize ``raw_dir/{train,eval}.parquet`` into ``out_path`` plus a manifest beside it;
+    inputs are fitted to ``max_input_tokens`` (estimated) by cutting their long field."""
     use_string_pool()
     spec = load_registry().datasets[name]
     bank = load_bank().get(name)
@@ -154,15 +252,20 @@ def templatize_dataset(name: str, raw_dir: str | Path, out_path: str | Path,
         path = raw_dir / f"{role}.parquet"
         raw = pq.read_table(path)
         inputs[role] = {"file": str(path), "rows": raw.num_rows, "sha256": sha256_file(path)}
-        part = templatize_split(spec, bank, raw, role, cfg, seed)
+        part = templatize_split(spec, bank, raw, role, cfg, seed, max_input_tokens)
         parts.append(part)
+        first = part.filter(pc.equal(part.column("pass"), 0))
+        cut = pc.greater(part.column("input_cut"), 0)
         counts[role] = {"rows": part.num_rows, "examples": raw.num_rows, "per_template": {
-            str(k): v for k, v in sorted(Counter(part.column("template_id").to_pylist()).items())}}
+            str(k): v for k, v in sorted(Counter(first.column("template_id").to_pylist()).items())},
+            "inputs_cut": int(pc.sum(cut).as_py() or 0),
+            "long_field": long_field(spec, raw) if max_input_tokens and cfg.cut_long_field else None}
         log.info("%s [%s]: %d examples -> %d rows over %d templates", name, role, raw.num_rows,
                  part.num_rows, len(counts[role]["per_template"]))
     table = pa.concat_tables(parts)
     meta = {"stage": "templatize", "stage_version": STAGE_VERSION, "dataset": name,
-            "format": cfg.format, "options": cfg.options, "seed": seed,
+            "format": cfg.format, "options": cfg.options, "passes": cfg.passes, "seed": seed,
+            "max_input_tokens": max_input_tokens,
             "templates_digest": templates_digest(name)}
     write_parquet_atomic(table, out_path, meta)
     manifest = {**meta, "config": cfg.model_dump(), "inputs": inputs, "outputs": counts,
@@ -192,20 +295,32 @@ def few_shot_inputs(
 ) -> list[str]:
     """Each eval row's input with ``cfg.k`` solved train exemplars before it, same template.
 
-    Exemplars are drawn (seeded per dataset, template and row) from the train split, never the
-    example itself (nor a train row with the identical input); whole exemplars are dropped, oldest
-    first, until the prompt fits in ``cfg.max_tokens``.
+    Exemplars come from stable keys, never positions: the train rows sit on a ring ordered by a
+    seeded hash of (seed, dataset, template, their key); each eval row starts at the hash of its own
+    key and takes the next ``k`` rows, rejecting the example itself (the same key, or the identical
+    input). That is O(log n + k) per eval row, and adding or removing one train row changes only
+    the exemplars of the eval rows whose walk passes it (consistent hashing). Whole exemplars are
+    dropped, oldest first, until the prompt fits in ``cfg.max_tokens``.
     """
     ev = render_template(bank, template, eval_raw, options_style)
     tr = render_template(bank, template, train_raw, options_style)
     ev_inputs, tr_inputs, tr_targets = (ev.inputs.to_pylist(), tr.inputs.to_pylist(),
                                         tr.targets.to_pylist())
-    shots = [f"{i}\n{t}" for i, t in zip(tr_inputs, tr_targets, strict=True)]
+    salt = derive_seed(seed, f"few_shot/{spec.name}/{template.id}")
+    train_keys, eval_keys = stable_keys(spec, train_raw), stable_keys(spec, eval_raw)
+    ring = _scramble(train_keys, salt)
+    order = np.argsort(ring, kind="stable")
+    starts = np.searchsorted(ring[order], _scramble(eval_keys, salt ^ 0x5EED))
+    n = len(order)
     out = []
     for row, query in enumerate(ev_inputs):
-        rng = np.random.default_rng([derive_seed(seed, f"{spec.name}/{template.id}"), row])
-        pool = [j for j in rng.permutation(len(shots)) if tr_inputs[j] != query][:cfg.k]
-        chosen = [shots[j] for j in pool]
+        chosen = []
+        for step in range(n):
+            j = int(order[(starts[row] + step) % n])
+            if train_keys[j] != eval_keys[row] and tr_inputs[j] != query:
+                chosen.append(f"{tr_inputs[j]}\n{tr_targets[j]}")
+                if len(chosen) == cfg.k:
+                    break
         while True:
             prompt = cfg.delimiter.join([*chosen, query])
             if not chosen or count_tokens(prompt) <= cfg.max_tokens:
@@ -213,6 +328,15 @@ def few_shot_inputs(
             chosen = chosen[1:]
         out.append(prompt)
     return out
+
+
+def _scramble(keys: np.ndarray, salt: int) -> np.ndarray:
+    """splitmix64 of each key XOR a salt: a seeded, well-spread 64-bit point per key."""
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) ^ np.uint64(salt % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * fp.MIX1
+        z = (z ^ (z >> np.uint64(27))) * fp.MIX2
+    return z ^ (z >> np.uint64(31))
 
 
 def render_examples(name: str, raw: pa.Table, options_style: str = "dash") -> list[dict]:

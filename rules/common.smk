@@ -21,10 +21,12 @@ def get_download_source(wildcards):
 
 
 def get_templatize_params(wildcards):
-    """The templatize slice of the config, plus a digest of the dataset's templates."""
+    """The templatize slice of the config, plus a digest of the dataset's templates and the input
+    token budget its long fields are cut to."""
     return {
         "config": CFG.templatize.model_dump(),
         "templates": templates_digest(wildcards.dataset),
+        "max_input_tokens": CFG.tokenize.max_input_tokens,
     }
 
 
@@ -84,6 +86,8 @@ def get_mixture_inputs(wildcards):
         "dropped": expand("data/dedup/{dataset}.dropped.parquet", dataset=names),
         "decontam": expand("data/decontam/{dataset}.parquet", dataset=names),
         "manifest": expand("data/raw/{dataset}/manifest.json", dataset=names),
+        # every dataset's: a twin in a dataset the mixture leaves out does not count here
+        "all_dropped": get_dropped(),
     }
 
 
@@ -91,7 +95,12 @@ def get_mixtures():
     return expand(
         "data/mixtures/{mixture}/{file}",
         mixture=CFG.mixtures(),
-        file=["manifest.json", "stats.parquet", "contamination.parquet"],
+        file=[
+            "manifest.json",
+            "stats.parquet",
+            "contamination.parquet",
+            "rows.parquet",
+        ],
     )
 
 

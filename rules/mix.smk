@@ -9,6 +9,7 @@ rule mix:
         shards=directory("data/mixtures/{mixture}/shards"),
         stats="data/mixtures/{mixture}/stats.parquet",
         contamination="data/mixtures/{mixture}/contamination.parquet",
+        rows="data/mixtures/{mixture}/rows.parquet",
         manifest="data/mixtures/{mixture}/manifest.json",
     log:
         "logs/mix/{mixture}.log",

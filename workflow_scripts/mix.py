@@ -15,4 +15,5 @@ build_mixture(
     inputs=[DatasetInputs(*files) for files in zip(*(snakemake.input[k] for k in kinds), strict=True)],
     out_dir=Path(snakemake.output.manifest).parent,
     cfg=parse_config(snakemake.config),
+    dropped_paths=list(snakemake.input.all_dropped),
 )

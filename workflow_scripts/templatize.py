@@ -13,4 +13,5 @@ templatize_dataset(
     out_path=snakemake.output.table,
     cfg=TemplatizeConfig(**snakemake.params.templatize["config"]),
     seed=snakemake.params.seed,
+    max_input_tokens=snakemake.params.templatize["max_input_tokens"],
 )

@@ -8,7 +8,10 @@ Three measurements on one synthetic table of (inputs, targets) rows with planted
    ``DataFrame.duplicated`` (ours also catches duplicates that differ only in case or whitespace);
 2. MinHash signatures (128 permutations, word 3-gram shingles), ``word_hashes`` + ``minhash`` vs
    datasketch ``MinHash`` with ``update_batch``, and how close both Jaccard estimates come to the truth;
-3. per-dataset stats queries, DuckDB on the Arrow table in-process vs pandas ``groupby``.
+3. per-dataset stats queries, DuckDB on the Arrow table in-process vs pandas ``groupby``;
+4. near-duplicate precision and recall on SQuAD- and MNLI-shaped rows of real English (passages
+   shared by several questions or hypotheses, planted copies), ours next to datasketch's
+   ``MinHashLSH``, each with the registry's ``distinct`` fields and over all raw text.
 
 Every figure is per core: Arrow, DuckDB and the Numba kernels run on one thread, as pandas and
 datasketch do.
@@ -16,10 +19,13 @@ datasketch do.
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -406,6 +412,7 @@ def bench_dedup(rows: int = 1_000_000, peer_rows: int = 20_000, seed: int = 1234
     result |= _bench_exact(table, inputs, targets, plan)
     result |= _bench_minhash(inputs, result["peer_rows"], plan, seed)
     result |= _bench_stats(inputs, targets, seed)
+    result["precision"] = bench_precision(seed=seed)
     for key in ("exact", "minhash", "stats"):  # ours / peer, in rows per second
         result[f"{key}_ratio"] = result[f"{key}_ours_rows_per_s"] / result[f"{key}_peer_rows_per_s"]
     return result
@@ -435,9 +442,263 @@ def print_dedup(r: dict) -> None:
           f"(true mean {r['jaccard_true_mean']:.3f}), mean abs. error vs true: "
           f"ours {r['jaccard_mae_ours_true']:.4f}, "
           f"datasketch {r['jaccard_mae_peer_true']:.4f}; ours vs datasketch {r['jaccard_mae_ours_peer']:.4f}")
+    print_precision(r["precision"])
     exact_ok = r["exact_ours_rows_per_s"] >= 2_000_000
     minhash_ok = r["minhash_ratio"] >= 5
     print(f"  targets: exact dedup >= 2,000,000 rows/s per core: {'met' if exact_ok else 'NOT MET'} "
           f"({r['exact_ours_rows_per_s']:,.0f}); MinHash >= 5x datasketch: "
           f"{'met' if minhash_ok else 'NOT MET'} ({r['minhash_ratio']:.1f}x)")
 
+
+
+# --- precision and recall on data with real structure ---------------------------------------------
+
+PASSAGES = Path(__file__).resolve().parents[2] / "tests/data/english_passages.jsonl.gz"
+SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
+CONTENT_RE = re.compile(r"^([A-Za-z]{5,})([,.;:]?)$")
+
+
+def load_passages(path: str | Path = PASSAGES, overlap: float = 0.3) -> list[str]:
+    """Paragraphs of English prose (docstrings of the Python standard library and installed packages,
+    40-250 words each, the source of each in the file), less any that shares ``overlap`` of its word
+    3-grams with an earlier one (libraries repeat docstrings with small edits): every passage is its
+    own."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    seen: dict[bytes, int] = {}
+    out = []
+    for text in texts:
+        grams = set(shingles(text))
+        shared: dict[int, int] = {}
+        for g in grams:
+            if g in seen:
+                shared[seen[g]] = shared.get(seen[g], 0) + 1
+        if max(shared.values(), default=0) < overlap * len(grams):
+            out.append(text)
+            for g in grams:
+                seen.setdefault(g, len(out) - 1)
+    return out
+
+
+def _sentences(passage: str) -> list[str]:
+    return [s for s in SENTENCE_RE.split(passage) if 6 <= len(s.split()) <= 40]
+
+
+def _question(sentence: str, rng: np.random.Generator) -> tuple[str, str] | None:
+    """A SQuAD-like question about one sentence: a content word becomes "what", the clause around it
+    (at most 14 words) is kept; the word is the answer.
+
+    >>> s = "The parser reads every token before it builds the tree."
+    >>> q, a = _question(s, np.random.default_rng(0))
+    >>> "what" in q.split() and q.endswith("?") and a in s and a not in q.split()
+    True
+    """
+    words = sentence.split()
+    spots = [i for i, w in enumerate(words) if CONTENT_RE.match(w)]
+    if not spots:
+        return None
+    i = int(rng.choice(spots))
+    answer = CONTENT_RE.match(words[i]).group(1)
+    lo = max(0, i - 7)
+    clause = [*words[lo:i], "what", *words[i + 1:lo + 14]]
+    return " ".join(clause).rstrip(".,;:!?") + "?", answer
+
+
+@dataclass(frozen=True)
+class Shaped:
+    """A raw table in a registry dataset's schema with planted copies: ``original[i]`` is the row that
+    row ``i`` copies (-1 for a distinct example), ``kind`` is "case" or "near" for copies."""
+
+    dataset: str
+    table: pa.Table
+    original: np.ndarray
+    kind: np.ndarray
+
+
+def _plant(rng: np.random.Generator, rows: list[dict], fields: tuple[str, ...], case_only: int,
+           near: int, vocab: list[str]) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Append ``case_only`` copies in other case and ``near`` copies with 0-3 words of one long field
+    replaced and punctuation changed, each of a distinct random row."""
+    n = len(rows)
+    chosen = rng.choice(n, case_only + near, replace=False)
+    copies, kinds = [], []
+    for k, i in enumerate(chosen):
+        row = dict(rows[i])
+        if k < case_only:
+            for f in fields:
+                row[f] = row[f].upper() if rng.random() < 0.5 else row[f].lower()
+            kinds.append("case")
+        else:
+            f = fields[0]
+            words = row[f].split()
+            for j in rng.choice(len(words), k % 4, replace=False):
+                words[j] = str(rng.choice(vocab))
+            row[f] = " ".join(words).replace(",", "", 1) + " "
+            kinds.append("near")
+        copies.append(row)
+    original = np.concatenate([np.full(n, -1), chosen])
+    return rows + copies, original, np.array([""] * n + kinds, object)
+
+
+def squad_shaped(passages: list[str], questions: int = 5, case_only: int = 40, near: int = 200,
+                 seed: int = 0) -> Shaped:
+    """SQuAD v1 rows: each passage with ``questions`` different questions (several may ask about
+    the same sentence), plus planted copies."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p, passage in enumerate(passages):
+        sentences = _sentences(passage)
+        asked = set()
+        for _ in range(questions * 4):
+            if len(asked) == questions:
+                break
+            qa = _question(sentences[int(rng.integers(len(sentences)))], rng)
+            if qa is None or qa in asked:
+                continue
+            asked.add(qa)
+            q, a = qa
+            rows.append({"id": f"{p}-{len(asked)}", "title": f"passage {p}", "context": passage,
+                         "question": q, "answers": {"text": [a], "answer_start": [max(passage.find(a), 0)]}})
+    vocab = sorted({w for p in passages[:50] for w in p.split()})
+    rows, original, kind = _plant(rng, rows, ("context", "question"), case_only, near, vocab)
+    for i, r in enumerate(rows):
+        r["id"], r["row_index"] = f"{r['id']}#{i}", i
+    return Shaped("squad_v1", pa.Table.from_pylist(rows), original, kind)
+
+
+def nli_shaped(passages: list[str], hypotheses: int = 3, case_only: int = 40, near: int = 200,
+               seed: int = 0) -> Shaped:
+    """MNLI rows: each premise with ``hypotheses`` hypotheses: a sentence it contains (entailment),
+    the same with one word changed (contradiction) and a sentence of another passage (neutral)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p, premise in enumerate(passages):
+        own, other = _sentences(premise), _sentences(passages[(p + 1) % len(passages)])
+        sentence = own[int(rng.integers(len(own)))]
+        words = sentence.split()
+        spots = [i for i, w in enumerate(words) if CONTENT_RE.match(w)] or [0]
+        changed = list(words)
+        changed[int(rng.choice(spots))] = "nothing"
+        candidates = [(sentence, 0), (" ".join(changed), 2), (other[int(rng.integers(len(other)))], 1)]
+        for h, label in candidates[:hypotheses]:
+            rows.append({"premise": premise, "hypothesis": h, "label": label})
+    vocab = sorted({w for p in passages[:50] for w in p.split()})
+    rows, original, kind = _plant(rng, rows, ("premise", "hypothesis"), case_only, near, vocab)
+    for i, r in enumerate(rows):
+        r["idx"], r["row_index"] = i, i
+    return Shaped("mnli", pa.Table.from_pylist(rows), original, kind)
+
+
+def true_jaccard(a: str, b: str) -> float:
+    """The exact Jaccard similarity of two texts' word-shingle sets, from scratch in Python."""
+    sa, sb = set(shingles(a)), set(shingles(b))
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+def _example_texts(shaped: Shaped) -> tuple[list[str], list[str], list[str] | None]:
+    """(all raw text, the distinct text, the label or None) per row, as dedup defines them: the
+    distinct fields, plus the target for a generation task; a classification task's label must be
+    equal instead."""
+    from flanpipe.dedup import plain_pairs
+    from flanpipe.registry import load_registry
+    from flanpipe.templates import distinct_texts
+
+    spec = load_registry().datasets[shaped.dataset]
+    inputs, targets = plain_pairs(spec, shaped.table)
+    inputs, targets = inputs.to_pylist(), [t.lower() for t in targets.to_pylist()]
+    distinct = distinct_texts(spec, shaped.table).to_pylist()
+    if spec.task.type == "generation":
+        return inputs, [f"{d} {t}" for d, t in zip(distinct, targets, strict=True)], None
+    return inputs, distinct, targets
+
+
+def pair_similarity(shaped: Shaped) -> np.ndarray:
+    """For each planted copy, the true Jaccard with its original: the lower of all its raw text and
+    its distinct fields plus target, the two things a near duplicate must share (a copy keeps its
+    original's label)."""
+    inputs, distinct, labels = _example_texts(shaped)
+    out = np.full(len(inputs), np.nan)
+    for i in np.flatnonzero(shaped.original >= 0):
+        j = shaped.original[i]
+        same_label = labels is None or labels[i] == labels[j]
+        out[i] = min(true_jaccard(inputs[i], inputs[j]), true_jaccard(distinct[i], distinct[j])) * same_label
+    return out
+
+
+def ours_dropped(shaped: Shaped, use_distinct: bool = True, seed: int = 1) -> np.ndarray:
+    """The rows our dedup drops (the first of each group kept), with or without the registry's
+    distinct fields."""
+    from flanpipe.config import DedupConfig
+    from flanpipe.dedup import find_duplicates, row_fingerprints
+    from flanpipe.registry import load_registry
+
+    spec = load_registry().datasets[shaped.dataset]
+    if not use_distinct:
+        spec = spec.model_copy(update={"distinct": ()})
+    cfg = DedupConfig()
+    f = row_fingerprints(spec, shaped.table, cfg, seed)
+    twin, _ = find_duplicates(f.exact[:, 0], f.exact[:, 1], f.signature, f.words, cfg, f.distinct_signature)
+    return twin >= 0
+
+
+def peer_dropped(shaped: Shaped, use_distinct: bool, threshold: float = 0.8) -> np.ndarray:
+    """datasketch's ``MinHashLSH`` over all raw text, rows in order, each dropped if an earlier kept
+    row is a candidate whose estimated Jaccard reaches ``threshold`` (and, with ``use_distinct``,
+    whose example is alike too: distinct text at the threshold, same label)."""
+    from datasketch import MinHash, MinHashLSH
+
+    inputs, distinct, labels = _example_texts(shaped)
+    full = list(MinHash.generator((shingles(t) for t in inputs), num_perm=NUM_PERM, seed=MINHASH_SEED))
+    dist = list(MinHash.generator((shingles(t) for t in distinct), num_perm=NUM_PERM, seed=MINHASH_SEED))
+    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    dropped = np.zeros(len(inputs), bool)
+    for i, m in enumerate(full):
+        for j in lsh.query(m):
+            same = not use_distinct or (dist[i].jaccard(dist[j]) >= threshold
+                                        and (labels is None or labels[i] == labels[j]))
+            if m.jaccard(full[j]) >= threshold and same:
+                dropped[i] = True
+                break
+        if not dropped[i]:
+            lsh.insert(i, m)
+    return dropped
+
+
+def precision_recall(shaped: Shaped, dropped: np.ndarray, similarity: np.ndarray) -> dict:
+    """Distinct rows wrongly dropped, and the share of planted copies found at true Jaccard >= 0.85."""
+    distinct = shaped.original < 0
+    clear = ~distinct & (similarity >= 0.85)
+    return {"distinct_rows": int(distinct.sum()), "distinct_dropped": int(dropped[distinct].sum()),
+            "copies": int((~distinct).sum()), "copies_clear": int(clear.sum()),
+            "recall_clear": float(dropped[clear].mean()) if clear.any() else 1.0,
+            "recall_all": float(dropped[~distinct].mean()),
+            "precision": float((~distinct & dropped).sum() / max(int(dropped.sum()), 1))}
+
+
+def bench_precision(passages: int = 600, seed: int = 0) -> dict:
+    """Precision and recall of four rules on SQuAD- and MNLI-shaped English with planted copies."""
+    texts = load_passages()[:passages]
+    out = {}
+    for shaped in (squad_shaped(texts, seed=seed), nli_shaped(texts, seed=seed)):
+        sim = pair_similarity(shaped)
+        out[shaped.dataset] = {
+            "rows": shaped.table.num_rows, "passages": len(texts),
+            "flanpipe, distinct fields": precision_recall(shaped, ours_dropped(shaped, True), sim),
+            "flanpipe, all text (before)": precision_recall(shaped, ours_dropped(shaped, False), sim),
+            "datasketch, distinct fields": precision_recall(shaped, peer_dropped(shaped, True), sim),
+            "datasketch, all text": precision_recall(shaped, peer_dropped(shaped, False), sim),
+        }
+    return out
+
+
+def print_precision(r: dict) -> None:
+    for name, res in r.items():
+        print(f"near-duplicate precision on {name}-shaped English: {res['rows']:,} rows from "
+              f"{res['passages']} passages shared by several examples, 40 case-only + 200 near copies")
+        print(f"  {'rule':<30} {'distinct rows dropped':>24} {'recall, J >= 0.85':>20} {'recall, all':>12}")
+        for rule, m in res.items():
+            if not isinstance(m, dict):
+                continue
+            print(f"  {rule:<30} {m['distinct_dropped']:>8,} of {m['distinct_rows']:,} "
+                  f"({100 * m['distinct_dropped'] / m['distinct_rows']:4.1f}%) "
+                  f"{m['recall_clear']:>12.3f} of {m['copies_clear']:>3} {m['recall_all']:>12.3f}")

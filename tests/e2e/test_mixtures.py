@@ -48,18 +48,67 @@ def test_every_row_is_accounted_for(con):
         assert r["kept"] <= CFG.mix.cap
 
 
+TERMS = ("rows_raw", "rejected", "exact_dups", "near_dups", "contaminated", "capped", "kept")
+
+
+def count_terms(workdir, mixture: str, name: str) -> dict:
+    """Each term of ``raw = rejected + exact + near + contaminated + capped + kept`` counted from its
+    own stage file, and each checked against the files of the stages it depends on."""
+    d = workdir / "data"
+    spec = load_registry().datasets[name]
+    rejected = pq.read_table(d / f"raw/{name}/rejected.parquet")
+    rejected = pc.sum(pc.equal(rejected.column("split"), spec.splits.train)).as_py() or 0
+    raw = pq.read_metadata(d / f"raw/{name}/train.parquet").num_rows
+    pool = pq.read_table(d / f"dedup/fingerprints/{name}.parquet").to_pandas().set_index("row_index")
+    fates = pq.read_table(d / f"mixtures/{mixture}/rows.parquet").to_pandas()
+    everyone = fates.set_index(["dataset", "row_index"])
+    mine = fates[fates.dataset == name].set_index("row_index")
+    assert sorted(mine.index) == sorted(pool.index)
+    # contaminated: the decontaminate stage's matches against this mixture's held-out eval sets
+    matches = pq.read_table(d / f"decontam/{name}.parquet").to_pandas()
+    dirty = set(matches[matches.eval_cluster.isin(CFG.heldout_for(mixture))].row_index)
+    assert set(mine.index[mine.fate == "contaminated"]) == dirty
+    # duplicates: dropped by the dedupe stage, and their twin is kept in this mixture
+    dedupe_dropped = set(pq.read_table(d / f"dedup/{name}.dropped.parquet").column("row_index").to_pylist())
+    dups = mine[mine.fate.isin(["exact", "near"])]
+    assert set(dups.index) <= dedupe_dropped
+    for _, r in dups.iterrows():
+        assert everyone.loc[(r.kept_dataset, int(r.kept_row_index)), "fate"] == "kept"
+    # kept: the examples in the mixture's shards (every kept example is drawn: epochs >= 1 here)
+    shards = pq.read_table(d / f"mixtures/{mixture}/shards").to_pandas()
+    in_shards = set(shards[shards.dataset == name].row_index)
+    assert set(mine.index[mine.fate == "kept"]) == in_shards
+    # capped: rows outside the pool, and pool rows that rank after every kept row
+    capped = mine.index[mine.fate == "capped"]
+    if len(capped):
+        assert len(in_shards) == CFG.mix.cap
+        assert pool.loc[capped, "priority"].min() > pool.loc[sorted(in_shards), "priority"].max()
+    return {"rows_raw": raw + rejected, "rejected": rejected, "exact_dups": int((dups.fate == "exact").sum()),
+            "near_dups": int((dups.fate == "near").sum()), "contaminated": len(dirty),
+            "capped": raw - len(pool) + len(capped), "kept": len(in_shards)}
+
+
+def check_accounting(stats_row: dict, terms: dict) -> None:
+    assert {k: stats_row[k] for k in TERMS} == terms, (stats_row["mixture"], stats_row["dataset"])
+    assert terms["rows_raw"] == sum(terms[k] for k in TERMS[1:])
+
+
 def test_counts_agree_with_the_stage_outputs(workdir, con):
-    """The stats table against independent counts from the raw, dedup and decontam files."""
+    """Every term of every stats row against a count from its own stage file."""
     for r in stats(con):
-        name = r["dataset"]
-        raw = pq.read_table(workdir / f"data/raw/{name}/train.parquet")
-        rejected = pq.read_table(workdir / f"data/raw/{name}/rejected.parquet")
-        dropped = pq.read_table(workdir / f"data/dedup/{name}.dropped.parquet")
-        train_split = load_registry().datasets[name].splits.train
-        rejected_train = pc.sum(pc.equal(rejected.column("split"), train_split)).as_py() or 0
-        assert r["rows_raw"] == raw.num_rows + rejected_train
-        reasons = dropped.column("reason").to_pylist()
-        assert (r["exact_dups"], r["near_dups"]) == (reasons.count("exact"), reasons.count("near"))
+        check_accounting(r, count_terms(workdir, r["mixture"], r["dataset"]))
+
+
+def test_the_accounting_check_fails_when_one_term_is_off(workdir, con):
+    r = next(r for r in stats(con) if r["mixture"] == "nli" and r["dataset"] == "sst2")
+    terms = count_terms(workdir, "nli", "sst2")
+    check_accounting(r, terms)
+    for term in TERMS[2:]:  # one term off, the total kept right by another: still caught
+        other = "capped" if term != "capped" else "kept"
+        with pytest.raises(AssertionError):
+            check_accounting({**r, term: r[term] + 1, other: r[other] - 1}, terms)
+    with pytest.raises(AssertionError):  # and a term counted wrongly from its file
+        check_accounting(r, {**terms, "near_dups": terms["near_dups"] + 1})
 
 
 def test_the_demo_data_shows_each_kind_of_loss(con):
@@ -84,6 +133,12 @@ def test_heldout_clusters_never_appear_in_their_mixture(con):
 
 
 def test_dropped_and_contaminated_rows_never_reach_a_mixture(con):
+    leaked = con.sql("""
+        SELECT m.mixture, m.example_id FROM mixtures m
+        JOIN mixture_rows d ON m.example_id = d.example_id AND m.mixture = d.mixture
+        WHERE d.fate <> 'kept'""").fetchall()
+    assert leaked == []
+    # on the demo every dedupe drop has its twin in every mixture that holds the row's dataset
     leaked = con.sql("""
         SELECT m.mixture, m.example_id FROM mixtures m
         JOIN dedup_dropped d ON m.example_id = d.example_id""").fetchall()
@@ -161,3 +216,19 @@ def test_readme_queries_run(workdir):
     finally:
         os.chdir(cwd)
         c.close()
+
+
+def test_a_repeated_example_changes_phrasing_each_epoch(con):
+    """Epoch e of an example is its rendering of pass e % passes: a different template each epoch."""
+    passes = CFG.templatize.passes
+    rows = con.cursor().sql("""
+        SELECT mixture, example_id, list(epoch ORDER BY epoch) AS epochs,
+               list("pass" ORDER BY epoch) AS passes, list(template_id ORDER BY epoch) AS templates
+        FROM mixtures WHERE format = 'instructions' GROUP BY ALL""").fetchall()
+    repeated = 0
+    for _, _, epochs, passes_, templates in rows:
+        assert passes_ == [e % passes for e in epochs]
+        if len(epochs) > 1 and max(epochs) < passes:
+            assert len(set(templates)) == len(templates), (epochs, templates)
+            repeated += 1
+    assert repeated > 100

@@ -43,7 +43,9 @@ def test_templatized_outputs(workdir):
         table = pq.read_table(workdir / f"data/templatized/{name}.parquet")
         manifest = json.loads((workdir / f"data/templatized/{name}.manifest.json").read_text())
         raw = json.loads((workdir / f"data/raw/{name}/manifest.json").read_text())
-        assert manifest["outputs"]["train"]["rows"] == raw["splits"]["train"]["rows"]
+        # one rendering per train example and pass (templatize.passes)
+        assert manifest["outputs"]["train"]["rows"] == raw["splits"]["train"]["rows"] * manifest["passes"]
+        assert manifest["outputs"]["train"]["examples"] == raw["splits"]["train"]["rows"]
         assert table.num_rows == manifest["outputs"]["train"]["rows"] + manifest["outputs"]["eval"]["rows"]
         assert set(table.column("dataset").to_pylist()) == {name}
 

@@ -84,3 +84,21 @@ def test_type_language():
     assert arrow_type([{"a": "int"}]) == pa.list_(pa.struct([("a", pa.int64())]))
     with pytest.raises(RegistryError, match="unknown feature type"):
         arrow_type("complex")
+
+
+def test_distinct_fields_name_string_features(reg):
+    from pydantic import ValidationError
+
+    from flanpipe.registry import DatasetSpec
+
+    assert reg.datasets["squad_v1"].distinct == ("question", "answers.text")
+    assert reg.datasets["mnli"].distinct == ("hypothesis",) and reg.datasets["sst2"].distinct == ()
+    # every passage- or premise-sharing dataset the issue names declares what tells examples apart
+    for name in ["squad_v1", "squad_v2", "drop", "record", "multirc", "quac", "mnli", "snli", "anli_r1"]:
+        assert reg.datasets[name].distinct, name
+    entry = reg.datasets["squad_v1"].model_dump()
+    for bad, message in [(["question", "question"], "names a field twice"),
+                         (["questions"], "'questions' is not among the features"),
+                         (["answers.answer_start"], "'answers.answer_start' is list<item: int64>.*allowed")]:
+        with pytest.raises(ValidationError, match=f"distinct: .*{message}"):
+            DatasetSpec(**{**entry, "distinct": bad})

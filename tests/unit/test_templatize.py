@@ -5,11 +5,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from flanpipe.bench.dedup import load_passages
+from flanpipe.bench.templatize import synthetic_rte
 from flanpipe.config import FewShotConfig, SourceSpec, TemplatizeConfig
 from flanpipe.download import download_dataset
 from flanpipe.registry import load_registry
 from flanpipe.templates import Template, TemplateError, load_bank
-from flanpipe.templatize import SCHEMA, assign_templates, few_shot_inputs, templatize_dataset
+from flanpipe.templatize import SCHEMA, few_shot_inputs, template_draws, templatize_dataset, templatize_split
+from tests.conftest import smollm2_folder
 
 REG = load_registry()
 
@@ -22,12 +25,38 @@ def raw(tmp_path_factory):
     return root
 
 
-def test_assignment_is_balanced_seeded_and_a_permutation():
-    a = assign_templates(1003, 10, seed=5)
-    counts = np.bincount(a, minlength=10)
-    assert counts.max() - counts.min() <= 1 and counts.sum() == 1003
-    assert (a == assign_templates(1003, 10, seed=5)).all()
-    assert (a != assign_templates(1003, 10, seed=6)).any()
+def test_draws_are_balanced_within_each_pass_and_rotate_over_passes():
+    keys = np.random.default_rng(0).integers(0, 2**63, 20000, dtype=np.uint64)
+    d = template_draws(keys, 10, 4, "rte", seed=5)
+    for p in range(4):  # each pass: every template's share within 5 binomial sd of n / T
+        counts = np.bincount(d[p], minlength=10)
+        assert np.abs(counts - 2000).max() < 5 * np.sqrt(20000 * 0.1 * 0.9), counts
+    assert all(len(set(d[:, i].tolist())) == 4 for i in range(200))  # 4 passes, 4 phrasings
+    assert (d == template_draws(keys, 10, 4, "rte", seed=5)).all()
+    assert (d != template_draws(keys, 10, 4, "rte", seed=6)).any()
+    assert (d != template_draws(keys, 10, 4, "cb", seed=5)).any()
+
+
+def _templates_by_example(table: pa.Table) -> dict:
+    return {(e, p): t for e, p, t in zip(table["example_id"].to_pylist(), table["pass"].to_pylist(),
+                                         table["template_id"].to_pylist(), strict=True)}
+
+
+def test_adding_or_removing_a_raw_row_changes_no_other_template():
+    """Templates derive from (seed, dataset, example id, pass), never from row positions: dropping
+    one raw row from the middle (and so shifting every later position) leaves every other row's
+    template in every pass as it was."""
+    spec, bank = REG.datasets["rte"], load_bank()["rte"]
+    raw = synthetic_rte(300, seed=2)
+    full = _templates_by_example(templatize_split(spec, bank, raw, "train", TemplatizeConfig(), 7))
+    fewer = raw.filter(pa.compute.not_equal(raw["idx"], 100))
+    rest = _templates_by_example(templatize_split(spec, bank, fewer, "train", TemplatizeConfig(), 7))
+    assert len(full) == 300 * 4 and len(rest) == 299 * 4
+    assert rest == {k: v for k, v in full.items() if not k[0].endswith(":100")}
+    # and a row added at the front (shifting all positions) changes nothing else either
+    extra = pa.concat_tables([synthetic_rte(1, seed=9).set_column(2, "idx", pa.array([5000])), raw])
+    more = _templates_by_example(templatize_split(spec, bank, extra, "train", TemplatizeConfig(), 7))
+    assert {k: v for k, v in more.items() if not k[0].endswith(":5000")} == full
 
 
 def test_output_schema_counts_and_template_use(raw, tmp_path):
@@ -38,13 +67,18 @@ def test_output_schema_counts_and_template_use(raw, tmp_path):
     bank = load_bank()["rte"]
     train = table.filter(pa.compute.equal(table["split"], "train")).to_pylist()
     evals = table.filter(pa.compute.equal(table["split"], "eval")).to_pylist()
-    # train: one template per example, balanced; every example once, in raw order
+    # train: one template per example and pass, a different one in each pass; grouped by template
     n_train = pq.read_table(raw / "rte/train.parquet").num_rows
-    assert len(train) == n_train == len({r["example_id"] for r in train})
-    per = np.bincount([r["template_id"] for r in train])
-    assert per.max() - per.min() <= 1 and len(per) == len(bank.templates)
-    assert sorted(r["example_id"] for r in train) == sorted(f"rte:train:{i}" for i in range(n_train))
-    assert [r["template_id"] for r in train] == sorted(r["template_id"] for r in train)
+    passes = TemplatizeConfig().passes
+    assert len(train) == n_train * passes
+    for p in range(passes):
+        rows = [r for r in train if r["pass"] == p]
+        assert sorted(r["example_id"] for r in rows) == sorted(f"rte:train:{i}" for i in range(n_train))
+        assert [r["template_id"] for r in rows] == sorted(r["template_id"] for r in rows)
+    phrasings = {}
+    for r in train:
+        phrasings.setdefault(r["example_id"], set()).add(r["template_id"])
+    assert all(len(t) == passes for t in phrasings.values())
     # eval: every non-inverted template on every example
     n_eval = pq.read_table(raw / "rte/eval.parquet").num_rows
     assert len(evals) == n_eval * len(bank.eval_templates)
@@ -65,8 +99,7 @@ def test_rerun_is_byte_identical_and_seed_matters(raw, tmp_path):
     templatize_dataset("arc_easy", raw / "arc_easy", tmp_path / "c.parquet", TemplatizeConfig(), seed=4)
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     ta, tc = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "c.parquet")
-    pairs = lambda t: dict(zip(t["example_id"].to_pylist(), t["template_id"].to_pylist(), strict=True))  # noqa: E731
-    assert pairs(ta) != pairs(tc)
+    assert _templates_by_example(ta) != _templates_by_example(tc)
 
 
 @pytest.mark.parametrize("fmt", ["no_template", "dataset_name"])
@@ -127,3 +160,78 @@ def test_few_shot_uses_train_exemplars_never_the_query(raw):
     tight = few_shot_inputs(spec, bank, template, ev, tr, FewShotConfig(k=3, max_tokens=120), 1)
     assert all(len(p.split()) <= 120 or "\n\n" not in p for p in tight)
     assert prompts == few_shot_inputs(spec, bank, template, ev, tr, cfg, seed=1)
+
+
+def long_documents(n: int, per: int = 10) -> list[str]:
+    """News-length documents of real English: ``per`` passages each (~6,000 characters)."""
+    passages = load_passages()
+    return [" ".join(passages[(i * per + j) % len(passages)] for j in range(per)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """SmolLM2's BPE tokenizer (49k pieces), a real one the estimate must hold for; read straight
+    from the cached folder when it is there (building it loads torch and transformers)."""
+    import os
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    root = Path(os.environ.get("FLANPIPE_TEST_CACHE", Path.home() / ".cache/flanpipe"))
+    cached = root / "smollm2-135m-instruct/tokenizer.json"
+    return Tokenizer.from_file(str(cached if cached.exists() else smollm2_folder() / "tokenizer.json"))
+
+
+@pytest.mark.parametrize(("name", "field", "extra"), [
+    ("cnn_dailymail", "article", {"highlights": "A short highlight.", "id": "x"}),
+    ("imdb", "text", {"label": 1})])
+def test_a_long_input_is_cut_inside_its_long_field_so_the_instruction_survives(bpe, name, field, extra):
+    """CNN/DM templates that end with the instruction, and IMDB's OPTIONS list: with 256 input tokens
+    the document is cut before rendering, so every input fits the budget with a real BPE tokenizer
+    and still ends with the template's own text after the field; without the cut the tokenizer's
+    right truncation would take the instruction (and the OPTIONS) off."""
+    spec, bank = REG.datasets[name], load_bank()[name]
+    docs = long_documents(24)
+    raw = pa.table({field: docs, **{k: [v] * len(docs) for k, v in extra.items()},
+                    "row_index": np.arange(len(docs))})
+    budget = 256
+    out = templatize_split(spec, bank, raw, "train", TemplatizeConfig(passes=2), 3, max_input_tokens=budget)
+    whole = templatize_split(spec, bank, raw, "train", TemplatizeConfig(passes=2, cut_long_field=False), 3,
+                             max_input_tokens=budget)
+    by_id = {t.id: t for t in bank.templates}
+    checked = 0
+    for r, w in zip(out.to_pylist(), whole.to_pylist(), strict=True):
+        template = by_id[r["template_id"]]
+        if "{" + field + "}" not in template.input:
+            assert r["input_cut"] == 0
+            continue
+        head, tail = template.input.split("{" + field + "}")
+        tail = tail.replace("{answer}", "")  # turned-around templates name the answer after the field
+        assert r["input_cut"] > 0 and r["inputs"].startswith(head.split("{")[0])
+        assert tail.rstrip() in r["inputs"][-len(tail) - 80:]
+        if not template.inverted and spec.task.type == "classification":
+            assert "\n\nOPTIONS:\n- " in r["inputs"]
+        assert len(bpe.encode(r["inputs"]).ids) < budget  # fits, EOS included: nothing is truncated
+        assert len(bpe.encode(w["inputs"]).ids) > budget  # uncut, the end would be truncated away
+        checked += 1
+    assert checked >= 25
+
+
+def test_few_shot_exemplars_come_from_keys_not_positions(raw):
+    """Exemplars derive from (seed, dataset, template, example keys): reordering the train split
+    changes no prompt, removing an eval row changes no other prompt, and removing one train row
+    changes only the prompts that showed it."""
+    spec, bank = REG.datasets["rte"], load_bank()["rte"]
+    template = bank.eval_templates[0]
+    ev = pq.read_table(raw / "rte/eval.parquet")
+    tr = pq.read_table(raw / "rte/train.parquet")
+    cfg = FewShotConfig(k=2, max_tokens=10**6)
+    base = few_shot_inputs(spec, bank, template, ev, tr, cfg, seed=1)
+    shuffled = tr.take(pa.array(np.random.default_rng(0).permutation(tr.num_rows)))
+    assert few_shot_inputs(spec, bank, template, ev, shuffled, cfg, seed=1) == base
+    assert few_shot_inputs(spec, bank, template, ev.slice(1), tr, cfg, seed=1) == base[1:]
+    gone = tr.slice(7, 1).column("premise")[0].as_py()
+    fewer = few_shot_inputs(spec, bank, template, ev, pa.concat_tables([tr.slice(0, 7), tr.slice(8)]), cfg, 1)
+    changed = [a != b for a, b in zip(base, fewer, strict=True)]
+    assert all(gone in a for a, c in zip(base, changed, strict=True) if c)
+    assert few_shot_inputs(spec, bank, template, ev, tr, cfg, seed=2) != base
