@@ -127,9 +127,13 @@ def iter_jsonl_batches(path: Path, batch_rows: int | None = BATCH_ROWS) -> Itera
 
 
 def iter_parquet_batches(source: Any, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
-    """A Parquet file (path or open binary file) in record batches of at most ``batch_rows``."""
-    parquet = pq.ParquetFile(source)
-    for batch in parquet.iter_batches(batch_size=batch_rows):
+    """A Parquet file (path or open binary file) in record batches of at most ``batch_rows``.
+
+    Read through a 1 MiB buffered stream without pre-buffering: pyarrow's default pre-buffers
+    whole row groups ahead (a 4.5M-row file went to 0.8 GB RSS that way, 0.16 GB this way).
+    """
+    parquet = pq.ParquetFile(source, pre_buffer=False, buffer_size=1 << 20)
+    for batch in parquet.iter_batches(batch_size=batch_rows, use_threads=False):
         yield pa.Table.from_batches([batch]), {}
 
 
