@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from flanpipe.bench.dedup import vocabulary
+from flanpipe.bench.dedup import CODAS, NUCLEI, ONSETS, WORDS
 from flanpipe.io import derive_seed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +53,28 @@ PAPER_TOKENS_PER_BATCH = 8_192
 # --- words and texts -------------------------------------------------------------------------------
 
 
+def made_up_words(size: int, seed: int) -> np.ndarray:
+    """``bench.dedup.WORDS`` then distinct made-up words of 1-3 syllables, drawn vectorised.
+
+    >>> words = made_up_words(1000, seed=0)
+    >>> len(words), len(set(words)), words[0]
+    (1000, 1000, 'the')
+    """
+    rng = np.random.default_rng(derive_seed(seed, "bench/scale/words"))
+    parts = [np.array(p, dtype=object) for p in (ONSETS, NUCLEI, CODAS)]
+    words = np.array(WORDS, dtype=object)
+    while len(words) < size:
+        m = 2 * size
+        syllables = [sum((p[rng.integers(len(p), size=m)] for p in parts), start=np.full(m, "", object))
+                     for _ in range(3)]
+        count = rng.choice(3, m, p=(0.45, 0.45, 0.10)) + 1
+        made = syllables[0] + np.where(count >= 2, syllables[1], "") + np.where(count >= 3, syllables[2], "")
+        words = np.concatenate([words, made])
+        _, first = np.unique(words.astype(str), return_index=True)
+        words = words[np.sort(first)]
+    return words[:size]
+
+
 class Words:
     """A made-up vocabulary with Zipf frequencies; texts of given word counts, drawn vectorised.
 
@@ -63,11 +85,12 @@ class Words:
     """
 
     def __init__(self, size: int, seed: int, german: bool = False):
-        vocab = vocabulary(size, seed)
+        vocab = pa.array(made_up_words(size, seed).tolist(), type=pa.string())
         if german:  # different surface forms for non-English targets: umlauts, long compounds
-            vocab = np.array([w.replace("a", "ä", 1) + ("ung" if i % 3 == 0 else "en" if i % 3 == 1 else "")
-                              for i, w in enumerate(vocab)], dtype=object)
-        self.vocab = pa.array(vocab.tolist(), type=pa.string())
+            suffix = pa.array(np.array(["ung", "en", ""], dtype=object)[np.arange(size) % 3].tolist())
+            vocab = pc.binary_join_element_wise(
+                pc.replace_substring(vocab, "a", "ä", max_replacements=1), suffix, "")
+        self.vocab = vocab
         self.char_lengths = pc.utf8_length(self.vocab).to_numpy()
         weights = 1.0 / np.arange(1, size + 1) ** 1.05
         self.cdf = np.cumsum(weights) / weights.sum()
@@ -296,8 +319,8 @@ def bench_config(sources: Path, names: list[str]) -> dict:
     return {
         "datasets": names,
         "heldout_clusters": ["nli"],
-        "download": {"default_source": "local",
-                     "sources": {n: {"kind": "local", "path": str(sources / n)} for n in names}},
+        "download": {"sources": {n: {"kind": "local", "path": str(Path(sources, n).resolve())}
+                                 for n in names}},
         "mix": {"cap": PAPER_CAP},
         "train": {"steps": PAPER_STEPS, "tokens_per_batch": PAPER_TOKENS_PER_BATCH},
         "ablations": {"enabled": False},
