@@ -330,20 +330,21 @@ def bench_config(sources: Path, names: list[str]) -> dict:
 # --- running the workflow and reading its benchmark files --------------------------------------------
 
 # Imported by every Python process of a job (it is on their PYTHONPATH): at exit, a Snakemake script
-# job appends its rule, wildcards and peak RSS to $FLANPIPE_BENCH_PEAKS.
+# job appends its rule, log files and peak RSS to $FLANPIPE_BENCH_PEAKS. The job's benchmark file is
+# found from its log (the rules' convention: logs/<stage>/<job>.log, benchmarks/<stage>/<job>.tsv).
 SITECUSTOMIZE = '''
 import atexit, json, os, resource, sys
 
 def _flanpipe_bench_peak():
     job = getattr(sys.modules.get("__main__"), "snakemake", None)
     out = os.environ.get("FLANPIPE_BENCH_PEAKS")
-    if job is None or not out or not job.benchmark:
+    if job is None or not out:
         return
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     with open(out, "a") as f:
-        f.write(json.dumps({"benchmark": str(job.benchmark), "self_mb": self_kb / 1024,
-                            "children_mb": children_kb / 1024}) + "\\n")
+        f.write(json.dumps({"rule": job.rule, "log": [str(p) for p in job.log],
+                            "self_mb": self_kb / 1024, "children_mb": children_kb / 1024}) + "\\n")
 
 atexit.register(_flanpipe_bench_peak)
 '''
@@ -382,13 +383,15 @@ def run_workflow(workdir: Path, config: dict, cores: int, until: str = "pack") -
 
 def read_benchmarks(workdir: Path) -> list[JobCost]:
     """Every job's wall time and peak RSS from ``benchmarks/**.tsv`` (and the hook's peaks)."""
-    peaks: dict[str, float] = {}
+    peaks: dict[str, tuple[str, float]] = {}
     peaks_file = workdir / "bench_peaks.jsonl"
     if peaks_file.exists():
         for line in peaks_file.read_text().splitlines():
             rec = json.loads(line)
-            key = str(Path(rec["benchmark"]))
-            peaks[key] = max(peaks.get(key, 0.0), rec["self_mb"], rec["children_mb"])
+            for log in rec["log"]:
+                key = "benchmarks/" + log.removeprefix("logs/").removesuffix(".log") + ".tsv"
+                peak = max(peaks.get(key, ("", 0.0))[1], rec["self_mb"], rec["children_mb"])
+                peaks[key] = (rec["rule"], peak)
     jobs = []
     root = workdir / "benchmarks"
     for path in sorted(root.rglob("*.tsv")):
@@ -399,8 +402,8 @@ def read_benchmarks(workdir: Path) -> list[JobCost]:
             continue
         row = rows[-1]
         sampled = _number(row.get("max_rss"))
-        own = peaks.get(str(Path("benchmarks") / rel), 0.0)
-        rule = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        rule, own = peaks.get(f"benchmarks/{rel.as_posix()}", ("", 0.0))
+        rule = rule or (rel.parts[0] if len(rel.parts) > 1 else rel.stem)
         jobs.append(JobCost(rule, rel.with_suffix("").as_posix(), _number(row.get("s")), max(sampled, own)))
     return jobs
 
