@@ -12,7 +12,7 @@
     flanpipe launch [--launcher torchrun|srun] [--nodes 1] [--tasks-per-node 2] -- train --mixture nli
     flanpipe train --mixture nli [--config ...]   (one rank; started by torchrun, srun or launch)
     flanpipe bench templatize|dedup|pack|train [--rows N] [--threads 2] [--size 1b --steps 300]
-    flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2]
+    flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2] [--budget-steps 30000]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -255,7 +255,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         scales = [float(s) for s in args.scales.split(",")]
         names = args.datasets.split(",") if args.datasets else None
         bench_scale.print_scale(bench_scale.bench_scale(scales, args.workdir, args.cores, names,
-                                                        keep=args.keep))
+                                                        keep=args.keep, steps=args.budget_steps))
         return 0
     if args.what == "train":
         from flanpipe.bench import train as bench_train
@@ -406,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", type=int, default=2, help="scale: snakemake --cores")
     p.add_argument("--datasets", default=None, help="scale: a comma-separated subset of its ten datasets")
     p.add_argument("--keep", action="store_true", help="scale: keep the generated sources")
+    p.add_argument("--budget-steps", type=int, default=30_000,
+                   help="scale: train.steps of the budget that mix and pack fill (x 8,192 tokens; "
+                        "the paper's 30,000)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tokenizer", help="train (or copy) the SentencePiece model from a mixture")

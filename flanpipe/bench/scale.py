@@ -314,15 +314,16 @@ def write_sources(root: Path, scale: float, seed: int = 0, names: list[str] | No
     return written
 
 
-def bench_config(sources: Path, names: list[str]) -> dict:
-    """The run's config: the datasets as local sources, the paper's cap and budget, held-out nli."""
+def bench_config(sources: Path, names: list[str], steps: int = PAPER_STEPS) -> dict:
+    """The run's config: the datasets as local sources, the paper's cap and budget (``steps`` of
+    8,192 tokens), held-out nli."""
     return {
         "datasets": names,
         "heldout_clusters": ["nli"],
         "download": {"sources": {n: {"kind": "local", "path": str(Path(sources, n).resolve())}
                                  for n in names}},
         "mix": {"cap": PAPER_CAP},
-        "train": {"steps": PAPER_STEPS, "tokens_per_batch": PAPER_TOKENS_PER_BATCH},
+        "train": {"steps": steps, "tokens_per_batch": PAPER_TOKENS_PER_BATCH},
         "ablations": {"enabled": False},
     }
 
@@ -442,8 +443,13 @@ def by_rule(jobs: list[JobCost]) -> dict[str, RuleCost]:
 
 
 def bench_scale(scales: list[float], workdir: Path | None = None, cores: int = 2,
-                names: list[str] | None = None, seed: int = 0, keep: bool = False) -> dict:
-    """Generate, run and measure at each scale; the rows written and the per-rule costs."""
+                names: list[str] | None = None, seed: int = 0, keep: bool = False,
+                steps: int = PAPER_STEPS) -> dict:
+    """Generate, run and measure at each scale; the rows written and the per-rule costs.
+
+    ``steps`` sets the training budget (``steps * 8,192`` tokens) that mix samples and pack packs:
+    their cost follows the budget, not the data, so a smaller one makes a quick run of the stages
+    that follow the data."""
     names = names or list(SHAPES)
     unknown = sorted(set(names) - set(SHAPES))
     if unknown:
@@ -461,10 +467,10 @@ def bench_scale(scales: list[float], workdir: Path | None = None, cores: int = 2
         generate_s = time.monotonic() - start
         print(f"scale {scale:g}: wrote {sum(sum(c.values()) for c in rows.values()):,} rows in "
               f"{generate_s:.0f} s; running the workflow through pack in {run_dir}", flush=True)
-        wall = run_workflow(run_dir / "work", bench_config(run_dir / "sources", names), cores)
+        wall = run_workflow(run_dir / "work", bench_config(run_dir / "sources", names, steps), cores)
         jobs = read_benchmarks(run_dir / "work")
-        results.append({"scale": scale, "rows": rows, "generate_s": generate_s, "workflow_s": wall,
-                        "jobs": jobs, "rules": by_rule(jobs)})
+        results.append({"scale": scale, "steps": steps, "rows": rows, "generate_s": generate_s,
+                        "workflow_s": wall, "jobs": jobs, "rules": by_rule(jobs)})
         if not keep:
             shutil.rmtree(run_dir / "sources", ignore_errors=True)
     return {"workdir": str(base), "results": results}
@@ -477,7 +483,9 @@ def format_scale(result: dict) -> str:
     for run in runs:
         rows = run["rows"]
         lines.append(f"scale {run['scale']:g}: {sum(sum(c.values()) for c in rows.values()):,} raw rows; "
-                     f"workflow {run['workflow_s']:.0f} s (data generation {run['generate_s']:.0f} s)")
+                     f"cap {PAPER_CAP:,}, budget {run.get('steps', PAPER_STEPS):,} steps x "
+                     f"{PAPER_TOKENS_PER_BATCH:,} tokens; workflow {run['workflow_s']:.0f} s "
+                     f"(data generation {run['generate_s']:.0f} s)")
     heads = ["rule", "jobs"]
     for run in runs:
         heads += [f"wall s @{run['scale']:g}", f"peak MB @{run['scale']:g}"]
