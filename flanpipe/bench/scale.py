@@ -13,9 +13,9 @@ At each scale it writes a config (the paper's cap of 30,000 and its budget of 30
 8,192 tokens; held-out cluster ``nli``, so two mixtures), runs ``snakemake --until pack`` in a
 fresh working directory, and reads every job's ``benchmarks/<rule>/<job>.tsv``. Snakemake samples
 a job's memory every 0.5 s for its first 30 s and then only every 30 s, so a long job's peak can be
-missed; the harness also records each script job's own peak (``ru_maxrss`` of the job's Python
-process and of its largest waited-for child) with a ``sitecustomize`` hook on the jobs'
-``PYTHONPATH``. Peak RSS is the larger of the two. Per rule it prints the jobs, the summed wall
+missed; the harness also records each script job's own peak (``VmHWM`` of the job's Python process
+at exit; not its worker processes) with a ``sitecustomize`` hook on the jobs' ``PYTHONPATH``. Peak
+RSS is the larger of the two. Per rule it prints the jobs, the summed wall
 time, the largest job's peak RSS and the ratio of each between the two scales.
 
 The command needs only rule names and benchmark files, so it keeps working when stages change.
@@ -334,18 +334,21 @@ def bench_config(sources: Path, names: list[str], steps: int = PAPER_STEPS) -> d
 # job appends its rule, log files and peak RSS to $FLANPIPE_BENCH_PEAKS. The job's benchmark file is
 # found from its log (the rules' convention: logs/<stage>/<job>.log, benchmarks/<stage>/<job>.tsv).
 SITECUSTOMIZE = '''
-import atexit, json, os, resource, sys
+import atexit, json, os, sys
 
 def _flanpipe_bench_peak():
     job = getattr(sys.modules.get("__main__"), "snakemake", None)
     out = os.environ.get("FLANPIPE_BENCH_PEAKS")
     if job is None or not out:
         return
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    try:  # VmHWM: this address space's peak; ru_maxrss would count the forking Snakemake's RSS too
+        with open("/proc/self/status") as f:
+            peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return
     with open(out, "a") as f:
         f.write(json.dumps({"rule": job.rule, "log": [str(p) for p in job.log],
-                            "self_mb": self_kb / 1024, "children_mb": children_kb / 1024}) + "\\n")
+                            "peak_mb": peak_kb / 1024}) + "\\n")
 
 atexit.register(_flanpipe_bench_peak)
 '''
@@ -357,7 +360,7 @@ class JobCost:
     job: str
     wall_s: float
     max_rss_mb: float
-    """The larger of Snakemake's sampled ``max_rss`` and the job's own ``ru_maxrss``."""
+    """The larger of Snakemake's sampled ``max_rss`` and the job's own peak (``VmHWM``)."""
 
 
 def run_workflow(workdir: Path, config: dict, cores: int, until: str = "pack") -> float:
@@ -391,7 +394,7 @@ def read_benchmarks(workdir: Path) -> list[JobCost]:
             rec = json.loads(line)
             for log in rec["log"]:
                 key = "benchmarks/" + log.removeprefix("logs/").removesuffix(".log") + ".tsv"
-                peak = max(peaks.get(key, ("", 0.0))[1], rec["self_mb"], rec["children_mb"])
+                peak = max(peaks.get(key, ("", 0.0))[1], rec.get("peak_mb", 0.0))
                 peaks[key] = (rec["rule"], peak)
     jobs = []
     root = workdir / "benchmarks"
