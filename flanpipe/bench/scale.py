@@ -479,16 +479,34 @@ def bench_scale(scales: list[float], workdir: Path | None = None, cores: int = 2
     return {"workdir": str(base), "results": results}
 
 
+def collect(run_dirs: dict[float, Path], names: list[str] | None = None) -> dict:
+    """The result of finished runs read back from their folders (``{scale: .../scale-S}``), e.g. to
+    put runs made by separate commands in one table; times of generation and of the whole run are
+    not kept, so they read 0."""
+    names = names or list(SHAPES)
+    results = []
+    for scale, run_dir in sorted(run_dirs.items()):
+        config = yaml.safe_load((Path(run_dir) / "work/bench_config.yaml").read_text())
+        rows = {n: {split: scaled_rows(real, scale) for split, real in
+                    (("train", SHAPES[n].train_rows), (SHAPES[n].eval_split, SHAPES[n].eval_rows))}
+                for n in config["datasets"]}
+        jobs = read_benchmarks(Path(run_dir) / "work")
+        results.append({"scale": scale, "steps": config["train"]["steps"], "rows": rows,
+                        "generate_s": 0.0, "workflow_s": 0.0, "jobs": jobs, "rules": by_rule(jobs)})
+    return {"workdir": "", "results": results}
+
+
 def format_scale(result: dict) -> str:
     """The per-rule table: jobs, wall time and peak RSS at each scale, and their ratios."""
     runs = result["results"]
     lines = []
     for run in runs:
         rows = run["rows"]
+        timing = (f"; workflow {run['workflow_s']:.0f} s (data generation {run['generate_s']:.0f} s)"
+                  if run["workflow_s"] else "")
         lines.append(f"scale {run['scale']:g}: {sum(sum(c.values()) for c in rows.values()):,} raw rows; "
                      f"cap {PAPER_CAP:,}, budget {run.get('steps', PAPER_STEPS):,} steps x "
-                     f"{PAPER_TOKENS_PER_BATCH:,} tokens; workflow {run['workflow_s']:.0f} s "
-                     f"(data generation {run['generate_s']:.0f} s)")
+                     f"{PAPER_TOKENS_PER_BATCH:,} tokens{timing}")
     heads = ["rule", "jobs"]
     for run in runs:
         heads += [f"wall s @{run['scale']:g}", f"peak MB @{run['scale']:g}"]
