@@ -99,7 +99,7 @@ def test_a_real_snakemake_run_is_read_per_job_with_its_own_peak(tmp_path):
     (hook / "sitecustomize.py").write_text(scale.SITECUSTOMIZE)
     env = {**os.environ, "PYTHONPATH": str(hook),
            "FLANPIPE_BENCH_PEAKS": str(tmp_path / "bench_peaks.jsonl")}
-    subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", "1", "-d", str(tmp_path),
+    subprocess.run([str(Path(sys.executable).parent / "snakemake"), "--cores", "2", "-d", str(tmp_path),
                     "-s", str(tmp_path / "Snakefile")], env=env, check=True, capture_output=True, timeout=300)
     jobs = {j.job: j for j in scale.read_benchmarks(tmp_path)}
     assert set(jobs) == {"grow/small", "grow/big"}
