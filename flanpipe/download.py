@@ -54,7 +54,7 @@ from flanpipe.validate import REJECTED_SCHEMA, SplitTally, check_split
 STAGE_VERSION = "3"
 BATCH_ROWS = 16_384
 """Rows read, checked and appended at a time: peak memory is a few batches, not a split."""
-ROW_GROUP_ROWS = 65_536
+ROW_GROUP_ROWS = 16_384
 """Rows per Parquet row group of the outputs (fixed, so the bytes do not depend on ``batch_rows``)."""
 log = logging.getLogger(__name__)
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
