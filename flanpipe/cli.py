@@ -12,6 +12,7 @@
     flanpipe launch [--launcher torchrun|srun] [--nodes 1] [--tasks-per-node 2] -- train --mixture nli
     flanpipe train --mixture nli [--config ...]   (one rank; started by torchrun, srun or launch)
     flanpipe bench templatize|dedup|pack|train [--rows N] [--threads 2] [--size 1b --steps 300]
+    flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2] [--budget-steps 30000]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -257,6 +258,14 @@ def cmd_show_packed(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "scale":
+        from flanpipe.bench import scale as bench_scale
+
+        scales = [float(s) for s in args.scales.split(",")]
+        names = args.datasets.split(",") if args.datasets else None
+        bench_scale.print_scale(bench_scale.bench_scale(scales, args.workdir, args.cores, names,
+                                                        keep=args.keep, steps=args.budget_steps))
+        return 0
     if args.what == "train":
         from flanpipe.bench import train as bench_train
 
@@ -392,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
-    p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval"])
+    p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale"])
     p.add_argument("--rows", type=int, default=None,
                    help="rows (default: 1M templatize and dedup, 100k pack; eval: 96 prompts)")
     p.add_argument("--peer-rows", type=int, default=None,
@@ -403,6 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch-rows", type=int, default=8, help="train: packed rows per forward pass")
     p.add_argument("--optimizer", choices=["adafactor", "adamw"], default="adafactor",
                    help="train: optimizer")
+    p.add_argument("--scales", default="0.02,0.1",
+                   help="scale: fractions of the real dataset sizes, comma-separated (1 = real size)")
+    p.add_argument("--workdir", default=None, help="scale: where sources and runs go (kept)")
+    p.add_argument("--cores", type=int, default=2, help="scale: snakemake --cores")
+    p.add_argument("--datasets", default=None, help="scale: a comma-separated subset of its ten datasets")
+    p.add_argument("--keep", action="store_true", help="scale: keep the generated sources")
+    p.add_argument("--budget-steps", type=int, default=30_000,
+                   help="scale: train.steps of the budget that mix and pack fill (x 8,192 tokens; "
+                        "the paper's 30,000)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tokenizer", help="train (or copy) the SentencePiece model from a mixture")

@@ -9,18 +9,24 @@ Three sources, chosen per dataset in config (``download``):
 - ``local``: ``{split}.parquet``, ``{split}.jsonl`` or ``{split}.csv`` files in the hub schema;
 - ``embedded``: the small demo data shipped inside the package.
 
-Every row is checked against the registry schema (:mod:`flanpipe.validate`); bad rows go to
-``rejected.parquet`` with their reason. Outputs (``data/raw/{dataset}/``):
-``train.parquet``, ``eval.parquet``, ``rejected.parquet`` and, written last, ``manifest.json``.
+Every source is read in record batches (``batch_rows`` rows: Parquet row batches, chunks of
+JSONL lines, CSV blocks, the memory-mapped Arrow cache of ``datasets``), and each batch is checked
+against the registry schema (:mod:`flanpipe.validate`) and appended to the output, so memory is
+bounded by the batch, not by the split. Bad rows go to ``rejected.parquet`` with their reason.
+Outputs are written in row groups of a fixed number of rows, whatever the batch size, so the files
+are the same bytes for any ``batch_rows``. Outputs (``data/raw/{dataset}/``): ``train.parquet``,
+``eval.parquet``, ``rejected.parquet``, renamed into place together once every split is read, then
+``manifest.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,21 +34,28 @@ from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from flanpipe.config import SourceSpec
 from flanpipe.io import (
+    METADATA_KEY,
+    atomic_path,
     code_version,
     sha256_file,
     utc_now,
     write_json_atomic,
-    write_parquet_atomic,
 )
 from flanpipe.registry import DatasetSpec, load_registry
-from flanpipe.validate import CheckedSplit, check_split
+from flanpipe.validate import REJECTED_SCHEMA, SplitTally, check_split
 
-STAGE_VERSION = "2"  # 2: parquet-branch reads, bytes-repr decoding
+# 2: parquet-branch reads, bytes-repr decoding; 3: read and written in batches, fixed row groups
+STAGE_VERSION = "3"
+BATCH_ROWS = 16_384
+"""Rows read, checked and appended at a time: peak memory is a few batches, not a split."""
+ROW_GROUP_ROWS = 16_384
+"""Rows per Parquet row group of the outputs (fixed, so the bytes do not depend on ``batch_rows``)."""
 log = logging.getLogger(__name__)
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 PARQUET_BRANCH = "refs/convert/parquet"
@@ -68,10 +81,30 @@ def _supply_locally_hint(spec: DatasetSpec) -> str:
     return hint
 
 
-# --- readers: each returns (records or table, bad JSON lines) --------------------------------------
+# --- readers: each yields batches of (Arrow table or records, bad JSON lines by batch position) ----
+
+Batch = tuple["pa.Table | list[dict[str, Any] | None]", dict[int, str]]
+
 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any] | None], dict[int, str]]:
     """Parse JSON Lines; a line that is not a JSON object is kept as ``None`` with its text."""
+    records: list[dict[str, Any] | None] = []
+    bad: dict[int, str] = {}
+    for batch, batch_bad in iter_jsonl_batches(path, batch_rows=None):
+        bad.update({len(records) + i: line for i, line in batch_bad.items()})
+        records.extend(batch)
+    return records, bad
+
+
+def iter_jsonl_batches(path: Path, batch_rows: int | None = BATCH_ROWS) -> Iterator[Batch]:
+    """JSON Lines in batches of ``batch_rows`` non-blank lines (None: one batch).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "x.jsonl"
+    >>> _ = path.write_text('{"a": 1}\\n\\n[2]\\n{"a": 3}\\n')
+    >>> list(iter_jsonl_batches(path, batch_rows=2))
+    [([{'a': 1}, None], {1: '[2]'}), ([{'a': 3}], {})]
+    """
     records: list[dict[str, Any] | None] = []
     bad: dict[int, str] = {}
     with open(path, encoding="utf-8") as f:
@@ -86,25 +119,75 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any] | None], dict[int, str]]
                 bad[len(records)] = line.rstrip("\n")
                 rec = None
             records.append(rec)
-    return records, bad
+            if batch_rows is not None and len(records) == batch_rows:
+                yield records, bad
+                records, bad = [], {}
+    if records or batch_rows is None:
+        yield records, bad
 
 
-def read_local_split(directory: Path, split: str) -> tuple[Any, dict[int, str], Path]:
+def iter_parquet_batches(source: Any, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
+    """A Parquet file (path or open binary file) in record batches of at most ``batch_rows``.
+
+    Read through a 1 MiB buffered stream without pre-buffering: pyarrow's default pre-buffers
+    whole row groups ahead (a 4.5M-row file went to 0.8 GB RSS that way, 0.16 GB this way).
+    """
+    parquet = pq.ParquetFile(source, pre_buffer=False, buffer_size=1 << 20)
+    for batch in parquet.iter_batches(batch_size=batch_rows, use_threads=False):
+        yield pa.Table.from_batches([batch]), {}
+
+
+def iter_csv_batches(path: Path, spec: DatasetSpec, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
+    """A CSV file in batches of ``batch_rows`` rows, every cell read as text.
+
+    Cells stay text (the validator parses numbers as it does for any string); an empty cell is an
+    empty string in a text field (``empty_text``) and a missing value in any other declared field.
+    """
+    with pacsv.open_csv(path) as probe:
+        names = probe.schema.names
+    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names},
+                                   strings_can_be_null=False, auto_dict_encode=False)
+    not_text = [f.name for f in spec.schema if f.name in names and f.type != pa.string()]
+    rows: list[pa.RecordBatch] = []
+    n_rows = 0
+    with pacsv.open_csv(path, convert_options=convert) as reader:
+        for batch in reader:
+            rows.append(batch)
+            n_rows += batch.num_rows
+            while n_rows >= batch_rows:
+                table = pa.Table.from_batches(rows)
+                yield _empty_cells_as_null(table.slice(0, batch_rows), not_text), {}
+                rest = table.slice(batch_rows)
+                rows, n_rows = rest.to_batches(), rest.num_rows
+    if n_rows:
+        yield _empty_cells_as_null(pa.Table.from_batches(rows, schema=reader.schema), not_text), {}
+
+
+def _empty_cells_as_null(table: pa.Table, names: list[str]) -> pa.Table:
+    for name in names:
+        col = table.column(name)
+        empty = pc.equal(col, "")
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pc.if_else(empty, pa.scalar(None, pa.string()), col))
+    return table
+
+
+def local_split_path(directory: Path, split: str) -> Path:
     for suffix in LOCAL_SUFFIXES:
         path = directory / f"{split}{suffix}"
-        if not path.exists():
-            continue
-        if suffix == ".parquet":
-            return pq.read_table(path), {}, path
-        if suffix == ".csv":
-            opts = pacsv.ConvertOptions(strings_can_be_null=False, auto_dict_encode=False)
-            table = pacsv.read_csv(path, convert_options=opts)
-            as_text = [c.cast(pa.string()) for c in table.columns]
-            return pa.Table.from_arrays(as_text, names=table.column_names), {}, path
-        records, bad = read_jsonl(path)
-        return records, bad, path
+        if path.exists():
+            return path
     expected = ", ".join(f"{split}{s}" for s in LOCAL_SUFFIXES)
     raise DownloadError(f"no file for split {split!r} in {directory} (expected one of: {expected})")
+
+
+def iter_local_split(path: Path, spec: DatasetSpec, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
+    """The batches of one local file, by its suffix (Parquet, CSV, else JSON Lines)."""
+    if path.suffix == ".parquet":
+        return iter_parquet_batches(path, batch_rows)
+    if path.suffix == ".csv":
+        return iter_csv_batches(path, spec, batch_rows)
+    return iter_jsonl_batches(path, batch_rows)
 
 
 def read_embedded_split(spec: DatasetSpec, split: str) -> tuple[Any, dict[int, str], str]:
@@ -117,8 +200,13 @@ def read_embedded_split(spec: DatasetSpec, split: str) -> tuple[Any, dict[int, s
     return records, bad, f"flanpipe/data/embedded/{spec.name}/{split}.jsonl"
 
 
-def read_hub_split(spec: DatasetSpec, split: str, revision: str | None) -> tuple[pa.Table, str]:
-    """Load one split with ``datasets.load_dataset``; fail fast, with guidance, when it cannot."""
+def read_hub_split(spec: DatasetSpec, split: str, revision: str | None,
+                   batch_rows: int = BATCH_ROWS) -> tuple[Iterator[Batch], str]:
+    """Load one split with ``datasets.load_dataset``; fail fast, with guidance, when it cannot.
+
+    Returns the split's batches, read from the memory-mapped Arrow cache ``load_dataset`` writes
+    (never the whole split in memory), and the commit read.
+    """
     if not spec.hub.id:
         raise DownloadError(f"{spec.name} has no public hub copy. " + _supply_locally_hint(spec))
     import datasets  # heavy import, only for this source
@@ -136,7 +224,8 @@ def read_hub_split(spec: DatasetSpec, split: str, revision: str | None) -> tuple
             f"{spec.name}: could not load {spec.hub.id!r} (config {spec.hub.config!r}, split "
             f"{split!r}, revision {revision or 'default'}) from the Hugging Face hub: {why}. "
             + _supply_locally_hint(spec)) from err
-    return ds.with_format("arrow")[:], _resolved_revision(spec.hub.id, revision, ds)
+    batches = ((table, {}) for table in ds.with_format("arrow").iter(batch_size=batch_rows))
+    return batches, _resolved_revision(spec.hub.id, revision, ds)
 
 
 # --- the hub's auto-converted Parquet branch -----------------------------------------------------
@@ -225,12 +314,14 @@ def _branch_filesystem(spec: DatasetSpec, root: str | None, revision: str | None
 
 
 def read_parquet_branch_split(spec: DatasetSpec, split: str, root: str | None = None,
-                              revision: str | None = None) -> tuple[pa.Table, dict]:
+                              revision: str | None = None,
+                              batch_rows: int = BATCH_ROWS) -> tuple[Iterator[Batch], dict]:
     """Read one split from the hub's ``refs/convert/parquet`` branch, or from a local copy of it.
 
     ``root`` is a directory laid out as the branch is (``hf download ID --repo-type dataset
     --revision refs/convert/parquet --local-dir DIR`` makes one); None reads the hub.
-    ``revision`` pins a commit of the branch. Returns the table and where it came from.
+    ``revision`` pins a commit of the branch. Returns the split's batches (its files read one
+    after the other, one record batch at a time) and where it came from.
     """
     if not spec.hub.id:
         raise DownloadError(f"{spec.name} has no public hub copy. " + _supply_locally_hint(spec))
@@ -239,10 +330,6 @@ def read_parquet_branch_split(spec: DatasetSpec, split: str, root: str | None = 
         fs, base, resolved = _branch_filesystem(spec, root, revision)
         paths = [p.removeprefix(base).lstrip("/") for p in fs.find(base)]
         located = locate_branch_split(paths, spec.hub.config, split)
-        tables = []
-        for rel in located.files:
-            with fs.open(f"{base}/{rel}", "rb") as f:
-                tables.append(pq.read_table(f))
     except DownloadError as err:
         raise DownloadError(f"{spec.name}: {err} (read from {where})") from err
     except Exception as err:  # noqa: BLE001 - network, auth, offline: tell the user how to proceed
@@ -263,7 +350,13 @@ def read_parquet_branch_split(spec: DatasetSpec, split: str, root: str | None = 
     origin = {"parquet_branch": {"config": located.config, "files": list(located.files),
                                  "layout": located.layout, "partial": located.partial},
               "revision_resolved": resolved}
-    return pa.concat_tables(tables, promote_options="permissive"), origin
+    return _branch_batches(fs, [f"{base}/{rel}" for rel in located.files], batch_rows), origin
+
+
+def _branch_batches(fs: Any, paths: list[str], batch_rows: int) -> Iterator[Batch]:
+    for path in paths:
+        with fs.open(path, "rb") as f:
+            yield from iter_parquet_batches(f, batch_rows)
 
 
 def _resolved_revision(hub_id: str, requested: str | None, ds: Any) -> str:
@@ -287,7 +380,8 @@ def _resolved_revision(hub_id: str, requested: str | None, ds: Any) -> str:
 
 # --- the stage -----------------------------------------------------------------------------------
 
-def _read_hub(spec: DatasetSpec, source: SourceSpec, split: str) -> tuple[pa.Table, dict]:
+def _read_hub(spec: DatasetSpec, source: SourceSpec, split: str,
+              batch_rows: int) -> tuple[Iterator[Batch], dict]:
     """The hub source: ``load_dataset`` on the main branch, or the Parquet branch where needed."""
     revision = source.revision or spec.hub.revision
     origin = {"hub_id": spec.hub.id, "hub_config": spec.hub.config, "revision_requested": revision}
@@ -296,8 +390,8 @@ def _read_hub(spec: DatasetSpec, source: SourceSpec, split: str) -> tuple[pa.Tab
         use_branch = spec.hub.parquet_branch
     if not use_branch:
         try:
-            table, resolved = read_hub_split(spec, split, revision)
-            return table, {**origin, "revision_resolved": resolved}
+            batches, resolved = read_hub_split(spec, split, revision, batch_rows)
+            return batches, {**origin, "revision_resolved": resolved}
         except ScriptOnlyError as err:
             if source.parquet_branch is False:
                 raise DownloadError(f"{err}; parquet_branch is false for it in the config, so its "
@@ -305,62 +399,148 @@ def _read_hub(spec: DatasetSpec, source: SourceSpec, split: str) -> tuple[pa.Tab
             log.warning("%s; reading its Parquet branch %s instead", err, PARQUET_BRANCH)
             revision = None  # a pinned revision names a main-branch commit, not a branch one
             origin["parquet_branch_fallback"] = True
-    table, branch_origin = read_parquet_branch_split(spec, split, source.path, revision)
-    return table, {**origin, **branch_origin}
+    batches, branch_origin = read_parquet_branch_split(spec, split, source.path, revision, batch_rows)
+    return batches, {**origin, **branch_origin}
 
 
-def _read_split(spec: DatasetSpec, source: SourceSpec, split: str) -> tuple[CheckedSplit, dict]:
+def _open_split(spec: DatasetSpec, source: SourceSpec, split: str,
+                batch_rows: int) -> tuple[Iterator[Batch], dict]:
     if source.kind == "hub":
-        table, origin = _read_hub(spec, source, split)
-        return check_split(table, spec, split), origin
+        return _read_hub(spec, source, split, batch_rows)
     if source.kind == "local":
-        data, bad, path = read_local_split(Path(source.path), split)
-        origin = {"path": str(Path(path).resolve()), "sha256_source": sha256_file(path)}
-    else:
-        data, bad, path = read_embedded_split(spec, split)
-        origin = {"path": path}
-    return check_split(data, spec, split, bad), origin
+        path = local_split_path(Path(source.path), split)
+        origin = {"path": str(path.resolve()), "sha256_source": sha256_file(path)}
+        return iter_local_split(path, spec, batch_rows), origin
+    records, bad, path = read_embedded_split(spec, split)  # small demo files
+    return iter([(records, bad)]), {"path": path}
 
 
-def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: int) -> dict:
-    """Read ``name``'s train and eval splits from ``source`` into ``out_dir``; return the manifest."""
+class RowGroupWriter:
+    """Append tables to a Parquet file in row groups of exactly ``row_group_rows`` rows (the last
+    may be shorter), so the file's bytes depend on the rows, not on how they were batched.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "x.parquet"
+    >>> schema = pa.schema([("n", pa.int64())])
+    >>> with RowGroupWriter(path, schema, {"stage": "doctest"}, row_group_rows=4) as writer:
+    ...     for start in range(0, 10, 3):
+    ...         writer.write(pa.table({"n": range(start, min(start + 3, 10))}, schema=schema))
+    >>> pf = pq.ParquetFile(path)
+    >>> [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+    [4, 4, 2]
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[str, Any],
+                 row_group_rows: int = ROW_GROUP_ROWS):
+        meta = dict(schema.metadata or {})
+        meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
+        self.schema = schema.with_metadata(meta)
+        self.path = path
+        self.row_group_rows = row_group_rows
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> RowGroupWriter:
+        self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table.replace_schema_metadata(self.schema.metadata))
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self.row_group_rows:
+            self._flush(self.row_group_rows)
+
+    def _flush(self, rows: int) -> None:
+        buffered = pa.concat_tables(self._pending)
+        self._writer.write_table(buffered.slice(0, rows), row_group_size=rows)
+        rest = buffered.slice(rows)
+        self._pending, self._pending_rows = [rest], rest.num_rows
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self._pending_rows:
+            self._flush(self._pending_rows)
+        self._writer.close()
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files a killed download left beside its outputs (``.train.parquet.*.tmp``)."""
+    for name in ("train.parquet", "eval.parquet", "rejected.parquet", "manifest.json"):
+        for stale in out_dir.glob(f".{name}.*.tmp"):
+            log.info("removing %s, left by a download that did not finish", stale)
+            stale.unlink(missing_ok=True)
+
+
+def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: int,
+                     batch_rows: int = BATCH_ROWS) -> dict:
+    """Read ``name``'s train and eval splits from ``source`` into ``out_dir``; return the manifest.
+
+    Splits are read, checked and written ``batch_rows`` rows at a time; the outputs are the same
+    bytes for any ``batch_rows``. The three Parquet files are renamed into place only once both
+    splits are read, and the manifest after them: a killed or failed download leaves none of them.
+    """
     spec = load_registry().datasets[name]
     out_dir = Path(out_dir)
-    log.info("%s: reading %s from %s", name, spec.split_roles, source.kind)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_dir)
+    log.info("%s: reading %s from %s in batches of %d rows", name, spec.split_roles, source.kind,
+             batch_rows)
     parquet_meta = {"stage": "download", "stage_version": STAGE_VERSION, "dataset": name,
                     "cluster": spec.cluster, "source": source.kind}
+    kept_schema = spec.schema.append(pa.field("row_index", pa.int64()))
     splits: dict[str, Any] = {}
-    rejected = []
-    for role in ("train", "eval"):
-        split = spec.split_roles.get(role)
-        path = out_dir / f"{role}.parquet"
-        if split is None:  # eval- or train-only dataset: an empty file keeps the outputs uniform
-            checked, origin = check_split([], spec, role), {}
-        else:
-            checked, origin = _read_split(spec, source, split)
-        write_parquet_atomic(checked.table, path, {**parquet_meta, "role": role, "split": split})
-        rejected.append(checked.rejected)
-        splits[role] = {"source_split": split, **origin, "rows_read": checked.rows_read,
-                        "rows": checked.table.num_rows, "rejected": checked.rejected.num_rows,
-                        "rejected_by_kind": checked.rejected_by_kind(),
-                        "extra_columns_dropped": checked.extra_columns,
-                        "bytes_reprs_decoded": checked.bytes_reprs_decoded,
-                        "file": path.name, "sha256": sha256_file(path)}
-        log.info("%s [%s <- %s]: %d rows read, %d kept, %d rejected %s", name, role, split,
-                 checked.rows_read, checked.table.num_rows, checked.rejected.num_rows,
-                 checked.rejected_by_kind() or "")
-    rejected_path = out_dir / "rejected.parquet"
-    write_parquet_atomic(pa.concat_tables(rejected), rejected_path, parquet_meta)
+    n_rejected = 0
+    with contextlib.ExitStack() as commit:
+        rejected_tmp = commit.enter_context(atomic_path(out_dir / "rejected.parquet"))
+        role_tmps = {role: commit.enter_context(atomic_path(out_dir / f"{role}.parquet"))
+                     for role in ("train", "eval")}
+        with RowGroupWriter(rejected_tmp, REJECTED_SCHEMA, parquet_meta) as rejected_writer:
+            for role, tmp in role_tmps.items():
+                split = spec.split_roles.get(role)
+                meta = {**parquet_meta, "role": role, "split": split}
+                if split is None:  # eval- or train-only dataset: an empty file keeps outputs uniform
+                    batches, origin = iter([([], {})]), {}
+                else:
+                    batches, origin = _open_split(spec, source, split, batch_rows)
+                with RowGroupWriter(tmp, kept_schema, meta) as writer:
+                    tally = _check_batches(batches, spec, split or role, writer, rejected_writer)
+                n_rejected += tally.rejected
+                splits[role] = {"source_split": split, **origin, "rows_read": tally.rows_read,
+                                "rows": tally.rows, "rejected": tally.rejected,
+                                "rejected_by_kind": dict(tally.rejected_by_kind),
+                                "extra_columns_dropped": tally.extra_columns(spec),
+                                "bytes_reprs_decoded": {f: tally.bytes_reprs_decoded[f]
+                                                        for f in spec.hub.bytes_repr_fields},
+                                "file": f"{role}.parquet", "sha256": sha256_file(tmp)}
+                log.info("%s [%s <- %s]: %d rows read, %d kept, %d rejected %s", name, role, split,
+                         tally.rows_read, tally.rows, tally.rejected,
+                         dict(tally.rejected_by_kind) or "")
+        rejected_sha = sha256_file(rejected_tmp)
     manifest = {
         "dataset": name,
         "cluster": spec.cluster,
         "source": source.model_dump(),
         "splits": splits,
-        "rejected": {"rows": sum(t.num_rows for t in rejected), "file": rejected_path.name,
-                     "sha256": sha256_file(rejected_path)},
+        "rejected": {"rows": n_rejected, "file": "rejected.parquet", "sha256": rejected_sha},
         "seed": seed,
         "code": code_version("download", STAGE_VERSION),
         "created_at": utc_now(),
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def _check_batches(batches: Iterable[Batch], spec: DatasetSpec, split: str,
+                   writer: RowGroupWriter, rejected_writer: RowGroupWriter) -> SplitTally:
+    """Check each batch, append its kept and rejected rows; the split's counts."""
+    tally = SplitTally()
+    for data, bad in batches:
+        checked = check_split(data, spec, split, bad, row_offset=tally.rows_read,
+                              require_schema=False)
+        writer.write(checked.table)
+        rejected_writer.write(checked.rejected)
+        tally.add(checked, bad_lines=len(bad))
+        if tally.rows_read and tally.rows_read % (BATCH_ROWS * 64) < checked.rows_read:
+            log.info("%s [%s]: %d rows read", spec.name, split, tally.rows_read)
+    tally.check_schema(spec, split)
+    return tally

@@ -7,7 +7,9 @@ with a count; a value that looks like a bytes repr but does not decode is reject
 keep their original content (as JSON) and position, so nothing is dropped silently.
 
 Columns are converted with one Arrow cast each; only a column whose cast fails is walked value by
-value, to find the rows at fault.
+value, to find the rows at fault. A split too big for memory is checked one batch at a time
+(``row_offset`` keeps row positions global); :class:`SplitTally` adds up the batches' counts and
+makes the whole-split schema check at the end.
 """
 
 from __future__ import annotations
@@ -54,8 +56,63 @@ class CheckedSplit:
     bytes_reprs_decoded: dict[str, int] = field(default_factory=dict)
     """Per field, how many values were bytes reprs decoded to text (``hub.bytes_repr_fields``)."""
 
+    columns_present: set[str] = field(default_factory=set)
+    """The source's column (or record key) names; a batch without a column has only nulls there."""
+
     def rejected_by_kind(self) -> dict[str, int]:
         return dict(Counter(self.rejected.column("kind").to_pylist()))
+
+
+@dataclass
+class SplitTally:
+    """Counts of a split checked batch by batch; equal to those of one :func:`check_split` call.
+
+    >>> from flanpipe.registry import load_registry
+    >>> spec = load_registry().datasets["rte"]
+    >>> rows = [{"premise": "p", "hypothesis": "h", "idx": i, "label": i} for i in range(3)]
+    >>> tally = SplitTally()
+    >>> for start in (0, 2):
+    ...     tally.add(check_split(rows[start:start + 2], spec, "train", row_offset=start,
+    ...                           require_schema=False))
+    >>> tally.check_schema(spec, "train")
+    >>> tally.rows_read, tally.rows, dict(tally.rejected_by_kind)
+    (3, 2, {'label_out_of_range': 1})
+    """
+
+    rows_read: int = 0
+    rows: int = 0
+    bad_lines: int = 0
+    rejected_by_kind: Counter = field(default_factory=Counter)
+    bytes_reprs_decoded: Counter = field(default_factory=Counter)
+    columns_present: set[str] = field(default_factory=set)
+
+    def add(self, checked: CheckedSplit, bad_lines: int = 0) -> None:
+        self.rows_read += checked.rows_read
+        self.rows += checked.table.num_rows
+        self.bad_lines += bad_lines
+        self.rejected_by_kind.update(checked.rejected.column("kind").to_pylist())
+        self.bytes_reprs_decoded.update(checked.bytes_reprs_decoded)
+        self.columns_present |= checked.columns_present
+
+    @property
+    def rejected(self) -> int:
+        return self.rows_read - self.rows
+
+    def extra_columns(self, spec: DatasetSpec) -> list[str]:
+        return sorted(self.columns_present - set(spec.features))
+
+    def check_schema(self, spec: DatasetSpec, split: str) -> None:
+        """Raise :class:`SchemaError` if a declared field is in no row of the whole split."""
+        _check_schema(self.columns_present, spec, split, self.rows_read, self.bad_lines)
+
+
+def _check_schema(present: set[str], spec: DatasetSpec, split: str, n_rows: int,
+                  n_bad_lines: int) -> None:
+    missing = [name for name in spec.features if name not in present]
+    if missing and n_rows > n_bad_lines:
+        raise SchemaError(
+            f"{spec.name} [{split}]: the source has no column(s) {missing}; expected the hub schema "
+            f"{list(spec.features)}, found {sorted(present)}")
 
 
 # --- value conformance ---------------------------------------------------------------------------
@@ -239,12 +296,17 @@ def check_split(
     spec: DatasetSpec,
     split: str,
     bad_lines: dict[int, str] | None = None,
+    row_offset: int = 0,
+    require_schema: bool = True,
 ) -> CheckedSplit:
-    """Check one split against ``spec``.
+    """Check one split, or one batch of it, against ``spec``.
 
     ``source`` is an Arrow table or a list of records (``None`` where a line could not be parsed;
-    its raw text and parse error are in ``bad_lines``). Returns the valid rows in the declared
-    schema plus a ``row_index`` column (their position in the source), and the rejected rows.
+    its raw text and parse error are in ``bad_lines``, keyed by position in ``source``). Returns the
+    valid rows in the declared schema plus a ``row_index`` column (their position in the split:
+    ``row_offset`` plus their position in ``source``), and the rejected rows.
+    ``require_schema=False`` (a batch of a larger split) fills absent columns with nulls instead of
+    raising; :meth:`SplitTally.check_schema` then checks the whole split.
     """
     bad_lines = bad_lines or {}
     is_records = isinstance(source, list)
@@ -254,11 +316,8 @@ def check_split(
         present = {k for rec in source if rec for k in rec}
     else:
         present = set(source.column_names)
-    missing = [name for name in spec.features if name not in present]
-    if missing and n > len(bad_lines):
-        raise SchemaError(
-            f"{spec.name} [{split}]: the source has no column(s) {missing}; expected the hub schema "
-            f"{list(spec.features)}, found {sorted(present)}")
+    if require_schema:
+        _check_schema(present, spec, split, n, len(bad_lines))
     extra = sorted(present - set(spec.features))
 
     reasons.add(np.isin(np.arange(n), list(bad_lines)), "invalid_json", "line is not valid JSON")
@@ -267,8 +326,10 @@ def check_split(
     for fld in spec.schema:
         if is_records:
             values = [rec.get(fld.name) if rec else None for rec in source]
-        else:
+        elif fld.name in present:
             values = source.column(fld.name).combine_chunks()
+        else:
+            values = pa.nulls(n, fld.type)
         arr, wrong = _conform_column(values, fld.type)
         reasons.add(wrong, "wrong_type", f"field {fld.name!r} is not of type {_type_name(fld.type)}")
         if fld.name in spec.hub.bytes_repr_fields:
@@ -286,8 +347,9 @@ def check_split(
 
     keep = ~reasons.flagged()
     valid = table.filter(pa.array(keep)).append_column(
-        "row_index", pa.array(np.flatnonzero(keep), type=pa.int64()))
-    return CheckedSplit(valid, _rejected_table(source, split, reasons, bad_lines), n, extra, decoded)
+        "row_index", pa.array(np.flatnonzero(keep) + row_offset, type=pa.int64()))
+    rejected = _rejected_table(source, split, reasons, bad_lines, row_offset)
+    return CheckedSplit(valid, rejected, n, extra, decoded, present)
 
 
 def _check_content(table: pa.Table, spec: DatasetSpec, reasons: _Reasons) -> None:
@@ -351,7 +413,8 @@ def label_index(spec: DatasetSpec, table: pa.Table) -> np.ndarray:
     return pc.fill_null(label, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _rejected_table(source, split: str, reasons: _Reasons, bad_lines: dict[int, str]) -> pa.Table:
+def _rejected_table(source, split: str, reasons: _Reasons, bad_lines: dict[int, str],
+                    row_offset: int = 0) -> pa.Table:
     rows = sorted(reasons.by_row)
     if isinstance(source, list):
         originals = [source[i] for i in rows]
@@ -361,7 +424,7 @@ def _rejected_table(source, split: str, reasons: _Reasons, bad_lines: dict[int, 
              for i, rec in zip(rows, originals, strict=True)]
     return pa.Table.from_pydict({
         "split": [split] * len(rows),
-        "row_index": rows,
+        "row_index": [i + row_offset for i in rows],
         "kind": [reasons.by_row[i][0][0] for i in rows],
         "reason": ["; ".join(r for _, r in reasons.by_row[i]) for i in rows],
         "row": texts,

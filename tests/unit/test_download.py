@@ -95,7 +95,8 @@ def test_hub_loading_code_reads_a_hub_layout_repository(tmp_path):
     pq.write_table(pa.Table.from_pylist(_rte_rows(3, 50)),
                    repo / "data/validation-00000-of-00001.parquet")
     spec = EMBEDDED.model_copy(update={"hub": HubSource(id=str(repo), config=None)})
-    table, revision = read_hub_split(spec, "validation", None)
+    batches, revision = read_hub_split(spec, "validation", None, batch_rows=2)
+    table = pa.concat_tables([t for t, _ in batches])
     assert table.num_rows == 3 and table.column("idx").to_pylist() == [50, 51, 52]
     assert revision.startswith("local-path:")
 
@@ -202,13 +203,13 @@ def test_script_only_repository_falls_back_to_the_parquet_branch(tmp_path):
     rows = [{"text": "How far is it from Denver to Aspen ?", "coarse_label": 5, "fine_label": 40},
             {"text": "What county is Modesto , California in ?", "coarse_label": 4, "fine_label": 32}]
     _write(branch, "default/test/0000.parquet", rows)
-    from flanpipe.download import _read_split
+    from flanpipe.download import _open_split
 
-    checked, origin = _read_split(spec, SourceSpec(kind="hub", path=str(branch)), "test")
+    batches, origin = _open_split(spec, SourceSpec(kind="hub", path=str(branch)), "test", 1)
     assert origin["parquet_branch_fallback"] is True
-    assert checked.table.drop_columns("row_index").to_pylist() == rows
+    assert [t.to_pylist() for t, _ in batches] == [[row] for row in rows]
     with pytest.raises(DownloadError, match="ships only a loading script.*parquet_branch is false"):
-        _read_split(spec, SourceSpec(kind="hub", parquet_branch=False), "test")
+        _open_split(spec, SourceSpec(kind="hub", parquet_branch=False), "test", 1)
 
 
 def test_parquet_branch_offline_fails_fast_with_the_copy_command(tmp_path, monkeypatch):
@@ -279,3 +280,112 @@ def test_newsroom_extracted_jsonl_read_locally_drops_the_archive_field(tmp_path)
     table = pq.read_table(tmp_path / "o/eval.parquet")
     assert table.column("density").to_pylist() == [11.5] * 3
     assert table.schema.names == [*REG.datasets["newsroom"].features, "row_index"]
+
+
+# --- reading in batches: the same bytes for any batch size, nothing half-written ------------------
+
+def _rte_source_with_every_kind_of_bad_row(src, fmt):
+    """Rows spread over several batches at batch_rows=3, bad rows of each kind in different batches."""
+    rows = _rte_rows(11)
+    rows[1] = {**rows[1], "label": 7}                          # label_out_of_range
+    rows[4] = {k: v for k, v in rows[4].items() if k != "label"}  # missing_field
+    rows[8] = {**rows[8], "hypothesis": "  "}                  # empty_text
+    src.mkdir(exist_ok=True)
+    if fmt == "jsonl":
+        lines = [json.dumps(r) for r in rows]
+        lines.insert(6, '{"premise": "cut off')             # invalid_json
+        (src / "train.jsonl").write_text("\n".join(lines) + "\n")
+    elif fmt == "csv":
+        text = "premise,hypothesis,idx,label\n" + "".join(
+            f"{r['premise']},{r['hypothesis']},{r['idx']},{r.get('label', '')}\n" for r in rows)
+        (src / "train.csv").write_text(text)
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), src / "train.parquet", row_group_size=4)
+    pq.write_table(pa.Table.from_pylist(_rte_rows(5, start=100)), src / "validation.parquet")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_batched_download_equals_one_batch_byte_for_byte(tmp_path, fmt):
+    """batch_rows=1 and 3 (batches cut through bad rows and Parquet row groups) against one batch."""
+    from flanpipe.download import ROW_GROUP_ROWS
+
+    src = tmp_path / "src"
+    _rte_source_with_every_kind_of_bad_row(src, fmt)
+    source = SourceSpec(kind="local", path=str(src))
+    whole = download_dataset("rte", source, tmp_path / "whole", seed=1, batch_rows=ROW_GROUP_ROWS)
+    for batch_rows in (1, 3):
+        out = tmp_path / f"b{batch_rows}"
+        manifest = download_dataset("rte", source, out, seed=1, batch_rows=batch_rows)
+        for name in ("train.parquet", "eval.parquet", "rejected.parquet"):
+            assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+        assert manifest["splits"] == whole["splits"] and manifest["rejected"] == whole["rejected"]
+    # The counts, worked by hand: 11 rows (+1 bad JSON line), 3 or 4 rejected, positions global.
+    tr = whole["splits"]["train"]
+    expected = {"label_out_of_range": 1, "missing_field": 1, "empty_text": 1}
+    if fmt == "jsonl":
+        expected["invalid_json"] = 1
+    assert tr["rejected_by_kind"] == expected
+    assert (tr["rows_read"], tr["rows"]) == (11 + (fmt == "jsonl"), 8)
+    rejected = pq.read_table(tmp_path / "whole/rejected.parquet").column("row_index").to_pylist()
+    assert rejected == ([1, 4, 6, 9] if fmt == "jsonl" else [1, 4, 8])
+    kept = pq.read_table(tmp_path / "whole/train.parquet")
+    assert kept.column("idx").to_pylist() == [0, 2, 3, 5, 6, 7, 9, 10]
+
+
+def test_hub_and_parquet_branch_reads_in_batches_equal_one_batch(tmp_path):
+    """load_dataset's Arrow cache and a two-file Parquet branch, read 2 rows at a time."""
+    repo = tmp_path / "hub_repo"
+    (repo / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(_rte_rows(7)), repo / "data/train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(_rte_rows(3, 50)), repo / "data/validation-00000-of-00001.parquet")
+    spec = EMBEDDED.model_copy(update={"hub": HubSource(id=str(repo), config=None)})
+    batches, _ = read_hub_split(spec, "train", None, batch_rows=2)
+    tables = [t for t, _ in batches]
+    assert [t.num_rows for t in tables] == [2, 2, 2, 1]
+    assert pa.concat_tables(tables).column("idx").to_pylist() == list(range(7))
+
+    branch = tmp_path / "branch"
+    _write(branch, "default/train/0000.parquet", _xsum_rows([0, 1, 2]))
+    _write(branch, "default/train/0001.parquet", _xsum_rows([3, 4]))
+    _write(branch, "default/validation/0000.parquet", _xsum_rows([10]))
+    _write(branch, "default/test/0000.parquet", _xsum_rows([20]))
+    source = SourceSpec(kind="hub", path=str(branch))
+    one = download_dataset("xsum", source, tmp_path / "one", seed=1)
+    two = download_dataset("xsum", source, tmp_path / "two", seed=1, batch_rows=2)
+    assert one["splits"] == two["splits"]
+    assert (tmp_path / "one/train.parquet").read_bytes() == (tmp_path / "two/train.parquet").read_bytes()
+
+
+def test_a_killed_download_leaves_no_output_and_the_rerun_cleans_up(tmp_path):
+    """SIGKILL a real download while it writes; no output file exists; the rerun completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    n = 40_000
+    pq.write_table(pa.table({"premise": [f"Premise {i} about a long day." for i in range(n)],
+                             "hypothesis": [f"Hypothesis {i}." for i in range(n)],
+                             "idx": range(n), "label": [i % 2 for i in range(n)]}), src / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(_rte_rows(3)), src / "validation.parquet")
+    out = tmp_path / "out"
+    code = ("from flanpipe.config import SourceSpec; from flanpipe.download import download_dataset; "
+            f"download_dataset('rte', SourceSpec(kind='local', path={str(src)!r}), {str(out)!r}, 1, "
+            "batch_rows=50)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".train.parquet.*.tmp")) or \
+            list(out.glob(".train.parquet.*.tmp"))[0].stat().st_size == 0:
+        assert proc.poll() is None and time.monotonic() < deadline, "the download ended too soon"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+    assert list(out.glob(".*.tmp"))  # what the killed job left: hidden temporaries only
+    manifest = download_dataset("rte", SourceSpec(kind="local", path=str(src)), out, seed=1)
+    assert sorted(p.name for p in out.iterdir()) == ["eval.parquet", "manifest.json",
+                                                     "rejected.parquet", "train.parquet"]
+    assert manifest["splits"]["train"]["rows"] == pq.read_metadata(out / "train.parquet").num_rows == n
