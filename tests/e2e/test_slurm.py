@@ -337,7 +337,9 @@ def downstream_of_templatized(config: Path, dataset: str) -> list[str]:
     `all`, on which the shared tokenizer is trained) that trains on the dataset; the tokenizer if
     `all` is among them; the model's pack and train if its mixture or the tokenizer is."""
     cfg = load_config(config)
-    assert cfg.tokenize.tokenizer.shared and cfg.tokenize.tokenizer.source == "train"
+    trains_tokenizer = cfg.tokenize.tokenizer.source == "train" or (
+        cfg.tokenize.tokenizer.source == "auto" and cfg.train.model.source == "config")
+    assert cfg.tokenize.tokenizer.shared and trains_tokenizer
     mixes = [m for m in (MIXTURE, "all") if dataset in cfg.mixture_datasets(m)]
     jobs = [f"templatize:{dataset}", *(f"mix:{m}" for m in mixes)]
     if "all" in mixes:
