@@ -114,8 +114,9 @@ def cmd_templatize(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = args.out or f"data/templatized/{args.dataset}.parquet"
-    templatize_dataset(args.dataset, args.raw or f"data/raw/{args.dataset}", out, cfg.templatize, cfg.seed,
-                       cfg.tokenize.max_input_tokens)
+    raw = Path(args.raw or f"data/raw/{args.dataset}")  # every train row: the workflow renders the pool
+    templatize_dataset(args.dataset, raw / "train.parquet", raw / "eval.parquet", out, cfg.templatize,
+                       cfg.seed, cfg.tokenize.max_input_tokens)
     return 0
 
 
@@ -131,13 +132,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
         sp = raw["splits"]
         rows.append([name, raw["cluster"], raw["source"]["kind"], sp["train"]["rows"], sp["eval"]["rows"],
                      raw["rejected"]["rows"],
+                     tmpl["outputs"]["train"]["examples"] if tmpl else "-",
                      tmpl["outputs"]["train"]["rows"] if tmpl else "-",
                      tmpl["outputs"]["eval"]["rows"] if tmpl else "-",
                      len(tmpl["outputs"]["train"]["per_template"]) if tmpl else "-"])
     if not rows:
         print(f"no manifests under {root}/raw: run `snakemake --cores 2 all` first", file=sys.stderr)
         return 1
-    print(_table(rows, ["dataset", "cluster", "source", "raw train", "raw eval", "rejected",
+    print(_table(rows, ["dataset", "cluster", "source", "raw train", "raw eval", "rejected", "pool",
                         "instr. train", "instr. eval", "templates"]))
     return 0
 

@@ -6,7 +6,7 @@ hashes of the dataset's eval split. The n-gram is ``decontaminate.ngram`` words 
 dataset whose eval texts are short to the 5th percentile of their word counts, but never below
 ``min_ngram`` (GPT-3's rule); eval texts shorter than that cannot match and are counted as
 unchecked. The train side (:func:`decontaminate_dataset`, one job per dataset) hashes the n-grams of
-every pool row and records each (train row, eval dataset) pair that shares one:
+every pool row (:mod:`flanpipe.pool`) and records each (train row, eval dataset) pair that shares one:
 ``data/decontam/{dataset}.parquet``. Which matches remove a row depends on the mixture: the mixer
 drops rows matching the eval sets of the mixture's held-out cluster (for `all`, of every held-out
 cluster).
@@ -24,11 +24,16 @@ import pyarrow.parquet as pq
 
 from flanpipe import fingerprint as fp
 from flanpipe.config import DecontaminateConfig
-from flanpipe.io import read_parquet_metadata, write_parquet_atomic
+from flanpipe.io import iter_parquet, read_parquet_metadata, write_parquet_atomic
+from flanpipe.logs import progress
 from flanpipe.registry import DatasetSpec, load_registry
 from flanpipe.templates import raw_texts
+from flanpipe.templatize import example_ids
 
-STAGE_VERSION = "1"
+# 2: reads the pool file (data/pool) batch by batch
+STAGE_VERSION = "2"
+BATCH_ROWS = 4_096
+"""Pool rows checked at a time (their n-gram hashes are ~8 bytes a word)."""
 log = logging.getLogger(__name__)
 
 MATCH_SCHEMA = pa.schema([
@@ -90,41 +95,45 @@ def contaminated_rows(words: fp.Words, eval_sets: dict[str, tuple[int, np.ndarra
     return out
 
 
-def decontaminate_dataset(name: str, raw_train: str | Path, fingerprints: str | Path,
-                          ngram_paths: dict[str, str | Path], out_path: str | Path) -> dict:
-    """Record every (pool row of ``name``, held-out eval dataset) pair sharing an n-gram."""
+def decontaminate_dataset(name: str, pool: str | Path, fingerprints: str | Path,
+                          ngram_paths: dict[str, str | Path], out_path: str | Path,
+                          batch_rows: int = BATCH_ROWS) -> dict:
+    """Record every (pool row of ``name``, held-out eval dataset) pair sharing an n-gram; the pool
+    (``data/pool/{dataset}.parquet``) is read ``batch_rows`` rows at a time, so a long-document set
+    costs one batch of n-gram hashes, not the pool's."""
     registry = load_registry()
     spec = registry.datasets[name]
-    pool_index = pq.read_table(fingerprints, columns=["row_index", "example_id"])
-    raw = pq.read_table(raw_train)
-    keep = pc.is_in(raw.column("row_index"), value_set=pool_index.column("row_index").combine_chunks())
-    raw = raw.filter(keep)
-    raw = raw.take(pa.array(np.argsort(raw.column("row_index").to_numpy(), kind="stable")))
-    ids = pool_index.column("example_id").to_numpy(zero_copy_only=False)
-    if raw.num_rows != pool_index.num_rows:
-        raise ValueError(f"{name}: the fingerprints do not match the raw train rows; rerun fingerprint")
+    pool_rows = pq.ParquetFile(pool).metadata.num_rows
+    fingerprinted = pq.ParquetFile(fingerprints).metadata.num_rows
+    if pool_rows != fingerprinted:
+        raise ValueError(f"{name}: {fingerprinted} fingerprints for {pool_rows} pool rows; rerun fingerprint")
     eval_sets = {}
     for eval_name, path in ngram_paths.items():
         meta = read_parquet_metadata(path)
         eval_sets[eval_name] = (int(meta["ngram"]), pq.read_table(path).column("hash").to_numpy())
-    words = fp.word_hashes(raw_texts(spec, raw)) if raw.num_rows else None
-    found = contaminated_rows(words, eval_sets) if words is not None else {}
-    row_index = raw.column("row_index").to_numpy()
     parts = []
-    for eval_name, (rows, counts) in found.items():
-        parts.append(pa.Table.from_arrays([
-            pa.array(row_index[rows], pa.int64()), pa.array(ids[rows], pa.string()),
-            pa.array([eval_name] * len(rows), pa.string()),
-            pa.array([registry.datasets[eval_name].cluster] * len(rows), pa.string()),
-            pa.array([eval_sets[eval_name][0]] * len(rows), pa.int32()),
-            pa.array(counts, pa.int32())], schema=MATCH_SCHEMA))
-        if len(rows):
-            log.info("%s: %d pool rows share a %d-gram with %s eval", name, len(rows),
-                     eval_sets[eval_name][0], eval_name)
+    for table in progress(iter_parquet(pool, batch_rows), pool_rows, f"{name}: decontaminate"):
+        found = contaminated_rows(fp.word_hashes(raw_texts(spec, table)), eval_sets)
+        row_index = table.column("row_index").to_numpy()
+        ids = example_ids(spec, table, "train")
+        for eval_name, (rows, counts) in found.items():
+            if not len(rows):
+                continue
+            parts.append(pa.Table.from_arrays([
+                pa.array(row_index[rows], pa.int64()), ids.take(pa.array(rows)),
+                pa.array([eval_name] * len(rows), pa.string()),
+                pa.array([registry.datasets[eval_name].cluster] * len(rows), pa.string()),
+                pa.array([eval_sets[eval_name][0]] * len(rows), pa.int32()),
+                pa.array(counts, pa.int32())], schema=MATCH_SCHEMA))
     table = pa.concat_tables(parts) if parts else MATCH_SCHEMA.empty_table()
     table = table.sort_by([("row_index", "ascending"), ("eval_dataset", "ascending")])
+    for eval_name in sorted(eval_sets):
+        found = int(pc.sum(pc.equal(table.column("eval_dataset"), eval_name)).as_py() or 0)
+        if found:
+            log.info("%s: %d pool rows share a %d-gram with %s eval", name, found, eval_sets[eval_name][0],
+                     eval_name)
     meta = {"stage": "decontaminate", "stage_version": STAGE_VERSION, "dataset": name,
-            "eval_datasets": sorted(ngram_paths), "pool_rows": raw.num_rows,
+            "eval_datasets": sorted(ngram_paths), "pool_rows": pool_rows,
             "contaminated_rows": int(len(np.unique(table.column("row_index").to_numpy())))}
     write_parquet_atomic(table, out_path, meta)
     return meta

@@ -3,12 +3,11 @@
 Two steps, so the heavy work runs one job per dataset and only small fingerprints meet:
 
 1. :func:`fingerprint_dataset` (one job per dataset) reads the dataset's *pool* of train rows (see
-   :func:`pool_rows`) and writes, per row, a 128-bit hash of its normalised inputs + targets before
-   templating (:func:`plain_pairs`), a MinHash signature of its raw text fields and one of its
-   registry ``distinct`` fields plus target (:func:`row_fingerprints`;
-   ``data/dedup/fingerprints/{dataset}.parquet``). The
-   same job writes the n-gram set of the dataset's eval split for decontamination
-   (:mod:`flanpipe.decontaminate`).
+   :mod:`flanpipe.pool`), batch by batch, and writes, per row, a 128-bit hash of its normalised
+   inputs + targets before templating (:func:`plain_pairs`), a MinHash signature of its raw text
+   fields and one of its registry ``distinct`` fields plus target (:func:`row_fingerprints`;
+   ``data/dedup/fingerprints/{dataset}.parquet``). The same job writes the n-gram set of the
+   dataset's eval split for decontamination (:mod:`flanpipe.decontaminate`).
 2. :func:`dedupe` (one job) walks all fingerprints in the stable order (datasets in registry order,
    rows in source order): a row whose exact hash was seen before is an exact duplicate; of the rest,
    rows that LSH puts in a bucket with an earlier row (band keys over both signatures) and whose
@@ -23,7 +22,6 @@ Two steps, so the heavy work runs one job per dataset and only small fingerprint
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +36,15 @@ from flanpipe.decontaminate import eval_ngrams
 from flanpipe.io import (
     code_version,
     derive_seed,
+    iter_parquet,
+    parquet_stream,
+    read_parquet_metadata,
     sha256_file,
     utc_now,
     write_json_atomic,
     write_parquet_atomic,
 )
+from flanpipe.logs import progress
 from flanpipe.registry import DatasetSpec, load_registry
 from flanpipe.templates import (
     DatasetTemplates,
@@ -51,9 +53,12 @@ from flanpipe.templates import (
     raw_texts,
     render_template,
 )
-from flanpipe.templatize import example_ids, stable_keys
+from flanpipe.templatize import example_ids
 
-STAGE_VERSION = "2"
+# 3: fingerprints the pool file (data/pool), batch by batch
+STAGE_VERSION = "3"
+BATCH_ROWS = 16_384
+"""Pool rows fingerprinted at a time."""
 log = logging.getLogger(__name__)
 
 DROPPED_SCHEMA = pa.schema([
@@ -78,37 +83,6 @@ def fingerprint_schema(num_perm: int) -> pa.Schema:
         pa.field("signature", pa.list_(pa.uint32(), num_perm)),  # all raw text fields
         pa.field("distinct_signature", pa.list_(pa.uint32(), num_perm)),  # the `distinct` fields
     ])
-
-
-def priorities(keys: np.ndarray, name: str, seed: int) -> np.ndarray:
-    """A seeded 64-bit draw per row, a function of (seed, dataset, the row's stable key) only.
-
-    The key (:func:`flanpipe.templatize.stable_keys`) is the row's id or content, never its position,
-    so adding or removing a raw row changes no other row's draw. The cap keeps the rows with the
-    lowest draws that survive dedup and decontamination, so a row kept in one held-out setting is
-    kept in every setting where it survives: consistent sampling.
-    """
-    with np.errstate(over="ignore"):  # wrap-around is the point
-        z = keys.astype(np.uint64) + np.uint64(derive_seed(seed, f"priority/{name}")) * fp.GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * fp.MIX1
-    z = (z ^ (z >> np.uint64(27))) * fp.MIX2
-    return z ^ (z >> np.uint64(31))
-
-
-def pool_limit(cfg: DedupConfig, cap: int) -> int | None:
-    return None if cfg.pool_factor is None else math.ceil(cfg.pool_factor * cap)
-
-
-def pool_rows(spec: DatasetSpec, raw: pa.Table, seed: int, limit: int | None
-              ) -> tuple[pa.Table, np.ndarray]:
-    """The rows of a raw train table that dedup and decontamination examine, in source order, with
-    their priorities: all rows, or the ``limit`` with the lowest priorities (ties by row)."""
-    prio = priorities(stable_keys(spec, raw), spec.name, seed)
-    if limit is not None and raw.num_rows > limit:
-        chosen = np.sort(np.lexsort((raw.column("row_index").to_numpy(), prio))[:limit])
-        raw, prio = raw.take(pa.array(chosen)), prio[chosen]
-    order = np.argsort(raw.column("row_index").to_numpy(), kind="stable")
-    return raw.take(pa.array(order)), prio[order]
 
 
 def plain_pairs(spec: DatasetSpec, table: pa.Table) -> tuple[pa.Array, pa.Array]:
@@ -160,34 +134,34 @@ def row_fingerprints(spec: DatasetSpec, table: pa.Table, cfg: DedupConfig, seed:
     return RowFingerprints(fp.exact_hashes(inputs, targets), words.counts, signature, distinct_signature)
 
 
-def fingerprint_dataset(name: str, raw_dir: str | Path, out_fingerprints: str | Path,
-                        out_ngrams: str | Path, cfg: DedupConfig,
-                        decontam: DecontaminateConfig, cap: int, seed: int) -> dict:
-    """Write a dataset's train-pool fingerprints and its eval-split n-gram set."""
+def fingerprint_dataset(name: str, pool: str | Path, eval_split: str | Path, out_fingerprints: str | Path,
+                        out_ngrams: str | Path, cfg: DedupConfig, decontam: DecontaminateConfig,
+                        seed: int, batch_rows: int = BATCH_ROWS) -> dict:
+    """Write the fingerprints of a dataset's pool (``data/pool/{dataset}.parquet``, read and written
+    batch by batch) and its eval split's n-gram set."""
     spec = load_registry().datasets[name]
-    raw_dir = Path(raw_dir)
-    raw = pq.read_table(raw_dir / "train.parquet")
-    pool, prio = pool_rows(spec, raw, seed, pool_limit(cfg, cap))
-    row_index = pool.column("row_index").to_numpy()
-    f = row_fingerprints(spec, pool, cfg, seed)
-    exact, signature, distinct_signature = f.exact, f.signature, f.distinct_signature
-    table = pa.Table.from_arrays([
-        pa.array(row_index, pa.int64()),
-        example_ids(spec, pool, "train"),
-        pa.array(prio, pa.uint64()),
-        pa.array(exact[:, 0]),
-        pa.array(exact[:, 1]),
-        pa.array(f.words.astype(np.int32)),
-        pa.FixedSizeListArray.from_arrays(pa.array(signature.reshape(-1)), cfg.near.num_perm),
-        pa.FixedSizeListArray.from_arrays(pa.array(distinct_signature.reshape(-1)), cfg.near.num_perm),
-    ], schema=fingerprint_schema(cfg.near.num_perm))
+    pool_meta = read_parquet_metadata(pool)
     meta = {"stage": "fingerprint", "stage_version": STAGE_VERSION, "dataset": name, "seed": seed,
-            "raw_rows": raw.num_rows, "pool_rows": pool.num_rows, "shingle": cfg.near.shingle,
-            "num_perm": cfg.near.num_perm, "distinct": list(spec.distinct)}
-    write_parquet_atomic(table, out_fingerprints, meta)
-    ngram_meta = eval_ngrams(spec, raw_dir / "eval.parquet", out_ngrams, decontam)
-    log.info("%s: %d of %d train rows fingerprinted; eval n-grams: %s", name, pool.num_rows,
-             raw.num_rows, ngram_meta)
+            "raw_rows": pool_meta["raw_rows"], "pool_rows": pool_meta["pool_rows"],
+            "shingle": cfg.near.shingle, "num_perm": cfg.near.num_perm, "distinct": list(spec.distinct)}
+    with parquet_stream(out_fingerprints, fingerprint_schema(cfg.near.num_perm), meta) as writer:
+        batches = progress(iter_parquet(pool, batch_rows), pool_meta["pool_rows"], f"{name}: fingerprints")
+        for table in batches:
+            f = row_fingerprints(spec, table, cfg, seed)
+            writer.write(pa.Table.from_arrays([
+                table.column("row_index").cast(pa.int64()),
+                example_ids(spec, table, "train"),
+                table.column("priority"),
+                pa.array(f.exact[:, 0]),
+                pa.array(f.exact[:, 1]),
+                pa.array(f.words.astype(np.int32)),
+                pa.FixedSizeListArray.from_arrays(pa.array(f.signature.reshape(-1)), cfg.near.num_perm),
+                pa.FixedSizeListArray.from_arrays(pa.array(f.distinct_signature.reshape(-1)),
+                                                  cfg.near.num_perm),
+            ], schema=fingerprint_schema(cfg.near.num_perm)))
+    ngram_meta = eval_ngrams(spec, eval_split, out_ngrams, decontam)
+    log.info("%s: %d of %d train rows fingerprinted; eval n-grams: %s", name, meta["pool_rows"],
+             meta["raw_rows"], ngram_meta)
     return meta
 
 

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from flanpipe.config import SourceSpec
 from flanpipe.io import (
-    METADATA_KEY,
+    RowGroupWriter,
     atomic_path,
     code_version,
     sha256_file,
@@ -54,8 +54,6 @@ from flanpipe.validate import REJECTED_SCHEMA, SplitTally, check_split
 STAGE_VERSION = "3"
 BATCH_ROWS = 16_384
 """Rows read, checked and appended at a time: peak memory is a few batches, not a split."""
-ROW_GROUP_ROWS = 16_384
-"""Rows per Parquet row group of the outputs (fixed, so the bytes do not depend on ``batch_rows``)."""
 log = logging.getLogger(__name__)
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 PARQUET_BRANCH = "refs/convert/parquet"
@@ -413,54 +411,6 @@ def _open_split(spec: DatasetSpec, source: SourceSpec, split: str,
         return iter_local_split(path, spec, batch_rows), origin
     records, bad, path = read_embedded_split(spec, split)  # small demo files
     return iter([(records, bad)]), {"path": path}
-
-
-class RowGroupWriter:
-    """Append tables to a Parquet file in row groups of exactly ``row_group_rows`` rows (the last
-    may be shorter), so the file's bytes depend on the rows, not on how they were batched.
-
-    >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "x.parquet"
-    >>> schema = pa.schema([("n", pa.int64())])
-    >>> with RowGroupWriter(path, schema, {"stage": "doctest"}, row_group_rows=4) as writer:
-    ...     for start in range(0, 10, 3):
-    ...         writer.write(pa.table({"n": range(start, min(start + 3, 10))}, schema=schema))
-    >>> pf = pq.ParquetFile(path)
-    >>> [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
-    [4, 4, 2]
-    """
-
-    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[str, Any],
-                 row_group_rows: int = ROW_GROUP_ROWS):
-        meta = dict(schema.metadata or {})
-        meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
-        self.schema = schema.with_metadata(meta)
-        self.path = path
-        self.row_group_rows = row_group_rows
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self._writer: pq.ParquetWriter | None = None
-
-    def __enter__(self) -> RowGroupWriter:
-        self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
-        return self
-
-    def write(self, table: pa.Table) -> None:
-        self._pending.append(table.replace_schema_metadata(self.schema.metadata))
-        self._pending_rows += table.num_rows
-        while self._pending_rows >= self.row_group_rows:
-            self._flush(self.row_group_rows)
-
-    def _flush(self, rows: int) -> None:
-        buffered = pa.concat_tables(self._pending)
-        self._writer.write_table(buffered.slice(0, rows), row_group_size=rows)
-        rest = buffered.slice(rows)
-        self._pending, self._pending_rows = [rest], rest.num_rows
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and self._pending_rows:
-            self._flush(self._pending_rows)
-        self._writer.close()
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:

@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 import flanpipe
 
 METADATA_KEY = b"flanpipe"
+ROW_GROUP_ROWS = 16_384
+"""Rows per Parquet row group of streamed outputs (:class:`RowGroupWriter`)."""
 
 
 @contextlib.contextmanager
@@ -92,6 +94,73 @@ def write_parquet_atomic(table: pa.Table, path: str | Path, metadata: dict[str, 
     table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+
+
+class RowGroupWriter:
+    """Append tables to a Parquet file in row groups of exactly ``row_group_rows`` rows (the last
+    may be shorter), so the file's bytes depend on the rows, not on how they were batched.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "x.parquet"
+    >>> schema = pa.schema([("n", pa.int64())])
+    >>> with RowGroupWriter(path, schema, {"stage": "doctest"}, row_group_rows=4) as writer:
+    ...     for start in range(0, 10, 3):
+    ...         writer.write(pa.table({"n": range(start, min(start + 3, 10))}, schema=schema))
+    >>> pf = pq.ParquetFile(path)
+    >>> [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+    [4, 4, 2]
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[str, Any],
+                 row_group_rows: int = ROW_GROUP_ROWS):
+        meta = dict(schema.metadata or {})
+        meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
+        self.schema = schema.with_metadata(meta)
+        self.path = path
+        self.row_group_rows = row_group_rows
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> RowGroupWriter:
+        self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        self._pending.append(table.replace_schema_metadata(self.schema.metadata))
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self.row_group_rows:
+            self._flush(self.row_group_rows)
+
+    def _flush(self, rows: int) -> None:
+        buffered = pa.concat_tables(self._pending)
+        self._writer.write_table(buffered.slice(0, rows), row_group_size=rows)
+        rest = buffered.slice(rows)
+        self._pending, self._pending_rows = [rest], rest.num_rows
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and self._pending_rows:
+            self._flush(self._pending_rows)
+        self._writer.close()
+
+
+
+@contextlib.contextmanager
+def parquet_stream(path: str | Path, schema: pa.Schema, metadata: dict[str, Any],
+                   row_group_rows: int = ROW_GROUP_ROWS) -> Iterator[RowGroupWriter]:
+    """A :class:`RowGroupWriter` onto a temporary file that is renamed onto ``path`` only when the
+    block succeeds: a stage can write an output far larger than memory, and a killed job leaves none.
+    """
+    with atomic_path(path) as tmp, RowGroupWriter(tmp, schema, metadata, row_group_rows) as writer:
+        yield writer
+
+
+def iter_parquet(path: str | Path, batch_rows: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """A Parquet file as tables of at most ``batch_rows`` rows, in file order (``columns``: only
+    these); memory holds one batch, whatever the file's size."""
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+        yield pa.Table.from_batches([batch])
 
 
 def read_parquet_metadata(path: str | Path) -> dict[str, Any]:

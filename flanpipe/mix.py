@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from flanpipe.io import (
     atomic_dir,
     code_version,
     derive_seed,
+    iter_parquet,
+    read_parquet_metadata,
     sha256_file,
     utc_now,
     write_json_atomic,
@@ -39,7 +43,10 @@ from flanpipe.io import (
 from flanpipe.registry import load_registry
 from flanpipe.templatize import SCHEMA as TEMPLATIZED_SCHEMA
 
-STAGE_VERSION = "2"
+# 3: reads only the wanted renderings, shuffles through on-disk buckets (memory flat in the budget)
+STAGE_VERSION = "3"
+GATHER_ROWS = 8_192
+"""Templatized rows read at a time."""
 log = logging.getLogger(__name__)
 
 MIXTURE_SCHEMA = TEMPLATIZED_SCHEMA.append(pa.field("epoch", pa.int32()))
@@ -61,6 +68,9 @@ STATS_SCHEMA = pa.schema([
     pa.field("mean_target_chars", pa.float64()),
     pa.field("mean_tokens_est", pa.float64()),
     pa.field("inputs_cut", pa.int64()),  # sampled rows whose long field templatize cut to fit
+    # kept < cap although raw rows outside the pool exist: at most this many more rows would have
+    # passed the cap with a larger pool (dedup.pool_factor); 0 when the pool was large enough
+    pa.field("pool_short", pa.int64()),
 ])
 CONTAMINATION_SCHEMA = pa.schema([
     pa.field("mixture", pa.string()),
@@ -282,25 +292,38 @@ def _in_clusters(matches: pa.Table, clusters: set[str]) -> pa.Table:
     return matches.filter(pc.is_in(matches.column("eval_cluster"), pa.array(sorted(clusters), pa.string())))
 
 
-def _templated_train(files: DatasetInputs) -> tuple[pa.Table, int]:
-    """The dataset's templated train rows and how many passes (renderings per example) they hold."""
-    table = pq.read_table(files.templatized)
-    train = table.filter(pc.equal(table.column("split"), "train")).select(TEMPLATIZED_SCHEMA.names)
-    passes = int(pc.max(train.column("pass")).as_py() or 0) + 1 if train.num_rows else 1
-    return train.cast(TEMPLATIZED_SCHEMA), passes
+def _passes(files: DatasetInputs) -> int:
+    """How many renderings per train example the dataset's templatized table holds."""
+    return int(read_parquet_metadata(files.templatized).get("passes", 1))
 
 
-def _template_rows(train: pa.Table, passes: int, rows: np.ndarray, epoch: np.ndarray) -> pa.Table:
-    """The templated rendering of each (row index, epoch): pass ``epoch % passes``, in input order."""
-    key = train.column("row_index").to_numpy() * passes + train.column("pass").to_numpy()
-    order = np.argsort(key, kind="stable")
+def _gather(path: str | Path, passes: int, rows: np.ndarray, epoch: np.ndarray,
+            columns: list[str] | None = None) -> pa.Table:
+    """The templated rendering of each (train row index, epoch): pass ``epoch % passes``, in input
+    order (repeats allowed). The table is read batch by batch and only the wanted renderings are
+    kept, so memory follows the rows asked for, not the table."""
+    columns = columns or TEMPLATIZED_SCHEMA.names
     want = rows.astype(np.int64) * passes + epoch % passes
+    wanted = np.unique(want)
+    pieces, keys = [], []
+    read = sorted({*columns, "split", "row_index", "pass"})
+    for t in iter_parquet(path, GATHER_ROWS, read):
+        key = t.column("row_index").to_numpy() * passes + t.column("pass").to_numpy()
+        at = np.minimum(np.searchsorted(wanted, key), max(len(wanted) - 1, 0))
+        hit = (wanted[at] == key) & pc.equal(t.column("split"), "train").to_numpy(zero_copy_only=False) \
+            if len(wanted) else np.zeros(len(key), bool)
+        if hit.any():
+            pieces.append(t.filter(pa.array(hit)).select(columns))
+            keys.append(key[hit])
+    schema = pa.schema([TEMPLATIZED_SCHEMA.field(c) for c in columns])
+    table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
+    key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    order = np.argsort(key, kind="stable")
     pos = order[np.minimum(np.searchsorted(key[order], want), max(len(key) - 1, 0))] if len(want) else \
         np.zeros(0, np.int64)
-    out = train.take(pa.array(pos, pa.int64()))
-    if len(want) and not np.array_equal(key[pos], want):
-        raise ValueError("kept rows missing from the templatized table; rerun templatize")
-    return out
+    if len(want) and (not len(key) or not np.array_equal(key[pos], want)):
+        raise ValueError(f"{path}: kept rows missing from the templatized table; rerun templatize")
+    return table.take(pa.array(pos, pa.int64()))
 
 
 def _estimated_tokens(rows: pa.Table, cfg: Config) -> tuple[float, float, float]:
@@ -336,7 +359,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     loaded = [_load_pool(n, f, removes) for n, f in zip(datasets, inputs, strict=True)]
     pools, matches = tuple(p for p, _ in loaded), [m for _, m in loaded]
     fates = resolve_mixture(list(pools), duplicate_components(dropped_paths), cfg.mix.cap)
-    stats, kept_rows, trains, contamination, fate_tables = [], [], [], [], []
+    stats, kept_rows, passes, contamination, fate_tables = [], [], [], [], []
     for k, (name, files, pool) in enumerate(zip(datasets, inputs, pools, strict=True)):
         mine = np.flatnonzero(fates.dataset == k)
         fate = np.empty(len(pool.row_index), np.int8)
@@ -344,15 +367,21 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
         counts = _dataset_counts(name, files, pool, fate)
         kept = np.flatnonzero(fate == FATES.index("kept"))
         kept = pool.row_index[kept[np.lexsort((pool.row_index[kept], pool.priority[kept]))]]
-        train, passes = _templated_train(files)
-        train = train.filter(pc.is_in(train.column("row_index"), pa.array(kept, pa.int64())))  # memory
-        first = _template_rows(train, passes, kept, np.zeros(len(kept), np.int32))
+        passes.append(_passes(files))
+        first = _gather(files.templatized, passes[k], kept, np.zeros(len(kept), np.int32),
+                        ["inputs", "targets"])
         chars_in, chars_out, tokens = _estimated_tokens(first, cfg)
+        outside = counts["rows_raw"] - counts["rejected"] - len(pool.row_index)
+        short = min(max(cfg.mix.cap - len(kept), 0), outside)
+        if short:
+            log.warning("%s: %d rows kept, under the cap of %d, while %d train rows lie outside the pool: "
+                        "dedup and decontamination removed more than the pool's spare rows; raise "
+                        "dedup.pool_factor (now %s) to keep up to %d more", name, len(kept), cfg.mix.cap,
+                        outside, cfg.dedup.pool_factor, short)
         stats.append({"mixture": mixture, "dataset": name, "cluster": registry.datasets[name].cluster,
                       **counts, "mean_input_chars": chars_in, "mean_target_chars": chars_out,
-                      "mean_tokens_est": tokens})
+                      "mean_tokens_est": tokens, "pool_short": short})
         kept_rows.append(kept)
-        trains.append((train, passes))
         found = _in_clusters(matches[k], heldout)
         removed = pc.is_in(found.column("eval_cluster"), pa.array(sorted(removes), pa.string()))
         contamination += _contamination_rows(mixture, name, found.append_column(
@@ -366,20 +395,27 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     total = math.ceil(budget / mean_tokens) if mean_tokens > 0 else 0
     sampled = apportion(total, rates)
 
-    parts = []
-    for k, (s, kept, (train, passes)) in enumerate(zip(stats, kept_rows, trains, strict=True)):
-        rng = np.random.default_rng(derive_seed(cfg.seed, f"mix/{mixture}/{s['dataset']}"))
-        idx, epoch = repeat_sample(len(kept), int(sampled[k]), rng)
-        s.update(rate=float(rates[k]), sampled=int(sampled[k]),
-                 epochs=float(sampled[k] / len(kept)) if len(kept) else 0.0)
-        rows = _template_rows(train, passes, kept[idx], epoch)  # epoch e: its own rendering
-        s["inputs_cut"] = int(pc.sum(pc.greater(rows.column("input_cut"), 0)).as_py() or 0)
-        parts.append(rows.append_column("epoch", pa.array(epoch, pa.int32())))
-    table = pa.concat_tables(parts) if parts else MIXTURE_SCHEMA.empty_table()
-    perm = np.random.default_rng(derive_seed(cfg.seed, f"mix/{mixture}")).permutation(table.num_rows)
-    shards = _write_shards(table, perm, out_dir / "shards", cfg.mix.rows_per_shard,
-                           {"stage": "mix", "stage_version": STAGE_VERSION, "mixture": mixture,
-                            "seed": cfg.seed})
+    # Shuffle: the mixture is the datasets' sampled rows one after another, permuted; row g of that
+    # order lands at position where[g]. Each dataset's rows are gathered alone and bucketed by shard
+    # on disk; then each shard is read back from the buckets. Memory holds one dataset's sampled
+    # rows or one shard, never the mixture.
+    total_rows = int(sampled.sum())
+    perm = np.random.default_rng(derive_seed(cfg.seed, f"mix/{mixture}")).permutation(total_rows)
+    where = np.empty(total_rows, np.int64)
+    where[perm] = np.arange(total_rows)
+    offsets = np.concatenate([[0], np.cumsum(sampled)])
+    with _Buckets(out_dir, cfg.mix.rows_per_shard, total_rows) as buckets:
+        for k, (s, kept) in enumerate(zip(stats, kept_rows, strict=True)):
+            rng = np.random.default_rng(derive_seed(cfg.seed, f"mix/{mixture}/{s['dataset']}"))
+            idx, epoch = repeat_sample(len(kept), int(sampled[k]), rng)
+            s.update(rate=float(rates[k]), sampled=int(sampled[k]),
+                     epochs=float(sampled[k] / len(kept)) if len(kept) else 0.0)
+            rows = _gather(inputs[k].templatized, passes[k], kept[idx], epoch)  # epoch e: its own rendering
+            s["inputs_cut"] = int(pc.sum(pc.greater(rows.column("input_cut"), 0)).as_py() or 0)
+            buckets.add(rows.append_column("epoch", pa.array(epoch, pa.int32())),
+                        where[offsets[k]:offsets[k + 1]])
+        shards = buckets.write_shards(out_dir / "shards", {"stage": "mix", "stage_version": STAGE_VERSION,
+                                                           "mixture": mixture, "seed": cfg.seed})
 
     stats_table = pa.Table.from_pylist(stats, schema=STATS_SCHEMA)
     write_parquet_atomic(stats_table, out_dir / "stats.parquet", {"stage": "mix", "mixture": mixture})
@@ -391,7 +427,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
         "stage": "mix", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed,
         "heldout_clusters": sorted(heldout) if mixture != "all" else [],
         "decontaminated_against": sorted(heldout), "datasets": datasets,
-        "budget_tokens": budget, "mean_tokens_est": mean_tokens, "examples": int(table.num_rows),
+        "budget_tokens": budget, "mean_tokens_est": mean_tokens, "examples": total_rows,
         "config": {"mix": cfg.mix.model_dump(), "train": cfg.train.model_dump(),
                    "tokenize": cfg.tokenize.model_dump()},
         "shards": shards, "stats": stats,
@@ -399,7 +435,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
     log.info("%s: %d examples (%.0f est. tokens each) from %d datasets in %d shards", mixture,
-             table.num_rows, mean_tokens, len(datasets), len(shards))
+             total_rows, mean_tokens, len(datasets), len(shards))
     return manifest
 
 
@@ -443,17 +479,58 @@ def _contamination_rows(mixture: str, name: str, matches: pa.Table) -> list[dict
             for g in grouped.to_pylist()]
 
 
-def _write_shards(table: pa.Table, perm: np.ndarray, shard_dir: Path, rows_per_shard: int,
-                  meta: dict) -> list[dict]:
-    """Write ``table.take(perm)`` as numbered shards into a temporary directory, then rename it onto
-    ``shard_dir``: a killed job leaves no partial shard directory."""
-    with atomic_dir(shard_dir) as tmp:
-        count = max(1, math.ceil(len(perm) / rows_per_shard))
-        shards = []
-        for k in tqdm(range(count), desc=f"shards {meta['mixture']}", unit="shard", mininterval=5,
-                      disable=count < 4):
-            rows = table.take(pa.array(perm[k * rows_per_shard:(k + 1) * rows_per_shard], pa.int64()))
-            path = tmp / f"part-{k:05d}-of-{count:05d}.parquet"
-            write_parquet_atomic(rows, path, {**meta, "shard": k, "shards": count})
-            shards.append({"file": path.name, "rows": rows.num_rows, "sha256": sha256_file(path)})
-    return shards
+class _Buckets:
+    """Rows of a mixture bucketed by the shard they land in, one temporary Parquet file per dataset
+    (a row group per shard, rows in position order), beside the mixture's outputs; removed on exit,
+    and a killed job's are removed by the next run."""
+
+    def __init__(self, out_dir: Path, rows_per_shard: int, total_rows: int):
+        self.out_dir, self.rows_per_shard = Path(out_dir), rows_per_shard
+        self.count = max(1, math.ceil(total_rows / rows_per_shard))
+        self.files: list[tuple[Path, dict[int, int]]] = []  # (file, shard -> row group)
+
+    def __enter__(self) -> _Buckets:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.out_dir.glob(".buckets-*.tmp"):
+            log.info("removing %s, left by a mix job that did not finish", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=".buckets-", suffix=".tmp", dir=self.out_dir))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def add(self, rows: pa.Table, positions: np.ndarray) -> None:
+        """Bucket ``rows``, which land at ``positions`` of the shuffled mixture."""
+        order = np.argsort(positions, kind="stable")
+        rows = rows.take(pa.array(order)).append_column("position", pa.array(positions[order], pa.int64()))
+        shard = positions[order] // self.rows_per_shard
+        bounds = np.flatnonzero(np.diff(shard)) + 1
+        path, groups = self.dir / f"{len(self.files):05d}.parquet", {}
+        with pq.ParquetWriter(path, rows.schema) as writer:
+            for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(shard)], strict=True):
+                if end > start:
+                    groups[int(shard[start])] = len(groups)
+                    writer.write_table(rows.slice(start, end - start), row_group_size=end - start)
+        self.files.append((path, groups))
+
+    def write_shards(self, shard_dir: Path, meta: dict) -> list[dict]:
+        """Write every shard (its rows from each bucket file, in position order) as numbered shards
+        into a temporary directory, then rename it onto ``shard_dir``: a killed job leaves no
+        partial shard directory."""
+        readers = [(pq.ParquetFile(path), groups) for path, groups in self.files]
+        with atomic_dir(shard_dir) as tmp:
+            shards = []
+            for k in tqdm(range(self.count), desc=f"shards {meta['mixture']}", unit="shard", mininterval=5,
+                          disable=self.count < 4):
+                parts = [f.read_row_group(groups[k]) for f, groups in readers if k in groups]
+                rows = pa.concat_tables(parts) if parts else None
+                if rows is None:
+                    rows = MIXTURE_SCHEMA.empty_table()
+                else:
+                    rows = rows.take(pc.sort_indices(rows.column("position"))).drop_columns(["position"])
+                path = tmp / f"part-{k:05d}-of-{self.count:05d}.parquet"
+                write_parquet_atomic(rows.cast(MIXTURE_SCHEMA), path,
+                                     {**meta, "shard": k, "shards": self.count})
+                shards.append({"file": path.name, "rows": rows.num_rows, "sha256": sha256_file(path)})
+        return shards

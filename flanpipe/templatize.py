@@ -4,9 +4,11 @@ Train rows are rendered once per pass (``templatize.passes``): pass ``p`` of an 
 template drawn from (seed, dataset, the example's stable key, p) by :func:`template_draws`, so a
 repeated example gets a new phrasing in each epoch of the mixture and no row's template depends on
 any other row. Eval rows get every template that poses the dataset's own task (turned-around
-templates are for training only), so evaluations can report the mean and the best template. Output:
-``data/templatized/{dataset}.parquet`` (train rows by pass, then eval rows, each grouped by template
-id) and ``{dataset}.manifest.json``.
+templates are for training only), so evaluations can report the mean and the best template. The
+train rows are the dataset's pool (:mod:`flanpipe.pool`): only rows that can pass the cap are
+rendered. Output: ``data/templatized/{dataset}.parquet`` (train rows, then eval rows, written batch
+by batch; within a batch, train rows by pass and then template, eval rows by template) and
+``{dataset}.manifest.json``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hashlib
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +30,13 @@ from flanpipe.config import FewShotConfig, TemplatizeConfig
 from flanpipe.io import (
     code_version,
     derive_seed,
+    iter_parquet,
+    parquet_stream,
     sha256_file,
     utc_now,
     write_json_atomic,
-    write_parquet_atomic,
 )
+from flanpipe.logs import progress
 from flanpipe.registry import DatasetSpec, load_registry
 from flanpipe.templates import (
     DatasetTemplates,
@@ -46,7 +50,10 @@ from flanpipe.templates import (
     use_string_pool,
 )
 
-STAGE_VERSION = "3"
+# 4: renders the pool (data/pool), batch by batch
+STAGE_VERSION = "4"
+BATCH_ROWS = 8_192
+"""Rows rendered at a time (each ``passes`` times for train, once per template for eval)."""
 log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([
@@ -122,19 +129,21 @@ def templates_for(bank: DatasetTemplates, spec: DatasetSpec, cfg: TemplatizeConf
 
 
 def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
-                     cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None) -> pa.Table:
-    """Render one split of raw rows into the output schema.
+                     cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None,
+                     field: str | None = None) -> pa.Table:
+    """Render raw rows of one split into the output schema.
 
     Train rows are rendered ``cfg.passes`` times, each pass with the per-(example, pass) draw of
     :func:`template_draws`; within a pass rows come out grouped by template (in template order), raw
     order within a group, each group rendered on a zero-copy slice. Eval rows are rendered whole,
     once per template. With ``max_input_tokens`` (and ``cfg.cut_long_field``), inputs longer than its
-    character estimate are fitted by :func:`fit_long_field`.
+    character estimate are fitted by :func:`fit_long_field`, cutting ``field`` (default: the long
+    field of ``raw``; a caller rendering a split in batches passes the split's).
     """
     templates = templates_for(bank, spec, cfg, role)
     fit = None
     if max_input_tokens is not None and cfg.cut_long_field:
-        fit = (long_field(spec, raw), math.floor((max_input_tokens - 1) * cfg.chars_per_token))
+        fit = (field or long_field(spec, raw), math.floor((max_input_tokens - 1) * cfg.chars_per_token))
     if role != "train":
         return _render_groups(spec, bank, raw, role, cfg, [(t, 0, raw.num_rows) for t in templates], 0, fit)
     draws = template_draws(stable_keys(spec, raw), len(templates), cfg.passes, spec.name, seed)
@@ -177,17 +186,24 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
     return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
 
 
-def long_field(spec: DatasetSpec, raw: pa.Table) -> str | None:
+def long_field(spec: DatasetSpec, raw: pa.Table | Iterable[pa.Table]) -> str | None:
     """The dataset's long field: of its top-level string text fields, the one with the most
-    characters in ``raw`` (the passage, the article, the dialogue); None if it has none."""
+    characters in ``raw`` (a table, or a split's tables one batch at a time): the passage, the
+    article, the dialogue; None if it has none."""
+    chars: Counter[str] = Counter()
+    for table in [raw] if isinstance(raw, pa.Table) else raw:
+        for path in spec.text_fields:
+            if "." not in path and pa.types.is_string(table.schema.field(path).type):
+                chars[path] += pc.sum(pc.utf8_length(table.column(path))).as_py() or 0
     best, most = None, 0
-    for path in spec.text_fields:
-        if "." in path or not pa.types.is_string(raw.schema.field(path).type):
-            continue
-        chars = pc.sum(pc.utf8_length(raw.column(path))).as_py() or 0
-        if chars > most:
-            best, most = path, chars
+    for path in spec.text_fields:  # the first of equals, in registry order
+        if chars[path] > most:
+            best, most = path, chars[path]
     return best
+
+
+def _top_level_fields(spec: DatasetSpec) -> list[str]:
+    return sorted({p for p in spec.text_fields if "." not in p})
 
 
 def fit_long_field(bank: DatasetTemplates, template: Template, raw: pa.Table, rendered: Rendered,
@@ -236,38 +252,45 @@ def templates_digest(name: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def templatize_dataset(name: str, raw_dir: str | Path, out_path: str | Path,
-                       cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None) -> dict:
-    """Templatize ``raw_dir/{train,eval}.parquet`` into ``out_path`` plus a manifest beside it;
-    inputs are fitted to ``max_input_tokens`` (estimated) by cutting their long field."""
+def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out_path: str | Path,
+                       cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None,
+                       batch_rows: int = BATCH_ROWS) -> dict:
+    """Templatize a train split (the dataset's pool, ``data/pool/{dataset}.parquet``, or any raw
+    train table) and an eval split into ``out_path``, plus a manifest beside it; inputs are fitted
+    to ``max_input_tokens`` (estimated) by cutting their long field. Each split is read, rendered and
+    written ``batch_rows`` rows at a time, so memory holds one batch's renderings."""
     use_string_pool()
     spec = load_registry().datasets[name]
     bank = load_bank().get(name)
     if bank is None and cfg.format == "instructions":
         raise TemplateError(f"{name}: no templates in flanpipe/data/templates/{spec.cluster}.yaml")
-    raw_dir, out_path = Path(raw_dir), Path(out_path)
+    out_path = Path(out_path)
     bank = bank or DatasetTemplates(dataset=name, templates=())
-    parts, counts, inputs = [], {}, {}
-    for role in ("train", "eval"):
-        path = raw_dir / f"{role}.parquet"
-        raw = pq.read_table(path)
-        inputs[role] = {"file": str(path), "rows": raw.num_rows, "sha256": sha256_file(path)}
-        part = templatize_split(spec, bank, raw, role, cfg, seed, max_input_tokens)
-        parts.append(part)
-        first = part.filter(pc.equal(part.column("pass"), 0))
-        cut = pc.greater(part.column("input_cut"), 0)
-        counts[role] = {"rows": part.num_rows, "examples": raw.num_rows, "per_template": {
-            str(k): v for k, v in sorted(Counter(first.column("template_id").to_pylist()).items())},
-            "inputs_cut": int(pc.sum(cut).as_py() or 0),
-            "long_field": long_field(spec, raw) if max_input_tokens and cfg.cut_long_field else None}
-        log.info("%s [%s]: %d examples -> %d rows over %d templates", name, role, raw.num_rows,
-                 part.num_rows, len(counts[role]["per_template"]))
-    table = pa.concat_tables(parts)
+    fitting = bool(max_input_tokens) and cfg.cut_long_field
     meta = {"stage": "templatize", "stage_version": STAGE_VERSION, "dataset": name,
             "format": cfg.format, "options": cfg.options, "passes": cfg.passes, "seed": seed,
             "max_input_tokens": max_input_tokens,
             "templates_digest": templates_digest(name)}
-    write_parquet_atomic(table, out_path, meta)
+    counts, inputs = {}, {}
+    with parquet_stream(out_path, SCHEMA, meta) as writer:
+        for role, path in (("train", Path(train)), ("eval", Path(eval_split))):
+            examples = pq.ParquetFile(path).metadata.num_rows
+            inputs[role] = {"file": str(path), "rows": examples, "sha256": sha256_file(path)}
+            field = long_field(spec, iter_parquet(path, batch_rows, _top_level_fields(spec))) if fitting \
+                else None
+            per_template: Counter[int] = Counter()
+            rows = cut = 0
+            for raw in progress(iter_parquet(path, batch_rows), examples, f"{name}: templatize {role}"):
+                part = templatize_split(spec, bank, raw, role, cfg, seed, max_input_tokens, field)
+                writer.write(part)
+                per_template.update(part.filter(pc.equal(part.column("pass"), 0))
+                                    .column("template_id").to_pylist())
+                rows += part.num_rows
+                cut += int(pc.sum(pc.greater(part.column("input_cut"), 0)).as_py() or 0)
+            counts[role] = {"rows": rows, "examples": examples, "inputs_cut": cut, "long_field": field,
+                            "per_template": {str(k): v for k, v in sorted(per_template.items())}}
+            log.info("%s [%s]: %d examples -> %d rows over %d templates", name, role, examples, rows,
+                     len(per_template))
     manifest = {**meta, "config": cfg.model_dump(), "inputs": inputs, "outputs": counts,
                 "sha256": sha256_file(out_path), "code": code_version("templatize", STAGE_VERSION),
                 "created_at": utc_now()}

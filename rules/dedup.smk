@@ -6,7 +6,7 @@ from flanpipe.decontaminate import STAGE_VERSION as DECONTAMINATE_VERSION
 
 rule fingerprint:
     input:
-        train="data/raw/{dataset}/train.parquet",
+        pool="data/pool/{dataset}.parquet",
         eval="data/raw/{dataset}/eval.parquet",
     output:
         fingerprints="data/dedup/fingerprints/{dataset}.parquet",
@@ -20,7 +20,6 @@ rule fingerprint:
     params:
         dedup=CFG.dedup.model_dump(),
         decontaminate=CFG.decontaminate.model_dump(),
-        cap=CFG.mix.cap,
         seed=CFG.seed,
         stage_version=DEDUP_VERSION,
     script:
@@ -50,7 +49,7 @@ rule dedupe:
 
 rule decontaminate:
     input:
-        train="data/raw/{dataset}/train.parquet",
+        pool="data/pool/{dataset}.parquet",
         fingerprints="data/dedup/fingerprints/{dataset}.parquet",
         ngrams=get_heldout_ngrams,
     output:

@@ -23,6 +23,7 @@ rule mix:
         config=CFG.model_dump(
             include={
                 "seed": True,
+                "dedup": {"pool_factor"},
                 "mix": True,
                 "datasets": True,
                 "tokenize": {"max_input_tokens", "max_target_tokens"},

@@ -1,11 +1,35 @@
-# Stage 2, templatize: one job per dataset; instructions from the template bank.
+# Stage 2, pool and templatize: one job per dataset; the train rows that can pass the cap, then
+# instructions from the template bank.
+from flanpipe.pool import STAGE_VERSION as POOL_VERSION
 from flanpipe.templatize import STAGE_VERSION as TEMPLATIZE_VERSION
 from flanpipe.templatize import templates_digest
 
 
-rule templatize:
+# The dedup.pool_factor * mix.cap train rows of lowest seeded priority (every row with
+# pool_factor: null): every stage after this one works on these and the eval split only.
+rule pool:
     input:
         train="data/raw/{dataset}/train.parquet",
+    output:
+        "data/pool/{dataset}.parquet",
+    log:
+        "logs/pool/{dataset}.log",
+    benchmark:
+        "benchmarks/pool/{dataset}.tsv"
+    conda:
+        "../envs/flanpipe.yaml"
+    params:
+        pool_factor=CFG.dedup.pool_factor,
+        cap=CFG.mix.cap,
+        seed=CFG.seed,
+        stage_version=POOL_VERSION,
+    script:
+        "../workflow_scripts/pool.py"
+
+
+rule templatize:
+    input:
+        train="data/pool/{dataset}.parquet",
         eval="data/raw/{dataset}/eval.parquet",
     output:
         table="data/templatized/{dataset}.parquet",

@@ -1,6 +1,4 @@
-"""Snakemake script of rule `templatize`: one dataset's raw splits into instructions."""
-
-from pathlib import Path
+"""Snakemake script of rule `templatize`: one dataset's pool and eval split into instructions."""
 
 from flanpipe.config import TemplatizeConfig
 from flanpipe.logs import setup_logging
@@ -9,7 +7,8 @@ from flanpipe.templatize import templatize_dataset
 setup_logging(snakemake.log[0])
 templatize_dataset(
     name=snakemake.wildcards.dataset,
-    raw_dir=Path(snakemake.input.train).parent,
+    train=snakemake.input.train,
+    eval_split=snakemake.input.eval,
     out_path=snakemake.output.table,
     cfg=TemplatizeConfig(**snakemake.params.templatize["config"]),
     seed=snakemake.params.seed,

@@ -235,7 +235,8 @@ def test_a_failed_job_is_reported_with_its_slurm_log(chain):
     # finished; the broken one left nothing that looks complete.
     others = [d for d in SUBSET if d != BROKEN]
     assert failed.job_names() == sorted([f"download:{BROKEN}", *(f"{rule}:{d}" for d in others
-                                         for rule in ("download", "templatize", "fingerprint"))]), failed.text
+                                         for rule in ("download", "pool", "templatize", "fingerprint"))]),\
+        failed.text
     assert {j["state"] for jid, j in squeue(*failed.jobs).items() if jid != job_id} == {"COMPLETED"}
     assert f"data/raw/{BROKEN}/manifest.json" not in chain.after_failure
 

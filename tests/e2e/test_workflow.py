@@ -82,14 +82,14 @@ def test_deleting_one_output_reruns_only_that_dataset(workdir):
     with deleted(workdir / "data/raw/sst2/train.parquet"):
         proc = run_snakemake(workdir, "all", "-n")
     text = proc.stdout + proc.stderr
-    for rule in ("download", "templatize", "fingerprint", "decontaminate", "dedupe", "catalog"):
+    for rule in ("download", "pool", "templatize", "fingerprint", "decontaminate", "dedupe", "catalog"):
         assert re.search(rf"^{rule}\s+1$", text, re.M), (rule, text)
     assert re.search(rf"^mix\s+{len(CFG.all_mixtures())}$", text, re.M), text
     assert re.search(rf"^pack\s+{len(CFG.all_mixtures())}$", text, re.M), text
     assert re.search(r"^tokenizer\s+1$", text, re.M), text
     assert re.search(rf"^train\s+{len(CFG.all_mixtures())}$", text, re.M), text
     jobs = _jobs(text)
-    data_rules = {"download", "templatize", "fingerprint", "decontaminate"}
+    data_rules = {"download", "pool", "templatize", "fingerprint", "decontaminate"}
     assert {w.get("dataset") for rule, w in jobs if rule in data_rules} == {"sst2"}
     # every model is retrained (dedupe reads every dataset), so every evaluation reruns too
     evaluations = [rule for rule, _ in jobs if rule.startswith("evaluate")]

@@ -52,11 +52,14 @@ def test_eval_ngrams_and_decontaminate_dataset_files(tmp_path):
     sst2 = pa.table({"idx": [0, 1, 2], "label": [1, 0, 1], "row_index": [0, 1, 2], "sentence": [
         "a film about a bakery where the owner wakes at four every morning to prepare bread",
         "the plot wanders", "prepare bread for the day and opens the shop at seven"]})
-    pq.write_table(sst2, tmp_path / "train.parquet")
+    pq.write_table(sst2, tmp_path / "pool.parquet")
     ids = ["sst2:train:0", "sst2:train:1", "sst2:train:2"]
     pq.write_table(pa.table({"row_index": [0, 1, 2], "example_id": ids}), tmp_path / "fp.parquet")
-    meta = decontaminate_dataset("sst2", tmp_path / "train.parquet", tmp_path / "fp.parquet",
+    meta = decontaminate_dataset("sst2", tmp_path / "pool.parquet", tmp_path / "fp.parquet",
                                  {"rte": tmp_path / "rte.ngrams.parquet"}, tmp_path / "out.parquet")
+    decontaminate_dataset("sst2", tmp_path / "pool.parquet", tmp_path / "fp.parquet",
+                          {"rte": tmp_path / "rte.ngrams.parquet"}, tmp_path / "by_row.parquet", batch_rows=1)
+    assert pq.read_table(tmp_path / "by_row.parquet").equals(pq.read_table(tmp_path / "out.parquet"))
     out = pq.read_table(tmp_path / "out.parquet").to_pylist()
     assert [(r["row_index"], r["eval_dataset"], r["eval_cluster"], r["ngram"]) for r in out] == [
         (0, "rte", "nli", 8), (2, "rte", "nli", 8)]

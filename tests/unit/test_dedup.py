@@ -10,8 +10,8 @@ import pytest
 from flanpipe import fingerprint as fp
 from flanpipe.bench.dedup import load_passages, nli_shaped, ours_dropped, pair_similarity, squad_shaped
 from flanpipe.config import DecontaminateConfig, DedupConfig
-from flanpipe.dedup import dedupe, find_duplicates, fingerprint_dataset, pool_rows, priorities
-from flanpipe.registry import load_registry
+from flanpipe.dedup import dedupe, find_duplicates, fingerprint_dataset
+from flanpipe.pool import write_pool
 
 VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "ne", "po", "ru", "si", "ta") for b in range(60)]
 
@@ -110,9 +110,10 @@ def test_dedupe_across_datasets_records_the_kept_twin(tmp_path):
     paths = []
     for name, rows, labels in (("sst2", sst2, [1, 0, 1, 1]), ("cola", cola, [0, 1])):
         raw = write_raw(tmp_path / "raw", name, rows, labels)
+        write_pool(name, raw / "train.parquet", raw / "pool.parquet", cfg.pool_factor, cap=100, seed=1)
         paths.append(tmp_path / f"fp/{name}.parquet")
-        fingerprint_dataset(name, raw, paths[-1], tmp_path / f"ng/{name}.parquet", cfg, DecontaminateConfig(),
-                            cap=100, seed=1)
+        fingerprint_dataset(name, raw / "pool.parquet", raw / "eval.parquet", paths[-1],
+                            tmp_path / f"ng/{name}.parquet", cfg, DecontaminateConfig(), seed=1)
     report = dedupe(["sst2", "cola"], paths, tmp_path / "dedup", cfg, seed=1)
     sst2_dropped = pq.read_table(tmp_path / "dedup/sst2.dropped.parquet").to_pylist()
     cola_dropped = pq.read_table(tmp_path / "dedup/cola.dropped.parquet").to_pylist()
@@ -125,30 +126,6 @@ def test_dedupe_across_datasets_records_the_kept_twin(tmp_path):
     assert cola_twins == [(0, "sst2", 1)]
     assert report["datasets"]["cola"]["near_across"] + report["datasets"]["cola"]["exact_across"] == 1
     assert json.loads((tmp_path / "dedup/report.json").read_text())["rows"] == 6
-
-
-def test_priorities_are_a_function_of_the_key_alone():
-    a = priorities(np.arange(10), "rte", 1)
-    b = priorities(np.array([3, 7]), "rte", 1)
-    assert a[[3, 7]].tolist() == b.tolist()
-    assert priorities(np.arange(10), "rte", 2).tolist() != a.tolist()
-    assert priorities(np.arange(10), "cb", 1).tolist() != a.tolist()
-
-
-@pytest.mark.parametrize("limit", [None, 5, 50])
-def test_pool_rows_are_the_lowest_priorities_in_source_order(limit):
-    spec = load_registry().datasets["sst2"]
-    raw = pa.table({"idx": np.arange(20) * 7, "sentence": [f"s {i}" for i in range(20)],
-                    "label": np.zeros(20, np.int64), "row_index": np.arange(20)[::-1].copy()})
-    pool, prio = pool_rows(spec, raw, 1, limit)
-    rows = pool.column("row_index").to_numpy()
-    assert (np.diff(rows) > 0).all()
-    # by hand: the priority of each row is a draw from its id (idx), not its position
-    by_row = {19 - i: priorities(np.array([fp.string_hashes(pa.array([str(7 * i)]), 0)[0]]), "sst2", 1)[0]
-              for i in range(20)}
-    expect = sorted(sorted(by_row, key=lambda r: (by_row[r], r))[:limit or 20])
-    assert rows.tolist() == expect
-    assert prio.tolist() == [by_row[r] for r in rows]
 
 
 @pytest.fixture(scope="module")

@@ -307,7 +307,7 @@ def _rte_source_with_every_kind_of_bad_row(src, fmt):
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_batched_download_equals_one_batch_byte_for_byte(tmp_path, fmt):
     """batch_rows=1 and 3 (batches cut through bad rows and Parquet row groups) against one batch."""
-    from flanpipe.download import ROW_GROUP_ROWS
+    from flanpipe.io import ROW_GROUP_ROWS
 
     src = tmp_path / "src"
     _rte_source_with_every_kind_of_bad_row(src, fmt)

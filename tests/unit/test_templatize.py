@@ -17,6 +17,11 @@ from tests.conftest import smollm2_folder
 REG = load_registry()
 
 
+def splits(raw_dir):
+    """A dataset's raw (train, eval) files, as templatize_dataset takes them."""
+    return raw_dir / "train.parquet", raw_dir / "eval.parquet"
+
+
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     root = tmp_path_factory.mktemp("raw")
@@ -61,7 +66,7 @@ def test_adding_or_removing_a_raw_row_changes_no_other_template():
 
 def test_output_schema_counts_and_template_use(raw, tmp_path):
     out = tmp_path / "rte.parquet"
-    manifest = templatize_dataset("rte", raw / "rte", out, TemplatizeConfig(), seed=3)
+    manifest = templatize_dataset("rte", *splits(raw / "rte"), out, TemplatizeConfig(), seed=3)
     table = pq.read_table(out)
     assert table.schema.remove_metadata() == SCHEMA
     bank = load_bank()["rte"]
@@ -94,9 +99,10 @@ def test_output_schema_counts_and_template_use(raw, tmp_path):
 
 def test_rerun_is_byte_identical_and_seed_matters(raw, tmp_path):
     for name in ["a", "b"]:
-        templatize_dataset("arc_easy", raw / "arc_easy", tmp_path / f"{name}.parquet",
+        templatize_dataset("arc_easy", *splits(raw / "arc_easy"), tmp_path / f"{name}.parquet",
                            TemplatizeConfig(), seed=3)
-    templatize_dataset("arc_easy", raw / "arc_easy", tmp_path / "c.parquet", TemplatizeConfig(), seed=4)
+    templatize_dataset("arc_easy", *splits(raw / "arc_easy"), tmp_path / "c.parquet", TemplatizeConfig(),
+                       seed=4)
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     ta, tc = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "c.parquet")
     assert _templates_by_example(ta) != _templates_by_example(tc)
@@ -104,7 +110,7 @@ def test_rerun_is_byte_identical_and_seed_matters(raw, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["no_template", "dataset_name"])
 def test_ablation_formats(raw, tmp_path, fmt):
-    templatize_dataset("rte", raw / "rte", tmp_path / "x.parquet", TemplatizeConfig(format=fmt), 3)
+    templatize_dataset("rte", *splits(raw / "rte"), tmp_path / "x.parquet", TemplatizeConfig(format=fmt), 3)
     rows = pq.read_table(tmp_path / "x.parquet").to_pylist()
     premise = pq.read_table(raw / "rte/train.parquet").to_pylist()[0]
     first = rows[0]
@@ -116,7 +122,8 @@ def test_ablation_formats(raw, tmp_path, fmt):
 
 
 def test_generation_targets_and_no_options(raw, tmp_path):
-    templatize_dataset("common_gen", raw / "common_gen", tmp_path / "g.parquet", TemplatizeConfig(), 3)
+    templatize_dataset("common_gen", *splits(raw / "common_gen"), tmp_path / "g.parquet", TemplatizeConfig(),
+                       3)
     rows = pq.read_table(tmp_path / "g.parquet").to_pylist()
     raw_rows = {f"common_gen:train:{r['row_index']}": r
                 for r in pq.read_table(raw / "common_gen/train.parquet").to_pylist()}
@@ -134,7 +141,7 @@ def test_bad_template_writes_nothing(raw, tmp_path, monkeypatch):
     monkeypatch.setitem(tz.load_bank(), "boolq", broken)
     out = tmp_path / "boolq.parquet"
     with pytest.raises(TemplateError, match=r"boolq template 99: placeholder \{colour\}"):
-        templatize_dataset("boolq", raw / "boolq", out, TemplatizeConfig(), seed=3)
+        templatize_dataset("boolq", *splits(raw / "boolq"), out, TemplatizeConfig(), seed=3)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -215,6 +222,32 @@ def test_a_long_input_is_cut_inside_its_long_field_so_the_instruction_survives(b
         assert len(bpe.encode(w["inputs"]).ids) > budget  # uncut, the end would be truncated away
         checked += 1
     assert checked >= 25
+
+
+def test_rendering_in_batches_gives_the_rows_of_one_whole_rendering(tmp_path):
+    """templatize_dataset reads, renders and writes a split a few rows at a time: the rows it writes
+    (every pass, template, cut) are those of one templatize_split call over the whole split, for
+    long documents whose long field is cut (the field is the split's, not each batch's)."""
+    spec, bank = REG.datasets["cnn_dailymail"], load_bank()["cnn_dailymail"]
+    docs = long_documents(30)
+    raw = pa.table({"article": docs, "highlights": [f"Highlight {i}." for i in range(30)],
+                    "id": [f"doc{i}" for i in range(30)], "row_index": np.arange(30)})
+    pq.write_table(raw.slice(0, 23), tmp_path / "train.parquet")
+    pq.write_table(raw.slice(23), tmp_path / "eval.parquet")
+    cfg = TemplatizeConfig(passes=3)
+    manifest = templatize_dataset("cnn_dailymail", *splits(tmp_path), tmp_path / "out.parquet", cfg, 5,
+                                  max_input_tokens=256, batch_rows=4)
+    got = pq.read_table(tmp_path / "out.parquet").replace_schema_metadata(None)
+    whole = pa.concat_tables([
+        templatize_split(spec, bank, raw.slice(0, 23), "train", cfg, 5, max_input_tokens=256),
+        templatize_split(spec, bank, raw.slice(23), "eval", cfg, 5, max_input_tokens=256)])
+    keys = [("split", "ascending"), ("row_index", "ascending"), ("pass", "ascending"),
+            ("template_id", "ascending")]
+    assert got.num_rows == whole.num_rows == 23 * 3 + 7 * len(bank.eval_templates)
+    assert got.sort_by(keys).equals(whole.sort_by(keys))
+    assert pq.ParquetFile(tmp_path / "out.parquet").num_row_groups == 1
+    assert manifest["outputs"]["train"]["inputs_cut"] > 0
+    assert manifest["outputs"]["train"]["long_field"] == "article"
 
 
 def test_few_shot_exemplars_come_from_keys_not_positions(raw):

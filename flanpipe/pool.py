@@ -1,0 +1,146 @@
+"""Stage 2a, pool: the train rows of a dataset that can ever reach a mixture, chosen before any work.
+
+Every train row gets a seeded 64-bit priority from its stable key (:func:`priorities`); the cap keeps
+a dataset's ``mix.cap`` surviving rows of lowest priority. Dedup and decontamination remove only a
+small share of a dataset, so the ``dedup.pool_factor * mix.cap`` rows of lowest priority (the
+*pool*) hold every row the cap can keep; the rest are counted as capped and never templatized,
+fingerprinted or mixed. The raw rows were all checked by download's row validator already.
+
+:func:`write_pool` reads the raw train split twice, batch by batch: once for the keys (only the
+columns the key needs), keeping a running set of the ``limit`` lowest priorities, and once to copy
+the chosen rows, in source order, with their ``priority`` column, to ``data/pool/{dataset}.parquet``.
+Memory holds a batch and the pool's (priority, row) pairs, whatever the split's size.
+``dedup.pool_factor: null`` makes the pool every row (a streamed copy), for those who want every row
+checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flanpipe import fingerprint as fp
+from flanpipe.io import derive_seed, iter_parquet, parquet_stream
+from flanpipe.logs import progress
+from flanpipe.registry import DatasetSpec, load_registry
+from flanpipe.templatize import stable_keys
+
+STAGE_VERSION = "1"
+BATCH_ROWS = 16_384
+"""Raw rows read at a time."""
+log = logging.getLogger(__name__)
+
+
+def priorities(keys: np.ndarray, name: str, seed: int) -> np.ndarray:
+    """A seeded 64-bit draw per row, a function of (seed, dataset, the row's stable key) only.
+
+    The key (:func:`flanpipe.templatize.stable_keys`) is the row's id or content, never its position,
+    so adding or removing a raw row changes no other row's draw. The cap keeps the rows with the
+    lowest draws that survive dedup and decontamination, so a row kept in one held-out setting is
+    kept in every setting where it survives: consistent sampling.
+    """
+    with np.errstate(over="ignore"):  # wrap-around is the point
+        z = keys.astype(np.uint64) + np.uint64(derive_seed(seed, f"priority/{name}")) * fp.GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * fp.MIX1
+    z = (z ^ (z >> np.uint64(27))) * fp.MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def pool_limit(pool_factor: float | None, cap: int) -> int | None:
+    """Rows in a dataset's pool: ``ceil(pool_factor * cap)``, or None (every row).
+
+    >>> pool_limit(4.0, 30_000), pool_limit(None, 30_000)
+    (120000, None)
+    """
+    return None if pool_factor is None else math.ceil(pool_factor * cap)
+
+
+def key_columns(spec: DatasetSpec, schema: pa.Schema) -> list[str] | None:
+    """The raw columns :func:`stable_keys` reads: the id field and ``row_index``, or None (every
+    column) for a dataset keyed by its content."""
+    if spec.id_field and spec.id_field in schema.names and not pa.types.is_nested(
+            schema.field(spec.id_field).type):
+        return [spec.id_field, "row_index"]
+    return None
+
+
+class Lowest:
+    """The ``limit`` (priority, row) pairs that sort first, over batches offered one at a time.
+
+    >>> low = Lowest(2)
+    >>> low.offer(np.array([5, 1, 9], np.uint64), np.array([0, 1, 2]))
+    >>> low.offer(np.array([1, 7], np.uint64), np.array([3, 4]))
+    >>> low.rows.tolist(), low.priority.tolist()
+    ([1, 3], [1, 1])
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.priority = np.zeros(0, np.uint64)
+        self.rows = np.zeros(0, np.int64)
+
+    def offer(self, priority: np.ndarray, rows: np.ndarray) -> None:
+        if len(self.rows) == self.limit:  # only rows that sort before the worst kept can enter
+            worst = np.uint64(self.priority.max())
+            enter = priority <= worst
+            priority, rows = priority[enter], rows[enter]
+            if not len(rows):
+                return
+        p = np.concatenate([self.priority, priority])
+        r = np.concatenate([self.rows, rows.astype(np.int64)])
+        keep = np.lexsort((r, p))[:self.limit]
+        self.priority, self.rows = p[keep], r[keep]
+
+
+def write_pool(name: str, train: str | Path, out_path: str | Path, pool_factor: float | None, cap: int,
+               seed: int, batch_rows: int = BATCH_ROWS) -> dict:
+    """Write the pool of ``train`` (a raw train split, rows in source order) to ``out_path``."""
+    spec = load_registry().datasets[name]
+    train = Path(train)
+    schema = pq.read_schema(train)
+    limit = pool_limit(pool_factor, cap)
+    raw_rows = pq.ParquetFile(train).metadata.num_rows
+    started = time.monotonic()
+    chosen = None
+    if limit is not None and raw_rows > limit:
+        lowest = Lowest(limit)
+        for table in progress(iter_parquet(train, batch_rows, key_columns(spec, schema)), raw_rows,
+                               f"{name}: pool keys"):
+            lowest.offer(priorities(stable_keys(spec, table), name, seed),
+                         table.column("row_index").to_numpy())
+        by_row = np.argsort(lowest.rows, kind="stable")
+        chosen = (lowest.rows[by_row], lowest.priority[by_row])
+    meta = {"stage": "pool", "stage_version": STAGE_VERSION, "dataset": name, "seed": seed,
+            "pool_factor": pool_factor, "cap": cap, "limit": limit, "raw_rows": raw_rows}
+    written, last = 0, -1
+    out_schema = schema.remove_metadata().append(pa.field("priority", pa.uint64()))
+    with parquet_stream(out_path, out_schema, {**meta, "pool_rows": raw_rows if chosen is None else
+                                               len(chosen[0])}) as writer:
+        for table in progress(iter_parquet(train, batch_rows), raw_rows, f"{name}: pool rows"):
+            rows = table.column("row_index").to_numpy()
+            if len(rows) and (rows[0] <= last or (np.diff(rows) <= 0).any()):
+                raise ValueError(f"{train}: row_index is not increasing (row {int(rows[0])} after "
+                                 f"{last}); rerun download for {name}")
+            last = int(rows[-1]) if len(rows) else last
+            if chosen is None:
+                prio = priorities(stable_keys(spec, table), name, seed)
+            else:
+                at = np.minimum(np.searchsorted(chosen[0], rows), max(len(chosen[0]) - 1, 0))
+                mine = chosen[0][at] == rows if len(chosen[0]) else np.zeros(len(rows), bool)
+                table, prio = table.filter(pa.array(mine)), chosen[1][at[mine]]
+            writer.write(table.replace_schema_metadata(None).append_column(
+                "priority", pa.array(prio, pa.uint64())))
+            written += table.num_rows
+        if chosen is not None and written != len(chosen[0]):
+            raise ValueError(f"{train}: {len(chosen[0])} pool rows chosen, {written} found on the second "
+                             "read; the file changed while it was read")
+    meta["pool_rows"] = written
+    log.info("%s: %d of %d train rows in the pool (limit %s) in %.1f s", name, written, raw_rows, limit,
+             time.monotonic() - started)
+    return meta
