@@ -13,6 +13,7 @@
     flanpipe train --mixture nli [--config ...]   (one rank; started by torchrun, srun or launch)
     flanpipe bench templatize|dedup|pack|train [--rows N] [--threads 2] [--size 1b --steps 300]
     flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2] [--budget-steps 30000]
+    flanpipe bench fewshot [--rows 392702] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -284,6 +285,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         bench_pack.print_pack(bench_pack.bench_pack(args.rows or 100_000, threads=args.threads))
         return 0
+    if args.what == "fewshot":
+        from flanpipe.bench import fewshot as bench_fewshot
+
+        result = bench_fewshot.bench_fewshot(args.rows, args.tokenizer, args.threads, args.peer_templates)
+        bench_fewshot.print_fewshot(result)
+        return 0 if all(result["identical"].values()) else 1
     if args.what == "dedup":
         from flanpipe.bench import dedup as bench_dedup
 
@@ -403,12 +410,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
-    p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale"])
+    p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale", "fewshot"])
     p.add_argument("--rows", type=int, default=None,
-                   help="rows (default: 1M templatize and dedup, 100k pack; eval: 96 prompts)")
+                   help="rows (default: 1M templatize and dedup, 100k pack; eval: 96 prompts; "
+                        "fewshot: 392,702 MNLI train rows)")
     p.add_argument("--peer-rows", type=int, default=None,
                    help="rows the (slower) peer processes (default: 200k templatize, 20k dedup)")
-    p.add_argument("--threads", type=int, default=2, help="pack: encoder threads; eval: torch threads")
+    p.add_argument("--threads", type=int, default=2,
+                   help="pack, fewshot: encoder threads; eval: torch threads")
     p.add_argument("--size", choices=["tiny", "125m", "1b"], default="1b", help="train: model size")
     p.add_argument("--steps", type=int, default=300, help="train: optimizer steps")
     p.add_argument("--micro-batch-rows", type=int, default=8, help="train: packed rows per forward pass")
@@ -420,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cores", type=int, default=2, help="scale: snakemake --cores")
     p.add_argument("--datasets", default=None, help="scale: a comma-separated subset of its ten datasets")
     p.add_argument("--keep", action="store_true", help="scale: keep the generated sources")
+    p.add_argument("--tokenizer", default=None,
+                   help="fewshot: tokenizer folder or file (default: the SmolLM2 folder the tests cache)")
+    p.add_argument("--peer-templates", type=int, default=1,
+                   help="fewshot: eval templates the previous implementation runs (scaled to all)")
     p.add_argument("--budget-steps", type=int, default=30_000,
                    help="scale: train.steps of the budget that mix and pack fill (x 8,192 tokens; "
                         "the paper's 30,000)")

@@ -18,7 +18,10 @@ as SmolLM2 or Llama), with its own tokenizer (:func:`flanpipe.tokenizer.load_tok
 - **Generation: decoding.** Greedy decoding (and, with ``evaluate.generation.sample``, sampling at a
   temperature with top-k), scored with the metric the registry names.
 - **Few-shot**: ``templatize.few_shot.k`` solved train exemplars before each query, same template,
-  never the example itself, trimmed to the token budget with the model's tokenizer.
+  never the example itself, trimmed to the token budget with the model's tokenizer. Exemplars come
+  from the train file's columns that the prompts use (:func:`flanpipe.templatize.few_shot_columns`;
+  a pool file's extra ``priority`` column is left unread), keyed once for every template and style
+  (:class:`flanpipe.templatize.FewShotPool`).
 
 Each variant gets the metric per template, then the mean over templates, the best template and
 the spread, as the paper reports. The result also records the contamination counts of the dataset
@@ -30,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +49,7 @@ from flanpipe.pack import bos_token
 from flanpipe.registry import DatasetSpec, load_registry
 from flanpipe.scoring import generate, score_options
 from flanpipe.templates import DatasetTemplates, Template, column_at, load_bank, render_template
-from flanpipe.templatize import few_shot_inputs
+from flanpipe.templatize import FewShotPool, TokenCounter, few_shot_columns
 from flanpipe.tokenizer import Tokenizer
 
 STAGE_VERSION = "2"
@@ -126,9 +128,10 @@ class Layout:
         return encode(self.tokenizer, texts, self.max_target_tokens, self.tokenizer.eos_id,
                       threads=self.threads)
 
-    def count(self, text: str) -> int:
-        """The tokens a text takes as a prompt, before truncation (few-shot trimming)."""
-        return len(self.tokenizer.encode(text)) + 1 + (self.bos is not None)
+    def counts(self, texts: list[str]) -> np.ndarray:
+        """The tokens each text takes as a prompt, before truncation (few-shot trimming)."""
+        ids = self.tokenizer.encode_batch(texts, self.threads)
+        return np.array([len(i) for i in ids], np.int64) + 1 + (self.bos is not None)
 
 
 def eval_sample(table: pa.Table, max_examples: int | None, seed: int, name: str) -> pa.Table:
@@ -139,16 +142,27 @@ def eval_sample(table: pa.Table, max_examples: int | None, seed: int, name: str)
     return table.take(pa.array(np.sort(rng.choice(table.num_rows, max_examples, replace=False))))
 
 
-def prompts_for(spec: DatasetSpec, bank: DatasetTemplates, template: Template, eval_raw: pa.Table,
-                train_raw: pa.Table | None, cfg: Config, style: str, count_tokens: Callable[[str], int],
-                rendered=None) -> list[str]:
-    """The prompt of every eval row under one template: zero-shot, or few-shot with exemplars.
-    ``rendered``: the template already rendered in ``style``, reused for zero-shot prompts."""
-    if train_raw is None:
+def read_exemplar_rows(spec: DatasetSpec, bank: DatasetTemplates, path: str | Path) -> pa.Table:
+    """The train rows few-shot exemplars come from (a raw train split, or a pool file of the rows
+    that can survive the cap), only the columns the prompts use."""
+    columns = few_shot_columns(spec, bank, pq.read_schema(path).names)
+    train_raw = pq.read_table(path, columns=columns)
+    if train_raw.num_rows == 0:
+        raise ValueError(f"{path}: few-shot needs train exemplars; it has none")
+    return train_raw
+
+
+def prompts_for(bank: DatasetTemplates, template: Template, eval_raw: pa.Table, pool: FewShotPool | None,
+                style: str, count_tokens: TokenCounter, rendered=None) -> list[str]:
+    """The prompt of every eval row under one template: zero-shot, or few-shot with exemplars from
+    ``pool``. ``rendered``: the template already rendered in ``style``, reused for zero-shot prompts."""
+    if pool is None:
         rendered = rendered or render_template(bank, template, eval_raw, style)
         return rendered.inputs.to_pylist()
-    return few_shot_inputs(spec, bank, template, eval_raw, train_raw, cfg.templatize.few_shot, cfg.seed,
-                           count_tokens=count_tokens, options_style=style)
+    built = pool.prompts(template, style, count_tokens)
+    log.info("%s template %d, OPTIONS %s: %d few-shot prompts, %.2f exemplars each, %d counted exactly",
+             bank.dataset, template.id, style, len(built.prompts), built.shots.mean(), built.counted)
+    return built.prompts
 
 
 # --- scoring one template ------------------------------------------------------------------------
@@ -252,14 +266,13 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     eval_raw = eval_sample(pq.read_table(eval_path), cfg.evaluate.max_examples, cfg.seed, dataset)
     if eval_raw.num_rows == 0:
         raise ValueError(f"{eval_path}: no eval rows to evaluate {dataset} on")
-    train_raw = None
+    pool = None
     if few_shot:
-        train_raw = pq.read_table(raw_dir / "train.parquet")
-        if train_raw.num_rows == 0:
-            raise ValueError(f"{raw_dir / 'train.parquet'}: few-shot needs train exemplars; it has none")
+        pool = FewShotPool(spec, bank, eval_raw, read_exemplar_rows(spec, bank, raw_dir / "train.parquet"),
+                           cfg.templatize.few_shot, cfg.seed)
     model, tokenizer = load_model(model_dir)
     layout = Layout.of(tokenizer, cfg.tokenize, threads)
-    count_tokens = layout.count
+    count_tokens = layout.counts
 
     task = spec.task.type
     key = metrics.primary(spec.metric)
@@ -271,7 +284,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         rendered = render_template(bank, template, eval_raw, style_with)
         variants: dict[str, dict] = {}
         if task == "generation":
-            prompts = prompts_for(spec, bank, template, eval_raw, train_raw, cfg, "none", count_tokens)
+            prompts = prompts_for(bank, template, eval_raw, pool, "none", count_tokens)
             refs = references(spec, template, rendered.targets.to_pylist(), eval_raw)
             modes = [("greedy", False)] + ([("sample", True)] if cfg.evaluate.generation.sample else [])
             for name, sample in modes:
@@ -284,7 +297,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
             options = rendered.options.to_pylist()
             gold = [[opts[i]] for opts, i in zip(options, rendered.answer_index, strict=True)]
             for suffix, style in (("with_options", style_with), ("without_options", "none")):
-                prompts = prompts_for(spec, bank, template, eval_raw, train_raw, cfg, style, count_tokens,
+                prompts = prompts_for(bank, template, eval_raw, pool, style, count_tokens,
                                       rendered if style == style_with else None)
                 picks = rank_classify(model, layout, prompts, options, cfg.evaluate.max_batch_tokens)
                 for norm, chosen in picks.items():

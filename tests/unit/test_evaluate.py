@@ -45,7 +45,7 @@ def test_layout_follows_the_tokenizer_convention_unless_config_says(smollm2_dir)
     assert Layout.of(tok, TokenizeConfig()).bos is None
     forced = Layout.of(tok, TokenizeConfig(add_bos=True, max_input_tokens=64))
     assert forced.inputs(["Hello there"]) == [[tok.bos_id, *tok.encode("Hello there"), tok.eos_id]]
-    assert forced.count("Hello there") == len(tok.encode("Hello there")) + 2
+    assert forced.counts(["Hello there", ""]).tolist() == [len(tok.encode("Hello there")) + 2, 2]
 
 
 def test_references_take_every_answer_of_every_target_field():

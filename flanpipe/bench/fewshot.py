@@ -1,0 +1,211 @@
+"""Few-shot prompt benchmark: every few-shot prompt evaluation builds for MNLI, at real size, next
+to the previous implementation measured in the same run.
+
+    flanpipe bench fewshot [--rows 392702 (train)] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
+
+MNLI-shaped raw splits in the hub schema (:func:`flanpipe.bench.scale.make_mnli`: premises of ~20
+made-up English-like words with a long tail, three hypotheses per premise, one per label) are
+written as Parquet, the train split with the pool file's extra ``priority`` column. Each run reads
+them as ``flanpipe evaluate`` does and builds the prompt of every eval row for every eval template
+(8) in each OPTIONS style evaluate scores (with and without: 16 prompt sets), ``templatize.few_shot``
+at its defaults (k=3, 1,024 tokens), counting tokens with a real tokenizer (the layout evaluate
+uses: ``--tokenizer``, by default the SmolLM2 folder the tests cache) and with words.
+
+- **flanpipe**: :class:`flanpipe.templatize.FewShotPool`, one per dataset, every template and style;
+- **previous**: :func:`previous_few_shot_inputs`, the implementation this one replaced, kept here
+  as the baseline. It renders and lists every train row per template and style and re-encodes each
+  joined prompt, so it runs only the first ``--peer-templates`` templates (both styles) and its time
+  is scaled to all templates (said in the output).
+
+Each run is its own process (spawned), so its peak RSS (``ru_maxrss``) is its own; the RSS after
+imports is shown beside it. The prompts of the templates both ran must be identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flanpipe.bench.scale import SHAPES
+from flanpipe.config import FewShotConfig
+from flanpipe.io import derive_seed
+from flanpipe.registry import DatasetSpec
+from flanpipe.templates import DatasetTemplates, Template, render_template
+from flanpipe.templatize import _scramble, stable_keys, whitespace_tokens
+
+DATASET = "mnli"
+STYLES = ("dash", "none")  # evaluate's with_options (templatize.options) and without_options
+
+
+def previous_few_shot_inputs(spec: DatasetSpec, bank: DatasetTemplates, template: Template,
+                             eval_raw: pa.Table, train_raw: pa.Table, cfg: FewShotConfig, seed: int,
+                             count_tokens: Callable[[str], int] = whitespace_tokens,
+                             options_style: str = "dash") -> list[str]:
+    """The baseline: ``few_shot_inputs`` as it was before ``FewShotPool`` (the same ring, walked
+    per row in Python over the whole rendered train split, each joined prompt re-encoded while it
+    is over the budget)."""
+    ev = render_template(bank, template, eval_raw, options_style)
+    tr = render_template(bank, template, train_raw, options_style)
+    ev_inputs, tr_inputs, tr_targets = (ev.inputs.to_pylist(), tr.inputs.to_pylist(),
+                                        tr.targets.to_pylist())
+    salt = derive_seed(seed, f"few_shot/{spec.name}/{template.id}")
+    train_keys, eval_keys = stable_keys(spec, train_raw), stable_keys(spec, eval_raw)
+    ring = _scramble(train_keys, salt)
+    order = np.argsort(ring, kind="stable")
+    starts = np.searchsorted(ring[order], _scramble(eval_keys, salt ^ 0x5EED))
+    n = len(order)
+    out = []
+    for row, query in enumerate(ev_inputs):
+        chosen = []
+        for step in range(n):
+            j = int(order[(starts[row] + step) % n])
+            if train_keys[j] != eval_keys[row] and tr_inputs[j] != query:
+                chosen.append(f"{tr_inputs[j]}\n{tr_targets[j]}")
+                if len(chosen) == cfg.k:
+                    break
+        while True:
+            prompt = cfg.delimiter.join([*chosen, query])
+            if not chosen or count_tokens(prompt) <= cfg.max_tokens:
+                break
+            chosen = chosen[1:]
+        out.append(prompt)
+    return out
+
+
+def write_mnli(root: Path, train_rows: int, seed: int = 0) -> dict[str, Path]:
+    """MNLI-shaped ``eval.parquet`` (9,815 rows) and ``train.parquet`` (with ``row_index`` and a
+    pool file's ``priority``) under ``root``."""
+    shape = SHAPES[DATASET]
+    paths = {}
+    for role, rows in (("train", train_rows), ("eval", shape.eval_rows)):
+        rng = np.random.default_rng(derive_seed(seed, f"bench/fewshot/{role}"))
+        table = shape.make(rng, rows, 0).append_column("row_index", pa.array(np.arange(rows)))
+        if role == "train":
+            table = table.append_column("priority", pa.array(rng.integers(0, 2**63, rows, np.uint64)))
+        paths[role] = root / f"{role}.parquet"
+        pq.write_table(table, paths[role])
+    return paths
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _run(which: str, counter: str, paths: dict[str, Path], tokenizer: str, threads: int,
+         templates: int | None) -> dict:
+    """One timed run in its own process: read the splits, build the prompts, digest them."""
+    from flanpipe.config import TokenizeConfig
+    from flanpipe.evaluate import Layout
+    from flanpipe.registry import load_registry
+    from flanpipe.templates import load_bank
+    from flanpipe.templatize import FewShotPool, few_shot_columns, whitespace_token_counts
+    from flanpipe.tokenizer import load_tokenizer
+
+    spec, bank, cfg, seed = load_registry().datasets[DATASET], load_bank()[DATASET], FewShotConfig(), 1234
+    if counter == "words":
+        counts, count = whitespace_token_counts, whitespace_tokens
+    else:
+        layout = Layout.of(load_tokenizer(tokenizer), TokenizeConfig(), threads)
+        counts = layout.counts
+        count = lambda text: len(layout.tokenizer.encode(text)) + 1 + (layout.bos is not None)  # noqa: E731
+    chosen = bank.eval_templates[:templates]
+    imports_mb = _rss_mb()
+    start = time.perf_counter()
+    eval_raw = pq.read_table(paths["eval"])
+    digests, counted, prompts = {}, 0, 0
+    if which == "flanpipe":
+        columns = few_shot_columns(spec, bank, pq.read_schema(paths["train"]).names)
+        pool = FewShotPool(spec, bank, eval_raw, pq.read_table(paths["train"], columns=columns), cfg, seed)
+        for template in chosen:
+            for style in STYLES:
+                built = pool.prompts(template, style, counts)
+                digests[f"{template.id}/{style}"] = _digest(built.prompts)
+                counted += built.counted
+                prompts += len(built.prompts)
+    else:
+        train_raw = pq.read_table(paths["train"])  # as evaluate read it: every column
+        for template in chosen:
+            for style in STYLES:
+                out = previous_few_shot_inputs(spec, bank, template, eval_raw, train_raw, cfg, seed, count,
+                                               style)
+                digests[f"{template.id}/{style}"] = _digest(out)
+                prompts += len(out)
+                counted += len(out)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"which": which, "counter": counter, "seconds": seconds, "templates": len(chosen),
+            "all_templates": len(bank.eval_templates), "prompts": prompts, "counted": counted,
+            "imports_mb": imports_mb, "peak_mb": peak_mb, "digests": digests}
+
+
+def _digest(prompts: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(p.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _in_own_process(*args) -> dict:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_run, args)
+
+
+def default_tokenizer() -> Path:
+    """The SmolLM2 folder the tests cache (``FLANPIPE_TEST_CACHE``, else ``~/.cache/flanpipe``)."""
+    cache = Path(os.environ.get("FLANPIPE_TEST_CACHE", Path.home() / ".cache/flanpipe"))
+    return cache / "smollm2-135m-instruct"
+
+
+def bench_fewshot(train_rows: int | None = None, tokenizer: str | Path | None = None, threads: int = 2,
+                  peer_templates: int = 1) -> dict:
+    """Write the splits, then time each side with each counter; the rows, runs and whether the
+    prompts both sides built agree."""
+    train_rows = train_rows or SHAPES[DATASET].train_rows
+    tokenizer = Path(tokenizer or default_tokenizer())
+    if not tokenizer.exists():
+        raise FileNotFoundError(f"--tokenizer: {tokenizer} does not exist (a folder with tokenizer.json or "
+                                "tokenizer.model; the unit tests cache SmolLM2's there)")
+    with tempfile.TemporaryDirectory(prefix="bench-fewshot-") as tmp:
+        paths = write_mnli(Path(tmp), train_rows)
+        runs = []
+        for counter in ("tokenizer", "words"):
+            for which, templates in (("flanpipe", None), ("previous", peer_templates)):
+                runs.append(_in_own_process(which, counter, paths, str(tokenizer), threads, templates))
+    for run in runs:
+        run["scaled_seconds"] = run["seconds"] * run["all_templates"] / run["templates"]
+    by = {(r["which"], r["counter"]): r for r in runs}
+    same = {c: all(by["flanpipe", c]["digests"][k] == v for k, v in by["previous", c]["digests"].items())
+            for c in ("tokenizer", "words")}
+    return {"train_rows": train_rows, "eval_rows": SHAPES[DATASET].eval_rows, "tokenizer": str(tokenizer),
+            "threads": threads, "runs": runs, "identical": same,
+            "ratio": {c: by["previous", c]["scaled_seconds"] / by["flanpipe", c]["seconds"]
+                      for c in ("tokenizer", "words")}}
+
+
+def print_fewshot(r: dict) -> None:
+    first = r["runs"][0]
+    print(f"few-shot prompts: MNLI-shaped, {r['train_rows']:,} train / {r['eval_rows']:,} eval rows, "
+          f"{first['all_templates']} eval templates x {len(STYLES)} OPTIONS styles, k=3, 1,024 tokens")
+    print(f"  token counters: tokenizer = {r['tokenizer']} ({r['threads']} threads), words = whitespace")
+    for run in r["runs"]:
+        part = ("" if run["templates"] == run["all_templates"] else
+                f" ({run['templates']} of {run['all_templates']} templates in {run['seconds']:.1f} s, "
+                "scaled)")
+        print(f"  {run['which']:<9} {run['counter']:<9} {run['scaled_seconds']:8.1f} s{part}; "
+              f"peak RSS {run['peak_mb']:,.0f} MB (after imports {run['imports_mb']:,.0f} MB); "
+              f"{run['prompts']:,} prompts, {run['counted']:,} counted exactly")
+    for counter, ratio in r["ratio"].items():
+        print(f"  ratio previous / flanpipe ({counter}): {ratio:.1f}x; identical prompts on the templates "
+              f"both ran: {'yes' if r['identical'][counter] else 'NO'}")
