@@ -255,8 +255,12 @@ def contamination_counts(path: str | Path | None, dataset: str) -> dict:
 
 def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, out_path: str | Path,
                      cfg: Config, few_shot: bool, model_name: str,
-                     contamination: str | Path | None = None, threads: int = 1) -> dict:
-    """Evaluate one model on one dataset's eval split; writes and returns the result."""
+                     contamination: str | Path | None = None, threads: int = 1,
+                     train: str | Path | None = None) -> dict:
+    """Evaluate one model on one dataset's eval split (``raw_dir/eval.parquet``); writes and returns
+    the result. Few-shot exemplars come from ``train``: the workflow passes the dataset's pool
+    (``data/pool/{dataset}.parquet``, at most ``pool_factor x cap`` rows, so a 40M-row translation
+    set costs no more than a small one); by default ``raw_dir/train.parquet``."""
     torch.set_num_threads(max(1, threads))
     t0 = time.perf_counter()
     spec = load_registry().datasets[dataset]
@@ -268,7 +272,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         raise ValueError(f"{eval_path}: no eval rows to evaluate {dataset} on")
     pool = None
     if few_shot:
-        pool = FewShotPool(spec, bank, eval_raw, read_exemplar_rows(spec, bank, raw_dir / "train.parquet"),
+        pool = FewShotPool(spec, bank, eval_raw, read_exemplar_rows(spec, bank, train or raw_dir / "train.parquet"),
                            cfg.templatize.few_shot, cfg.seed)
     model, tokenizer = load_model(model_dir)
     layout = Layout.of(tokenizer, cfg.tokenize, threads)

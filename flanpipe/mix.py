@@ -298,10 +298,12 @@ def _passes(files: DatasetInputs) -> int:
 
 
 def _gather(path: str | Path, passes: int, rows: np.ndarray, epoch: np.ndarray,
-            columns: list[str] | None = None) -> pa.Table:
-    """The templated rendering of each (train row index, epoch): pass ``epoch % passes``, in input
-    order (repeats allowed). The table is read batch by batch and only the wanted renderings are
-    kept, so memory follows the rows asked for, not the table."""
+            columns: list[str] | None = None) -> tuple[pa.Table, np.ndarray]:
+    """The templated rendering of each (train row index, epoch): pass ``epoch % passes``, as
+    ``(renderings, at)``: request ``i`` is row ``at[i]`` of ``renderings``, which holds each wanted
+    rendering once (a repeated example's renderings are not copied). The table is read batch by
+    batch and only the wanted renderings are kept, so memory follows the rows asked for, not the
+    table."""
     columns = columns or TEMPLATIZED_SCHEMA.names
     want = rows.astype(np.int64) * passes + epoch % passes
     wanted = np.unique(want)
@@ -316,14 +318,14 @@ def _gather(path: str | Path, passes: int, rows: np.ndarray, epoch: np.ndarray,
             pieces.append(t.filter(pa.array(hit)).select(columns))
             keys.append(key[hit])
     schema = pa.schema([TEMPLATIZED_SCHEMA.field(c) for c in columns])
-    table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
+    table = pa.concat_tables(pieces).cast(schema).combine_chunks() if pieces else schema.empty_table()
     key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     order = np.argsort(key, kind="stable")
     pos = order[np.minimum(np.searchsorted(key[order], want), max(len(key) - 1, 0))] if len(want) else \
         np.zeros(0, np.int64)
     if len(want) and (not len(key) or not np.array_equal(key[pos], want)):
         raise ValueError(f"{path}: kept rows missing from the templatized table; rerun templatize")
-    return table.take(pa.array(pos, pa.int64()))
+    return table, pos
 
 
 def _estimated_tokens(rows: pa.Table, cfg: Config) -> tuple[float, float, float]:
@@ -368,8 +370,8 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
         kept = np.flatnonzero(fate == FATES.index("kept"))
         kept = pool.row_index[kept[np.lexsort((pool.row_index[kept], pool.priority[kept]))]]
         passes.append(_passes(files))
-        first = _gather(files.templatized, passes[k], kept, np.zeros(len(kept), np.int32),
-                        ["inputs", "targets"])
+        first = pa.Table.take(*_gather(files.templatized, passes[k], kept, np.zeros(len(kept), np.int32),
+                                       ["inputs", "targets"]))
         chars_in, chars_out, tokens = _estimated_tokens(first, cfg)
         outside = counts["rows_raw"] - counts["rejected"] - len(pool.row_index)
         short = min(max(cfg.mix.cap - len(kept), 0), outside)
@@ -410,10 +412,11 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
             idx, epoch = repeat_sample(len(kept), int(sampled[k]), rng)
             s.update(rate=float(rates[k]), sampled=int(sampled[k]),
                      epochs=float(sampled[k] / len(kept)) if len(kept) else 0.0)
-            rows = _gather(inputs[k].templatized, passes[k], kept[idx], epoch)  # epoch e: its own rendering
-            s["inputs_cut"] = int(pc.sum(pc.greater(rows.column("input_cut"), 0)).as_py() or 0)
-            buckets.add(rows.append_column("epoch", pa.array(epoch, pa.int32())),
-                        where[offsets[k]:offsets[k + 1]])
+            # epoch e: its own rendering
+            renderings, at = _gather(inputs[k].templatized, passes[k], kept[idx], epoch)
+            cut = pc.greater(renderings.column("input_cut"), 0).to_numpy(zero_copy_only=False)
+            s["inputs_cut"] = int(cut[at].sum())
+            buckets.add(renderings, at, epoch, where[offsets[k]:offsets[k + 1]])
         shards = buckets.write_shards(out_dir / "shards", {"stage": "mix", "stage_version": STAGE_VERSION,
                                                            "mixture": mixture, "seed": cfg.seed})
 
@@ -500,18 +503,24 @@ class _Buckets:
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def add(self, rows: pa.Table, positions: np.ndarray) -> None:
-        """Bucket ``rows``, which land at ``positions`` of the shuffled mixture."""
+    def add(self, renderings: pa.Table, at: np.ndarray, epoch: np.ndarray, positions: np.ndarray) -> None:
+        """Bucket one dataset's sampled rows: row ``i`` is ``renderings`` row ``at[i]`` in epoch
+        ``epoch[i]``, and lands at ``positions[i]`` of the shuffled mixture. Written a shard's rows
+        at a time, so only the renderings and one shard's rows are in memory."""
         order = np.argsort(positions, kind="stable")
-        rows = rows.take(pa.array(order)).append_column("position", pa.array(positions[order], pa.int64()))
         shard = positions[order] // self.rows_per_shard
         bounds = np.flatnonzero(np.diff(shard)) + 1
+        schema = pa.schema([*renderings.schema, pa.field("epoch", pa.int32()), pa.field("position", pa.int64())])
         path, groups = self.dir / f"{len(self.files):05d}.parquet", {}
-        with pq.ParquetWriter(path, rows.schema) as writer:
+        with pq.ParquetWriter(path, schema) as writer:
             for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(shard)], strict=True):
                 if end > start:
+                    mine = order[start:end]
+                    rows = renderings.take(pa.array(at[mine])).append_column(
+                        "epoch", pa.array(epoch[mine], pa.int32())).append_column(
+                        "position", pa.array(positions[mine], pa.int64()))
                     groups[int(shard[start])] = len(groups)
-                    writer.write_table(rows.slice(start, end - start), row_group_size=end - start)
+                    writer.write_table(rows, row_group_size=end - start)
         self.files.append((path, groups))
 
     def write_shards(self, shard_dir: Path, meta: dict) -> list[dict]:

@@ -182,13 +182,13 @@ def get_eval_model_name(wildcards):
 
 
 def get_eval_inputs(wildcards):
-    """The model folder, the dataset's raw splits (eval, and train for few-shot exemplars) and the
-    contamination counts of the model's mixture (none for the base model)."""
+    """The model folder, the dataset's raw eval split, its pool (the train rows few-shot exemplars
+    come from) and the contamination counts of the model's mixture (none for the base model)."""
     model = get_eval_model_name(wildcards)
     inputs = {
         "model": f"models/{model}/hf",
         "eval": f"data/raw/{wildcards.dataset}/eval.parquet",
-        "train": f"data/raw/{wildcards.dataset}/train.parquet",
+        "train": f"data/pool/{wildcards.dataset}.parquet",
     }
     if model != "base":
         inputs["contamination"] = f"data/mixtures/{model}/contamination.parquet"

@@ -17,4 +17,5 @@ evaluate_dataset(
     model_name=snakemake.params.model,
     contamination=snakemake.input.get("contamination"),
     threads=snakemake.threads,
+    train=snakemake.input.train,
 )
