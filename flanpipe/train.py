@@ -165,10 +165,12 @@ class StepBatches:
 
 def load_step(data: PackedShards, plan: BatchPlan, step: int, seed: int, rank: int,
               device: torch.device) -> StepBatches:
-    """Rank ``rank``'s micro-batches of ``step`` (see :func:`step_rows`), read and on ``device``."""
+    """Rank ``rank``'s micro-batches of ``step`` (see :func:`step_rows`), read and on ``device``
+    (in one :meth:`PackedShards.take`, which rebuilds their segment ids, positions and loss masks)."""
     rows = step_rows(step, plan, len(data), seed)
-    mine = rows.reshape(plan.accumulation, plan.world_size, plan.micro_batch_rows)[:, rank]
-    batches = [to_batch(data.take(idx), device) for idx in mine]
+    mine = data.take(rows.reshape(plan.accumulation, plan.world_size, plan.micro_batch_rows)[:, rank].ravel())
+    micro = plan.micro_batch_rows
+    batches = [to_batch(mine[m * micro:(m + 1) * micro], device) for m in range(plan.accumulation)]
     return StepBatches(batches, sum(int(predicted(b["segment_ids"], b["loss_mask"]).sum()) for b in batches))
 
 
