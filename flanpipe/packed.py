@@ -170,7 +170,7 @@ def rebuild(out: np.ndarray, examples: np.ndarray, examples_per_row: np.ndarray)
     for side, column in (("inputs", "input_tokens"), ("targets", "target_tokens")):
         s = spans(examples[column][:, None], examples_per_row, out.dtype[side].shape[0])
         out[f"{side}_segment_ids"], out[f"{side}_positions"] = s.segment_ids, s.positions
-    out["loss_mask"] = s.piece > 0
+    out["loss_mask"] = out["targets_segment_ids"] > 0
 
 
 class PackedShards:
