@@ -17,10 +17,15 @@ Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
   with its own ``*_segment_ids`` and ``*_positions``; segment ``s`` of a row's inputs belongs to
   segment ``s`` of its targets, and ``loss_mask`` marks the target tokens.
 
+Every packer puts a row's examples back to back from slot 0 in segment order, so the shards store
+only the tokens and each example's input and target lengths; segment ids, positions and loss masks
+are rebuilt as rows are read (:mod:`flanpipe.packed`).
+
 Output, ``data/packed/{mixture}/``:
 
-- ``shards/part-XXXXX.npy``: a structured NumPy array per shard, one record per row with the
-  fields above (``np.load(path, mmap_mode="r")``; :class:`flanpipe.packed.PackedShards` reads them);
+- ``shards/part-XXXXX.{tokens,examples,examples_per_row}.npy``: per shard, the rows' tokens, the
+  examples' lengths and the examples per row (:mod:`flanpipe.packed` describes them;
+  :class:`flanpipe.packed.PackedShards` reads them, memory-mapped);
 - ``index.parquet``: one line per example: its row and segment, offsets, token counts before and
   after truncation, dataset, example id, template and epoch;
 - ``stats.parquet`` (tokens and truncations per dataset), ``packing.parquet`` (the mixture's packing
@@ -32,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +57,10 @@ from flanpipe.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
+from flanpipe.packed import EXAMPLE_DTYPE, SHARD_FILES, row_dtype, stored_dtype
 from flanpipe.tokenizer import Tokenizer, load_tokenizer, mixture_shards
 
-STAGE_VERSION = "2"
+STAGE_VERSION = "3"  # 3: shards store tokens and example lengths; segment ids etc. are rebuilt
 log = logging.getLogger(__name__)
 
 COLUMNS = ["inputs", "targets", "dataset", "example_id", "template_id", "epoch"]
@@ -105,28 +112,6 @@ PACKING_SCHEMA = pa.schema([
     pa.field("budget_tokens", pa.int64()),  # train.steps * train.tokens_per_batch
     pa.field("windows", pa.int64()),
 ])
-
-
-def row_dtype(layout: str, max_input: int, max_target: int, vocab_size: int) -> np.dtype:
-    """The record of one packed row.
-
-    >>> row_dtype("decoder_only", 4, 2, 32000).names
-    ('tokens', 'segment_ids', 'positions', 'loss_mask')
-    >>> row_dtype("encoder_decoder", 4, 2, 32000)["targets"].shape
-    (2,)
-    """
-    tok = np.uint16 if vocab_size <= 2**16 else np.int32
-    if layout == "decoder_only":
-        width = max_input + max_target
-        return np.dtype([("tokens", tok, (width,)), ("segment_ids", np.uint16, (width,)),
-                         ("positions", np.uint16, (width,)), ("loss_mask", np.uint8, (width,))])
-    if layout == "encoder_decoder":
-        return np.dtype([
-            ("inputs", tok, (max_input,)), ("inputs_segment_ids", np.uint16, (max_input,)),
-            ("inputs_positions", np.uint16, (max_input,)),
-            ("targets", tok, (max_target,)), ("targets_segment_ids", np.uint16, (max_target,)),
-            ("targets_positions", np.uint16, (max_target,)), ("loss_mask", np.uint8, (max_target,))])
-    raise ValueError(f"unknown layout {layout!r}; allowed: decoder_only, encoder_decoder")
 
 
 class Encoded:
@@ -186,41 +171,62 @@ def windows(shards: list[Path], size: int, columns: list[str] = COLUMNS) -> Iter
         yield pa.Table.from_batches(pending)
 
 
-class _ShardWriter:
-    """Appends packed rows and writes every ``rows_per_shard`` of them as one ``.npy`` shard."""
+@dataclass(frozen=True)
+class PackedRows:
+    """Packed rows as the shards store them: ``tokens`` (records of
+    :func:`flanpipe.packed.stored_dtype`), ``examples`` (their examples' lengths,
+    :data:`flanpipe.packed.EXAMPLE_DTYPE`, row by row in segment order) and ``examples_per_row``."""
+
+    tokens: np.ndarray
+    examples: np.ndarray
+    examples_per_row: np.ndarray
+
+
+class ShardWriter:
+    """Appends packed rows and writes every ``rows_per_shard`` of them as one shard: the files
+    ``part-XXXXX.{tokens,examples,examples_per_row}.npy``."""
 
     def __init__(self, directory: Path, dtype: np.dtype, rows_per_shard: int):
-        self.directory, self.dtype, self.rows_per_shard = directory, dtype, rows_per_shard
-        self.pending: list[np.ndarray] = []
+        self.directory, self.rows_per_shard = directory, rows_per_shard
+        self.pending = [PackedRows(np.zeros(0, dtype), np.zeros(0, EXAMPLE_DTYPE), np.zeros(0, np.uint16))]
         self.count = 0
         self.shards: list[dict] = []
 
-    def add(self, rows: np.ndarray) -> None:
+    def add(self, rows: PackedRows) -> None:
         self.pending.append(rows)
-        self.count += len(rows)
+        self.count += len(rows.tokens)
         while self.count >= self.rows_per_shard:
             self._flush(self.rows_per_shard)
 
     def close(self) -> list[dict]:
+        """Write the rows left (or one empty shard if there were none); returns the shards' list."""
         if self.count or not self.shards:
             self._flush(self.count)
         return self.shards
 
     def _flush(self, n: int) -> None:
-        rows = np.concatenate(self.pending) if self.pending else np.zeros(0, self.dtype)
-        path = self.directory / f"part-{len(self.shards):05d}.npy"
-        np.save(path, rows[:n], allow_pickle=False)
-        self.shards.append({"file": path.name, "rows": n, "sha256": sha256_file(path)})
-        self.pending = [rows[n:]]
-        self.count = len(rows) - n
+        parts = self.pending
+        tokens = np.concatenate([p.tokens for p in parts])
+        examples = np.concatenate([p.examples for p in parts])
+        per_row = np.concatenate([p.examples_per_row for p in parts])
+        m = int(per_row[:n].sum())
+        arrays = {"tokens": tokens[:n], "examples": examples[:m], "examples_per_row": per_row[:n]}
+        files = {kind: f"part-{len(self.shards):05d}.{kind}.npy" for kind in SHARD_FILES}
+        for kind in SHARD_FILES:
+            np.save(self.directory / files[kind], arrays[kind], allow_pickle=False)
+        self.shards.append({"rows": n, "examples": m, "files": files,
+                            "bytes": sum((self.directory / f).stat().st_size for f in files.values()),
+                            "sha256": {kind: sha256_file(self.directory / f) for kind, f in files.items()}})
+        self.pending = [PackedRows(tokens[n:], examples[m:], per_row[n:])]
+        self.count = len(tokens) - n
 
 
 def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: TokenizeConfig, dtype: np.dtype, eos: int,
                 pad: int, threads: int, rng: np.random.Generator, bos: int | None = None
-                ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
-    """Tokenize, truncate and pack one window (``bos``: put before each example's inputs). Returns
-    its rows (shuffled), the per-example placement (row within the window, segment, offsets, token
-    counts) and the window's counts."""
+                ) -> tuple[PackedRows, dict[str, np.ndarray], dict]:
+    """Tokenize, truncate and pack one window (``dtype``: the stored row, ``bos``: put before each
+    example's inputs). Returns its rows (shuffled), the per-example placement (row within the
+    window, segment, offsets, token counts) and the window's counts."""
     li_max, lt_max = tcfg.max_input_tokens, tcfg.max_target_tokens
     inputs = encode(tokenizer, table.column("inputs"), threads)
     targets = encode(tokenizer, table.column("targets"), threads)
@@ -236,29 +242,58 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: TokenizeConfig, dty
     bins, seg, off_a, off_b, n_rows = packing.pack(tcfg.packer, *dims)
     perm = rng.permutation(n_rows)
     row = perm[bins]
-    rows = np.zeros(n_rows, dtype)
+    tokens = np.zeros(n_rows, dtype)
     left = tcfg.truncate_inputs == "left"
     if tcfg.layout == "decoder_only":
-        rows["tokens"] = pad
-        packing.fill_decoder_only(rows["tokens"], rows["segment_ids"], rows["positions"], rows["loss_mask"],
-                                  row, seg, off_a, inputs.ids, inputs.starts, inputs.lengths, keep_in,
-                                  targets.ids, targets.starts, targets.lengths, keep_tg, eos, left)
+        tokens["tokens"] = pad
+        packing.fill_decoder_only(tokens["tokens"], row, off_a, inputs.ids, inputs.starts, inputs.lengths,
+                                  keep_in, targets.ids, targets.starts, targets.lengths, keep_tg, eos, left)
         target_off = off_a + size_in
     else:
-        rows["inputs"] = pad
-        rows["targets"] = pad
-        packing.fill_side(rows["inputs"], rows["inputs_segment_ids"], rows["inputs_positions"], row, seg,
-                          off_a, inputs.ids, inputs.starts, inputs.lengths, keep_in, eos, left)
-        packing.fill_side(rows["targets"], rows["targets_segment_ids"], rows["targets_positions"], row, seg,
-                          off_b, targets.ids, targets.starts, targets.lengths, keep_tg, eos, False)
-        rows["loss_mask"] = rows["targets_segment_ids"] > 0
+        tokens["inputs"] = pad
+        tokens["targets"] = pad
+        packing.fill_side(tokens["inputs"], row, off_a, inputs.ids, inputs.starts, inputs.lengths, keep_in,
+                          eos, left)
+        packing.fill_side(tokens["targets"], row, off_b, targets.ids, targets.starts, targets.lengths,
+                          keep_tg, eos, False)
         target_off = off_b
+    for offsets, sizes in zip((off_a, off_b), dims[::2], strict=True):
+        _check_back_to_back(row, seg, offsets, sizes, tcfg.packer)
     placement = {"row": row, "segment": seg, "input_offset": off_a, "target_offset": target_off,
                  "input_tokens": size_in, "target_tokens": size_tg,
                  "input_tokens_full": inputs.full + 1, "target_tokens_full": targets.full + 1}
     counts = {"rows": n_rows, "rows_lower_bound": packing.rows_lower_bound(*dims),
               "rows_next_fit": packing.next_fit(*dims)[4]}
-    return rows, placement, counts
+    return packed_rows(tokens, row, seg, size_in, size_tg), placement, counts
+
+
+def packed_rows(tokens: np.ndarray, row: np.ndarray, segment: np.ndarray, input_tokens: np.ndarray,
+                target_tokens: np.ndarray) -> PackedRows:
+    """The rows ``tokens`` with their examples' lengths, given each example's row and segment.
+
+    >>> r = packed_rows(np.zeros(2, [("tokens", "u2", (8,))]), np.array([1, 0, 1]), np.array([2, 1, 1]),
+    ...                 np.array([3, 2, 2]), np.array([1, 2, 1]))
+    >>> r.examples.tolist(), r.examples_per_row.tolist()
+    ([(2, 2), (2, 1), (3, 1)], [1, 2])
+    """
+    order = np.lexsort((segment, row))  # row by row, in segment order
+    examples = np.empty(len(order), EXAMPLE_DTYPE)
+    examples["input_tokens"], examples["target_tokens"] = input_tokens[order], target_tokens[order]
+    return PackedRows(tokens, examples, np.bincount(row, minlength=len(tokens)).astype(np.uint16))
+
+
+def _check_back_to_back(row: np.ndarray, segment: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
+                        packer: str) -> None:
+    """The shards store lengths, not offsets: in each row, the first example must start at 0 and
+    every other one where the one before it ends."""
+    order = np.lexsort((segment, row))
+    offsets, sizes = offsets[order], sizes[order]
+    starts = np.cumsum(sizes) - sizes
+    per_row = np.bincount(row)[np.unique(row)]
+    expected = starts - np.repeat(starts[np.cumsum(per_row) - per_row], per_row)
+    if not np.array_equal(offsets, expected):
+        raise RuntimeError(f"tokenize.packer {packer!r} left a gap between the examples of a row; the "
+                           "packed shards cannot describe it")
 
 
 def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path, out_dir: str | Path,
@@ -269,13 +304,14 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     tok = load_tokenizer(tokenizer)
     eos, pad = tok.eos_id, tok.pad_id if tok.pad_id is not None else 0
     bos = bos_token(tok, tcfg.add_bos)
-    dtype = row_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
+    dtype = stored_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
+    record = row_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
     shards = mixture_shards(shard_dir)
     total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     rng = np.random.default_rng(derive_seed(cfg.seed, f"pack/{mixture}"))
 
     with atomic_dir(out_dir / "shards") as tmp:
-        writer = _ShardWriter(tmp, dtype, tcfg.rows_per_shard)
+        writer = ShardWriter(tmp, dtype, tcfg.rows_per_shard)
         index_parts, totals = [], {"rows": 0, "rows_lower_bound": 0, "rows_next_fit": 0, "windows": 0}
         position = 0
         n_windows = math.ceil(total / tcfg.pack_window)
@@ -303,8 +339,10 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
                          meta)
     manifest = {
         **meta, "layout": tcfg.layout, "examples": index.num_rows, "rows": totals["rows"],
-        "fields": {name: {"dtype": dtype[name].base.str, "shape": list(dtype[name].shape)}
-                   for name in dtype.names},
+        "fields": {name: {"dtype": record[name].base.str, "shape": list(record[name].shape)}
+                   for name in record.names},
+        "stored": {"tokens": list(dtype.names), "examples": list(EXAMPLE_DTYPE.names),
+                   "bytes": sum(s["bytes"] for s in shard_list)},
         "rows_per_shard": tcfg.rows_per_shard, "shards": shard_list,
         "tokenizer": {**tok.describe(), "pad_fill": pad, "bos_added": bos is not None},
         "inputs": [{"file": p.name, "sha256": sha256_file(p)} for p in shards],

@@ -253,10 +253,10 @@ def _copy_tokens(dst, r, o, ids, start, full, keep, left):
 
 
 @nb.njit(cache=True)
-def fill_decoder_only(tokens, segment_ids, positions, loss_mask, row, seg, off, in_ids, in_starts, in_full,
-                      in_keep, tg_ids, tg_starts, tg_full, tg_keep, eos, left):
-    """Write each example as ``inputs EOS targets EOS`` at (row, off); positions restart at 0 per
-    example and the loss mask is 1 on the target tokens (their EOS included)."""
+def fill_decoder_only(tokens, row, off, in_ids, in_starts, in_full, in_keep, tg_ids, tg_starts, tg_full,
+                      tg_keep, eos, left):
+    """Write each example as ``inputs EOS targets EOS`` at (row, off). Only the tokens: segment ids,
+    positions and the loss mask follow from the examples' lengths (:func:`flanpipe.packed.spans`)."""
     for i in range(row.shape[0]):
         r = row[i]
         o = off[i]
@@ -266,23 +266,11 @@ def fill_decoder_only(tokens, segment_ids, positions, loss_mask, row, seg, off, 
         tokens[r, o + li] = eos
         _copy_tokens(tokens, r, o + li + 1, tg_ids, tg_starts[i], tg_full[i], lt, False)
         tokens[r, o + li + 1 + lt] = eos
-        total = li + lt + 2
-        for t in range(total):
-            segment_ids[r, o + t] = seg[i]
-            positions[r, o + t] = t
-        for t in range(li + 1, total):
-            loss_mask[r, o + t] = 1
 
 
 @nb.njit(cache=True)
-def fill_side(tokens, segment_ids, positions, row, seg, off, ids, starts, full, keep, eos, left):
-    """One side of an encoder-decoder example (``ids EOS``) at (row, off), positions from 0."""
+def fill_side(tokens, row, off, ids, starts, full, keep, eos, left):
+    """One side of an encoder-decoder example (``ids EOS``) at (row, off)."""
     for i in range(row.shape[0]):
-        r = row[i]
-        o = off[i]
-        n = keep[i]
-        _copy_tokens(tokens, r, o, ids, starts[i], full[i], n, left)
-        tokens[r, o + n] = eos
-        for t in range(n + 1):
-            segment_ids[r, o + t] = seg[i]
-            positions[r, o + t] = t
+        _copy_tokens(tokens, row[i], off[i], ids, starts[i], full[i], keep[i], left)
+        tokens[row[i], off[i] + keep[i]] = eos

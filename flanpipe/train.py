@@ -148,7 +148,9 @@ def _device(dist: DistEnv) -> torch.device:
     return torch.device("cpu")
 
 
-def _to_batch(rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+def to_batch(rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """Packed rows (:meth:`PackedShards.take`, segment ids, positions and loss masks rebuilt) as the
+    model's int64 inputs on ``device``."""
     return {name: torch.from_numpy(np.ascontiguousarray(rows[name]).astype(np.int64)).to(device)
             for name in ("tokens", "segment_ids", "positions", "loss_mask")}
 
@@ -163,10 +165,12 @@ class StepBatches:
 
 def load_step(data: PackedShards, plan: BatchPlan, step: int, seed: int, rank: int,
               device: torch.device) -> StepBatches:
-    """Rank ``rank``'s micro-batches of ``step`` (see :func:`step_rows`), read and on ``device``."""
+    """Rank ``rank``'s micro-batches of ``step`` (see :func:`step_rows`), read and on ``device``
+    (in one :meth:`PackedShards.take`, which rebuilds their segment ids, positions and loss masks)."""
     rows = step_rows(step, plan, len(data), seed)
-    mine = rows.reshape(plan.accumulation, plan.world_size, plan.micro_batch_rows)[:, rank]
-    batches = [_to_batch(data.take(idx), device) for idx in mine]
+    mine = data.take(rows.reshape(plan.accumulation, plan.world_size, plan.micro_batch_rows)[:, rank].ravel())
+    micro = plan.micro_batch_rows
+    batches = [to_batch(mine[m * micro:(m + 1) * micro], device) for m in range(plan.accumulation)]
     return StepBatches(batches, sum(int(predicted(b["segment_ids"], b["loss_mask"]).sum()) for b in batches))
 
 

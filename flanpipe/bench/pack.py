@@ -12,7 +12,16 @@ an OPTIONS suffix; 60% one-word class targets, the rest free text), it measures
 2. packing efficiency on the same examples: best-fit decreasing next to next-fit in arrival order
    and pad-to-max (one example per row), decoder-only; for encoder-decoder, rows against the lower
    bound ``max(sum(inputs) / 1024, sum(targets) / 256)``;
-3. packer speed: examples per second of :func:`flanpipe.packing.pack` alone, on one core.
+3. packer speed: examples per second of :func:`flanpipe.packing.pack` alone, on one core;
+4. the shards' format (:mod:`flanpipe.packed`), against the format pack wrote before stage version 3
+   (every field of :func:`flanpipe.packed.row_dtype` stored, one structured ``.npy`` per shard; the
+   peer writes it here from the same rows): bytes on disk per row, both layouts; and batch reads of
+   the decoder-only rows, in rows per second: :meth:`flanpipe.packed.PackedShards.take` (tokens and
+   lengths memory-mapped, the other fields rebuilt) against the peer's memory-mapped take of the
+   stored fields, alone and with the trainer's conversion to int64 tensors
+   (:func:`flanpipe.train.to_batch`), over the trainer's own row order (:func:`flanpipe.train.step_rows`).
+   Both read from the page cache (the files were just written): the peer's 3.5x more bytes would
+   cost it more from a cold disk.
 """
 
 from __future__ import annotations
@@ -30,10 +39,13 @@ from flanpipe.bench.dedup import vocabulary
 from flanpipe.config import TokenizerConfig, parse_config
 from flanpipe.io import derive_seed
 from flanpipe.pack import tokenize_and_pack
+from flanpipe.packed import PackedShards
 from flanpipe.tokenizer import load_processor, train_spm
 
 CLASS_WORDS = ["yes", "no", "maybe", "positive", "negative", "entailment", "neutral", "contradiction"]
 ROWS_PER_SHARD = 50_000
+READ_BATCHES = 2_000
+BATCH_ROWS = 8
 
 
 def synthetic_examples(n: int, seed: int = 0, vocab_size: int = 60_000) -> tuple[list[str], list[str]]:
@@ -119,6 +131,9 @@ def bench_pack(rows: int = 100_000, threads: int = 2, vocab: int = 32_000, windo
         dec = ours("decoder_only")["packing"]
         enc = ours("encoder_decoder")["packing"]
         r.update(decoder_only=dec, encoder_decoder=enc)
+        r["format"] = {layout: bench_format(tmp / f"packed-{layout}", tmp / f"stored-fields-{layout}",
+                                            read=layout == "decoder_only", repeats=repeats + 1)
+                       for layout in ("decoder_only", "encoder_decoder")}
 
         index = pq.read_table(tmp / "packed-decoder_only/index.parquet",
                               columns=["input_tokens", "target_tokens"])
@@ -137,6 +152,79 @@ def bench_pack(rows: int = 100_000, threads: int = 2, vocab: int = 32_000, windo
     r["raw_numpy_mb_per_s"] = r["mb"] / r["raw_numpy_s"]
     r["ratio"] = r["raw_s"] / r["ours_s"]
     r["ratio_numpy"] = r["raw_numpy_s"] / r["ours_s"]
+    return r
+
+
+class StoredFields:
+    """The peer of section 4: the format before stage version 3, every field stored, and its reader
+    (a memory-mapped take of whole records, as ``PackedShards.take`` did then)."""
+
+    def __init__(self, directory: Path):
+        self.maps = [np.load(p, mmap_mode="r") for p in sorted(directory.glob("part-*.npy"))]
+        self.starts = np.cumsum([0] + [len(m) for m in self.maps])
+        self.dtype = self.maps[0].dtype
+
+    @classmethod
+    def write(cls, shards: PackedShards, directory: Path) -> StoredFields:
+        """The rows of ``shards`` in the old format, shard for shard."""
+        directory.mkdir()
+        for k, s in enumerate(shards.manifest["shards"]):
+            start = sum(t["rows"] for t in shards.manifest["shards"][:k])
+            np.save(directory / f"part-{k:05d}.npy", shards.take(np.arange(start, start + s["rows"])))
+        return cls(directory)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty(len(indices), self.dtype)
+        shard = np.searchsorted(self.starts, indices, side="right") - 1
+        for k in np.unique(shard):
+            sel = shard == k
+            out[sel] = self.maps[k][indices[sel] - self.starts[k]]
+        return out
+
+
+def bench_format(packed: Path, peer_dir: Path, read: bool = True, batches: int = READ_BATCHES,
+                 batch_rows: int = BATCH_ROWS, repeats: int = 3) -> dict:
+    """Bytes per row of ``packed`` next to the old format written from the same rows (checked
+    equal field for field); with ``read``, batch-read throughput of both (see the module's 4.)."""
+    ours = PackedShards(packed)
+    peer = StoredFields.write(ours, peer_dir)
+    for start in range(0, len(ours), 4096):  # the rebuilt fields equal the stored ones
+        rows = np.arange(start, min(start + 4096, len(ours)))
+        if not (ours.take(rows) == peer.take(rows)).all():
+            raise AssertionError(f"{packed}: rows {start}.. read differently from the old format")
+    files = sorted((packed / "shards").iterdir())
+    r = {"rows": len(ours), "examples": sum(s["examples"] for s in ours.manifest["shards"]),
+         "shards": len(ours.manifest["shards"]),
+         "bytes": sum(p.stat().st_size for p in files),
+         "peer_bytes": sum(p.stat().st_size for p in peer_dir.iterdir()),
+         "row_tokens": sum(ours.stored_dtype[name].shape[0] for name in ours.stored_dtype.names)}
+    r["bytes_per_row"], r["peer_bytes_per_row"] = r["bytes"] / r["rows"], r["peer_bytes"] / r["rows"]
+    r["bytes_ratio"] = r["peer_bytes"] / r["bytes"]
+    if not read:
+        return r
+    import torch
+
+    from flanpipe.train import BatchPlan, step_rows, to_batch
+
+    width = ours.dtype["tokens"].shape[0]
+    plan = BatchPlan(row_tokens=width, micro_batch_rows=batch_rows, world_size=1, accumulation=1)
+    steps = [step_rows(step, plan, len(ours), seed=0) for step in range(batches)]
+    cpu = torch.device("cpu")
+    best = {}
+    for _ in range(repeats):  # alternating, so that a busy spell of the machine hits both
+        for name, data in (("ours", ours), ("peer", peer)):
+            batch = lambda idx, data=data: to_batch(data.take(idx), cpu)  # noqa: E731
+            for what, read in (("take", data.take), ("batch", batch)):
+                seconds = _best_of(1, lambda read=read: [read(idx) for idx in steps])
+                best[name, what] = min(best.get((name, what), seconds), seconds)
+    for (name, what), seconds in best.items():
+        r[f"{name}_{what}_rows_per_s"] = batches * batch_rows / seconds
+    r["take_ratio"] = r["ours_take_rows_per_s"] / r["peer_take_rows_per_s"]
+    r["batch_ratio"] = r["ours_batch_rows_per_s"] / r["peer_batch_rows_per_s"]
+    r["batch_rows"] = batch_rows
     return r
 
 
@@ -170,10 +258,24 @@ def print_pack(r: dict) -> None:
           f"{r['decoder_only_next_fit_examples_per_s']:,.0f}; encoder-decoder: best fit "
           f"{r['encoder_decoder_best_fit_examples_per_s']:,.0f}, next fit "
           f"{r['encoder_decoder_next_fit_examples_per_s']:,.0f}")
+    fmt, enc_fmt = r["format"]["decoder_only"], r["format"]["encoder_decoder"]
+    print("  4. packed shards on disk and read back: ours (tokens + example lengths, the rest rebuilt) "
+          "against the old format (every field stored), same rows")
+    print(f"     decoder-only, {fmt['rows']:,} rows of {fmt['row_tokens']} in {fmt['shards']} shards: "
+          f"{fmt['bytes_per_row']:,.0f} bytes per row, old {fmt['peer_bytes_per_row']:,.0f}   old/ours "
+          f"{fmt['bytes_ratio']:.2f}x  ({fmt['bytes'] / 1e6:,.1f} MB against "
+          f"{fmt['peer_bytes'] / 1e6:,.1f} MB)")
+    print(f"     encoder-decoder, {enc_fmt['rows']:,} rows: {enc_fmt['bytes_per_row']:,.0f} bytes per row, "
+          f"old {enc_fmt['peer_bytes_per_row']:,.0f}   old/ours {enc_fmt['bytes_ratio']:.2f}x")
+    print(f"     batch reads, {fmt['batch_rows']} rows in the trainer's order, page cache warm (rows/s): "
+          f"take {fmt['ours_take_rows_per_s']:,.0f}, old {fmt['peer_take_rows_per_s']:,.0f}   ours/old "
+          f"{fmt['take_ratio']:.2f}x; take + int64 tensors {fmt['ours_batch_rows_per_s']:,.0f}, old "
+          f"{fmt['peer_batch_rows_per_s']:,.0f}   ours/old {fmt['batch_ratio']:.2f}x")
     speed = r["decoder_only_best_fit_examples_per_s"]
     checks = [("throughput >= 0.8x raw encode", r["ratio"] >= 0.8, f"{r['ratio']:.2f}x"),
               ("decoder-only >= 99.5% non-pad", dec["efficiency"] >= 0.995, pct(dec["efficiency"])),
               ("encoder-decoder within 4% of the bound", enc["rows_over_lower_bound"] <= 0.04,
                "+" + pct(enc["rows_over_lower_bound"])),
-              ("packer >= 100k examples/s per core", speed >= 1e5, f"{speed:,.0f}")]
+              ("packer >= 100k examples/s per core", speed >= 1e5, f"{speed:,.0f}"),
+              ("shards >= 3x smaller", fmt["bytes_ratio"] >= 3, f"{fmt['bytes_ratio']:.2f}x")]
     print("  targets: " + "; ".join(f"{name}: {'met' if ok else 'NOT MET'} ({v})" for name, ok, v in checks))

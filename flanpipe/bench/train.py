@@ -25,7 +25,8 @@ import numpy as np
 from flanpipe import packing
 from flanpipe.config import parse_config
 from flanpipe.io import write_json_atomic
-from flanpipe.pack import row_dtype
+from flanpipe.pack import ShardWriter, packed_rows
+from flanpipe.packed import stored_dtype
 
 H100_BF16_PEAK = 989e12
 SIZES = {  # Llama-style shapes
@@ -46,18 +47,17 @@ def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
     bins, seg, off, _, n_rows = packing.pack("best_fit", size_in + size_tg, LI + LT,
                                              np.zeros(n, np.int64), 0)
     keep = np.flatnonzero(bins < rows)
-    data = np.zeros(min(rows, n_rows), row_dtype("decoder_only", LI, LT, VOCAB))
+    tokens = np.zeros(min(rows, n_rows), stored_dtype("decoder_only", LI, LT, VOCAB))
     sides = []
     for size in (size_in[keep] - 1, size_tg[keep] - 1):  # random tokens before each EOS
         starts = np.concatenate([[0], np.cumsum(size)[:-1]])
         sides += [rng.integers(4, VOCAB, int(size.sum())), starts, size, size]
-    packing.fill_decoder_only(data["tokens"], data["segment_ids"], data["positions"], data["loss_mask"],
-                              bins[keep], seg[keep], off[keep], *sides, 1, False)
+    packing.fill_decoder_only(tokens["tokens"], bins[keep], off[keep], *sides, 1, False)
     (out / "shards").mkdir(parents=True)
-    np.save(out / "shards/part-00000.npy", data)
+    writer = ShardWriter(out / "shards", tokens.dtype, len(tokens))
+    writer.add(packed_rows(tokens, bins[keep], seg[keep], size_in[keep], size_tg[keep]))
     write_json_atomic(out / "manifest.json", {
-        "layout": "decoder_only", "rows": len(data),
-        "shards": [{"file": "part-00000.npy", "rows": len(data)}],
+        "layout": "decoder_only", "rows": len(tokens), "shards": writer.close(),
         "tokenizer": {"vocab_size": VOCAB,
                       "special_ids": {"pad_id": 0, "eos_id": 1, "unk_id": 2, "bos_id": 3}}})
     return out
