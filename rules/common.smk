@@ -183,7 +183,8 @@ def get_eval_model_name(wildcards):
 
 def get_eval_inputs(wildcards):
     """The model folder, the dataset's raw eval split, its pool (the train rows few-shot exemplars
-    come from) and the contamination counts of the model's mixture (none for the base model)."""
+    come from) and the contamination counts of the model's mixture (none for the base model).
+    """
     model = get_eval_model_name(wildcards)
     inputs = {
         "model": f"models/{model}/hf",
