@@ -36,18 +36,12 @@ CPUS="$(nproc)"
 MEM_MB=$(( $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) * 40 / 100 ))  # per node: 2 share it
 FAKE_GPUS="${SLURM_FAKE_GPUS:-0}"
 log() { echo "[start_multinode] $*" >&2; }
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
 ns() { echo "fpslurm-n$1"; }
 
 # ---------- 1. packages ----------
-if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
-   || ! command -v munged >/dev/null || ! command -v sbatch >/dev/null; then
-  command -v apt-get >/dev/null || { log "slurm/munge missing and no apt-get to install them"; exit 3; }
-  log "installing slurm + munge via apt"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-      slurmctld slurmd slurm-client munge; } >&2 \
-    || { log "apt-get could not install slurmctld slurmd slurm-client munge"; exit 3; }
-fi
+install_slurm
 mkdir -p "$CONF_DIR" "$BASE/state" "$BASE/spool" "$BASE/log" "$BASE/run" /etc/slurm
 
 # ---------- 2. the two nodes' namespaces and the link between them ----------
@@ -71,23 +65,8 @@ for i in 1 2; do
 done
 
 # ---------- 3. munge (the machine's daemon; its socket is shared) ----------
-if [ ! -s /etc/munge/munge.key ]; then
-  log "creating munge key"
-  install -d -o munge -g munge -m 0700 /etc/munge
-  if command -v mungekey >/dev/null; then mungekey --create --force --keyfile /etc/munge/munge.key
-  else dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; fi
-fi
-chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
-install -d -o munge -g munge -m 0755 /run/munge
-install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
-if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-  log "starting munged"
-  rm -f /run/munge/munged.pid /run/munge/munge.socket.2*
-  runuser -u munge -- /usr/sbin/munged
-  for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
-  munge -n | unmunge >/dev/null || { log "munge not working"; exit 1; }
-  touch "$BASE/run/munged.ours"
-fi
+start_munge
+if [ "$MUNGE_STARTED" = 1 ]; then touch "$BASE/run/munged.ours"; fi
 
 # ---------- 4. slurm.conf and gres.conf, seen as /etc/slurm/ inside the namespaces ----------
 GRES_LINE=""; NODE_GRES=""
@@ -105,45 +84,18 @@ fi
 cat > "$CONF_DIR/slurm.conf.new" <<EOF
 ClusterName=localci2
 SlurmctldHost=fpn1($NET.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-SlurmctldPort=6817
-SlurmdPort=6818
 StateSaveLocation=$BASE/state
 SlurmdSpoolDir=$BASE/spool/%n
 SlurmctldPidFile=$BASE/run/slurmctld.pid
 SlurmdPidFile=$BASE/run/slurmd-%n.pid
 SlurmctldLogFile=$BASE/log/slurmctld.log
 SlurmdLogFile=$BASE/log/slurmd-%n.log
-SlurmctldDebug=info
-SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MpiDefault=none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=500
-ReturnToService=2
-EnforcePartLimits=ALL
-MinJobAge=600
-SlurmdTimeout=300
-InactiveLimit=0
-KillWait=5
-Waittime=0
+$(slurm_conf_shared)
 $GRES_LINE
 NodeName=fpn1 NodeAddr=$NET.1 CPUs=$CPUS RealMemory=$MEM_MB $NODE_GRES State=UNKNOWN
 NodeName=fpn2 NodeAddr=$NET.2 CPUs=$CPUS RealMemory=$MEM_MB $NODE_GRES State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-stop_pid() { local pid; pid=$(cat "$1"); kill -TERM "$pid"
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; }
 if ! cmp -s "$CONF_DIR/slurm.conf.new" "$CONF_DIR/slurm.conf" \
    || ! cmp -s "$CONF_DIR/gres.conf.new" "$CONF_DIR/gres.conf"; then
   for pf in "$BASE"/run/slurmd-*.pid "$BASE/run/slurmctld.pid"; do

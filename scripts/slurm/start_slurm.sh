@@ -23,17 +23,11 @@ MEM_MB=$(( $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) * 80 / 100 ))
 WITH_GPU_GRES="${SLURM_FAKE_GPUS:-0}"   # e.g. SLURM_FAKE_GPUS=2 -> fake gres gpu:2
 
 log() { echo "[start_slurm] $*" >&2; }
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
 
 # ---------- 1. packages ----------
-if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null \
-   || ! command -v munged >/dev/null || ! command -v sbatch >/dev/null; then
-  command -v apt-get >/dev/null || { log "slurm/munge missing and no apt-get to install them"; exit 3; }
-  log "installing slurm + munge via apt"
-  export DEBIAN_FRONTEND=noninteractive
-  { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-      slurmctld slurmd slurm-client munge; } >&2 \
-    || { log "apt-get could not install slurmctld slurmd slurm-client munge"; exit 3; }
-fi
+install_slurm
 
 # ---------- 2. hostname must resolve ----------
 if ! getent hosts "$NODE" >/dev/null; then
@@ -42,25 +36,7 @@ if ! getent hosts "$NODE" >/dev/null; then
 fi
 
 # ---------- 3. munge ----------
-if [ ! -s /etc/munge/munge.key ]; then
-  log "creating munge key"
-  install -d -o munge -g munge -m 0700 /etc/munge
-  if command -v mungekey >/dev/null; then
-    mungekey --create --force --keyfile /etc/munge/munge.key
-  else
-    dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
-  fi
-fi
-chown munge:munge /etc/munge/munge.key && chmod 0400 /etc/munge/munge.key
-install -d -o munge -g munge -m 0755 /run/munge
-install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
-if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-  log "starting munged"
-  rm -f /run/munge/munged.pid /run/munge/munge.socket.2*
-  runuser -u munge -- /usr/sbin/munged
-  for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
-  munge -n | unmunge >/dev/null || { log "munge not working"; exit 1; }
-fi
+start_munge
 
 # ---------- 4. slurm.conf ----------
 mkdir -p "$CONF_DIR" "$BASE/state" "$BASE/spool" "$BASE/log" "$BASE/run"
@@ -81,46 +57,17 @@ fi
 cat > "$SLURM_CONF.new" <<EOF
 ClusterName=localci
 SlurmctldHost=$NODE(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-SlurmctldPort=6817
-SlurmdPort=6818
 StateSaveLocation=$BASE/state
 SlurmdSpoolDir=$BASE/spool
 SlurmctldPidFile=$BASE/run/slurmctld.pid
 SlurmdPidFile=$BASE/run/slurmd.pid
 SlurmctldLogFile=$BASE/log/slurmctld.log
 SlurmdLogFile=$BASE/log/slurmd.log
-SlurmctldDebug=info
-SlurmdDebug=info
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MpiDefault=none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=500
-ReturnToService=2
-# reject (instead of pend forever) jobs that can never run, e.g. cpus > node CPUs
-EnforcePartLimits=ALL
-# keep finished jobs visible to squeue for 10 min (snakemake status via squeue)
-MinJobAge=600
-SlurmdTimeout=300
-InactiveLimit=0
-KillWait=5
-Waittime=0
+$(slurm_conf_shared)
 $GRES_LINE
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB $NODE_GRES State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-stop_pid() { local pid; pid=$(cat "$1"); kill -TERM "$pid"
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done; }
 GRES_NEW="$(cat "$CONF_DIR/gres.conf" 2>/dev/null || true)"
 if ! cmp -s "$SLURM_CONF.new" "$SLURM_CONF" || [ "$GRES_NEW" != "$(cat "$BASE/run/gres.conf.used" 2>/dev/null || true)" ]; then
   for d in slurmd slurmctld; do

@@ -7,23 +7,13 @@
 set -uo pipefail
 BASE="${SLURM_MULTINODE_DIR:-/tmp/flanpipe-slurm-multinode}"
 log() { echo "[stop_multinode] $*" >&2; }
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
 
 if [ -s "$BASE/run/slurmctld.pid" ] && kill -0 "$(cat "$BASE/run/slurmctld.pid")" 2>/dev/null; then
   bash "$(dirname "$0")/on_node.sh" fpn1 scancel --user="$(id -un)" --quiet 2>/dev/null || true
 fi
 
-stop_pidfile() {  # name pidfile
-  local name=$1 pf=$2 pid
-  [ -s "$pf" ] || return 0
-  pid=$(cat "$pf")
-  if kill -0 "$pid" 2>/dev/null; then
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && { log "$name did not exit, SIGKILL"; kill -KILL "$pid"; }
-  fi
-  rm -f "$pf"
-}
 
 for pf in "$BASE"/run/slurmd-*.pid; do stop_pidfile "$(basename "$pf" .pid)" "$pf" & done
 stop_pidfile slurmctld "$BASE/run/slurmctld.pid" &

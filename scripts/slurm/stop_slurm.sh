@@ -5,24 +5,14 @@
 set -uo pipefail
 BASE="${SLURM_TEST_DIR:-/tmp/flanpipe-slurm}"
 log() { echo "[stop_slurm] $*" >&2; }
+# shellcheck source=common.sh
+. "$(dirname "$0")/common.sh"
 
 # cancel leftover jobs first (ignore errors if ctld already down)
 if [ -s "$BASE/run/slurmctld.pid" ] && kill -0 "$(cat "$BASE/run/slurmctld.pid")" 2>/dev/null; then
   scancel --user="$(id -un)" --quiet 2>/dev/null || true
 fi
 
-stop_pidfile() {  # name pidfile
-  local name=$1 pf=$2 pid
-  [ -s "$pf" ] || { log "$name: no pid file"; return 0; }
-  pid=$(cat "$pf")
-  if kill -0 "$pid" 2>/dev/null; then
-    log "stopping $name (pid $pid)"
-    kill -TERM "$pid"
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && { log "$name did not exit, SIGKILL"; kill -KILL "$pid"; }
-  fi
-  rm -f "$pf"
-}
 
 stop_pidfile slurmd    "$BASE/run/slurmd.pid"
 stop_pidfile slurmctld "$BASE/run/slurmctld.pid"
