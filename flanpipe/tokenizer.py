@@ -376,24 +376,36 @@ def sample_sentences(shards: list[Path], n: int, seed: int, max_chars: int) -> t
     newlines, empty lines left out, each cut to ``max_chars``), in mixture order; and the number of
     lines there were to sample from.
 
-    Rows of a later epoch repeat earlier ones, so only epoch-0 rows are read.
+    Rows of a later epoch repeat earlier ones, so only epoch-0 rows are read. The shards are read
+    twice, one at a time (to count their lines, then to take the sampled ones), so memory holds one
+    shard's lines and the sample, not the mixture's text.
     """
-    texts = []
-    for path in shards:
-        table = pq.read_table(path, columns=["inputs", "targets", "epoch"])
-        table = table.filter(pc.equal(table.column("epoch"), 0))
-        texts += [table.column("inputs"), table.column("targets")]
-    if not texts:
-        return [], 0
-    lines = pc.list_flatten(pc.split_pattern(pa.chunked_array(
-        [c for col in texts for c in col.chunks], pa.string()), "\n"))
-    lines = lines.filter(pc.greater(pc.utf8_length(lines), 0))
-    available = len(lines)
+    counts = [len(_shard_lines(path)) for path in shards]
+    available = sum(counts)
+    chosen = None
     if available > n:
         rng = np.random.default_rng(derive_seed(seed, "tokenizer/sample"))
-        lines = lines.take(pa.array(np.sort(rng.choice(available, n, replace=False))))
-    lines = pc.utf8_slice_codeunits(lines, 0, max_chars)
-    return lines.to_pylist(), available
+        chosen = np.sort(rng.choice(available, n, replace=False))
+    sample: list[str] = []
+    start = 0
+    for path, count in zip(shards, counts, strict=True):
+        mine = None if chosen is None else \
+            chosen[np.searchsorted(chosen, start):np.searchsorted(chosen, start + count)] - start
+        if count and (mine is None or len(mine)):
+            lines = _shard_lines(path)
+            lines = lines if mine is None else lines.take(pa.array(mine))
+            sample += pc.utf8_slice_codeunits(lines, 0, max_chars).to_pylist()
+        start += count
+    return sample, available
+
+
+def _shard_lines(path: Path) -> pa.Array:
+    """The non-empty lines of a shard's epoch-0 rows: each row's inputs, then its targets."""
+    table = pq.read_table(path, columns=["inputs", "targets", "epoch"])
+    table = table.filter(pc.equal(table.column("epoch"), 0))
+    text = pa.chunked_array([*table.column("inputs").chunks, *table.column("targets").chunks], pa.string())
+    lines = pc.list_flatten(pc.split_pattern(text, "\n"))
+    return lines.filter(pc.greater(pc.utf8_length(lines), 0))
 
 
 def train_spm(sentences: list[str], cfg: TokenizerConfig, seed: int, threads: int = 1) -> tuple[bytes, int]:

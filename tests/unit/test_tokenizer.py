@@ -10,6 +10,7 @@ import pytest
 import sentencepiece as spm
 
 from flanpipe.config import TokenizerConfig
+from flanpipe.io import derive_seed
 from flanpipe.tokenizer import (
     TokenizerError,
     build_tokenizer,
@@ -76,6 +77,23 @@ def test_sample_reads_distinct_examples_and_is_seeded(tmp_path):
     assert some == sample_sentences(shards, 20, seed=1, max_chars=4)[0] != sample_sentences(
         shards, 20, seed=2, max_chars=4)[0]
     assert len(some) == 20 and all(len(s) <= 4 for s in some)
+
+
+def test_the_sample_read_shard_by_shard_is_the_sample_of_all_lines_at_once(tmp_path):
+    """sample_sentences reads one shard at a time; its sample is the one drawn from every shard's
+    epoch-0 lines put together (worked out here the simple way, all in memory)."""
+    inputs = [f"{text}\n\nOPTIONS:\n- yes" if i % 3 else text for i, text in enumerate(corpus(150))]
+    shard_dir = write_mixture(tmp_path / "m", inputs, corpus(150, seed=2), rows_per_shard=40,
+                              epochs=[i % 4 // 3 for i in range(150)])
+    shards = sorted(shard_dir.glob("*.parquet"))
+    lines = []
+    for path in shards:
+        rows = [r for r in pq.read_table(path).to_pylist() if r["epoch"] == 0]
+        lines += [x for r in rows for x in r["inputs"].split("\n") if x]
+        lines += [x for r in rows for x in r["targets"].split("\n") if x]
+    rng = np.random.default_rng(derive_seed(7, "tokenizer/sample"))
+    expect = [lines[i][:30] for i in np.sort(rng.choice(len(lines), 100, replace=False))]
+    assert len(shards) == 4 and sample_sentences(shards, 100, seed=7, max_chars=30) == (expect, len(lines))
 
 
 def test_build_trains_on_the_mixture_and_writes_a_manifest(tmp_path):
