@@ -318,7 +318,7 @@ def _gather(path: str | Path, passes: int, rows: np.ndarray, epoch: np.ndarray,
             pieces.append(t.filter(pa.array(hit)).select(columns))
             keys.append(key[hit])
     schema = pa.schema([TEMPLATIZED_SCHEMA.field(c) for c in columns])
-    table = pa.concat_tables(pieces).cast(schema).combine_chunks() if pieces else schema.empty_table()
+    table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
     key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     order = np.argsort(key, kind="stable")
     pos = order[np.minimum(np.searchsorted(key[order], want), max(len(key) - 1, 0))] if len(want) else \
