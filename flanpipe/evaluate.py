@@ -272,8 +272,8 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         raise ValueError(f"{eval_path}: no eval rows to evaluate {dataset} on")
     pool = None
     if few_shot:
-        pool = FewShotPool(spec, bank, eval_raw, read_exemplar_rows(spec, bank, train or raw_dir / "train.parquet"),
-                           cfg.templatize.few_shot, cfg.seed)
+        exemplars = read_exemplar_rows(spec, bank, train or raw_dir / "train.parquet")
+        pool = FewShotPool(spec, bank, eval_raw, exemplars, cfg.templatize.few_shot, cfg.seed)
     model, tokenizer = load_model(model_dir)
     layout = Layout.of(tokenizer, cfg.tokenize, threads)
     count_tokens = layout.counts

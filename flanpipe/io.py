@@ -27,6 +27,8 @@ import flanpipe
 METADATA_KEY = b"flanpipe"
 ROW_GROUP_ROWS = 16_384
 """Rows per Parquet row group of streamed outputs (:class:`RowGroupWriter`)."""
+BATCH_BYTES = 32 << 20
+"""Data per batch of a streamed read (:func:`iter_parquet`), as the file's column sizes count it."""
 
 
 @contextlib.contextmanager
@@ -155,10 +157,21 @@ def parquet_stream(path: str | Path, schema: pa.Schema, metadata: dict[str, Any]
         yield writer
 
 
-def iter_parquet(path: str | Path, batch_rows: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
-    """A Parquet file as tables of at most ``batch_rows`` rows, in file order (``columns``: only
-    these); memory holds one batch, whatever the file's size."""
-    pf = pq.ParquetFile(path)
+def iter_parquet(path: str | Path, batch_rows: int, columns: list[str] | None = None,
+                 batch_bytes: int = BATCH_BYTES) -> Iterator[pa.Table]:
+    """A Parquet file as tables of at most ``batch_rows`` rows and about ``batch_bytes`` of data
+    (from the file's own column sizes: a batch of long documents has fewer rows), in file order
+    (``columns``: only these); memory holds one batch, whatever the file's size. Read through a
+    1 MiB buffered stream without pre-buffering: pyarrow's default pre-buffers whole row groups
+    ahead."""
+    pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    meta = pf.metadata
+    if meta.num_rows:
+        wanted = set(columns or pf.schema_arrow.names)
+        groups = [meta.row_group(g) for g in range(meta.num_row_groups)]
+        size = sum(rg.column(c).total_uncompressed_size for rg in groups for c in range(rg.num_columns)
+                   if rg.column(c).path_in_schema.split(".")[0] in wanted)
+        batch_rows = max(1, min(batch_rows, int(batch_bytes * meta.num_rows / max(size, 1))))
     for batch in pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
         yield pa.Table.from_batches([batch])
 

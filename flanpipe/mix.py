@@ -510,7 +510,8 @@ class _Buckets:
         order = np.argsort(positions, kind="stable")
         shard = positions[order] // self.rows_per_shard
         bounds = np.flatnonzero(np.diff(shard)) + 1
-        schema = pa.schema([*renderings.schema, pa.field("epoch", pa.int32()), pa.field("position", pa.int64())])
+        schema = pa.schema([*renderings.schema, pa.field("epoch", pa.int32()),
+                            pa.field("position", pa.int64())])
         path, groups = self.dir / f"{len(self.files):05d}.parquet", {}
         with pq.ParquetWriter(path, schema) as writer:
             for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(shard)], strict=True):
