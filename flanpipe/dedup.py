@@ -166,25 +166,29 @@ def fingerprint_dataset(name: str, pool: str | Path, eval_split: str | Path, out
 
 
 def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray]:
-    tables = [pq.read_table(p) for p in paths]
-    for p, t in zip(paths, tables, strict=True):
+    """Every dataset's fingerprints in arrays allocated once, filled a file at a time (memory: the
+    arrays and one file's table)."""
+    sizes = [pq.ParquetFile(p).metadata.num_rows for p in paths]
+    n = sum(sizes)
+    out = {"dataset": np.repeat(np.arange(len(paths)), sizes), "row_index": np.empty(n, np.int64),
+           "example_id": np.empty(n, object), "hi": np.empty(n, np.uint64), "lo": np.empty(n, np.uint64),
+           "words": np.empty(n, np.int64), "signature": np.empty((n, num_perm), np.uint32),
+           "distinct_signature": np.empty((n, num_perm), np.uint32)}
+    start = 0
+    for path, size in zip(paths, sizes, strict=True):
+        t = pq.read_table(path)
         if t.schema.field("signature").type.list_size != num_perm:
-            raise ValueError(f"{p}: signatures have {t.schema.field('signature').type.list_size} "
+            raise ValueError(f"{path}: signatures have {t.schema.field('signature').type.list_size} "
                              f"permutations, the config asks for {num_perm}; rerun fingerprint")
-    col = lambda name: np.concatenate([t.column(name).to_numpy() for t in tables]) if tables else np.zeros(0)  # noqa: E731
-    def sigs(name: str) -> np.ndarray:
-        parts = [t.column(name).combine_chunks().values.to_numpy().reshape(-1, num_perm) for t in tables]
-        return np.concatenate(parts) if parts else np.zeros((0, num_perm), np.uint32)
-
-    return {
-        "dataset": np.repeat(np.arange(len(tables)), [t.num_rows for t in tables]),
-        "row_index": col("row_index").astype(np.int64),
-        "example_id": np.concatenate([t.column("example_id").to_numpy(zero_copy_only=False)
-                                      for t in tables]) if tables else np.zeros(0, object),
-        "hi": col("exact_hi").astype(np.uint64), "lo": col("exact_lo").astype(np.uint64),
-        "words": col("words").astype(np.int64),
-        "signature": sigs("signature"), "distinct_signature": sigs("distinct_signature"),
-    }
+        rows = slice(start, start + size)
+        for key, column in (("row_index", "row_index"), ("hi", "exact_hi"), ("lo", "exact_lo"),
+                            ("words", "words"), ("example_id", "example_id")):
+            out[key][rows] = t.column(column).to_numpy(zero_copy_only=False)
+        for key in ("signature", "distinct_signature"):
+            out[key][rows] = t.column(key).combine_chunks().values.to_numpy().reshape(-1, num_perm)
+        start += size
+        del t
+    return out
 
 
 def lsh_bands(cfg: DedupConfig) -> tuple[int, int]:
