@@ -61,17 +61,22 @@ def ngram_size(word_counts: np.ndarray, cfg: DecontaminateConfig) -> int:
 
 
 def eval_ngrams(spec: DatasetSpec, eval_path: str | Path, out_path: str | Path,
-                cfg: DecontaminateConfig) -> dict:
-    """Write the sorted, distinct n-gram hashes of a dataset's eval split."""
-    table = pq.read_table(eval_path)
-    words = fp.word_hashes(raw_texts(spec, table)) if table.num_rows else fp.Words(
-        np.zeros(0, np.uint64), np.zeros(1, np.int64))
-    n = ngram_size(words.counts, cfg)
-    hashes, _ = fp.ngram_hashes(words, n)
+                cfg: DecontaminateConfig, batch_rows: int = BATCH_ROWS) -> dict:
+    """Write the sorted, distinct n-gram hashes of a dataset's eval split. The split is read twice
+    in batches (word counts for the n-gram size, then the n-grams), so memory holds a batch and the
+    distinct hashes."""
+    counts = [fp.word_hashes(raw_texts(spec, t)).counts for t in iter_parquet(eval_path, batch_rows)]
+    word_counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    n = ngram_size(word_counts, cfg)
+    distinct = [np.zeros(0, np.uint64)]
+    for t in iter_parquet(eval_path, batch_rows):
+        hashes, _ = fp.ngram_hashes(fp.word_hashes(raw_texts(spec, t)), n)
+        distinct.append(np.unique(hashes))
+    distinct = [np.unique(np.concatenate(distinct))]
     meta = {"stage": "eval_ngrams", "stage_version": STAGE_VERSION, "dataset": spec.name,
-            "cluster": spec.cluster, "ngram": n, "eval_rows": table.num_rows,
-            "unchecked_rows": int((words.counts < n).sum())}
-    write_parquet_atomic(pa.table({"hash": np.unique(hashes)}, schema=NGRAM_SCHEMA), out_path, meta)
+            "cluster": spec.cluster, "ngram": n, "eval_rows": len(word_counts),
+            "unchecked_rows": int((word_counts < n).sum())}
+    write_parquet_atomic(pa.table({"hash": distinct[0]}, schema=NGRAM_SCHEMA), out_path, meta)
     return meta
 
 
