@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -187,6 +188,20 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def lookup(sorted_values: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each query sits in ``sorted_values`` and whether it is there: ``(at, found)``, ``at``
+    clamped into range (0 when ``sorted_values`` is empty), so ``sorted_values[at]`` is safe.
+
+    >>> at, found = lookup(np.array([2, 5, 9]), np.array([5, 6, 9]))
+    >>> at.tolist(), found.tolist()
+    ([1, 2, 2], [True, False, True])
+    """
+    if not len(sorted_values):
+        return np.zeros(len(queries), np.int64), np.zeros(len(queries), bool)
+    at = np.minimum(np.searchsorted(sorted_values, queries), len(sorted_values) - 1)
+    return at, sorted_values[at] == queries
 
 
 def derive_seed(seed: int, name: str) -> int:

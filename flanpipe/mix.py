@@ -34,6 +34,7 @@ from flanpipe.io import (
     code_version,
     derive_seed,
     iter_parquet,
+    lookup,
     read_parquet_metadata,
     sha256_file,
     utc_now,
@@ -173,8 +174,7 @@ def duplicate_components(dropped_paths: list[str | Path]) -> tuple[np.ndarray, n
     by = np.argsort(src)
     src, root = src[by], dst[by]
     for _ in range(len(src) + 1):  # twins point to earlier rows, so chains end
-        pos = np.minimum(np.searchsorted(src, root), max(len(src) - 1, 0))
-        chained = (src[pos] == root) if len(src) else np.zeros(0, bool)
+        pos, chained = lookup(src, root)
         if not chained.any():
             break
         root = np.where(chained, root[pos], root)
@@ -220,8 +220,7 @@ def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray]
     exact = np.concatenate([p.exact for p in pools])[stable] if pools else np.zeros((0, 2), np.uint64)
 
     src, root = components
-    at = np.minimum(np.searchsorted(src, keys), max(len(src) - 1, 0))
-    member = (src[at] == keys) if len(src) else np.zeros(len(keys), bool)
+    at, member = lookup(src, keys)
     group = np.unique(np.where(member, root[at] if len(src) else keys, keys), return_inverse=True)[1]
 
     n = len(keys)
@@ -311,9 +310,7 @@ def _gather(path: str | Path, passes: int, rows: np.ndarray, epoch: np.ndarray,
     read = sorted({*columns, "split", "row_index", "pass"})
     for t in iter_parquet(path, GATHER_ROWS, read):
         key = t.column("row_index").to_numpy() * passes + t.column("pass").to_numpy()
-        at = np.minimum(np.searchsorted(wanted, key), max(len(wanted) - 1, 0))
-        hit = (wanted[at] == key) & pc.equal(t.column("split"), "train").to_numpy(zero_copy_only=False) \
-            if len(wanted) else np.zeros(len(key), bool)
+        hit = lookup(wanted, key)[1] & pc.equal(t.column("split"), "train").to_numpy(zero_copy_only=False)
         if hit.any():
             pieces.append(t.filter(pa.array(hit)).select(columns))
             keys.append(key[hit])
@@ -321,9 +318,9 @@ def _gather(path: str | Path, passes: int, rows: np.ndarray, epoch: np.ndarray,
     table = pa.concat_tables(pieces).cast(schema) if pieces else schema.empty_table()
     key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
     order = np.argsort(key, kind="stable")
-    pos = order[np.minimum(np.searchsorted(key[order], want), max(len(key) - 1, 0))] if len(want) else \
-        np.zeros(0, np.int64)
-    if len(want) and (not len(key) or not np.array_equal(key[pos], want)):
+    at, found = lookup(key[order], want)
+    pos = order[at] if len(key) else at
+    if not found.all():
         raise ValueError(f"{path}: kept rows missing from the templatized table; rerun templatize")
     return table, pos
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flanpipe import fingerprint as fp
-from flanpipe.io import derive_seed, iter_parquet, parquet_stream
+from flanpipe.io import derive_seed, iter_parquet, lookup, parquet_stream
 from flanpipe.logs import progress
 from flanpipe.registry import DatasetSpec, load_registry
 from flanpipe.templatize import stable_keys
@@ -131,8 +131,7 @@ def write_pool(name: str, train: str | Path, out_path: str | Path, pool_factor: 
             if chosen is None:
                 prio = priorities(stable_keys(spec, table), name, seed)
             else:
-                at = np.minimum(np.searchsorted(chosen[0], rows), max(len(chosen[0]) - 1, 0))
-                mine = chosen[0][at] == rows if len(chosen[0]) else np.zeros(len(rows), bool)
+                at, mine = lookup(chosen[0], rows)
                 table, prio = table.filter(pa.array(mine)), chosen[1][at[mine]]
             writer.write(table.replace_schema_metadata(None).append_column(
                 "priority", pa.array(prio, pa.uint64())))
