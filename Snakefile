@@ -4,7 +4,7 @@
 # `snakemake --profile slurm all` on a cluster.
 from snakemake.utils import min_version, validate
 
-from flanpipe.config import parse_config
+from flanpipe.core.config import parse_config
 
 min_version("9.0")
 
@@ -18,20 +18,28 @@ CFG = parse_config(config)
 validate(config, "config/config.schema.json")
 
 
+# One file per rule, named like the rule's script (workflow_scripts/<rule>.py) and its stage module
+# (flanpipe/stages/<rule>.py); variants (`use rule ... as ...`) sit beside their rule.
 include: "rules/common.smk"
 include: "rules/download.smk"
+include: "rules/pool.smk"
 include: "rules/templatize.smk"
-include: "rules/dedup.smk"
+include: "rules/fingerprint.smk"
+include: "rules/dedupe.smk"
+include: "rules/decontaminate.smk"
 include: "rules/mix.smk"
-include: "rules/tokenize.smk"
+include: "rules/catalog.smk"
+include: "rules/tokenizer.smk"
+include: "rules/pack.smk"
 include: "rules/train.smk"
+include: "rules/base_model.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
-    mixture="|".join(CFG.all_mixtures()),
+    mixture="|".join(PLAN.all_mixtures()),
     heldout="|".join(CFG.heldout_clusters),
     format="instructions|no_template|dataset_name",
     k=r"\d+",

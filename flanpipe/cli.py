@@ -25,13 +25,22 @@ import json
 import sys
 from pathlib import Path
 
-from flanpipe.config import ConfigError, json_schema_text, load_config
-from flanpipe.download import DownloadError
-from flanpipe.logs import setup_logging
-from flanpipe.registry import embedded_datasets, load_registry
-from flanpipe.templates import TemplateError
-from flanpipe.tokenizer import TokenizerError
-from flanpipe.validate import SchemaError
+from flanpipe.core.config import (
+    ConfigError,
+    EvaluateSlice,
+    PackSlice,
+    TemplatizeSlice,
+    TrainSlice,
+    json_schema_text,
+    load_config,
+)
+from flanpipe.core.logs import setup_logging
+from flanpipe.core.planner import Plan
+from flanpipe.core.registry import embedded_datasets, load_registry
+from flanpipe.core.templates import TemplateError
+from flanpipe.core.tokenizers import TokenizerError
+from flanpipe.core.validate import SchemaError
+from flanpipe.stages.download import DownloadError
 
 DEFAULT_CONFIG = "config/config.yaml"
 
@@ -71,7 +80,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from flanpipe.download import download_dataset
+    from flanpipe.stages.download import download_dataset
 
     cfg = load_config(args.config)
     out = args.out or f"data/raw/{args.dataset}"
@@ -83,10 +92,10 @@ def cmd_templates(args: argparse.Namespace) -> int:
     """Print one rendered example of each of a dataset's templates."""
     import pyarrow.parquet as pq
 
-    from flanpipe.download import read_embedded_split
-    from flanpipe.templates import load_bank
-    from flanpipe.templatize import render_examples
-    from flanpipe.validate import check_split
+    from flanpipe.core.templates import load_bank
+    from flanpipe.core.validate import check_split
+    from flanpipe.stages.download import read_embedded_split
+    from flanpipe.stages.templatize import render_examples
 
     reg = load_registry()
     spec = reg.datasets[args.dataset]
@@ -111,13 +120,13 @@ def cmd_templates(args: argparse.Namespace) -> int:
 
 
 def cmd_templatize(args: argparse.Namespace) -> int:
-    from flanpipe.templatize import templatize_dataset
+    from flanpipe.stages.templatize import templatize_dataset
 
     cfg = load_config(args.config)
     out = args.out or f"data/templatized/{args.dataset}.parquet"
     raw = Path(args.raw or f"data/raw/{args.dataset}")  # every train row: the workflow renders the pool
-    templatize_dataset(args.dataset, raw / "train.parquet", raw / "eval.parquet", out, cfg.templatize,
-                       cfg.seed, cfg.tokenize.max_input_tokens)
+    templatize_dataset(args.dataset, raw / "train.parquet", raw / "eval.parquet", out,
+                       TemplatizeSlice.of(cfg))
     return 0
 
 
@@ -156,7 +165,7 @@ STATS_COLUMNS = [
 
 def cmd_stats(args: argparse.Namespace) -> int:
     """The ``mixture_stats`` table of the DuckDB catalog, one block per mixture."""
-    from flanpipe.catalog import mixture_stats, packing_stats
+    from flanpipe.stages.catalog import mixture_stats, packing_stats
 
     if not Path(args.catalog).exists():
         print(f"no catalog at {args.catalog}: run `snakemake --cores 2 all` (or the `catalog` rule) first",
@@ -193,7 +202,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> int:
-    from flanpipe.tokenizer import build_tokenizer
+    from flanpipe.stages.tokenizer import build_tokenizer
 
     cfg = load_config(args.config)
     build_tokenizer(cfg.tokenize.tokenizer, args.out, cfg.seed, f"data/mixtures/{args.mixture}/shards",
@@ -202,21 +211,21 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from flanpipe.pack import tokenize_and_pack
+    from flanpipe.stages.pack import tokenize_and_pack
 
     cfg = load_config(args.config)
     tokenize_and_pack(args.mixture, f"data/mixtures/{args.mixture}/shards", _tokenizer(args, cfg),
-                      args.out or f"data/packed/{args.mixture}", cfg, threads=args.threads)
+                      args.out or f"data/packed/{args.mixture}", PackSlice.of(cfg), threads=args.threads)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One rank of a training run (start it with torchrun, srun or `flanpipe launch`)."""
-    from flanpipe.train import train
+    from flanpipe.stages.train import train
 
     cfg = load_config(args.config)
     train(args.mixture, args.packed or f"data/packed/{args.mixture}", _tokenizer(args, cfg),
-          args.out or f"models/{args.mixture}", cfg)
+          args.out or f"models/{args.mixture}", TrainSlice.of(cfg))
     return 0
 
 
@@ -224,14 +233,14 @@ def _tokenizer(args: argparse.Namespace, cfg) -> str:
     """``--tokenizer``, else the config's: a checkpoint's own, or the shared SentencePiece model."""
     if args.tokenizer:
         return args.tokenizer
-    given = cfg.given_tokenizer()
+    given = Plan(cfg).given_tokenizer()
     return given if given is not None else "models/tokenizer/spm.model"
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
     import os
 
-    from flanpipe.launch import launch_command
+    from flanpipe.core.launch import launch_command
 
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     cmd = launch_command(args.launcher, args.nodes, args.tasks_per_node, rest)
@@ -242,8 +251,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def cmd_show_packed(args: argparse.Namespace) -> int:
     """One packed row, decoded segment by segment."""
-    from flanpipe.packed import PackedShards, unpack_row
-    from flanpipe.tokenizer import load_tokenizer
+    from flanpipe.core.shards import PackedShards, unpack_row
+    from flanpipe.core.tokenizers import load_tokenizer
 
     shards = PackedShards(args.packed or f"data/packed/{args.mixture}")
     tok = load_tokenizer(args.tokenizer or shards.manifest["tokenizer"]["path"])
@@ -306,7 +315,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Text from a trained model for a prompt typed by hand."""
-    from flanpipe.evaluate import generate_text
+    from flanpipe.stages.evaluate import generate_text
 
     prompts = args.prompt or [sys.stdin.read()]
     outputs = generate_text(args.model, prompts, max_new_tokens=args.max_new_tokens,
@@ -320,10 +329,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """One model on one dataset, outside Snakemake."""
-    from flanpipe.evaluate import evaluate_dataset
+    from flanpipe.stages.evaluate import evaluate_dataset
 
     cfg = load_config(args.config)
-    result = evaluate_dataset(args.dataset, args.model, args.raw or f"data/raw/{args.dataset}", args.out, cfg,
+    result = evaluate_dataset(args.dataset, args.model, args.raw or f"data/raw/{args.dataset}", args.out,
+                               EvaluateSlice.of(cfg),
                               args.few_shot, Path(args.model).name, args.contamination, threads=args.threads)
     h = result["headline"]
     print(f"{args.dataset}: {result['primary']} mean {h['mean']:.2f} over {h['templates']} templates, best "

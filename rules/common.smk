@@ -1,9 +1,12 @@
 # Helpers shared by every stage file: the dataset list and input functions (get_*).
 from argparse import Namespace
 
-from flanpipe.tokenizer import tokenizer_file
+from flanpipe.core.planner import Plan
+from flanpipe.core.templates import templates_digest
+from flanpipe.core.tokenizers import tokenizer_file
 
-DATASETS = CFG.dataset_names()
+PLAN = Plan(CFG)
+DATASETS = PLAN.dataset_names()
 
 
 def get_raw_outputs():
@@ -15,19 +18,14 @@ def get_raw_outputs():
     )
 
 
-def get_download_source(wildcards):
-    """The download source of one dataset (its slice of the config)."""
-    return CFG.download.source_for(wildcards.dataset).model_dump()
+def get_download_slice(wildcards):
+    """The download slice of the config: the dataset's source and the seed."""
+    return PLAN.slice("download", dataset=wildcards.dataset)
 
 
-def get_templatize_params(wildcards):
-    """The templatize slice of the config, plus a digest of the dataset's templates and the input
-    token budget its long fields are cut to."""
-    return {
-        "config": CFG.templatize.model_dump(),
-        "templates": templates_digest(wildcards.dataset),
-        "max_input_tokens": CFG.tokenize.max_input_tokens,
-    }
+def get_templates_digest(wildcards):
+    """A digest of the dataset's templates: editing them reruns the dataset's templatize."""
+    return templates_digest(wildcards.dataset)
 
 
 def get_templatized():
@@ -45,29 +43,27 @@ def get_dropped():
 def get_heldout_ngrams(wildcards):
     """The eval n-gram sets a dataset's train rows are checked against: every held-out dataset's."""
     return expand(
-        "data/decontam/ngrams/{dataset}.parquet", dataset=CFG.heldout_datasets()
+        "data/decontam/ngrams/{dataset}.parquet", dataset=PLAN.heldout_datasets()
     )
 
 
-def get_templatize_format_params(wildcards):
-    """The templatize slice of the config in another instruction format (the format ablation)."""
-    params = get_templatize_params(wildcards)
-    params["config"]["format"] = wildcards.format
-    return params
+def get_templatize_format_slice(wildcards):
+    """The templatize slice in another instruction format (the format ablation)."""
+    return PLAN.slice("templatize", format=wildcards.format)
 
 
 def get_mixture_dataset_names(wildcards):
-    return CFG.mixture_datasets(wildcards.mixture)
+    return PLAN.mixture_datasets(wildcards.mixture)
 
 
 def get_mixture_heldout(wildcards):
     """The clusters a mixture is decontaminated against (and kept clear of)."""
-    return CFG.heldout_for(wildcards.mixture)
+    return PLAN.heldout_for(wildcards.mixture)
 
 
 def get_templatized_of(mixture, names):
     """A mixture's templatized inputs: the run's format, or the format ablation's own."""
-    fmt = CFG.mixture_format(mixture)
+    fmt = PLAN.mixture_format(mixture)
     if fmt == CFG.templatize.format:
         return expand("data/templatized/{dataset}.parquet", dataset=names)
     return expand(
@@ -77,7 +73,7 @@ def get_templatized_of(mixture, names):
 
 def get_mixture_inputs(wildcards):
     """The upstream files of every dataset the mixture trains on, by kind."""
-    names = CFG.mixture_datasets(wildcards.mixture)
+    names = PLAN.mixture_datasets(wildcards.mixture)
     return {
         "templatized": get_templatized_of(wildcards.mixture, names),
         "fingerprints": expand(
@@ -94,7 +90,7 @@ def get_mixture_inputs(wildcards):
 def get_mixtures():
     return expand(
         "data/mixtures/{mixture}/{file}",
-        mixture=CFG.mixtures(),
+        mixture=PLAN.mixtures(),
         file=[
             "manifest.json",
             "stats.parquet",
@@ -126,7 +122,7 @@ def get_tokenizer_source(wildcards):
 def get_tokenizer(wildcards):
     """The tokenizer a mixture is packed with: a checkpoint's own (or a given tokenizer.json),
     read in place; else the shared one, or the mixture's own."""
-    given = CFG.given_tokenizer()
+    given = PLAN.given_tokenizer()
     if given is not None:
         return str(tokenizer_file(given))
     tokenizer = CFG.tokenize.tokenizer
@@ -143,7 +139,7 @@ def get_base_tokenizer(wildcards):
 def get_packed():
     return expand(
         "data/packed/{mixture}/{file}",
-        mixture=CFG.mixtures(),
+        mixture=PLAN.mixtures(),
         file=["manifest.json", "index.parquet", "stats.parquet", "packing.parquet"],
     )
 
@@ -151,7 +147,7 @@ def get_packed():
 def get_models():
     return expand(
         "models/{mixture}/{file}",
-        mixture=CFG.mixtures(),
+        mixture=PLAN.mixtures(),
         file=["run.json", "metrics.csv", "loss.png"],
     )
 
@@ -163,9 +159,11 @@ def get_catalog_inputs(wildcards):
         "dropped": get_dropped(),
         "decontam": expand("data/decontam/{dataset}.parquet", dataset=DATASETS),
         "mixtures": get_mixtures(),
-        "shards": expand("data/mixtures/{mixture}/shards", mixture=CFG.mixtures()),
+        "shards": expand("data/mixtures/{mixture}/shards", mixture=PLAN.mixtures()),
         "packed": get_packed(),
-        "packed_shards": expand("data/packed/{mixture}/shards", mixture=CFG.mixtures()),
+        "packed_shards": expand(
+            "data/packed/{mixture}/shards", mixture=PLAN.mixtures()
+        ),
     }
 
 
@@ -177,7 +175,7 @@ def get_eval_model_name(wildcards):
     if "k" in wildcards.keys():
         return f"clusters_{wildcards.k}"
     if "format" in wildcards.keys():
-        return CFG.format_mixture(wildcards.format)
+        return PLAN.format_mixture(wildcards.format)
     return wildcards.get("heldout", "base")
 
 
@@ -196,11 +194,6 @@ def get_eval_inputs(wildcards):
     return inputs
 
 
-def get_eval_config(wildcards):
-    """The slices of the config an evaluation reads."""
-    return CFG.evaluate_slice()
-
-
 def get_eval_results(few_shot=False):
     """Every held-out cluster's result files (tuned, and base if configured)."""
     suffix = ".few_shot.json" if few_shot else ".json"
@@ -208,10 +201,10 @@ def get_eval_results(few_shot=False):
         return []
     out = []
     for heldout in CFG.heldout_clusters:
-        for dataset in CFG.datasets_in([heldout]):
+        for dataset in PLAN.datasets_in([heldout]):
             out.append(f"results/eval/{heldout}/{dataset}{suffix}")
     if CFG.evaluate.base_model:
-        datasets = CFG.datasets_in(CFG.heldout_clusters)
+        datasets = PLAN.datasets_in(CFG.heldout_clusters)
         out += [f"results/eval/base/{dataset}{suffix}" for dataset in datasets]
     return out
 
@@ -220,7 +213,7 @@ def get_ablation_results(kind):
     """The result files of one ablation (`clusters` or `format`)."""
     if not CFG.ablations.enabled:
         return []
-    datasets = CFG.datasets_in(CFG.ablations.heldout)
+    datasets = PLAN.datasets_in(CFG.ablations.heldout)
     if kind == "clusters":
         points = range(1, len(CFG.ablations.clusters) + 1)
         return expand(
@@ -240,5 +233,5 @@ def get_report_inputs(wildcards):
         "ablation_clusters": get_ablation_results("clusters"),
         "ablation_format": get_ablation_results("format"),
         "catalog": "data/catalog.duckdb",
-        "models": expand("models/{mixture}/metrics.csv", mixture=CFG.mixtures()),
+        "models": expand("models/{mixture}/metrics.csv", mixture=PLAN.mixtures()),
     }

@@ -1,5 +1,6 @@
 # Stage 1, download: one job per dataset, raw Parquet in the dataset's hub schema + manifest.
-from flanpipe.download import STAGE_VERSION as DOWNLOAD_VERSION
+# Code: workflow_scripts/download.py -> flanpipe/stages/download.py
+from flanpipe.stages.download import STAGE_VERSION as DOWNLOAD_VERSION
 
 
 rule download:
@@ -15,8 +16,7 @@ rule download:
     conda:
         "../envs/flanpipe.yaml"
     params:
-        source=get_download_source,
-        seed=CFG.seed,
+        config=get_download_slice,
         stage_version=DOWNLOAD_VERSION,
     script:
         "../workflow_scripts/download.py"

@@ -1,28 +1,7 @@
 # Stage 6, evaluate: every model on every dataset of the clusters it never trained on, zero-shot and
 # few-shot, next to the untuned base model; the ablations' models on the ablations' held-out clusters.
-from flanpipe.evaluate import STAGE_VERSION as EVALUATE_VERSION
-
-
-rule base_model:
-    input:
-        tokenizer=get_base_tokenizer,
-    output:
-        hf=directory("models/base/hf"),
-    log:
-        "logs/train/base.log",
-    benchmark:
-        "benchmarks/train/base.tsv"
-    conda:
-        "../envs/flanpipe.yaml"
-    params:
-        model=CFG.train.model.model_dump(mode="json"),
-        tokenize=CFG.tokenize.model_dump(
-            include={"max_input_tokens", "max_target_tokens"}
-        ),
-        seed=CFG.seed,
-        stage_version=TRAIN_VERSION,
-    script:
-        "../workflow_scripts/base_model.py"
+# Code: workflow_scripts/evaluate.py -> flanpipe/stages/evaluate.py
+from flanpipe.stages.evaluate import STAGE_VERSION as EVALUATE_VERSION
 
 
 rule evaluate:
@@ -40,7 +19,7 @@ rule evaluate:
     params:
         few_shot=False,
         model=get_eval_model_name,
-        config=get_eval_config,
+        config=PLAN.slice("evaluate"),
         stage_version=EVALUATE_VERSION,
     script:
         "../workflow_scripts/evaluate.py"
@@ -56,7 +35,7 @@ use rule evaluate as evaluate_few_shot with:
     params:
         few_shot=True,
         model=get_eval_model_name,
-        config=get_eval_config,
+        config=PLAN.slice("evaluate"),
         stage_version=EVALUATE_VERSION,
 
 

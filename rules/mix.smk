@@ -1,5 +1,6 @@
-# Stage 3c, cap and mix: one mixture per held-out cluster plus `all`; then the DuckDB catalog.
-from flanpipe.mix import STAGE_VERSION as MIX_VERSION
+# Stage 3d, cap and mix: one mixture per held-out cluster plus `all` (and the ablations').
+# Code: workflow_scripts/mix.py -> flanpipe/stages/mix.py
+from flanpipe.stages.mix import STAGE_VERSION as MIX_VERSION
 
 
 rule mix:
@@ -20,34 +21,7 @@ rule mix:
     params:
         datasets=get_mixture_dataset_names,
         heldout=get_mixture_heldout,
-        config=CFG.model_dump(
-            include={
-                "seed": True,
-                "dedup": {"pool_factor"},
-                "mix": True,
-                "datasets": True,
-                "tokenize": {"max_input_tokens", "max_target_tokens"},
-                "train": {"steps", "tokens_per_batch"},
-            }
-        ),
+        config=PLAN.slice("mix"),
         stage_version=MIX_VERSION,
     script:
         "../workflow_scripts/mix.py"
-
-
-rule catalog:
-    input:
-        unpack(get_catalog_inputs),
-    output:
-        "data/catalog.duckdb",
-    log:
-        "logs/catalog.log",
-    benchmark:
-        "benchmarks/catalog.tsv"
-    conda:
-        "../envs/flanpipe.yaml"
-    params:
-        datasets=DATASETS,
-        mixtures=CFG.mixtures(),
-    script:
-        "../workflow_scripts/catalog.py"

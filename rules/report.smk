@@ -1,4 +1,5 @@
-# The report: results/report/index.md with PNG figures, from every eval result and the catalog.
+# Stage 6c, report: results/report/index.md with PNG figures, from every eval result and the catalog.
+# Code: workflow_scripts/report.py -> flanpipe/stages/report.py
 
 
 rule report:
@@ -13,7 +14,6 @@ rule report:
     conda:
         "../envs/flanpipe.yaml"
     params:
-        clusters=CFG.ablations.clusters,
-        formats=CFG.ablations.formats,
+        config=PLAN.slice("report"),
     script:
         "../workflow_scripts/report.py"

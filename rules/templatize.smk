@@ -1,30 +1,6 @@
-# Stage 2, pool and templatize: one job per dataset; the train rows that can pass the cap, then
-# instructions from the template bank.
-from flanpipe.pool import STAGE_VERSION as POOL_VERSION
-from flanpipe.templatize import STAGE_VERSION as TEMPLATIZE_VERSION
-from flanpipe.templatize import templates_digest
-
-
-# The dedup.pool_factor * mix.cap train rows of lowest seeded priority (every row with
-# pool_factor: null): every stage after this one works on these and the eval split only.
-rule pool:
-    input:
-        train="data/raw/{dataset}/train.parquet",
-    output:
-        "data/pool/{dataset}.parquet",
-    log:
-        "logs/pool/{dataset}.log",
-    benchmark:
-        "benchmarks/pool/{dataset}.tsv"
-    conda:
-        "../envs/flanpipe.yaml"
-    params:
-        pool_factor=CFG.dedup.pool_factor,
-        cap=CFG.mix.cap,
-        seed=CFG.seed,
-        stage_version=POOL_VERSION,
-    script:
-        "../workflow_scripts/pool.py"
+# Stage 2b, templatize: one job per dataset; instructions from the template bank.
+# Code: workflow_scripts/templatize.py -> flanpipe/stages/templatize.py
+from flanpipe.stages.templatize import STAGE_VERSION as TEMPLATIZE_VERSION
 
 
 rule templatize:
@@ -41,8 +17,8 @@ rule templatize:
     conda:
         "../envs/flanpipe.yaml"
     params:
-        templatize=get_templatize_params,
-        seed=CFG.seed,
+        config=PLAN.slice("templatize"),
+        templates=get_templates_digest,
         stage_version=TEMPLATIZE_VERSION,
     script:
         "../workflow_scripts/templatize.py"
@@ -59,6 +35,6 @@ use rule templatize as templatize_format with:
     benchmark:
         "benchmarks/templatize/{format}/{dataset}.tsv"
     params:
-        templatize=get_templatize_format_params,
-        seed=CFG.seed,
+        config=get_templatize_format_slice,
+        templates=get_templates_digest,
         stage_version=TEMPLATIZE_VERSION,

@@ -2,7 +2,8 @@
 # Ranks, nodes and GPUs are resources: the defaults run 2 CPU processes with torchrun; the Slurm
 # profile sets launcher=srun, nodes, tasks_per_node (or tasks, all ranks, for one rank per node) and
 # GPUs per cluster.
-from flanpipe.train import STAGE_VERSION as TRAIN_VERSION
+# Code: workflow_scripts/train.py -> flanpipe/stages/train.py (launched on every rank via `flanpipe train`)
+from flanpipe.stages.train import STAGE_VERSION as TRAIN_VERSION
 
 
 rule train:
@@ -27,8 +28,7 @@ rule train:
         tasks_per_node=2,
         launcher="torchrun",
     params:
-        train=CFG.train.model_dump(mode="json"),
-        seed=CFG.seed,
+        config=PLAN.slice("train"),
         stage_version=TRAIN_VERSION,
     script:
         "../workflow_scripts/train.py"

@@ -1,7 +1,7 @@
 """Snakemake script of rule `catalog`: the DuckDB catalog over every stage's Parquet."""
 
-from flanpipe.catalog import build_catalog
-from flanpipe.logs import setup_logging
+from flanpipe.core.logs import setup_logging
+from flanpipe.stages.catalog import build_catalog
 
 setup_logging(snakemake.log[0])
 build_catalog(

@@ -1,7 +1,7 @@
 """Snakemake script of rule `decontaminate`: one dataset's pool rows against the held-out eval sets."""
 
-from flanpipe.decontaminate import decontaminate_dataset
-from flanpipe.logs import setup_logging
+from flanpipe.core.logs import setup_logging
+from flanpipe.stages.decontaminate import decontaminate_dataset
 
 setup_logging(snakemake.log[0])
 decontaminate_dataset(

@@ -1,16 +1,15 @@
-"""Snakemake script of rule `dedupe`: exact and near duplicates across every dataset's fingerprints."""
+"""Snakemake script of rule `dedupe`: duplicates across every dataset (flanpipe.stages.dedupe)."""
 
 from pathlib import Path
 
-from flanpipe.config import DedupConfig
-from flanpipe.dedup import dedupe
-from flanpipe.logs import setup_logging
+from flanpipe.core.config import DedupeSlice
+from flanpipe.core.logs import setup_logging
+from flanpipe.stages.dedupe import dedupe
 
 setup_logging(snakemake.log[0])
 dedupe(
     names=snakemake.params.datasets,
     fingerprint_paths=list(snakemake.input),
     out_dir=Path(snakemake.output.report).parent,
-    cfg=DedupConfig(**snakemake.params.dedup),
-    seed=snakemake.params.seed,
+    cfg=DedupeSlice.model_validate(snakemake.params.config),
 )

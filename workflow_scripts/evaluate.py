@@ -1,10 +1,11 @@
-"""Snakemake script of the `evaluate*` rules: one model on one dataset, zero-shot or few-shot."""
+"""Snakemake script of rule `evaluate` and its variants: one model on one dataset
+(flanpipe.stages.evaluate)."""
 
 from pathlib import Path
 
-from flanpipe.config import parse_config
-from flanpipe.evaluate import evaluate_dataset
-from flanpipe.logs import setup_logging
+from flanpipe.core.config import EvaluateSlice
+from flanpipe.core.logs import setup_logging
+from flanpipe.stages.evaluate import evaluate_dataset
 
 setup_logging(snakemake.log[0])
 evaluate_dataset(
@@ -12,7 +13,7 @@ evaluate_dataset(
     model_dir=snakemake.input.model,
     raw_dir=Path(snakemake.input.eval).parent,
     out_path=snakemake.output[0],
-    cfg=parse_config(snakemake.config),
+    cfg=EvaluateSlice.model_validate(snakemake.params.config),
     few_shot=snakemake.params.few_shot,
     model_name=snakemake.params.model,
     contamination=snakemake.input.get("contamination"),

@@ -1,8 +1,9 @@
-"""Snakemake script of rule `fingerprint`: one dataset's train-pool fingerprints and eval n-grams."""
+"""Snakemake script of rule `fingerprint`: a dataset's pool fingerprints and eval
+n-grams (flanpipe.stages.fingerprint)."""
 
-from flanpipe.config import DecontaminateConfig, DedupConfig
-from flanpipe.dedup import fingerprint_dataset
-from flanpipe.logs import setup_logging
+from flanpipe.core.config import FingerprintSlice
+from flanpipe.core.logs import setup_logging
+from flanpipe.stages.fingerprint import fingerprint_dataset
 
 setup_logging(snakemake.log[0])
 fingerprint_dataset(
@@ -11,7 +12,5 @@ fingerprint_dataset(
     eval_split=snakemake.input.eval,
     out_fingerprints=snakemake.output.fingerprints,
     out_ngrams=snakemake.output.ngrams,
-    cfg=DedupConfig(**snakemake.params.dedup),
-    decontam=DecontaminateConfig(**snakemake.params.decontaminate),
-    seed=snakemake.params.seed,
+    cfg=FingerprintSlice.model_validate(snakemake.params.config),
 )

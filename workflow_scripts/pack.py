@@ -1,10 +1,10 @@
-"""Snakemake script of rule `pack`: tokenize one mixture and pack it into token shards."""
+"""Snakemake script of rule `pack`: tokenize and pack one mixture (flanpipe.stages.pack)."""
 
 from pathlib import Path
 
-from flanpipe.config import parse_config
-from flanpipe.logs import setup_logging
-from flanpipe.pack import tokenize_and_pack
+from flanpipe.core.config import PackSlice
+from flanpipe.core.logs import setup_logging
+from flanpipe.stages.pack import tokenize_and_pack
 
 setup_logging(snakemake.log[0])
 tokenize_and_pack(
@@ -12,6 +12,6 @@ tokenize_and_pack(
     shard_dir=snakemake.input.shards,
     tokenizer=snakemake.input.tokenizer,
     out_dir=Path(snakemake.output.manifest).parent,
-    cfg=parse_config(snakemake.config),
+    cfg=PackSlice.model_validate(snakemake.params.config),
     threads=snakemake.threads,
 )

@@ -1,11 +1,13 @@
-"""Snakemake script of rule `report`: results/report/index.md and its figures."""
+"""Snakemake script of rule `report`: results/report/index.md and its figures (flanpipe.stages.report)."""
 
 from pathlib import Path
 
-from flanpipe.logs import setup_logging
-from flanpipe.report import build_report
+from flanpipe.core.config import ReportSlice
+from flanpipe.core.logs import setup_logging
+from flanpipe.stages.report import build_report
 
 setup_logging(snakemake.log[0])
+cfg = ReportSlice.model_validate(snakemake.params.config)
 build_report(
     zero_shot=list(snakemake.input.zero_shot),
     few_shot=list(snakemake.input.few_shot),
@@ -14,6 +16,6 @@ build_report(
     catalog=snakemake.input.catalog,
     models=list(snakemake.input.models),
     out_dir=Path(snakemake.output[0]).parent,
-    cluster_order=snakemake.params.clusters,
-    formats=snakemake.params.formats,
+    cluster_order=cfg.clusters,
+    formats=cfg.formats,
 )

@@ -1,8 +1,8 @@
-"""Snakemake script of rule `templatize`: one dataset's pool and eval split into instructions."""
+"""Snakemake script of rules `templatize` and `templatize_format` (flanpipe.stages.templatize)."""
 
-from flanpipe.config import TemplatizeConfig
-from flanpipe.logs import setup_logging
-from flanpipe.templatize import templatize_dataset
+from flanpipe.core.config import TemplatizeSlice
+from flanpipe.core.logs import setup_logging
+from flanpipe.stages.templatize import templatize_dataset
 
 setup_logging(snakemake.log[0])
 templatize_dataset(
@@ -10,7 +10,5 @@ templatize_dataset(
     train=snakemake.input.train,
     eval_split=snakemake.input.eval,
     out_path=snakemake.output.table,
-    cfg=TemplatizeConfig(**snakemake.params.templatize["config"]),
-    seed=snakemake.params.seed,
-    max_input_tokens=snakemake.params.templatize["max_input_tokens"],
+    cfg=TemplatizeSlice.model_validate(snakemake.params.config),
 )

@@ -7,22 +7,23 @@ from pathlib import Path
 
 import yaml
 
-from flanpipe.config import parse_config
-from flanpipe.io import sha256_file, write_text_atomic
-from flanpipe.launch import keep_or_clear_checkpoints, launch_command, ranks_per_node
+from flanpipe.core.config import TrainSlice
+from flanpipe.core.io import sha256_file, write_text_atomic
+from flanpipe.core.launch import keep_or_clear_checkpoints, launch_command, ranks_per_node
 
 out = Path(snakemake.output.run).parent
 config = out / "config.yaml"
-cfg = parse_config(snakemake.config).model_dump(mode="json")
-write_text_atomic(config, yaml.safe_dump(cfg, sort_keys=False))
+# The run reads its slice (seed and train) only: `flanpipe train --config` loads this file.
+cfg = TrainSlice.model_validate(snakemake.params.config)
+write_text_atomic(config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 res = snakemake.resources
 nodes = int(res.nodes)
 per_node = ranks_per_node(nodes, int(res.tasks_per_node), int(getattr(res, "tasks", 0) or 0))
 ranks = nodes * per_node
 run_key = {"packed": sha256_file(snakemake.input.manifest), "ranks": ranks,
-           "tokenizer": sha256_file(snakemake.input.tokenizer), "train": snakemake.params.train,
-           "seed": snakemake.params.seed, "stage_version": snakemake.params.stage_version}
-checkpoints = keep_or_clear_checkpoints(out, run_key, snakemake.params.train["steps"])
+           "tokenizer": sha256_file(snakemake.input.tokenizer), "train": snakemake.params.config["train"],
+           "seed": cfg.seed, "stage_version": snakemake.params.stage_version}
+checkpoints = keep_or_clear_checkpoints(out, run_key, cfg.train.steps)
 cmd = launch_command(res.launcher, nodes, per_node, [
     "train", "--mixture", snakemake.wildcards.mixture, "--config", str(config),
     "--packed", str(Path(snakemake.input.manifest).parent), "--tokenizer", snakemake.input.tokenizer,

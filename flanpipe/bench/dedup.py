@@ -4,7 +4,7 @@
 
 Three measurements on one synthetic table of (inputs, targets) rows with planted duplicates:
 
-1. exact dedup, :func:`flanpipe.fingerprint.exact_hashes` + ``first_occurrence`` vs pandas
+1. exact dedup, :func:`flanpipe.core.hashing.exact_hashes` + ``first_occurrence`` vs pandas
    ``DataFrame.duplicated`` (ours also catches duplicates that differ only in case or whitespace);
 2. MinHash signatures (128 permutations, word 3-gram shingles), ``word_hashes`` + ``minhash`` vs
    datasketch ``MinHash`` with ``update_batch``, and how close both Jaccard estimates come to the truth;
@@ -31,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe import fingerprint as fp
 from flanpipe.bench.templatize import WORDS
-from flanpipe.io import derive_seed
+from flanpipe.core import hashing as fp
+from flanpipe.core.keys import derive_seed
 
 SHINGLE = 3
 NUM_PERM = 128
@@ -599,9 +599,9 @@ def _example_texts(shaped: Shaped) -> tuple[list[str], list[str], list[str] | No
     """(all raw text, the distinct text, the label or None) per row, as dedup defines them: the
     distinct fields, plus the target for a generation task; a classification task's label must be
     equal instead."""
-    from flanpipe.dedup import plain_pairs
-    from flanpipe.registry import load_registry
-    from flanpipe.templates import distinct_texts
+    from flanpipe.core.registry import load_registry
+    from flanpipe.core.templates import distinct_texts
+    from flanpipe.stages.fingerprint import plain_pairs
 
     spec = load_registry().datasets[shaped.dataset]
     inputs, targets = plain_pairs(spec, shaped.table)
@@ -628,15 +628,16 @@ def pair_similarity(shaped: Shaped) -> np.ndarray:
 def ours_dropped(shaped: Shaped, use_distinct: bool = True, seed: int = 1) -> np.ndarray:
     """The rows our dedup drops (the first of each group kept), with or without the registry's
     distinct fields."""
-    from flanpipe.config import DedupConfig
-    from flanpipe.dedup import find_duplicates, row_fingerprints
-    from flanpipe.registry import load_registry
+    from flanpipe.core.config import DedupConfig, FingerprintSlice, parse_config
+    from flanpipe.core.registry import load_registry
+    from flanpipe.stages.dedupe import find_duplicates
+    from flanpipe.stages.fingerprint import row_fingerprints
 
     spec = load_registry().datasets[shaped.dataset]
     if not use_distinct:
         spec = spec.model_copy(update={"distinct": ()})
     cfg = DedupConfig()
-    f = row_fingerprints(spec, shaped.table, cfg, seed)
+    f = row_fingerprints(spec, shaped.table, FingerprintSlice.of(parse_config({"seed": seed})))
     twin, _ = find_duplicates(f.exact[:, 0], f.exact[:, 1], f.signature, f.words, cfg, f.distinct_signature)
     return twin >= 0
 

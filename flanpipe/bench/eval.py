@@ -8,9 +8,9 @@ text, :func:`flanpipe.bench.pack.synthetic_examples`) is saved as a Hugging Face
 (``save_pretrained``, and the tokenizer seam's ``save_pretrained``) in a temporary directory. Both
 scorers read that folder:
 
-- **ours**: :func:`flanpipe.scoring.score_options` on the model :func:`flanpipe.evaluate.load_model`
-  loads (``AutoModelForCausalLM``): each prompt runs once into a ``DynamicCache`` and all of its
-  options run together on top, under one custom 4D mask;
+- **ours**: :func:`flanpipe.core.scoring.score_options` on the model
+  :func:`flanpipe.stages.evaluate.load_model` loads (``AutoModelForCausalLM``): each prompt runs once
+  into a ``DynamicCache`` and all of its options run together on top, under one custom 4D mask;
 - **peer**: ``lm_eval.models.huggingface.HFLM`` (``device="cpu"``, ``dtype="float32"``), which runs
   prompt + option as one sequence per request. It is given the very same token ids through
   ``HFLM._loglikelihood_tokens``, which is what its public ``loglikelihood`` calls once it has
@@ -48,11 +48,11 @@ import torch
 
 from flanpipe.bench.pack import CLASS_WORDS, synthetic_examples
 from flanpipe.bench.templatize import WORDS
-from flanpipe.config import TokenizerConfig
-from flanpipe.evaluate import load_model
-from flanpipe.io import derive_seed
-from flanpipe.scoring import score_options
-from flanpipe.tokenizer import SentencePieceTokenizer, Tokenizer, load_tokenizer, train_spm
+from flanpipe.core.config import TokenizerConfig
+from flanpipe.core.keys import derive_seed
+from flanpipe.core.scoring import score_options
+from flanpipe.core.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizer, train_spm
+from flanpipe.stages.evaluate import load_model
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,15 @@ an OPTIONS suffix; 60% one-word class targets, the rest free text), it measures
 2. packing efficiency on the same examples: best-fit decreasing next to next-fit in arrival order
    and pad-to-max (one example per row), decoder-only; for encoder-decoder, rows against the lower
    bound ``max(sum(inputs) / 1024, sum(targets) / 256)``;
-3. packer speed: examples per second of :func:`flanpipe.packing.pack` alone, on one core;
-4. the shards' format (:mod:`flanpipe.packed`), against the format pack wrote before stage version 3
-   (every field of :func:`flanpipe.packed.row_dtype` stored, one structured ``.npy`` per shard; the
+3. packer speed: examples per second of :func:`flanpipe.core.binpack.pack` alone, on one core;
+4. the shards' format (:mod:`flanpipe.core.shards`), against the format pack wrote before stage version 3
+   (every field of :func:`flanpipe.core.shards.row_dtype` stored, one structured ``.npy`` per shard; the
    peer writes it here from the same rows): bytes on disk per row, both layouts; and batch reads of
-   the decoder-only rows, in rows per second: :meth:`flanpipe.packed.PackedShards.take` (tokens and
+   the decoder-only rows, in rows per second: :meth:`flanpipe.core.shards.PackedShards.take` (tokens and
    lengths memory-mapped, the other fields rebuilt) against the peer's memory-mapped take of the
    stored fields, alone and with the trainer's conversion to int64 tensors
-   (:func:`flanpipe.train.to_batch`), over the trainer's own row order (:func:`flanpipe.train.step_rows`).
+   (:func:`flanpipe.stages.train.to_batch`), over the trainer's own row order
+   (:func:`flanpipe.stages.train.step_rows`).
    Both read from the page cache (the files were just written): the peer's 3.5x more bytes would
    cost it more from a cold disk.
 """
@@ -34,13 +35,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flanpipe import packing
 from flanpipe.bench.dedup import vocabulary
-from flanpipe.config import TokenizerConfig, parse_config
-from flanpipe.io import derive_seed
-from flanpipe.pack import tokenize_and_pack
-from flanpipe.packed import PackedShards
-from flanpipe.tokenizer import load_processor, train_spm
+from flanpipe.core import binpack as packing
+from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
+from flanpipe.core.keys import derive_seed
+from flanpipe.core.shards import PackedShards
+from flanpipe.core.tokenizers import load_processor, train_spm
+from flanpipe.stages.pack import tokenize_and_pack
 
 CLASS_WORDS = ["yes", "no", "maybe", "positive", "negative", "entailment", "neutral", "contradiction"]
 ROWS_PER_SHARD = 50_000
@@ -121,8 +122,8 @@ def bench_pack(rows: int = 100_000, threads: int = 2, vocab: int = 32_000, windo
 
         def ours(layout):
             cfg = parse_config({"tokenize": {"layout": layout, "pack_window": window}})
-            return tokenize_and_pack("bench", shards, tmp / "spm.model", tmp / f"packed-{layout}", cfg,
-                                     threads=threads)
+            return tokenize_and_pack("bench", shards, tmp / "spm.model", tmp / f"packed-{layout}",
+                                     PackSlice.of(cfg), threads=threads)
 
         ours("decoder_only")  # warm-up: Numba kernels loaded, files cached
         r["raw_s"] = _best_of(repeats, raw)
@@ -207,7 +208,7 @@ def bench_format(packed: Path, peer_dir: Path, read: bool = True, batches: int =
         return r
     import torch
 
-    from flanpipe.train import BatchPlan, step_rows, to_batch
+    from flanpipe.stages.train import BatchPlan, step_rows, to_batch
 
     width = ours.dtype["tokens"].shape[0]
     plan = BatchPlan(row_tokens=width, micro_batch_rows=batch_rows, world_size=1, accumulation=1)

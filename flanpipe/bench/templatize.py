@@ -10,10 +10,11 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from flanpipe.config import TemplatizeConfig
-from flanpipe.registry import load_registry
-from flanpipe.templates import load_bank, use_string_pool
-from flanpipe.templatize import stable_keys, template_draws, templatize_split
+from flanpipe.core.config import TemplatizeConfig
+from flanpipe.core.keys import stable_keys, template_draws
+from flanpipe.core.registry import load_registry
+from flanpipe.core.templates import load_bank, use_string_pool
+from flanpipe.stages.templatize import templatize_split
 
 WORDS = ("the a one river city council library engineer teacher market storm bridge report season "
          "village museum scientist festival budget harbour train painter company garden election "

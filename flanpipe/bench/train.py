@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from flanpipe import packing
-from flanpipe.config import parse_config
-from flanpipe.io import write_json_atomic
-from flanpipe.pack import ShardWriter, packed_rows
-from flanpipe.packed import stored_dtype
+from flanpipe.core import binpack as packing
+from flanpipe.core.config import TrainSlice, parse_config
+from flanpipe.core.io import write_json_atomic
+from flanpipe.core.shards import stored_dtype
+from flanpipe.stages.pack import ShardWriter, packed_rows
 
 H100_BF16_PEAK = 989e12
 SIZES = {  # Llama-style shapes
@@ -44,8 +44,8 @@ def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
     n = rows * 8
     size_in = np.minimum(np.ceil(rng.lognormal(5.0, 1.0, n)), LI - 1).astype(np.int64) + 1
     size_tg = np.minimum(np.ceil(rng.lognormal(2.5, 1.2, n)), LT - 1).astype(np.int64) + 1
-    bins, seg, off, _, n_rows = packing.pack("best_fit", size_in + size_tg, LI + LT,
-                                             np.zeros(n, np.int64), 0)
+    placed = packing.pack("best_fit", size_in + size_tg, LI + LT, np.zeros(n, np.int64), 0)
+    bins, seg, off, n_rows = placed.row, placed.segment, placed.offset_a, placed.rows
     keep = np.flatnonzero(bins < rows)
     tokens = np.zeros(min(rows, n_rows), stored_dtype("decoder_only", LI, LT, VOCAB))
     sides = []
@@ -67,7 +67,7 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
                 tokens_per_batch: int | None = None, attention: str = "auto",
                 optimizer: str = "adafactor") -> dict:
     """Run the trainer on synthetic packed rows; returns tokens/s, MFU, memory and state bytes."""
-    from flanpipe.train import train
+    from flanpipe.stages.train import train
 
     spec = SIZES[size]
     tokens_per_batch = tokens_per_batch or micro_batch_rows * (LI + LT)
@@ -79,13 +79,13 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
                                       "micro_batch_rows": micro_batch_rows, "model": spec,
                                       "attention": attention, "checkpoint_every": 10**9, "log_every": 1,
                                       "lr": 3e-5, "optimizer": optimizer}})
-        run = train("bench", packed, None, tmp / "run", cfg)
+        run = train("bench", packed, None, tmp / "run", TrainSlice.of(cfg))
         with open(tmp / "run/metrics.csv", newline="") as f:
             speeds = [float(r["tokens_per_s"]) for r in csv.DictReader(f)]
     steady = float(np.median(speeds[10:] if len(speeds) > 10 else speeds))
     from transformers import AutoConfig
 
-    from flanpipe.model import flops_per_token
+    from flanpipe.core.model import flops_per_token
 
     config = AutoConfig.for_model(**run["model"])
     flops = flops_per_token(config, run["parameters"], LI + LT)

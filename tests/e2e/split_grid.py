@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from flanpipe.config import parse_config
-from flanpipe.distributed import dist_env
-from flanpipe.packed import PackedShards
-from flanpipe.train import train
+from flanpipe.core.config import TrainSlice, parse_config
+from flanpipe.core.distributed import dist_env
+from flanpipe.core.shards import PackedShards
+from flanpipe.stages.train import train
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = (0, 2, 3)
@@ -40,7 +40,8 @@ def main(packed: str, tokenizer: str, out: str) -> None:
             "log_every": 1,
             "grad_clip": 1e9}  # a clip that never clips: DeepSpeed then logs the gradient norm at every stage
         cfg = parse_config(base | {"train": train_cfg})
-        train("nli", packed, tokenizer, Path(out) / f"w{world}-z{stage}-{optimizer}-mb{micro}", cfg)
+        train("nli", packed, tokenizer, Path(out) / f"w{world}-z{stage}-{optimizer}-mb{micro}",
+              TrainSlice.of(cfg))
 
 
 if __name__ == "__main__":

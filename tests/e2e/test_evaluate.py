@@ -16,14 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from flanpipe.config import load_config
-from flanpipe.evaluate import eval_sample
-from flanpipe.registry import load_registry
-from flanpipe.templates import load_bank, render_template
+from flanpipe.core.config import load_config
+from flanpipe.core.planner import Plan
+from flanpipe.core.registry import load_registry
+from flanpipe.core.templates import load_bank, render_template
+from flanpipe.stages.evaluate import eval_sample
 from tests.conftest import BIN, REPO, run_snakemake
 
 pytestmark = pytest.mark.e2e
 CFG = load_config(REPO / "config/config.yaml")
+PLAN = Plan(CFG)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +36,10 @@ def workdir(demo_run):
 def expected_results() -> list[str]:
     out = []
     for heldout in CFG.heldout_clusters:
-        for d in CFG.datasets_in([heldout]):
+        for d in PLAN.datasets_in([heldout]):
             out += [f"results/eval/{heldout}/{d}.json", f"results/eval/{heldout}/{d}.few_shot.json",
                     f"results/eval/base/{d}.json", f"results/eval/base/{d}.few_shot.json"]
-    for d in CFG.datasets_in(CFG.ablations.heldout):
+    for d in PLAN.datasets_in(CFG.ablations.heldout):
         out += [f"results/ablations/clusters/{k}/{d}.json" for k in range(1, len(CFG.ablations.clusters) + 1)]
         out += [f"results/ablations/format/{f}/{d}.json" for f in CFG.ablations.formats]
     return out
@@ -70,7 +72,7 @@ def test_every_evaluation_exists_and_adds_up(workdir):
 
 def test_the_models_are_the_ones_that_never_saw_the_cluster(workdir):
     for heldout in CFG.heldout_clusters:
-        for d in CFG.datasets_in([heldout]):
+        for d in PLAN.datasets_in([heldout]):
             r = load(workdir, f"results/eval/{heldout}/{d}.json")
             assert r["model"] == heldout and r["cluster"] == heldout
             mixture = json.loads((workdir / f"data/mixtures/{heldout}/manifest.json").read_text())
@@ -84,7 +86,7 @@ def test_the_models_are_the_ones_that_never_saw_the_cluster(workdir):
 def test_contamination_counts_match_the_catalog(workdir):
     con = duckdb.connect(str(workdir / "data/catalog.duckdb"), read_only=True)
     for heldout in CFG.heldout_clusters:
-        for d in CFG.datasets_in([heldout]):
+        for d in PLAN.datasets_in([heldout]):
             r = load(workdir, f"results/eval/{heldout}/{d}.json")
             matched, removed = con.execute(
                 "SELECT coalesce(sum(rows), 0), coalesce(sum(removed), 0) FROM contamination_report "
@@ -179,7 +181,7 @@ def test_report_has_every_figure_and_dataset(workdir):
         data = (report / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000, png
         assert f"({png})" in text
-    for d in CFG.datasets_in(CFG.heldout_clusters):
+    for d in PLAN.datasets_in(CFG.heldout_clusters):
         assert f"| {d} |" in text
     registry = load_registry()
     for c in {registry.datasets[d].cluster for d in CFG.dataset_names()} & set(CFG.heldout_clusters):

@@ -10,12 +10,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.config import load_config
-from flanpipe.registry import load_registry
+from flanpipe.core.config import load_config
+from flanpipe.core.planner import Plan
+from flanpipe.core.registry import load_registry
 from tests.conftest import BIN, REPO
 
 pytestmark = pytest.mark.e2e
 CFG = load_config(REPO / "config/config.yaml")
+PLAN = Plan(CFG)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def stats(con) -> list[dict]:
 
 def test_every_row_is_accounted_for(con):
     rows = stats(con)
-    assert {r["mixture"] for r in rows} == set(CFG.mixtures())
+    assert {r["mixture"] for r in rows} == set(PLAN.mixtures())
     for r in rows:
         lost = r["rejected"] + r["exact_dups"] + r["near_dups"] + r["contaminated"] + r["capped"]
         assert r["rows_raw"] == lost + r["kept"], r
@@ -66,7 +68,7 @@ def count_terms(workdir, mixture: str, name: str) -> dict:
     assert sorted(mine.index) == sorted(pool.index)
     # contaminated: the decontaminate stage's matches against this mixture's held-out eval sets
     matches = pq.read_table(d / f"decontam/{name}.parquet").to_pandas()
-    dirty = set(matches[matches.eval_cluster.isin(CFG.heldout_for(mixture))].row_index)
+    dirty = set(matches[matches.eval_cluster.isin(PLAN.heldout_for(mixture))].row_index)
     assert set(mine.index[mine.fate == "contaminated"]) == dirty
     # duplicates: dropped by the dedupe stage, and their twin is kept in this mixture
     dedupe_dropped = set(pq.read_table(d / f"dedup/{name}.dropped.parquet").column("row_index").to_pylist())
@@ -151,7 +153,7 @@ def test_dropped_and_contaminated_rows_never_reach_a_mixture(con):
 
 
 def test_sampled_counts_follow_the_rates_and_fill_the_budget(workdir, con):
-    for mixture in CFG.mixtures():
+    for mixture in PLAN.mixtures():
         manifest = json.loads((workdir / f"data/mixtures/{mixture}/manifest.json").read_text())
         rows = [r for r in stats(con) if r["mixture"] == mixture]
         total = sum(r["sampled"] for r in rows)
@@ -195,7 +197,7 @@ def test_catalog_tables_and_stats_command(workdir, con):
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("mixture nli: ")
     listed = {line.split()[0] for line in lines[3:] if line.strip()}
-    assert listed == set(CFG.mixture_datasets("nli")) | {"total"}
+    assert listed == set(PLAN.mixture_datasets("nli")) | {"total"}
 
 
 def test_readme_queries_run(workdir):

@@ -10,12 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
-from flanpipe.config import load_config
-from flanpipe.packed import PackedShards, unpack_row
+from flanpipe.core.config import load_config
+from flanpipe.core.planner import Plan
+from flanpipe.core.shards import PackedShards, unpack_row
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 CFG = load_config(REPO / "config/config.yaml")
+PLAN = Plan(CFG)
 LI, LT = CFG.tokenize.max_input_tokens, CFG.tokenize.max_target_tokens
 
 
@@ -31,7 +33,7 @@ def test_tokenizer_is_shared_and_says_what_it_trained(demo_run):
     assert f"asks for {CFG.tokenize.tokenizer.vocab_size} pieces" in log
     assert f"at most {manifest['vocab_size']}" in log
     assert manifest["source"]["mixture"] == "all"
-    for mixture in CFG.mixtures():
+    for mixture in PLAN.mixtures():
         packed = json.loads((demo_run / f"data/packed/{mixture}/manifest.json").read_text())
         assert packed["tokenizer"]["sha256"] == manifest["model_sha256"]
     assert not list((demo_run / "models/tokenizer").glob("*/spm.model"))
@@ -41,7 +43,7 @@ def _mixture_rows(demo_run, mixture):
     return pq.read_table(sorted((demo_run / f"data/mixtures/{mixture}/shards").glob("*.parquet")))
 
 
-@pytest.mark.parametrize("mixture", CFG.mixtures())
+@pytest.mark.parametrize("mixture", PLAN.mixtures())
 def test_unpacking_gives_back_each_tokenized_example_once(demo_run, mixture):
     """Multiset equality against the raw SentencePiece encoding of every mixture row, one at a time."""
     sp = spm.SentencePieceProcessor(model_file=str(demo_run / "models/tokenizer/spm.model"))
@@ -57,7 +59,7 @@ def test_unpacking_gives_back_each_tokenized_example_once(demo_run, mixture):
     assert len(shards) == shards.manifest["rows"]
 
 
-@pytest.mark.parametrize("mixture", CFG.mixtures())
+@pytest.mark.parametrize("mixture", PLAN.mixtures())
 def test_segments_positions_and_loss_mask_agree(demo_run, mixture):
     shards = PackedShards(demo_run / f"data/packed/{mixture}")
     rows = shards.take(np.arange(len(shards)))
@@ -93,7 +95,7 @@ def test_packing_stats_in_the_catalog(demo_run, monkeypatch):
         examples = dict(con.execute("SELECT mixture, count(*) FROM mixtures GROUP BY mixture").fetchall())
     finally:
         con.close()
-    assert [s["mixture"] for s in stats] == sorted(CFG.mixtures())
+    assert [s["mixture"] for s in stats] == sorted(PLAN.mixtures())
     for s in stats:
         packed = PackedShards(demo_run / f"data/packed/{s['mixture']}")
         rows = packed.take(np.arange(len(packed)))

@@ -33,7 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flanpipe.config import load_config
+from flanpipe.core.config import load_config
+from flanpipe.core.planner import Plan
 from tests.conftest import BIN, REPO, run_snakemake
 from tests.slurm_cluster import profile_for_cluster, slurm_cluster
 
@@ -341,7 +342,7 @@ def downstream_of_templatized(config: Path, dataset: str) -> list[str]:
     trains_tokenizer = cfg.tokenize.tokenizer.source == "train" or (
         cfg.tokenize.tokenizer.source == "auto" and cfg.train.model.source == "config")
     assert cfg.tokenize.tokenizer.shared and trains_tokenizer
-    mixes = [m for m in (MIXTURE, "all") if dataset in cfg.mixture_datasets(m)]
+    mixes = [m for m in (MIXTURE, "all") if dataset in Plan(cfg).mixture_datasets(m)]
     jobs = [f"templatize:{dataset}", *(f"mix:{m}" for m in mixes)]
     if "all" in mixes:
         jobs.append("tokenizer")

@@ -11,11 +11,13 @@ import pytest
 import torch
 import yaml
 
-from flanpipe.config import load_config
+from flanpipe.core.config import load_config
+from flanpipe.core.planner import Plan
 from tests.conftest import BIN, REPO
 
 pytestmark = pytest.mark.e2e
 CFG = load_config(REPO / "config/config.yaml")
+PLAN = Plan(CFG)
 
 
 def ours_vocab(demo_run) -> int:
@@ -28,7 +30,7 @@ def read_metrics(path):
 
 
 def test_one_model_per_mixture_trained_with_zero3_on_two_ranks(demo_run):
-    for mixture in CFG.mixtures():
+    for mixture in PLAN.mixtures():
         out = demo_run / "models" / mixture
         run = json.loads((out / "run.json").read_text())
         assert run["world_size"] == 2 and run["deepspeed"]["zero_optimization"]["stage"] == 3
@@ -49,9 +51,9 @@ def test_the_saved_model_loads_in_transformers_alone(demo_run):
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flanpipe.model import PackedCausalLM, predicted
-    from flanpipe.packed import PackedShards
-    from flanpipe.tokenizer import load_tokenizer
+    from flanpipe.core.model import PackedCausalLM, predicted
+    from flanpipe.core.shards import PackedShards
+    from flanpipe.core.tokenizers import load_tokenizer
 
     folder = demo_run / "models/nli/hf"
     hf = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
@@ -127,11 +129,11 @@ def test_zero3_on_two_ranks_equals_transformers_adafactor_on_whole_tensors(demo_
     in one process, on the same rows per step: factored moments and update clipping per tensor."""
     from transformers.optimization import Adafactor as Reference
 
-    from flanpipe.checkpoint import build_model
-    from flanpipe.io import derive_seed
-    from flanpipe.model import PackedCausalLM, predicted
-    from flanpipe.packed import PackedShards
-    from flanpipe.train import BatchPlan, step_rows
+    from flanpipe.core.checkpoint import build_model
+    from flanpipe.core.keys import derive_seed
+    from flanpipe.core.model import PackedCausalLM, predicted
+    from flanpipe.core.shards import PackedShards
+    from flanpipe.stages.train import BatchPlan, step_rows
 
     data = PackedShards(demo_run / "data/packed/nli")
     row_tokens = data.dtype["tokens"].shape[0]

@@ -10,11 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from flanpipe.config import load_config
-from flanpipe.registry import embedded_datasets, load_registry
+from flanpipe.core.config import load_config
+from flanpipe.core.planner import Plan
+from flanpipe.core.registry import embedded_datasets, load_registry
 from tests.conftest import REPO, run_snakemake
 
 CFG = load_config(REPO / "config/config.yaml")
+PLAN = Plan(CFG)
 
 pytestmark = pytest.mark.e2e
 
@@ -84,10 +86,10 @@ def test_deleting_one_output_reruns_only_that_dataset(workdir):
     text = proc.stdout + proc.stderr
     for rule in ("download", "pool", "templatize", "fingerprint", "decontaminate", "dedupe", "catalog"):
         assert re.search(rf"^{rule}\s+1$", text, re.M), (rule, text)
-    assert re.search(rf"^mix\s+{len(CFG.all_mixtures())}$", text, re.M), text
-    assert re.search(rf"^pack\s+{len(CFG.all_mixtures())}$", text, re.M), text
+    assert re.search(rf"^mix\s+{len(PLAN.all_mixtures())}$", text, re.M), text
+    assert re.search(rf"^pack\s+{len(PLAN.all_mixtures())}$", text, re.M), text
     assert re.search(r"^tokenizer\s+1$", text, re.M), text
-    assert re.search(rf"^train\s+{len(CFG.all_mixtures())}$", text, re.M), text
+    assert re.search(rf"^train\s+{len(PLAN.all_mixtures())}$", text, re.M), text
     jobs = _jobs(text)
     data_rules = {"download", "pool", "templatize", "fingerprint", "decontaminate"}
     assert {w.get("dataset") for rule, w in jobs if rule in data_rules} == {"sst2"}
@@ -164,15 +166,15 @@ def _config_with_tokenizer(tmp_path, **tokenizer):
 def test_a_tokenizer_per_mixture_when_not_shared(tmp_path):
     config = _config_with_tokenizer(tmp_path, shared=False)
     text = run_snakemake(tmp_path, "all", "-n", config_file=config).stdout
-    assert re.search(rf"^tokenizer_per_mixture\s+{len(CFG.all_mixtures())}$", text, re.M), text
+    assert re.search(rf"^tokenizer_per_mixture\s+{len(PLAN.all_mixtures())}$", text, re.M), text
     assert not re.search(r"^tokenizer\s+\d", text, re.M)
-    for mixture in CFG.all_mixtures():
+    for mixture in PLAN.all_mixtures():
         assert f"models/tokenizer/{mixture}/spm.model" in text
 
 
 def test_a_given_tokenizer_file_is_copied_without_any_mixture(tmp_path):
-    from flanpipe.config import TokenizerConfig
-    from flanpipe.tokenizer import train_spm
+    from flanpipe.core.config import TokenizerConfig
+    from flanpipe.core.tokenizers import train_spm
     from tests.unit.test_tokenizer import corpus
 
     model, size = train_spm(corpus(300), TokenizerConfig(vocab_size=300), seed=1)

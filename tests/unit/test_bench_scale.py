@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanpipe.bench import scale
-from flanpipe.registry import load_registry
-from flanpipe.validate import check_split
+from flanpipe.core.registry import load_registry
+from flanpipe.core.validate import check_split
 
 REG = load_registry()
 

@@ -6,8 +6,9 @@ import jsonschema
 import pytest
 import yaml
 
-from flanpipe.config import ConfigError, json_schema, json_schema_text, load_config, parse_config
-from flanpipe.registry import embedded_datasets, load_registry
+from flanpipe.core.config import ConfigError, json_schema, json_schema_text, load_config, parse_config
+from flanpipe.core.planner import Plan
+from flanpipe.core.registry import embedded_datasets, load_registry
 
 
 def test_embedded_default_parses(repo):
@@ -96,10 +97,10 @@ def test_stage4_values_are_checked_with_the_key_named(data, expect):
 def test_mixtures_leave_out_the_heldout_and_excluded_clusters():
     cfg = parse_config({})
     reg = load_registry()
-    assert cfg.mixtures() == ["nli", "commonsense", "closed_book_qa", "all"]
-    assert cfg.mixture_datasets("all") == cfg.dataset_names()
+    assert Plan(cfg).mixtures() == ["nli", "commonsense", "closed_book_qa", "all"]
+    assert Plan(cfg).mixture_datasets("all") == cfg.dataset_names()
     for m in cfg.heldout_clusters:
-        kept = {reg.datasets[d].cluster for d in cfg.mixture_datasets(m)}
+        kept = {reg.datasets[d].cluster for d in Plan(cfg).mixture_datasets(m)}
         assert kept and not kept & set(reg.excluded_clusters(m))
 
 
@@ -107,15 +108,15 @@ def test_ablation_mixtures_follow_the_cluster_order():
     cfg = parse_config({"ablations": {"enabled": True, "heldout": ["nli"],
                                       "clusters": ["sentiment", "summarization"],
                                       "formats": ["instructions", "no_template"]}})
-    assert cfg.ablation_mixtures() == ["clusters_1", "clusters_2", "format_no_template"]
+    assert Plan(cfg).ablation_mixtures() == ["clusters_1", "clusters_2", "format_no_template"]
     reg = load_registry()
-    assert {reg.datasets[d].cluster for d in cfg.mixture_datasets("clusters_1")} == {"sentiment"}
-    assert {reg.datasets[d].cluster for d in cfg.mixture_datasets("format_no_template")} == {
+    assert {reg.datasets[d].cluster for d in Plan(cfg).mixture_datasets("clusters_1")} == {"sentiment"}
+    assert {reg.datasets[d].cluster for d in Plan(cfg).mixture_datasets("format_no_template")} == {
         "sentiment", "summarization"}
-    assert cfg.format_mixture("instructions") == "clusters_2"  # reused, not trained twice
-    assert cfg.mixture_format("format_no_template") == "no_template"
-    assert cfg.heldout_for("clusters_2") == ["nli"]
-    assert parse_config({"ablations": {"enabled": False}}).ablation_mixtures() == []
+    assert Plan(cfg).format_mixture("instructions") == "clusters_2"  # reused, not trained twice
+    assert Plan(cfg).mixture_format("format_no_template") == "no_template"
+    assert Plan(cfg).heldout_for("clusters_2") == ["nli"]
+    assert Plan(parse_config({"ablations": {"enabled": False}})).ablation_mixtures() == []
 
 
 @pytest.mark.parametrize("ablations, message", [

@@ -4,10 +4,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flanpipe import fingerprint as fp
-from flanpipe.config import DecontaminateConfig
-from flanpipe.decontaminate import contaminated_rows, decontaminate_dataset, eval_ngrams, ngram_size
-from flanpipe.registry import load_registry
+from flanpipe.core import hashing as fp
+from flanpipe.core.config import DecontaminateConfig
+from flanpipe.core.registry import load_registry
+from flanpipe.stages.decontaminate import contaminated_rows, decontaminate_dataset
+from flanpipe.stages.fingerprint import eval_ngrams, ngram_size
 
 EVAL = ("The bakery's owner, Samuel Okafor, wakes at four every morning to prepare bread for the day "
         "and opens the shop at seven.")

@@ -7,11 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe import fingerprint as fp
 from flanpipe.bench.dedup import load_passages, nli_shaped, ours_dropped, pair_similarity, squad_shaped
-from flanpipe.config import DecontaminateConfig, DedupConfig
-from flanpipe.dedup import dedupe, find_duplicates, fingerprint_dataset
-from flanpipe.pool import write_pool
+from flanpipe.core import hashing as fp
+from flanpipe.core.config import DedupConfig, DedupeSlice, FingerprintSlice, PoolSlice, parse_config
+from flanpipe.stages.dedupe import dedupe, find_duplicates
+from flanpipe.stages.fingerprint import fingerprint_dataset
+from flanpipe.stages.pool import write_pool
 
 VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "ne", "po", "ru", "si", "ta") for b in range(60)]
 
@@ -110,11 +111,12 @@ def test_dedupe_across_datasets_records_the_kept_twin(tmp_path):
     paths = []
     for name, rows, labels in (("sst2", sst2, [1, 0, 1, 1]), ("cola", cola, [0, 1])):
         raw = write_raw(tmp_path / "raw", name, rows, labels)
-        write_pool(name, raw / "train.parquet", raw / "pool.parquet", cfg.pool_factor, cap=100, seed=1)
+        write_pool(name, raw / "train.parquet", raw / "pool.parquet",
+                   PoolSlice(seed=1, pool_factor=cfg.pool_factor, cap=100))
         paths.append(tmp_path / f"fp/{name}.parquet")
         fingerprint_dataset(name, raw / "pool.parquet", raw / "eval.parquet", paths[-1],
-                            tmp_path / f"ng/{name}.parquet", cfg, DecontaminateConfig(), seed=1)
-    report = dedupe(["sst2", "cola"], paths, tmp_path / "dedup", cfg, seed=1)
+                            tmp_path / f"ng/{name}.parquet", FingerprintSlice.of(parse_config({"seed": 1})))
+    report = dedupe(["sst2", "cola"], paths, tmp_path / "dedup", DedupeSlice.of(parse_config({"seed": 1})))
     sst2_dropped = pq.read_table(tmp_path / "dedup/sst2.dropped.parquet").to_pylist()
     cola_dropped = pq.read_table(tmp_path / "dedup/cola.dropped.parquet").to_pylist()
     # sst2 row 2 differs from row 0 in spacing around the comma only: same words, same label

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.config import SourceSpec
-from flanpipe.download import DownloadError, download_dataset, read_hub_split
-from flanpipe.registry import HubSource, embedded_datasets, load_registry
+from flanpipe.core.config import SourceSpec
+from flanpipe.core.registry import HubSource, embedded_datasets, load_registry
+from flanpipe.stages.download import DownloadError, download_dataset, read_hub_split
 
 REG = load_registry()
 EMBEDDED = REG.datasets["rte"]
@@ -173,7 +173,7 @@ def test_parquet_branch_older_flat_layout_under_the_script_config_name(tmp_path)
 
 def test_parquet_branch_named_config_and_sharded_flat_files(tmp_path):
     """web_nlg names its config and its validation split `dev`; shards -00000-of-00002 in order."""
-    from flanpipe.download import locate_branch_split
+    from flanpipe.stages.download import locate_branch_split
 
     paths = ["release_v3.0_en/web_nlg-dev-00001-of-00002.parquet",
              "release_v3.0_en/web_nlg-dev-00000-of-00002.parquet",
@@ -203,7 +203,7 @@ def test_script_only_repository_falls_back_to_the_parquet_branch(tmp_path):
     rows = [{"text": "How far is it from Denver to Aspen ?", "coarse_label": 5, "fine_label": 40},
             {"text": "What county is Modesto , California in ?", "coarse_label": 4, "fine_label": 32}]
     _write(branch, "default/test/0000.parquet", rows)
-    from flanpipe.download import _open_split
+    from flanpipe.stages.download import _open_split
 
     batches, origin = _open_split(spec, SourceSpec(kind="hub", path=str(branch)), "test", 1)
     assert origin["parquet_branch_fallback"] is True
@@ -251,7 +251,7 @@ def test_math_dataset_bytes_reprs_are_decoded_with_a_count(tmp_path):
 
 
 def test_hub_path_is_a_parquet_branch_copy_only_where_the_branch_is_read():
-    from flanpipe.config import ConfigError, parse_config
+    from flanpipe.core.config import ConfigError, parse_config
 
     cfg = parse_config({"download": {"sources": {"rte": {"kind": "hub", "parquet_branch": True,
                                                          "path": "/data/rte_branch"}}}})
@@ -307,7 +307,7 @@ def _rte_source_with_every_kind_of_bad_row(src, fmt):
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_batched_download_equals_one_batch_byte_for_byte(tmp_path, fmt):
     """batch_rows=1 and 3 (batches cut through bad rows and Parquet row groups) against one batch."""
-    from flanpipe.io import ROW_GROUP_ROWS
+    from flanpipe.core.io import ROW_GROUP_ROWS
 
     src = tmp_path / "src"
     _rte_source_with_every_kind_of_bad_row(src, fmt)
@@ -371,7 +371,8 @@ def test_a_killed_download_leaves_no_output_and_the_rerun_cleans_up(tmp_path):
                              "idx": range(n), "label": [i % 2 for i in range(n)]}), src / "train.parquet")
     pq.write_table(pa.Table.from_pylist(_rte_rows(3)), src / "validation.parquet")
     out = tmp_path / "out"
-    code = ("from flanpipe.config import SourceSpec; from flanpipe.download import download_dataset; "
+    code = ("from flanpipe.core.config import SourceSpec; "
+            "from flanpipe.stages.download import download_dataset; "
             f"download_dataset('rte', SourceSpec(kind='local', path={str(src)!r}), {str(out)!r}, 1, "
             "batch_rows=50)")
     proc = subprocess.Popen([sys.executable, "-c", code], env=os.environ.copy())

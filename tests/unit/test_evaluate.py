@@ -9,11 +9,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from flanpipe.evaluate import Layout, encode, eval_sample, load_model, references, stop_ids, summarize
-from flanpipe.registry import load_registry
-from flanpipe.scoring import score_options
-from flanpipe.templates import Template
-from flanpipe.tokenizer import load_tokenizer
+from flanpipe.core.layout import Layout, encode
+from flanpipe.core.registry import load_registry
+from flanpipe.core.scoring import score_options
+from flanpipe.core.templates import Template
+from flanpipe.core.tokenizers import load_tokenizer
+from flanpipe.stages.evaluate import eval_sample, load_model, references, stop_ids, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +39,7 @@ def test_encode_cuts_like_the_packer_and_ends_with_eos(smollm2_dir):
 
 
 def test_layout_follows_the_tokenizer_convention_unless_config_says(smollm2_dir):
-    from flanpipe.config import TokenizeConfig
+    from flanpipe.core.config import TokenizeConfig
 
     tok = load_tokenizer(smollm2_dir)
     assert tok.add_bos is False and tok.bos_id is not None  # SmolLM2 puts no BOS before a text

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flanpipe import fingerprint as fp
+from flanpipe.core import hashing as fp
 
 WS = " \t\n\r\v\f"
 

@@ -9,7 +9,8 @@ import textwrap
 import pyarrow as pa
 import pytest
 
-from flanpipe.io import atomic_path, derive_seed, read_parquet_metadata, write_parquet_atomic
+from flanpipe.core.io import atomic_path, read_parquet_metadata, write_parquet_atomic
+from flanpipe.core.keys import derive_seed
 
 
 def test_exception_leaves_neither_output_nor_temp(tmp_path):
@@ -36,7 +37,7 @@ def test_killed_process_leaves_no_output(tmp_path):
     out = tmp_path / "big.parquet"
     code = textwrap.dedent(f"""
         import os, signal
-        from flanpipe.io import atomic_path
+        from flanpipe.core.io import atomic_path
         with atomic_path({str(out)!r}) as tmp:
             with open(tmp, "wb") as f:
                 f.write(b"x" * 1_000_000)

@@ -1,4 +1,4 @@
-"""Lint as tests: ruff on the package, snakefmt on the workflow files."""
+"""Lint as tests: ruff on the package, snakefmt on the workflow files, import-linter on the layers."""
 
 import subprocess
 
@@ -17,3 +17,11 @@ def test_ruff():
 def test_snakefmt():
     proc = _run("snakefmt", "--check", "Snakefile", "rules")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_layers():
+    """import-linter's contracts in pyproject.toml: cli and bench above the stages, the stages above
+    the core, and no stage importing another stage."""
+    proc = _run("lint-imports")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 kept, 0 broken" in proc.stdout, proc.stdout

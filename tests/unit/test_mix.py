@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.dedup import DROPPED_SCHEMA
-from flanpipe.mix import (
+from flanpipe.core.schemas import DROPPED_SCHEMA
+from flanpipe.stages.mix import (
     FATES,
     Fates,
     Pool,

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flanpipe.checkpoint import build_model
-from flanpipe.config import ModelSpec
-from flanpipe.model import PackedCausalLM, predicted
-from flanpipe.optim import Adafactor, optimizer_state_bytes
-from flanpipe.train import BatchPlan, step_rows
+from flanpipe.core.checkpoint import build_model
+from flanpipe.core.config import ModelSpec
+from flanpipe.core.model import PackedCausalLM, predicted
+from flanpipe.core.optim import Adafactor, optimizer_state_bytes
+from flanpipe.stages.train import BatchPlan, step_rows
 
 VOCAB = 97
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -131,7 +131,7 @@ def test_gemma_final_soft_capping_is_applied():
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
-    from flanpipe.checkpoint import build_model as build
+    from flanpipe.core.checkpoint import build_model as build
 
     grads = []
     for recompute in (False, True):

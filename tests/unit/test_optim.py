@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from flanpipe.optim import Adafactor, Piece, adam_state_bytes, optimizer_state_bytes, slices_of
+from flanpipe.core.optim import Adafactor, Piece, adam_state_bytes, optimizer_state_bytes, slices_of
 
 # an embedding, a projection, a 3-D tensor and a norm weight: odd sizes, so partitions cut rows
 SHAPES = [(37, 8), (8, 12), (2, 3, 5), (12,)]
@@ -110,7 +110,7 @@ def _rank(rank, world, port, layout, out):
 def test_flat_partitions_on_two_ranks_match_whole_tensors(layout, tmp_path):
     """Each rank holds slices of flattened tensors (rows cut in two, padding); after 6 steps the
     tensors put back together equal transformers' Adafactor on the whole tensors."""
-    from flanpipe.distributed import _free_port
+    from flanpipe.core.distributed import _free_port
 
     mp.spawn(_rank, args=(2, _free_port(), layout, str(tmp_path)), nprocs=2, join=True)
     whole = [torch.zeros(math.prod(s)) for s in SHAPES]
@@ -126,7 +126,7 @@ def test_flat_partitions_on_two_ranks_match_whole_tensors(layout, tmp_path):
 
 
 def test_unknown_optimizer_name_is_named():
-    from flanpipe.optim import build_optimizer
+    from flanpipe.core.optim import build_optimizer
 
     with pytest.raises(ValueError, match="train.optimizer.*adafactor, adamw"):
         build_optimizer("sgd", [torch.nn.Parameter(torch.zeros(2))], 1e-3, 0.0, (0.9, 0.95))
@@ -139,14 +139,14 @@ def test_unknown_optimizer_name_is_named():
     ("grad_clip", -1, "greater than or equal to 0"),
 ])
 def test_bad_optimizer_settings_name_the_key(key, value, allowed):
-    from flanpipe.config import ConfigError, parse_config
+    from flanpipe.core.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError, match=f"train.{key}: Input should be {allowed}"):
         parse_config({"train": {key: value}})
 
 
 def test_defaults_are_the_papers():
-    from flanpipe.config import TrainConfig
+    from flanpipe.core.config import TrainConfig
 
     t = TrainConfig()
     assert (t.optimizer, t.lr, t.adafactor_decay_rate, t.adafactor_clip_threshold, t.adafactor_beta1,

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.config import TokenizerConfig, parse_config
-from flanpipe.pack import tokenize_and_pack
-from flanpipe.packed import PackedShards, unpack_row
-from flanpipe.tokenizer import load_processor, train_spm
+from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
+from flanpipe.core.shards import PackedShards, unpack_row
+from flanpipe.core.tokenizers import load_processor, train_spm
+from flanpipe.stages.pack import tokenize_and_pack
 from tests.unit.test_tokenizer import corpus, write_mixture
 
 LI, LT = 24, 8
@@ -36,7 +36,7 @@ def run(mixture, out, **tokenize):
     cfg = parse_config({"seed": 5, "train": {"steps": 2, "tokens_per_batch": 64},
                         "tokenize": {"max_input_tokens": LI, "max_target_tokens": LT, "pack_window": 64,
                                      "rows_per_shard": 7, **tokenize}})
-    manifest = tokenize_and_pack("m", shards, tmp / "spm.model", tmp / out, cfg)
+    manifest = tokenize_and_pack("m", shards, tmp / "spm.model", tmp / out, PackSlice.of(cfg))
     return manifest, PackedShards(tmp / out)
 
 

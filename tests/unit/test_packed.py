@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.config import TokenizerConfig, parse_config
-from flanpipe.pack import tokenize_and_pack
-from flanpipe.packed import PackedShards, spans
-from flanpipe.tokenizer import load_processor, train_spm
+from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
+from flanpipe.core.shards import PackedShards, spans
+from flanpipe.core.tokenizers import load_processor, train_spm
+from flanpipe.stages.pack import tokenize_and_pack
 from tests.unit.test_tokenizer import write_mixture
 from tests.unit.test_tokenizer_seam import real_texts
 
@@ -43,7 +43,7 @@ def pack(mixture, out, **tokenize):
     cfg = parse_config({"seed": 3, "train": {"steps": 1, "tokens_per_batch": 64},
                         "tokenize": {"max_input_tokens": LI, "max_target_tokens": LT, "pack_window": 100,
                                      "rows_per_shard": 16, **tokenize}})
-    manifest = tokenize_and_pack("m", shards, tmp / "spm.model", tmp / out, cfg)
+    manifest = tokenize_and_pack("m", shards, tmp / "spm.model", tmp / out, PackSlice.of(cfg))
     return manifest, PackedShards(tmp / out), pq.read_table(tmp / out / "index.parquet").to_pylist()
 
 
@@ -178,7 +178,7 @@ def test_the_trainer_reads_each_micro_batch_of_a_step_in_order(mixture):
     """One take per step (every micro-batch of the rank at once), split as step_rows says."""
     import torch
 
-    from flanpipe.train import BatchPlan, load_step, step_rows
+    from flanpipe.stages.train import BatchPlan, load_step, step_rows
 
     _, shards, _ = pack(mixture, "trainer")
     everything = shards.take(np.arange(len(shards)))

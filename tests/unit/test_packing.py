@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flanpipe import packing
+from flanpipe.core import binpack as packing
 
 
 def flan_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -18,7 +18,7 @@ def flan_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def check_placement(result, size_a, cap_a, size_b, cap_b):
     """Each example in one bin, segments numbered 1.. in placement, spans disjoint and in the row."""
-    bins, seg, off_a, off_b, n = result
+    bins, seg, off_a, off_b, n = result.row, result.segment, result.offset_a, result.offset_b, result.rows
     assert bins.min() >= 0 and bins.max() == n - 1 and len(np.unique(bins)) == n
     for b in range(n):
         members = np.flatnonzero(bins == b)
@@ -50,7 +50,7 @@ def test_best_fit_matches_the_textbook_algorithm(seed):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(2, 200, 600)
     result = packing.pack("best_fit", sizes, 256, np.zeros_like(sizes), 0)
-    fills = np.bincount(result[0], weights=sizes).astype(int)
+    fills = np.bincount(result.row, weights=sizes).astype(int)
     assert sorted(fills.tolist()) == naive_best_fit_decreasing(sizes.tolist(), 256)
     check_placement(result, sizes, 256, np.zeros_like(sizes), 0)
 
@@ -74,10 +74,10 @@ def test_targets_heavy_windows_pack_on_the_targets():
 def test_best_fit_reaches_the_efficiency_targets_on_flan_like_lengths():
     inputs, targets = flan_like(20_000)
     total = int((inputs + targets).sum())
-    n = packing.pack("best_fit", inputs + targets, 1280, np.zeros_like(inputs), 0)[4]
-    n_next = packing.pack("next_fit", inputs + targets, 1280, np.zeros_like(inputs), 0)[4]
+    n = packing.pack("best_fit", inputs + targets, 1280, np.zeros_like(inputs), 0).rows
+    n_next = packing.pack("next_fit", inputs + targets, 1280, np.zeros_like(inputs), 0).rows
     assert total / (n * 1280) >= 0.995 > total / (n_next * 1280)
-    rows = packing.pack("best_fit", inputs, 1024, targets, 256)[4]
+    rows = packing.pack("best_fit", inputs, 1024, targets, 256).rows
     assert rows <= 1.04 * packing.rows_lower_bound(inputs, 1024, targets, 256)
 
 
@@ -89,4 +89,4 @@ def test_an_example_larger_than_a_row_is_refused():
 
 
 def test_empty_window():
-    assert packing.pack("best_fit", np.zeros(0, np.int64), 10, np.zeros(0, np.int64), 0)[4] == 0
+    assert packing.pack("best_fit", np.zeros(0, np.int64), 10, np.zeros(0, np.int64), 0).rows == 0

@@ -11,17 +11,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe import fingerprint as fp
 from flanpipe.bench.dedup import load_passages, nli_shaped, squad_shaped
-from flanpipe.config import DecontaminateConfig, SourceSpec, TemplatizeConfig, parse_config
-from flanpipe.decontaminate import decontaminate_dataset
-from flanpipe.dedup import dedupe, fingerprint_dataset
-from flanpipe.download import download_dataset
-from flanpipe.io import read_parquet_metadata
-from flanpipe.mix import DatasetInputs, build_mixture
-from flanpipe.pool import Lowest, priorities, write_pool
-from flanpipe.registry import load_registry
-from flanpipe.templatize import templatize_dataset
+from flanpipe.core import hashing as fp
+from flanpipe.core.config import (
+    DedupeSlice,
+    FingerprintSlice,
+    MixSlice,
+    PoolSlice,
+    SourceSpec,
+    TemplatizeSlice,
+    parse_config,
+)
+from flanpipe.core.io import read_parquet_metadata
+from flanpipe.core.keys import priorities
+from flanpipe.core.planner import Plan
+from flanpipe.core.registry import load_registry
+from flanpipe.stages.decontaminate import decontaminate_dataset
+from flanpipe.stages.dedupe import dedupe
+from flanpipe.stages.download import download_dataset
+from flanpipe.stages.fingerprint import fingerprint_dataset
+from flanpipe.stages.mix import DatasetInputs, build_mixture
+from flanpipe.stages.pool import Lowest, write_pool
+from flanpipe.stages.templatize import templatize_dataset
 
 REG = load_registry()
 
@@ -43,7 +54,8 @@ def test_the_pool_is_the_lowest_priorities_in_source_order(tmp_path, limit):
                              "label": np.zeros(20, np.int64), "row_index": np.arange(20)}),
                    tmp_path / "train.parquet")
     meta = write_pool("sst2", tmp_path / "train.parquet", tmp_path / "pool.parquet",
-                      None if limit is None else limit / 10, 10, seed=1, batch_rows=3)
+                      PoolSlice(seed=1, pool_factor=None if limit is None else limit / 10, cap=10),
+                      batch_rows=3)
     pool = pq.read_table(tmp_path / "pool.parquet")
     by_row = {i: priorities(np.array([fp.string_hashes(pa.array([str(7 * i)]), 0)[0]]), "sst2", 1)[0]
               for i in range(20)}
@@ -67,7 +79,8 @@ def test_a_split_out_of_row_order_writes_no_pool(tmp_path):
     pq.write_table(pa.table({"idx": [0, 1, 2], "sentence": ["a", "b", "c"], "label": [0, 1, 0],
                              "row_index": [0, 2, 1]}), tmp_path / "train.parquet")
     with pytest.raises(ValueError, match="row_index is not increasing"):
-        write_pool("sst2", tmp_path / "train.parquet", tmp_path / "pool.parquet", 1.0, 2, seed=1)
+        write_pool("sst2", tmp_path / "train.parquet", tmp_path / "pool.parquet",
+                   PoolSlice(seed=1, pool_factor=1.0, cap=2))
     assert not (tmp_path / "pool.parquet").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["train.parquet"]
 
@@ -94,11 +107,11 @@ def build(tmp_path, tables: dict[str, pa.Table], cap: int, pool_factor: float | 
         raw = tmp_path / "raw" / name
         download_dataset(name, SourceSpec(kind="local", path=str(src)), raw, seed=1)
         pool = tmp_path / "pool" / f"{name}.parquet"
-        write_pool(name, raw / "train.parquet", pool, pool_factor, cap, seed=1, batch_rows=97)
+        write_pool(name, raw / "train.parquet", pool, PoolSlice.of(cfg), batch_rows=97)
         templatize_dataset(name, pool, raw / "eval.parquet", tmp_path / "tmpl" / f"{name}.parquet",
-                           TemplatizeConfig(), seed=1, batch_rows=50)
+                           TemplatizeSlice.of(cfg, max_input_tokens=None), batch_rows=50)
         fingerprint_dataset(name, pool, raw / "eval.parquet", tmp_path / "fp" / f"{name}.parquet",
-                            tmp_path / "ng" / f"{name}.parquet", cfg.dedup, DecontaminateConfig(), seed=1)
+                            tmp_path / "ng" / f"{name}.parquet", FingerprintSlice.of(cfg))
         decontaminate_dataset(name, pool, tmp_path / "fp" / f"{name}.parquet", {},
                               tmp_path / "decontam" / f"{name}.parquet")
         inputs.append(DatasetInputs(
@@ -107,8 +120,8 @@ def build(tmp_path, tables: dict[str, pa.Table], cap: int, pool_factor: float | 
             dropped=str(tmp_path / "dedup" / f"{name}.dropped.parquet"),
             decontam=str(tmp_path / "decontam" / f"{name}.parquet"),
             manifest=str(raw / "manifest.json")))
-    dedupe(names, [tmp_path / "fp" / f"{n}.parquet" for n in names], tmp_path / "dedup", cfg.dedup, seed=1)
-    build_mixture("all", names, inputs, tmp_path / "mix", cfg)
+    dedupe(names, [tmp_path / "fp" / f"{n}.parquet" for n in names], tmp_path / "dedup", DedupeSlice.of(cfg))
+    build_mixture("all", names, Plan(cfg).heldout_for("all"), inputs, tmp_path / "mix", MixSlice.of(cfg))
     return tmp_path / "mix", inputs, cfg
 
 
@@ -148,8 +161,9 @@ def test_the_mixture_from_the_pool_is_the_mixture_from_every_row(tmp_path):
     # templatize and fingerprint saw the pool only
     assert pq.read_table(inputs[0].fingerprints).num_rows == 240
     # the shards hold the same rows in the same order whatever their size
-    build_mixture("all", ["squad_v1", "mnli"], inputs, tmp_path / "small_shards",
-                  cfg.model_copy(update={"mix": cfg.mix.model_copy(update={"rows_per_shard": 7})}))
+    build_mixture("all", ["squad_v1", "mnli"], Plan(cfg).heldout_for("all"), inputs,
+                  tmp_path / "small_shards",
+                  MixSlice.of(cfg, mix=cfg.mix.model_copy(update={"rows_per_shard": 7})))
     assert len(list((tmp_path / "small_shards/shards").iterdir())) > 20
     assert mixture_rows(tmp_path / "small_shards").equals(mixture_rows(pooled))
 

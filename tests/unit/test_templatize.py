@@ -7,14 +7,23 @@ import pytest
 
 from flanpipe.bench.dedup import load_passages
 from flanpipe.bench.templatize import synthetic_rte
-from flanpipe.config import FewShotConfig, SourceSpec, TemplatizeConfig
-from flanpipe.download import download_dataset
-from flanpipe.registry import load_registry
-from flanpipe.templates import Template, TemplateError, load_bank
-from flanpipe.templatize import SCHEMA, few_shot_inputs, template_draws, templatize_dataset, templatize_split
+from flanpipe.core.config import FewShotConfig, SourceSpec, TemplatizeConfig, TemplatizeSlice
+from flanpipe.core.fewshot import few_shot_inputs
+from flanpipe.core.keys import template_draws
+from flanpipe.core.registry import load_registry
+from flanpipe.core.schemas import TEMPLATIZED_SCHEMA as SCHEMA
+from flanpipe.core.templates import Template, TemplateError, load_bank
+from flanpipe.stages.download import download_dataset
+from flanpipe.stages.templatize import templatize_dataset, templatize_split
 from tests.conftest import smollm2_folder
 
 REG = load_registry()
+
+
+def sliced(cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None) -> TemplatizeSlice:
+    """The templatize stage's slice: ``cfg``'s rendering keys, a seed and an input budget (none: no cut)."""
+    return TemplatizeSlice(seed=seed, max_input_tokens=max_input_tokens,
+                           **cfg.model_dump(exclude={"few_shot"}))
 
 
 def splits(raw_dir):
@@ -66,7 +75,7 @@ def test_adding_or_removing_a_raw_row_changes_no_other_template():
 
 def test_output_schema_counts_and_template_use(raw, tmp_path):
     out = tmp_path / "rte.parquet"
-    manifest = templatize_dataset("rte", *splits(raw / "rte"), out, TemplatizeConfig(), seed=3)
+    manifest = templatize_dataset("rte", *splits(raw / "rte"), out, sliced(TemplatizeConfig(), seed=3))
     table = pq.read_table(out)
     assert table.schema.remove_metadata() == SCHEMA
     bank = load_bank()["rte"]
@@ -100,9 +109,9 @@ def test_output_schema_counts_and_template_use(raw, tmp_path):
 def test_rerun_is_byte_identical_and_seed_matters(raw, tmp_path):
     for name in ["a", "b"]:
         templatize_dataset("arc_easy", *splits(raw / "arc_easy"), tmp_path / f"{name}.parquet",
-                           TemplatizeConfig(), seed=3)
-    templatize_dataset("arc_easy", *splits(raw / "arc_easy"), tmp_path / "c.parquet", TemplatizeConfig(),
-                       seed=4)
+                           sliced(TemplatizeConfig(), seed=3))
+    templatize_dataset("arc_easy", *splits(raw / "arc_easy"), tmp_path / "c.parquet",
+                       sliced(TemplatizeConfig(), seed=4))
     assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
     ta, tc = pq.read_table(tmp_path / "a.parquet"), pq.read_table(tmp_path / "c.parquet")
     assert _templates_by_example(ta) != _templates_by_example(tc)
@@ -110,7 +119,8 @@ def test_rerun_is_byte_identical_and_seed_matters(raw, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["no_template", "dataset_name"])
 def test_ablation_formats(raw, tmp_path, fmt):
-    templatize_dataset("rte", *splits(raw / "rte"), tmp_path / "x.parquet", TemplatizeConfig(format=fmt), 3)
+    templatize_dataset("rte", *splits(raw / "rte"), tmp_path / "x.parquet",
+                       sliced(TemplatizeConfig(format=fmt), 3))
     rows = pq.read_table(tmp_path / "x.parquet").to_pylist()
     premise = pq.read_table(raw / "rte/train.parquet").to_pylist()[0]
     first = rows[0]
@@ -122,8 +132,8 @@ def test_ablation_formats(raw, tmp_path, fmt):
 
 
 def test_generation_targets_and_no_options(raw, tmp_path):
-    templatize_dataset("common_gen", *splits(raw / "common_gen"), tmp_path / "g.parquet", TemplatizeConfig(),
-                       3)
+    templatize_dataset("common_gen", *splits(raw / "common_gen"), tmp_path / "g.parquet",
+                       sliced(TemplatizeConfig(), 3))
     rows = pq.read_table(tmp_path / "g.parquet").to_pylist()
     raw_rows = {f"common_gen:train:{r['row_index']}": r
                 for r in pq.read_table(raw / "common_gen/train.parquet").to_pylist()}
@@ -134,14 +144,14 @@ def test_generation_targets_and_no_options(raw, tmp_path):
 
 
 def test_bad_template_writes_nothing(raw, tmp_path, monkeypatch):
-    import flanpipe.templatize as tz
+    import flanpipe.stages.templatize as tz
     bank = load_bank()["boolq"]
     broken = bank.model_copy(update={"templates": (
         *bank.templates[:-1], Template(id=99, input="{passage} {colour}", target="{answer}"))})
     monkeypatch.setitem(tz.load_bank(), "boolq", broken)
     out = tmp_path / "boolq.parquet"
     with pytest.raises(TemplateError, match=r"boolq template 99: placeholder \{colour\}"):
-        templatize_dataset("boolq", *splits(raw / "boolq"), out, TemplatizeConfig(), seed=3)
+        templatize_dataset("boolq", *splits(raw / "boolq"), out, sliced(TemplatizeConfig(), seed=3))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -235,8 +245,8 @@ def test_rendering_in_batches_gives_the_rows_of_one_whole_rendering(tmp_path):
     pq.write_table(raw.slice(0, 23), tmp_path / "train.parquet")
     pq.write_table(raw.slice(23), tmp_path / "eval.parquet")
     cfg = TemplatizeConfig(passes=3)
-    manifest = templatize_dataset("cnn_dailymail", *splits(tmp_path), tmp_path / "out.parquet", cfg, 5,
-                                  max_input_tokens=256, batch_rows=4)
+    manifest = templatize_dataset("cnn_dailymail", *splits(tmp_path), tmp_path / "out.parquet",
+                                  sliced(cfg, 5, max_input_tokens=256), batch_rows=4)
     got = pq.read_table(tmp_path / "out.parquet").replace_schema_metadata(None)
     whole = pa.concat_tables([
         templatize_split(spec, bank, raw.slice(0, 23), "train", cfg, 5, max_input_tokens=256),

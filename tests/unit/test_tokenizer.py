@@ -9,15 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
-from flanpipe.config import TokenizerConfig
-from flanpipe.io import derive_seed
-from flanpipe.tokenizer import (
-    TokenizerError,
-    build_tokenizer,
-    load_processor,
-    sample_sentences,
-    train_spm,
-)
+from flanpipe.core.config import TokenizerConfig
+from flanpipe.core.keys import derive_seed
+from flanpipe.core.tokenizers import TokenizerError, load_processor, train_spm
+from flanpipe.stages.tokenizer import build_tokenizer, sample_sentences
 
 WORDS = ("the a movie review sentence premise hypothesis answer question options yes no maybe "
          "entailment contradiction neutral positive negative because river city 2026 café naïve").split()

@@ -2,7 +2,8 @@
 
 import pytest
 
-from flanpipe.config import ConfigError, parse_config
+from flanpipe.core.config import ConfigError, parse_config
+from flanpipe.core.planner import Plan
 
 PRETRAINED = {"model": {"source": "pretrained", "path": "/ckpt/smollm2"}}
 
@@ -10,14 +11,14 @@ PRETRAINED = {"model": {"source": "pretrained", "path": "/ckpt/smollm2"}}
 def test_a_pretrained_checkpoint_brings_its_own_tokenizer_without_further_config():
     cfg = parse_config({"train": PRETRAINED})
     assert cfg.tokenize.tokenizer.source == "auto"
-    assert cfg.given_tokenizer() == "/ckpt/smollm2"
+    assert Plan(cfg).given_tokenizer() == "/ckpt/smollm2"
     assert cfg.tokenize.add_bos is None  # the checkpoint's convention, unless overridden
 
 
 def test_the_checkpoints_folder_or_a_file_in_it_may_be_named():
     for path in ("/ckpt/smollm2", "/ckpt/smollm2/", "/ckpt/smollm2/tokenizer.json"):
         cfg = parse_config({"train": PRETRAINED, "tokenize": {"tokenizer": {"source": "file", "path": path}}})
-        assert cfg.given_tokenizer() == path
+        assert Plan(cfg).given_tokenizer() == path
 
 
 @pytest.mark.parametrize("tokenizer, keys", [
@@ -36,11 +37,11 @@ def test_another_tokenizer_with_a_pretrained_checkpoint_is_refused_naming_the_ke
 
 
 def test_without_a_checkpoint_auto_trains_and_a_given_model_file_is_copied():
-    assert parse_config({}).given_tokenizer() is None
+    assert Plan(parse_config({})).given_tokenizer() is None
     given = {"tokenizer": {"source": "file", "path": "/t/spm.model"}}
-    assert parse_config({"tokenize": given}).given_tokenizer() is None  # copied to models/tokenizer/
+    assert Plan(parse_config({"tokenize": given})).given_tokenizer() is None  # copied to models/tokenizer/
     folder = {"tokenizer": {"source": "file", "path": "/t/llama3"}}
-    assert parse_config({"tokenize": folder}).given_tokenizer() == "/t/llama3"
+    assert Plan(parse_config({"tokenize": folder})).given_tokenizer() == "/t/llama3"
 
 
 def test_the_bos_override_is_a_boolean():

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from flanpipe.config import parse_config
-from flanpipe.pack import tokenize_and_pack
-from flanpipe.packed import PackedShards, unpack_row
+from flanpipe.core.config import PackSlice, parse_config
+from flanpipe.core.shards import PackedShards, unpack_row
+from flanpipe.stages.pack import tokenize_and_pack
 from tests.unit.test_tokenizer import write_mixture
 from tests.unit.test_tokenizer_seam import real_texts
 
@@ -34,7 +34,7 @@ def pack(mixture, tokenizer, out, **tokenize):
     cfg = parse_config({"seed": 5, "train": {"steps": 2, "tokens_per_batch": 64},
                         "tokenize": {"max_input_tokens": LI, "max_target_tokens": LT, "pack_window": 64,
                                      "rows_per_shard": 16, **tokenize}})
-    manifest = tokenize_and_pack("m", shards, tokenizer, out, cfg, threads=2)
+    manifest = tokenize_and_pack("m", shards, tokenizer, out, PackSlice.of(cfg), threads=2)
     rows = PackedShards(out)
     got = collections.Counter((tuple(a.tolist()), tuple(b.tolist()))
                               for i in range(len(rows)) for a, b in unpack_row(rows[i]))

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flanpipe.config import TokenizerConfig
-from flanpipe.tokenizer import (
+from flanpipe.core.config import TokenizerConfig
+from flanpipe.core.tokenizers import (
     HFTokenizer,
     SentencePieceTokenizer,
     TokenizerError,

@@ -11,7 +11,7 @@ Three sources, chosen per dataset in config (``download``):
 
 Every source is read in record batches (``batch_rows`` rows: Parquet row batches, chunks of
 JSONL lines, CSV blocks, the memory-mapped Arrow cache of ``datasets``), and each batch is checked
-against the registry schema (:mod:`flanpipe.validate`) and appended to the output, so memory is
+against the registry schema (:mod:`flanpipe.core.validate`) and appended to the output, so memory is
 bounded by the batch, not by the split. Bad rows go to ``rejected.parquet`` with their reason.
 Outputs are written in row groups of a fixed number of rows, whatever the batch size, so the files
 are the same bytes for any ``batch_rows``. Outputs (``data/raw/{dataset}/``): ``train.parquet``,
@@ -38,8 +38,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from flanpipe.config import SourceSpec
-from flanpipe.io import (
+from flanpipe.core.config import SourceSpec
+from flanpipe.core.io import (
     RowGroupWriter,
     atomic_path,
     code_version,
@@ -47,8 +47,9 @@ from flanpipe.io import (
     utc_now,
     write_json_atomic,
 )
-from flanpipe.registry import DatasetSpec, load_registry
-from flanpipe.validate import REJECTED_SCHEMA, SplitTally, check_split
+from flanpipe.core.registry import DatasetSpec, load_registry
+from flanpipe.core.schemas import REJECTED_SCHEMA
+from flanpipe.core.validate import SplitTally, check_split
 
 # 2: parquet-branch reads, bytes-repr decoding; 3: read and written in batches, fixed row groups
 STAGE_VERSION = "3"

@@ -1,11 +1,11 @@
 """Stage 4b, tokenize and pack: one mixture into fixed-width token rows a trainer can memory-map.
 
 The mixture's shards are read in order, in windows of ``tokenize.pack_window`` examples. Each window
-is tokenized with the tokenizer's batch encoder (:mod:`flanpipe.tokenizer`: SentencePiece's threads or
+is tokenized with the tokenizer's batch encoder (:mod:`flanpipe.core.tokenizers`: SentencePiece's threads or
 the Rust ``tokenizers`` pool, no per-row Python loop), BOS put before the inputs where the tokenizer's
 convention or ``tokenize.add_bos`` says so, truncated to the input and target budgets (BOS and EOS
 included, truncations counted per dataset), packed by best-fit
-decreasing (:mod:`flanpipe.packing`), and its rows are shuffled (seeded) and appended to the shards.
+decreasing (:mod:`flanpipe.core.binpack`), and its rows are shuffled (seeded) and appended to the shards.
 
 Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
 
@@ -19,13 +19,13 @@ Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
 
 Every packer puts a row's examples back to back from slot 0 in segment order, so the shards store
 only the tokens and each example's input and target lengths; segment ids, positions and loss masks
-are rebuilt as rows are read (:mod:`flanpipe.packed`).
+are rebuilt as rows are read (:mod:`flanpipe.core.shards`).
 
 Output, ``data/packed/{mixture}/``:
 
 - ``shards/part-XXXXX.{tokens,examples,examples_per_row}.npy``: per shard, the rows' tokens, the
-  examples' lengths and the examples per row (:mod:`flanpipe.packed` describes them;
-  :class:`flanpipe.packed.PackedShards` reads them, memory-mapped);
+  examples' lengths and the examples per row (:mod:`flanpipe.core.shards` describes them;
+  :class:`flanpipe.core.shards.PackedShards` reads them, memory-mapped);
 - ``index.parquet``: one line per example: its row and segment, offsets, token counts before and
   after truncation, dataset, example id, template and epoch;
 - ``stats.parquet`` (tokens and truncations per dataset), ``packing.parquet`` (the mixture's packing
@@ -44,74 +44,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from flanpipe import packing
-from flanpipe.config import Config, TokenizeConfig
-from flanpipe.io import (
+from flanpipe.core import binpack as packing
+from flanpipe.core.config import PackSlice
+from flanpipe.core.io import (
     atomic_dir,
     code_version,
-    derive_seed,
+    mixture_shards,
     sha256_file,
     utc_now,
     write_json_atomic,
     write_parquet_atomic,
 )
-from flanpipe.packed import EXAMPLE_DTYPE, SHARD_FILES, row_dtype, stored_dtype
-from flanpipe.tokenizer import Tokenizer, load_tokenizer, mixture_shards
+from flanpipe.core.keys import derive_seed
+from flanpipe.core.layout import bos_token
+from flanpipe.core.logs import progress
+from flanpipe.core.schemas import PACKED_INDEX_SCHEMA, PACKED_STATS_SCHEMA, PACKING_SCHEMA
+from flanpipe.core.shards import EXAMPLE_DTYPE, SHARD_FILES, row_dtype, stored_dtype
+from flanpipe.core.tokenizers import Tokenizer, load_tokenizer
 
 STAGE_VERSION = "3"  # 3: shards store tokens and example lengths; segment ids etc. are rebuilt
 log = logging.getLogger(__name__)
 
 COLUMNS = ["inputs", "targets", "dataset", "example_id", "template_id", "epoch"]
-INDEX_SCHEMA = pa.schema([
-    pa.field("row", pa.int64()),  # packed row (0-based over all shards)
-    pa.field("segment", pa.int32()),  # 1-based within the row
-    pa.field("input_offset", pa.int32()),  # first input token in the row (decoder-only) / inputs row
-    pa.field("target_offset", pa.int32()),  # first target token in the row / targets row
-    pa.field("input_tokens", pa.int32()),  # after truncation, EOS included
-    pa.field("target_tokens", pa.int32()),
-    pa.field("input_tokens_full", pa.int32()),  # before truncation, EOS included
-    pa.field("target_tokens_full", pa.int32()),
-    pa.field("position", pa.int64()),  # the example's position in the mixture
-    pa.field("dataset", pa.string()),
-    pa.field("example_id", pa.string()),
-    pa.field("template_id", pa.int32()),
-    pa.field("epoch", pa.int32()),
-])
-STATS_SCHEMA = pa.schema([
-    pa.field("mixture", pa.string()),
-    pa.field("dataset", pa.string()),
-    pa.field("examples", pa.int64()),
-    pa.field("input_tokens", pa.int64()),
-    pa.field("target_tokens", pa.int64()),
-    pa.field("mean_input_tokens_full", pa.float64()),
-    pa.field("mean_target_tokens_full", pa.float64()),
-    pa.field("max_input_tokens_full", pa.int64()),
-    pa.field("max_target_tokens_full", pa.int64()),
-    pa.field("truncated_inputs", pa.int64()),
-    pa.field("truncated_targets", pa.int64()),
-])
-PACKING_SCHEMA = pa.schema([
-    pa.field("mixture", pa.string()),
-    pa.field("layout", pa.string()),
-    pa.field("packer", pa.string()),
-    pa.field("row_tokens", pa.int64()),  # slots per row (inputs + targets for encoder-decoder)
-    pa.field("examples", pa.int64()),
-    pa.field("rows", pa.int64()),
-    pa.field("non_pad_tokens", pa.int64()),
-    pa.field("target_tokens", pa.int64()),  # tokens the loss counts
-    pa.field("efficiency", pa.float64()),  # non-pad tokens / all token slots
-    pa.field("rows_lower_bound", pa.int64()),  # sum of windows' lower bounds
-    pa.field("rows_over_lower_bound", pa.float64()),  # rows / rows_lower_bound - 1
-    pa.field("rows_next_fit", pa.int64()),
-    pa.field("efficiency_next_fit", pa.float64()),
-    pa.field("efficiency_pad_to_max", pa.float64()),  # one example per row
-    pa.field("truncated_inputs", pa.int64()),
-    pa.field("truncated_targets", pa.int64()),
-    pa.field("budget_tokens", pa.int64()),  # train.steps * train.tokens_per_batch
-    pa.field("windows", pa.int64()),
-])
 
 
 class Encoded:
@@ -174,8 +129,8 @@ def windows(shards: list[Path], size: int, columns: list[str] = COLUMNS) -> Iter
 @dataclass(frozen=True)
 class PackedRows:
     """Packed rows as the shards store them: ``tokens`` (records of
-    :func:`flanpipe.packed.stored_dtype`), ``examples`` (their examples' lengths,
-    :data:`flanpipe.packed.EXAMPLE_DTYPE`, row by row in segment order) and ``examples_per_row``."""
+    :func:`flanpipe.core.shards.stored_dtype`), ``examples`` (their examples' lengths,
+    :data:`flanpipe.core.shards.EXAMPLE_DTYPE`, row by row in segment order) and ``examples_per_row``."""
 
     tokens: np.ndarray
     examples: np.ndarray
@@ -221,7 +176,7 @@ class ShardWriter:
         self.count = len(tokens) - n
 
 
-def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: TokenizeConfig, dtype: np.dtype, eos: int,
+def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: np.dtype, eos: int,
                 pad: int, threads: int, rng: np.random.Generator, bos: int | None = None
                 ) -> tuple[PackedRows, dict[str, np.ndarray], dict]:
     """Tokenize, truncate and pack one window (``dtype``: the stored row, ``bos``: put before each
@@ -239,7 +194,9 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: TokenizeConfig, dty
         dims = (size_in + size_tg, li_max + lt_max, np.zeros_like(size_in), 0)
     else:
         dims = (size_in, li_max, size_tg, lt_max)
-    bins, seg, off_a, off_b, n_rows = packing.pack(tcfg.packer, *dims)
+    placed = packing.pack(tcfg.packer, *dims)
+    bins, seg, off_a, off_b, n_rows = (placed.row, placed.segment, placed.offset_a, placed.offset_b,
+                                       placed.rows)
     perm = rng.permutation(n_rows)
     row = perm[bins]
     tokens = np.zeros(n_rows, dtype)
@@ -297,9 +254,9 @@ def _check_back_to_back(row: np.ndarray, segment: np.ndarray, offsets: np.ndarra
 
 
 def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path, out_dir: str | Path,
-                      cfg: Config, threads: int = 1) -> dict:
+                      cfg: PackSlice, threads: int = 1) -> dict:
     """Tokenize and pack the mixture in ``shard_dir`` into ``out_dir``; returns the manifest."""
-    tcfg = cfg.tokenize
+    tcfg = cfg
     out_dir = Path(out_dir)
     tok = load_tokenizer(tokenizer)
     eos, pad = tok.eos_id, tok.pad_id if tok.pad_id is not None else 0
@@ -315,8 +272,8 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
         index_parts, totals = [], {"rows": 0, "rows_lower_bound": 0, "rows_next_fit": 0, "windows": 0}
         position = 0
         n_windows = math.ceil(total / tcfg.pack_window)
-        for table in tqdm(windows(shards, tcfg.pack_window), total=n_windows, desc=f"pack {mixture}",
-                          unit="window", mininterval=10, disable=n_windows < 4):
+        for table in progress(windows(shards, tcfg.pack_window), n_windows, f"{mixture}: pack",
+                              count=lambda _: 1, unit="windows"):
             rows, placed, counts = pack_window(table, tok, tcfg, dtype, eos, pad, threads, rng, bos)
             placed["row"] = placed["row"] + totals["rows"]
             placed["position"] = np.arange(position, position + table.num_rows)
@@ -328,13 +285,13 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
             position += table.num_rows
         shard_list = writer.close()
 
-    index = (pa.concat_tables(index_parts) if index_parts else INDEX_SCHEMA.empty_table()).sort_by(
+    index = (pa.concat_tables(index_parts) if index_parts else PACKED_INDEX_SCHEMA.empty_table()).sort_by(
         [("row", "ascending"), ("segment", "ascending")])
     meta = {"stage": "pack", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed}
     write_parquet_atomic(index, out_dir / "index.parquet", meta)
     stats = token_stats(mixture, index, tcfg)
     write_parquet_atomic(stats, out_dir / "stats.parquet", meta)
-    summary = packing_summary(mixture, stats, totals, tcfg, cfg.train.steps * cfg.train.tokens_per_batch)
+    summary = packing_summary(mixture, stats, totals, tcfg, cfg.steps * cfg.tokens_per_batch)
     write_parquet_atomic(pa.Table.from_pylist([summary], schema=PACKING_SCHEMA), out_dir / "packing.parquet",
                          meta)
     manifest = {
@@ -346,7 +303,7 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
         "rows_per_shard": tcfg.rows_per_shard, "shards": shard_list,
         "tokenizer": {**tok.describe(), "pad_fill": pad, "bos_added": bos is not None},
         "inputs": [{"file": p.name, "sha256": sha256_file(p)} for p in shards],
-        "packing": summary, "config": {"tokenize": tcfg.model_dump(), "train": cfg.train.model_dump()},
+        "packing": summary, "config": cfg.model_dump(),
         "code": code_version("pack", STAGE_VERSION), "created_at": utc_now(),
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
@@ -363,26 +320,15 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     return manifest
 
 
-def bos_token(tokenizer: Tokenizer, add_bos: bool | None) -> int | None:
-    """The BOS id to put before each example's inputs, or None: ``tokenize.add_bos``, or where that
-    is null, the tokenizer's own convention."""
-    if add_bos is None:
-        add_bos = tokenizer.add_bos
-    if add_bos and tokenizer.bos_id is None:
-        raise ValueError(f"tokenize.add_bos: true, but the tokenizer {tokenizer.path} has no BOS token; "
-                         "allowed: false or null")
-    return tokenizer.bos_id if add_bos else None
-
-
 def _index_table(placed: dict[str, np.ndarray], table: pa.Table) -> pa.Table:
-    columns = {name: pa.array(placed[name], INDEX_SCHEMA.field(name).type)
-               for name in INDEX_SCHEMA.names if name in placed}
+    columns = {name: pa.array(placed[name], PACKED_INDEX_SCHEMA.field(name).type)
+               for name in PACKED_INDEX_SCHEMA.names if name in placed}
     for name in ("dataset", "example_id", "template_id", "epoch"):
-        columns[name] = table.column(name).cast(INDEX_SCHEMA.field(name).type)
-    return pa.table({name: columns[name] for name in INDEX_SCHEMA.names}, schema=INDEX_SCHEMA)
+        columns[name] = table.column(name).cast(PACKED_INDEX_SCHEMA.field(name).type)
+    return pa.table({name: columns[name] for name in PACKED_INDEX_SCHEMA.names}, schema=PACKED_INDEX_SCHEMA)
 
 
-def token_stats(mixture: str, index: pa.Table, tcfg: TokenizeConfig) -> pa.Table:
+def token_stats(mixture: str, index: pa.Table, tcfg: PackSlice) -> pa.Table:
     """Tokens and truncations per dataset."""
     table = index.append_column("trunc_in", pc.cast(pc.greater(index.column("input_tokens_full"),
                                                                tcfg.max_input_tokens), pa.int64()))
@@ -402,10 +348,10 @@ def token_stats(mixture: str, index: pa.Table, tcfg: TokenizeConfig) -> pa.Table
         "max_input_tokens_full": g.column("input_tokens_full_max"),
         "max_target_tokens_full": g.column("target_tokens_full_max"),
         "truncated_inputs": g.column("trunc_in_sum"), "truncated_targets": g.column("trunc_tg_sum"),
-    }).cast(STATS_SCHEMA)
+    }).cast(PACKED_STATS_SCHEMA)
 
 
-def packing_summary(mixture: str, stats: pa.Table, totals: dict, tcfg: TokenizeConfig, budget: int) -> dict:
+def packing_summary(mixture: str, stats: pa.Table, totals: dict, tcfg: PackSlice, budget: int) -> dict:
     """The mixture's packing figures, from its per-dataset :func:`token_stats` and the packers'
     row counts: efficiency next to next-fit and pad-to-max, rows against the lower bound."""
     width = tcfg.max_input_tokens + tcfg.max_target_tokens

@@ -6,7 +6,7 @@ hashes of the dataset's eval split. The n-gram is ``decontaminate.ngram`` words 
 dataset whose eval texts are short to the 5th percentile of their word counts, but never below
 ``min_ngram`` (GPT-3's rule); eval texts shorter than that cannot match and are counted as
 unchecked. The train side (:func:`decontaminate_dataset`, one job per dataset) hashes the n-grams of
-every pool row (:mod:`flanpipe.pool`) and records each (train row, eval dataset) pair that shares one:
+every pool row (:mod:`flanpipe.stages.pool`) and records each (train row, eval dataset) pair that shares one:
 ``data/decontam/{dataset}.parquet``. Which matches remove a row depends on the mixture: the mixer
 drops rows matching the eval sets of the mixture's held-out cluster (for `all`, of every held-out
 cluster).
@@ -22,13 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flanpipe import fingerprint as fp
-from flanpipe.config import DecontaminateConfig
-from flanpipe.io import iter_parquet, read_parquet_metadata, write_parquet_atomic
-from flanpipe.logs import progress
-from flanpipe.registry import DatasetSpec, load_registry
-from flanpipe.templates import raw_texts
-from flanpipe.templatize import example_ids
+from flanpipe.core import hashing as fp
+from flanpipe.core.io import iter_parquet, read_parquet_metadata, write_parquet_atomic
+from flanpipe.core.keys import example_ids
+from flanpipe.core.logs import progress
+from flanpipe.core.registry import load_registry
+from flanpipe.core.schemas import MATCH_SCHEMA
+from flanpipe.core.templates import raw_texts
 
 # 2: reads the pool file (data/pool) batch by batch
 STAGE_VERSION = "2"
@@ -36,48 +36,6 @@ BATCH_ROWS = 4_096
 """Pool rows checked at a time (their n-gram hashes are ~8 bytes a word)."""
 log = logging.getLogger(__name__)
 
-MATCH_SCHEMA = pa.schema([
-    pa.field("row_index", pa.int64()),
-    pa.field("example_id", pa.string()),
-    pa.field("eval_dataset", pa.string()),
-    pa.field("eval_cluster", pa.string()),
-    pa.field("ngram", pa.int32()),
-    pa.field("matches", pa.int32()),  # how many of the row's n-grams are in the eval set
-])
-NGRAM_SCHEMA = pa.schema([pa.field("hash", pa.uint64())])
-
-
-def ngram_size(word_counts: np.ndarray, cfg: DecontaminateConfig) -> int:
-    """The dataset's n-gram: ``cfg.ngram``, or the 5th percentile of eval word counts if smaller, but
-    at least ``cfg.min_ngram``.
-
-    >>> ngram_size(np.array([5, 9, 30, 40]), DecontaminateConfig())
-    8
-    """
-    if len(word_counts) == 0:
-        return cfg.ngram
-    p5 = int(np.percentile(word_counts, 5, method="lower"))
-    return int(min(cfg.ngram, max(cfg.min_ngram, p5)))
-
-
-def eval_ngrams(spec: DatasetSpec, eval_path: str | Path, out_path: str | Path,
-                cfg: DecontaminateConfig, batch_rows: int = BATCH_ROWS) -> dict:
-    """Write the sorted, distinct n-gram hashes of a dataset's eval split. The split is read twice
-    in batches (word counts for the n-gram size, then the n-grams), so memory holds a batch and the
-    distinct hashes."""
-    counts = [fp.word_hashes(raw_texts(spec, t)).counts for t in iter_parquet(eval_path, batch_rows)]
-    word_counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-    n = ngram_size(word_counts, cfg)
-    distinct = [np.zeros(0, np.uint64)]
-    for t in iter_parquet(eval_path, batch_rows):
-        hashes, _ = fp.ngram_hashes(fp.word_hashes(raw_texts(spec, t)), n)
-        distinct.append(np.unique(hashes))
-    distinct = [np.unique(np.concatenate(distinct))]
-    meta = {"stage": "eval_ngrams", "stage_version": STAGE_VERSION, "dataset": spec.name,
-            "cluster": spec.cluster, "ngram": n, "eval_rows": len(word_counts),
-            "unchecked_rows": int((word_counts < n).sum())}
-    write_parquet_atomic(pa.table({"hash": distinct[0]}, schema=NGRAM_SCHEMA), out_path, meta)
-    return meta
 
 
 def contaminated_rows(words: fp.Words, eval_sets: dict[str, tuple[int, np.ndarray]]

@@ -6,22 +6,22 @@ template that poses the task (turned-around templates are for training), in the 
 instruction format whatever the model was trained on.
 
 The model is any local ``transformers`` causal LM folder (ours, or a Hugging Face checkpoint such
-as SmolLM2 or Llama), with its own tokenizer (:func:`flanpipe.tokenizer.load_tokenizer`:
+as SmolLM2 or Llama), with its own tokenizer (:func:`flanpipe.core.tokenizers.load_tokenizer`:
 ``tokenizer.json`` or ``tokenizer.model``). Token sequences follow the packer's training layout,
 ``[BOS] inputs EOS targets EOS``, BOS where the tokenizer's convention or ``tokenize.add_bos`` says.
 
 - **Classification and multiple choice: rank classification.** Every option is scored by the
   log-likelihood of its tokens (and EOS) given the instruction, with the prompt run once for all of
-  its options (:func:`flanpipe.scoring.score_options`). Prompts are scored with the OPTIONS suffix
+  its options (:func:`flanpipe.core.scoring.score_options`). Prompts are scored with the OPTIONS suffix
   and without it; each option's score is its summed log-likelihood, or that per token or per
   character. The best-scoring option is the prediction.
 - **Generation: decoding.** Greedy decoding (and, with ``evaluate.generation.sample``, sampling at a
   temperature with top-k), scored with the metric the registry names.
 - **Few-shot**: ``templatize.few_shot.k`` solved train exemplars before each query, same template,
   never the example itself, trimmed to the token budget with the model's tokenizer. Exemplars come
-  from the train file's columns that the prompts use (:func:`flanpipe.templatize.few_shot_columns`;
+  from the train file's columns that the prompts use (:func:`flanpipe.core.fewshot.few_shot_columns`;
   a pool file's extra ``priority`` column is left unread), keyed once for every template and style
-  (:class:`flanpipe.templatize.FewShotPool`).
+  (:class:`flanpipe.core.fewshot.FewShotPool`).
 
 Each variant gets the metric per template, then the mean over templates, the best template and
 the spread, as the paper reports. The result also records the contamination counts of the dataset
@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +40,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from flanpipe import metrics
-from flanpipe.checkpoint import load_checkpoint
-from flanpipe.config import Config, TokenizeConfig
-from flanpipe.io import code_version, derive_seed, sha256_file, write_text_atomic
-from flanpipe.pack import bos_token
-from flanpipe.registry import DatasetSpec, load_registry
-from flanpipe.scoring import generate, score_options
-from flanpipe.templates import DatasetTemplates, Template, column_at, load_bank, render_template
-from flanpipe.templatize import FewShotPool, TokenCounter, few_shot_columns
-from flanpipe.tokenizer import Tokenizer
+from flanpipe.core import metrics
+from flanpipe.core.checkpoint import load_checkpoint
+from flanpipe.core.config import EvaluateSlice
+from flanpipe.core.fewshot import FewShotPool, TokenCounter, few_shot_columns
+from flanpipe.core.io import code_version, sha256_file, write_text_atomic
+from flanpipe.core.keys import derive_seed
+from flanpipe.core.layout import Layout, bos_token, encode
+from flanpipe.core.registry import DatasetSpec, load_registry
+from flanpipe.core.scoring import generate, score_options
+from flanpipe.core.templates import DatasetTemplates, Template, column_at, load_bank, render_template
+from flanpipe.core.tokenizers import Tokenizer
 
 STAGE_VERSION = "2"
 NORMALIZATIONS = ("sum", "per_token", "per_char")
@@ -87,52 +87,6 @@ def stop_ids(model: torch.nn.Module, tokenizer: Tokenizer) -> list[int]:
 
 
 # --- prompts and tokens --------------------------------------------------------------------------
-
-def encode(tokenizer: Tokenizer, texts: list[str], limit: int, eos: int, left: bool = False,
-           bos: int | None = None, threads: int = 1) -> list[list[int]]:
-    """Token lists as the packer builds them: ``[BOS] text EOS`` in at most ``limit`` tokens, the
-    text cut from the right, or with ``left`` from the left (BOS and EOS always kept)."""
-    keep = limit - 1 - (bos is not None)
-    out = []
-    for ids in tokenizer.encode_batch(texts, threads):
-        ids = ids.tolist()
-        kept = ids[-keep:] if left and len(ids) > keep else ids[:keep]
-        out.append(([bos] if bos is not None else []) + kept + [eos])
-    return out
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How evaluation turns text into tokens for one model: its tokenizer, the BOS to put before
-    inputs (or None) and the packer's budgets."""
-
-    tokenizer: Tokenizer
-    bos: int | None
-    max_input_tokens: int
-    max_target_tokens: int
-    truncate_left: bool
-    threads: int = 1
-
-    @classmethod
-    def of(cls, tokenizer: Tokenizer, tcfg: TokenizeConfig, threads: int = 1) -> Layout:
-        return cls(tokenizer, bos_token(tokenizer, tcfg.add_bos), tcfg.max_input_tokens,
-                   tcfg.max_target_tokens, tcfg.truncate_inputs == "left", threads)
-
-    def inputs(self, texts: list[str]) -> list[list[int]]:
-        """``[BOS] input EOS`` per text (the prompt)."""
-        return encode(self.tokenizer, texts, self.max_input_tokens, self.tokenizer.eos_id, self.truncate_left,
-                      self.bos, self.threads)
-
-    def targets(self, texts: list[str]) -> list[list[int]]:
-        """``target EOS`` per text (an option)."""
-        return encode(self.tokenizer, texts, self.max_target_tokens, self.tokenizer.eos_id,
-                      threads=self.threads)
-
-    def counts(self, texts: list[str]) -> np.ndarray:
-        """The tokens each text takes as a prompt, before truncation (few-shot trimming)."""
-        ids = self.tokenizer.encode_batch(texts, self.threads)
-        return np.array([len(i) for i in ids], np.int64) + 1 + (self.bos is not None)
-
 
 def eval_sample(table: pa.Table, max_examples: int | None, seed: int, name: str) -> pa.Table:
     """A seeded sample of ``max_examples`` eval rows (in source order), or every row."""
@@ -191,7 +145,7 @@ def rank_classify(model: torch.nn.Module, layout: Layout, prompts: list[str], op
     return picks
 
 
-def decode(model: torch.nn.Module, layout: Layout, prompts: list[str], cfg: Config, sample: bool
+def decode(model: torch.nn.Module, layout: Layout, prompts: list[str], cfg: EvaluateSlice, sample: bool
            ) -> list[str]:
     """Greedy (or, with ``sample``, sampled) continuations of the prompts, as text."""
     gen = cfg.evaluate.generation
@@ -254,7 +208,7 @@ def contamination_counts(path: str | Path | None, dataset: str) -> dict:
 
 
 def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, out_path: str | Path,
-                     cfg: Config, few_shot: bool, model_name: str,
+                     cfg: EvaluateSlice, few_shot: bool, model_name: str,
                      contamination: str | Path | None = None, threads: int = 1,
                      train: str | Path | None = None) -> dict:
     """Evaluate one model on one dataset's eval split (``raw_dir/eval.parquet``); writes and returns
@@ -273,14 +227,14 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     pool = None
     if few_shot:
         exemplars = read_exemplar_rows(spec, bank, train or raw_dir / "train.parquet")
-        pool = FewShotPool(spec, bank, eval_raw, exemplars, cfg.templatize.few_shot, cfg.seed)
+        pool = FewShotPool(spec, bank, eval_raw, exemplars, cfg.few_shot, cfg.seed)
     model, tokenizer = load_model(model_dir)
-    layout = Layout.of(tokenizer, cfg.tokenize, threads)
+    layout = Layout.of(tokenizer, cfg, threads)
     count_tokens = layout.counts
 
     task = spec.task.type
     key = metrics.primary(spec.metric)
-    style_with = cfg.templatize.options if cfg.templatize.options != "none" else "dash"
+    style_with = cfg.options if cfg.options != "none" else "dash"
     headline = ("greedy" if task == "generation"
                 else f"{cfg.evaluate.options_suffix}_options/{cfg.evaluate.normalization}")
     per_template = []
@@ -321,7 +275,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     result = {
         "dataset": dataset, "paper_name": spec.paper_name, "cluster": spec.cluster,
         "model": model_name, "model_dir": str(model_dir), "few_shot": few_shot,
-        "shots": cfg.templatize.few_shot.k if few_shot else 0, "task": task,
+        "shots": cfg.few_shot.k if few_shot else 0, "task": task,
         "method": "generation" if task == "generation" else "rank_classification",
         "metric": spec.metric, "primary": key, "headline_variant": headline,
         "headline": summarize(per_template, headline, key),
@@ -330,8 +284,8 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         "eval_split": {"registry_split": spec.splits.eval, "file": str(eval_path),
                        "sha256": sha256_file(eval_path)},
         "contamination": contamination_counts(contamination, dataset),
-        "config": {"evaluate": cfg.evaluate.model_dump(), "few_shot": cfg.templatize.few_shot.model_dump(),
-                   "options": cfg.templatize.options, "seed": cfg.seed},
+        "config": {"evaluate": cfg.evaluate.model_dump(), "few_shot": cfg.few_shot.model_dump(),
+                   "options": cfg.options, "seed": cfg.seed},
         "code": code_version("evaluate", STAGE_VERSION),
     }
     write_text_atomic(out_path, json.dumps(result, indent=2, sort_keys=True) + "\n")

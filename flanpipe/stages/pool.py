@@ -25,31 +25,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flanpipe import fingerprint as fp
-from flanpipe.io import derive_seed, iter_parquet, lookup, parquet_stream
-from flanpipe.logs import progress
-from flanpipe.registry import DatasetSpec, load_registry
-from flanpipe.templatize import stable_keys
+from flanpipe.core.config import PoolSlice
+from flanpipe.core.io import iter_parquet, lookup, parquet_stream
+from flanpipe.core.keys import priorities, stable_keys
+from flanpipe.core.logs import progress
+from flanpipe.core.registry import DatasetSpec, load_registry
 
 STAGE_VERSION = "1"
 BATCH_ROWS = 16_384
 """Raw rows read at a time."""
 log = logging.getLogger(__name__)
-
-
-def priorities(keys: np.ndarray, name: str, seed: int) -> np.ndarray:
-    """A seeded 64-bit draw per row, a function of (seed, dataset, the row's stable key) only.
-
-    The key (:func:`flanpipe.templatize.stable_keys`) is the row's id or content, never its position,
-    so adding or removing a raw row changes no other row's draw. The cap keeps the rows with the
-    lowest draws that survive dedup and decontamination, so a row kept in one held-out setting is
-    kept in every setting where it survives: consistent sampling.
-    """
-    with np.errstate(over="ignore"):  # wrap-around is the point
-        z = keys.astype(np.uint64) + np.uint64(derive_seed(seed, f"priority/{name}")) * fp.GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * fp.MIX1
-    z = (z ^ (z >> np.uint64(27))) * fp.MIX2
-    return z ^ (z >> np.uint64(31))
 
 
 def pool_limit(pool_factor: float | None, cap: int) -> int | None:
@@ -98,9 +83,11 @@ class Lowest:
         self.priority, self.rows = p[keep], r[keep]
 
 
-def write_pool(name: str, train: str | Path, out_path: str | Path, pool_factor: float | None, cap: int,
-               seed: int, batch_rows: int = BATCH_ROWS) -> dict:
-    """Write the pool of ``train`` (a raw train split, rows in source order) to ``out_path``."""
+def write_pool(name: str, train: str | Path, out_path: str | Path, cfg: PoolSlice,
+               batch_rows: int = BATCH_ROWS) -> dict:
+    """Write the pool of ``train`` (a raw train split, rows in source order) to ``out_path``: the
+    ``ceil(cfg.pool_factor * cfg.cap)`` rows of lowest priority, or every row."""
+    pool_factor, cap, seed = cfg.pool_factor, cfg.cap, cfg.seed
     spec = load_registry().datasets[name]
     train = Path(train)
     schema = pq.read_schema(train)

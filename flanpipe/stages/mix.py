@@ -2,7 +2,7 @@
 
 For each dataset the mixture trains on, the pool rows that are neither duplicates nor contaminated
 (for this mixture's held-out clusters) are capped at ``mix.cap`` by their seeded priority (a
-consistent sample, :func:`flanpipe.dedup.priorities`). Rates follow seqio's rule
+consistent sample, :func:`flanpipe.stages.dedupe.priorities`). Rates follow seqio's rule
 ``rate_i = min(n_i, K) ** (1 / T)``, normalised. The mixture holds enough examples for the training
 budget (``train.steps * train.tokens_per_batch`` over the rate-weighted mean of estimated tokens per
 example), split over datasets by largest remainder (so each count is within one of ``N * rate_i``);
@@ -20,19 +20,18 @@ import math
 import shutil
 import tempfile
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from flanpipe.config import Config
-from flanpipe.io import (
+from flanpipe.core.config import MixSlice
+from flanpipe.core.io import (
     atomic_dir,
     code_version,
-    derive_seed,
     iter_parquet,
     lookup,
     read_parquet_metadata,
@@ -41,8 +40,16 @@ from flanpipe.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from flanpipe.registry import load_registry
-from flanpipe.templatize import SCHEMA as TEMPLATIZED_SCHEMA
+from flanpipe.core.keys import derive_seed
+from flanpipe.core.logs import progress
+from flanpipe.core.registry import load_registry
+from flanpipe.core.schemas import (
+    CONTAMINATION_SCHEMA,
+    FATE_SCHEMA,
+    MIXTURE_SCHEMA,
+    MIXTURE_STATS_SCHEMA,
+    TEMPLATIZED_SCHEMA,
+)
 
 # 3: reads only the wanted renderings, shuffles through on-disk buckets (memory flat in the budget)
 STAGE_VERSION = "3"
@@ -50,37 +57,6 @@ GATHER_ROWS = 8_192
 """Templatized rows read at a time."""
 log = logging.getLogger(__name__)
 
-MIXTURE_SCHEMA = TEMPLATIZED_SCHEMA.append(pa.field("epoch", pa.int32()))
-STATS_SCHEMA = pa.schema([
-    pa.field("mixture", pa.string()),
-    pa.field("dataset", pa.string()),
-    pa.field("cluster", pa.string()),
-    pa.field("rows_raw", pa.int64()),
-    pa.field("rejected", pa.int64()),
-    pa.field("exact_dups", pa.int64()),
-    pa.field("near_dups", pa.int64()),
-    pa.field("contaminated", pa.int64()),
-    pa.field("capped", pa.int64()),
-    pa.field("kept", pa.int64()),
-    pa.field("rate", pa.float64()),
-    pa.field("sampled", pa.int64()),
-    pa.field("epochs", pa.float64()),
-    pa.field("mean_input_chars", pa.float64()),
-    pa.field("mean_target_chars", pa.float64()),
-    pa.field("mean_tokens_est", pa.float64()),
-    pa.field("inputs_cut", pa.int64()),  # sampled rows whose long field templatize cut to fit
-    # kept < cap although raw rows outside the pool exist: at most this many more rows would have
-    # passed the cap with a larger pool (dedup.pool_factor); 0 when the pool was large enough
-    pa.field("pool_short", pa.int64()),
-])
-CONTAMINATION_SCHEMA = pa.schema([
-    pa.field("mixture", pa.string()),
-    pa.field("dataset", pa.string()),
-    pa.field("eval_dataset", pa.string()),
-    pa.field("eval_cluster", pa.string()),
-    pa.field("rows", pa.int64()),  # pool rows sharing an n-gram with this eval set
-    pa.field("removed", pa.int64()),  # of those, the rows not already dropped as duplicates
-])
 
 
 @dataclass(frozen=True)
@@ -187,11 +163,23 @@ class Fates:
 
     dataset: np.ndarray  # index into the mixture's pools
     position: np.ndarray  # index into that pool's arrays
-    fate: np.ndarray  # FATES index
+    fate: np.ndarray  # int8 Fate values
     twin: np.ndarray  # global index of the kept twin of a duplicate, else -1
 
 
-FATES = ("kept", "exact", "near", "contaminated", "capped")
+class Fate(IntEnum):
+    """What happens to a pool row in a mixture (stored as int8 in :class:`Fates`; by name in
+    ``rows.parquet``)."""
+
+    KEPT = 0
+    EXACT = 1  # an exact duplicate of a kept row
+    NEAR = 2  # a near duplicate of a kept row
+    CONTAMINATED = 3  # shares an n-gram with a held-out eval set
+    CAPPED = 4  # survived, but past the dataset's cap
+
+
+FATES = tuple(f.name.lower() for f in Fate)
+"""The fates' names, by value (``rows.parquet``'s ``fate`` column)."""
 
 
 def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray], cap: int) -> Fates:
@@ -246,11 +234,11 @@ def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray]
     dup = twin >= 0
     same = np.zeros(n, bool)
     same[dup] = (exact[dup] == exact[twin[dup]]).all(axis=1)
-    fate = np.full(n, FATES.index("capped"), np.int8)
-    fate[kept] = FATES.index("kept")
-    fate[dup & same] = FATES.index("exact")
-    fate[dup & ~same] = FATES.index("near")
-    fate[contaminated] = FATES.index("contaminated")
+    fate = np.full(n, Fate.CAPPED, np.int8)
+    fate[kept] = Fate.KEPT
+    fate[dup & same] = Fate.EXACT
+    fate[dup & ~same] = Fate.NEAR
+    fate[contaminated] = Fate.CONTAMINATED
     return Fates(ds, position, fate, twin)
 
 
@@ -276,10 +264,10 @@ def _dataset_counts(name: str, files: DatasetInputs, pool: Pool, fate: np.ndarra
     manifest = json.loads(Path(files.manifest).read_text(encoding="utf-8"))["splits"]["train"]
     tally = np.bincount(fate, minlength=len(FATES))
     counts = {"rows_raw": int(manifest["rows_read"]), "rejected": int(manifest["rejected"]),
-              "exact_dups": int(tally[FATES.index("exact")]), "near_dups": int(tally[FATES.index("near")]),
-              "contaminated": int(tally[FATES.index("contaminated")]),
-              "capped": int(manifest["rows"]) - len(pool.row_index) + int(tally[FATES.index("capped")]),
-              "kept": int(tally[FATES.index("kept")])}
+              "exact_dups": int(tally[Fate.EXACT]), "near_dups": int(tally[Fate.NEAR]),
+              "contaminated": int(tally[Fate.CONTAMINATED]),
+              "capped": int(manifest["rows"]) - len(pool.row_index) + int(tally[Fate.CAPPED]),
+              "kept": int(tally[Fate.KEPT])}
     lost = sum(v for k, v in counts.items() if k not in ("rows_raw", "kept"))
     if counts["rows_raw"] != lost + counts["kept"] or len(fate) != len(pool.row_index):
         raise ValueError(f"{name}: row counts do not add up ({counts}, raw train rows {manifest['rows']}); "
@@ -325,21 +313,24 @@ def _gather(path: str | Path, passes: int, rows: np.ndarray, epoch: np.ndarray,
     return table, pos
 
 
-def _estimated_tokens(rows: pa.Table, cfg: Config) -> tuple[float, float, float]:
+def _estimated_tokens(rows: pa.Table, cfg: MixSlice) -> tuple[float, float, float]:
     """(mean input chars, mean target chars, mean estimated tokens after truncation)."""
     if rows.num_rows == 0:
         return 0.0, 0.0, 0.0
     chars_in = pc.utf8_length(rows.column("inputs")).to_numpy().astype(np.float64)
     chars_out = pc.utf8_length(rows.column("targets")).to_numpy().astype(np.float64)
     cpt = cfg.mix.chars_per_token
-    tokens = (np.minimum(np.ceil(chars_in / cpt) + 1, cfg.tokenize.max_input_tokens)
-              + np.minimum(np.ceil(chars_out / cpt) + 1, cfg.tokenize.max_target_tokens))
+    tokens = (np.minimum(np.ceil(chars_in / cpt) + 1, cfg.max_input_tokens)
+              + np.minimum(np.ceil(chars_out / cpt) + 1, cfg.max_target_tokens))
     return float(chars_in.mean()), float(chars_out.mean()), float(tokens.mean())
 
 
-def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs], out_dir: str | Path,
-                  cfg: Config, dropped_paths: list[str | Path] | None = None) -> dict:
+def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs: list[DatasetInputs],
+                  out_dir: str | Path, cfg: MixSlice, dropped_paths: list[str | Path] | None = None) -> dict:
     """Dedupe, cap, rate, sample, shuffle and write one mixture; returns its manifest.
+
+    ``heldout``: the clusters the mixture is decontaminated against and kept clear of
+    (:meth:`flanpipe.core.planner.Plan.heldout_for`).
 
     ``dropped_paths``: every dataset's dedupe output (``data/dedup/{dataset}.dropped.parquet``), so a
     duplicate whose twin is in a dataset this mixture leaves out is recognised as such; by default
@@ -348,8 +339,8 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     dropped_paths = list(dropped_paths if dropped_paths is not None else [f.dropped for f in inputs])
     registry = load_registry()
     out_dir = Path(out_dir)
-    heldout = set(cfg.heldout_for(mixture))
-    removes = heldout if cfg.decontaminate.enabled else set()  # matches are still reported
+    heldout = set(heldout)
+    removes = heldout if cfg.decontaminate else set()  # matches are still reported
     if mixture != "all":
         excluded = {c for h in heldout for c in registry.excluded_clusters(h)}
         leaked = [d for d in datasets if registry.datasets[d].cluster in excluded]
@@ -364,7 +355,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
         fate = np.empty(len(pool.row_index), np.int8)
         fate[fates.position[mine]] = fates.fate[mine]
         counts = _dataset_counts(name, files, pool, fate)
-        kept = np.flatnonzero(fate == FATES.index("kept"))
+        kept = np.flatnonzero(fate == Fate.KEPT)
         kept = pool.row_index[kept[np.lexsort((pool.row_index[kept], pool.priority[kept]))]]
         passes.append(_passes(files))
         first = pa.Table.take(*_gather(files.templatized, passes[k], kept, np.zeros(len(kept), np.int32),
@@ -376,7 +367,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
             log.warning("%s: %d rows kept, under the cap of %d, while %d train rows lie outside the pool: "
                         "dedup and decontamination removed more than the pool's spare rows; raise "
                         "dedup.pool_factor (now %s) to keep up to %d more", name, len(kept), cfg.mix.cap,
-                        outside, cfg.dedup.pool_factor, short)
+                        outside, cfg.pool_factor, short)
         stats.append({"mixture": mixture, "dataset": name, "cluster": registry.datasets[name].cluster,
                       **counts, "mean_input_chars": chars_in, "mean_target_chars": chars_out,
                       "mean_tokens_est": tokens, "pool_short": short})
@@ -390,7 +381,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     sizes = np.array([s["kept"] for s in stats], np.int64)
     rates = mixing_rates(sizes, cfg.mix.rate_max, cfg.mix.temperature)
     mean_tokens = float(np.dot(rates, [s["mean_tokens_est"] for s in stats])) if sizes.any() else 0.0
-    budget = cfg.train.steps * cfg.train.tokens_per_batch
+    budget = cfg.steps * cfg.tokens_per_batch
     total = math.ceil(budget / mean_tokens) if mean_tokens > 0 else 0
     sampled = apportion(total, rates)
 
@@ -417,7 +408,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
         shards = buckets.write_shards(out_dir / "shards", {"stage": "mix", "stage_version": STAGE_VERSION,
                                                            "mixture": mixture, "seed": cfg.seed})
 
-    stats_table = pa.Table.from_pylist(stats, schema=STATS_SCHEMA)
+    stats_table = pa.Table.from_pylist(stats, schema=MIXTURE_STATS_SCHEMA)
     write_parquet_atomic(stats_table, out_dir / "stats.parquet", {"stage": "mix", "mixture": mixture})
     write_parquet_atomic(pa.Table.from_pylist(contamination, schema=CONTAMINATION_SCHEMA),
                          out_dir / "contamination.parquet", {"stage": "mix", "mixture": mixture})
@@ -428,8 +419,7 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
         "heldout_clusters": sorted(heldout) if mixture != "all" else [],
         "decontaminated_against": sorted(heldout), "datasets": datasets,
         "budget_tokens": budget, "mean_tokens_est": mean_tokens, "examples": total_rows,
-        "config": {"mix": cfg.mix.model_dump(), "train": cfg.train.model_dump(),
-                   "tokenize": cfg.tokenize.model_dump()},
+        "config": cfg.model_dump(),
         "shards": shards, "stats": stats,
         "code": code_version("mix", STAGE_VERSION), "created_at": utc_now(),
     }
@@ -439,15 +429,6 @@ def build_mixture(mixture: str, datasets: list[str], inputs: list[DatasetInputs]
     return manifest
 
 
-FATE_SCHEMA = pa.schema([
-    pa.field("dataset", pa.string()),
-    pa.field("row_index", pa.int64()),
-    pa.field("example_id", pa.string()),
-    pa.field("fate", pa.string()),  # kept | exact | near | contaminated | capped
-    pa.field("kept_dataset", pa.string()),  # a duplicate's kept twin in this mixture, else null
-    pa.field("kept_row_index", pa.int64()),
-    pa.field("kept_example_id", pa.string()),
-])
 
 
 def _fate_table(name: str, pool: Pool, fate: np.ndarray, fates: Fates, mine: np.ndarray,
@@ -528,8 +509,7 @@ class _Buckets:
         readers = [(pq.ParquetFile(path), groups) for path, groups in self.files]
         with atomic_dir(shard_dir) as tmp:
             shards = []
-            for k in tqdm(range(self.count), desc=f"shards {meta['mixture']}", unit="shard", mininterval=5,
-                          disable=self.count < 4):
+            for k in progress(range(self.count), self.count, f"{meta['mixture']}: shards", unit="shards"):
                 parts = [f.read_row_group(groups[k]) for f, groups in readers if k in groups]
                 rows = pa.concat_tables(parts) if parts else None
                 if rows is None:

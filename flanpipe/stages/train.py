@@ -1,6 +1,6 @@
 """Stage 5, train: instruction-tune one model on one packed mixture with DeepSpeed (ZeRO-3 default).
 
-Run under ``torchrun``, the ``deepspeed`` launcher or ``srun`` (:mod:`flanpipe.distributed` reads the
+Run under ``torchrun``, the ``deepspeed`` launcher or ``srun`` (:mod:`flanpipe.core.distributed` reads the
 ranks); the same code runs on a laptop CPU (``DS_ACCELERATOR=cpu``, gloo) and on GPU nodes.
 
 One step, top to bottom:
@@ -8,7 +8,7 @@ One step, top to bottom:
 1. the step's packed rows are a pure function of (seed, step): each epoch is a seeded permutation of
    the mixture's rows, consumed in order; rank ``r`` takes its slice, in micro-batches;
    a background thread reads the next step's rows while this one computes;
-2. every micro-batch: forward with the segment mask (:class:`~flanpipe.model.PackedCausalLM`, which
+2. every micro-batch: forward with the segment mask (:class:`~flanpipe.core.model.PackedCausalLM`, which
    projects onto the vocabulary only where a target is predicted), the summed target-token
    cross-entropy, divided by the number of target tokens in the whole step (all ranks, all
    micro-batches) and multiplied by ranks x micro-batches, which DeepSpeed divides by again (it
@@ -16,12 +16,12 @@ One step, top to bottom:
    accumulation, micro-batch rows);
 3. DeepSpeed reduces the gradients and the optimizer steps at the schedule's learning rate (constant
    after an optional linear warm-up): Adafactor factors and clips per original tensor, whatever the
-   ZeRO stage (:mod:`flanpipe.optim`);
+   ZeRO stage (:mod:`flanpipe.core.optim`);
 4. every ``checkpoint_every`` steps (and at the end) a DeepSpeed checkpoint; a restarted run loads
    the latest and continues with the same data order, so its losses are the ones an uninterrupted
    run has.
 
-The model is a ``transformers`` causal LM built or loaded by :mod:`flanpipe.checkpoint` (under
+The model is a ``transformers`` causal LM built or loaded by :mod:`flanpipe.core.checkpoint` (under
 ZeRO-3, partitioned as it loads). At the end, ``models/{mixture}/hf/`` is its checkpoint
 (safetensors shards, ``config.json``, the tokenizer) that ``transformers`` loads with no flanpipe
 code; ``metrics.csv``, ``tensorboard/`` and
@@ -43,27 +43,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flanpipe.checkpoint import build_model, parameter_count, save_checkpoint
-from flanpipe.config import Config, TrainConfig
-from flanpipe.distributed import DistEnv, dist_env, rank_nodes
-from flanpipe.io import (
-    atomic_path,
-    code_version,
-    derive_seed,
-    sha256_file,
-    utc_now,
-    write_json_atomic,
-)
-from flanpipe.model import ATTENTION, PackedCausalLM, predicted
-from flanpipe.optim import (
+from flanpipe.core.checkpoint import build_model, parameter_count, save_checkpoint
+from flanpipe.core.config import TrainConfig, TrainSlice
+from flanpipe.core.distributed import DistEnv, dist_env, rank_nodes
+from flanpipe.core.io import atomic_path, code_version, sha256_file, utc_now, write_json_atomic
+from flanpipe.core.keys import derive_seed
+from flanpipe.core.model import ATTENTION, PackedCausalLM, predicted
+from flanpipe.core.optim import (
     adam_state_bytes,
     attach_zero_layout,
     build_optimizer,
     constant_with_warmup,
     optimizer_state_bytes,
 )
-from flanpipe.packed import PackedShards
-from flanpipe.tokenizer import load_tokenizer
+from flanpipe.core.shards import PackedShards
 
 STAGE_VERSION = "3"  # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models
 log = logging.getLogger(__name__)
@@ -186,7 +179,7 @@ def _disable_cpu_shm_op() -> None:
 
 
 def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, out_dir: str | Path,
-          cfg: Config) -> dict:
+          cfg: TrainSlice) -> dict:
     """Train on the packed mixture; returns the run manifest (on every rank)."""
     tcfg = cfg.train
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
@@ -381,20 +374,3 @@ def plot_loss(metrics_csv: Path, out_png: Path, title: str) -> None:
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def export_base_model(cfg: Config, tokenizer: str | Path, out: str | Path) -> dict:
-    """The untuned base model as a checkpoint folder, for evaluation beside the tuned ones: the
-    pretrained checkpoint (``train.model.source: pretrained``), or a new model of the same
-    architecture and sizes, initialised by ``transformers`` from the same seed. (Not bit for bit the
-    trained runs' initial weights: under ZeRO-3, rank 0 initialises module by module, which draws
-    the random numbers in another order.)"""
-    tok = load_tokenizer(tokenizer)
-    tcfg = cfg.train
-    row_tokens = cfg.tokenize.max_input_tokens + cfg.tokenize.max_target_tokens
-    torch.manual_seed(derive_seed(cfg.seed, "train/init"))
-    model = build_model(tcfg.model, tok.vocab_size, row_tokens, special_ids=tok.special_ids())
-    save_checkpoint(model, tok, Path(out), dtype=torch.float32)
-    n = parameter_count(model)
-    log.info("base model (%s, %s parameters) -> %s", tcfg.model.source, f"{n:,}", out)
-    return {"source": tcfg.model.source, "parameters": n, "out": str(out)}

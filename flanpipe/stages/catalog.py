@@ -26,7 +26,9 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from flanpipe.io import atomic_path
+from flanpipe.core.io import atomic_path
+
+STAGE_VERSION = "1"
 
 log = logging.getLogger(__name__)
 

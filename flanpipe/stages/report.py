@@ -17,8 +17,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from flanpipe.io import atomic_path, write_text_atomic
-from flanpipe.registry import load_registry
+from flanpipe.core.io import atomic_path, write_text_atomic
+from flanpipe.core.registry import load_registry
 
 log = logging.getLogger(__name__)
 

@@ -41,12 +41,22 @@ NGRAM_SEED = np.uint64(0x2545F4914F6CDD1D)
 SIG_EMPTY = np.uint32(0xFFFFFFFF)
 
 
-@njit(inline="always")
-def _mix64(z):
-    """splitmix64's finaliser: every input bit flips each output bit with probability ~1/2."""
+def mix64(z):
+    """splitmix64's finaliser, the one scrambler of the package: every input bit flips each output
+    bit with probability ~1/2. Takes a ``np.uint64`` or an array of them (wrap-around is the point);
+    the Numba kernels below inline the same function (:data:`_mix64`), and every seeded draw of
+    :mod:`flanpipe.core.keys` goes through it.
+
+    >>> z = mix64(np.array([0, 1, 2], np.uint64))
+    >>> int(z[0]), len(set(z.tolist()))
+    (0, 3)
+    """
     z = (z ^ (z >> np.uint64(30))) * MIX1
     z = (z ^ (z >> np.uint64(27))) * MIX2
     return z ^ (z >> np.uint64(31))
+
+
+_mix64 = njit(inline="always")(mix64)
 
 
 @njit(inline="always")

@@ -5,7 +5,7 @@
   vocabulary padded to a multiple of 128;
 - :func:`load_model`: any local ``AutoModelForCausalLM`` folder (``local_files_only``, never a hub
   download);
-- :func:`load_checkpoint`: a folder as (model, :class:`~flanpipe.tokenizer` tokenizer);
+- :func:`load_checkpoint`: a folder as (model, :class:`~flanpipe.core.tokenizers` tokenizer);
 - :func:`save_checkpoint`: weights in safetensors shards, ``config.json``, ``generation_config.json``
   and the tokenizer files, so that ``AutoModelForCausalLM`` / ``AutoTokenizer`` load the folder with
   no flanpipe code.
@@ -20,7 +20,7 @@ one seed and partitioned by ``deepspeed.initialize``, so its initial weights do 
 number of ranks or the ZeRO stage.
 :func:`save_checkpoint` gathers one parameter at a time to rank 0, which writes the shards.
 
->>> from flanpipe.config import ModelSpec
+>>> from flanpipe.core.config import ModelSpec
 >>> model = build_model(ModelSpec(architecture="qwen3", hidden_size=32, num_layers=1, num_heads=4),
 ...                     vocab_size=300, max_positions=64)
 >>> type(model).__name__, model.config.vocab_size, model.config.head_dim
@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from flanpipe.io import atomic_dir
+from flanpipe.core.io import atomic_dir
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
-    from flanpipe.config import ModelSpec
+    from flanpipe.core.config import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def model_config(spec: ModelSpec, vocab_size: int, max_positions: int,
     tokenizer of ``vocab_size`` ids (padded, see :func:`padded_vocab`); ``spec.hf_config`` entries
     override or add config attributes (e.g. ``rope_parameters``, ``sliding_window``).
 
-    >>> from flanpipe.config import ModelSpec
+    >>> from flanpipe.core.config import ModelSpec
     >>> cfg = model_config(ModelSpec(architecture="gpt_neox", hidden_size=64, num_heads=4,
     ...                              num_layers=2), 1000, 512)
     >>> cfg.model_type, cfg.vocab_size, cfg.intermediate_size, cfg.max_position_embeddings
@@ -255,8 +255,8 @@ def weight_files(folder: str | Path) -> list[Path]:
 
 def load_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu", attention: str = "sdpa"):
-    """A model folder as (model in eval mode, its tokenizer through :mod:`flanpipe.tokenizer`)."""
-    from flanpipe.tokenizer import load_tokenizer
+    """A model folder as (model in eval mode, its tokenizer through :mod:`flanpipe.core.tokenizers`)."""
+    from flanpipe.core.tokenizers import load_tokenizer
 
     return load_model(folder, dtype, device, attention=attention), load_tokenizer(folder)
 
@@ -338,12 +338,12 @@ def _full(param: torch.nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _save_tokenizer(tokenizer, out: Path) -> None:
-    """A :class:`~flanpipe.tokenizer.Tokenizer`'s (or ``transformers`` tokenizer's) files, or those of
+    """A :class:`~flanpipe.core.tokenizers.Tokenizer`'s (or ``transformers`` tokenizer's) files, or those of
     the tokenizer at a path; nothing for None."""
     if tokenizer is None:
         return
     if not hasattr(tokenizer, "save_pretrained"):
-        from flanpipe.tokenizer import load_tokenizer
+        from flanpipe.core.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer)
     tokenizer.save_pretrained(out)

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -204,15 +203,6 @@ def lookup(sorted_values: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, 
     return at, sorted_values[at] == queries
 
 
-def derive_seed(seed: int, name: str) -> int:
-    """A stage's or dataset's own seed: ``seed + crc32(name)``, kept in 32 bits.
-
-    >>> derive_seed(1234, "rte")
-    3737080027
-    """
-    return (seed + zlib.crc32(name.encode())) % 2**32
-
-
 def git_commit() -> str | None:
     """The commit of the flanpipe checkout, when it is one (``+dirty`` if it has changes)."""
     root = Path(flanpipe.__file__).resolve().parent.parent
@@ -235,3 +225,11 @@ def code_version(stage: str, stage_version: str) -> dict[str, Any]:
 
 def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def mixture_shards(shard_dir: str | Path) -> list[Path]:
+    """The Parquet shards of a mixture, in order."""
+    shards = sorted(Path(shard_dir).glob("part-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"no part-*.parquet shards in {shard_dir}")
+    return shards

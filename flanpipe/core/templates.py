@@ -26,6 +26,7 @@ references, and ``binary_join_element_wise`` concatenates them for every row at 
 from __future__ import annotations
 
 import functools
+import hashlib
 import string
 from dataclasses import dataclass
 from importlib import resources
@@ -37,8 +38,8 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from flanpipe.registry import DatasetSpec, field_type, load_registry
-from flanpipe.validate import label_index
+from flanpipe.core.registry import DatasetSpec, field_type, load_registry
+from flanpipe.core.validate import label_index
 
 FILTERS = ("first", "lines", "numbered", "comma", "nopunct")
 
@@ -392,3 +393,10 @@ def plain_template(spec: DatasetSpec, fmt: Format) -> Template:
     target = "{answer}" if task.type != "generation" else "{" + task.targets[0] + "|first}" \
         if pa.types.is_list(field_type(spec.schema, task.targets[0])) else "{" + task.targets[0] + "}"
     return Template(id=0, input=body, target=target)
+
+
+def templates_digest(name: str) -> str:
+    """A hash of a dataset's templates: a Snakemake param, so editing them reruns the dataset."""
+    bank = load_bank().get(name)
+    text = bank.model_dump_json() if bank else "none"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

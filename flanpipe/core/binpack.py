@@ -23,6 +23,8 @@ in the two dimensions, plus the number of bins.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba as nb
 import numpy as np
 
@@ -208,7 +210,25 @@ def decreasing(size_a: np.ndarray, cap_a: int, size_b: np.ndarray, cap_b: int) -
                        -np.maximum(share_a, share_b)))
 
 
-def pack(packer: str, size_a: np.ndarray, cap_a: int, size_b: np.ndarray, cap_b: int):
+@dataclass(frozen=True)
+class Placement:
+    """Where a packer put each example of a window: its row, its segment number in that row (1, 2,
+    ... in placement order), and its offsets in the row's two dimensions (inputs and targets; for a
+    one-dimensional packing the second is all zeros)."""
+
+    row: np.ndarray
+    """int64, one per example."""
+    segment: np.ndarray
+    """int32, 1-based."""
+    offset_a: np.ndarray
+    """int32: where the example starts in dimension a."""
+    offset_b: np.ndarray
+    """int32: where it starts in dimension b."""
+    rows: int
+    """Rows used."""
+
+
+def pack(packer: str, size_a: np.ndarray, cap_a: int, size_b: np.ndarray, cap_b: int) -> Placement:
     """Run the named packer (``best_fit``, ``next_fit`` or ``none``) on one window of examples.
 
     For two dimensions, the examples go largest first by their share of a row in their fuller
@@ -219,16 +239,17 @@ def pack(packer: str, size_a: np.ndarray, cap_a: int, size_b: np.ndarray, cap_b:
     size_a = np.ascontiguousarray(size_a, np.int64)
     size_b = np.ascontiguousarray(size_b, np.int64)
     if packer == "none":
-        return one_per_row(size_a, cap_a, size_b, cap_b)
+        return Placement(*one_per_row(size_a, cap_a, size_b, cap_b))
     if packer == "next_fit":
-        return next_fit(size_a, cap_a, size_b, cap_b)
+        return Placement(*next_fit(size_a, cap_a, size_b, cap_b))
     if packer != "best_fit":
         raise ValueError(f"unknown packer {packer!r}; allowed: best_fit, next_fit, none")
     order = decreasing(size_a, cap_a, size_b, cap_b)
     if cap_b > 0 and size_b.sum() / cap_b > size_a.sum() / cap_a:
         bins, seg, off_b, off_a, n = best_fit(order, size_b, cap_b, size_a, cap_a)
-        return bins, seg, off_a, off_b, n
-    return best_fit(order, size_a, cap_a, size_b, cap_b)
+        return Placement(bins, seg, off_a, off_b, int(n))
+    bins, seg, off_a, off_b, n = best_fit(order, size_a, cap_a, size_b, cap_b)
+    return Placement(bins, seg, off_a, off_b, int(n))
 
 
 def rows_lower_bound(size_a: np.ndarray, cap_a: int, size_b: np.ndarray, cap_b: int) -> int:
@@ -256,7 +277,7 @@ def _copy_tokens(dst, r, o, ids, start, full, keep, left):
 def fill_decoder_only(tokens, row, off, in_ids, in_starts, in_full, in_keep, tg_ids, tg_starts, tg_full,
                       tg_keep, eos, left):
     """Write each example as ``inputs EOS targets EOS`` at (row, off). Only the tokens: segment ids,
-    positions and the loss mask follow from the examples' lengths (:func:`flanpipe.packed.spans`)."""
+    positions and the loss mask follow from the examples' lengths (:func:`flanpipe.core.shards.spans`)."""
     for i in range(row.shape[0]):
         r = row[i]
         o = off[i]

@@ -10,7 +10,7 @@ given to Snakemake's ``validate()``.
 >>> parse_config({"seed": -1})
 Traceback (most recent call last):
 ...
-flanpipe.config.ConfigError: invalid config:
+flanpipe.core.config.ConfigError: invalid config:
   - seed: Input should be greater than or equal to 0 (got -1)
 """
 
@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flanpipe.registry import embedded_datasets, load_registry
+from flanpipe.core.registry import embedded_datasets, load_registry
 
 SourceKind = Literal["embedded", "hub", "local"]
 
@@ -541,97 +541,6 @@ class Config(_Section):
                              f"(dedup.near.num_perm is {near.num_perm})")
         return self
 
-    def given_tokenizer(self) -> str | None:
-        """The tokenizer the run uses as it is, in place: the pretrained checkpoint's folder
-        (`tokenize.tokenizer.source: auto`), or `tokenize.tokenizer.path` when that is not a
-        SentencePiece `.model` file (a `.model` file is copied to `models/tokenizer/spm.model`);
-        None when the run trains its own.
-
-        >>> pretrained = {"model": {"source": "pretrained", "path": "/ckpt/smollm2"}}
-        >>> parse_config({"train": pretrained}).given_tokenizer()
-        '/ckpt/smollm2'
-        >>> parse_config({}).given_tokenizer() is None
-        True
-        """
-        tok = self.tokenize.tokenizer
-        if tok.source == "auto" and self.train.model.source == "pretrained":
-            return self.train.model.path
-        if tok.source == "file" and not tok.path.endswith(".model"):
-            return tok.path
-        return None
-
-    def mixtures(self) -> list[str]:
-        """The main mixtures: one per held-out cluster, then `all`."""
-        return [*self.heldout_clusters, "all"]
-
-    def ablation_mixtures(self) -> list[str]:
-        """The ablations' mixtures: `clusters_k` on the first k of `ablations.clusters`, and
-        `format_<f>` on all of them in another instruction format (the `instructions` point, or
-        whichever is `templatize.format`, is `clusters_N` itself)."""
-        if not self.ablations.enabled:
-            return []
-        n = len(self.ablations.clusters)
-        return [*(f"clusters_{k}" for k in range(1, n + 1)),
-                *(f"format_{f}" for f in self.ablations.formats if f != self.templatize.format)]
-
-    def evaluate_slice(self) -> dict[str, Any]:
-        """The keys an evaluation reads (its Snakemake params: a change reruns the evaluations only)."""
-        return self.model_dump(mode="json", include={
-            "seed": True, "evaluate": True, "templatize": {"options", "few_shot"},
-            "tokenize": {"max_input_tokens", "max_target_tokens", "truncate_inputs", "add_bos"}})
-
-    def all_mixtures(self) -> list[str]:
-        return [*self.mixtures(), *self.ablation_mixtures()]
-
-    def format_mixture(self, fmt: str) -> str:
-        """The mixture of the format ablation's point ``fmt``."""
-        if fmt == self.templatize.format:
-            return f"clusters_{len(self.ablations.clusters)}"
-        return f"format_{fmt}"
-
-    def mixture_format(self, mixture: str) -> str:
-        """The instruction format a mixture's examples are rendered in."""
-        return mixture.removeprefix("format_") if mixture.startswith("format_") else self.templatize.format
-
-    def _ablation_clusters(self, mixture: str) -> list[str] | None:
-        if mixture.startswith("clusters_"):
-            return self.ablations.clusters[:int(mixture.removeprefix("clusters_"))]
-        if mixture.startswith("format_"):
-            return list(self.ablations.clusters)
-        return None
-
-    def mixture_datasets(self, mixture: str) -> list[str]:
-        """The run's datasets a mixture trains on (a held-out cluster and the clusters excluded with
-        it are left out; an ablation mixture takes its clusters)."""
-        if mixture == "all":
-            return self.dataset_names()
-        registry = load_registry()
-        clusters = self._ablation_clusters(mixture)
-        train = set(clusters if clusters is not None else registry.training_clusters(mixture))
-        return [d for d in self.dataset_names() if registry.datasets[d].cluster in train]
-
-    def heldout_for(self, mixture: str) -> list[str]:
-        """The clusters whose eval sets a mixture is decontaminated against (and evaluated on)."""
-        if mixture == "all":
-            return list(self.heldout_clusters)
-        if self._ablation_clusters(mixture) is not None:
-            return list(self.ablations.heldout)
-        return [mixture]
-
-    def eval_clusters(self) -> list[str]:
-        """Every cluster some model is evaluated on: the held-out clusters and the ablations'."""
-        extra = self.ablations.heldout if self.ablations.enabled else []
-        return list(dict.fromkeys([*self.heldout_clusters, *extra]))
-
-    def datasets_in(self, clusters: list[str]) -> list[str]:
-        """The run's datasets in ``clusters``, in registry order."""
-        registry = load_registry()
-        return [d for d in self.dataset_names() if registry.datasets[d].cluster in clusters]
-
-    def heldout_datasets(self) -> list[str]:
-        """The run's datasets in any evaluated cluster (their eval splits are decontaminated against)."""
-        return self.datasets_in(self.eval_clusters())
-
     def dataset_names(self) -> list[str]:
         """The registry names this run uses, in registry order."""
         if self.datasets == "embedded":
@@ -641,6 +550,195 @@ class Config(_Section):
         order = list(load_registry().datasets)
         return sorted(self.datasets, key=order.index)
 
+
+
+# --- the stages' slices ----------------------------------------------------------------------------
+# Each stage function takes one of these, and nothing else of the config: the keys it reads. Each rule
+# passes exactly that slice as its `params` (flanpipe.core.planner.Plan.slice), so Snakemake reruns a
+# rule when, and only when, a key it reads changes.
+
+
+class Slice(_Section):
+    """The config keys one stage reads. ``KEYS`` maps each field to its path in :class:`Config`."""
+
+    KEYS: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def of(cls, cfg: Config, **overrides: Any) -> Slice:
+        """The slice's values in ``cfg`` (``overrides`` replace fields, e.g. the format ablation's
+        own ``format``)."""
+        values: dict[str, Any] = {}
+        for name, path in cls.KEYS.items():
+            value: Any = cfg
+            for part in path.split("."):
+                value = getattr(value, part)
+            values[name] = value
+        return cls.model_validate({**values, **overrides})
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        """The config keys (dotted paths) the slice holds."""
+        return list(cls.KEYS.values())
+
+
+class DownloadSlice(Slice):
+    """download: one dataset's source (``download.sources.<dataset>``, or ``download.default_source``)."""
+
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed"}  # + the dataset's source (Plan.slice)
+    seed: int
+    source: SourceSpec
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        return ["seed", "download.default_source", "download.sources"]
+
+
+class PoolSlice(Slice):
+    """pool: the rows a dataset's pool keeps."""
+
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "pool_factor": "dedup.pool_factor", "cap": "mix.cap"}
+    seed: int
+    pool_factor: float | None
+    cap: int
+
+
+class TemplatizeSlice(Slice):
+    """templatize: how examples are rendered (not ``templatize.few_shot``: evaluation's)."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", "format": "templatize.format", "options": "templatize.options",
+        "passes": "templatize.passes", "cut_long_field": "templatize.cut_long_field",
+        "chars_per_token": "templatize.chars_per_token", "max_input_tokens": "tokenize.max_input_tokens"}
+    seed: int
+    format: Literal["instructions", "no_template", "dataset_name"]
+    options: Literal["dash", "letters", "none"]
+    passes: int
+    cut_long_field: bool
+    chars_per_token: float
+    max_input_tokens: int | None
+
+
+class FingerprintSlice(Slice):
+    """fingerprint: MinHash signatures of the pool, n-grams of the eval split."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", "shingle": "dedup.near.shingle", "num_perm": "dedup.near.num_perm",
+        "ngram": "decontaminate.ngram", "min_ngram": "decontaminate.min_ngram"}
+    seed: int
+    shingle: int
+    num_perm: int
+    ngram: int
+    min_ngram: int
+
+
+class DedupeSlice(Slice):
+    """dedupe: which fingerprints count as duplicates."""
+
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "exact": "dedup.exact", "near": "dedup.near"}
+    seed: int
+    exact: bool
+    near: NearDedupConfig
+
+
+class MixSlice(Slice):
+    """mix: cap, rates and shards of a mixture, and the budget its epochs are counted against."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", "mix": "mix", "pool_factor": "dedup.pool_factor",
+        "decontaminate": "decontaminate.enabled", "max_input_tokens": "tokenize.max_input_tokens",
+        "max_target_tokens": "tokenize.max_target_tokens", "steps": "train.steps",
+        "tokens_per_batch": "train.tokens_per_batch"}
+    seed: int
+    mix: MixConfig
+    pool_factor: float | None
+    decontaminate: bool
+    max_input_tokens: int
+    max_target_tokens: int
+    steps: int
+    tokens_per_batch: int
+
+
+class TokenizerSlice(Slice):
+    """tokenizer: the SentencePiece model a run trains (or copies)."""
+
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "tokenizer": "tokenize.tokenizer"}
+    seed: int
+    tokenizer: TokenizerConfig
+
+
+class PackSlice(Slice):
+    """pack: the token layout and the packer (not the tokenizer: that is pack's input file)."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", **{k: f"tokenize.{k}" for k in (
+            "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "layout", "packer",
+            "pack_window", "rows_per_shard")},
+        "steps": "train.steps", "tokens_per_batch": "train.tokens_per_batch"}
+    seed: int
+    add_bos: bool | None
+    max_input_tokens: int
+    max_target_tokens: int
+    truncate_inputs: Literal["right", "left"]
+    layout: Literal["decoder_only", "encoder_decoder"]
+    packer: Literal["best_fit", "next_fit", "none"]
+    pack_window: int
+    rows_per_shard: int
+    steps: int
+    tokens_per_batch: int
+
+
+class TrainSlice(Slice):
+    """train: the run."""
+
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "train": "train"}
+    seed: int
+    train: TrainConfig
+
+
+class BaseModelSlice(Slice):
+    """base_model: the untuned model of the run's architecture (or its pretrained checkpoint)."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", "model": "train.model", "max_input_tokens": "tokenize.max_input_tokens",
+        "max_target_tokens": "tokenize.max_target_tokens"}
+    seed: int
+    model: ModelSpec
+    max_input_tokens: int
+    max_target_tokens: int
+
+
+class EvaluateSlice(Slice):
+    """evaluate: scoring, prompts (OPTIONS style, few-shot) and the prompts' token layout."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", "evaluate": "evaluate", "options": "templatize.options",
+        "few_shot": "templatize.few_shot", **{k: f"tokenize.{k}" for k in (
+            "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs")}}
+    seed: int
+    evaluate: EvaluateConfig
+    options: Literal["dash", "letters", "none"]
+    few_shot: FewShotConfig
+    add_bos: bool | None
+    max_input_tokens: int
+    max_target_tokens: int
+    truncate_inputs: Literal["right", "left"]
+
+
+class ReportSlice(Slice):
+    """report: the order of the ablations' points."""
+
+    KEYS: ClassVar[dict[str, str]] = {"clusters": "ablations.clusters", "formats": "ablations.formats"}
+    clusters: list[str]
+    formats: list[str]
+
+
+SLICES: dict[str, type[Slice]] = {
+    "download": DownloadSlice, "pool": PoolSlice, "templatize": TemplatizeSlice,
+    "fingerprint": FingerprintSlice, "dedupe": DedupeSlice, "mix": MixSlice, "tokenizer": TokenizerSlice,
+    "pack": PackSlice, "train": TrainSlice, "base_model": BaseModelSlice, "evaluate": EvaluateSlice,
+    "report": ReportSlice}
+"""Each rule's slice (rules not listed read no config key: decontaminate and catalog take lists the
+planner derives)."""
 
 def _inside(path: str, folder: str) -> bool:
     """Whether ``path`` is ``folder`` or a file directly in it (paths compared, not contents)."""

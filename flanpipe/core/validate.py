@@ -24,15 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe.registry import DatasetSpec
+from flanpipe.core.registry import DatasetSpec
+from flanpipe.core.schemas import REJECTED_SCHEMA
 
-REJECTED_SCHEMA = pa.schema([
-    pa.field("split", pa.string()),
-    pa.field("row_index", pa.int64()),
-    pa.field("kind", pa.string()),
-    pa.field("reason", pa.string()),
-    pa.field("row", pa.string()),
-])
 REJECT_KINDS = ("invalid_json", "wrong_type", "missing_field", "empty_text", "label_out_of_range",
                 "undecodable_bytes")
 # A Python bytes literal as str() writes it: b'...' or b"..." (the quote it picks depends on content).
@@ -67,7 +61,7 @@ class CheckedSplit:
 class SplitTally:
     """Counts of a split checked batch by batch; equal to those of one :func:`check_split` call.
 
-    >>> from flanpipe.registry import load_registry
+    >>> from flanpipe.core.registry import load_registry
     >>> spec = load_registry().datasets["rte"]
     >>> rows = [{"premise": "p", "hypothesis": "h", "idx": i, "label": i} for i in range(3)]
     >>> tally = SplitTally()

@@ -1,0 +1,58 @@
+"""Logging, configured once per process (CLI entry point or Snakemake script)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> None:
+    """Log to ``log_file`` (a Snakemake ``log:``) or to stderr."""
+    handler: logging.Handler = (logging.FileHandler(log_file, mode="w", encoding="utf-8")
+                                if log_file else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def progress(items: Iterable[T], total: int, what: str, count: Callable[[T], int] | None = None,
+             unit: str = "rows", every_s: float = 30.0) -> Iterator[T]:
+    """Pass ``items`` through and show how far along they are: a tqdm bar where stderr is a terminal,
+    else a log line every ``every_s`` seconds (a Snakemake job's log stays readable). ``count``: how
+    much of ``total`` one item is (a table's rows; by default 1, or ``num_rows`` for Arrow tables).
+
+    The package's one progress mechanism: every long loop of a stage goes through it.
+    """
+    if count is None:
+        count = _rows_or_one
+    if sys.stderr.isatty():
+        with tqdm(total=total, desc=what, unit=unit, mininterval=1.0, leave=False) as bar:
+            for item in items:
+                yield item
+                bar.update(count(item))
+        return
+    log = logging.getLogger("flanpipe.progress")
+    started = last = time.monotonic()
+    seen = 0
+    for item in items:
+        yield item
+        seen += count(item)
+        now = time.monotonic()
+        if now - last >= every_s:
+            log.info("%s: %d / %d %s (%.0f%%), %.0f %s/s", what, seen, total, unit,
+                     100 * seen / max(total, 1), seen / (now - started), unit)
+            last = now
+
+
+def _rows_or_one(item: object) -> int:
+    return int(getattr(item, "num_rows", 1))

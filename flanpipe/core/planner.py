@@ -1,0 +1,134 @@
+"""The DAG planner: what a config asks the workflow to build. Mixtures (one per held-out cluster,
+``all``, the ablations'), the datasets each trains on and is kept clear of, the evaluations, and the
+config slice each rule reads. ``rules/common.smk`` calls it; the stages never do (they receive their
+slice).
+
+>>> plan = Plan(parse_config({}))
+>>> plan.mixtures()
+['nli', 'commonsense', 'closed_book_qa', 'all']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flanpipe.core.config import SLICES, Config, DownloadSlice, TemplatizeSlice, parse_config  # noqa: F401 (doctests)
+from flanpipe.core.registry import load_registry
+
+
+class Plan:
+    """The workflow a :class:`~flanpipe.core.config.Config` describes."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def slice(self, rule: str, dataset: str | None = None, format: str | None = None) -> dict[str, Any]:
+        """The config slice rule ``rule`` reads (its Snakemake ``params``), as JSON-able values: a
+        download's is its dataset's source; the format ablation's templatize has its own format.
+
+        >>> Plan(parse_config({})).slice("pool")
+        {'seed': 1234, 'pool_factor': 4.0, 'cap': 30000}
+        """
+        if rule == "download":
+            return DownloadSlice(seed=self.cfg.seed, source=self.cfg.download.source_for(dataset)
+                                 ).model_dump(mode="json")
+        if rule == "templatize" and format is not None:
+            return TemplatizeSlice.of(self.cfg, format=format).model_dump(mode="json")
+        return SLICES[rule].of(self.cfg).model_dump(mode="json")
+
+    def dataset_names(self) -> list[str]:
+        """The registry names this run uses, in registry order."""
+        return self.cfg.dataset_names()
+
+    def given_tokenizer(self) -> str | None:
+        """The tokenizer the run uses as it is, in place: the pretrained checkpoint's folder
+        (`tokenize.tokenizer.source: auto`), or `tokenize.tokenizer.path` when that is not a
+        SentencePiece `.model` file (a `.model` file is copied to `models/tokenizer/spm.model`);
+        None when the run trains its own.
+
+        >>> pretrained = {"model": {"source": "pretrained", "path": "/ckpt/smollm2"}}
+        >>> Plan(parse_config({"train": pretrained})).given_tokenizer()
+        '/ckpt/smollm2'
+        >>> Plan(parse_config({})).given_tokenizer() is None
+        True
+        """
+        tok = self.cfg.tokenize.tokenizer
+        if tok.source == "auto" and self.cfg.train.model.source == "pretrained":
+            return self.cfg.train.model.path
+        if tok.source == "file" and not tok.path.endswith(".model"):
+            return tok.path
+        return None
+
+    def mixtures(self) -> list[str]:
+        """The main mixtures: one per held-out cluster, then `all`."""
+        return [*self.cfg.heldout_clusters, "all"]
+
+    def ablation_mixtures(self) -> list[str]:
+        """The ablations' mixtures: `clusters_k` on the first k of `ablations.clusters`, and
+        `format_<f>` on all of them in another instruction format (the `instructions` point, or
+        whichever is `templatize.format`, is `clusters_N` itself)."""
+        if not self.cfg.ablations.enabled:
+            return []
+        n = len(self.cfg.ablations.clusters)
+        return [*(f"clusters_{k}" for k in range(1, n + 1)),
+                *(f"format_{f}" for f in self.cfg.ablations.formats if f != self.cfg.templatize.format)]
+
+    def evaluate_slice(self) -> dict[str, Any]:
+        """The keys an evaluation reads (its Snakemake params: a change reruns the evaluations only)."""
+        return self.cfg.model_dump(mode="json", include={
+            "seed": True, "evaluate": True, "templatize": {"options", "few_shot"},
+            "tokenize": {"max_input_tokens", "max_target_tokens", "truncate_inputs", "add_bos"}})
+
+    def all_mixtures(self) -> list[str]:
+        return [*self.mixtures(), *self.ablation_mixtures()]
+
+    def format_mixture(self, fmt: str) -> str:
+        """The mixture of the format ablation's point ``fmt``."""
+        if fmt == self.cfg.templatize.format:
+            return f"clusters_{len(self.cfg.ablations.clusters)}"
+        return f"format_{fmt}"
+
+    def mixture_format(self, mixture: str) -> str:
+        """The instruction format a mixture's examples are rendered in."""
+        if mixture.startswith("format_"):
+            return mixture.removeprefix("format_")
+        return self.cfg.templatize.format
+
+    def _ablation_clusters(self, mixture: str) -> list[str] | None:
+        if mixture.startswith("clusters_"):
+            return self.cfg.ablations.clusters[:int(mixture.removeprefix("clusters_"))]
+        if mixture.startswith("format_"):
+            return list(self.cfg.ablations.clusters)
+        return None
+
+    def mixture_datasets(self, mixture: str) -> list[str]:
+        """The run's datasets a mixture trains on (a held-out cluster and the clusters excluded with
+        it are left out; an ablation mixture takes its clusters)."""
+        if mixture == "all":
+            return self.cfg.dataset_names()
+        registry = load_registry()
+        clusters = self._ablation_clusters(mixture)
+        train = set(clusters if clusters is not None else registry.training_clusters(mixture))
+        return [d for d in self.cfg.dataset_names() if registry.datasets[d].cluster in train]
+
+    def heldout_for(self, mixture: str) -> list[str]:
+        """The clusters whose eval sets a mixture is decontaminated against (and evaluated on)."""
+        if mixture == "all":
+            return list(self.cfg.heldout_clusters)
+        if self._ablation_clusters(mixture) is not None:
+            return list(self.cfg.ablations.heldout)
+        return [mixture]
+
+    def eval_clusters(self) -> list[str]:
+        """Every cluster some model is evaluated on: the held-out clusters and the ablations'."""
+        extra = self.cfg.ablations.heldout if self.cfg.ablations.enabled else []
+        return list(dict.fromkeys([*self.cfg.heldout_clusters, *extra]))
+
+    def datasets_in(self, clusters: list[str]) -> list[str]:
+        """The run's datasets in ``clusters``, in registry order."""
+        registry = load_registry()
+        return [d for d in self.cfg.dataset_names() if registry.datasets[d].cluster in clusters]
+
+    def heldout_datasets(self) -> list[str]:
+        """The run's datasets in any evaluated cluster (their eval splits are decontaminated against)."""
+        return self.datasets_in(self.eval_clusters())

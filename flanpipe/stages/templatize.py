@@ -1,0 +1,238 @@
+"""Stage 2, templatize: every raw example phrased as a natural-language instruction.
+
+Train rows are rendered once per pass (``templatize.passes``): pass ``p`` of an example uses the
+template drawn from (seed, dataset, the example's stable key, p) by :func:`template_draws`, so a
+repeated example gets a new phrasing in each epoch of the mixture and no row's template depends on
+any other row. Eval rows get every template that poses the dataset's own task (turned-around
+templates are for training only), so evaluations can report the mean and the best template. The
+train rows are the dataset's pool (:mod:`flanpipe.stages.pool`): only rows that can pass the cap are
+rendered. Output: ``data/templatized/{dataset}.parquet`` (train rows, then eval rows, written batch
+by batch; within a batch, train rows by pass and then template, eval rows by template) and
+``{dataset}.manifest.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from flanpipe.core.config import TemplatizeConfig, TemplatizeSlice
+from flanpipe.core.io import (
+    code_version,
+    iter_parquet,
+    parquet_stream,
+    sha256_file,
+    utc_now,
+    write_json_atomic,
+)
+from flanpipe.core.keys import example_ids, stable_keys, template_draws
+from flanpipe.core.logs import progress
+from flanpipe.core.registry import DatasetSpec, load_registry
+from flanpipe.core.schemas import TEMPLATIZED_SCHEMA
+from flanpipe.core.templates import (
+    DatasetTemplates,
+    Rendered,
+    Template,
+    TemplateError,
+    load_bank,
+    plain_template,
+    render_template,
+    templates_digest,
+    use_string_pool,
+)
+
+# 4: renders the pool (data/pool), batch by batch
+STAGE_VERSION = "4"
+BATCH_ROWS = 8_192
+"""Rows rendered at a time (each ``passes`` times for train, once per template for eval)."""
+log = logging.getLogger(__name__)
+
+
+
+def templates_for(bank: DatasetTemplates, spec: DatasetSpec, cfg: TemplatizeConfig,
+                  role: str) -> tuple[Template, ...]:
+    if cfg.format != "instructions":
+        return (plain_template(spec, cfg.format),)
+    return bank.templates if role == "train" else bank.eval_templates
+
+
+def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
+                     cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None,
+                     field: str | None = None) -> pa.Table:
+    """Render raw rows of one split into the output schema.
+
+    Train rows are rendered ``cfg.passes`` times, each pass with the per-(example, pass) draw of
+    :func:`template_draws`; within a pass rows come out grouped by template (in template order), raw
+    order within a group, each group rendered on a zero-copy slice. Eval rows are rendered whole,
+    once per template. With ``max_input_tokens`` (and ``cfg.cut_long_field``), inputs longer than its
+    character estimate are fitted by :func:`fit_long_field`, cutting ``field`` (default: the long
+    field of ``raw``; a caller rendering a split in batches passes the split's).
+    """
+    templates = templates_for(bank, spec, cfg, role)
+    fit = None
+    if max_input_tokens is not None and cfg.cut_long_field:
+        fit = (field or long_field(spec, raw), math.floor((max_input_tokens - 1) * cfg.chars_per_token))
+    if role != "train":
+        return _render_groups(spec, bank, raw, role, cfg, [(t, 0, raw.num_rows) for t in templates], 0, fit)
+    draws = template_draws(stable_keys(spec, raw), len(templates), cfg.passes, spec.name, seed)
+    parts = []
+    for p, assignment in enumerate(draws):
+        grouped = raw.take(pa.array(np.argsort(assignment, kind="stable")))
+        sizes = np.bincount(assignment, minlength=len(templates))
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        groups = [(t, int(a), int(m)) for t, a, m in zip(templates, starts, sizes, strict=True)]
+        parts.append(_render_groups(spec, bank, grouped, role, cfg, groups, p, fit))
+    return pa.concat_tables(parts)
+
+
+def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
+                   cfg: TemplatizeConfig, groups: list[tuple[Template, int, int]], pass_: int,
+                   fit: tuple[str | None, int] | None = None) -> pa.Table:
+    """Render ``raw.slice(start, m)`` with each ``(template, start, m)`` group into the schema;
+    ``fit``: (long field, most input characters) for :func:`fit_long_field`."""
+    ids = example_ids(spec, raw, role)
+    row_index = raw.column("row_index").combine_chunks().cast(pa.int64())
+    parts = []
+    for template, start, m in groups:
+        if m == 0:
+            continue
+        r = render_template(bank, template, raw.slice(start, m), cfg.options)
+        cut = np.zeros(m, np.int32)
+        if fit is not None:
+            r, cut = fit_long_field(bank, template, raw.slice(start, m), r, *fit, cfg.options)
+        _check_not_empty(spec, template, r.inputs, "input")
+        _check_not_empty(spec, template, r.targets, "target")
+        const = {f.name: pa.repeat(pa.scalar(v, f.type), m) for f, v in zip(
+            [TEMPLATIZED_SCHEMA.field(k) for k in ("dataset", "cluster", "split", "template_id", "inverted",
+                                                   "format", "pass")],
+            [spec.name, spec.cluster, role, template.id, template.inverted, cfg.format, pass_], strict=True)}
+        parts.append(pa.Table.from_arrays([
+            r.inputs, r.targets, const["dataset"], const["cluster"], const["split"],
+            ids.slice(start, m), row_index.slice(start, m), const["template_id"], const["inverted"],
+            r.options, pa.array(r.answer_index, pa.int32()), const["format"], const["pass"],
+            pa.array(cut, pa.int32())], schema=TEMPLATIZED_SCHEMA))
+    return pa.concat_tables(parts) if parts else TEMPLATIZED_SCHEMA.empty_table()
+
+
+def long_field(spec: DatasetSpec, raw: pa.Table | Iterable[pa.Table]) -> str | None:
+    """The dataset's long field: of its top-level string text fields, the one with the most
+    characters in ``raw`` (a table, or a split's tables one batch at a time): the passage, the
+    article, the dialogue; None if it has none."""
+    chars: Counter[str] = Counter()
+    for table in [raw] if isinstance(raw, pa.Table) else raw:
+        for path in spec.text_fields:
+            if "." not in path and pa.types.is_string(table.schema.field(path).type):
+                chars[path] += pc.sum(pc.utf8_length(table.column(path))).as_py() or 0
+    best, most = None, 0
+    for path in spec.text_fields:  # the first of equals, in registry order
+        if chars[path] > most:
+            best, most = path, chars[path]
+    return best
+
+
+def _top_level_fields(spec: DatasetSpec) -> list[str]:
+    return sorted({p for p in spec.text_fields if "." not in p})
+
+
+def fit_long_field(bank: DatasetTemplates, template: Template, raw: pa.Table, rendered: Rendered,
+                   field: str | None, max_chars: int, options: str) -> tuple[Rendered, np.ndarray]:
+    """Re-render the rows whose input passes ``max_chars`` with the end of ``field`` cut (at a word
+    boundary) by the excess, so the text the template puts before and after it (the instruction, the
+    question, the OPTIONS) stays whole. Returns the rendering and the characters cut per row.
+
+    A template that does not use the field, or a row whose other text alone passes the budget (the
+    field is emptied), is left to the tokenizer's truncation, which the pack stage counts.
+    """
+    lengths = pc.utf8_length(rendered.inputs).to_numpy(zero_copy_only=False)
+    over = np.flatnonzero(lengths > max_chars)
+    cut = np.zeros(raw.num_rows, np.int32)
+    uses = field is not None and any(p.split("|")[0] == field for p in template.placeholders("input"))
+    if not len(over) or not uses:
+        return rendered, cut
+    column = raw.column(field).combine_chunks()
+    shorter = []
+    for i, text in zip(over, column.take(pa.array(over)).to_pylist(), strict=True):
+        keep = max(0, len(text) - int(lengths[i] - max_chars))
+        space = text.rfind(" ", 0, keep + 1)
+        text_cut = text[:space] if space > 0.8 * keep else text[:keep]
+        shorter.append(text_cut)
+        cut[i] = len(text) - len(text_cut)
+    mask = np.zeros(raw.num_rows, bool)
+    mask[over] = True
+    fitted = pc.replace_with_mask(column, pa.array(mask), pa.array(shorter, column.type))
+    table = raw.set_column(raw.schema.get_field_index(field), field, fitted)
+    return render_template(bank, template, table, options), cut
+
+
+def _check_not_empty(spec: DatasetSpec, template: Template, arr: pa.Array, what: str) -> None:
+    """Fail on a null or zero-length rendering (read off the offsets: no string is touched)."""
+    empty = pc.fill_null(pc.equal(pc.binary_length(arr), 0), True).to_numpy(zero_copy_only=False)
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        raise TemplateError(f"{spec.name} template {template.id}: the {what} of row {row} renders empty "
+                            f"({getattr(template, what)!r})")
+
+
+def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out_path: str | Path,
+                       cfg: TemplatizeSlice, batch_rows: int = BATCH_ROWS) -> dict:
+    """Templatize a train split (the dataset's pool, ``data/pool/{dataset}.parquet``, or any raw
+    train table) and an eval split into ``out_path``, plus a manifest beside it; inputs are fitted
+    to ``max_input_tokens`` (estimated) by cutting their long field. Each split is read, rendered and
+    written ``batch_rows`` rows at a time, so memory holds one batch's renderings."""
+    seed, max_input_tokens = cfg.seed, cfg.max_input_tokens
+    use_string_pool()
+    spec = load_registry().datasets[name]
+    bank = load_bank().get(name)
+    if bank is None and cfg.format == "instructions":
+        raise TemplateError(f"{name}: no templates in flanpipe/data/templates/{spec.cluster}.yaml")
+    out_path = Path(out_path)
+    bank = bank or DatasetTemplates(dataset=name, templates=())
+    fitting = bool(max_input_tokens) and cfg.cut_long_field
+    meta = {"stage": "templatize", "stage_version": STAGE_VERSION, "dataset": name,
+            "format": cfg.format, "options": cfg.options, "passes": cfg.passes, "seed": seed,
+            "max_input_tokens": max_input_tokens,
+            "templates_digest": templates_digest(name)}
+    counts, inputs = {}, {}
+    with parquet_stream(out_path, TEMPLATIZED_SCHEMA, meta) as writer:
+        for role, path in (("train", Path(train)), ("eval", Path(eval_split))):
+            examples = pq.ParquetFile(path).metadata.num_rows
+            inputs[role] = {"file": str(path), "rows": examples, "sha256": sha256_file(path)}
+            field = long_field(spec, iter_parquet(path, batch_rows, _top_level_fields(spec))) if fitting \
+                else None
+            per_template: Counter[int] = Counter()
+            rows = cut = 0
+            for raw in progress(iter_parquet(path, batch_rows), examples, f"{name}: templatize {role}"):
+                part = templatize_split(spec, bank, raw, role, cfg, seed, max_input_tokens, field)
+                writer.write(part)
+                per_template.update(part.filter(pc.equal(part.column("pass"), 0))
+                                    .column("template_id").to_pylist())
+                rows += part.num_rows
+                cut += int(pc.sum(pc.greater(part.column("input_cut"), 0)).as_py() or 0)
+            counts[role] = {"rows": rows, "examples": examples, "inputs_cut": cut, "long_field": field,
+                            "per_template": {str(k): v for k, v in sorted(per_template.items())}}
+            log.info("%s [%s]: %d examples -> %d rows over %d templates", name, role, examples, rows,
+                     len(per_template))
+    manifest = {**meta, "config": cfg.model_dump(), "inputs": inputs, "outputs": counts,
+                "sha256": sha256_file(out_path), "code": code_version("templatize", STAGE_VERSION),
+                "created_at": utc_now()}
+    write_json_atomic(out_path.with_suffix(".manifest.json"), manifest)
+    return manifest
+
+
+def render_examples(name: str, raw: pa.Table, options_style: str = "dash") -> list[dict]:
+    """One rendered example per template, for ``flanpipe templates --dataset``."""
+    bank = load_bank()[name]
+    rows = []
+    for t in bank.templates:
+        r = render_template(bank, t, raw.slice(0, 1), options_style)
+        rows.append({"template_id": t.id, "inverted": t.inverted, "inputs": r.inputs[0].as_py(),
+                     "targets": r.targets[0].as_py()})
+    return rows

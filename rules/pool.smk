@@ -1,0 +1,22 @@
+# Stage 2a, pool: the dedup.pool_factor * mix.cap train rows of lowest seeded priority (every row
+# with pool_factor: null): every stage after this one works on these and the eval split only.
+# Code: workflow_scripts/pool.py -> flanpipe/stages/pool.py
+from flanpipe.stages.pool import STAGE_VERSION as POOL_VERSION
+
+
+rule pool:
+    input:
+        train="data/raw/{dataset}/train.parquet",
+    output:
+        "data/pool/{dataset}.parquet",
+    log:
+        "logs/pool/{dataset}.log",
+    benchmark:
+        "benchmarks/pool/{dataset}.tsv"
+    conda:
+        "../envs/flanpipe.yaml"
+    params:
+        config=PLAN.slice("pool"),
+        stage_version=POOL_VERSION,
+    script:
+        "../workflow_scripts/pool.py"
