@@ -201,11 +201,13 @@ def test_catalog_tables_and_stats_command(workdir, con):
 
 
 def test_readme_queries_run(workdir):
-    """Every SQL block in the README runs against the demo catalog."""
+    """Every SQL block in the README and the docs runs against the demo catalog."""
     import re
 
-    readme = (REPO / "README.md").read_text()
-    queries = re.findall(r"```sql\n(.*?)```", readme, re.S)
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    queries = [q for page in pages for q in re.findall(r"```sql\n(.*?)```", page.read_text(), re.S)]
+    python = [b for page in pages for b in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
+    queries += [q for block in python for q in re.findall(r'con\.sql\("(.*?)"\)', block)]
     assert len(queries) >= 3
     c = duckdb.connect(str(workdir / "data/catalog.duckdb"), read_only=True)
     import os
