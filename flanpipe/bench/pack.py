@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flanpipe.bench.dedup import vocabulary
-from flanpipe.core import binpack as packing
+from flanpipe.core import binpack
 from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
 from flanpipe.core.keys import derive_seed
 from flanpipe.core.shards import PackedShards
@@ -146,7 +146,7 @@ def bench_pack(rows: int = 100_000, threads: int = 2, vocab: int = 32_000, windo
         for packer in ("best_fit", "next_fit"):
             def run(packer=packer, dims=dims):
                 for w in range(0, rows, window):
-                    packing.pack(packer, *_window(dims, w, window))
+                    binpack.pack(packer, *_window(dims, w, window))
             r[f"{name}_{packer}_examples_per_s"] = rows / _best_of(3, run)
     r["ours_mb_per_s"] = r["mb"] / r["ours_s"]
     r["raw_mb_per_s"] = r["mb"] / r["raw_s"]

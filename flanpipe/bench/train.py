@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flanpipe.core import binpack as packing
+from flanpipe.core import binpack
 from flanpipe.core.config import TrainSlice, parse_config
 from flanpipe.core.io import write_json_atomic
 from flanpipe.core.shards import stored_dtype
@@ -44,7 +44,7 @@ def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
     n = rows * 8
     size_in = np.minimum(np.ceil(rng.lognormal(5.0, 1.0, n)), LI - 1).astype(np.int64) + 1
     size_tg = np.minimum(np.ceil(rng.lognormal(2.5, 1.2, n)), LT - 1).astype(np.int64) + 1
-    placed = packing.pack("best_fit", size_in + size_tg, LI + LT, np.zeros(n, np.int64), 0)
+    placed = binpack.pack("best_fit", size_in + size_tg, LI + LT, np.zeros(n, np.int64), 0)
     bins, seg, off, n_rows = placed.row, placed.segment, placed.offset_a, placed.rows
     keep = np.flatnonzero(bins < rows)
     tokens = np.zeros(min(rows, n_rows), stored_dtype("decoder_only", LI, LT, VOCAB))
@@ -52,7 +52,7 @@ def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
     for size in (size_in[keep] - 1, size_tg[keep] - 1):  # random tokens before each EOS
         starts = np.concatenate([[0], np.cumsum(size)[:-1]])
         sides += [rng.integers(4, VOCAB, int(size.sum())), starts, size, size]
-    packing.fill_decoder_only(tokens["tokens"], bins[keep], off[keep], *sides, 1, False)
+    binpack.fill_decoder_only(tokens["tokens"], bins[keep], off[keep], *sides, 1, False)
     (out / "shards").mkdir(parents=True)
     writer = ShardWriter(out / "shards", tokens.dtype, len(tokens))
     writer.add(packed_rows(tokens, bins[keep], seg[keep], size_in[keep], size_tg[keep]))

@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flanpipe.core import binpack as packing
+from flanpipe.core import binpack
 from flanpipe.core.config import PackSlice
 from flanpipe.core.io import (
     atomic_dir,
@@ -194,7 +194,7 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: n
         dims = (size_in + size_tg, li_max + lt_max, np.zeros_like(size_in), 0)
     else:
         dims = (size_in, li_max, size_tg, lt_max)
-    placed = packing.pack(tcfg.packer, *dims)
+    placed = binpack.pack(tcfg.packer, *dims)
     bins, seg, off_a, off_b, n_rows = (placed.row, placed.segment, placed.offset_a, placed.offset_b,
                                        placed.rows)
     perm = rng.permutation(n_rows)
@@ -203,15 +203,15 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: n
     left = tcfg.truncate_inputs == "left"
     if tcfg.layout == "decoder_only":
         tokens["tokens"] = pad
-        packing.fill_decoder_only(tokens["tokens"], row, off_a, inputs.ids, inputs.starts, inputs.lengths,
+        binpack.fill_decoder_only(tokens["tokens"], row, off_a, inputs.ids, inputs.starts, inputs.lengths,
                                   keep_in, targets.ids, targets.starts, targets.lengths, keep_tg, eos, left)
         target_off = off_a + size_in
     else:
         tokens["inputs"] = pad
         tokens["targets"] = pad
-        packing.fill_side(tokens["inputs"], row, off_a, inputs.ids, inputs.starts, inputs.lengths, keep_in,
+        binpack.fill_side(tokens["inputs"], row, off_a, inputs.ids, inputs.starts, inputs.lengths, keep_in,
                           eos, left)
-        packing.fill_side(tokens["targets"], row, off_b, targets.ids, targets.starts, targets.lengths,
+        binpack.fill_side(tokens["targets"], row, off_b, targets.ids, targets.starts, targets.lengths,
                           keep_tg, eos, False)
         target_off = off_b
     for offsets, sizes in zip((off_a, off_b), dims[::2], strict=True):
@@ -219,8 +219,8 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: n
     placement = {"row": row, "segment": seg, "input_offset": off_a, "target_offset": target_off,
                  "input_tokens": size_in, "target_tokens": size_tg,
                  "input_tokens_full": inputs.full + 1, "target_tokens_full": targets.full + 1}
-    counts = {"rows": n_rows, "rows_lower_bound": packing.rows_lower_bound(*dims),
-              "rows_next_fit": packing.next_fit(*dims)[4]}
+    counts = {"rows": n_rows, "rows_lower_bound": binpack.rows_lower_bound(*dims),
+              "rows_next_fit": binpack.next_fit(*dims)[4]}
     return packed_rows(tokens, row, seg, size_in, size_tg), placement, counts
 
 

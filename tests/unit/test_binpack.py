@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flanpipe.core import binpack as packing
+from flanpipe.core import binpack
 
 
 def flan_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +49,7 @@ def naive_best_fit_decreasing(sizes: list[int], cap: int) -> list[int]:
 def test_best_fit_matches_the_textbook_algorithm(seed):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(2, 200, 600)
-    result = packing.pack("best_fit", sizes, 256, np.zeros_like(sizes), 0)
+    result = binpack.pack("best_fit", sizes, 256, np.zeros_like(sizes), 0)
     fills = np.bincount(result.row, weights=sizes).astype(int)
     assert sorted(fills.tolist()) == naive_best_fit_decreasing(sizes.tolist(), 256)
     check_placement(result, sizes, 256, np.zeros_like(sizes), 0)
@@ -58,35 +58,35 @@ def test_best_fit_matches_the_textbook_algorithm(seed):
 @pytest.mark.parametrize("packer", ["best_fit", "next_fit", "none"])
 def test_every_packer_places_each_example_once_within_the_row(packer):
     inputs, targets = flan_like(3000)
-    check_placement(packing.pack(packer, inputs + targets, 1280, np.zeros_like(inputs), 0),
+    check_placement(binpack.pack(packer, inputs + targets, 1280, np.zeros_like(inputs), 0),
                     inputs + targets, 1280, np.zeros_like(inputs), 0)
-    check_placement(packing.pack(packer, inputs, 1024, targets, 256), inputs, 1024, targets, 256)
+    check_placement(binpack.pack(packer, inputs, 1024, targets, 256), inputs, 1024, targets, 256)
 
 
 def test_targets_heavy_windows_pack_on_the_targets():
     """When targets fill rows faster than inputs, best fit runs on the targets and still fits both."""
     rng = np.random.default_rng(3)
     inputs, targets = rng.integers(1, 50, 2000), rng.integers(1, 128, 2000)  # e.g. translation
-    n = check_placement(packing.pack("best_fit", inputs, 1024, targets, 256), inputs, 1024, targets, 256)
-    assert n <= 1.01 * packing.rows_lower_bound(inputs, 1024, targets, 256)
+    n = check_placement(binpack.pack("best_fit", inputs, 1024, targets, 256), inputs, 1024, targets, 256)
+    assert n <= 1.01 * binpack.rows_lower_bound(inputs, 1024, targets, 256)
 
 
 def test_best_fit_reaches_the_efficiency_targets_on_flan_like_lengths():
     inputs, targets = flan_like(20_000)
     total = int((inputs + targets).sum())
-    n = packing.pack("best_fit", inputs + targets, 1280, np.zeros_like(inputs), 0).rows
-    n_next = packing.pack("next_fit", inputs + targets, 1280, np.zeros_like(inputs), 0).rows
+    n = binpack.pack("best_fit", inputs + targets, 1280, np.zeros_like(inputs), 0).rows
+    n_next = binpack.pack("next_fit", inputs + targets, 1280, np.zeros_like(inputs), 0).rows
     assert total / (n * 1280) >= 0.995 > total / (n_next * 1280)
-    rows = packing.pack("best_fit", inputs, 1024, targets, 256).rows
-    assert rows <= 1.04 * packing.rows_lower_bound(inputs, 1024, targets, 256)
+    rows = binpack.pack("best_fit", inputs, 1024, targets, 256).rows
+    assert rows <= 1.04 * binpack.rows_lower_bound(inputs, 1024, targets, 256)
 
 
 def test_an_example_larger_than_a_row_is_refused():
     with pytest.raises(ValueError, match="larger than a row"):
-        packing.pack("best_fit", np.array([3, 11]), 10, np.zeros(2, np.int64), 0)
+        binpack.pack("best_fit", np.array([3, 11]), 10, np.zeros(2, np.int64), 0)
     with pytest.raises(ValueError, match="allowed: best_fit"):
-        packing.pack("first_fit", np.array([3]), 10, np.zeros(1, np.int64), 0)
+        binpack.pack("first_fit", np.array([3]), 10, np.zeros(1, np.int64), 0)
 
 
 def test_empty_window():
-    assert packing.pack("best_fit", np.zeros(0, np.int64), 10, np.zeros(0, np.int64), 0).rows == 0
+    assert binpack.pack("best_fit", np.zeros(0, np.int64), 10, np.zeros(0, np.int64), 0).rows == 0
