@@ -14,8 +14,8 @@ Under DeepSpeed ZeRO-3 (``zero3=`` the DeepSpeed config), a pretrained checkpoin
 *while it loads*: :func:`load_model` constructs the empty model under ``deepspeed.zero.Init``
 (through ``transformers``' own DeepSpeed integration) and copies into each rank's partition only its
 slice of every tensor, read from the safetensors shards one tensor at a time. No rank holds the
-whole model; peak memory per rank falls with the number of ranks (figures in the README, section
-5). A new model (:func:`build_model` with ``source: config``) is built whole on every rank from the
+whole model; peak memory per rank falls with the number of ranks (figures in docs/stages/train.md).
+A new model (:func:`build_model` with ``source: config``) is built whole on every rank from the
 one seed and partitioned by ``deepspeed.initialize``, so its initial weights do not depend on the
 number of ranks or the ZeRO stage.
 :func:`save_checkpoint` gathers one parameter at a time to rank 0, which writes the shards.

@@ -1,10 +1,11 @@
 """Stage 6a, base_model: the untuned model every tuned model is compared with, as a checkpoint folder
 (``models/base/hf``) that evaluate scores like any other.
 
-It is the pretrained checkpoint itself (``train.model.source: pretrained``), or, for a model built
-from config, a new model of the same architecture and sizes initialised by ``transformers`` from the
-run's seed: not bit for bit the trained runs' initial weights (under ZeRO-3, rank 0 initialises module
-by module, which draws the random numbers in another order), but the same distribution.
+It is the pretrained checkpoint itself (``train.model.source: pretrained``, re-saved), or, for a
+model built from config, a new model of the run's architecture and sizes, built whole by
+:func:`~flanpipe.core.checkpoint.build_model` from the seed the trainer uses for its initial weights
+(``train/init``). With the shared tokenizer and float32 (every CPU run) that is the trained runs'
+starting point; a bf16 run, or a mixture with a tokenizer of its own, starts elsewhere.
 """
 
 from __future__ import annotations
@@ -24,11 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def export_base_model(cfg: BaseModelSlice, tokenizer: str | Path, out: str | Path) -> dict:
-    """The untuned base model as a checkpoint folder, for evaluation beside the tuned ones: the
-    pretrained checkpoint (``train.model.source: pretrained``), or a new model of the same
-    architecture and sizes, initialised by ``transformers`` from the same seed. (Not bit for bit the
-    trained runs' initial weights: under ZeRO-3, rank 0 initialises module by module, which draws
-    the random numbers in another order.)"""
+    """Write the untuned base model to ``out`` (a Hugging Face folder with ``tokenizer``'s files);
+    returns its source and parameter count."""
     model, row_tokens = cfg.model, cfg.max_input_tokens + cfg.max_target_tokens
     tok = load_tokenizer(tokenizer)
     torch.manual_seed(derive_seed(cfg.seed, "train/init"))
