@@ -3,7 +3,6 @@ from argparse import Namespace
 
 from flanpipe.core.planner import Plan
 from flanpipe.core.templates import templates_digest
-from flanpipe.core.tokenizers import tokenizer_file
 
 PLAN = Plan(CFG)
 DATASETS = PLAN.dataset_names()
@@ -63,11 +62,10 @@ def get_mixture_heldout(wildcards):
 
 def get_templatized_of(mixture, names):
     """A mixture's templatized inputs: the run's format, or the format ablation's own."""
-    fmt = PLAN.mixture_format(mixture)
-    if fmt == CFG.templatize.format:
-        return expand("data/templatized/{dataset}.parquet", dataset=names)
     return expand(
-        "data/templatized/formats/{format}/{dataset}.parquet", format=fmt, dataset=names
+        "{folder}/{dataset}.parquet",
+        folder=PLAN.templatized_folder(mixture),
+        dataset=names,
     )
 
 
@@ -107,28 +105,13 @@ def get_mixture_name(wildcards):
 def get_tokenizer_source(wildcards):
     """What the tokenizer is made from: a given .model file, or a mixture's shards (`all` for the
     shared tokenizer)."""
-    tokenizer = CFG.tokenize.tokenizer
-    if tokenizer.source == "file":
-        return {"model": tokenizer.path}
-    mixture = wildcards.get("mixture", "all")
-    return {
-        "shards": expand("data/mixtures/{mixture}/shards", mixture=mixture)[0],
-        "mixture_manifest": expand(
-            "data/mixtures/{mixture}/manifest.json", mixture=mixture
-        )[0],
-    }
+    return PLAN.tokenizer_source(wildcards.get("mixture", "all"))
 
 
 def get_tokenizer(wildcards):
     """The tokenizer a mixture is packed with: a checkpoint's own (or a given tokenizer.json),
     read in place; else the shared one, or the mixture's own."""
-    given = PLAN.given_tokenizer()
-    if given is not None:
-        return str(tokenizer_file(given))
-    tokenizer = CFG.tokenize.tokenizer
-    if tokenizer.shared or tokenizer.source == "file":
-        return "models/tokenizer/spm.model"
-    return expand("models/tokenizer/{mixture}/spm.model", mixture=wildcards.mixture)[0]
+    return PLAN.tokenizer_path(wildcards.mixture)
 
 
 def get_base_tokenizer(wildcards):
@@ -196,34 +179,12 @@ def get_eval_inputs(wildcards):
 
 def get_eval_results(few_shot=False):
     """Every held-out cluster's result files (tuned, and base if configured)."""
-    suffix = ".few_shot.json" if few_shot else ".json"
-    if few_shot and not CFG.evaluate.few_shot:
-        return []
-    out = []
-    for heldout in CFG.heldout_clusters:
-        for dataset in PLAN.datasets_in([heldout]):
-            out.append(f"results/eval/{heldout}/{dataset}{suffix}")
-    if CFG.evaluate.base_model:
-        datasets = PLAN.datasets_in(CFG.heldout_clusters)
-        out += [f"results/eval/base/{dataset}{suffix}" for dataset in datasets]
-    return out
+    return PLAN.eval_results(few_shot)
 
 
 def get_ablation_results(kind):
     """The result files of one ablation (`clusters` or `format`)."""
-    if not CFG.ablations.enabled:
-        return []
-    datasets = PLAN.datasets_in(CFG.ablations.heldout)
-    if kind == "clusters":
-        points = range(1, len(CFG.ablations.clusters) + 1)
-        return expand(
-            "results/ablations/clusters/{k}/{dataset}.json", k=points, dataset=datasets
-        )
-    return expand(
-        "results/ablations/format/{format}/{dataset}.json",
-        format=CFG.ablations.formats,
-        dataset=datasets,
-    )
+    return PLAN.ablation_results(kind)
 
 
 def get_report_inputs(wildcards):

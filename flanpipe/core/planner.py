@@ -132,3 +132,58 @@ class Plan:
     def heldout_datasets(self) -> list[str]:
         """The run's datasets in any evaluated cluster (their eval splits are decontaminated against)."""
         return self.datasets_in(self.eval_clusters())
+
+    def templatized_folder(self, mixture: str) -> str:
+        """Where a mixture's templatized files are: the run's format, or the format ablation's own."""
+        fmt = self.mixture_format(mixture)
+        return "data/templatized" if fmt == self.cfg.templatize.format else f"data/templatized/formats/{fmt}"
+
+    def tokenizer_path(self, mixture: str) -> str:
+        """The tokenizer a mixture is packed with: a checkpoint's own (or a given ``tokenizer.json``),
+        read in place; else the shared SentencePiece model, or the mixture's own."""
+        from flanpipe.core.tokenizers import tokenizer_file
+
+        given = self.given_tokenizer()
+        if given is not None:
+            return str(tokenizer_file(given))
+        tokenizer = self.cfg.tokenize.tokenizer
+        if tokenizer.shared or tokenizer.source == "file":
+            return "models/tokenizer/spm.model"
+        return f"models/tokenizer/{mixture}/spm.model"
+
+    def tokenizer_source(self, mixture: str = "all") -> dict[str, str]:
+        """What the ``tokenizer`` rule makes the tokenizer from: a given ``.model`` file, or a
+        mixture's shards and manifest (``all`` for the shared tokenizer)."""
+        tokenizer = self.cfg.tokenize.tokenizer
+        if tokenizer.source == "file":
+            return {"model": tokenizer.path}
+        return {"shards": f"data/mixtures/{mixture}/shards",
+                "mixture_manifest": f"data/mixtures/{mixture}/manifest.json"}
+
+    def eval_results(self, few_shot: bool = False) -> list[str]:
+        """Every held-out cluster's result files (tuned, and the base model's if configured).
+
+        >>> Plan(parse_config({"heldout_clusters": ["nli"], "datasets": ["rte"]})).eval_results()
+        ['results/eval/nli/rte.json', 'results/eval/base/rte.json']
+        """
+        suffix = ".few_shot.json" if few_shot else ".json"
+        if few_shot and not self.cfg.evaluate.few_shot:
+            return []
+        out = [f"results/eval/{heldout}/{dataset}{suffix}"
+               for heldout in self.cfg.heldout_clusters for dataset in self.datasets_in([heldout])]
+        if self.cfg.evaluate.base_model:
+            out += [f"results/eval/base/{dataset}{suffix}"
+                    for dataset in self.datasets_in(self.cfg.heldout_clusters)]
+        return out
+
+    def ablation_results(self, kind: str) -> list[str]:
+        """The result files of one ablation: ``clusters`` (one point per number of training
+        clusters) or ``format`` (one per instruction format)."""
+        abl = self.cfg.ablations
+        if not abl.enabled:
+            return []
+        datasets = self.datasets_in(abl.heldout)
+        if kind == "clusters":
+            points = [str(k) for k in range(1, len(abl.clusters) + 1)]
+            return [f"results/ablations/clusters/{k}/{d}.json" for k in points for d in datasets]
+        return [f"results/ablations/format/{f}/{d}.json" for f in abl.formats for d in datasets]
