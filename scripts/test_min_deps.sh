@@ -86,7 +86,7 @@ EOF
 # on CPU) and the two-rank Adafactor tests (simulated partitions, no DeepSpeed: the smoke above).
 tests=(test_scoring test_model test_checkpoint test_optim test_evaluate test_tokenizer_seam
        test_tokenizer_config test_download test_metrics test_config test_slurm_profile
-       test_packing test_io)
+       test_binpack test_io)
 files=()
 for t in "${tests[@]}"; do
   [ -f "tests/unit/$t.py" ] && files+=("tests/unit/$t.py")
