@@ -5,12 +5,13 @@ downstream of them; the same jobs `--forcerun <those rules>` schedules with the 
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 import yaml
 
 from flanpipe.core.config import SLICES
-from tests.conftest import REPO, run_snakemake
+from tests.conftest import run_snakemake
 from tests.unit.test_slices import DEMO, KEYS, PLANNER_KEYS, holds, mutated, slice_rules
 
 pytestmark = pytest.mark.e2e
@@ -25,20 +26,51 @@ VARIANTS = {
 
 
 def representatives() -> list[str]:
-    """One key for each set of rules a key can rerun (a slice's keys all rerun the same rules), of
-    the keys that change no job's existence."""
-    seen, keys = set(), []
-    for key in KEYS:
-        rules = frozenset(slice_rules(key))
-        if not rules or holds(sorted(PLANNER_KEYS), key) or rules in seen or mutated(DEMO, key) is None:
-            continue
-        seen.add(rules)
-        keys.append(key)
+    """A key for each rule that has a slice, held by that rule alone where one is (the rest are
+    held by several rules: one key for each such set), of the keys that change no job's existence.
+    A slice's keys all rerun the same rules, so one key stands for its slice."""
+    usable = [k for k in KEYS if slice_rules(k) and not holds(sorted(PLANNER_KEYS), k)
+              and mutated(DEMO, k) is not None]
+    keys, covered = [], set()
+    for key in usable:  # the rules' own keys first
+        rules = slice_rules(key)
+        if len(rules) == 1 and not rules <= covered:
+            keys.append(key)
+            covered |= rules
+    for key in usable:  # then keys shared by rules that have no key of their own
+        rules = slice_rules(key)
+        if not rules <= covered:
+            keys.append(key)
+            covered |= rules
     return keys
 
 
-def scheduled(workdir, *args, config_file=None) -> dict[str, int]:
-    proc = run_snakemake(workdir, "all", "-n", *args, config_file=config_file)
+def job_graph(workdir) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """Snakemake's own job graph of the run (``--forceall --dag``): each job's rule, and its jobs
+    downstream (the jobs that take its outputs)."""
+    proc = run_snakemake(workdir, "--forceall", "--dag", "dot", "--", "all")
+    rule = {m[1]: m[2] for m in re.finditer(r'^\s*(\d+)\[label = "(\w+)', proc.stdout, re.M)}
+    after: dict[str, set[str]] = {job: set() for job in rule}
+    for m in re.finditer(r"^\s*(\d+) -> (\d+)", proc.stdout, re.M):
+        after[m[1]].add(m[2])
+    return rule, after
+
+
+def downstream_counts(rule: dict[str, str], after: dict[str, set[str]], rules: set[str]) -> dict[str, int]:
+    """Jobs per rule of ``rules``' jobs and everything downstream of them."""
+    todo = [job for job, r in rule.items() if r in rules]
+    seen = set(todo)
+    while todo:
+        for nxt in after[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return dict(Counter(rule[job] for job in seen))
+
+
+def scheduled(workdir, config_file) -> dict[str, int]:
+    """The jobs per rule ``snakemake -n`` schedules on the finished run with ``config_file``."""
+    proc = run_snakemake(workdir, "all", "-n", config_file=config_file)
     text = proc.stdout + proc.stderr
     if "Nothing to be done" in text:
         return {}
@@ -46,20 +78,30 @@ def scheduled(workdir, *args, config_file=None) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
+@pytest.fixture(scope="module")
+def graph(demo_run):
+    return job_graph(demo_run)
+
+
 @pytest.mark.parametrize("key", representatives())
-def test_a_changed_key_reruns_its_rules_and_what_follows(demo_run, tmp_path, key):
-    changed = mutated(DEMO, key)
+def test_a_changed_key_reruns_its_rules_and_what_follows(demo_run, graph, tmp_path, key):
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(changed.model_dump(mode="json")))
-    rules = [v for rule in sorted(slice_rules(key)) for v in VARIANTS.get(rule, [rule])]
-    expected = scheduled(demo_run, "--forcerun", *rules, config_file=REPO / "config/config.yaml")
-    got = scheduled(demo_run, config_file=config)
+    config.write_text(yaml.safe_dump(mutated(DEMO, key).model_dump(mode="json")))
+    rules = {v for rule in slice_rules(key) for v in VARIANTS.get(rule, [rule])}
+    expected = downstream_counts(*graph, rules)
     assert expected, key
-    assert got == expected, (key, rules)
+    assert scheduled(demo_run, config) == expected, (key, sorted(rules))
+
+
+def test_an_unchanged_config_reruns_nothing(demo_run, tmp_path):
+    """The control: the same config written anew schedules no job."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(DEMO.model_dump(mode="json")))
+    assert scheduled(demo_run, config) == {}
 
 
 def test_every_slice_is_exercised():
     """The representatives cover every rule that has a slice (but the report: its keys are the
     ablations' points, which also decide which jobs exist)."""
     covered = {rule for key in representatives() for rule in slice_rules(key)}
-    assert covered == set(SLICES) - {"report"}  # the report's keys (the ablations') shape the DAG too
+    assert covered == set(SLICES) - {"report"}
