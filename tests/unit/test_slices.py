@@ -141,3 +141,10 @@ def test_each_rule_passes_its_slice_as_params():
     for rule in SLICES:
         text = (REPO / "rules" / f"{rule}.smk").read_text()
         assert f'config=PLAN.slice("{rule}")' in text or f"config=get_{rule}_slice" in text, rule
+
+
+def test_the_docs_list_each_rules_slice():
+    """docs/config.md's table of slices is the code's."""
+    text = (REPO / "docs/config.md").read_text()
+    for rule, cls in SLICES.items():
+        assert f"| `{rule}` | {', '.join(f'`{p}`' for p in cls.paths())} |" in text, rule
