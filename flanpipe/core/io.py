@@ -1,7 +1,9 @@
-"""Atomic writes, hashes and manifests shared by every stage.
+"""Atomic writes, named reads, hashes and manifests shared by every stage.
 
 A killed job must never leave a file that Snakemake or a later stage would take as complete, so
 every output is written to a temporary file in the same directory and renamed into place.
+A file that cannot be read raises :class:`ReadError`, whose message names the file and what it
+should have held (pyarrow's own errors, ``Parquet magic bytes not found``, name none).
 """
 
 from __future__ import annotations
@@ -29,6 +31,68 @@ ROW_GROUP_ROWS = 16_384
 """Rows per Parquet row group of streamed outputs (:class:`RowGroupWriter`)."""
 BATCH_BYTES = 32 << 20
 """Data per batch of a streamed read (:func:`iter_parquet`), as the file's column sizes count it."""
+
+
+class ReadError(RuntimeError):
+    """A file could not be read as what it should hold; the message names the file."""
+
+
+@contextlib.contextmanager
+def reading(path: Any, what: str) -> Iterator[None]:
+    """Re-raise an error of reading ``path`` as a :class:`ReadError` naming it and ``what`` it holds.
+
+    >>> try:
+    ...     with reading("/tmp/no-such-flanpipe-file.parquet", "Parquet"):
+    ...         _ = pq.read_table("/tmp/no-such-flanpipe-file.parquet")
+    ... except ReadError as err:
+    ...     print(str(err)[:70])
+    /tmp/no-such-flanpipe-file.parquet: could not read it as Parquet: File
+    """
+    try:
+        yield
+    except ReadError:
+        raise
+    except (pa.ArrowException, OSError, EOFError, ValueError) as err:
+        name = path if isinstance(path, str | os.PathLike) else (  # else an open file
+            getattr(path, "path", None) or getattr(path, "name", None) or path)
+        raise ReadError(f"{name}: could not read it as {what}: {type(err).__name__}: {err}") from err
+
+
+class ParquetReader(pq.ParquetFile):
+    """pyarrow's ``ParquetFile`` whose errors, on opening and on every read, name the file."""
+
+    def __init__(self, source: Any, *args: Any, **kwargs: Any):
+        self._source_name = source
+        with reading(source, "Parquet"):
+            super().__init__(source, *args, **kwargs)
+
+    def iter_batches(self, *args: Any, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+        with reading(self._source_name, "Parquet"):
+            yield from super().iter_batches(*args, **kwargs)
+
+    def read(self, *args: Any, **kwargs: Any) -> pa.Table:
+        with reading(self._source_name, "Parquet"):
+            return super().read(*args, **kwargs)
+
+    def read_row_group(self, *args: Any, **kwargs: Any) -> pa.Table:
+        with reading(self._source_name, "Parquet"):
+            return super().read_row_group(*args, **kwargs)
+
+    def read_row_groups(self, *args: Any, **kwargs: Any) -> pa.Table:
+        with reading(self._source_name, "Parquet"):
+            return super().read_row_groups(*args, **kwargs)
+
+
+def read_table(path: str | Path, **kwargs: Any) -> pa.Table:
+    """``pq.read_table``, with errors that name the file."""
+    with reading(path, "Parquet"):
+        return pq.read_table(path, **kwargs)
+
+
+def read_schema(path: str | Path) -> pa.Schema:
+    """``pq.read_schema``, with errors that name the file."""
+    with reading(path, "Parquet"):
+        return pq.read_schema(path)
 
 
 @contextlib.contextmanager
@@ -164,7 +228,7 @@ def iter_parquet(path: str | Path, batch_rows: int, columns: list[str] | None = 
     (``columns``: only these); memory holds one batch, whatever the file's size. Read through a
     1 MiB buffered stream without pre-buffering: pyarrow's default pre-buffers whole row groups
     ahead."""
-    pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    pf = ParquetReader(path, pre_buffer=False, buffer_size=1 << 20)
     meta = pf.metadata
     if meta.num_rows:
         wanted = set(columns or pf.schema_arrow.names)
@@ -177,7 +241,7 @@ def iter_parquet(path: str | Path, batch_rows: int, columns: list[str] | None = 
 
 
 def read_parquet_metadata(path: str | Path) -> dict[str, Any]:
-    meta = pq.read_schema(path).metadata or {}
+    meta = read_schema(path).metadata or {}
     return json.loads(meta.get(METADATA_KEY, b"{}"))
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flanpipe.core.io import reading
+
 LAYOUTS = ("decoder_only", "encoder_decoder")
 EXAMPLE_DTYPE = np.dtype([("input_tokens", "<u2"), ("target_tokens", "<u2")])
 """An example's stored lengths: its inputs and its targets, each with its EOS (inputs with BOS, if added)."""
@@ -173,6 +175,13 @@ def rebuild(out: np.ndarray, examples: np.ndarray, examples_per_row: np.ndarray)
     out["loss_mask"] = out["targets_segment_ids"] > 0
 
 
+def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load``, with errors that name the shard file (a truncated one: ``mmap length is greater
+    than file size``)."""
+    with reading(path, "a packed shard array (.npy)"):
+        return np.load(path, mmap_mode=mmap_mode)
+
+
 class PackedShards:
     """The packed rows of one mixture (``data/packed/{mixture}``), memory-mapped shard by shard.
 
@@ -193,9 +202,9 @@ class PackedShards:
         folder = self.directory / "shards"
         # (plain ndarray views of the maps: indexing a np.memmap costs more than the copy it makes)
         self._tokens, self._examples = (
-            [np.load(folder / s["files"][kind], mmap_mode="r").view(np.ndarray) for s in shards]
+            [_load_npy(folder / s["files"][kind], mmap_mode="r").view(np.ndarray) for s in shards]
             for kind in ("tokens", "examples"))
-        per_row = [np.load(folder / s["files"]["examples_per_row"]).astype(np.int64) for s in shards]
+        per_row = [_load_npy(folder / s["files"]["examples_per_row"]).astype(np.int64) for s in shards]
         for s, tokens, examples, counts in zip(shards, self._tokens, self._examples, per_row, strict=True):
             found = (len(tokens), len(counts), len(examples), int(counts.sum()))
             if found != (s["rows"], s["rows"], s["examples"], s["examples"]):

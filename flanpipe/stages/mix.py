@@ -30,11 +30,13 @@ import pyarrow.parquet as pq
 
 from flanpipe.core.config import MixSlice
 from flanpipe.core.io import (
+    ParquetReader,
     atomic_dir,
     code_version,
     iter_parquet,
     lookup,
     read_parquet_metadata,
+    read_table,
     sha256_file,
     utc_now,
     write_json_atomic,
@@ -140,7 +142,7 @@ def duplicate_components(dropped_paths: list[str | Path]) -> tuple[np.ndarray, n
     src, dst = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for path in dropped_paths:
         name = Path(path).name.removesuffix(".dropped.parquet")
-        t = pq.read_table(path, columns=["row_index", "kept_dataset", "kept_row_index"])
+        t = read_table(path, columns=["row_index", "kept_dataset", "kept_row_index"])
         if t.num_rows == 0:
             continue
         twin_ds = np.array([order[d] for d in t.column("kept_dataset").to_pylist()], np.int64)
@@ -244,10 +246,10 @@ def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray]
 
 def _load_pool(name: str, files: DatasetInputs, removes: set[str]) -> tuple[Pool, pa.Table]:
     """A dataset's pool rows, with the rows this mixture removes as contaminated, and its matches."""
-    fps = pq.read_table(files.fingerprints, columns=["row_index", "example_id", "priority", "exact_hi",
-                                                     "exact_lo"])
+    fps = read_table(files.fingerprints, columns=["row_index", "example_id", "priority", "exact_hi",
+                                                  "exact_lo"])
     row_index = fps.column("row_index").to_numpy()
-    matches = pq.read_table(files.decontam)
+    matches = read_table(files.decontam)
     removing = _in_clusters(matches, removes).column("row_index").to_numpy()
     pool = Pool(name=name, row_index=row_index,
                 example_id=fps.column("example_id").to_numpy(zero_copy_only=False),
@@ -506,7 +508,7 @@ class _Buckets:
         """Write every shard (its rows from each bucket file, in position order) as numbered shards
         into a temporary directory, then rename it onto ``shard_dir``: a killed job leaves no
         partial shard directory."""
-        readers = [(pq.ParquetFile(path), groups) for path, groups in self.files]
+        readers = [(ParquetReader(path), groups) for path, groups in self.files]
         with atomic_dir(shard_dir) as tmp:
             shards = []
             for k in progress(range(self.count), self.count, f"{meta['mixture']}: shards", unit="shards"):

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from flanpipe.core.config import PoolSlice
-from flanpipe.core.io import iter_parquet, lookup, parquet_stream
+from flanpipe.core.io import ParquetReader, iter_parquet, lookup, parquet_stream, read_schema
 from flanpipe.core.keys import priorities, stable_keys
 from flanpipe.core.logs import progress
 from flanpipe.core.registry import DatasetSpec, load_registry
@@ -90,9 +89,9 @@ def write_pool(name: str, train: str | Path, out_path: str | Path, cfg: PoolSlic
     pool_factor, cap, seed = cfg.pool_factor, cfg.cap, cfg.seed
     spec = load_registry().datasets[name]
     train = Path(train)
-    schema = pq.read_schema(train)
+    schema = read_schema(train)
     limit = pool_limit(pool_factor, cap)
-    raw_rows = pq.ParquetFile(train).metadata.num_rows
+    raw_rows = ParquetReader(train).metadata.num_rows
     started = time.monotonic()
     chosen = None
     if limit is not None and raw_rows > limit:

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from flanpipe.core.config import TemplatizeConfig, TemplatizeSlice
 from flanpipe.core.io import (
+    ParquetReader,
     code_version,
     iter_parquet,
     parquet_stream,
@@ -203,7 +203,7 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
     counts, inputs = {}, {}
     with parquet_stream(out_path, TEMPLATIZED_SCHEMA, meta) as writer:
         for role, path in (("train", Path(train)), ("eval", Path(eval_split))):
-            examples = pq.ParquetFile(path).metadata.num_rows
+            examples = ParquetReader(path).metadata.num_rows
             inputs[role] = {"file": str(path), "rows": examples, "sha256": sha256_file(path)}
             field = long_field(spec, iter_parquet(path, batch_rows, _top_level_fields(spec))) if fitting \
                 else None

@@ -64,3 +64,29 @@ def test_derive_seed_is_seed_plus_crc32():
     assert derive_seed(1, "rte") == (1 + zlib.crc32(b"rte")) % 2**32
     assert derive_seed(1, "rte") != derive_seed(1, "cb")
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_a_corrupt_parquet_read_names_the_file(tmp_path):
+    """Parquet magic bytes not found / ZSTD corruption: pyarrow names no file, our readers do."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from flanpipe.core.io import ReadError, iter_parquet, read_table
+
+    good = tmp_path / "templatized.parquet"
+    pq.write_table(pa.table({"text": [f"row {i} " * 50 for i in range(2_000)]}), good, compression="zstd")
+    data = bytearray(good.read_bytes())
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(data[: len(data) // 2])
+    corrupt = tmp_path / "corrupt.parquet"
+    middle = slice(len(data) // 4, len(data) // 4 + 400)
+    data[middle] = np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    corrupt.write_bytes(bytes(data))
+    for path in (truncated, corrupt):
+        with pytest.raises(ReadError, match="could not read it as Parquet") as err:
+            for _ in iter_parquet(path, 100):
+                pass
+        assert str(path) in str(err.value)
+        with pytest.raises(ReadError) as err:
+            read_table(path)
+        assert str(path) in str(err.value)

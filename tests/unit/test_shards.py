@@ -193,3 +193,19 @@ def test_the_trainer_reads_each_micro_batch_of_a_step_in_order(mixture):
                 assert (batch[name].numpy() == everything[name][idx]).all()
         # every target token follows a token of its own example (at least the inputs' EOS)
         assert got.local_targets == int(everything["loss_mask"][rows.ravel()].sum()) > 0
+
+
+def test_a_truncated_shard_names_its_file(mixture, tmp_path):
+    """np.load of a cut .npy says `mmap length is greater than file size`; PackedShards names it."""
+    import shutil
+
+    from flanpipe.core.io import ReadError
+
+    pack(mixture, "cut")
+    packed = tmp_path / "cut"
+    shutil.copytree(mixture[0] / "cut", packed)
+    tokens = packed / "shards/part-00000.tokens.npy"
+    tokens.write_bytes(tokens.read_bytes()[:-64])
+    with pytest.raises(ReadError, match="packed shard") as err:
+        PackedShards(packed)
+    assert str(tokens) in str(err.value)
