@@ -93,6 +93,8 @@ class SplitTally:
     rejected_by_kind: Counter = field(default_factory=Counter)
     bytes_reprs_decoded: Counter = field(default_factory=Counter)
     columns_present: set[str] = field(default_factory=set)
+    duplicate_ids: dict[str, int] = field(default_factory=dict)
+    """Ids held by more than one kept row, and how many rows hold them (set by the download stage)."""
 
     def add(self, checked: CheckedSplit, bad_lines: int = 0) -> None:
         self.rows_read += checked.rows_read

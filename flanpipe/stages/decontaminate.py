@@ -29,7 +29,7 @@ from flanpipe.core.io import (
     read_table,
     write_parquet_atomic,
 )
-from flanpipe.core.keys import example_ids
+from flanpipe.core.keys import example_ids, pool_duplicate_ids
 from flanpipe.core.logs import progress
 from flanpipe.core.registry import load_registry
 from flanpipe.core.schemas import MATCH_SCHEMA
@@ -80,10 +80,11 @@ def decontaminate_dataset(name: str, pool: str | Path, fingerprints: str | Path,
         meta = read_parquet_metadata(path)
         eval_sets[eval_name] = (int(meta["ngram"]), read_table(path).column("hash").to_numpy())
     parts = []
+    dups = pool_duplicate_ids(read_parquet_metadata(pool))
     for table in progress(iter_parquet(pool, batch_rows), pool_rows, f"{name}: decontaminate"):
         found = contaminated_rows(fp.word_hashes(raw_texts(spec, table)), eval_sets)
         row_index = table.column("row_index").to_numpy()
-        ids = example_ids(spec, table, "train")
+        ids = example_ids(spec, table, "train", dups)
         for eval_name, (rows, counts) in found.items():
             if not len(rows):
                 continue

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -49,6 +50,7 @@ from flanpipe.core.io import (
     utc_now,
     write_json_atomic,
 )
+from flanpipe.core.keys import duplicated, id_hashes
 from flanpipe.core.registry import DatasetSpec, load_registry
 from flanpipe.core.schemas import REJECTED_SCHEMA
 from flanpipe.core.validate import BadLine, SchemaError, SplitTally, check_split
@@ -590,6 +592,7 @@ def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: i
                 splits[role] = {"source_split": split, **origin, "rows_read": tally.rows_read,
                                 "rows": tally.rows, "rejected": tally.rejected,
                                 "rejected_by_kind": dict(tally.rejected_by_kind),
+                                "duplicate_ids": tally.duplicate_ids,
                                 "extra_columns_dropped": tally.extra_columns(spec),
                                 "bytes_reprs_decoded": {f: tally.bytes_reprs_decoded[f]
                                                         for f in spec.hub.bytes_repr_fields},
@@ -623,10 +626,13 @@ def _check_batches(batches: Iterable[Batch], spec: DatasetSpec, split: str,
     """
     tally = SplitTally()
     first_rejected = ""
+    ids: list[np.ndarray] = []
     try:
         for data, bad in batches:
             checked = check_split(data, spec, split, bad, row_offset=tally.rows_read,
                                   require_schema=False)
+            if (hashes := id_hashes(spec, checked.table)) is not None:
+                ids.append(hashes)
             writer.write(checked.table)
             rejected_writer.write(checked.rejected)
             tally.add(checked, bad_lines=len(bad))
@@ -638,6 +644,12 @@ def _check_batches(batches: Iterable[Batch], spec: DatasetSpec, split: str,
         tally.check_schema(spec, split)
     except (SchemaError, ReadError) as err:
         raise DownloadError(f"{where}: {err}") from err
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.uint64)
+    dups = duplicated(all_ids)
+    tally.duplicate_ids = {"ids": len(dups), "rows": int(np.isin(all_ids, dups).sum()) if len(dups) else 0}
+    if len(dups):
+        log.warning("%s [%s]: %d ids are held by %d rows; those rows are keyed by their content too",
+                    spec.name, split, *tally.duplicate_ids.values())
     if not require_rows:
         return tally
     if tally.rows_read == 0:

@@ -277,6 +277,12 @@ def _dataset_counts(name: str, files: DatasetInputs, pool: Pool, fate: np.ndarra
     return counts
 
 
+def _duplicate_id_rows(files: DatasetInputs) -> int:
+    """Raw train rows whose source id another row also holds (the download manifest's count)."""
+    manifest = json.loads(Path(files.manifest).read_text(encoding="utf-8"))["splits"]["train"]
+    return int(manifest.get("duplicate_ids", {}).get("rows", 0))
+
+
 def _in_clusters(matches: pa.Table, clusters: set[str]) -> pa.Table:
     return matches.filter(pc.is_in(matches.column("eval_cluster"), pa.array(sorted(clusters), pa.string())))
 
@@ -372,7 +378,9 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
                         outside, cfg.pool_factor, short)
         stats.append({"mixture": mixture, "dataset": name, "cluster": registry.datasets[name].cluster,
                       **counts, "mean_input_chars": chars_in, "mean_target_chars": chars_out,
-                      "mean_tokens_est": tokens, "pool_short": short})
+                      "mean_tokens_est": tokens, "pool_short": short,
+                      # in the manifest's stats only (stats.parquet keeps its columns)
+                      "duplicate_id_rows": _duplicate_id_rows(files)})
         kept_rows.append(kept)
         found = _in_clusters(matches[k], heldout)
         removed = pc.is_in(found.column("eval_cluster"), pa.array(sorted(removes), pa.string()))
