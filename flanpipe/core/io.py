@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ import pyarrow.parquet as pq
 
 import flanpipe
 
+log = logging.getLogger(__name__)
 METADATA_KEY = b"flanpipe"
 ROW_GROUP_ROWS = 16_384
 """Rows per Parquet row group of streamed outputs (:class:`RowGroupWriter`)."""
@@ -95,9 +97,45 @@ def read_schema(path: str | Path) -> pa.Schema:
         return pq.read_schema(path)
 
 
+def temporary_name(path: Path, name: str) -> bool:
+    """Whether ``name`` is one of the temporaries :func:`atomic_path` and :func:`atomic_dir` make
+    beside ``path``: ``.{path.name}.`` + tempfile's 8 random characters + ``.tmp``.
+
+    >>> temporary_name(Path("data/pool/rte.parquet"), ".rte.parquet.k2_x9q0a.tmp")
+    True
+    >>> temporary_name(Path("data/x"), ".x.y.k2_x9q0a.tmp")  # the temporary of data/x.y
+    False
+    """
+    prefix = f".{path.name}."
+    middle = name[len(prefix):-len(".tmp")]
+    return (name.startswith(prefix) and name.endswith(".tmp") and len(middle) == 8
+            and all(c.isalnum() or c == "_" for c in middle))
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries a killed job left beside ``path`` (files or folders); return them.
+
+    Called by :func:`atomic_path` and :func:`atomic_dir` before they make their own, so the next run
+    of the rule that writes ``path`` cleans up after the one that was killed (Snakemake never runs two
+    jobs for one output at once).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = [p for p in path.parent.iterdir() if temporary_name(path, p.name)]
+    for p in stale:
+        log.info("removing %s, left by a job that did not finish", p)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    Temporaries of ``path`` that a killed job left are removed first.
 
     >>> with atomic_path("/tmp/flanpipe-doctest.txt") as tmp:
     ...     _ = tmp.write_text("done")
@@ -106,6 +144,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -121,7 +160,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``; if the block succeeds, it replaces
-    ``path`` (and whatever was there). A killed job leaves no partial directory at ``path``.
+    ``path`` (and whatever was there). A killed job leaves no partial directory at ``path``, and the
+    next one removes the temporary directory it left.
 
     >>> with atomic_dir("/tmp/flanpipe-doctest-dir") as tmp:
     ...     _ = (tmp / "part-0").write_text("rows")
@@ -130,6 +170,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

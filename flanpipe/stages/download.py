@@ -545,14 +545,6 @@ def _open_split(spec: DatasetSpec, source: SourceSpec, split: str,
     return iter([(records, bad)]), {"path": path}
 
 
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Temporary files a killed download left beside its outputs (``.train.parquet.*.tmp``)."""
-    for name in ("train.parquet", "eval.parquet", "rejected.parquet", "manifest.json"):
-        for stale in out_dir.glob(f".{name}.*.tmp"):
-            log.info("removing %s, left by a download that did not finish", stale)
-            stale.unlink(missing_ok=True)
-
-
 def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: int,
                      batch_rows: int = BATCH_ROWS) -> dict:
     """Read ``name``'s train and eval splits from ``source`` into ``out_dir``; return the manifest.
@@ -564,7 +556,6 @@ def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: i
     spec = load_registry().datasets[name]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
     log.info("%s: reading %s from %s in batches of %d rows", name, spec.split_roles, source.kind,
              batch_rows)
     parquet_meta = {"stage": "download", "stage_version": STAGE_VERSION, "dataset": name,
