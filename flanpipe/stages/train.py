@@ -56,7 +56,7 @@ from flanpipe.core.optim import (
     constant_with_warmup,
     optimizer_state_bytes,
 )
-from flanpipe.core.shards import PackedShards
+from flanpipe.core.shards import PackedShards, verify_shards
 
 STAGE_VERSION = "3"  # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models
 log = logging.getLogger(__name__)
@@ -199,6 +199,8 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
     ckpt_dir = out_dir / "checkpoints"
     is_main = dist.rank == 0
 
+    verify_s = verify_shards(packed_dir)  # every rank: a mismatch stops each before the first step
+    log.info("%s: packed shards match the pack manifest (%.2f s to check)", packed_dir, verify_s)
     data = PackedShards(packed_dir)
     if data.layout != "decoder_only":
         raise ValueError(f"{packed_dir}: layout {data.layout!r}; the trainer trains decoder-only models "
@@ -294,7 +296,7 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         "adamw_state_bytes_rank0": adam_state_bytes(engine.optimizer),
         "peak_memory_bytes_rank0": torch.cuda.max_memory_allocated(device) if on_gpu else None,
         "tokens_per_s_this_run": tokens_seen / elapsed if elapsed > 0 else None,
-        "packed": {"path": str(packed_dir), "rows": len(data),
+        "packed": {"path": str(packed_dir), "rows": len(data), "verified_s": verify_s,
                    "manifest_sha256": sha256_file(Path(packed_dir) / "manifest.json")},
         "config": {"train": tcfg.model_dump(mode="json")}, "code": code_version("train", STAGE_VERSION),
         "created_at": utc_now(),
