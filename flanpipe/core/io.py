@@ -286,6 +286,18 @@ def read_parquet_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(meta.get(METADATA_KEY, b"{}"))
 
 
+class ArtifactMismatch(ValueError):
+    """A file is not the file its producer's manifest describes (its sha256 differs)."""
+
+
+def verify_sha256(path: str | Path, expected: str | None, manifest: str | Path) -> None:
+    """Raise :class:`ArtifactMismatch` naming ``path`` if its sha256 is not ``expected`` (the value
+    ``manifest`` records; None: the manifest records none, nothing to check)."""
+    if expected is not None and (found := sha256_file(path)) != expected:
+        raise ArtifactMismatch(f"{path}: sha256 {found}, but {manifest} says {expected}: the file changed "
+                               "after the rule that wrote it; rerun that rule (snakemake --forcerun)")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flanpipe.core.io import reading, sha256_file
+from flanpipe.core.io import ArtifactMismatch, reading, verify_sha256
 
 LAYOUTS = ("decoder_only", "encoder_decoder")
 EXAMPLE_DTYPE = np.dtype([("input_tokens", "<u2"), ("target_tokens", "<u2")])
@@ -176,15 +176,12 @@ def rebuild(out: np.ndarray, examples: np.ndarray, examples_per_row: np.ndarray)
     out["loss_mask"] = out["targets_segment_ids"] > 0
 
 
-class ShardMismatch(ValueError):
-    """A packed shard file is not the file the pack manifest describes (size or sha256)."""
-
-
 def verify_shards(directory: str | Path) -> float:
     """Check every shard file of a packed mixture against its pack manifest: each shard's files add
-    up to its ``bytes`` and each file has its ``sha256``. Raises :class:`ShardMismatch` naming the file
-    (a truncated or overwritten shard would otherwise train, or fail naming nothing). Returns the
-    seconds the check took (it reads every byte: about 1 s per GB from the page cache).
+    up to its ``bytes`` and each file has its ``sha256``. Raises
+    :class:`~flanpipe.core.io.ArtifactMismatch` naming the file (a truncated or overwritten shard
+    would otherwise train, or fail naming nothing). Returns the seconds the check took (it reads
+    every byte: about 1 s per GB from the page cache).
     """
     started = time.perf_counter()
     directory = Path(directory)
@@ -194,18 +191,15 @@ def verify_shards(directory: str | Path) -> float:
         paths = {kind: folder / name for kind, name in shard.get("files", {}).items()}
         missing = [str(p) for p in paths.values() if not p.is_file()]
         if missing:
-            raise ShardMismatch(f"{missing[0]}: missing, though {directory / 'manifest.json'} lists it; "
+            raise ArtifactMismatch(f"{missing[0]}: missing, though {directory / 'manifest.json'} lists it; "
                                 "rerun the pack rule")
         size = sum(p.stat().st_size for p in paths.values())
         if "bytes" in shard and size != shard["bytes"]:
             sizes = {str(p): p.stat().st_size for p in paths.values()}
-            raise ShardMismatch(f"{folder}: the files of shard {paths['tokens'].name} hold {size} bytes "
+            raise ArtifactMismatch(f"{folder}: the files of shard {paths['tokens'].name} hold {size} bytes "
                                 f"({sizes}), the pack manifest says {shard['bytes']}; rerun the pack rule")
         for kind, path in paths.items():
-            expected = shard.get("sha256", {}).get(kind)
-            if expected is not None and (found := sha256_file(path)) != expected:
-                raise ShardMismatch(f"{path}: sha256 {found}, the pack manifest says {expected}: the file "
-                                    "changed after pack wrote it; rerun the pack rule")
+            verify_sha256(path, shard.get("sha256", {}).get(kind), directory / "manifest.json")
     return time.perf_counter() - started
 
 

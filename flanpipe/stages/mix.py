@@ -39,6 +39,7 @@ from flanpipe.core.io import (
     read_table,
     sha256_file,
     utc_now,
+    verify_sha256,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -354,6 +355,11 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
         leaked = [d for d in datasets if registry.datasets[d].cluster in excluded]
         if leaked:
             raise ValueError(f"mixture {mixture!r} must not train on {leaked} (held out or excluded)")
+    for files in inputs:  # the templatized tables are the ones templatize wrote
+        manifest = Path(files.templatized).with_suffix(".manifest.json")
+        if manifest.is_file():
+            verify_sha256(files.templatized, json.loads(manifest.read_text(encoding="utf-8")).get("sha256"),
+                          manifest)
     loaded = [_load_pool(n, f, removes) for n, f in zip(datasets, inputs, strict=True)]
     pools, matches = tuple(p for p, _ in loaded), [m for _, m in loaded]
     fates = resolve_mixture(list(pools), duplicate_components(dropped_paths), cfg.mix.cap)

@@ -223,3 +223,17 @@ def test_rows_sharing_a_source_id_are_counted_and_keyed_apart(tmp_path, pool_fac
     draws = {r["example_id"]: r["template_id"] for r in tmpl if r["row_index"] < 3 and r["pass"] == 0
              and r["example_id"].startswith("rte:train:")}
     assert len(draws) == 3 and len(set(draws.values())) > 1
+
+
+def test_mix_refuses_a_templatized_table_that_is_not_the_one_templatize_wrote(tmp_path):
+    """A corrupt or replaced `data/templatized/{dataset}.parquet` (a valid Parquet file of other rows)
+    stops mix, naming the file, instead of mixing it."""
+    table = pa.table({"sentence": [f"Sentence number {i} is fine." for i in range(30)],
+                      "label": [i % 2 for i in range(30)], "idx": list(range(30))})
+    out, inputs, cfg = build(tmp_path, {"sst2": table}, cap=10, pool_factor=None)
+    templatized = Path(inputs[0].templatized)
+    rows = pq.read_table(templatized)
+    pq.write_table(rows.slice(1), templatized)  # one row fewer
+    with pytest.raises(ValueError, match="sha256") as err:
+        build_mixture("all", ["sst2"], [], inputs, tmp_path / "mix2", MixSlice.of(cfg))
+    assert str(templatized) in str(err.value)
