@@ -46,6 +46,7 @@ from flanpipe.core.io import (
     RowGroupWriter,
     atomic_path,
     code_version,
+    reading,
     sha256_file,
     utc_now,
     write_json_atomic,
@@ -216,6 +217,8 @@ def iter_csv_batches(path: Path, spec: DatasetSpec, batch_rows: int = BATCH_ROWS
 
     Cells stay text (the validator parses numbers as it does for any string); an empty cell is an
     empty string in a text field (``empty_text``) and a missing value in any other declared field.
+    Cells are read as bytes and decoded per batch; a row with a cell that is not UTF-8 is quarantined
+    (``invalid_utf8``), the rest of its batch kept.
     A ragged row (more or fewer cells than the header) is quarantined (``ragged_row``) and the rows
     around it kept; pyarrow does not say where in its block a ragged row stood, so ragged rows come
     last in the split's ``row_index`` numbering, after every parsed row, in the order met.
@@ -227,29 +230,60 @@ def iter_csv_batches(path: Path, spec: DatasetSpec, batch_rows: int = BATCH_ROWS
                               f"{row.expected_columns}", row.text))
         return "skip"
 
-    parse = pacsv.ParseOptions(invalid_row_handler=quarantine)
-    with pacsv.open_csv(path, parse_options=parse) as probe:
-        names = probe.schema.names
-    ragged.clear()
-    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names},
-                                   strings_can_be_null=False, auto_dict_encode=False)
-    not_text = [f.name for f in spec.schema if f.name in names and f.type != pa.string()]
-    rows: list[pa.RecordBatch] = []
-    n_rows = 0
-    with pacsv.open_csv(path, convert_options=convert, parse_options=parse) as reader:
-        for batch in reader:
-            rows.append(batch)
-            n_rows += batch.num_rows
-            while n_rows >= batch_rows:
-                table = pa.Table.from_batches(rows)
-                yield _empty_cells_as_null(table.slice(0, batch_rows), not_text), {}
-                rest = table.slice(batch_rows)
-                rows, n_rows = rest.to_batches(), rest.num_rows
-    if n_rows:
-        yield _empty_cells_as_null(pa.Table.from_batches(rows, schema=reader.schema), not_text), {}
+    with reading(path, "CSV with a header row"):  # pyarrow's errors name no file
+        parse = pacsv.ParseOptions(invalid_row_handler=quarantine)
+        with pacsv.open_csv(path, parse_options=parse) as probe:
+            names = probe.schema.names
+        ragged.clear()
+        convert = pacsv.ConvertOptions(column_types={name: pa.binary() for name in names},
+                                       strings_can_be_null=False, auto_dict_encode=False)
+        not_text = [f.name for f in spec.schema if f.name in names and f.type != pa.string()]
+        rows: list[pa.RecordBatch] = []
+        n_rows = 0
+        with pacsv.open_csv(path, convert_options=convert, parse_options=parse) as reader:
+            for batch in reader:
+                rows.append(batch)
+                n_rows += batch.num_rows
+                while n_rows >= batch_rows:
+                    table = pa.Table.from_batches(rows)
+                    yield _csv_batch(table.slice(0, batch_rows), not_text)
+                    rest = table.slice(batch_rows)
+                    rows, n_rows = rest.to_batches(), rest.num_rows
+        if n_rows:
+            yield _csv_batch(pa.Table.from_batches(rows, schema=reader.schema), not_text)
     for start in range(0, len(ragged), batch_rows):
         part = ragged[start:start + batch_rows]
         yield [None] * len(part), dict(enumerate(part))
+
+
+def _csv_batch(table: pa.Table, not_text: list[str]) -> Batch:
+    """A batch of CSV cells read as bytes, as text: one cast when every cell is UTF-8 (the fast path),
+    else column by column, the rows with a bad cell set aside as ``invalid_utf8``."""
+    text_schema = pa.schema([pa.field(f.name, pa.string()) for f in table.schema])
+    try:
+        return _empty_cells_as_null(table.cast(text_schema), not_text), {}
+    except pa.ArrowInvalid:
+        pass
+    columns, bad_rows = [], set()
+    for column in table.columns:
+        try:
+            columns.append(column.cast(pa.string()))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values = []
+        for i, value in enumerate(column.to_pylist()):
+            try:
+                values.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(None)
+                bad_rows.add(i)
+        columns.append(pa.array(values, pa.string()))
+    rows = table.to_pylist()
+    bad = {i: BadLine("invalid_utf8", "row has a cell that is not valid UTF-8",
+                      ",".join(v.decode("utf-8", "backslashreplace") for v in rows[i].values()))
+           for i in sorted(bad_rows)}
+    return _empty_cells_as_null(pa.Table.from_arrays(columns, schema=text_schema), not_text), bad
 
 
 def _empty_cells_as_null(table: pa.Table, names: list[str]) -> pa.Table:

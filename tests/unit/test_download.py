@@ -446,6 +446,20 @@ def test_a_ragged_csv_row_is_quarantined_and_the_good_rows_kept(tmp_path):
     assert rejected["row"] == "Too many,cells,41,0,surplus" and rejected["row_index"] == 41
 
 
+@pytest.mark.parametrize("batch_rows", [4, 16_384])
+def test_a_csv_row_with_bad_utf8_is_quarantined_and_the_good_rows_kept(tmp_path, batch_rows):
+    lines = [b"premise,hypothesis,idx,label",
+             *(f"Premise {i}.,Hypothesis {i}.,{i},{i % 2}".encode() for i in range(40))]
+    lines.insert(6, b"Caf\xe9 au lait.,A drink.,99,0")
+    source = _local_rte(tmp_path / "src", "train.csv", b"\n".join(lines) + b"\n")
+    manifest = download_dataset("rte", source, tmp_path / "out", seed=1, batch_rows=batch_rows)
+    train = manifest["splits"]["train"]
+    assert (train["rows_read"], train["rows"], train["rejected_by_kind"]) == (41, 40, {"invalid_utf8": 1})
+    [rejected] = pq.read_table(tmp_path / "out/rejected.parquet").to_pylist()
+    assert rejected["row_index"] == 5 and rejected["row"] == "Caf\\xe9 au lait.,A drink.,99,0"
+    assert pq.read_table(tmp_path / "out/train.parquet").column("idx").to_pylist() == list(range(40))
+
+
 @pytest.mark.parametrize("name, content, words", [
     ("train.jsonl", b"", "has no rows"),
     ("train.jsonl", b"\n \n", "has no rows"),
@@ -453,6 +467,7 @@ def test_a_ragged_csv_row_is_quarantined_and_the_good_rows_kept(tmp_path):
     ("train.jsonl", b"premise,hypothesis,idx,label\np,h,0,0\n", "CSV or TSV text"),
     ("train.json", b'{"premise": "p", "hypothesis": "h", "idx": 0, "label": 5}\n', "every one of the 1 rows"),
     ("train.csv", b"premise,hypothesis,idx,label\n", "has no rows"),
+    ("train.csv", b"", "could not read it as CSV"),
     ("train.parquet", b"PAR1 not really a Parquet file", "could not read it as Parquet"),
 ])
 def test_a_file_that_is_not_what_its_name_says_stops_the_download_naming_it(tmp_path, name, content,
