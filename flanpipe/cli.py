@@ -11,7 +11,7 @@
     flanpipe show-packed --mixture nli [--row 0]
     flanpipe launch [--launcher torchrun|srun] [--nodes 1] [--tasks-per-node 2] -- train --mixture nli
     flanpipe train --mixture nli [--config ...]   (one rank; started by torchrun, srun or launch)
-    flanpipe bench templatize|dedup|pack|train [--rows N] [--threads 2] [--size 1b --steps 300]
+    flanpipe bench templatize|dedup|pack|train|download [--rows N] [--threads 2] [--size 1b --steps 300]
     flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2] [--budget-steps 30000]
     flanpipe bench fewshot [--rows 392702] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
     flanpipe check-config [--config config/config.yaml]
@@ -34,6 +34,7 @@ from flanpipe.core.config import (
     json_schema_text,
     load_config,
 )
+from flanpipe.core.io import read_table
 from flanpipe.core.logs import setup_logging
 from flanpipe.core.planner import Plan
 from flanpipe.core.registry import embedded_datasets, load_registry
@@ -90,7 +91,6 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_templates(args: argparse.Namespace) -> int:
     """Print one rendered example of each of a dataset's templates."""
-    import pyarrow.parquet as pq
 
     from flanpipe.core.templates import load_bank
     from flanpipe.core.validate import check_split
@@ -100,7 +100,7 @@ def cmd_templates(args: argparse.Namespace) -> int:
     reg = load_registry()
     spec = reg.datasets[args.dataset]
     if args.raw:
-        raw = pq.read_table(args.raw)
+        raw = read_table(args.raw)
     elif args.dataset in embedded_datasets():
         split = spec.split_roles.get("train") or spec.split_roles["eval"]
         records, bad, _ = read_embedded_split(spec, split)
@@ -300,6 +300,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench_fewshot.bench_fewshot(args.rows, args.tokenizer, args.threads, args.peer_templates)
         bench_fewshot.print_fewshot(result)
         return 0 if all(result["identical"].values()) else 1
+    if args.what == "download":
+        from flanpipe.bench import download as bench_download
+
+        bench_download.print_download(bench_download.bench_download(args.rows or 200_000))
+        return 0
     if args.what == "dedup":
         from flanpipe.bench import dedup as bench_dedup
 
@@ -420,9 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
-    p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale", "fewshot"])
+    p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale", "fewshot",
+                                     "download"])
     p.add_argument("--rows", type=int, default=None,
-                   help="rows (default: 1M templatize and dedup, 100k pack; eval: 96 prompts; "
+                   help="rows (default: 1M templatize and dedup, 100k pack, 200k download; eval: 96 prompts; "
                         "fewshot: 392,702 MNLI train rows)")
     p.add_argument("--peer-rows", type=int, default=None,
                    help="rows the (slower) peer processes (default: 200k templatize, 20k dedup)")

@@ -1,6 +1,7 @@
 """Snakemake script of rule `train`: save the run's config, keep the checkpoints only if they hold an
-unfinished run of the same inputs, then launch `flanpipe train` on every rank (torchrun locally; srun
-under the Slurm profile) and wait for it."""
+unfinished run of the same inputs (refusing while a live run holds the model folder's lock), then
+launch `flanpipe train` on every rank (torchrun locally; srun under the Slurm profile) and wait for
+it; the launcher dies with this job."""
 
 import subprocess
 from pathlib import Path
@@ -9,7 +10,7 @@ import yaml
 
 from flanpipe.core.config import TrainSlice
 from flanpipe.core.io import sha256_file, write_text_atomic
-from flanpipe.core.launch import keep_or_clear_checkpoints, launch_command, ranks_per_node
+from flanpipe.core.launch import die_with_parent, keep_or_clear_checkpoints, launch_command, ranks_per_node
 
 out = Path(snakemake.output.run).parent
 config = out / "config.yaml"
@@ -31,4 +32,5 @@ cmd = launch_command(res.launcher, nodes, per_node, [
 with open(snakemake.log[0], "w") as log:
     log.write(f"checkpoints: {checkpoints}\n" + " ".join(cmd) + "\n")
     log.flush()
-    subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+    # the launcher dies with this job, and each rank with the launcher (flanpipe train)
+    subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True, preexec_fn=die_with_parent)

@@ -21,6 +21,9 @@ an OPTIONS suffix; 60% one-word class targets, the rest free text), it measures
    stored fields, alone and with the trainer's conversion to int64 tensors
    (:func:`flanpipe.stages.train.to_batch`), over the trainer's own row order
    (:func:`flanpipe.stages.train.step_rows`).
+5. the trainer's check of the shards against the pack manifest before its first step
+   (:func:`flanpipe.core.shards.verify_shards`: every file's size and sha256), in seconds and MB/s
+   of the decoder-only shards, against the time our stage took to write them.
    Both read from the page cache (the files were just written): the peer's 3.5x more bytes would
    cost it more from a cold disk.
 """
@@ -39,7 +42,7 @@ from flanpipe.bench.dedup import vocabulary
 from flanpipe.core import binpack
 from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
 from flanpipe.core.keys import derive_seed
-from flanpipe.core.shards import PackedShards
+from flanpipe.core.shards import PackedShards, verify_shards
 from flanpipe.core.tokenizers import load_processor, train_spm
 from flanpipe.stages.pack import tokenize_and_pack
 
@@ -136,6 +139,9 @@ def bench_pack(rows: int = 100_000, threads: int = 2, vocab: int = 32_000, windo
                                             read=layout == "decoder_only", repeats=repeats + 1)
                        for layout in ("decoder_only", "encoder_decoder")}
 
+        packed = tmp / "packed-decoder_only"
+        r["verify"] = {"s": _best_of(repeats + 1, lambda: verify_shards(packed)),
+                       "mb": sum(p.stat().st_size for p in (packed / "shards").iterdir()) / 1e6}
         index = pq.read_table(tmp / "packed-decoder_only/index.parquet",
                               columns=["input_tokens", "target_tokens"])
         size_in = index.column("input_tokens").to_numpy().astype(np.int64)
@@ -272,6 +278,10 @@ def print_pack(r: dict) -> None:
           f"take {fmt['ours_take_rows_per_s']:,.0f}, old {fmt['peer_take_rows_per_s']:,.0f}   ours/old "
           f"{fmt['take_ratio']:.2f}x; take + int64 tensors {fmt['ours_batch_rows_per_s']:,.0f}, old "
           f"{fmt['peer_batch_rows_per_s']:,.0f}   ours/old {fmt['batch_ratio']:.2f}x")
+    v = r["verify"]
+    print(f"  5. the trainer's shard check (sizes and sha256 against the pack manifest): {v['s']:.3f} s for "
+          f"{v['mb']:,.1f} MB ({v['mb'] / v['s']:,.0f} MB/s), {100 * v['s'] / r['ours_s']:.1f}% of the "
+          f"{r['ours_s']:.2f} s pack took to write them")
     speed = r["decoder_only_best_fit_examples_per_s"]
     checks = [("throughput >= 0.8x raw encode", r["ratio"] >= 0.8, f"{r['ratio']:.2f}x"),
               ("decoder-only >= 99.5% non-pad", dec["efficiency"] >= 0.995, pct(dec["efficiency"])),

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from flanpipe.core.registry import embedded_datasets, load_registry
 
@@ -33,7 +42,11 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    """A config section: unknown keys are errors; integers are integers (not ``"10"`` or ``true``),
+    numbers are numbers and finite (not ``inf`` or ``nan``) unless a field says otherwise."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
 
 
 class SourceSpec(_Section):
@@ -105,11 +118,11 @@ class DownloadConfig(_Section):
 class FewShotConfig(_Section):
     """Few-shot prompts for evaluation: solved train exemplars before the query."""
 
-    k: int = Field(3, ge=0, le=64)
+    k: StrictInt = Field(3, ge=0, le=64)
     """Exemplars per prompt (drawn from the train split, never the example itself)."""
     delimiter: str = "\n\n"
     """Between exemplars, and between the last exemplar and the query."""
-    max_tokens: int = Field(1024, ge=16)
+    max_tokens: StrictInt = Field(1024, ge=16)
     """Token budget of a whole prompt; exemplars are dropped, oldest first, to fit it."""
 
 
@@ -122,7 +135,7 @@ class TemplatizeConfig(_Section):
     options: Literal["dash", "letters", "none"] = "dash"
     """The OPTIONS suffix of classification templates: `- choice` lines, lettered `(A) choice`
     lines, or `none` (the paper's no-options variant)."""
-    passes: int = Field(4, ge=1, le=64)
+    passes: StrictInt = Field(4, ge=1, le=64)
     """Renderings of each train example, one per pass, each with its own template drawn from (seed,
     dataset, example, pass): a mixture's epoch e uses pass e % passes, so a repeated example changes
     phrasing each epoch up to `passes` epochs. Costs `passes` x the train rows in the templatized
@@ -131,7 +144,7 @@ class TemplatizeConfig(_Section):
     """Fit an input that would pass `tokenize.max_input_tokens` by cutting the end of its long field
     (the dataset's longest text field: the passage, the document) before rendering, so the
     instruction and the OPTIONS around it survive; the tokenizer's right truncation would cut them."""
-    chars_per_token: float = Field(3.0, gt=0.0, le=16.0)
+    chars_per_token: StrictFloat = Field(3.0, gt=0.0, le=16.0)
     """The characters-per-token estimate the cut budgets with (`(max_input_tokens - 1) *
     chars_per_token` characters). Lower is safer and wastes more of the budget: on English documents
     (library docstrings, some with code and maths) with SmolLM2's 49k BPE, 3.0 fills ~68% of it and
@@ -145,13 +158,13 @@ class NearDedupConfig(_Section):
     whose boilerplate would make unrelated examples look alike)."""
 
     enabled: bool = True
-    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    threshold: StrictFloat = Field(0.8, gt=0.0, le=1.0)
     """Estimated Jaccard similarity of word shingles at or above which two examples are duplicates."""
-    shingle: int = Field(3, ge=1, le=32)
+    shingle: StrictInt = Field(3, ge=1, le=32)
     """Words per shingle (a text shorter than this is one shingle)."""
-    num_perm: int = Field(128, ge=8, le=1024)
+    num_perm: StrictInt = Field(128, ge=8, le=1024)
     """MinHash permutations (signature length)."""
-    bands: int | None = Field(None, ge=1)
+    bands: StrictInt | None = Field(None, ge=1)
     """LSH bands (rows per band = num_perm // bands); null picks the pair that minimises false
     positives plus false negatives at `threshold`, as datasketch does."""
 
@@ -163,7 +176,7 @@ class DedupConfig(_Section):
     exact: bool = True
     """Drop examples whose normalised inputs + targets (lower case, whitespace collapsed) repeat."""
     near: NearDedupConfig = Field(default_factory=NearDedupConfig)
-    pool_factor: float | None = Field(4.0, ge=1.0)
+    pool_factor: StrictFloat | None = Field(4.0, ge=1.0)
     """Only the `pool_factor * mix.cap` rows of a dataset that a seeded draw would reach first are
     fingerprinted (the rest can never survive the cap, and are counted as capped away); null checks
     every row."""
@@ -174,9 +187,9 @@ class DecontaminateConfig(_Section):
     a held-out dataset, per held-out setting (the `all` mixture: against every held-out cluster)."""
 
     enabled: bool = True
-    ngram: int = Field(13, ge=2, le=64)
+    ngram: StrictInt = Field(13, ge=2, le=64)
     """Words per n-gram (13, as in GPT-3's and FLAN's contamination analyses)."""
-    min_ngram: int = Field(8, ge=2, le=64)
+    min_ngram: StrictInt = Field(8, ge=2, le=64)
     """For an eval dataset whose texts are short, the n-gram shrinks to the 5th percentile of its
     eval texts' word counts, but never below this (GPT-3's rule); eval texts shorter than the
     n-gram cannot match and are counted as unchecked."""
@@ -192,16 +205,17 @@ class DecontaminateConfig(_Section):
 class MixConfig(_Section):
     """Stage 3c: cap each dataset, then mix examples-proportionally into shuffled Parquet shards."""
 
-    cap: int = Field(30_000, ge=1)
+    cap: StrictInt = Field(30_000, ge=1)
     """Most training examples kept per dataset, drawn by a seeded sample (the paper took the first
     30k; a sample does not inherit the source's ordering, e.g. by topic or date)."""
-    rate_max: int = Field(3_000, ge=1)
+    rate_max: StrictInt = Field(3_000, ge=1)
     """K in seqio's rate rule ``rate_i = min(n_i, K) ** (1 / T)``, normalised over datasets."""
-    temperature: float = Field(1.0, gt=0.0)
-    """T in the rate rule (1 = examples-proportional)."""
-    chars_per_token: float = Field(4.0, gt=0.0)
+    temperature: StrictFloat = Field(1.0, gt=0.0, allow_inf_nan=True)
+    """T in the rate rule (1 = examples-proportional; `.inf`, the one float key that may be infinite:
+    every dataset at the same rate)."""
+    chars_per_token: StrictFloat = Field(4.0, gt=0.0)
     """Characters per token, to estimate example lengths before a tokenizer exists."""
-    rows_per_shard: int = Field(100_000, ge=1)
+    rows_per_shard: StrictInt = Field(100_000, ge=1)
     """Examples per mixture shard."""
 
 
@@ -220,18 +234,18 @@ class TokenizerConfig(_Section):
     shared: bool = True
     """One tokenizer for every mixture (`models/tokenizer/spm.model`, trained on the `all` mixture's
     text), or one per mixture (`models/tokenizer/{mixture}/spm.model`, trained on its own text)."""
-    vocab_size: int = Field(32_000, ge=300, le=1_000_000)
+    vocab_size: StrictInt = Field(32_000, ge=300, le=1_000_000)
     """Pieces, specials and byte pieces included (the paper's 32k). On a corpus too small for it,
     the largest size the corpus supports is trained instead, with a warning."""
     model_type: Literal["unigram", "bpe"] = "unigram"
     byte_fallback: bool = True
     """Characters outside the vocabulary become UTF-8 byte pieces, never `<unk>`."""
-    sample_sentences: int = Field(2_000_000, ge=1_000, le=20_000_000)
+    sample_sentences: StrictInt = Field(2_000_000, ge=1_000, le=20_000_000)
     """Lines of distinct mixture text (inputs and targets, split at newlines) sampled for training;
     SentencePiece's training memory grows with it (a few GB at 2-5 million)."""
-    character_coverage: float = Field(0.9995, gt=0.0, le=1.0)
+    character_coverage: StrictFloat = Field(0.9995, gt=0.0, le=1.0)
     """Share of the sample's characters that get their own piece (the rest use byte pieces)."""
-    max_sentence_chars: int = Field(4_096, ge=64)
+    max_sentence_chars: StrictInt = Field(4_096, ge=64)
     """Longer sampled lines are cut to this many characters before training."""
 
     @model_validator(mode="after")
@@ -253,9 +267,9 @@ class TokenizeConfig(_Section):
     """Put the tokenizer's BOS token before each example's inputs. null: as the tokenizer's own
     convention says (a checkpoint whose tokenizer adds BOS, as Llama's do, gets one; SmolLM2's and
     flanpipe's own SentencePiece models do not); true needs a tokenizer with a BOS token."""
-    max_input_tokens: int = Field(1024, ge=2, le=65_535)
+    max_input_tokens: StrictInt = Field(1024, ge=2, le=65_535)
     """Inputs are truncated to this many tokens, their EOS (and BOS, if added) included."""
-    max_target_tokens: int = Field(256, ge=2, le=65_535)
+    max_target_tokens: StrictInt = Field(256, ge=2, le=65_535)
     """Targets are truncated to this many tokens, their EOS included."""
     truncate_inputs: Literal["right", "left"] = "right"
     """Which end of a long input is cut: `right` keeps its beginning (seqio's rule), `left` keeps its
@@ -267,9 +281,9 @@ class TokenizeConfig(_Section):
     packer: Literal["best_fit", "next_fit", "none"] = "best_fit"
     """`best_fit` (best-fit decreasing over windows of examples), `next_fit` (arrival order, for
     comparison) or `none` (one example per row, padded)."""
-    pack_window: int = Field(20_000, ge=1)
+    pack_window: StrictInt = Field(20_000, ge=1)
     """Examples packed together; larger windows pack tighter but hold more in memory."""
-    rows_per_shard: int = Field(8_192, ge=1)
+    rows_per_shard: StrictInt = Field(8_192, ge=1)
     """Packed rows per token shard."""
 
     @model_validator(mode="after")
@@ -296,12 +310,12 @@ class ModelSpec(_Section):
                           "phi3"] = "llama"
     """`config` only: the `transformers` model family of a new model (its `model_type`; `gemma3` is
     Gemma 3's text-only `gemma3_text`)."""
-    hidden_size: int = Field(768, ge=8)
-    num_layers: int = Field(12, ge=1)
-    num_heads: int = Field(12, ge=1)
-    num_kv_heads: int | None = Field(None, ge=1)
+    hidden_size: StrictInt = Field(768, ge=8)
+    num_layers: StrictInt = Field(12, ge=1)
+    num_heads: StrictInt = Field(12, ge=1)
+    num_kv_heads: StrictInt | None = Field(None, ge=1)
     """Grouped-query attention; null: as many as `num_heads`."""
-    intermediate_size: int | None = Field(None, ge=8)
+    intermediate_size: StrictInt | None = Field(None, ge=8)
     """null: 8/3 x hidden_size rounded up to a multiple of 64 (gated MLPs), 4 x hidden_size (GPT-NeoX)."""
     tie_word_embeddings: bool = False
     hf_config: dict[str, Any] = Field(default_factory=dict)
@@ -331,36 +345,36 @@ class TrainConfig(_Section):
     """Stage 5: instruction tuning with DeepSpeed, one model per mixture. GPUs, nodes and time limits
     come from the Snakemake profile, not from here."""
 
-    steps: int = Field(30_000, ge=1)
+    steps: StrictInt = Field(30_000, ge=1)
     """Optimizer steps."""
-    tokens_per_batch: int = Field(8_192, ge=1)
+    tokens_per_batch: StrictInt = Field(8_192, ge=1)
     """Token slots per optimizer step over all ranks and accumulation steps: packed rows per step =
     this / row length, rounded to a multiple of micro_batch_rows x ranks (at least one each)."""
-    micro_batch_rows: int = Field(1, ge=1)
+    micro_batch_rows: StrictInt = Field(1, ge=1)
     """Packed rows per rank per forward pass; gradient accumulation makes up the rest of the batch."""
     model: ModelSpec = Field(default_factory=ModelSpec)
     optimizer: Literal["adafactor", "adamw"] = "adafactor"
     """`adafactor` with an absolute learning rate (the paper's), or `adamw`. Both update each
     original tensor the same whatever the ZeRO stage and the number of ranks."""
-    lr: float = Field(3e-5, gt=0)
+    lr: StrictFloat = Field(3e-5, gt=0)
     """Constant learning rate (after the warm-up); the paper's 3e-5."""
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: StrictInt = Field(0, ge=0)
     """Linear warm-up steps (the paper: none)."""
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: StrictFloat = Field(0.0, ge=0)
     """Decoupled weight decay, `p -= lr * weight_decay * p` (the paper: none)."""
-    adafactor_decay_rate: float = Field(0.8, gt=0, le=1)
+    adafactor_decay_rate: StrictFloat = Field(0.8, gt=0, le=1)
     """Adafactor's second-moment decay exponent: `beta2 = 1 - step ** -decay_rate` (the paper's 0.8)."""
-    adafactor_clip_threshold: float = Field(1.0, gt=0)
+    adafactor_clip_threshold: StrictFloat = Field(1.0, gt=0)
     """Adafactor's update clipping: each tensor's update is scaled down to at most this RMS (the
     paper's 1.0)."""
-    adafactor_beta1: float | None = Field(None, ge=0, lt=1)
+    adafactor_beta1: StrictFloat | None = Field(None, ge=0, lt=1)
     """Adafactor's momentum of the clipped updates; null: none, as the paper (no first moment kept)."""
-    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_betas: tuple[StrictFloat, StrictFloat] = (0.9, 0.95)
     """AdamW's betas."""
-    grad_clip: float = Field(0.0, ge=0)
+    grad_clip: StrictFloat = Field(0.0, ge=0)
     """Also clip the global gradient norm to this (0: no clipping, as the paper: Adafactor clips
     each tensor's update already)."""
-    zero_stage: int = Field(3, ge=0, le=3)
+    zero_stage: StrictInt = Field(3, ge=0, le=3)
     """DeepSpeed ZeRO stage (3: parameters, gradients and optimizer state partitioned)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """`auto`: bf16 on GPU, fp32 on CPU."""
@@ -369,30 +383,30 @@ class TrainConfig(_Section):
     (FlexAttention with a block mask, no T x T mask; GPU), `sdpa` (a boolean T x T mask; CPU),
     `eager` (the plain implementation; Gemma 2's attention soft-capping needs it or `flex`) or
     `auto` (flex on GPU, sdpa on CPU)."""
-    checkpoint_every: int = Field(1_000, ge=1)
+    checkpoint_every: StrictInt = Field(1_000, ge=1)
     """Save a DeepSpeed checkpoint every N steps (and at the end); `train` resumes from the latest."""
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(10, ge=1)
+    keep_checkpoints: StrictInt = Field(2, ge=1)
+    log_every: StrictInt = Field(10, ge=1)
     """Write metrics every N steps."""
 
 
 class GenerationConfig(_Section):
     """Decoding for open-ended eval tasks (translation, summarization, QA, struct to text)."""
 
-    max_new_tokens: int = Field(64, ge=1, le=4096)
+    max_new_tokens: StrictInt = Field(64, ge=1, le=4096)
     """Most tokens generated per example (generation stops earlier at EOS)."""
     sample: bool = False
     """Also sample (temperature, top-k) besides greedy decoding, reported as its own variant."""
-    temperature: float = Field(0.9, gt=0.0)
+    temperature: StrictFloat = Field(0.9, gt=0.0)
     """Sampling temperature (the paper's sample outputs used 0.9)."""
-    top_k: int = Field(40, ge=0)
+    top_k: StrictInt = Field(40, ge=0)
     """Sample among the k most likely tokens (the paper's 40); 0: the whole vocabulary."""
 
 
 class EvaluateConfig(_Section):
     """Stage 6: zero-shot and few-shot evaluation of every model on its held-out clusters."""
 
-    max_examples: int | None = Field(None, ge=1)
+    max_examples: StrictInt | None = Field(None, ge=1)
     """Eval examples per dataset, a seeded sample of the eval split; null: all of them."""
     normalization: Literal["sum", "per_token", "per_char"] = "sum"
     """Rank classification's headline score of an option: its tokens' summed log-likelihood, or that
@@ -405,7 +419,7 @@ class EvaluateConfig(_Section):
     base_model: bool = True
     """Also evaluate the untuned base model (the initial weights, or the pretrained checkpoint)."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    max_batch_tokens: int = Field(16_384, ge=256)
+    max_batch_tokens: StrictInt = Field(16_384, ge=256)
     """Padded tokens per inference batch (a prompt with all of its options, or with its new tokens)."""
 
 
@@ -431,7 +445,7 @@ class AblationsConfig(_Section):
 class Config(_Section):
     """The whole flanpipe config. Every stage reads only its own section."""
 
-    seed: int = Field(1234, ge=0, le=2**31 - 1)
+    seed: StrictInt = Field(1234, ge=0, le=2**31 - 1)
     """The one seed of a run; each stage and dataset derives its own from it (seed + crc32(name))."""
     datasets: Literal["embedded", "all"] | list[str] = "embedded"
     """Datasets this run uses: `embedded` (those with demo data in the package), `all` (the whole
@@ -483,6 +497,25 @@ class Config(_Section):
                     f"download.sources.{name}.kind: dataset {name!r} is used with the embedded "
                     f"source but has no embedded demo data (embedded: {sorted(embedded)}); "
                     "allowed for it: 'hub' or 'local'")
+        return self
+
+    @model_validator(mode="after")
+    def _every_mixture_has_data(self) -> Config:
+        """A held-out cluster needs a dataset of this run to be evaluated on, and its mixture (every
+        cluster but the held-out one and those it excludes) a dataset to train on."""
+        registry = load_registry()
+        names = self.dataset_names()
+        used = {registry.datasets[d].cluster for d in names}
+        for cluster in self.heldout_clusters:
+            if cluster not in used:
+                raise ValueError(f"heldout_clusters: {cluster!r} has no dataset among this run's datasets, "
+                                 f"so its model would be evaluated on nothing; allowed: clusters of the "
+                                 f"run's datasets {sorted(used)}")
+            left_out = {cluster, *registry.excluded_clusters(cluster)}
+            if all(registry.datasets[d].cluster in left_out for d in names):
+                raise ValueError(f"heldout_clusters: holding out {cluster!r} (with {sorted(left_out)}) "
+                                 f"leaves its mixture no dataset to train on; add datasets of other "
+                                 f"clusters to 'datasets'")
         return self
 
     @model_validator(mode="after")

@@ -1,7 +1,9 @@
-"""Atomic writes, hashes and manifests shared by every stage.
+"""Atomic writes, named reads, hashes and manifests shared by every stage.
 
 A killed job must never leave a file that Snakemake or a later stage would take as complete, so
 every output is written to a temporary file in the same directory and renamed into place.
+A file that cannot be read raises :class:`ReadError`, whose message names the file and what it
+should have held (pyarrow's own errors, ``Parquet magic bytes not found``, name none).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -24,6 +27,7 @@ import pyarrow.parquet as pq
 
 import flanpipe
 
+log = logging.getLogger(__name__)
 METADATA_KEY = b"flanpipe"
 ROW_GROUP_ROWS = 16_384
 """Rows per Parquet row group of streamed outputs (:class:`RowGroupWriter`)."""
@@ -31,9 +35,107 @@ BATCH_BYTES = 32 << 20
 """Data per batch of a streamed read (:func:`iter_parquet`), as the file's column sizes count it."""
 
 
+class ReadError(RuntimeError):
+    """A file could not be read as what it should hold; the message names the file."""
+
+
+@contextlib.contextmanager
+def reading(path: Any, what: str) -> Iterator[None]:
+    """Re-raise an error of reading ``path`` as a :class:`ReadError` naming it and ``what`` it holds.
+
+    >>> try:
+    ...     with reading("/tmp/no-such-flanpipe-file.parquet", "Parquet"):
+    ...         _ = pq.read_table("/tmp/no-such-flanpipe-file.parquet")
+    ... except ReadError as err:
+    ...     print(str(err)[:70])
+    /tmp/no-such-flanpipe-file.parquet: could not read it as Parquet: File
+    """
+    try:
+        yield
+    except ReadError:
+        raise
+    except (pa.ArrowException, OSError, EOFError, ValueError) as err:
+        name = path if isinstance(path, str | os.PathLike) else (  # else an open file
+            getattr(path, "path", None) or getattr(path, "name", None) or path)
+        raise ReadError(f"{name}: could not read it as {what}: {type(err).__name__}: {err}") from err
+
+
+class ParquetReader(pq.ParquetFile):
+    """pyarrow's ``ParquetFile`` whose errors, on opening and on every read, name the file."""
+
+    def __init__(self, source: Any, *args: Any, **kwargs: Any):
+        self._source_name = source
+        with reading(source, "Parquet"):
+            super().__init__(source, *args, **kwargs)
+
+    def iter_batches(self, *args: Any, **kwargs: Any) -> Iterator[pa.RecordBatch]:
+        with reading(self._source_name, "Parquet"):
+            yield from super().iter_batches(*args, **kwargs)
+
+    def read(self, *args: Any, **kwargs: Any) -> pa.Table:
+        with reading(self._source_name, "Parquet"):
+            return super().read(*args, **kwargs)
+
+    def read_row_group(self, *args: Any, **kwargs: Any) -> pa.Table:
+        with reading(self._source_name, "Parquet"):
+            return super().read_row_group(*args, **kwargs)
+
+    def read_row_groups(self, *args: Any, **kwargs: Any) -> pa.Table:
+        with reading(self._source_name, "Parquet"):
+            return super().read_row_groups(*args, **kwargs)
+
+
+def read_table(path: str | Path, **kwargs: Any) -> pa.Table:
+    """``pq.read_table``, with errors that name the file."""
+    with reading(path, "Parquet"):
+        return pq.read_table(path, **kwargs)
+
+
+def read_schema(path: str | Path) -> pa.Schema:
+    """``pq.read_schema``, with errors that name the file."""
+    with reading(path, "Parquet"):
+        return pq.read_schema(path)
+
+
+def temporary_name(path: Path, name: str) -> bool:
+    """Whether ``name`` is one of the temporaries :func:`atomic_path` and :func:`atomic_dir` make
+    beside ``path``: ``.{path.name}.`` + tempfile's 8 random characters + ``.tmp``.
+
+    >>> temporary_name(Path("data/pool/rte.parquet"), ".rte.parquet.k2_x9q0a.tmp")
+    True
+    >>> temporary_name(Path("data/x"), ".x.y.k2_x9q0a.tmp")  # the temporary of data/x.y
+    False
+    """
+    prefix = f".{path.name}."
+    middle = name[len(prefix):-len(".tmp")]
+    return (name.startswith(prefix) and name.endswith(".tmp") and len(middle) == 8
+            and all(c.isalnum() or c == "_" for c in middle))
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries a killed job left beside ``path`` (files or folders); return them.
+
+    Called by :func:`atomic_path` and :func:`atomic_dir` before they make their own, so the next run
+    of the rule that writes ``path`` cleans up after the one that was killed (Snakemake never runs two
+    jobs for one output at once).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = [p for p in path.parent.iterdir() if temporary_name(path, p.name)]
+    for p in stale:
+        log.info("removing %s, left by a job that did not finish", p)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    Temporaries of ``path`` that a killed job left are removed first.
 
     >>> with atomic_path("/tmp/flanpipe-doctest.txt") as tmp:
     ...     _ = tmp.write_text("done")
@@ -42,6 +144,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -57,7 +160,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``path``; if the block succeeds, it replaces
-    ``path`` (and whatever was there). A killed job leaves no partial directory at ``path``.
+    ``path`` (and whatever was there). A killed job leaves no partial directory at ``path``, and the
+    next one removes the temporary directory it left.
 
     >>> with atomic_dir("/tmp/flanpipe-doctest-dir") as tmp:
     ...     _ = (tmp / "part-0").write_text("rows")
@@ -66,6 +170,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
@@ -164,7 +269,7 @@ def iter_parquet(path: str | Path, batch_rows: int, columns: list[str] | None = 
     (``columns``: only these); memory holds one batch, whatever the file's size. Read through a
     1 MiB buffered stream without pre-buffering: pyarrow's default pre-buffers whole row groups
     ahead."""
-    pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+    pf = ParquetReader(path, pre_buffer=False, buffer_size=1 << 20)
     meta = pf.metadata
     if meta.num_rows:
         wanted = set(columns or pf.schema_arrow.names)
@@ -177,8 +282,20 @@ def iter_parquet(path: str | Path, batch_rows: int, columns: list[str] | None = 
 
 
 def read_parquet_metadata(path: str | Path) -> dict[str, Any]:
-    meta = pq.read_schema(path).metadata or {}
+    meta = read_schema(path).metadata or {}
     return json.loads(meta.get(METADATA_KEY, b"{}"))
+
+
+class ArtifactMismatch(ValueError):
+    """A file is not the file its producer's manifest describes (its sha256 differs)."""
+
+
+def verify_sha256(path: str | Path, expected: str | None, manifest: str | Path) -> None:
+    """Raise :class:`ArtifactMismatch` naming ``path`` if its sha256 is not ``expected`` (the value
+    ``manifest`` records; None: the manifest records none, nothing to check)."""
+    if expected is not None and (found := sha256_file(path)) != expected:
+        raise ArtifactMismatch(f"{path}: sha256 {found}, but {manifest} says {expected}: the file changed "
+                               "after the rule that wrote it; rerun that rule (snakemake --forcerun)")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

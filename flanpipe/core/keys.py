@@ -7,7 +7,9 @@ name), so adding or removing one row changes no other row's draw.
 
 from __future__ import annotations
 
+import json
 import zlib
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -27,31 +29,118 @@ def derive_seed(seed: int, name: str) -> int:
     return (seed + zlib.crc32(name.encode())) % 2**32
 
 
-def stable_keys(spec: DatasetSpec, table: pa.Table) -> np.ndarray:
+def id_hashes(spec: DatasetSpec, table: pa.Table) -> np.ndarray | None:
+    """The 64-bit hash of each row's id (the dataset's scalar id field), or None without one."""
+    if spec.id_field and spec.id_field in table.column_names and not pa.types.is_nested(
+            table.schema.field(spec.id_field).type):
+        return string_hashes(table.column(spec.id_field).cast(pa.string()), seed=0)
+    return None
+
+
+def pool_duplicate_ids(meta: dict) -> np.ndarray:
+    """The split's duplicated id hashes a pool file's metadata carries (empty: none, or no ids)."""
+    return np.array([int(h, 16) for h in meta.get("duplicate_id_hashes", [])], np.uint64)
+
+
+def duplicated(hashes: np.ndarray) -> np.ndarray:
+    """The sorted distinct values that occur more than once in ``hashes``.
+
+    >>> duplicated(np.array([5, 3, 5, 1, 3, 5], np.uint64)).tolist()
+    [3, 5]
+    """
+    values, counts = np.unique(hashes, return_counts=True)
+    return values[counts > 1]
+
+
+def duplicate_id_hashes(spec: DatasetSpec, tables: Iterable[pa.Table]) -> np.ndarray:
+    """The hashes of the ids that more than one row of a split holds (the split given as batches,
+    e.g. ``iter_parquet(path, n, [id_field])``); empty for a dataset without ids."""
+    hashes = [h for t in tables if (h := id_hashes(spec, t)) is not None]
+    return duplicated(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64)
+
+
+def _colliding(spec: DatasetSpec, table: pa.Table,
+               duplicate_ids: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
+    """Each row's id hash (None without ids) and a mask of the rows whose id another row also holds
+    (``duplicate_ids``: the split's, from :func:`duplicate_id_hashes`; None: found in ``table``)."""
+    ids = id_hashes(spec, table)
+    if ids is None:
+        return None, np.zeros(table.num_rows, bool)
+    dups = duplicated(ids) if duplicate_ids is None else np.asarray(duplicate_ids, np.uint64)
+    return ids, (np.isin(ids, dups) if len(dups) else np.zeros(len(ids), bool))
+
+
+def content_hashes(table: pa.Table) -> np.ndarray:
+    """A 64-bit hash of each row's whole content (every column but ``row_index``, exactly as it is).
+    A Python loop: it runs only on the rows whose source id collides.
+
+    >>> t = pa.table({"idx": [0, 0], "text": ["a", "b"], "row_index": [0, 1]})
+    >>> h = content_hashes(t)
+    >>> bool(h[0] != h[1]), bool(h[0] == content_hashes(t.slice(0, 1))[0])
+    (True, True)
+    """
+    rows = table.drop_columns([c for c in ("row_index", "priority") if c in table.column_names])
+    texts = [json.dumps(r, sort_keys=True, ensure_ascii=False, default=str) for r in rows.to_pylist()]
+    return string_hashes(pa.array(texts, pa.string()), seed=1)
+
+
+def stable_keys(spec: DatasetSpec, table: pa.Table, duplicate_ids: np.ndarray | None = None) -> np.ndarray:
     """A 64-bit key per raw row that does not depend on where the row sits: the hash of its id field,
     or, for a dataset without ids, of its content (all raw text fields and the plain target). Every
     per-row draw (template, cap priority, few-shot exemplars) derives from it.
+
+    Rows whose id is not unique in their split (``duplicate_ids``, from :func:`duplicate_id_hashes`;
+    None: the ids repeated within ``table``, which must then be the whole split) get the id's hash
+    mixed with their content's (:func:`content_hashes`), so they draw apart; a row with a unique id
+    keeps the hash of its id.
 
     >>> t = pa.table({"sentence": ["a", "b"], "label": [0, 1], "idx": [7, 3], "row_index": [0, 1]})
     >>> k = stable_keys(load_registry().datasets["sst2"], t)
     >>> bool(k[1] == stable_keys(load_registry().datasets["sst2"], t.slice(1))[0])
     True
+    >>> twins = pa.table({"sentence": ["a", "b"], "label": [0, 1], "idx": [7, 7], "row_index": [0, 1]})
+    >>> k2 = stable_keys(load_registry().datasets["sst2"], twins)
+    >>> bool(k2[0] != k2[1]), bool(k2[0] != k[0])
+    (True, True)
     """
-    if spec.id_field and not pa.types.is_nested(table.schema.field(spec.id_field).type):
-        return string_hashes(table.column(spec.id_field).cast(pa.string()), seed=0)
+    ids, colliding = _colliding(spec, table, duplicate_ids)
+    if ids is not None:
+        if colliding.any():
+            with np.errstate(over="ignore"):
+                ids = ids.copy()
+                ids[colliding] ^= content_hashes(table.filter(pa.array(colliding))) * GOLDEN
+        return ids
     bank = DatasetTemplates(dataset=spec.name, templates=())
     targets = render_template(bank, plain_template(spec, "no_template"), table, "none").targets
     hashes = exact_hashes(raw_texts(spec, table), targets)
     return hashes[:, 0] ^ (hashes[:, 1] * GOLDEN)
 
 
-def example_ids(spec: DatasetSpec, table: pa.Table, role: str) -> pa.Array:
-    """``{dataset}:{split}:{id}``, the id from the dataset's id field or the raw row position."""
+def example_ids(spec: DatasetSpec, table: pa.Table, role: str,
+                duplicate_ids: np.ndarray | None = None) -> pa.Array:
+    """``{dataset}:{split}:{id}``, the id from the dataset's id field or the raw row position; a row
+    whose id is not unique in its split (``duplicate_ids`` as in :func:`stable_keys`) gets ``~`` and
+    the hex of its content's hash after it (``rte:train:0~5d1c...``).
+
+    >>> twins = pa.table({"sentence": ["a", "b"], "label": [0, 1], "idx": [7, 7], "row_index": [0, 1]})
+    >>> ids = example_ids(load_registry().datasets["sst2"], twins, "train").to_pylist()
+    >>> ids[0] != ids[1], ids[0].startswith("sst2:train:7~")
+    (True, True)
+    """
     if spec.id_field and not pa.types.is_nested(table.schema.field(spec.id_field).type):
         ids = table.column(spec.id_field).cast(pa.string())
     else:
         ids = table.column("row_index").cast(pa.string())
-    return pc.binary_join_element_wise(f"{spec.name}:{role}:", ids, "")
+    out = pc.binary_join_element_wise(f"{spec.name}:{role}:", ids, "")
+    _, colliding = _colliding(spec, table, duplicate_ids)
+    if colliding.any():
+        rows = np.flatnonzero(colliding)
+        tags = [f"~{h:016x}" for h in content_hashes(table.take(pa.array(rows))).tolist()]
+        values = out.combine_chunks().to_pylist() if isinstance(out, pa.ChunkedArray) else out.to_pylist()
+        for i, tag in zip(rows.tolist(), tags, strict=True):
+            values[i] += tag
+        out = pa.array(values, pa.string())
+    return out
 
 
 def scramble(keys: np.ndarray, salt: int) -> np.ndarray:

@@ -10,15 +10,26 @@ directory's checkpoints may be resumed.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
+import os
 import re
 import shutil
+import signal
+import socket
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from flanpipe.core.io import write_text_atomic
 
 LAUNCHERS = ("torchrun", "srun", "none")
 RUN_KEY = "run_key.json"  # in checkpoints/: what the checkpoints were trained on
+COMPLETE_MARKER = "complete.json"  # in checkpoints/step<N>/: written once every rank's save returned
 log = logging.getLogger(__name__)
 
 
@@ -71,21 +82,137 @@ def ranks_per_node(nodes: int, tasks_per_node: int | None, tasks: int | None = N
 
 
 def checkpoint_step(ckpt_dir: str | Path) -> int | None:
-    """The step of the newest checkpoint (DeepSpeed's ``latest`` tag, ``step<N>``), or None.
+    """The step of the newest checkpoint whose save finished (:func:`completed_checkpoint`), or None.
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
     >>> checkpoint_step(d) is None
     True
-    >>> _ = (d / "latest").write_text("step0000010")
+    >>> mark_complete(d, "step0000010", 10)
+    >>> _ = (d / "step0000020").mkdir()  # a save killed half way: no marker
     >>> checkpoint_step(d)
     10
     """
-    latest = Path(ckpt_dir) / "latest"
-    if not latest.exists():
+    found = completed_checkpoint(ckpt_dir)
+    return None if found is None else found[1]
+
+
+def completed_checkpoint(ckpt_dir: str | Path) -> tuple[str, int] | None:
+    """``(tag, step)`` of the newest checkpoint folder (``step<N>``) holding the marker
+    (:data:`COMPLETE_MARKER`) that :func:`mark_complete` writes once every rank's save returned; a
+    folder without it (a save that was killed) is never resumed, whatever DeepSpeed's ``latest`` says."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
         return None
-    m = re.fullmatch(r"step(\d+)", latest.read_text().strip())
-    return int(m.group(1)) if m else None
+    done = [(int(m.group(1)), p.name) for p in ckpt_dir.iterdir()
+            if (m := re.fullmatch(r"step(\d+)", p.name)) and (p / COMPLETE_MARKER).is_file()]
+    if not done:
+        return None
+    step, tag = max(done)
+    return tag, step
+
+
+def mark_complete(ckpt_dir: str | Path, tag: str, step: int) -> None:
+    """Write the completion marker of checkpoint ``tag`` (call it after every rank's save returned)."""
+    folder = Path(ckpt_dir) / tag
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / COMPLETE_MARKER, json.dumps({"tag": tag, "step": step}) + "\n")
+
+
+# --- a run's processes: they die with their job, and one run at a time writes a model folder ------
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
+
+    torchrun starts each rank in a session of its own, so a ``kill`` of the job's process group
+    (Snakemake's, or a Slurm step's) does not reach the ranks: without this they train on as
+    orphans. Called first thing by ``flanpipe train`` and, through ``preexec_fn``, for the launcher
+    the workflow starts. If the parent died before the call, exits at once. A no-op off Linux.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+        return
+    if os.getppid() != parent or parent == 1:  # orphaned before the call: the signal will never come
+        os.kill(os.getpid(), sig)
+
+
+class RunLocked(RuntimeError):
+    """Another live process is training into the model folder."""
+
+
+LOCK_NAME = "train.lock"
+LOCK_FRESH_S = 600
+"""A lock owned on another host counts as live while it was refreshed this recently (seconds)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a reused pid: the owner was a Python process
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes() or not Path("/proc").is_dir()
+    except OSError:
+        return True
+
+
+def lock_owner(out_dir: str | Path) -> dict | None:
+    """The live owner of ``out_dir``'s training lock (``{"pid", "host", ...}``), or None if there is
+    no lock or its owner is gone: on this host, its pid is not a live process; on another, the lock
+    was not refreshed in the last :data:`LOCK_FRESH_S` seconds."""
+    path = Path(out_dir) / LOCK_NAME
+    try:
+        owner = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if owner.get("host") == socket.gethostname():
+        return owner if owner.get("pid") != os.getpid() and _alive(int(owner.get("pid", 0))) else None
+    return owner if age < LOCK_FRESH_S else None
+
+
+def refuse_if_locked(out_dir: str | Path) -> None:
+    """Raise :class:`RunLocked` naming the owner if a live process holds ``out_dir``'s lock."""
+    owner = lock_owner(out_dir)
+    if owner is not None:
+        raise RunLocked(f"{Path(out_dir) / LOCK_NAME}: process {owner['pid']} on {owner['host']} (started "
+                        f"{owner.get('started')}) is still training into {out_dir}; stop it first (two "
+                        "writers would race on one model folder). If it is gone, delete the lock file.")
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path) -> Iterator[Path]:
+    """Hold ``out_dir``'s training lock (a file with this process's pid and host) for the block;
+    refuse (:class:`RunLocked`) while a live process holds it, take over one whose owner is gone."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_NAME
+    refuse_if_locked(out_dir)
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_text_atomic(path, json.dumps(owner) + "\n")
+    try:
+        yield path
+    finally:
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def refresh_lock(path: Path) -> None:
+    """Touch the lock, so that a run on another host sees it is live (:data:`LOCK_FRESH_S`)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 def keep_or_clear_checkpoints(out_dir: str | Path, run_key: dict, steps: int) -> str:
@@ -96,22 +223,24 @@ def keep_or_clear_checkpoints(out_dir: str | Path, run_key: dict, steps: int) ->
     step 0. A job that Snakemake reruns because an input or param changed, or whose outputs were
     deleted, must not resume a finished (or another data's) checkpoint: it would train no step, or
     train on stale weights, and write an empty ``metrics.csv``. Records ``run_key`` for the next
-    time. Returns ``"resume"``, ``"fresh"`` (nothing there) or ``"cleared"``.
+    time. Returns ``"resume"``, ``"fresh"`` (nothing there) or ``"cleared"``. Refuses
+    (:class:`RunLocked`) while a live process still trains into ``out_dir``.
 
     >>> import tempfile
     >>> out = Path(tempfile.mkdtemp())
     >>> keep_or_clear_checkpoints(out, {"data": "a"}, steps=20)
     'fresh'
-    >>> _ = (out / "checkpoints/latest").write_text("step0000010")  # killed at step 10
+    >>> mark_complete(out / "checkpoints", "step0000010", 10)  # killed after the save at step 10
     >>> keep_or_clear_checkpoints(out, {"data": "a"}, steps=20)
     'resume'
     >>> keep_or_clear_checkpoints(out, {"data": "b"}, steps=20)  # new data: start over
     'cleared'
-    >>> _ = (out / "checkpoints/latest").write_text("step0000020")  # finished, then rerun
-    >>> keep_or_clear_checkpoints(out, {"data": "b"}, steps=20), (out / "checkpoints/latest").exists()
-    ('cleared', False)
+    >>> mark_complete(out / "checkpoints", "step0000020", 20)  # finished, then rerun
+    >>> keep_or_clear_checkpoints(out, {"data": "b"}, steps=20), checkpoint_step(out / "checkpoints")
+    ('cleared', None)
     """
     out_dir = Path(out_dir)
+    refuse_if_locked(out_dir)
     ckpt = out_dir / "checkpoints"
     step = checkpoint_step(ckpt)
     key_file = ckpt / RUN_KEY

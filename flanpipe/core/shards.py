@@ -24,10 +24,13 @@ fields the shards stored before stage version 3.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from flanpipe.core.io import ArtifactMismatch, reading, verify_sha256
 
 LAYOUTS = ("decoder_only", "encoder_decoder")
 EXAMPLE_DTYPE = np.dtype([("input_tokens", "<u2"), ("target_tokens", "<u2")])
@@ -173,6 +176,40 @@ def rebuild(out: np.ndarray, examples: np.ndarray, examples_per_row: np.ndarray)
     out["loss_mask"] = out["targets_segment_ids"] > 0
 
 
+def verify_shards(directory: str | Path) -> float:
+    """Check every shard file of a packed mixture against its pack manifest: each shard's files add
+    up to its ``bytes`` and each file has its ``sha256``. Raises
+    :class:`~flanpipe.core.io.ArtifactMismatch` naming the file (a truncated or overwritten shard
+    would otherwise train, or fail naming nothing). Returns the seconds the check took (it reads
+    every byte: about 1 s per GB from the page cache).
+    """
+    started = time.perf_counter()
+    directory = Path(directory)
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    folder = directory / "shards"
+    for shard in manifest["shards"]:
+        paths = {kind: folder / name for kind, name in shard.get("files", {}).items()}
+        missing = [str(p) for p in paths.values() if not p.is_file()]
+        if missing:
+            raise ArtifactMismatch(f"{missing[0]}: missing, though {directory / 'manifest.json'} lists it; "
+                                "rerun the pack rule")
+        size = sum(p.stat().st_size for p in paths.values())
+        if "bytes" in shard and size != shard["bytes"]:
+            sizes = {str(p): p.stat().st_size for p in paths.values()}
+            raise ArtifactMismatch(f"{folder}: the files of shard {paths['tokens'].name} hold {size} bytes "
+                                f"({sizes}), the pack manifest says {shard['bytes']}; rerun the pack rule")
+        for kind, path in paths.items():
+            verify_sha256(path, shard.get("sha256", {}).get(kind), directory / "manifest.json")
+    return time.perf_counter() - started
+
+
+def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """``np.load``, with errors that name the shard file (a truncated one: ``mmap length is greater
+    than file size``)."""
+    with reading(path, "a packed shard array (.npy)"):
+        return np.load(path, mmap_mode=mmap_mode)
+
+
 class PackedShards:
     """The packed rows of one mixture (``data/packed/{mixture}``), memory-mapped shard by shard.
 
@@ -193,9 +230,9 @@ class PackedShards:
         folder = self.directory / "shards"
         # (plain ndarray views of the maps: indexing a np.memmap costs more than the copy it makes)
         self._tokens, self._examples = (
-            [np.load(folder / s["files"][kind], mmap_mode="r").view(np.ndarray) for s in shards]
+            [_load_npy(folder / s["files"][kind], mmap_mode="r").view(np.ndarray) for s in shards]
             for kind in ("tokens", "examples"))
-        per_row = [np.load(folder / s["files"]["examples_per_row"]).astype(np.int64) for s in shards]
+        per_row = [_load_npy(folder / s["files"]["examples_per_row"]).astype(np.int64) for s in shards]
         for s, tokens, examples, counts in zip(shards, self._tokens, self._examples, per_row, strict=True):
             found = (len(tokens), len(counts), len(examples), int(counts.sum()))
             if found != (s["rows"], s["rows"], s["examples"], s["examples"]):

@@ -27,8 +27,8 @@ import pyarrow.compute as pc
 from flanpipe.core.registry import DatasetSpec
 from flanpipe.core.schemas import REJECTED_SCHEMA
 
-REJECT_KINDS = ("invalid_json", "wrong_type", "missing_field", "empty_text", "label_out_of_range",
-                "undecodable_bytes")
+REJECT_KINDS = ("invalid_utf8", "invalid_unicode", "invalid_json", "ragged_row", "wrong_type",
+                "missing_field", "empty_text", "label_out_of_range", "undecodable_bytes")
 # A Python bytes literal as str() writes it: b'...' or b"..." (the quote it picks depends on content).
 BYTES_REPR = r"""(?s)^b('.*'|".*")$"""
 # The common case, decoded without Python: no escape except a final line break.
@@ -37,6 +37,20 @@ PLAIN_BYTES_REPR = r"""^b'(?P<text>[^'\\]*)(?:\\n)?'$"""
 
 class SchemaError(ValueError):
     """The source does not have the dataset's schema at all (not a bad row: a wrong file)."""
+
+
+@dataclass(frozen=True)
+class BadLine:
+    """A source record that could not be parsed into a row at all, kept for ``rejected.parquet``.
+
+    ``kind`` is one of ``invalid_utf8``, ``invalid_unicode``, ``invalid_json`` (JSON Lines) or
+    ``ragged_row`` (CSV); ``text`` is the record as it stood in the file (bytes that are not UTF-8
+    as ``\\xNN`` escapes).
+    """
+
+    kind: str
+    reason: str
+    text: str
 
 
 @dataclass
@@ -79,6 +93,8 @@ class SplitTally:
     rejected_by_kind: Counter = field(default_factory=Counter)
     bytes_reprs_decoded: Counter = field(default_factory=Counter)
     columns_present: set[str] = field(default_factory=set)
+    duplicate_ids: dict[str, int] = field(default_factory=dict)
+    """Ids held by more than one kept row, and how many rows hold them (set by the download stage)."""
 
     def add(self, checked: CheckedSplit, bad_lines: int = 0) -> None:
         self.rows_read += checked.rows_read
@@ -289,14 +305,14 @@ def check_split(
     source: pa.Table | list[dict[str, Any] | None],
     spec: DatasetSpec,
     split: str,
-    bad_lines: dict[int, str] | None = None,
+    bad_lines: dict[int, BadLine] | None = None,
     row_offset: int = 0,
     require_schema: bool = True,
 ) -> CheckedSplit:
     """Check one split, or one batch of it, against ``spec``.
 
     ``source`` is an Arrow table or a list of records (``None`` where a line could not be parsed;
-    its raw text and parse error are in ``bad_lines``, keyed by position in ``source``). Returns the
+    its :class:`BadLine` is in ``bad_lines``, keyed by position in ``source``). Returns the
     valid rows in the declared schema plus a ``row_index`` column (their position in the split:
     ``row_offset`` plus their position in ``source``), and the rejected rows.
     ``require_schema=False`` (a batch of a larger split) fills absent columns with nulls instead of
@@ -314,7 +330,8 @@ def check_split(
         _check_schema(present, spec, split, n, len(bad_lines))
     extra = sorted(present - set(spec.features))
 
-    reasons.add(np.isin(np.arange(n), list(bad_lines)), "invalid_json", "line is not valid JSON")
+    for i, bad in sorted(bad_lines.items()):
+        reasons.by_row.setdefault(i, []).append((bad.kind, bad.reason))
     columns = []
     decoded: dict[str, int] = {}
     for fld in spec.schema:
@@ -407,14 +424,14 @@ def label_index(spec: DatasetSpec, table: pa.Table) -> np.ndarray:
     return pc.fill_null(label, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _rejected_table(source, split: str, reasons: _Reasons, bad_lines: dict[int, str],
+def _rejected_table(source, split: str, reasons: _Reasons, bad_lines: dict[int, BadLine],
                     row_offset: int = 0) -> pa.Table:
     rows = sorted(reasons.by_row)
     if isinstance(source, list):
         originals = [source[i] for i in rows]
     else:
         originals = source.take(pa.array(rows, type=pa.int64())).to_pylist() if rows else []
-    texts = [bad_lines[i] if i in bad_lines else json.dumps(rec, default=str, ensure_ascii=False)
+    texts = [bad_lines[i].text if i in bad_lines else json.dumps(rec, default=str, ensure_ascii=False)
              for i, rec in zip(rows, originals, strict=True)]
     return pa.Table.from_pydict({
         "split": [split] * len(rows),

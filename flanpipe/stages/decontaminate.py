@@ -20,11 +20,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from flanpipe.core import hashing as fp
-from flanpipe.core.io import iter_parquet, read_parquet_metadata, write_parquet_atomic
-from flanpipe.core.keys import example_ids
+from flanpipe.core.io import (
+    ParquetReader,
+    iter_parquet,
+    read_parquet_metadata,
+    read_table,
+    write_parquet_atomic,
+)
+from flanpipe.core.keys import example_ids, pool_duplicate_ids
 from flanpipe.core.logs import progress
 from flanpipe.core.registry import load_registry
 from flanpipe.core.schemas import MATCH_SCHEMA
@@ -66,19 +71,20 @@ def decontaminate_dataset(name: str, pool: str | Path, fingerprints: str | Path,
     costs one batch of n-gram hashes, not the pool's."""
     registry = load_registry()
     spec = registry.datasets[name]
-    pool_rows = pq.ParquetFile(pool).metadata.num_rows
-    fingerprinted = pq.ParquetFile(fingerprints).metadata.num_rows
+    pool_rows = ParquetReader(pool).metadata.num_rows
+    fingerprinted = ParquetReader(fingerprints).metadata.num_rows
     if pool_rows != fingerprinted:
         raise ValueError(f"{name}: {fingerprinted} fingerprints for {pool_rows} pool rows; rerun fingerprint")
     eval_sets = {}
     for eval_name, path in ngram_paths.items():
         meta = read_parquet_metadata(path)
-        eval_sets[eval_name] = (int(meta["ngram"]), pq.read_table(path).column("hash").to_numpy())
+        eval_sets[eval_name] = (int(meta["ngram"]), read_table(path).column("hash").to_numpy())
     parts = []
+    dups = pool_duplicate_ids(read_parquet_metadata(pool))
     for table in progress(iter_parquet(pool, batch_rows), pool_rows, f"{name}: decontaminate"):
         found = contaminated_rows(fp.word_hashes(raw_texts(spec, table)), eval_sets)
         row_index = table.column("row_index").to_numpy()
-        ids = example_ids(spec, table, "train")
+        ids = example_ids(spec, table, "train", dups)
         for eval_name, (rows, counts) in found.items():
             if not len(rows):
                 continue

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from flanpipe.core import hashing as fp
 from flanpipe.core.config import DedupConfig, DedupeSlice
 from flanpipe.core.io import (
+    ParquetReader,
     code_version,
+    read_table,
     sha256_file,
     utc_now,
     write_json_atomic,
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray]:
     """Every dataset's fingerprints in arrays allocated once, filled a file at a time (memory: the
     arrays and one file's table)."""
-    sizes = [pq.ParquetFile(p).metadata.num_rows for p in paths]
+    sizes = [ParquetReader(p).metadata.num_rows for p in paths]
     n = sum(sizes)
     out = {"dataset": np.repeat(np.arange(len(paths)), sizes), "row_index": np.empty(n, np.int64),
            "example_id": np.empty(n, object), "hi": np.empty(n, np.uint64), "lo": np.empty(n, np.uint64),
@@ -60,7 +61,7 @@ def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray
            "distinct_signature": np.empty((n, num_perm), np.uint32)}
     start = 0
     for path, size in zip(paths, sizes, strict=True):
-        t = pq.read_table(path)
+        t = read_table(path)
         if t.schema.field("signature").type.list_size != num_perm:
             raise ValueError(f"{path}: signatures have {t.schema.field('signature').type.list_size} "
                              f"permutations, the config asks for {num_perm}; rerun fingerprint")

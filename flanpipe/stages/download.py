@@ -22,6 +22,7 @@ are the same bytes for any ``batch_rows``. Outputs (``data/raw/{dataset}/``): ``
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -33,23 +34,27 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from flanpipe.core.config import SourceSpec
 from flanpipe.core.io import (
+    ParquetReader,
+    ReadError,
     RowGroupWriter,
     atomic_path,
     code_version,
+    reading,
     sha256_file,
     utc_now,
     write_json_atomic,
 )
+from flanpipe.core.keys import duplicated, id_hashes
 from flanpipe.core.registry import DatasetSpec, load_registry
 from flanpipe.core.schemas import REJECTED_SCHEMA
-from flanpipe.core.validate import SplitTally, check_split
+from flanpipe.core.validate import BadLine, SchemaError, SplitTally, check_split
 
 # 2: parquet-branch reads, bytes-repr decoding; 3: read and written in batches, fixed row groups
 STAGE_VERSION = "3"
@@ -80,49 +85,120 @@ def _supply_locally_hint(spec: DatasetSpec) -> str:
     return hint
 
 
-# --- readers: each yields batches of (Arrow table or records, bad JSON lines by batch position) ----
+# --- readers: each yields batches of (Arrow table or records, bad records by batch position) -----
 
-Batch = tuple["pa.Table | list[dict[str, Any] | None]", dict[int, str]]
+Batch = tuple["pa.Table | list[dict[str, Any] | None]", dict[int, BadLine]]
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff): fine in a pair, no character alone.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def read_jsonl(path: Path) -> tuple[list[dict[str, Any] | None], dict[int, str]]:
-    """Parse JSON Lines; a line that is not a JSON object is kept as ``None`` with its text."""
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any] | None], dict[int, BadLine]]:
+    """Parse JSON Lines; a line that is not a JSON object is kept as ``None`` with its :class:`BadLine`."""
     records: list[dict[str, Any] | None] = []
-    bad: dict[int, str] = {}
+    bad: dict[int, BadLine] = {}
     for batch, batch_bad in iter_jsonl_batches(path, batch_rows=None):
         bad.update({len(records) + i: line for i, line in batch_bad.items()})
         records.extend(batch)
     return records, bad
 
 
+def parse_jsonl_line(raw: bytes) -> tuple[dict[str, Any] | None, BadLine | None]:
+    r"""One line of a JSON Lines file, as bytes: ``(record, None)``, or ``(None, why not)``.
+
+    >>> parse_jsonl_line(b'{"a": "\\u00e9"}\n')
+    ({'a': 'é'}, None)
+    >>> [parse_jsonl_line(line)[1].kind for line in (b'{"a": "\xe9"}', b'{"a": "\\ud800"}', b'[1]')]
+    ['invalid_utf8', 'invalid_unicode', 'invalid_json']
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, BadLine("invalid_utf8", f"line is not valid UTF-8 (byte {err.start}: {err.reason})",
+                             raw.rstrip(b"\r\n").decode("utf-8", "backslashreplace"))
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        return None, BadLine("invalid_json", "line is not valid JSON", text.rstrip("\r\n"))
+    if SURROGATE_ESCAPE.search(raw):  # rare: only then look for a lone surrogate
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, BadLine("invalid_unicode", "line has a lone UTF-16 surrogate escape "
+                                 "(such as \\ud800), which is no character", text.rstrip("\r\n"))
+    return record, None
+
+
 def iter_jsonl_batches(path: Path, batch_rows: int | None = BATCH_ROWS) -> Iterator[Batch]:
-    """JSON Lines in batches of ``batch_rows`` non-blank lines (None: one batch).
+    r"""JSON Lines in batches of ``batch_rows`` non-blank lines (None: one batch).
+
+    Each line is read as bytes and decoded on its own, so a line of bad UTF-8, a lone surrogate
+    escape or broken JSON costs that line only (its :class:`BadLine`), never the file. A file whose
+    first line is not a JSON object at all (a JSON array, CSV text) is not JSON Lines: that raises
+    :class:`DownloadError` naming the file.
 
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "x.jsonl"
-    >>> _ = path.write_text('{"a": 1}\\n\\n[2]\\n{"a": 3}\\n')
-    >>> list(iter_jsonl_batches(path, batch_rows=2))
-    [([{'a': 1}, None], {1: '[2]'}), ([{'a': 3}], {})]
+    >>> _ = path.write_bytes(b'{"a": 1}\n\n{"a": "\xff"}\n{"a": 3}\n')
+    >>> [(records, {i: b.kind for i, b in bad.items()})
+    ...  for records, bad in iter_jsonl_batches(path, batch_rows=2)]
+    [([{'a': 1}, None], {1: 'invalid_utf8'}), ([{'a': 3}], {})]
     """
-    records: list[dict[str, Any] | None] = []
-    bad: dict[int, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                rec = None
-            if not isinstance(rec, dict):
-                bad[len(records)] = line.rstrip("\n")
-                rec = None
-            records.append(rec)
-            if batch_rows is not None and len(records) == batch_rows:
-                yield records, bad
-                records, bad = [], {}
-    if records or batch_rows is None:
-        yield records, bad
+    with open(path, "rb") as f:
+        lines = (raw for raw in f if raw.strip())
+        first = next(lines, None)
+        if first is not None:
+            _check_jsonl_start(path, first)
+            lines = itertools.chain([first], lines)
+        while batch := list(itertools.islice(lines, batch_rows)):
+            yield parse_jsonl_lines(batch)
+    if first is None and batch_rows is None:
+        yield [], {}
+
+
+def parse_jsonl_lines(lines: list[bytes]) -> Batch:
+    r"""Non-blank JSON Lines (bytes) to records, ``None`` and a :class:`BadLine` where one is bad.
+
+    The fast path, for a batch with no fault: one UTF-8 decode and one search for surrogate escapes
+    over the whole batch, then ``json.loads`` per line. A batch with a fault is parsed line by line
+    (:func:`parse_jsonl_line`); both paths give the same records.
+
+    >>> parse_jsonl_lines([b'{"a": 1}\n', b'{"a": 2}'])
+    ([{'a': 1}, {'a': 2}], {})
+    """
+    chunk = b"".join(lines)
+    try:
+        texts = chunk.decode("utf-8").split("\n")  # "\n" ends a line, and only it: as in `for raw in f`
+        if not SURROGATE_ESCAPE.search(chunk):
+            records = [json.loads(text) for text in texts[:len(lines)]]
+            if all(type(record) is dict for record in records):
+                return records, {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    records, bad = [], {}
+    for raw in lines:
+        record, why = parse_jsonl_line(raw)
+        if why is not None:
+            bad[len(records)] = why
+        records.append(record)
+    return records, bad
+
+
+def _check_jsonl_start(path: Path, first_line: bytes) -> None:
+    """Raise if the first non-blank line shows the file is not JSON Lines (one object a line)."""
+    start = first_line.lstrip().removeprefix(b"\xef\xbb\xbf")
+    if start.startswith(b"{"):
+        return
+    shown = first_line[:60].decode("utf-8", "backslashreplace").rstrip()
+    if start.startswith(b"["):
+        found = "a JSON array (write one object per line: jq -c '.[]' FILE)"
+    elif b"," in start or b"\t" in start:
+        found = "CSV or TSV text (name it .csv)"
+    else:
+        found = "no JSON object"
+    raise DownloadError(f"{path}: expected JSON Lines (one JSON object per line), but the first line "
+                        f"is {found}: {shown!r}")
 
 
 def iter_parquet_batches(source: Any, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
@@ -131,7 +207,7 @@ def iter_parquet_batches(source: Any, batch_rows: int = BATCH_ROWS) -> Iterator[
     Read through a 1 MiB buffered stream without pre-buffering: pyarrow's default pre-buffers
     whole row groups ahead (a 4.5M-row file went to 0.8 GB RSS that way, 0.16 GB this way).
     """
-    parquet = pq.ParquetFile(source, pre_buffer=False, buffer_size=1 << 20)
+    parquet = ParquetReader(source, pre_buffer=False, buffer_size=1 << 20)
     for batch in parquet.iter_batches(batch_size=batch_rows, use_threads=False):
         yield pa.Table.from_batches([batch]), {}
 
@@ -141,25 +217,73 @@ def iter_csv_batches(path: Path, spec: DatasetSpec, batch_rows: int = BATCH_ROWS
 
     Cells stay text (the validator parses numbers as it does for any string); an empty cell is an
     empty string in a text field (``empty_text``) and a missing value in any other declared field.
+    Cells are read as bytes and decoded per batch; a row with a cell that is not UTF-8 is quarantined
+    (``invalid_utf8``), the rest of its batch kept.
+    A ragged row (more or fewer cells than the header) is quarantined (``ragged_row``) and the rows
+    around it kept; pyarrow does not say where in its block a ragged row stood, so ragged rows come
+    last in the split's ``row_index`` numbering, after every parsed row, in the order met.
     """
-    with pacsv.open_csv(path) as probe:
-        names = probe.schema.names
-    convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in names},
-                                   strings_can_be_null=False, auto_dict_encode=False)
-    not_text = [f.name for f in spec.schema if f.name in names and f.type != pa.string()]
-    rows: list[pa.RecordBatch] = []
-    n_rows = 0
-    with pacsv.open_csv(path, convert_options=convert) as reader:
-        for batch in reader:
-            rows.append(batch)
-            n_rows += batch.num_rows
-            while n_rows >= batch_rows:
-                table = pa.Table.from_batches(rows)
-                yield _empty_cells_as_null(table.slice(0, batch_rows), not_text), {}
-                rest = table.slice(batch_rows)
-                rows, n_rows = rest.to_batches(), rest.num_rows
-    if n_rows:
-        yield _empty_cells_as_null(pa.Table.from_batches(rows, schema=reader.schema), not_text), {}
+    ragged: list[BadLine] = []
+
+    def quarantine(row: pacsv.InvalidRow) -> str:
+        ragged.append(BadLine("ragged_row", f"row has {row.actual_columns} fields, the header "
+                              f"{row.expected_columns}", row.text))
+        return "skip"
+
+    with reading(path, "CSV with a header row"):  # pyarrow's errors name no file
+        parse = pacsv.ParseOptions(invalid_row_handler=quarantine)
+        with pacsv.open_csv(path, parse_options=parse) as probe:
+            names = probe.schema.names
+        ragged.clear()
+        convert = pacsv.ConvertOptions(column_types={name: pa.binary() for name in names},
+                                       strings_can_be_null=False, auto_dict_encode=False)
+        not_text = [f.name for f in spec.schema if f.name in names and f.type != pa.string()]
+        rows: list[pa.RecordBatch] = []
+        n_rows = 0
+        with pacsv.open_csv(path, convert_options=convert, parse_options=parse) as reader:
+            for batch in reader:
+                rows.append(batch)
+                n_rows += batch.num_rows
+                while n_rows >= batch_rows:
+                    table = pa.Table.from_batches(rows)
+                    yield _csv_batch(table.slice(0, batch_rows), not_text)
+                    rest = table.slice(batch_rows)
+                    rows, n_rows = rest.to_batches(), rest.num_rows
+        if n_rows:
+            yield _csv_batch(pa.Table.from_batches(rows, schema=reader.schema), not_text)
+    for start in range(0, len(ragged), batch_rows):
+        part = ragged[start:start + batch_rows]
+        yield [None] * len(part), dict(enumerate(part))
+
+
+def _csv_batch(table: pa.Table, not_text: list[str]) -> Batch:
+    """A batch of CSV cells read as bytes, as text: one cast when every cell is UTF-8 (the fast path),
+    else column by column, the rows with a bad cell set aside as ``invalid_utf8``."""
+    text_schema = pa.schema([pa.field(f.name, pa.string()) for f in table.schema])
+    try:
+        return _empty_cells_as_null(table.cast(text_schema), not_text), {}
+    except pa.ArrowInvalid:
+        pass
+    columns, bad_rows = [], set()
+    for column in table.columns:
+        try:
+            columns.append(column.cast(pa.string()))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values = []
+        for i, value in enumerate(column.to_pylist()):
+            try:
+                values.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(None)
+                bad_rows.add(i)
+        columns.append(pa.array(values, pa.string()))
+    rows = table.to_pylist()
+    bad = {i: BadLine("invalid_utf8", "row has a cell that is not valid UTF-8",
+                      ",".join(v.decode("utf-8", "backslashreplace") for v in rows[i].values()))
+           for i in sorted(bad_rows)}
+    return _empty_cells_as_null(pa.Table.from_arrays(columns, schema=text_schema), not_text), bad
 
 
 def _empty_cells_as_null(table: pa.Table, names: list[str]) -> pa.Table:
@@ -181,12 +305,53 @@ def local_split_path(directory: Path, split: str) -> Path:
 
 
 def iter_local_split(path: Path, spec: DatasetSpec, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
-    """The batches of one local file, by its suffix (Parquet, CSV, else JSON Lines)."""
+    """The batches of one local file, by its suffix (Parquet, CSV, a ``.json`` holding one JSON
+    array of objects, else JSON Lines)."""
     if path.suffix == ".parquet":
         return iter_parquet_batches(path, batch_rows)
     if path.suffix == ".csv":
         return iter_csv_batches(path, spec, batch_rows)
+    if path.suffix == ".json" and _starts_with(path, b"["):
+        return iter_json_array_batches(path, batch_rows)
     return iter_jsonl_batches(path, batch_rows)
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(1 << 16).lstrip().removeprefix(b"\xef\xbb\xbf").lstrip().startswith(prefix)
+
+
+def iter_json_array_batches(path: Path, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
+    """A ``.json`` file holding one JSON array of records (read whole), in batches of ``batch_rows``.
+
+    An element that is not an object (``invalid_json``) or holds a lone surrogate
+    (``invalid_unicode``) is quarantined; a file that is not one valid JSON array raises
+    :class:`DownloadError` naming it.
+    """
+    try:
+        records = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DownloadError(f"{path}: expected one JSON array of records (or JSON Lines), but it does "
+                            f"not parse: {err}") from err
+    if not isinstance(records, list):
+        raise DownloadError(f"{path}: expected one JSON array of records, found a JSON "
+                            f"{type(records).__name__}")
+    for start in range(0, max(len(records), 1), batch_rows):
+        batch, bad = records[start:start + batch_rows], {}
+        for i, record in enumerate(batch):
+            text = json.dumps(record, ensure_ascii=False)
+            if not isinstance(record, dict):
+                bad[i] = BadLine("invalid_json", "array element is not a JSON object", text)
+            elif SURROGATE_ESCAPE.search(json.dumps(record).encode()):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    bad[i] = BadLine("invalid_unicode", "element has a lone UTF-16 surrogate "
+                                     "(such as \\ud800), which is no character",
+                                     json.dumps(record))
+            if i in bad:
+                batch[i] = None
+        yield batch, bad
 
 
 def read_embedded_split(spec: DatasetSpec, split: str) -> tuple[Any, dict[int, str], str]:
@@ -414,14 +579,6 @@ def _open_split(spec: DatasetSpec, source: SourceSpec, split: str,
     return iter([(records, bad)]), {"path": path}
 
 
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Temporary files a killed download left beside its outputs (``.train.parquet.*.tmp``)."""
-    for name in ("train.parquet", "eval.parquet", "rejected.parquet", "manifest.json"):
-        for stale in out_dir.glob(f".{name}.*.tmp"):
-            log.info("removing %s, left by a download that did not finish", stale)
-            stale.unlink(missing_ok=True)
-
-
 def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: int,
                      batch_rows: int = BATCH_ROWS) -> dict:
     """Read ``name``'s train and eval splits from ``source`` into ``out_dir``; return the manifest.
@@ -433,7 +590,6 @@ def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: i
     spec = load_registry().datasets[name]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
     log.info("%s: reading %s from %s in batches of %d rows", name, spec.split_roles, source.kind,
              batch_rows)
     parquet_meta = {"stage": "download", "stage_version": STAGE_VERSION, "dataset": name,
@@ -453,12 +609,15 @@ def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: i
                     batches, origin = iter([([], {})]), {}
                 else:
                     batches, origin = _open_split(spec, source, split, batch_rows)
+                where = origin.get("path") or origin.get("hub_id") or source.kind
                 with RowGroupWriter(tmp, kept_schema, meta) as writer:
-                    tally = _check_batches(batches, spec, split or role, writer, rejected_writer)
+                    tally = _check_batches(batches, spec, split or role, writer, rejected_writer,
+                                           where, require_rows=split is not None)
                 n_rejected += tally.rejected
                 splits[role] = {"source_split": split, **origin, "rows_read": tally.rows_read,
                                 "rows": tally.rows, "rejected": tally.rejected,
                                 "rejected_by_kind": dict(tally.rejected_by_kind),
+                                "duplicate_ids": tally.duplicate_ids,
                                 "extra_columns_dropped": tally.extra_columns(spec),
                                 "bytes_reprs_decoded": {f: tally.bytes_reprs_decoded[f]
                                                         for f in spec.hub.bytes_repr_fields},
@@ -482,16 +641,48 @@ def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: i
 
 
 def _check_batches(batches: Iterable[Batch], spec: DatasetSpec, split: str,
-                   writer: RowGroupWriter, rejected_writer: RowGroupWriter) -> SplitTally:
-    """Check each batch, append its kept and rejected rows; the split's counts."""
+                   writer: RowGroupWriter, rejected_writer: RowGroupWriter, where: str,
+                   require_rows: bool = True) -> SplitTally:
+    """Check each batch, append its kept and rejected rows; the split's counts.
+
+    A split that reads no row, or whose every row is rejected, is not a dataset with bad rows but
+    a wrong file: :class:`DownloadError`, naming ``where`` it was read from, as does a file that
+    cannot be read or lacks the schema.
+    """
     tally = SplitTally()
-    for data, bad in batches:
-        checked = check_split(data, spec, split, bad, row_offset=tally.rows_read,
-                              require_schema=False)
-        writer.write(checked.table)
-        rejected_writer.write(checked.rejected)
-        tally.add(checked, bad_lines=len(bad))
-        if tally.rows_read and tally.rows_read % (BATCH_ROWS * 64) < checked.rows_read:
-            log.info("%s [%s]: %d rows read", spec.name, split, tally.rows_read)
-    tally.check_schema(spec, split)
+    first_rejected = ""
+    ids: list[np.ndarray] = []
+    try:
+        for data, bad in batches:
+            checked = check_split(data, spec, split, bad, row_offset=tally.rows_read,
+                                  require_schema=False)
+            if (hashes := id_hashes(spec, checked.table)) is not None:
+                ids.append(hashes)
+            writer.write(checked.table)
+            rejected_writer.write(checked.rejected)
+            tally.add(checked, bad_lines=len(bad))
+            if not first_rejected and checked.rejected.num_rows:
+                first = checked.rejected.slice(0, 1).to_pylist()[0]
+                first_rejected = f"row {first['row_index']}: {first['reason']}: {first['row'][:200]!r}"
+            if tally.rows_read and tally.rows_read % (BATCH_ROWS * 64) < checked.rows_read:
+                log.info("%s [%s]: %d rows read", spec.name, split, tally.rows_read)
+        tally.check_schema(spec, split)
+    except (SchemaError, ReadError) as err:
+        raise DownloadError(f"{where}: {err}") from err
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.uint64)
+    dups = duplicated(all_ids)
+    tally.duplicate_ids = {"ids": len(dups), "rows": int(np.isin(all_ids, dups).sum()) if len(dups) else 0}
+    if len(dups):
+        log.warning("%s [%s]: %d ids are held by %d rows; those rows are keyed by their content too",
+                    spec.name, split, *tally.duplicate_ids.values())
+    if not require_rows:
+        return tally
+    if tally.rows_read == 0:
+        raise DownloadError(f"{where}: split {split!r} of {spec.name} has no rows; expected records "
+                            f"with the fields {list(spec.features)}")
+    if tally.rows == 0:
+        raise DownloadError(
+            f"{where}: every one of the {tally.rows_read} rows of split {split!r} of {spec.name} was "
+            f"rejected {dict(tally.rejected_by_kind)}, so it is no file of {spec.name} rows "
+            f"(fields {list(spec.features)}); the first, {first_rejected}")
     return tally

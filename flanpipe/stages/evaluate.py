@@ -37,14 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from flanpipe.core import metrics
 from flanpipe.core.checkpoint import load_checkpoint
 from flanpipe.core.config import EvaluateSlice
 from flanpipe.core.fewshot import FewShotPool, TokenCounter, few_shot_columns
-from flanpipe.core.io import code_version, sha256_file, write_text_atomic
+from flanpipe.core.io import code_version, read_schema, read_table, sha256_file, write_text_atomic
 from flanpipe.core.keys import derive_seed
 from flanpipe.core.layout import Layout, bos_token, encode
 from flanpipe.core.registry import DatasetSpec, load_registry
@@ -99,8 +98,8 @@ def eval_sample(table: pa.Table, max_examples: int | None, seed: int, name: str)
 def read_exemplar_rows(spec: DatasetSpec, bank: DatasetTemplates, path: str | Path) -> pa.Table:
     """The train rows few-shot exemplars come from (a raw train split, or a pool file of the rows
     that can survive the cap), only the columns the prompts use."""
-    columns = few_shot_columns(spec, bank, pq.read_schema(path).names)
-    train_raw = pq.read_table(path, columns=columns)
+    columns = few_shot_columns(spec, bank, read_schema(path).names)
+    train_raw = read_table(path, columns=columns)
     if train_raw.num_rows == 0:
         raise ValueError(f"{path}: few-shot needs train exemplars; it has none")
     return train_raw
@@ -199,7 +198,7 @@ def contamination_counts(path: str | Path | None, dataset: str) -> dict:
     if path is None:
         return {"mixture": None, "matched_rows": 0, "removed_rows": 0, "by_train_dataset": {},
                 "note": "untuned base model: not trained on the mixture"}
-    rows = [r for r in pq.read_table(path).to_pylist() if r["eval_dataset"] == dataset]
+    rows = [r for r in read_table(path).to_pylist() if r["eval_dataset"] == dataset]
     return {"mixture": Path(path).parent.name,
             "matched_rows": int(sum(r["rows"] for r in rows)),
             "removed_rows": int(sum(r["removed"] for r in rows)),
@@ -221,7 +220,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     bank = load_bank()[dataset]
     raw_dir = Path(raw_dir)
     eval_path = raw_dir / "eval.parquet"
-    eval_raw = eval_sample(pq.read_table(eval_path), cfg.evaluate.max_examples, cfg.seed, dataset)
+    eval_raw = eval_sample(read_table(eval_path), cfg.evaluate.max_examples, cfg.seed, dataset)
     if eval_raw.num_rows == 0:
         raise ValueError(f"{eval_path}: no eval rows to evaluate {dataset} on")
     pool = None

@@ -26,7 +26,7 @@ from flanpipe.core.io import (
     read_parquet_metadata,
     write_parquet_atomic,
 )
-from flanpipe.core.keys import derive_seed, example_ids
+from flanpipe.core.keys import derive_seed, example_ids, pool_duplicate_ids
 from flanpipe.core.logs import progress
 from flanpipe.core.registry import DatasetSpec, load_registry
 from flanpipe.core.schemas import NGRAM_SCHEMA, fingerprint_schema
@@ -111,7 +111,7 @@ def fingerprint_dataset(name: str, pool: str | Path, eval_split: str | Path, out
             f = row_fingerprints(spec, table, cfg)
             writer.write(pa.Table.from_arrays([
                 table.column("row_index").cast(pa.int64()),
-                example_ids(spec, table, "train"),
+                example_ids(spec, table, "train", pool_duplicate_ids(pool_meta)),
                 table.column("priority"),
                 pa.array(f.exact[:, 0]),
                 pa.array(f.exact[:, 1]),

@@ -30,13 +30,16 @@ import pyarrow.parquet as pq
 
 from flanpipe.core.config import MixSlice
 from flanpipe.core.io import (
+    ParquetReader,
     atomic_dir,
     code_version,
     iter_parquet,
     lookup,
     read_parquet_metadata,
+    read_table,
     sha256_file,
     utc_now,
+    verify_sha256,
     write_json_atomic,
     write_parquet_atomic,
 )
@@ -140,7 +143,7 @@ def duplicate_components(dropped_paths: list[str | Path]) -> tuple[np.ndarray, n
     src, dst = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for path in dropped_paths:
         name = Path(path).name.removesuffix(".dropped.parquet")
-        t = pq.read_table(path, columns=["row_index", "kept_dataset", "kept_row_index"])
+        t = read_table(path, columns=["row_index", "kept_dataset", "kept_row_index"])
         if t.num_rows == 0:
             continue
         twin_ds = np.array([order[d] for d in t.column("kept_dataset").to_pylist()], np.int64)
@@ -244,10 +247,10 @@ def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray]
 
 def _load_pool(name: str, files: DatasetInputs, removes: set[str]) -> tuple[Pool, pa.Table]:
     """A dataset's pool rows, with the rows this mixture removes as contaminated, and its matches."""
-    fps = pq.read_table(files.fingerprints, columns=["row_index", "example_id", "priority", "exact_hi",
-                                                     "exact_lo"])
+    fps = read_table(files.fingerprints, columns=["row_index", "example_id", "priority", "exact_hi",
+                                                  "exact_lo"])
     row_index = fps.column("row_index").to_numpy()
-    matches = pq.read_table(files.decontam)
+    matches = read_table(files.decontam)
     removing = _in_clusters(matches, removes).column("row_index").to_numpy()
     pool = Pool(name=name, row_index=row_index,
                 example_id=fps.column("example_id").to_numpy(zero_copy_only=False),
@@ -273,6 +276,12 @@ def _dataset_counts(name: str, files: DatasetInputs, pool: Pool, fate: np.ndarra
         raise ValueError(f"{name}: row counts do not add up ({counts}, raw train rows {manifest['rows']}); "
                          "rerun the dataset's upstream jobs")
     return counts
+
+
+def _duplicate_id_rows(files: DatasetInputs) -> int:
+    """Raw train rows whose source id another row also holds (the download manifest's count)."""
+    manifest = json.loads(Path(files.manifest).read_text(encoding="utf-8"))["splits"]["train"]
+    return int(manifest.get("duplicate_ids", {}).get("rows", 0))
 
 
 def _in_clusters(matches: pa.Table, clusters: set[str]) -> pa.Table:
@@ -346,6 +355,11 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
         leaked = [d for d in datasets if registry.datasets[d].cluster in excluded]
         if leaked:
             raise ValueError(f"mixture {mixture!r} must not train on {leaked} (held out or excluded)")
+    for files in inputs:  # the templatized tables are the ones templatize wrote
+        manifest = Path(files.templatized).with_suffix(".manifest.json")
+        if manifest.is_file():
+            verify_sha256(files.templatized, json.loads(manifest.read_text(encoding="utf-8")).get("sha256"),
+                          manifest)
     loaded = [_load_pool(n, f, removes) for n, f in zip(datasets, inputs, strict=True)]
     pools, matches = tuple(p for p, _ in loaded), [m for _, m in loaded]
     fates = resolve_mixture(list(pools), duplicate_components(dropped_paths), cfg.mix.cap)
@@ -370,7 +384,9 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
                         outside, cfg.pool_factor, short)
         stats.append({"mixture": mixture, "dataset": name, "cluster": registry.datasets[name].cluster,
                       **counts, "mean_input_chars": chars_in, "mean_target_chars": chars_out,
-                      "mean_tokens_est": tokens, "pool_short": short})
+                      "mean_tokens_est": tokens, "pool_short": short,
+                      # in the manifest's stats only (stats.parquet keeps its columns)
+                      "duplicate_id_rows": _duplicate_id_rows(files)})
         kept_rows.append(kept)
         found = _in_clusters(matches[k], heldout)
         removed = pc.is_in(found.column("eval_cluster"), pa.array(sorted(removes), pa.string()))
@@ -506,7 +522,7 @@ class _Buckets:
         """Write every shard (its rows from each bucket file, in position order) as numbered shards
         into a temporary directory, then rename it onto ``shard_dir``: a killed job leaves no
         partial shard directory."""
-        readers = [(pq.ParquetFile(path), groups) for path, groups in self.files]
+        readers = [(ParquetReader(path), groups) for path, groups in self.files]
         with atomic_dir(shard_dir) as tmp:
             shards = []
             for k in progress(range(self.count), self.count, f"{meta['mixture']}: shards", unit="shards"):

@@ -43,11 +43,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from flanpipe.core import binpack
 from flanpipe.core.config import PackSlice
 from flanpipe.core.io import (
+    ParquetReader,
     atomic_dir,
     code_version,
     mixture_shards,
@@ -114,7 +114,7 @@ def windows(shards: list[Path], size: int, columns: list[str] = COLUMNS) -> Iter
     pending: list[pa.RecordBatch] = []
     count = 0
     for path in shards:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=size, columns=columns):
+        for batch in ParquetReader(path).iter_batches(batch_size=size, columns=columns):
             pending.append(batch)
             count += batch.num_rows
             while count >= size:
@@ -264,7 +264,7 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     dtype = stored_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
     record = row_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
     shards = mixture_shards(shard_dir)
-    total = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
+    total = sum(ParquetReader(p).metadata.num_rows for p in shards)
     rng = np.random.default_rng(derive_seed(cfg.seed, f"pack/{mixture}"))
 
     with atomic_dir(out_dir / "shards") as tmp:

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from flanpipe.core.config import PoolSlice
-from flanpipe.core.io import iter_parquet, lookup, parquet_stream
-from flanpipe.core.keys import priorities, stable_keys
+from flanpipe.core.io import ParquetReader, iter_parquet, lookup, parquet_stream, read_schema
+from flanpipe.core.keys import duplicate_id_hashes, priorities, stable_keys
 from flanpipe.core.logs import progress
 from flanpipe.core.registry import DatasetSpec, load_registry
 
@@ -90,21 +89,29 @@ def write_pool(name: str, train: str | Path, out_path: str | Path, cfg: PoolSlic
     pool_factor, cap, seed = cfg.pool_factor, cfg.cap, cfg.seed
     spec = load_registry().datasets[name]
     train = Path(train)
-    schema = pq.read_schema(train)
+    schema = read_schema(train)
     limit = pool_limit(pool_factor, cap)
-    raw_rows = pq.ParquetFile(train).metadata.num_rows
+    raw_rows = ParquetReader(train).metadata.num_rows
     started = time.monotonic()
+    columns = key_columns(spec, schema)
+    dups = duplicate_id_hashes(spec, iter_parquet(train, batch_rows, columns[:1])) if columns \
+        else np.zeros(0, np.uint64)
     chosen = None
     if limit is not None and raw_rows > limit:
         lowest = Lowest(limit)
-        for table in progress(iter_parquet(train, batch_rows, key_columns(spec, schema)), raw_rows,
-                               f"{name}: pool keys"):
-            lowest.offer(priorities(stable_keys(spec, table), name, seed),
+        # rows whose id collides are keyed by their content too: read every column then
+        for table in progress(iter_parquet(train, batch_rows, None if len(dups) else columns), raw_rows,
+                              f"{name}: pool keys"):
+            lowest.offer(priorities(stable_keys(spec, table, dups), name, seed),
                          table.column("row_index").to_numpy())
         by_row = np.argsort(lowest.rows, kind="stable")
         chosen = (lowest.rows[by_row], lowest.priority[by_row])
     meta = {"stage": "pool", "stage_version": STAGE_VERSION, "dataset": name, "seed": seed,
             "pool_factor": pool_factor, "cap": cap, "limit": limit, "raw_rows": raw_rows}
+    if len(dups):  # only then: a clean dataset's pool keeps its bytes
+        meta["duplicate_id_hashes"] = [f"{h:016x}" for h in dups.tolist()]
+        log.warning("%s: %d ids are held by more than one train row; those rows are keyed by their "
+                    "content too", name, len(dups))
     written, last = 0, -1
     out_schema = schema.remove_metadata().append(pa.field("priority", pa.uint64()))
     with parquet_stream(out_path, out_schema, {**meta, "pool_rows": raw_rows if chosen is None else
@@ -116,7 +123,7 @@ def write_pool(name: str, train: str | Path, out_path: str | Path, cfg: PoolSlic
                                  f"{last}); rerun download for {name}")
             last = int(rows[-1]) if len(rows) else last
             if chosen is None:
-                prio = priorities(stable_keys(spec, table), name, seed)
+                prio = priorities(stable_keys(spec, table, dups), name, seed)
             else:
                 at, mine = lookup(chosen[0], rows)
                 table, prio = table.filter(pa.array(mine)), chosen[1][at[mine]]

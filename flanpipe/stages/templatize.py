@@ -22,18 +22,26 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from flanpipe.core.config import TemplatizeConfig, TemplatizeSlice
 from flanpipe.core.io import (
+    ParquetReader,
     code_version,
     iter_parquet,
     parquet_stream,
+    read_parquet_metadata,
+    read_schema,
     sha256_file,
     utc_now,
     write_json_atomic,
 )
-from flanpipe.core.keys import example_ids, stable_keys, template_draws
+from flanpipe.core.keys import (
+    duplicate_id_hashes,
+    example_ids,
+    pool_duplicate_ids,
+    stable_keys,
+    template_draws,
+)
 from flanpipe.core.logs import progress
 from flanpipe.core.registry import DatasetSpec, load_registry
 from flanpipe.core.schemas import TEMPLATIZED_SCHEMA
@@ -66,7 +74,8 @@ def templates_for(bank: DatasetTemplates, spec: DatasetSpec, cfg: TemplatizeConf
 
 def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
                      cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None,
-                     field: str | None = None) -> pa.Table:
+                     field: str | None = None,
+                     duplicate_ids: np.ndarray | None = None) -> pa.Table:
     """Render raw rows of one split into the output schema.
 
     Train rows are rendered ``cfg.passes`` times, each pass with the per-(example, pass) draw of
@@ -74,31 +83,36 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
     order within a group, each group rendered on a zero-copy slice. Eval rows are rendered whole,
     once per template. With ``max_input_tokens`` (and ``cfg.cut_long_field``), inputs longer than its
     character estimate are fitted by :func:`fit_long_field`, cutting ``field`` (default: the long
-    field of ``raw``; a caller rendering a split in batches passes the split's).
+    field of ``raw``; a caller rendering a split in batches passes the split's). ``duplicate_ids``:
+    the split's ids held by more than one row (:func:`~flanpipe.core.keys.stable_keys`; None: those
+    repeated within ``raw``, which is then the whole split).
     """
     templates = templates_for(bank, spec, cfg, role)
     fit = None
     if max_input_tokens is not None and cfg.cut_long_field:
         fit = (field or long_field(spec, raw), math.floor((max_input_tokens - 1) * cfg.chars_per_token))
     if role != "train":
-        return _render_groups(spec, bank, raw, role, cfg, [(t, 0, raw.num_rows) for t in templates], 0, fit)
-    draws = template_draws(stable_keys(spec, raw), len(templates), cfg.passes, spec.name, seed)
+        return _render_groups(spec, bank, raw, role, cfg, [(t, 0, raw.num_rows) for t in templates], 0, fit,
+                              duplicate_ids)
+    draws = template_draws(stable_keys(spec, raw, duplicate_ids), len(templates), cfg.passes, spec.name,
+                           seed)
     parts = []
     for p, assignment in enumerate(draws):
         grouped = raw.take(pa.array(np.argsort(assignment, kind="stable")))
         sizes = np.bincount(assignment, minlength=len(templates))
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         groups = [(t, int(a), int(m)) for t, a, m in zip(templates, starts, sizes, strict=True)]
-        parts.append(_render_groups(spec, bank, grouped, role, cfg, groups, p, fit))
+        parts.append(_render_groups(spec, bank, grouped, role, cfg, groups, p, fit, duplicate_ids))
     return pa.concat_tables(parts)
 
 
 def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
                    cfg: TemplatizeConfig, groups: list[tuple[Template, int, int]], pass_: int,
-                   fit: tuple[str | None, int] | None = None) -> pa.Table:
+                   fit: tuple[str | None, int] | None = None,
+                   duplicate_ids: np.ndarray | None = None) -> pa.Table:
     """Render ``raw.slice(start, m)`` with each ``(template, start, m)`` group into the schema;
     ``fit``: (long field, most input characters) for :func:`fit_long_field`."""
-    ids = example_ids(spec, raw, role)
+    ids = example_ids(spec, raw, role, duplicate_ids)
     row_index = raw.column("row_index").combine_chunks().cast(pa.int64())
     parts = []
     for template, start, m in groups:
@@ -203,14 +217,15 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
     counts, inputs = {}, {}
     with parquet_stream(out_path, TEMPLATIZED_SCHEMA, meta) as writer:
         for role, path in (("train", Path(train)), ("eval", Path(eval_split))):
-            examples = pq.ParquetFile(path).metadata.num_rows
+            examples = ParquetReader(path).metadata.num_rows
             inputs[role] = {"file": str(path), "rows": examples, "sha256": sha256_file(path)}
             field = long_field(spec, iter_parquet(path, batch_rows, _top_level_fields(spec))) if fitting \
                 else None
             per_template: Counter[int] = Counter()
             rows = cut = 0
+            dups = _split_duplicate_ids(spec, path, role, batch_rows)
             for raw in progress(iter_parquet(path, batch_rows), examples, f"{name}: templatize {role}"):
-                part = templatize_split(spec, bank, raw, role, cfg, seed, max_input_tokens, field)
+                part = templatize_split(spec, bank, raw, role, cfg, seed, max_input_tokens, field, dups)
                 writer.write(part)
                 per_template.update(part.filter(pc.equal(part.column("pass"), 0))
                                     .column("template_id").to_pylist())
@@ -225,6 +240,17 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
                 "created_at": utc_now()}
     write_json_atomic(out_path.with_suffix(".manifest.json"), manifest)
     return manifest
+
+
+def _split_duplicate_ids(spec: DatasetSpec, path: Path, role: str, batch_rows: int) -> np.ndarray:
+    """The ids held by more than one row of the split: a pool file carries its raw split's (a pool
+    may hold one row of a pair only); an eval split is read for its id column."""
+    meta = read_parquet_metadata(path)
+    if role == "train" and meta.get("stage") == "pool":
+        return pool_duplicate_ids(meta)
+    if not spec.id_field or spec.id_field not in read_schema(path).names:
+        return np.zeros(0, np.uint64)
+    return duplicate_id_hashes(spec, iter_parquet(path, batch_rows, [spec.id_field]))
 
 
 def render_examples(name: str, raw: pa.Table, options_style: str = "dash") -> list[dict]:

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from flanpipe.core.config import TokenizerConfig
 from flanpipe.core.io import (
     atomic_path,
     code_version,
     mixture_shards,
+    read_table,
     sha256_file,
     utc_now,
     write_json_atomic,
@@ -64,7 +64,7 @@ def sample_sentences(shards: list[Path], n: int, seed: int, max_chars: int) -> t
 
 def _shard_lines(path: Path) -> pa.Array:
     """The non-empty lines of a shard's epoch-0 rows: each row's inputs, then its targets."""
-    table = pq.read_table(path, columns=["inputs", "targets", "epoch"])
+    table = read_table(path, columns=["inputs", "targets", "epoch"])
     table = table.filter(pc.equal(table.column("epoch"), 0))
     text = pa.chunked_array([*table.column("inputs").chunks, *table.column("targets").chunks], pa.string())
     lines = pc.list_flatten(pc.split_pattern(text, "\n"))

@@ -30,6 +30,7 @@ code; ``metrics.csv``, ``tensorboard/`` and
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -48,6 +49,14 @@ from flanpipe.core.config import TrainConfig, TrainSlice
 from flanpipe.core.distributed import DistEnv, dist_env, rank_nodes
 from flanpipe.core.io import atomic_path, code_version, sha256_file, utc_now, write_json_atomic
 from flanpipe.core.keys import derive_seed
+from flanpipe.core.launch import (
+    LOCK_NAME,
+    completed_checkpoint,
+    die_with_parent,
+    mark_complete,
+    refresh_lock,
+    run_lock,
+)
 from flanpipe.core.model import ATTENTION, PackedCausalLM, predicted
 from flanpipe.core.optim import (
     adam_state_bytes,
@@ -56,7 +65,7 @@ from flanpipe.core.optim import (
     constant_with_warmup,
     optimizer_state_bytes,
 )
-from flanpipe.core.shards import PackedShards
+from flanpipe.core.shards import PackedShards, verify_shards
 
 STAGE_VERSION = "3"  # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models
 log = logging.getLogger(__name__)
@@ -180,7 +189,21 @@ def _disable_cpu_shm_op() -> None:
 
 def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, out_dir: str | Path,
           cfg: TrainSlice) -> dict:
-    """Train on the packed mixture; returns the run manifest (on every rank)."""
+    """Train on the packed mixture; returns the run manifest (on every rank).
+
+    A rank that torchrun started dies with torchrun (:func:`~flanpipe.core.launch.die_with_parent`),
+    and rank 0 holds ``out_dir``'s lock for the run (:func:`~flanpipe.core.launch.run_lock`), so a
+    second run refuses to start while this one lives.
+    """
+    dist = dist_env()
+    if dist.launcher == "torchrun":
+        die_with_parent()
+    with run_lock(out_dir) if dist.rank == 0 else contextlib.nullcontext():
+        return _train(mixture, packed_dir, tokenizer, out_dir, cfg)
+
+
+def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, out_dir: str | Path,
+           cfg: TrainSlice) -> dict:
     tcfg = cfg.train
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     dist = dist_env()
@@ -199,6 +222,8 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
     ckpt_dir = out_dir / "checkpoints"
     is_main = dist.rank == 0
 
+    verify_s = verify_shards(packed_dir)  # every rank: a mismatch stops each before the first step
+    log.info("%s: packed shards match the pack manifest (%.2f s to check)", packed_dir, verify_s)
     data = PackedShards(packed_dir)
     if data.layout != "decoder_only":
         raise ValueError(f"{packed_dir}: layout {data.layout!r}; the trainer trains decoder-only models "
@@ -227,10 +252,11 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
     partitions = attach_zero_layout(engine.optimizer)  # Adafactor: which tensor each flat element is
 
     start = 0
-    if (ckpt_dir / "latest").exists():
-        _, client = engine.load_checkpoint(str(ckpt_dir))
+    resume = completed_checkpoint(ckpt_dir)  # never a save that was killed half way
+    if resume is not None:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume[0])
         start = int(client["step"])
-        log.info("resuming from %s at step %d", ckpt_dir, start)
+        log.info("resuming from %s at step %d", ckpt_dir / resume[0], start)
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_dir / "ds_config.json", ds_cfg)
@@ -274,9 +300,14 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
                            "target_tokens": int(total_targets), "tokens": plan.tokens_per_step,
                            "tokens_per_s": plan.tokens_per_step / (time.perf_counter() - t_step),
                            "elapsed_s": elapsed})
+        if is_main:
+            refresh_lock(out_dir / LOCK_NAME)
         if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
-            engine.save_checkpoint(str(ckpt_dir), tag=f"step{done:07d}", client_state={"step": done})
+            tag = f"step{done:07d}"
+            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": done})
+            torch.distributed.barrier()  # every rank's part is written
             if is_main:
+                mark_complete(ckpt_dir, tag, done)
                 _prune_checkpoints(ckpt_dir, tcfg.keep_checkpoints)
     loader.shutdown()
     elapsed = time.perf_counter() - t0
@@ -294,7 +325,7 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         "adamw_state_bytes_rank0": adam_state_bytes(engine.optimizer),
         "peak_memory_bytes_rank0": torch.cuda.max_memory_allocated(device) if on_gpu else None,
         "tokens_per_s_this_run": tokens_seen / elapsed if elapsed > 0 else None,
-        "packed": {"path": str(packed_dir), "rows": len(data),
+        "packed": {"path": str(packed_dir), "rows": len(data), "verified_s": verify_s,
                    "manifest_sha256": sha256_file(Path(packed_dir) / "manifest.json")},
         "config": {"train": tcfg.model_dump(mode="json")}, "code": code_version("train", STAGE_VERSION),
         "created_at": utc_now(),

@@ -1,6 +1,7 @@
 """The typed config: defaults, errors that name the key and what is allowed, the JSON schema."""
 
 import json
+import re
 
 import jsonschema
 import pytest
@@ -42,7 +43,7 @@ def test_bad_value_names_key_and_allowed(data, key, allowed):
 
 
 def test_hub_source_for_a_dataset_without_demo_data_is_fine():
-    cfg = parse_config({"datasets": ["mnli"], "download": {"default_source": "hub"}})
+    cfg = parse_config({"datasets": ["mnli"], "heldout_clusters": [], "download": {"default_source": "hub"}})
     assert cfg.dataset_names() == ["mnli"]
 
 
@@ -143,4 +144,35 @@ def test_evaluate_values_are_checked():
 def test_ablations_need_data_in_their_clusters():
     ablations = {"enabled": True, "heldout": ["nli", "commonsense"], "clusters": ["sentiment"]}
     with pytest.raises(ConfigError, match=r"the run has no dataset in cluster\(s\) \['commonsense'"):
-        parse_config({"datasets": ["rte", "sst2"], "ablations": ablations})
+        parse_config({"datasets": ["rte", "sst2"], "heldout_clusters": ["nli"], "ablations": ablations})
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"train": {"steps": "10"}}, "train.steps"),
+    ({"train": {"steps": True}}, "train.steps"),
+    ({"train": {"steps": 10.0}}, "train.steps"),
+    ({"seed": "7"}, "seed"),
+    ({"mix": {"cap": False}}, "mix.cap"),
+    ({"evaluate": {"generation": {"temperature": float("inf")}}}, "evaluate.generation.temperature"),
+    ({"evaluate": {"generation": {"temperature": "0.5"}}}, "evaluate.generation.temperature"),
+    ({"train": {"lr": float("nan")}}, "train.lr"),
+    ({"train": {"adam_betas": [0.9, float("inf")]}}, "train.adam_betas"),
+])
+def test_numbers_are_strict_and_finite(data, key):
+    with pytest.raises(ConfigError, match=rf"- {re.escape(key)}"):
+        parse_config(data)
+
+
+def test_an_infinite_mixing_temperature_means_equal_rates_and_is_allowed():
+    assert parse_config({"mix": {"temperature": float("inf")}}).mix.temperature == float("inf")
+    assert parse_config({"train": {"lr": 1}}).train.lr == 1.0  # an int is a fine float
+
+
+def test_a_heldout_cluster_without_a_dataset_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"heldout_clusters: 'commonsense' has no dataset"):
+        parse_config({"datasets": ["rte", "sst2"], "heldout_clusters": ["nli", "commonsense"]})
+
+
+def test_a_mixture_without_a_dataset_is_an_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"heldout_clusters: holding out 'nli'.*no dataset to train on"):
+        parse_config({"datasets": ["rte", "mrpc"], "heldout_clusters": ["nli"]})

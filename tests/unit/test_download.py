@@ -390,3 +390,109 @@ def test_a_killed_download_leaves_no_output_and_the_rerun_cleans_up(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["eval.parquet", "manifest.json",
                                                      "rejected.parquet", "train.parquet"]
     assert manifest["splits"]["train"]["rows"] == pq.read_metadata(out / "train.parquet").num_rows == n
+
+
+# --- row-level faults stay row-level; file-level faults are loud (issue 22) ----------------------
+
+BAD_JSONL_LINES = {
+    "invalid_utf8": b'{"premise": "caf\xe9 au lait", "hypothesis": "h", "idx": 900, "label": 0}',
+    "invalid_unicode": b'{"premise": "half a pair: \\ud800", "hypothesis": "h", "idx": 901, "label": 0}',
+    "invalid_json": b'{"premise": "cut off',
+}
+
+
+def _local_rte(src, train_name, train_bytes):
+    src.mkdir(exist_ok=True)
+    (src / train_name).write_bytes(train_bytes)
+    pq.write_table(pa.Table.from_pylist(_rte_rows(3, start=100)), src / "validation.parquet")
+    return SourceSpec(kind="local", path=str(src))
+
+
+@pytest.mark.parametrize("kind", list(BAD_JSONL_LINES))
+@pytest.mark.parametrize("batch_rows", [7, 16_384])
+def test_one_bad_jsonl_line_is_quarantined_and_the_40_good_rows_kept(tmp_path, kind, batch_rows):
+    lines = [json.dumps(r).encode() for r in _rte_rows(40)]
+    lines.insert(17, BAD_JSONL_LINES[kind])
+    source = _local_rte(tmp_path / "src", "train.jsonl", b"\n".join(lines) + b"\n")
+    manifest = download_dataset("rte", source, tmp_path / "out", seed=1, batch_rows=batch_rows)
+    train = manifest["splits"]["train"]
+    assert (train["rows_read"], train["rows"], train["rejected_by_kind"]) == (41, 40, {kind: 1})
+    assert pq.read_table(tmp_path / "out/train.parquet").column("idx").to_pylist() == list(range(40))
+    [rejected] = pq.read_table(tmp_path / "out/rejected.parquet").to_pylist()
+    assert (rejected["row_index"], rejected["kind"]) == (17, kind)
+    assert rejected["row"].startswith('{"premise": ')
+
+
+def test_fast_and_line_by_line_jsonl_paths_give_the_same_bytes(tmp_path):
+    """A clean batch takes the fast path, a batch with a fault the per-line one: same kept rows."""
+    rows = [json.dumps(r).encode() for r in _rte_rows(12)]
+    clean = _local_rte(tmp_path / "clean", "train.jsonl", b"\n".join(rows) + b"\n")
+    faulty = _local_rte(tmp_path / "faulty", "train.jsonl",
+                        b"\n".join([*rows, BAD_JSONL_LINES["invalid_utf8"]]) + b"\n")
+    download_dataset("rte", clean, tmp_path / "a", seed=1)
+    download_dataset("rte", faulty, tmp_path / "b", seed=1)
+    assert pq.read_table(tmp_path / "a/train.parquet").equals(pq.read_table(tmp_path / "b/train.parquet"))
+
+
+def test_a_ragged_csv_row_is_quarantined_and_the_good_rows_kept(tmp_path):
+    lines = ["premise,hypothesis,idx,label",
+             *(f"Premise {i}.,Hypothesis {i}.,{i},{i % 2}" for i in range(41))]
+    lines.insert(42, "Too many,cells,41,0,surplus")
+    source = _local_rte(tmp_path / "src", "train.csv", ("\n".join(lines) + "\n").encode())
+    manifest = download_dataset("rte", source, tmp_path / "out", seed=1)
+    train = manifest["splits"]["train"]
+    assert (train["rows_read"], train["rows"], train["rejected_by_kind"]) == (42, 41, {"ragged_row": 1})
+    [rejected] = pq.read_table(tmp_path / "out/rejected.parquet").to_pylist()
+    assert rejected["row"] == "Too many,cells,41,0,surplus" and rejected["row_index"] == 41
+
+
+@pytest.mark.parametrize("batch_rows", [4, 16_384])
+def test_a_csv_row_with_bad_utf8_is_quarantined_and_the_good_rows_kept(tmp_path, batch_rows):
+    lines = [b"premise,hypothesis,idx,label",
+             *(f"Premise {i}.,Hypothesis {i}.,{i},{i % 2}".encode() for i in range(40))]
+    lines.insert(6, b"Caf\xe9 au lait.,A drink.,99,0")
+    source = _local_rte(tmp_path / "src", "train.csv", b"\n".join(lines) + b"\n")
+    manifest = download_dataset("rte", source, tmp_path / "out", seed=1, batch_rows=batch_rows)
+    train = manifest["splits"]["train"]
+    assert (train["rows_read"], train["rows"], train["rejected_by_kind"]) == (41, 40, {"invalid_utf8": 1})
+    [rejected] = pq.read_table(tmp_path / "out/rejected.parquet").to_pylist()
+    assert rejected["row_index"] == 5 and rejected["row"] == "Caf\\xe9 au lait.,A drink.,99,0"
+    assert pq.read_table(tmp_path / "out/train.parquet").column("idx").to_pylist() == list(range(40))
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("train.jsonl", b"", "has no rows"),
+    ("train.jsonl", b"\n \n", "has no rows"),
+    ("train.jsonl", b'[{"premise": "p", "hypothesis": "h", "idx": 0, "label": 0}]\n', "a JSON array"),
+    ("train.jsonl", b"premise,hypothesis,idx,label\np,h,0,0\n", "CSV or TSV text"),
+    ("train.json", b'{"premise": "p", "hypothesis": "h", "idx": 0, "label": 5}\n', "every one of the 1 rows"),
+    ("train.csv", b"premise,hypothesis,idx,label\n", "has no rows"),
+    ("train.csv", b"", "could not read it as CSV"),
+    ("train.parquet", b"PAR1 not really a Parquet file", "could not read it as Parquet"),
+])
+def test_a_file_that_is_not_what_its_name_says_stops_the_download_naming_it(tmp_path, name, content,
+                                                                              words):
+    source = _local_rte(tmp_path / "src", name, content)
+    with pytest.raises(DownloadError, match=words) as err:
+        download_dataset("rte", source, tmp_path / "out", seed=1)
+    assert str(tmp_path / "src" / name) in str(err.value)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_truncated_parquet_source_names_its_path(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    pq.write_table(pa.Table.from_pylist(_rte_rows(50)), src / "train.parquet")
+    data = (src / "train.parquet").read_bytes()
+    source = _local_rte(src, "train.parquet", data[: len(data) // 2])
+    with pytest.raises(DownloadError, match="could not read it as Parquet") as err:
+        download_dataset("rte", source, tmp_path / "out", seed=1)
+    assert str(src / "train.parquet") in str(err.value)
+
+
+def test_a_json_file_holding_one_array_is_read_as_its_records(tmp_path):
+    rows = _rte_rows(5) + [[1, 2]]
+    source = _local_rte(tmp_path / "src", "train.json", json.dumps(rows, indent=2).encode())
+    manifest = download_dataset("rte", source, tmp_path / "out", seed=1)
+    train = manifest["splits"]["train"]
+    assert (train["rows_read"], train["rows"], train["rejected_by_kind"]) == (6, 5, {"invalid_json": 1})

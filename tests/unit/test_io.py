@@ -9,6 +9,7 @@ import textwrap
 import pyarrow as pa
 import pytest
 
+from flanpipe.core import io
 from flanpipe.core.io import atomic_path, read_parquet_metadata, write_parquet_atomic
 from flanpipe.core.keys import derive_seed
 
@@ -64,3 +65,69 @@ def test_derive_seed_is_seed_plus_crc32():
     assert derive_seed(1, "rte") == (1 + zlib.crc32(b"rte")) % 2**32
     assert derive_seed(1, "rte") != derive_seed(1, "cb")
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_a_corrupt_parquet_read_names_the_file(tmp_path):
+    """Parquet magic bytes not found / ZSTD corruption: pyarrow names no file, our readers do."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from flanpipe.core.io import ReadError, iter_parquet, read_table
+
+    good = tmp_path / "templatized.parquet"
+    pq.write_table(pa.table({"text": [f"row {i} " * 50 for i in range(2_000)]}), good, compression="zstd")
+    data = bytearray(good.read_bytes())
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(data[: len(data) // 2])
+    corrupt = tmp_path / "corrupt.parquet"
+    middle = slice(len(data) // 4, len(data) // 4 + 400)
+    data[middle] = np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    corrupt.write_bytes(bytes(data))
+    for path in (truncated, corrupt):
+        with pytest.raises(ReadError, match="could not read it as Parquet") as err:
+            for _ in iter_parquet(path, 100):
+                pass
+        assert str(path) in str(err.value)
+        with pytest.raises(ReadError) as err:
+            read_table(path)
+        assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("helper", ["atomic_path", "atomic_dir"])
+def test_the_next_write_of_an_output_removes_what_a_killed_writer_left(tmp_path, helper):
+    """SIGKILL mid-write leaves `.shards.XXXXXXXX.tmp` (a folder) or `.x.parquet.XXXXXXXX.tmp`; the next
+    write of the same output removes it, and leaves the temporaries of other outputs alone."""
+    name = "shards" if helper == "atomic_dir" else "x.parquet"
+    out = tmp_path / name
+    code = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from flanpipe.core.io import {helper}
+        with {helper}({str(out)!r}) as tmp:
+            target = tmp / "part-0" if tmp.is_dir() else tmp
+            target.write_bytes(b"x" * 100_000)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -signal.SIGKILL
+    [left] = list(tmp_path.iterdir())
+    assert left.name.startswith(f".{name}.") and left.name.endswith(".tmp")
+    other = tmp_path / f".{name}.more.abcdefgh.tmp"  # the temporary of another output, `{name}.more`
+    other.write_text("busy")
+    with getattr(io, helper)(out) as tmp:
+        (tmp / "part-0" if tmp.is_dir() else tmp).write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, other.name])
+
+
+def test_the_next_pool_job_removes_a_killed_pool_jobs_temporary(tmp_path):
+    import pyarrow.parquet as pq
+
+    from flanpipe.core.config import PoolSlice
+    from flanpipe.stages.pool import write_pool
+
+    pq.write_table(pa.table({"idx": [0, 1], "sentence": ["a", "b"], "label": [0, 1], "row_index": [0, 1]}),
+                   tmp_path / "train.parquet")
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / ".sst2.parquet.k2_x9q0a.tmp").write_bytes(b"half a pool")
+    write_pool("sst2", tmp_path / "train.parquet", tmp_path / "pool/sst2.parquet",
+               PoolSlice(seed=1, pool_factor=None, cap=2))
+    assert [p.name for p in (tmp_path / "pool").iterdir()] == ["sst2.parquet"]

@@ -6,6 +6,9 @@ the mixture built from every row; and where dedup removes more than the pool's s
 the pool could not offer are counted, not silently lost.
 """
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -186,3 +189,51 @@ def test_a_pool_emptied_by_duplicates_is_counted_short(tmp_path):
     assert short["kept"] == distinct_in_pool < 40 and whole["kept"] == 40
     assert short["pool_short"] == 40 - short["kept"] == whole["kept"] - short["kept"]
     assert whole["pool_short"] == 0
+
+
+@pytest.mark.parametrize("pool_factor", [None, 4.0])
+def test_rows_sharing_a_source_id_are_counted_and_keyed_apart(tmp_path, pool_factor):
+    """Three different RTE rows with ``idx`` 0 (as an export with a broken id column has them) among
+    57 rows with their own ids: counted in the download manifest and the mixture's stats; the three
+    get distinct example ids, priorities and template draws, from their content; every other row keeps
+    the key of its id, so clean rows draw as before."""
+    premises = [f"The committee met on day {i} to discuss item {i * 7}." for i in range(60)]
+    idx = [0, 0, 0, *range(3, 60)]
+    table = pa.table({"premise": premises, "hypothesis": [f"Item {i * 7} was discussed." for i in range(60)],
+                      "idx": idx, "label": [i % 2 for i in range(60)]})
+    out, inputs, cfg = build(tmp_path, {"rte": table}, cap=15, pool_factor=pool_factor)
+    raw = json.loads(Path(inputs[0].manifest).read_text())["splits"]
+    assert raw["train"]["duplicate_ids"] == {"ids": 1, "rows": 3}
+    assert raw["eval"]["duplicate_ids"] == {"ids": 1, "rows": 3}  # the eval split is the first 20 rows
+    [stats] = json.loads((out / "manifest.json").read_text())["stats"]
+    assert stats["duplicate_id_rows"] == 3
+
+    fps = pq.read_table(inputs[0].fingerprints).to_pylist()
+    twins = [r for r in fps if r["row_index"] < 3]
+    assert len(twins) == 3  # the pool (4 x 15 rows) holds every row
+    assert len({r["example_id"] for r in twins}) == 3
+    assert all(r["example_id"].startswith("rte:train:0~") for r in twins)
+    assert len({r["priority"] for r in twins}) == 3
+    for r in fps:
+        if r["row_index"] >= 3:  # a unique id: the key of its id, as before
+            key = fp.string_hashes(pa.array([str(r["row_index"])]), 0)
+            assert r["example_id"] == f"rte:train:{r['row_index']}"
+            assert r["priority"] == priorities(key, "rte", 1)[0]
+    tmpl = pq.read_table(Path(inputs[0].templatized)).to_pylist()
+    draws = {r["example_id"]: r["template_id"] for r in tmpl if r["row_index"] < 3 and r["pass"] == 0
+             and r["example_id"].startswith("rte:train:")}
+    assert len(draws) == 3 and len(set(draws.values())) > 1
+
+
+def test_mix_refuses_a_templatized_table_that_is_not_the_one_templatize_wrote(tmp_path):
+    """A corrupt or replaced `data/templatized/{dataset}.parquet` (a valid Parquet file of other rows)
+    stops mix, naming the file, instead of mixing it."""
+    table = pa.table({"sentence": [f"Sentence number {i} is fine." for i in range(30)],
+                      "label": [i % 2 for i in range(30)], "idx": list(range(30))})
+    out, inputs, cfg = build(tmp_path, {"sst2": table}, cap=10, pool_factor=None)
+    templatized = Path(inputs[0].templatized)
+    rows = pq.read_table(templatized)
+    pq.write_table(rows.slice(1), templatized)  # one row fewer
+    with pytest.raises(ValueError, match="sha256") as err:
+        build_mixture("all", ["sst2"], [], inputs, tmp_path / "mix2", MixSlice.of(cfg))
+    assert str(templatized) in str(err.value)

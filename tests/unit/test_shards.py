@@ -193,3 +193,65 @@ def test_the_trainer_reads_each_micro_batch_of_a_step_in_order(mixture):
                 assert (batch[name].numpy() == everything[name][idx]).all()
         # every target token follows a token of its own example (at least the inputs' EOS)
         assert got.local_targets == int(everything["loss_mask"][rows.ravel()].sum()) > 0
+
+
+def test_a_truncated_shard_names_its_file(mixture, tmp_path):
+    """np.load of a cut .npy says `mmap length is greater than file size`; PackedShards names it."""
+    import shutil
+
+    from flanpipe.core.io import ReadError
+
+    pack(mixture, "cut")
+    packed = tmp_path / "cut"
+    shutil.copytree(mixture[0] / "cut", packed)
+    tokens = packed / "shards/part-00000.tokens.npy"
+    tokens.write_bytes(tokens.read_bytes()[:-64])
+    with pytest.raises(ReadError, match="packed shard") as err:
+        PackedShards(packed)
+    assert str(tokens) in str(err.value)
+
+
+def _tampered(mixture, tmp_path, name):
+    import shutil
+
+    pack(mixture, "intact")
+    packed = tmp_path / name
+    shutil.copytree(mixture[0] / "intact", packed)
+    return packed, packed / "shards/part-00001.tokens.npy"
+
+
+def test_a_shard_overwritten_with_other_tokens_of_its_size_stops_train_before_the_first_step(mixture,
+                                                                                              tmp_path):
+    """The real `flanpipe train` (one process, DeepSpeed on CPU): it checks every shard against the
+    pack manifest's sha256 and names the changed file, instead of training on it."""
+    import os
+    import subprocess
+    import sys
+
+    from flanpipe.core.shards import verify_shards
+
+    packed, tokens = _tampered(mixture, tmp_path, "overwritten")
+    assert verify_shards(packed) >= 0
+    array = np.load(tokens)
+    array["tokens"] = array["tokens"][::-1]  # other tokens, the same size
+    np.save(tokens, array)
+    (tmp_path / "config.yaml").write_text("seed: 3\n")
+    cmd = [sys.executable, "-m", "flanpipe.cli", "train", "--mixture", "m",
+           "--config", str(tmp_path / "config.yaml"), "--packed", str(packed),
+           "--tokenizer", str(mixture[0] / "spm.model"), "--out", str(tmp_path / "model")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert proc.returncode != 0
+    assert f"{tokens}: sha256" in proc.stderr and f"{packed / 'manifest.json'} says" in proc.stderr
+    assert not (tmp_path / "model/metrics.csv").exists()
+
+
+def test_a_truncated_shard_is_named_with_its_size(mixture, tmp_path):
+    from flanpipe.core.io import ArtifactMismatch
+    from flanpipe.core.shards import verify_shards
+
+    packed, tokens = _tampered(mixture, tmp_path, "truncated")
+    tokens.write_bytes(tokens.read_bytes()[:-64])
+    with pytest.raises(ArtifactMismatch, match="the pack manifest says") as err:
+        verify_shards(packed)
+    assert str(packed / "shards") in str(err.value) and tokens.name in str(err.value)

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from flanpipe.core.registry import load_registry
-from flanpipe.core.validate import SchemaError, check_split
+from flanpipe.core.validate import BadLine, SchemaError, check_split
 
 REG = load_registry()
 
@@ -47,7 +47,8 @@ def test_each_kind_of_bad_row_is_quarantined_with_its_reason(row, kind, words):
 
 
 def test_invalid_json_line_is_kept_verbatim():
-    res = check([rte(), None], bad_lines={1: "{not json"})
+    res = check([rte(), None],
+                bad_lines={1: BadLine("invalid_json", "line is not valid JSON", "{not json")})
     rej = res.rejected.to_pylist()
     assert rej == [{"split": "train", "row_index": 1, "kind": "invalid_json",
                     "reason": "line is not valid JSON", "row": "{not json"}]
