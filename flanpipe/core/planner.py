@@ -163,7 +163,7 @@ class Plan:
     def eval_results(self, few_shot: bool = False) -> list[str]:
         """Every held-out cluster's result files (tuned, and the base model's if configured).
 
-        >>> Plan(parse_config({"heldout_clusters": ["nli"], "datasets": ["rte"]})).eval_results()
+        >>> Plan(parse_config({"heldout_clusters": ["nli"], "datasets": ["rte", "sst2"]})).eval_results()
         ['results/eval/nli/rte.json', 'results/eval/base/rte.json']
         """
         suffix = ".few_shot.json" if few_shot else ".json"
