@@ -23,6 +23,15 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    if log_file:
+        sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind, error, tb) -> None:
+    """An error that ends a job goes into the job's own log (``logs/<rule>/...``) as well as to
+    stderr, which Snakemake keeps in its own log: the log a reader opens says why the job failed."""
+    logging.getLogger("flanpipe").error("%s: %s", kind.__name__, error, exc_info=(kind, error, tb))
+    sys.__excepthook__(kind, error, tb)
 
 
 def progress(items: Iterable[T], total: int, what: str, count: Callable[[T], int] | None = None,

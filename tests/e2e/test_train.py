@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +206,53 @@ def test_every_split_and_zero_stage_gives_the_same_weights(demo_run, tmp_path):
     # apart: a difference of 1e-5 would show
     assert norms[1, 3, "adamw", 1][0] == pytest.approx(norms[1, 3, "adafactor", 1][0], rel=1e-6)
     assert max_relative_difference(runs[1, 0, "adamw", 1], runs[1, 0, "adafactor", 1]) > 1e-2
+
+
+def _processes_naming(text: str) -> list[str]:
+    """The command lines of live processes that name ``text`` (a run's folder)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and text in cmdline and int(proc.name) != os.getpid():
+            found.append(cmdline)
+    return found
+
+
+def test_a_killed_workflow_leaves_no_rank_and_its_rerun_equals_a_straight_run(demo_run, tmp_path):
+    """`kill -KILL` of the snakemake process group while `train` runs: no training rank survives,
+    the rerun (`--unlock`, then `--rerun-incomplete`) resumes from the last finished checkpoint, and
+    its weights are the uninterrupted demo run's, byte for byte."""
+    import shutil
+    import signal
+    import time
+
+    wd = tmp_path / "wd"
+    shutil.copytree(demo_run, wd, symlinks=True, ignore=shutil.ignore_patterns("results", "logs"))
+    shutil.rmtree(wd / "models/nli")
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(wd),
+           "--configfile", str(REPO / "config/config.yaml"), "--cores", "2", "models/nli/run.json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = wd / "models/nli/checkpoints/step0000010/complete.json"
+    deadline = time.monotonic() + 600
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists() and proc.poll() is None, "the run ended before its first checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (wd / "models/nli/run.json").exists()  # killed mid-train, not after
+    deadline = time.monotonic() + 30
+    while _processes_naming(str(wd)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_naming(str(wd)) == []
+    run = ["--snakefile", str(REPO / "Snakefile"), "--directory", str(wd), "--configfile",
+           str(REPO / "config/config.yaml"), "--cores", "2"]
+    subprocess.run([str(BIN / "snakemake"), *run, "--unlock"], check=True, capture_output=True, timeout=120)
+    subprocess.run([str(BIN / "snakemake"), *run, "--rerun-incomplete", "models/nli/run.json"], check=True,
+                   capture_output=True, timeout=900)
+    assert json.loads((wd / "models/nli/run.json").read_text())["resumed_from_step"] >= 10
+    assert ((wd / "models/nli/hf/model.safetensors").read_bytes()
+            == (demo_run / "models/nli/hf/model.safetensors").read_bytes())
+    assert not list((wd / "models/nli").rglob("*.tmp*"))

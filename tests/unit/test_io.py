@@ -131,3 +131,20 @@ def test_the_next_pool_job_removes_a_killed_pool_jobs_temporary(tmp_path):
     write_pool("sst2", tmp_path / "train.parquet", tmp_path / "pool/sst2.parquet",
                PoolSlice(seed=1, pool_factor=None, cap=2))
     assert [p.name for p in (tmp_path / "pool").iterdir()] == ["sst2.parquet"]
+
+
+def test_an_error_that_ends_a_job_is_in_the_jobs_log(tmp_path):
+    """A Snakemake script's uncaught error (here a corrupt Parquet) lands in its `log:` file, naming
+    the file, not only in Snakemake's own log."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    log = tmp_path / "job.log"
+    code = ("from flanpipe.core.logs import setup_logging; from flanpipe.core.io import read_table; "
+            f"setup_logging({str(log)!r}); read_table({str(bad)!r})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode != 0
+    text = log.read_text()
+    assert "ERROR" in text and str(bad) in text, text
