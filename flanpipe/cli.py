@@ -159,7 +159,7 @@ STATS_COLUMNS = [
     ("exact_dups", "exact dup"), ("near_dups", "near dup"), ("contaminated", "contam."),
     ("capped", "capped"), ("kept", "kept"), ("rate", "rate %"), ("sampled", "sampled"),
     ("epochs", "epochs"), ("mean_input_chars", "in chars"), ("mean_target_chars", "tgt chars"),
-    ("mean_tokens_est", "~tokens"),
+    ("mean_tokens_est", "~tokens"), ("duplicate_id_rows", "dup ids"),
 ]
 
 

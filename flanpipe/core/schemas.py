@@ -66,6 +66,8 @@ MIXTURE_STATS_SCHEMA = pa.schema([
     # kept < cap although raw rows outside the pool exist: at most this many more rows would have
     # passed the cap with a larger pool (dedup.pool_factor); 0 when the pool was large enough
     pa.field("pool_short", pa.int64()),
+    # raw rows whose source id another row of the split also has (keyed apart by their content)
+    pa.field("duplicate_id_rows", pa.int64()),
 ])
 
 # mix.py

@@ -55,7 +55,7 @@ from flanpipe.core.schemas import (
 )
 
 # 3: reads only the wanted renderings, shuffles through on-disk buckets (memory flat in the budget)
-STAGE_VERSION = "3"
+STAGE_VERSION = "4"  # 4: stats count the rows with duplicated source ids
 GATHER_ROWS = 8_192
 """Templatized rows read at a time."""
 log = logging.getLogger(__name__)
@@ -385,7 +385,6 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
         stats.append({"mixture": mixture, "dataset": name, "cluster": registry.datasets[name].cluster,
                       **counts, "mean_input_chars": chars_in, "mean_target_chars": chars_out,
                       "mean_tokens_est": tokens, "pool_short": short,
-                      # in the manifest's stats only (stats.parquet keeps its columns)
                       "duplicate_id_rows": _duplicate_id_rows(files)})
         kept_rows.append(kept)
         found = _in_clusters(matches[k], heldout)

@@ -207,6 +207,7 @@ def test_rows_sharing_a_source_id_are_counted_and_keyed_apart(tmp_path, pool_fac
     assert raw["eval"]["duplicate_ids"] == {"ids": 1, "rows": 3}  # the eval split is the first 20 rows
     [stats] = json.loads((out / "manifest.json").read_text())["stats"]
     assert stats["duplicate_id_rows"] == 3
+    assert pq.read_table(out / "stats.parquet").column("duplicate_id_rows").to_pylist() == [3]
 
     fps = pq.read_table(inputs[0].fingerprints).to_pylist()
     twins = [r for r in fps if r["row_index"] < 3]
