@@ -164,13 +164,15 @@ def test_two_nodes_train_the_weights_of_one_node(runs):
     weights = {name: load_file(runs[name] / f"models/{MIXTURE}/hf/model.safetensors")
                for name in ("slurm", "local")}
     assert weights["slurm"].keys() == weights["local"].keys()
-    diff = max(float((weights["slurm"][k] - weights["local"][k]).abs().max()) for k in weights["local"])
-    assert diff == 0.0, f"max abs difference {diff}"
-    assert all(torch.equal(weights["slurm"][k], weights["local"][k]) for k in weights["local"])
+    # One rank per node has both CPUs for its threads, two ranks on one node one each: float32 sums
+    # in the CPU kernels may then be ordered differently, a few units in the last place apart.
+    for k in weights["local"]:
+        torch.testing.assert_close(weights["slurm"][k], weights["local"][k], rtol=1e-6, atol=1e-6)
 
     def losses(root: Path) -> list[tuple]:
         rows = read_metrics(root / f"models/{MIXTURE}/metrics.csv")
-        return [tuple(r[k] for k in LOSS_COLUMNS) for r in rows]
+        return [tuple(float(r[k]) for k in LOSS_COLUMNS) for r in rows]
 
-    assert losses(runs["slurm"]) == losses(runs["local"])
+    for slurm, local in zip(losses(runs["slurm"]), losses(runs["local"]), strict=True):
+        assert slurm == pytest.approx(local, rel=1e-6), (slurm, local)
     assert len(losses(runs["local"])) == TRAIN_STEPS
