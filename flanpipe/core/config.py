@@ -92,6 +92,19 @@ class DownloadConfig(_Section):
     """Source for every dataset not listed in `sources`."""
     sources: dict[str, SourceSpec] = Field(default_factory=dict)
     """Per-dataset overrides, keyed by registry name, e.g. `{rte: {kind: hub, revision: main}}`."""
+    local_root: str | None = None
+    """With `default_source: local`: the folder that holds one folder per dataset, named as in the
+    registry (`<local_root>/boolq/train.jsonl`, ...), for every dataset not listed in `sources`."""
+
+    @model_validator(mode="after")
+    def _local_root_with_local(self) -> DownloadConfig:
+        if self.default_source == "local" and not self.local_root:
+            raise ValueError("default_source 'local' needs local_root (a folder with one folder per "
+                             "dataset); datasets listed in sources use their own path")
+        if self.default_source != "local" and self.local_root:
+            raise ValueError(f"local_root is read with default_source 'local' only, not "
+                             f"{self.default_source!r}")
+        return self
 
     @field_validator("sources")
     @classmethod
@@ -112,7 +125,11 @@ class DownloadConfig(_Section):
 
     def source_for(self, dataset: str) -> SourceSpec:
         """The source to read ``dataset`` from."""
-        return self.sources.get(dataset, SourceSpec(kind=self.default_source))
+        if dataset in self.sources:
+            return self.sources[dataset]
+        if self.default_source == "local":
+            return SourceSpec(kind="local", path=f"{self.local_root.rstrip('/')}/{dataset}")
+        return SourceSpec(kind=self.default_source)
 
 
 class FewShotConfig(_Section):
@@ -122,8 +139,18 @@ class FewShotConfig(_Section):
     """Exemplars per prompt (drawn from the train split, never the example itself)."""
     delimiter: str = "\n\n"
     """Between exemplars, and between the last exemplar and the query."""
-    max_tokens: StrictInt = Field(1024, ge=16)
-    """Token budget of a whole prompt; exemplars are dropped, oldest first, to fit it."""
+    max_tokens: StrictInt | None = Field(None, ge=16)
+    """Token budget of a whole prompt; exemplars are dropped, oldest first, to fit it. null:
+    `tokenize.max_input_tokens`, which it may not exceed."""
+
+    def within(self, max_input_tokens: int) -> FewShotConfig:
+        """This config with its budget resolved: ``max_tokens``, or ``max_input_tokens`` where null.
+
+        >>> FewShotConfig().within(512).max_tokens, FewShotConfig(max_tokens=300).within(512).max_tokens
+        (512, 300)
+        """
+        budget = min(self.max_tokens or max_input_tokens, max_input_tokens)
+        return self.model_copy(update={"max_tokens": budget})
 
 
 class TemplatizeConfig(_Section):
@@ -408,9 +435,23 @@ class EvaluateConfig(_Section):
 
     max_examples: StrictInt | None = Field(None, ge=1)
     """Eval examples per dataset, a seeded sample of the eval split; null: all of them."""
-    normalization: Literal["sum", "per_token", "per_char"] = "sum"
-    """Rank classification's headline score of an option: its tokens' summed log-likelihood, or that
-    divided by its token count or its character count (all three are reported)."""
+    normalization: Literal["sum", "per_token", "per_char", "pmi"] = "sum"
+    """Rank classification's headline score of an option (all four are reported): its tokens' summed
+    log-likelihood (lm-eval `acc`), that divided by its token count, or by its character count
+    (lm-eval `acc_norm`), or `pmi`: minus its log-likelihood after the answer prefix alone (lm-eval
+    `acc_mutual_info`, OLMES `acc_uncond`)."""
+    pmi_prefix: str = ""
+    """The text PMI's unconditional term scores each option after (in the model's layout): empty,
+    as lm-eval's `acc_mutual_info`, or an answer cue such as `Answer:` (OLMES)."""
+    target_delimiter: str = " "
+    """In the `continuation` layout (a model flanpipe did not train): the text between a prompt and
+    its option, lm-eval's `target_delimiter`."""
+    cross_layouts: bool = True
+    """Also score every model in the layout it was not trained in (`eos` for the base,
+    `continuation` for a tuned model), so the report shows what share of a base-vs-tuned gap the
+    layout alone explains. Doubles the scoring."""
+    bootstrap: StrictInt = Field(1000, ge=0, le=100_000)
+    """Resamples of the eval examples behind every headline's 95% interval (0: no intervals)."""
     options_suffix: Literal["with", "without"] = "with"
     """The headline variant: prompts with the OPTIONS suffix (as the paper evaluates) or without
     it; both are always scored and reported."""
@@ -567,6 +608,15 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _few_shot_fits_inputs(self) -> Config:
+        few, budget = self.templatize.few_shot.max_tokens, self.tokenize.max_input_tokens
+        if few is not None and few > budget:
+            raise ValueError(f"templatize.few_shot.max_tokens ({few}) exceeds tokenize.max_input_tokens "
+                             f"({budget}): a few-shot prompt would be cut after it was fitted; allowed: "
+                             f"at most {budget}")
+        return self
+
+    @model_validator(mode="after")
     def _bands_fit(self) -> Config:
         near = self.dedup.near
         if near.bands is not None and near.bands > near.num_perm:
@@ -615,7 +665,8 @@ class Slice(_Section):
 
 
 class DownloadSlice(Slice):
-    """download: one dataset's source (``download.sources.<dataset>``, or ``download.default_source``)."""
+    """download: one dataset's source (``download.sources.<dataset>``, or ``download.default_source``
+    with, for ``local``, ``download.local_root``)."""
 
     KEYS: ClassVar[dict[str, str]] = {"seed": "seed"}  # + the dataset's source (Plan.slice)
     seed: int
@@ -623,7 +674,7 @@ class DownloadSlice(Slice):
 
     @classmethod
     def paths(cls) -> list[str]:
-        return ["seed", "download.default_source", "download.sources"]
+        return ["seed", "download.default_source", "download.sources", "download.local_root"]
 
 
 class PoolSlice(Slice):
@@ -745,12 +796,14 @@ class EvaluateSlice(Slice):
 
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", "evaluate": "evaluate", "options": "templatize.options",
-        "few_shot": "templatize.few_shot", **{k: f"tokenize.{k}" for k in (
+        "few_shot": "templatize.few_shot", "cut_long_field": "templatize.cut_long_field",
+        **{k: f"tokenize.{k}" for k in (
             "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs")}}
     seed: int
     evaluate: EvaluateConfig
     options: Literal["dash", "letters", "none"]
     few_shot: FewShotConfig
+    cut_long_field: bool = True
     add_bos: bool | None
     max_input_tokens: int
     max_target_tokens: int
@@ -758,11 +811,14 @@ class EvaluateSlice(Slice):
 
 
 class ReportSlice(Slice):
-    """report: the order of the ablations' points."""
+    """report: the order of the ablations' points, and the paired bootstrap's seed and resamples."""
 
-    KEYS: ClassVar[dict[str, str]] = {"clusters": "ablations.clusters", "formats": "ablations.formats"}
+    KEYS: ClassVar[dict[str, str]] = {"clusters": "ablations.clusters", "formats": "ablations.formats",
+                                      "seed": "seed", "bootstrap": "evaluate.bootstrap"}
     clusters: list[str]
     formats: list[str]
+    seed: int = 1234
+    bootstrap: int = 1000
 
 
 SLICES: dict[str, type[Slice]] = {

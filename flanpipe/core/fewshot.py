@@ -129,10 +129,14 @@ class FewShotPool:
         return chosen
 
     def prompts(self, template: Template, style: OptionsStyle = "dash",
-                count_tokens: TokenCounter = whitespace_token_counts) -> FewShotPrompts:
-        """Every eval row's input with up to ``k`` solved exemplars before it, in ``style``."""
-        queries = render_template(self.bank, template, self.eval_raw, style).inputs
-        chosen = self.exemplars(template, queries, style)
+                count_tokens: TokenCounter = whitespace_token_counts, queries: pa.Array | None = None
+                ) -> FewShotPrompts:
+        """Every eval row's input with up to ``k`` solved exemplars before it, in ``style``.
+        ``queries``: the inputs to ask (default: the template's rendering of the eval rows; evaluate
+        passes them fitted to the budget). Exemplars are chosen against the rendering as it is."""
+        rendered = render_template(self.bank, template, self.eval_raw, style).inputs
+        chosen = self.exemplars(template, rendered, style)
+        queries = rendered if queries is None else queries
         rows, at = np.unique(chosen[chosen >= 0], return_inverse=True)
         shown = render_template(self.bank, template, self.train_raw.take(pa.array(rows)), style)
         texts = pc.binary_join_element_wise(shown.inputs, shown.targets, "\n")
@@ -162,6 +166,8 @@ def trim_prompts(slots: list[pa.Array], queries: pa.Array, cfg: FewShotConfig, c
     >>> trim_prompts(slots, pa.array(["q r s t u v w x y z", "q"]), cfg, whitespace_token_counts, 0).prompts
     ['e f | q r s t u v w x y z', 'd | q']
     """
+    if cfg.max_tokens is None:
+        raise ValueError("few_shot.max_tokens is null: resolve it first (FewShotConfig.within)")
     m, k = len(queries), len(slots)
     have = np.zeros(m, np.int64)
     for slot in slots:

@@ -1,17 +1,40 @@
 """The token layout: how an example's text becomes tokens, for pack (training rows) and evaluate
-(prompts and options) alike. An example is ``[BOS] input EOS`` then ``target EOS``: BOS where
-``tokenize.add_bos`` (or the tokenizer's own convention) asks for it, inputs cut to
-``max_input_tokens`` and targets to ``max_target_tokens`` with BOS and EOS always kept.
+(prompts and options) alike. This module owns it.
+
+Layouts (:data:`LAYOUTS`):
+
+- ``eos``, the paper's training layout: ``[BOS] input EOS`` then ``target EOS``. Inputs are cut to
+  ``max_input_tokens`` and targets to ``max_target_tokens``, BOS and EOS always kept. Every model
+  flanpipe trains is trained in it, and scored in it.
+- ``continuation``, how lm-evaluation-harness scores a pretrained model: ``[BOS] context`` then the
+  option's own tokens, no EOS anywhere. The context is the input and the option is
+  ``target_delimiter + target``. As in lm-eval's ``HFLM._encode_pair``, the context's trailing spaces
+  move to the option, and the option's tokens are those that encoding the joined text adds after
+  the context's, so the merges at the boundary are the model's own. An untuned base model, and any
+  folder that flanpipe did not train, is scored in it: the ``eos`` layout would end its document
+  before the answer.
+
+BOS goes first where ``tokenize.add_bos`` (or, where that is null, the tokenizer's own convention)
+asks for it. lm-eval adds none by default; the two agree for tokenizers that add none (SmolLM2,
+GPT-2, Qwen), and differ by that one token for those that do (Llama).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 
 from flanpipe.core.config import EvaluateSlice, PackSlice, TokenizeConfig
 from flanpipe.core.tokenizers import Tokenizer
+
+LayoutName = Literal["eos", "continuation"]
+LAYOUTS: tuple[LayoutName, ...] = ("eos", "continuation")
+TRAINED_LAYOUT: LayoutName = "eos"
+"""The layout flanpipe trains in (the packer's rows)."""
+RECORD = "flanpipe.json"
+"""In a model folder flanpipe trained: the layout it was trained in (``{"layout": "eos", ...}``)."""
 
 
 def bos_token(tokenizer: Tokenizer, add_bos: bool | None) -> int | None:
@@ -38,10 +61,23 @@ def encode(tokenizer: Tokenizer, texts: list[str], limit: int, eos: int, left: b
     return out
 
 
+def split_pair(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's rule: the context's trailing whitespace goes to the start of the continuation.
+
+    >>> split_pair("Question: 2+2?\\nAnswer: ", "4")
+    ('Question: 2+2?\\nAnswer:', ' 4')
+    """
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        return context[:-spaces], context[-spaces:] + continuation
+    return context, continuation
+
+
 @dataclass(frozen=True)
 class Layout:
-    """How evaluation turns text into tokens for one model: its tokenizer, the BOS to put before
-    inputs (or None) and the packer's budgets."""
+    """How evaluation turns text into tokens for one model: its tokenizer, the layout's name, the
+    BOS to put before inputs (or None), the packer's budgets, and (``continuation``) the text
+    between a context and its option."""
 
     tokenizer: Tokenizer
     bos: int | None
@@ -49,25 +85,84 @@ class Layout:
     max_target_tokens: int
     truncate_left: bool
     threads: int = 1
+    name: LayoutName = "eos"
+    target_delimiter: str = " "
 
     @classmethod
-    def of(cls, tokenizer: Tokenizer, tcfg: TokenizeConfig | EvaluateSlice | PackSlice, threads: int = 1
-           ) -> Layout:
-        """The layout of ``tcfg``'s budgets, truncation side and BOS setting."""
+    def of(cls, tokenizer: Tokenizer, tcfg: TokenizeConfig | EvaluateSlice | PackSlice, threads: int = 1,
+           name: LayoutName = "eos") -> Layout:
+        """The layout ``name`` with ``tcfg``'s budgets, truncation side and BOS setting (and, from an
+        evaluate slice, its target delimiter)."""
+        if name not in LAYOUTS:
+            raise ValueError(f"layout {name!r}; allowed: {', '.join(LAYOUTS)}")
+        evaluate = getattr(tcfg, "evaluate", None)
+        delimiter = evaluate.target_delimiter if evaluate is not None else " "
         return cls(tokenizer, bos_token(tokenizer, tcfg.add_bos), tcfg.max_input_tokens,
-                   tcfg.max_target_tokens, tcfg.truncate_inputs == "left", threads)
+                   tcfg.max_target_tokens, tcfg.truncate_inputs == "left", threads, name, delimiter)
+
+    def as_(self, name: LayoutName) -> Layout:
+        """The same tokenizer and budgets in another layout."""
+        if name not in LAYOUTS:
+            raise ValueError(f"layout {name!r}; allowed: {', '.join(LAYOUTS)}")
+        return replace(self, name=name)
+
+    @property
+    def _end(self) -> list[int]:
+        return [self.tokenizer.eos_id] if self.name == "eos" else []
+
+    def _cut(self, ids: list[int], keep: int) -> list[int]:
+        return ids[-keep:] if self.truncate_left and len(ids) > keep else ids[:keep]
 
     def inputs(self, texts: list[str]) -> list[list[int]]:
-        """``[BOS] input EOS`` per text (the prompt)."""
-        return encode(self.tokenizer, texts, self.max_input_tokens, self.tokenizer.eos_id, self.truncate_left,
-                      self.bos, self.threads)
+        """The prompt per text: ``[BOS] input EOS`` (``eos``) or ``[BOS] context`` (``continuation``,
+        the context's trailing spaces left for the option). A context of no tokens is BOS alone, or
+        where there is none EOS, as lm-eval scores an empty context."""
+        if self.name == "eos":
+            return encode(self.tokenizer, texts, self.max_input_tokens, self.tokenizer.eos_id,
+                          self.truncate_left, self.bos, self.threads)
+        contexts = [split_pair(t, "")[0] for t in texts]
+        keep = self.max_input_tokens - (self.bos is not None)
+        out = []
+        for ids in self.tokenizer.encode_batch(contexts, self.threads):
+            body = ([self.bos] if self.bos is not None else []) + self._cut(ids.tolist(), keep)
+            out.append(body or [self.tokenizer.eos_id])
+        return out
 
     def targets(self, texts: list[str]) -> list[list[int]]:
-        """``target EOS`` per text (an option)."""
+        """``target EOS`` per text (an option, ``eos``), on its own; in ``continuation`` use
+        :meth:`options`, whose tokens depend on the context."""
+        if self.name != "eos":
+            raise ValueError("a continuation's tokens depend on its context: use Layout.options")
         return encode(self.tokenizer, texts, self.max_target_tokens, self.tokenizer.eos_id,
                       threads=self.threads)
 
+    def options(self, contexts: list[str], options: list[list[str]]) -> list[list[list[int]]]:
+        """Each context's options as token lists: ``target EOS`` (``eos``), or (``continuation``) the
+        tokens that ``context + delimiter + option``, encoded whole, has after the context's own,
+        at most ``max_target_tokens`` (at least one: an option that merges wholly into the context
+        keeps the joined text's last token)."""
+        flat = [o for opts in options for o in opts]
+        if self.name == "eos":
+            encoded = self.targets(flat)
+        else:
+            pairs = [split_pair(c, self.target_delimiter + o)
+                     for c, opts in zip(contexts, options, strict=True) for o in opts]
+            whole = self.tokenizer.encode_batch([c + o for c, o in pairs], self.threads)
+            unique = list(dict.fromkeys(c for c, _ in pairs))
+            context_len = {c: len(ids) for c, ids in zip(
+                unique, self.tokenizer.encode_batch(unique, self.threads), strict=True)}
+            encoded = []
+            for (c, _), ids in zip(pairs, whole, strict=True):
+                ids = ids.tolist()
+                tail = ids[context_len[c]:] or ids[-1:]
+                encoded.append(tail[:self.max_target_tokens])
+        out, at = [], 0
+        for opts in options:
+            out.append(encoded[at:at + len(opts)])
+            at += len(opts)
+        return out
+
     def counts(self, texts: list[str]) -> np.ndarray:
-        """The tokens each text takes as a prompt, before truncation (few-shot trimming)."""
+        """The tokens each text takes as a prompt, before truncation (few-shot trimming, fitting)."""
         ids = self.tokenizer.encode_batch(texts, self.threads)
-        return np.array([len(i) for i in ids], np.int64) + 1 + (self.bos is not None)
+        return np.array([len(i) for i in ids], np.int64) + (self.bos is not None) + (self.name == "eos")

@@ -421,3 +421,92 @@ def primary(metric: str) -> str:
     """
     _check_metric(metric)
     return PRIMARY[metric]
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+PER_EXAMPLE = frozenset({"accuracy", "squad", "rouge"})
+"""Metrics whose every key is a mean over examples: the bootstrap resamples per-example scores.
+The others (macro f1, Matthews, BLEU, correlations) are computed again on every resample."""
+
+
+def example_scores(metric: str, predictions: Sequence[str], references: Sequence[Sequence[str]]
+                   ) -> np.ndarray | None:
+    """Each example's own score of ``metric``'s primary key (their mean is :func:`compute`'s), or
+    None where the metric is not a mean over examples.
+
+    >>> example_scores("accuracy", ["yes", "no", "no"], [["yes"], ["yes"], ["no"]]).tolist()
+    [100.0, 0.0, 100.0]
+    """
+    _check_metric(metric)
+    if metric not in PER_EXAMPLE:
+        return None
+    key = PRIMARY[metric]
+    if metric == "accuracy":
+        check_inputs(predictions, references)
+        return 100.0 * np.array([normalize_label(p) in {normalize_label(r) for r in refs}
+                                 for p, refs in zip(predictions, references, strict=True)], np.float64)
+    return np.array([compute(metric, [p], [list(refs)])[key] for p, refs in zip(predictions, references,
+                                                                               strict=True)])
+
+
+def template_mean(metric: str, predictions: Sequence[Sequence[str]],
+                  references: Sequence[Sequence[Sequence[str]]]) -> Callable[[np.ndarray], float]:
+    """The headline as a function of which examples are drawn: ``f(rows)`` is the mean over
+    templates of ``metric``'s primary key on ``rows`` (``predictions[t]`` and ``references[t]`` are
+    template ``t``'s). ``f(np.arange(n))`` is the headline itself."""
+    key = PRIMARY[metric]
+    per = [example_scores(metric, p, r) for p, r in zip(predictions, references, strict=True)]
+    if all(s is not None for s in per):
+        mean = np.mean(np.stack(per), axis=0)  # per example, over templates
+        return lambda rows: float(mean[rows].mean())
+
+    def score(rows: np.ndarray) -> float:
+        return float(np.mean([compute(metric, [p[i] for i in rows], [r[i] for i in rows])[key]
+                              for p, r in zip(predictions, references, strict=True)]))
+    return score
+
+
+def bootstrap(score: Callable[[np.ndarray], float], n: int, resamples: int, seed: int,
+              level: float = 0.95) -> dict[str, float] | None:
+    """The percentile bootstrap interval of ``score(rows)`` over ``n`` examples drawn with
+    replacement, ``resamples`` times (seeded): ``{"low", "high", "level", "resamples"}``, or None
+    with no resamples or no examples.
+
+    >>> ones = np.r_[np.ones(60), np.zeros(40)]
+    >>> ci = bootstrap(lambda rows: float(ones[rows].mean()), 100, 2000, seed=0)
+    >>> 0.49 < ci["low"] < 0.52 and 0.68 < ci["high"] < 0.71
+    True
+    """
+    if resamples <= 0 or n <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = np.array([score(rng.integers(0, n, n)) for _ in range(resamples)])
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(draws, [tail, 1.0 - tail])
+    return {"low": float(low), "high": float(high), "level": level, "resamples": resamples}
+
+
+def paired_bootstrap(score_a: Callable[[np.ndarray], float], score_b: Callable[[np.ndarray], float], n: int,
+                     resamples: int, seed: int, level: float = 0.95) -> dict[str, float] | None:
+    """The interval of ``score_a - score_b`` with the *same* examples drawn for both on every
+    resample (two models on the same rows and templates), and the share of resamples in which the
+    difference is at or below zero (``p_not_better``: a one-sided bootstrap p-value for a > b).
+
+    >>> a, b = np.r_[np.ones(70), np.zeros(30)], np.r_[np.ones(50), np.zeros(50)]
+    >>> d = paired_bootstrap(lambda r: a[r].mean(), lambda r: b[r].mean(), 100, 2000, seed=0)
+    >>> 0.1 < d["low"] < 0.2 < d["high"] < 0.3, d["p_not_better"] < 0.01
+    (True, True)
+    """
+    if resamples <= 0 or n <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(resamples)
+    for k in range(resamples):
+        rows = rng.integers(0, n, n)
+        diffs[k] = score_a(rows) - score_b(rows)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(diffs, [tail, 1.0 - tail])
+    return {"delta": float(score_a(np.arange(n)) - score_b(np.arange(n))), "low": float(low),
+            "high": float(high), "level": level, "resamples": resamples,
+            "p_not_better": float(np.mean(diffs <= 0))}

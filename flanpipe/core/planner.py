@@ -73,12 +73,6 @@ class Plan:
         return [*(f"clusters_{k}" for k in range(1, n + 1)),
                 *(f"format_{f}" for f in self.cfg.ablations.formats if f != self.cfg.templatize.format)]
 
-    def evaluate_slice(self) -> dict[str, Any]:
-        """The keys an evaluation reads (its Snakemake params: a change reruns the evaluations only)."""
-        return self.cfg.model_dump(mode="json", include={
-            "seed": True, "evaluate": True, "templatize": {"options", "few_shot"},
-            "tokenize": {"max_input_tokens", "max_target_tokens", "truncate_inputs", "add_bos"}})
-
     def all_mixtures(self) -> list[str]:
         return [*self.mixtures(), *self.ablation_mixtures()]
 

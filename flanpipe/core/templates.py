@@ -28,6 +28,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import string
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
@@ -400,3 +402,93 @@ def templates_digest(name: str) -> str:
     bank = load_bank().get(name)
     text = bank.model_dump_json() if bank else "none"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- fitting an input to a token budget ----------------------------------------------------------
+
+def long_field(spec: DatasetSpec, raw: pa.Table | Iterable[pa.Table]) -> str | None:
+    """The dataset's long field: of its top-level string text fields, the one with the most
+    characters in ``raw`` (a table, or a split's tables one batch at a time): the passage, the
+    article, the dialogue; None if it has none."""
+    chars: Counter[str] = Counter()
+    for table in [raw] if isinstance(raw, pa.Table) else raw:
+        for path in spec.text_fields:
+            if "." not in path and pa.types.is_string(table.schema.field(path).type):
+                chars[path] += pc.sum(pc.utf8_length(table.column(path))).as_py() or 0
+    best, most = None, 0
+    for path in spec.text_fields:  # the first of equals, in registry order
+        if chars[path] > most:
+            best, most = path, chars[path]
+    return best
+
+
+def _uses(template: Template, field: str | None) -> bool:
+    return field is not None and any(p.split("|")[0] == field for p in template.placeholders("input"))
+
+
+def fit_long_field(bank: DatasetTemplates, template: Template, raw: pa.Table, rendered: Rendered,
+                   field: str | None, max_chars: int, options: str) -> tuple[Rendered, np.ndarray]:
+    """Re-render the rows whose input passes ``max_chars`` with the end of ``field`` cut (at a word
+    boundary) by the excess, so the text the template puts before and after it (the instruction, the
+    question, the OPTIONS) stays whole. Returns the rendering and the characters cut per row.
+
+    A template that does not use the field, or a row whose other text alone passes the budget (the
+    field is emptied), is left to the tokenizer's truncation, which the pack stage counts.
+    """
+    if not _uses(template, field):
+        return rendered, np.zeros(raw.num_rows, np.int32)
+    rendered, (_, cut) = _cut_rows(bank, template, raw, rendered, field, np.full(raw.num_rows, max_chars),
+                                   options)
+    return rendered, cut
+
+
+def fit_to_tokens(bank: DatasetTemplates, template: Template, raw: pa.Table, style: OptionsStyle,
+                  field: str | None, budget: int, count_tokens, passes: int = 4
+                  ) -> tuple[Rendered, np.ndarray]:
+    """The template's rendering of ``raw`` with every input fitted to ``budget`` tokens (as
+    ``count_tokens`` counts a prompt, its special tokens included) by cutting the end of ``field``,
+    as templatize fits training inputs: the instruction, the question and the OPTIONS survive where
+    the tokenizer's truncation would cut them. Each pass cuts an over-long row's field by its excess
+    tokens at that row's own characters per token, plus a tenth, then counts again. Returns the
+    rendering and the characters cut per row; a row that still does not fit after ``passes`` (its
+    other text alone passes the budget) is left to the layout's truncation."""
+    rendered = render_template(bank, template, raw, style)
+    cut = np.zeros(raw.num_rows, np.int32)
+    if not _uses(template, field):
+        return rendered, cut
+    for _ in range(passes):
+        tokens = np.asarray(count_tokens(rendered.inputs.to_pylist()), np.int64)
+        over = tokens > budget
+        if not over.any():
+            break
+        chars = pc.utf8_length(rendered.inputs).to_numpy(zero_copy_only=False).astype(np.int64)
+        excess = np.ceil((tokens - budget) * chars / np.maximum(tokens, 1) * 1.1).astype(np.int64) + 1
+        max_chars = np.where(over, chars - excess, np.iinfo(np.int64).max)
+        rendered, (raw, more) = _cut_rows(bank, template, raw, rendered, field, max_chars, style)
+        cut += more
+    return rendered, cut
+
+
+def _cut_rows(bank: DatasetTemplates, template: Template, raw: pa.Table, rendered: Rendered, field: str,
+              max_chars: np.ndarray, style: str) -> tuple[Rendered, tuple[pa.Table, np.ndarray]]:
+    """Cut the end of ``field`` (at a word boundary) in each row whose input passes its
+    ``max_chars``, by the excess; re-render. Returns the rendering, the table and the cuts."""
+    lengths = pc.utf8_length(rendered.inputs).to_numpy(zero_copy_only=False)
+    over = np.flatnonzero(lengths > max_chars)
+    cut = np.zeros(raw.num_rows, np.int32)
+    if not len(over):
+        return rendered, (raw, cut)
+    column = raw.column(field).combine_chunks()
+    shorter = []
+    for i, text in zip(over, column.take(pa.array(over)).to_pylist(), strict=True):
+        text = text or ""
+        keep = max(0, len(text) - int(lengths[i] - max_chars[i]))
+        space = text.rfind(" ", 0, keep + 1)
+        text_cut = text[:space] if space > 0.8 * keep else text[:keep]
+        shorter.append(text_cut)
+        cut[i] = len(text) - len(text_cut)
+    mask = np.zeros(raw.num_rows, bool)
+    mask[over] = True
+    fitted = pc.replace_with_mask(column, pa.array(mask), pa.array(shorter, column.type))
+    table = raw.set_column(raw.schema.get_field_index(field), field, fitted)
+    return render_template(bank, template, table, style), (table, cut)

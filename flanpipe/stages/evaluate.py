@@ -45,14 +45,23 @@ from flanpipe.core.config import EvaluateSlice
 from flanpipe.core.fewshot import FewShotPool, TokenCounter, few_shot_columns
 from flanpipe.core.io import code_version, read_schema, read_table, sha256_file, write_text_atomic
 from flanpipe.core.keys import derive_seed
-from flanpipe.core.layout import Layout, bos_token, encode
+from flanpipe.core.layout import LAYOUTS, RECORD, Layout, LayoutName, bos_token, encode
 from flanpipe.core.registry import DatasetSpec, load_registry
 from flanpipe.core.scoring import generate, score_options
-from flanpipe.core.templates import DatasetTemplates, Template, column_at, load_bank, render_template
+from flanpipe.core.templates import (
+    DatasetTemplates,
+    Template,
+    column_at,
+    fit_to_tokens,
+    load_bank,
+    long_field,
+    render_template,
+)
 from flanpipe.core.tokenizers import Tokenizer
 
-STAGE_VERSION = "2"
-NORMALIZATIONS = ("sum", "per_token", "per_char")
+STAGE_VERSION = "3"
+NORMALIZATIONS = ("sum", "per_token", "per_char", "pmi")
+PMI_GROUP = 32  # unconditional options scored after one prompt at a time
 log = logging.getLogger(__name__)
 
 
@@ -75,6 +84,23 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, Tokenizer]:
     cuda = torch.cuda.is_available()
     return load_checkpoint(resolve_model_dir(path), dtype=torch.bfloat16 if cuda else torch.float32,
                            device="cuda" if cuda else "cpu")
+
+
+def model_layout(model_dir: str | Path, override: str | None = None) -> tuple[LayoutName, str]:
+    """The layout a model is scored in, and why: ``override``; else the layout its folder's
+    ``flanpipe.json`` records (a model flanpipe trained); else ``continuation``, lm-eval's layout,
+    for an untuned base model or any checkpoint flanpipe did not train."""
+    if override is not None:
+        if override not in LAYOUTS:
+            raise ValueError(f"layout {override!r}; allowed: {', '.join(LAYOUTS)}")
+        return override, "override"
+    record = resolve_model_dir(model_dir) / RECORD
+    if record.is_file():
+        layout = json.loads(record.read_text(encoding="utf-8")).get("layout")
+        if layout not in LAYOUTS:
+            raise ValueError(f"{record}: layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+        return layout, "trained"
+    return "continuation", "untrained"
 
 
 def stop_ids(model: torch.nn.Module, tokenizer: Tokenizer) -> list[int]:
@@ -106,13 +132,18 @@ def read_exemplar_rows(spec: DatasetSpec, bank: DatasetTemplates, path: str | Pa
 
 
 def prompts_for(bank: DatasetTemplates, template: Template, eval_raw: pa.Table, pool: FewShotPool | None,
-                style: str, count_tokens: TokenCounter, rendered=None) -> list[str]:
+                style: str, count_tokens: TokenCounter, field: str | None, budget: int) -> list[str]:
     """The prompt of every eval row under one template: zero-shot, or few-shot with exemplars from
-    ``pool``. ``rendered``: the template already rendered in ``style``, reused for zero-shot prompts."""
+    ``pool``. The query is fitted to ``budget`` tokens by cutting the end of ``field`` (the
+    dataset's long field; None: no cut), as templatize fits training inputs, so the instruction
+    and the OPTIONS survive."""
+    fitted, cut = fit_to_tokens(bank, template, eval_raw, style, field, budget, count_tokens)
+    if cut.any():
+        log.info("%s template %d, OPTIONS %s: %d inputs fitted to %d tokens (%s cut)", bank.dataset,
+                 template.id, style, int((cut > 0).sum()), budget, field)
     if pool is None:
-        rendered = rendered or render_template(bank, template, eval_raw, style)
-        return rendered.inputs.to_pylist()
-    built = pool.prompts(template, style, count_tokens)
+        return fitted.inputs.to_pylist()
+    built = pool.prompts(template, style, count_tokens, queries=fitted.inputs)
     log.info("%s template %d, OPTIONS %s: %d few-shot prompts, %.2f exemplars each, %d counted exactly",
              bank.dataset, template.id, style, len(built.prompts), built.shots.mean(), built.counted)
     return built.prompts
@@ -120,26 +151,53 @@ def prompts_for(bank: DatasetTemplates, template: Template, eval_raw: pa.Table, 
 
 # --- scoring one template ------------------------------------------------------------------------
 
+def normalized(norm: str, sums: np.ndarray, tokens: np.ndarray, chars: np.ndarray,
+               unconditional: np.ndarray | None = None) -> np.ndarray:
+    """Options' scores under a normalisation: ``sum`` (summed log-likelihood, lm-eval ``acc``),
+    ``per_token``, ``per_char`` (lm-eval ``acc_norm``) or ``pmi`` (minus the log-likelihood of the
+    same tokens after the answer prefix alone, lm-eval ``acc_mutual_info``).
+
+    >>> normalized("pmi", np.array([-2.0, -3.0]), np.array([1, 2]), np.array([3, 6]), np.array([-0.5, -2.5]))
+    array([-1.5, -0.5])
+    """
+    if norm == "sum":
+        return sums
+    if norm == "per_token":
+        return sums / np.maximum(tokens, 1)
+    if norm == "per_char":
+        return sums / np.maximum(chars, 1)
+    if norm == "pmi":
+        return sums - unconditional
+    raise ValueError(f"normalization {norm!r}; allowed: {', '.join(NORMALIZATIONS)}")
+
+
+def unconditional_scores(model: torch.nn.Module, layout: Layout, options: list[list[list[int]]], prefix: str,
+                         max_batch_tokens: int) -> list[np.ndarray]:
+    """Each option's log-likelihood after the answer prefix alone (the layout's prompt of
+    ``prefix``): the same tokens as after its own prompt, so PMI compares like with like. Each
+    distinct option is scored once."""
+    prompt = layout.inputs([prefix])[0]
+    unique = list(dict.fromkeys(tuple(o) for opts in options for o in opts))
+    groups = [unique[i:i + PMI_GROUP] for i in range(0, len(unique), PMI_GROUP)]
+    scores = score_options(model, [prompt] * len(groups), [[list(o) for o in g] for g in groups],
+                           max_batch_tokens=max_batch_tokens)
+    found = {o: float(x) for g, sc in zip(groups, scores, strict=True) for o, x in zip(g, sc, strict=True)}
+    return [np.array([found[tuple(o)] for o in opts]) for opts in options]
+
+
 def rank_classify(model: torch.nn.Module, layout: Layout, prompts: list[str], options: list[list[str]],
-                  max_batch_tokens: int) -> dict[str, np.ndarray]:
-    """The chosen option of every row under each normalisation (``sum``, ``per_token``,
-    ``per_char``); ties go to the first option."""
+                  max_batch_tokens: int, pmi_prefix: str = "") -> dict[str, np.ndarray]:
+    """The chosen option of every row under each normalisation (:data:`NORMALIZATIONS`); ties go to
+    the first option."""
     ptoks = layout.inputs(prompts)
-    otoks_flat = layout.targets([o for opts in options for o in opts])
-    otoks, at = [], 0
-    for opts in options:
-        otoks.append(otoks_flat[at:at + len(opts)])
-        at += len(opts)
+    otoks = layout.options(prompts, options)
     sums = score_options(model, ptoks, otoks, max_batch_tokens=max_batch_tokens)
+    uncond = unconditional_scores(model, layout, otoks, pmi_prefix, max_batch_tokens)
     picks = {}
     for norm in NORMALIZATIONS:
-        chosen = []
-        for s, toks, opts in zip(sums, otoks, options, strict=True):
-            if norm == "per_token":
-                s = s / np.array([len(t) for t in toks])
-            elif norm == "per_char":
-                s = s / np.array([max(1, len(o)) for o in opts])
-            chosen.append(int(np.argmax(s)))
+        chosen = [int(np.argmax(normalized(norm, s, np.array([len(t) for t in toks]),
+                                           np.array([len(o) for o in opts]), u)))
+                  for s, toks, opts, u in zip(sums, otoks, options, uncond, strict=True)]
         picks[norm] = np.array(chosen)
     return picks
 
@@ -152,7 +210,10 @@ def decode(model: torch.nn.Module, layout: Layout, prompts: list[str], cfg: Eval
                    stop_ids(model, layout.tokenizer), temperature=gen.temperature if sample else 0.0,
                    top_k=gen.top_k if sample else 0, seed=derive_seed(cfg.seed, "evaluate/sample"),
                    max_batch_tokens=cfg.evaluate.max_batch_tokens, vocab_limit=layout.tokenizer.vocab_size)
-    return [layout.tokenizer.decode(ids) for ids in out]
+    texts = [layout.tokenizer.decode(ids) for ids in out]
+    if layout.name == "continuation":  # a base model writes on past its answer: keep the first paragraph
+        texts = [t.strip().split("\n\n")[0] for t in texts]
+    return texts
 
 
 def references(spec: DatasetSpec, template: Template, rendered_targets: list[str],
@@ -206,14 +267,94 @@ def contamination_counts(path: str | Path | None, dataset: str) -> dict:
                                  for r in sorted(rows, key=lambda r: r["dataset"])}}
 
 
+def score_layout(model: torch.nn.Module, layout: Layout, spec: DatasetSpec, bank: DatasetTemplates,
+                 eval_raw: pa.Table, pool: FewShotPool | None, cfg: EvaluateSlice, field: str | None,
+                 budget: int) -> tuple[list[dict], dict]:
+    """Every eval template's variants in one layout. Returns the per-template entries and, for the
+    headline variant, each template's predictions and references (the bootstrap's material)."""
+    task = spec.task.type
+    key = metrics.primary(spec.metric)
+    style_with = cfg.options if cfg.options != "none" else "dash"
+    headline = headline_variant(task, cfg)
+    count_tokens = layout.counts
+    per_template, material = [], {"predictions": [], "references": []}
+    for template in bank.eval_templates:
+        rendered = render_template(bank, template, eval_raw, style_with)
+        variants: dict[str, dict] = {}
+        if task == "generation":
+            prompts = prompts_for(bank, template, eval_raw, pool, "none", count_tokens, field, budget)
+            refs = references(spec, template, rendered.targets.to_pylist(), eval_raw)
+            modes = [("greedy", False)] + ([("sample", True)] if cfg.evaluate.generation.sample else [])
+            for name, sample in modes:
+                preds = decode(model, layout, prompts, cfg, sample)
+                variants[name] = metrics.compute(spec.metric, preds, refs)
+                if name == headline:
+                    shown = [{"prompt": p, "prediction": x, "references": r}
+                             for p, x, r in zip(prompts[:3], preds[:3], refs[:3], strict=True)]
+                    kept = (preds, refs)
+        else:
+            options = rendered.options.to_pylist()
+            gold = [[opts[i]] for opts, i in zip(options, rendered.answer_index, strict=True)]
+            for suffix, style in (("with_options", style_with), ("without_options", "none")):
+                prompts = prompts_for(bank, template, eval_raw, pool, style, count_tokens, field, budget)
+                picks = rank_classify(model, layout, prompts, options, cfg.evaluate.max_batch_tokens,
+                                      cfg.evaluate.pmi_prefix)
+                for norm, chosen in picks.items():
+                    preds = [opts[c] for opts, c in zip(options, chosen, strict=True)]
+                    variants[f"{suffix}/{norm}"] = metrics.compute(spec.metric, preds, gold)
+                    if f"{suffix}/{norm}" == headline:
+                        shown = chosen.tolist()
+                        kept = (preds, gold)
+        material["predictions"].append(kept[0])
+        material["references"].append(kept[1])
+        scores = metrics.example_scores(spec.metric, *kept)
+        per_template.append({"template_id": template.id,
+                             "variants": {v: {k: _r(x) for k, x in m.items()} for v, m in variants.items()},
+                             # the headline variant's choice per example (rank classification), or
+                             # its first predictions with their references (generation)
+                             "predictions": shown,
+                             # the headline's primary score per example (None for a corpus metric)
+                             "example_scores": None if scores is None else [_r(x) for x in scores]})
+        log.info("%s template %d (%s layout): %s", spec.name, template.id, layout.name,
+                 ", ".join(f"{v} {m[key]:.1f}" for v, m in variants.items()))
+    return per_template, material
+
+
+def headline_variant(task: str, cfg: EvaluateSlice) -> str:
+    """The variant a result's headline reports: ``greedy`` decoding, or rank classification's
+    ``<with|without>_options/<normalization>``."""
+    return ("greedy" if task == "generation"
+            else f"{cfg.evaluate.options_suffix}_options/{cfg.evaluate.normalization}")
+
+
+def layout_summary(per_template: list[dict], material: dict, spec: DatasetSpec, headline: str,
+                   cfg: EvaluateSlice, n: int) -> dict:
+    """One layout's headline (mean, best, spread over templates, and its bootstrap interval over
+    examples) and every variant's summary."""
+    key = metrics.primary(spec.metric)
+    score = metrics.template_mean(spec.metric, material["predictions"], material["references"])
+    interval = metrics.bootstrap(score, n, cfg.evaluate.bootstrap,
+                                 derive_seed(cfg.seed, f"evaluate/bootstrap/{spec.name}"))
+    summary = summarize(per_template, headline, key)
+    if interval is not None:
+        interval = {k: _r(v) if isinstance(v, float) else v for k, v in interval.items()}
+    return {"headline": {**summary, "interval": interval},
+            "variants": {v: summarize(per_template, v, key) for v in per_template[0]["variants"]}}
+
+
 def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, out_path: str | Path,
                      cfg: EvaluateSlice, few_shot: bool, model_name: str,
                      contamination: str | Path | None = None, threads: int = 1,
-                     train: str | Path | None = None) -> dict:
+                     train: str | Path | None = None, layout: str | None = None) -> dict:
     """Evaluate one model on one dataset's eval split (``raw_dir/eval.parquet``); writes and returns
     the result. Few-shot exemplars come from ``train``: the workflow passes the dataset's pool
     (``data/pool/{dataset}.parquet``, at most ``pool_factor x cap`` rows, so a 40M-row translation
-    set costs no more than a small one); by default ``raw_dir/train.parquet``."""
+    set costs no more than a small one); by default ``raw_dir/train.parquet``.
+
+    The model is scored in its own layout (:func:`model_layout`; ``layout`` overrides it), and with
+    ``evaluate.cross_layouts`` in the other one too (``by_layout``). Every headline carries a
+    bootstrap interval over the eval examples, and each template its per-example scores, from which
+    the report pairs two models on the same rows."""
     torch.set_num_threads(max(1, threads))
     t0 = time.perf_counter()
     spec = load_registry().datasets[dataset]
@@ -226,72 +367,53 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     pool = None
     if few_shot:
         exemplars = read_exemplar_rows(spec, bank, train or raw_dir / "train.parquet")
-        pool = FewShotPool(spec, bank, eval_raw, exemplars, cfg.few_shot, cfg.seed)
+        few = cfg.few_shot.within(cfg.max_input_tokens)
+        pool = FewShotPool(spec, bank, eval_raw, exemplars, few, cfg.seed)
+    own, why = model_layout(model_dir, layout)
     model, tokenizer = load_model(model_dir)
-    layout = Layout.of(tokenizer, cfg, threads)
-    count_tokens = layout.counts
+    base_layout = Layout.of(tokenizer, cfg, threads, own)
+    field = long_field(spec, eval_raw) if cfg.cut_long_field else None
+    budget = cfg.few_shot.within(cfg.max_input_tokens).max_tokens if few_shot else cfg.max_input_tokens
 
     task = spec.task.type
     key = metrics.primary(spec.metric)
-    style_with = cfg.options if cfg.options != "none" else "dash"
-    headline = ("greedy" if task == "generation"
-                else f"{cfg.evaluate.options_suffix}_options/{cfg.evaluate.normalization}")
-    per_template = []
-    for template in bank.eval_templates:
-        rendered = render_template(bank, template, eval_raw, style_with)
-        variants: dict[str, dict] = {}
-        if task == "generation":
-            prompts = prompts_for(bank, template, eval_raw, pool, "none", count_tokens)
-            refs = references(spec, template, rendered.targets.to_pylist(), eval_raw)
-            modes = [("greedy", False)] + ([("sample", True)] if cfg.evaluate.generation.sample else [])
-            for name, sample in modes:
-                preds = decode(model, layout, prompts, cfg, sample)
-                variants[name] = metrics.compute(spec.metric, preds, refs)
-                if name == headline:
-                    shown = [{"prompt": p, "prediction": x, "references": r}
-                             for p, x, r in zip(prompts[:3], preds[:3], refs[:3], strict=True)]
-        else:
-            options = rendered.options.to_pylist()
-            gold = [[opts[i]] for opts, i in zip(options, rendered.answer_index, strict=True)]
-            for suffix, style in (("with_options", style_with), ("without_options", "none")):
-                prompts = prompts_for(bank, template, eval_raw, pool, style, count_tokens,
-                                      rendered if style == style_with else None)
-                picks = rank_classify(model, layout, prompts, options, cfg.evaluate.max_batch_tokens)
-                for norm, chosen in picks.items():
-                    preds = [opts[c] for opts, c in zip(options, chosen, strict=True)]
-                    variants[f"{suffix}/{norm}"] = metrics.compute(spec.metric, preds, gold)
-                    if f"{suffix}/{norm}" == headline:
-                        shown = chosen.tolist()
-        per_template.append({"template_id": template.id,
-                             "variants": {v: {k: _r(x) for k, x in m.items()} for v, m in variants.items()},
-                             # the headline variant's choice per example (rank classification), or
-                             # its first predictions with their references (generation)
-                             "predictions": shown})
-        log.info("%s template %d: %s", dataset, template.id,
-                 ", ".join(f"{v} {m[key]:.1f}" for v, m in variants.items()))
+    headline = headline_variant(task, cfg)
+    names = [own] + ([n for n in LAYOUTS if n != own] if cfg.evaluate.cross_layouts else [])
+    by_layout, per_template = {}, None
+    for name in names:
+        templates, material = score_layout(model, base_layout.as_(name), spec, bank, eval_raw, pool, cfg,
+                                           field, budget)
+        by_layout[name] = layout_summary(templates, material, spec, headline, cfg, eval_raw.num_rows)
+        by_layout[name]["example_scores"] = [t["example_scores"] for t in templates]
+        if name == own:
+            per_template = templates
 
-    names = list(per_template[0]["variants"])
     result = {
         "dataset": dataset, "paper_name": spec.paper_name, "cluster": spec.cluster,
         "model": model_name, "model_dir": str(model_dir), "few_shot": few_shot,
         "shots": cfg.few_shot.k if few_shot else 0, "task": task,
         "method": "generation" if task == "generation" else "rank_classification",
         "metric": spec.metric, "primary": key, "headline_variant": headline,
-        "headline": summarize(per_template, headline, key),
-        "variants": {v: summarize(per_template, v, key) for v in names},
+        "layout": own, "layout_from": why,
+        "headline": by_layout[own]["headline"], "variants": by_layout[own]["variants"],
+        "by_layout": by_layout,
         "templates": per_template, "examples": eval_raw.num_rows,
         "eval_split": {"registry_split": spec.splits.eval, "file": str(eval_path),
                        "sha256": sha256_file(eval_path)},
         "contamination": contamination_counts(contamination, dataset),
         "config": {"evaluate": cfg.evaluate.model_dump(), "few_shot": cfg.few_shot.model_dump(),
-                   "options": cfg.options, "seed": cfg.seed},
+                   "options": cfg.options, "seed": cfg.seed, "cut_long_field": cfg.cut_long_field,
+                   "max_input_tokens": cfg.max_input_tokens},
         "code": code_version("evaluate", STAGE_VERSION),
     }
     write_text_atomic(out_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
-    log.info("%s (%s, %s): %s %s mean %.2f, best %.2f (template %d), %d examples x %d templates in %.1f s",
-             dataset, model_name, "few-shot" if few_shot else "zero-shot", headline, key,
-             result["headline"]["mean"], result["headline"]["best"], result["headline"]["best_template"],
-             eval_raw.num_rows, len(per_template), time.perf_counter() - t0)
+    interval = result["headline"]["interval"]
+    log.info("%s (%s, %s, %s layout): %s %s mean %.2f%s, best %.2f (template %d), %d examples x %d templates "
+             "in %.1f s", dataset, model_name, "few-shot" if few_shot else "zero-shot", own, headline, key,
+             result["headline"]["mean"],
+             f" [{interval['low']:.2f}, {interval['high']:.2f}]" if interval else "",
+             result["headline"]["best"], result["headline"]["best_template"], eval_raw.num_rows,
+             len(per_template), time.perf_counter() - t0)
     return result
 
 

@@ -1,9 +1,11 @@
 """The report: ``results/report/index.md`` and its PNG figures, from the eval results and the catalog.
 
 Figures: the held-out clusters (base vs instruction-tuned, zero-shot and few-shot), every dataset
-with its template spread, the ablation curves (training clusters, instruction format), the mixture
-composition (from the DuckDB catalog) and the training losses. The Markdown has the tables behind
-them. Everything is read from files the workflow wrote; nothing is recomputed.
+with its bootstrap interval and template spread, the ablation curves (training clusters, instruction
+format), the mixture composition (from the DuckDB catalog) and the training losses. The Markdown has
+the tables behind them. Every score is read from files the workflow wrote; the report only resamples
+the per-example scores in them: a cluster's interval, and the paired bootstrap of tuned minus base
+on the same rows and templates, each model in its own layout and both in the same one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import duckdb
 import numpy as np
 
 from flanpipe.core.io import atomic_path, write_text_atomic
+from flanpipe.core.keys import derive_seed
+from flanpipe.core.metrics import paired_bootstrap
 from flanpipe.core.registry import load_registry
 
 log = logging.getLogger(__name__)
@@ -64,9 +68,39 @@ def cluster_means(results: list[dict]) -> dict[str, dict[str, float]]:
     return {c: {s: float(np.mean(v)) for s, v in by.items()} for c, by in acc.items()}
 
 
-def plot_clusters(results: list[dict], out: Path) -> None:
+def example_means(r: dict, layout: str | None = None) -> np.ndarray | None:
+    """A result's per-example score, averaged over templates, in ``layout`` (default: the model's
+    own); None where the metric is not a mean over examples."""
+    block = r.get("by_layout", {}).get(layout or r.get("layout"))
+    scores = None if block is None else block.get("example_scores")
+    if not scores or any(s is None for s in scores):
+        return None
+    return np.mean(np.array(scores, np.float64), axis=0)
+
+
+def cluster_intervals(results: list[dict], seed: int, resamples: int) -> dict[str, dict[str, tuple]]:
+    """cluster -> setting -> the bootstrap 95% interval of the cluster's mean over datasets, every
+    dataset's examples resampled on their own (settings with a corpus-level metric are left out)."""
+    groups: dict[str, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        groups[r["cluster"]][_setting(r)].append(example_means(r))
+    out: dict[str, dict[str, tuple]] = defaultdict(dict)
+    for cluster, by in groups.items():
+        for setting, arrays in by.items():
+            if any(a is None for a in arrays):
+                continue
+            rng = np.random.default_rng(derive_seed(seed, f"report/cluster/{cluster}/{setting}"))
+            draws = [float(np.mean([a[rng.integers(0, len(a), len(a))].mean() for a in arrays]))
+                     for _ in range(max(0, resamples))]
+            if draws:
+                out[cluster][setting] = tuple(np.quantile(draws, [0.025, 0.975]))
+    return out
+
+
+def plot_clusters(results: list[dict], out: Path, intervals: dict | None = None) -> None:
     plt = _plt()
     means = cluster_means(results)
+    intervals = intervals or {}
     clusters = list(means)
     labels = [label for _, _, label in SETTINGS if any(label in means[c] for c in clusters)]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(clusters), 3.6))
@@ -75,11 +109,15 @@ def plot_clusters(results: list[dict], out: Path) -> None:
         xs = np.arange(len(clusters)) + i * width
         ys = [means[c].get(label, np.nan) for c in clusters]
         ax.bar(xs, ys, width, label=label, color=COLORS[label])
+        for x, y, c in zip(xs, ys, clusters, strict=True):
+            if label in intervals.get(c, {}):
+                low, high = intervals[c][label]
+                ax.errorbar(x, y, yerr=[[y - low], [high - y]], color="black", capsize=2, lw=0.8)
         for x, y in zip(xs, ys, strict=True):
             if not np.isnan(y):
                 ax.text(x, y, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(np.arange(len(clusters)) + width * (len(labels) - 1) / 2, clusters)
-    ax.set_ylabel("score (mean over datasets and templates)")
+    ax.set_ylabel("score (mean over datasets and templates)\nbars: bootstrap 95% interval")
     ax.set_title("Held-out clusters: untuned base vs instruction-tuned")
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     _save(fig, out)
@@ -99,12 +137,16 @@ def plot_datasets(results: list[dict], out: Path) -> None:
             if r is None:
                 continue
             h = r["headline"]
-            ax.bar(j + i * width, h["mean"], width, color=COLORS[label], label=label if j == 0 else None)
-            ax.errorbar(j + i * width, h["mean"], yerr=[[h["mean"] - h["worst"]], [h["best"] - h["mean"]]],
-                        color="black", capsize=2, lw=0.8)
+            x = j + i * width
+            ax.bar(x, h["mean"], width, color=COLORS[label], label=label if j == 0 else None)
+            if h.get("interval"):
+                ax.errorbar(x, h["mean"], yerr=[[h["mean"] - h["interval"]["low"]],
+                                                [h["interval"]["high"] - h["mean"]]],
+                            color="black", capsize=2, lw=0.8)
+            ax.plot([x, x], [h["worst"], h["best"]], ls="none", marker="_", color="#d62728", ms=6)
     ax.set_xticks(np.arange(len(datasets)) + width * (len(labels) - 1) / 2,
                   [f"{d}\n({next(r['primary'] for r in results if r['dataset'] == d)})" for d in datasets])
-    ax.set_ylabel("score (whiskers: worst to best template)")
+    ax.set_ylabel("score (bars: bootstrap 95% interval;\nred: worst and best template)")
     ax.set_title("Held-out datasets, every template")
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     _save(fig, out)
@@ -194,6 +236,43 @@ def plot_losses(metrics_files: list[str], out: Path) -> None:
     _save(fig, out)
 
 
+def paired_rows(results: list[dict], seed: int, resamples: int) -> list[list[str]]:
+    """Per held-out dataset and shot setting, tuned against base on the same rows and templates:
+    each model's score in its own layout and in the other, and tuned minus base with its paired
+    bootstrap 95% interval, each model in its own layout and both in the trained (``eos``) layout.
+    The share of the own-layout gap that the same-layout gap does not show is the layout's."""
+    by_key = defaultdict(dict)
+    for r in results:
+        by_key[(r["cluster"], r["dataset"], r["few_shot"])]["base" if r["model"] == "base" else "tuned"] = r
+    rows = []
+    for (cluster, dataset, few), pair in sorted(by_key.items()):
+        if set(pair) != {"base", "tuned"}:
+            continue
+        base, tuned = pair["base"], pair["tuned"]
+        cells = [cluster, dataset, "few-shot" if few else "zero-shot"]
+        for r in (base, tuned):
+            own = r["layout"]
+            other = next((n for n in r.get("by_layout", {}) if n != own), None)
+            cells.append(f"{r['headline']['mean']:.1f} ({own})")
+            cells.append(f"{r['by_layout'][other]['headline']['mean']:.1f} ({other})" if other else "-")
+        for base_layout, tuned_layout in ((base["layout"], tuned["layout"]), ("eos", "eos")):
+            a, b = example_means(tuned, tuned_layout), example_means(base, base_layout)
+            if a is None or b is None or len(a) != len(b) or _template_ids(base) != _template_ids(tuned):
+                cells.append("-")
+                continue
+            d = paired_bootstrap(lambda rows, a=a: float(a[rows].mean()),
+                                 lambda rows, b=b: float(b[rows].mean()),
+                                 len(a), resamples, derive_seed(seed, f"report/paired/{dataset}/{few}"))
+            delta = float(a.mean() - b.mean())
+            cells.append(f"{delta:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]" if d else f"{delta:+.1f}")
+        rows.append(cells)
+    return rows
+
+
+def _template_ids(r: dict) -> list[int]:
+    return [t["template_id"] for t in r["templates"]]
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -202,8 +281,10 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: list[str],
                  ablation_format: list[str], catalog: str | Path, models: list[str], out_dir: str | Path,
-                 cluster_order: list[str], formats: list[str]) -> Path:
-    """Write ``out_dir/index.md`` and its figures; returns the Markdown's path."""
+                 cluster_order: list[str], formats: list[str], seed: int = 1234, resamples: int = 1000
+                 ) -> Path:
+    """Write ``out_dir/index.md`` and its figures; returns the Markdown's path. ``seed`` and
+    ``resamples``: the report's own bootstraps (cluster intervals, paired deltas)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _load(zero_shot) + _load(few_shot)
@@ -212,26 +293,51 @@ def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: l
           "cluster it is evaluated on. Scores are the dataset's metric (0-100) per template; a dataset's "
           "score is the mean over its templates, with the best template and the spread beside it.", ""]
     if results:
-        plot_clusters(results, out_dir / "heldout_clusters.png")
+        intervals = cluster_intervals(results, seed, resamples)
+        plot_clusters(results, out_dir / "heldout_clusters.png", intervals)
         plot_datasets(results, out_dir / "datasets.png")
-        md += ["## Held-out clusters", "", "![held-out clusters](heldout_clusters.png)", ""]
+        md += ["## Held-out clusters", "", "![held-out clusters](heldout_clusters.png)", "",
+               "Each cell: the mean over the cluster's datasets, with its bootstrap 95% interval over "
+               "examples. Each model is scored in its own layout: a tuned model in the one it was "
+               "trained in (`eos`), the untuned base as lm-eval scores a pretrained model "
+               "(`continuation`).", ""]
         means = cluster_means(results)
         labels = [label for _, _, label in SETTINGS if any(label in v for v in means.values())]
-        md += [_table(["cluster", *labels], [[c, *(f"{v[s]:.1f}" if s in v else "-" for s in labels)]
-                                             for c, v in means.items()]), ""]
+
+        def cell(c: str, label: str) -> str:
+            if label not in means[c]:
+                return "-"
+            ci = intervals.get(c, {}).get(label)
+            return f"{means[c][label]:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+        md += [_table(["cluster", *labels], [[c, *(cell(c, s) for s in labels)] for c in means]), ""]
+        paired = paired_rows(results, seed, resamples)
+        if paired:
+            md += ["## Tuned against base, paired", "",
+                   "The same eval rows and templates for both models. Tuned minus base, with the paired "
+                   "bootstrap 95% interval over examples: each model in its own layout (the headline), "
+                   "and both in the trained `eos` layout. Where the two differ, the layout explains that "
+                   "part of the gap.", "",
+                   _table(["cluster", "dataset", "shots", "base (own)", "base (other)", "tuned (own)",
+                           "tuned (other)", "tuned - base, own layouts", "tuned - base, both eos"], paired),
+                   ""]
         md += ["## Datasets and templates", "", "![datasets](datasets.png)", ""]
         rows = []
         for r in sorted(results, key=lambda r: (r["cluster"], r["dataset"], _setting(r))):
             h = r["headline"]
-            rows.append([r["cluster"], r["dataset"], _setting(r), f"{r['metric']} ({r['primary']})",
-                         f"{h['mean']:.1f}", f"{h['best']:.1f} (#{h['best_template']})", f"{h['worst']:.1f}",
+            ci = h.get("interval")
+            rows.append([r["cluster"], r["dataset"], _setting(r), r.get("layout", "eos"),
+                         f"{r['metric']} ({r['primary']})",
+                         f"{h['mean']:.1f}" + (f" [{ci['low']:.1f}, {ci['high']:.1f}]" if ci else ""),
+                         f"{h['best']:.1f} (#{h['best_template']})", f"{h['worst']:.1f}",
                          f"{h['std']:.2f}", str(h["templates"]), str(r["examples"]),
                          str(r["contamination"]["removed_rows"])])
-        md += [_table(["cluster", "dataset", "setting", "metric", "mean", "best (template)", "worst", "std",
+        md += [_table(["cluster", "dataset", "setting", "layout", "metric", "mean [95% interval]",
+                       "best (template)", "worst", "std",
                        "templates", "examples", "contaminated train rows removed"], rows), ""]
         md += ["### Scoring variants (mean over templates)", "",
                "Rank classification scores prompts with and without the OPTIONS suffix, and each option by "
-               "its summed log-likelihood, per token or per character.", ""]
+               "its summed log-likelihood, per token, per character, or as PMI (minus its log-likelihood "
+               "after the answer prefix alone).", ""]
         variant_names = sorted({v for r in results for v in r["variants"]})
         md += [_table(["dataset", "setting", *variant_names],
                       [[r["dataset"], _setting(r), *(f"{r['variants'][v]['mean']:.1f}" if v in r["variants"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +46,11 @@ from flanpipe.core.registry import DatasetSpec, load_registry
 from flanpipe.core.schemas import TEMPLATIZED_SCHEMA
 from flanpipe.core.templates import (
     DatasetTemplates,
-    Rendered,
     Template,
     TemplateError,
+    fit_long_field,
     load_bank,
+    long_field,
     plain_template,
     render_template,
     templates_digest,
@@ -136,54 +136,8 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
     return pa.concat_tables(parts) if parts else TEMPLATIZED_SCHEMA.empty_table()
 
 
-def long_field(spec: DatasetSpec, raw: pa.Table | Iterable[pa.Table]) -> str | None:
-    """The dataset's long field: of its top-level string text fields, the one with the most
-    characters in ``raw`` (a table, or a split's tables one batch at a time): the passage, the
-    article, the dialogue; None if it has none."""
-    chars: Counter[str] = Counter()
-    for table in [raw] if isinstance(raw, pa.Table) else raw:
-        for path in spec.text_fields:
-            if "." not in path and pa.types.is_string(table.schema.field(path).type):
-                chars[path] += pc.sum(pc.utf8_length(table.column(path))).as_py() or 0
-    best, most = None, 0
-    for path in spec.text_fields:  # the first of equals, in registry order
-        if chars[path] > most:
-            best, most = path, chars[path]
-    return best
-
-
 def _top_level_fields(spec: DatasetSpec) -> list[str]:
     return sorted({p for p in spec.text_fields if "." not in p})
-
-
-def fit_long_field(bank: DatasetTemplates, template: Template, raw: pa.Table, rendered: Rendered,
-                   field: str | None, max_chars: int, options: str) -> tuple[Rendered, np.ndarray]:
-    """Re-render the rows whose input passes ``max_chars`` with the end of ``field`` cut (at a word
-    boundary) by the excess, so the text the template puts before and after it (the instruction, the
-    question, the OPTIONS) stays whole. Returns the rendering and the characters cut per row.
-
-    A template that does not use the field, or a row whose other text alone passes the budget (the
-    field is emptied), is left to the tokenizer's truncation, which the pack stage counts.
-    """
-    lengths = pc.utf8_length(rendered.inputs).to_numpy(zero_copy_only=False)
-    over = np.flatnonzero(lengths > max_chars)
-    cut = np.zeros(raw.num_rows, np.int32)
-    uses = field is not None and any(p.split("|")[0] == field for p in template.placeholders("input"))
-    if not len(over) or not uses:
-        return rendered, cut
-    column = raw.column(field).combine_chunks()
-    shorter = []
-    for i, text in zip(over, column.take(pa.array(over)).to_pylist(), strict=True):
-        keep = max(0, len(text) - int(lengths[i] - max_chars))
-        space = text.rfind(" ", 0, keep + 1)
-        text_cut = text[:space] if space > 0.8 * keep else text[:keep]
-        shorter.append(text_cut)
-        cut[i] = len(text) - len(text_cut)
-    mask = np.zeros(raw.num_rows, bool)
-    mask[over] = True
-    fitted = pc.replace_with_mask(column, pa.array(mask), pa.array(shorter, column.type))
-    table = raw.set_column(raw.schema.get_field_index(field), field, fitted)
-    return render_template(bank, template, table, options), cut
 
 
 def _check_not_empty(spec: DatasetSpec, template: Template, arr: pa.Array, what: str) -> None:

@@ -57,6 +57,7 @@ from flanpipe.core.launch import (
     refresh_lock,
     run_lock,
 )
+from flanpipe.core.layout import TRAINED_LAYOUT
 from flanpipe.core.model import ATTENTION, PackedCausalLM, predicted
 from flanpipe.core.optim import (
     adam_state_bytes,
@@ -331,7 +332,9 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
         "created_at": utc_now(),
     }
     if tokenizer is not None:  # (benchmarks on synthetic rows have no tokenizer to export)
-        save_checkpoint(model, tokenizer, out_dir / "hf", dtype=torch.bfloat16 if bf16 else torch.float32)
+        save_checkpoint(model, tokenizer, out_dir / "hf", dtype=torch.bfloat16 if bf16 else torch.float32,
+                        record={"layout": TRAINED_LAYOUT, "mixture": mixture, "steps": tcfg.steps,
+                                "stage_version": STAGE_VERSION})
     if is_main:
         plot_loss(out_dir / "metrics.csv", out_dir / "loss.png", mixture)
         write_json_atomic(out_dir / "run.json", manifest)

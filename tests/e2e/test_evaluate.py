@@ -65,9 +65,23 @@ def test_every_evaluation_exists_and_adds_up(workdir):
         assert values[[t["template_id"] for t in r["templates"]].index(h["best_template"])] == h["best"]
         assert h["std"] == pytest.approx(np.std(values), abs=1e-5)
         for variant in ("with_options/sum", "without_options/sum", "with_options/per_token",
-                        "without_options/per_char"):
+                        "without_options/per_char", "with_options/pmi", "without_options/pmi"):
             assert variant in r["variants"]
         assert r["shots"] == (CFG.templatize.few_shot.k if r["few_shot"] else 0)
+        # the base is scored as lm-eval scores a pretrained model, a tuned model in its training layout,
+        # and each in the other layout too
+        assert r["layout"] == ("continuation" if r["model"] == "base" else "eos")
+        assert set(r["by_layout"]) == {"eos", "continuation"}
+        assert r["by_layout"][r["layout"]]["headline"] == h
+        for name, block in r["by_layout"].items():
+            # each template's per-example scores average to its headline score in that layout
+            per_template = [np.mean(s) for s in block["example_scores"]]
+            if name == r["layout"]:
+                assert per_template == pytest.approx(values, abs=1e-4)
+            assert block["headline"]["mean"] == pytest.approx(np.mean(per_template), abs=1e-4)
+            ci = block["headline"]["interval"]
+            assert ci["resamples"] == CFG.evaluate.bootstrap and ci["low"] <= ci["high"]
+            assert ci["low"] - 1e-6 <= block["headline"]["mean"] <= ci["high"] + 1e-6
 
 
 def test_the_models_are_the_ones_that_never_saw_the_cluster(workdir):
@@ -183,6 +197,11 @@ def test_report_has_every_figure_and_dataset(workdir):
         assert f"({png})" in text
     for d in PLAN.datasets_in(CFG.heldout_clusters):
         assert f"| {d} |" in text
+    # tuned against base on the same rows, with the paired interval, in own layouts and both in eos
+    paired = text.split("## Tuned against base, paired")[1].split("\n## ")[0]
+    for d in PLAN.datasets_in(CFG.heldout_clusters):
+        line = next(x for x in paired.splitlines() if f"| {d} | zero-shot |" in x)
+        assert "(continuation)" in line and "(eos)" in line and line.count("[") == 2, line
     registry = load_registry()
     for c in {registry.datasets[d].cluster for d in CFG.dataset_names()} & set(CFG.heldout_clusters):
         assert f"| {c} |" in text
@@ -190,8 +209,9 @@ def test_report_has_every_figure_and_dataset(workdir):
 
 def test_evaluate_cli_on_a_pretrained_bpe_checkpoint(tmp_path, smollm2_dir):
     """`flanpipe evaluate` on SmolLM2-135M-Instruct (Llama architecture, BPE tokenizer.json, no
-    tokenizer.model) and ARC-Easy: every template is scored, and template 0's choices equal
-    `transformers`' own tokenizer and model, one plain forward pass per option."""
+    tokenizer.model) and ARC-Easy: every template is scored, in the continuation layout (flanpipe
+    did not train it), and template 0's choices equal `transformers`' own tokenizer and model, one
+    plain forward pass per option."""
     from transformers import AutoTokenizer
 
     raw = tmp_path / "raw/arc_easy"
@@ -206,6 +226,7 @@ def test_evaluate_cli_on_a_pretrained_bpe_checkpoint(tmp_path, smollm2_dir):
     r = json.loads(out.read_text())
     bank = load_bank()["arc_easy"]
     assert r["method"] == "rank_classification" and r["examples"] == 2
+    assert (r["layout"], r["layout_from"]) == ("continuation", "untrained")  # flanpipe did not train it
     assert [t["template_id"] for t in r["templates"]] == [t.id for t in bank.eval_templates]
 
     cfg = load_config(config)
@@ -217,10 +238,12 @@ def test_evaluate_cli_on_a_pretrained_bpe_checkpoint(tmp_path, smollm2_dir):
     rendered = render_template(bank, bank.eval_templates[0], table, cfg.templatize.options)
     chosen = []
     for prompt, options in zip(rendered.inputs.to_pylist(), rendered.options.to_pylist(), strict=True):
-        p = tok.encode(prompt, add_special_tokens=False) + [eos]
+        # the continuation layout, by hand: the option's tokens are those the joined text adds; no EOS
+        p = tok.encode(prompt, add_special_tokens=False)
+        assert eos not in p
         scores = []
         for option in options:
-            o = tok.encode(option, add_special_tokens=False) + [eos]
+            o = tok.encode(prompt + " " + option, add_special_tokens=False)[len(p):]
             with torch.no_grad():
                 logp = model(torch.tensor([p + o])).logits.log_softmax(-1)[0]
             scores.append(sum(float(logp[len(p) - 1 + i, t]) for i, t in enumerate(o)))

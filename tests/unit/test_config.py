@@ -134,8 +134,8 @@ def test_bad_ablations_name_the_key(ablations, message):
 
 
 def test_evaluate_values_are_checked():
-    with pytest.raises(ConfigError, match="evaluate.normalization: Input should be 'sum', 'per_token' or "
-                                          "'per_char'"):
+    with pytest.raises(ConfigError, match="evaluate.normalization: Input should be 'sum', 'per_token', "
+                                          "'per_char' or 'pmi'"):
         parse_config({"evaluate": {"normalization": "max"}})
     with pytest.raises(ConfigError, match="evaluate.max_examples: Input should be greater than or equal"):
         parse_config({"evaluate": {"max_examples": 0}})
@@ -176,3 +176,11 @@ def test_a_heldout_cluster_without_a_dataset_is_an_error_naming_the_key():
 def test_a_mixture_without_a_dataset_is_an_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"heldout_clusters: holding out 'nli'.*no dataset to train on"):
         parse_config({"datasets": ["rte", "mrpc"], "heldout_clusters": ["nli"]})
+
+
+def test_a_few_shot_budget_past_the_input_budget_is_refused_naming_both_keys():
+    with pytest.raises(ConfigError, match=r"templatize.few_shot.max_tokens \(600\) exceeds "
+                                          r"tokenize.max_input_tokens \(512\)"):
+        parse_config({"templatize": {"few_shot": {"max_tokens": 600}}, "tokenize": {"max_input_tokens": 512}})
+    assert parse_config({"templatize": {"few_shot": {"max_tokens": 512}},
+                         "tokenize": {"max_input_tokens": 512}}).templatize.few_shot.max_tokens == 512

@@ -118,3 +118,185 @@ def test_smollm2_option_scores_equal_lm_eval_hflm(smollm2_dir, smollm2):
         assert int(np.argmax(scores)) == int(np.argmax(peer_ll[bounds[k]:bounds[k + 1]]))
     assert len(set(np.round(ours_flat, 3))) == len(ours_flat)  # real, distinct scores
     assert stop_ids(model, tok)[0] == tok.eos_id
+
+
+# --- fair evaluation: layouts, fitting, PMI, intervals ----------------------------------------------
+
+def _embedded_rows(dataset: str, n: int) -> pa.Table:
+    spec = load_registry().datasets[dataset]
+    name = f"data/embedded/{dataset}/{spec.splits.eval}.jsonl"
+    text = resources.files("flanpipe").joinpath(name).read_text(encoding="utf-8")
+    return pa.Table.from_pylist([json.loads(line) for line in text.splitlines()[:n]])
+
+
+def test_base_scores_equal_lm_eval_on_rendered_flan_prompts(smollm2_dir, smollm2):
+    """The untuned base in the continuation layout: FLAN-rendered ARC-Easy prompts and their
+    options, tokenized by us (joint encoding at the boundary) and scored with the shared prompt
+    cache, against lm-eval's HFLM.loglikelihood on the same (context, " " + option) strings, which
+    it tokenizes itself."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from flanpipe.core.templates import load_bank, render_template
+
+    model, tok = smollm2
+    bank = load_bank()["arc_easy"]
+    rows = _embedded_rows("arc_easy", 4)
+    layout = Layout(tok, None, 1024, 256, False, name="continuation", target_delimiter=" ")
+    contexts, choices = [], []
+    for template in bank.eval_templates[:2]:
+        rendered = render_template(bank, template, rows, "dash")
+        contexts += rendered.inputs.to_pylist()
+        choices += rendered.options.to_pylist()
+    ours = score_options(model, layout.inputs(contexts), layout.options(contexts, choices),
+                         max_batch_tokens=2048)
+
+    torch.manual_seed(0)
+    peer = HFLM(pretrained=str(smollm2_dir), device="cpu", dtype="float32", batch_size=8)
+    pairs = [(c, " " + x) for c, opts in zip(contexts, choices, strict=True) for x in opts]
+    requests = [Instance("loglikelihood", {}, pair, k) for k, pair in enumerate(pairs)]
+    peer_ll = np.array([ll for ll, _ in peer.loglikelihood(requests, disable_tqdm=True)])
+    ours_flat = np.concatenate(ours)
+    assert len(ours_flat) == len(peer_ll) >= 16
+    assert np.abs(ours_flat - peer_ll).max() < 1e-4
+    bounds = np.cumsum([0] + [len(o) for o in choices])
+    for k, scores in enumerate(ours):
+        assert int(np.argmax(scores)) == int(np.argmax(peer_ll[bounds[k]:bounds[k + 1]]))
+
+
+def test_continuation_tokens_follow_the_joined_text(smollm2_dir):
+    """The option's tokens are what encoding the whole text adds after the context's tokens, with
+    the context's trailing space moved onto the option (lm-eval's rule); no EOS anywhere."""
+    tok = load_tokenizer(smollm2_dir)
+    layout = Layout(tok, None, 1024, 256, False, name="continuation", target_delimiter="")
+    context, option = "Is the sky blue?\nAnswer: ", "yes"
+    [prompt] = layout.inputs([context])
+    [[tokens]] = layout.options([context], [[option]])
+    assert prompt == tok.encode("Is the sky blue?\nAnswer:")
+    whole = tok.encode("Is the sky blue?\nAnswer: yes")
+    assert prompt + tokens == whole and tok.eos_id not in prompt + tokens
+    eos = layout.as_("eos")
+    assert eos.inputs([context])[0] == tok.encode(context) + [tok.eos_id]
+    assert eos.options([context], [[option]])[0][0] == tok.encode(option) + [tok.eos_id]
+
+
+def test_a_model_is_scored_in_the_layout_flanpipe_trained_it_in(tmp_path):
+    from flanpipe.stages.evaluate import model_layout
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert model_layout(folder) == ("continuation", "untrained")  # any checkpoint flanpipe did not train
+    (folder / "flanpipe.json").write_text(json.dumps({"layout": "eos"}))
+    assert model_layout(tmp_path) == ("eos", "trained")
+    assert model_layout(folder, "continuation") == ("continuation", "override")
+    with pytest.raises(ValueError, match="allowed: eos, continuation"):
+        model_layout(folder, "chat")
+
+
+def test_an_over_long_eval_input_keeps_its_instruction_and_options(smollm2_dir):
+    """A BoolQ passage of ~3,000 tokens against a budget of 160: the fitted prompt cuts the
+    passage's end, and keeps the question, the instruction after it and every OPTIONS line, in
+    both layouts, within the budget. Right truncation of the rendered prompt (the old path) keeps
+    the passage's start and loses the question and the OPTIONS."""
+    from flanpipe.core.templates import load_bank, long_field, render_template
+    from flanpipe.stages.evaluate import prompts_for
+
+    tok = load_tokenizer(smollm2_dir)
+    bank = load_bank()["boolq"]
+    rows = _embedded_rows("boolq", 2)
+    long = " ".join(["The blue whale is a marine mammal that feeds on krill."] * 300)
+    rows = rows.set_column(rows.schema.get_field_index("passage"), "passage",
+                           pa.array([long, rows.column("passage")[1].as_py()]))
+    field = long_field(load_registry().datasets["boolq"], rows)
+    assert field == "passage"
+    budget = 160
+    for name in ("eos", "continuation"):
+        layout = Layout(tok, None, budget, 16, False, name=name)
+        for template in bank.eval_templates:
+            if "{passage}" not in template.input:
+                continue
+            whole = render_template(bank, template, rows, "dash").inputs.to_pylist()[0]
+            prompts = prompts_for(bank, template, rows, None, "dash", layout.counts, field, budget)
+            ids = layout.inputs(prompts)[0]
+            assert len(ids) <= budget
+            text = tok.decode([i for i in ids if i != tok.eos_id])
+            tail = whole[whole.index(long) + len(long):]  # the template's text after the passage
+            assert tail.strip() and text.rstrip().endswith(tail.strip()[-40:]), (template.id, text[-200:])
+            assert "OPTIONS:\n- no\n- yes" in text or "OPTIONS:\n- yes\n- no" in text
+            assert rows.column("question")[0].as_py() in text
+            old = tok.decode(encode(tok, [whole], budget, tok.eos_id)[0])
+            assert "OPTIONS" not in old
+
+
+def test_pmi_of_a_hand_worked_two_option_example():
+    """Option A: log p = -2.0 given the prompt, -0.5 given the answer prefix alone: PMI -1.5.
+    Option B: -3.0 and -2.5: PMI -0.5. The sum picks A; PMI picks B, the option the prompt made
+    likelier than it is on its own."""
+    from flanpipe.stages.evaluate import normalized
+
+    sums, uncond = np.array([-2.0, -3.0]), np.array([-0.5, -2.5])
+    tokens, chars = np.array([2, 3]), np.array([4, 9])
+    assert np.argmax(normalized("sum", sums, tokens, chars, uncond)) == 0
+    assert np.allclose(normalized("pmi", sums, tokens, chars, uncond), [-1.5, -0.5])
+    assert np.argmax(normalized("pmi", sums, tokens, chars, uncond)) == 1
+    assert np.allclose(normalized("per_token", sums, tokens, chars), [-1.0, -1.0])
+    assert np.allclose(normalized("per_char", sums, tokens, chars), [-0.5, -1 / 3])
+
+
+def test_unconditional_scores_equal_a_plain_forward_pass(smollm2_dir):
+    """PMI's unconditional term: each option after the layout's prompt of the answer prefix,
+    against log-softmax of one plain forward pass per (prefix + option) sequence."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from flanpipe.stages.evaluate import unconditional_scores
+
+    tok = load_tokenizer(smollm2_dir)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                         attn_implementation="sdpa")).eval()
+    for name in ("eos", "continuation"):
+        layout = Layout(tok, None, 64, 16, False, name=name)
+        prompts = ["Is it raining?\nOPTIONS:\n- yes\n- no", "Pick one.\nOPTIONS:\n- red\n- blue"]
+        options = layout.options(prompts, [["yes", "no"], ["red", "blue"]])
+        got = unconditional_scores(model, layout, options, "Answer:", 512)
+        prefix = layout.inputs(["Answer:"])[0]
+        for opts, scores in zip(options, got, strict=True):
+            for o, score in zip(opts, scores, strict=True):
+                ids = torch.tensor([prefix + o])
+                with torch.no_grad():
+                    logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+                want = sum(float(logp[len(prefix) - 1 + i, t]) for i, t in enumerate(o))
+                assert abs(score - want) < 1e-4
+
+
+def test_bootstrap_interval_covers_a_bernoulli_mean_at_the_nominal_rate():
+    """200 seeded samples of 150 Bernoulli(0.3) draws: the 95% percentile interval holds 0.3 in
+    91-99% of them (the binomial spread of 200 trials around 95% is about +-3 points)."""
+    from flanpipe.core.metrics import bootstrap
+
+    covered = 0
+    trials = 200
+    for seed in range(trials):
+        sample = (np.random.default_rng(10_000 + seed).random(150) < 0.3).astype(float)
+        ci = bootstrap(lambda rows, s=sample: float(s[rows].mean()), len(sample), 400, seed=seed)
+        covered += ci["low"] <= 0.3 <= ci["high"]
+    assert 0.91 <= covered / trials <= 0.99, covered
+
+
+def test_paired_bootstrap_sees_a_gap_that_unpaired_intervals_miss():
+    """Two models right on mostly the same rows, one on 8 more of 200: their own intervals overlap,
+    the paired interval of the difference excludes zero."""
+    from flanpipe.core.metrics import bootstrap, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    b = (rng.random(200) < 0.6).astype(float)
+    a = b.copy()
+    a[np.flatnonzero(b == 0)[:8]] = 1.0
+    ia = bootstrap(lambda r: a[r].mean(), 200, 1000, seed=1)
+    ib = bootstrap(lambda r: b[r].mean(), 200, 1000, seed=1)
+    assert ia["low"] < ib["high"]
+    d = paired_bootstrap(lambda r: a[r].mean(), lambda r: b[r].mean(), 200, 1000, seed=1)
+    assert d["low"] > 0 and abs(d["delta"] - 0.04) < 1e-12
