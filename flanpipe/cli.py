@@ -14,6 +14,7 @@
     flanpipe bench templatize|dedup|pack|train|download [--rows N] [--threads 2] [--size 1b --steps 300]
     flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2] [--budget-steps 30000]
     flanpipe bench fewshot [--rows 392702] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
+    flanpipe bench layouts --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -284,6 +285,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_train.print_train(bench_train.bench_train(args.size, args.steps, args.micro_batch_rows,
                                                         optimizer=args.optimizer))
         return 0
+    if args.what == "layouts":
+        from flanpipe.bench import layouts as bench_layouts
+
+        if not args.model or not args.data:
+            raise SystemExit("bench layouts needs --model (a checkpoint folder) and --data (a folder of "
+                             "datasets)")
+        datasets = (args.datasets or "arc_easy,boolq").split(",")
+        bench_layouts.print_layouts(bench_layouts.bench_layouts(
+            args.model, args.data, datasets, rows=args.rows or 50, peer_templates=args.peer_templates or 3,
+            threads=args.threads))
+        return 0
     if args.what == "eval":
         from flanpipe.bench import eval as bench_eval
 
@@ -297,7 +309,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "fewshot":
         from flanpipe.bench import fewshot as bench_fewshot
 
-        result = bench_fewshot.bench_fewshot(args.rows, args.tokenizer, args.threads, args.peer_templates)
+        result = bench_fewshot.bench_fewshot(args.rows, args.tokenizer, args.threads,
+                                             args.peer_templates or 1)
         bench_fewshot.print_fewshot(result)
         return 0 if all(result["identical"].values()) else 1
     if args.what == "download":
@@ -446,7 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
     p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale", "fewshot",
-                                     "download"])
+                                     "download", "layouts"])
+    p.add_argument("--model", default=None, help="layouts: a pretrained checkpoint folder (flanpipe smollm2)")
+    p.add_argument("--data", default=None, help="layouts: a folder with one folder per dataset, hub schema")
     p.add_argument("--rows", type=int, default=None,
                    help="rows (default: 1M templatize and dedup, 100k pack, 200k download; eval: 96 prompts; "
                         "fewshot: 392,702 MNLI train rows)")
@@ -463,12 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale: fractions of the real dataset sizes, comma-separated (1 = real size)")
     p.add_argument("--workdir", default=None, help="scale: where sources and runs go (kept)")
     p.add_argument("--cores", type=int, default=2, help="scale: snakemake --cores")
-    p.add_argument("--datasets", default=None, help="scale: a comma-separated subset of its ten datasets")
+    p.add_argument("--datasets", default=None, help="scale: a comma-separated subset of its ten datasets; "
+                   "layouts: the datasets (default arc_easy,boolq)")
     p.add_argument("--keep", action="store_true", help="scale: keep the generated sources")
     p.add_argument("--tokenizer", default=None,
                    help="fewshot: tokenizer folder or file (default: the SmolLM2 folder the tests cache)")
-    p.add_argument("--peer-templates", type=int, default=1,
-                   help="fewshot: eval templates the previous implementation runs (scaled to all)")
+    p.add_argument("--peer-templates", type=int, default=None,
+                   help="fewshot: eval templates the previous implementation runs (scaled to all; "
+                        "default 1); layouts: templates lm-eval scores (default 3)")
     p.add_argument("--budget-steps", type=int, default=30_000,
                    help="scale: train.steps of the budget that mix and pack fill (x 8,192 tokens; "
                         "the paper's 30,000)")
