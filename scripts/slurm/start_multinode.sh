@@ -126,7 +126,7 @@ done
 
 # ---------- 6. wait until both nodes are idle ----------
 states() { on_node 1 sinfo -h -N -o '%N %t' 2>/dev/null | sort -u || true; }
-for _ in $(seq 60); do
+for _ in $(seq 240); do  # up to 2 minutes: a loaded machine (the rest of the suite beside it) registers slowly
   s="$(states)"
   if [ "$(grep -cE ' (idle|mix|alloc)' <<<"$s")" = 2 ]; then break; fi
   grep -E ' (down|drain)' <<<"$s" | while read -r node _; do
