@@ -480,11 +480,21 @@ def bootstrap(score: Callable[[np.ndarray], float], n: int, resamples: int, seed
     """
     if resamples <= 0 or n <= 0:
         return None
+    draws = _resampled(score, n, resamples, seed)
+    low, high = _percentiles(draws, level)
+    return {"low": low, "high": high, "level": level, "resamples": resamples}
+
+
+def _resampled(score: Callable[[np.ndarray], float], n: int, resamples: int, seed: int) -> np.ndarray:
+    """``score`` of ``resamples`` seeded draws of ``n`` examples with replacement."""
     rng = np.random.default_rng(seed)
-    draws = np.array([score(rng.integers(0, n, n)) for _ in range(resamples)])
+    return np.array([score(rng.integers(0, n, n)) for _ in range(resamples)])
+
+
+def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(draws, [tail, 1.0 - tail])
-    return {"low": float(low), "high": float(high), "level": level, "resamples": resamples}
+    return float(low), float(high)
 
 
 def paired_bootstrap(score_a: Callable[[np.ndarray], float], score_b: Callable[[np.ndarray], float], n: int,
@@ -500,13 +510,7 @@ def paired_bootstrap(score_a: Callable[[np.ndarray], float], score_b: Callable[[
     """
     if resamples <= 0 or n <= 0:
         return None
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(resamples)
-    for k in range(resamples):
-        rows = rng.integers(0, n, n)
-        diffs[k] = score_a(rows) - score_b(rows)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(diffs, [tail, 1.0 - tail])
-    return {"delta": float(score_a(np.arange(n)) - score_b(np.arange(n))), "low": float(low),
-            "high": float(high), "level": level, "resamples": resamples,
-            "p_not_better": float(np.mean(diffs <= 0))}
+    diffs = _resampled(lambda rows: score_a(rows) - score_b(rows), n, resamples, seed)
+    low, high = _percentiles(diffs, level)
+    return {"delta": float(score_a(np.arange(n)) - score_b(np.arange(n))), "low": low, "high": high,
+            "level": level, "resamples": resamples, "p_not_better": float(np.mean(diffs <= 0))}
