@@ -337,7 +337,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     prompts = args.prompt or [sys.stdin.read()]
     outputs = generate_text(args.model, prompts, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+                            temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                            layout=args.layout)
     for prompt, text in zip(prompts, outputs, strict=True):
         if len(prompts) > 1:
             print(f"### {prompt}")
@@ -537,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; the paper sampled at 0.9")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (the paper: 40)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=["eos", "text", "continuation"],
+                   help="prompt in this layout (default: the model's training format, or continuation)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="evaluate one model on one dataset (every template)")
@@ -549,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contamination", help="the model's mixture's contamination.parquet")
     p.add_argument("--out", required=True, help="the result JSON")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--layout", choices=["eos", "continuation"],
+    p.add_argument("--layout", choices=["eos", "text", "continuation"],
                    help="score in this layout (default: the one flanpipe trained the model in, or, for a "
                         "model flanpipe did not train, continuation: lm-eval's)")
     p.set_defaults(func=cmd_evaluate)

@@ -275,18 +275,21 @@ def _copy_tokens(dst, r, o, ids, start, full, keep, left):
 
 @nb.njit(cache=True)
 def fill_decoder_only(tokens, row, off, in_ids, in_starts, in_full, in_keep, tg_ids, tg_starts, tg_full,
-                      tg_keep, eos, left):
-    """Write each example as ``inputs EOS targets EOS`` at (row, off). Only the tokens: segment ids,
-    positions and the loss mask follow from the examples' lengths (:func:`flanpipe.core.shards.spans`)."""
+                      tg_keep, separator, eos, left):
+    """Write each example as ``inputs SEP targets EOS`` at (row, off), ``SEP`` the ``separator``
+    tokens (EOS alone in the ``eos`` format). Only the tokens: segment ids, positions and the loss
+    mask follow from the examples' lengths (:func:`flanpipe.core.shards.spans`)."""
+    k = separator.shape[0]
     for i in range(row.shape[0]):
         r = row[i]
         o = off[i]
         li = in_keep[i]
         lt = tg_keep[i]
         _copy_tokens(tokens, r, o, in_ids, in_starts[i], in_full[i], li, left)
-        tokens[r, o + li] = eos
-        _copy_tokens(tokens, r, o + li + 1, tg_ids, tg_starts[i], tg_full[i], lt, False)
-        tokens[r, o + li + 1 + lt] = eos
+        for j in range(k):
+            tokens[r, o + li + j] = separator[j]
+        _copy_tokens(tokens, r, o + li + k, tg_ids, tg_starts[i], tg_full[i], lt, False)
+        tokens[r, o + li + k + lt] = eos
 
 
 @nb.njit(cache=True)

@@ -305,6 +305,15 @@ class TokenizeConfig(_Section):
     """`decoder_only`: rows of `max_input_tokens + max_target_tokens` tokens, each holding several
     `inputs EOS targets EOS` examples; `encoder_decoder`: inputs and targets packed into paired rows
     of `max_input_tokens` and `max_target_tokens`."""
+    format: Literal["auto", "eos", "text"] = "auto"
+    """How a decoder-only example's input meets its target (`flanpipe.core.layout`): `eos`, the
+    paper's `[BOS] input EOS target EOS`; `text`, `[BOS] input`, the `separator`, then `target EOS`,
+    with no EOS between (an EOS mid-example ends the document a pretrained decoder knows); `auto`:
+    `text` for `train.model.source: pretrained`, `eos` for a model trained from scratch (see
+    docs/experiments.md for the measurement behind it). Encoder-decoder rows are always `eos`."""
+    separator: str = "\n"
+    """`format: text`: the text between input and target, encoded on its own (a newline: with a
+    byte-level BPE it never merges with its neighbours)."""
     packer: Literal["best_fit", "next_fit", "none"] = "best_fit"
     """`best_fit` (best-fit decreasing over windows of examples), `next_fit` (arrival order, for
     comparison) or `none` (one example per row, padded)."""
@@ -319,7 +328,21 @@ class TokenizeConfig(_Section):
         if self.layout == "decoder_only" and width > 65_535:
             raise ValueError(f"tokenize: a decoder-only row of max_input_tokens + max_target_tokens = "
                              f"{width} tokens is too long (at most 65535)")
+        if self.layout == "encoder_decoder" and self.format == "text":
+            raise ValueError("tokenize.format: text needs tokenize.layout: decoder_only (an encoder-decoder's"
+                             " input and target are apart already); allowed with encoder_decoder: eos, auto")
         return self
+
+    def format_for(self, source: str) -> Literal["eos", "text"]:
+        """The format the packer writes for a model of ``train.model.source`` ``source`` (``auto``
+        resolved).
+
+        >>> TokenizeConfig().format_for("pretrained"), TokenizeConfig().format_for("config")
+        ('text', 'eos')
+        """
+        if self.format != "auto":
+            return self.format
+        return "text" if source == "pretrained" and self.layout == "decoder_only" else "eos"
 
 
 class ModelSpec(_Section):
@@ -447,9 +470,10 @@ class EvaluateConfig(_Section):
     """In the `continuation` layout (a model flanpipe did not train): the text between a prompt and
     its option, lm-eval's `target_delimiter`."""
     cross_layouts: bool = True
-    """Also score every model in the layout it was not trained in (`eos` for the base,
-    `continuation` for a tuned model), so the report shows what share of a base-vs-tuned gap the
-    layout alone explains. Doubles the scoring."""
+    """Also score every model in the other layout of the pair (the run's `tokenize.format`,
+    `continuation`): the base in the format the tuned models were trained in, a tuned model as a
+    plain continuation. The report then shows what share of a base-vs-tuned gap the layout alone
+    explains. Doubles the scoring."""
     bootstrap: StrictInt = Field(1000, ge=0, le=100_000)
     """Resamples of the eval examples behind every headline's 95% interval (0: no intervals)."""
     options_suffix: Literal["with", "without"] = "with"
@@ -757,13 +781,25 @@ class PackSlice(Slice):
         "seed": "seed", **{k: f"tokenize.{k}" for k in (
             "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "layout", "packer",
             "pack_window", "rows_per_shard")},
-        "steps": "train.steps", "tokens_per_batch": "train.tokens_per_batch"}
+        "steps": "train.steps", "tokens_per_batch": "train.tokens_per_batch",
+        "separator": "tokenize.separator"}
     seed: int
     add_bos: bool | None
     max_input_tokens: int
     max_target_tokens: int
     truncate_inputs: Literal["right", "left"]
     layout: Literal["decoder_only", "encoder_decoder"]
+    format: Literal["eos", "text"]
+    """``tokenize.format`` resolved for ``train.model.source`` (see :meth:`TokenizeConfig.format_for`)."""
+    separator: str
+
+    @classmethod
+    def of(cls, cfg: Config, **overrides: Any) -> Slice:
+        return super().of(cfg, **{"format": cfg.tokenize.format_for(cfg.train.model.source), **overrides})
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        return [*super().paths(), "tokenize.format", "train.model.source"]
     packer: Literal["best_fit", "next_fit", "none"]
     pack_window: int
     rows_per_shard: int
@@ -798,7 +834,7 @@ class EvaluateSlice(Slice):
         "seed": "seed", "evaluate": "evaluate", "options": "templatize.options",
         "few_shot": "templatize.few_shot", "cut_long_field": "templatize.cut_long_field",
         **{k: f"tokenize.{k}" for k in (
-            "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs")}}
+            "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "separator")}}
     seed: int
     evaluate: EvaluateConfig
     options: Literal["dash", "letters", "none"]
@@ -808,6 +844,18 @@ class EvaluateSlice(Slice):
     max_input_tokens: int
     max_target_tokens: int
     truncate_inputs: Literal["right", "left"]
+    separator: str = "\n"
+    format: Literal["eos", "text"] = "eos"
+    """The run's training format (``tokenize.format`` resolved): the layout a model is scored in
+    beside its own (``evaluate.cross_layouts``), and a ``text`` override's separator."""
+
+    @classmethod
+    def of(cls, cfg: Config, **overrides: Any) -> Slice:
+        return super().of(cfg, **{"format": cfg.tokenize.format_for(cfg.train.model.source), **overrides})
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        return [*super().paths(), "tokenize.format", "train.model.source"]
 
 
 class ReportSlice(Slice):

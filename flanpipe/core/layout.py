@@ -1,11 +1,15 @@
 """The token layout: how an example's text becomes tokens, for pack (training rows) and evaluate
 (prompts and options) alike. This module owns it.
 
-Layouts (:data:`LAYOUTS`):
+Layouts (:data:`LAYOUTS`); the first two are training formats (``tokenize.format``, :data:`FORMATS`):
 
 - ``eos``, the paper's training layout: ``[BOS] input EOS`` then ``target EOS``. Inputs are cut to
-  ``max_input_tokens`` and targets to ``max_target_tokens``, BOS and EOS always kept. Every model
-  flanpipe trains is trained in it, and scored in it.
+  ``max_input_tokens`` and targets to ``max_target_tokens``, BOS and EOS always kept.
+- ``text``, how pretrained decoders are fine-tuned today: ``[BOS] input SEP`` then ``target EOS``,
+  with ``SEP`` the tokens of ``tokenize.separator`` (a newline by default) encoded on their own, and
+  no EOS between input and target: a pretrained model reads an EOS as the end of its document.
+  With a byte-level BPE (SmolLM2, GPT-2, Llama 3, Qwen) a newline never merges with its
+  neighbours, so these are the tokens of the joined text.
 - ``continuation``, how lm-evaluation-harness scores a pretrained model: ``[BOS] context`` then the
   option's own tokens, no EOS anywhere. The context is the input and the option is
   ``target_delimiter + target``. As in lm-eval's ``HFLM._encode_pair``, the context's trailing spaces
@@ -13,6 +17,9 @@ Layouts (:data:`LAYOUTS`):
   the context's, so the merges at the boundary are the model's own. An untuned base model, and any
   folder that flanpipe did not train, is scored in it: the ``eos`` layout would end its document
   before the answer.
+
+A model flanpipe trained is scored in the format it was trained in, which its folder's
+:data:`RECORD` names.
 
 BOS goes first where ``tokenize.add_bos`` (or, where that is null, the tokenizer's own convention)
 asks for it. lm-eval adds none by default; the two agree for tokenizers that add none (SmolLM2,
@@ -29,12 +36,13 @@ import numpy as np
 from flanpipe.core.config import EvaluateSlice, PackSlice, TokenizeConfig
 from flanpipe.core.tokenizers import Tokenizer
 
-LayoutName = Literal["eos", "continuation"]
-LAYOUTS: tuple[LayoutName, ...] = ("eos", "continuation")
-TRAINED_LAYOUT: LayoutName = "eos"
-"""The layout flanpipe trains in (the packer's rows)."""
+LayoutName = Literal["eos", "text", "continuation"]
+LAYOUTS: tuple[LayoutName, ...] = ("eos", "text", "continuation")
+FORMATS: tuple[LayoutName, ...] = ("eos", "text")
+"""The layouts a model is trained in (``tokenize.format``)."""
 RECORD = "flanpipe.json"
-"""In a model folder flanpipe trained: the layout it was trained in (``{"layout": "eos", ...}``)."""
+"""In a model folder flanpipe trained: the layout it was trained in and its separator
+(``{"layout": "text", "separator": "\\n", ...}``)."""
 
 
 def bos_token(tokenizer: Tokenizer, add_bos: bool | None) -> int | None:
@@ -48,16 +56,31 @@ def bos_token(tokenizer: Tokenizer, add_bos: bool | None) -> int | None:
     return tokenizer.bos_id if add_bos else None
 
 
-def encode(tokenizer: Tokenizer, texts: list[str], limit: int, eos: int, left: bool = False,
+def separator_ids(tokenizer: Tokenizer, name: str, separator: str) -> list[int]:
+    """The tokens between an input and its target in layout ``name``: EOS (``eos``), the
+    separator's own tokens (``text``), none (``continuation``)."""
+    if name == "eos":
+        return [tokenizer.eos_id]
+    if name == "text":
+        return tokenizer.encode_batch([separator])[0].tolist() if separator else []
+    if name == "continuation":
+        return []
+    raise ValueError(f"layout {name!r}; allowed: {', '.join(LAYOUTS)}")
+
+
+def encode(tokenizer: Tokenizer, texts: list[str], limit: int, end: list[int], left: bool = False,
            bos: int | None = None, threads: int = 1) -> list[list[int]]:
-    """Token lists as the packer builds them: ``[BOS] text EOS`` in at most ``limit`` tokens, the
-    text cut from the right, or with ``left`` from the left (BOS and EOS always kept)."""
-    keep = limit - 1 - (bos is not None)
+    """Token lists as the packer builds them: ``[BOS] text END`` in at most ``limit`` tokens (END:
+    EOS, or a ``text`` layout's separator), the text cut from the right, or with ``left`` from the
+    left (BOS and END always kept)."""
+    keep = limit - len(end) - (bos is not None)
+    if keep < 0:
+        raise ValueError(f"{limit} tokens cannot hold BOS and the {len(end)} tokens after the text")
     out = []
     for ids in tokenizer.encode_batch(texts, threads):
         ids = ids.tolist()
-        kept = ids[-keep:] if left and len(ids) > keep else ids[:keep]
-        out.append(([bos] if bos is not None else []) + kept + [eos])
+        kept = (ids[-keep:] if keep else []) if left and len(ids) > keep else ids[:keep]
+        out.append(([bos] if bos is not None else []) + kept + end)
     return out
 
 
@@ -76,8 +99,8 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class Layout:
     """How evaluation turns text into tokens for one model: its tokenizer, the layout's name, the
-    BOS to put before inputs (or None), the packer's budgets, and (``continuation``) the text
-    between a context and its option."""
+    BOS to put before inputs (or None), the packer's budgets, the text between a context and its
+    option (``continuation``) and the separator of a ``text`` layout."""
 
     tokenizer: Tokenizer
     bos: int | None
@@ -87,39 +110,45 @@ class Layout:
     threads: int = 1
     name: LayoutName = "eos"
     target_delimiter: str = " "
+    separator: str = "\n"
 
     @classmethod
     def of(cls, tokenizer: Tokenizer, tcfg: TokenizeConfig | EvaluateSlice | PackSlice, threads: int = 1,
-           name: LayoutName = "eos") -> Layout:
-        """The layout ``name`` with ``tcfg``'s budgets, truncation side and BOS setting (and, from an
-        evaluate slice, its target delimiter)."""
+           name: LayoutName = "eos", separator: str | None = None) -> Layout:
+        """The layout ``name`` with ``tcfg``'s budgets, truncation side, BOS setting and separator
+        (``separator`` replaces it: a trained model's own), and from an evaluate slice its target
+        delimiter."""
         if name not in LAYOUTS:
             raise ValueError(f"layout {name!r}; allowed: {', '.join(LAYOUTS)}")
         evaluate = getattr(tcfg, "evaluate", None)
         delimiter = evaluate.target_delimiter if evaluate is not None else " "
+        if separator is None:
+            separator = getattr(tcfg, "separator", "\n")
         return cls(tokenizer, bos_token(tokenizer, tcfg.add_bos), tcfg.max_input_tokens,
-                   tcfg.max_target_tokens, tcfg.truncate_inputs == "left", threads, name, delimiter)
+                   tcfg.max_target_tokens, tcfg.truncate_inputs == "left", threads, name, delimiter,
+                   separator)
 
     def as_(self, name: LayoutName) -> Layout:
-        """The same tokenizer and budgets in another layout."""
+        """The same tokenizer, budgets and separator in another layout."""
         if name not in LAYOUTS:
             raise ValueError(f"layout {name!r}; allowed: {', '.join(LAYOUTS)}")
         return replace(self, name=name)
 
     @property
     def _end(self) -> list[int]:
-        return [self.tokenizer.eos_id] if self.name == "eos" else []
+        return separator_ids(self.tokenizer, self.name, self.separator)
 
     def _cut(self, ids: list[int], keep: int) -> list[int]:
         return ids[-keep:] if self.truncate_left and len(ids) > keep else ids[:keep]
 
     def inputs(self, texts: list[str]) -> list[list[int]]:
-        """The prompt per text: ``[BOS] input EOS`` (``eos``) or ``[BOS] context`` (``continuation``,
-        the context's trailing spaces left for the option). A context of no tokens is BOS alone, or
-        where there is none EOS, as lm-eval scores an empty context."""
-        if self.name == "eos":
-            return encode(self.tokenizer, texts, self.max_input_tokens, self.tokenizer.eos_id,
-                          self.truncate_left, self.bos, self.threads)
+        """The prompt per text: ``[BOS] input EOS`` (``eos``), ``[BOS] input SEP`` (``text``) or
+        ``[BOS] context`` (``continuation``, the context's trailing spaces left for the option). A
+        context of no tokens is BOS alone, or where there is none EOS, as lm-eval scores an empty
+        context."""
+        if self.name != "continuation":
+            return encode(self.tokenizer, texts, self.max_input_tokens, self._end, self.truncate_left,
+                          self.bos, self.threads)
         contexts = [split_pair(t, "")[0] for t in texts]
         keep = self.max_input_tokens - (self.bos is not None)
         out = []
@@ -129,20 +158,20 @@ class Layout:
         return out
 
     def targets(self, texts: list[str]) -> list[list[int]]:
-        """``target EOS`` per text (an option, ``eos``), on its own; in ``continuation`` use
-        :meth:`options`, whose tokens depend on the context."""
-        if self.name != "eos":
+        """``target EOS`` per text (an option, ``eos`` and ``text``), on its own; in
+        ``continuation`` use :meth:`options`, whose tokens depend on the context."""
+        if self.name == "continuation":
             raise ValueError("a continuation's tokens depend on its context: use Layout.options")
-        return encode(self.tokenizer, texts, self.max_target_tokens, self.tokenizer.eos_id,
+        return encode(self.tokenizer, texts, self.max_target_tokens, [self.tokenizer.eos_id],
                       threads=self.threads)
 
     def options(self, contexts: list[str], options: list[list[str]]) -> list[list[list[int]]]:
-        """Each context's options as token lists: ``target EOS`` (``eos``), or (``continuation``) the
-        tokens that ``context + delimiter + option``, encoded whole, has after the context's own,
-        at most ``max_target_tokens`` (at least one: an option that merges wholly into the context
-        keeps the joined text's last token)."""
+        """Each context's options as token lists: ``target EOS`` (``eos``, ``text``), or
+        (``continuation``) the tokens that ``context + delimiter + option``, encoded whole, has after
+        the context's own, at most ``max_target_tokens`` (at least one: an option that merges wholly
+        into the context keeps the joined text's last token)."""
         flat = [o for opts in options for o in opts]
-        if self.name == "eos":
+        if self.name != "continuation":
             encoded = self.targets(flat)
         else:
             pairs = [split_pair(c, self.target_delimiter + o)
@@ -165,4 +194,4 @@ class Layout:
     def counts(self, texts: list[str]) -> np.ndarray:
         """The tokens each text takes as a prompt, before truncation (few-shot trimming, fitting)."""
         ids = self.tokenizer.encode_batch(texts, self.threads)
-        return np.array([len(i) for i in ids], np.int64) + (self.bos is not None) + (self.name == "eos")
+        return np.array([len(i) for i in ids], np.int64) + (self.bos is not None) + len(self._end)

@@ -45,7 +45,16 @@ from flanpipe.core.config import EvaluateSlice
 from flanpipe.core.fewshot import FewShotPool, TokenCounter, few_shot_columns
 from flanpipe.core.io import code_version, read_schema, read_table, sha256_file, write_text_atomic
 from flanpipe.core.keys import derive_seed
-from flanpipe.core.layout import LAYOUTS, RECORD, Layout, LayoutName, bos_token, encode
+from flanpipe.core.layout import (
+    FORMATS,
+    LAYOUTS,
+    RECORD,
+    Layout,
+    LayoutName,
+    bos_token,
+    encode,
+    separator_ids,
+)
 from flanpipe.core.registry import DatasetSpec, load_registry
 from flanpipe.core.scoring import generate, score_options
 from flanpipe.core.templates import (
@@ -86,21 +95,24 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, Tokenizer]:
                            device="cuda" if cuda else "cpu")
 
 
-def model_layout(model_dir: str | Path, override: str | None = None) -> tuple[LayoutName, str]:
-    """The layout a model is scored in, and why: ``override``; else the layout its folder's
-    ``flanpipe.json`` records (a model flanpipe trained); else ``continuation``, lm-eval's layout,
-    for an untuned base model or any checkpoint flanpipe did not train."""
+def model_layout(model_dir: str | Path, override: str | None = None) -> tuple[LayoutName, str, str | None]:
+    """The layout a model is scored in, why, and its ``text`` separator where its record names one:
+    ``override``; else the layout its folder's ``flanpipe.json`` records (a model flanpipe
+    trained); else ``continuation``, lm-eval's layout, for an untuned base model or any checkpoint
+    flanpipe did not train."""
+    record = resolve_model_dir(model_dir) / RECORD
+    saved = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    separator = saved.get("separator")
     if override is not None:
         if override not in LAYOUTS:
             raise ValueError(f"layout {override!r}; allowed: {', '.join(LAYOUTS)}")
-        return override, "override"
-    record = resolve_model_dir(model_dir) / RECORD
-    if record.is_file():
-        layout = json.loads(record.read_text(encoding="utf-8")).get("layout")
-        if layout not in LAYOUTS:
-            raise ValueError(f"{record}: layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
-        return layout, "trained"
-    return "continuation", "untrained"
+        return override, "override", separator
+    if saved:
+        layout = saved.get("layout")
+        if layout not in FORMATS:
+            raise ValueError(f"{record}: layout {layout!r}; allowed: {', '.join(FORMATS)}")
+        return layout, "trained", separator
+    return "continuation", "untrained", None
 
 
 def stop_ids(model: torch.nn.Module, tokenizer: Tokenizer) -> list[int]:
@@ -369,16 +381,18 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         exemplars = read_exemplar_rows(spec, bank, train or raw_dir / "train.parquet")
         few = cfg.few_shot.within(cfg.max_input_tokens)
         pool = FewShotPool(spec, bank, eval_raw, exemplars, few, cfg.seed)
-    own, why = model_layout(model_dir, layout)
+    own, why, separator = model_layout(model_dir, layout)
     model, tokenizer = load_model(model_dir)
-    base_layout = Layout.of(tokenizer, cfg, threads, own)
+    base_layout = Layout.of(tokenizer, cfg, threads, own, separator)
     field = long_field(spec, eval_raw) if cfg.cut_long_field else None
     budget = cfg.few_shot.within(cfg.max_input_tokens).max_tokens if few_shot else cfg.max_input_tokens
 
     task = spec.task.type
     key = metrics.primary(spec.metric)
     headline = headline_variant(task, cfg)
-    names = [own] + ([n for n in LAYOUTS if n != own] if cfg.evaluate.cross_layouts else [])
+    # beside its own layout, the other of (the run's training format, continuation)
+    names = [own] + ([n for n in (cfg.format, "continuation") if n != own][:1] if cfg.evaluate.cross_layouts
+                     else [])
     by_layout, per_template = {}, None
     for name in names:
         templates, material = score_layout(model, base_layout.as_(name), spec, bank, eval_raw, pool, cfg,
@@ -419,12 +433,15 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
 
 def generate_text(model_dir: str | Path, prompts: list[str], max_new_tokens: int = 64,
                   temperature: float = 0.0, top_k: int = 0, seed: int = 0,
-                  max_input_tokens: int = 1024, add_bos: bool | None = None) -> list[str]:
-    """Text from a model for prompts typed by hand (``flanpipe generate``), in the training layout
-    (``[BOS] prompt EOS``; ``add_bos`` None follows the tokenizer's convention)."""
+                  max_input_tokens: int = 1024, add_bos: bool | None = None,
+                  layout: str | None = None) -> list[str]:
+    """Text from a model for prompts typed by hand (``flanpipe generate``), in the model's own layout
+    (:func:`model_layout`: its training format, or a plain continuation for a checkpoint flanpipe
+    did not train; ``add_bos`` None follows the tokenizer's convention)."""
+    name, _, separator = model_layout(model_dir, layout)
     model, tokenizer = load_model(model_dir)
-    bos = bos_token(tokenizer, add_bos)
-    ptoks = encode(tokenizer, prompts, max_input_tokens, tokenizer.eos_id, bos=bos)
+    end = separator_ids(tokenizer, name, separator if separator is not None else "\n")
+    ptoks = encode(tokenizer, prompts, max_input_tokens, end, bos=bos_token(tokenizer, add_bos))
     out = generate(model, ptoks, max_new_tokens, stop_ids(model, tokenizer), temperature=temperature,
                    top_k=top_k, seed=seed, vocab_limit=tokenizer.vocab_size)
     return [tokenizer.decode(ids) for ids in out]

@@ -9,8 +9,10 @@ decreasing (:mod:`flanpipe.core.binpack`), and its rows are shuffled (seeded) an
 
 Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
 
-- ``decoder_only``: rows of ``Li + Lt`` tokens holding whole examples ``[BOS] inputs EOS targets EOS``;
-  ``segment_ids`` number the examples of a row from 1 (0 is padding), ``positions`` restart at 0 for
+- ``decoder_only``: rows of ``Li + Lt`` tokens holding whole examples ``[BOS] inputs SEP targets EOS``,
+  ``SEP`` being EOS (``tokenize.format: eos``, the paper's) or the separator's tokens (``text``;
+  :mod:`flanpipe.core.layout` owns the formats); ``segment_ids`` number the examples of a row from 1
+  (0 is padding), ``positions`` restart at 0 for
   each example, and ``loss_mask`` is 1 on target tokens (their EOS included). The model predicts
   token ``t`` from tokens before it in the same segment, and the loss counts where ``loss_mask[t]``.
 - ``encoder_decoder``: paired rows, ``inputs`` of ``Li`` tokens and ``targets`` of ``Lt``, each
@@ -57,13 +59,13 @@ from flanpipe.core.io import (
     write_parquet_atomic,
 )
 from flanpipe.core.keys import derive_seed
-from flanpipe.core.layout import bos_token
+from flanpipe.core.layout import bos_token, separator_ids
 from flanpipe.core.logs import progress
 from flanpipe.core.schemas import PACKED_INDEX_SCHEMA, PACKED_STATS_SCHEMA, PACKING_SCHEMA
 from flanpipe.core.shards import EXAMPLE_DTYPE, SHARD_FILES, row_dtype, stored_dtype
 from flanpipe.core.tokenizers import Tokenizer, load_tokenizer
 
-STAGE_VERSION = "3"  # 3: shards store tokens and example lengths; segment ids etc. are rebuilt
+STAGE_VERSION = "4"  # 4: tokenize.format (eos or text); 3: shards store tokens and lengths
 log = logging.getLogger(__name__)
 
 COLUMNS = ["inputs", "targets", "dataset", "example_id", "template_id", "epoch"]
@@ -177,19 +179,22 @@ class ShardWriter:
 
 
 def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: np.dtype, eos: int,
-                pad: int, threads: int, rng: np.random.Generator, bos: int | None = None
-                ) -> tuple[PackedRows, dict[str, np.ndarray], dict]:
+                pad: int, threads: int, rng: np.random.Generator, bos: int | None = None,
+                separator: np.ndarray | None = None) -> tuple[PackedRows, dict[str, np.ndarray], dict]:
     """Tokenize, truncate and pack one window (``dtype``: the stored row, ``bos``: put before each
-    example's inputs). Returns its rows (shuffled), the per-example placement (row within the
-    window, segment, offsets, token counts) and the window's counts."""
+    example's inputs, ``separator``: the tokens after them, EOS where None). Returns its rows
+    (shuffled), the per-example placement (row within the window, segment, offsets, token counts)
+    and the window's counts."""
     li_max, lt_max = tcfg.max_input_tokens, tcfg.max_target_tokens
+    sep = np.array([eos], np.int32) if separator is None else separator.astype(np.int32)
+    k = len(sep)
     inputs = encode(tokenizer, table.column("inputs"), threads)
     targets = encode(tokenizer, table.column("targets"), threads)
     if bos is not None:
-        inputs = prepend(inputs, bos, li_max - 2 if tcfg.truncate_inputs == "left" else None)
-    keep_in = np.minimum(inputs.lengths, li_max - 1)
+        inputs = prepend(inputs, bos, li_max - 1 - k if tcfg.truncate_inputs == "left" else None)
+    keep_in = np.minimum(inputs.lengths, li_max - k)
     keep_tg = np.minimum(targets.lengths, lt_max - 1)
-    size_in, size_tg = keep_in + 1, keep_tg + 1  # EOS
+    size_in, size_tg = keep_in + k, keep_tg + 1  # the separator (or EOS), EOS
     if tcfg.layout == "decoder_only":
         dims = (size_in + size_tg, li_max + lt_max, np.zeros_like(size_in), 0)
     else:
@@ -204,7 +209,8 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: n
     if tcfg.layout == "decoder_only":
         tokens["tokens"] = pad
         binpack.fill_decoder_only(tokens["tokens"], row, off_a, inputs.ids, inputs.starts, inputs.lengths,
-                                  keep_in, targets.ids, targets.starts, targets.lengths, keep_tg, eos, left)
+                                  keep_in, targets.ids, targets.starts, targets.lengths, keep_tg, sep, eos,
+                                  left)
         target_off = off_a + size_in
     else:
         tokens["inputs"] = pad
@@ -218,7 +224,7 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: n
         _check_back_to_back(row, seg, offsets, sizes, tcfg.packer)
     placement = {"row": row, "segment": seg, "input_offset": off_a, "target_offset": target_off,
                  "input_tokens": size_in, "target_tokens": size_tg,
-                 "input_tokens_full": inputs.full + 1, "target_tokens_full": targets.full + 1}
+                 "input_tokens_full": inputs.full + k, "target_tokens_full": targets.full + 1}
     counts = {"rows": n_rows, "rows_lower_bound": binpack.rows_lower_bound(*dims),
               "rows_next_fit": binpack.next_fit(*dims)[4]}
     return packed_rows(tokens, row, seg, size_in, size_tg), placement, counts
@@ -261,6 +267,11 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     tok = load_tokenizer(tokenizer)
     eos, pad = tok.eos_id, tok.pad_id if tok.pad_id is not None else 0
     bos = bos_token(tok, tcfg.add_bos)
+    fmt = tcfg.format if tcfg.layout == "decoder_only" else "eos"
+    sep = np.array(separator_ids(tok, fmt, tcfg.separator), np.int32)
+    if len(sep) + (bos is not None) >= tcfg.max_input_tokens:
+        raise ValueError(f"tokenize.separator {tcfg.separator!r} is {len(sep)} tokens: it leaves no room for "
+                         f"the input in tokenize.max_input_tokens {tcfg.max_input_tokens}")
     dtype = stored_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
     record = row_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
     shards = mixture_shards(shard_dir)
@@ -274,7 +285,7 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
         n_windows = math.ceil(total / tcfg.pack_window)
         for table in progress(windows(shards, tcfg.pack_window), n_windows, f"{mixture}: pack",
                               count=lambda _: 1, unit="windows"):
-            rows, placed, counts = pack_window(table, tok, tcfg, dtype, eos, pad, threads, rng, bos)
+            rows, placed, counts = pack_window(table, tok, tcfg, dtype, eos, pad, threads, rng, bos, sep)
             placed["row"] = placed["row"] + totals["rows"]
             placed["position"] = np.arange(position, position + table.num_rows)
             index_parts.append(_index_table(placed, table))
@@ -295,7 +306,8 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     write_parquet_atomic(pa.Table.from_pylist([summary], schema=PACKING_SCHEMA), out_dir / "packing.parquet",
                          meta)
     manifest = {
-        **meta, "layout": tcfg.layout, "examples": index.num_rows, "rows": totals["rows"],
+        **meta, "layout": tcfg.layout, "format": fmt, "examples": index.num_rows, "rows": totals["rows"],
+        "separator": {"text": tcfg.separator if fmt == "text" else None, "ids": sep.tolist()},
         "fields": {name: {"dtype": record[name].base.str, "shape": list(record[name].shape)}
                    for name in record.names},
         "stored": {"tokens": list(dtype.names), "examples": list(EXAMPLE_DTYPE.names),

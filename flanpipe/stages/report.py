@@ -239,8 +239,9 @@ def plot_losses(metrics_files: list[str], out: Path) -> None:
 def paired_rows(results: list[dict], seed: int, resamples: int) -> list[list[str]]:
     """Per held-out dataset and shot setting, tuned against base on the same rows and templates:
     each model's score in its own layout and in the other, and tuned minus base with its paired
-    bootstrap 95% interval, each model in its own layout and both in the trained (``eos``) layout.
-    The share of the own-layout gap that the same-layout gap does not show is the layout's."""
+    bootstrap 95% interval, each model in its own layout and both in the tuned model's (its
+    training format, ``eos`` or ``text``). The share of the own-layout gap that the same-layout gap
+    does not show is the layout's."""
     by_key = defaultdict(dict)
     for r in results:
         by_key[(r["cluster"], r["dataset"], r["few_shot"])]["base" if r["model"] == "base" else "tuned"] = r
@@ -255,7 +256,8 @@ def paired_rows(results: list[dict], seed: int, resamples: int) -> list[list[str
             other = next((n for n in r.get("by_layout", {}) if n != own), None)
             cells.append(f"{r['headline']['mean']:.1f} ({own})")
             cells.append(f"{r['by_layout'][other]['headline']['mean']:.1f} ({other})" if other else "-")
-        for base_layout, tuned_layout in ((base["layout"], tuned["layout"]), ("eos", "eos")):
+        trained = tuned["layout"]
+        for base_layout, tuned_layout in ((base["layout"], trained), (trained, trained)):
             a, b = example_means(tuned, tuned_layout), example_means(base, base_layout)
             if a is None or b is None or len(a) != len(b) or _template_ids(base) != _template_ids(tuned):
                 cells.append("-")
@@ -315,10 +317,11 @@ def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: l
             md += ["## Tuned against base, paired", "",
                    "The same eval rows and templates for both models. Tuned minus base, with the paired "
                    "bootstrap 95% interval over examples: each model in its own layout (the headline), "
-                   "and both in the trained `eos` layout. Where the two differ, the layout explains that "
-                   "part of the gap.", "",
+                   "and both in the layout the tuned model was trained in (`eos` or `text`). Where the "
+                   "two differ, the layout explains that part of the gap.", "",
                    _table(["cluster", "dataset", "shots", "base (own)", "base (other)", "tuned (own)",
-                           "tuned (other)", "tuned - base, own layouts", "tuned - base, both eos"], paired),
+                           "tuned (other)", "tuned - base, own layouts", "tuned - base, tuned's layout"],
+                          paired),
                    ""]
         md += ["## Datasets and templates", "", "![datasets](datasets.png)", ""]
         rows = []

@@ -57,7 +57,6 @@ from flanpipe.core.launch import (
     refresh_lock,
     run_lock,
 )
-from flanpipe.core.layout import TRAINED_LAYOUT
 from flanpipe.core.model import ATTENTION, PackedCausalLM, predicted
 from flanpipe.core.optim import (
     adam_state_bytes,
@@ -68,7 +67,9 @@ from flanpipe.core.optim import (
 )
 from flanpipe.core.shards import PackedShards, verify_shards
 
-STAGE_VERSION = "3"  # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models
+# 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
+# records the training format
+STAGE_VERSION = "4"
 log = logging.getLogger(__name__)
 
 METRICS = ["step", "loss", "lr", "grad_norm", "target_tokens", "tokens", "tokens_per_s", "elapsed_s"]
@@ -333,7 +334,7 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     }
     if tokenizer is not None:  # (benchmarks on synthetic rows have no tokenizer to export)
         save_checkpoint(model, tokenizer, out_dir / "hf", dtype=torch.bfloat16 if bf16 else torch.float32,
-                        record={"layout": TRAINED_LAYOUT, "mixture": mixture, "steps": tcfg.steps,
+                        record={**trained_format(data.manifest), "mixture": mixture, "steps": tcfg.steps,
                                 "stage_version": STAGE_VERSION})
     if is_main:
         plot_loss(out_dir / "metrics.csv", out_dir / "loss.png", mixture)
@@ -389,6 +390,18 @@ class _Metrics:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def trained_format(manifest: dict) -> dict:
+    """The model folder's record of the format its rows were packed in (pack's manifest; shards
+    packed before ``tokenize.format`` existed are ``eos``): ``{"layout": ..., "separator": ...}``.
+
+    >>> trained_format({"format": "text", "separator": {"text": "\\n", "ids": [198]}})
+    {'layout': 'text', 'separator': '\\n'}
+    """
+    fmt = manifest.get("format", "eos")
+    separator = (manifest.get("separator") or {}).get("text") if fmt == "text" else None
+    return {"layout": fmt, "separator": separator}
 
 
 def plot_loss(metrics_csv: Path, out_png: Path, title: str) -> None:

@@ -87,8 +87,10 @@ def test_snakemake_fine_tunes_smollm2_with_its_own_tokenizer(run, smollm2_dir):
 
 
 def test_packed_examples_are_the_checkpoints_own_token_ids(run, smollm2_dir):
-    """Every packed example is ``inputs EOS targets EOS`` as SmolLM2's tokenizer in ``transformers``
-    encodes the mixture's texts (cut to the budgets), with its EOS, ``<|im_end|>``."""
+    """A pretrained checkpoint trains in the ``text`` format (``tokenize.format: auto``): every packed
+    example is ``inputs \\n targets EOS`` as SmolLM2's tokenizer in ``transformers`` encodes the
+    mixture's texts (cut to the budgets), with its EOS, ``<|im_end|>``, at the end only; the model
+    folder records the format, so evaluation scores the tuned model in it."""
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
@@ -99,13 +101,17 @@ def test_packed_examples_are_the_checkpoints_own_token_ids(run, smollm2_dir):
     data = PackedShards(run / "data/packed/nli")
     index = pq.read_table(run / "data/packed/nli/index.parquet").to_pylist()
     assert len(index) == len(mixture)
+    [newline] = peer("\n", add_special_tokens=False)["input_ids"]
+    assert json.loads((run / "data/packed/nli/manifest.json").read_text())["format"] == "text"
     for entry in index[::7]:
         example = mixture[entry["position"]]
         inputs = peer(example["inputs"], add_special_tokens=False)["input_ids"][:LI - 1]
         targets = peer(example["targets"], add_special_tokens=False)["input_ids"][:LT - 1]
         row = data[entry["row"]]
         tokens = row["tokens"][row["segment_ids"] == entry["segment"]].tolist()
-        assert tokens == [*inputs, 2, *targets, 2], example["example_id"]
+        assert tokens == [*inputs, newline, *targets, 2], example["example_id"]
+    record = json.loads((run / "models/nli/hf/flanpipe.json").read_text())
+    assert record["layout"] == "text" and record["separator"] == "\n"
 
 
 def test_the_exported_folder_loads_and_encodes_exactly_as_the_checkpoint(run, smollm2_dir):

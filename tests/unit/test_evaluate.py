@@ -31,11 +31,31 @@ def test_encode_cuts_like_the_packer_and_ends_with_eos(smollm2_dir):
     ids = tok.encode(text)
     assert len(ids) >= 6
     eos = tok.eos_id
-    assert encode(tok, [text], limit=4, eos=eos) == [ids[:3] + [eos]]
-    assert encode(tok, [text], limit=4, eos=eos, left=True) == [ids[-3:] + [eos]]
-    assert encode(tok, [text], limit=5, eos=eos, left=True, bos=7) == [[7] + ids[-3:] + [eos]]
-    assert encode(tok, [text], limit=5, eos=eos, bos=7) == [[7] + ids[:3] + [eos]]
-    assert encode(tok, [text, "fox"], limit=100, eos=eos) == [ids + [eos], tok.encode("fox") + [eos]]
+    assert encode(tok, [text], limit=4, end=[eos]) == [ids[:3] + [eos]]
+    assert encode(tok, [text], limit=4, end=[eos], left=True) == [ids[-3:] + [eos]]
+    assert encode(tok, [text], limit=5, end=[eos], left=True, bos=7) == [[7] + ids[-3:] + [eos]]
+    assert encode(tok, [text], limit=5, end=[eos], bos=7) == [[7] + ids[:3] + [eos]]
+    assert encode(tok, [text, "fox"], limit=100, end=[eos]) == [ids + [eos], tok.encode("fox") + [eos]]
+    assert encode(tok, [text], limit=5, end=[9, 8], left=True) == [ids[-3:] + [9, 8]]
+
+
+def test_text_layout_is_the_joined_text_for_a_byte_level_bpe(smollm2_dir):
+    """``text``: prompt ``input SEP`` then option ``target EOS``; with SmolLM2's byte-level BPE a
+    newline never merges, so the two are the tokens of ``input + "\\n" + target``, plus EOS. The
+    prompt holds no EOS (the ``eos`` layout's ends with it)."""
+    from flanpipe.core.config import TokenizeConfig
+
+    tok = load_tokenizer(smollm2_dir)
+    layout = Layout.of(tok, TokenizeConfig(), name="text")
+    prompts = ["Is the sky blue?\nOPTIONS:\n- yes\n- no", "Premise: it rained.  What happened next?"]
+    options = [["yes", "no"], ["The ground got wet.", " the sun shone"]]
+    for prompt, ptoks, opts, otoks in zip(prompts, layout.inputs(prompts), options,
+                                          layout.options(prompts, options), strict=True):
+        assert tok.eos_id not in ptoks
+        for option, ids in zip(opts, otoks, strict=True):
+            assert ptoks + ids == tok.encode(prompt + "\n" + option) + [tok.eos_id]
+    assert layout.counts(prompts).tolist() == [len(p) for p in layout.inputs(prompts)]
+    assert layout.as_("eos").inputs(prompts[:1]) == [tok.encode(prompts[0]) + [tok.eos_id]]
 
 
 def test_layout_follows_the_tokenizer_convention_unless_config_says(smollm2_dir):
@@ -187,12 +207,17 @@ def test_a_model_is_scored_in_the_layout_flanpipe_trained_it_in(tmp_path):
     folder = tmp_path / "hf"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    assert model_layout(folder) == ("continuation", "untrained")  # any checkpoint flanpipe did not train
+    assert model_layout(folder) == ("continuation", "untrained", None)  # a checkpoint flanpipe did not train
     (folder / "flanpipe.json").write_text(json.dumps({"layout": "eos"}))
-    assert model_layout(tmp_path) == ("eos", "trained")
-    assert model_layout(folder, "continuation") == ("continuation", "override")
-    with pytest.raises(ValueError, match="allowed: eos, continuation"):
+    assert model_layout(tmp_path) == ("eos", "trained", None)
+    assert model_layout(folder, "continuation") == ("continuation", "override", None)
+    with pytest.raises(ValueError, match="allowed: eos, text, continuation"):
         model_layout(folder, "chat")
+    (folder / "flanpipe.json").write_text(json.dumps({"layout": "text", "separator": "\nA:"}))
+    assert model_layout(folder) == ("text", "trained", "\nA:")
+    (folder / "flanpipe.json").write_text(json.dumps({"layout": "continuation"}))
+    with pytest.raises(ValueError, match="allowed: eos, text"):  # no model is trained as a continuation
+        model_layout(folder)
 
 
 def test_an_over_long_eval_input_keeps_its_instruction_and_options(smollm2_dir):
@@ -226,7 +251,7 @@ def test_an_over_long_eval_input_keeps_its_instruction_and_options(smollm2_dir):
             assert tail.strip() and text.rstrip().endswith(tail.strip()[-40:]), (template.id, text[-200:])
             assert "OPTIONS:\n- no\n- yes" in text or "OPTIONS:\n- yes\n- no" in text
             assert rows.column("question")[0].as_py() in text
-            old = tok.decode(encode(tok, [whole], budget, tok.eos_id)[0])
+            old = tok.decode(encode(tok, [whole], budget, [tok.eos_id])[0])
             assert "OPTIONS" not in old
 
 

@@ -40,14 +40,18 @@ def run(mixture, out, **tokenize):
     return manifest, PackedShards(tmp / out)
 
 
-def expected_examples(mixture, left=False):
+def expected_examples(mixture, left=False, separator=None):
+    """Each example as the packer should write it, from SentencePiece itself one text at a time:
+    ``inputs EOS`` (or ``inputs`` + the separator's own tokens), ``targets EOS``."""
     tmp, _, inputs, targets = mixture
     sp = load_processor(tmp / "spm.model")
+    sep = [1] if separator is None else sp.encode(separator)
+    keep = LI - len(sep)
     out = []
     for x, y in zip(inputs, targets, strict=True):
         ids_in, ids_tg = sp.encode(x), sp.encode(y)
-        ids_in = ids_in[len(ids_in) - (LI - 1):] if left and len(ids_in) > LI - 1 else ids_in[:LI - 1]
-        out.append((tuple(ids_in + [1]), tuple(ids_tg[:LT - 1] + [1])))
+        ids_in = ids_in[len(ids_in) - keep:] if left and len(ids_in) > keep else ids_in[:keep]
+        out.append((tuple(ids_in + sep), tuple(ids_tg[:LT - 1] + [1])))
     return out
 
 
@@ -63,6 +67,41 @@ def test_unpacking_gives_back_every_example_once(mixture, layout, truncate):
     assert unpacked(shards) == collections.Counter(expected_examples(mixture, truncate == "left"))
     assert len(manifest["shards"]) == -(-manifest["rows"] // 7) > 1  # several shards and windows
     assert manifest["packing"]["windows"] == 4
+
+
+@pytest.mark.parametrize("truncate", ["right", "left"])
+def test_text_format_puts_the_separator_between_input_and_target(mixture, truncate):
+    """``tokenize.format: text``: ``inputs SEP targets EOS``, no EOS after the input; the separator
+    (three pieces here) survives truncation, and the loss mask covers exactly ``targets EOS``."""
+    separator = "\nAnswer:"
+    manifest, shards = run(mixture, f"text-{truncate}", format="text", separator=separator,
+                           truncate_inputs=truncate)
+    sep = load_processor(mixture[0] / "spm.model").encode(separator)
+    assert len(sep) >= 2 and 1 not in sep
+    assert manifest["format"] == "text" and manifest["separator"] == {"text": separator, "ids": sep}
+    expected = expected_examples(mixture, truncate == "left", separator)
+    assert unpacked(shards) == collections.Counter(expected)
+    for i in range(len(shards)):
+        row = shards[i]
+        for segment in np.unique(row["segment_ids"][row["segment_ids"] > 0]):
+            span = np.flatnonzero(row["segment_ids"] == segment)
+            tokens, mask = row["tokens"][span].tolist(), row["loss_mask"][span].tolist()
+            n_target = sum(mask)
+            assert mask == [0] * (len(span) - n_target) + [1] * n_target
+            assert tokens[-1] == 1 and 1 not in tokens[:-n_target]  # EOS ends the target only
+            assert tokens[len(span) - n_target - len(sep):len(span) - n_target] == sep
+
+
+def test_auto_format_follows_the_model_source():
+    """``auto``: the paper's ``eos`` for a model trained from scratch, ``text`` for a checkpoint."""
+    scratch = parse_config({})
+    pretrained = parse_config({"train": {"model": {"source": "pretrained", "path": "/ckpt"}}})
+    assert PackSlice.of(scratch).format == "eos" and PackSlice.of(pretrained).format == "text"
+    forced = parse_config({"tokenize": {"format": "eos"}, "train": {"model": {"source": "pretrained",
+                                                                            "path": "/ckpt"}}})
+    assert PackSlice.of(forced).format == "eos"
+    with pytest.raises(ValueError, match="tokenize.format: text needs tokenize.layout: decoder_only"):
+        parse_config({"tokenize": {"format": "text", "layout": "encoder_decoder"}})
 
 
 def test_index_points_at_each_example(mixture):

@@ -79,7 +79,7 @@ def mutated(cfg: Config, key: str) -> Config | None:
     elif isinstance(value, str):
         candidates = ["right", "left", "dash", "letters", "none", "bpe", "unigram", "sum", "per_token",
                       "qwen2", "adamw", "adafactor", "bf16", "fp32", "eager", "sdpa", "without", "both",
-                      "next_fit", "best_fit", "encoder_decoder", "no_template", "hub", "local"]
+                      "next_fit", "best_fit", "encoder_decoder", "no_template", "hub", "local", "text"]
     elif value is None:
         candidates = [2, 128, 0.5, True, "x"]
     elif key == "download.sources":
