@@ -39,7 +39,7 @@ include: "rules/report.smk"
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
-    mixture="|".join(PLAN.all_mixtures()),
+    mixture="|".join(dict.fromkeys([*PLAN.all_mixtures(), "all"])),  # `all`: a shared tokenizer's corpus
     heldout="|".join(CFG.heldout_clusters),
     format="instructions|no_template|dataset_name",
     k=r"\d+",

@@ -156,7 +156,7 @@ def get_catalog_inputs(wildcards):
 def get_eval_model_name(wildcards):
     """The model a result file is about: a held-out mixture, `base`, or an ablation's mixture."""
     if "k" in wildcards.keys():
-        return f"clusters_{wildcards.k}"
+        return PLAN.model_of(f"clusters_{wildcards.k}")
     if "format" in wildcards.keys():
         return PLAN.format_mixture(wildcards.format)
     return wildcards.get("heldout", "base")

@@ -15,5 +15,10 @@ rule report:
         "../envs/flanpipe.yaml"
     params:
         config=PLAN.slice("report"),
+        # each ablation result's point (a cluster count, a format), in input order
+        points={
+            kind: [p for p, _, _ in PLAN.ablation_points(kind)]
+            for kind in ("clusters", "format")
+        },
     script:
         "../workflow_scripts/report.py"

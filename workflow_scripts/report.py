@@ -13,6 +13,7 @@ build_report(
     few_shot=list(snakemake.input.few_shot),
     ablation_clusters=list(snakemake.input.ablation_clusters),
     ablation_format=list(snakemake.input.ablation_format),
+    ablation_labels=dict(snakemake.params.points),
     catalog=snakemake.input.catalog,
     models=list(snakemake.input.models),
     out_dir=Path(snakemake.output[0]).parent,

@@ -458,6 +458,9 @@ class EvaluateConfig(_Section):
 
     max_examples: StrictInt | None = Field(None, ge=1)
     """Eval examples per dataset, a seeded sample of the eval split; null: all of them."""
+    max_templates: StrictInt | None = Field(None, ge=1)
+    """Score each dataset with its first this many eval templates (null: every one, up to 10); a
+    held-out score is their mean."""
     normalization: Literal["sum", "per_token", "per_char", "pmi"] = "sum"
     """Rank classification's headline score of an option (all four are reported): its tokens' summed
     log-likelihood (lm-eval `acc`), that divided by its token count, or by its character count
@@ -505,6 +508,9 @@ class AblationsConfig(_Section):
     formats: list[Literal["instructions", "no_template", "dataset_name"]] = Field(
         default_factory=lambda: ["instructions", "no_template", "dataset_name"])
     """Instruction formats to train on (all N clusters); every one is evaluated with instructions."""
+    kinds: list[Literal["clusters", "format"]] = Field(default_factory=lambda: ["clusters", "format"])
+    """Which ablations to build. A point whose training data is a held-out model's (the same
+    datasets, format and held-out clusters) reuses that model and its results."""
 
 
 class Config(_Section):
@@ -517,8 +523,10 @@ class Config(_Section):
     registry: needs `download.default_source: hub` or local files) or a list of registry names."""
     heldout_clusters: list[str] = Field(
         default_factory=lambda: ["nli", "commonsense", "closed_book_qa"])
-    """Clusters to hold out, one instruction-tuned model each (leave-one-cluster-out); an `all`
-    model trained on every cluster is always added."""
+    """Clusters to hold out, one instruction-tuned model each (leave-one-cluster-out)."""
+    all_model: bool = True
+    """Also train `all`, one model on every dataset with nothing held out (the one to use and
+    export). The held-out protocol needs only the per-cluster models."""
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     templatize: TemplatizeConfig = Field(default_factory=TemplatizeConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)

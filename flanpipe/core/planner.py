@@ -60,27 +60,57 @@ class Plan:
         return None
 
     def mixtures(self) -> list[str]:
-        """The main mixtures: one per held-out cluster, then `all`."""
-        return [*self.cfg.heldout_clusters, "all"]
+        """The main mixtures: one per held-out cluster, then `all` (``all_model``)."""
+        return [*self.cfg.heldout_clusters, *(["all"] if self.cfg.all_model else [])]
+
+    def _points(self) -> list[str]:
+        """Every ablation point's mixture, before reuse: `clusters_k` on the first k of
+        `ablations.clusters`, and `format_<f>` on all of them in another instruction format (the
+        `instructions` point, or whichever is `templatize.format`, is `clusters_N` itself)."""
+        abl = self.cfg.ablations
+        if not abl.enabled:
+            return []
+        n = len(abl.clusters)
+        out = [f"clusters_{k}" for k in range(1, n + 1)] if "clusters" in abl.kinds else []
+        if "format" in abl.kinds:
+            out += [f"format_{f}" for f in abl.formats if f != self.cfg.templatize.format]
+            if "clusters" not in abl.kinds and self.cfg.templatize.format in abl.formats:
+                out.append(f"clusters_{n}")
+        return out
+
+    def _signature(self, mixture: str) -> tuple:
+        return (tuple(self.mixture_datasets(mixture)), self.mixture_format(mixture),
+                tuple(self.heldout_for(mixture)))
+
+    def model_of(self, mixture: str) -> str:
+        """The mixture whose model stands for ``mixture``: a main mixture with the same datasets,
+        format and held-out clusters (an ablation point that is a held-out model: the clusters
+        ablation's last point when it is a leave-one-out's training set), or ``mixture`` itself.
+
+        >>> abl = {"enabled": True, "heldout": ["nli"], "clusters": ["sentiment", "commonsense"]}
+        >>> plan = Plan(parse_config({"datasets": ["rte", "sst2", "copa"], "heldout_clusters": ["nli"],
+        ...                           "ablations": abl}))
+        >>> plan.model_of("clusters_2"), plan.model_of("clusters_1"), plan.ablation_mixtures()
+        ('nli', 'clusters_1', ['clusters_1', 'format_no_template', 'format_dataset_name'])
+        """
+        if mixture in self.mixtures():
+            return mixture
+        signature = self._signature(mixture)
+        return next((m for m in self.cfg.heldout_clusters if self._signature(m) == signature), mixture)
 
     def ablation_mixtures(self) -> list[str]:
-        """The ablations' mixtures: `clusters_k` on the first k of `ablations.clusters`, and
-        `format_<f>` on all of them in another instruction format (the `instructions` point, or
-        whichever is `templatize.format`, is `clusters_N` itself)."""
-        if not self.cfg.ablations.enabled:
-            return []
-        n = len(self.cfg.ablations.clusters)
-        return [*(f"clusters_{k}" for k in range(1, n + 1)),
-                *(f"format_{f}" for f in self.cfg.ablations.formats if f != self.cfg.templatize.format)]
+        """The ablations' mixtures that are built (:meth:`_points` less those a held-out model
+        stands for)."""
+        return [m for m in self._points() if self.model_of(m) == m]
 
     def all_mixtures(self) -> list[str]:
         return [*self.mixtures(), *self.ablation_mixtures()]
 
     def format_mixture(self, fmt: str) -> str:
-        """The mixture of the format ablation's point ``fmt``."""
+        """The model of the format ablation's point ``fmt``."""
         if fmt == self.cfg.templatize.format:
-            return f"clusters_{len(self.cfg.ablations.clusters)}"
-        return f"format_{fmt}"
+            return self.model_of(f"clusters_{len(self.cfg.ablations.clusters)}")
+        return self.model_of(f"format_{fmt}")
 
     def mixture_format(self, mixture: str) -> str:
         """The instruction format a mixture's examples are rendered in."""
@@ -170,14 +200,34 @@ class Plan:
                     for dataset in self.datasets_in(self.cfg.heldout_clusters)]
         return out
 
-    def ablation_results(self, kind: str) -> list[str]:
-        """The result files of one ablation: ``clusters`` (one point per number of training
-        clusters) or ``format`` (one per instruction format)."""
+    def ablation_points(self, kind: str) -> list[tuple[str, str, str]]:
+        """One ablation's points as (point, dataset, result file): ``clusters`` (a point per number
+        of training clusters) or ``format`` (one per instruction format). A point a held-out model
+        stands for reads that model's own result (:meth:`model_of`): nothing is scored twice."""
         abl = self.cfg.ablations
-        if not abl.enabled:
+        if not abl.enabled or kind not in abl.kinds:
             return []
         datasets = self.datasets_in(abl.heldout)
         if kind == "clusters":
-            points = [str(k) for k in range(1, len(abl.clusters) + 1)]
-            return [f"results/ablations/clusters/{k}/{d}.json" for k in points for d in datasets]
-        return [f"results/ablations/format/{f}/{d}.json" for f in abl.formats for d in datasets]
+            points = [(str(k), f"clusters_{k}") for k in range(1, len(abl.clusters) + 1)]
+            own = "results/ablations/clusters/{point}/{dataset}.json"
+        else:
+            points = [(f, self.format_mixture(f)) for f in abl.formats]
+            own = "results/ablations/format/{point}/{dataset}.json"
+        n = len(abl.clusters)
+        out = []
+        for point, mixture in points:
+            model = self.model_of(mixture)
+            for d in datasets:
+                if model in self.mixtures():
+                    path = f"results/eval/{model}/{d}.json"
+                elif kind == "format" and model == f"clusters_{n}" and "clusters" in abl.kinds:
+                    path = f"results/ablations/clusters/{n}/{d}.json"  # the clusters ablation's last point
+                else:
+                    path = own.format(point=point, dataset=d)
+                out.append((point, d, path))
+        return out
+
+    def ablation_results(self, kind: str) -> list[str]:
+        """The result files of one ablation (:meth:`ablation_points`)."""
+        return [path for _, _, path in self.ablation_points(kind)]

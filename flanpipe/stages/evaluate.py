@@ -290,7 +290,7 @@ def score_layout(model: torch.nn.Module, layout: Layout, spec: DatasetSpec, bank
     headline = headline_variant(task, cfg)
     count_tokens = layout.counts
     per_template, material = [], {"predictions": [], "references": []}
-    for template in bank.eval_templates:
+    for template in bank.eval_templates[:cfg.evaluate.max_templates]:
         rendered = render_template(bank, template, eval_raw, style_with)
         variants: dict[str, dict] = {}
         if task == "generation":

@@ -89,11 +89,35 @@ def cluster_intervals(results: list[dict], seed: int, resamples: int) -> dict[st
         for setting, arrays in by.items():
             if any(a is None for a in arrays):
                 continue
-            rng = np.random.default_rng(derive_seed(seed, f"report/cluster/{cluster}/{setting}"))
-            draws = [float(np.mean([a[rng.integers(0, len(a), len(a))].mean() for a in arrays]))
-                     for _ in range(max(0, resamples))]
-            if draws:
-                out[cluster][setting] = tuple(np.quantile(draws, [0.025, 0.975]))
+            ci = stratified_interval([arrays], derive_seed(seed, f"report/cluster/{cluster}/{setting}"),
+                                     resamples)
+            if ci is not None:
+                out[cluster][setting] = ci
+    return out
+
+
+def stratified_interval(groups: list[list[np.ndarray]], seed: int, resamples: int) -> tuple | None:
+    """The bootstrap 95% interval of a mean over groups (held-out clusters) of means over their
+    datasets' example scores, each dataset's examples resampled on their own."""
+    rng = np.random.default_rng(seed)
+    draws = [float(np.mean([np.mean([a[rng.integers(0, len(a), len(a))].mean() for a in arrays])
+                            for arrays in groups]))
+             for _ in range(max(0, resamples))]
+    return tuple(np.quantile(draws, [0.025, 0.975])) if draws else None
+
+
+def ablation_intervals(results: list[dict], key: str, seed: int, resamples: int) -> dict[str, tuple]:
+    """point -> the bootstrap 95% interval of its `average` (:func:`ablation_points`)."""
+    by: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        by[str(r[key])][r["cluster"]].append(example_means(r))
+    out = {}
+    for point, clusters in by.items():
+        groups = [clusters[c] for c in sorted(clusters)]
+        if all(a is not None for arrays in groups for a in arrays):
+            ci = stratified_interval(groups, derive_seed(seed, f"report/ablation/{key}/{point}"), resamples)
+            if ci is not None:
+                out[point] = ci
     return out
 
 
@@ -165,7 +189,16 @@ def ablation_points(results: list[dict], key: str) -> dict[str, dict[str, float]
     return out
 
 
-def plot_ablation_clusters(points: dict[str, dict[str, float]], order: list[str], out: Path) -> None:
+def _error_bars(ax, xs: list, ys: list[float], intervals: dict[str, tuple], points: list[str]) -> None:
+    """Black bars: each point's bootstrap 95% interval, where it has one."""
+    for x, y, p in zip(xs, ys, points, strict=True):
+        if p in intervals:
+            low, high = intervals[p]
+            ax.errorbar(x, y, yerr=[[y - low], [high - y]], color="black", capsize=3, lw=0.9)
+
+
+def plot_ablation_clusters(points: dict[str, dict[str, float]], order: list[str], out: Path,
+                           intervals: dict[str, tuple] | None = None) -> None:
     plt = _plt()
     ks = sorted(points, key=int)
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -173,22 +206,25 @@ def plot_ablation_clusters(points: dict[str, dict[str, float]], order: list[str]
     for c in [*series, "average"]:
         ax.plot([int(k) for k in ks], [points[k].get(c, np.nan) for k in ks], marker="o",
                 lw=2.5 if c == "average" else 1.2, label=f"held-out {c}" if c != "average" else "average")
+    _error_bars(ax, [int(k) for k in ks], [points[k]["average"] for k in ks], intervals or {}, ks)
     ax.set_xticks([int(k) for k in ks], [f"{k}\n+{order[int(k) - 1]}" for k in ks], fontsize=7)
     ax.set_xlabel("instruction-tuning clusters (added in order)")
-    ax.set_ylabel("zero-shot score")
+    ax.set_ylabel("zero-shot score\n(bars: average's 95% interval)")
     ax.set_title("Ablation: number of instruction-tuning clusters")
     ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     _save(fig, out)
 
 
-def plot_ablation_format(points: dict[str, dict[str, float]], formats: list[str], out: Path) -> None:
+def plot_ablation_format(points: dict[str, dict[str, float]], formats: list[str], out: Path,
+                         intervals: dict[str, tuple] | None = None) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     ys = [points.get(f, {}).get("average", np.nan) for f in formats]
     ax.bar(formats, ys, color=["#4c72b0" if f == "instructions" else "#999999" for f in formats])
+    _error_bars(ax, list(range(len(formats))), ys, intervals or {}, formats)
     for x, y in enumerate(ys):
-        ax.text(x, y, f"{y:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("zero-shot score (average of held-out clusters)")
+        ax.text(x + 0.08, y, f"{y:.1f}", ha="left", va="bottom", fontsize=8)
+    ax.set_ylabel("zero-shot score, average of held-out\nclusters (bars: 95% interval)")
     ax.set_title("Ablation: instruction format at training time")
     _save(fig, out)
 
@@ -271,6 +307,10 @@ def paired_rows(results: list[dict], seed: int, resamples: int) -> list[list[str
     return rows
 
 
+def _interval(ci: tuple | None) -> str:
+    return f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci is not None else "-"
+
+
 def _template_ids(r: dict) -> list[int]:
     return [t["template_id"] for t in r["templates"]]
 
@@ -283,10 +323,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: list[str],
                  ablation_format: list[str], catalog: str | Path, models: list[str], out_dir: str | Path,
-                 cluster_order: list[str], formats: list[str], seed: int = 1234, resamples: int = 1000
-                 ) -> Path:
+                 cluster_order: list[str], formats: list[str], seed: int = 1234, resamples: int = 1000,
+                 ablation_labels: dict[str, list[str]] | None = None) -> Path:
     """Write ``out_dir/index.md`` and its figures; returns the Markdown's path. ``seed`` and
-    ``resamples``: the report's own bootstraps (cluster intervals, paired deltas)."""
+    ``resamples``: the report's own bootstraps (cluster intervals, paired deltas, ablation points);
+    ``ablation_labels``: each ablation result's point, in order (by default read from the model's
+    name, ``clusters_k``, and the result's folder, ``format/<f>/``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _load(zero_shot) + _load(few_shot)
@@ -346,29 +388,38 @@ def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: l
                       [[r["dataset"], _setting(r), *(f"{r['variants'][v]['mean']:.1f}" if v in r["variants"]
                                                      else "-" for v in variant_names)]
                        for r in sorted(results, key=lambda r: (r["dataset"], _setting(r)))]), ""]
+    labels = ablation_labels or {}
     if ablation_clusters:
-        points = ablation_points(_load(ablation_clusters), "model")
-        points = {k.removeprefix("clusters_"): v for k, v in points.items()}
-        plot_ablation_clusters(points, cluster_order, out_dir / "ablation_clusters.png")
+        loaded = _load(ablation_clusters)
+        for r, label in zip(loaded, labels.get("clusters") or [r["model"].removeprefix("clusters_")
+                                                                 for r in loaded], strict=True):
+            r["point"] = label
+        points = ablation_points(loaded, "point")
+        cis = ablation_intervals(loaded, "point", seed, resamples)
+        plot_ablation_clusters(points, cluster_order, out_dir / "ablation_clusters.png", cis)
         md += ["## Ablation: number of instruction-tuning clusters", "",
                f"Clusters added in order: {', '.join(cluster_order)}.", "",
                "![clusters ablation](ablation_clusters.png)", ""]
         cols = sorted({c for p in points.values() for c in p if c != "average"}) + ["average"]
-        md += [_table(["clusters", *cols], [[k, *(f"{points[k].get(c, float('nan')):.1f}" for c in cols)]
-                                            for k in sorted(points, key=int)]), ""]
+        md += [_table(["clusters", *cols, "average: 95% interval"],
+                      [[k, *(f"{points[k].get(c, float('nan')):.1f}" for c in cols), _interval(cis.get(k))]
+                       for k in sorted(points, key=int)]), ""]
     if ablation_format:
         loaded = _load(ablation_format)
-        for r, path in zip(loaded, ablation_format, strict=True):
-            r["format"] = Path(path).parent.name
+        for r, label in zip(loaded, labels.get("format") or [Path(p).parent.name for p in ablation_format],
+                            strict=True):
+            r["format"] = label
         points = ablation_points(loaded, "format")
-        plot_ablation_format(points, formats, out_dir / "ablation_format.png")
+        cis = ablation_intervals(loaded, "format", seed, resamples)
+        plot_ablation_format(points, formats, out_dir / "ablation_format.png", cis)
         md += ["## Ablation: instruction format", "",
                "Models trained on the same clusters with instructions, with the inputs alone "
                "(`no_template`) or with the dataset's name; all evaluated zero-shot with instructions.", "",
                "![format ablation](ablation_format.png)", ""]
         cols = sorted({c for p in points.values() for c in p if c != "average"}) + ["average"]
-        md += [_table(["format", *cols], [[f, *(f"{points[f].get(c, float('nan')):.1f}" for c in cols)]
-                                          for f in formats if f in points]), ""]
+        md += [_table(["format", *cols, "average: 95% interval"],
+                      [[f, *(f"{points[f].get(c, float('nan')):.1f}" for c in cols), _interval(cis.get(f))]
+                       for f in formats if f in points]), ""]
     rows = composition(catalog)
     plot_composition(rows, out_dir / "mixture_composition.png")
     md += ["## Mixtures", "", "![mixture composition](mixture_composition.png)", "",

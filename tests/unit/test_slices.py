@@ -20,7 +20,7 @@ PLANNER_KEYS = {
     "datasets", "heldout_clusters", "templatize.format", "tokenize.tokenizer.source",
     "tokenize.tokenizer.path", "tokenize.tokenizer.shared", "train.model.source", "train.model.path",
     "evaluate.few_shot", "evaluate.base_model", "ablations.enabled", "ablations.heldout",
-    "ablations.clusters", "ablations.formats"}
+    "ablations.clusters", "ablations.formats", "ablations.kinds", "all_model"}
 BOTH = {"templatize.format", "tokenize.tokenizer.source", "tokenize.tokenizer.path",
         "tokenize.tokenizer.shared", "train.model.source", "train.model.path", "evaluate.few_shot",
         "evaluate.base_model", "ablations.clusters", "ablations.formats"}
