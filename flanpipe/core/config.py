@@ -487,6 +487,9 @@ class EvaluateConfig(_Section):
     base_model: bool = True
     """Also evaluate the untuned base model (the initial weights, or the pretrained checkpoint)."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """The weights' precision while scoring: `auto` is bf16 on a GPU and fp32 on a CPU. bf16 on a CPU
+    with AMX or AVX-512 BF16 (recent Xeons) scores about 2.4 times as fast as fp32."""
     max_batch_tokens: StrictInt = Field(16_384, ge=256)
     """Padded tokens per inference batch (a prompt with all of its options, or with its new tokens)."""
 

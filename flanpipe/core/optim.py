@@ -296,7 +296,9 @@ def attach_zero_layout(optimizer) -> str:
         return kind
     if inner is optimizer:
         return kind
-    raise ValueError(f"Adafactor does not know the partitions of DeepSpeed's {kind}")
+    hint = (" (DeepSpeed's wrapper for train.precision bf16 under train.zero_stage 0: with bf16, use "
+            "zero_stage 1, 2 or 3)" if kind.startswith("FP16_") else "")
+    raise ValueError(f"Adafactor does not know the partitions of DeepSpeed's {kind}{hint}")
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float, betas: tuple[float, float],

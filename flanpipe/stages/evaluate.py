@@ -87,11 +87,13 @@ def resolve_model_dir(path: str | Path) -> Path:
                             "e.g. models/all, or a Hugging Face Llama checkpoint folder)")
 
 
-def load_model(path: str | Path) -> tuple[torch.nn.Module, Tokenizer]:
+def load_model(path: str | Path, precision: str = "auto") -> tuple[torch.nn.Module, Tokenizer]:
     """A model folder (a trained model's, or any local Hugging Face causal LM checkpoint) as (model
-    in eval mode, its tokenizer), through the checkpoint seam: float32 on CPU, bfloat16 on a GPU."""
+    in eval mode, its tokenizer), through the checkpoint seam: ``precision`` ``auto`` is float32
+    on CPU and bfloat16 on a GPU."""
     cuda = torch.cuda.is_available()
-    return load_checkpoint(resolve_model_dir(path), dtype=torch.bfloat16 if cuda else torch.float32,
+    bf16 = precision == "bf16" or (precision == "auto" and cuda)
+    return load_checkpoint(resolve_model_dir(path), dtype=torch.bfloat16 if bf16 else torch.float32,
                            device="cuda" if cuda else "cpu")
 
 
@@ -382,7 +384,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         few = cfg.few_shot.within(cfg.max_input_tokens)
         pool = FewShotPool(spec, bank, eval_raw, exemplars, few, cfg.seed)
     own, why, separator = model_layout(model_dir, layout)
-    model, tokenizer = load_model(model_dir)
+    model, tokenizer = load_model(model_dir, cfg.evaluate.precision)
     base_layout = Layout.of(tokenizer, cfg, threads, own, separator)
     field = long_field(spec, eval_raw) if cfg.cut_long_field else None
     budget = cfg.few_shot.within(cfg.max_input_tokens).max_tokens if few_shot else cfg.max_input_tokens
