@@ -15,6 +15,7 @@
     flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2] [--budget-steps 30000]
     flanpipe bench fewshot [--rows 392702] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
     flanpipe bench layouts --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
+    flanpipe bench precision --model DIR [--rows 80] [--threads 2]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -296,6 +297,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.model, args.data, datasets, rows=args.rows or 50, peer_templates=args.peer_templates or 3,
             threads=args.threads))
         return 0
+    if args.what == "precision":
+        from flanpipe.bench import precision as bench_precision
+
+        if not args.model:
+            raise SystemExit("bench precision needs --model (a checkpoint folder)")
+        bench_precision.print_precision(bench_precision.bench_precision(args.model, args.rows or 80,
+                                                                        args.threads))
+        return 0
     if args.what == "eval":
         from flanpipe.bench import eval as bench_eval
 
@@ -460,8 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
     p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale", "fewshot",
-                                     "download", "layouts"])
-    p.add_argument("--model", default=None, help="layouts: a pretrained checkpoint folder (flanpipe smollm2)")
+                                     "download", "layouts", "precision"])
+    p.add_argument("--model", default=None,
+                   help="layouts, precision: a pretrained checkpoint folder (flanpipe smollm2)")
     p.add_argument("--data", default=None, help="layouts: a folder with one folder per dataset, hub schema")
     p.add_argument("--rows", type=int, default=None,
                    help="rows (default: 1M templatize and dedup, 100k pack, 200k download; eval: 96 prompts; "

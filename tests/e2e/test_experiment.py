@@ -33,6 +33,99 @@ def test_the_experiment_plans_leave_one_cluster_out_with_the_format_ablation(tmp
     assert "tokenizer" not in counts  # the checkpoint's own tokenizer, read in place
     heldout = plan.datasets_in(cfg.heldout_clusters)
     assert counts["evaluate"] == counts["evaluate_base"] == len(heldout) >= 3
-    assert counts["evaluate_ablation_format"] == len(cfg.ablations.formats) * len(plan.datasets_in(
+    # the `instructions` point is the commonsense model (the same training set): scored once
+    assert plan.model_of("clusters_3") == "commonsense" and "all" not in plan.all_mixtures()
+    assert counts["train"] == 4
+    assert counts["evaluate_ablation_format"] == (len(cfg.ablations.formats) - 1) * len(plan.datasets_in(
         cfg.ablations.heldout))
     assert "evaluate_few_shot" not in counts and counts["report"] == 1
+
+
+
+def test_the_eos_comparison_plans_the_held_out_models_alone(tmp_path, smollm2_dir):
+    """heldout_smollm2_eos.yaml on top of the experiment: the two held-out models in the `eos`
+    format, no ablation, no base."""
+    (tmp_path / "models/pretrained").mkdir(parents=True)
+    (tmp_path / "models/pretrained/smollm2").symlink_to(smollm2_dir)
+    eos = REPO / "config/experiments/heldout_smollm2_eos.yaml"
+    proc = run_snakemake(tmp_path, "all", "-n", "--configfile", str(EXPERIMENT), str(eos),
+                         config_file=EXPERIMENT)
+    counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)}
+    assert counts["train"] == 2 and counts["evaluate"] == 3
+    assert not {"evaluate_base", "evaluate_ablation_format", "templatize_format"} & set(counts)
+    import yaml
+    from snakemake.utils import update_config
+
+    from flanpipe.core.config import PackSlice, parse_config
+
+    merged = yaml.safe_load(EXPERIMENT.read_text())
+    update_config(merged, yaml.safe_load(eos.read_text()))  # as Snakemake merges its config files
+    assert PackSlice.of(parse_config(merged)).format == "eos"
+
+
+def tiny_pretrained(folder, smollm2_dir):
+    """A 'pretrained' checkpoint small enough for the e2e suite: a random 2-layer Llama with
+    SmolLM2's own tokenizer files (a real byte-level BPE, so the ``text`` format's newline is real)."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
+                                         pad_token_id=2, tie_word_embeddings=True))
+    model.save_pretrained(folder)
+    for f in smollm2_dir.iterdir():
+        if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_a_scaled_down_experiment_runs_end_to_end_on_embedded_data(tmp_path, smollm2_dir):
+    """The experiment's own config and command, scaled down (2 steps, 6 rows, 1 template) and on the
+    embedded data (no PIQA there): leave-one-cluster-out for two clusters beside the base, the
+    format ablation, the report. Four models are trained: no `all`, and the format ablation's
+    `instructions` point is the commonsense model, whose results it reads."""
+    import json
+
+    import yaml
+
+    cfg = yaml.safe_load(EXPERIMENT.read_text())
+    cfg["datasets"] = ["boolq", "copa", "winogrande", "arc_easy"]
+    cfg["download"] = {"default_source": "embedded"}
+    cfg["templatize"]["few_shot"]["max_tokens"] = None
+    cfg["tokenize"].update(max_input_tokens=128, max_target_tokens=16)
+    checkpoint = tiny_pretrained(tmp_path / "tiny", smollm2_dir)
+    cfg["train"].update(steps=2, tokens_per_batch=288, checkpoint_every=2, log_every=1,
+                        model={"source": "pretrained", "path": str(checkpoint)})
+    cfg["evaluate"].update(max_examples=6, max_templates=1, bootstrap=50)
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    proc = run_snakemake(run, "all", "--set-resources", "train:tasks_per_node=1", config_file=config)
+    counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)}
+    assert counts["train"] == 4
+    assert sorted(p.name for p in (run / "models").iterdir() if (p / "run.json").exists()) == [
+        "closed_book_qa", "commonsense", "format_dataset_name", "format_no_template"]
+    for model in ("commonsense", "closed_book_qa"):
+        record = json.loads((run / f"models/{model}/hf/flanpipe.json").read_text())
+        assert record["layout"] == "text" and record["separator"] == "\n"
+        assert json.loads((run / f"models/{model}/run.json").read_text())["world_size"] == 1
+    for heldout, dataset in (("commonsense", "copa"), ("closed_book_qa", "arc_easy")):
+        tuned = json.loads((run / f"results/eval/{heldout}/{dataset}.json").read_text())
+        base = json.loads((run / f"results/eval/base/{dataset}.json").read_text())
+        assert (tuned["layout"], tuned["layout_from"]) == ("text", "trained")
+        assert (base["layout"], base["layout_from"]) == ("continuation", "untrained")
+        for r in (tuned, base):
+            assert set(r["by_layout"]) == {"text", "continuation"} and r["examples"] == 6
+            assert len(r["templates"]) == 1 and r["headline"]["interval"] is not None
+    assert not (run / "results/ablations/format/instructions").exists()
+    assert {p.name for p in (run / "results/ablations/format").iterdir()} == {"no_template", "dataset_name"}
+    report = (run / "results/report/index.md").read_text()
+    assert "## Tuned against base, paired" in report and "tuned - base, tuned's layout" in report
+    table = report[report.index("## Ablation: instruction format"):]
+    for point in ("instructions", "no_template", "dataset_name"):
+        assert re.search(rf"^\| {point} \| [\d.]+ \| [\d.]+ \| \[[\d.]+, [\d.]+\] \|$", table, re.M), point
+    assert (run / "results/report/ablation_format.png").stat().st_size > 0
