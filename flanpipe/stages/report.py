@@ -340,11 +340,12 @@ def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: l
         intervals = cluster_intervals(results, seed, resamples)
         plot_clusters(results, out_dir / "heldout_clusters.png", intervals)
         plot_datasets(results, out_dir / "datasets.png")
+        trained = sorted({r["layout"] for r in results if r["model"] != "base" and "layout" in r}) or ["eos"]
         md += ["## Held-out clusters", "", "![held-out clusters](heldout_clusters.png)", "",
                "Each cell: the mean over the cluster's datasets, with its bootstrap 95% interval over "
-               "examples. Each model is scored in its own layout: a tuned model in the one it was "
-               "trained in (`eos`), the untuned base as lm-eval scores a pretrained model "
-               "(`continuation`).", ""]
+               "examples. Each model is scored in its own layout: a tuned model in the format it was "
+               f"trained in ({', '.join(f'`{n}`' for n in trained)}), the untuned base as lm-eval scores "
+               "a pretrained model (`continuation`).", ""]
         means = cluster_means(results)
         labels = [label for _, _, label in SETTINGS if any(label in v for v in means.values())]
 

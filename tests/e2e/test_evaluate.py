@@ -42,7 +42,8 @@ def expected_results() -> list[str]:
     for d in PLAN.datasets_in(CFG.ablations.heldout):
         out += [f"results/ablations/clusters/{k}/{d}.json" for k in range(1, len(CFG.ablations.clusters) + 1)]
         # the `instructions` point is the clusters ablation's last one: its result is read, not redone
-        out += [f"results/ablations/format/{f}/{d}.json" for f in CFG.ablations.formats if f != "instructions"]
+        out += [f"results/ablations/format/{f}/{d}.json"
+                for f in CFG.ablations.formats if f != "instructions"]
     return out
 
 
