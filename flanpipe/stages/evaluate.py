@@ -6,13 +6,16 @@ template that poses the task (turned-around templates are for training), in the 
 instruction format whatever the model was trained on.
 
 The model is any local ``transformers`` causal LM folder (ours, or a Hugging Face checkpoint such
-as SmolLM2 or Llama), with its own tokenizer (:func:`flanpipe.core.tokenizers.load_tokenizer`:
+as SmolLM2 or Llama), or a T5-family encoder-decoder (T5, FLAN-T5, mT5), with its own tokenizer
+(:func:`flanpipe.core.tokenizers.load_tokenizer`:
 ``tokenizer.json`` or ``tokenizer.model``). Token sequences follow the packer's training layout,
 ``[BOS] inputs EOS targets EOS``, BOS where the tokenizer's convention or ``tokenize.add_bos`` says.
 
 - **Classification and multiple choice: rank classification.** Every option is scored by the
   log-likelihood of its tokens (and EOS) given the instruction, with the prompt run once for all of
-  its options (:func:`flanpipe.core.scoring.score_options`). Prompts are scored with the OPTIONS suffix
+  its options (:func:`flanpipe.core.scoring.score_options`; an encoder-decoder encodes each prompt
+  once and scores every option as decoder input against that encoder output). Prompts are scored
+  with the OPTIONS suffix
   and without it; each option's score is its summed log-likelihood, or that per token or per
   character. The best-scoring option is the prediction.
 - **Generation: decoding.** Greedy decoding (and, with ``evaluate.generation.sample``, sampling at a
@@ -86,10 +89,18 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, Tokenizer]:
                            device="cuda" if cuda else "cpu")
 
 
+def is_encoder_decoder_folder(model_dir: str | Path) -> bool:
+    """Whether a model folder's ``config.json`` is an encoder-decoder's (T5, mT5: ``is_encoder_decoder``)."""
+    config = json.loads((resolve_model_dir(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return bool(config.get("is_encoder_decoder", False))
+
+
 def model_layout(model_dir: str | Path, override: str | None = None) -> tuple[LayoutName, str]:
     """The layout a model is scored in, and why: ``override``; else the layout its folder's
-    ``flanpipe.json`` records (a model flanpipe trained); else ``continuation``, lm-eval's layout,
-    for an untuned base model or any checkpoint flanpipe did not train."""
+    ``flanpipe.json`` records (a model flanpipe trained); else, for an encoder-decoder, ``eos``
+    (inputs EOS to the encoder, targets EOS from the decoder: how T5 and FLAN-T5 are trained and
+    scored); else ``continuation``, lm-eval's layout, for an untuned base model or any checkpoint
+    flanpipe did not train."""
     if override is not None:
         if override not in LAYOUTS:
             raise ValueError(f"layout {override!r}; allowed: {', '.join(LAYOUTS)}")
@@ -100,6 +111,8 @@ def model_layout(model_dir: str | Path, override: str | None = None) -> tuple[La
         if layout not in LAYOUTS:
             raise ValueError(f"{record}: layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
         return layout, "trained"
+    if is_encoder_decoder_folder(model_dir):
+        return "eos", "encoder_decoder"
     return "continuation", "untrained"
 
 
@@ -378,7 +391,9 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     task = spec.task.type
     key = metrics.primary(spec.metric)
     headline = headline_variant(task, cfg)
-    names = [own] + ([n for n in LAYOUTS if n != own] if cfg.evaluate.cross_layouts else [])
+    # (an encoder-decoder has one layout: its encoder reads the prompt, its decoder the option)
+    cross = cfg.evaluate.cross_layouts and not is_encoder_decoder_folder(model_dir)
+    names = [own] + ([n for n in LAYOUTS if n != own] if cross else [])
     by_layout, per_template = {}, None
     for name in names:
         templates, material = score_layout(model, base_layout.as_(name), spec, bank, eval_raw, pool, cfg,

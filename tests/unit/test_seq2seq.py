@@ -209,3 +209,55 @@ def test_the_export_reloads_with_auto_classes_and_identical_logits(family, tmp_p
     # generation defaults that transformers reads: the decoder starts from the pad id, stops at EOS
     generation = reloaded.generation_config
     assert (generation.decoder_start_token_id, generation.eos_token_id) == (0, 1)
+
+
+# --- the evaluate stage --------------------------------------------------------------------------
+
+def test_evaluate_scores_an_encoder_decoder_as_transformers_does_per_option(tmp_path, one_thread):
+    """`evaluate_dataset` on a T5 folder flanpipe did not train (RTE, 3 examples): scored in the
+    `eos` layout (inputs EOS to the encoder, option EOS from the decoder), one layout only, and
+    template 0's choices equal transformers' own T5, one full forward per (prompt, option)."""
+    import json
+    import subprocess
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForSeq2SeqLM
+
+    from flanpipe.core.config import EvaluateSlice, parse_config
+    from flanpipe.core.templates import load_bank, render_template
+    from flanpipe.stages.evaluate import eval_sample, evaluate_dataset
+    from tests.conftest import BIN, REPO
+
+    tokenizer = spm_tokenizer()
+    torch.manual_seed(3)
+    spec = ModelSpec(architecture="t5", hidden_size=32, num_layers=2, num_heads=4)
+    save_checkpoint(build_model(spec, tokenizer.vocab_size, 64, special_ids=tokenizer.special_ids()),
+                    tokenizer, tmp_path / "t5")
+    raw = tmp_path / "raw/rte"
+    subprocess.run([str(BIN / "flanpipe"), "download", "--dataset", "rte", "--out", str(raw)], check=True,
+                   capture_output=True, cwd=REPO)
+    cfg = parse_config({"evaluate": {"max_examples": 3}, "tokenize": {"layout": "encoder_decoder"},
+                        "train": {"model": {"architecture": "t5"}}})
+    result = evaluate_dataset("rte", tmp_path / "t5", raw, tmp_path / "rte.json", EvaluateSlice.of(cfg),
+                              few_shot=False, model_name="t5")
+    assert (result["layout"], result["layout_from"]) == ("eos", "encoder_decoder")
+    assert list(result["by_layout"]) == ["eos"]
+    assert json.loads((tmp_path / "rte.json").read_text())["examples"] == 3
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "t5"), local_files_only=True).eval()
+    bank = load_bank()["rte"]
+    table = eval_sample(pq.read_table(raw / "eval.parquet"), 3, cfg.seed, "rte")
+    rendered = render_template(bank, bank.eval_templates[0], table, cfg.templatize.options)
+    chosen = []
+    for prompt, options in zip(rendered.inputs.to_pylist(), rendered.options.to_pylist(), strict=True):
+        p = tokenizer.encode(prompt)[:cfg.tokenize.max_input_tokens - 1] + [tokenizer.eos_id]
+        scores = []
+        for option in options:
+            labels = torch.tensor([tokenizer.encode(option) + [tokenizer.eos_id]])
+            with torch.no_grad():
+                logp = model(input_ids=torch.tensor([p]), labels=labels).logits.log_softmax(-1)[0]
+            scores.append(float(logp.gather(-1, labels[0, :, None]).sum()))
+        chosen.append(int(np.argmax(scores)))
+    assert result["headline_variant"] == "with_options/sum"
+    assert result["templates"][0]["predictions"] == chosen
