@@ -410,7 +410,7 @@ class TrainConfig(_Section):
     """The `transformers` attention kernel, given a segment mask of the packed rows: `flex`
     (FlexAttention with a block mask, no T x T mask; GPU), `sdpa` (a boolean T x T mask; CPU),
     `eager` (the plain implementation; Gemma 2's attention soft-capping needs it or `flex`) or
-    `auto` (flex on GPU, sdpa on CPU)."""
+    `auto` (flex on GPU, sdpa on CPU; sdpa for encoder-decoders everywhere)."""
     checkpoint_every: StrictInt = Field(1_000, ge=1)
     """Save a DeepSpeed checkpoint every N steps (and at the end); `train` resumes from the latest."""
     keep_checkpoints: StrictInt = Field(2, ge=1)

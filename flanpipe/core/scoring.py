@@ -29,13 +29,14 @@ as in cached decoding, not as a from-scratch forward pass of prompt + option.
 Token sequences follow the training layout (``inputs EOS targets EOS``): a prompt is the input's
 tokens and its EOS, an option is the target's tokens and its EOS; the caller builds them.
 
-Encoder-decoders (T5, mT5, FLAN-T5: ``config.is_encoder_decoder``) take the same calls. Rank
-classification encodes each prompt once (:func:`score_seq2seq`): the encoder output's cross-attention
-keys and values are computed once per prompt and shared by every option, which runs as one decoder
-row (``decoder_start_token_id`` then the option's tokens but its last). ``method="per_option"``
-(:func:`score_seq2seq_per_option`) runs the whole model once per (prompt, option) instead, the
-reference and the benchmark's peer. Generation goes through ``model.generate`` on batches of
-prompts, with the same stop rules (any EOS id, ``max_new_tokens``, ``vocab_limit``).
+Encoder-decoders (``config.is_encoder_decoder``) take the same calls. For T5, mT5 and FLAN-T5,
+rank classification encodes each prompt once (:func:`score_seq2seq`): the encoder output's
+cross-attention keys and values are computed once per prompt and shared by every option, which runs
+as one decoder row (``decoder_start_token_id`` then the option's tokens but its last).
+``method="per_option"`` (:func:`score_seq2seq_per_option`, also used for other encoder-decoders)
+runs the model's own forward once per (prompt, option) instead. Generation goes through
+``model.generate`` on batches of prompts, with the same stop rules (any EOS id, ``max_new_tokens``,
+``vocab_limit``).
 
 >>> import torch
 >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -299,8 +300,9 @@ def score_options(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     if method not in METHODS:
         raise ValueError(f"method {method!r}: allowed are {', '.join(METHODS)}")
     _check_requests(prompts, options)
-    if is_encoder_decoder(model.config):
-        score = score_seq2seq_per_option if method == "per_option" else score_seq2seq
+    if is_encoder_decoder(model.config):  # (other encoder-decoders than T5's family: their own forward)
+        shared = method != "per_option" and model.config.model_type in SEQ2SEQ_TYPES
+        score = score_seq2seq if shared else score_seq2seq_per_option
         return score(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
     if method == "per_option" or (method == "auto" and not shared_extension_supported(model)):
         return score_per_option(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
@@ -437,19 +439,14 @@ def _cross_cache(model: torch.nn.Module, encoded: torch.Tensor, owner: torch.Ten
     return EncoderDecoderCache(DynamicCache(), cross)
 
 
-def _shares_cross_cache(model: torch.nn.Module) -> bool:
-    return getattr(model.config, "model_type", None) in SEQ2SEQ_TYPES
-
-
 @torch.inference_mode()
 def score_seq2seq(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                   options: Sequence[Sequence[Sequence[int]]], max_batch_tokens: int = 16_384,
                   max_batch_rows: int = 64, progress: Callable[[int], None] | None = None
                   ) -> list[np.ndarray]:
-    """:func:`score_options` for an encoder-decoder: each batch's prompts run through the encoder
-    once; every option is one decoder row against its prompt's encoder output (T5 and mT5: its
-    cross-attention keys and values too, :func:`_cross_cache`), scored by the log-probability of its
-    tokens."""
+    """:func:`score_options` for a T5 or mT5: each batch's prompts run through the encoder once;
+    every option is one decoder row against its prompt's encoder output and its cross-attention
+    keys and values (:func:`_cross_cache`), scored by the log-probability of its tokens."""
     device = _device(model)
     sizes = [len(p) + sum(len(o) for o in opts) for p, opts in zip(prompts, options, strict=True)]
     out: list[np.ndarray] = [np.empty(0)] * len(prompts)
@@ -458,10 +455,10 @@ def score_seq2seq(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
         owners = [b for b, i in enumerate(batch) for _ in options[i]]
         owner = torch.tensor(owners, device=device)
         inputs, labels, real = _option_rows(model, [o for i in batch for o in options[i]], device)
-        cache = _cross_cache(model, encoded, owner) if _shares_cross_cache(model) else None
+        cache = _cross_cache(model, encoded, owner)
         hidden = model.get_decoder()(input_ids=inputs, attention_mask=real.long(),
                                      encoder_hidden_states=encoded[owner], encoder_attention_mask=mask[owner],
-                                     cache=cache, use_cache=cache is not None).last_hidden_state
+                                     cache=cache, use_cache=True).last_hidden_state
         sums = _summed_log_probs(model, hidden, labels, real)
         at = 0
         for i in batch:

@@ -269,7 +269,9 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     row_tokens = row_width(data)
     plan = BatchPlan.from_tokens(tcfg.tokens_per_batch, row_tokens, tcfg.micro_batch_rows, dist.world_size)
     bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_gpu)
-    attention = tcfg.attention if tcfg.attention != "auto" else ("flex" if on_gpu else "sdpa")
+    # (encoder-decoders: sdpa masks everywhere; their FlexAttention path is untested here)
+    flex = on_gpu and data.layout == "decoder_only"
+    attention = tcfg.attention if tcfg.attention != "auto" else ("flex" if flex else "sdpa")
     ds_cfg = deepspeed_config(tcfg, plan, bf16)
 
     torch.manual_seed(derive_seed(cfg.seed, "train/init"))  # the same initial weights on every rank
