@@ -15,6 +15,7 @@
     flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2] [--budget-steps 30000]
     flanpipe bench fewshot [--rows 392702] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
     flanpipe bench layouts --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
+    flanpipe bench eval [--rows 96] [--threads 2] [--architecture llama|t5]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -299,7 +300,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "eval":
         from flanpipe.bench import eval as bench_eval
 
-        bench_eval.print_eval(bench_eval.bench_eval(prompts=args.rows or 96, threads=args.threads))
+        bench_eval.print_eval(bench_eval.bench_eval(prompts=args.rows or 96, threads=args.threads,
+                                                    architecture=args.architecture))
         return 0
     if args.what == "pack":
         from flanpipe.bench import pack as bench_pack
@@ -469,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows the (slower) peer processes (default: 200k templatize, 20k dedup)")
     p.add_argument("--threads", type=int, default=2,
                    help="pack, fewshot: encoder threads; eval: torch threads")
+    p.add_argument("--architecture", choices=["llama", "t5"], default="llama",
+                   help="eval: a decoder (llama) or an encoder-decoder (t5) of the same width")
     p.add_argument("--size", choices=["tiny", "125m", "1b"], default="1b", help="train: model size")
     p.add_argument("--steps", type=int, default=300, help="train: optimizer steps")
     p.add_argument("--micro-batch-rows", type=int, default=8, help="train: packed rows per forward pass")
