@@ -2,7 +2,9 @@
 3 steps of 4 rows each, ZeRO-3, Adafactor, into ``OUT``.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.unit.seq2seq_train \\
-        PACKED TOKENIZER OUT
+        PACKED TOKENIZER OUT [PRETRAINED]
+
+With PRETRAINED (a T5 folder), the model is that checkpoint, loaded partitioned under ZeRO-3.
 """
 
 import sys
@@ -17,19 +19,21 @@ LI, LT = 64, 16
 MODEL = {"architecture": "t5", "hidden_size": 32, "num_layers": 2, "num_heads": 4}
 
 
-def config(zero_stage: int = 3, steps: int = STEPS):
-    """The run's config: the packer's budgets, the tiny T5 and the step of 4 rows."""
+def config(zero_stage: int = 3, steps: int = STEPS, pretrained: str | None = None):
+    """The run's config: the packer's budgets, the tiny T5 (or the checkpoint at ``pretrained``)
+    and the step of 4 rows."""
+    model = MODEL if pretrained is None else {"source": "pretrained", "path": pretrained}
     return parse_config({
         "seed": 11, "tokenize": {"layout": "encoder_decoder", "max_input_tokens": LI, "max_target_tokens": LT,
                                  "pack_window": 64, "rows_per_shard": 7},
-        "train": {"model": MODEL, "steps": steps, "tokens_per_batch": ROWS_PER_STEP * (LI + LT),
+        "train": {"model": model, "steps": steps, "tokens_per_batch": ROWS_PER_STEP * (LI + LT),
                   "micro_batch_rows": 1, "zero_stage": zero_stage, "optimizer": "adafactor", "lr": 1e-3,
                   "checkpoint_every": 10**6, "log_every": 1, "grad_clip": 1e9}})
 
 
-def main(packed: str, tokenizer: str, out: str) -> None:
-    train("m", packed, tokenizer, Path(out), TrainSlice.of(config()))
+def main(packed: str, tokenizer: str, out: str, pretrained: str | None = None) -> None:
+    train("m", packed, tokenizer, Path(out), TrainSlice.of(config(pretrained=pretrained)))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -261,3 +261,52 @@ def test_evaluate_scores_an_encoder_decoder_as_transformers_does_per_option(tmp_
         chosen.append(int(np.argmax(scores)))
     assert result["headline_variant"] == "with_options/sum"
     assert result["templates"][0]["predictions"] == chosen
+
+
+def t5_style_tokenizer_folder(folder):
+    """A T5-style `tokenizer.json` folder (as FLAN-T5 ships one): our SentencePiece model with 100
+    `<extra_id_N>` sentinels added after its pieces, `<extra_id_0>` the last id, as T5's are."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    from flanpipe.core.tokenizers import spm_to_tokenizers
+
+    rust = spm_to_tokenizers(spm_tokenizer().model_bytes)
+    sentinels = [f"<extra_id_{i}>" for i in reversed(range(100))]
+    rust.add_special_tokens([AddedToken(s, special=True) for s in sentinels])
+    fast = PreTrainedTokenizerFast(tokenizer_object=rust, eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", additional_special_tokens=sentinels[::-1])
+    fast.save_pretrained(str(folder))
+    return folder
+
+
+def test_a_t5_tokenizer_is_exported_exactly_with_its_sentinels(tmp_path, one_thread):
+    """A pretrained T5's tokenizer (tokenizer.json with `<extra_id_N>` sentinels) goes through the
+    seam into an export: `AutoTokenizer` on the exported folder gives the source's ids, sentinels
+    included, and the model's embedding covers them."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from flanpipe.core.tokenizers import load_tokenizer
+
+    source = t5_style_tokenizer_folder(tmp_path / "source")
+    tok = load_tokenizer(source)
+    assert (tok.kind, tok.eos_id, tok.pad_id, tok.bos_id, tok.add_bos) == ("hf", 1, 0, None, False)
+    original = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    assert tok.vocab_size == len(original)
+    assert original.convert_tokens_to_ids("<extra_id_0>") == len(original) - 1
+    spec = ModelSpec(architecture="t5", hidden_size=32, num_layers=1, num_heads=4)
+    torch.manual_seed(0)
+    model = build_model(spec, tok.vocab_size, 64, special_ids=tok.special_ids())
+    save_checkpoint(model, tok, tmp_path / "hf")
+    exported = AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    texts = {"Fill in: the cat <extra_id_0> on the <extra_id_1>.": (0, 1),
+             "premise: yes\nOPTIONS:\n- no <extra_id_99>": (99,)}
+    for text, sentinels in texts.items():
+        ids = original(text, add_special_tokens=False)["input_ids"]
+        assert exported(text, add_special_tokens=False)["input_ids"] == ids == tok.encode(text)
+        assert all(original.convert_tokens_to_ids(f"<extra_id_{k}>") in ids for k in sentinels)
+    for k in (0, 1, 99):
+        sentinel = f"<extra_id_{k}>"
+        assert exported.convert_tokens_to_ids(sentinel) == original.convert_tokens_to_ids(sentinel)
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    assert model.config.vocab_size >= len(exported)

@@ -39,10 +39,10 @@ def packed(tmp_path_factory):
     return tmp
 
 
-def launch(packed, world: int, out):
+def launch(packed, world: int, out, pretrained=None):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
            f"--nproc-per-node={world}", "-m", "tests.unit.seq2seq_train", str(packed / "packed"),
-           str(packed / "spm.model"), str(out)]
+           str(packed / "spm.model"), str(out), *([str(pretrained)] if pretrained else [])]
     env = os.environ | {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -57,10 +57,9 @@ def runs(packed, tmp_path_factory):
     return {world: (launch(packed, world, out / f"w{world}"), out / f"w{world}") for world in (1, 2)}
 
 
-def test_the_first_steps_loss_is_the_examples_own_loss(packed, runs):
-    """Step 1's logged loss against an independent computation: the step's rows unpacked into
-    examples, each run alone through transformers' own T5 forward (the initial weights rebuilt
-    from the run's seed), the summed target cross-entropy over all of them / their target tokens."""
+def first_step_loss(packed, model) -> tuple[float, int]:
+    """The mean target-token loss of the first step's examples, each run alone through
+    transformers' own forward of ``model``, and their target tokens."""
     cfg = seq2seq_train.config()
     data = PackedShards(packed / "packed")
     assert data.layout == "encoder_decoder"
@@ -68,8 +67,6 @@ def test_the_first_steps_loss_is_the_examples_own_loss(packed, runs):
     rows = data.take(step_rows(0, plan, len(data), cfg.seed))
     examples = [pair for row in rows for pair in unpack_row(row)]
     assert len(examples) > len(rows)  # rows hold several examples
-    tokenizer = load_tokenizer(packed / "spm.model")
-    model = initial_model(tokenizer.vocab_size, tokenizer.special_ids())
     total, count = 0.0, 0
     with torch.no_grad():
         for x, y in examples:
@@ -77,10 +74,38 @@ def test_the_first_steps_loss_is_the_examples_own_loss(packed, runs):
             logits = model(input_ids=x, labels=y).logits[0]
             total += F.cross_entropy(logits.double(), y[0], reduction="sum").item()
             count += y.shape[1]
+    return total / count, count
+
+
+def test_the_first_steps_loss_is_the_examples_own_loss(packed, runs):
+    """Step 1's logged loss against an independent computation: the step's rows unpacked into
+    examples, each run alone through transformers' own T5 forward (the initial weights rebuilt
+    from the run's seed), the summed target cross-entropy over all of them / their target tokens."""
+    tokenizer = load_tokenizer(packed / "spm.model")
+    loss, count = first_step_loss(packed, initial_model(tokenizer.vocab_size, tokenizer.special_ids()))
     for world in (1, 2):
         metrics, _ = runs[world]
         assert int(metrics[0]["target_tokens"]) == count
-        assert float(metrics[0]["loss"]) == pytest.approx(total / count, rel=1e-5)
+        assert float(metrics[0]["loss"]) == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_pretrained_t5_loads_partitioned_and_trains_from_its_own_weights(packed, tmp_path):
+    """A T5 checkpoint folder (`source: pretrained`), loaded partitioned under ZeRO-3 on 2 ranks:
+    the first step's loss is the checkpoint's own loss on the step's examples."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from flanpipe.core.checkpoint import save_checkpoint
+
+    tokenizer = load_tokenizer(packed / "spm.model")
+    torch.manual_seed(99)  # other weights than a new model's
+    model = build_model(ModelSpec(**seq2seq_train.MODEL), tokenizer.vocab_size, 32,
+                        special_ids=tokenizer.special_ids())
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt", max_shard_bytes=50_000)
+    metrics = launch(packed, 2, tmp_path / "run", pretrained=tmp_path / "ckpt")
+    reference = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "ckpt"), local_files_only=True).eval()
+    loss, count = first_step_loss(packed, reference)
+    assert int(metrics[0]["target_tokens"]) == count
+    assert float(metrics[0]["loss"]) == pytest.approx(loss, rel=1e-5)
 
 
 def initial_model(vocab_size: int, special_ids: dict):
