@@ -90,16 +90,19 @@ def test_the_export_loads_with_auto_classes_and_encodes_as_training_did(run):
     assert tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
 
 
-def test_every_t5_is_evaluated_and_reported(run):
+@pytest.mark.parametrize("result, method, layout_from", [
+    ("nli/rte.json", "rank_classification", "trained"),
+    ("nli/rte.few_shot.json", "rank_classification", "trained"),
+    ("struct_to_text/common_gen.json", "generation", "trained"),
+    ("base/rte.json", "rank_classification", "encoder_decoder"),  # the untuned T5: eos all the same
+    ("base/common_gen.json", "generation", "encoder_decoder"),
+])
+def test_every_t5_is_evaluated_in_the_eos_layout_and_reported(run, result, method, layout_from):
     wd, _ = run
-    for model, heldout in (("nli", "nli"), ("base", "nli")):
-        r = json.loads((wd / f"results/eval/{heldout}/rte.json").read_text()) if model == "nli" else None
-        if r is not None:
-            assert (r["layout"], r["layout_from"]) == ("eos", "trained")
-            assert list(r["by_layout"]) == ["eos"] and r["method"] == "rank_classification"
-    generated = json.loads((wd / "results/eval/struct_to_text/common_gen.json").read_text())
-    assert generated["method"] == "generation" and generated["layout"] == "eos"
-    assert (wd / "results/report/index.md").is_file()
+    r = json.loads((wd / "results/eval" / result).read_text())
+    assert (r["method"], r["layout"], r["layout_from"]) == (method, "eos", layout_from)
+    assert list(r["by_layout"]) == ["eos"] and r["examples"] == 4
+    assert "rte" in (wd / "results/report/index.md").read_text()
 
 
 def test_the_demo_config_gains_no_jobs():
