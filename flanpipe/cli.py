@@ -223,11 +223,20 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One rank of a training run (start it with torchrun, srun or `flanpipe launch`)."""
+    import yaml
+
     from flanpipe.stages.train import train
 
-    cfg = load_config(args.config)
-    train(args.mixture, args.packed or f"data/packed/{args.mixture}", _tokenizer(args, cfg),
-          args.out or f"models/{args.mixture}", TrainSlice.of(cfg))
+    data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+    if args.tokenizer and data and set(data) <= set(TrainSlice.KEYS):
+        # the train rule's own file: its slice alone (seed and train), read as one (as a whole config,
+        # its missing tokenize section would read as the default decoder_only layout)
+        cfg_slice, tokenizer = TrainSlice.model_validate(data), args.tokenizer
+    else:
+        cfg = load_config(args.config)
+        cfg_slice, tokenizer = TrainSlice.of(cfg), _tokenizer(args, cfg)
+    train(args.mixture, args.packed or f"data/packed/{args.mixture}", tokenizer,
+          args.out or f"models/{args.mixture}", cfg_slice)
     return 0
 
 
