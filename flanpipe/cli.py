@@ -16,6 +16,7 @@
     flanpipe bench fewshot [--rows 392702] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
     flanpipe bench layouts --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
     flanpipe bench precision --model DIR [--rows 80] [--threads 2]
+    flanpipe bench eval [--rows 96] [--threads 2] [--architecture llama|t5]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -223,11 +224,20 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One rank of a training run (start it with torchrun, srun or `flanpipe launch`)."""
+    import yaml
+
     from flanpipe.stages.train import train
 
-    cfg = load_config(args.config)
-    train(args.mixture, args.packed or f"data/packed/{args.mixture}", _tokenizer(args, cfg),
-          args.out or f"models/{args.mixture}", TrainSlice.of(cfg))
+    data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+    if args.tokenizer and data and set(data) <= set(TrainSlice.KEYS):
+        # the train rule's own file: its slice alone (seed and train), read as one (as a whole config,
+        # its missing tokenize section would read as the default decoder_only layout)
+        cfg_slice, tokenizer = TrainSlice.model_validate(data), args.tokenizer
+    else:
+        cfg = load_config(args.config)
+        cfg_slice, tokenizer = TrainSlice.of(cfg), _tokenizer(args, cfg)
+    train(args.mixture, args.packed or f"data/packed/{args.mixture}", tokenizer,
+          args.out or f"models/{args.mixture}", cfg_slice)
     return 0
 
 
@@ -308,7 +318,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "eval":
         from flanpipe.bench import eval as bench_eval
 
-        bench_eval.print_eval(bench_eval.bench_eval(prompts=args.rows or 96, threads=args.threads))
+        bench_eval.print_eval(bench_eval.bench_eval(prompts=args.rows or 96, threads=args.threads,
+                                                    architecture=args.architecture))
         return 0
     if args.what == "pack":
         from flanpipe.bench import pack as bench_pack
@@ -480,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows the (slower) peer processes (default: 200k templatize, 20k dedup)")
     p.add_argument("--threads", type=int, default=2,
                    help="pack, fewshot: encoder threads; eval: torch threads")
+    p.add_argument("--architecture", choices=["llama", "t5"], default="llama",
+                   help="eval: a decoder (llama) or an encoder-decoder (t5) of the same width")
     p.add_argument("--size", choices=["tiny", "125m", "1b"], default="1b", help="train: model size")
     p.add_argument("--steps", type=int, default=300, help="train: optimizer steps")
     p.add_argument("--micro-batch-rows", type=int, default=8, help="train: packed rows per forward pass")

@@ -1,6 +1,6 @@
 """Evaluation speed benchmark: rank classification against lm-evaluation-harness's HF backend, same run.
 
-    flanpipe bench eval [--rows 96 (prompts)] [--threads 2]
+    flanpipe bench eval [--rows 96 (prompts)] [--threads 2] [--architecture llama|t5]
 
 A small random-init ``transformers`` Llama (``LlamaForCausalLM``: hidden 256, 4 layers, 4 heads,
 MLP 8/3 x hidden; a SentencePiece vocabulary of 4,000 pieces trained here on synthetic FLAN-like
@@ -16,6 +16,16 @@ scorers read that folder:
   ``HFLM._loglikelihood_tokens``, which is what its public ``loglikelihood`` calls once it has
   tokenized the (context, continuation) strings; so the peer pays no tokenization here, and the
   two tokenizers' handling of a string split in two cannot make the sequences differ.
+
+With ``--architecture t5`` the model is a random-init T5 v1.1 / FLAN-T5-shaped encoder-decoder
+(``T5ForConditionalGeneration`` of the same width, depth and heads, built and saved through the
+checkpoint seam, loaded with ``AutoModelForSeq2SeqLM``):
+
+- **ours**: :func:`flanpipe.core.scoring.score_options`, which encodes each prompt once and scores
+  all of its options as decoder rows against that encoder output (the cross-attention keys and
+  values computed once per prompt);
+- **peer**: ``HFLM`` with ``backend="seq2seq"``, which runs the encoder and the decoder once per
+  (prompt, option) request: the prompt as encoder input, the option as labels.
 
 Multiple-choice data: FLAN-like instructions of 100-300 tokens (a passage, a question and an
 OPTIONS list) with ``options`` options each, in two cases:
@@ -48,7 +58,8 @@ import torch
 
 from flanpipe.bench.pack import CLASS_WORDS, synthetic_examples
 from flanpipe.bench.templatize import WORDS
-from flanpipe.core.config import TokenizerConfig
+from flanpipe.core.checkpoint import build_model, save_checkpoint
+from flanpipe.core.config import ModelSpec, TokenizerConfig
 from flanpipe.core.keys import derive_seed
 from flanpipe.core.scoring import score_options
 from flanpipe.core.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizer, train_spm
@@ -118,16 +129,22 @@ def multiple_choice(tok: Tokenizer, prompts: int, options: int, seed: int) -> di
 
 
 def build_checkpoint(out: Path, vocab: int, hidden: int, layers: int, heads: int, seed: int,
-                     threads: int):
-    """A SentencePiece model trained on synthetic text and a random-init ``transformers`` Llama over
-    it, saved as a Hugging Face checkpoint folder ``out / "model"``; returns (folder, the model's
-    config)."""
+                     threads: int, architecture: str = "llama"):
+    """A SentencePiece model trained on synthetic text and a random-init ``transformers`` Llama (or,
+    ``architecture="t5"``, a T5 v1.1-shaped encoder-decoder) over it, saved as a Hugging Face
+    checkpoint folder ``out / "model"``; returns (folder, the model's config)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     inputs, targets = synthetic_examples(5_000, seed, WORD_VOCAB)
     sample = [line for t in inputs + targets for line in t.split("\n") if line]
     spm_bytes, size = train_spm(sample, TokenizerConfig(vocab_size=vocab), seed=seed, threads=threads)
     tok = SentencePieceTokenizer(spm_bytes)
+    if architecture != "llama":
+        spec = ModelSpec(architecture=architecture, hidden_size=hidden, num_layers=layers, num_heads=heads)
+        torch.manual_seed(derive_seed(seed, "bench/eval/init"))
+        model = build_model(spec, tok.vocab_size, 1024, special_ids=tok.special_ids())
+        save_checkpoint(model, tok, out / "model")
+        return out / "model", model.config
     config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=heads,
                          intermediate_size=64 * math.ceil(8 * hidden / 3 / 64), max_position_embeddings=1024,
@@ -154,26 +171,30 @@ def _timed(fn) -> tuple[float, float, object]:
 
 def bench_eval(prompts: int = 96, options: int = 4, vocab: int = 4_000, hidden: int = 256, layers: int = 4,
                heads: int = 4, batch_requests: int = 32, rounds: int = 5, single: bool = True,
-               threads: int = 2, seed: int = 1234) -> dict:
+               threads: int = 2, seed: int = 1234, architecture: str = "llama") -> dict:
     """Score the same multiple-choice requests with ours and lm-eval's HFLM; returns the figures
     (``print_eval`` shows them). Both batch ``batch_requests`` requests per forward pass (ours:
-    ``batch_requests // options`` prompts with all of their options). Raises ``RuntimeError`` when
-    the two pick a different option for any prompt."""
+    ``batch_requests // options`` prompts with all of their options). ``architecture``: ``llama``
+    (a decoder) or ``t5`` (an encoder-decoder; the peer is HFLM's seq2seq backend). Raises
+    ``RuntimeError`` when the two pick a different option for any prompt."""
     from lm_eval.models.huggingface import HFLM
 
     torch.set_num_threads(threads)
     r: dict = {"prompts": prompts, "options": options, "threads": threads, "rounds": rounds,
-               "batch_requests": batch_requests, "seed": seed}
+               "batch_requests": batch_requests, "seed": seed, "architecture": architecture}
     with tempfile.TemporaryDirectory(prefix="flanpipe-bench-eval-") as tmp_name:
         start = time.perf_counter()
-        folder, config = build_checkpoint(Path(tmp_name), vocab, hidden, layers, heads, seed, threads)
+        folder, config = build_checkpoint(Path(tmp_name), vocab, hidden, layers, heads, seed, threads,
+                                          architecture)
         data = multiple_choice(load_tokenizer(folder), prompts, options, seed)
         r["build_s"] = time.perf_counter() - start
         ours_model, _ = load_model(folder)
         r.update(vocab=config.vocab_size, hidden=hidden, layers=layers, heads=heads,
                  parameters=sum(p.numel() for p in ours_model.parameters()),
                  model=type(ours_model).__name__, attention=ours_model.config._attn_implementation)
-        peer = HFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=batch_requests)
+        backend = "seq2seq" if config.is_encoder_decoder else "causal"
+        peer = HFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=batch_requests,
+                    backend=backend)
     rows = max(1, batch_requests // options)
     for case in ("multi", "single") if single else ("multi",):
         ps, opts = data[case]
@@ -235,6 +256,12 @@ def print_eval(r: dict) -> None:
           f"float32 on CPU, {r['threads']} threads; {r['batch_requests']} requests per batch; "
           f"best of {r['rounds']} alternating rounds")
     names = {"multi": "multi-token options", "single": "single-token options"}
+    seq2seq = r.get("architecture", "llama") != "llama"
+    peer_name = "lm-eval HFLM seq2seq (encoder + decoder per request)" if seq2seq else \
+        "lm-eval HFLM (one sequence per request)"
+    ours_name = "flanpipe score_options (prompt encoded once)" if seq2seq else \
+        "flanpipe score_options (prompt cached)"
+    width = max(len(peer_name), len(ours_name))
     for case in ("multi", "single"):
         if case not in r:
             continue
@@ -242,9 +269,8 @@ def print_eval(r: dict) -> None:
         p, o = c["prompt_tokens"], c["option_tokens"]
         print(f"  {names[case]}: {c['requests']:,} requests; prompts {p['min']}-{p['max']} tokens "
               f"(mean {p['mean']:.0f}), options {o['min']}-{o['max']} (mean {o['mean']:.1f})")
-        print(f"     lm-eval HFLM (one sequence per request)  {c['peer_requests_per_s']:8.1f} requests/s  "
-              f"({c['peer_s']:.2f} s)")
-        print(f"     flanpipe score_options (prompt cached)   {c['ours_requests_per_s']:8.1f} requests/s  "
+        print(f"     {peer_name:<{width}}  {c['peer_requests_per_s']:8.1f} requests/s  ({c['peer_s']:.2f} s)")
+        print(f"     {ours_name:<{width}}  {c['ours_requests_per_s']:8.1f} requests/s  "
               f"({c['ours_s']:.2f} s)   ours/peer {c['ratio']:.2f}x")
         print(f"     ratio in each round {', '.join(f'{x:.2f}x' for x in c['round_ratios'])}; median "
               f"{c['median_round_ratio']:.2f}x")

@@ -124,7 +124,9 @@ def bench_pack(rows: int = 100_000, threads: int = 2, vocab: int = 32_000, windo
             sp.encode(targets, num_threads=threads, return_type=return_type)
 
         def ours(layout):
-            cfg = parse_config({"tokenize": {"layout": layout, "pack_window": window}})
+            model = {"architecture": "t5"} if layout == "encoder_decoder" else {}  # (the layout follows it)
+            cfg = parse_config({"tokenize": {"layout": layout, "pack_window": window},
+                                "train": {"model": model}})
             return tokenize_and_pack("bench", shards, tmp / "spm.model", tmp / f"packed-{layout}",
                                      PackSlice.of(cfg), threads=threads)
 

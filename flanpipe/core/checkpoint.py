@@ -1,13 +1,16 @@
-"""The checkpoint seam: models enter and leave flanpipe here, as plain ``transformers`` causal LMs.
+"""The checkpoint seam: models enter and leave flanpipe here, as plain ``transformers`` causal LMs
+or T5-family encoder-decoders.
 
 - :func:`build_model`: a new model from a ``transformers`` config (``train.model.architecture``:
-  Llama, Mistral, Qwen2/3, Gemma 2/3, GPT-NeoX, OLMo 2, Phi-3, ...) and the configured sizes, its
+  Llama, Mistral, Qwen2/3, Gemma 2/3, GPT-NeoX, OLMo 2, Phi-3, ...; the encoder-decoders T5 and
+  mT5 in T5 v1.1 / FLAN-T5 shape) and the configured sizes, its
   vocabulary padded to a multiple of 128;
-- :func:`load_model`: any local ``AutoModelForCausalLM`` folder (``local_files_only``, never a hub
-  download);
+- :func:`load_model`: any local ``AutoModelForCausalLM`` (or, for an encoder-decoder config,
+  ``AutoModelForSeq2SeqLM``) folder (``local_files_only``, never a hub download);
 - :func:`load_checkpoint`: a folder as (model, :class:`~flanpipe.core.tokenizers` tokenizer);
 - :func:`save_checkpoint`: weights in safetensors shards, ``config.json``, ``generation_config.json``
-  and the tokenizer files, so that ``AutoModelForCausalLM`` / ``AutoTokenizer`` load the folder with
+  and the tokenizer files, so that ``AutoModelForCausalLM`` (``AutoModelForSeq2SeqLM``) /
+  ``AutoTokenizer`` load the folder with
   no flanpipe code.
 
 Under DeepSpeed ZeRO-3 (``zero3=`` the DeepSpeed config), a pretrained checkpoint is partitioned
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from flanpipe.core.config import ENCODER_DECODER_ARCHITECTURES
 from flanpipe.core.io import atomic_dir
 
 if TYPE_CHECKING:
@@ -50,6 +54,7 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = {  # train.model.architecture -> transformers model_type (a causal LM each)
     "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
     "gemma3": "gemma3_text", "gpt_neox": "gpt_neox", "olmo2": "olmo2", "phi3": "phi3",
+    "t5": "t5", "mt5": "mt5",  # encoder-decoders (T5 v1.1 / FLAN-T5 shapes, tokenize.layout: encoder_decoder)
 }
 VOCAB_MULTIPLE = 128  # embedding rows of a model we build: a multiple of this (matmul-friendly shapes)
 MAX_SHARD_BYTES = 2 * 1024**3  # safetensors shard size of an export (as transformers' save_pretrained)
@@ -81,6 +86,8 @@ def model_config(spec: ModelSpec, vocab_size: int, max_positions: int,
     from transformers import AutoConfig
 
     model_type = ARCHITECTURES[spec.architecture]
+    if spec.architecture in ENCODER_DECODER_ARCHITECTURES:
+        return _seq2seq_config(spec, vocab_size, special_ids)
     default = AutoConfig.for_model(model_type)
     gated = model_type != "gpt_neox"  # SwiGLU/GeGLU MLPs: 8/3 x hidden; GPT-NeoX's GELU MLP: 4 x
     intermediate = spec.intermediate_size or (64 * math.ceil(8 * spec.hidden_size / 3 / 64) if gated
@@ -105,6 +112,47 @@ def model_config(spec: ModelSpec, vocab_size: int, max_positions: int,
     return AutoConfig.for_model(model_type, **(kwargs | dict(spec.hf_config)))
 
 
+def _seq2seq_config(spec: ModelSpec, vocab_size: int, special_ids: dict[str, int | None] | None
+                    ) -> PretrainedConfig:
+    """The config of a new T5 v1.1 / FLAN-T5-shaped (or mT5) encoder-decoder: gated-GELU MLPs of
+    ``intermediate_size`` (null: 8/3 x hidden rounded up to 64, near T5 v1.1's 2048 for 768),
+    ``num_layers`` layers on each side, ``head_dim = hidden_size / num_heads``, untied output
+    projection (T5 v1.1: no ``d_model ** -0.5`` scaling; ``tie_word_embeddings: true`` gives
+    original T5's), no dropout (as the decoders: ``hf_config: {dropout_rate: 0.1}`` sets T5's), and
+    our special ids, the decoder starting from the pad id as T5's does.
+
+    >>> from flanpipe.core.config import ModelSpec
+    >>> cfg = model_config(ModelSpec(architecture="t5", hidden_size=64, num_heads=4, num_layers=2), 1000, 512,
+    ...                    {"pad_id": 0, "eos_id": 1})
+    >>> cfg.model_type, cfg.vocab_size, cfg.d_kv, cfg.d_ff, cfg.num_decoder_layers, cfg.decoder_start_token_id
+    ('t5', 1024, 16, 192, 2, 0)
+    """
+    from transformers import AutoConfig
+
+    model_type = ARCHITECTURES[spec.architecture]
+    if spec.num_kv_heads not in (None, spec.num_heads):
+        raise ValueError(f"train.model.num_kv_heads: architecture {spec.architecture!r} has no grouped-"
+                         "query attention; leave it null")
+    special = special_ids or {}
+    pad = special.get("pad_id")
+    if pad is None:
+        raise ValueError(f"architecture {spec.architecture!r}: the tokenizer has no pad id, which T5 "
+                         "decoders start from")
+    default = AutoConfig.for_model(model_type)
+    for key in spec.hf_config:
+        if not hasattr(default, key):
+            raise ValueError(f"train.model.hf_config.{key}: not an attribute of transformers' "
+                             f"{type(default).__name__} (architecture {spec.architecture!r})")
+    kwargs = {"vocab_size": padded_vocab(vocab_size), "d_model": spec.hidden_size,
+              "d_kv": spec.hidden_size // spec.num_heads, "num_heads": spec.num_heads,
+              "d_ff": spec.intermediate_size or 64 * math.ceil(8 * spec.hidden_size / 3 / 64),
+              "num_layers": spec.num_layers, "num_decoder_layers": spec.num_layers,
+              "feed_forward_proj": "gated-gelu", "tie_word_embeddings": spec.tie_word_embeddings,
+              "dropout_rate": 0.0, "use_cache": False, "pad_token_id": pad,
+              "eos_token_id": special.get("eos_id"), "decoder_start_token_id": pad}
+    return AutoConfig.for_model(model_type, **(kwargs | dict(spec.hf_config)))
+
+
 def build_model(spec: ModelSpec, vocab_size: int, max_positions: int, *,
                 special_ids: dict[str, int | None] | None = None, dtype: torch.dtype = torch.float32,
                 attention: str = "sdpa", zero3: dict | None = None) -> PreTrainedModel:
@@ -119,16 +167,21 @@ def build_model(spec: ModelSpec, vocab_size: int, max_positions: int, *,
                              f"embedding only {model.config.vocab_size}: use the checkpoint's own "
                              "tokenizer (tokenize.tokenizer.source: file)")
         return _with_activation_checkpointing(model, spec)
-    from transformers import AutoModelForCausalLM
-
     # A new model is built whole on every rank, from the same seed, and DeepSpeed partitions it at
     # initialize: its initial weights are then the same for any number of ranks and any ZeRO stage
     # (so a step's update can be compared across splits) and equal the base model's (models/base).
     # Built under zero.Init, transformers initialises module by module and gives other weights.
     config = model_config(spec, vocab_size, max_positions, special_ids)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                             attn_implementation=attention_for(config, attention))
+    model = auto_class(config).from_config(config, dtype=dtype,
+                                           attn_implementation=attention_for(config, attention))
     return _with_activation_checkpointing(model, spec)
+
+
+def auto_class(config):
+    """``AutoModelForSeq2SeqLM`` for an encoder-decoder config, else ``AutoModelForCausalLM``."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
 
 
 def _with_activation_checkpointing(model, spec: ModelSpec):
@@ -141,10 +194,11 @@ def _with_activation_checkpointing(model, spec: ModelSpec):
 
 def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", *,
                attention: str = "sdpa", zero3: dict | None = None) -> PreTrainedModel:
-    """Any local ``AutoModelForCausalLM`` checkpoint folder (``config.json`` and safetensors
-    weights), in ``dtype`` on ``device``, in eval mode. With ``zero3`` (a DeepSpeed ZeRO-3 config),
+    """Any local ``AutoModelForCausalLM`` (or, for an encoder-decoder config,
+    ``AutoModelForSeq2SeqLM``) checkpoint folder (``config.json`` and safetensors weights), in
+    ``dtype`` on ``device``, in eval mode. With ``zero3`` (a DeepSpeed ZeRO-3 config),
     partitioned while it loads (see the module docstring)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     folder = Path(folder)
     if not (folder / "config.json").exists():
@@ -153,8 +207,8 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32, device: s
     attention = attention_for(config, attention)
     if zero3 is not None and zero3.get("zero_optimization", {}).get("stage") == 3:
         return _load_partitioned(folder, config, dtype, attention, zero3)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), config=config, local_files_only=True,
-                                                 dtype=dtype, attn_implementation=attention)
+    model = auto_class(config).from_pretrained(str(folder), config=config, local_files_only=True,
+                                               dtype=dtype, attn_implementation=attention)
     return model.to(device).eval()
 
 
@@ -166,12 +220,11 @@ def _load_partitioned(folder: Path, config, dtype: torch.dtype, attention: str,
     at the end) the rows of each tensor that cover it, read from the shards with ``safe_open``."""
     import deepspeed
     from safetensors import safe_open
-    from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
     from transformers.integrations.deepspeed import prevent_arange_dtype_change
 
     config._attn_implementation = attention
-    model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    model_class = auto_class(config)._model_mapping[type(config)]
     # (zero.Init takes the dtype from the config's bf16 section: given a dtype as well, DeepSpeed
     # 0.19 picks bf16 on CPU whatever it is)
     bf16 = zero3.get("bf16", {}).get("enabled", False)
@@ -184,6 +237,7 @@ def _load_partitioned(folder: Path, config, dtype: torch.dtype, attention: str,
     if config.tie_word_embeddings and output is not embedding:
         raise ValueError(f"{folder}: tie_word_embeddings, but the output embedding was not tied")
     params = dict(model.named_parameters())
+    aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - set(params)  # tied names
     buffers = dict(model.named_buffers())
     loaded = set()
     for shard in weight_files(folder):
@@ -193,6 +247,8 @@ def _load_partitioned(folder: Path, config, dtype: torch.dtype, attention: str,
                     _copy_partition(params[name], f.get_slice(name))
                 elif name in buffers:
                     buffers[name].copy_(f.get_tensor(name))
+                elif name in aliases or _tied(model, name):  # T5's embed_tokens: the shared embedding
+                    continue
                 else:
                     raise ValueError(f"{shard}: tensor {name} is not in {model_class.__name__}")
                 loaded.add(name)
@@ -303,7 +359,8 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype
         config = model.config.to_dict() | {"dtype": str(dtype).removeprefix("torch."), "use_cache": True}
         config.pop("_attn_implementation_autoset", None)
         _write_json(tmp / "config.json", config)
-        ids = {k: getattr(model.config, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        ids = {k: getattr(model.config, k, None)
+           for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")}
         generation = {k: v for k, v in ids.items() if v is not None}
         _write_json(tmp / "generation_config.json", generation)
         _save_tokenizer(tokenizer, tmp)

@@ -357,9 +357,10 @@ class ModelSpec(_Section):
     path: str | None = None
     """`pretrained` only: a local folder with `config.json` and safetensors weights."""
     architecture: Literal["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt_neox", "olmo2",
-                          "phi3"] = "llama"
+                          "phi3", "t5", "mt5"] = "llama"
     """`config` only: the `transformers` model family of a new model (its `model_type`; `gemma3` is
-    Gemma 3's text-only `gemma3_text`)."""
+    Gemma 3's text-only `gemma3_text`). `t5` and `mt5` are encoder-decoders (T5 v1.1 / FLAN-T5 shape:
+    gated-GELU, `num_layers` on each side), trained on `tokenize.layout: encoder_decoder` rows."""
     hidden_size: StrictInt = Field(768, ge=8)
     num_layers: StrictInt = Field(12, ge=1)
     num_heads: StrictInt = Field(12, ge=1)
@@ -432,7 +433,7 @@ class TrainConfig(_Section):
     """The `transformers` attention kernel, given a segment mask of the packed rows: `flex`
     (FlexAttention with a block mask, no T x T mask; GPU), `sdpa` (a boolean T x T mask; CPU),
     `eager` (the plain implementation; Gemma 2's attention soft-capping needs it or `flex`) or
-    `auto` (flex on GPU, sdpa on CPU)."""
+    `auto` (flex on GPU, sdpa on CPU; sdpa for encoder-decoders everywhere)."""
     checkpoint_every: StrictInt = Field(1_000, ge=1)
     """Save a DeepSpeed checkpoint every N steps (and at the end); `train` resumes from the latest."""
     keep_checkpoints: StrictInt = Field(2, ge=1)
@@ -640,6 +641,25 @@ class Config(_Section):
                 f"train.model.path ({spec.path}); a pretrained checkpoint is fine-tuned with its own "
                 "tokenizer only: set tokenize.tokenizer.source to 'auto' (or path to the checkpoint "
                 "folder or a tokenizer file in it)")
+        return self
+
+    @model_validator(mode="after")
+    def _layout_follows_model(self) -> Config:
+        spec, layout = self.train.model, self.tokenize.layout
+        if spec.source == "config":
+            key, value = "train.model.architecture", spec.architecture
+            encoder_decoder = spec.architecture in ENCODER_DECODER_ARCHITECTURES
+        else:
+            key, value = "train.model.path", spec.path
+            encoder_decoder = _checkpoint_is_encoder_decoder(spec.path)
+            if encoder_decoder is None:  # no readable config.json yet: the train stage names the folder
+                return self
+        wanted = "encoder_decoder" if encoder_decoder else "decoder_only"
+        if layout != wanted:
+            kind = "an encoder-decoder" if encoder_decoder else "a decoder-only model"
+            raise ValueError(f"tokenize.layout: {layout!r}, but {key} ({value}) is {kind}, which trains "
+                             f"on {wanted!r} rows; allowed: tokenize.layout: {wanted} (or another "
+                             f"{key.rsplit('.', 1)[-1]})")
         return self
 
     @model_validator(mode="after")
@@ -887,6 +907,20 @@ SLICES: dict[str, type[Slice]] = {
     "report": ReportSlice}
 """Each rule's slice (rules not listed read no config key: decontaminate and catalog take lists the
 planner derives)."""
+
+ENCODER_DECODER_ARCHITECTURES = frozenset({"t5", "mt5"})
+"""``train.model.architecture``s that are encoder-decoders (the checkpoint seam builds them)."""
+
+
+def _checkpoint_is_encoder_decoder(folder: str) -> bool | None:
+    """Whether the checkpoint folder's ``config.json`` says ``is_encoder_decoder`` (T5, mT5, BART
+    folders do); None where it cannot be read."""
+    try:
+        raw = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return bool(raw.get("is_encoder_decoder", False))
+
 
 def _inside(path: str, folder: str) -> bool:
     """Whether ``path`` is ``folder`` or a file directly in it (paths compared, not contents)."""

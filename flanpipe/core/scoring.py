@@ -29,6 +29,15 @@ as in cached decoding, not as a from-scratch forward pass of prompt + option.
 Token sequences follow the training layout (``inputs EOS targets EOS``): a prompt is the input's
 tokens and its EOS, an option is the target's tokens and its EOS; the caller builds them.
 
+Encoder-decoders (``config.is_encoder_decoder``) take the same calls. For T5, mT5 and FLAN-T5,
+rank classification encodes each prompt once (:func:`score_seq2seq`): the encoder output's
+cross-attention keys and values are computed once per prompt and shared by every option, which runs
+as one decoder row (``decoder_start_token_id`` then the option's tokens but its last).
+``method="per_option"`` (:func:`score_seq2seq_per_option`, also used for other encoder-decoders)
+runs the model's own forward once per (prompt, option) instead. Generation goes through
+``model.generate`` on batches of prompts, with the same stop rules (any EOS id, ``max_new_tokens``,
+``vocab_limit``).
+
 >>> import torch
 >>> from transformers import LlamaConfig, LlamaForCausalLM
 >>> _ = torch.manual_seed(0)
@@ -47,6 +56,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from flanpipe.core.seq2seq import SEQ2SEQ_TYPES, is_encoder_decoder, lm_logits, start_token
 
 SHARED = -1  # key group of prompt and generated tokens: every query of the row may see them
 PADDING = -2  # key group of padding: no query sees it
@@ -289,6 +300,10 @@ def score_options(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     if method not in METHODS:
         raise ValueError(f"method {method!r}: allowed are {', '.join(METHODS)}")
     _check_requests(prompts, options)
+    if is_encoder_decoder(model.config):  # (other encoder-decoders than T5's family: their own forward)
+        shared = method != "per_option" and model.config.model_type in SEQ2SEQ_TYPES
+        score = score_seq2seq if shared else score_seq2seq_per_option
+        return score(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
     if method == "per_option" or (method == "auto" and not shared_extension_supported(model)):
         return score_per_option(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
     kinds = AttentionKinds.of(model.config)
@@ -341,6 +356,8 @@ def score_per_option(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     the model's own causal mask, no cache. For attention kernels that take no custom mask, and the
     reference the shared path is checked against."""
     _check_requests(prompts, options)
+    if is_encoder_decoder(model.config):
+        return score_seq2seq_per_option(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
     device = _device(model)
     pairs = [(i, j) for i, opts in enumerate(options) for j in range(len(opts))]
     seqs = [list(prompts[i]) + list(options[i][j]) for i, j in pairs]
@@ -365,6 +382,156 @@ def score_per_option(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     for opts in options:
         out.append(flat[at:at + len(opts)].copy())
         at += len(opts)
+    return out
+
+
+# --- encoder-decoders ----------------------------------------------------------------------------
+
+def _option_rows(model: torch.nn.Module, options: Sequence[Sequence[int]], device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decoder inputs (start token, then each option but its last token), labels (the option) and
+    the mask of real tokens, right-padded."""
+    width = max(len(o) for o in options)
+    start = start_token(model.config)
+    inputs = _padded([[start, *o[:-1]] for o in options], width, device)
+    labels = _padded(options, width, device)
+    lengths = torch.tensor([len(o) for o in options], device=device)
+    return inputs, labels, torch.arange(width, device=device)[None] < lengths[:, None]
+
+
+def _summed_log_probs(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, real: torch.Tensor
+                      ) -> np.ndarray:
+    """Per decoder row, the summed log-probability of its real labels (only those states projected,
+    a slice at a time)."""
+    row, col = torch.nonzero(real, as_tuple=True)
+    states, targets = hidden[row, col], labels[row, col]
+    step = max(1, PROJECT_ELEMENTS // model.get_output_embeddings().weight.shape[0])
+    logp = torch.cat([_log_softmax(lm_logits(model, states[a:a + step]))
+                      .gather(-1, targets[a:a + step, None])[:, 0] for a in range(0, len(states), step)])
+    return np.bincount(row.cpu().numpy(), weights=logp.double().cpu().numpy(), minlength=len(labels))
+
+
+def _encode(model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompts (right-padded) through the encoder: (last hidden states, 2D padding mask)."""
+    width = max(len(p) for p in prompts)
+    ids = _padded(prompts, width, device)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+    return model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state, mask
+
+
+def _cross_cache(model: torch.nn.Module, encoded: torch.Tensor, owner: torch.Tensor):
+    """An ``EncoderDecoderCache`` whose cross-attention keys and values are computed once per prompt
+    (each decoder block's own ``k`` and ``v`` projections of ``encoded``) and gathered for every
+    decoder row (``owner[r]``: row r's prompt). Each T5 cross-attention layer reads them as the
+    library's cached generation does, instead of projecting the encoder output again per option."""
+    from transformers import DynamicCache, EncoderDecoderCache
+
+    cross = DynamicCache()
+    batch, length = encoded.shape[:2]
+    for index, block in enumerate(model.get_decoder().block):
+        attention = block.layer[1].EncDecAttention
+        shape = (batch, length, -1, attention.key_value_proj_dim)
+        keys = attention.k(encoded).view(shape).transpose(1, 2)
+        values = attention.v(encoded).view(shape).transpose(1, 2)
+        cross.update(keys[owner], values[owner], index)
+    return EncoderDecoderCache(DynamicCache(), cross)
+
+
+@torch.inference_mode()
+def score_seq2seq(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                  options: Sequence[Sequence[Sequence[int]]], max_batch_tokens: int = 16_384,
+                  max_batch_rows: int = 64, progress: Callable[[int], None] | None = None
+                  ) -> list[np.ndarray]:
+    """:func:`score_options` for a T5 or mT5: each batch's prompts run through the encoder once;
+    every option is one decoder row against its prompt's encoder output and its cross-attention
+    keys and values (:func:`_cross_cache`), scored by the log-probability of its tokens."""
+    device = _device(model)
+    sizes = [len(p) + sum(len(o) for o in opts) for p, opts in zip(prompts, options, strict=True)]
+    out: list[np.ndarray] = [np.empty(0)] * len(prompts)
+    for batch in _batches(sizes, max_batch_tokens, max_batch_rows):
+        encoded, mask = _encode(model, [prompts[i] for i in batch], device)
+        owners = [b for b, i in enumerate(batch) for _ in options[i]]
+        owner = torch.tensor(owners, device=device)
+        inputs, labels, real = _option_rows(model, [o for i in batch for o in options[i]], device)
+        cache = _cross_cache(model, encoded, owner)
+        hidden = model.get_decoder()(input_ids=inputs, attention_mask=real.long(),
+                                     encoder_hidden_states=encoded[owner], encoder_attention_mask=mask[owner],
+                                     cache=cache, use_cache=True).last_hidden_state
+        sums = _summed_log_probs(model, hidden, labels, real)
+        at = 0
+        for i in batch:
+            out[i] = sums[at:at + len(options[i])]
+            at += len(options[i])
+        if progress:
+            progress(len(batch))
+    return out
+
+
+@torch.inference_mode()
+def score_seq2seq_per_option(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                             options: Sequence[Sequence[Sequence[int]]], max_batch_tokens: int = 16_384,
+                             max_batch_rows: int = 64, progress: Callable[[int], None] | None = None
+                             ) -> list[np.ndarray]:
+    """:func:`score_seq2seq` the plain way: the model's own ``forward`` (encoder and decoder) once
+    per (prompt, option), in right-padded batches."""
+    device = _device(model)
+    pairs = [(i, j) for i, opts in enumerate(options) for j in range(len(opts))]
+    flat = np.zeros(len(pairs))
+    done: set[int] = set()
+    sizes = [len(prompts[i]) + len(options[i][j]) for i, j in pairs]
+    for batch in _batches(sizes, max_batch_tokens, max_batch_rows):
+        width = max(len(prompts[pairs[k][0]]) for k in batch)
+        ids = _padded([prompts[pairs[k][0]] for k in batch], width, device)
+        lengths = torch.tensor([len(prompts[pairs[k][0]]) for k in batch], device=device)
+        mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+        chosen = [options[i][j] for i, j in (pairs[k] for k in batch)]
+        inputs, labels, real = _option_rows(model, chosen, device)
+        logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=inputs,
+                       decoder_attention_mask=real.long(), use_cache=False).logits
+        logp = _log_softmax(logits).gather(-1, labels[..., None])[..., 0].double()
+        sums = (logp * real).sum(-1).cpu().numpy()
+        for b, k in enumerate(batch):
+            flat[k] = sums[b]
+        if progress:
+            new = {pairs[k][0] for k in batch} - done
+            done |= new
+            progress(len(new))
+    out, at = [], 0
+    for opts in options:
+        out.append(flat[at:at + len(opts)].copy())
+        at += len(opts)
+    return out
+
+
+def _generate_seq2seq(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                      eos_ids: list[int], temperature: float, top_k: int, seed: int, max_batch_tokens: int,
+                      max_batch_rows: int, progress: Callable[[int], None] | None,
+                      vocab_limit: int | None) -> list[list[int]]:
+    """:func:`generate` for an encoder-decoder: ``model.generate`` on right-padded batches of prompts
+    (each encoded once), seeded per batch; each output cut at its first EOS."""
+    device = _device(model)
+    rows = model.get_output_embeddings().weight.shape[0]
+    suppress = list(range(vocab_limit, rows)) if vocab_limit is not None and vocab_limit < rows else None
+    sampled = temperature > 0
+    out: list[list[int]] = [[] for _ in prompts]
+    sizes = [len(p) + max_new_tokens for p in prompts]
+    for number, batch in enumerate(_batches(sizes, max_batch_tokens, max_batch_rows)):
+        torch.manual_seed(seed * 1_000_003 + number)
+        width = max(len(prompts[i]) for i in batch)
+        ids = _padded([prompts[i] for i in batch], width, device)
+        lengths = torch.tensor([len(prompts[i]) for i in batch], device=device)
+        mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+        new = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sampled,
+                             temperature=temperature if sampled else None, top_k=top_k if sampled else None,
+                             top_p=None, eos_token_id=eos_ids, pad_token_id=eos_ids[0],
+                             decoder_start_token_id=start_token(model.config), suppress_tokens=suppress)
+        for b, i in enumerate(batch):
+            row = new[b, 1:].tolist()  # (after the decoder's start token)
+            out[i] = row[:next((k for k, t in enumerate(row) if t in eos_ids), len(row))]
+        if progress:
+            progress(len(batch))
     return out
 
 
@@ -394,6 +561,9 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     eos_ids = [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    if is_encoder_decoder(model.config):
+        return _generate_seq2seq(model, prompts, max_new_tokens, eos_ids, temperature, top_k, seed,
+                                 max_batch_tokens, max_batch_rows, progress, vocab_limit)
     if method == "one_by_one" or (method == "auto" and not shared_extension_supported(model)):
         return _generate_one_by_one(model, prompts, max_new_tokens, eos_ids, temperature, top_k, seed,
                                     progress, vocab_limit)

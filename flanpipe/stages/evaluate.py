@@ -6,13 +6,16 @@ template that poses the task (turned-around templates are for training), in the 
 instruction format whatever the model was trained on.
 
 The model is any local ``transformers`` causal LM folder (ours, or a Hugging Face checkpoint such
-as SmolLM2 or Llama), with its own tokenizer (:func:`flanpipe.core.tokenizers.load_tokenizer`:
+as SmolLM2 or Llama), or a T5-family encoder-decoder (T5, FLAN-T5, mT5), with its own tokenizer
+(:func:`flanpipe.core.tokenizers.load_tokenizer`:
 ``tokenizer.json`` or ``tokenizer.model``). Token sequences follow the packer's training layout,
 ``[BOS] inputs EOS targets EOS``, BOS where the tokenizer's convention or ``tokenize.add_bos`` says.
 
 - **Classification and multiple choice: rank classification.** Every option is scored by the
   log-likelihood of its tokens (and EOS) given the instruction, with the prompt run once for all of
-  its options (:func:`flanpipe.core.scoring.score_options`). Prompts are scored with the OPTIONS suffix
+  its options (:func:`flanpipe.core.scoring.score_options`; an encoder-decoder encodes each prompt
+  once and scores every option as decoder input against that encoder output). Prompts are scored
+  with the OPTIONS suffix
   and without it; each option's score is its summed log-likelihood, or that per token or per
   character. The best-scoring option is the prediction.
 - **Generation: decoding.** Greedy decoding (and, with ``evaluate.generation.sample``, sampling at a
@@ -97,11 +100,18 @@ def load_model(path: str | Path, precision: str = "auto") -> tuple[torch.nn.Modu
                            device="cuda" if cuda else "cpu")
 
 
+def is_encoder_decoder_folder(model_dir: str | Path) -> bool:
+    """Whether a model folder's ``config.json`` is an encoder-decoder's (T5, mT5: ``is_encoder_decoder``)."""
+    config = json.loads((resolve_model_dir(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return bool(config.get("is_encoder_decoder", False))
+
+
 def model_layout(model_dir: str | Path, override: str | None = None) -> tuple[LayoutName, str, str | None]:
     """The layout a model is scored in, why, and its ``text`` separator where its record names one:
     ``override``; else the layout its folder's ``flanpipe.json`` records (a model flanpipe
-    trained); else ``continuation``, lm-eval's layout, for an untuned base model or any checkpoint
-    flanpipe did not train."""
+    trained); else, for an encoder-decoder, ``eos`` (inputs EOS to the encoder, targets EOS from
+    the decoder: how T5 and FLAN-T5 are trained and scored); else ``continuation``, lm-eval's
+    layout, for an untuned base model or any checkpoint flanpipe did not train."""
     record = resolve_model_dir(model_dir) / RECORD
     saved = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
     separator = saved.get("separator")
@@ -114,6 +124,8 @@ def model_layout(model_dir: str | Path, override: str | None = None) -> tuple[La
         if layout not in FORMATS:
             raise ValueError(f"{record}: layout {layout!r}; allowed: {', '.join(FORMATS)}")
         return layout, "trained", separator
+    if is_encoder_decoder_folder(model_dir):
+        return "eos", "encoder_decoder", None
     return "continuation", "untrained", None
 
 
@@ -392,9 +404,10 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     task = spec.task.type
     key = metrics.primary(spec.metric)
     headline = headline_variant(task, cfg)
-    # beside its own layout, the other of (the run's training format, continuation)
-    names = [own] + ([n for n in (cfg.format, "continuation") if n != own][:1] if cfg.evaluate.cross_layouts
-                     else [])
+    # beside its own layout, the other of (the run's training format, continuation); an
+    # encoder-decoder has one layout: its encoder reads the prompt, its decoder the option
+    cross = cfg.evaluate.cross_layouts and not is_encoder_decoder_folder(model_dir)
+    names = [own] + ([n for n in (cfg.format, "continuation") if n != own][:1] if cross else [])
     by_layout, per_template = {}, None
     for name in names:
         templates, material = score_layout(model, base_layout.as_(name), spec, bank, eval_raw, pool, cfg,

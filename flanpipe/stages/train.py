@@ -9,7 +9,9 @@ One step, top to bottom:
    the mixture's rows, consumed in order; rank ``r`` takes its slice, in micro-batches;
    a background thread reads the next step's rows while this one computes;
 2. every micro-batch: forward with the segment mask (:class:`~flanpipe.core.model.PackedCausalLM`, which
-   projects onto the vocabulary only where a target is predicted), the summed target-token
+   projects onto the vocabulary only where a target is predicted; on ``encoder_decoder`` rows a
+   T5-family model's :class:`~flanpipe.core.seq2seq.PackedSeq2SeqLM`, segments isolated in the
+   encoder, the decoder and the cross-attention), the summed target-token
    cross-entropy, divided by the number of target tokens in the whole step (all ranks, all
    micro-batches) and multiplied by ranks x micro-batches, which DeepSpeed divides by again (it
    averages over both), backward: the step's gradient is the same for any split of its rows (ranks,
@@ -21,7 +23,8 @@ One step, top to bottom:
    the latest and continues with the same data order, so its losses are the ones an uninterrupted
    run has.
 
-The model is a ``transformers`` causal LM built or loaded by :mod:`flanpipe.core.checkpoint` (under
+The model is a ``transformers`` causal LM (or, on ``encoder_decoder`` rows, a T5 or mT5) built or
+loaded by :mod:`flanpipe.core.checkpoint` (under
 ZeRO-3, partitioned as it loads). At the end, ``models/{mixture}/hf/`` is its checkpoint
 (safetensors shards, ``config.json``, the tokenizer) that ``transformers`` loads with no flanpipe
 code; ``metrics.csv``, ``tensorboard/`` and
@@ -65,11 +68,17 @@ from flanpipe.core.optim import (
     constant_with_warmup,
     optimizer_state_bytes,
 )
+from flanpipe.core.seq2seq import PackedSeq2SeqLM, is_encoder_decoder
 from flanpipe.core.shards import PackedShards, verify_shards
 
 # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
 # records the training format
 STAGE_VERSION = "4"
+BATCH_FIELDS = {  # the model's int64 inputs per packed layout (the wrappers' forward arguments)
+    "decoder_only": ("tokens", "segment_ids", "positions", "loss_mask"),
+    "encoder_decoder": ("inputs", "inputs_segment_ids", "inputs_positions", "targets", "targets_segment_ids",
+                        "targets_positions", "loss_mask"),
+}
 log = logging.getLogger(__name__)
 
 METRICS = ["step", "loss", "lr", "grad_norm", "target_tokens", "tokens", "tokens_per_s", "elapsed_s"]
@@ -154,9 +163,40 @@ def _device(dist: DistEnv) -> torch.device:
 
 def to_batch(rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
     """Packed rows (:meth:`PackedShards.take`, segment ids, positions and loss masks rebuilt) as the
-    model's int64 inputs on ``device``."""
+    model's int64 inputs on ``device``, named as the wrapper's ``forward`` arguments."""
+    layout = "decoder_only" if "tokens" in rows.dtype.names else "encoder_decoder"
     return {name: torch.from_numpy(np.ascontiguousarray(rows[name]).astype(np.int64)).to(device)
-            for name in ("tokens", "segment_ids", "positions", "loss_mask")}
+            for name in BATCH_FIELDS[layout]}
+
+
+def target_count(batch: dict[str, torch.Tensor]) -> int:
+    """The target tokens a micro-batch's loss counts: predicted targets of decoder-only rows
+    (:func:`~flanpipe.core.model.predicted`), every marked target of encoder-decoder rows.
+
+    >>> segments = torch.tensor([[1, 1, 2, 0]])
+    >>> target_count({"targets_segment_ids": segments, "loss_mask": (segments > 0).long()})
+    3
+    """
+    if "tokens" in batch:
+        return int(predicted(batch["segment_ids"], batch["loss_mask"]).sum())
+    return int((batch["loss_mask"].bool() & (batch["targets_segment_ids"] > 0)).sum())
+
+
+def row_width(data: PackedShards) -> int:
+    """Token slots of one packed row: ``Li + Lt`` in either layout."""
+    return sum(data.stored_dtype[name].shape[0] for name in data.stored_dtype.names)
+
+
+def packed_model(model: torch.nn.Module, layout: str, packed_dir: str | Path) -> torch.nn.Module:
+    """The training wrapper of ``model`` for rows of ``layout``; a model that does not match the
+    layout is refused, naming both keys."""
+    seq2seq = is_encoder_decoder(model.config)
+    if seq2seq != (layout == "encoder_decoder"):
+        kind, wanted = ("an encoder-decoder", "encoder_decoder") if seq2seq else ("a decoder-only model",
+                                                                                   "decoder_only")
+        raise ValueError(f"{packed_dir}: tokenize.layout {layout!r}, but train.model "
+                         f"({model.config.model_type}) is {kind}; allowed: tokenize.layout {wanted}")
+    return PackedSeq2SeqLM(model) if layout == "encoder_decoder" else PackedCausalLM(model)
 
 
 @dataclass(frozen=True)
@@ -175,7 +215,7 @@ def load_step(data: PackedShards, plan: BatchPlan, step: int, seed: int, rank: i
     mine = data.take(rows.reshape(plan.accumulation, plan.world_size, plan.micro_batch_rows)[:, rank].ravel())
     micro = plan.micro_batch_rows
     batches = [to_batch(mine[m * micro:(m + 1) * micro], device) for m in range(plan.accumulation)]
-    return StepBatches(batches, sum(int(predicted(b["segment_ids"], b["loss_mask"]).sum()) for b in batches))
+    return StepBatches(batches, sum(target_count(b) for b in batches))
 
 
 def _disable_cpu_shm_op() -> None:
@@ -227,13 +267,12 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     verify_s = verify_shards(packed_dir)  # every rank: a mismatch stops each before the first step
     log.info("%s: packed shards match the pack manifest (%.2f s to check)", packed_dir, verify_s)
     data = PackedShards(packed_dir)
-    if data.layout != "decoder_only":
-        raise ValueError(f"{packed_dir}: layout {data.layout!r}; the trainer trains decoder-only models "
-                         "(tokenize.layout: decoder_only)")
-    row_tokens = data.dtype["tokens"].shape[0]
+    row_tokens = row_width(data)
     plan = BatchPlan.from_tokens(tcfg.tokens_per_batch, row_tokens, tcfg.micro_batch_rows, dist.world_size)
     bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_gpu)
-    attention = tcfg.attention if tcfg.attention != "auto" else ("flex" if on_gpu else "sdpa")
+    # (encoder-decoders: sdpa masks everywhere; their FlexAttention path is untested here)
+    flex = on_gpu and data.layout == "decoder_only"
+    attention = tcfg.attention if tcfg.attention != "auto" else ("flex" if flex else "sdpa")
     ds_cfg = deepspeed_config(tcfg, plan, bf16)
 
     torch.manual_seed(derive_seed(cfg.seed, "train/init"))  # the same initial weights on every rank
@@ -249,8 +288,9 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
                                 tcfg.adam_betas, tcfg.adafactor_decay_rate, tcfg.adafactor_clip_threshold,
                                 tcfg.adafactor_beta1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(tcfg.warmup_steps))
-    engine, _, _, _ = deepspeed.initialize(model=PackedCausalLM(model), optimizer=optimizer,
-                                           lr_scheduler=schedule, config=ds_cfg)
+    wrapped = packed_model(model, data.layout, packed_dir)
+    engine, _, _, _ = deepspeed.initialize(model=wrapped, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=ds_cfg)
     partitions = attach_zero_layout(engine.optimizer)  # Adafactor: which tensor each flat element is
 
     start = 0
@@ -286,7 +326,7 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
         loss_total = torch.zeros((), device=device)
         lr = schedule.get_last_lr()[0]
         for batch in current.batches:
-            nll = engine(batch["tokens"], batch["positions"], batch["segment_ids"], batch["loss_mask"])
+            nll = engine(**batch)
             summed = nll.sum()
             engine.backward(summed * scale)
             loss_total += summed.detach().float()

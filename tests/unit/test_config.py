@@ -184,3 +184,34 @@ def test_a_few_shot_budget_past_the_input_budget_is_refused_naming_both_keys():
         parse_config({"templatize": {"few_shot": {"max_tokens": 600}}, "tokenize": {"max_input_tokens": 512}})
     assert parse_config({"templatize": {"few_shot": {"max_tokens": 512}},
                          "tokenize": {"max_input_tokens": 512}}).templatize.few_shot.max_tokens == 512
+
+
+@pytest.mark.parametrize("data, expect", [
+    ({"train": {"model": {"architecture": "t5"}}},
+     "tokenize.layout: 'decoder_only', but train.model.architecture (t5) is an encoder-decoder, which "
+     "trains on 'encoder_decoder' rows; allowed: tokenize.layout: encoder_decoder"),
+    ({"tokenize": {"layout": "encoder_decoder"}},
+     "tokenize.layout: 'encoder_decoder', but train.model.architecture (llama) is a decoder-only model, "
+     "which trains on 'decoder_only' rows; allowed: tokenize.layout: decoder_only"),
+])
+def test_the_layout_follows_the_architecture_naming_both_keys(data, expect):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert expect in str(err.value)
+    model = {"architecture": "mt5"}
+    assert parse_config({"tokenize": {"layout": "encoder_decoder"}, "train": {"model": model}})
+
+
+@pytest.mark.parametrize("encoder_decoder", [True, False])
+def test_the_layout_follows_a_pretrained_checkpoint_naming_both_keys(encoder_decoder, tmp_path):
+    """A checkpoint folder's config.json says what it is (T5's `is_encoder_decoder: true`)."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5" if encoder_decoder else "llama",
+                                                      "is_encoder_decoder": encoder_decoder}))
+    model = {"source": "pretrained", "path": str(tmp_path)}
+    layouts = ("encoder_decoder", "decoder_only")
+    right, wrong = layouts if encoder_decoder else layouts[::-1]
+    with pytest.raises(ConfigError, match=rf"tokenize.layout: '{wrong}', but train.model.path \({tmp_path}"):
+        parse_config({"tokenize": {"layout": wrong}, "train": {"model": model}})
+    assert parse_config({"tokenize": {"layout": right}, "train": {"model": model}}).tokenize.layout == right

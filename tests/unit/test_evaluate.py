@@ -218,6 +218,10 @@ def test_a_model_is_scored_in_the_layout_flanpipe_trained_it_in(tmp_path):
     (folder / "flanpipe.json").write_text(json.dumps({"layout": "continuation"}))
     with pytest.raises(ValueError, match="allowed: eos, text"):  # no model is trained as a continuation
         model_layout(folder)
+    t5 = tmp_path / "t5"  # an encoder-decoder flanpipe did not train (FLAN-T5): inputs EOS, targets EOS
+    t5.mkdir()
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "is_encoder_decoder": True}))
+    assert model_layout(t5) == ("eos", "encoder_decoder", None)
 
 
 def test_an_over_long_eval_input_keeps_its_instruction_and_options(smollm2_dir):

@@ -33,7 +33,8 @@ def mixture(tmp_path_factory):
 
 def run(mixture, out, **tokenize):
     tmp, shards, _, _ = mixture
-    cfg = parse_config({"seed": 5, "train": {"steps": 2, "tokens_per_batch": 64},
+    model = {"architecture": "t5"} if tokenize.get("layout") == "encoder_decoder" else {}
+    cfg = parse_config({"seed": 5, "train": {"steps": 2, "tokens_per_batch": 64, "model": model},
                         "tokenize": {"max_input_tokens": LI, "max_target_tokens": LT, "pack_window": 64,
                                      "rows_per_shard": 7, **tokenize}})
     manifest = tokenize_and_pack("m", shards, tmp / "spm.model", tmp / out, PackSlice.of(cfg))

@@ -40,7 +40,8 @@ def mixture(tmp_path_factory):
 
 def pack(mixture, out, **tokenize):
     tmp, shards, _, _ = mixture
-    cfg = parse_config({"seed": 3, "train": {"steps": 1, "tokens_per_batch": 64},
+    model = {"architecture": "t5"} if tokenize.get("layout") == "encoder_decoder" else {}
+    cfg = parse_config({"seed": 3, "train": {"steps": 1, "tokens_per_batch": 64, "model": model},
                         "tokenize": {"max_input_tokens": LI, "max_target_tokens": LT, "pack_window": 100,
                                      "rows_per_shard": 16, **tokenize}})
     manifest = tokenize_and_pack("m", shards, tmp / "spm.model", tmp / out, PackSlice.of(cfg))
