@@ -229,7 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flanpipe.stages.train import train
 
     data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-    if args.tokenizer and data and set(data) <= set(TrainSlice.KEYS):
+    if args.tokenizer and "train" in data and set(data) <= set(TrainSlice.KEYS):
         # the train rule's own file: its slice alone (seed and train), read as one (as a whole config,
         # its missing tokenize section would read as the default decoder_only layout)
         cfg_slice, tokenizer = TrainSlice.model_validate(data), args.tokenizer
