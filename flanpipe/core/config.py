@@ -805,7 +805,20 @@ class TokenizerSlice(Slice):
     tokenizer: TokenizerConfig
 
 
-class PackSlice(Slice):
+class _FormatResolved(Slice):
+    """A slice whose ``format`` is ``tokenize.format`` resolved for ``train.model.source``
+    (:meth:`TokenizeConfig.format_for`): it holds both keys."""
+
+    @classmethod
+    def of(cls, cfg: Config, **overrides: Any) -> Slice:
+        return super().of(cfg, **{"format": cfg.tokenize.format_for(cfg.train.model.source), **overrides})
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        return [*super().paths(), "tokenize.format", "train.model.source"]
+
+
+class PackSlice(_FormatResolved):
     """pack: the token layout and the packer (not the tokenizer: that is pack's input file)."""
 
     KEYS: ClassVar[dict[str, str]] = {
@@ -823,14 +836,6 @@ class PackSlice(Slice):
     format: Literal["eos", "text"]
     """``tokenize.format`` resolved for ``train.model.source`` (see :meth:`TokenizeConfig.format_for`)."""
     separator: str
-
-    @classmethod
-    def of(cls, cfg: Config, **overrides: Any) -> Slice:
-        return super().of(cfg, **{"format": cfg.tokenize.format_for(cfg.train.model.source), **overrides})
-
-    @classmethod
-    def paths(cls) -> list[str]:
-        return [*super().paths(), "tokenize.format", "train.model.source"]
     packer: Literal["best_fit", "next_fit", "none"]
     pack_window: int
     rows_per_shard: int
@@ -858,7 +863,7 @@ class BaseModelSlice(Slice):
     max_target_tokens: int
 
 
-class EvaluateSlice(Slice):
+class EvaluateSlice(_FormatResolved):
     """evaluate: scoring, prompts (OPTIONS style, few-shot) and the prompts' token layout."""
 
     KEYS: ClassVar[dict[str, str]] = {
@@ -879,14 +884,6 @@ class EvaluateSlice(Slice):
     format: Literal["eos", "text"] = "eos"
     """The run's training format (``tokenize.format`` resolved): the layout a model is scored in
     beside its own (``evaluate.cross_layouts``), and a ``text`` override's separator."""
-
-    @classmethod
-    def of(cls, cfg: Config, **overrides: Any) -> Slice:
-        return super().of(cfg, **{"format": cfg.tokenize.format_for(cfg.train.model.source), **overrides})
-
-    @classmethod
-    def paths(cls) -> list[str]:
-        return [*super().paths(), "tokenize.format", "train.model.source"]
 
 
 class ReportSlice(Slice):

@@ -275,6 +275,15 @@ def _target_log_probs(model: torch.nn.Module, states: torch.Tensor, targets: tor
 
 # --- rank classification -------------------------------------------------------------------------
 
+def _regrouped(flat: np.ndarray, options: Sequence[Sequence]) -> list[np.ndarray]:
+    """``flat``, one score per option in request order, back into one array per prompt."""
+    out, at = [], 0
+    for opts in options:
+        out.append(flat[at:at + len(opts)].copy())
+        at += len(opts)
+    return out
+
+
 def _check_requests(prompts, options) -> None:
     if len(prompts) != len(options):
         raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
@@ -378,11 +387,7 @@ def score_per_option(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
             new = {pairs[k][0] for k in batch} - done
             done |= new
             progress(len(new))
-    out, at = [], 0
-    for opts in options:
-        out.append(flat[at:at + len(opts)].copy())
-        at += len(opts)
-    return out
+    return _regrouped(flat, options)
 
 
 # --- encoder-decoders ----------------------------------------------------------------------------
@@ -498,11 +503,7 @@ def score_seq2seq_per_option(model: torch.nn.Module, prompts: Sequence[Sequence[
             new = {pairs[k][0] for k in batch} - done
             done |= new
             progress(len(new))
-    out, at = [], 0
-    for opts in options:
-        out.append(flat[at:at + len(opts)].copy())
-        at += len(opts)
-    return out
+    return _regrouped(flat, options)
 
 
 def _generate_seq2seq(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,
