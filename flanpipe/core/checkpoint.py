@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = {  # train.model.architecture -> transformers model_type (a causal LM each)
     "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
     "gemma3": "gemma3_text", "gpt_neox": "gpt_neox", "olmo2": "olmo2", "phi3": "phi3",
-    "t5": "t5", "mt5": "mt5",  # encoder-decoders (T5 v1.1 / FLAN-T5 shapes, tokenize.layout: encoder_decoder)
+    # encoder-decoders (T5 v1.1 / FLAN-T5 shapes, tokenize.layout: encoder_decoder)
+    "t5": "t5", "mt5": "mt5", "umt5": "umt5",
 }
 VOCAB_MULTIPLE = 128  # embedding rows of a model we build: a multiple of this (matmul-friendly shapes)
 MAX_SHARD_BYTES = 2 * 1024**3  # safetensors shard size of an export (as transformers' save_pretrained)

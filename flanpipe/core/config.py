@@ -357,9 +357,9 @@ class ModelSpec(_Section):
     path: str | None = None
     """`pretrained` only: a local folder with `config.json` and safetensors weights."""
     architecture: Literal["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt_neox", "olmo2",
-                          "phi3", "t5", "mt5"] = "llama"
+                          "phi3", "t5", "mt5", "umt5"] = "llama"
     """`config` only: the `transformers` model family of a new model (its `model_type`; `gemma3` is
-    Gemma 3's text-only `gemma3_text`). `t5` and `mt5` are encoder-decoders (T5 v1.1 / FLAN-T5 shape:
+    Gemma 3's text-only `gemma3_text`). `t5`, `mt5` and `umt5` are encoder-decoders (T5 v1.1 / FLAN-T5 shape:
     gated-GELU, `num_layers` on each side), trained on `tokenize.layout: encoder_decoder` rows."""
     hidden_size: StrictInt = Field(768, ge=8)
     num_layers: StrictInt = Field(12, ge=1)
@@ -905,7 +905,7 @@ SLICES: dict[str, type[Slice]] = {
 """Each rule's slice (rules not listed read no config key: decontaminate and catalog take lists the
 planner derives)."""
 
-ENCODER_DECODER_ARCHITECTURES = frozenset({"t5", "mt5"})
+ENCODER_DECODER_ARCHITECTURES = frozenset({"t5", "mt5", "umt5"})
 """``train.model.architecture``s that are encoder-decoders (the checkpoint seam builds them)."""
 
 

@@ -29,10 +29,10 @@ as in cached decoding, not as a from-scratch forward pass of prompt + option.
 Token sequences follow the training layout (``inputs EOS targets EOS``): a prompt is the input's
 tokens and its EOS, an option is the target's tokens and its EOS; the caller builds them.
 
-Encoder-decoders (``config.is_encoder_decoder``) take the same calls. For T5, mT5 and FLAN-T5,
-rank classification encodes each prompt once (:func:`score_seq2seq`): the encoder output's
-cross-attention keys and values are computed once per prompt and shared by every option, which runs
-as one decoder row (``decoder_start_token_id`` then the option's tokens but its last).
+Encoder-decoders (``config.is_encoder_decoder``) take the same calls. For T5, FLAN-T5, mT5 and umT5,
+rank classification encodes each prompt once (:func:`score_seq2seq`): all options of a prompt run
+as segments of one decoder row (each ``decoder_start_token_id`` then the option's tokens but its
+last), against the prompt's encoder output and its cross-attention keys and values.
 ``method="per_option"`` (:func:`score_seq2seq_per_option`, also used for other encoder-decoders)
 runs the model's own forward once per (prompt, option) instead. Generation goes through
 ``model.generate`` on batches of prompts, with the same stop rules (any EOS id, ``max_new_tokens``,
@@ -57,7 +57,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flanpipe.core.seq2seq import SEQ2SEQ_TYPES, is_encoder_decoder, lm_logits, start_token
+from flanpipe.core.seq2seq import (
+    SEQ2SEQ_TYPES,
+    is_encoder_decoder,
+    lm_logits,
+    option_masks,
+    run_stack,
+    start_token,
+)
 
 SHARED = -1  # key group of prompt and generated tokens: every query of the row may see them
 PADDING = -2  # key group of padding: no query sees it
@@ -404,16 +411,40 @@ def _option_rows(model: torch.nn.Module, options: Sequence[Sequence[int]], devic
     return inputs, labels, torch.arange(width, device=device)[None] < lengths[:, None]
 
 
-def _summed_log_probs(model: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, real: torch.Tensor
-                      ) -> np.ndarray:
-    """Per decoder row, the summed log-probability of its real labels (only those states projected,
-    a slice at a time)."""
-    row, col = torch.nonzero(real, as_tuple=True)
-    states, targets = hidden[row, col], labels[row, col]
+def _label_log_probs(model: torch.nn.Module, states: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """The log-probability of each label given its decoder state, float64 (only those states
+    projected onto the vocabulary, a slice at a time)."""
     step = max(1, PROJECT_ELEMENTS // model.get_output_embeddings().weight.shape[0])
     logp = torch.cat([_log_softmax(lm_logits(model, states[a:a + step]))
-                      .gather(-1, targets[a:a + step, None])[:, 0] for a in range(0, len(states), step)])
-    return np.bincount(row.cpu().numpy(), weights=logp.double().cpu().numpy(), minlength=len(labels))
+                      .gather(-1, labels[a:a + step, None])[:, 0] for a in range(0, len(states), step)])
+    return logp.double().cpu().numpy()
+
+
+def _option_segments(model: torch.nn.Module, options: Sequence[Sequence[Sequence[int]]], device: torch.device
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoder row per prompt holding all of its options back to back, option ``j`` as segment
+    ``j + 1``: (decoder inputs: the start token, then the option but its last token; labels: the
+    option; positions, restarting at 0 per option; segments, 0 for padding), right-padded.
+
+    >>> from types import SimpleNamespace
+    >>> m = SimpleNamespace(config=SimpleNamespace(decoder_start_token_id=0, pad_token_id=0))
+    >>> inputs, labels, positions, segments = _option_segments(m, [[[7, 1], [8, 9, 1]], [[5]]],
+    ...                                                        torch.device("cpu"))
+    >>> inputs.tolist(), labels.tolist()
+    ([[0, 7, 0, 8, 9], [0, 0, 0, 0, 0]], [[7, 1, 8, 9, 1], [5, 0, 0, 0, 0]])
+    >>> positions.tolist(), segments.tolist()
+    ([[0, 1, 0, 1, 2], [0, 0, 0, 0, 0]], [[1, 1, 2, 2, 2], [1, 0, 0, 0, 0]])
+    """
+    start = start_token(model.config)
+    rows: list[tuple[list[int], list[int], list[int], list[int]]] = []
+    for opts in options:
+        inputs = [t for o in opts for t in (start, *o[:-1])]
+        labels = [t for o in opts for t in o]
+        positions = [k for o in opts for k in range(len(o))]
+        segments = [j + 1 for j, o in enumerate(opts) for _ in o]
+        rows.append((inputs, labels, positions, segments))
+    width = max(len(r[0]) for r in rows)
+    return tuple(_padded([r[k] for r in rows], width, device) for k in range(4))
 
 
 def _encode(model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: torch.device
@@ -426,49 +457,34 @@ def _encode(model: torch.nn.Module, prompts: Sequence[Sequence[int]], device: to
     return model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state, mask
 
 
-def _cross_cache(model: torch.nn.Module, encoded: torch.Tensor, owner: torch.Tensor):
-    """An ``EncoderDecoderCache`` whose cross-attention keys and values are computed once per prompt
-    (each decoder block's own ``k`` and ``v`` projections of ``encoded``) and gathered for every
-    decoder row (``owner[r]``: row r's prompt). Each T5 cross-attention layer reads them as the
-    library's cached generation does, instead of projecting the encoder output again per option."""
-    from transformers import DynamicCache, EncoderDecoderCache
-
-    cross = DynamicCache()
-    batch, length = encoded.shape[:2]
-    for index, block in enumerate(model.get_decoder().block):
-        attention = block.layer[1].EncDecAttention
-        shape = (batch, length, -1, attention.key_value_proj_dim)
-        keys = attention.k(encoded).view(shape).transpose(1, 2)
-        values = attention.v(encoded).view(shape).transpose(1, 2)
-        cross.update(keys[owner], values[owner], index)
-    return EncoderDecoderCache(DynamicCache(), cross)
-
-
 @torch.inference_mode()
 def score_seq2seq(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                   options: Sequence[Sequence[Sequence[int]]], max_batch_tokens: int = 16_384,
                   max_batch_rows: int = 64, progress: Callable[[int], None] | None = None
                   ) -> list[np.ndarray]:
     """:func:`score_options` for a T5 or mT5: each batch's prompts run through the encoder once;
-    every option is one decoder row against its prompt's encoder output and its cross-attention
-    keys and values (:func:`_cross_cache`), scored by the log-probability of its tokens."""
+    all options of a prompt then run as one decoder row (:func:`_option_segments`: causal within
+    each option, positions and T5's relative position buckets restarting per option, every option
+    cross-attending to its prompt; :func:`flanpipe.core.seq2seq.option_masks`), through the
+    model's own decoder blocks (:func:`flanpipe.core.seq2seq.run_stack`). The prompt's encoder
+    output and its cross-attention keys and values are computed once for all of its options, and
+    the decoder holds no per-option padding."""
     device = _device(model)
+    decoder = model.get_decoder()
     sizes = [len(p) + sum(len(o) for o in opts) for p, opts in zip(prompts, options, strict=True)]
     out: list[np.ndarray] = [np.empty(0)] * len(prompts)
     for batch in _batches(sizes, max_batch_tokens, max_batch_rows):
         encoded, mask = _encode(model, [prompts[i] for i in batch], device)
-        owners = [b for b, i in enumerate(batch) for _ in options[i]]
-        owner = torch.tensor(owners, device=device)
-        inputs, labels, real = _option_rows(model, [o for i in batch for o in options[i]], device)
-        cache = _cross_cache(model, encoded, owner)
-        hidden = model.get_decoder()(input_ids=inputs, attention_mask=real.long(),
-                                     encoder_hidden_states=encoded[owner], encoder_attention_mask=mask[owner],
-                                     cache=cache, use_cache=True).last_hidden_state
-        sums = _summed_log_probs(model, hidden, labels, real)
-        at = 0
-        for i in batch:
-            out[i] = sums[at:at + len(options[i])]
-            at += len(options[i])
+        inputs, labels, positions, segments = _option_segments(model, [options[i] for i in batch], device)
+        self_mask, cross_mask = option_masks(model, mask.bool(), segments, encoded.dtype)
+        hidden = run_stack(decoder, inputs, positions, self_mask, encoded, cross_mask)
+        row, col = torch.nonzero(segments > 0, as_tuple=True)
+        logp = _label_log_probs(model, hidden[row, col], labels[row, col])
+        which = (segments[row, col] - 1).cpu().numpy()
+        row = row.cpu().numpy()
+        for b, i in enumerate(batch):
+            mine = row == b
+            out[i] = np.bincount(which[mine], weights=logp[mine], minlength=len(options[i]))
         if progress:
             progress(len(batch))
     return out

@@ -22,8 +22,10 @@ The masks come from ``transformers``' own builders (:func:`packed_seq2seq_masks`
 bias goes to each block as its ``position_bias``, which the library's attention functions add to
 the scores. ``T5Stack.forward`` computes that bias from slot indices, so :func:`run_stack` is its
 loop over the library's blocks with our bias and masks instead (embedding, dropout, blocks, final
-norm, dropout, as the stack does). mT5 has the same blocks. umT5 (a bias in every layer, computed
-inside its attention) is not supported.
+norm, dropout, as the stack does). mT5 has the same blocks. umT5 has a bias of its own in every
+self-attention layer, which its attention computes from slot indices in ``compute_bias``: for the
+length of one block's call, :func:`per_example_bias` has that call return the bias of the
+per-example positions instead.
 
 >>> from transformers import T5Config, T5ForConditionalGeneration
 >>> torch.manual_seed(0) and None
@@ -39,6 +41,7 @@ torch.Size([5])
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -47,9 +50,9 @@ from torch import nn
 
 from flanpipe.core.model import same_segment
 
-SEQ2SEQ_TYPES = frozenset({"t5", "mt5"})
-"""``config.model_type``s :class:`PackedSeq2SeqLM` trains (T5Stack-shaped blocks that take a
-``position_bias``)."""
+SEQ2SEQ_TYPES = frozenset({"t5", "mt5", "umt5"})
+"""``config.model_type``s :class:`PackedSeq2SeqLM` trains: T5Stack-shaped blocks that take a
+``position_bias`` (T5, mT5), and umT5's, whose attention computes one per layer."""
 
 
 def is_encoder_decoder(config) -> bool:
@@ -91,10 +94,31 @@ def relative_bias(attention: nn.Module, query_positions: torch.Tensor, key_posit
     the bucket of ``key position - query position`` (bidirectional in the encoder, causal in the
     decoder), looked up in the attention module's own ``relative_attention_bias`` embedding."""
     relative = key_positions[:, None, :].long() - query_positions[:, :, None].long()
-    buckets = attention._relative_position_bucket(relative, bidirectional=not attention.is_decoder,
-                                                  num_buckets=attention.relative_attention_num_buckets,
-                                                  max_distance=attention.relative_attention_max_distance)
+    if is_umt5(attention):  # (its bucket function reads direction and sizes from the module)
+        buckets = attention._relative_position_bucket(relative)
+    else:
+        buckets = attention._relative_position_bucket(relative, bidirectional=not attention.is_decoder,
+                                                      num_buckets=attention.relative_attention_num_buckets,
+                                                      max_distance=attention.relative_attention_max_distance)
     return attention.relative_attention_bias(buckets).permute(0, 3, 1, 2)
+
+
+def is_umt5(attention: nn.Module) -> bool:
+    """Whether an attention module is umT5's (a relative bias in every layer, computed inside)."""
+    return getattr(getattr(attention, "config", None), "model_type", None) == "umt5"
+
+
+@contextmanager
+def per_example_bias(attention: nn.Module, positions: torch.Tensor):
+    """While in the block, umT5's ``attention.compute_bias(query_length, key_length, ...)``, which
+    the library's attention calls for its bias from slot indices, returns :func:`relative_bias` of
+    the per-example ``positions`` (computed inside the call, so under ZeRO-3 the embedding is
+    gathered by its own forward hook). Restored on exit."""
+    attention.compute_bias = lambda *args, **kwargs: relative_bias(attention, positions, positions)
+    try:
+        yield
+    finally:
+        del attention.compute_bias
 
 
 def cross_segment(target_segments: torch.Tensor, input_segments: torch.Tensor):
@@ -148,13 +172,55 @@ def packed_seq2seq_masks(model, input_segments: torch.Tensor, target_segments: t
     return Seq2SeqMasks(encoder, decoder, cross)
 
 
+def prompt_cross(target_segments: torch.Tensor, input_real: torch.Tensor):
+    """The ``and_mask_function`` of cross-attention when every target segment of a row belongs to
+    the row's one prompt: a target token sees the prompt's real (unpadded) tokens; a padding target
+    token (segment 0) sees every input token, so no row of the mask is empty."""
+
+    def inner(batch_idx, head_idx, q_idx, kv_idx):
+        return input_real[batch_idx, kv_idx] | (target_segments[batch_idx, q_idx] == 0)
+
+    return inner
+
+
+def option_masks(model, input_real: torch.Tensor, target_segments: torch.Tensor,
+                 dtype: torch.dtype = torch.float32) -> tuple[object, object]:
+    """(decoder mask, cross mask) of rows that hold all options of one prompt as target segments:
+    causal within an option, every option against the whole (real) prompt.
+
+    >>> from transformers import T5Config, T5ForConditionalGeneration
+    >>> hf = T5ForConditionalGeneration(T5Config(vocab_size=8, d_model=8, d_kv=2, d_ff=8, num_layers=1,
+    ...     num_heads=4, attn_implementation="sdpa"))
+    >>> dec, cross = option_masks(hf, torch.tensor([[True, True, False]]), torch.tensor([[1, 1, 2]]))
+    >>> dec[0, 0].int().tolist(), cross[0, 0].int().tolist()
+    ([[1, 0, 0], [1, 1, 0], [0, 0, 1]], [[1, 1, 0], [1, 1, 0], [1, 1, 0]])
+    """
+    from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+
+    batch, n_in = input_real.shape
+    n_tg = target_segments.shape[1]
+    in_shape = torch.empty(batch, n_in, 0, dtype=dtype, device=input_real.device)
+    tg_shape = torch.empty(batch, n_tg, 0, dtype=dtype, device=target_segments.device)
+    decoder = create_causal_mask(config=model.decoder.config, inputs_embeds=tg_shape, attention_mask=None,
+                                 cache=None, and_mask_function=same_segment(target_segments))
+    cross = create_bidirectional_mask(config=model.decoder.config, inputs_embeds=tg_shape,
+                                      attention_mask=None, encoder_hidden_states=in_shape,
+                                      and_mask_function=prompt_cross(target_segments, input_real.bool()))
+    return decoder, cross
+
+
 def run_stack(stack: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, mask,
               encoder_hidden: torch.Tensor | None = None, cross_mask=None) -> torch.Tensor:
     """``T5Stack.forward`` on packed rows: the library's embedding, blocks and norms, each block
     given our ``mask`` and the relative position bias of ``positions`` (computed where a block owns
     a ``relative_attention_bias``, block 0 in T5 and mT5, and shared by the blocks after it, as the
-    stack does). Returns the final hidden states."""
+    stack does; in umT5 every block's own, :func:`per_example_bias`). Returns the final hidden states."""
     hidden = stack.dropout(stack.embed_tokens(input_ids))
+    if stack.config.model_type == "umt5":
+        for block in stack.block:
+            with per_example_bias(block.layer[0].SelfAttention, positions):
+                hidden = block(hidden, mask, encoder_hidden, encoder_attention_mask=cross_mask, cache=None)
+        return stack.dropout(stack.final_layer_norm(hidden))
     bias = None
     for block in stack.block:
         attention = block.layer[0].SelfAttention

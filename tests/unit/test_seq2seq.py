@@ -14,7 +14,7 @@ from flanpipe.core.seq2seq import PackedSeq2SeqLM, decoder_inputs
 
 VOCAB = 97
 SPECIAL = {"pad_id": 0, "eos_id": 1, "unk_id": 2, "bos_id": 3}
-FAMILIES = ("t5", "mt5")
+FAMILIES = ("t5", "mt5", "umt5")
 
 
 def tiny(architecture: str, attention: str = "sdpa", seed: int = 0, dtype=torch.float32, **hf_config):
@@ -146,9 +146,12 @@ def one_forward_per_option(model) -> list[list[float]]:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("method", ["auto", "per_option"])
-def test_shared_encoder_scores_equal_one_forward_per_option(family, method, one_thread):
-    model = tiny(family, dtype=torch.float64)
+@pytest.mark.parametrize(("method", "attention"),
+                         [("auto", "sdpa"), ("auto", "eager"), ("per_option", "sdpa")])
+def test_shared_encoder_scores_equal_one_forward_per_option(family, method, attention, one_thread):
+    # the shared path: all options of a prompt in one decoder row, against the model's own
+    # unpadded forward per (prompt, option) in float64
+    model = tiny(family, attention=attention, dtype=torch.float64)
     # batches of two prompts: padding on the encoder and the decoder side
     got = score_options(model, PROMPTS, OPTIONS, max_batch_rows=2, method=method)
     for mine, theirs in zip(got, one_forward_per_option(model), strict=True):
