@@ -1,7 +1,7 @@
 """The whole workflow with a tiny T5 (`train.model.architecture: t5`, `tokenize.layout:
 encoder_decoder`) on a small config of its own: five embedded datasets, two held-out clusters
 (classification and generation), 2 steps under DeepSpeed ZeRO-3 on 2 gloo ranks, evaluation and the
-report. The embedded demo's config is untouched (it gains no jobs)."""
+report (no `all` model: two trainings). The embedded demo's config is untouched (it gains no jobs)."""
 
 import csv
 import json
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 LI, LT = 128, 32
 CONFIG = {
     "seed": 1234, "datasets": ["rte", "copa", "sst2", "common_gen", "cola"],
-    "heldout_clusters": ["nli", "struct_to_text"],
+    "heldout_clusters": ["nli", "struct_to_text"], "all_model": False,
     "tokenize": {"tokenizer": {"vocab_size": 800}, "max_input_tokens": LI, "max_target_tokens": LT,
                  "layout": "encoder_decoder"},
     "train": {"steps": 2, "tokens_per_batch": 2 * (LI + LT), "checkpoint_every": 2, "log_every": 1,
