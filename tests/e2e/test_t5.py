@@ -1,7 +1,8 @@
 """The whole workflow with a tiny T5 (`train.model.architecture: t5`, `tokenize.layout:
 encoder_decoder`) on a small config of its own: five embedded datasets, two held-out clusters
 (classification and generation), 2 steps under DeepSpeed ZeRO-3 on 2 gloo ranks, evaluation and the
-report (no `all` model: two trainings). The embedded demo's config is untouched (it gains no jobs)."""
+the format ablation (one more model, `no_template`; no `all` model) and the report. The embedded
+demo's config is untouched (it gains no jobs)."""
 
 import csv
 import json
@@ -24,7 +25,10 @@ CONFIG = {
     "train": {"steps": 2, "tokens_per_batch": 2 * (LI + LT), "checkpoint_every": 2, "log_every": 1,
               "model": {"architecture": "t5", "hidden_size": 32, "num_layers": 2, "num_heads": 4}},
     "evaluate": {"max_examples": 4, "generation": {"max_new_tokens": 8}},
-    "ablations": {"enabled": False},
+    # the format ablation on nli: its `instructions` point is the nli model (the same clusters)
+    "ablations": {"enabled": True, "kinds": ["format"], "heldout": ["nli"],
+                  "clusters": ["commonsense", "sentiment", "struct_to_text", "misc"],
+                  "formats": ["instructions", "no_template"]},
 }
 
 
@@ -103,6 +107,18 @@ def test_every_t5_is_evaluated_in_the_eos_layout_and_reported(run, result, metho
     assert (r["method"], r["layout"], r["layout_from"]) == (method, "eos", layout_from)
     assert list(r["by_layout"]) == ["eos"] and r["examples"] == 4
     assert "rte" in (wd / "results/report/index.md").read_text()
+
+
+def test_the_format_ablation_trains_a_t5_and_the_report_shows_it(run):
+    wd, _ = run
+    trained = json.loads((wd / "models/format_no_template/run.json").read_text())
+    assert trained["model"]["model_type"] == "t5"
+    r = json.loads((wd / "results/ablations/format/no_template/rte.json").read_text())
+    assert (r["method"], r["layout"], r["examples"]) == ("rank_classification", "eos", 4)
+    assert not (wd / "models/all").exists()
+    report = (wd / "results/report/index.md").read_text()
+    table = report[report.index("## Ablation: instruction format"):]
+    assert "| instructions |" in table and "| no_template |" in table
 
 
 def test_the_demo_config_gains_no_jobs():
