@@ -46,9 +46,14 @@ def get_heldout_ngrams(wildcards):
     )
 
 
+def get_templatize_slice(wildcards):
+    """The templatize slice of one dataset (its template mix)."""
+    return PLAN.slice("templatize", dataset=wildcards.dataset)
+
+
 def get_templatize_format_slice(wildcards):
     """The templatize slice in another instruction format (the format ablation)."""
-    return PLAN.slice("templatize", format=wildcards.format)
+    return PLAN.slice("templatize", dataset=wildcards.dataset, format=wildcards.format)
 
 
 def get_mixture_dataset_names(wildcards):

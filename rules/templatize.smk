@@ -17,7 +17,7 @@ rule templatize:
     conda:
         "../envs/flanpipe.yaml"
     params:
-        config=PLAN.slice("templatize"),
+        config=get_templatize_slice,
         templates=get_templates_digest,
         stage_version=TEMPLATIZE_VERSION,
     script:
