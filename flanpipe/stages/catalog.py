@@ -118,7 +118,8 @@ PROMPT_MIX_SQL = """
            round(count(*) / sum(count(*)) OVER (PARTITION BY mixture, dataset), 4) AS share,
            round(avg(shots), 2) AS mean_shots, count(*) FILTER (WHERE shots = 0 AND prompt_type LIKE 'fs%')
                AS few_shot_without_exemplars
-    FROM mixtures GROUP BY ALL ORDER BY mixture, submixture, dataset, prompt_type"""
+    FROM mixtures GROUP BY mixture, submixture, dataset, prompt_type
+    ORDER BY mixture, submixture, dataset, prompt_type"""
 """Rows a mixture holds per submixture, dataset and prompt type (``templatize.mix``): what a run
 actually trained on. A few-shot row whose exemplars did not fit the budget shows 0 shots."""
 
