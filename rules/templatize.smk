@@ -5,6 +5,7 @@ from flanpipe.stages.templatize import STAGE_VERSION as TEMPLATIZE_VERSION
 
 rule templatize:
     input:
+        unpack(get_templatize_exemplar_inputs),
         train="data/pool/{dataset}.parquet",
         eval="data/raw/{dataset}/eval.parquet",
     output:

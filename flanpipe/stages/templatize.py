@@ -234,11 +234,16 @@ def _check_not_empty(spec: DatasetSpec, template: Template, arr: pa.Array, what:
 
 
 def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out_path: str | Path,
-                       cfg: TemplatizeSlice, batch_rows: int = BATCH_ROWS) -> dict:
+                       cfg: TemplatizeSlice, batch_rows: int = BATCH_ROWS,
+                       contaminated: str | Path | None = None) -> dict:
     """Templatize a train split (the dataset's pool, ``data/pool/{dataset}.parquet``, or any raw
     train table) and an eval split into ``out_path``, plus a manifest beside it; inputs are fitted
     to ``max_input_tokens`` (estimated) by cutting their long field. Each split is read, rendered and
-    written ``batch_rows`` rows at a time, so memory holds one batch's renderings."""
+    written ``batch_rows`` rows at a time, so memory holds one batch's renderings.
+
+    ``contaminated``: the dataset's decontamination matches (``data/decontam/{dataset}.parquet``);
+    few-shot train prompts take no exemplar from a row that shares an n-gram with any held-out
+    eval set, so no mixture meets a removed text inside another row's prompt."""
     seed, max_input_tokens = cfg.seed, cfg.max_input_tokens
     if cfg.mix.few_shot and cfg.few_shot is None:
         raise ValueError(f"{name}: templatize.mix has few-shot rows but the slice holds no few_shot config")
@@ -265,8 +270,11 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
             per_type: Counter[str] = Counter()
             rows = cut = 0
             dups = _split_duplicate_ids(spec, path, role, batch_rows)
-            pool = _few_shot_pool(spec, bank, path, dups, cfg) if role == "train" and cfg.mix.few_shot \
-                else None
+            pool = _few_shot_pool(spec, bank, path, dups, cfg, contaminated) \
+                if role == "train" and cfg.mix.few_shot else None
+            if pool is not None:
+                inputs["exemplars"] = {"rows": pool.train_raw.num_rows, "contaminated_file":
+                                       None if contaminated is None else str(contaminated)}
             for raw in progress(iter_parquet(path, batch_rows), examples, f"{name}: templatize {role}"):
                 part = templatize_split(spec, bank, raw, role, cfg, seed, max_input_tokens, field, dups, pool)
                 writer.write(part)
@@ -288,11 +296,14 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
 
 
 def _few_shot_pool(spec: DatasetSpec, bank: DatasetTemplates, path: Path, dups: np.ndarray,
-                   cfg: TemplatizeSlice) -> FewShotPool:
+                   cfg: TemplatizeSlice, contaminated: str | Path | None = None) -> FewShotPool:
     """The exemplar pool of few-shot train rows: every row of the train split (the dataset's pool
-    file), keyed as the rows asking are. Held whole in memory (at most ``dedup.pool_factor x
-    mix.cap`` rows); only its train rows' few-shot exemplars are drawn from it."""
+    file) but those in ``contaminated`` (decontamination matches), keyed as the rows asking are.
+    Held whole in memory (at most ``dedup.pool_factor x`` the cap rows)."""
     train = read_table(path)
+    if contaminated is not None:
+        matched = read_table(contaminated, columns=["row_index"]).column("row_index")
+        train = train.filter(pc.invert(pc.is_in(train.column("row_index"), matched)))
     budget = cfg.few_shot.within(cfg.max_input_tokens) if cfg.max_input_tokens else cfg.few_shot
     if budget.max_tokens is None:
         raise ValueError(f"{spec.name}: few-shot train rows need a token budget: "

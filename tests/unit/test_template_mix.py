@@ -30,6 +30,7 @@ from flanpipe.core.config import (
 )
 from flanpipe.core.keys import prompt_type_draws
 from flanpipe.core.planner import Plan
+from flanpipe.core.schemas import MATCH_SCHEMA
 from flanpipe.core.templates import load_bank, render_template
 from flanpipe.stages.mix import mixing_rates, submixture_rates
 from flanpipe.stages.templatize import templatize_dataset
@@ -165,6 +166,29 @@ def test_few_shot_prompts_never_contain_their_own_example(tmp_path):
         exemplars = exemplar_split(shown.removesuffix("\n\n"), solved[r["template_id"]])
         assert exemplars is not None and len(exemplars) == r["shots"], r
         assert np.ceil(len(r["inputs"]) / 3.0) <= 300
+
+
+def test_no_exemplar_is_a_contaminated_row(tmp_path):
+    """Rows that decontamination matched against a held-out eval set (any cluster) are never shown
+    as exemplars, only asked as themselves (the mixer drops or keeps those per mixture)."""
+    raw = embedded("sst2")
+    raw = raw.append_column("row_index", pa.array(np.arange(raw.num_rows), pa.int64()))
+    dirty = [0, 3, 4, 9, 17, 30]
+    pq.write_table(pa.Table.from_pylist([
+        {"row_index": r, "example_id": f"sst2:train:{r}", "eval_dataset": "rte", "eval_cluster": "nli",
+         "ngram": 8, "matches": 1} for r in dirty], schema=MATCH_SCHEMA), tmp_path / "matches.parquet")
+    pq.write_table(raw, tmp_path / "train.parquet")
+    pq.write_table(raw.slice(0, 5), tmp_path / "eval.parquet")
+    slice_ = cfg(PromptMix(zs_opt=0.0, fs_noopt=1.0), k=3)
+    for tag, contaminated in (("clean", tmp_path / "matches.parquet"), ("all", None)):
+        templatize_dataset("sst2", tmp_path / "train.parquet", tmp_path / "eval.parquet",
+                           tmp_path / f"{tag}.parquet", slice_, contaminated=contaminated)
+    sentences = raw["sentence"].to_pylist()
+    for tag in ("clean", "all"):
+        t = pq.read_table(tmp_path / f"{tag}.parquet").to_pylist()
+        shown = {i for r in t if r["split"] == "train" for i in dirty
+                 if sentences[i] in r["inputs"] and r["row_index"] != i}
+        assert (shown == set()) if tag == "clean" else len(shown) >= 3, (tag, shown)
 
 
 def test_adding_one_raw_row_changes_no_other_rendering(tmp_path):
