@@ -6,6 +6,7 @@ from :class:`FewShotPool`, trimmed to a token budget by :func:`trim_prompts`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -101,8 +102,8 @@ class FewShotPool:
     def asking(self, eval_raw: pa.Table, eval_keys: np.ndarray) -> FewShotPool:
         """This pool's train rows (their keys and ring orders shared, not rebuilt) for other rows
         to prompt, e.g. a batch of train rows that get few-shot prompts in templatize."""
-        other = FewShotPool.__new__(FewShotPool)
-        other.__dict__.update(self.__dict__, eval_raw=eval_raw, eval_keys=eval_keys, _starts={})
+        other = copy.copy(self)  # shallow: the train rows, keys and ring orders are this pool's
+        other.eval_raw, other.eval_keys, other._starts = eval_raw, eval_keys, {}
         return other
 
     def ring(self, template: Template) -> tuple[np.ndarray, np.ndarray]:
