@@ -3,7 +3,8 @@
 For each dataset the mixture trains on, the pool rows that are neither duplicates nor contaminated
 (for this mixture's held-out clusters) are capped at ``mix.cap`` by their seeded priority (a
 consistent sample, :func:`flanpipe.stages.dedupe.priorities`). Rates follow seqio's rule
-``rate_i = min(n_i, K) ** (1 / T)``, normalised. The mixture holds enough examples for the training
+``rate_i = min(n_i, K) ** (1 / T)``, normalised, within each submixture (``mix.submixtures``: its own
+cap and K), scaled by the submixtures' weights. The mixture holds enough examples for the training
 budget (``train.steps * train.tokens_per_batch`` over the rate-weighted mean of estimated tokens per
 example), split over datasets by largest remainder (so each count is within one of ``N * rate_i``);
 a dataset smaller than its share repeats (whole passes plus a seeded partial one) and its epochs are

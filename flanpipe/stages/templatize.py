@@ -3,7 +3,9 @@
 Train rows are rendered once per pass (``templatize.passes``): pass ``p`` of an example uses the
 template drawn from (seed, dataset, the example's stable key, p) by :func:`template_draws`, so a
 repeated example gets a new phrasing in each epoch of the mixture and no row's template depends on
-any other row. Eval rows get every template that poses the dataset's own task (turned-around
+any other row. The template mix (``templatize.mix``) draws each rendering's prompt type the same
+way: zero-shot or few-shot (exemplars from the dataset's own pool), with or without OPTIONS. Eval
+rows get every template that poses the dataset's own task (turned-around
 templates are for training only), so evaluations can report the mean and the best template. The
 train rows are the dataset's pool (:mod:`flanpipe.stages.pool`): only rows that can pass the cap are
 rendered. Output: ``data/templatized/{dataset}.parquet`` (train rows, then eval rows, written batch
@@ -114,7 +116,7 @@ def draw_prompts(spec: DatasetSpec, templates: tuple[Template, ...], keys: np.nd
                                         cfg.passes, spec.name, seed)
     types = prompt_type_draws(keys, mix.rates(), cfg.passes, spec.name, seed)
     optionless = np.array([not has_options(spec, t, cfg.options) for t in templates])
-    return draws, np.where(optionless[draws], types | 1, types)
+    return draws, np.where(optionless[draws], types | 1, types)  # PROMPT_TYPES: odd indices are *_noopt
 
 
 def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
@@ -147,7 +149,7 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
         return _render_groups(spec, bank, raw, role, cfg, groups, 0, fit, duplicate_ids)
     keys = stable_keys(spec, raw, duplicate_ids)
     draws, types = draw_prompts(spec, templates, keys, cfg, seed)
-    if few_shot is None and (types >= 2).any():
+    if few_shot is None and (types >= PROMPT_TYPES.index("fs_opt")).any():
         raise ValueError(f"{spec.name}: templatize.mix asks for few-shot rows; pass the train pool "
                          "(few_shot) to draw their exemplars from")
     shots = shot_draws(keys, few_shot.cfg.k, cfg.passes, spec.name, seed) if few_shot is not None else None
