@@ -129,7 +129,7 @@ def cmd_templatize(args: argparse.Namespace) -> int:
     out = args.out or f"data/templatized/{args.dataset}.parquet"
     raw = Path(args.raw or f"data/raw/{args.dataset}")  # every train row: the workflow renders the pool
     templatize_dataset(args.dataset, raw / "train.parquet", raw / "eval.parquet", out,
-                       TemplatizeSlice.of(cfg))
+                       TemplatizeSlice.of(cfg, dataset=args.dataset))
     return 0
 
 

@@ -46,9 +46,22 @@ def get_heldout_ngrams(wildcards):
     )
 
 
+def get_templatize_slice(wildcards):
+    """The templatize slice of one dataset (its template mix)."""
+    return PLAN.slice("templatize", dataset=wildcards.dataset)
+
+
+def get_templatize_exemplar_inputs(wildcards):
+    """Where a dataset's template mix has few-shot rows: its decontamination matches, so no
+    exemplar is a contaminated row."""
+    if PLAN.slice("templatize", dataset=wildcards.dataset)["few_shot"] is None:
+        return {}
+    return {"decontam": f"data/decontam/{wildcards.dataset}.parquet"}
+
+
 def get_templatize_format_slice(wildcards):
     """The templatize slice in another instruction format (the format ablation)."""
-    return PLAN.slice("templatize", format=wildcards.format)
+    return PLAN.slice("templatize", dataset=wildcards.dataset, format=wildcards.format)
 
 
 def get_mixture_dataset_names(wildcards):

@@ -5,6 +5,7 @@ from flanpipe.stages.templatize import STAGE_VERSION as TEMPLATIZE_VERSION
 
 rule templatize:
     input:
+        unpack(get_templatize_exemplar_inputs),
         train="data/pool/{dataset}.parquet",
         eval="data/raw/{dataset}/eval.parquet",
     output:
@@ -17,7 +18,7 @@ rule templatize:
     conda:
         "../envs/flanpipe.yaml"
     params:
-        config=PLAN.slice("templatize"),
+        config=get_templatize_slice,
         templates=get_templates_digest,
         stage_version=TEMPLATIZE_VERSION,
     script:

@@ -11,4 +11,5 @@ templatize_dataset(
     eval_split=snakemake.input.eval,
     out_path=snakemake.output.table,
     cfg=TemplatizeSlice.model_validate(snakemake.params.config),
+    contaminated=snakemake.input.get("decontam"),
 )

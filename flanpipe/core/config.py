@@ -153,6 +153,65 @@ class FewShotConfig(_Section):
         return self.model_copy(update={"max_tokens": budget})
 
 
+PROMPT_TYPES = ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt")
+"""The prompt types of Flan 2022's mix, in the order their rates are drawn: zero-shot or few-shot,
+with or without the OPTIONS suffix."""
+
+
+class PromptMix(_Section):
+    """The share of a dataset's train rows rendered as each prompt type (they sum to 1), and the
+    rate of turned-around templates."""
+
+    zs_opt: StrictFloat = Field(1.0, ge=0.0, le=1.0)
+    """Zero-shot, with the OPTIONS suffix (`templatize.options`) where the task has options."""
+    zs_noopt: StrictFloat = Field(0.0, ge=0.0, le=1.0)
+    """Zero-shot, without the OPTIONS suffix."""
+    fs_opt: StrictFloat = Field(0.0, ge=0.0, le=1.0)
+    """Few-shot (1 to `templatize.few_shot.k` solved exemplars from the dataset's own pool, same
+    template, within the token budget), with the OPTIONS suffix."""
+    fs_noopt: StrictFloat = Field(0.0, ge=0.0, le=1.0)
+    """Few-shot, without the OPTIONS suffix."""
+    inverted: StrictFloat | None = Field(None, ge=0.0, le=1.0)
+    """Share of train renderings that use a turned-around template (of datasets that have them);
+    null: every template is drawn alike, so their share is the bank's (up to 3 of 10)."""
+
+    @model_validator(mode="after")
+    def _rates_sum_to_one(self) -> PromptMix:
+        total = self.zs_opt + self.zs_noopt + self.fs_opt + self.fs_noopt
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"the rates zs_opt + zs_noopt + fs_opt + fs_noopt sum to {total:g}; allowed: "
+                             "rates that sum to 1 (an unset rate is 0, except zs_opt, which is 1: set "
+                             "zs_opt: 0 to leave it out)")
+        return self
+
+    def rates(self) -> tuple[float, float, float, float]:
+        """The rates in :data:`PROMPT_TYPES` order."""
+        return self.zs_opt, self.zs_noopt, self.fs_opt, self.fs_noopt
+
+    @property
+    def few_shot(self) -> bool:
+        """Whether any train row is rendered few-shot."""
+        return self.fs_opt + self.fs_noopt > 0
+
+
+class TemplateMixConfig(PromptMix):
+    """The template mix of every dataset, with overrides per dataset or per submixture."""
+
+    overrides: dict[str, PromptMix] = Field(default_factory=dict)
+    """Rates for one dataset or every dataset of a submixture (`mix.submixtures`), keyed by its
+    name, replacing these for it; a dataset's own entry wins over its submixture's."""
+
+    def for_dataset(self, dataset: str, submixture: str | None = None) -> PromptMix:
+        """The rates ``dataset`` (in ``submixture``) is rendered with.
+
+        >>> m = TemplateMixConfig(overrides={"rte": {"zs_opt": 0.5, "fs_opt": 0.5}})
+        >>> m.for_dataset("rte").fs_opt, m.for_dataset("cb").fs_opt
+        (0.5, 0.0)
+        """
+        chosen = self.overrides.get(dataset) or self.overrides.get(submixture or "")
+        return chosen or PromptMix.model_validate(self.model_dump(exclude={"overrides"}))
+
+
 class TemplatizeConfig(_Section):
     """Stage 2: phrase every example as an instruction."""
 
@@ -178,6 +237,10 @@ class TemplatizeConfig(_Section):
     never overflowed, 3.5 ~80% with a few overflows, 4.0 ~90% with 10% of cut rows overflowing. The
     pack stage's `truncated_inputs` count says when it fell short."""
     few_shot: FewShotConfig = Field(default_factory=FewShotConfig)
+    mix: TemplateMixConfig = Field(default_factory=TemplateMixConfig)
+    """Flan 2022's template mix: how train rows are prompted (zero-/few-shot, with or without
+    OPTIONS) and how often turned-around templates are drawn; the default renders as earlier
+    releases did (every row zero-shot with OPTIONS, turned-around templates as often as any)."""
 
 
 class NearDedupConfig(_Section):
@@ -229,6 +292,23 @@ class DecontaminateConfig(_Section):
         return self
 
 
+DEFAULT_SUBMIXTURE = "flan2021"
+"""The one submixture of a run that names none: every dataset, the FLAN 2021 mixture."""
+
+
+class SubmixtureConfig(_Section):
+    """One group of datasets in the mixture (`mix.submixtures.<name>`)."""
+
+    datasets: Literal["all"] | list[str] = "all"
+    """Registry names, or `all`: every dataset of the run that no other group lists."""
+    cap: StrictInt | None = Field(None, ge=1)
+    """Most training examples kept per dataset of the group; null: `mix.cap`."""
+    rate_max: StrictInt | None = Field(None, ge=1)
+    """K of the rate rule within the group; null: `mix.rate_max`."""
+    weight: StrictFloat = Field(1.0, gt=0.0)
+    """The group's share of the mixture, relative to the other groups' weights."""
+
+
 class MixConfig(_Section):
     """Stage 3c: cap each dataset, then mix examples-proportionally into shuffled Parquet shards."""
 
@@ -244,6 +324,58 @@ class MixConfig(_Section):
     """Characters per token, to estimate example lengths before a tokenizer exists."""
     rows_per_shard: StrictInt = Field(100_000, ge=1)
     """Examples per mixture shard."""
+    submixtures: dict[str, SubmixtureConfig] = Field(default_factory=dict)
+    """Named groups of datasets, each mixed examples-proportionally within itself (its own `cap`
+    and `rate_max`) and given `weight` of the mixture (weights are normalised over the groups a
+    mixture holds). Empty: one group, `flan2021`, of every dataset, with `cap` and `rate_max`
+    above. A group with `datasets: all` takes every dataset no other group lists."""
+
+    @field_validator("submixtures")
+    @classmethod
+    def _groups_are_disjoint(cls, groups: dict[str, SubmixtureConfig]) -> dict[str, SubmixtureConfig]:
+        known, owner = load_registry().datasets, {}
+        catch_all = [name for name, g in groups.items() if g.datasets == "all"]
+        if len(catch_all) > 1:
+            raise ValueError(f"{catch_all[1]}.datasets: 'all' is already the group {catch_all[0]!r}; "
+                             "allowed: one group with datasets: all")
+        for name, group in groups.items():
+            if group.datasets == "all":
+                continue
+            unknown = [d for d in group.datasets if d not in known]
+            if unknown:
+                raise ValueError(f"{name}.datasets: unknown dataset(s) {unknown}; allowed: registry names "
+                                 "(see `flanpipe datasets`) or 'all'")
+            for d in group.datasets:
+                if d in owner:
+                    raise ValueError(f"{name}.datasets: {d!r} is already in submixture {owner[d]!r}; "
+                                     "allowed: each dataset in one submixture")
+                owner[d] = name
+        return groups
+
+    def groups(self) -> dict[str, SubmixtureConfig]:
+        """The submixtures, with `cap` and `rate_max` filled in from this section.
+
+        >>> MixConfig().groups()["flan2021"].cap
+        30000
+        """
+        groups = self.submixtures or {DEFAULT_SUBMIXTURE: SubmixtureConfig()}
+        return {name: g.model_copy(update={"cap": g.cap or self.cap, "rate_max": g.rate_max or self.rate_max})
+                for name, g in groups.items()}
+
+    def submixture_of(self, dataset: str) -> str | None:
+        """The submixture that holds ``dataset`` (None: no group lists it and none takes `all`).
+
+        >>> MixConfig().submixture_of("rte")
+        'flan2021'
+        """
+        groups = self.groups()
+        listed = [name for name, g in groups.items() if g.datasets != "all" and dataset in g.datasets]
+        return listed[0] if listed else next((n for n, g in groups.items() if g.datasets == "all"), None)
+
+    @property
+    def largest_cap(self) -> int:
+        """The largest cap of any submixture: the pool holds enough rows for it."""
+        return max(g.cap for g in self.groups().values())
 
 
 class TokenizerConfig(_Section):
@@ -672,6 +804,31 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _mixes_name_known_groups(self) -> Config:
+        """Every run dataset in one submixture, every listed one in the run; template-mix overrides
+        keyed by a dataset or a submixture; few-shot rows with exemplars to show."""
+        names, groups = self.dataset_names(), self.mix.groups()
+        for group, sub in groups.items():
+            missing = [] if sub.datasets == "all" else [d for d in sub.datasets if d not in names]
+            if missing:
+                raise ValueError(f"mix.submixtures.{group}.datasets: {missing} are not among the run's "
+                                 f"datasets; allowed: names in 'datasets' ({names})")
+        homeless = [d for d in names if self.mix.submixture_of(d) is None]
+        if homeless:
+            raise ValueError(f"mix.submixtures: the run's dataset(s) {homeless} are in no submixture; "
+                             "allowed: list them in one, or give one group 'datasets: all'")
+        mix = self.templatize.mix
+        unknown = [k for k in mix.overrides if k not in groups and k not in load_registry().datasets]
+        if unknown:
+            raise ValueError(f"templatize.mix.overrides: unknown key(s) {unknown}; allowed: registry "
+                             f"dataset names or submixtures ({sorted(groups)})")
+        few = [d for d in names if mix.for_dataset(d, self.mix.submixture_of(d)).few_shot]
+        if few and self.templatize.few_shot.k == 0:
+            raise ValueError(f"templatize.few_shot.k: 0, but templatize.mix renders {few} few-shot; "
+                             "allowed: k >= 1 (or fs_opt and fs_noopt 0)")
+        return self
+
+    @model_validator(mode="after")
     def _bands_fit(self) -> Config:
         near = self.dedup.near
         if near.bands is not None and near.bands > near.num_perm:
@@ -733,16 +890,23 @@ class DownloadSlice(Slice):
 
 
 class PoolSlice(Slice):
-    """pool: the rows a dataset's pool keeps."""
+    """pool: the rows a dataset's pool keeps (``cap``: the largest of any submixture's caps)."""
 
-    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "pool_factor": "dedup.pool_factor", "cap": "mix.cap"}
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "pool_factor": "dedup.pool_factor",
+                                      "cap": "mix.largest_cap"}
     seed: int
     pool_factor: float | None
     cap: int
 
+    @classmethod
+    def paths(cls) -> list[str]:
+        return ["seed", "dedup.pool_factor", "mix.cap", "mix.submixtures"]
+
 
 class TemplatizeSlice(Slice):
-    """templatize: how examples are rendered (not ``templatize.few_shot``: evaluation's)."""
+    """templatize: how one dataset's examples are rendered: its template mix (``templatize.mix``
+    resolved for the dataset and its submixture) and, only where that mix has few-shot rows,
+    ``templatize.few_shot`` (otherwise evaluation's alone, and null here)."""
 
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", "format": "templatize.format", "options": "templatize.options",
@@ -755,6 +919,20 @@ class TemplatizeSlice(Slice):
     cut_long_field: bool
     chars_per_token: float
     max_input_tokens: int | None
+    mix: PromptMix = Field(default_factory=PromptMix)
+    few_shot: FewShotConfig | None = None
+
+    @classmethod
+    def of(cls, cfg: Config, dataset: str | None = None, **overrides: Any) -> TemplatizeSlice:
+        """The slice for ``dataset`` (None: the template mix's default rates)."""
+        group = cfg.mix.submixture_of(dataset) if dataset else None
+        mix = cfg.templatize.mix.for_dataset(dataset or "", group)
+        few_shot = cfg.templatize.few_shot if mix.few_shot else None
+        return super().of(cfg, **{"mix": mix, "few_shot": few_shot, **overrides})
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        return [*cls.KEYS.values(), "templatize.mix", "mix.submixtures"]  # + few_shot, see above
 
 
 class FingerprintSlice(Slice):

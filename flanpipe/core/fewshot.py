@@ -6,6 +6,7 @@ from :class:`FewShotPool`, trimmed to a token budget by :func:`trim_prompts`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,21 +90,33 @@ class FewShotPool:
     """
 
     def __init__(self, spec: DatasetSpec, bank: DatasetTemplates, eval_raw: pa.Table, train_raw: pa.Table,
-                 cfg: FewShotConfig, seed: int):
+                 cfg: FewShotConfig, seed: int, eval_keys: np.ndarray | None = None,
+                 train_keys: np.ndarray | None = None):
         self.spec, self.bank, self.cfg, self.seed = spec, bank, cfg, seed
         self.eval_raw, self.train_raw = eval_raw, train_raw.combine_chunks()  # one chunk: takes 3x faster
-        self.eval_keys, self.train_keys = stable_keys(spec, eval_raw), stable_keys(spec, train_raw)
-        self._rings: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.eval_keys = stable_keys(spec, eval_raw) if eval_keys is None else eval_keys
+        self.train_keys = stable_keys(spec, train_raw) if train_keys is None else train_keys
+        self._orders: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}
+        self._starts: dict[int, np.ndarray] = {}
+
+    def asking(self, eval_raw: pa.Table, eval_keys: np.ndarray) -> FewShotPool:
+        """This pool's train rows (their keys and ring orders shared, not rebuilt) for other rows
+        to prompt, e.g. a batch of train rows that get few-shot prompts in templatize."""
+        other = copy.copy(self)  # shallow: the train rows, keys and ring orders are this pool's
+        other.eval_raw, other.eval_keys, other._starts = eval_raw, eval_keys, {}
+        return other
 
     def ring(self, template: Template) -> tuple[np.ndarray, np.ndarray]:
         """The train rows in ring order, and where each eval row's walk starts on it."""
-        if template.id not in self._rings:
+        if template.id not in self._orders:
             salt = derive_seed(self.seed, f"few_shot/{self.spec.name}/{template.id}")
             points = scramble(self.train_keys, salt)
             order = np.argsort(points, kind="stable")
-            starts = np.searchsorted(points[order], scramble(self.eval_keys, salt ^ 0x5EED))
-            self._rings[template.id] = order, starts
-        return self._rings[template.id]
+            self._orders[template.id] = order, points[order], salt
+        order, points, salt = self._orders[template.id]
+        if template.id not in self._starts:
+            self._starts[template.id] = np.searchsorted(points, scramble(self.eval_keys, salt ^ 0x5EED))
+        return order, self._starts[template.id]
 
     def exemplars(self, template: Template, queries: pa.Array, style: OptionsStyle) -> np.ndarray:
         """``(eval rows, k)`` train row of each exemplar, oldest first; -1 where the train split
@@ -129,13 +142,17 @@ class FewShotPool:
         return chosen
 
     def prompts(self, template: Template, style: OptionsStyle = "dash",
-                count_tokens: TokenCounter = whitespace_token_counts, queries: pa.Array | None = None
-                ) -> FewShotPrompts:
+                count_tokens: TokenCounter = whitespace_token_counts, queries: pa.Array | None = None,
+                shots: np.ndarray | None = None) -> FewShotPrompts:
         """Every eval row's input with up to ``k`` solved exemplars before it, in ``style``.
         ``queries``: the inputs to ask (default: the template's rendering of the eval rows; evaluate
-        passes them fitted to the budget). Exemplars are chosen against the rendering as it is."""
+        passes them fitted to the budget). Exemplars are chosen against the rendering as it is.
+        ``shots``: exemplars each row asks for, at most ``k`` (default ``k``): the first ones of its
+        walk."""
         rendered = render_template(self.bank, template, self.eval_raw, style).inputs
         chosen = self.exemplars(template, rendered, style)
+        if shots is not None:
+            chosen[np.arange(chosen.shape[1])[None, :] >= np.asarray(shots)[:, None]] = -1
         queries = rendered if queries is None else queries
         rows, at = np.unique(chosen[chosen >= 0], return_inverse=True)
         shown = render_template(self.bank, template, self.train_raw.take(pa.array(rows)), style)

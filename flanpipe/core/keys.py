@@ -166,6 +166,72 @@ def template_draws(keys: np.ndarray, n_templates: int, passes: int, name: str, s
     return (first[None, :] + np.arange(passes)[:, None]) % n_templates
 
 
+def uniforms(keys: np.ndarray, salt_name: str, seed: int) -> np.ndarray:
+    """A seeded draw in [0, 1) per row, a function of (seed, ``salt_name``, the row's key) only.
+
+    >>> u = uniforms(np.arange(4, dtype=np.uint64), "prompt_type/rte/0", 1)
+    >>> alone = uniforms(np.array([2], np.uint64), "prompt_type/rte/0", 1)
+    >>> bool(((0 <= u) & (u < 1)).all()), bool(u[2] == alone[0])
+    (True, True)
+    """
+    return (scramble(keys, derive_seed(seed, salt_name)) >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
+def prompt_type_draws(keys: np.ndarray, rates: tuple[float, ...], passes: int, name: str,
+                      seed: int) -> np.ndarray:
+    """``(passes, n)`` prompt type per row and pass: the index ``i`` of ``rates`` (zs_opt, zs_noopt,
+    fs_opt, fs_noopt) whose cumulative interval holds the row's draw from (seed, dataset, key, pass).
+    A rate of 1 gives every row its type; a rate of 0 none.
+
+    >>> prompt_type_draws(np.arange(6, dtype=np.uint64), (1.0, 0.0, 0.0, 0.0), 2, "rte", 1).tolist()
+    [[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]]
+    """
+    bounds = np.cumsum(rates, dtype=np.float64)
+    bounds[np.flatnonzero(np.asarray(rates) > 0)[-1]:] = np.inf  # the last type takes what rounding leaves
+    draws = [np.searchsorted(bounds, uniforms(keys, f"prompt_type/{name}/{p}", seed), side="right")
+             for p in range(passes)]
+    return np.stack(draws) if draws else np.zeros((0, len(keys)), np.int64)
+
+
+def shot_draws(keys: np.ndarray, k: int, passes: int, name: str, seed: int) -> np.ndarray:
+    """``(passes, n)`` exemplars a few-shot rendering asks for: uniform in 1..``k`` per row and
+    pass, from (seed, dataset, key, pass).
+
+    >>> d = shot_draws(np.arange(1000, dtype=np.uint64), 3, 1, "rte", 1)
+    >>> sorted(set(d[0].tolist()))
+    [1, 2, 3]
+    """
+    return np.stack([1 + (uniforms(keys, f"shots/{name}/{p}", seed) * k).astype(np.int64)
+                     for p in range(passes)]) if passes else np.zeros((0, len(keys)), np.int64)
+
+
+def template_draws_inverted(keys: np.ndarray, inverted: np.ndarray, rate: float, passes: int, name: str,
+                            seed: int) -> np.ndarray:
+    """Like :func:`template_draws`, with turned-around templates (``inverted``: a mask over the
+    templates) drawn at ``rate``: per row and pass, a seeded draw picks the turned-around group or
+    the rest, then the row's seeded first template of that group moves on by one each pass. A
+    dataset without one of the groups draws from the other.
+
+    >>> inv = np.array([False, False, True])
+    >>> d = template_draws_inverted(np.arange(4000, dtype=np.uint64), inv, 0.25, 1, "rte", 1)
+    >>> bool(abs((d[0] == 2).mean() - 0.25) < 0.03), sorted(set(d[0].tolist()))
+    (True, [0, 1, 2])
+    """
+    z = scramble(keys, derive_seed(seed, f"template/{name}"))
+    turned, plain = np.flatnonzero(inverted), np.flatnonzero(~inverted)
+    out = np.empty((passes, len(keys)), np.int64)
+    for p in range(passes):
+        use = uniforms(keys, f"inverted/{name}/{p}", seed) < rate
+        if not len(turned):
+            use[:] = False
+        elif not len(plain):
+            use[:] = True
+        for group, mask in ((turned, use), (plain, ~use)):
+            if len(group):
+                out[p, mask] = group[((z[mask] % np.uint64(len(group))).astype(np.int64) + p) % len(group)]
+    return out
+
+
 def priorities(keys: np.ndarray, name: str, seed: int) -> np.ndarray:
     """A seeded 64-bit draw per row, a function of (seed, dataset, the row's stable key) only.
 

@@ -32,8 +32,9 @@ class Plan:
         if rule == "download":
             return DownloadSlice(seed=self.cfg.seed, source=self.cfg.download.source_for(dataset)
                                  ).model_dump(mode="json")
-        if rule == "templatize" and format is not None:
-            return TemplatizeSlice.of(self.cfg, format=format).model_dump(mode="json")
+        if rule == "templatize":
+            return TemplatizeSlice.of(self.cfg, dataset=dataset, **({"format": format} if format else {})
+                                      ).model_dump(mode="json")
         return SLICES[rule].of(self.cfg).model_dump(mode="json")
 
     def dataset_names(self) -> list[str]:

@@ -21,6 +21,8 @@ TEMPLATIZED_SCHEMA = pa.schema([
     pa.field("format", pa.string()),
     pa.field("pass", pa.int32()),  # which rendering of a train example (epoch e uses e % passes); 0 on eval
     pa.field("input_cut", pa.int32()),  # characters cut from the end of the long field to fit; 0 if none
+    pa.field("prompt_type", pa.string()),  # zs_opt | zs_noopt | fs_opt | fs_noopt (templatize.mix)
+    pa.field("shots", pa.int32()),  # solved exemplars before a few-shot input; 0 for zero-shot
 ])
 
 # mix.py
@@ -49,6 +51,7 @@ MIXTURE_STATS_SCHEMA = pa.schema([
     pa.field("mixture", pa.string()),
     pa.field("dataset", pa.string()),
     pa.field("cluster", pa.string()),
+    pa.field("submixture", pa.string()),  # the dataset's group in mix.submixtures
     pa.field("rows_raw", pa.int64()),
     pa.field("rejected", pa.int64()),
     pa.field("exact_dups", pa.int64()),
@@ -68,10 +71,16 @@ MIXTURE_STATS_SCHEMA = pa.schema([
     pa.field("pool_short", pa.int64()),
     # raw rows whose source id another row of the split also has (keyed apart by their content)
     pa.field("duplicate_id_rows", pa.int64()),
+    # sampled rows per prompt type (templatize.mix)
+    pa.field("zs_opt", pa.int64()),
+    pa.field("zs_noopt", pa.int64()),
+    pa.field("fs_opt", pa.int64()),
+    pa.field("fs_noopt", pa.int64()),
 ])
 
 # mix.py
-MIXTURE_SCHEMA = TEMPLATIZED_SCHEMA.append(pa.field("epoch", pa.int32()))
+MIXTURE_SCHEMA = TEMPLATIZED_SCHEMA.append(pa.field("epoch", pa.int32())).append(
+    pa.field("submixture", pa.string()))  # the dataset's group in mix.submixtures
 
 # decontaminate.py
 NGRAM_SCHEMA = pa.schema([pa.field("hash", pa.uint64())])

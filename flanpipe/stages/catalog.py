@@ -6,7 +6,8 @@ from there): ``raw.<dataset>_train`` / ``raw.<dataset>_eval`` (each dataset in i
 mixture's shards, with a ``mixture`` column), ``mixture_rows`` (what each mixture did with every
 pool row: kept, exact or near duplicate of a named kept twin, contaminated, capped) and
 ``packed_index`` (every packed example's row, segment and token counts). Tables hold the numbers:
-``mixture_stats``, ``template_usage``,
+``mixture_stats``, ``template_usage``, ``prompt_mix`` (per mixture, submixture and dataset: rows per
+prompt type of the template mix, and their exemplars),
 ``dedup_report``, ``contamination_report``, ``packing_stats`` (per mixture: packing efficiency next to
 next-fit and pad-to-max) and ``token_stats`` (per mixture and dataset: tokens and truncations). The
 ``catalog`` rule rebuilds the file whenever an input changes; it is written to a temporary file and
@@ -32,8 +33,8 @@ STAGE_VERSION = "1"
 
 log = logging.getLogger(__name__)
 
-TABLES = ("mixture_stats", "template_usage", "dedup_report", "contamination_report", "packing_stats",
-          "token_stats")
+TABLES = ("mixture_stats", "template_usage", "prompt_mix", "dedup_report", "contamination_report",
+          "packing_stats", "token_stats")
 
 
 def _sql_path(path: str | Path) -> str:
@@ -92,6 +93,7 @@ def build_catalog(out_path: str | Path, datasets: list[str], mixtures: list[str]
                 SELECT mixture, dataset, template_id, inverted, count(*) AS rows,
                        count(DISTINCT example_id) AS examples
                 FROM mixtures GROUP BY ALL ORDER BY mixture, dataset, template_id""")
+            con.execute(PROMPT_MIX_SQL)
             con.execute("""
                 CREATE TABLE dedup_report AS
                 SELECT dataset, reason,
@@ -108,6 +110,18 @@ def build_catalog(out_path: str | Path, datasets: list[str], mixtures: list[str]
             raise RuntimeError(f"DuckDB left a write-ahead log beside {tmp}")
     log.info("catalog %s: %s", out_path, counts)
     return counts
+
+
+PROMPT_MIX_SQL = """
+    CREATE TABLE prompt_mix AS
+    SELECT mixture, submixture, dataset, prompt_type, count(*) AS rows,
+           round(count(*) / sum(count(*)) OVER (PARTITION BY mixture, dataset), 4) AS share,
+           round(avg(shots), 2) AS mean_shots, count(*) FILTER (WHERE shots = 0 AND prompt_type LIKE 'fs%')
+               AS few_shot_without_exemplars
+    FROM mixtures GROUP BY mixture, submixture, dataset, prompt_type
+    ORDER BY mixture, submixture, dataset, prompt_type"""
+"""Rows a mixture holds per submixture, dataset and prompt type (``templatize.mix``): what a run
+actually trained on. A few-shot row whose exemplars did not fit the budget shows 0 shots."""
 
 
 def _list(paths) -> str:

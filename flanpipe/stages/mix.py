@@ -3,7 +3,8 @@
 For each dataset the mixture trains on, the pool rows that are neither duplicates nor contaminated
 (for this mixture's held-out clusters) are capped at ``mix.cap`` by their seeded priority (a
 consistent sample, :func:`flanpipe.stages.dedupe.priorities`). Rates follow seqio's rule
-``rate_i = min(n_i, K) ** (1 / T)``, normalised. The mixture holds enough examples for the training
+``rate_i = min(n_i, K) ** (1 / T)``, normalised, within each submixture (``mix.submixtures``: its own
+cap and K), scaled by the submixtures' weights. The mixture holds enough examples for the training
 budget (``train.steps * train.tokens_per_batch`` over the rate-weighted mean of estimated tokens per
 example), split over datasets by largest remainder (so each count is within one of ``N * rate_i``);
 a dataset smaller than its share repeats (whole passes plus a seeded partial one) and its epochs are
@@ -28,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flanpipe.core.config import MixSlice
+from flanpipe.core.config import PROMPT_TYPES, MixSlice, SubmixtureConfig
 from flanpipe.core.io import (
     ParquetReader,
     atomic_dir,
@@ -55,7 +56,7 @@ from flanpipe.core.schemas import (
 )
 
 # 3: reads only the wanted renderings, shuffles through on-disk buckets (memory flat in the budget)
-STAGE_VERSION = "4"  # 4: stats count the rows with duplicated source ids
+STAGE_VERSION = "5"  # 5: submixtures; prompt types counted (4: rows with duplicated source ids)
 GATHER_ROWS = 8_192
 """Templatized rows read at a time."""
 log = logging.getLogger(__name__)
@@ -83,6 +84,26 @@ def mixing_rates(sizes: np.ndarray, rate_max: int, temperature: float) -> np.nda
     raw[sizes == 0] = 0.0
     total = raw.sum()
     return raw / total if total > 0 else raw
+
+
+def submixture_rates(sizes: np.ndarray, submixture: list[str], groups: dict[str, SubmixtureConfig],
+                     temperature: float) -> np.ndarray:
+    """Each dataset's rate: examples-proportional within its submixture (:func:`mixing_rates` with
+    the group's ``rate_max``), times the group's weight over the weights of the groups that have
+    examples here. One group gives :func:`mixing_rates` exactly.
+
+    >>> g = {"flan2021": SubmixtureConfig(rate_max=3000), "mine": SubmixtureConfig(rate_max=10, weight=0.25)}
+    >>> submixture_rates(np.array([100, 300, 50]), ["flan2021", "flan2021", "mine"], g, 1.0).tolist()
+    [0.2, 0.6000000000000001, 0.2]
+    """
+    rates = np.zeros(len(sizes), np.float64)
+    member = np.asarray(submixture, object)
+    present = [g for g in dict.fromkeys(submixture) if sizes[member == g].sum() > 0]
+    total = sum(groups[g].weight for g in present)
+    for g in present:
+        mine = member == g
+        rates[mine] = mixing_rates(sizes[mine], groups[g].rate_max, temperature) * (groups[g].weight / total)
+    return rates
 
 
 def apportion(total: int, rates: np.ndarray) -> np.ndarray:
@@ -185,15 +206,17 @@ FATES = tuple(f.name.lower() for f in Fate)
 """The fates' names, by value (``rows.parquet``'s ``fate`` column)."""
 
 
-def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray], cap: int) -> Fates:
+def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray],
+                    cap: int | list[int]) -> Fates:
     """Dedupe, decontaminate and cap the pool rows of one mixture's datasets together.
 
     Duplicates are resolved within the mixture: each component of duplicates (over all datasets,
     from :func:`duplicate_components`) keeps its first row among those present here, not
     contaminated and not capped away. So a row dropped as the copy of a row from a held-out dataset,
     or of a row that is contaminated or capped away in this mixture, stays. Each dataset keeps its
-    ``cap`` lowest-priority survivors; a capped row that was a component's representative hands the
-    role to the next member, which may change that member's dataset's survivors, so the two steps
+    ``cap`` lowest-priority survivors (``cap``: one for all, or one per pool, its submixture's); a
+    capped row that was a component's representative hands the role to the next member, which may
+    change that member's dataset's survivors, so the two steps
     repeat until nothing more is capped (the capped set only grows, so this ends). Contaminated rows
     are counted as contaminated whatever else they are.
     """
@@ -215,6 +238,7 @@ def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray]
     group = np.unique(np.where(member, root[at] if len(src) else keys, keys), return_inverse=True)[1]
 
     n = len(keys)
+    caps = [cap] * len(pools) if isinstance(cap, int) else list(cap)
     excluded = np.zeros(n, bool)
     while True:
         candidate = ~contaminated & ~excluded
@@ -226,7 +250,7 @@ def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray]
         kept = np.zeros(n, bool)
         for k in range(len(pools)):
             mine = reps[ds[reps] == k]
-            kept[mine[np.lexsort((row_index[mine], priority[mine]))[:cap]]] = True
+            kept[mine[np.lexsort((row_index[mine], priority[mine]))[:caps[k]]]] = True
         newly = np.zeros(n, bool)
         newly[reps] = ~kept[reps]
         if not newly.any():
@@ -362,7 +386,13 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
                           manifest)
     loaded = [_load_pool(n, f, removes) for n, f in zip(datasets, inputs, strict=True)]
     pools, matches = tuple(p for p, _ in loaded), [m for _, m in loaded]
-    fates = resolve_mixture(list(pools), duplicate_components(dropped_paths), cfg.mix.cap)
+    groups = cfg.mix.groups()
+    submixture = [cfg.mix.submixture_of(name) for name in datasets]
+    unplaced = [d for d, g in zip(datasets, submixture, strict=True) if g is None]
+    if unplaced:
+        raise ValueError(f"mixture {mixture!r}: {unplaced} are in no submixture (mix.submixtures)")
+    caps = [groups[g].cap for g in submixture]
+    fates = resolve_mixture(list(pools), duplicate_components(dropped_paths), caps)
     stats, kept_rows, passes, contamination, fate_tables = [], [], [], [], []
     for k, (name, files, pool) in enumerate(zip(datasets, inputs, pools, strict=True)):
         mine = np.flatnonzero(fates.dataset == k)
@@ -376,13 +406,14 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
                                        ["inputs", "targets"]))
         chars_in, chars_out, tokens = _estimated_tokens(first, cfg)
         outside = counts["rows_raw"] - counts["rejected"] - len(pool.row_index)
-        short = min(max(cfg.mix.cap - len(kept), 0), outside)
+        short = min(max(caps[k] - len(kept), 0), outside)
         if short:
             log.warning("%s: %d rows kept, under the cap of %d, while %d train rows lie outside the pool: "
                         "dedup and decontamination removed more than the pool's spare rows; raise "
-                        "dedup.pool_factor (now %s) to keep up to %d more", name, len(kept), cfg.mix.cap,
+                        "dedup.pool_factor (now %s) to keep up to %d more", name, len(kept), caps[k],
                         outside, cfg.pool_factor, short)
         stats.append({"mixture": mixture, "dataset": name, "cluster": registry.datasets[name].cluster,
+                      "submixture": submixture[k],
                       **counts, "mean_input_chars": chars_in, "mean_target_chars": chars_out,
                       "mean_tokens_est": tokens, "pool_short": short,
                       "duplicate_id_rows": _duplicate_id_rows(files)})
@@ -394,7 +425,7 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
         fate_tables.append(_fate_table(name, pool, fate, fates, mine, pools))
 
     sizes = np.array([s["kept"] for s in stats], np.int64)
-    rates = mixing_rates(sizes, cfg.mix.rate_max, cfg.mix.temperature)
+    rates = submixture_rates(sizes, submixture, groups, cfg.mix.temperature)
     mean_tokens = float(np.dot(rates, [s["mean_tokens_est"] for s in stats])) if sizes.any() else 0.0
     budget = cfg.steps * cfg.tokens_per_batch
     total = math.ceil(budget / mean_tokens) if mean_tokens > 0 else 0
@@ -419,7 +450,9 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
             renderings, at = _gather(inputs[k].templatized, passes[k], kept[idx], epoch)
             cut = pc.greater(renderings.column("input_cut"), 0).to_numpy(zero_copy_only=False)
             s["inputs_cut"] = int(cut[at].sum())
-            buckets.add(renderings, at, epoch, where[offsets[k]:offsets[k + 1]])
+            types = np.asarray(renderings.column("prompt_type").to_pylist(), object)[at]
+            s.update({t: int((types == t).sum()) for t in PROMPT_TYPES})
+            buckets.add(renderings, at, epoch, where[offsets[k]:offsets[k + 1]], submixture[k])
         shards = buckets.write_shards(out_dir / "shards", {"stage": "mix", "stage_version": STAGE_VERSION,
                                                            "mixture": mixture, "seed": cfg.seed})
 
@@ -433,6 +466,9 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
         "stage": "mix", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed,
         "heldout_clusters": sorted(heldout) if mixture != "all" else [],
         "decontaminated_against": sorted(heldout), "datasets": datasets,
+        "submixtures": {g: {**groups[g].model_dump(exclude={"datasets"}),
+                            "datasets": [d for d, h in zip(datasets, submixture, strict=True) if h == g]}
+                        for g in dict.fromkeys(submixture)},
         "budget_tokens": budget, "mean_tokens_est": mean_tokens, "examples": total_rows,
         "config": cfg.model_dump(),
         "shards": shards, "stats": stats,
@@ -496,15 +532,17 @@ class _Buckets:
     def __exit__(self, *exc) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def add(self, renderings: pa.Table, at: np.ndarray, epoch: np.ndarray, positions: np.ndarray) -> None:
+    def add(self, renderings: pa.Table, at: np.ndarray, epoch: np.ndarray, positions: np.ndarray,
+            submixture: str) -> None:
         """Bucket one dataset's sampled rows: row ``i`` is ``renderings`` row ``at[i]`` in epoch
-        ``epoch[i]``, and lands at ``positions[i]`` of the shuffled mixture. Written a shard's rows
+        ``epoch[i]``, and lands at ``positions[i]`` of the shuffled mixture (the dataset's group in
+        ``submixture``). Written a shard's rows
         at a time, so only the renderings and one shard's rows are in memory."""
         order = np.argsort(positions, kind="stable")
         shard = positions[order] // self.rows_per_shard
         bounds = np.flatnonzero(np.diff(shard)) + 1
         schema = pa.schema([*renderings.schema, pa.field("epoch", pa.int32()),
-                            pa.field("position", pa.int64())])
+                            pa.field("submixture", pa.string()), pa.field("position", pa.int64())])
         path, groups = self.dir / f"{len(self.files):05d}.parquet", {}
         with pq.ParquetWriter(path, schema) as writer:
             for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(shard)], strict=True):
@@ -512,6 +550,7 @@ class _Buckets:
                     mine = order[start:end]
                     rows = renderings.take(pa.array(at[mine])).append_column(
                         "epoch", pa.array(epoch[mine], pa.int32())).append_column(
+                        "submixture", pa.repeat(pa.scalar(submixture), end - start)).append_column(
                         "position", pa.array(positions[mine], pa.int64()))
                     groups[int(shard[start])] = len(groups)
                     writer.write_table(rows, row_group_size=end - start)

@@ -3,7 +3,9 @@
 Train rows are rendered once per pass (``templatize.passes``): pass ``p`` of an example uses the
 template drawn from (seed, dataset, the example's stable key, p) by :func:`template_draws`, so a
 repeated example gets a new phrasing in each epoch of the mixture and no row's template depends on
-any other row. Eval rows get every template that poses the dataset's own task (turned-around
+any other row. The template mix (``templatize.mix``) draws each rendering's prompt type the same
+way: zero-shot or few-shot (exemplars from the dataset's own pool), with or without OPTIONS. Eval
+rows get every template that poses the dataset's own task (turned-around
 templates are for training only), so evaluations can report the mean and the best template. The
 train rows are the dataset's pool (:mod:`flanpipe.stages.pool`): only rows that can pass the cap are
 rendered. Output: ``data/templatized/{dataset}.parquet`` (train rows, then eval rows, written batch
@@ -16,13 +18,15 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe.core.config import TemplatizeConfig, TemplatizeSlice
+from flanpipe.core.config import PROMPT_TYPES, TemplatizeConfig, TemplatizeSlice
+from flanpipe.core.fewshot import FewShotPool, TokenCounter
 from flanpipe.core.io import (
     ParquetReader,
     code_version,
@@ -30,6 +34,7 @@ from flanpipe.core.io import (
     parquet_stream,
     read_parquet_metadata,
     read_schema,
+    read_table,
     sha256_file,
     utc_now,
     write_json_atomic,
@@ -38,8 +43,11 @@ from flanpipe.core.keys import (
     duplicate_id_hashes,
     example_ids,
     pool_duplicate_ids,
+    prompt_type_draws,
+    shot_draws,
     stable_keys,
     template_draws,
+    template_draws_inverted,
 )
 from flanpipe.core.logs import progress
 from flanpipe.core.registry import DatasetSpec, load_registry
@@ -58,7 +66,7 @@ from flanpipe.core.templates import (
 )
 
 # 4: renders the pool (data/pool), batch by batch
-STAGE_VERSION = "4"
+STAGE_VERSION = "5"  # 5: the template mix (prompt_type, shots columns; few-shot train rows)
 BATCH_ROWS = 8_192
 """Rows rendered at a time (each ``passes`` times for train, once per template for eval)."""
 log = logging.getLogger(__name__)
@@ -72,10 +80,50 @@ def templates_for(bank: DatasetTemplates, spec: DatasetSpec, cfg: TemplatizeConf
     return bank.templates if role == "train" else bank.eval_templates
 
 
+@dataclass(frozen=True)
+class Group:
+    """Rows ``start:start + rows`` of a (reordered) raw table, rendered with one template as one
+    prompt type (an index into :data:`PROMPT_TYPES`)."""
+
+    template: Template
+    start: int
+    rows: int
+    prompt_type: int = 0
+
+
+def has_options(spec: DatasetSpec, template: Template, style: str) -> bool:
+    """Whether the template's renderings end in an OPTIONS suffix (what ``*_opt`` prompt types need).
+
+    >>> rte = load_registry().datasets["rte"]
+    >>> has_options(rte, Template(id=0, input="{premise}", target="{answer}"), "dash")
+    True
+    """
+    return spec.task.type != "generation" and not template.inverted and style != "none"
+
+
+def draw_prompts(spec: DatasetSpec, templates: tuple[Template, ...], keys: np.ndarray, cfg: TemplatizeConfig,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(passes, n)`` template index and prompt type of each train row and pass, from the row's
+    stable key: the template as :func:`template_draws` (or, with ``mix.inverted``, at that rate of
+    turned-around templates), the type by the mix's rates. A ``*_opt`` type on a template without
+    options (a generation task, a turned-around template, ``options: none``) folds into its
+    ``*_noopt`` type: the rendering is the same."""
+    mix = cfg.mix
+    if mix.inverted is None:
+        draws = template_draws(keys, len(templates), cfg.passes, spec.name, seed)
+    else:
+        draws = template_draws_inverted(keys, np.array([t.inverted for t in templates]), mix.inverted,
+                                        cfg.passes, spec.name, seed)
+    types = prompt_type_draws(keys, mix.rates(), cfg.passes, spec.name, seed)
+    optionless = np.array([not has_options(spec, t, cfg.options) for t in templates])
+    return draws, np.where(optionless[draws], types | 1, types)  # PROMPT_TYPES: odd indices are *_noopt
+
+
 def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
                      cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None,
                      field: str | None = None,
-                     duplicate_ids: np.ndarray | None = None) -> pa.Table:
+                     duplicate_ids: np.ndarray | None = None,
+                     few_shot: FewShotPool | None = None) -> pa.Table:
     """Render raw rows of one split into the output schema.
 
     Train rows are rendered ``cfg.passes`` times, each pass with the per-(example, pass) draw of
@@ -86,54 +134,92 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
     field of ``raw``; a caller rendering a split in batches passes the split's). ``duplicate_ids``:
     the split's ids held by more than one row (:func:`~flanpipe.core.keys.stable_keys`; None: those
     repeated within ``raw``, which is then the whole split).
+
+    Train rows get their prompt type from the template mix (``cfg.mix``, :func:`draw_prompts`); a
+    few-shot row's exemplars come from ``few_shot`` (the split's whole train pool, needed when the
+    mix has few-shot rows), 1 to ``k`` of them as drawn by :func:`shot_draws`. Within a pass rows
+    come out grouped by template, then prompt type. Eval rows are zero-shot, in ``cfg.options``.
     """
     templates = templates_for(bank, spec, cfg, role)
     fit = None
     if max_input_tokens is not None and cfg.cut_long_field:
         fit = (field or long_field(spec, raw), math.floor((max_input_tokens - 1) * cfg.chars_per_token))
     if role != "train":
-        return _render_groups(spec, bank, raw, role, cfg, [(t, 0, raw.num_rows) for t in templates], 0, fit,
-                              duplicate_ids)
-    draws = template_draws(stable_keys(spec, raw, duplicate_ids), len(templates), cfg.passes, spec.name,
-                           seed)
-    parts = []
-    for p, assignment in enumerate(draws):
-        grouped = raw.take(pa.array(np.argsort(assignment, kind="stable")))
-        sizes = np.bincount(assignment, minlength=len(templates))
+        groups = [Group(t, 0, raw.num_rows, 0 if has_options(spec, t, cfg.options) else 1) for t in templates]
+        return _render_groups(spec, bank, raw, role, cfg, groups, 0, fit, duplicate_ids)
+    keys = stable_keys(spec, raw, duplicate_ids)
+    draws, types = draw_prompts(spec, templates, keys, cfg, seed)
+    if few_shot is None and (types >= PROMPT_TYPES.index("fs_opt")).any():
+        raise ValueError(f"{spec.name}: templatize.mix asks for few-shot rows; pass the train pool "
+                         "(few_shot) to draw their exemplars from")
+    shots = shot_draws(keys, few_shot.cfg.k, cfg.passes, spec.name, seed) if few_shot is not None else None
+    parts, n_types = [], len(PROMPT_TYPES)
+    for p, (assignment, kind) in enumerate(zip(draws, types, strict=True)):
+        order = np.lexsort((kind, assignment))  # by template, then prompt type; raw order within
+        sizes = np.bincount(assignment * n_types + kind, minlength=len(templates) * n_types)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        groups = [(t, int(a), int(m)) for t, a, m in zip(templates, starts, sizes, strict=True)]
-        parts.append(_render_groups(spec, bank, grouped, role, cfg, groups, p, fit, duplicate_ids))
+        groups = [Group(templates[g // n_types], int(starts[g]), int(sizes[g]), g % n_types)
+                  for g in range(len(sizes))]
+        asks = None if few_shot is None else (few_shot, keys[order], shots[p][order])
+        parts.append(_render_groups(spec, bank, raw.take(pa.array(order)), role, cfg, groups, p, fit,
+                                    duplicate_ids, asks))
     return pa.concat_tables(parts)
 
 
 def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, role: str,
-                   cfg: TemplatizeConfig, groups: list[tuple[Template, int, int]], pass_: int,
+                   cfg: TemplatizeConfig, groups: list[Group], pass_: int,
                    fit: tuple[str | None, int] | None = None,
-                   duplicate_ids: np.ndarray | None = None) -> pa.Table:
-    """Render ``raw.slice(start, m)`` with each ``(template, start, m)`` group into the schema;
-    ``fit``: (long field, most input characters) for :func:`fit_long_field`."""
+                   duplicate_ids: np.ndarray | None = None,
+                   asks: tuple[FewShotPool, np.ndarray, np.ndarray] | None = None) -> pa.Table:
+    """Render each group's rows (``raw.slice(start, rows)``) into the schema; ``fit``: (long field,
+    most input characters) for :func:`fit_long_field`; ``asks``: the few-shot pool and each row's
+    key and exemplars asked for, where groups are few-shot."""
     ids = example_ids(spec, raw, role, duplicate_ids)
     row_index = raw.column("row_index").combine_chunks().cast(pa.int64())
     parts = []
-    for template, start, m in groups:
+    for group in groups:
+        template, start, m = group.template, group.start, group.rows
         if m == 0:
             continue
-        r = render_template(bank, template, raw.slice(start, m), cfg.options)
+        style = cfg.options if PROMPT_TYPES[group.prompt_type].endswith("_opt") else "none"
+        rows = raw.slice(start, m)
+        r = render_template(bank, template, rows, style)
         cut = np.zeros(m, np.int32)
         if fit is not None:
-            r, cut = fit_long_field(bank, template, raw.slice(start, m), r, *fit, cfg.options)
-        _check_not_empty(spec, template, r.inputs, "input")
+            r, cut = fit_long_field(bank, template, rows, r, *fit, style)
+        inputs, shots = r.inputs, np.zeros(m, np.int32)
+        if PROMPT_TYPES[group.prompt_type].startswith("fs_"):
+            pool, keys, asked = asks
+            found = pool.asking(rows, keys[start:start + m]).prompts(
+                template, style, estimated_tokens(cfg.chars_per_token), r.inputs, asked[start:start + m])
+            inputs, shots = pa.array(found.prompts, pa.string()), found.shots.astype(np.int32)
+        _check_not_empty(spec, template, inputs, "input")
         _check_not_empty(spec, template, r.targets, "target")
         const = {f.name: pa.repeat(pa.scalar(v, f.type), m) for f, v in zip(
             [TEMPLATIZED_SCHEMA.field(k) for k in ("dataset", "cluster", "split", "template_id", "inverted",
-                                                   "format", "pass")],
-            [spec.name, spec.cluster, role, template.id, template.inverted, cfg.format, pass_], strict=True)}
+                                                   "format", "pass", "prompt_type")],
+            [spec.name, spec.cluster, role, template.id, template.inverted, cfg.format, pass_,
+             PROMPT_TYPES[group.prompt_type]], strict=True)}
         parts.append(pa.Table.from_arrays([
-            r.inputs, r.targets, const["dataset"], const["cluster"], const["split"],
+            inputs, r.targets, const["dataset"], const["cluster"], const["split"],
             ids.slice(start, m), row_index.slice(start, m), const["template_id"], const["inverted"],
             r.options, pa.array(r.answer_index, pa.int32()), const["format"], const["pass"],
-            pa.array(cut, pa.int32())], schema=TEMPLATIZED_SCHEMA))
+            pa.array(cut, pa.int32()), const["prompt_type"], pa.array(shots, pa.int32())],
+            schema=TEMPLATIZED_SCHEMA))
     return pa.concat_tables(parts) if parts else TEMPLATIZED_SCHEMA.empty_table()
+
+
+def estimated_tokens(chars_per_token: float) -> TokenCounter:
+    """The token count few-shot training prompts are budgeted with: characters over
+    ``templatize.chars_per_token``, the estimate the long-field cut uses (no tokenizer exists yet).
+
+    >>> estimated_tokens(3.0)(["abcdefg", ""]).tolist()
+    [3, 0]
+    """
+    def count(texts: list[str]) -> np.ndarray:
+        chars = np.fromiter(map(len, texts), np.float64, len(texts))
+        return np.ceil(chars / chars_per_token).astype(np.int64)
+    return count
 
 
 def _top_level_fields(spec: DatasetSpec) -> list[str]:
@@ -150,12 +236,19 @@ def _check_not_empty(spec: DatasetSpec, template: Template, arr: pa.Array, what:
 
 
 def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out_path: str | Path,
-                       cfg: TemplatizeSlice, batch_rows: int = BATCH_ROWS) -> dict:
+                       cfg: TemplatizeSlice, batch_rows: int = BATCH_ROWS,
+                       contaminated: str | Path | None = None) -> dict:
     """Templatize a train split (the dataset's pool, ``data/pool/{dataset}.parquet``, or any raw
     train table) and an eval split into ``out_path``, plus a manifest beside it; inputs are fitted
     to ``max_input_tokens`` (estimated) by cutting their long field. Each split is read, rendered and
-    written ``batch_rows`` rows at a time, so memory holds one batch's renderings."""
+    written ``batch_rows`` rows at a time, so memory holds one batch's renderings.
+
+    ``contaminated``: the dataset's decontamination matches (``data/decontam/{dataset}.parquet``);
+    few-shot train prompts take no exemplar from a row that shares an n-gram with any held-out
+    eval set, so no mixture meets a removed text inside another row's prompt."""
     seed, max_input_tokens = cfg.seed, cfg.max_input_tokens
+    if cfg.mix.few_shot and cfg.few_shot is None:
+        raise ValueError(f"{name}: templatize.mix has few-shot rows but the slice holds no few_shot config")
     use_string_pool()
     spec = load_registry().datasets[name]
     bank = load_bank().get(name)
@@ -167,7 +260,7 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
     meta = {"stage": "templatize", "stage_version": STAGE_VERSION, "dataset": name,
             "format": cfg.format, "options": cfg.options, "passes": cfg.passes, "seed": seed,
             "max_input_tokens": max_input_tokens,
-            "templates_digest": templates_digest(name)}
+            "templates_digest": templates_digest(name), "mix": cfg.mix.model_dump()}
     counts, inputs = {}, {}
     with parquet_stream(out_path, TEMPLATIZED_SCHEMA, meta) as writer:
         for role, path in (("train", Path(train)), ("eval", Path(eval_split))):
@@ -176,17 +269,25 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
             field = long_field(spec, iter_parquet(path, batch_rows, _top_level_fields(spec))) if fitting \
                 else None
             per_template: Counter[int] = Counter()
+            per_type: Counter[str] = Counter()
             rows = cut = 0
             dups = _split_duplicate_ids(spec, path, role, batch_rows)
+            pool = _few_shot_pool(spec, bank, path, dups, cfg, contaminated) \
+                if role == "train" and cfg.mix.few_shot else None
+            if pool is not None:
+                inputs["exemplars"] = {"rows": pool.train_raw.num_rows, "contaminated_file":
+                                       None if contaminated is None else str(contaminated)}
             for raw in progress(iter_parquet(path, batch_rows), examples, f"{name}: templatize {role}"):
-                part = templatize_split(spec, bank, raw, role, cfg, seed, max_input_tokens, field, dups)
+                part = templatize_split(spec, bank, raw, role, cfg, seed, max_input_tokens, field, dups, pool)
                 writer.write(part)
                 per_template.update(part.filter(pc.equal(part.column("pass"), 0))
                                     .column("template_id").to_pylist())
+                per_type.update(part.column("prompt_type").to_pylist())
                 rows += part.num_rows
                 cut += int(pc.sum(pc.greater(part.column("input_cut"), 0)).as_py() or 0)
             counts[role] = {"rows": rows, "examples": examples, "inputs_cut": cut, "long_field": field,
-                            "per_template": {str(k): v for k, v in sorted(per_template.items())}}
+                            "per_template": {str(k): v for k, v in sorted(per_template.items())},
+                            "per_prompt_type": {t: per_type[t] for t in PROMPT_TYPES if per_type[t]}}
             log.info("%s [%s]: %d examples -> %d rows over %d templates", name, role, examples, rows,
                      len(per_template))
     manifest = {**meta, "config": cfg.model_dump(), "inputs": inputs, "outputs": counts,
@@ -194,6 +295,23 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
                 "created_at": utc_now()}
     write_json_atomic(out_path.with_suffix(".manifest.json"), manifest)
     return manifest
+
+
+def _few_shot_pool(spec: DatasetSpec, bank: DatasetTemplates, path: Path, dups: np.ndarray,
+                   cfg: TemplatizeSlice, contaminated: str | Path | None = None) -> FewShotPool:
+    """The exemplar pool of few-shot train rows: every row of the train split (the dataset's pool
+    file) but those in ``contaminated`` (decontamination matches), keyed as the rows asking are.
+    Held whole in memory (at most ``dedup.pool_factor x`` the cap rows)."""
+    train = read_table(path)
+    if contaminated is not None:
+        matched = read_table(contaminated, columns=["row_index"]).column("row_index")
+        train = train.filter(pc.invert(pc.is_in(train.column("row_index"), matched)))
+    budget = cfg.few_shot.within(cfg.max_input_tokens) if cfg.max_input_tokens else cfg.few_shot
+    if budget.max_tokens is None:
+        raise ValueError(f"{spec.name}: few-shot train rows need a token budget: "
+                         "templatize.few_shot.max_tokens or tokenize.max_input_tokens")
+    keys = stable_keys(spec, train, dups)
+    return FewShotPool(spec, bank, train.slice(0, 0), train, budget, cfg.seed, keys[:0], keys)
 
 
 def _split_duplicate_ids(spec: DatasetSpec, path: Path, role: str, batch_rows: int) -> np.ndarray:

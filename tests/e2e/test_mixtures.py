@@ -192,6 +192,11 @@ def test_catalog_tables_and_stats_command(workdir, con):
             "templatized", "dedup_dropped", "rejected", "rte_train"} <= tables
     usage = con.execute("SELECT sum(rows) FROM template_usage WHERE mixture = 'nli'").fetchone()[0]
     assert usage == con.execute("SELECT sum(sampled) FROM mixture_stats WHERE mixture = 'nli'").fetchone()[0]
+    # the default template mix: every row zero-shot, in the one submixture flan2021
+    mix = con.execute("SELECT submixture, prompt_type, sum(rows) FROM prompt_mix WHERE mixture = 'nli' "
+                      "GROUP BY ALL").fetchall()
+    assert {m for m, _, _ in mix} == {"flan2021"} and {t for _, t, _ in mix} <= {"zs_opt", "zs_noopt"}
+    assert sum(n for _, _, n in mix) == usage
     proc = subprocess.run([str(BIN / "flanpipe"), "stats", "--mixture", "nli"], cwd=workdir,
                           capture_output=True, text=True, check=True)
     lines = proc.stdout.splitlines()

@@ -155,6 +155,23 @@ def test_summary_lists_every_dataset(workdir):
     assert all(" - " not in line for line in lines)
 
 
+def test_few_shot_templatize_waits_for_its_decontamination(tmp_path):
+    """A dataset whose template mix has few-shot rows (SST-2, in submixture `mine`) is templatized
+    after its decontamination matches exist, so no exemplar is a contaminated row; the others are
+    templatized as before, without that input."""
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cfg["templatize"]["mix"] = {"overrides": {"mine": {"zs_opt": 0.5, "fs_opt": 0.5}}}
+    cfg["mix"]["submixtures"] = {"flan2021": {}, "mine": {"datasets": ["sst2"], "weight": 0.5}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    text = run_snakemake(tmp_path, "all", "-n", config_file=config).stdout
+    blocks = {re.search(r"wildcards: dataset=(\w+)", b).group(1): b
+              for b in re.split(r"^(?=rule \w+:)", text, flags=re.M) if b.startswith("rule templatize:")}
+    assert set(blocks) == set(embedded_datasets())
+    assert "data/decontam/sst2.parquet" in blocks["sst2"]
+    assert not any("data/decontam/" in b for name, b in blocks.items() if name != "sst2")
+
+
 def _config_with_tokenizer(tmp_path, **tokenizer):
     cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
     cfg["tokenize"]["tokenizer"].update(tokenizer)

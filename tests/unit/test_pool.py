@@ -89,16 +89,18 @@ def test_a_split_out_of_row_order_writes_no_pool(tmp_path):
 
 
 def build(tmp_path, tables: dict[str, pa.Table], cap: int, pool_factor: float | None,
-          rows_per_shard: int = 300) -> tuple:
+          rows_per_shard: int = 300, extra: dict | None = None) -> tuple:
     """Download (local files), pool, templatize, fingerprint, dedupe, decontaminate and mix
     ``tables`` (train rows per dataset; the first 20 also serve as eval rows) with the real stage
-    functions. Returns the `all` mixture's directory and its inputs."""
+    functions. Returns the `all` mixture's directory and its inputs. ``extra``: more config
+    (its `mix` section joins the one built here)."""
     names = list(tables)
+    extra = dict(extra or {})
     cfg = parse_config({"datasets": names, "heldout_clusters": [], "seed": 1,
                         "download": {"default_source": "hub"},  # not read: downloaded below
                         "dedup": {"pool_factor": pool_factor},
-                        "mix": {"cap": cap, "rows_per_shard": rows_per_shard},
-                        "train": {"steps": 40, "tokens_per_batch": 2048}})
+                        "mix": {"cap": cap, "rows_per_shard": rows_per_shard, **extra.pop("mix", {})},
+                        "train": {"steps": 40, "tokens_per_batch": 2048}, **extra})
     inputs = []
     for name, table in tables.items():
         spec = REG.datasets[name]
@@ -112,7 +114,7 @@ def build(tmp_path, tables: dict[str, pa.Table], cap: int, pool_factor: float | 
         pool = tmp_path / "pool" / f"{name}.parquet"
         write_pool(name, raw / "train.parquet", pool, PoolSlice.of(cfg), batch_rows=97)
         templatize_dataset(name, pool, raw / "eval.parquet", tmp_path / "tmpl" / f"{name}.parquet",
-                           TemplatizeSlice.of(cfg, max_input_tokens=None), batch_rows=50)
+                           TemplatizeSlice.of(cfg, dataset=name, max_input_tokens=None), batch_rows=50)
         fingerprint_dataset(name, pool, raw / "eval.parquet", tmp_path / "fp" / f"{name}.parquet",
                             tmp_path / "ng" / f"{name}.parquet", FingerprintSlice.of(cfg))
         decontaminate_dataset(name, pool, tmp_path / "fp" / f"{name}.parquet", {},

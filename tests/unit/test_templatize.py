@@ -23,7 +23,7 @@ REG = load_registry()
 def sliced(cfg: TemplatizeConfig, seed: int, max_input_tokens: int | None = None) -> TemplatizeSlice:
     """The templatize stage's slice: ``cfg``'s rendering keys, a seed and an input budget (none: no cut)."""
     return TemplatizeSlice(seed=seed, max_input_tokens=max_input_tokens,
-                           **cfg.model_dump(exclude={"few_shot"}))
+                           **cfg.model_dump(exclude={"few_shot", "mix"}))
 
 
 def splits(raw_dir):
