@@ -561,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; the paper sampled at 0.9")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (the paper: 40)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=["eos", "text", "continuation"],
+    p.add_argument("--layout", choices=["eos", "text", "chat", "continuation"],
                    help="prompt in this layout (default: the model's training format, or continuation)")
     p.set_defaults(func=cmd_generate)
 
@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contamination", help="the model's mixture's contamination.parquet")
     p.add_argument("--out", required=True, help="the result JSON")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--layout", choices=["eos", "text", "continuation"],
+    p.add_argument("--layout", choices=["eos", "text", "chat", "continuation"],
                    help="score in this layout (default: the one flanpipe trained the model in, or, for a "
                         "model flanpipe did not train, continuation: lm-eval's)")
     p.set_defaults(func=cmd_evaluate)

@@ -305,11 +305,14 @@ class TokenizeConfig(_Section):
     """`decoder_only`: rows of `max_input_tokens + max_target_tokens` tokens, each holding several
     `inputs EOS targets EOS` examples; `encoder_decoder`: inputs and targets packed into paired rows
     of `max_input_tokens` and `max_target_tokens`."""
-    format: Literal["auto", "eos", "text"] = "auto"
+    format: Literal["auto", "eos", "text", "chat"] = "auto"
     """How a decoder-only example's input meets its target (`flanpipe.core.layout`): `eos`, the
     paper's `[BOS] input EOS target EOS`; `text`, `[BOS] input`, the `separator`, then `target EOS`,
-    with no EOS between (an EOS mid-example ends the document a pretrained decoder knows); `auto`:
-    `text` for `train.model.source: pretrained`, `eos` for a model trained from scratch (see
+    with no EOS between (an EOS mid-example ends the document a pretrained decoder knows); `chat`,
+    the tokenizer's own chat template with the input as the user turn and the target as the
+    assistant turn, loss on the assistant turn only (`flanpipe.core.chat`; instruct checkpoints
+    only, and no `add_bos`: the template places its own); `auto`: `text` for
+    `train.model.source: pretrained`, `eos` for a model trained from scratch (see
     docs/experiments.md for the measurement behind it). Encoder-decoder rows are always `eos`."""
     separator: str = "\n"
     """`format: text`: the text between input and target, encoded on its own (a newline: with a
@@ -331,9 +334,15 @@ class TokenizeConfig(_Section):
         if self.layout == "encoder_decoder" and self.format == "text":
             raise ValueError("tokenize.format: text needs tokenize.layout: decoder_only (an encoder-decoder's"
                              " input and target are apart already); allowed with encoder_decoder: eos, auto")
+        if self.layout == "encoder_decoder" and self.format == "chat":
+            raise ValueError("tokenize.format: chat needs tokenize.layout: decoder_only (a chat template "
+                             "renders one sequence of turns); allowed with encoder_decoder: eos, auto")
+        if self.format == "chat" and self.add_bos:
+            raise ValueError("tokenize.add_bos: true with tokenize.format: chat; the chat template places "
+                             "its own BOS where the model wants one; allowed with chat: null or false")
         return self
 
-    def format_for(self, source: str) -> Literal["eos", "text"]:
+    def format_for(self, source: str) -> Literal["eos", "text", "chat"]:
         """The format the packer writes for a model of ``train.model.source`` ``source`` (``auto``
         resolved).
 
@@ -644,6 +653,15 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _chat_needs_checkpoint(self) -> Config:
+        if self.tokenize.format == "chat" and self.train.model.source != "pretrained":
+            raise ValueError(
+                "tokenize.format: chat renders examples through a pretrained checkpoint's chat template, "
+                "and train.model.source 'config' trains a model from scratch on flanpipe's own "
+                "SentencePiece tokenizer, which has none; allowed with source 'config': eos, text, auto")
+        return self
+
+    @model_validator(mode="after")
     def _layout_follows_model(self) -> Config:
         spec, layout = self.train.model, self.tokenize.layout
         if spec.source == "config":
@@ -833,7 +851,7 @@ class PackSlice(_FormatResolved):
     max_target_tokens: int
     truncate_inputs: Literal["right", "left"]
     layout: Literal["decoder_only", "encoder_decoder"]
-    format: Literal["eos", "text"]
+    format: Literal["eos", "text", "chat"]
     """``tokenize.format`` resolved for ``train.model.source`` (see :meth:`TokenizeConfig.format_for`)."""
     separator: str
     packer: Literal["best_fit", "next_fit", "none"]
@@ -881,7 +899,7 @@ class EvaluateSlice(_FormatResolved):
     max_target_tokens: int
     truncate_inputs: Literal["right", "left"]
     separator: str = "\n"
-    format: Literal["eos", "text"] = "eos"
+    format: Literal["eos", "text", "chat"] = "eos"
     """The run's training format (``tokenize.format`` resolved): the layout a model is scored in
     beside its own (``evaluate.cross_layouts``), and a ``text`` override's separator."""
 
