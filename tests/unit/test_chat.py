@@ -272,3 +272,44 @@ def test_a_model_trained_in_chat_is_scored_in_chat(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "flanpipe.json").write_text(json.dumps({"layout": "chat", "separator": None}))
     assert model_layout(tmp_path) == ("chat", "trained", None)
+
+
+def test_evaluate_scores_the_instruct_base_in_chat_beside_continuation(smollm2_dir, peer, tmp_path):
+    """``evaluate_dataset`` on SmolLM2-Instruct (RTE, 3 examples, one template) in a chat run: the
+    base is scored in its own ``continuation`` layout and in the run's ``chat`` beside it (the fair
+    evaluation's pair). Its chat scores per example are those of argmax of ``transformers``' own
+    log-likelihood of each option's assistant turn after ``apply_chat_template``'s prompt."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from flanpipe.core.templates import load_bank, render_template
+    from flanpipe.stages.download import download_dataset
+    from flanpipe.stages.evaluate import eval_sample, evaluate_dataset
+
+    cfg = parse_config({"train": {"model": {"source": "pretrained", "path": str(smollm2_dir)}},
+                        "tokenize": {"format": "chat"}, "evaluate": {"max_examples": 3, "max_templates": 1}})
+    raw = tmp_path / "raw/rte"
+    download_dataset("rte", cfg.download.source_for("rte"), raw, cfg.seed)
+    base = evaluate_dataset("rte", smollm2_dir, raw, tmp_path / "base.json", EvaluateSlice.of(cfg),
+                            few_shot=False, model_name="base")
+    assert (base["layout"], list(base["by_layout"])) == ("continuation", ["continuation", "chat"])
+
+    model = AutoModelForCausalLM.from_pretrained(str(smollm2_dir), local_files_only=True,
+                                                 dtype=torch.float32).eval()
+    bank = load_bank()["rte"]
+    table = eval_sample(pq.read_table(raw / "eval.parquet"), 3, cfg.seed, "rte")
+    rendered = render_template(bank, bank.eval_templates[0], table, cfg.templatize.options)
+    right = []
+    for prompt, options, gold in zip(rendered.inputs.to_pylist(), rendered.options.to_pylist(),
+                                     rendered.answer_index, strict=True):
+        n = len(peer_tokens(peer, prompt))
+        scores = []
+        for option in options:
+            ids = torch.tensor([peer_tokens(peer, prompt, option)])
+            with torch.no_grad():
+                logp = model(input_ids=ids).logits.log_softmax(-1)[0, n - 1:-1]
+            scores.append(float(logp.gather(-1, ids[0, n:, None]).sum()))
+        right.append(100.0 * (np.argmax(scores) == gold))
+    assert base["headline_variant"] == "with_options/sum"
+    assert base["by_layout"]["chat"]["example_scores"] == [right]
