@@ -20,6 +20,14 @@ rendered per row instead). The whole strings are then tokenized in batch, so tok
 the spec's; the reply is split off at the prompt's token count where the prompt's own tokens are a
 prefix of the whole (a reply starting with whitespace can merge into the generation prompt's last
 token: such rows take the reply's own tokens and are counted as ``merged``).
+
+The prompt's own tokens cost no second encoding of the (long) prompt where the template's text
+after the user's content starts with an added token that takes no whitespace from its left
+(``<|im_end|>``, ``<|eot_id|>``): ``tokenizers`` splits a text at its added tokens before anything
+else, so the tokens before that token are the same in the prompt and in the whole conversation,
+and the whole's tokens from that token on are those of the (short) text from it to the end. Rows
+are checked against that (``whole[m:] == tokens(tail + reply)``) and any that fail take the
+general path.
 """
 
 from __future__ import annotations
@@ -129,6 +137,7 @@ class ChatTemplate:
         self.head_ids = tokenizer.encode(self.head)
         self.tail_ids = tokenizer.encode(self.tail)
         self.end_ids = tokenizer.encode(self.reply_end)
+        self.split_at_tail = self.verbatim and self._tail_starts_with_added_token()
 
     def render_one(self, user: str, reply: str | None = None) -> str:
         """The template's rendering of one example: the prompt (user turn and generation prompt),
@@ -155,11 +164,44 @@ class ChatTemplate:
             return [head + u + tail for u in users]
         return [head + u + tail + reply_head + r + end for u, r in zip(users, replies, strict=True)]
 
+    def _tail_starts_with_added_token(self) -> bool:
+        """Whether the prompt's text after the user's content starts with an added token that
+        ``tokenizers`` splits on before anything else and that takes no whitespace from its left."""
+        rust = getattr(self.tokenizer, "rust", None)
+        if rust is None or not self.tail_ids:
+            return False
+        token = rust.get_added_tokens_decoder().get(self.tail_ids[0])
+        return (token is not None and self.tail.startswith(token.content) and not token.lstrip
+                and not token.single_word and (token.special or not token.normalized))
+
     def encode(self, users: list[str], replies: list[str], threads: int = 1) -> ChatTokens:
         """Each row's prompt tokens and reply tokens (see the module docstring)."""
-        prompts = self.tokenizer.encode_batch(self.render(users), threads)
         whole = self.tokenizer.encode_batch(self.render(users, replies), threads)
-        merged = np.zeros(len(users), bool)
+        if not self.split_at_tail:
+            return self._split(whole, self.tokenizer.encode_batch(self.render(users), threads), replies,
+                               threads)
+        tail = np.asarray(self.tail_ids, np.int32)
+        after = self.tail + self.reply_head
+        rest = self.tokenizer.encode_batch([after + r + self.reply_end for r in replies], threads)
+        prompts: list[np.ndarray | None] = []
+        for w, s in zip(whole, rest, strict=True):
+            m = len(w) - len(s)
+            ok = m >= 0 and np.array_equal(w[m:], s)
+            prompts.append(np.concatenate([w[:m], tail]) if ok else None)
+        failed = [i for i, p in enumerate(prompts) if p is None]
+        if failed:  # not expected (see the module docstring): these rows take the general path
+            log.warning("%d rows did not split at the chat template's added token; encoding their prompts",
+                        len(failed))
+            for i, p in zip(failed, self.tokenizer.encode_batch(self.render([users[i] for i in failed]),
+                                                                threads), strict=True):
+                prompts[i] = p
+        return self._split(whole, prompts, replies, threads)
+
+    def _split(self, whole: list[np.ndarray], prompts: list[np.ndarray], replies: list[str],
+               threads: int) -> ChatTokens:
+        """The reply as the whole's tokens after the prompt's, where the prompt's are a prefix of
+        the whole's; elsewhere the reply's own tokens (counted in ``merged``)."""
+        merged = np.zeros(len(whole), bool)
         out = []
         for i, (p, w) in enumerate(zip(prompts, whole, strict=True)):
             n = len(p)
@@ -222,13 +264,13 @@ class ChatTemplate:
 
     def describe(self, merged: int = 0) -> dict:
         """What a manifest records: the template's hash and wrapper texts, whether rows render by
-        concatenation, and the rows whose reply took its own tokens."""
+        concatenation and split at the added token, and the rows whose reply took its own tokens."""
         import hashlib
 
         return {"template_sha256": hashlib.sha256(self.template.encode()).hexdigest(),
                 "prompt_head": self.head, "prompt_tail": self.tail, "reply_head": self.reply_head,
                 "reply_end": self.reply_end, "end_ids": self.end_ids, "verbatim": self.verbatim,
-                "replies_merged": merged}
+                "split_at_tail": self.split_at_tail, "replies_merged": merged}
 
     @property
     def stop_id(self) -> int | None:

@@ -104,6 +104,7 @@ def test_packed_rows_are_apply_chat_template_with_the_loss_on_the_assistant_turn
     assert manifest["packing"]["truncated_inputs"] == manifest["packing"]["truncated_targets"] == 0
     assert manifest["format"] == "chat" and manifest["tokenizer"]["bos_added"] is False
     assert manifest["chat"]["verbatim"] is True and manifest["chat"]["replies_merged"] == 0
+    assert manifest["chat"]["split_at_tail"] is True  # the prompts' tokens taken from the whole's
 
     expected = []
     conversations = [[{"role": "user", "content": u}, {"role": "assistant", "content": r}]
@@ -218,7 +219,8 @@ def test_a_template_that_trims_content_is_rendered_per_row_as_apply_chat_templat
                 "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     folder = template_folder(smollm2_dir, tmp_path, template)
     chat = ChatTemplate(load_tokenizer(folder), template)
-    assert chat.verbatim is False and chat.head.startswith("<|im_start|><|im_start|>user")
+    assert chat.verbatim is chat.split_at_tail is False
+    assert chat.head.startswith("<|im_start|><|im_start|>user")
     peer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     users, replies = ["  padded question \n", "plain"], [" spaced answer ", "x"]
     got = chat.encode(users, replies)
