@@ -315,3 +315,34 @@ def test_evaluate_scores_the_instruct_base_in_chat_beside_continuation(smollm2_d
         right.append(100.0 * (np.argmax(scores) == gold))
     assert base["headline_variant"] == "with_options/sum"
     assert base["by_layout"]["chat"]["example_scores"] == [right]
+
+
+def test_the_trainer_loss_is_transformers_loss_on_the_assistant_tokens(smollm2_dir, peer, rows, tmp_path):
+    """Three FLAN examples packed in chat: the training wrapper's per-token losses sum
+    to what ``transformers`` computes on each ``apply_chat_template`` conversation alone with every
+    token before the assistant turn labelled -100, over the same number of tokens."""
+    import torch
+
+    from flanpipe.core.checkpoint import load_checkpoint
+    from flanpipe.core.model import PackedCausalLM
+    from flanpipe.stages.train import to_batch
+
+    picks = [5, 400, 900]
+    users, replies = [rows[0][i][:200] for i in picks], [rows[1][i][:100] for i in picks]
+    shards = write_mixture(tmp_path / "mix", users, replies)
+    manifest, packed = pack_chat(smollm2_dir, shards, tmp_path / "p", li=128, lt=64)
+    assert manifest["packing"]["truncated_inputs"] == manifest["packing"]["truncated_targets"] == 0
+    model, _ = load_checkpoint(smollm2_dir)
+    with torch.no_grad():
+        ours = PackedCausalLM(model)(**to_batch(packed.take(np.arange(len(packed))), torch.device("cpu")))
+    total, count = 0.0, 0
+    for user, reply in zip(users, replies, strict=True):
+        ids = torch.tensor([peer_tokens(peer, user, reply)])
+        labels = ids.clone()
+        labels[0, :len(peer_tokens(peer, user))] = -100
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss
+        n = int((labels[0, 1:] != -100).sum())
+        total, count = total + float(loss) * n, count + n
+    assert len(ours) == count
+    assert float(ours.sum()) == pytest.approx(total, rel=1e-4)
