@@ -48,6 +48,8 @@ SENTINELS = ("\x00FLANPIPE_USER\x00", "\x00FLANPIPE_ASSISTANT\x00")
 PROBES = ((" \n Probe user text, with spaces.\n\n", "\n  Probe reply \n"),
           ("x", "y"), ("", ""))
 """Contents a verbatim template must render unchanged (leading and trailing whitespace included)."""
+SPOT_CHECKS = 8
+"""Rows of each rendered batch compared with the template's own Jinja rendering."""
 
 
 class ChatTemplateError(ValueError):
@@ -137,7 +139,12 @@ class ChatTemplate:
         self.head_ids = tokenizer.encode(self.head)
         self.tail_ids = tokenizer.encode(self.tail)
         self.end_ids = tokenizer.encode(self.reply_end)
-        self.split_at_tail = self.verbatim and self._tail_starts_with_added_token()
+        self._added_tail = self._tail_starts_with_added_token()
+
+    @property
+    def split_at_tail(self) -> bool:
+        """Whether :meth:`encode` takes the prompt's tokens from the whole conversation's."""
+        return self.verbatim and self._added_tail
 
     def render_one(self, user: str, reply: str | None = None) -> str:
         """The template's rendering of one example: the prompt (user turn and generation prompt),
@@ -154,7 +161,22 @@ class ChatTemplate:
                                     f"assistant turn ({err}); allowed with it: eos, text") from None
 
     def render(self, users: list[str], replies: list[str] | None = None) -> list[str]:
-        """:meth:`render_one` for every row, by concatenation where the template is verbatim."""
+        """:meth:`render_one` for every row, by concatenation where the template is verbatim.
+
+        Every batch's rendering is spot-checked against Jinja on :data:`SPOT_CHECKS` rows; a
+        mismatch (a template that rewrites some contents only) turns concatenation off."""
+        if self.verbatim:
+            rows = np.unique(np.linspace(0, len(users) - 1, min(len(users), SPOT_CHECKS)).astype(int))
+            for i in rows:
+                reply = None if replies is None else replies[i]
+                joined = self.head + users[i] + self.tail + (
+                    "" if reply is None else self.reply_head + reply + self.reply_end)
+                if joined != self.render_one(users[i], reply):
+                    log.warning("the chat template of %s renders row %d of a batch otherwise than its "
+                                "wrapper: rendering it once per example from now on (slower)",
+                                self.tokenizer.path.parent, i)
+                    self.verbatim = False
+                    break
         if not self.verbatim:
             if replies is None:
                 return [self.render_one(u) for u in users]

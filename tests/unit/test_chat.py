@@ -346,3 +346,21 @@ def test_the_trainer_loss_is_transformers_loss_on_the_assistant_tokens(smollm2_d
         total, count = total + float(loss) * n, count + n
     assert len(ours) == count
     assert float(ours.sum()) == pytest.approx(total, rel=1e-4)
+
+
+def test_a_template_that_rewrites_some_contents_only_is_caught_by_the_spot_check(smollm2_dir, tmp_path):
+    """A template that rewrites only contents holding ``</think>`` (as Qwen3's does) passes the
+    probes; the batch's spot check against Jinja finds the row and renders per row from then on."""
+    from transformers import AutoTokenizer
+
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'].split('</think>')[-1] }}"
+                "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    folder = template_folder(smollm2_dir, tmp_path, template)
+    chat = ChatTemplate(load_tokenizer(folder), template)
+    assert chat.verbatim is True
+    users, replies = ["a question", "hidden</think>shown"], ["an answer", "reply"]
+    got = chat.encode(users, replies)
+    assert chat.verbatim is False
+    peer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    for u, r, p, a in zip(users, replies, got.prompts, got.replies, strict=True):
+        assert p.tolist() + a.tolist() == peer_tokens(peer, u, r) and p.tolist() == peer_tokens(peer, u)
