@@ -654,11 +654,19 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _chat_needs_checkpoint(self) -> Config:
-        if self.tokenize.format == "chat" and self.train.model.source != "pretrained":
+        if self.tokenize.format != "chat":
+            return self
+        spec = self.train.model
+        if spec.source != "pretrained":
             raise ValueError(
                 "tokenize.format: chat renders examples through a pretrained checkpoint's chat template, "
                 "and train.model.source 'config' trains a model from scratch on flanpipe's own "
                 "SentencePiece tokenizer, which has none; allowed with source 'config': eos, text, auto")
+        if _checkpoint_has_chat_template(spec.path) is False:
+            raise ValueError(
+                f"tokenize.format: chat, but the checkpoint train.model.path ({spec.path}) has no chat "
+                "template (no chat_template.jinja, chat_template.json or tokenizer_config.json "
+                "chat_template): a base checkpoint; allowed with it: eos, text, auto")
         return self
 
     @model_validator(mode="after")
@@ -935,6 +943,22 @@ def _checkpoint_is_encoder_decoder(folder: str) -> bool | None:
     except (OSError, ValueError):
         return None
     return bool(raw.get("is_encoder_decoder", False))
+
+
+def _checkpoint_has_chat_template(folder: str) -> bool | None:
+    """Whether the checkpoint folder's tokenizer has a chat template (the files
+    :func:`flanpipe.core.chat.read_chat_template` reads); None where the folder has no
+    ``config.json`` yet (the train stage names it)."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        return None
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    try:
+        raw = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(raw.get("chat_template"))
 
 
 def _inside(path: str, folder: str) -> bool:

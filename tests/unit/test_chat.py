@@ -178,6 +178,10 @@ def template_folder(smollm2_dir, tmp_path, template: str | None):
 
 def test_a_tokenizer_without_a_chat_template_is_refused(smollm2_dir, tmp_path):
     folder = template_folder(smollm2_dir, tmp_path, None)
+    shutil.copyfile(smollm2_dir / "config.json", folder / "config.json")
+    with pytest.raises(ConfigError, match=r"tokenize.format: chat, but the checkpoint .* has no chat"):
+        parse_config({"train": {"model": {"source": "pretrained", "path": str(folder)}},
+                      "tokenize": {"format": "chat"}})
     shards = write_mixture(tmp_path / "mix", ["a question"], ["an answer"])
     cfg = parse_config({"train": {"model": {"source": "pretrained", "path": str(smollm2_dir)}},
                         "tokenize": {"format": "chat"}})
