@@ -11,10 +11,12 @@ Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
 
 - ``decoder_only``: rows of ``Li + Lt`` tokens holding whole examples ``[BOS] inputs SEP targets EOS``,
   ``SEP`` being EOS (``tokenize.format: eos``, the paper's) or the separator's tokens (``text``;
-  :mod:`flanpipe.core.layout` owns the formats); ``segment_ids`` number the examples of a row from 1
-  (0 is padding), ``positions`` restart at 0 for
-  each example, and ``loss_mask`` is 1 on target tokens (their EOS included). The model predicts
-  token ``t`` from tokens before it in the same segment, and the loss counts where ``loss_mask[t]``.
+  :mod:`flanpipe.core.layout` owns the formats), or with ``chat`` the tokenizer's chat template's
+  prompt then its assistant turn (:mod:`flanpipe.core.chat`: the template places every special
+  token, and the assistant turn, end of turn included, is the target); ``segment_ids`` number
+  the examples of a row from 1 (0 is padding), ``positions`` restart at 0 for each example, and
+  ``loss_mask`` is 1 on target tokens (their EOS included). The model predicts token ``t`` from
+  tokens before it in the same segment, and the loss counts where ``loss_mask[t]``.
 - ``encoder_decoder``: paired rows, ``inputs`` of ``Li`` tokens and ``targets`` of ``Lt``, each
   with its own ``*_segment_ids`` and ``*_positions``; segment ``s`` of a row's inputs belongs to
   segment ``s`` of its targets, and ``loss_mask`` marks the target tokens.
