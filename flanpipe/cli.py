@@ -16,6 +16,7 @@
     flanpipe bench fewshot [--rows 392702] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
     flanpipe bench layouts --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
     flanpipe bench precision --model DIR [--rows 80] [--threads 2]
+    flanpipe bench chat --model DIR [--rows 20000] [--threads 2]
     flanpipe bench eval [--rows 96] [--threads 2] [--architecture llama|t5]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
@@ -307,6 +308,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.model, args.data, datasets, rows=args.rows or 50, peer_templates=args.peer_templates or 3,
             threads=args.threads))
         return 0
+    if args.what == "chat":
+        from flanpipe.bench import chat as bench_chat
+
+        if not args.model:
+            raise SystemExit("bench chat needs --model (an instruct checkpoint folder with a chat template)")
+        bench_chat.print_chat(bench_chat.bench_chat(args.model, args.rows or 20_000, args.threads))
+        return 0
     if args.what == "precision":
         from flanpipe.bench import precision as bench_precision
 
@@ -480,9 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
     p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale", "fewshot",
-                                     "download", "layouts", "precision"])
+                                     "download", "layouts", "precision", "chat"])
     p.add_argument("--model", default=None,
-                   help="layouts, precision: a pretrained checkpoint folder (flanpipe smollm2)")
+                   help="layouts, precision, chat: a pretrained checkpoint folder (flanpipe smollm2)")
     p.add_argument("--data", default=None, help="layouts: a folder with one folder per dataset, hub schema")
     p.add_argument("--rows", type=int, default=None,
                    help="rows (default: 1M templatize and dedup, 100k pack, 200k download; eval: 96 prompts; "
@@ -561,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; the paper sampled at 0.9")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (the paper: 40)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=["eos", "text", "continuation"],
+    p.add_argument("--layout", choices=["eos", "text", "chat", "continuation"],
                    help="prompt in this layout (default: the model's training format, or continuation)")
     p.set_defaults(func=cmd_generate)
 
@@ -575,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contamination", help="the model's mixture's contamination.parquet")
     p.add_argument("--out", required=True, help="the result JSON")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--layout", choices=["eos", "text", "continuation"],
+    p.add_argument("--layout", choices=["eos", "text", "chat", "continuation"],
                    help="score in this layout (default: the one flanpipe trained the model in, or, for a "
                         "model flanpipe did not train, continuation: lm-eval's)")
     p.set_defaults(func=cmd_evaluate)

@@ -52,8 +52,8 @@ def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
     for size in (size_in[keep] - 1, size_tg[keep] - 1):  # random tokens before each EOS
         starts = np.concatenate([[0], np.cumsum(size)[:-1]])
         sides += [rng.integers(4, VOCAB, int(size.sum())), starts, size, size]
-    binpack.fill_decoder_only(tokens["tokens"], bins[keep], off[keep], *sides, np.array([1], np.int32), 1,
-                              False)
+    binpack.fill_decoder_only(tokens["tokens"], bins[keep], off[keep], *sides, np.array([1], np.int32),
+                              np.array([1], np.int32), False)
     (out / "shards").mkdir(parents=True)
     writer = ShardWriter(out / "shards", tokens.dtype, len(tokens))
     writer.add(packed_rows(tokens, bins[keep], seg[keep], size_in[keep], size_tg[keep]))

@@ -275,11 +275,13 @@ def _copy_tokens(dst, r, o, ids, start, full, keep, left):
 
 @nb.njit(cache=True)
 def fill_decoder_only(tokens, row, off, in_ids, in_starts, in_full, in_keep, tg_ids, tg_starts, tg_full,
-                      tg_keep, separator, eos, left):
-    """Write each example as ``inputs SEP targets EOS`` at (row, off), ``SEP`` the ``separator``
-    tokens (EOS alone in the ``eos`` format). Only the tokens: segment ids, positions and the loss
-    mask follow from the examples' lengths (:func:`flanpipe.core.shards.spans`)."""
+                      tg_keep, separator, end, left):
+    """Write each example as ``inputs SEP targets END`` at (row, off), ``SEP`` the ``separator``
+    tokens (EOS alone in the ``eos`` format, none in ``chat``) and ``END`` the ``end`` tokens (EOS;
+    none in ``chat``, whose targets hold their end of turn). Only the tokens: segment ids, positions
+    and the loss mask follow from the examples' lengths (:func:`flanpipe.core.shards.spans`)."""
     k = separator.shape[0]
+    e = end.shape[0]
     for i in range(row.shape[0]):
         r = row[i]
         o = off[i]
@@ -289,7 +291,8 @@ def fill_decoder_only(tokens, row, off, in_ids, in_starts, in_full, in_keep, tg_
         for j in range(k):
             tokens[r, o + li + j] = separator[j]
         _copy_tokens(tokens, r, o + li + k, tg_ids, tg_starts[i], tg_full[i], lt, False)
-        tokens[r, o + li + k + lt] = eos
+        for j in range(e):
+            tokens[r, o + li + k + lt + j] = end[j]
 
 
 @nb.njit(cache=True)

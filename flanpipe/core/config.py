@@ -437,11 +437,14 @@ class TokenizeConfig(_Section):
     """`decoder_only`: rows of `max_input_tokens + max_target_tokens` tokens, each holding several
     `inputs EOS targets EOS` examples; `encoder_decoder`: inputs and targets packed into paired rows
     of `max_input_tokens` and `max_target_tokens`."""
-    format: Literal["auto", "eos", "text"] = "auto"
+    format: Literal["auto", "eos", "text", "chat"] = "auto"
     """How a decoder-only example's input meets its target (`flanpipe.core.layout`): `eos`, the
     paper's `[BOS] input EOS target EOS`; `text`, `[BOS] input`, the `separator`, then `target EOS`,
-    with no EOS between (an EOS mid-example ends the document a pretrained decoder knows); `auto`:
-    `text` for `train.model.source: pretrained`, `eos` for a model trained from scratch (see
+    with no EOS between (an EOS mid-example ends the document a pretrained decoder knows); `chat`,
+    the tokenizer's own chat template with the input as the user turn and the target as the
+    assistant turn, loss on the assistant turn only (`flanpipe.core.chat`; instruct checkpoints
+    only, and no `add_bos`: the template places its own); `auto`: `text` for
+    `train.model.source: pretrained`, `eos` for a model trained from scratch (see
     docs/experiments.md for the measurement behind it). Encoder-decoder rows are always `eos`."""
     separator: str = "\n"
     """`format: text`: the text between input and target, encoded on its own (a newline: with a
@@ -463,9 +466,15 @@ class TokenizeConfig(_Section):
         if self.layout == "encoder_decoder" and self.format == "text":
             raise ValueError("tokenize.format: text needs tokenize.layout: decoder_only (an encoder-decoder's"
                              " input and target are apart already); allowed with encoder_decoder: eos, auto")
+        if self.layout == "encoder_decoder" and self.format == "chat":
+            raise ValueError("tokenize.format: chat needs tokenize.layout: decoder_only (a chat template "
+                             "renders one sequence of turns); allowed with encoder_decoder: eos, auto")
+        if self.format == "chat" and self.add_bos:
+            raise ValueError("tokenize.add_bos: true with tokenize.format: chat; the chat template places "
+                             "its own BOS where the model wants one; allowed with chat: null or false")
         return self
 
-    def format_for(self, source: str) -> Literal["eos", "text"]:
+    def format_for(self, source: str) -> Literal["eos", "text", "chat"]:
         """The format the packer writes for a model of ``train.model.source`` ``source`` (``auto``
         resolved).
 
@@ -776,6 +785,23 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _chat_needs_checkpoint(self) -> Config:
+        if self.tokenize.format != "chat":
+            return self
+        spec = self.train.model
+        if spec.source != "pretrained":
+            raise ValueError(
+                "tokenize.format: chat renders examples through a pretrained checkpoint's chat template, "
+                "and train.model.source 'config' trains a model from scratch on flanpipe's own "
+                "SentencePiece tokenizer, which has none; allowed with source 'config': eos, text, auto")
+        if _checkpoint_has_chat_template(spec.path) is False:
+            raise ValueError(
+                f"tokenize.format: chat, but the checkpoint train.model.path ({spec.path}) has no chat "
+                "template (no chat_template.jinja, chat_template.json or tokenizer_config.json "
+                "chat_template): a base checkpoint; allowed with it: eos, text, auto")
+        return self
+
+    @model_validator(mode="after")
     def _layout_follows_model(self) -> Config:
         spec, layout = self.train.model, self.tokenize.layout
         if spec.source == "config":
@@ -1011,7 +1037,7 @@ class PackSlice(_FormatResolved):
     max_target_tokens: int
     truncate_inputs: Literal["right", "left"]
     layout: Literal["decoder_only", "encoder_decoder"]
-    format: Literal["eos", "text"]
+    format: Literal["eos", "text", "chat"]
     """``tokenize.format`` resolved for ``train.model.source`` (see :meth:`TokenizeConfig.format_for`)."""
     separator: str
     packer: Literal["best_fit", "next_fit", "none"]
@@ -1059,7 +1085,7 @@ class EvaluateSlice(_FormatResolved):
     max_target_tokens: int
     truncate_inputs: Literal["right", "left"]
     separator: str = "\n"
-    format: Literal["eos", "text"] = "eos"
+    format: Literal["eos", "text", "chat"] = "eos"
     """The run's training format (``tokenize.format`` resolved): the layout a model is scored in
     beside its own (``evaluate.cross_layouts``), and a ``text`` override's separator."""
 
@@ -1095,6 +1121,22 @@ def _checkpoint_is_encoder_decoder(folder: str) -> bool | None:
     except (OSError, ValueError):
         return None
     return bool(raw.get("is_encoder_decoder", False))
+
+
+def _checkpoint_has_chat_template(folder: str) -> bool | None:
+    """Whether the checkpoint folder's tokenizer has a chat template (the files
+    :func:`flanpipe.core.chat.read_chat_template` reads); None where the folder has no
+    ``config.json`` yet (the train stage names it)."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        return None
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    try:
+        raw = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(raw.get("chat_template"))
 
 
 def _inside(path: str, folder: str) -> bool:

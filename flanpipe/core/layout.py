@@ -18,6 +18,12 @@ Layouts (:data:`LAYOUTS`); the first two are training formats (``tokenize.format
   folder that flanpipe did not train, is scored in it: the ``eos`` layout would end its document
   before the answer.
 
+- ``chat``, for instruct checkpoints: the tokenizer's chat template with the input as the user
+  turn (prompt: the rendering with the generation prompt) and the option or target as the
+  assistant turn, its end-of-turn tokens included; the template places every special token, so
+  no BOS is added (:mod:`flanpipe.core.chat`). Inputs are cut inside the user's content, the
+  template's tokens kept.
+
 A model flanpipe trained is scored in the format it was trained in, which its folder's
 :data:`RECORD` names.
 
@@ -33,12 +39,13 @@ from typing import Literal
 
 import numpy as np
 
+from flanpipe.core.chat import ChatTemplate, chat_template
 from flanpipe.core.config import EvaluateSlice, PackSlice, TokenizeConfig
 from flanpipe.core.tokenizers import Tokenizer
 
-LayoutName = Literal["eos", "text", "continuation"]
-LAYOUTS: tuple[LayoutName, ...] = ("eos", "text", "continuation")
-FORMATS: tuple[LayoutName, ...] = ("eos", "text")
+LayoutName = Literal["eos", "text", "chat", "continuation"]
+LAYOUTS: tuple[LayoutName, ...] = ("eos", "text", "chat", "continuation")
+FORMATS: tuple[LayoutName, ...] = ("eos", "text", "chat")
 """The layouts a model is trained in (``tokenize.format``)."""
 RECORD = "flanpipe.json"
 """In a model folder flanpipe trained: the layout it was trained in and its separator
@@ -63,7 +70,7 @@ def separator_ids(tokenizer: Tokenizer, name: str, separator: str) -> list[int]:
         return [tokenizer.eos_id]
     if name == "text":
         return tokenizer.encode_batch([separator])[0].tolist() if separator else []
-    if name == "continuation":
+    if name in ("continuation", "chat"):
         return []
     raise ValueError(f"layout {name!r}; allowed: {', '.join(LAYOUTS)}")
 
@@ -135,6 +142,11 @@ class Layout:
         return replace(self, name=name)
 
     @property
+    def chat(self) -> ChatTemplate:
+        """The tokenizer's checked chat template (the ``chat`` layout)."""
+        return chat_template(self.tokenizer)
+
+    @property
     def _end(self) -> list[int]:
         return separator_ids(self.tokenizer, self.name, self.separator)
 
@@ -145,7 +157,11 @@ class Layout:
         """The prompt per text: ``[BOS] input EOS`` (``eos``), ``[BOS] input SEP`` (``text``) or
         ``[BOS] context`` (``continuation``, the context's trailing spaces left for the option). A
         context of no tokens is BOS alone, or where there is none EOS, as lm-eval scores an empty
-        context."""
+        context. ``chat``: the user turn and the generation prompt, the content cut to fit."""
+        if self.name == "chat":
+            chat = self.chat
+            return [chat.cut_prompt(ids, self.max_input_tokens, self.truncate_left).tolist()
+                    for ids in chat.prompt_ids(texts, self.threads)]
         if self.name != "continuation":
             return encode(self.tokenizer, texts, self.max_input_tokens, self._end, self.truncate_left,
                           self.bos, self.threads)
@@ -160,18 +176,23 @@ class Layout:
     def targets(self, texts: list[str]) -> list[list[int]]:
         """``target EOS`` per text (an option, ``eos`` and ``text``), on its own; in
         ``continuation`` use :meth:`options`, whose tokens depend on the context."""
-        if self.name == "continuation":
-            raise ValueError("a continuation's tokens depend on its context: use Layout.options")
+        if self.name in ("continuation", "chat"):
+            raise ValueError(f"a {self.name} option's tokens depend on its context: use Layout.options")
         return encode(self.tokenizer, texts, self.max_target_tokens, [self.tokenizer.eos_id],
                       threads=self.threads)
 
     def options(self, contexts: list[str], options: list[list[str]]) -> list[list[list[int]]]:
-        """Each context's options as token lists: ``target EOS`` (``eos``, ``text``), or
+        """Each context's options as token lists: ``target EOS`` (``eos``, ``text``), the assistant
+        turn after the context's user turn (``chat``: the option and the end-of-turn tokens), or
         (``continuation``) the tokens that ``context + delimiter + option``, encoded whole, has after
         the context's own, at most ``max_target_tokens`` (at least one: an option that merges wholly
         into the context keeps the joined text's last token)."""
         flat = [o for opts in options for o in opts]
-        if self.name != "continuation":
+        if self.name == "chat":
+            users = [c for c, opts in zip(contexts, options, strict=True) for _ in opts]
+            replies = self.chat.encode(users, flat, self.threads).replies
+            encoded = [self.chat.cut_reply(r, self.max_target_tokens).tolist() for r in replies]
+        elif self.name != "continuation":
             encoded = self.targets(flat)
         else:
             pairs = [split_pair(c, self.target_delimiter + o)
@@ -193,5 +214,7 @@ class Layout:
 
     def counts(self, texts: list[str]) -> np.ndarray:
         """The tokens each text takes as a prompt, before truncation (few-shot trimming, fitting)."""
+        if self.name == "chat":
+            return np.array([len(i) for i in self.chat.prompt_ids(texts, self.threads)], np.int64)
         ids = self.tokenizer.encode_batch(texts, self.threads)
         return np.array([len(i) for i in ids], np.int64) + (self.bos is not None) + len(self._end)

@@ -43,6 +43,7 @@ import pyarrow as pa
 import torch
 
 from flanpipe.core import metrics
+from flanpipe.core.chat import chat_template
 from flanpipe.core.checkpoint import load_checkpoint
 from flanpipe.core.config import EvaluateSlice
 from flanpipe.core.fewshot import FewShotPool, TokenCounter, few_shot_columns
@@ -129,12 +130,14 @@ def model_layout(model_dir: str | Path, override: str | None = None) -> tuple[La
     return "continuation", "untrained", None
 
 
-def stop_ids(model: torch.nn.Module, tokenizer: Tokenizer) -> list[int]:
+def stop_ids(model: torch.nn.Module, tokenizer: Tokenizer, layout: str = "eos") -> list[int]:
     """The tokens that end a generation: the tokenizer's EOS, then any other EOS the model's
-    generation config names (Llama 3 ends turns with ``<|eot_id|>``)."""
+    generation config names (Llama 3 ends turns with ``<|eot_id|>``), and in the ``chat`` layout
+    the token that ends the assistant's turn in its chat template."""
     named = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     named = [] if named is None else [named] if isinstance(named, int) else list(named)
-    return list(dict.fromkeys([tokenizer.eos_id, *named]))
+    turn = chat_template(tokenizer).stop_id if layout == "chat" else None
+    return list(dict.fromkeys([tokenizer.eos_id, *named, *([turn] if turn is not None else [])]))
 
 
 # --- prompts and tokens --------------------------------------------------------------------------
@@ -233,7 +236,8 @@ def decode(model: torch.nn.Module, layout: Layout, prompts: list[str], cfg: Eval
     """Greedy (or, with ``sample``, sampled) continuations of the prompts, as text."""
     gen = cfg.evaluate.generation
     out = generate(model, layout.inputs(prompts), min(gen.max_new_tokens, layout.max_target_tokens),
-                   stop_ids(model, layout.tokenizer), temperature=gen.temperature if sample else 0.0,
+                   stop_ids(model, layout.tokenizer, layout.name),
+                   temperature=gen.temperature if sample else 0.0,
                    top_k=gen.top_k if sample else 0, seed=derive_seed(cfg.seed, "evaluate/sample"),
                    max_batch_tokens=cfg.evaluate.max_batch_tokens, vocab_limit=layout.tokenizer.vocab_size)
     texts = [layout.tokenizer.decode(ids) for ids in out]
@@ -455,8 +459,12 @@ def generate_text(model_dir: str | Path, prompts: list[str], max_new_tokens: int
     did not train; ``add_bos`` None follows the tokenizer's convention)."""
     name, _, separator = model_layout(model_dir, layout)
     model, tokenizer = load_model(model_dir)
-    end = separator_ids(tokenizer, name, separator if separator is not None else "\n")
-    ptoks = encode(tokenizer, prompts, max_input_tokens, end, bos=bos_token(tokenizer, add_bos))
-    out = generate(model, ptoks, max_new_tokens, stop_ids(model, tokenizer), temperature=temperature,
+    if name == "chat":
+        chat = chat_template(tokenizer)
+        ptoks = [chat.cut_prompt(ids, max_input_tokens, False).tolist() for ids in chat.prompt_ids(prompts)]
+    else:
+        end = separator_ids(tokenizer, name, separator if separator is not None else "\n")
+        ptoks = encode(tokenizer, prompts, max_input_tokens, end, bos=bos_token(tokenizer, add_bos))
+    out = generate(model, ptoks, max_new_tokens, stop_ids(model, tokenizer, name), temperature=temperature,
                    top_k=top_k, seed=seed, vocab_limit=tokenizer.vocab_size)
     return [tokenizer.decode(ids) for ids in out]

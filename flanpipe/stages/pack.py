@@ -11,10 +11,12 @@ Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
 
 - ``decoder_only``: rows of ``Li + Lt`` tokens holding whole examples ``[BOS] inputs SEP targets EOS``,
   ``SEP`` being EOS (``tokenize.format: eos``, the paper's) or the separator's tokens (``text``;
-  :mod:`flanpipe.core.layout` owns the formats); ``segment_ids`` number the examples of a row from 1
-  (0 is padding), ``positions`` restart at 0 for
-  each example, and ``loss_mask`` is 1 on target tokens (their EOS included). The model predicts
-  token ``t`` from tokens before it in the same segment, and the loss counts where ``loss_mask[t]``.
+  :mod:`flanpipe.core.layout` owns the formats), or with ``chat`` the tokenizer's chat template's
+  prompt then its assistant turn (:mod:`flanpipe.core.chat`: the template places every special
+  token, and the assistant turn, end of turn included, is the target); ``segment_ids`` number
+  the examples of a row from 1 (0 is padding), ``positions`` restart at 0 for each example, and
+  ``loss_mask`` is 1 on target tokens (their EOS included). The model predicts token ``t`` from
+  tokens before it in the same segment, and the loss counts where ``loss_mask[t]``.
 - ``encoder_decoder``: paired rows, ``inputs`` of ``Li`` tokens and ``targets`` of ``Lt``, each
   with its own ``*_segment_ids`` and ``*_positions``; segment ``s`` of a row's inputs belongs to
   segment ``s`` of its targets, and ``loss_mask`` marks the target tokens.
@@ -47,6 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flanpipe.core import binpack
+from flanpipe.core.chat import ChatTemplate, chat_template
 from flanpipe.core.config import PackSlice
 from flanpipe.core.io import (
     ParquetReader,
@@ -65,7 +68,8 @@ from flanpipe.core.schemas import PACKED_INDEX_SCHEMA, PACKED_STATS_SCHEMA, PACK
 from flanpipe.core.shards import EXAMPLE_DTYPE, SHARD_FILES, row_dtype, stored_dtype
 from flanpipe.core.tokenizers import Tokenizer, load_tokenizer
 
-STAGE_VERSION = "4"  # 4: tokenize.format (eos or text); 3: shards store tokens and lengths
+STAGE_VERSION = "4"  # 4: tokenize.format (eos, text; chat, added later, leaves those unchanged); 3: shards
+# store tokens and lengths
 log = logging.getLogger(__name__)
 
 COLUMNS = ["inputs", "targets", "dataset", "example_id", "template_id", "epoch"]
@@ -178,23 +182,45 @@ class ShardWriter:
         self.count = len(tokens) - n
 
 
+def encode_chat(chat: ChatTemplate, table: pa.Table, tcfg: PackSlice, threads: int) -> tuple[
+        Encoded, Encoded, int]:
+    """A window's examples in the ``chat`` format (:mod:`flanpipe.core.chat`): the prompts (user
+    turn and generation prompt) and the replies (assistant turn), each cut to its budget with the
+    template's tokens kept (``full``: before the cut), and the rows whose reply took its own tokens."""
+    tokens = chat.encode(table.column("inputs").to_pylist(), table.column("targets").to_pylist(), threads)
+    left = tcfg.truncate_inputs == "left"
+    inputs = Encoded([chat.cut_prompt(p, tcfg.max_input_tokens, left) for p in tokens.prompts])
+    targets = Encoded([chat.cut_reply(r, tcfg.max_target_tokens) for r in tokens.replies])
+    inputs.full = np.fromiter(map(len, tokens.prompts), np.int64, len(tokens.prompts))
+    targets.full = np.fromiter(map(len, tokens.replies), np.int64, len(tokens.replies))
+    return inputs, targets, int(tokens.merged.sum())
+
+
 def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: np.dtype, eos: int,
                 pad: int, threads: int, rng: np.random.Generator, bos: int | None = None,
-                separator: np.ndarray | None = None) -> tuple[PackedRows, dict[str, np.ndarray], dict]:
+                separator: np.ndarray | None = None, chat: ChatTemplate | None = None
+                ) -> tuple[PackedRows, dict[str, np.ndarray], dict]:
     """Tokenize, truncate and pack one window (``dtype``: the stored row, ``bos``: put before each
-    example's inputs, ``separator``: the tokens after them, EOS where None). Returns its rows
-    (shuffled), the per-example placement (row within the window, segment, offsets, token counts)
-    and the window's counts."""
+    example's inputs, ``separator``: the tokens after them, EOS where None; ``chat``: the ``chat``
+    format's template, which places every special token itself). Returns its rows (shuffled), the
+    per-example placement (row within the window, segment, offsets, token counts) and the window's
+    counts."""
     li_max, lt_max = tcfg.max_input_tokens, tcfg.max_target_tokens
-    sep = np.array([eos], np.int32) if separator is None else separator.astype(np.int32)
-    k = len(sep)
-    inputs = encode(tokenizer, table.column("inputs"), threads)
-    targets = encode(tokenizer, table.column("targets"), threads)
-    if bos is not None:
-        inputs = prepend(inputs, bos, li_max - 1 - k if tcfg.truncate_inputs == "left" else None)
+    merged = 0
+    if chat is not None:
+        sep, end = np.zeros(0, np.int32), np.zeros(0, np.int32)
+        inputs, targets, merged = encode_chat(chat, table, tcfg, threads)
+    else:
+        sep = np.array([eos], np.int32) if separator is None else separator.astype(np.int32)
+        end = np.array([eos], np.int32)
+        inputs = encode(tokenizer, table.column("inputs"), threads)
+        targets = encode(tokenizer, table.column("targets"), threads)
+        if bos is not None:
+            inputs = prepend(inputs, bos, li_max - 1 - len(sep) if tcfg.truncate_inputs == "left" else None)
+    k, e = len(sep), len(end)
     keep_in = np.minimum(inputs.lengths, li_max - k)
-    keep_tg = np.minimum(targets.lengths, lt_max - 1)
-    size_in, size_tg = keep_in + k, keep_tg + 1  # the separator (or EOS), EOS
+    keep_tg = np.minimum(targets.lengths, lt_max - e)
+    size_in, size_tg = keep_in + k, keep_tg + e  # the separator (or EOS), EOS
     if tcfg.layout == "decoder_only":
         dims = (size_in + size_tg, li_max + lt_max, np.zeros_like(size_in), 0)
     else:
@@ -209,7 +235,7 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: n
     if tcfg.layout == "decoder_only":
         tokens["tokens"] = pad
         binpack.fill_decoder_only(tokens["tokens"], row, off_a, inputs.ids, inputs.starts, inputs.lengths,
-                                  keep_in, targets.ids, targets.starts, targets.lengths, keep_tg, sep, eos,
+                                  keep_in, targets.ids, targets.starts, targets.lengths, keep_tg, sep, end,
                                   left)
         target_off = off_a + size_in
     else:
@@ -224,9 +250,9 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: n
         _check_back_to_back(row, seg, offsets, sizes, tcfg.packer)
     placement = {"row": row, "segment": seg, "input_offset": off_a, "target_offset": target_off,
                  "input_tokens": size_in, "target_tokens": size_tg,
-                 "input_tokens_full": inputs.full + k, "target_tokens_full": targets.full + 1}
+                 "input_tokens_full": inputs.full + k, "target_tokens_full": targets.full + e}
     counts = {"rows": n_rows, "rows_lower_bound": binpack.rows_lower_bound(*dims),
-              "rows_next_fit": binpack.next_fit(*dims)[4]}
+              "rows_next_fit": binpack.next_fit(*dims)[4], "chat_replies_merged": merged}
     return packed_rows(tokens, row, seg, size_in, size_tg), placement, counts
 
 
@@ -266,9 +292,12 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     out_dir = Path(out_dir)
     tok = load_tokenizer(tokenizer)
     eos, pad = tok.eos_id, tok.pad_id if tok.pad_id is not None else 0
-    bos = bos_token(tok, tcfg.add_bos)
     fmt = tcfg.format if tcfg.layout == "decoder_only" else "eos"
+    chat = chat_template(tok) if fmt == "chat" else None
+    bos = bos_token(tok, tcfg.add_bos) if chat is None else None
     sep = np.array(separator_ids(tok, fmt, tcfg.separator), np.int32)
+    if chat is not None:
+        chat.check_budgets(tcfg.max_input_tokens, tcfg.max_target_tokens)
     if len(sep) + (bos is not None) >= tcfg.max_input_tokens:
         raise ValueError(f"tokenize.separator {tcfg.separator!r} is {len(sep)} tokens: it leaves no room for "
                          f"the input in tokenize.max_input_tokens {tcfg.max_input_tokens}")
@@ -280,17 +309,20 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
 
     with atomic_dir(out_dir / "shards") as tmp:
         writer = ShardWriter(tmp, dtype, tcfg.rows_per_shard)
-        index_parts, totals = [], {"rows": 0, "rows_lower_bound": 0, "rows_next_fit": 0, "windows": 0}
+        index_parts = []
+        totals = dict.fromkeys(("rows", "rows_lower_bound", "rows_next_fit", "windows",
+                                "chat_replies_merged"), 0)
         position = 0
         n_windows = math.ceil(total / tcfg.pack_window)
         for table in progress(windows(shards, tcfg.pack_window), n_windows, f"{mixture}: pack",
                               count=lambda _: 1, unit="windows"):
-            rows, placed, counts = pack_window(table, tok, tcfg, dtype, eos, pad, threads, rng, bos, sep)
+            rows, placed, counts = pack_window(table, tok, tcfg, dtype, eos, pad, threads, rng, bos, sep,
+                                               chat)
             placed["row"] = placed["row"] + totals["rows"]
             placed["position"] = np.arange(position, position + table.num_rows)
             index_parts.append(_index_table(placed, table))
             writer.add(rows)
-            for k in ("rows", "rows_lower_bound", "rows_next_fit"):
+            for k in ("rows", "rows_lower_bound", "rows_next_fit", "chat_replies_merged"):
                 totals[k] += counts[k]
             totals["windows"] += 1
             position += table.num_rows
@@ -308,6 +340,7 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     manifest = {
         **meta, "layout": tcfg.layout, "format": fmt, "examples": index.num_rows, "rows": totals["rows"],
         "separator": {"text": tcfg.separator if fmt == "text" else None, "ids": sep.tolist()},
+        **({"chat": chat.describe(totals["chat_replies_merged"])} if chat is not None else {}),
         "fields": {name: {"dtype": record[name].base.str, "shape": list(record[name].shape)}
                    for name in record.names},
         "stored": {"tokens": list(dtype.names), "examples": list(EXAMPLE_DTYPE.names),

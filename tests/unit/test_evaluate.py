@@ -211,12 +211,12 @@ def test_a_model_is_scored_in_the_layout_flanpipe_trained_it_in(tmp_path):
     (folder / "flanpipe.json").write_text(json.dumps({"layout": "eos"}))
     assert model_layout(tmp_path) == ("eos", "trained", None)
     assert model_layout(folder, "continuation") == ("continuation", "override", None)
-    with pytest.raises(ValueError, match="allowed: eos, text, continuation"):
-        model_layout(folder, "chat")
+    with pytest.raises(ValueError, match="allowed: eos, text, chat, continuation"):
+        model_layout(folder, "dialogue")
     (folder / "flanpipe.json").write_text(json.dumps({"layout": "text", "separator": "\nA:"}))
     assert model_layout(folder) == ("text", "trained", "\nA:")
     (folder / "flanpipe.json").write_text(json.dumps({"layout": "continuation"}))
-    with pytest.raises(ValueError, match="allowed: eos, text"):  # no model is trained as a continuation
+    with pytest.raises(ValueError, match="allowed: eos, text, chat"):  # no model is trained as a continuation
         model_layout(folder)
     t5 = tmp_path / "t5"  # an encoder-decoder flanpipe did not train (FLAN-T5): inputs EOS, targets EOS
     t5.mkdir()
