@@ -360,8 +360,8 @@ def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: l
             md += ["## Tuned against base, paired", "",
                    "The same eval rows and templates for both models. Tuned minus base, with the paired "
                    "bootstrap 95% interval over examples: each model in its own layout (the headline), "
-                   "and both in the layout the tuned model was trained in (`eos`, `text` or `chat`). Where the "
-                   "two differ, the layout explains that part of the gap.", "",
+                   "and both in the layout the tuned model was trained in (`eos`, `text` or `chat`). "
+                   "Where the two differ, the layout explains that part of the gap.", "",
                    _table(["cluster", "dataset", "shots", "base (own)", "base (other)", "tuned (own)",
                            "tuned (other)", "tuned - base, own layouts", "tuned - base, tuned's layout"],
                           paired),
