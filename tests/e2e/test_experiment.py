@@ -14,6 +14,7 @@ from tests.conftest import REPO, run_snakemake
 
 pytestmark = pytest.mark.e2e
 EXPERIMENT = REPO / "config/experiments/heldout_smollm2.yaml"
+CHAT = REPO / "config/experiments/heldout_smollm2_chat.yaml"
 
 
 def test_the_experiment_plans_leave_one_cluster_out_with_the_format_ablation(tmp_path, smollm2_dir):
@@ -63,6 +64,26 @@ def test_the_eos_comparison_plans_the_held_out_models_alone(tmp_path, smollm2_di
     assert PackSlice.of(parse_config(merged)).format == "eos"
 
 
+def test_the_chat_comparison_plans_the_held_out_models_and_the_base_in_chat(tmp_path, smollm2_dir):
+    """heldout_smollm2_chat.yaml on top of the experiment: the two held-out models in the `chat`
+    format beside the base, no ablation."""
+    import yaml
+    from snakemake.utils import update_config
+
+    from flanpipe.core.config import PackSlice, parse_config
+
+    (tmp_path / "models/pretrained").mkdir(parents=True)
+    (tmp_path / "models/pretrained/smollm2").symlink_to(smollm2_dir)
+    proc = run_snakemake(tmp_path, "all", "-n", "--configfile", str(EXPERIMENT), str(CHAT),
+                         config_file=EXPERIMENT)
+    counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)}
+    assert counts["train"] == 2 and counts["evaluate"] == counts["evaluate_base"] == 3
+    assert not {"evaluate_ablation_format", "templatize_format"} & set(counts)
+    merged = yaml.safe_load(EXPERIMENT.read_text())
+    update_config(merged, yaml.safe_load(CHAT.read_text()))
+    assert PackSlice.of(parse_config(merged)).format == "chat"
+
+
 def tiny_pretrained(folder, smollm2_dir):
     """A 'pretrained' checkpoint small enough for the e2e suite: a random 2-layer Llama with
     SmolLM2's own tokenizer files (a real byte-level BPE, so the ``text`` format's newline is real)."""
@@ -78,16 +99,19 @@ def tiny_pretrained(folder, smollm2_dir):
                                          pad_token_id=2, tie_word_embeddings=True))
     model.save_pretrained(folder)
     for f in smollm2_dir.iterdir():
-        if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+        names = ("tokenizer", "special_tokens", "vocab", "merges", "chat_template")
+        if f.is_file() and f.name.startswith(names):
             shutil.copy(f, folder / f.name)
     return folder
 
 
 def test_a_scaled_down_experiment_runs_end_to_end_on_embedded_data(tmp_path, smollm2_dir):
-    """The experiment's own config and command, scaled down (2 steps, 6 rows, 1 template, one
-    held-out cluster, two formats) and on the embedded data (no PIQA there): the held-out model
-    beside the base, the format ablation, the report. Two models are trained: no `all`, and the
-    format ablation's `instructions` point is the commonsense model, whose results it reads."""
+    """The experiment's own config and command with the chat overlay's format, scaled down (2
+    steps, 6 rows, 1 template, one held-out cluster, two formats) and on the embedded data (no PIQA
+    there): the held-out model beside the base, the format ablation, the report. Two models are
+    trained: no `all`, and the format ablation's `instructions` point is the commonsense model,
+    whose results it reads. Every model trains in SmolLM2's chat template; the base is scored in it
+    beside lm-eval's continuation."""
     import json
 
     import yaml
@@ -97,6 +121,7 @@ def test_a_scaled_down_experiment_runs_end_to_end_on_embedded_data(tmp_path, smo
     cfg["download"] = {"default_source": "embedded"}
     cfg["templatize"]["few_shot"]["max_tokens"] = None
     cfg["tokenize"].update(max_input_tokens=128, max_target_tokens=16)
+    cfg["tokenize"]["format"] = yaml.safe_load(CHAT.read_text())["tokenize"]["format"]
     checkpoint = tiny_pretrained(tmp_path / "tiny", smollm2_dir)
     cfg["train"].update(steps=2, tokens_per_batch=288, checkpoint_every=2, log_every=1,
                         model={"source": "pretrained", "path": str(checkpoint)})
@@ -113,15 +138,15 @@ def test_a_scaled_down_experiment_runs_end_to_end_on_embedded_data(tmp_path, smo
         "commonsense", "format_no_template"]
     for model in ("commonsense",):
         record = json.loads((run / f"models/{model}/hf/flanpipe.json").read_text())
-        assert record["layout"] == "text" and record["separator"] == "\n"
+        assert record["layout"] == "chat"
         assert json.loads((run / f"models/{model}/run.json").read_text())["world_size"] == 1
     for heldout, dataset in (("commonsense", "copa"),):
         tuned = json.loads((run / f"results/eval/{heldout}/{dataset}.json").read_text())
         base = json.loads((run / f"results/eval/base/{dataset}.json").read_text())
-        assert (tuned["layout"], tuned["layout_from"]) == ("text", "trained")
+        assert (tuned["layout"], tuned["layout_from"]) == ("chat", "trained")
         assert (base["layout"], base["layout_from"]) == ("continuation", "untrained")
         for r in (tuned, base):
-            assert set(r["by_layout"]) == {"text", "continuation"} and r["examples"] == 6
+            assert set(r["by_layout"]) == {"chat", "continuation"} and r["examples"] == 6
             assert len(r["templates"]) == 1 and r["headline"]["interval"] is not None
     assert not (run / "results/ablations/format/instructions").exists()
     assert {p.name for p in (run / "results/ablations/format").iterdir()} == {"no_template"}
