@@ -333,6 +333,20 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
                if isinstance(t, torch.Tensor))
 
 
+def optimized_parameters(optimizer: torch.optim.Optimizer) -> int:
+    """Parameters (whole tensors, on all ranks) that the optimizer steps, read from DeepSpeed's
+    wrapper (ZeRO-3's ``fp16_groups``, ZeRO-1/2's ``bit16_groups``, bf16 ZeRO-0's ``bf16_groups``) or
+    from a plain optimizer's parameter groups: with LoRA, the adapters' parameters only.
+
+    >>> optimized_parameters(torch.optim.SGD([torch.zeros(2, 3), torch.zeros(4)], lr=1.0))
+    10
+    """
+    for groups in ("fp16_groups", "bit16_groups", "bf16_groups"):
+        if getattr(optimizer, groups, None):
+            return sum(getattr(p, "ds_numel", p.numel()) for g in getattr(optimizer, groups) for p in g)
+    return sum(p.numel() for g in _inner(optimizer).param_groups for p in g["params"])
+
+
 def adam_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes Adam's two fp32 moments would take for the elements this rank's optimizer steps."""
     params = [p for g in _inner(optimizer).param_groups for p in g["params"]]
