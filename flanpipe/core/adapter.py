@@ -102,7 +102,7 @@ def is_adapted(model: torch.nn.Module) -> bool:
 def merged_state(model: torch.nn.Module, dtype: torch.dtype, skip=lambda name: False, fold: bool = True):
     """(name, CPU tensor) of every parameter of a LoRA-adapted ``transformers`` model with the
     adapters folded in: an adapted layer's ``base_layer.weight`` becomes ``weight + scaling * B @ A``
-    (in float32, then ``dtype``) under the base model's name (``.base_layer`` dropped); the adapter
+    (in float32 or wider, then ``dtype``) under the base model's name (``.base_layer`` dropped); the adapter
     weights themselves are left out, and so are the names ``skip`` accepts (a tied output
     embedding). ``fold=False``: the frozen base's own weights, the adapters left out. Under ZeRO-3
     every rank must iterate it (one layer gathered at a time)."""
@@ -116,10 +116,11 @@ def merged_state(model: torch.nn.Module, dtype: torch.dtype, skip=lambda name: F
         layer_name = owner.removesuffix(BASE_LAYER)
         if fold and owner.endswith(BASE_LAYER) and leaf == "weight" and layer_name in layers:
             layer = layers[layer_name]
-            weight = _full(param, torch.float32)
+            work = torch.promote_types(dtype, torch.float32)  # (float64 stays float64)
+            weight = _full(param, work)
             for key in layer.active_adapters:
-                a = _full(layer.lora_A[key].weight, torch.float32)
-                b = _full(layer.lora_B[key].weight, torch.float32)
+                a = _full(layer.lora_A[key].weight, work)
+                b = _full(layer.lora_B[key].weight, work)
                 delta = (b @ a) * layer.scaling[key]
                 weight += delta.T if getattr(layer, "fan_in_fan_out", False) else delta
             yield f"{layer_name}.{leaf}", weight.to(dtype)
@@ -138,13 +139,14 @@ def base_name(name: str) -> str:
 
 def save_adapter(peft_model: PeftModel, tokenizer, out: str | Path, record: dict | None = None) -> None:
     """The adapter at ``out`` as ``peft`` saves it (``adapter_config.json`` with
-    ``base_model_name_or_path``, ``adapter_model.safetensors`` in float32), the tokenizer's files and
-    ``record`` as ``flanpipe.json``; written to a temporary folder and renamed. Under ZeRO-3 every
-    rank must call it (the adapter weights are gathered to rank 0, which alone writes)."""
+    ``base_model_name_or_path``, ``adapter_model.safetensors`` in the adapter's dtype), the
+    tokenizer's files and ``record`` as ``flanpipe.json``; written to a temporary folder and
+    renamed. Under ZeRO-3 every rank must call it (the adapter weights are gathered to rank 0,
+    which alone writes)."""
     from flanpipe.core.checkpoint import save_tokenizer
 
     is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-    state = {name: _full(param, torch.float32) for name, param in peft_model.named_parameters()
+    state = {name: _full(param, param.dtype) for name, param in peft_model.named_parameters()
              if LORA_TAG in name}
     if not is_main:
         return

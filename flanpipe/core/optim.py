@@ -124,7 +124,7 @@ class Adafactor(torch.optim.Optimizer):
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         pieces, process_group = self._layout(p)
-        grad = p.grad.float().reshape(-1)
+        grad = p.grad.to(torch.promote_types(p.grad.dtype, torch.float32)).reshape(-1)  # (float64 stays)
         factored = [x for x in pieces if x.factored]
         full = [x for x in pieces if not x.factored]
         state = self.state[p]

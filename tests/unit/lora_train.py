@@ -1,6 +1,6 @@
 """Train LoRA adapters on a pretrained tiny Llama under ZeRO-3 (run by ``test_lora.py`` under
-torchrun): 3 steps of 4 packed rows, AdamW, into ``OUT``; the checkpoint folder ``PRETRAINED`` is
-loaded partitioned, frozen, and only the adapters train.
+torchrun): 3 steps of 4 packed rows, Adafactor (a checkpoint after step 2), into ``OUT``; the
+checkpoint folder ``PRETRAINED`` is loaded partitioned, frozen, and only the adapters train.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.unit.lora_train \\
         PACKED TOKENIZER OUT PRETRAINED
@@ -26,8 +26,8 @@ def config(pretrained: str | None = None, steps: int = STEPS):
         "seed": 5, "tokenize": {"layout": "decoder_only", "format": "eos", "max_input_tokens": LI,
                                 "max_target_tokens": LT, "pack_window": 64, "rows_per_shard": 7},
         "train": {"model": model, "steps": steps, "tokens_per_batch": ROWS_PER_STEP * (LI + LT),
-                  "micro_batch_rows": 1, "zero_stage": 3, "optimizer": "adamw", "lr": 1e-2,
-                  "checkpoint_every": 1, "log_every": 1, "grad_clip": 1e9, "adapter": ADAPTER}})
+                  "micro_batch_rows": 1, "zero_stage": 3, "optimizer": "adafactor", "lr": 1e-2,
+                  "checkpoint_every": 2, "log_every": 1, "grad_clip": 1e9, "adapter": ADAPTER}})
 
 
 def main(packed: str, tokenizer: str, out: str, pretrained: str) -> None:
