@@ -5,8 +5,8 @@
   the architecture's projections named by hand, each example run alone through the model's own
   forward, the same seed for the adapter's init: losses, every adapter gradient and weight (float64,
   1e-6), on tiny random Llama, Qwen2 and Gemma 2 and on SmolLM2-135M;
-- the merged export loads in plain `transformers` with the logits of the adapter model that
-  `PeftModel.from_pretrained` builds;
+- the merged export (Qwen2, T5) loads in plain `transformers` with the logits of the adapter model
+  that `PeftModel.from_pretrained` builds;
 - DeepSpeed ZeRO-3 on 2 ranks (a pretrained checkpoint loaded partitioned, the base frozen) gives the
   adapter and losses of 1 rank, where the 1-rank run was killed after step 2 and resumed; the
   DeepSpeed optimizer steps exactly the adapters' parameters; the evaluator scores both export forms
@@ -191,13 +191,22 @@ def relative_difference(ours: dict, reference: dict) -> float:
     return max(float((ours[n] - reference[n]).abs().max()) for n in ours) / scale
 
 
-def test_the_merged_export_has_the_adapter_models_logits(tmp_path):
-    """A LoRA-adapted Qwen2 (biased q/k/v projections, tied embeddings) with non-zero B: the merged
-    folder, loaded by plain `AutoModelForCausalLM`, against `PeftModel.from_pretrained` on the base."""
+@pytest.mark.parametrize("architecture", ["qwen2", "t5"])
+def test_the_merged_export_has_the_adapter_models_logits(architecture, tmp_path):
+    """A LoRA-adapted Qwen2 (biased q/k/v projections, tied embeddings) or T5 (encoder, decoder and
+    cross-attention projections) with non-zero B: the merged folder, loaded by plain `transformers`,
+    against `PeftModel.from_pretrained` on the base."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    base = tiny("qwen2")
+    from flanpipe.core.checkpoint import auto_class, build_model
+    from flanpipe.core.config import ModelSpec
+
+    if architecture == "t5":
+        torch.manual_seed(0)
+        base = build_model(ModelSpec(architecture="t5", hidden_size=32, num_layers=2, num_heads=4), 128, 32,
+                           special_ids={"pad_id": 0, "eos_id": 1}).double()
+    else:
+        base = tiny(architecture)
     save_checkpoint(base, None, tmp_path / "base")
     model = copy.deepcopy(base)
     peft_model = add_lora(model, AdapterConfig(kind="lora", rank=4, alpha=8.0), seed=SEED,
@@ -208,18 +217,21 @@ def test_the_merged_export_has_the_adapter_models_logits(tmp_path):
                 p.normal_(0, 0.5)
     save_checkpoint(model, None, tmp_path / "merged")
     save_adapter(peft_model, None, tmp_path / "adapter")
-    merged = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"), local_files_only=True,
-                                                  dtype=torch.float64).eval()
+    loader = auto_class(base.config)
+    merged = loader.from_pretrained(str(tmp_path / "merged"), local_files_only=True,
+                                    dtype=torch.float64).eval()
     assert not any("lora" in n or "base_layer" in n for n, _ in merged.named_parameters())
     reference = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"), local_files_only=True,
-                                             dtype=torch.float64),
+        loader.from_pretrained(str(tmp_path / "base"), local_files_only=True, dtype=torch.float64),
         str(tmp_path / "adapter")).eval()
-    tokens = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    inputs = {"input_ids": torch.randint(2, 128, (2, 12), generator=g)}
+    if architecture == "t5":
+        inputs["decoder_input_ids"] = torch.randint(2, 128, (2, 5), generator=g)
     with torch.no_grad():
-        want = reference(input_ids=tokens).logits
-        plain = base(input_ids=tokens).logits
-        got = merged(input_ids=tokens).logits
+        want = reference(**inputs).logits
+        plain = base(**inputs).logits
+        got = merged(**inputs).logits
     assert float((got - want).abs().max()) <= 1e-9 * float(want.abs().max())
     assert float((plain - want).abs().max()) > 1e-2  # the adapter changes the logits
 
