@@ -291,7 +291,7 @@ def runs(packed, tmp_path_factory):
     return {world: out / f"w{world}" for world in (1, 2)}
 
 
-def test_zero3_on_two_ranks_equals_one_resumed_rank(runs):
+def test_two_ranks_under_zero3_equal_one_resumed_rank(runs):
     from safetensors.torch import load_file
 
     losses = []
@@ -308,7 +308,7 @@ def test_zero3_on_two_ranks_equals_one_resumed_rank(runs):
     assert max(float(t.abs().max()) for n, t in one.items() if "lora_B" in n) > 1e-3  # B moved from 0
 
 
-def test_only_the_adapters_reach_the_optimizer(runs, packed):
+def test_two_ranks_optimizer_holds_only_the_adapters(runs, packed):
     """run.json's counts against peft's own count on the unpartitioned checkpoint."""
     from peft import LoraConfig, get_peft_model
 
@@ -323,7 +323,7 @@ def test_only_the_adapters_reach_the_optimizer(runs, packed):
         assert run["parameters"] == total and trainable < total / 5
 
 
-def test_both_export_forms_score_alike(runs):
+def test_two_ranks_export_scores_alike_in_both_forms(runs):
     """The evaluator's loader on `hf/` (merged) and on `adapter/` (base + PeftModel): the same option
     log-likelihoods."""
     from flanpipe.core.layout import Layout
