@@ -66,7 +66,9 @@ def add_lora(model: torch.nn.Module, adapter: AdapterConfig, seed: int, base_pat
     if not adapter.kind == "lora":
         raise ValueError(f"train.adapter.kind {adapter.kind!r}: add_lora needs 'lora'")
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, lora_config(adapter))
+    # (the adapters in the base's dtype: DeepSpeed keeps float32 master weights of what it trains, and
+    # a bf16 ZeRO-3 model must be bf16 throughout)
+    peft_model = get_peft_model(model, lora_config(adapter), autocast_adapter_dtype=False)
     # (get_peft_model sets the model's own name_or_path, empty for a model built from a config)
     peft_model.peft_config["default"].base_model_name_or_path = base_path
     return peft_model
