@@ -29,6 +29,11 @@ ZeRO-3, partitioned as it loads). At the end, ``models/{mixture}/hf/`` is its ch
 (safetensors shards, ``config.json``, the tokenizer) that ``transformers`` loads with no flanpipe
 code; ``metrics.csv``, ``tensorboard/`` and
 ``loss.png`` hold the curves, ``run.json`` the run's manifest with the DeepSpeed config it used.
+
+With ``train.adapter.kind: lora`` (:mod:`flanpipe.core.adapter`), ``peft``'s LoRA layers are added
+to the loaded (under ZeRO-3: partitioned) model, every base weight frozen, and only the adapters
+reach the optimizer; ``hf/`` is then the merged model and ``adapter/`` the adapter as ``peft``
+saves it.
 """
 
 from __future__ import annotations
