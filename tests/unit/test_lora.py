@@ -118,7 +118,7 @@ def ours_two_steps(base, steps):
         nll = wrapped(**pack(batch))
         loss = nll.sum() / nll.numel()
         loss.backward()
-        out.append((float(loss), lora_grads(model)))
+        out.append((loss.item(), lora_grads(model)))
         optimizer.step()
         optimizer.zero_grad()
     return out, lora_weights(model), trained, model
@@ -144,7 +144,7 @@ def reference_two_steps(base, steps):
             count += len(y)
         loss = total / count
         loss.backward()
-        out.append((float(loss), lora_grads(model)))
+        out.append((loss.item(), lora_grads(model)))
         optimizer.step()
         optimizer.zero_grad()
     return out, lora_weights(model)
