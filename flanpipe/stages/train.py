@@ -400,6 +400,8 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
             if tcfg.model.source == "config":  # a new model's frozen base goes with its adapter
                 save_checkpoint(model, tokenizer, out_dir / "adapter" / "base", dtype=dtype,
                                 merge_adapter=False)
+        elif is_main and (out_dir / "adapter").exists():  # an earlier LoRA run's adapter is not this model's
+            shutil.rmtree(out_dir / "adapter")
     if is_main:
         plot_loss(out_dir / "metrics.csv", out_dir / "loss.png", mixture)
         write_json_atomic(out_dir / "run.json", manifest)
