@@ -294,8 +294,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "train":
         from flanpipe.bench import train as bench_train
 
+        if args.adapter == "lora":
+            bench_train.print_lora(bench_train.bench_lora(args.size, args.steps, args.micro_batch_rows,
+                                                          args.optimizer, model=args.model))
+            return 0
         bench_train.print_train(bench_train.bench_train(args.size, args.steps, args.micro_batch_rows,
-                                                        optimizer=args.optimizer))
+                                                        optimizer=args.optimizer, model=args.model))
         return 0
     if args.what == "layouts":
         from flanpipe.bench import layouts as bench_layouts
@@ -490,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale", "fewshot",
                                      "download", "layouts", "precision", "chat"])
     p.add_argument("--model", default=None,
-                   help="layouts, precision, chat: a pretrained checkpoint folder (flanpipe smollm2)")
+                   help="layouts, precision, chat, train: a pretrained checkpoint folder (flanpipe smollm2)")
     p.add_argument("--data", default=None, help="layouts: a folder with one folder per dataset, hub schema")
     p.add_argument("--rows", type=int, default=None,
                    help="rows (default: 1M templatize and dedup, 100k pack, 200k download; eval: 96 prompts; "
@@ -506,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch-rows", type=int, default=8, help="train: packed rows per forward pass")
     p.add_argument("--optimizer", choices=["adafactor", "adamw"], default="adafactor",
                    help="train: optimizer")
+    p.add_argument("--adapter", choices=["none", "lora"], default="none",
+                   help="train: lora runs full fine-tuning and LoRA on the same model and compares them")
     p.add_argument("--scales", default="0.02,0.1",
                    help="scale: fractions of the real dataset sizes, comma-separated (1 = real size)")
     p.add_argument("--workdir", default=None, help="scale: where sources and runs go (kept)")

@@ -81,12 +81,13 @@ EOF
 
 # The unit tests of the bounded APIs, by file (not by module: the package's layout may move):
 # transformers (masks, cache, checkpoints, GGUF), DeepSpeed ZeRO-3 loading, tokenizers/protobuf,
-# datasets/fsspec, lm-eval, metrics (sacrebleu, rouge, scipy, sklearn), pydantic/jsonschema,
+# datasets/fsspec, lm-eval, metrics (sacrebleu, rouge, scipy, sklearn), pydantic/jsonschema, peft (LoRA),
 # snakemake's profile parser, numba kernels, Arrow I/O. Left out: the FlexAttention mask test (slow
-# on CPU) and the two-rank Adafactor tests (simulated partitions, no DeepSpeed: the smoke above).
+# on CPU), the two-rank Adafactor tests (simulated partitions, no DeepSpeed: the smoke above) and
+# the two-rank LoRA runs.
 tests=(test_scoring test_model test_checkpoint test_optim test_evaluate test_tokenizer_seam
        test_tokenizer_config test_download test_metrics test_config test_slurm_profile
-       test_binpack test_io)
+       test_binpack test_io test_lora)
 files=()
 for t in "${tests[@]}"; do
   [ -f "tests/unit/$t.py" ] && files+=("tests/unit/$t.py")

@@ -3,6 +3,8 @@
     flanpipe bench train [--size 1b] [--steps 300] [--micro-batch-rows 8]     # on a GPU machine
     flanpipe bench train --size 1b --steps 100 --optimizer adamw              # the same with AdamW
     flanpipe bench train --size tiny --steps 20                               # checks the path on CPU
+    flanpipe bench train --adapter lora --model ~/.cache/flanpipe/smollm2-135m-instruct --steps 8 \
+        --micro-batch-rows 1                                  # LoRA beside full fine-tuning (CPU)
 
 It writes a synthetic packed mixture (FLAN-like example lengths, best-fit packed into rows of 1280
 tokens), runs the real trainer on it (DeepSpeed ZeRO-3, FlexAttention block masks and bf16 on GPU)
@@ -11,12 +13,19 @@ the model FLOPs utilisation: ``tokens/s x FLOPs per token / peak``, with PaLM's 
 (6 x matmul parameters + attention) and the H100's dense bf16 peak of 989 TFLOP/s; also the step
 time, the peak GPU memory and the optimizer state's bytes on rank 0 beside AdamW's
 (``scripts/gpu/bench_optim.sh`` runs it for Adafactor and AdamW and prints their ratio).
+
+``--adapter lora`` (:func:`bench_lora`) trains the same model (``--model``: a pretrained checkpoint
+folder, or ``--size``) twice on the same rows, each run in its own process: full fine-tuning, then
+LoRA adapters (rank 16 on every attention and MLP projection), and prints both runs' tokens/s and
+peak memory (GPU: ``max_memory_allocated``; CPU: the process's peak resident set) and their ratios.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import resource
 import tempfile
 from pathlib import Path
 
@@ -66,11 +75,13 @@ def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
 
 def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
                 tokens_per_batch: int | None = None, attention: str = "auto",
-                optimizer: str = "adafactor") -> dict:
-    """Run the trainer on synthetic packed rows; returns tokens/s, MFU, memory and state bytes."""
+                optimizer: str = "adafactor", adapter: str = "none", model: str | None = None) -> dict:
+    """Run the trainer on synthetic packed rows; returns tokens/s, MFU, memory and state bytes.
+    ``model``: a pretrained checkpoint folder instead of a new model of ``size``; ``adapter``:
+    ``train.adapter.kind`` (``lora``: rank 16, alpha 32, every attention and MLP projection)."""
     from flanpipe.stages.train import train
 
-    spec = SIZES[size]
+    spec = SIZES[size] if model is None else {"source": "pretrained", "path": str(Path(model).expanduser())}
     tokens_per_batch = tokens_per_batch or micro_batch_rows * (LI + LT)
     with tempfile.TemporaryDirectory(prefix="flanpipe-bench-train-") as tmp_name:
         tmp = Path(tmp_name)
@@ -79,7 +90,8 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
         cfg = parse_config({"train": {"steps": steps, "tokens_per_batch": tokens_per_batch,
                                       "micro_batch_rows": micro_batch_rows, "model": spec,
                                       "attention": attention, "checkpoint_every": 10**9, "log_every": 1,
-                                      "lr": 3e-5, "optimizer": optimizer}})
+                                      "lr": 3e-5, "optimizer": optimizer,
+                                      "adapter": {"kind": adapter, "rank": 16, "alpha": 32.0}}})
         run = train("bench", packed, None, tmp / "run", TrainSlice.of(cfg))
         with open(tmp / "run/metrics.csv", newline="") as f:
             speeds = [float(r["tokens_per_s"]) for r in csv.DictReader(f)]
@@ -90,7 +102,9 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
 
     config = AutoConfig.for_model(**run["model"])
     flops = flops_per_token(config, run["parameters"], LI + LT)
-    return {"size": size, "parameters": run["parameters"], "steps": steps, "device": run["device"],
+    return {"size": size if model is None else Path(model).name, "parameters": run["parameters"],
+            "trainable_parameters": run["trainable_parameters"], "adapter": adapter, "steps": steps,
+            "device": run["device"],
             "precision": run["precision"], "attention": run["attention"],
             "tokens_per_step": run["batch"]["tokens_per_step"],
             "tokens_per_s": steady, "step_s": run["batch"]["tokens_per_step"] / steady,
@@ -98,15 +112,45 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
             "zero_stage": run["deepspeed"]["zero_optimization"]["stage"], "optimizer": run["optimizer"],
             "optimizer_state_bytes_rank0": run["optimizer_state_bytes_rank0"],
             "adamw_state_bytes_rank0": run["adamw_state_bytes_rank0"],
-            "peak_memory_bytes_rank0": run["peak_memory_bytes_rank0"]}
+            "peak_memory_bytes_rank0": run["peak_memory_bytes_rank0"],
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def print_train(r: dict) -> None:
+def _one_run(kwargs: dict) -> dict:
+    return bench_train(**kwargs)
+
+
+def bench_lora(size: str = "tiny", steps: int = 20, micro_batch_rows: int = 1, optimizer: str = "adafactor",
+               model: str | None = None) -> dict:
+    """Full fine-tuning, then LoRA, on the same model and rows, each in a fresh process (so that each
+    peak resident set is its own); returns both runs and the ratios LoRA / full."""
+    runs = {}
+    for adapter in ("none", "lora"):
+        kwargs = {"size": size, "steps": steps, "micro_batch_rows": micro_batch_rows, "optimizer": optimizer,
+                  "adapter": adapter, "model": model}
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            runs[adapter] = pool.apply(_one_run, (kwargs,))
+    full, lora = runs["none"], runs["lora"]
+    memory = "peak_memory_bytes_rank0" if full["peak_memory_bytes_rank0"] else "peak_rss_bytes"
+    return {"full": full, "lora": lora, "memory": memory,
+            "tokens_per_s_ratio": lora["tokens_per_s"] / full["tokens_per_s"],
+            "peak_memory_ratio": lora[memory] / full[memory],
+            "optimizer_state_ratio": (lora["optimizer_state_bytes_rank0"]
+                                      / full["optimizer_state_bytes_rank0"])}
+
+
+def print_lora(r: dict) -> None:
     print(json.dumps(r, indent=2))
-    print(f"train benchmark: {r['parameters'] / 1e6:,.0f}M-parameter model, {r['tokens_per_step']:,} tokens "
-          "per step, "
-          f"{r['device']} {r['precision']}, {r['attention']} attention, ZeRO-{r['zero_stage']}, "
-          f"{r['optimizer']} ({r['optimizer_state_bytes_rank0'] / 2**20:,.1f} MiB of state on rank 0; "
-          f"AdamW's: {r['adamw_state_bytes_rank0'] / 2**20:,.1f} MiB): "
-          f"{r['tokens_per_s']:,.0f} tokens/s, MFU {100 * r['mfu']:.1f}% of the H100's 989 TFLOP/s bf16 peak "
-          "(target 40%; llm-foundry 1B: 42%)")
+    full, lora, mem = r["full"], r["lora"], r["memory"]
+    what = "peak GPU memory" if mem == "peak_memory_bytes_rank0" else "peak resident memory"
+    mib = 2**20
+    print(f"LoRA against full fine-tuning (the peer, same run): {full['size']}, "
+          f"{full['parameters'] / 1e6:,.1f}M parameters ({lora['trainable_parameters'] / 1e6:,.2f}M train "
+          f"with LoRA), {full['device']} {full['precision']}, ZeRO-{full['zero_stage']}, "
+          f"{full['optimizer']}, {full['tokens_per_step']:,} tokens per step")
+    print(f"  tokens/s: full {full['tokens_per_s']:,.0f}, LoRA {lora['tokens_per_s']:,.0f} "
+          f"({r['tokens_per_s_ratio']:.2f}x)")
+    print(f"  {what}: full {full[mem] / mib:,.0f} MiB, LoRA {lora[mem] / mib:,.0f} MiB "
+          f"({r['peak_memory_ratio']:.2f}x)")
+    print(f"  optimizer state on rank 0: full {full['optimizer_state_bytes_rank0'] / mib:,.1f} MiB, "
+          f"LoRA {lora['optimizer_state_bytes_rank0'] / mib:,.2f} MiB ({r['optimizer_state_ratio']:.4f}x)")

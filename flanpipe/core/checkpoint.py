@@ -312,14 +312,20 @@ def weight_files(folder: str | Path) -> list[Path]:
 
 def load_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu", attention: str = "sdpa"):
-    """A model folder as (model in eval mode, its tokenizer through :mod:`flanpipe.core.tokenizers`)."""
+    """A model folder as (model in eval mode, its tokenizer through :mod:`flanpipe.core.tokenizers`);
+    a ``peft`` adapter folder as its base with the adapter on it
+    (:func:`~flanpipe.core.adapter.load_adapter`)."""
+    from flanpipe.core.adapter import is_adapter_folder, load_adapter
     from flanpipe.core.tokenizers import load_tokenizer
 
+    if is_adapter_folder(folder):
+        return load_adapter(folder, dtype, device), load_tokenizer(folder)
     return load_model(folder, dtype, device, attention=attention), load_tokenizer(folder)
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype: torch.dtype | None = None,
-                    max_shard_bytes: int = MAX_SHARD_BYTES, record: dict | None = None) -> None:
+                    max_shard_bytes: int = MAX_SHARD_BYTES, record: dict | None = None,
+                    merge_adapter: bool = True) -> None:
     """``model`` as a ``transformers`` folder at ``out``: safetensors shards (``model.safetensors``,
     or ``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json``), ``config.json``,
     ``generation_config.json``, and the tokenizer's files (``tokenizer.save_pretrained(out)``; a
@@ -328,7 +334,8 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype
     temporary folder and renamed.
 
     Under ZeRO-3 every rank must call it: parameters are gathered one at a time to rank 0, which
-    alone writes. ``dtype`` (default: the model's) is the dtype of the saved weights."""
+    alone writes. ``dtype`` (default: the model's) is the dtype of the saved weights. A model with
+    LoRA layers is saved merged (``merge_adapter=False``: its frozen base alone)."""
     from safetensors.torch import save_file
 
     is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
@@ -337,7 +344,7 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype
     with atomic_dir(out) if is_main else contextlib.nullcontext(None) as tmp:
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
-        for name, tensor in _gathered_state(model, dtype):
+        for name, tensor in _gathered_state(model, dtype, merge_adapter):
             if not is_main:
                 continue
             nbytes = tensor.numel() * tensor.element_size()
@@ -364,7 +371,7 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype
            for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")}
         generation = {k: v for k, v in ids.items() if v is not None}
         _write_json(tmp / "generation_config.json", generation)
-        _save_tokenizer(tokenizer, tmp)
+        save_tokenizer(tokenizer, tmp)
         if record is not None:
             _write_json(tmp / "flanpipe.json", record)
 
@@ -373,20 +380,27 @@ def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _gathered_state(model: PreTrainedModel, dtype: torch.dtype):
+def _gathered_state(model: PreTrainedModel, dtype: torch.dtype, merge_adapter: bool = True):
     """(name, CPU tensor) for every parameter (a tied output embedding once, under the input
-    embedding's name) and persistent buffer, gathered from ZeRO-3 partitions one at a time."""
-    seen: set[int] = set()
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen or _tied(model, name):
-            continue
-        seen.add(id(param))
-        yield name, _full(param, dtype)
+    embedding's name) and persistent buffer, gathered from ZeRO-3 partitions one at a time. A
+    LoRA-adapted model's weights come merged, under the base model's names
+    (:func:`~flanpipe.core.adapter.merged_state`), or its base alone (``merge_adapter=False``)."""
+    from flanpipe.core.adapter import base_name, is_adapted, merged_state
+
+    if is_adapted(model):
+        yield from merged_state(model, dtype, skip=lambda name: _tied(model, name), fold=merge_adapter)
+    else:
+        seen: set[int] = set()
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if id(param) in seen or _tied(model, name):
+                continue
+            seen.add(id(param))
+            yield name, _full(param, dtype)
     persistent = {n for n, _ in model.state_dict(keep_vars=True).items()}
     for name, buffer in model.named_buffers():
         if name in persistent:
             cast = dtype if buffer.is_floating_point() else buffer.dtype
-            yield name, buffer.detach().to("cpu", cast).clone()
+            yield base_name(name), buffer.detach().to("cpu", cast).clone()
 
 
 def _full(param: torch.nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
@@ -398,7 +412,7 @@ def _full(param: torch.nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
         return param.detach().to("cpu", dtype).clone()
 
 
-def _save_tokenizer(tokenizer, out: Path) -> None:
+def save_tokenizer(tokenizer, out: Path) -> None:
     """A :class:`~flanpipe.core.tokenizers.Tokenizer`'s (or ``transformers`` tokenizer's) files, or those of
     the tokenizer at a path; nothing for None."""
     if tokenizer is None:

@@ -533,6 +533,36 @@ class ModelSpec(_Section):
         return self
 
 
+class AdapterConfig(_Section):
+    """`train.adapter`: full fine-tuning (`none`) or LoRA adapters through `peft` on a frozen base."""
+
+    kind: Literal["none", "lora", "qlora"] = "none"
+    """`none`: every weight trains (full fine-tuning); `lora`: low-rank adapters (`peft`'s LoRA) on
+    `target_modules`, the base frozen (and, under ZeRO-3, partitioned as it loads); only the adapter
+    weights reach the optimizer. `qlora` is refused: its 4-bit base cannot be partitioned by ZeRO-3."""
+    rank: StrictInt = Field(16, ge=1)
+    """LoRA's rank r: each adapted `d_out x d_in` weight gains `B (d_out x r) @ A (r x d_in)`."""
+    alpha: StrictFloat = Field(32.0, gt=0)
+    """LoRA's scale numerator: the update is `alpha / rank * B @ A` (peft's `lora_alpha`)."""
+    dropout: StrictFloat = Field(0.0, ge=0, lt=1)
+    """Dropout on each adapted layer's input to the adapter branch (peft's `lora_dropout`); seeded per
+    step and rank, so a resumed run draws the same masks."""
+    target_modules: Literal["auto"] | list[str] = "auto"
+    """The linear layers to adapt: `auto`, every attention and MLP projection of the architecture
+    (peft's `all-linear`: every linear layer but the output head), or a list of module names
+    (e.g. `[q_proj, v_proj]`, matched as peft matches them: name suffixes)."""
+
+    @model_validator(mode="after")
+    def _no_qlora(self) -> AdapterConfig:
+        if self.kind == "qlora":
+            raise ValueError("train.adapter.kind: 'qlora' is not supported: its 4-bit (bitsandbytes) base "
+                             "weights cannot be partitioned by DeepSpeed ZeRO-3, which flanpipe trains "
+                             "with; allowed: none, lora")
+        if self.kind == "lora" and isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("train.adapter.target_modules: an empty list; allowed: auto or module names")
+        return self
+
+
 class TrainConfig(_Section):
     """Stage 5: instruction tuning with DeepSpeed, one model per mixture. GPUs, nodes and time limits
     come from the Snakemake profile, not from here."""
@@ -580,6 +610,8 @@ class TrainConfig(_Section):
     keep_checkpoints: StrictInt = Field(2, ge=1)
     log_every: StrictInt = Field(10, ge=1)
     """Write metrics every N steps."""
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    """`none` (full fine-tuning) or LoRA adapters on a frozen base (see docs/stages/train.md)."""
 
 
 class GenerationConfig(_Section):

@@ -94,7 +94,8 @@ def final_logits(config, logits: torch.Tensor) -> torch.Tensor:
 
 class PackedCausalLM(nn.Module):
     """A ``transformers`` causal LM trained on packed rows: ``forward`` returns the cross-entropy of
-    every predicted target token (see :func:`predicted`), in row-major order, in float32.
+    every predicted target token (see :func:`predicted`), in row-major order, in float32 (float64
+    for a float64 model).
 
     ``self.model`` is the wrapped model itself (export it, not the wrapper)."""
 
@@ -113,7 +114,8 @@ class PackedCausalLM(nn.Module):
         valid = predicted(segment_ids, loss_mask)
         selected = hidden[:, :-1][valid]  # (targets, hidden): only these are projected
         logits = final_logits(config, self.model.get_output_embeddings()(selected))
-        return F.cross_entropy(logits.float(), tokens[:, 1:][valid].long(), reduction="none")
+        wide = torch.promote_types(logits.dtype, torch.float32)  # float32 (bf16, fp32 runs) or float64
+        return F.cross_entropy(logits.to(wide), tokens[:, 1:][valid].long(), reduction="none")
 
 
 def flops_per_token(config, parameters: int, seq_len: int) -> float:

@@ -124,7 +124,7 @@ class Adafactor(torch.optim.Optimizer):
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
         pieces, process_group = self._layout(p)
-        grad = p.grad.float().reshape(-1)
+        grad = p.grad.to(torch.promote_types(p.grad.dtype, torch.float32)).reshape(-1)  # (float64 stays)
         factored = [x for x in pieces if x.factored]
         full = [x for x in pieces if not x.factored]
         state = self.state[p]
@@ -331,6 +331,20 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held in the optimizer's state tensors (on this rank)."""
     return sum(t.numel() * t.element_size() for s in _inner(optimizer).state.values() for t in s.values()
                if isinstance(t, torch.Tensor))
+
+
+def optimized_parameters(optimizer: torch.optim.Optimizer) -> int:
+    """Parameters (whole tensors, on all ranks) that the optimizer steps, read from DeepSpeed's
+    wrapper (ZeRO-3's ``fp16_groups``, ZeRO-1/2's ``bit16_groups``, bf16 ZeRO-0's ``bf16_groups``) or
+    from a plain optimizer's parameter groups: with LoRA, the adapters' parameters only.
+
+    >>> optimized_parameters(torch.optim.SGD([torch.zeros(2, 3), torch.zeros(4)], lr=1.0))
+    10
+    """
+    for groups in ("fp16_groups", "bit16_groups", "bf16_groups"):
+        if getattr(optimizer, groups, None):
+            return sum(getattr(p, "ds_numel", p.numel()) for g in getattr(optimizer, groups) for p in g)
+    return sum(p.numel() for g in _inner(optimizer).param_groups for p in g["params"])
 
 
 def adam_state_bytes(optimizer: torch.optim.Optimizer) -> int:

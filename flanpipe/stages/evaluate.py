@@ -43,6 +43,7 @@ import pyarrow as pa
 import torch
 
 from flanpipe.core import metrics
+from flanpipe.core.adapter import adapter_base, is_adapter_folder
 from flanpipe.core.chat import chat_template
 from flanpipe.core.checkpoint import load_checkpoint
 from flanpipe.core.config import EvaluateSlice
@@ -81,9 +82,10 @@ log = logging.getLogger(__name__)
 # --- the model -----------------------------------------------------------------------------------
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A Hugging Face model folder: ``path`` itself, or its ``hf/`` (``models/all`` -> ``models/all/hf``)."""
+    """A Hugging Face model folder: ``path`` itself, or its ``hf/`` (``models/all`` -> ``models/all/hf``);
+    or a ``peft`` adapter folder (``models/all/adapter``: its base with the adapter on it)."""
     path = Path(path)
-    if (path / "config.json").exists():
+    if (path / "config.json").exists() or is_adapter_folder(path):
         return path
     if (path / "hf" / "config.json").exists():
         return path / "hf"
@@ -103,7 +105,9 @@ def load_model(path: str | Path, precision: str = "auto") -> tuple[torch.nn.Modu
 
 def is_encoder_decoder_folder(model_dir: str | Path) -> bool:
     """Whether a model folder's ``config.json`` is an encoder-decoder's (T5, mT5: ``is_encoder_decoder``)."""
-    config = json.loads((resolve_model_dir(model_dir) / "config.json").read_text(encoding="utf-8"))
+    folder = resolve_model_dir(model_dir)
+    folder = adapter_base(folder) if is_adapter_folder(folder) else folder
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     return bool(config.get("is_encoder_decoder", False))
 
 

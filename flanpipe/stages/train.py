@@ -29,6 +29,11 @@ ZeRO-3, partitioned as it loads). At the end, ``models/{mixture}/hf/`` is its ch
 (safetensors shards, ``config.json``, the tokenizer) that ``transformers`` loads with no flanpipe
 code; ``metrics.csv``, ``tensorboard/`` and
 ``loss.png`` hold the curves, ``run.json`` the run's manifest with the DeepSpeed config it used.
+
+With ``train.adapter.kind: lora`` (:mod:`flanpipe.core.adapter`), ``peft``'s LoRA layers are added
+to the loaded (under ZeRO-3: partitioned) model, every base weight frozen, and only the adapters
+reach the optimizer; ``hf/`` is then the merged model and ``adapter/`` the adapter as ``peft``
+saves it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flanpipe.core.adapter import add_lora, save_adapter, trainable_count
 from flanpipe.core.checkpoint import build_model, parameter_count, save_checkpoint
 from flanpipe.core.config import TrainConfig, TrainSlice
 from flanpipe.core.distributed import DistEnv, dist_env, rank_nodes
@@ -66,14 +72,15 @@ from flanpipe.core.optim import (
     attach_zero_layout,
     build_optimizer,
     constant_with_warmup,
+    optimized_parameters,
     optimizer_state_bytes,
 )
 from flanpipe.core.seq2seq import PackedSeq2SeqLM, is_encoder_decoder
 from flanpipe.core.shards import PackedShards, verify_shards
 
 # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
-# records the training format
-STAGE_VERSION = "4"
+# records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters
+STAGE_VERSION = "5"
 BATCH_FIELDS = {  # the model's int64 inputs per packed layout (the wrappers' forward arguments)
     "decoder_only": ("tokens", "segment_ids", "positions", "loss_mask"),
     "encoder_decoder": ("inputs", "inputs_segment_ids", "inputs_positions", "targets", "targets_segment_ids",
@@ -281,11 +288,18 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
                         special_ids=tokenizer_info["special_ids"],
                         dtype=torch.bfloat16 if bf16 else torch.float32, attention=ATTENTION[attention],
                         zero3=ds_cfg if tcfg.zero_stage == 3 else None)
+    adapter = tcfg.adapter
+    peft_model = None
+    if adapter.kind == "lora":  # the base frozen (partitioned already under ZeRO-3), LoRA layers added
+        peft_model = add_lora(model, adapter, derive_seed(cfg.seed, "train/adapter"), adapter_base_path(tcfg))
     model.train()
     parameters = parameter_count(model)
+    trainable = trainable_count(model)
     torch.manual_seed(derive_seed(cfg.seed, f"train/rank{dist.rank}"))
-    optimizer = build_optimizer(tcfg.optimizer, model.parameters(), tcfg.lr, tcfg.weight_decay,
-                                tcfg.adam_betas, tcfg.adafactor_decay_rate, tcfg.adafactor_clip_threshold,
+    # only the weights that train reach the optimizer (LoRA: the adapters; else every weight)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(tcfg.optimizer, trained, tcfg.lr, tcfg.weight_decay, tcfg.adam_betas,
+                                tcfg.adafactor_decay_rate, tcfg.adafactor_clip_threshold,
                                 tcfg.adafactor_beta1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(tcfg.warmup_steps))
     wrapped = packed_model(model, data.layout, packed_dir)
@@ -302,10 +316,10 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out_dir / "ds_config.json", ds_cfg)
-        log.info("%s: %s parameters, %d ranks x %d rows x %d accumulation = %d rows (%d tokens) per step, "
-                 "%s, %s attention, ZeRO-%d", mixture, f"{parameters:,}", dist.world_size,
-                 plan.micro_batch_rows, plan.accumulation, plan.rows_per_step, plan.tokens_per_step,
-                 "bf16" if bf16 else "fp32", attention, tcfg.zero_stage)
+        log.info("%s: %s parameters (%s train), %d ranks x %d rows x %d accumulation = %d rows (%d tokens) "
+                 "per step, %s, %s attention, ZeRO-%d", mixture, f"{parameters:,}", f"{trainable:,}",
+                 dist.world_size, plan.micro_batch_rows, plan.accumulation, plan.rows_per_step,
+                 plan.tokens_per_step, "bf16" if bf16 else "fp32", attention, tcfg.zero_stage)
     metrics = _Metrics(out_dir, start) if is_main else None
     fail_at = int(os.environ.get(FAIL_AT_STEP, 0))
     t0 = time.perf_counter()
@@ -316,6 +330,8 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
         if fail_at and step + 1 == fail_at and is_main:
             os._exit(17)
         t_step = time.perf_counter()
+        if peft_model is not None and adapter.dropout > 0:  # LoRA dropout: the same masks after a resume
+            torch.manual_seed(derive_seed(cfg.seed, f"train/dropout/step{step}/rank{dist.rank}"))
         current = next_batches.result()
         if step + 1 < tcfg.steps:  # read the next step's rows while this one computes
             next_batches = loader.submit(load_step, data, plan, step + 1, cfg.seed, dist.rank, device)
@@ -355,7 +371,8 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     elapsed = time.perf_counter() - t0
     manifest = {
         "stage": "train", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed,
-        "model": model.config.to_dict(), "parameters": parameters, "world_size": dist.world_size,
+        "model": model.config.to_dict(), "parameters": parameters, "trainable_parameters": trainable,
+        "adapter": adapter.model_dump(mode="json"), "world_size": dist.world_size,
         "nodes": nodes,
         "launcher": dist.launcher, "device": "cuda" if on_gpu else "cpu",
         "precision": "bf16" if bf16 else "fp32", "attention": attention,
@@ -363,6 +380,7 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
                   "micro_batch_rows": plan.micro_batch_rows, "accumulation": plan.accumulation},
         "steps": tcfg.steps, "resumed_from_step": start, "deepspeed": ds_cfg,
         "optimizer": tcfg.optimizer, "optimizer_partitions": partitions,
+        "optimized_parameters": optimized_parameters(engine.optimizer),
         "optimizer_state_bytes_rank0": optimizer_state_bytes(engine.optimizer),
         "adamw_state_bytes_rank0": adam_state_bytes(engine.optimizer),
         "peak_memory_bytes_rank0": torch.cuda.max_memory_allocated(device) if on_gpu else None,
@@ -373,15 +391,34 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
         "created_at": utc_now(),
     }
     if tokenizer is not None:  # (benchmarks on synthetic rows have no tokenizer to export)
-        save_checkpoint(model, tokenizer, out_dir / "hf", dtype=torch.bfloat16 if bf16 else torch.float32,
-                        record={**trained_format(data.manifest), "mixture": mixture, "steps": tcfg.steps,
-                                "stage_version": STAGE_VERSION})
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        record = {**trained_format(data.manifest), "mixture": mixture, "steps": tcfg.steps,
+                  "stage_version": STAGE_VERSION}
+        save_checkpoint(model, tokenizer, out_dir / "hf", dtype=dtype, record=record)  # LoRA: merged
+        if peft_model is not None:
+            save_adapter(peft_model, tokenizer, out_dir / "adapter", record=record | {"adapter": "lora"})
+            if tcfg.model.source == "config":  # a new model's frozen base goes with its adapter
+                save_checkpoint(model, tokenizer, out_dir / "adapter" / "base", dtype=dtype,
+                                merge_adapter=False)
+        elif is_main and (out_dir / "adapter").exists():  # an earlier LoRA run's adapter is not this model's
+            shutil.rmtree(out_dir / "adapter")
     if is_main:
         plot_loss(out_dir / "metrics.csv", out_dir / "loss.png", mixture)
         write_json_atomic(out_dir / "run.json", manifest)
         metrics.close()
     torch.distributed.barrier()
     return manifest
+
+
+def adapter_base_path(tcfg: TrainConfig) -> str:
+    """The adapter's ``base_model_name_or_path``: the pretrained checkpoint's absolute path, or
+    ``base`` (the adapter folder's ``base/``, where a new model's frozen base is saved).
+
+    >>> from flanpipe.core.config import TrainConfig
+    >>> adapter_base_path(TrainConfig())
+    'base'
+    """
+    return str(Path(tcfg.model.path).resolve()) if tcfg.model.source == "pretrained" else "base"
 
 
 def _all_reduce(value: torch.Tensor) -> float:
