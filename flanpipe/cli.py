@@ -298,6 +298,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             bench_train.print_lora(bench_train.bench_lora(args.size, args.steps, args.micro_batch_rows,
                                                           args.optimizer, model=args.model))
             return 0
+        if args.architecture != "llama":
+            bench_train.print_architectures(bench_train.bench_architectures(
+                args.size, args.steps, args.micro_batch_rows, args.optimizer, args.architecture))
+            return 0
         bench_train.print_train(bench_train.bench_train(args.size, args.steps, args.micro_batch_rows,
                                                         optimizer=args.optimizer, model=args.model))
         return 0
@@ -504,7 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2,
                    help="pack, fewshot: encoder threads; eval: torch threads")
     p.add_argument("--architecture", choices=["llama", "t5"], default="llama",
-                   help="eval: a decoder (llama) or an encoder-decoder (t5) of the same width")
+                   help="eval: a decoder (llama) or an encoder-decoder (t5) of the same width; train: t5 "
+                        "trains one beside the Llama of --size")
     p.add_argument("--size", choices=["tiny", "125m", "1b"], default="1b", help="train: model size")
     p.add_argument("--steps", type=int, default=300, help="train: optimizer steps")
     p.add_argument("--micro-batch-rows", type=int, default=8, help="train: packed rows per forward pass")

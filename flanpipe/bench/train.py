@@ -5,6 +5,7 @@
     flanpipe bench train --size tiny --steps 20                               # checks the path on CPU
     flanpipe bench train --adapter lora --model ~/.cache/flanpipe/smollm2-135m-instruct --steps 8 \
         --micro-batch-rows 1                                  # LoRA beside full fine-tuning (CPU)
+    flanpipe bench train --architecture t5 --size tiny --steps 20   # a T5 beside a decoder of its width
 
 It writes a synthetic packed mixture (FLAN-like example lengths, best-fit packed into rows of 1280
 tokens), runs the real trainer on it (DeepSpeed ZeRO-3, FlexAttention block masks and bf16 on GPU)
@@ -18,6 +19,13 @@ time, the peak GPU memory and the optimizer state's bytes on rank 0 beside AdamW
 folder, or ``--size``) twice on the same rows, each run in its own process: full fine-tuning, then
 LoRA adapters (rank 16 on every attention and MLP projection), and prints both runs' tokens/s and
 peak memory (GPU: ``max_memory_allocated``; CPU: the process's peak resident set) and their ratios.
+
+``--architecture t5`` (:func:`bench_architectures`) trains a T5 v1.1 / FLAN-T5-shaped encoder-decoder
+of ``--size``'s width, depth (on each side) and heads beside the Llama of that size, each in its own
+process, on the same examples: packed into decoder rows of 1,280 tokens for the Llama, into paired
+rows of 1,024 input and 256 target tokens for the T5 (:func:`synthetic_paired`); and prints both
+runs' tokens/s (row tokens: inputs and targets, padding included, as the trainer counts them) and
+peak memory, and their ratios.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from flanpipe.core import binpack
-from flanpipe.core.config import TrainSlice, parse_config
+from flanpipe.core.config import ENCODER_DECODER_ARCHITECTURES, TrainSlice, parse_config
 from flanpipe.core.io import write_json_atomic
 from flanpipe.core.shards import stored_dtype
 from flanpipe.stages.pack import ShardWriter, packed_rows
@@ -50,10 +58,8 @@ LI, LT = 1024, 256
 def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
     """A packed decoder-only mixture of ``rows`` rows of random tokens, with FLAN-like segments."""
     rng = np.random.default_rng(seed)
-    n = rows * 8
-    size_in = np.minimum(np.ceil(rng.lognormal(5.0, 1.0, n)), LI - 1).astype(np.int64) + 1
-    size_tg = np.minimum(np.ceil(rng.lognormal(2.5, 1.2, n)), LT - 1).astype(np.int64) + 1
-    placed = binpack.pack("best_fit", size_in + size_tg, LI + LT, np.zeros(n, np.int64), 0)
+    size_in, size_tg = _example_sizes(rows, rng)
+    placed = binpack.pack("best_fit", size_in + size_tg, LI + LT, np.zeros(len(size_in), np.int64), 0)
     bins, seg, off, n_rows = placed.row, placed.segment, placed.offset_a, placed.rows
     keep = np.flatnonzero(bins < rows)
     tokens = np.zeros(min(rows, n_rows), stored_dtype("decoder_only", LI, LT, VOCAB))
@@ -73,21 +79,60 @@ def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
     return out
 
 
+def _example_sizes(rows: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """FLAN-like example lengths, EOS included: inputs log-normal around 150 tokens (at most LI),
+    targets around 12 (at most LT); ``8 x rows`` of them."""
+    n = rows * 8
+    size_in = np.minimum(np.ceil(rng.lognormal(5.0, 1.0, n)), LI - 1).astype(np.int64) + 1
+    size_tg = np.minimum(np.ceil(rng.lognormal(2.5, 1.2, n)), LT - 1).astype(np.int64) + 1
+    return size_in, size_tg
+
+
+def synthetic_paired(out: Path, rows: int, seed: int = 0) -> Path:
+    """A packed encoder-decoder mixture of ``rows`` paired rows (inputs of LI, targets of LT) of
+    random tokens, with the example lengths of :func:`synthetic_packed`."""
+    rng = np.random.default_rng(seed)
+    size_in, size_tg = _example_sizes(rows, rng)
+    placed = binpack.pack("best_fit", size_in, LI, size_tg, LT)
+    keep = np.flatnonzero(placed.row < rows)
+    bins, seg = placed.row[keep], placed.segment[keep]
+    tokens = np.zeros(min(rows, placed.rows), stored_dtype("encoder_decoder", LI, LT, VOCAB))
+    for side, offsets, size in (("inputs", placed.offset_a, size_in), ("targets", placed.offset_b, size_tg)):
+        body = size[keep] - 1  # random tokens before each EOS
+        starts = np.concatenate([[0], np.cumsum(body)[:-1]])
+        binpack.fill_side(tokens[side], bins, offsets[keep], rng.integers(4, VOCAB, int(body.sum())), starts,
+                          body, body, 1, False)
+    (out / "shards").mkdir(parents=True)
+    writer = ShardWriter(out / "shards", tokens.dtype, len(tokens))
+    writer.add(packed_rows(tokens, bins, seg, size_in[keep], size_tg[keep]))
+    write_json_atomic(out / "manifest.json", {
+        "layout": "encoder_decoder", "rows": len(tokens), "shards": writer.close(),
+        "tokenizer": {"vocab_size": VOCAB,
+                      "special_ids": {"pad_id": 0, "eos_id": 1, "unk_id": 2, "bos_id": 3}}})
+    return out
+
+
 def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
                 tokens_per_batch: int | None = None, attention: str = "auto",
-                optimizer: str = "adafactor", adapter: str = "none", model: str | None = None) -> dict:
+                optimizer: str = "adafactor", adapter: str = "none", model: str | None = None,
+                architecture: str = "llama") -> dict:
     """Run the trainer on synthetic packed rows; returns tokens/s, MFU, memory and state bytes.
     ``model``: a pretrained checkpoint folder instead of a new model of ``size``; ``adapter``:
-    ``train.adapter.kind`` (``lora``: rank 16, alpha 32, every attention and MLP projection)."""
+    ``train.adapter.kind`` (``lora``: rank 16, alpha 32, every attention and MLP projection);
+    ``architecture``: the new model's family (``t5``: an encoder-decoder on paired rows)."""
     from flanpipe.stages.train import train
 
-    spec = SIZES[size] if model is None else {"source": "pretrained", "path": str(Path(model).expanduser())}
+    spec = SIZES[size] | {"architecture": architecture} if model is None else {
+        "source": "pretrained", "path": str(Path(model).expanduser())}
+    paired = architecture in ENCODER_DECODER_ARCHITECTURES
     tokens_per_batch = tokens_per_batch or micro_batch_rows * (LI + LT)
     with tempfile.TemporaryDirectory(prefix="flanpipe-bench-train-") as tmp_name:
         tmp = Path(tmp_name)
         rows = max(64, tokens_per_batch // (LI + LT) * min(steps, 64))
-        packed = synthetic_packed(tmp / "packed", rows)
-        cfg = parse_config({"train": {"steps": steps, "tokens_per_batch": tokens_per_batch,
+        packed = (synthetic_paired if paired else synthetic_packed)(tmp / "packed", rows)
+        layout = "encoder_decoder" if paired else "decoder_only"
+        cfg = parse_config({"tokenize": {"layout": layout}, "train": {
+                                      "steps": steps, "tokens_per_batch": tokens_per_batch,
                                       "micro_batch_rows": micro_batch_rows, "model": spec,
                                       "attention": attention, "checkpoint_every": 10**9, "log_every": 1,
                                       "lr": 3e-5, "optimizer": optimizer,
@@ -102,7 +147,8 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
 
     config = AutoConfig.for_model(**run["model"])
     flops = flops_per_token(config, run["parameters"], LI + LT)
-    return {"size": size if model is None else Path(model).name, "parameters": run["parameters"],
+    return {"size": size if model is None else Path(model).name, "architecture": architecture,
+            "parameters": run["parameters"],
             "trainable_parameters": run["trainable_parameters"], "adapter": adapter, "steps": steps,
             "device": run["device"],
             "precision": run["precision"], "attention": run["attention"],
@@ -154,3 +200,50 @@ def print_lora(r: dict) -> None:
           f"({r['peak_memory_ratio']:.2f}x)")
     print(f"  optimizer state on rank 0: full {full['optimizer_state_bytes_rank0'] / mib:,.1f} MiB, "
           f"LoRA {lora['optimizer_state_bytes_rank0'] / mib:,.2f} MiB ({r['optimizer_state_ratio']:.4f}x)")
+
+
+def bench_architectures(size: str = "tiny", steps: int = 20, micro_batch_rows: int = 1,
+                        optimizer: str = "adafactor", architecture: str = "t5") -> dict:
+    """The Llama of ``size`` (the peer), then an encoder-decoder of ``architecture`` with its width,
+    depth on each side and heads, on the same examples, each in a fresh process; returns both runs and
+    the ratios encoder-decoder / decoder."""
+    runs = {}
+    for arch in ("llama", architecture):
+        kwargs = {"size": size, "steps": steps, "micro_batch_rows": micro_batch_rows, "optimizer": optimizer,
+                  "architecture": arch}
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            runs[arch] = pool.apply(_one_run, (kwargs,))
+    decoder, seq2seq = runs["llama"], runs[architecture]
+    memory = "peak_memory_bytes_rank0" if decoder["peak_memory_bytes_rank0"] else "peak_rss_bytes"
+    return {"decoder": decoder, "encoder_decoder": seq2seq, "memory": memory,
+            "tokens_per_s_ratio": seq2seq["tokens_per_s"] / decoder["tokens_per_s"],
+            "peak_memory_ratio": seq2seq[memory] / decoder[memory],
+            "parameters_ratio": seq2seq["parameters"] / decoder["parameters"]}
+
+
+def print_architectures(r: dict) -> None:
+    print(json.dumps(r, indent=2))
+    dec, s2s, mem = r["decoder"], r["encoder_decoder"], r["memory"]
+    what = "peak GPU memory" if mem == "peak_memory_bytes_rank0" else "peak resident memory"
+    mib = 2**20
+    print(f"{s2s['architecture']} beside a decoder of the same width (the peer: Llama, same run), size "
+          f"{dec['size']}, {dec['device']} {dec['precision']}, ZeRO-{dec['zero_stage']}, {dec['optimizer']}, "
+          f"{dec['tokens_per_step']:,} row tokens per step (decoder rows of {LI + LT}; paired rows of "
+          f"{LI} + {LT})")
+    print(f"  parameters: decoder {dec['parameters'] / 1e6:,.1f}M, {s2s['architecture']} "
+          f"{s2s['parameters'] / 1e6:,.1f}M ({r['parameters_ratio']:.2f}x)")
+    print(f"  tokens/s: decoder {dec['tokens_per_s']:,.0f}, {s2s['architecture']} {s2s['tokens_per_s']:,.0f} "
+          f"({r['tokens_per_s_ratio']:.2f}x)")
+    print(f"  {what}: decoder {dec[mem] / mib:,.0f} MiB, {s2s['architecture']} {s2s[mem] / mib:,.0f} MiB "
+          f"({r['peak_memory_ratio']:.2f}x)")
+
+
+def print_train(r: dict) -> None:
+    print(json.dumps(r, indent=2))
+    print(f"train benchmark: {r['parameters'] / 1e6:,.0f}M-parameter {r['architecture']} model, "
+          f"{r['tokens_per_step']:,} tokens per step, "
+          f"{r['device']} {r['precision']}, {r['attention']} attention, ZeRO-{r['zero_stage']}, "
+          f"{r['optimizer']} ({r['optimizer_state_bytes_rank0'] / 2**20:,.1f} MiB of state on rank 0; "
+          f"AdamW's: {r['adamw_state_bytes_rank0'] / 2**20:,.1f} MiB): "
+          f"{r['tokens_per_s']:,.0f} tokens/s, MFU {100 * r['mfu']:.1f}% of the H100's 989 TFLOP/s bf16 peak "
+          "(target 40%; llm-foundry 1B: 42%)")

@@ -117,10 +117,12 @@ def _seq2seq_config(spec: ModelSpec, vocab_size: int, special_ids: dict[str, int
                     ) -> PretrainedConfig:
     """The config of a new T5 v1.1 / FLAN-T5-shaped (or mT5) encoder-decoder: gated-GELU MLPs of
     ``intermediate_size`` (null: 8/3 x hidden rounded up to 64, near T5 v1.1's 2048 for 768),
-    ``num_layers`` layers on each side, ``head_dim = hidden_size / num_heads``, untied output
-    projection (T5 v1.1: no ``d_model ** -0.5`` scaling; ``tie_word_embeddings: true`` gives
-    original T5's), no dropout (as the decoders: ``hf_config: {dropout_rate: 0.1}`` sets T5's), and
-    our special ids, the decoder starting from the pad id as T5's does.
+    ``num_layers`` layers on each side, ``head_dim = hidden_size / num_heads``, decoder outputs not
+    scaled by ``d_model ** -0.5`` (T5 v1.1's; ``tie_word_embeddings: true`` gives original T5's
+    scaling; ``transformers`` 5 ties T5's output projection to the embedding either way, so the
+    v1.1 shape's separate head is not built), no dropout (as the decoders: ``hf_config:
+    {dropout_rate: 0.1}`` sets T5's), and our special ids, the decoder starting from the pad id as
+    T5's does.
 
     >>> from flanpipe.core.config import ModelSpec
     >>> cfg = model_config(ModelSpec(architecture="t5", hidden_size=64, num_heads=4, num_layers=2), 1000, 512,
