@@ -239,6 +239,12 @@ def _load_partitioned(folder: Path, config, dtype: torch.dtype, attention: str,
     output, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
     if config.tie_word_embeddings and output is not embedding:
         raise ValueError(f"{folder}: tie_word_embeddings, but the output embedding was not tied")
+    if output is embedding and _own_output_projection(folder, model):
+        # T5 v1.1, FLAN-T5, mT5: transformers 5 forces T5's tie_word_embeddings, and from_pretrained
+        # unties where the checkpoint holds an output projection of its own; so here
+        with deepspeed.zero.Init(config_dict_or_path=zero3):
+            head = torch.nn.Linear(output.ds_shape[1], output.ds_shape[0], bias=False)
+        model.set_output_embeddings(head)
     params = dict(model.named_parameters())
     aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - set(params)  # tied names
     buffers = dict(model.named_buffers())
@@ -298,7 +304,24 @@ def attention_for(config, attention: str) -> str:
 
 
 def _tied(model, name: str) -> bool:
-    return bool(model.config.tie_word_embeddings) and name.endswith("lm_head.weight")
+    return (bool(model.config.tie_word_embeddings) and name.endswith("lm_head.weight")
+            and model.get_output_embeddings().weight is model.get_input_embeddings().weight)
+
+
+def _own_output_projection(folder: Path, model) -> bool:
+    """Whether an encoder-decoder checkpoint whose config ties the output embedding to the input's
+    holds an output projection of its own (``lm_head.weight``: T5 v1.1's, FLAN-T5's and mT5's
+    ``tie_word_embeddings: false``, which ``transformers`` 5 reads as "do not scale the decoder
+    outputs" and ties all the same, untying at load where the weights are there)."""
+    from safetensors import safe_open
+
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return False
+    for shard in weight_files(folder):
+        with safe_open(str(shard), framework="pt") as f:
+            if "lm_head.weight" in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                return True
+    return False
 
 
 def weight_files(folder: str | Path) -> list[Path]:

@@ -90,8 +90,9 @@ def test_the_first_steps_loss_is_the_examples_own_loss(packed, runs):
 
 
 def test_a_pretrained_t5_loads_partitioned_and_trains_from_its_own_weights(packed, tmp_path):
-    """A T5 checkpoint folder (`source: pretrained`), loaded partitioned under ZeRO-3 on 2 ranks:
-    the first step's loss is the checkpoint's own loss on the step's examples."""
+    """A T5 checkpoint folder (`source: pretrained`) with an output projection of its own, as T5
+    v1.1's, FLAN-T5's and mT5's are, loaded partitioned under ZeRO-3 on 2 ranks: the first step's
+    loss is the checkpoint's own loss on the step's examples, as `transformers` loads it."""
     from transformers import AutoModelForSeq2SeqLM
 
     from flanpipe.core.checkpoint import save_checkpoint
@@ -100,9 +101,12 @@ def test_a_pretrained_t5_loads_partitioned_and_trains_from_its_own_weights(packe
     torch.manual_seed(99)  # other weights than a new model's
     model = build_model(ModelSpec(**seq2seq_train.MODEL), tokenizer.vocab_size, 32,
                         special_ids=tokenizer.special_ids())
+    shared = model.get_input_embeddings().weight
+    model.set_output_embeddings(torch.nn.Linear(shared.shape[1], shared.shape[0], bias=False))
     save_checkpoint(model, tokenizer, tmp_path / "ckpt", max_shard_bytes=50_000)
     metrics = launch(packed, 2, tmp_path / "run", pretrained=tmp_path / "ckpt")
     reference = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "ckpt"), local_files_only=True).eval()
+    assert not torch.equal(reference.get_output_embeddings().weight, reference.get_input_embeddings().weight)
     loss, count = first_step_loss(packed, reference)
     assert int(metrics[0]["target_tokens"]) == count
     assert float(metrics[0]["loss"]) == pytest.approx(loss, rel=1e-5)
