@@ -166,21 +166,32 @@ def _one_run(kwargs: dict) -> dict:
     return bench_train(**kwargs)
 
 
+def _side_by_side(common: dict, peer: dict, ours: dict) -> tuple[dict, dict, str, dict]:
+    """:func:`bench_train` with ``common | peer``, then with ``common | ours``, each in a fresh process
+    (so that each peak resident set is its own); returns (peer run, our run, the memory figure both
+    have: GPU peak or resident set, the ratios ours / peer of tokens/s and of that memory)."""
+    runs = []
+    for kwargs in (common | peer, common | ours):
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            runs.append(pool.apply(_one_run, (kwargs,)))
+    first, second = runs
+    memory = "peak_memory_bytes_rank0" if first["peak_memory_bytes_rank0"] else "peak_rss_bytes"
+    return first, second, memory, {"tokens_per_s_ratio": second["tokens_per_s"] / first["tokens_per_s"],
+                                   "peak_memory_ratio": second[memory] / first[memory]}
+
+
+def _memory_label(memory: str) -> str:
+    return "peak GPU memory" if memory == "peak_memory_bytes_rank0" else "peak resident memory"
+
+
 def bench_lora(size: str = "tiny", steps: int = 20, micro_batch_rows: int = 1, optimizer: str = "adafactor",
                model: str | None = None) -> dict:
-    """Full fine-tuning, then LoRA, on the same model and rows, each in a fresh process (so that each
-    peak resident set is its own); returns both runs and the ratios LoRA / full."""
-    runs = {}
-    for adapter in ("none", "lora"):
-        kwargs = {"size": size, "steps": steps, "micro_batch_rows": micro_batch_rows, "optimizer": optimizer,
-                  "adapter": adapter, "model": model}
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            runs[adapter] = pool.apply(_one_run, (kwargs,))
-    full, lora = runs["none"], runs["lora"]
-    memory = "peak_memory_bytes_rank0" if full["peak_memory_bytes_rank0"] else "peak_rss_bytes"
-    return {"full": full, "lora": lora, "memory": memory,
-            "tokens_per_s_ratio": lora["tokens_per_s"] / full["tokens_per_s"],
-            "peak_memory_ratio": lora[memory] / full[memory],
+    """Full fine-tuning, then LoRA, on the same model and rows, each in a fresh process; returns both
+    runs and the ratios LoRA / full."""
+    common = {"size": size, "steps": steps, "micro_batch_rows": micro_batch_rows, "optimizer": optimizer,
+              "model": model}
+    full, lora, memory, ratios = _side_by_side(common, {"adapter": "none"}, {"adapter": "lora"})
+    return {"full": full, "lora": lora, "memory": memory, **ratios,
             "optimizer_state_ratio": (lora["optimizer_state_bytes_rank0"]
                                       / full["optimizer_state_bytes_rank0"])}
 
@@ -188,7 +199,7 @@ def bench_lora(size: str = "tiny", steps: int = 20, micro_batch_rows: int = 1, o
 def print_lora(r: dict) -> None:
     print(json.dumps(r, indent=2))
     full, lora, mem = r["full"], r["lora"], r["memory"]
-    what = "peak GPU memory" if mem == "peak_memory_bytes_rank0" else "peak resident memory"
+    what = _memory_label(mem)
     mib = 2**20
     print(f"LoRA against full fine-tuning (the peer, same run): {full['size']}, "
           f"{full['parameters'] / 1e6:,.1f}M parameters ({lora['trainable_parameters'] / 1e6:,.2f}M train "
@@ -207,24 +218,17 @@ def bench_architectures(size: str = "tiny", steps: int = 20, micro_batch_rows: i
     """The Llama of ``size`` (the peer), then an encoder-decoder of ``architecture`` with its width,
     depth on each side and heads, on the same examples, each in a fresh process; returns both runs and
     the ratios encoder-decoder / decoder."""
-    runs = {}
-    for arch in ("llama", architecture):
-        kwargs = {"size": size, "steps": steps, "micro_batch_rows": micro_batch_rows, "optimizer": optimizer,
-                  "architecture": arch}
-        with multiprocessing.get_context("spawn").Pool(1) as pool:
-            runs[arch] = pool.apply(_one_run, (kwargs,))
-    decoder, seq2seq = runs["llama"], runs[architecture]
-    memory = "peak_memory_bytes_rank0" if decoder["peak_memory_bytes_rank0"] else "peak_rss_bytes"
-    return {"decoder": decoder, "encoder_decoder": seq2seq, "memory": memory,
-            "tokens_per_s_ratio": seq2seq["tokens_per_s"] / decoder["tokens_per_s"],
-            "peak_memory_ratio": seq2seq[memory] / decoder[memory],
+    common = {"size": size, "steps": steps, "micro_batch_rows": micro_batch_rows, "optimizer": optimizer}
+    decoder, seq2seq, memory, ratios = _side_by_side(common, {"architecture": "llama"},
+                                                     {"architecture": architecture})
+    return {"decoder": decoder, "encoder_decoder": seq2seq, "memory": memory, **ratios,
             "parameters_ratio": seq2seq["parameters"] / decoder["parameters"]}
 
 
 def print_architectures(r: dict) -> None:
     print(json.dumps(r, indent=2))
     dec, s2s, mem = r["decoder"], r["encoder_decoder"], r["memory"]
-    what = "peak GPU memory" if mem == "peak_memory_bytes_rank0" else "peak resident memory"
+    what = _memory_label(mem)
     mib = 2**20
     print(f"{s2s['architecture']} beside a decoder of the same width (the peer: Llama, same run), size "
           f"{dec['size']}, {dec['device']} {dec['precision']}, ZeRO-{dec['zero_stage']}, {dec['optimizer']}, "
