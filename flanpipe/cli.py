@@ -38,14 +38,14 @@ from flanpipe.core.config import (
     json_schema_text,
     load_config,
 )
+from flanpipe.core.config.registry import embedded_datasets, load_registry
 from flanpipe.core.io import read_table
 from flanpipe.core.logs import setup_logging
-from flanpipe.core.planner import Plan
-from flanpipe.core.registry import embedded_datasets, load_registry
-from flanpipe.core.templates import TemplateError
-from flanpipe.core.tokenizers import TokenizerError
-from flanpipe.core.validate import SchemaError
+from flanpipe.core.text.templates import TemplateError
+from flanpipe.core.text.validate import SchemaError
+from flanpipe.core.tokens.tokenizers import TokenizerError
 from flanpipe.stages.download import DownloadError
+from flanpipe.workflow.planner import Plan
 
 DEFAULT_CONFIG = "config/config.yaml"
 
@@ -96,8 +96,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_templates(args: argparse.Namespace) -> int:
     """Print one rendered example of each of a dataset's templates."""
 
-    from flanpipe.core.templates import load_bank
-    from flanpipe.core.validate import check_split
+    from flanpipe.core.text.templates import load_bank
+    from flanpipe.core.text.validate import check_split
     from flanpipe.stages.download import read_embedded_split
     from flanpipe.stages.templatize import render_examples
 
@@ -253,7 +253,7 @@ def _tokenizer(args: argparse.Namespace, cfg) -> str:
 def cmd_launch(args: argparse.Namespace) -> int:
     import os
 
-    from flanpipe.core.launch import launch_command
+    from flanpipe.core.train.launch import launch_command
 
     rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
     cmd = launch_command(args.launcher, args.nodes, args.tasks_per_node, rest)
@@ -264,8 +264,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 def cmd_show_packed(args: argparse.Namespace) -> int:
     """One packed row, decoded segment by segment."""
-    from flanpipe.core.shards import PackedShards, unpack_row
-    from flanpipe.core.tokenizers import load_tokenizer
+    from flanpipe.core.tokens.shards import PackedShards, unpack_row
+    from flanpipe.core.tokens.tokenizers import load_tokenizer
 
     shards = PackedShards(args.packed or f"data/packed/{args.mixture}")
     tok = load_tokenizer(args.tokenizer or shards.manifest["tokenizer"]["path"])
@@ -404,7 +404,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_smollm2(args: argparse.Namespace) -> int:
     """SmolLM2-135M-Instruct as a local folder (the tests' and the experiments' checkpoint)."""
-    from flanpipe.core.checkpoint import smollm2_from_gguf
+    from flanpipe.core.model.checkpoint import smollm2_from_gguf
 
     print(smollm2_from_gguf(args.out))
     return 0

@@ -1,8 +1,8 @@
 # Helpers shared by every stage file: the dataset list and input functions (get_*).
 from argparse import Namespace
 
-from flanpipe.core.planner import Plan
-from flanpipe.core.templates import templates_digest
+from flanpipe.workflow.planner import Plan
+from flanpipe.core.text.templates import templates_digest
 
 PLAN = Plan(CFG)
 DATASETS = PLAN.dataset_names()

@@ -47,8 +47,8 @@ def one_thread():
 def smollm2_folder(cache: Path | None = None) -> Path:
     """SmolLM2-135M-Instruct as a local Hugging Face folder at ``cache`` (default
     ``$FLANPIPE_TEST_CACHE`` or ``~/.cache/flanpipe``, then ``smollm2-135m-instruct``): see
-    :func:`flanpipe.core.checkpoint.smollm2_from_gguf`."""
-    from flanpipe.core.checkpoint import smollm2_from_gguf
+    :func:`flanpipe.core.model.checkpoint.smollm2_from_gguf`."""
+    from flanpipe.core.model.checkpoint import smollm2_from_gguf
 
     root = Path(os.environ.get("FLANPIPE_TEST_CACHE", Path.home() / ".cache/flanpipe"))
     return smollm2_from_gguf(cache or root / "smollm2-135m-instruct")

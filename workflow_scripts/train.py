@@ -10,7 +10,12 @@ import yaml
 
 from flanpipe.core.config import TrainSlice
 from flanpipe.core.io import sha256_file, write_text_atomic
-from flanpipe.core.launch import die_with_parent, keep_or_clear_checkpoints, launch_command, ranks_per_node
+from flanpipe.core.train.launch import (
+    die_with_parent,
+    keep_or_clear_checkpoints,
+    launch_command,
+    ranks_per_node,
+)
 
 out = Path(snakemake.output.run).parent
 config = out / "config.yaml"

@@ -4,10 +4,10 @@
 
 On FLAN-like synthetic examples (:func:`flanpipe.bench.pack.synthetic_examples`) it times
 
-1. rendering alone: :meth:`flanpipe.core.chat.ChatTemplate.render` (the template rendered once
+1. rendering alone: :meth:`flanpipe.core.tokens.chat.ChatTemplate.render` (the template rendered once
    around sentinels, rows built by concatenation) against the template's Jinja render per row (what
    ``apply_chat_template(..., tokenize=False)`` runs), for the whole conversation and the prompt;
-2. tokens (ours and ``text``: best of two): :meth:`flanpipe.core.chat.ChatTemplate.encode` (the
+2. tokens (ours and ``text``: best of two): :meth:`flanpipe.core.tokens.chat.ChatTemplate.encode` (the
    whole conversation batch-encoded, the prompt split off at the template's added token) against
    ``AutoTokenizer.apply_chat_template`` on the same conversations, batched, for the whole
    conversation and the prompt (its fastest path: one call per list), and checks that
@@ -20,8 +20,8 @@ from __future__ import annotations
 import time
 
 from flanpipe.bench.pack import synthetic_examples
-from flanpipe.core.chat import chat_template
-from flanpipe.core.tokenizers import load_tokenizer
+from flanpipe.core.tokens.chat import chat_template
+from flanpipe.core.tokens.tokenizers import load_tokenizer
 
 
 def bench_chat(model: str, rows: int = 20_000, threads: int = 2) -> dict:

@@ -1,4 +1,5 @@
-"""Peak memory per rank while a checkpoint loads under DeepSpeed ZeRO-3 (:mod:`flanpipe.core.checkpoint`).
+"""Peak memory per rank while a checkpoint loads under DeepSpeed ZeRO-3
+(:mod:`flanpipe.core.model.checkpoint`).
 
     python -m flanpipe.bench.checkpoint make --out /tmp/llama-1b              # random ~1B Llama, shards
     python -m torch.distributed.run --standalone --nproc-per-node 2 \\
@@ -6,9 +7,9 @@
 
 ``load`` runs on every rank: it records the process's peak resident memory (``ru_maxrss``) after
 the imports and the process group (the baseline), loads the folder with
-:func:`~flanpipe.core.checkpoint.load_model` partitioned (``zero3=``), and records the peak again; rank 0
-prints both for every rank as JSON. With ``--export DIR`` the partitioned model is also saved
-back (gathered to rank 0, :func:`~flanpipe.core.checkpoint.save_checkpoint`), which the tests compare
+:func:`~flanpipe.core.model.checkpoint.load_model` partitioned (``zero3=``), and records the peak again; rank
+0 prints both for every rank as JSON. With ``--export DIR`` the partitioned model is also saved
+back (gathered to rank 0, :func:`~flanpipe.core.model.checkpoint.save_checkpoint`), which the tests compare
 tensor for tensor with the folder it came from.
 """
 
@@ -38,8 +39,8 @@ def zero3_config(bf16: bool = False) -> dict:
 
 def make(out: Path, size: str, max_shard_bytes: int, seed: int = 0) -> dict:
     """A random-init Llama of ``size`` saved as a safetensors-sharded checkpoint folder."""
-    from flanpipe.core.checkpoint import build_model, parameter_count, save_checkpoint
     from flanpipe.core.config import ModelSpec
+    from flanpipe.core.model.checkpoint import build_model, parameter_count, save_checkpoint
 
     torch.manual_seed(seed)
     model = build_model(ModelSpec(**SIZES[size]), VOCAB, 2048)
@@ -61,7 +62,7 @@ def load(folder: Path, export: Path | None, dtype: torch.dtype) -> list[dict] | 
     import deepspeed
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from flanpipe.core.checkpoint import load_model, parameter_count, save_checkpoint
+    from flanpipe.core.model.checkpoint import load_model, parameter_count, save_checkpoint
 
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()

@@ -4,7 +4,7 @@
 
 Three measurements on one synthetic table of (inputs, targets) rows with planted duplicates:
 
-1. exact dedup, :func:`flanpipe.core.hashing.exact_hashes` + ``first_occurrence`` vs pandas
+1. exact dedup, :func:`flanpipe.core.text.hashing.exact_hashes` + ``first_occurrence`` vs pandas
    ``DataFrame.duplicated`` (ours also catches duplicates that differ only in case or whitespace);
 2. MinHash signatures (128 permutations, word 3-gram shingles), ``word_hashes`` + ``minhash`` vs
    datasketch ``MinHash`` with ``update_batch``, and how close both Jaccard estimates come to the truth;
@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flanpipe.bench.templatize import WORDS
-from flanpipe.core import hashing as fp
-from flanpipe.core.keys import derive_seed
+from flanpipe.core.text import hashing as fp
+from flanpipe.core.text.keys import derive_seed
 
 SHINGLE = 3
 NUM_PERM = 128
@@ -599,8 +599,8 @@ def _example_texts(shaped: Shaped) -> tuple[list[str], list[str], list[str] | No
     """(all raw text, the distinct text, the label or None) per row, as dedup defines them: the
     distinct fields, plus the target for a generation task; a classification task's label must be
     equal instead."""
-    from flanpipe.core.registry import load_registry
-    from flanpipe.core.templates import distinct_texts
+    from flanpipe.core.config.registry import load_registry
+    from flanpipe.core.text.templates import distinct_texts
     from flanpipe.stages.fingerprint import plain_pairs
 
     spec = load_registry().datasets[shaped.dataset]
@@ -629,7 +629,7 @@ def ours_dropped(shaped: Shaped, use_distinct: bool = True, seed: int = 1) -> np
     """The rows our dedup drops (the first of each group kept), with or without the registry's
     distinct fields."""
     from flanpipe.core.config import DedupConfig, FingerprintSlice, parse_config
-    from flanpipe.core.registry import load_registry
+    from flanpipe.core.config.registry import load_registry
     from flanpipe.stages.dedupe import find_duplicates
     from flanpipe.stages.fingerprint import row_fingerprints
 

@@ -8,7 +8,7 @@ text, :func:`flanpipe.bench.pack.synthetic_examples`) is saved as a Hugging Face
 (``save_pretrained``, and the tokenizer seam's ``save_pretrained``) in a temporary directory. Both
 scorers read that folder:
 
-- **ours**: :func:`flanpipe.core.scoring.score_options` on the model
+- **ours**: :func:`flanpipe.core.eval.scoring.score_options` on the model
   :func:`flanpipe.stages.evaluate.load_model` loads (``AutoModelForCausalLM``): each prompt runs once
   into a ``DynamicCache`` and all of its options run together on top, under one custom 4D mask;
 - **peer**: ``lm_eval.models.huggingface.HFLM`` (``device="cpu"``, ``dtype="float32"``), which runs
@@ -21,7 +21,7 @@ With ``--architecture t5`` the model is a random-init T5 v1.1 / FLAN-T5-shaped e
 (``T5ForConditionalGeneration`` of the same width, depth and heads, built and saved through the
 checkpoint seam, loaded with ``AutoModelForSeq2SeqLM``):
 
-- **ours**: :func:`flanpipe.core.scoring.score_options`, which encodes each prompt once and scores
+- **ours**: :func:`flanpipe.core.eval.scoring.score_options`, which encodes each prompt once and scores
   all of its options as decoder rows against that encoder output (the cross-attention keys and
   values computed once per prompt);
 - **peer**: ``HFLM`` with ``backend="seq2seq"``, which runs the encoder and the decoder once per
@@ -58,11 +58,11 @@ import torch
 
 from flanpipe.bench.pack import CLASS_WORDS, synthetic_examples
 from flanpipe.bench.templatize import WORDS
-from flanpipe.core.checkpoint import build_model, save_checkpoint
 from flanpipe.core.config import ModelSpec, TokenizerConfig
-from flanpipe.core.keys import derive_seed
-from flanpipe.core.scoring import score_options
-from flanpipe.core.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizer, train_spm
+from flanpipe.core.eval.scoring import score_options
+from flanpipe.core.model.checkpoint import build_model, save_checkpoint
+from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.tokens.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizer, train_spm
 from flanpipe.stages.evaluate import load_model
 
 log = logging.getLogger(__name__)

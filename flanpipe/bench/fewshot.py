@@ -11,7 +11,7 @@ them as ``flanpipe evaluate`` does and builds the prompt of every eval row for e
 at its defaults (k=3, 1,024 tokens), counting tokens with a real tokenizer (the layout evaluate
 uses: ``--tokenizer``, by default the SmolLM2 folder the tests cache) and with words.
 
-- **flanpipe**: :class:`flanpipe.core.fewshot.FewShotPool`, one per dataset, every template and style;
+- **flanpipe**: :class:`flanpipe.core.text.fewshot.FewShotPool`, one per dataset, every template and style;
 - **previous**: :func:`previous_few_shot_inputs`, the implementation this one replaced, kept here
   as the baseline. It renders and lists every train row per template and style and re-encodes each
   joined prompt, so it runs only the first ``--peer-templates`` templates (both styles) and its time
@@ -38,11 +38,11 @@ import pyarrow.parquet as pq
 
 from flanpipe.bench.scale import SHAPES
 from flanpipe.core.config import FewShotConfig
-from flanpipe.core.fewshot import whitespace_tokens
-from flanpipe.core.keys import derive_seed, stable_keys
-from flanpipe.core.keys import scramble as _scramble
-from flanpipe.core.registry import DatasetSpec
-from flanpipe.core.templates import DatasetTemplates, Template, render_template
+from flanpipe.core.config.registry import DatasetSpec
+from flanpipe.core.text.fewshot import whitespace_tokens
+from flanpipe.core.text.keys import derive_seed, stable_keys
+from flanpipe.core.text.keys import scramble as _scramble
+from flanpipe.core.text.templates import DatasetTemplates, Template, render_template
 
 DATASET = "mnli"
 STYLES = ("dash", "none")  # evaluate's with_options (templatize.options) and without_options
@@ -107,11 +107,11 @@ def _run(which: str, counter: str, paths: dict[str, Path], tokenizer: str, threa
          templates: int | None) -> dict:
     """One timed run in its own process: read the splits, build the prompts, digest them."""
     from flanpipe.core.config import TokenizeConfig
-    from flanpipe.core.fewshot import FewShotPool, few_shot_columns, whitespace_token_counts
-    from flanpipe.core.layout import Layout
-    from flanpipe.core.registry import load_registry
-    from flanpipe.core.templates import load_bank
-    from flanpipe.core.tokenizers import load_tokenizer
+    from flanpipe.core.config.registry import load_registry
+    from flanpipe.core.text.fewshot import FewShotPool, few_shot_columns, whitespace_token_counts
+    from flanpipe.core.text.templates import load_bank
+    from flanpipe.core.tokens.formats import Layout
+    from flanpipe.core.tokens.tokenizers import load_tokenizer
 
     spec, bank, seed = load_registry().datasets[DATASET], load_bank()[DATASET], 1234
     cfg = FewShotConfig(max_tokens=1024)

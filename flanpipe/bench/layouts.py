@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from flanpipe.core.config import EvaluateSlice, SourceSpec, parse_config
-from flanpipe.core.metrics import bootstrap
-from flanpipe.core.templates import load_bank, render_template
+from flanpipe.core.eval.metrics import bootstrap
+from flanpipe.core.text.templates import load_bank, render_template
 from flanpipe.stages.download import download_dataset
 from flanpipe.stages.evaluate import eval_sample, evaluate_dataset
 

@@ -12,17 +12,17 @@ an OPTIONS suffix; 60% one-word class targets, the rest free text), it measures
 2. packing efficiency on the same examples: best-fit decreasing next to next-fit in arrival order
    and pad-to-max (one example per row), decoder-only; for encoder-decoder, rows against the lower
    bound ``max(sum(inputs) / 1024, sum(targets) / 256)``;
-3. packer speed: examples per second of :func:`flanpipe.core.binpack.pack` alone, on one core;
-4. the shards' format (:mod:`flanpipe.core.shards`), against the format pack wrote before stage version 3
-   (every field of :func:`flanpipe.core.shards.row_dtype` stored, one structured ``.npy`` per shard; the
-   peer writes it here from the same rows): bytes on disk per row, both layouts; and batch reads of
-   the decoder-only rows, in rows per second: :meth:`flanpipe.core.shards.PackedShards.take` (tokens and
-   lengths memory-mapped, the other fields rebuilt) against the peer's memory-mapped take of the
+3. packer speed: examples per second of :func:`flanpipe.core.tokens.binpack.pack` alone, on one core;
+4. the shards' format (:mod:`flanpipe.core.tokens.shards`), against the format pack wrote before stage
+   version 3 (every field of :func:`flanpipe.core.tokens.shards.row_dtype` stored, one structured ``.npy``
+   per shard; the peer writes it here from the same rows): bytes on disk per row, both layouts; and batch
+   reads of the decoder-only rows, in rows per second: :meth:`flanpipe.core.tokens.shards.PackedShards.take`
+   (tokens and lengths memory-mapped, the other fields rebuilt) against the peer's memory-mapped take of the
    stored fields, alone and with the trainer's conversion to int64 tensors
    (:func:`flanpipe.stages.train.to_batch`), over the trainer's own row order
    (:func:`flanpipe.stages.train.step_rows`).
 5. the trainer's check of the shards against the pack manifest before its first step
-   (:func:`flanpipe.core.shards.verify_shards`: every file's size and sha256), in seconds and MB/s
+   (:func:`flanpipe.core.tokens.shards.verify_shards`: every file's size and sha256), in seconds and MB/s
    of the decoder-only shards, against the time our stage took to write them.
    Both read from the page cache (the files were just written): the peer's 3.5x more bytes would
    cost it more from a cold disk.
@@ -39,11 +39,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flanpipe.bench.dedup import vocabulary
-from flanpipe.core import binpack
 from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
-from flanpipe.core.keys import derive_seed
-from flanpipe.core.shards import PackedShards, verify_shards
-from flanpipe.core.tokenizers import load_processor, train_spm
+from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.tokens import binpack
+from flanpipe.core.tokens.shards import PackedShards, verify_shards
+from flanpipe.core.tokens.tokenizers import load_processor, train_spm
 from flanpipe.stages.pack import tokenize_and_pack
 
 CLASS_WORDS = ["yes", "no", "maybe", "positive", "negative", "entailment", "neutral", "contradiction"]

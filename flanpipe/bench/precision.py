@@ -6,11 +6,11 @@ On one checkpoint (any local Hugging Face causal LM folder, e.g. SmolLM2 from ``
 it times, in the same run and with the same inputs, each in float32 (the peer: what a CPU run used)
 and in bfloat16:
 
-- **training**: forward and backward of :class:`flanpipe.core.model.PackedCausalLM` on packed rows
+- **training**: forward and backward of :class:`flanpipe.core.model.causal.PackedCausalLM` on packed rows
   shaped like the held-out experiment's (5 rows of 416 tokens, 4 examples each, 8 target tokens per
   example), in tokens/s; and the share of the forward's time spent in ``torch.nn.functional.linear``
   (the projections: on a 135M model, nearly all of it);
-- **scoring**: :func:`flanpipe.core.scoring.score_options` on ``--rows`` prompts of 70 tokens with
+- **scoring**: :func:`flanpipe.core.eval.scoring.score_options` on ``--rows`` prompts of 70 tokens with
   two options of 12 tokens (the prompt encoded once, the options on its cache), in ms per prompt,
   with the share of rows whose choice differs between the two precisions.
 
@@ -57,9 +57,9 @@ def _linear_share(model, inputs) -> float:
 def bench_precision(model_dir: str | Path, prompts: int = 80, threads: int = 2, repeats: int = 3) -> dict:
     import torch
 
-    from flanpipe.core.checkpoint import load_checkpoint
-    from flanpipe.core.model import PackedCausalLM
-    from flanpipe.core.scoring import score_options
+    from flanpipe.core.eval.scoring import score_options
+    from flanpipe.core.model.causal import PackedCausalLM
+    from flanpipe.core.model.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
     out: dict = {"model": str(model_dir), "threads": threads, "prompts": prompts}

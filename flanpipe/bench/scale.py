@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from flanpipe.bench.dedup import CODAS, NUCLEI, ONSETS, WORDS
-from flanpipe.core.keys import derive_seed
+from flanpipe.core.text.keys import derive_seed
 
 REPO = Path(__file__).resolve().parents[2]
 CHUNK_WORDS = 8_000_000

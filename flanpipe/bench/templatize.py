@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 
 from flanpipe.core.config import TemplatizeConfig
-from flanpipe.core.keys import stable_keys, template_draws
-from flanpipe.core.registry import load_registry
-from flanpipe.core.templates import load_bank, use_string_pool
+from flanpipe.core.config.registry import load_registry
+from flanpipe.core.text.keys import stable_keys, template_draws
+from flanpipe.core.text.templates import load_bank, use_string_pool
 from flanpipe.stages.templatize import templatize_split
 
 WORDS = ("the a one river city council library engineer teacher market storm bridge report season "

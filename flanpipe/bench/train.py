@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from flanpipe.core import binpack
 from flanpipe.core.config import ENCODER_DECODER_ARCHITECTURES, TrainSlice, parse_config
 from flanpipe.core.io import write_json_atomic
-from flanpipe.core.shards import stored_dtype
+from flanpipe.core.tokens import binpack
+from flanpipe.core.tokens.shards import stored_dtype
 from flanpipe.stages.pack import ShardWriter, packed_rows
 
 H100_BF16_PEAK = 989e12
@@ -143,7 +143,7 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
     steady = float(np.median(speeds[10:] if len(speeds) > 10 else speeds))
     from transformers import AutoConfig
 
-    from flanpipe.core.model import flops_per_token
+    from flanpipe.core.model.causal import flops_per_token
 
     config = AutoConfig.for_model(**run["model"])
     flops = flops_per_token(config, run["parameters"], LI + LT)

@@ -3,7 +3,7 @@
 
 It is the pretrained checkpoint itself (``train.model.source: pretrained``, re-saved), or, for a
 model built from config, a new model of the run's architecture and sizes, built whole by
-:func:`~flanpipe.core.checkpoint.build_model` from the seed the trainer uses for its initial weights
+:func:`~flanpipe.core.model.checkpoint.build_model` from the seed the trainer uses for its initial weights
 (``train/init``). With the shared tokenizer and float32 (every CPU run) that is the trained runs'
 starting point; a bf16 run, or a mixture with a tokenizer of its own, starts elsewhere.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from flanpipe.core.checkpoint import build_model, parameter_count, save_checkpoint
 from flanpipe.core.config import BaseModelSlice
-from flanpipe.core.keys import derive_seed
-from flanpipe.core.tokenizers import load_tokenizer
+from flanpipe.core.model.checkpoint import build_model, parameter_count, save_checkpoint
+from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.tokens.tokenizers import load_tokenizer
 
 STAGE_VERSION = "3"  # the train stage's version when the base model moved here
 log = logging.getLogger(__name__)

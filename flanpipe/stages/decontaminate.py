@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe.core import hashing as fp
+from flanpipe.core.config.registry import load_registry
 from flanpipe.core.io import (
     ParquetReader,
     iter_parquet,
@@ -29,11 +29,11 @@ from flanpipe.core.io import (
     read_table,
     write_parquet_atomic,
 )
-from flanpipe.core.keys import example_ids, pool_duplicate_ids
 from flanpipe.core.logs import progress
-from flanpipe.core.registry import load_registry
-from flanpipe.core.schemas import MATCH_SCHEMA
-from flanpipe.core.templates import raw_texts
+from flanpipe.core.text import hashing as fp
+from flanpipe.core.text.keys import example_ids, pool_duplicate_ids
+from flanpipe.core.text.schemas import MATCH_SCHEMA
+from flanpipe.core.text.templates import raw_texts
 
 # 2: reads the pool file (data/pool) batch by batch
 STAGE_VERSION = "2"

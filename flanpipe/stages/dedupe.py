@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from flanpipe.core import hashing as fp
 from flanpipe.core.config import DedupConfig, DedupeSlice
 from flanpipe.core.io import (
     ParquetReader,
@@ -38,7 +37,8 @@ from flanpipe.core.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from flanpipe.core.schemas import DROPPED_SCHEMA
+from flanpipe.core.text import hashing as fp
+from flanpipe.core.text.schemas import DROPPED_SCHEMA
 
 # 3: fingerprints the pool file (data/pool), batch by batch
 STAGE_VERSION = "3"

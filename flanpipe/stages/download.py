@@ -11,7 +11,7 @@ Three sources, chosen per dataset in config (``download``):
 
 Every source is read in record batches (``batch_rows`` rows: Parquet row batches, chunks of
 JSONL lines, CSV blocks, the memory-mapped Arrow cache of ``datasets``), and each batch is checked
-against the registry schema (:mod:`flanpipe.core.validate`) and appended to the output, so memory is
+against the registry schema (:mod:`flanpipe.core.text.validate`) and appended to the output, so memory is
 bounded by the batch, not by the split. Bad rows go to ``rejected.parquet`` with their reason.
 Outputs are written in row groups of a fixed number of rows, whatever the batch size, so the files
 are the same bytes for any ``batch_rows``. Outputs (``data/raw/{dataset}/``): ``train.parquet``,
@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from flanpipe.core.config import SourceSpec
+from flanpipe.core.config.registry import DatasetSpec, load_registry
 from flanpipe.core.io import (
     ParquetReader,
     ReadError,
@@ -51,10 +52,9 @@ from flanpipe.core.io import (
     utc_now,
     write_json_atomic,
 )
-from flanpipe.core.keys import duplicated, id_hashes
-from flanpipe.core.registry import DatasetSpec, load_registry
-from flanpipe.core.schemas import REJECTED_SCHEMA
-from flanpipe.core.validate import BadLine, SchemaError, SplitTally, check_split
+from flanpipe.core.text.keys import duplicated, id_hashes
+from flanpipe.core.text.schemas import REJECTED_SCHEMA
+from flanpipe.core.text.validate import BadLine, SchemaError, SplitTally, check_split
 
 # 2: parquet-branch reads, bytes-repr decoding; 3: read and written in batches, fixed row groups
 STAGE_VERSION = "3"

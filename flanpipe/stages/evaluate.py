@@ -7,13 +7,13 @@ instruction format whatever the model was trained on.
 
 The model is any local ``transformers`` causal LM folder (ours, or a Hugging Face checkpoint such
 as SmolLM2 or Llama), or a T5-family encoder-decoder (T5, FLAN-T5, mT5), with its own tokenizer
-(:func:`flanpipe.core.tokenizers.load_tokenizer`:
+(:func:`flanpipe.core.tokens.tokenizers.load_tokenizer`:
 ``tokenizer.json`` or ``tokenizer.model``). Token sequences follow the packer's training layout,
 ``[BOS] inputs EOS targets EOS``, BOS where the tokenizer's convention or ``tokenize.add_bos`` says.
 
 - **Classification and multiple choice: rank classification.** Every option is scored by the
   log-likelihood of its tokens (and EOS) given the instruction, with the prompt run once for all of
-  its options (:func:`flanpipe.core.scoring.score_options`; an encoder-decoder encodes each prompt
+  its options (:func:`flanpipe.core.eval.scoring.score_options`; an encoder-decoder encodes each prompt
   once and scores every option as decoder input against that encoder output). Prompts are scored
   with the OPTIONS suffix
   and without it; each option's score is its summed log-likelihood, or that per token or per
@@ -22,9 +22,9 @@ as SmolLM2 or Llama), or a T5-family encoder-decoder (T5, FLAN-T5, mT5), with it
   temperature with top-k), scored with the metric the registry names.
 - **Few-shot**: ``templatize.few_shot.k`` solved train exemplars before each query, same template,
   never the example itself, trimmed to the token budget with the model's tokenizer. Exemplars come
-  from the train file's columns that the prompts use (:func:`flanpipe.core.fewshot.few_shot_columns`;
+  from the train file's columns that the prompts use (:func:`flanpipe.core.text.fewshot.few_shot_columns`;
   a pool file's extra ``priority`` column is left unread), keyed once for every template and style
-  (:class:`flanpipe.core.fewshot.FewShotPool`).
+  (:class:`flanpipe.core.text.fewshot.FewShotPool`).
 
 Each variant gets the metric per template, then the mean over templates, the best template and
 the spread, as the paper reports. The result also records the contamination counts of the dataset
@@ -42,15 +42,27 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from flanpipe.core import metrics
-from flanpipe.core.adapter import adapter_base, is_adapter_folder
-from flanpipe.core.chat import chat_template
-from flanpipe.core.checkpoint import load_checkpoint
 from flanpipe.core.config import EvaluateSlice
-from flanpipe.core.fewshot import FewShotPool, TokenCounter, few_shot_columns
+from flanpipe.core.config.checkpoints import folder_is_encoder_decoder
+from flanpipe.core.config.registry import DatasetSpec, load_registry
+from flanpipe.core.eval import metrics
+from flanpipe.core.eval.scoring import generate, score_options
 from flanpipe.core.io import code_version, read_schema, read_table, sha256_file, write_text_atomic
-from flanpipe.core.keys import derive_seed
-from flanpipe.core.layout import (
+from flanpipe.core.model.adapter import adapter_base, is_adapter_folder
+from flanpipe.core.model.checkpoint import load_checkpoint
+from flanpipe.core.text.fewshot import FewShotPool, TokenCounter, few_shot_columns
+from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.text.templates import (
+    DatasetTemplates,
+    Template,
+    column_at,
+    fit_to_tokens,
+    load_bank,
+    long_field,
+    render_template,
+)
+from flanpipe.core.tokens.chat import chat_template
+from flanpipe.core.tokens.formats import (
     FORMATS,
     LAYOUTS,
     RECORD,
@@ -60,18 +72,7 @@ from flanpipe.core.layout import (
     encode,
     separator_ids,
 )
-from flanpipe.core.registry import DatasetSpec, load_registry
-from flanpipe.core.scoring import generate, score_options
-from flanpipe.core.templates import (
-    DatasetTemplates,
-    Template,
-    column_at,
-    fit_to_tokens,
-    load_bank,
-    long_field,
-    render_template,
-)
-from flanpipe.core.tokenizers import Tokenizer
+from flanpipe.core.tokens.tokenizers import Tokenizer
 
 STAGE_VERSION = "3"
 NORMALIZATIONS = ("sum", "per_token", "per_char", "pmi")
@@ -107,8 +108,10 @@ def is_encoder_decoder_folder(model_dir: str | Path) -> bool:
     """Whether a model folder's ``config.json`` is an encoder-decoder's (T5, mT5: ``is_encoder_decoder``)."""
     folder = resolve_model_dir(model_dir)
     folder = adapter_base(folder) if is_adapter_folder(folder) else folder
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    return bool(config.get("is_encoder_decoder", False))
+    answer = folder_is_encoder_decoder(folder)
+    if answer is None:
+        raise FileNotFoundError(f"{folder}: no readable config.json (not a model folder)")
+    return answer
 
 
 def model_layout(model_dir: str | Path, override: str | None = None) -> tuple[LayoutName, str, str | None]:

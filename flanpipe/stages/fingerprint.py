@@ -18,19 +18,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe.core import hashing as fp
 from flanpipe.core.config import DecontaminateConfig, FingerprintSlice
+from flanpipe.core.config.registry import DatasetSpec, load_registry
 from flanpipe.core.io import (
     iter_parquet,
     parquet_stream,
     read_parquet_metadata,
     write_parquet_atomic,
 )
-from flanpipe.core.keys import derive_seed, example_ids, pool_duplicate_ids
 from flanpipe.core.logs import progress
-from flanpipe.core.registry import DatasetSpec, load_registry
-from flanpipe.core.schemas import NGRAM_SCHEMA, fingerprint_schema
-from flanpipe.core.templates import (
+from flanpipe.core.text import hashing as fp
+from flanpipe.core.text.keys import derive_seed, example_ids, pool_duplicate_ids
+from flanpipe.core.text.schemas import NGRAM_SCHEMA, fingerprint_schema
+from flanpipe.core.text.templates import (
     DatasetTemplates,
     distinct_texts,
     plain_template,

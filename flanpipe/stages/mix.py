@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flanpipe.core.config import PROMPT_TYPES, MixSlice, SubmixtureConfig
+from flanpipe.core.config.registry import load_registry
 from flanpipe.core.io import (
     ParquetReader,
     atomic_dir,
@@ -44,10 +45,9 @@ from flanpipe.core.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from flanpipe.core.keys import derive_seed
 from flanpipe.core.logs import progress
-from flanpipe.core.registry import load_registry
-from flanpipe.core.schemas import (
+from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.text.schemas import (
     CONTAMINATION_SCHEMA,
     FATE_SCHEMA,
     MIXTURE_SCHEMA,
@@ -363,7 +363,7 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
     """Dedupe, cap, rate, sample, shuffle and write one mixture; returns its manifest.
 
     ``heldout``: the clusters the mixture is decontaminated against and kept clear of
-    (:meth:`flanpipe.core.planner.Plan.heldout_for`).
+    (:meth:`flanpipe.workflow.planner.Plan.heldout_for`).
 
     ``dropped_paths``: every dataset's dedupe output (``data/dedup/{dataset}.dropped.parquet``), so a
     duplicate whose twin is in a dataset this mixture leaves out is recognised as such; by default

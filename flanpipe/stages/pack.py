@@ -1,18 +1,19 @@
 """Stage 4b, tokenize and pack: one mixture into fixed-width token rows a trainer can memory-map.
 
 The mixture's shards are read in order, in windows of ``tokenize.pack_window`` examples. Each window
-is tokenized with the tokenizer's batch encoder (:mod:`flanpipe.core.tokenizers`: SentencePiece's threads or
-the Rust ``tokenizers`` pool, no per-row Python loop), BOS put before the inputs where the tokenizer's
-convention or ``tokenize.add_bos`` says so, truncated to the input and target budgets (BOS and EOS
+is tokenized with the tokenizer's batch encoder (:mod:`flanpipe.core.tokens.tokenizers`: SentencePiece's
+threads or the Rust ``tokenizers`` pool, no per-row Python loop), BOS put before the inputs where the
+tokenizer's convention or ``tokenize.add_bos`` says so, truncated to the input and target budgets (BOS and EOS
 included, truncations counted per dataset), packed by best-fit
-decreasing (:mod:`flanpipe.core.binpack`), and its rows are shuffled (seeded) and appended to the shards.
+decreasing (:mod:`flanpipe.core.tokens.binpack`), and its rows are shuffled (seeded) and appended to the
+shards.
 
 Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
 
 - ``decoder_only``: rows of ``Li + Lt`` tokens holding whole examples ``[BOS] inputs SEP targets EOS``,
   ``SEP`` being EOS (``tokenize.format: eos``, the paper's) or the separator's tokens (``text``;
-  :mod:`flanpipe.core.layout` owns the formats), or with ``chat`` the tokenizer's chat template's
-  prompt then its assistant turn (:mod:`flanpipe.core.chat`: the template places every special
+  :mod:`flanpipe.core.tokens.formats` owns the formats), or with ``chat`` the tokenizer's chat template's
+  prompt then its assistant turn (:mod:`flanpipe.core.tokens.chat`: the template places every special
   token, and the assistant turn, end of turn included, is the target); ``segment_ids`` number
   the examples of a row from 1 (0 is padding), ``positions`` restart at 0 for each example, and
   ``loss_mask`` is 1 on target tokens (their EOS included). The model predicts token ``t`` from
@@ -23,13 +24,13 @@ Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
 
 Every packer puts a row's examples back to back from slot 0 in segment order, so the shards store
 only the tokens and each example's input and target lengths; segment ids, positions and loss masks
-are rebuilt as rows are read (:mod:`flanpipe.core.shards`).
+are rebuilt as rows are read (:mod:`flanpipe.core.tokens.shards`).
 
 Output, ``data/packed/{mixture}/``:
 
 - ``shards/part-XXXXX.{tokens,examples,examples_per_row}.npy``: per shard, the rows' tokens, the
-  examples' lengths and the examples per row (:mod:`flanpipe.core.shards` describes them;
-  :class:`flanpipe.core.shards.PackedShards` reads them, memory-mapped);
+  examples' lengths and the examples per row (:mod:`flanpipe.core.tokens.shards` describes them;
+  :class:`flanpipe.core.tokens.shards.PackedShards` reads them, memory-mapped);
 - ``index.parquet``: one line per example: its row and segment, offsets, token counts before and
   after truncation, dataset, example id, template and epoch;
 - ``stats.parquet`` (tokens and truncations per dataset), ``packing.parquet`` (the mixture's packing
@@ -48,8 +49,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe.core import binpack
-from flanpipe.core.chat import ChatTemplate, chat_template
 from flanpipe.core.config import PackSlice
 from flanpipe.core.io import (
     ParquetReader,
@@ -61,12 +60,14 @@ from flanpipe.core.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
-from flanpipe.core.keys import derive_seed
-from flanpipe.core.layout import bos_token, separator_ids
 from flanpipe.core.logs import progress
-from flanpipe.core.schemas import PACKED_INDEX_SCHEMA, PACKED_STATS_SCHEMA, PACKING_SCHEMA
-from flanpipe.core.shards import EXAMPLE_DTYPE, SHARD_FILES, row_dtype, stored_dtype
-from flanpipe.core.tokenizers import Tokenizer, load_tokenizer
+from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.text.schemas import PACKED_INDEX_SCHEMA, PACKED_STATS_SCHEMA, PACKING_SCHEMA
+from flanpipe.core.tokens import binpack
+from flanpipe.core.tokens.chat import ChatTemplate, chat_template
+from flanpipe.core.tokens.formats import bos_token, separator_ids
+from flanpipe.core.tokens.shards import EXAMPLE_DTYPE, SHARD_FILES, row_dtype, stored_dtype
+from flanpipe.core.tokens.tokenizers import Tokenizer, load_tokenizer
 
 STAGE_VERSION = "4"  # 4: tokenize.format (eos, text; chat, added later, leaves those unchanged); 3: shards
 # store tokens and lengths
@@ -135,8 +136,9 @@ def windows(shards: list[Path], size: int, columns: list[str] = COLUMNS) -> Iter
 @dataclass(frozen=True)
 class PackedRows:
     """Packed rows as the shards store them: ``tokens`` (records of
-    :func:`flanpipe.core.shards.stored_dtype`), ``examples`` (their examples' lengths,
-    :data:`flanpipe.core.shards.EXAMPLE_DTYPE`, row by row in segment order) and ``examples_per_row``."""
+    :func:`flanpipe.core.tokens.shards.stored_dtype`), ``examples`` (their examples' lengths,
+    :data:`flanpipe.core.tokens.shards.EXAMPLE_DTYPE`, row by row in segment order) and
+    ``examples_per_row``."""
 
     tokens: np.ndarray
     examples: np.ndarray
@@ -184,7 +186,7 @@ class ShardWriter:
 
 def encode_chat(chat: ChatTemplate, table: pa.Table, tcfg: PackSlice, threads: int) -> tuple[
         Encoded, Encoded, int]:
-    """A window's examples in the ``chat`` format (:mod:`flanpipe.core.chat`): the prompts (user
+    """A window's examples in the ``chat`` format (:mod:`flanpipe.core.tokens.chat`): the prompts (user
     turn and generation prompt) and the replies (assistant turn), each cut to its budget with the
     template's tokens kept (``full``: before the cut), and the rows whose reply took its own tokens."""
     tokens = chat.encode(table.column("inputs").to_pylist(), table.column("targets").to_pylist(), threads)

@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 
 from flanpipe.core.config import PoolSlice
+from flanpipe.core.config.registry import DatasetSpec, load_registry
 from flanpipe.core.io import ParquetReader, iter_parquet, lookup, parquet_stream, read_schema
-from flanpipe.core.keys import duplicate_id_hashes, priorities, stable_keys
 from flanpipe.core.logs import progress
-from flanpipe.core.registry import DatasetSpec, load_registry
+from flanpipe.core.text.keys import duplicate_id_hashes, priorities, stable_keys
 
 STAGE_VERSION = "1"
 BATCH_ROWS = 16_384

@@ -19,10 +19,10 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from flanpipe.core.config.registry import load_registry
+from flanpipe.core.eval.metrics import paired_bootstrap
 from flanpipe.core.io import atomic_path, write_text_atomic
-from flanpipe.core.keys import derive_seed
-from flanpipe.core.metrics import paired_bootstrap
-from flanpipe.core.registry import load_registry
+from flanpipe.core.text.keys import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flanpipe.core.config import PROMPT_TYPES, TemplatizeConfig, TemplatizeSlice
-from flanpipe.core.fewshot import FewShotPool, TokenCounter
+from flanpipe.core.config.registry import DatasetSpec, load_registry
 from flanpipe.core.io import (
     ParquetReader,
     code_version,
@@ -39,7 +39,9 @@ from flanpipe.core.io import (
     utc_now,
     write_json_atomic,
 )
-from flanpipe.core.keys import (
+from flanpipe.core.logs import progress
+from flanpipe.core.text.fewshot import FewShotPool, TokenCounter
+from flanpipe.core.text.keys import (
     duplicate_id_hashes,
     example_ids,
     pool_duplicate_ids,
@@ -49,10 +51,8 @@ from flanpipe.core.keys import (
     template_draws,
     template_draws_inverted,
 )
-from flanpipe.core.logs import progress
-from flanpipe.core.registry import DatasetSpec, load_registry
-from flanpipe.core.schemas import TEMPLATIZED_SCHEMA
-from flanpipe.core.templates import (
+from flanpipe.core.text.schemas import TEMPLATIZED_SCHEMA
+from flanpipe.core.text.templates import (
     DatasetTemplates,
     Template,
     TemplateError,
@@ -132,7 +132,7 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
     once per template. With ``max_input_tokens`` (and ``cfg.cut_long_field``), inputs longer than its
     character estimate are fitted by :func:`fit_long_field`, cutting ``field`` (default: the long
     field of ``raw``; a caller rendering a split in batches passes the split's). ``duplicate_ids``:
-    the split's ids held by more than one row (:func:`~flanpipe.core.keys.stable_keys`; None: those
+    the split's ids held by more than one row (:func:`~flanpipe.core.text.keys.stable_keys`; None: those
     repeated within ``raw``, which is then the whole split).
 
     Train rows get their prompt type from the template mix (``cfg.mix``, :func:`draw_prompts`); a

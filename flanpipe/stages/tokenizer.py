@@ -1,6 +1,6 @@
 """Stage 4a, tokenizer: the pipeline's own SentencePiece model, trained on a seeded sample of a
 mixture's text, or copied from a given ``.model`` file (a fine-tuning run uses its checkpoint's own
-tokenizer, read in place by the seam :mod:`flanpipe.core.tokenizers`: ``tokenize.tokenizer.source:
+tokenizer, read in place by the seam :mod:`flanpipe.core.tokens.tokenizers`: ``tokenize.tokenizer.source:
 auto``; nothing is built then).
 
 Output: ``models/tokenizer/spm.model`` (a trained or given SentencePiece model) and
@@ -27,8 +27,8 @@ from flanpipe.core.io import (
     utc_now,
     write_json_atomic,
 )
-from flanpipe.core.keys import derive_seed
-from flanpipe.core.tokenizers import TokenizerError, load_processor, special_ids, train_spm
+from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.tokens.tokenizers import TokenizerError, load_processor, special_ids, train_spm
 
 STAGE_VERSION = "1"
 log = logging.getLogger(__name__)

@@ -1,16 +1,16 @@
 """Stage 5, train: instruction-tune one model on one packed mixture with DeepSpeed (ZeRO-3 default).
 
-Run under ``torchrun``, the ``deepspeed`` launcher or ``srun`` (:mod:`flanpipe.core.distributed` reads the
-ranks); the same code runs on a laptop CPU (``DS_ACCELERATOR=cpu``, gloo) and on GPU nodes.
+Run under ``torchrun``, the ``deepspeed`` launcher or ``srun`` (:mod:`flanpipe.core.train.distributed` reads
+the ranks); the same code runs on a laptop CPU (``DS_ACCELERATOR=cpu``, gloo) and on GPU nodes.
 
 One step, top to bottom:
 
 1. the step's packed rows are a pure function of (seed, step): each epoch is a seeded permutation of
    the mixture's rows, consumed in order; rank ``r`` takes its slice, in micro-batches;
    a background thread reads the next step's rows while this one computes;
-2. every micro-batch: forward with the segment mask (:class:`~flanpipe.core.model.PackedCausalLM`, which
-   projects onto the vocabulary only where a target is predicted; on ``encoder_decoder`` rows a
-   T5-family model's :class:`~flanpipe.core.seq2seq.PackedSeq2SeqLM`, segments isolated in the
+2. every micro-batch: forward with the segment mask (:class:`~flanpipe.core.model.causal.PackedCausalLM`,
+   which projects onto the vocabulary only where a target is predicted; on ``encoder_decoder`` rows a
+   T5-family model's :class:`~flanpipe.core.model.seq2seq.PackedSeq2SeqLM`, segments isolated in the
    encoder, the decoder and the cross-attention), the summed target-token
    cross-entropy, divided by the number of target tokens in the whole step (all ranks, all
    micro-batches) and multiplied by ranks x micro-batches, which DeepSpeed divides by again (it
@@ -18,19 +18,19 @@ One step, top to bottom:
    accumulation, micro-batch rows);
 3. DeepSpeed reduces the gradients and the optimizer steps at the schedule's learning rate (constant
    after an optional linear warm-up): Adafactor factors and clips per original tensor, whatever the
-   ZeRO stage (:mod:`flanpipe.core.optim`);
+   ZeRO stage (:mod:`flanpipe.core.train.optim`);
 4. every ``checkpoint_every`` steps (and at the end) a DeepSpeed checkpoint; a restarted run loads
    the latest and continues with the same data order, so its losses are the ones an uninterrupted
    run has.
 
 The model is a ``transformers`` causal LM (or, on ``encoder_decoder`` rows, a T5 or mT5) built or
-loaded by :mod:`flanpipe.core.checkpoint` (under
+loaded by :mod:`flanpipe.core.model.checkpoint` (under
 ZeRO-3, partitioned as it loads). At the end, ``models/{mixture}/hf/`` is its checkpoint
 (safetensors shards, ``config.json``, the tokenizer) that ``transformers`` loads with no flanpipe
 code; ``metrics.csv``, ``tensorboard/`` and
 ``loss.png`` hold the curves, ``run.json`` the run's manifest with the DeepSpeed config it used.
 
-With ``train.adapter.kind: lora`` (:mod:`flanpipe.core.adapter`), ``peft``'s LoRA layers are added
+With ``train.adapter.kind: lora`` (:mod:`flanpipe.core.model.adapter`), ``peft``'s LoRA layers are added
 to the loaded (under ZeRO-3: partitioned) model, every base weight frozen, and only the adapters
 reach the optimizer; ``hf/`` is then the merged model and ``adapter/`` the adapter as ``peft``
 saves it.
@@ -52,13 +52,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flanpipe.core.adapter import add_lora, save_adapter, trainable_count
-from flanpipe.core.checkpoint import build_model, parameter_count, save_checkpoint
 from flanpipe.core.config import TrainConfig, TrainSlice
-from flanpipe.core.distributed import DistEnv, dist_env, rank_nodes
+from flanpipe.core.config.checkpoints import is_encoder_decoder
 from flanpipe.core.io import atomic_path, code_version, sha256_file, utc_now, write_json_atomic
-from flanpipe.core.keys import derive_seed
-from flanpipe.core.launch import (
+from flanpipe.core.model.adapter import add_lora, trainable_count
+from flanpipe.core.model.causal import ATTENTION, PackedCausalLM, predicted
+from flanpipe.core.model.checkpoint import build_model, parameter_count, save_adapter, save_checkpoint
+from flanpipe.core.model.seq2seq import PackedSeq2SeqLM
+from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.tokens.shards import PackedShards, verify_shards
+from flanpipe.core.train.distributed import DistEnv, dist_env, rank_nodes
+from flanpipe.core.train.launch import (
     LOCK_NAME,
     completed_checkpoint,
     die_with_parent,
@@ -66,8 +70,7 @@ from flanpipe.core.launch import (
     refresh_lock,
     run_lock,
 )
-from flanpipe.core.model import ATTENTION, PackedCausalLM, predicted
-from flanpipe.core.optim import (
+from flanpipe.core.train.optim import (
     adam_state_bytes,
     attach_zero_layout,
     build_optimizer,
@@ -75,8 +78,6 @@ from flanpipe.core.optim import (
     optimized_parameters,
     optimizer_state_bytes,
 )
-from flanpipe.core.seq2seq import PackedSeq2SeqLM, is_encoder_decoder
-from flanpipe.core.shards import PackedShards, verify_shards
 
 # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
 # records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters
@@ -178,7 +179,7 @@ def to_batch(rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
 
 def target_count(batch: dict[str, torch.Tensor]) -> int:
     """The target tokens a micro-batch's loss counts: predicted targets of decoder-only rows
-    (:func:`~flanpipe.core.model.predicted`), every marked target of encoder-decoder rows.
+    (:func:`~flanpipe.core.model.causal.predicted`), every marked target of encoder-decoder rows.
 
     >>> segments = torch.tensor([[1, 1, 2, 0]])
     >>> target_count({"targets_segment_ids": segments, "loss_mask": (segments > 0).long()})
@@ -240,8 +241,8 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
           cfg: TrainSlice) -> dict:
     """Train on the packed mixture; returns the run manifest (on every rank).
 
-    A rank that torchrun started dies with torchrun (:func:`~flanpipe.core.launch.die_with_parent`),
-    and rank 0 holds ``out_dir``'s lock for the run (:func:`~flanpipe.core.launch.run_lock`), so a
+    A rank that torchrun started dies with torchrun (:func:`~flanpipe.core.train.launch.die_with_parent`),
+    and rank 0 holds ``out_dir``'s lock for the run (:func:`~flanpipe.core.train.launch.run_lock`), so a
     second run refuses to start while this one lives.
     """
     dist = dist_env()

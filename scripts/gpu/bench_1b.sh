@@ -4,7 +4,7 @@
 #     (FlexAttention block masks, bf16, DeepSpeed ZeRO-3, 1 rank); prints tokens/s and MFU against
 #     the H100/H200 dense bf16 peak (989 TFLOP/s);
 #  2. score 500 multiple-choice prompts (4 options each) with a ~1B Llama on the GPU
-#     (flanpipe.core.scoring.score_options; needs the `scoring` branch merged: HF models there).
+#     (flanpipe.core.eval.scoring.score_options; needs the `scoring` branch merged: HF models there).
 # Usage: bash scripts/gpu/bench_1b.sh [steps] > bench_1b.log 2>&1
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from flanpipe.core.checkpoint import build_model
+from flanpipe.core.model.checkpoint import build_model
 from flanpipe.core.config import ModelSpec
-from flanpipe.core.scoring import score_options
+from flanpipe.core.eval.scoring import score_options
 
 torch.manual_seed(0)
 spec = ModelSpec(hidden_size=2048, num_layers=18, num_heads=16)

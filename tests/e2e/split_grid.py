@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from flanpipe.core.config import TrainSlice, parse_config
-from flanpipe.core.distributed import dist_env
-from flanpipe.core.shards import PackedShards
+from flanpipe.core.tokens.shards import PackedShards
+from flanpipe.core.train.distributed import dist_env
 from flanpipe.stages.train import train
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from flanpipe.core.config import load_config
-from flanpipe.core.planner import Plan
-from flanpipe.core.registry import load_registry
-from flanpipe.core.templates import load_bank, render_template
+from flanpipe.core.config.registry import load_registry
+from flanpipe.core.text.templates import load_bank, render_template
 from flanpipe.stages.evaluate import eval_sample
+from flanpipe.workflow.planner import Plan
 from tests.conftest import BIN, REPO, run_snakemake
 
 pytestmark = pytest.mark.e2e

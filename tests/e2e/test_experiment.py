@@ -9,7 +9,7 @@ import re
 import pytest
 
 from flanpipe.core.config import load_config
-from flanpipe.core.planner import Plan
+from flanpipe.workflow.planner import Plan
 from tests.conftest import REPO, run_snakemake
 
 pytestmark = pytest.mark.e2e

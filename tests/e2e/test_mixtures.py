@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanpipe.core.config import load_config
-from flanpipe.core.planner import Plan
-from flanpipe.core.registry import load_registry
+from flanpipe.core.config.registry import load_registry
+from flanpipe.workflow.planner import Plan
 from tests.conftest import BIN, REPO
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ import pytest
 import sentencepiece as spm
 
 from flanpipe.core.config import load_config
-from flanpipe.core.planner import Plan
-from flanpipe.core.shards import PackedShards, unpack_row
+from flanpipe.core.tokens.shards import PackedShards, unpack_row
+from flanpipe.workflow.planner import Plan
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e

@@ -65,7 +65,7 @@ def reference_loss(checkpoint, rows) -> float:
 
 
 def test_snakemake_fine_tunes_smollm2_with_its_own_tokenizer(run, smollm2_dir):
-    from flanpipe.core.shards import PackedShards
+    from flanpipe.core.tokens.shards import PackedShards
     from flanpipe.stages.train import BatchPlan, step_rows
 
     packed = json.loads((run / "data/packed/nli/manifest.json").read_text())
@@ -94,7 +94,7 @@ def test_packed_examples_are_the_checkpoints_own_token_ids(run, smollm2_dir):
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
-    from flanpipe.core.shards import PackedShards
+    from flanpipe.core.tokens.shards import PackedShards
 
     peer = AutoTokenizer.from_pretrained(str(smollm2_dir), local_files_only=True)
     mixture = pq.read_table(sorted((run / "data/mixtures/nli/shards").glob("*.parquet"))).to_pylist()

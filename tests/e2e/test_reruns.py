@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from flanpipe.core.config import SLICES
+from flanpipe.workflow.planner import SLICES
 from tests.conftest import run_snakemake
 from tests.unit.test_slices import DEMO, KEYS, PLANNER_KEYS, holds, mutated, slice_rules
 

@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from flanpipe.core.config import load_config
-from flanpipe.core.planner import Plan
+from flanpipe.workflow.planner import Plan
 from tests.conftest import BIN, REPO, run_snakemake
 from tests.slurm_cluster import profile_for_cluster, slurm_cluster
 

@@ -42,15 +42,15 @@ TRAIN_STEPS = 6
 NODE_COUNT = 2
 TARGET = f"models/{MIXTURE}/run.json"
 LOSS_COLUMNS = ("step", "loss", "lr", "grad_norm", "target_tokens", "tokens")
-# One line per rank, logged by flanpipe.core.distributed.DistEnv.export.
+# One line per rank, logged by flanpipe.core.train.distributed.DistEnv.export.
 RANK_LINE = re.compile(r"rank (\d+) of (\d+) on node (\S+) \(local rank (\d+) of (\d+)\), "
                        r"rendezvous (\S+):(\d+) \((\w+)\)")
 
-# One rank of a gloo group, as the trainer makes it (flanpipe.core.distributed), that gathers every
+# One rank of a gloo group, as the trainer makes it (flanpipe.core.train.distributed), that gathers every
 # rank's node and hostname. A short timeout: a rank that cannot reach the rendezvous fails fast.
 PROBE = """
 import datetime, json, socket, torch.distributed as td
-from flanpipe.core.distributed import dist_env, rank_nodes
+from flanpipe.core.train.distributed import dist_env, rank_nodes
 d = dist_env(); d.export()
 td.init_process_group("gloo", timeout=datetime.timedelta(seconds=5))
 hosts = [None] * d.world_size
@@ -154,7 +154,7 @@ def test_one_train_job_on_two_nodes_through_the_profile(runs, slurm_env):
     manifest = json.loads((workdir / f"models/{MIXTURE}/run.json").read_text())
     assert manifest["launcher"] == "srun" and manifest["world_size"] == NODE_COUNT, manifest
     assert manifest["steps"] == TRAIN_STEPS and manifest["resumed_from_step"] == 0
-    if "nodes" in manifest:  # once the trainer records flanpipe.core.distributed.rank_nodes in run.json
+    if "nodes" in manifest:  # once the trainer records flanpipe.core.train.distributed.rank_nodes in run.json
         assert manifest["nodes"] == list(NODES), manifest
 
 

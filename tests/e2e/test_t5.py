@@ -43,7 +43,7 @@ def run(tmp_path_factory):
 
 def step_examples(run_dir, mixture, cfg, world):
     """The examples of the run's first step (all ranks), unpacked from the packed rows it read."""
-    from flanpipe.core.shards import PackedShards, unpack_row
+    from flanpipe.core.tokens.shards import PackedShards, unpack_row
     from flanpipe.stages.train import BatchPlan, step_rows
 
     data = PackedShards(run_dir / f"data/packed/{mixture}")

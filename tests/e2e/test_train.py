@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from flanpipe.core.config import load_config
-from flanpipe.core.planner import Plan
+from flanpipe.workflow.planner import Plan
 from tests.conftest import BIN, REPO
 
 pytestmark = pytest.mark.e2e
@@ -52,9 +52,9 @@ def test_the_saved_model_loads_in_transformers_alone(demo_run):
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flanpipe.core.model import PackedCausalLM, predicted
-    from flanpipe.core.shards import PackedShards
-    from flanpipe.core.tokenizers import load_tokenizer
+    from flanpipe.core.model.causal import PackedCausalLM, predicted
+    from flanpipe.core.tokens.shards import PackedShards
+    from flanpipe.core.tokens.tokenizers import load_tokenizer
 
     folder = demo_run / "models/nli/hf"
     hf = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
@@ -130,10 +130,10 @@ def test_zero3_on_two_ranks_equals_transformers_adafactor_on_whole_tensors(demo_
     in one process, on the same rows per step: factored moments and update clipping per tensor."""
     from transformers.optimization import Adafactor as Reference
 
-    from flanpipe.core.checkpoint import build_model
-    from flanpipe.core.keys import derive_seed
-    from flanpipe.core.model import PackedCausalLM, predicted
-    from flanpipe.core.shards import PackedShards
+    from flanpipe.core.model.causal import PackedCausalLM, predicted
+    from flanpipe.core.model.checkpoint import build_model
+    from flanpipe.core.text.keys import derive_seed
+    from flanpipe.core.tokens.shards import PackedShards
     from flanpipe.stages.train import BatchPlan, step_rows
 
     data = PackedShards(demo_run / "data/packed/nli")

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from flanpipe.core.config import load_config
-from flanpipe.core.planner import Plan
-from flanpipe.core.registry import embedded_datasets, load_registry
+from flanpipe.core.config.registry import embedded_datasets, load_registry
+from flanpipe.workflow.planner import Plan
 from tests.conftest import REPO, run_snakemake
 
 CFG = load_config(REPO / "config/config.yaml")
@@ -191,7 +191,7 @@ def test_a_tokenizer_per_mixture_when_not_shared(tmp_path):
 
 def test_a_given_tokenizer_file_is_copied_without_any_mixture(tmp_path):
     from flanpipe.core.config import TokenizerConfig
-    from flanpipe.core.tokenizers import train_spm
+    from flanpipe.core.tokens.tokenizers import train_spm
     from tests.unit.test_tokenizer import corpus
 
     model, size = train_spm(corpus(300), TokenizerConfig(vocab_size=300), seed=1)

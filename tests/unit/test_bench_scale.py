@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanpipe.bench import scale
-from flanpipe.core.registry import load_registry
-from flanpipe.core.validate import check_split
+from flanpipe.core.config.registry import load_registry
+from flanpipe.core.text.validate import check_split
 
 REG = load_registry()
 

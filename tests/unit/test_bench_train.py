@@ -5,7 +5,7 @@ mixtures hold examples of the same length distribution."""
 import numpy as np
 
 from flanpipe.bench.train import LI, LT, synthetic_packed, synthetic_paired
-from flanpipe.core.shards import PackedShards, unpack_row
+from flanpipe.core.tokens.shards import PackedShards, unpack_row
 
 
 def examples(folder, layout):

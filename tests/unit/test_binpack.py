@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flanpipe.core import binpack
+from flanpipe.core.tokens import binpack
 
 
 def flan_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""The ``chat`` format (:mod:`flanpipe.core.chat`) with a real instruct checkpoint's template
+"""The ``chat`` format (:mod:`flanpipe.core.tokens.chat`) with a real instruct checkpoint's template
 (SmolLM2-135M-Instruct): packed rows against ``transformers``' ``apply_chat_template`` on FLAN
 examples rendered from the embedded data, the loss mask against the prompt's own rendering, the
 evaluation layout, generation, and the refusals."""
@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from flanpipe.core.chat import ChatTemplate, ChatTemplateError, chat_template
 from flanpipe.core.config import ConfigError, EvaluateSlice, PackSlice, parse_config
-from flanpipe.core.layout import Layout
-from flanpipe.core.shards import PackedShards
-from flanpipe.core.tokenizers import load_tokenizer
+from flanpipe.core.tokens.chat import ChatTemplate, ChatTemplateError, chat_template
+from flanpipe.core.tokens.formats import Layout
+from flanpipe.core.tokens.shards import PackedShards
+from flanpipe.core.tokens.tokenizers import load_tokenizer
 from flanpipe.stages.pack import tokenize_and_pack
 from tests.unit.test_tokenizer import write_mixture
 
@@ -23,9 +23,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def flan_rows(per_dataset: int = 12) -> tuple[list[str], list[str]]:
     """Every template of every embedded dataset on its first rows: real FLAN instructions (passages,
     OPTIONS suffixes, German news, turned-around tasks) and their targets."""
-    from flanpipe.core.registry import embedded_datasets, load_registry
-    from flanpipe.core.templates import load_bank, render_template
-    from flanpipe.core.validate import check_split
+    from flanpipe.core.config.registry import embedded_datasets, load_registry
+    from flanpipe.core.text.templates import load_bank, render_template
+    from flanpipe.core.text.validate import check_split
     from flanpipe.stages.download import read_embedded_split
 
     registry, bank = load_registry(), load_bank()
@@ -289,7 +289,7 @@ def test_evaluate_scores_the_instruct_base_in_chat_beside_continuation(smollm2_d
     import torch
     from transformers import AutoModelForCausalLM
 
-    from flanpipe.core.templates import load_bank, render_template
+    from flanpipe.core.text.templates import load_bank, render_template
     from flanpipe.stages.download import download_dataset
     from flanpipe.stages.evaluate import eval_sample, evaluate_dataset
 
@@ -327,8 +327,8 @@ def test_the_trainer_loss_is_transformers_loss_on_the_assistant_tokens(smollm2_d
     token before the assistant turn labelled -100, over the same number of tokens."""
     import torch
 
-    from flanpipe.core.checkpoint import load_checkpoint
-    from flanpipe.core.model import PackedCausalLM
+    from flanpipe.core.model.causal import PackedCausalLM
+    from flanpipe.core.model.checkpoint import load_checkpoint
     from flanpipe.stages.train import to_batch
 
     picks = [5, 400, 900]

@@ -10,14 +10,20 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from flanpipe.core.checkpoint import build_model, load_checkpoint, model_config, save_checkpoint, weight_files
 from flanpipe.core.config import ModelSpec
+from flanpipe.core.model.checkpoint import (
+    build_model,
+    load_checkpoint,
+    model_config,
+    save_checkpoint,
+    weight_files,
+)
 from tests.unit.test_model import ARCHITECTURES, alone_losses, packed_losses, tiny_model
 
 
 @pytest.fixture(scope="module")
 def tokenizer(smollm2_dir):
-    from flanpipe.core.tokenizers import load_tokenizer
+    from flanpipe.core.tokens.tokenizers import load_tokenizer
 
     return load_tokenizer(smollm2_dir)
 

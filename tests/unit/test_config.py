@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from flanpipe.core.config import ConfigError, json_schema, json_schema_text, load_config, parse_config
-from flanpipe.core.planner import Plan
-from flanpipe.core.registry import embedded_datasets, load_registry
+from flanpipe.core.config.registry import embedded_datasets, load_registry
+from flanpipe.workflow.planner import Plan
 
 
 def test_embedded_default_parses(repo):

@@ -4,9 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flanpipe.core import hashing as fp
 from flanpipe.core.config import DecontaminateConfig
-from flanpipe.core.registry import load_registry
+from flanpipe.core.config.registry import load_registry
+from flanpipe.core.text import hashing as fp
 from flanpipe.stages.decontaminate import contaminated_rows, decontaminate_dataset
 from flanpipe.stages.fingerprint import eval_ngrams, ngram_size
 

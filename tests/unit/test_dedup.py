@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanpipe.bench.dedup import load_passages, nli_shaped, ours_dropped, pair_similarity, squad_shaped
-from flanpipe.core import hashing as fp
 from flanpipe.core.config import DedupConfig, DedupeSlice, FingerprintSlice, PoolSlice, parse_config
+from flanpipe.core.text import hashing as fp
 from flanpipe.stages.dedupe import dedupe, find_duplicates
 from flanpipe.stages.fingerprint import fingerprint_dataset
 from flanpipe.stages.pool import write_pool

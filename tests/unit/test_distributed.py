@@ -1,13 +1,13 @@
-"""Ranks and the rendezvous from a launcher's environment (flanpipe.core.distributed), and the ranks per
-node of the train rule (flanpipe.core.launch.ranks_per_node)."""
+"""Ranks and the rendezvous from a launcher's environment (flanpipe.core.train.distributed), and the ranks per
+node of the train rule (flanpipe.core.train.launch.ranks_per_node)."""
 
 import shutil
 import subprocess
 
 import pytest
 
-from flanpipe.core.distributed import PORT_BASE, dist_env, first_host, rendezvous_host
-from flanpipe.core.launch import launch_command, ranks_per_node
+from flanpipe.core.train.distributed import PORT_BASE, dist_env, first_host, rendezvous_host
+from flanpipe.core.train.launch import launch_command, ranks_per_node
 
 NODELISTS = ["gpu[017-020,031],login1", "node7", "rack[2-3]-gpu[08-09]", "fpn[1-2]",
              "n[009-011],m[1-2]", "x1,x[0-3]"]

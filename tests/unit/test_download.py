@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanpipe.core.config import SourceSpec
-from flanpipe.core.registry import HubSource, embedded_datasets, load_registry
+from flanpipe.core.config.registry import HubSource, embedded_datasets, load_registry
 from flanpipe.stages.download import DownloadError, download_dataset, read_hub_split
 
 REG = load_registry()

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from flanpipe.core.layout import Layout, encode
-from flanpipe.core.registry import load_registry
-from flanpipe.core.scoring import score_options
-from flanpipe.core.templates import Template
-from flanpipe.core.tokenizers import load_tokenizer
+from flanpipe.core.config.registry import load_registry
+from flanpipe.core.eval.scoring import score_options
+from flanpipe.core.text.templates import Template
+from flanpipe.core.tokens.formats import Layout, encode
+from flanpipe.core.tokens.tokenizers import load_tokenizer
 from flanpipe.stages.evaluate import eval_sample, load_model, references, stop_ids, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,7 +158,7 @@ def test_base_scores_equal_lm_eval_on_rendered_flan_prompts(smollm2_dir, smollm2
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from flanpipe.core.templates import load_bank, render_template
+    from flanpipe.core.text.templates import load_bank, render_template
 
     model, tok = smollm2
     bank = load_bank()["arc_easy"]
@@ -229,7 +229,7 @@ def test_an_over_long_eval_input_keeps_its_instruction_and_options(smollm2_dir):
     passage's end, and keeps the question, the instruction after it and every OPTIONS line, in
     both layouts, within the budget. Right truncation of the rendered prompt (the old path) keeps
     the passage's start and loses the question and the OPTIONS."""
-    from flanpipe.core.templates import load_bank, long_field, render_template
+    from flanpipe.core.text.templates import load_bank, long_field, render_template
     from flanpipe.stages.evaluate import prompts_for
 
     tok = load_tokenizer(smollm2_dir)
@@ -304,7 +304,7 @@ def test_unconditional_scores_equal_a_plain_forward_pass(smollm2_dir):
 def test_bootstrap_interval_covers_a_bernoulli_mean_at_the_nominal_rate():
     """200 seeded samples of 150 Bernoulli(0.3) draws: the 95% percentile interval holds 0.3 in
     91-99% of them (the binomial spread of 200 trials around 95% is about +-3 points)."""
-    from flanpipe.core.metrics import bootstrap
+    from flanpipe.core.eval.metrics import bootstrap
 
     covered = 0
     trials = 200
@@ -318,7 +318,7 @@ def test_bootstrap_interval_covers_a_bernoulli_mean_at_the_nominal_rate():
 def test_paired_bootstrap_sees_a_gap_that_unpaired_intervals_miss():
     """Two models right on mostly the same rows, one on 8 more of 200: their own intervals overlap,
     the paired interval of the difference excludes zero."""
-    from flanpipe.core.metrics import bootstrap, paired_bootstrap
+    from flanpipe.core.eval.metrics import bootstrap, paired_bootstrap
 
     rng = np.random.default_rng(0)
     b = (rng.random(200) < 0.6).astype(float)

@@ -11,11 +11,11 @@ import pytest
 from flanpipe.bench.dedup import load_passages
 from flanpipe.bench.fewshot import previous_few_shot_inputs
 from flanpipe.core.config import FewShotConfig, TokenizeConfig
-from flanpipe.core.fewshot import FewShotPool, few_shot_inputs
-from flanpipe.core.layout import Layout
-from flanpipe.core.registry import load_registry
-from flanpipe.core.templates import load_bank, render_template
-from flanpipe.core.tokenizers import load_tokenizer
+from flanpipe.core.config.registry import load_registry
+from flanpipe.core.text.fewshot import FewShotPool, few_shot_inputs
+from flanpipe.core.text.templates import load_bank, render_template
+from flanpipe.core.tokens.formats import Layout
+from flanpipe.core.tokens.tokenizers import load_tokenizer
 from flanpipe.stages.evaluate import read_exemplar_rows
 
 SPEC, BANK = load_registry().datasets["mnli"], load_bank()["mnli"]

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flanpipe.core import hashing as fp
+from flanpipe.core.text import hashing as fp
 
 WS = " \t\n\r\v\f"
 

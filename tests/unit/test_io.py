@@ -11,7 +11,7 @@ import pytest
 
 from flanpipe.core import io
 from flanpipe.core.io import atomic_path, read_parquet_metadata, write_parquet_atomic
-from flanpipe.core.keys import derive_seed
+from flanpipe.core.text.keys import derive_seed
 
 
 def test_exception_leaves_neither_output_nor_temp(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flanpipe.core.launch import (
+from flanpipe.core.train.launch import (
     COMPLETE_MARKER,
     LOCK_NAME,
     RunLocked,
@@ -70,7 +70,7 @@ def test_killing_the_jobs_process_group_mid_train_leaves_no_training_rank(mixtur
     """))
     job = textwrap.dedent(f"""
         import subprocess, sys
-        from flanpipe.core.launch import die_with_parent, launch_command
+        from flanpipe.core.train.launch import die_with_parent, launch_command
         cmd = launch_command("torchrun", 1, 2, ["train", "--mixture", "m", "--config", {str(config)!r},
                              "--packed", {str(mixture[0] / "kill")!r}, "--tokenizer",
                              {str(mixture[0] / "spm.model")!r}, "--out", {str(out)!r}])
@@ -102,7 +102,7 @@ def test_killing_the_jobs_process_group_mid_train_leaves_no_training_rank(mixtur
 def test_a_second_run_is_refused_while_the_first_lives_on_the_folder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from flanpipe.core.launch import run_lock
+        from flanpipe.core.train.launch import run_lock
         with run_lock({str(tmp_path)!r}):
             print("locked", flush=True)
             time.sleep(600)

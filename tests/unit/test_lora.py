@@ -24,11 +24,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flanpipe.core.adapter import add_lora, save_adapter
-from flanpipe.core.checkpoint import attention_for, save_checkpoint
 from flanpipe.core.config import AdapterConfig, ConfigError, parse_config
-from flanpipe.core.model import PackedCausalLM
-from flanpipe.core.optim import build_optimizer
+from flanpipe.core.model.adapter import add_lora
+from flanpipe.core.model.causal import PackedCausalLM
+from flanpipe.core.model.checkpoint import attention_for, save_adapter, save_checkpoint
+from flanpipe.core.train.optim import build_optimizer
 from tests.conftest import REPO
 from tests.unit import lora_train
 
@@ -153,7 +153,7 @@ def reference_two_steps(base, steps):
 @pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma2", "smollm2"])
 def test_two_steps_equal_peft_and_transformers(architecture, request):
     if architecture == "smollm2":
-        from flanpipe.core.checkpoint import load_model
+        from flanpipe.core.model.checkpoint import load_model
 
         folder = request.getfixturevalue("smollm2_dir")
         base = load_model(folder)
@@ -198,8 +198,8 @@ def test_the_merged_export_has_the_adapter_models_logits(architecture, tmp_path)
     against `PeftModel.from_pretrained` on the base."""
     from peft import PeftModel
 
-    from flanpipe.core.checkpoint import auto_class, build_model
     from flanpipe.core.config import ModelSpec
+    from flanpipe.core.model.checkpoint import auto_class, build_model
 
     if architecture == "t5":
         torch.manual_seed(0)
@@ -249,9 +249,9 @@ def test_qlora_is_refused_naming_the_reason():
 def packed(tmp_path_factory):
     """120 examples (inputs of 3..11 words, targets of 1..5) packed into rows of 64 tokens, and a
     tiny Llama checkpoint with the SentencePiece vocabulary (train.model.source: pretrained)."""
-    from flanpipe.core.checkpoint import build_model
     from flanpipe.core.config import ModelSpec, PackSlice, TokenizerConfig
-    from flanpipe.core.tokenizers import load_tokenizer, train_spm
+    from flanpipe.core.model.checkpoint import build_model
+    from flanpipe.core.tokens.tokenizers import load_tokenizer, train_spm
     from flanpipe.stages.pack import tokenize_and_pack
     from tests.unit.test_tokenizer import corpus, write_mixture
 
@@ -312,7 +312,7 @@ def test_two_ranks_optimizer_holds_only_the_adapters(runs, packed):
     """run.json's counts against peft's own count on the unpartitioned checkpoint."""
     from peft import LoraConfig, get_peft_model
 
-    from flanpipe.core.checkpoint import load_model
+    from flanpipe.core.model.checkpoint import load_model
 
     model = get_peft_model(load_model(packed / "ckpt"),
                            LoraConfig(r=4, lora_alpha=8.0, target_modules=PROJECTIONS))
@@ -326,8 +326,8 @@ def test_two_ranks_optimizer_holds_only_the_adapters(runs, packed):
 def test_two_ranks_export_scores_alike_in_both_forms(runs):
     """The evaluator's loader on `hf/` (merged) and on `adapter/` (base + PeftModel): the same option
     log-likelihoods."""
-    from flanpipe.core.layout import Layout
-    from flanpipe.core.scoring import score_options
+    from flanpipe.core.eval.scoring import score_options
+    from flanpipe.core.tokens.formats import Layout
     from flanpipe.stages.evaluate import load_model, model_layout
 
     prompts = ["the cat sat on", "a man and a", "dogs run in the"]

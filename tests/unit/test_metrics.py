@@ -7,8 +7,8 @@ from rouge_score import rouge_scorer
 from scipy import stats
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from flanpipe.core import metrics
-from flanpipe.core.registry import METRICS
+from flanpipe.core.config.registry import METRICS
+from flanpipe.core.eval import metrics
 
 # --------------------------------------------------------------------------- entry points
 

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.core.schemas import DROPPED_SCHEMA
+from flanpipe.core.text.schemas import DROPPED_SCHEMA
 from flanpipe.stages.mix import (
     FATES,
     Fates,

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flanpipe.core.checkpoint import build_model
 from flanpipe.core.config import ModelSpec
-from flanpipe.core.model import PackedCausalLM, predicted
-from flanpipe.core.optim import Adafactor, optimizer_state_bytes
+from flanpipe.core.model.causal import PackedCausalLM, predicted
+from flanpipe.core.model.checkpoint import build_model
+from flanpipe.core.train.optim import Adafactor, optimizer_state_bytes
 from flanpipe.stages.train import BatchPlan, step_rows
 
 VOCAB = 97
@@ -131,7 +131,7 @@ def test_gemma_final_soft_capping_is_applied():
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
-    from flanpipe.core.checkpoint import build_model as build
+    from flanpipe.core.model.checkpoint import build_model as build
 
     grads = []
     for recompute in (False, True):

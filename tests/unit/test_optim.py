@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from flanpipe.core.optim import Adafactor, Piece, adam_state_bytes, optimizer_state_bytes, slices_of
+from flanpipe.core.train.optim import Adafactor, Piece, adam_state_bytes, optimizer_state_bytes, slices_of
 
 # an embedding, a projection, a 3-D tensor and a norm weight: odd sizes, so partitions cut rows
 SHAPES = [(37, 8), (8, 12), (2, 3, 5), (12,)]
@@ -110,7 +110,7 @@ def _rank(rank, world, port, layout, out):
 def test_flat_partitions_on_two_ranks_match_whole_tensors(layout, tmp_path):
     """Each rank holds slices of flattened tensors (rows cut in two, padding); after 6 steps the
     tensors put back together equal transformers' Adafactor on the whole tensors."""
-    from flanpipe.core.distributed import _free_port
+    from flanpipe.core.train.distributed import _free_port
 
     mp.spawn(_rank, args=(2, _free_port(), layout, str(tmp_path)), nprocs=2, join=True)
     whole = [torch.zeros(math.prod(s)) for s in SHAPES]
@@ -126,7 +126,7 @@ def test_flat_partitions_on_two_ranks_match_whole_tensors(layout, tmp_path):
 
 
 def test_unknown_optimizer_name_is_named():
-    from flanpipe.core.optim import build_optimizer
+    from flanpipe.core.train.optim import build_optimizer
 
     with pytest.raises(ValueError, match="train.optimizer.*adafactor, adamw"):
         build_optimizer("sgd", [torch.nn.Parameter(torch.zeros(2))], 1e-3, 0.0, (0.9, 0.95))

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
-from flanpipe.core.shards import PackedShards, unpack_row
-from flanpipe.core.tokenizers import load_processor, train_spm
+from flanpipe.core.tokens.shards import PackedShards, unpack_row
+from flanpipe.core.tokens.tokenizers import load_processor, train_spm
 from flanpipe.stages.pack import tokenize_and_pack
 from tests.unit.test_tokenizer import corpus, write_mixture
 

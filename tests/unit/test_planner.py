@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from flanpipe.core.config import parse_config
-from flanpipe.core.planner import Plan
+from flanpipe.workflow.planner import Plan
 from tests.conftest import REPO
 
 

@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanpipe.bench.dedup import load_passages, nli_shaped, squad_shaped
-from flanpipe.core import hashing as fp
 from flanpipe.core.config import (
     DedupeSlice,
     FingerprintSlice,
@@ -25,10 +24,10 @@ from flanpipe.core.config import (
     TemplatizeSlice,
     parse_config,
 )
+from flanpipe.core.config.registry import load_registry
 from flanpipe.core.io import read_parquet_metadata
-from flanpipe.core.keys import priorities
-from flanpipe.core.planner import Plan
-from flanpipe.core.registry import load_registry
+from flanpipe.core.text import hashing as fp
+from flanpipe.core.text.keys import priorities
 from flanpipe.stages.decontaminate import decontaminate_dataset
 from flanpipe.stages.dedupe import dedupe
 from flanpipe.stages.download import download_dataset
@@ -36,6 +35,7 @@ from flanpipe.stages.fingerprint import fingerprint_dataset
 from flanpipe.stages.mix import DatasetInputs, build_mixture
 from flanpipe.stages.pool import Lowest, write_pool
 from flanpipe.stages.templatize import templatize_dataset
+from flanpipe.workflow.planner import Plan
 
 REG = load_registry()
 

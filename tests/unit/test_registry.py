@@ -5,7 +5,7 @@ from collections import defaultdict
 import pyarrow as pa
 import pytest
 
-from flanpipe.core.registry import RegistryError, arrow_type, embedded_datasets, load_registry
+from flanpipe.core.config.registry import RegistryError, arrow_type, embedded_datasets, load_registry
 
 # Paper datasets per cluster, as the paper counts them (ANLI R1-R3 is one dataset, and so are ARC
 # easy/challenge, ParaCrawl's three pairs and SQuAD v1/v2).
@@ -89,7 +89,7 @@ def test_type_language():
 def test_distinct_fields_name_string_features(reg):
     from pydantic import ValidationError
 
-    from flanpipe.core.registry import DatasetSpec
+    from flanpipe.core.config.registry import DatasetSpec
 
     assert reg.datasets["squad_v1"].distinct == ("question", "answers.text")
     assert reg.datasets["mnli"].distinct == ("hypothesis",) and reg.datasets["sst2"].distinct == ()

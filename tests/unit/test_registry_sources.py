@@ -10,7 +10,7 @@ from importlib import resources
 import pytest
 import yaml
 
-from flanpipe.core.registry import load_registry
+from flanpipe.core.config.registry import load_registry
 
 REG = load_registry()
 AUDIT = yaml.safe_load(

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers as T
 
-from flanpipe.core.scoring import (
+from flanpipe.core.eval.scoring import (
     HEAD_ONLY_TYPES,
     AttentionKinds,
     generate,

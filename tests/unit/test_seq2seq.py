@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flanpipe.core.checkpoint import build_model, save_checkpoint
 from flanpipe.core.config import ModelSpec, TokenizerConfig
-from flanpipe.core.scoring import generate, score_options
-from flanpipe.core.seq2seq import PackedSeq2SeqLM, decoder_inputs
+from flanpipe.core.eval.scoring import generate, score_options
+from flanpipe.core.model.checkpoint import build_model, save_checkpoint
+from flanpipe.core.model.seq2seq import PackedSeq2SeqLM, decoder_inputs
 
 VOCAB = 97
 SPECIAL = {"pad_id": 0, "eos_id": 1, "unk_id": 2, "bos_id": 3}
@@ -181,7 +181,7 @@ def test_generation_stops_at_any_eos_and_keeps_to_the_vocabulary(one_thread):
 # --- export --------------------------------------------------------------------------------------
 
 def spm_tokenizer():
-    from flanpipe.core.tokenizers import SentencePieceTokenizer, train_spm
+    from flanpipe.core.tokens.tokenizers import SentencePieceTokenizer, train_spm
 
     words = "premise hypothesis question answer options yes no maybe the cat sat on a mat".split()
     text = [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) + f" {i}." for i in range(400)]
@@ -228,7 +228,7 @@ def test_evaluate_scores_an_encoder_decoder_as_transformers_does_per_option(tmp_
     from transformers import AutoModelForSeq2SeqLM
 
     from flanpipe.core.config import EvaluateSlice, parse_config
-    from flanpipe.core.templates import load_bank, render_template
+    from flanpipe.core.text.templates import load_bank, render_template
     from flanpipe.stages.evaluate import eval_sample, evaluate_dataset
     from tests.conftest import BIN, REPO
 
@@ -272,7 +272,7 @@ def t5_style_tokenizer_folder(folder):
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
-    from flanpipe.core.tokenizers import spm_to_tokenizers
+    from flanpipe.core.tokens.tokenizers import spm_to_tokenizers
 
     rust = spm_to_tokenizers(spm_tokenizer().model_bytes)
     sentinels = [f"<extra_id_{i}>" for i in reversed(range(100))]
@@ -289,7 +289,7 @@ def test_a_t5_tokenizer_is_exported_exactly_with_its_sentinels(tmp_path, one_thr
     included, and the model's embedding covers them."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from flanpipe.core.tokenizers import load_tokenizer
+    from flanpipe.core.tokens.tokenizers import load_tokenizer
 
     source = t5_style_tokenizer_folder(tmp_path / "source")
     tok = load_tokenizer(source)

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
-from flanpipe.core.shards import PackedShards, spans
-from flanpipe.core.tokenizers import load_processor, train_spm
+from flanpipe.core.tokens.shards import PackedShards, spans
+from flanpipe.core.tokens.tokenizers import load_processor, train_spm
 from flanpipe.stages.pack import tokenize_and_pack
 from tests.unit.test_tokenizer import write_mixture
 from tests.unit.test_tokenizer_seam import real_texts
@@ -229,7 +229,7 @@ def test_a_shard_overwritten_with_other_tokens_of_its_size_stops_train_before_th
     import subprocess
     import sys
 
-    from flanpipe.core.shards import verify_shards
+    from flanpipe.core.tokens.shards import verify_shards
 
     packed, tokens = _tampered(mixture, tmp_path, "overwritten")
     assert verify_shards(packed) >= 0
@@ -249,7 +249,7 @@ def test_a_shard_overwritten_with_other_tokens_of_its_size_stops_train_before_th
 
 def test_a_truncated_shard_is_named_with_its_size(mixture, tmp_path):
     from flanpipe.core.io import ArtifactMismatch
-    from flanpipe.core.shards import verify_shards
+    from flanpipe.core.tokens.shards import verify_shards
 
     packed, tokens = _tampered(mixture, tmp_path, "truncated")
     tokens.write_bytes(tokens.read_bytes()[:-64])

@@ -10,8 +10,8 @@ import typing
 import pytest
 from pydantic import BaseModel
 
-from flanpipe.core.config import SLICES, Config, parse_config
-from flanpipe.core.planner import Plan
+from flanpipe.core.config import Config, parse_config
+from flanpipe.workflow.planner import SLICES, Plan
 from tests.conftest import REPO
 
 # Keys that decide which jobs exist (read by the planner, rules/common.smk): a change adds or removes

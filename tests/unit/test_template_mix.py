@@ -28,12 +28,12 @@ from flanpipe.core.config import (
     TemplatizeSlice,
     parse_config,
 )
-from flanpipe.core.keys import prompt_type_draws
-from flanpipe.core.planner import Plan
-from flanpipe.core.schemas import MATCH_SCHEMA
-from flanpipe.core.templates import load_bank, render_template
+from flanpipe.core.text.keys import prompt_type_draws
+from flanpipe.core.text.schemas import MATCH_SCHEMA
+from flanpipe.core.text.templates import load_bank, render_template
 from flanpipe.stages.mix import mixing_rates, submixture_rates
 from flanpipe.stages.templatize import templatize_dataset
+from flanpipe.workflow.planner import Plan
 from tests.conftest import REPO
 from tests.unit.test_pool import build, mixture_rows
 
@@ -73,7 +73,7 @@ def render(tmp_path, name: str, train: pa.Table, slice_: TemplatizeSlice, tag: s
 
 
 def splitmix_uniform(key: int, name: str, seed: int) -> float:
-    """The draw of :func:`~flanpipe.core.keys.uniforms`, worked out with Python integers."""
+    """The draw of :func:`~flanpipe.core.text.keys.uniforms`, worked out with Python integers."""
     mask = 2**64 - 1
     z = key ^ ((seed + zlib.crc32(name.encode())) % 2**32)
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask

@@ -6,9 +6,9 @@ import re
 import pyarrow as pa
 import pytest
 
-from flanpipe.core.registry import embedded_datasets, load_registry
-from flanpipe.core.templates import TemplateError, as_text, load_bank, render_template
-from flanpipe.core.validate import check_split
+from flanpipe.core.config.registry import embedded_datasets, load_registry
+from flanpipe.core.text.templates import TemplateError, as_text, load_bank, render_template
+from flanpipe.core.text.validate import check_split
 from flanpipe.stages.download import read_embedded_split
 
 REG = load_registry()
@@ -117,7 +117,7 @@ def test_list_rendering_and_filters():
 
 
 def test_missing_field_names_dataset_template_and_field():
-    from flanpipe.core.templates import Template
+    from flanpipe.core.text.templates import Template
     bad = Template(id=42, input="{premise} {nonexistent}", target="{answer}")
     with pytest.raises(TemplateError, match=r"rte template 42: placeholder \{nonexistent\}"):
         render_template(BANK["rte"], bad, example_rows("rte"))

@@ -8,11 +8,11 @@ import pytest
 from flanpipe.bench.dedup import load_passages
 from flanpipe.bench.templatize import synthetic_rte
 from flanpipe.core.config import FewShotConfig, SourceSpec, TemplatizeConfig, TemplatizeSlice
-from flanpipe.core.fewshot import few_shot_inputs
-from flanpipe.core.keys import template_draws
-from flanpipe.core.registry import load_registry
-from flanpipe.core.schemas import TEMPLATIZED_SCHEMA as SCHEMA
-from flanpipe.core.templates import Template, TemplateError, load_bank
+from flanpipe.core.config.registry import load_registry
+from flanpipe.core.text.fewshot import few_shot_inputs
+from flanpipe.core.text.keys import template_draws
+from flanpipe.core.text.schemas import TEMPLATIZED_SCHEMA as SCHEMA
+from flanpipe.core.text.templates import Template, TemplateError, load_bank
 from flanpipe.stages.download import download_dataset
 from flanpipe.stages.templatize import templatize_dataset, templatize_split
 from tests.conftest import smollm2_folder

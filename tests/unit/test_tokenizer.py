@@ -10,8 +10,8 @@ import pytest
 import sentencepiece as spm
 
 from flanpipe.core.config import TokenizerConfig
-from flanpipe.core.keys import derive_seed
-from flanpipe.core.tokenizers import TokenizerError, load_processor, train_spm
+from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.tokens.tokenizers import TokenizerError, load_processor, train_spm
 from flanpipe.stages.tokenizer import build_tokenizer, sample_sentences
 
 WORDS = ("the a movie review sentence premise hypothesis answer question options yes no maybe "

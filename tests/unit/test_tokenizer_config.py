@@ -3,7 +3,7 @@
 import pytest
 
 from flanpipe.core.config import ConfigError, parse_config
-from flanpipe.core.planner import Plan
+from flanpipe.workflow.planner import Plan
 
 PRETRAINED = {"model": {"source": "pretrained", "path": "/ckpt/smollm2"}}
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from flanpipe.core.config import PackSlice, parse_config
-from flanpipe.core.shards import PackedShards, unpack_row
+from flanpipe.core.tokens.shards import PackedShards, unpack_row
 from flanpipe.stages.pack import tokenize_and_pack
 from tests.unit.test_tokenizer import write_mixture
 from tests.unit.test_tokenizer_seam import real_texts

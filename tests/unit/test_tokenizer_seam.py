@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flanpipe.core.config import TokenizerConfig
-from flanpipe.core.tokenizers import (
+from flanpipe.core.tokens.tokenizers import (
     HFTokenizer,
     SentencePieceTokenizer,
     TokenizerError,

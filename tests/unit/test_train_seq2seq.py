@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flanpipe.core.checkpoint import build_model
 from flanpipe.core.config import ModelSpec, PackSlice, TokenizerConfig
-from flanpipe.core.keys import derive_seed
-from flanpipe.core.shards import PackedShards, unpack_row
-from flanpipe.core.tokenizers import load_tokenizer, train_spm
+from flanpipe.core.model.checkpoint import build_model
+from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.tokens.shards import PackedShards, unpack_row
+from flanpipe.core.tokens.tokenizers import load_tokenizer, train_spm
 from flanpipe.stages.pack import tokenize_and_pack
 from flanpipe.stages.train import BatchPlan, step_rows
 from tests.conftest import REPO
@@ -95,7 +95,7 @@ def test_a_pretrained_t5_loads_partitioned_and_trains_from_its_own_weights(packe
     loss is the checkpoint's own loss on the step's examples, as `transformers` loads it."""
     from transformers import AutoModelForSeq2SeqLM
 
-    from flanpipe.core.checkpoint import save_checkpoint
+    from flanpipe.core.model.checkpoint import save_checkpoint
 
     tokenizer = load_tokenizer(packed / "spm.model")
     torch.manual_seed(99)  # other weights than a new model's

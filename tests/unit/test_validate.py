@@ -5,8 +5,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from flanpipe.core.registry import load_registry
-from flanpipe.core.validate import BadLine, SchemaError, check_split
+from flanpipe.core.config.registry import load_registry
+from flanpipe.core.text.validate import BadLine, SchemaError, check_split
 
 REG = load_registry()
 
@@ -120,7 +120,7 @@ def test_bytes_repr_column_decodes_as_python_does():
     """Values made by str(bytes) of real file lines, decoded by bytes.decode: the independent side."""
     import numpy as np
 
-    from flanpipe.core.validate import decode_bytes_repr_column
+    from flanpipe.core.text.validate import decode_bytes_repr_column
 
     lines = [b"Solve 24 = 1601*c - 1605*c for c.\n", b"-4\n", b"What's x if 2*x = 4?\n",
              b'Let "k" be 3.\n', b"caf\xc3\xa9 \xe2\x88\x9a2\n", b"tab\there\n", b"back\\slash\n",

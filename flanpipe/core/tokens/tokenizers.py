@@ -31,7 +31,7 @@ import sentencepiece as spm
 
 from flanpipe.core.config import TokenizerConfig
 from flanpipe.core.io import sha256_file
-from flanpipe.core.keys import derive_seed
+from flanpipe.core.text.keys import derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from flanpipe.core.config import SLICES, Config, DownloadSlice, TemplatizeSlice, parse_config  # noqa: F401 (doctests)
-from flanpipe.core.registry import load_registry
+from flanpipe.core.config import (  # noqa: F401 (parse_config: doctests)
+    BaseModelSlice,
+    Config,
+    DedupeSlice,
+    DownloadSlice,
+    EvaluateSlice,
+    FingerprintSlice,
+    MixSlice,
+    PackSlice,
+    PoolSlice,
+    ReportSlice,
+    Slice,
+    TemplatizeSlice,
+    TokenizerSlice,
+    TrainSlice,
+    parse_config,
+)
+from flanpipe.core.config.registry import load_registry
+
+SLICES: dict[str, type[Slice]] = {
+    "download": DownloadSlice, "pool": PoolSlice, "templatize": TemplatizeSlice,
+    "fingerprint": FingerprintSlice, "dedupe": DedupeSlice, "mix": MixSlice, "tokenizer": TokenizerSlice,
+    "pack": PackSlice, "train": TrainSlice, "base_model": BaseModelSlice, "evaluate": EvaluateSlice,
+    "report": ReportSlice}
+"""Each rule's slice (rules not listed read no config key: decontaminate and catalog take lists the
+planner derives)."""
 
 
 class Plan:
@@ -166,7 +190,7 @@ class Plan:
     def tokenizer_path(self, mixture: str) -> str:
         """The tokenizer a mixture is packed with: a checkpoint's own (or a given ``tokenizer.json``),
         read in place; else the shared SentencePiece model, or the mixture's own."""
-        from flanpipe.core.tokenizers import tokenizer_file
+        from flanpipe.core.tokens.tokenizers import tokenizer_file
 
         given = self.given_tokenizer()
         if given is not None:

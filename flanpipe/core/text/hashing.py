@@ -45,7 +45,7 @@ def mix64(z):
     """splitmix64's finaliser, the one scrambler of the package: every input bit flips each output
     bit with probability ~1/2. Takes a ``np.uint64`` or an array of them (wrap-around is the point);
     the Numba kernels below inline the same function (:data:`_mix64`), and every seeded draw of
-    :mod:`flanpipe.core.keys` goes through it.
+    :mod:`flanpipe.core.text.keys` goes through it.
 
     >>> z = mix64(np.array([0, 1, 2], np.uint64))
     >>> int(z[0]), len(set(z.tolist()))

@@ -57,9 +57,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from flanpipe.core.seq2seq import (
+from flanpipe.core.config.checkpoints import is_encoder_decoder
+from flanpipe.core.model.seq2seq import (
     SEQ2SEQ_TYPES,
-    is_encoder_decoder,
     lm_logits,
     option_masks,
     run_stack,
@@ -465,8 +465,8 @@ def score_seq2seq(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     """:func:`score_options` for a T5 or mT5: each batch's prompts run through the encoder once;
     all options of a prompt then run as one decoder row (:func:`_option_segments`: causal within
     each option, positions and T5's relative position buckets restarting per option, every option
-    cross-attending to its prompt; :func:`flanpipe.core.seq2seq.option_masks`), through the
-    model's own decoder blocks (:func:`flanpipe.core.seq2seq.run_stack`). The prompt's encoder
+    cross-attending to its prompt; :func:`flanpipe.core.model.seq2seq.option_masks`), through the
+    model's own decoder blocks (:func:`flanpipe.core.model.seq2seq.run_stack`). The prompt's encoder
     output and its cross-attention keys and values are computed once for all of its options, and
     the decoder holds no per-option padding."""
     device = _device(model)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flanpipe.core.tokenizers import Tokenizer
+from flanpipe.core.tokens.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 

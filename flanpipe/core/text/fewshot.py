@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flanpipe.core.config import FewShotConfig
-from flanpipe.core.keys import derive_seed, scramble, stable_keys
-from flanpipe.core.registry import DatasetSpec, field_type, load_registry  # noqa: F401 (doctests)
-from flanpipe.core.templates import DatasetTemplates, OptionsStyle, Template, load_bank, render_template  # noqa: F401
+from flanpipe.core.config.registry import DatasetSpec, field_type, load_registry  # noqa: F401 (doctests)
+from flanpipe.core.text.keys import derive_seed, scramble, stable_keys
+from flanpipe.core.text.templates import DatasetTemplates, OptionsStyle, Template, load_bank, render_template  # noqa: F401
 
 TokenCounter = Callable[[list[str]], np.ndarray]
 """Counts the tokens of each of a batch of texts (the model's tokenizer, or words)."""

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from flanpipe.core.registry import METRICS
+from flanpipe.core.config.registry import METRICS
 
 Scores = dict[str, float]
 

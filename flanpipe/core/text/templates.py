@@ -40,8 +40,8 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from flanpipe.core.registry import DatasetSpec, field_type, load_registry
-from flanpipe.core.validate import label_index
+from flanpipe.core.config.registry import DatasetSpec, field_type, load_registry
+from flanpipe.core.text.validate import label_index
 
 FILTERS = ("first", "lines", "numbered", "comma", "nopunct")
 

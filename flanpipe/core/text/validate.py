@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe.core.registry import DatasetSpec
-from flanpipe.core.schemas import REJECTED_SCHEMA
+from flanpipe.core.config.registry import DatasetSpec
+from flanpipe.core.text.schemas import REJECTED_SCHEMA
 
 REJECT_KINDS = ("invalid_utf8", "invalid_unicode", "invalid_json", "ragged_row", "wrong_type",
                 "missing_field", "empty_text", "label_out_of_range", "undecodable_bytes")
@@ -75,7 +75,7 @@ class CheckedSplit:
 class SplitTally:
     """Counts of a split checked batch by batch; equal to those of one :func:`check_split` call.
 
-    >>> from flanpipe.core.registry import load_registry
+    >>> from flanpipe.core.config.registry import load_registry
     >>> spec = load_registry().datasets["rte"]
     >>> rows = [{"premise": "p", "hypothesis": "h", "idx": i, "label": i} for i in range(3)]
     >>> tally = SplitTally()

@@ -21,7 +21,7 @@ Layouts (:data:`LAYOUTS`); the first two are training formats (``tokenize.format
 - ``chat``, for instruct checkpoints: the tokenizer's chat template with the input as the user
   turn (prompt: the rendering with the generation prompt) and the option or target as the
   assistant turn, its end-of-turn tokens included; the template places every special token, so
-  no BOS is added (:mod:`flanpipe.core.chat`). Inputs are cut inside the user's content, the
+  no BOS is added (:mod:`flanpipe.core.tokens.chat`). Inputs are cut inside the user's content, the
   template's tokens kept.
 
 A model flanpipe trained is scored in the format it was trained in, which its folder's
@@ -39,9 +39,9 @@ from typing import Literal
 
 import numpy as np
 
-from flanpipe.core.chat import ChatTemplate, chat_template
 from flanpipe.core.config import EvaluateSlice, PackSlice, TokenizeConfig
-from flanpipe.core.tokenizers import Tokenizer
+from flanpipe.core.tokens.chat import ChatTemplate, chat_template
+from flanpipe.core.tokens.tokenizers import Tokenizer
 
 LayoutName = Literal["eos", "text", "chat", "continuation"]
 LAYOUTS: tuple[LayoutName, ...] = ("eos", "text", "chat", "continuation")

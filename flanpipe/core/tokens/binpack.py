@@ -279,7 +279,7 @@ def fill_decoder_only(tokens, row, off, in_ids, in_starts, in_full, in_keep, tg_
     """Write each example as ``inputs SEP targets END`` at (row, off), ``SEP`` the ``separator``
     tokens (EOS alone in the ``eos`` format, none in ``chat``) and ``END`` the ``end`` tokens (EOS;
     none in ``chat``, whose targets hold their end of turn). Only the tokens: segment ids, positions
-    and the loss mask follow from the examples' lengths (:func:`flanpipe.core.shards.spans`)."""
+    and the loss mask follow from the examples' lengths (:func:`flanpipe.core.tokens.shards.spans`)."""
     k = separator.shape[0]
     e = end.shape[0]
     for i in range(row.shape[0]):

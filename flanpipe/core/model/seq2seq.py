@@ -1,7 +1,7 @@
 """Packed paired rows through a ``transformers`` T5-family encoder-decoder (T5, T5 v1.1, FLAN-T5, mT5):
 isolated examples on both sides, and a loss on target tokens only.
 
-An ``encoder_decoder`` packed row (:mod:`flanpipe.core.shards`) holds several examples: their inputs
+An ``encoder_decoder`` packed row (:mod:`flanpipe.core.tokens.shards`) holds several examples: their inputs
 back to back in ``inputs`` (``Li`` slots), their targets in ``targets`` (``Lt`` slots), segment ``s``
 of the inputs belonging to segment ``s`` of the targets. :class:`PackedSeq2SeqLM` runs the model's own
 stacks, blocks and attention kernels on such rows so that every example's loss is the one it has
@@ -48,16 +48,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flanpipe.core.model import same_segment
+from flanpipe.core.model.causal import same_segment
 
 SEQ2SEQ_TYPES = frozenset({"t5", "mt5", "umt5"})
 """``config.model_type``s :class:`PackedSeq2SeqLM` trains: T5Stack-shaped blocks that take a
 ``position_bias`` (T5, mT5), and umT5's, whose attention computes one per layer."""
-
-
-def is_encoder_decoder(config) -> bool:
-    """Whether a ``transformers`` config is an encoder-decoder's."""
-    return bool(getattr(config, "is_encoder_decoder", False))
 
 
 def check_supported(config) -> None:

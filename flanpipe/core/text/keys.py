@@ -1,7 +1,7 @@
 """Row keys and seeded draws: every per-row random choice of the pipeline, on one scrambler.
 
 A row's key (:func:`stable_keys`) is its id, or its content, never its position; every draw is
-:func:`~flanpipe.core.hashing.mix64` of (key, a salt derived from the one config seed and a stable
+:func:`~flanpipe.core.text.hashing.mix64` of (key, a salt derived from the one config seed and a stable
 name), so adding or removing one row changes no other row's draw.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe.core.hashing import GOLDEN, exact_hashes, mix64, string_hashes
-from flanpipe.core.registry import DatasetSpec, load_registry  # noqa: F401 (doctests)
-from flanpipe.core.templates import DatasetTemplates, plain_template, raw_texts, render_template
+from flanpipe.core.config.registry import DatasetSpec, load_registry  # noqa: F401 (doctests)
+from flanpipe.core.text.hashing import GOLDEN, exact_hashes, mix64, string_hashes
+from flanpipe.core.text.templates import DatasetTemplates, plain_template, raw_texts, render_template
 
 
 def derive_seed(seed: int, name: str) -> int:

@@ -7,7 +7,7 @@ or T5-family encoder-decoders.
   vocabulary padded to a multiple of 128;
 - :func:`load_model`: any local ``AutoModelForCausalLM`` (or, for an encoder-decoder config,
   ``AutoModelForSeq2SeqLM``) folder (``local_files_only``, never a hub download);
-- :func:`load_checkpoint`: a folder as (model, :class:`~flanpipe.core.tokenizers` tokenizer);
+- :func:`load_checkpoint`: a folder as (model, :class:`~flanpipe.core.tokens.tokenizers` tokenizer);
 - :func:`save_checkpoint`: weights in safetensors shards, ``config.json``, ``generation_config.json``
   and the tokenizer files, so that ``AutoModelForCausalLM`` (``AutoModelForSeq2SeqLM``) /
   ``AutoTokenizer`` load the folder with
@@ -43,8 +43,11 @@ import torch
 
 from flanpipe.core.config import ENCODER_DECODER_ARCHITECTURES
 from flanpipe.core.io import atomic_dir
+from flanpipe.core.model.adapter import LORA_TAG, adapter_base, is_adapter_folder
+from flanpipe.core.model.zero import full_tensor
 
 if TYPE_CHECKING:
+    from peft import PeftModel
     from transformers import PretrainedConfig, PreTrainedModel
 
     from flanpipe.core.config import ModelSpec
@@ -337,11 +340,10 @@ def weight_files(folder: str | Path) -> list[Path]:
 
 def load_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu", attention: str = "sdpa"):
-    """A model folder as (model in eval mode, its tokenizer through :mod:`flanpipe.core.tokenizers`);
+    """A model folder as (model in eval mode, its tokenizer through :mod:`flanpipe.core.tokens.tokenizers`);
     a ``peft`` adapter folder as its base with the adapter on it
-    (:func:`~flanpipe.core.adapter.load_adapter`)."""
-    from flanpipe.core.adapter import is_adapter_folder, load_adapter
-    from flanpipe.core.tokenizers import load_tokenizer
+    (:func:`load_adapter`)."""
+    from flanpipe.core.tokens.tokenizers import load_tokenizer
 
     if is_adapter_folder(folder):
         return load_adapter(folder, dtype, device), load_tokenizer(folder)
@@ -409,8 +411,8 @@ def _gathered_state(model: PreTrainedModel, dtype: torch.dtype, merge_adapter: b
     """(name, CPU tensor) for every parameter (a tied output embedding once, under the input
     embedding's name) and persistent buffer, gathered from ZeRO-3 partitions one at a time. A
     LoRA-adapted model's weights come merged, under the base model's names
-    (:func:`~flanpipe.core.adapter.merged_state`), or its base alone (``merge_adapter=False``)."""
-    from flanpipe.core.adapter import base_name, is_adapted, merged_state
+    (:func:`~flanpipe.core.model.adapter.merged_state`), or its base alone (``merge_adapter=False``)."""
+    from flanpipe.core.model.adapter import base_name, is_adapted, merged_state
 
     if is_adapted(model):
         yield from merged_state(model, dtype, skip=lambda name: _tied(model, name), fold=merge_adapter)
@@ -420,7 +422,7 @@ def _gathered_state(model: PreTrainedModel, dtype: torch.dtype, merge_adapter: b
             if id(param) in seen or _tied(model, name):
                 continue
             seen.add(id(param))
-            yield name, _full(param, dtype)
+            yield name, full_tensor(param, dtype)
     persistent = {n for n, _ in model.state_dict(keep_vars=True).items()}
     for name, buffer in model.named_buffers():
         if name in persistent:
@@ -428,22 +430,13 @@ def _gathered_state(model: PreTrainedModel, dtype: torch.dtype, merge_adapter: b
             yield base_name(name), buffer.detach().to("cpu", cast).clone()
 
 
-def _full(param: torch.nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
-    if not hasattr(param, "ds_id"):  # not partitioned
-        return param.detach().to("cpu", dtype).clone()
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-        return param.detach().to("cpu", dtype).clone()
-
-
 def save_tokenizer(tokenizer, out: Path) -> None:
-    """A :class:`~flanpipe.core.tokenizers.Tokenizer`'s (or ``transformers`` tokenizer's) files, or those of
-    the tokenizer at a path; nothing for None."""
+    """A :class:`~flanpipe.core.tokens.tokenizers.Tokenizer`'s (or ``transformers`` tokenizer's) files, or
+    those of the tokenizer at a path; nothing for None."""
     if tokenizer is None:
         return
     if not hasattr(tokenizer, "save_pretrained"):
-        from flanpipe.core.tokenizers import load_tokenizer
+        from flanpipe.core.tokens.tokenizers import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer)
     tokenizer.save_pretrained(out)
@@ -491,3 +484,35 @@ def smollm2_from_gguf(out: str | Path) -> Path:
     except OSError:  # another process got there first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def save_adapter(peft_model: PeftModel, tokenizer, out: str | Path, record: dict | None = None) -> None:
+    """The adapter at ``out`` as ``peft`` saves it (``adapter_config.json`` with
+    ``base_model_name_or_path``, ``adapter_model.safetensors`` in the adapter's dtype), the
+    tokenizer's files and ``record`` as ``flanpipe.json``; written to a temporary folder and
+    renamed. Under ZeRO-3 every rank must call it (the adapter weights are gathered to rank 0,
+    which alone writes)."""
+    is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    state = {name: full_tensor(param, param.dtype) for name, param in peft_model.named_parameters()
+             if LORA_TAG in name}
+    if not is_main:
+        return
+    with atomic_dir(Path(out)) if is_main else contextlib.nullcontext(None) as tmp:
+        peft_model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+        save_tokenizer(tokenizer, tmp)
+        if record is not None:
+            (tmp / "flanpipe.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n",
+                                               encoding="utf-8")
+
+
+def load_adapter(folder: str | Path, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu") -> torch.nn.Module:
+    """An adapter folder as a model in eval mode: its base
+    (:func:`~flanpipe.core.model.adapter.adapter_base`, loaded by :func:`load_model`) with the adapter on it
+    through ``PeftModel.from_pretrained``, unmerged; returned is the adapted ``transformers`` model (the
+    ``PeftModel``'s ``base_model.model``), which the scorers call as any causal LM."""
+    from peft import PeftModel
+
+    base = load_model(adapter_base(folder), dtype, device)
+    peft_model = PeftModel.from_pretrained(base, str(folder), is_trainable=False)
+    return peft_model.base_model.model.to(device).eval()

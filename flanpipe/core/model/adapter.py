@@ -3,14 +3,13 @@
 - :func:`add_lora`: ``peft``'s LoRA layers injected into a ``transformers`` model (built whole, or
   loaded partitioned under ZeRO-3), the base frozen; the returned ``PeftModel``'s
   ``base_model.model`` is the same ``transformers`` model, which the packed-row wrappers train;
-- :func:`save_adapter`: the adapter as ``peft`` saves it (``adapter_config.json``,
-  ``adapter_model.safetensors``), gathered from ZeRO-3 partitions, with the tokenizer and
-  ``flanpipe.json``: ``PeftModel.from_pretrained(base, folder)`` loads it;
 - :func:`merged_state`: the weights with every adapter folded in (``W + alpha / r * B @ A``), under
-  the base model's own names, for :func:`~flanpipe.core.checkpoint.save_checkpoint`'s merged export
+  the base model's own names, for :func:`~flanpipe.core.model.checkpoint.save_checkpoint`'s merged export
   that plain ``transformers`` loads;
-- :func:`load_adapter`: an adapter folder as a model: its base (``base_model_name_or_path``) and the
-  adapter on it.
+- :func:`is_adapter_folder` and :func:`adapter_base`: what an adapter folder is, and its base.
+
+The adapter's folder enters and leaves through the checkpoint seam
+(:func:`~flanpipe.core.model.checkpoint.save_adapter`, :func:`~flanpipe.core.model.checkpoint.load_adapter`).
 
 >>> import torch
 >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -26,14 +25,13 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from flanpipe.core.io import atomic_dir
+from flanpipe.core.model.zero import full_tensor
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -79,16 +77,6 @@ def trainable_count(model: torch.nn.Module) -> int:
     return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
 
 
-def _full(param: torch.nn.Parameter, dtype: torch.dtype) -> torch.Tensor:
-    """A parameter, whole, on the CPU in ``dtype`` (gathered from its ZeRO-3 partitions)."""
-    if not hasattr(param, "ds_id"):
-        return param.detach().to("cpu", dtype).clone()
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-        return param.detach().to("cpu", dtype).clone()
-
-
 def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """``{module name: peft LoRA layer}`` of every adapted layer of ``model``."""
     from peft.tuners.lora import LoraLayer
@@ -119,15 +107,15 @@ def merged_state(model: torch.nn.Module, dtype: torch.dtype, skip=lambda name: F
         if fold and owner.endswith(BASE_LAYER) and leaf == "weight" and layer_name in layers:
             layer = layers[layer_name]
             work = torch.promote_types(dtype, torch.float32)  # (float64 stays float64)
-            weight = _full(param, work)
+            weight = full_tensor(param, work)
             for key in layer.active_adapters:
-                a = _full(layer.lora_A[key].weight, work)
-                b = _full(layer.lora_B[key].weight, work)
+                a = full_tensor(layer.lora_A[key].weight, work)
+                b = full_tensor(layer.lora_B[key].weight, work)
                 delta = (b @ a) * layer.scaling[key]
                 weight += delta.T if getattr(layer, "fan_in_fan_out", False) else delta
             yield f"{layer_name}.{leaf}", weight.to(dtype)
         else:
-            yield name.replace(BASE_LAYER + ".", "."), _full(param, dtype)
+            yield name.replace(BASE_LAYER + ".", "."), full_tensor(param, dtype)
 
 
 def base_name(name: str) -> str:
@@ -137,27 +125,6 @@ def base_name(name: str) -> str:
     'model.layers.0.self_attn.q_proj.weight'
     """
     return name.replace(BASE_LAYER + ".", ".")
-
-
-def save_adapter(peft_model: PeftModel, tokenizer, out: str | Path, record: dict | None = None) -> None:
-    """The adapter at ``out`` as ``peft`` saves it (``adapter_config.json`` with
-    ``base_model_name_or_path``, ``adapter_model.safetensors`` in the adapter's dtype), the
-    tokenizer's files and ``record`` as ``flanpipe.json``; written to a temporary folder and
-    renamed. Under ZeRO-3 every rank must call it (the adapter weights are gathered to rank 0,
-    which alone writes)."""
-    from flanpipe.core.checkpoint import save_tokenizer
-
-    is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-    state = {name: _full(param, param.dtype) for name, param in peft_model.named_parameters()
-             if LORA_TAG in name}
-    if not is_main:
-        return
-    with atomic_dir(Path(out)) if is_main else contextlib.nullcontext(None) as tmp:
-        peft_model.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
-        save_tokenizer(tokenizer, tmp)
-        if record is not None:
-            (tmp / "flanpipe.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n",
-                                               encoding="utf-8")
 
 
 def is_adapter_folder(folder: str | Path) -> bool:
@@ -178,18 +145,3 @@ def adapter_base(folder: str | Path) -> Path:
         raise FileNotFoundError(f"{folder / ADAPTER_CONFIG}: base_model_name_or_path {base!r} is not a local "
                                 "model folder")
     return path
-
-
-def load_adapter(folder: str | Path, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu") -> torch.nn.Module:
-    """An adapter folder as a model in eval mode: its base (:func:`adapter_base`, loaded by
-    :func:`~flanpipe.core.checkpoint.load_model`) with the adapter on it through
-    ``PeftModel.from_pretrained``, unmerged; returned is the adapted ``transformers`` model (the
-    ``PeftModel``'s ``base_model.model``), which the scorers call as any causal LM."""
-    from peft import PeftModel
-
-    from flanpipe.core.checkpoint import load_model
-
-    base = load_model(adapter_base(folder), dtype, device)
-    peft_model = PeftModel.from_pretrained(base, str(folder), is_trainable=False)
-    return peft_model.base_model.model.to(device).eval()

@@ -1,40 +1,46 @@
-"""The typed model of the whole flanpipe config, validated once.
-
-``config/config.yaml`` is the embedded default. Snakemake loads it, :func:`parse_config` turns it into a
-:class:`Config` (or raises :class:`ConfigError` naming the bad key and what is allowed), and the JSON
-schema generated from the model (``config/config.schema.json``, ``flanpipe config-schema``) is also
-given to Snakemake's ``validate()``.
-
->>> parse_config({"seed": 7}).seed
-7
->>> parse_config({"seed": -1})
-Traceback (most recent call last):
-...
-flanpipe.core.config.ConfigError: invalid config:
-  - seed: Input should be greater than or equal to 0 (got -1)
-"""
+"""The config's sections: one typed model per top-level key (``download``, ``templatize``, ``dedup``,
+``decontaminate``, ``mix``, ``tokenize``, ``train``, ``evaluate``, ``ablations``), each field with its
+docstring (the one source of ``docs/config.md``) and its default; checks within one section live on it.
+The types several sections and the stages' slices share are named here once."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     StrictFloat,
     StrictInt,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from flanpipe.core.registry import embedded_datasets, load_registry
+from flanpipe.core.config.registry import load_registry
 
 SourceKind = Literal["embedded", "hub", "local"]
+"""Where a dataset's raw rows come from."""
+OptionsStyle = Literal["dash", "letters", "none"]
+"""How a classification prompt lists its options: `dash` (FLAN's `OPTIONS:` and `- ` items), `letters`
+(`(A)`, `(B)`, ...) or `none`."""
+
+TemplateFormat = Literal["instructions", "no_template", "dataset_name"]
+"""What a prompt says around an example: FLAN's `instructions`, or the ablations' `no_template` and
+`dataset_name`."""
+
+TrainFormat = Literal["eos", "text", "chat"]
+"""How a decoder-only example's input meets its target in training (:mod:`flanpipe.core.tokens.formats`)."""
+
+Truncation = Literal["right", "left"]
+"""Which end of an over-long input is cut."""
+
+Packer = Literal["best_fit", "next_fit", "none"]
+"""How examples are packed into rows (:mod:`flanpipe.core.tokens.binpack`)."""
+
+ModelKind = Literal["decoder_only", "encoder_decoder"]
+"""Whether a model is decoder-only or an encoder-decoder (T5's family)."""
+
 
 
 class ConfigError(ValueError):
@@ -215,10 +221,10 @@ class TemplateMixConfig(PromptMix):
 class TemplatizeConfig(_Section):
     """Stage 2: phrase every example as an instruction."""
 
-    format: Literal["instructions", "no_template", "dataset_name"] = "instructions"
+    format: TemplateFormat = "instructions"
     """`instructions` (the template bank), or the paper's ablations: `no_template` (input fields
     joined plainly) and `dataset_name` (the same, prefixed with `[Task: <dataset>]`)."""
-    options: Literal["dash", "letters", "none"] = "dash"
+    options: OptionsStyle = "dash"
     """The OPTIONS suffix of classification templates: `- choice` lines, lettered `(A) choice`
     lines, or `none` (the paper's no-options variant)."""
     passes: StrictInt = Field(4, ge=1, le=64)
@@ -430,26 +436,26 @@ class TokenizeConfig(_Section):
     """Inputs are truncated to this many tokens, their EOS (and BOS, if added) included."""
     max_target_tokens: StrictInt = Field(256, ge=2, le=65_535)
     """Targets are truncated to this many tokens, their EOS included."""
-    truncate_inputs: Literal["right", "left"] = "right"
+    truncate_inputs: Truncation = "right"
     """Which end of a long input is cut: `right` keeps its beginning (seqio's rule), `left` keeps its
     end (where FLAN templates put the question and the OPTIONS)."""
-    layout: Literal["decoder_only", "encoder_decoder"] = "decoder_only"
+    layout: ModelKind = "decoder_only"
     """`decoder_only`: rows of `max_input_tokens + max_target_tokens` tokens, each holding several
     `inputs EOS targets EOS` examples; `encoder_decoder`: inputs and targets packed into paired rows
     of `max_input_tokens` and `max_target_tokens`."""
     format: Literal["auto", "eos", "text", "chat"] = "auto"
-    """How a decoder-only example's input meets its target (`flanpipe.core.layout`): `eos`, the
+    """How a decoder-only example's input meets its target (`flanpipe.core.tokens.formats`): `eos`, the
     paper's `[BOS] input EOS target EOS`; `text`, `[BOS] input`, the `separator`, then `target EOS`,
     with no EOS between (an EOS mid-example ends the document a pretrained decoder knows); `chat`,
     the tokenizer's own chat template with the input as the user turn and the target as the
-    assistant turn, loss on the assistant turn only (`flanpipe.core.chat`; instruct checkpoints
+    assistant turn, loss on the assistant turn only (`flanpipe.core.tokens.chat`; instruct checkpoints
     only, and no `add_bos`: the template places its own); `auto`: `text` for
     `train.model.source: pretrained`, `eos` for a model trained from scratch (see
     docs/experiments.md for the measurement behind it). Encoder-decoder rows are always `eos`."""
     separator: str = "\n"
     """`format: text`: the text between input and target, encoded on its own (a newline: with a
     byte-level BPE it never merges with its neighbours)."""
-    packer: Literal["best_fit", "next_fit", "none"] = "best_fit"
+    packer: Packer = "best_fit"
     """`best_fit` (best-fit decreasing over windows of examples), `next_fit` (arrival order, for
     comparison) or `none` (one example per row, padded)."""
     pack_window: StrictInt = Field(20_000, ge=1)
@@ -474,7 +480,7 @@ class TokenizeConfig(_Section):
                              "its own BOS where the model wants one; allowed with chat: null or false")
         return self
 
-    def format_for(self, source: str) -> Literal["eos", "text", "chat"]:
+    def format_for(self, source: str) -> TrainFormat:
         """The format the packer writes for a model of ``train.model.source`` ``source`` (``auto``
         resolved).
 
@@ -682,543 +688,9 @@ class AblationsConfig(_Section):
         "coreference", "misc"])
     """Training clusters added one at a time (the paper's Figure 6 order): a model on the first 1, 2,
     ..., N of them."""
-    formats: list[Literal["instructions", "no_template", "dataset_name"]] = Field(
+    formats: list[TemplateFormat] = Field(
         default_factory=lambda: ["instructions", "no_template", "dataset_name"])
     """Instruction formats to train on (all N clusters); every one is evaluated with instructions."""
     kinds: list[Literal["clusters", "format"]] = Field(default_factory=lambda: ["clusters", "format"])
     """Which ablations to build. A point whose training data is a held-out model's (the same
     datasets, format and held-out clusters) reuses that model and its results."""
-
-
-class Config(_Section):
-    """The whole flanpipe config. Every stage reads only its own section."""
-
-    seed: StrictInt = Field(1234, ge=0, le=2**31 - 1)
-    """The one seed of a run; each stage and dataset derives its own from it (seed + crc32(name))."""
-    datasets: Literal["embedded", "all"] | list[str] = "embedded"
-    """Datasets this run uses: `embedded` (those with demo data in the package), `all` (the whole
-    registry: needs `download.default_source: hub` or local files) or a list of registry names."""
-    heldout_clusters: list[str] = Field(
-        default_factory=lambda: ["nli", "commonsense", "closed_book_qa"])
-    """Clusters to hold out, one instruction-tuned model each (leave-one-cluster-out)."""
-    all_model: bool = True
-    """Also train `all`, one model on every dataset with nothing held out (the one to use and
-    export). The held-out protocol needs only the per-cluster models."""
-    download: DownloadConfig = Field(default_factory=DownloadConfig)
-    templatize: TemplatizeConfig = Field(default_factory=TemplatizeConfig)
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
-    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
-    mix: MixConfig = Field(default_factory=MixConfig)
-    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    ablations: AblationsConfig = Field(default_factory=AblationsConfig)
-
-    @field_validator("datasets")
-    @classmethod
-    def _known_dataset_list(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            known = load_registry().datasets
-            unknown = [d for d in value if d not in known]
-            if unknown:
-                raise ValueError(f"unknown dataset(s) {unknown}; allowed: 'embedded', 'all' or "
-                                 "registry names (see `flanpipe datasets`)")
-            if not value:
-                raise ValueError("the dataset list is empty")
-        return value
-
-    @field_validator("heldout_clusters")
-    @classmethod
-    def _known_clusters(cls, value: list[str]) -> list[str]:
-        clusters = list(load_registry().clusters)
-        unknown = [c for c in value if c not in clusters]
-        if unknown:
-            raise ValueError(f"unknown cluster(s) {unknown}; allowed: {clusters}")
-        if len(set(value)) != len(value):
-            raise ValueError("a cluster is listed twice")
-        return value
-
-    @model_validator(mode="after")
-    def _sources_are_usable(self) -> Config:
-        embedded = set(embedded_datasets())
-        for name in self.dataset_names():
-            if self.download.source_for(name).kind == "embedded" and name not in embedded:
-                raise ValueError(
-                    f"download.sources.{name}.kind: dataset {name!r} is used with the embedded "
-                    f"source but has no embedded demo data (embedded: {sorted(embedded)}); "
-                    "allowed for it: 'hub' or 'local'")
-        return self
-
-    @model_validator(mode="after")
-    def _every_mixture_has_data(self) -> Config:
-        """A held-out cluster needs a dataset of this run to be evaluated on, and its mixture (every
-        cluster but the held-out one and those it excludes) a dataset to train on."""
-        registry = load_registry()
-        names = self.dataset_names()
-        used = {registry.datasets[d].cluster for d in names}
-        for cluster in self.heldout_clusters:
-            if cluster not in used:
-                raise ValueError(f"heldout_clusters: {cluster!r} has no dataset among this run's datasets, "
-                                 f"so its model would be evaluated on nothing; allowed: clusters of the "
-                                 f"run's datasets {sorted(used)}")
-            left_out = {cluster, *registry.excluded_clusters(cluster)}
-            if all(registry.datasets[d].cluster in left_out for d in names):
-                raise ValueError(f"heldout_clusters: holding out {cluster!r} (with {sorted(left_out)}) "
-                                 f"leaves its mixture no dataset to train on; add datasets of other "
-                                 f"clusters to 'datasets'")
-        return self
-
-    @model_validator(mode="after")
-    def _ablations_fit(self) -> Config:
-        abl = self.ablations
-        registry = load_registry()
-        for key, names in (("heldout", abl.heldout), ("clusters", abl.clusters)):
-            unknown = [c for c in names if c not in registry.clusters]
-            if unknown:
-                raise ValueError(f"ablations.{key}: unknown cluster(s) {unknown}; allowed: "
-                                 f"{list(registry.clusters)}")
-            if len(set(names)) != len(names):
-                raise ValueError(f"ablations.{key}: a cluster is listed twice")
-        if abl.enabled and not abl.clusters:
-            raise ValueError("ablations.clusters: list at least one training cluster (or set "
-                             "ablations.enabled: false)")
-        excluded = {c for h in abl.heldout for c in registry.excluded_clusters(h)}
-        clash = [c for c in abl.clusters if c in excluded]
-        if clash:
-            raise ValueError(f"ablations.clusters: {clash} are held out (or excluded with a held-out "
-                             f"cluster) by ablations.heldout {abl.heldout}")
-        if len(set(abl.formats)) != len(abl.formats):
-            raise ValueError("ablations.formats: a format is listed twice")
-        if abl.enabled:
-            used = {registry.datasets[d].cluster for d in self.dataset_names()}
-            empty = [c for c in [*abl.heldout, *abl.clusters] if c not in used]
-            if empty:
-                raise ValueError(f"ablations: the run has no dataset in cluster(s) {empty}; allowed: "
-                                 f"clusters of the run's datasets {sorted(used)} (or set "
-                                 "ablations.enabled: false)")
-        return self
-
-    @model_validator(mode="after")
-    def _tokenizer_follows_checkpoint(self) -> Config:
-        tok, spec = self.tokenize.tokenizer, self.train.model
-        if spec.source != "pretrained":
-            return self
-        if tok.source == "train":
-            raise ValueError(
-                "tokenize.tokenizer.source: 'train' with train.model.source 'pretrained' would fine-tune "
-                f"the checkpoint {spec.path} on ids of a new tokenizer that mean nothing to it; allowed: "
-                "'auto' (the checkpoint's own tokenizer, read from train.model.path)")
-        if tok.source == "file" and not _inside(tok.path, spec.path):
-            raise ValueError(
-                f"tokenize.tokenizer.path: {tok.path} is not the tokenizer of the checkpoint "
-                f"train.model.path ({spec.path}); a pretrained checkpoint is fine-tuned with its own "
-                "tokenizer only: set tokenize.tokenizer.source to 'auto' (or path to the checkpoint "
-                "folder or a tokenizer file in it)")
-        return self
-
-    @model_validator(mode="after")
-    def _chat_needs_checkpoint(self) -> Config:
-        if self.tokenize.format != "chat":
-            return self
-        spec = self.train.model
-        if spec.source != "pretrained":
-            raise ValueError(
-                "tokenize.format: chat renders examples through a pretrained checkpoint's chat template, "
-                "and train.model.source 'config' trains a model from scratch on flanpipe's own "
-                "SentencePiece tokenizer, which has none; allowed with source 'config': eos, text, auto")
-        if _checkpoint_has_chat_template(spec.path) is False:
-            raise ValueError(
-                f"tokenize.format: chat, but the checkpoint train.model.path ({spec.path}) has no chat "
-                "template (no chat_template.jinja, chat_template.json or tokenizer_config.json "
-                "chat_template): a base checkpoint; allowed with it: eos, text, auto")
-        return self
-
-    @model_validator(mode="after")
-    def _layout_follows_model(self) -> Config:
-        spec, layout = self.train.model, self.tokenize.layout
-        if spec.source == "config":
-            key, value = "train.model.architecture", spec.architecture
-            encoder_decoder = spec.architecture in ENCODER_DECODER_ARCHITECTURES
-        else:
-            key, value = "train.model.path", spec.path
-            encoder_decoder = _checkpoint_is_encoder_decoder(spec.path)
-            if encoder_decoder is None:  # no readable config.json yet: the train stage names the folder
-                return self
-        wanted = "encoder_decoder" if encoder_decoder else "decoder_only"
-        if layout != wanted:
-            kind = "an encoder-decoder" if encoder_decoder else "a decoder-only model"
-            raise ValueError(f"tokenize.layout: {layout!r}, but {key} ({value}) is {kind}, which trains "
-                             f"on {wanted!r} rows; allowed: tokenize.layout: {wanted} (or another "
-                             f"{key.rsplit('.', 1)[-1]})")
-        return self
-
-    @model_validator(mode="after")
-    def _few_shot_fits_inputs(self) -> Config:
-        few, budget = self.templatize.few_shot.max_tokens, self.tokenize.max_input_tokens
-        if few is not None and few > budget:
-            raise ValueError(f"templatize.few_shot.max_tokens ({few}) exceeds tokenize.max_input_tokens "
-                             f"({budget}): a few-shot prompt would be cut after it was fitted; allowed: "
-                             f"at most {budget}")
-        return self
-
-    @model_validator(mode="after")
-    def _mixes_name_known_groups(self) -> Config:
-        """Every run dataset in one submixture, every listed one in the run; template-mix overrides
-        keyed by a dataset or a submixture; few-shot rows with exemplars to show."""
-        names, groups = self.dataset_names(), self.mix.groups()
-        for group, sub in groups.items():
-            missing = [] if sub.datasets == "all" else [d for d in sub.datasets if d not in names]
-            if missing:
-                raise ValueError(f"mix.submixtures.{group}.datasets: {missing} are not among the run's "
-                                 f"datasets; allowed: names in 'datasets' ({names})")
-        homeless = [d for d in names if self.mix.submixture_of(d) is None]
-        if homeless:
-            raise ValueError(f"mix.submixtures: the run's dataset(s) {homeless} are in no submixture; "
-                             "allowed: list them in one, or give one group 'datasets: all'")
-        mix = self.templatize.mix
-        unknown = [k for k in mix.overrides if k not in groups and k not in load_registry().datasets]
-        if unknown:
-            raise ValueError(f"templatize.mix.overrides: unknown key(s) {unknown}; allowed: registry "
-                             f"dataset names or submixtures ({sorted(groups)})")
-        few = [d for d in names if mix.for_dataset(d, self.mix.submixture_of(d)).few_shot]
-        if few and self.templatize.few_shot.k == 0:
-            raise ValueError(f"templatize.few_shot.k: 0, but templatize.mix renders {few} few-shot; "
-                             "allowed: k >= 1 (or fs_opt and fs_noopt 0)")
-        return self
-
-    @model_validator(mode="after")
-    def _bands_fit(self) -> Config:
-        near = self.dedup.near
-        if near.bands is not None and near.bands > near.num_perm:
-            raise ValueError(f"dedup.near.bands: {near.bands} bands need at least as many permutations "
-                             f"(dedup.near.num_perm is {near.num_perm})")
-        return self
-
-    def dataset_names(self) -> list[str]:
-        """The registry names this run uses, in registry order."""
-        if self.datasets == "embedded":
-            return embedded_datasets()
-        if self.datasets == "all":
-            return list(load_registry().datasets)
-        order = list(load_registry().datasets)
-        return sorted(self.datasets, key=order.index)
-
-
-
-# --- the stages' slices ----------------------------------------------------------------------------
-# Each stage function takes one of these, and nothing else of the config: the keys it reads. Each rule
-# passes exactly that slice as its `params` (flanpipe.core.planner.Plan.slice), so Snakemake reruns a
-# rule when, and only when, a key it reads changes.
-
-
-class Slice(_Section):
-    """The config keys one stage reads. ``KEYS`` maps each field to its path in :class:`Config`."""
-
-    KEYS: ClassVar[dict[str, str]] = {}
-
-    @classmethod
-    def of(cls, cfg: Config, **overrides: Any) -> Slice:
-        """The slice's values in ``cfg`` (``overrides`` replace fields, e.g. the format ablation's
-        own ``format``)."""
-        values: dict[str, Any] = {}
-        for name, path in cls.KEYS.items():
-            value: Any = cfg
-            for part in path.split("."):
-                value = getattr(value, part)
-            values[name] = value
-        return cls.model_validate({**values, **overrides})
-
-    @classmethod
-    def paths(cls) -> list[str]:
-        """The config keys (dotted paths) the slice holds."""
-        return list(cls.KEYS.values())
-
-
-class DownloadSlice(Slice):
-    """download: one dataset's source (``download.sources.<dataset>``, or ``download.default_source``
-    with, for ``local``, ``download.local_root``)."""
-
-    KEYS: ClassVar[dict[str, str]] = {"seed": "seed"}  # + the dataset's source (Plan.slice)
-    seed: int
-    source: SourceSpec
-
-    @classmethod
-    def paths(cls) -> list[str]:
-        return ["seed", "download.default_source", "download.sources", "download.local_root"]
-
-
-class PoolSlice(Slice):
-    """pool: the rows a dataset's pool keeps (``cap``: the largest of any submixture's caps)."""
-
-    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "pool_factor": "dedup.pool_factor",
-                                      "cap": "mix.largest_cap"}
-    seed: int
-    pool_factor: float | None
-    cap: int
-
-    @classmethod
-    def paths(cls) -> list[str]:
-        return ["seed", "dedup.pool_factor", "mix.cap", "mix.submixtures"]
-
-
-class TemplatizeSlice(Slice):
-    """templatize: how one dataset's examples are rendered: its template mix (``templatize.mix``
-    resolved for the dataset and its submixture) and, only where that mix has few-shot rows,
-    ``templatize.few_shot`` (otherwise evaluation's alone, and null here)."""
-
-    KEYS: ClassVar[dict[str, str]] = {
-        "seed": "seed", "format": "templatize.format", "options": "templatize.options",
-        "passes": "templatize.passes", "cut_long_field": "templatize.cut_long_field",
-        "chars_per_token": "templatize.chars_per_token", "max_input_tokens": "tokenize.max_input_tokens"}
-    seed: int
-    format: Literal["instructions", "no_template", "dataset_name"]
-    options: Literal["dash", "letters", "none"]
-    passes: int
-    cut_long_field: bool
-    chars_per_token: float
-    max_input_tokens: int | None
-    mix: PromptMix = Field(default_factory=PromptMix)
-    few_shot: FewShotConfig | None = None
-
-    @classmethod
-    def of(cls, cfg: Config, dataset: str | None = None, **overrides: Any) -> TemplatizeSlice:
-        """The slice for ``dataset`` (None: the template mix's default rates)."""
-        group = cfg.mix.submixture_of(dataset) if dataset else None
-        mix = cfg.templatize.mix.for_dataset(dataset or "", group)
-        few_shot = cfg.templatize.few_shot if mix.few_shot else None
-        return super().of(cfg, **{"mix": mix, "few_shot": few_shot, **overrides})
-
-    @classmethod
-    def paths(cls) -> list[str]:
-        return [*cls.KEYS.values(), "templatize.mix", "mix.submixtures"]  # + few_shot, see above
-
-
-class FingerprintSlice(Slice):
-    """fingerprint: MinHash signatures of the pool, n-grams of the eval split."""
-
-    KEYS: ClassVar[dict[str, str]] = {
-        "seed": "seed", "shingle": "dedup.near.shingle", "num_perm": "dedup.near.num_perm",
-        "ngram": "decontaminate.ngram", "min_ngram": "decontaminate.min_ngram"}
-    seed: int
-    shingle: int
-    num_perm: int
-    ngram: int
-    min_ngram: int
-
-
-class DedupeSlice(Slice):
-    """dedupe: which fingerprints count as duplicates."""
-
-    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "exact": "dedup.exact", "near": "dedup.near"}
-    seed: int
-    exact: bool
-    near: NearDedupConfig
-
-
-class MixSlice(Slice):
-    """mix: cap, rates and shards of a mixture, and the budget its epochs are counted against."""
-
-    KEYS: ClassVar[dict[str, str]] = {
-        "seed": "seed", "mix": "mix", "pool_factor": "dedup.pool_factor",
-        "decontaminate": "decontaminate.enabled", "max_input_tokens": "tokenize.max_input_tokens",
-        "max_target_tokens": "tokenize.max_target_tokens", "steps": "train.steps",
-        "tokens_per_batch": "train.tokens_per_batch"}
-    seed: int
-    mix: MixConfig
-    pool_factor: float | None
-    decontaminate: bool
-    max_input_tokens: int
-    max_target_tokens: int
-    steps: int
-    tokens_per_batch: int
-
-
-class TokenizerSlice(Slice):
-    """tokenizer: the SentencePiece model a run trains (or copies)."""
-
-    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "tokenizer": "tokenize.tokenizer"}
-    seed: int
-    tokenizer: TokenizerConfig
-
-
-class _FormatResolved(Slice):
-    """A slice whose ``format`` is ``tokenize.format`` resolved for ``train.model.source``
-    (:meth:`TokenizeConfig.format_for`): it holds both keys."""
-
-    @classmethod
-    def of(cls, cfg: Config, **overrides: Any) -> Slice:
-        return super().of(cfg, **{"format": cfg.tokenize.format_for(cfg.train.model.source), **overrides})
-
-    @classmethod
-    def paths(cls) -> list[str]:
-        return [*super().paths(), "tokenize.format", "train.model.source"]
-
-
-class PackSlice(_FormatResolved):
-    """pack: the token layout and the packer (not the tokenizer: that is pack's input file)."""
-
-    KEYS: ClassVar[dict[str, str]] = {
-        "seed": "seed", **{k: f"tokenize.{k}" for k in (
-            "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "layout", "packer",
-            "pack_window", "rows_per_shard")},
-        "steps": "train.steps", "tokens_per_batch": "train.tokens_per_batch",
-        "separator": "tokenize.separator"}
-    seed: int
-    add_bos: bool | None
-    max_input_tokens: int
-    max_target_tokens: int
-    truncate_inputs: Literal["right", "left"]
-    layout: Literal["decoder_only", "encoder_decoder"]
-    format: Literal["eos", "text", "chat"]
-    """``tokenize.format`` resolved for ``train.model.source`` (see :meth:`TokenizeConfig.format_for`)."""
-    separator: str
-    packer: Literal["best_fit", "next_fit", "none"]
-    pack_window: int
-    rows_per_shard: int
-    steps: int
-    tokens_per_batch: int
-
-
-class TrainSlice(Slice):
-    """train: the run."""
-
-    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "train": "train"}
-    seed: int
-    train: TrainConfig
-
-
-class BaseModelSlice(Slice):
-    """base_model: the untuned model of the run's architecture (or its pretrained checkpoint)."""
-
-    KEYS: ClassVar[dict[str, str]] = {
-        "seed": "seed", "model": "train.model", "max_input_tokens": "tokenize.max_input_tokens",
-        "max_target_tokens": "tokenize.max_target_tokens"}
-    seed: int
-    model: ModelSpec
-    max_input_tokens: int
-    max_target_tokens: int
-
-
-class EvaluateSlice(_FormatResolved):
-    """evaluate: scoring, prompts (OPTIONS style, few-shot) and the prompts' token layout."""
-
-    KEYS: ClassVar[dict[str, str]] = {
-        "seed": "seed", "evaluate": "evaluate", "options": "templatize.options",
-        "few_shot": "templatize.few_shot", "cut_long_field": "templatize.cut_long_field",
-        **{k: f"tokenize.{k}" for k in (
-            "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "separator")}}
-    seed: int
-    evaluate: EvaluateConfig
-    options: Literal["dash", "letters", "none"]
-    few_shot: FewShotConfig
-    cut_long_field: bool = True
-    add_bos: bool | None
-    max_input_tokens: int
-    max_target_tokens: int
-    truncate_inputs: Literal["right", "left"]
-    separator: str = "\n"
-    format: Literal["eos", "text", "chat"] = "eos"
-    """The run's training format (``tokenize.format`` resolved): the layout a model is scored in
-    beside its own (``evaluate.cross_layouts``), and a ``text`` override's separator."""
-
-
-class ReportSlice(Slice):
-    """report: the order of the ablations' points, and the paired bootstrap's seed and resamples."""
-
-    KEYS: ClassVar[dict[str, str]] = {"clusters": "ablations.clusters", "formats": "ablations.formats",
-                                      "seed": "seed", "bootstrap": "evaluate.bootstrap"}
-    clusters: list[str]
-    formats: list[str]
-    seed: int = 1234
-    bootstrap: int = 1000
-
-
-SLICES: dict[str, type[Slice]] = {
-    "download": DownloadSlice, "pool": PoolSlice, "templatize": TemplatizeSlice,
-    "fingerprint": FingerprintSlice, "dedupe": DedupeSlice, "mix": MixSlice, "tokenizer": TokenizerSlice,
-    "pack": PackSlice, "train": TrainSlice, "base_model": BaseModelSlice, "evaluate": EvaluateSlice,
-    "report": ReportSlice}
-"""Each rule's slice (rules not listed read no config key: decontaminate and catalog take lists the
-planner derives)."""
-
-ENCODER_DECODER_ARCHITECTURES = frozenset({"t5", "mt5", "umt5"})
-"""``train.model.architecture``s that are encoder-decoders (the checkpoint seam builds them)."""
-
-
-def _checkpoint_is_encoder_decoder(folder: str) -> bool | None:
-    """Whether the checkpoint folder's ``config.json`` says ``is_encoder_decoder`` (T5, mT5, BART
-    folders do); None where it cannot be read."""
-    try:
-        raw = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return bool(raw.get("is_encoder_decoder", False))
-
-
-def _checkpoint_has_chat_template(folder: str) -> bool | None:
-    """Whether the checkpoint folder's tokenizer has a chat template (the files
-    :func:`flanpipe.core.chat.read_chat_template` reads); None where the folder has no
-    ``config.json`` yet (the train stage names it)."""
-    path = Path(folder)
-    if not (path / "config.json").is_file():
-        return None
-    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
-        return True
-    try:
-        raw = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(raw.get("chat_template"))
-
-
-def _inside(path: str, folder: str) -> bool:
-    """Whether ``path`` is ``folder`` or a file directly in it (paths compared, not contents)."""
-    p, f = Path(path).resolve(), Path(folder).resolve()
-    return p == f or p.parent == f
-
-
-def _is_type_tag(part: object) -> bool:
-    return isinstance(part, str) and ("[" in part or part.startswith(("function-", "literal")))
-
-
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        # union members appear in the location as type tags (`list[str]`); a reader wants the key
-        key = ".".join(str(p) for p in e["loc"] if not _is_type_tag(p))
-        msg = e["msg"].removeprefix("Value error, ")
-        if not key:  # a check across keys names its key in the message itself
-            lines.append(f"  - {msg}")
-            continue
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling against config/config.yaml)"
-        got = e.get("input")
-        shown = "" if isinstance(got, dict | list) or e["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"  - {key}: {msg}{shown}")
-    return "invalid config:\n" + "\n".join(lines)
-
-
-def parse_config(data: dict[str, Any] | None) -> Config:
-    """Validate a config mapping (as Snakemake or YAML gives it) into a :class:`Config`."""
-    try:
-        return Config.model_validate(data or {})
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
-
-
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file."""
-    with open(path, encoding="utf-8") as f:
-        return parse_config(yaml.safe_load(f))
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON schema of :class:`Config` used by Snakemake's ``validate()``."""
-    schema = Config.model_json_schema()
-    # The draft identifier tells jsonschema (and Snakemake's validate) which dialect this is.
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    return schema
-
-
-def json_schema_text() -> str:
-    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,257 @@
+"""The stages' slices. Each stage function takes one of these, and nothing else of the config: the
+keys it reads. Each rule passes exactly that slice as its ``params`` (which rule takes which slice is
+the workflow's: :data:`flanpipe.workflow.planner.SLICES`), so Snakemake reruns a rule when, and only
+when, a key it reads changes. A slice's fields take their types from the sections they slice (the
+aliases of :mod:`flanpipe.core.config.sections`), never restating them."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from flanpipe.core.config.root import Config
+from flanpipe.core.config.sections import (
+    EvaluateConfig,
+    FewShotConfig,
+    MixConfig,
+    ModelKind,
+    ModelSpec,
+    NearDedupConfig,
+    OptionsStyle,
+    Packer,
+    PromptMix,
+    SourceSpec,
+    TemplateFormat,
+    TokenizerConfig,
+    TrainConfig,
+    TrainFormat,
+    Truncation,
+    _Section,
+)
+
+# Each stage function takes one of these, and nothing else of the config: the keys it reads. Each rule
+# passes exactly that slice as its `params` (flanpipe.workflow.planner.Plan.slice), so Snakemake reruns a
+# rule when, and only when, a key it reads changes.
+
+
+class Slice(_Section):
+    """The config keys one stage reads. ``KEYS`` maps each field to its path in :class:`Config`."""
+
+    KEYS: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def of(cls, cfg: Config, **overrides: Any) -> Slice:
+        """The slice's values in ``cfg`` (``overrides`` replace fields, e.g. the format ablation's
+        own ``format``)."""
+        values: dict[str, Any] = {}
+        for name, path in cls.KEYS.items():
+            value: Any = cfg
+            for part in path.split("."):
+                value = getattr(value, part)
+            values[name] = value
+        return cls.model_validate({**values, **overrides})
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        """The config keys (dotted paths) the slice holds."""
+        return list(cls.KEYS.values())
+
+
+class DownloadSlice(Slice):
+    """download: one dataset's source (``download.sources.<dataset>``, or ``download.default_source``
+    with, for ``local``, ``download.local_root``)."""
+
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed"}  # + the dataset's source (Plan.slice)
+    seed: int
+    source: SourceSpec
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        return ["seed", "download.default_source", "download.sources", "download.local_root"]
+
+
+class PoolSlice(Slice):
+    """pool: the rows a dataset's pool keeps (``cap``: the largest of any submixture's caps)."""
+
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "pool_factor": "dedup.pool_factor",
+                                      "cap": "mix.largest_cap"}
+    seed: int
+    pool_factor: float | None
+    cap: int
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        return ["seed", "dedup.pool_factor", "mix.cap", "mix.submixtures"]
+
+
+class TemplatizeSlice(Slice):
+    """templatize: how one dataset's examples are rendered: its template mix (``templatize.mix``
+    resolved for the dataset and its submixture) and, only where that mix has few-shot rows,
+    ``templatize.few_shot`` (otherwise evaluation's alone, and null here)."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", "format": "templatize.format", "options": "templatize.options",
+        "passes": "templatize.passes", "cut_long_field": "templatize.cut_long_field",
+        "chars_per_token": "templatize.chars_per_token", "max_input_tokens": "tokenize.max_input_tokens"}
+    seed: int
+    format: TemplateFormat
+    options: OptionsStyle
+    passes: int
+    cut_long_field: bool
+    chars_per_token: float
+    max_input_tokens: int | None
+    mix: PromptMix = Field(default_factory=PromptMix)
+    few_shot: FewShotConfig | None = None
+
+    @classmethod
+    def of(cls, cfg: Config, dataset: str | None = None, **overrides: Any) -> TemplatizeSlice:
+        """The slice for ``dataset`` (None: the template mix's default rates)."""
+        group = cfg.mix.submixture_of(dataset) if dataset else None
+        mix = cfg.templatize.mix.for_dataset(dataset or "", group)
+        few_shot = cfg.templatize.few_shot if mix.few_shot else None
+        return super().of(cfg, **{"mix": mix, "few_shot": few_shot, **overrides})
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        return [*cls.KEYS.values(), "templatize.mix", "mix.submixtures"]  # + few_shot, see above
+
+
+class FingerprintSlice(Slice):
+    """fingerprint: MinHash signatures of the pool, n-grams of the eval split."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", "shingle": "dedup.near.shingle", "num_perm": "dedup.near.num_perm",
+        "ngram": "decontaminate.ngram", "min_ngram": "decontaminate.min_ngram"}
+    seed: int
+    shingle: int
+    num_perm: int
+    ngram: int
+    min_ngram: int
+
+
+class DedupeSlice(Slice):
+    """dedupe: which fingerprints count as duplicates."""
+
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "exact": "dedup.exact", "near": "dedup.near"}
+    seed: int
+    exact: bool
+    near: NearDedupConfig
+
+
+class MixSlice(Slice):
+    """mix: cap, rates and shards of a mixture, and the budget its epochs are counted against."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", "mix": "mix", "pool_factor": "dedup.pool_factor",
+        "decontaminate": "decontaminate.enabled", "max_input_tokens": "tokenize.max_input_tokens",
+        "max_target_tokens": "tokenize.max_target_tokens", "steps": "train.steps",
+        "tokens_per_batch": "train.tokens_per_batch"}
+    seed: int
+    mix: MixConfig
+    pool_factor: float | None
+    decontaminate: bool
+    max_input_tokens: int
+    max_target_tokens: int
+    steps: int
+    tokens_per_batch: int
+
+
+class TokenizerSlice(Slice):
+    """tokenizer: the SentencePiece model a run trains (or copies)."""
+
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "tokenizer": "tokenize.tokenizer"}
+    seed: int
+    tokenizer: TokenizerConfig
+
+
+class _FormatResolved(Slice):
+    """A slice whose ``format`` is ``tokenize.format`` resolved for ``train.model.source``
+    (:meth:`TokenizeConfig.format_for`): it holds both keys."""
+
+    @classmethod
+    def of(cls, cfg: Config, **overrides: Any) -> Slice:
+        return super().of(cfg, **{"format": cfg.tokenize.format_for(cfg.train.model.source), **overrides})
+
+    @classmethod
+    def paths(cls) -> list[str]:
+        return [*super().paths(), "tokenize.format", "train.model.source"]
+
+
+class PackSlice(_FormatResolved):
+    """pack: the token layout and the packer (not the tokenizer: that is pack's input file)."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", **{k: f"tokenize.{k}" for k in (
+            "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "layout", "packer",
+            "pack_window", "rows_per_shard")},
+        "steps": "train.steps", "tokens_per_batch": "train.tokens_per_batch",
+        "separator": "tokenize.separator"}
+    seed: int
+    add_bos: bool | None
+    max_input_tokens: int
+    max_target_tokens: int
+    truncate_inputs: Truncation
+    layout: ModelKind
+    format: TrainFormat
+    """``tokenize.format`` resolved for ``train.model.source`` (see :meth:`TokenizeConfig.format_for`)."""
+    separator: str
+    packer: Packer
+    pack_window: int
+    rows_per_shard: int
+    steps: int
+    tokens_per_batch: int
+
+
+class TrainSlice(Slice):
+    """train: the run."""
+
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "train": "train"}
+    seed: int
+    train: TrainConfig
+
+
+class BaseModelSlice(Slice):
+    """base_model: the untuned model of the run's architecture (or its pretrained checkpoint)."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", "model": "train.model", "max_input_tokens": "tokenize.max_input_tokens",
+        "max_target_tokens": "tokenize.max_target_tokens"}
+    seed: int
+    model: ModelSpec
+    max_input_tokens: int
+    max_target_tokens: int
+
+
+class EvaluateSlice(_FormatResolved):
+    """evaluate: scoring, prompts (OPTIONS style, few-shot) and the prompts' token layout."""
+
+    KEYS: ClassVar[dict[str, str]] = {
+        "seed": "seed", "evaluate": "evaluate", "options": "templatize.options",
+        "few_shot": "templatize.few_shot", "cut_long_field": "templatize.cut_long_field",
+        **{k: f"tokenize.{k}" for k in (
+            "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "separator")}}
+    seed: int
+    evaluate: EvaluateConfig
+    options: OptionsStyle
+    few_shot: FewShotConfig
+    cut_long_field: bool = True
+    add_bos: bool | None
+    max_input_tokens: int
+    max_target_tokens: int
+    truncate_inputs: Truncation
+    separator: str = "\n"
+    format: TrainFormat = "eos"
+    """The run's training format (``tokenize.format`` resolved): the layout a model is scored in
+    beside its own (``evaluate.cross_layouts``), and a ``text`` override's separator."""
+
+
+class ReportSlice(Slice):
+    """report: the order of the ablations' points, and the paired bootstrap's seed and resamples."""
+
+    KEYS: ClassVar[dict[str, str]] = {"clusters": "ablations.clusters", "formats": "ablations.formats",
+                                      "seed": "seed", "bootstrap": "evaluate.bootstrap"}
+    clusters: list[str]
+    formats: list[str]
+    seed: int = 1234
+    bootstrap: int = 1000

@@ -1,0 +1,1 @@
+"""Evaluation's kernels: rank-classification scoring and generation, metrics and bootstrap intervals."""
