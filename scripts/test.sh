@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: set up .venv, then lint and run the whole test suite.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k registry`), which then runs once, plainly.
+# `bash scripts/test.sh --fast` runs the fast tier: the unit tests without torchrun, Snakemake, mkdocs or
+# the linters (tests/conftest.py SLOW), a few minutes.
 # Without arguments the Slurm tests (`-m slurm`: a one-node cluster on localhost, ~9 minutes, most of
 # it waiting on Slurm's status polls) run in a second pytest beside the rest; their output follows.
 set -euo pipefail
@@ -9,6 +11,11 @@ bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+if [ "${1:-}" = "--fast" ]; then
+  # the inner loop: unit tests without torchrun, Snakemake, mkdocs or the linters (tests/conftest.py SLOW)
+  shift
+  exec python -m pytest -m "not slow and not e2e and not slurm" --durations=10 "$@"
+fi
 if [ $# -gt 0 ]; then
   exec python -m pytest --durations=30 "$@"
 fi
