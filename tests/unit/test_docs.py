@@ -235,10 +235,12 @@ def test_the_layout_page_maps_every_core_module_and_the_reference_documents_each
     group its folder is; docs/reference/core.md renders each."""
     on_disk = {".".join(p.relative_to(REPO).with_suffix("").parts)
                for p in (REPO / "flanpipe/core").rglob("*.py") if p.name != "__init__.py"}
-    table = re.findall(r"^\| `([^`]+)` \| `(flanpipe\.core\.[\w.]+)` \|", (REPO / "docs/layout.md").read_text(), re.M)
+    layout = (REPO / "docs/layout.md").read_text()
+    table = re.findall(r"^\| `([^`]+)` \| `(flanpipe\.core\.[\w.]+)` \|", layout, re.M)
     assert {module for _, module in table} == on_disk
     for group, module in table:
         expected = module.split(".")[2] if module.count(".") == 3 else "(root)"
         assert group == expected, f"{module} is listed under {group}"
-    reference = set(re.findall(r"^::: (flanpipe\.core\.[\w.]+)$", (REPO / "docs/reference/core.md").read_text(), re.M))
+    reference = set(re.findall(r"^::: (flanpipe\.core\.[\w.]+)$", (REPO / "docs/reference/core.md").read_text(),
+                               re.M))
     assert reference == on_disk
