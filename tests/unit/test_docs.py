@@ -241,6 +241,6 @@ def test_the_layout_page_maps_every_core_module_and_the_reference_documents_each
     for group, module in table:
         expected = module.split(".")[2] if module.count(".") == 3 else "(root)"
         assert group == expected, f"{module} is listed under {group}"
-    reference = set(re.findall(r"^::: (flanpipe\.core\.[\w.]+)$", (REPO / "docs/reference/core.md").read_text(),
-                               re.M))
+    rendered = (REPO / "docs/reference/core.md").read_text()
+    reference = set(re.findall(r"^::: (flanpipe\.core\.[\w.]+)$", rendered, re.M))
     assert reference == on_disk
