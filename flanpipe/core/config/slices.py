@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, StrictFloat
 
 from flanpipe.core.config.root import Config
 from flanpipe.core.config.sections import (
@@ -77,7 +77,7 @@ class PoolSlice(Slice):
     KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "pool_factor": "dedup.pool_factor",
                                       "cap": "mix.largest_cap"}
     seed: int
-    pool_factor: float | None
+    pool_factor: StrictFloat | None
     cap: int
 
     @classmethod
@@ -149,7 +149,7 @@ class MixSlice(Slice):
         "tokens_per_batch": "train.tokens_per_batch"}
     seed: int
     mix: MixConfig
-    pool_factor: float | None
+    pool_factor: StrictFloat | None
     decontaminate: bool
     max_input_tokens: int
     max_target_tokens: int
@@ -252,6 +252,6 @@ class ReportSlice(Slice):
     KEYS: ClassVar[dict[str, str]] = {"clusters": "ablations.clusters", "formats": "ablations.formats",
                                       "seed": "seed", "bootstrap": "evaluate.bootstrap"}
     clusters: list[str]
-    formats: list[str]
+    formats: list[TemplateFormat]
     seed: int = 1234
     bootstrap: int = 1000
