@@ -232,7 +232,8 @@ def test_a_slices_fields_have_the_types_of_the_keys_they_hold():
     def field_at(path):
         model, info = Config, None
         for part in path.split("."):
-            if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            is_section = isinstance(model, type) and issubclass(model, BaseModel)
+            if not is_section or part not in model.model_fields:
                 return None  # a derived value (mix.largest_cap), not a field
             info = model.model_fields[part]
             model = info.annotation
