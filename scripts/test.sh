@@ -3,8 +3,9 @@
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k registry`), which then runs once, plainly.
 # `bash scripts/test.sh --fast` runs the fast tier: the unit tests without torchrun, Snakemake, mkdocs or
 # the linters (tests/conftest.py SLOW), a few minutes.
-# Without arguments the Slurm tests (`-m slurm`: a one-node cluster on localhost, ~9 minutes, most of
-# it waiting on Slurm's status polls) run in a second pytest beside the rest; their output follows.
+# Without arguments the Slurm tests (`-m slurm`: clusters on localhost, most of their time waiting on
+# Slurm's status polls; docs/slurm.md gives their time) run in a second pytest beside the rest; their
+# output follows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -3,7 +3,8 @@
 DeepSpeed ranks that `srun` starts.
 
 Run alone with `pytest -m slurm tests/e2e/test_slurm.py`. Needs root (it installs Debian's slurmctld,
-slurmd and munge with apt-get if missing) and 2 CPUs; skips otherwise. About 7 minutes on 2 CPUs.
+slurmd and munge with apt-get if missing) and 2 CPUs; skips otherwise (fails under CI). Its time:
+docs/slurm.md, The CI tests.
 
 Every Slurm job starts Snakemake twice (the job step, then the job itself): some 7 CPU-seconds, so
 one job per dataset per stage on the embedded default's 13 datasets (58 jobs to one model) would take

@@ -4,7 +4,7 @@ own address and hostname), one DeepSpeed rank on each node, started by `srun` in
 
 Run alone with `pytest -m slurm tests/e2e/test_slurm_multinode.py`. Needs root (it installs Debian's
 slurmctld, slurmd and munge with apt-get if missing, and makes network namespaces) and 2 CPUs; skips
-otherwise. About 2 minutes on 2 CPUs.
+otherwise (fails under CI). Its time: docs/slurm.md, The CI tests.
 
 The data, tokenizer and packed rows are made locally (the one-node test, test_slurm.py, runs those
 stages through Slurm); then the same workdir, copied, trains twice: on Slurm across the two nodes,
