@@ -61,7 +61,7 @@ from flanpipe.core.model.checkpoint import build_model, parameter_count, save_ad
 from flanpipe.core.model.seq2seq import PackedSeq2SeqLM
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens.shards import PackedShards, verify_shards
-from flanpipe.core.train.distributed import DistEnv, dist_env, rank_nodes
+from flanpipe.core.train.distributed import DistEnv, disable_cpu_shm_op, dist_env, rank_nodes
 from flanpipe.core.train.launch import (
     LOCK_NAME,
     completed_checkpoint,
@@ -226,17 +226,6 @@ def load_step(data: PackedShards, plan: BatchPlan, step: int, seed: int, rank: i
     return StepBatches(batches, sum(target_count(b) for b in batches))
 
 
-def _disable_cpu_shm_op() -> None:
-    """DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce op (~70 s) on first use;
-    training with gloo does not need it. ``FLANPIPE_DS_SHM=1`` keeps it."""
-    if os.environ.get("FLANPIPE_DS_SHM") == "1":
-        return
-    import importlib
-
-    # (`import deepspeed.comm.torch` would bind the PyTorch package, which deepspeed.comm also names torch)
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-
 def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, out_dir: str | Path,
           cfg: TrainSlice) -> dict:
     """Train on the packed mixture; returns the run manifest (on every rank).
@@ -261,7 +250,7 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        _disable_cpu_shm_op()
+        disable_cpu_shm_op()
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
     import deepspeed
 

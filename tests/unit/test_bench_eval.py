@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from flanpipe.bench.eval import bench_eval  # noqa: E402
+from bench.eval import bench_eval  # noqa: E402
 
 
 def test_bench_eval_scores_agree_with_lm_eval_on_every_option(monkeypatch):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.bench import scale
+from bench import scale
 from flanpipe.core.config.registry import load_registry
 from flanpipe.core.text.validate import check_split
 

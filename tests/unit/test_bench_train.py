@@ -4,7 +4,7 @@ mixtures hold examples of the same length distribution."""
 
 import numpy as np
 
-from flanpipe.bench.train import LI, LT, synthetic_packed, synthetic_paired
+from bench.train import LI, LT, synthetic_packed, synthetic_paired
 from flanpipe.core.tokens.shards import PackedShards, unpack_row
 
 

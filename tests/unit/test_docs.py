@@ -18,7 +18,7 @@ README = REPO / "README.md"
 PAGES = [README, *sorted((REPO / "docs").rglob("*.md"))]
 NOT_RUN = "not run by the tests"
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
-REPO_PATH = r"(flanpipe|tests|scripts|rules|workflow_scripts|config|profiles|docs|\.ci)/"
+REPO_PATH = r"(flanpipe|bench|tests|scripts|rules|workflow_scripts|config|profiles|docs|\.ci)/"
 
 # Cheap commands this module runs itself (test_cheap_commands_run), in this order, in a scratch
 # folder holding a copy of config/: a command that writes (download, config-schema --output) writes
@@ -193,7 +193,7 @@ def test_cited_modules_and_names_exist():
     missing = []
     for page in PAGES:
         for span in _spans(page):
-            for dotted in re.findall(r"^(flanpipe(?:\.\w+)+)(?:\(.*\))?$", span.strip()):
+            for dotted in re.findall(r"^((?:flanpipe|bench)(?:\.\w+)+)(?:\(.*\))?$", span.strip()):
                 source, rest = _module_file(dotted.split("."))
                 if source is None or not _defines(source, rest):
                     missing.append(f"{page.relative_to(REPO)}: {dotted}")

@@ -136,3 +136,10 @@ def print_layouts(results: list[dict]) -> None:
         print(f"{r['dataset']}: flanpipe (all templates, both layouts, with and without OPTIONS) "
               f"{s['flanpipe_both_layouts']:.0f} s; lm-eval ({r['first_templates']['templates']} templates "
               f"with OPTIONS, and its own prompt) {s['lm_eval']:.0f} s")
+
+
+def run(model: str, data: str, datasets: list[str], rows: int, peer_templates: int, threads: int) -> int:
+    """``flanpipe bench layouts``."""
+    print_layouts(bench_layouts(model, data, datasets, rows=rows, peer_templates=peer_templates,
+                                threads=threads))
+    return 0
