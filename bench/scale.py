@@ -44,7 +44,7 @@ from bench.dedup import CODAS, NUCLEI, ONSETS
 from flanpipe.core.text.keys import derive_seed
 from tests.synthetic import WORDS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # the checkout: bench/ is beside the Snakefile
 CHUNK_WORDS = 8_000_000
 """Words generated per chunk of rows: bounds the generator's memory whatever the scale."""
 PAPER_CAP = 30_000

@@ -70,6 +70,13 @@ def test_sources_are_the_same_bytes_on_a_rerun(tmp_path):
     assert a == b and (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
 
 
+
+def test_the_runs_use_the_checkouts_snakefile_and_package():
+    """``run_workflow`` runs the Snakefile beside bench/ with that checkout's package on the path."""
+    assert scale.REPO == Path(__file__).resolve().parents[2]
+    assert (scale.REPO / "Snakefile").is_file() and (scale.REPO / "flanpipe/__init__.py").is_file()
+
+
 SNAKEFILE = """
 rule all:
     input: expand("out/{n}.txt", n=["small", "big"])

@@ -228,6 +228,7 @@ def test_site_builds_strict(tmp_path):
     html = "".join(p.read_text(encoding="utf-8") for p in site.rglob("*.html"))
     assert "fonts.googleapis.com" not in html
     assert "flanpipe.core.config.Config" in html
+    assert "bench.train.print_train" in html  # the benchmarks, read from bench/ beside the package
 
 
 def test_the_layout_page_maps_every_core_module_and_the_reference_documents_each():
