@@ -168,13 +168,29 @@ def _one_run(kwargs: dict) -> dict:
 
 def _side_by_side(common: dict, peer: tuple[str, dict], ours: tuple[str, dict]) -> dict:
     """:func:`bench_train` with ``common`` and the peer's options, then with ``common`` and ours, each
-    in a fresh process (so that each peak resident set is its own). ``peer`` and ``ours`` are (name,
-    options). Returns both runs by name (the peer's first), the memory figure both have (GPU peak or
-    resident set) and the ratios ours / peer of each figure :func:`print_train` shows."""
+    in a fresh process (so that each peak resident set is its own); ``peer`` and ``ours`` are (name,
+    options). Returns :func:`compare` of the two runs."""
     runs = {}
     for name, options in (peer, ours):
         with multiprocessing.get_context("spawn").Pool(1) as pool:
             runs[name] = pool.apply(_one_run, (common | options,))
+    return compare(runs)
+
+
+def compare(runs: dict[str, dict]) -> dict:
+    """Two :func:`bench_train` results by name, the peer's first: both, the memory figure both have
+    (the GPU's peak, else the resident set's) and the ratios ours / peer of each figure
+    :func:`print_train` shows.
+
+    >>> r = compare({"full": {"parameters": 8, "trainable_parameters": 8, "tokens_per_s": 100.0,
+    ...                       "peak_memory_bytes_rank0": None, "peak_rss_bytes": 40,
+    ...                       "optimizer_state_bytes_rank0": 16},
+    ...              "LoRA": {"parameters": 9, "trainable_parameters": 1, "tokens_per_s": 150.0,
+    ...                       "peak_memory_bytes_rank0": None, "peak_rss_bytes": 30,
+    ...                       "optimizer_state_bytes_rank0": 2}})
+    >>> r["memory"], [r["ratios"][k] for k in ("trainable_parameters", "tokens_per_s", "peak_rss_bytes")]
+    ('peak_rss_bytes', [0.125, 1.5, 0.75])
+    """
     first, second = runs.values()
     memory = "peak_memory_bytes_rank0" if first["peak_memory_bytes_rank0"] else "peak_rss_bytes"
     figures = ("parameters", "trainable_parameters", "tokens_per_s", memory, "optimizer_state_bytes_rank0")
