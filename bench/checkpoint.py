@@ -5,6 +5,8 @@
     python -m torch.distributed.run --standalone --nproc-per-node 2 \\
         -m bench.checkpoint load --folder /tmp/llama-1b            # one line per rank
 
+(from the checkout's root, where ``bench`` imports).
+
 ``load`` runs on every rank: it records the process's peak resident memory (``ru_maxrss``) after
 the imports and the process group (the baseline), loads the folder with
 :func:`~flanpipe.core.model.checkpoint.load_model` partitioned (``zero3=``), and records the peak again; rank

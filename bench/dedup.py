@@ -10,7 +10,8 @@ Three measurements on one synthetic table of (inputs, targets) rows with planted
    datasketch ``MinHash`` with ``update_batch``, and how close both Jaccard estimates come to the truth;
 3. per-dataset stats queries, DuckDB on the Arrow table in-process vs pandas ``groupby``;
 4. near-duplicate precision and recall on SQuAD- and MNLI-shaped rows of real English (passages
-   shared by several questions or hypotheses, planted copies), ours next to datasketch's
+   shared by several questions or hypotheses, planted copies: :func:`tests.synthetic.squad_shaped`,
+   :func:`tests.synthetic.nli_shaped`, as the dedup tests use them), ours next to datasketch's
    ``MinHashLSH``, each with the registry's ``distinct`` fields and over all raw text.
 
 Every figure is per core: Arrow, DuckDB and the Numba kernels run on one thread, as pandas and

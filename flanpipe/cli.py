@@ -381,7 +381,7 @@ def load_benchmark(name: str) -> ModuleType:
     editable install has it), once the peers it measures against import; else a one-line error that
     says what is missing and how to get it."""
     checkout = Path(__file__).resolve().parent.parent
-    if not (checkout / "bench/__init__.py").is_file():
+    if not (checkout / "bench/__init__.py").is_file() or not (checkout / "pyproject.toml").is_file():
         raise SystemExit("flanpipe bench needs a checkout of flanpipe: bench/ is not installed with the "
                          "package (clone the repository and pip install -e '.[dev]' in it)")
     missing = [peer for peer in BENCHMARKS[name].peers if not _imports(peer.replace("-", "_"))]
