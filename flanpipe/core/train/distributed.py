@@ -10,7 +10,8 @@
 
 Each rank also knows its node (``SLURMD_NODENAME`` under Slurm, else the hostname), logs it with its
 rank when it exports its variables, and :func:`rank_nodes` gathers every rank's node once
-``torch.distributed`` is initialised.
+``torch.distributed`` is initialised. On CPU, :func:`disable_cpu_shm_op` spares gloo ranks the
+build of DeepSpeed's shared-memory all-reduce.
 """
 
 from __future__ import annotations
