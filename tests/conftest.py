@@ -68,7 +68,7 @@ SLOW = {
     "tests/unit/test_train_seq2seq.py": "torchrun: T5 training on two ranks",
     "tests/unit/test_lint.py": "ruff, snakefmt and import-linter",
     "tests/unit/test_lora.py::test_two_ranks_": "torchrun: LoRA under ZeRO-3 on two ranks",
-    "tests/unit/test_checkpoint.py::test_zero3_loads_partitioned_on_two_ranks_and_exports_back_exactly":
+    "tests/unit/test_bench_checkpoint.py::test_zero3_loads_partitioned_on_two_ranks_and_exports_back_exactly":
         "torchrun: a partitioned load on two ranks",
     "tests/unit/test_optim.py::test_flat_partitions_on_two_ranks_match_whole_tensors": "two spawned ranks",
     "tests/unit/test_launch.py::test_killing_the_jobs_process_group_mid_train_leaves_no_training_rank":
