@@ -22,6 +22,7 @@ from flanpipe.core.config.sections import (
     Packer,
     PromptMix,
     SourceSpec,
+    TemplateBank,
     TemplateFormat,
     TokenizerConfig,
     TrainConfig,
@@ -93,9 +94,12 @@ class TemplatizeSlice(Slice):
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", "format": "templatize.format", "options": "templatize.options",
         "passes": "templatize.passes", "cut_long_field": "templatize.cut_long_field",
-        "chars_per_token": "templatize.chars_per_token", "max_input_tokens": "tokenize.max_input_tokens"}
+        "chars_per_token": "templatize.chars_per_token", "max_input_tokens": "tokenize.max_input_tokens",
+        "bank": "templatize.bank", "flan_root": "templatize.flan_root"}
     seed: int
     format: TemplateFormat
+    bank: TemplateBank = "flanpipe"
+    flan_root: str | None = None
     options: OptionsStyle
     passes: int
     cut_long_field: bool
@@ -229,6 +233,7 @@ class EvaluateSlice(_FormatResolved):
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", "evaluate": "evaluate", "options": "templatize.options",
         "few_shot": "templatize.few_shot", "cut_long_field": "templatize.cut_long_field",
+        "bank": "templatize.bank", "flan_root": "templatize.flan_root",
         **{k: f"tokenize.{k}" for k in (
             "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "separator")}}
     seed: int
@@ -236,6 +241,9 @@ class EvaluateSlice(_FormatResolved):
     options: OptionsStyle
     few_shot: FewShotConfig
     cut_long_field: bool = True
+    bank: TemplateBank = "flanpipe"
+    """The template bank evaluation renders prompts with: the one training used."""
+    flan_root: str | None = None
     add_bos: bool | None
     max_input_tokens: int
     max_target_tokens: int
