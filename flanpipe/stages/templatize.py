@@ -260,8 +260,8 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
     if bank is None and cfg.format == "instructions":
         raise TemplateError(f"{name}: no templates in flanpipe/data/templates/{spec.cluster}.yaml")
     if bank is not None and not bank.templates and cfg.format == "instructions":
-        raise TemplateError(f"{name}: bank {cfg.bank} has no template this dataset can render "
-                            "(flanpipe datasets --bank says why)")
+        why = getattr(bank, "absent", None) or "flanpipe datasets --bank says why"
+        raise TemplateError(f"{name}: bank {cfg.bank} has no template this dataset can render ({why})")
     out_path = Path(out_path)
     bank = bank or DatasetTemplates(dataset=name, templates=())
     fitting = bool(max_input_tokens) and cfg.cut_long_field

@@ -126,22 +126,22 @@ def bank_file(bank: str, flan_root: str | Path | None) -> Path:
 
 # --- the checkout's identity ---------------------------------------------------------------------
 
-def _git_dir(start: Path) -> Path | None:
-    for folder in [start, *start.parents]:
-        dot = folder / ".git"
-        if dot.is_dir():
-            return dot
-        if dot.is_file():  # a worktree or submodule: "gitdir: <path>"
-            text = dot.read_text("utf-8").strip()
-            if text.startswith("gitdir:"):
-                target = Path(text.removeprefix("gitdir:").strip())
-                return target if target.is_absolute() else (folder / target).resolve()
+def _git_dir(folder: Path) -> Path | None:
+    dot = folder / ".git"
+    if dot.is_dir():
+        return dot
+    if dot.is_file():  # a worktree or submodule: "gitdir: <path>"
+        text = dot.read_text("utf-8").strip()
+        if text.startswith("gitdir:"):
+            target = Path(text.removeprefix("gitdir:").strip())
+            return target if target.is_absolute() else (folder / target).resolve()
     return None
 
 
-def git_commit(start: str | Path) -> str | None:
-    """The commit checked out in the git repository holding ``start``, read from ``.git`` (HEAD, the
-    branch's ref file or ``packed-refs``) without running git; None outside a repository.
+def git_commit(root: str | Path) -> str | None:
+    """The commit checked out in the clone at ``root`` (the folder holding ``.git``), read from
+    ``.git`` (HEAD, the branch's ref file or ``packed-refs``) without running git; None where
+    ``root`` is not a clone (a folder inside another repository is not its clone).
 
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
@@ -151,7 +151,7 @@ def git_commit(start: str | Path) -> str | None:
     >>> git_commit(root)
     'e9e4ec6000000000000000000000000000000000'
     """
-    git = _git_dir(Path(start).resolve())
+    git = _git_dir(Path(root).resolve())
     if git is None or not (git / "HEAD").is_file():
         return None
     head = (git / "HEAD").read_text("utf-8").strip()
@@ -175,12 +175,12 @@ def git_commit(start: str | Path) -> str | None:
 
 def checkout_identity(bank: str, flan_root: str | Path | None) -> dict:
     """What a run records of its template bank: the bank, and for a FLAN bank the checkout, the file,
-    its sha256, and the git commit where the checkout is a clone."""
+    its sha256, and the git commit where the checkout is a clone (else None)."""
     if bank == "flanpipe":
         return {"bank": "flanpipe"}
     path = bank_file(bank, flan_root)
     return {"bank": bank, "flan_root": str(flan_root), "file": BANK_FILES[bank],
-            "git_commit": git_commit(path.parent), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            "git_commit": git_commit(flan_root), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 # --- the field map -------------------------------------------------------------------------------
@@ -260,6 +260,8 @@ class FlanTemplates(DatasetTemplates):
     key: str
     answer: str | None = None
     skipped: dict[int, Skipped] = {}
+    absent: str | None = None
+    """Why the bank has no template at all for the dataset (its file lacks the FLAN task)."""
 
     options_suffix: ClassVar[bool] = False
 
@@ -295,7 +297,8 @@ def load_flan_bank(bank: str, flan_root: str | None) -> dict[str, FlanTemplates]
     reg = load_registry()
     out = {}
     for name, fmap in field_maps().items():
+        out[name] = convert(fmap, patterns.get(fmap.key, []), bank, reg.datasets[name].task.type)
         if fmap.key not in patterns:
-            raise FlanBankError(f"{bank_file(bank, flan_root)}: no PATTERNS[{fmap.key!r}] (for {name})")
-        out[name] = convert(fmap, patterns[fmap.key], bank, reg.datasets[name].task.type)
+            absent = f"{BANK_FILES[bank]} has no task {fmap.key!r}"
+            out[name] = out[name].model_copy(update={"absent": absent})
     return out
