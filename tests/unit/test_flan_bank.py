@@ -337,3 +337,18 @@ def test_the_ablation_formats_apply_on_a_flan_bank(raw, tmp_path, fmt):
     templatize_dataset("samsum", raw / "samsum/train.parquet", raw / "samsum/eval.parquet",
                        tmp_path / "s.parquet", sliced(format=fmt, bank="flan2021", flan_root=str(FIXTURE)))
     assert not any("OPTIONS" in r["inputs"] for r in pq.read_table(tmp_path / "s.parquet").to_pylist())
+
+
+def test_the_bank_moves_the_templatize_and_evaluate_params_alone():
+    """Training and evaluation read the same bank; a run on flanpipe's bank keeps the params it had
+    before banks existed (the keys are left out at their defaults), so it reruns nothing."""
+    from flanpipe.workflow.planner import SLICES, Plan
+
+    before = Plan(parse_config({}))
+    after = Plan(parse_config({"templatize": {"bank": "flan2021", "flan_root": str(FIXTURE)}}))
+    moved = {rule for rule in SLICES if before.slice(rule, dataset="rte") != after.slice(rule, dataset="rte")}
+    assert moved == {"templatize", "evaluate"}
+    assert "bank" not in before.slice("templatize", dataset="rte") and "bank" not in before.slice("evaluate")
+    for rule in ("templatize", "evaluate"):
+        assert {k: after.slice(rule, dataset="rte")[k] for k in ("bank", "flan_root")} == \
+            {"bank": "flan2021", "flan_root": str(FIXTURE)}

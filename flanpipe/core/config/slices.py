@@ -40,6 +40,18 @@ class Slice(_Section):
     """The config keys one stage reads. ``KEYS`` maps each field to its path in :class:`Config`."""
 
     KEYS: ClassVar[dict[str, str]] = {}
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ()
+    """Fields left out of :meth:`params` while they hold their default: keys added after runs
+    existed, so that adding them changed no finished job's params (Snakemake would rerun it)."""
+
+    def params(self) -> dict[str, Any]:
+        """The slice as a rule's ``params``: JSON-able values, quiet defaults left out (a stage
+        rebuilds the slice with ``model_validate``, which puts them back)."""
+        out = self.model_dump(mode="json")
+        for name in self.QUIET_DEFAULTS:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                out.pop(name)
+        return out
 
     @classmethod
     def of(cls, cfg: Config, **overrides: Any) -> Slice:
@@ -96,6 +108,7 @@ class TemplatizeSlice(Slice):
         "passes": "templatize.passes", "cut_long_field": "templatize.cut_long_field",
         "chars_per_token": "templatize.chars_per_token", "max_input_tokens": "tokenize.max_input_tokens",
         "bank": "templatize.bank", "flan_root": "templatize.flan_root"}
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ("bank", "flan_root")
     seed: int
     format: TemplateFormat
     bank: TemplateBank = "flanpipe"
@@ -236,6 +249,7 @@ class EvaluateSlice(_FormatResolved):
         "bank": "templatize.bank", "flan_root": "templatize.flan_root",
         **{k: f"tokenize.{k}" for k in (
             "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "separator")}}
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ("bank", "flan_root")
     seed: int
     evaluate: EvaluateConfig
     options: OptionsStyle
