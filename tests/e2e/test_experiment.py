@@ -15,6 +15,7 @@ from tests.conftest import REPO, run_snakemake
 pytestmark = pytest.mark.e2e
 EXPERIMENT = REPO / "config/experiments/heldout_smollm2.yaml"
 CHAT = REPO / "config/experiments/heldout_smollm2_chat.yaml"
+FLAN = REPO / "config/experiments/heldout_smollm2_flan.yaml"
 
 
 def test_the_experiment_plans_leave_one_cluster_out_with_the_format_ablation(tmp_path, smollm2_dir):
@@ -82,6 +83,37 @@ def test_the_chat_comparison_plans_the_held_out_models_and_the_base_in_chat(tmp_
     merged = yaml.safe_load(EXPERIMENT.read_text())
     update_config(merged, yaml.safe_load(CHAT.read_text()))
     assert PackSlice.of(parse_config(merged)).format == "chat"
+
+
+def test_the_flan_prompts_comparison_plans_the_held_out_models_and_the_base(tmp_path, smollm2_dir):
+    """heldout_smollm2_flan.yaml on top of the experiment: the two held-out models and the base,
+    trained and scored with FLAN's 2021 templates read from the checkout the overlay names (relative
+    to the working directory: FLAN's own files, or the tests' small checkout in their place), no
+    ablation."""
+    import yaml
+    from snakemake.utils import update_config
+
+    from flanpipe.core.config import EvaluateSlice, TemplatizeSlice, parse_config
+
+    run = tmp_path / "main/runs/heldout_smollm2_flan"
+    (run / "models/pretrained").mkdir(parents=True)
+    (run / "models/pretrained/smollm2").symlink_to(smollm2_dir)
+    overlay = yaml.safe_load(FLAN.read_text())
+    assert overlay["templatize"] == {"bank": "flan2021", "flan_root": "../../../shared/flan"}
+    (tmp_path / "shared").mkdir()
+    shared = REPO.parent / "shared/flan"  # FLAN's own files where they are beside the project
+    (tmp_path / "shared/flan").symlink_to(shared if shared.is_dir() else REPO / "tests/data/flan")
+    proc = run_snakemake(run, "all", "-n", "--configfile", str(EXPERIMENT), str(FLAN), config_file=EXPERIMENT)
+    counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)}
+    assert counts["train"] == 2 and counts["evaluate"] == counts["evaluate_base"] == 3
+    assert counts["templatize"] == 5
+    assert not {"evaluate_ablation_format", "templatize_format"} & set(counts)
+    merged = yaml.safe_load(EXPERIMENT.read_text())
+    update_config(merged, overlay)
+    cfg = parse_config(merged)
+    for sliced in (TemplatizeSlice.of(cfg, dataset="copa"), EvaluateSlice.of(cfg)):
+        assert (sliced.bank, sliced.flan_root) == ("flan2021", "../../../shared/flan")
+    assert cfg.templatize.few_shot.k == 3  # the experiment's own keys stay
 
 
 def tiny_pretrained(folder, smollm2_dir):

@@ -29,6 +29,7 @@ from flanpipe.core.text.flan import (
     read_patterns,
 )
 from flanpipe.core.text.templates import load_bank, render_template
+from flanpipe.stages.catalog import template_banks
 from flanpipe.stages.download import download_dataset
 from flanpipe.stages.templatize import templatize_dataset
 from tests.conftest import REPO
@@ -319,6 +320,20 @@ def test_templatize_with_a_flan_bank_records_it_and_evaluates_no_turned_around_t
                 "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
     assert manifest["bank"] == expected
     assert read_parquet_metadata(out)["bank"] == expected
+    # the catalog's template_banks table: this file's bank, and flanpipe's for a file of the default
+    own = tmp_path / "own.parquet"
+    templatize_dataset("rte", raw / "rte/train.parquet", raw / "rte/eval.parquet", own, sliced())
+    assert "bank" not in read_parquet_metadata(own)
+    assert template_banks([out, own]).to_pylist() == [
+        {"dataset": "rte", **expected},
+        {"dataset": "rte", "bank": "flanpipe", "flan_root": None, "file": None, "git_commit": None,
+         "sha256": None}]
+    # the report's line on the prompts, from the evaluation results that carry the bank
+    from flanpipe.stages.report import prompt_banks
+    assert prompt_banks([{"bank": expected}, {"bank": expected}]) == [
+        "Prompts: FLAN's own templates (`templatize.bank: flan2021`), read from "
+        f"`{FIXTURE}/flan/templates.py` (sha256 `{expected['sha256'][:16]}`).", ""]
+    assert prompt_banks([{}])[0].startswith("Prompts: flanpipe's own templates")
 
 
 @pytest.mark.parametrize("fmt", ["no_template", "dataset_name"])
