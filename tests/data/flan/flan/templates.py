@@ -18,6 +18,9 @@ PATTERNS = {
         ("Q: {question}\n{options_}\nA:", "{answer}"),
         ("Write a science question whose answer is \"{answer}\".", "{question}"),
     ],
+    "winogrande": [
+        ("Fill the blank:\n{context}\n\n{options_}", "{answer}"),
+    ],
     "copa": [
         ("{premise}\nWhich is the more likely {question}?\n\n{options_}", "{answer}"),
     ],
