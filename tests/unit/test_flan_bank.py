@@ -156,6 +156,18 @@ def test_fixture_strings_written_out():
     assert render_template(arc, t0, rows, "none").inputs[0].as_py() == f"Q: {q}\nA:"
 
 
+def test_flans_derived_fields_by_hand():
+    """The filters the field map derives FLAN's fields with, against hand-worked values."""
+    import pyarrow as pa
+
+    from flanpipe.core.text.templates import as_text
+
+    assert as_text(pa.array(["Well, it's 5 p.m. -- isn't it?"]), "unpunctuated").to_pylist() == \
+        ["Well its 5 pm  isnt it"]
+    assert as_text(pa.array([0.4, 2.5, 3.5, 4.6]), "round").to_pylist() == ["0", "2", "4", "5"]
+    assert as_text(pa.array([["Paris", "Rome"]]), "options").to_pylist() == ["OPTIONS:\n- Paris\n- Rome"]
+
+
 def test_a_target_other_than_the_answer_is_turned_around_and_never_evaluated():
     bank = load_bank("flan2021", str(FIXTURE))
     assert [(t.id, t.inverted) for t in bank["rte"].templates] == [(0, False), (1, False), (2, True)]

@@ -6,7 +6,9 @@ pair of format strings, ``input`` and ``target``, over a small placeholder langu
 - ``{field}`` / ``{struct.sub}``: a raw field by its registry path. Lists of strings are joined with
   ", "; lists of lists with " | " inside and "; " between (DART triples).
 - ``{field|first}``, ``{field|lines}``, ``{field|numbered}``, ``{field|comma}``: list filters;
-  ``{field|nopunct}``: a string lower-cased, without punctuation (fix-punctuation task inputs).
+  ``{field|nopunct}``: a string lower-cased, without punctuation (fix-punctuation task inputs);
+  ``{field|unpunctuated}``: the same with its case kept (FLAN's ``no_punct``); ``{field|options}``:
+  a list as FLAN's ``OPTIONS:`` block; ``{field|round}``: a number said as a whole number.
 - ``{answer}``: the label's answer text (classification, from the template's ``answers`` map), the
   correct choice (multiple choice) or the first reference (generation). A raw field that happens to
   be called ``answer`` is ``{@answer}``.
@@ -44,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from flanpipe.core.config.registry import DatasetSpec, field_type, load_registry
 from flanpipe.core.text.validate import label_index
 
-FILTERS = ("first", "lines", "numbered", "comma", "nopunct", "options", "round")
+FILTERS = ("first", "lines", "numbered", "comma", "nopunct", "unpunctuated", "options", "round")
 BANKS = ("flanpipe", "flan2021", "flan2022")
 """The template banks: flanpipe's own (``flanpipe/data/templates``) and FLAN's, read from a FLAN
 checkout (:mod:`flanpipe.core.text.flan`)."""
@@ -224,6 +226,8 @@ def as_text(arr: pa.Array, filt: str | None = None, sep: str = ", ") -> pa.Array
     if filt == "round" and (pa.types.is_floating(typ) or pa.types.is_integer(typ)):
         # a score said as a whole number, as printf's %.0f says it (half to even): 2.5 -> "2"
         return pc.round(arr, 0, round_mode="half_to_even").cast(pa.int64()).cast(pa.string())
+    if filt == "unpunctuated" and pa.types.is_string(typ):  # FLAN's: punctuation removed, nothing else
+        return pc.replace_substring_regex(arr, r"[^\w\s]", "")
     if filt == "nopunct" and pa.types.is_string(typ):
         bare = pc.replace_substring_regex(pc.utf8_lower(arr), r"[^\w\s]", "")
         return pc.utf8_trim_whitespace(pc.replace_substring_regex(bare, r"\s+", " "))
