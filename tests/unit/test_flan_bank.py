@@ -168,6 +168,21 @@ def test_flans_derived_fields_by_hand():
     assert as_text(pa.array([["Paris", "Rome"]]), "options").to_pylist() == ["OPTIONS:\n- Paris\n- Rome"]
 
 
+def test_options_are_listed_in_flans_order(tmp_path):
+    """TREC's OPTIONS in FLAN's order (not the registry's label order); the answer is the row's own."""
+    (tmp_path / "flan").mkdir()
+    patterns = 'PATTERNS = {"trec": [("{text}\\n\\n{options_}", "{answer}")]}\n'
+    (tmp_path / "flan/templates.py").write_text(patterns)
+    bank = load_bank("flan2021", str(tmp_path))["trec"]
+    rows = example_rows("trec")
+    r = render_template(bank, bank.templates[0], rows, "dash")
+    row = rows.to_pylist()[0]
+    assert r.inputs[0].as_py() == row["text"] + "\n\n" + options(
+        "description", "entity", "abbreviation", "human", "numeric", "location")
+    flan_names = ["abbreviation", "entity", "description", "human", "location", "numeric"]  # label order
+    assert r.targets[0].as_py() == flan_names[row["coarse_label"]] == r.options[0].as_py()[r.answer_index[0]]
+
+
 def test_a_target_other_than_the_answer_is_turned_around_and_never_evaluated():
     bank = load_bank("flan2021", str(FIXTURE))
     assert [(t.id, t.inverted) for t in bank["rte"].templates] == [(0, False), (1, False), (2, True)]

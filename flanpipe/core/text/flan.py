@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from flanpipe.core.config.registry import load_registry
+from flanpipe.core.config.registry import DatasetSpec, load_registry
 from flanpipe.core.text.templates import DatasetTemplates, Template
 
 BANK_FILES = {"flan2021": "flan/templates.py", "flan2022": "flan/v2/flan_templates_branched.py"}
@@ -200,6 +200,8 @@ class FieldMap(BaseModel):
     """FLAN fields the data lacks, with why; a template naming one is skipped."""
     answers: dict[str, str] | None = None
     """Classification: the paper's answer string of each label."""
+    listed: list[str] | None = None
+    """Classification: the labels in the order FLAN's OPTIONS list them, where not the registry's."""
     answer: str | None = None
     """Generation: the answer, where FLAN's is not the registry's first target as it is (CoQA's
     numbered answers, STS-B's rounded score)."""
@@ -262,11 +264,18 @@ class FlanTemplates(DatasetTemplates):
     skipped: dict[int, Skipped] = {}
     absent: str | None = None
     """Why the bank has no template at all for the dataset (its file lacks the FLAN task)."""
+    order: tuple[str, ...] | None = None
+    """Classification: the labels in the order FLAN's OPTIONS list them (None: label order)."""
 
     options_suffix: ClassVar[bool] = False
 
     def generation_answer(self) -> str | None:
         return self.answer
+
+    def listed(self, spec: DatasetSpec, texts: list[str]) -> list[str]:
+        if self.order is None:
+            return texts
+        return [texts[spec.task.labels.index(label)] for label in self.order]
 
 
 def convert(fmap: FieldMap, patterns: list[tuple[str, str]], bank: str, task_type: str) -> FlanTemplates:
@@ -285,7 +294,7 @@ def convert(fmap: FieldMap, patterns: list[tuple[str, str]], bank: str, task_typ
         templates.append(Template(id=i, input=source, target=target, inverted=target != "{answer}"))
     return FlanTemplates(dataset=fmap.dataset, answers=fmap.answers, empty_answer=fmap.empty_answer,
                          templates=tuple(templates), bank=bank, key=fmap.key, answer=fmap.answer,
-                         skipped=skipped)
+                         skipped=skipped, order=None if fmap.listed is None else tuple(fmap.listed))
 
 
 @functools.cache
@@ -297,6 +306,10 @@ def load_flan_bank(bank: str, flan_root: str | None) -> dict[str, FlanTemplates]
     reg = load_registry()
     out = {}
     for name, fmap in field_maps().items():
+        labels = reg.datasets[name].task.labels
+        if fmap.listed is not None and sorted(fmap.listed) != sorted(labels or ()):
+            raise FlanBankError(f"flan_fields.yaml: {name}.listed {fmap.listed} is not an order of its "
+                                f"labels {list(labels or ())}")
         out[name] = convert(fmap, patterns.get(fmap.key, []), bank, reg.datasets[name].task.type)
         if fmap.key not in patterns:
             absent = f"{BANK_FILES[bank]} has no task {fmap.key!r}"

@@ -133,6 +133,11 @@ class DatasetTemplates(BaseModel):
                                 f"label(s) {missing}")
         return [mapping.get(name, name.replace("_", " ")) for name in spec.task.labels]
 
+    def listed(self, spec: DatasetSpec, texts: list[str]) -> list[str]:
+        """Classification: the answer texts (in label order) in the order an OPTIONS block lists
+        them: label order here; a FLAN bank lists them in FLAN's order (TREC's)."""
+        return texts
+
     @property
     def eval_templates(self) -> tuple[Template, ...]:
         """Templates that pose the dataset's own task (turned-around ones do not)."""
@@ -426,7 +431,8 @@ def render_template(bank: DatasetTemplates, template: Template, table: pa.Table,
         if name == "answer":
             return answers.answer
         if name == "options_":  # FLAN's OPTIONS at the template's own place
-            return options_block(answers.options, options_style, constant)
+            return options_block(answers.options, options_style,
+                                 None if constant is None else bank.listed(spec, constant))
         try:
             return field_text(spec, table, name)
         except TemplateError as err:
