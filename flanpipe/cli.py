@@ -1,8 +1,8 @@
 """The ``flanpipe`` command: every stage function, reachable without Snakemake.
 
-    flanpipe datasets [--cluster nli] [--embedded] [--json]
+    flanpipe datasets [--cluster nli] [--embedded] [--json] [--bank flan2021 --flan-root ../FLAN]
     flanpipe download --dataset rte [--config config/config.yaml] [--out data/raw/rte]
-    flanpipe templates --dataset rte [--row 3] [--options letters]
+    flanpipe templates --dataset rte [--row 3] [--options letters] [--bank flan2021 --flan-root ../FLAN]
     flanpipe templatize --dataset rte [--config config/config.yaml]
     flanpipe summary [--data data]
     flanpipe stats [--mixture nli] [--catalog data/catalog.duckdb] [--json]
@@ -63,6 +63,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print(f"unknown cluster(s) {unknown}; allowed: {list(reg.clusters)}", file=sys.stderr)
         return 2
     names = [n for n in reg.datasets_in(clusters) if not args.embedded or n in embedded]
+    if args.bank:
+        return _datasets_in_bank(names, args)
     if args.json:
         out = [reg.datasets[n].model_dump(mode="json") | {"embedded": n in embedded} for n in names]
         print(json.dumps(out, indent=2))
@@ -82,6 +84,56 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bank_or_error(args: argparse.Namespace):
+    """The template bank ``--bank`` and ``--flan-root`` name, or None after printing why not."""
+    from flanpipe.core.text.flan import FlanBankError
+    from flanpipe.core.text.templates import load_bank
+
+    if args.bank != "flanpipe" and not args.flan_root:
+        print(f"--bank {args.bank} is read from a FLAN checkout: pass --flan-root (a clone of "
+              "google-research/FLAN)", file=sys.stderr)
+        return None
+    try:
+        return load_bank(args.bank, args.flan_root)
+    except FlanBankError as err:
+        print(str(err).replace("templatize.flan_root", "--flan-root"), file=sys.stderr)
+        return None
+
+
+def _datasets_in_bank(names: list[str], args: argparse.Namespace) -> int:
+    """Per dataset, the bank's templates it renders (turned around or not) and those it skips, why."""
+    from flanpipe.core.text.flan import checkout_identity
+
+    bank = _bank_or_error(args)
+    if bank is None:
+        return 2
+    out = {}
+    for n in names:
+        entry = bank[n]
+        skipped = getattr(entry, "skipped", {})
+        out[n] = {"key": getattr(entry, "key", n), "rendered": [t.id for t in entry.templates],
+                  "turned_around": [t.id for t in entry.templates if t.inverted],
+                  "skipped": {str(i): {"needs": s.needs, "why": s.why} for i, s in sorted(skipped.items())},
+                  "absent": getattr(entry, "absent", None)}
+    identity = checkout_identity(args.bank, args.flan_root)
+    rendered = sum(len(v["rendered"]) for v in out.values())
+    skipped = sum(len(v["skipped"]) for v in out.values())
+    if args.json:
+        print(json.dumps({"bank": identity, "datasets": out, "rendered": rendered, "skipped": skipped},
+                         indent=2))
+        return 0
+    rows = [[n, v["key"], len(v["rendered"]), len(v["turned_around"]), len(v["skipped"]),
+             v["absent"] or "; ".join(f"{i}: needs {{{s['needs']}}}: {s['why']}"
+                                      for i, s in v["skipped"].items())]
+            for n, v in out.items()]
+    print(_table(rows, ["dataset", "bank's task", "rendered", "turned around", "skipped", "skipped: why"]))
+    source = identity.get("git_commit") or identity.get("sha256", "")
+    where = f" ({identity['flan_root']}/{identity['file']}, {source})" if "file" in identity else ""
+    print(f"\nbank {args.bank}{where}: {rendered} templates rendered, {skipped} skipped, "
+          f"over {len(out)} registry entries")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from flanpipe.stages.download import download_dataset
 
@@ -94,7 +146,6 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_templates(args: argparse.Namespace) -> int:
     """Print one rendered example of each of a dataset's templates."""
 
-    from flanpipe.core.text.templates import load_bank
     from flanpipe.core.text.validate import check_split
     from flanpipe.stages.download import read_embedded_split
     from flanpipe.stages.templatize import render_examples
@@ -112,10 +163,13 @@ def cmd_templates(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     raw = raw.slice(args.row, 1)
-    bank = load_bank()[args.dataset]
+    banks = _bank_or_error(args)
+    if banks is None:
+        return 2
+    bank = banks[args.dataset]
     print(f"# {args.dataset} ({spec.paper_name}, {spec.cluster}): {len(bank.templates)} templates, "
           f"{sum(t.inverted for t in bank.templates)} turned around; raw row {args.row}\n")
-    for ex in render_examples(args.dataset, raw, args.options):
+    for ex in render_examples(args.dataset, raw, args.options, args.bank, args.flan_root):
         flag = " (turned around)" if ex["inverted"] else ""
         print(f"--- template {ex['template_id']}{flag}\n[input]\n{ex['inputs']}\n[target]\n{ex['targets']}\n")
     return 0
@@ -484,6 +538,15 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bank_arguments(p: argparse.ArgumentParser, default: str | None) -> None:
+    from flanpipe.core.text.templates import BANKS
+
+    p.add_argument("--bank", choices=BANKS, default=default,
+                   help="a template bank: per dataset, the templates it renders and those it skips, why")
+    p.add_argument("--flan-root", default=None, help="a FLAN checkout (a clone of google-research/FLAN), "
+                   "for --bank flan2021 or flan2022")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flanpipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -493,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", action="append", help="only this cluster (repeatable)")
     p.add_argument("--embedded", action="store_true", help="only datasets with embedded demo data")
     p.add_argument("--json", action="store_true", help="full entries as JSON")
+    _bank_arguments(p, None)
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("download", help="download one dataset into raw Parquet")
@@ -507,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row", type=int, default=0, help="which raw row to render (default 0)")
     p.add_argument("--raw", help="a raw Parquet file (default: the embedded demo data)")
     p.add_argument("--options", choices=["dash", "letters", "none"], default="dash")
+    _bank_arguments(p, "flanpipe")
     p.set_defaults(func=cmd_templates)
 
     p = sub.add_parser("templatize", help="templatize one dataset's raw splits")

@@ -24,7 +24,9 @@ def get_download_slice(wildcards):
 
 def get_templates_digest(wildcards):
     """A digest of the dataset's templates: editing them reruns the dataset's templatize."""
-    return templates_digest(wildcards.dataset)
+    return templates_digest(
+        wildcards.dataset, CFG.templatize.bank, CFG.templatize.flan_root
+    )
 
 
 def get_templatized():

@@ -6,8 +6,9 @@ from there): ``raw.<dataset>_train`` / ``raw.<dataset>_eval`` (each dataset in i
 mixture's shards, with a ``mixture`` column), ``mixture_rows`` (what each mixture did with every
 pool row: kept, exact or near duplicate of a named kept twin, contaminated, capped) and
 ``packed_index`` (every packed example's row, segment and token counts). Tables hold the numbers:
-``mixture_stats``, ``template_usage``, ``prompt_mix`` (per mixture, submixture and dataset: rows per
-prompt type of the template mix, and their exemplars),
+``mixture_stats``, ``template_usage``, ``template_banks`` (per dataset: the template bank, and a FLAN
+bank's checkout, file, git commit and sha256), ``prompt_mix`` (per mixture, submixture and dataset:
+rows per prompt type of the template mix, and their exemplars),
 ``dedup_report``, ``contamination_report``, ``packing_stats`` (per mixture: packing efficiency next to
 next-fit and pad-to-max) and ``token_stats`` (per mixture and dataset: tokens and truncations). The
 ``catalog`` rule rebuilds the file whenever an input changes; it is written to a temporary file and
@@ -27,13 +28,14 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from flanpipe.core.io import atomic_path
+from flanpipe.core.io import atomic_path, read_parquet_metadata
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: template_banks
 
 log = logging.getLogger(__name__)
 
-TABLES = ("mixture_stats", "template_usage", "prompt_mix", "dedup_report", "contamination_report",
+TABLES = ("mixture_stats", "template_usage", "template_banks", "prompt_mix", "dedup_report",
+          "contamination_report",
           "packing_stats", "token_stats")
 
 
@@ -93,6 +95,9 @@ def build_catalog(out_path: str | Path, datasets: list[str], mixtures: list[str]
                 SELECT mixture, dataset, template_id, inverted, count(*) AS rows,
                        count(DISTINCT example_id) AS examples
                 FROM mixtures GROUP BY ALL ORDER BY mixture, dataset, template_id""")
+            con.register("banks", template_banks(d / "templatized" / f"{n}.parquet" for n in datasets))
+            con.execute("CREATE TABLE template_banks AS SELECT * FROM banks ORDER BY dataset")
+            con.unregister("banks")
             con.execute(PROMPT_MIX_SQL)
             con.execute("""
                 CREATE TABLE dedup_report AS
@@ -110,6 +115,22 @@ def build_catalog(out_path: str | Path, datasets: list[str], mixtures: list[str]
             raise RuntimeError(f"DuckDB left a write-ahead log beside {tmp}")
     log.info("catalog %s: %s", out_path, counts)
     return counts
+
+
+BANK_FIELDS = ("bank", "flan_root", "file", "git_commit", "sha256")
+
+
+def template_banks(paths) -> pa.Table:
+    """Per templatized file, whose templates rendered it (from its Parquet metadata): the bank and,
+    for a FLAN bank, the checkout, the file, its git commit and sha256; flanpipe's own bank has the
+    rest null."""
+    rows = []
+    for path in paths:
+        meta = read_parquet_metadata(path)
+        bank = meta.get("bank", {"bank": "flanpipe"})
+        rows.append({"dataset": meta.get("dataset", Path(path).stem),
+                     **{k: bank.get(k) for k in BANK_FIELDS}})
+    return pa.Table.from_pylist(rows, schema=pa.schema([(k, pa.string()) for k in ("dataset", *BANK_FIELDS)]))
 
 
 PROMPT_MIX_SQL = """

@@ -54,12 +54,11 @@ class Plan:
         {'seed': 1234, 'pool_factor': 4.0, 'cap': 30000}
         """
         if rule == "download":
-            return DownloadSlice(seed=self.cfg.seed, source=self.cfg.download.source_for(dataset)
-                                 ).model_dump(mode="json")
+            return DownloadSlice(seed=self.cfg.seed, source=self.cfg.download.source_for(dataset)).params()
         if rule == "templatize":
             return TemplatizeSlice.of(self.cfg, dataset=dataset, **({"format": format} if format else {})
-                                      ).model_dump(mode="json")
-        return SLICES[rule].of(self.cfg).model_dump(mode="json")
+                                      ).params()
+        return SLICES[rule].of(self.cfg).params()
 
     def dataset_names(self) -> list[str]:
         """The registry names this run uses, in registry order."""

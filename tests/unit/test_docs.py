@@ -59,6 +59,9 @@ RUN_ELSEWHERE = {
     "python -m pytest -m slurm tests/e2e/test_slurm.py": ("tests/e2e/test_slurm.py", "it runs that test"),
     "python -m pytest -m slurm tests/e2e/test_slurm_multinode.py": (
         "tests/e2e/test_slurm_multinode.py", "it runs that test"),
+    "flanpipe datasets --bank flan2021 --flan-root ../FLAN": (
+        "tests/unit/test_flan_bank.py::test_every_registry_entry_renders_all_it_can_and_the_cli_lists_the_rest",
+        "with the tests' small checkout, and FLAN's own files where ../shared/flan has them, as --json"),
     "mkdocs build --strict": ("tests/unit/test_docs.py::test_site_builds_strict", "into a temporary folder"),
 }
 

@@ -29,6 +29,10 @@ TemplateFormat = Literal["instructions", "no_template", "dataset_name"]
 """What a prompt says around an example: FLAN's `instructions`, or the ablations' `no_template` and
 `dataset_name`."""
 
+TemplateBank = Literal["flanpipe", "flan2021", "flan2022"]
+"""Whose templates: flanpipe's own, or FLAN's read from a FLAN checkout (`flan2021`: the paper's
+`flan/templates.py`; `flan2022`: `flan/v2/flan_templates_branched.py`)."""
+
 TrainFormat = Literal["eos", "text", "chat"]
 """How a decoder-only example's input meets its target in training (:mod:`flanpipe.core.tokens.formats`)."""
 
@@ -224,6 +228,15 @@ class TemplatizeConfig(_Section):
     format: TemplateFormat = "instructions"
     """`instructions` (the template bank), or the paper's ablations: `no_template` (input fields
     joined plainly) and `dataset_name` (the same, prefixed with `[Task: <dataset>]`)."""
+    bank: TemplateBank = "flanpipe"
+    """The template bank, for training and evaluation alike: `flanpipe` (the project's own,
+    `flanpipe/data/templates/`), or FLAN's own prompts read from the checkout at `flan_root`:
+    `flan2021` (the paper's) or `flan2022` (the same tasks as corrected for Flan 2022). A FLAN
+    template needing a field a dataset lacks is skipped (`flanpipe datasets --bank` lists them)."""
+    flan_root: str | None = None
+    """A FLAN checkout (a clone of google-research/FLAN): needed, and only used, when `bank` is a FLAN
+    bank. Its files are read as data, never executed; runs record its git commit (or the file's
+    sha256). A relative path is read from the workflow's working directory."""
     options: OptionsStyle = "dash"
     """The OPTIONS suffix of classification templates: `- choice` lines, lettered `(A) choice`
     lines, or `none` (the paper's no-options variant)."""
@@ -247,6 +260,16 @@ class TemplatizeConfig(_Section):
     """Flan 2022's template mix: how train rows are prompted (zero-/few-shot, with or without
     OPTIONS) and how often turned-around templates are drawn; the default renders as earlier
     releases did (every row zero-shot with OPTIONS, turned-around templates as often as any)."""
+
+    @model_validator(mode="after")
+    def _flan_root_with_flan_bank(self) -> TemplatizeConfig:
+        if self.bank != "flanpipe" and not self.flan_root:
+            raise ValueError(f"bank {self.bank!r} is read from a FLAN checkout: set flan_root (a clone "
+                             "of google-research/FLAN)")
+        if self.bank == "flanpipe" and self.flan_root:
+            raise ValueError("flan_root is only read with a FLAN bank (bank: flan2021 or flan2022), "
+                             "not with bank 'flanpipe'")
+        return self
 
 
 class NearDedupConfig(_Section):

@@ -22,6 +22,7 @@ from flanpipe.core.config.sections import (
     Packer,
     PromptMix,
     SourceSpec,
+    TemplateBank,
     TemplateFormat,
     TokenizerConfig,
     TrainConfig,
@@ -39,6 +40,18 @@ class Slice(_Section):
     """The config keys one stage reads. ``KEYS`` maps each field to its path in :class:`Config`."""
 
     KEYS: ClassVar[dict[str, str]] = {}
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ()
+    """Fields left out of :meth:`params` while they hold their default: keys added after runs
+    existed, so that adding them changed no finished job's params (Snakemake would rerun it)."""
+
+    def params(self) -> dict[str, Any]:
+        """The slice as a rule's ``params``: JSON-able values, quiet defaults left out (a stage
+        rebuilds the slice with ``model_validate``, which puts them back)."""
+        out = self.model_dump(mode="json")
+        for name in self.QUIET_DEFAULTS:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                out.pop(name)
+        return out
 
     @classmethod
     def of(cls, cfg: Config, **overrides: Any) -> Slice:
@@ -93,9 +106,13 @@ class TemplatizeSlice(Slice):
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", "format": "templatize.format", "options": "templatize.options",
         "passes": "templatize.passes", "cut_long_field": "templatize.cut_long_field",
-        "chars_per_token": "templatize.chars_per_token", "max_input_tokens": "tokenize.max_input_tokens"}
+        "chars_per_token": "templatize.chars_per_token", "max_input_tokens": "tokenize.max_input_tokens",
+        "bank": "templatize.bank", "flan_root": "templatize.flan_root"}
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ("bank", "flan_root")
     seed: int
     format: TemplateFormat
+    bank: TemplateBank = "flanpipe"
+    flan_root: str | None = None
     options: OptionsStyle
     passes: int
     cut_long_field: bool
@@ -229,13 +246,18 @@ class EvaluateSlice(_FormatResolved):
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", "evaluate": "evaluate", "options": "templatize.options",
         "few_shot": "templatize.few_shot", "cut_long_field": "templatize.cut_long_field",
+        "bank": "templatize.bank", "flan_root": "templatize.flan_root",
         **{k: f"tokenize.{k}" for k in (
             "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "separator")}}
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ("bank", "flan_root")
     seed: int
     evaluate: EvaluateConfig
     options: OptionsStyle
     few_shot: FewShotConfig
     cut_long_field: bool = True
+    bank: TemplateBank = "flanpipe"
+    """The template bank evaluation renders prompts with: the one training used."""
+    flan_root: str | None = None
     add_bos: bool | None
     max_input_tokens: int
     max_target_tokens: int
