@@ -94,10 +94,13 @@ def _set(data: dict, key: str, value) -> dict:
 # The change tried for each key whose type suggests none (containers), or none that changes what
 # the key means: the dataset list (of its Literal values, 'all' is refused and 'embedded' is the
 # demo's; cola is in cluster misc, neither held out nor ablated, so the run stays valid without it),
-# and tokenize.format ('eos' is what 'auto' means for a model trained from scratch).
+# tokenize.format ('eos' is what 'auto' means for a model trained from scratch), and the ablation's
+# clusters (dropping the last of one cluster leaves none, which is refused: translation has a demo
+# dataset, is not held out, and differs from the demo's list of one or two clusters).
 CHANGES = {
     "datasets": [d for d in embedded_datasets() if d != "cola"],
     "tokenize.format": "text",
+    "ablations.clusters": ["translation"],
     "download.sources": {"rte": {"kind": "local", "path": "/data/rte"}},
     "templatize.mix.overrides": {"rte": {"zs_opt": 0.5, "fs_opt": 0.5}},
     "mix.submixtures": {"flan2021": {}, "mine": {"datasets": ["rte"], "cap": 64}},  # pool: the largest cap
