@@ -32,7 +32,12 @@ wait "$slurm" || slurm_rc=$?
 echo
 echo "=== the Slurm tests (pytest -m slurm, run beside the rest) ==="
 cat "$scratch/slurm.log"
-# pytest exits 5 when it collects nothing (a checkout without the Slurm tests)
-[ "$slurm_rc" -eq 5 ] && slurm_rc=0
+# pytest exits 5 when it collects nothing (a checkout without the Slurm tests): no failure on a
+# developer's machine, but in CI (CI set, and not empty, 0 or false: as tests/slurm_cluster.py
+# reads it), which is meant to run them, a Slurm suite that did not run fails the run.
+ci="$(printf '%s' "${CI:-}" | tr '[:upper:]' '[:lower:]')"
+if [ "$slurm_rc" -eq 5 ] && { [ -z "$ci" ] || [ "$ci" = 0 ] || [ "$ci" = false ]; }; then
+  slurm_rc=0
+fi
 [ "$rc" -ne 0 ] && exit "$rc"
 exit "$slurm_rc"

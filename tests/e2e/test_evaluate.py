@@ -175,14 +175,25 @@ def test_generate_cli_equals_transformers_greedy(workdir):
 
 
 def test_base_model_is_the_untrained_initialisation(workdir):
-    """The base model is what every run starts from: it differs from each trained model, and its
-    scores come from a real (untuned) model, not a copy of a tuned one."""
-    from safetensors.torch import load_file
+    """The base model's weights are, exactly, a new model that `transformers` builds from the base's
+    config.json under the run's initialisation seed (seed + crc32("train/init"), as the train stage
+    seeds it), with no training step; every trained model has moved away from them."""
+    import zlib
 
-    base = load_file(str(workdir / "models/base/hf/model.safetensors"))
-    tuned = load_file(str(workdir / "models/nli/hf/model.safetensors"))
-    assert base.keys() == tuned.keys()
-    assert any(not torch.equal(base[k], tuned[k]) for k in base)
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = workdir / "models/base/hf"
+    base = load_file(str(folder / "model.safetensors"))
+    torch.manual_seed((CFG.seed + zlib.crc32(b"train/init")) % 2**32)
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    untrained = AutoModelForCausalLM.from_config(config, dtype=torch.float32).state_dict()
+    assert base.keys() == untrained.keys()
+    assert [k for k in base if not torch.equal(base[k], untrained[k])] == []
+    for mixture in PLAN.mixtures():
+        tuned = load_file(str(workdir / f"models/{mixture}/hf/model.safetensors"))
+        assert tuned.keys() == base.keys()
+        assert any(not torch.equal(base[k], tuned[k]) for k in base), mixture
 
 
 def test_evaluation_rerun_is_byte_identical(workdir):

@@ -44,7 +44,8 @@ RUN_ELSEWHERE = {
     "snakemake --cores 2 all": ("tests/e2e/conftest.py::demo_run", "the demo's whole workflow"),
     "snakemake -n all": ("tests/e2e/test_workflow.py::test_rerun_has_nothing_to_do", ""),
     "snakemake --cores 2 data/raw/sst2/manifest.json": (
-        "tests/e2e/test_workflow.py::test_killed_job_output_is_not_taken_as_complete", ""),
+        "tests/e2e/test_workflow.py::test_killed_job_output_is_not_taken_as_complete",
+        "with --configfile: sst2 from a local folder"),
     "snakemake --cores 2 models/nli/run.json": (
         "tests/e2e/test_pretrained.py::run", "with the pretrained checkpoint's config"),
     "flanpipe launch --tasks-per-node 2 -- train --mixture nli": (
