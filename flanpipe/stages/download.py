@@ -7,7 +7,8 @@ Three sources, chosen per dataset in config (``download``):
   ``load_dataset`` refuses the script), the hub's auto-converted Parquet branch
   ``refs/convert/parquet``, read from the hub or from a local copy of that branch;
 - ``local``: ``{split}.parquet``, ``{split}.jsonl`` or ``{split}.csv`` files in the hub schema;
-- ``embedded``: the small demo data shipped inside the package.
+- ``embedded``: the small demo data shipped inside the package;
+- ``cot``: FLAN's chain-of-thought TSV files (:mod:`flanpipe.core.text.sources`).
 
 Every source is read in record batches (``batch_rows`` rows: Parquet row batches, chunks of
 JSONL lines, CSV blocks, the memory-mapped Arrow cache of ``datasets``), and each batch is checked
@@ -54,6 +55,7 @@ from flanpipe.core.io import (
 )
 from flanpipe.core.text.keys import duplicated, id_hashes
 from flanpipe.core.text.schemas import REJECTED_SCHEMA
+from flanpipe.core.text.sources import iter_cot_batches
 from flanpipe.core.text.validate import BadLine, SchemaError, SplitTally, check_split
 
 # 2: parquet-branch reads, bytes-repr decoding; 3: read and written in batches, fixed row groups
@@ -575,8 +577,22 @@ def _open_split(spec: DatasetSpec, source: SourceSpec, split: str,
         path = local_split_path(Path(source.path), split)
         origin = {"path": str(path.resolve()), "sha256_source": sha256_file(path)}
         return iter_local_split(path, spec, batch_rows), origin
+    if source.kind == "cot":
+        return _open_cot(spec, source, batch_rows)
     records, bad, path = read_embedded_split(spec, split)  # small demo files
     return iter([(records, bad)]), {"path": path}
+
+
+def _open_cot(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[Iterator[Batch], dict]:
+    """A CoT dataset's one TSV file; a missing one is named, with how to go on without it."""
+    path = Path(source.files_for(spec.name, ["train"])[0])
+    if not path.is_file():
+        raise DownloadError(f"{spec.name}: no CoT file {path} (expected {path.name} in {path.parent}). "
+                            f"Where to get it: {spec.local_instructions}. To run without it, set "
+                            f"optional: true on its source (download.sources.{spec.name}) or "
+                            "download.optional: true, or leave it out of 'datasets'.")
+    origin = {"path": str(path.resolve()), "sha256_source": sha256_file(path)}
+    return iter_cot_batches(path, batch_rows), origin
 
 
 def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: int,

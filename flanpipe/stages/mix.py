@@ -376,7 +376,7 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
     removes = heldout if cfg.decontaminate else set()  # matches are still reported
     if mixture != "all":
         excluded = {c for h in heldout for c in registry.excluded_clusters(h)}
-        leaked = [d for d in datasets if registry.datasets[d].cluster in excluded]
+        leaked = [d for d in datasets if not registry.trains_in(d, set(registry.clusters) - excluded)]
         if leaked:
             raise ValueError(f"mixture {mixture!r} must not train on {leaked} (held out or excluded)")
     for files in inputs:  # the templatized tables are the ones templatize wrote

@@ -40,7 +40,14 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from flanpipe.core.config.registry import DatasetSpec, field_type, load_registry
+from flanpipe.core.config.registry import (
+    DatasetSpec,
+    active_extras,
+    extra_template_files,
+    field_type,
+    is_builtin,
+    load_registry,
+)
 from flanpipe.core.text.validate import label_index
 
 FILTERS = ("first", "lines", "numbered", "comma", "nopunct")
@@ -122,15 +129,22 @@ class DatasetTemplates(BaseModel):
         return tuple(t for t in self.templates if not t.inverted)
 
 
-@functools.cache
 def load_bank() -> dict[str, DatasetTemplates]:
-    """Every dataset's templates, ``same_as`` references resolved."""
+    """Every dataset's templates, ``same_as`` references resolved: the package's files, one per
+    cluster of the registry, then the template files of the extra registries (``registry.extra``)."""
+    return _load_bank(active_extras())
+
+
+@functools.cache
+def _load_bank(extras: tuple[str, ...]) -> dict[str, DatasetTemplates]:
     root = resources.files("flanpipe").joinpath("data/templates")
     raw: dict[str, Any] = {}
     for cluster in load_registry().clusters:
         ref = root.joinpath(f"{cluster}.yaml")
         if ref.is_file():
             raw.update(yaml.safe_load(ref.read_text("utf-8")) or {})
+    for path in extra_template_files():
+        raw.update(yaml.safe_load(path.read_text("utf-8")) or {})
     bank = {}
     for name, entry in raw.items():
         source = entry
@@ -401,6 +415,8 @@ def templates_digest(name: str) -> str:
     """A hash of a dataset's templates: a Snakemake param, so editing them reruns the dataset."""
     bank = load_bank().get(name)
     text = bank.model_dump_json() if bank else "none"
+    if name in load_registry().datasets and not is_builtin(name):
+        text += load_registry().datasets[name].model_dump_json()  # an extra's entry: editing it reruns
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

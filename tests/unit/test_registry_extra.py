@@ -1,0 +1,214 @@
+"""Datasets and clusters from config (``registry.extra``) and the chain-of-thought collection
+(``registry.extra: [cot]``): checked like the package's entries, used like them by the planner,
+the template bank, the download and templatize stages; the package's 62 stay the default."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from flanpipe.core.config import ConfigError, SourceSpec, TemplatizeSlice, parse_config
+from flanpipe.core.config.registry import active_extras, load_registry, use_extra_registries
+from flanpipe.core.text.templates import load_bank, templates_digest
+from flanpipe.stages.download import DownloadError, download_dataset
+from flanpipe.stages.templatize import templatize_dataset
+from flanpipe.workflow.planner import Plan
+
+# A user's own dataset in a cluster of its own, written as the package's entries are.
+RECIPES = {
+    "clusters": {"cooking": {"name": "Cooking", "excludes": ["commonsense"]}},
+    "datasets": {"recipes": {
+        "paper_name": "Recipes", "cluster": "cooking", "description": "A user's recipe steps.",
+        "hub": {"id": None}, "available_on_hub": False, "local_instructions": "our own files",
+        "splits": {"train": "train", "eval": "test"},
+        "features": {"dish": "string", "steps": "string"},
+        "text_fields": ["dish"], "task": {"type": "generation", "targets": ["steps"]},
+        "metric": "rouge"}},
+    "templates": ["recipes_templates.yaml"],
+}
+RECIPE_TEMPLATES = {"recipes": {"templates": [
+    {"id": 0, "input": "How do I cook {dish}?", "target": "{steps}"},
+    {"id": 1, "inverted": True, "input": "What dish do these steps make?\n{steps}", "target": "{dish}"}]}}
+
+
+@pytest.fixture(autouse=True)
+def package_registry():
+    """Every test ends with the package's registry alone active again."""
+    yield
+    use_extra_registries([])
+
+
+def _write_registry(folder, registry=RECIPES, templates=RECIPE_TEMPLATES):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipes.yaml").write_text(yaml.safe_dump(registry))
+    (folder / "recipes_templates.yaml").write_text(yaml.safe_dump(templates))
+    return folder / "recipes.yaml"
+
+
+def _recipe_files(folder, n_train=6):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"dish": f"dish number {i}", "steps": f"boil water, add ingredient {i}, stir"}
+            for i in range(n_train)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "test.jsonl").write_text(json.dumps({"dish": "toast", "steps": "heat the bread"}) + "\n")
+    return folder
+
+
+def test_extra_dataset_and_cluster_are_used_like_the_packages(tmp_path):
+    path = _write_registry(tmp_path / "reg")
+    cfg = parse_config({"registry": {"extra": [str(path)]}, "datasets": ["rte", "copa", "sst2", "recipes"],
+                        "heldout_clusters": ["cooking", "nli"], "download": {"sources": {
+                            "recipes": {"kind": "local", "path": str(_recipe_files(tmp_path / "src"))}}}})
+    reg = load_registry()
+    assert reg.datasets["recipes"].cluster == "cooking"
+    assert list(reg.clusters)[:12] == list(reg.clusters)[:12] and len(reg.clusters) == 13
+    # the exclusion written on the new cluster is mirrored on the package's one
+    assert "cooking" in reg.clusters["commonsense"].excludes
+    plan = Plan(cfg)
+    assert plan.mixture_datasets("cooking") == ["rte", "sst2"]  # commonsense (copa) is excluded with it
+    assert plan.mixture_datasets("nli") == ["copa", "sst2", "recipes"]
+    assert plan.heldout_datasets() == ["rte", "recipes"]
+    assert [t.id for t in load_bank()["recipes"].templates] == [0, 1]
+    # editing the user's registry entry changes the templatize param, so Snakemake reruns it
+    digest = templates_digest("recipes")
+    entry = {**RECIPES["datasets"]["recipes"], "text_fields": ["dish", "steps"]}
+    edited = {**RECIPES, "datasets": {"recipes": entry}}
+    use_extra_registries([str(_write_registry(tmp_path / "reg2", edited))])
+    assert templates_digest("recipes") != digest
+
+
+def test_extra_dataset_downloads_and_templatizes(tmp_path):
+    path = _write_registry(tmp_path / "reg")
+    source = SourceSpec(kind="local", path=str(_recipe_files(tmp_path / "src")))
+    cfg = parse_config({"registry": {"extra": [str(path)]}, "datasets": ["rte", "recipes"],
+                        "heldout_clusters": ["nli"], "ablations": {"enabled": False},
+                        "download": {"sources": {"recipes": source.model_dump()}}})
+    manifest = download_dataset("recipes", source, tmp_path / "raw", seed=1)
+    assert manifest["cluster"] == "cooking" and manifest["splits"]["train"]["rows"] == 6
+    out = tmp_path / "recipes.parquet"
+    templatize_dataset("recipes", tmp_path / "raw/train.parquet", tmp_path / "raw/eval.parquet", out,
+                       TemplatizeSlice.model_validate(Plan(cfg).slice("templatize", dataset="recipes")))
+    rows = pq.read_table(out).to_pylist()
+    zero = [r for r in rows if r["template_id"] == 0 and r["split"] == "eval"]
+    assert zero and zero[0]["inputs"] == "How do I cook toast?" and zero[0]["targets"] == "heat the bread"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda r: r["datasets"]["recipes"].update(cluster="baking"), "unknown cluster 'baking'"),
+    (lambda r: r["datasets"]["recipes"].update(text_fields=["title"]), "field path 'title' is not among"),
+    (lambda r: r["datasets"]["recipes"].update(metric="bleurt"), "metric"),
+    (lambda r: r["datasets"].update(rte=r["datasets"]["recipes"]), "datasets ['rte'] are already in"),
+    (lambda r: r.update(templates=["nowhere.yaml"]), "no such file(s) ['nowhere.yaml']"),
+    (lambda r: r.update(tasks={}), "holds the keys"),
+])
+def test_a_bad_extra_registry_is_refused_naming_the_file_and_entry(tmp_path, edit, message):
+    registry = json.loads(json.dumps(RECIPES))
+    edit(registry)
+    path = _write_registry(tmp_path / "reg", registry)
+    with pytest.raises(ConfigError) as err:
+        parse_config({"registry": {"extra": [str(path)]}})
+    assert "registry.extra" in str(err.value) and message in str(err.value)
+    assert active_extras() == ()  # a bad file never becomes the active registry
+
+
+def test_a_missing_registry_file_and_the_default(tmp_path):
+    with pytest.raises(ConfigError, match="no such registry file"):
+        parse_config({"registry": {"extra": [str(tmp_path / "none.yaml")]}})
+    parse_config({"registry": {"extra": ["cot"]}})
+    assert "cot" in load_registry().clusters
+    parse_config({})  # a config without extras is the package's 62 in 12 clusters again
+    assert len(load_registry().clusters) == 12 and "cot_gsm8k" not in load_registry().datasets
+
+
+# --- chain-of-thought ------------------------------------------------------------------------------
+
+COT_LINES = [
+    b"Natalia sold 48 clips in April and half as many in May. How many in all?\\nThink first.\t72\t"
+    b"In May she sold 48 / 2 = 24 clips.\\nSo 48 + 24 = 72.\n",
+    b"What is 3 + 4?\t7\t3 plus 4 is 7.\n",
+    b"A row cut short\t5\n",  # two fields
+    b"What is 2 * 5?\t10\t\n",  # an empty rationale
+    b"Caf\xe9 bill?\t4\tbad bytes.\n",  # not UTF-8
+    b"\n",  # a blank line is no row
+    b"What is 9 - 1?\t8\tNine minus one is eight.\n",
+]
+
+
+def _cot_folder(tmp_path, stem="gsm8k"):
+    folder = tmp_path / "cot_data"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{stem}_train.tsv").write_bytes(b"".join(COT_LINES))
+    return folder
+
+
+def test_cot_tsv_rows_their_newlines_and_quarantine(tmp_path):
+    parse_config({"registry": {"extra": ["cot"]}})
+    source = SourceSpec(kind="cot", path=str(_cot_folder(tmp_path)))
+    manifest = download_dataset("cot_gsm8k", source, tmp_path / "raw", seed=1)
+    train = pq.read_table(tmp_path / "raw/train.parquet").to_pylist()
+    assert [r["answer"] for r in train] == ["72", "7", "8"]
+    assert train[0]["question"].endswith("How many in all?\nThink first.")
+    assert train[0]["rationale"] == "In May she sold 48 / 2 = 24 clips.\nSo 48 + 24 = 72."
+    split = manifest["splits"]["train"]
+    assert (split["rows_read"], split["rows"], split["rejected"]) == (6, 3, 3)
+    assert split["rejected_by_kind"] == {"ragged_row": 1, "empty_text": 1, "invalid_utf8": 1}
+    rejected = pq.read_table(tmp_path / "raw/rejected.parquet").to_pylist()
+    assert "expected 3 (question, answer, rationale)" in rejected[0]["reason"]
+    assert manifest["splits"]["eval"]["rows"] == 0  # the CoT data has no eval split
+
+
+def test_cot_targets_carry_the_rationale_then_the_answer(tmp_path):
+    cfg = parse_config({"registry": {"extra": ["cot"]}, "datasets": ["rte", "cot_gsm8k"],
+                        "heldout_clusters": ["nli"], "ablations": {"enabled": False},
+                        "download": {"flan_root": str(tmp_path / "flan")}})
+    folder = tmp_path / "flan/flan/v2"
+    folder.mkdir(parents=True)
+    _cot_folder(folder)
+    assert cfg.download.source_for("cot_gsm8k").path == str(folder / "cot_data")
+    download_dataset("cot_gsm8k", cfg.download.source_for("cot_gsm8k"), tmp_path / "raw", seed=1)
+    out = tmp_path / "cot.parquet"
+    templatize_dataset("cot_gsm8k", tmp_path / "raw/train.parquet", tmp_path / "raw/eval.parquet", out,
+                       TemplatizeSlice.model_validate(Plan(cfg).slice("templatize", dataset="cot_gsm8k")))
+    rows = pq.read_table(out).to_pylist()
+    bank = load_bank()["cot_gsm8k"]
+    inverted = {t.id for t in bank.templates if t.inverted}
+    forward = [r for r in rows if r["template_id"] not in inverted]
+    assert forward and len(rows) == 3 * 4  # 3 rows x 4 passes
+    raw = {r["answer"]: r for r in pq.read_table(tmp_path / "raw/train.parquet").to_pylist()}
+    for r in forward:
+        first_line = r["inputs"].split("\n")[0]
+        source = next(s for s in raw.values() if s["question"].split("\n")[0] in r["inputs"] or
+                      first_line in s["question"])
+        at_rationale = r["targets"].find(source["rationale"])
+        at_answer = r["targets"].rfind(source["answer"])
+        assert 0 <= at_rationale < at_answer, r["targets"]
+    assert all(t.inverted for t in bank.templates if t.id in inverted) and inverted
+
+
+def test_a_missing_cot_file_is_named_or_left_out_when_optional(tmp_path):
+    folder = _cot_folder(tmp_path)
+    sources = {"cot_gsm8k": {"kind": "cot", "path": str(folder)},
+               "cot_qed": {"kind": "cot", "path": str(folder)}}
+    cfg = parse_config({"registry": {"extra": ["cot"]}, "datasets": ["rte", "cot_gsm8k", "cot_qed"],
+                        "heldout_clusters": ["nli"], "download": {"sources": sources}})
+    with pytest.raises(DownloadError, match=r"no CoT file .*qed_train\.tsv.*optional: true"):
+        download_dataset("cot_qed", cfg.download.source_for("cot_qed"), tmp_path / "raw", seed=1)
+    sources["cot_qed"]["optional"] = True
+    cfg = parse_config({"registry": {"extra": ["cot"]}, "datasets": ["rte", "cot_gsm8k", "cot_qed"],
+                        "heldout_clusters": ["nli"], "download": {"sources": sources}})
+    assert cfg.dataset_names() == ["rte", "cot_gsm8k"]
+    assert cfg.left_out() == {"cot_qed": [str(folder / "qed_train.tsv")]}
+
+
+def test_esnli_counts_in_nli_for_held_out_models():
+    cfg = parse_config({"registry": {"extra": ["cot"]},
+                        "datasets": ["rte", "copa", "sst2", "cot_esnli", "cot_gsm8k"],
+                        "heldout_clusters": ["nli", "commonsense", "cot"], "ablations": {"enabled": False},
+                        "download": {"sources": {d: {"kind": "cot", "path": "/x"}
+                                                 for d in ["cot_esnli", "cot_gsm8k"]}}})
+    plan = Plan(cfg)
+    assert plan.mixture_datasets("nli") == ["copa", "sst2", "cot_gsm8k"]  # e-SNLI leaves with SNLI's cluster
+    assert plan.mixture_datasets("commonsense") == ["rte", "sst2", "cot_esnli", "cot_gsm8k"]
+    assert plan.mixture_datasets("cot") == ["rte", "copa", "sst2"]
+    assert load_registry().clusters_of("cot_esnli") == ("cot", "nli")
