@@ -8,7 +8,8 @@ Three sources, chosen per dataset in config (``download``):
   ``refs/convert/parquet``, read from the hub or from a local copy of that branch;
 - ``local``: ``{split}.parquet``, ``{split}.jsonl`` or ``{split}.csv`` files in the hub schema;
 - ``embedded``: the small demo data shipped inside the package;
-- ``cot``: FLAN's chain-of-thought TSV files (:mod:`flanpipe.core.text.sources`).
+- ``cot``: FLAN's chain-of-thought TSV files (:mod:`flanpipe.core.text.sources`);
+- ``niv2``: a folder of Super-NaturalInstructions task files, as the one dataset ``niv2``.
 
 Every source is read in record batches (``batch_rows`` rows: Parquet row batches, chunks of
 JSONL lines, CSV blocks, the memory-mapped Arrow cache of ``datasets``), and each batch is checked
@@ -55,7 +56,7 @@ from flanpipe.core.io import (
 )
 from flanpipe.core.text.keys import duplicated, id_hashes
 from flanpipe.core.text.schemas import REJECTED_SCHEMA
-from flanpipe.core.text.sources import iter_cot_batches
+from flanpipe.core.text.sources import SourceFileError, iter_cot_batches, iter_niv2_batches
 from flanpipe.core.text.validate import BadLine, SchemaError, SplitTally, check_split
 
 # 2: parquet-branch reads, bytes-repr decoding; 3: read and written in batches, fixed row groups
@@ -579,6 +580,8 @@ def _open_split(spec: DatasetSpec, source: SourceSpec, split: str,
         return iter_local_split(path, spec, batch_rows), origin
     if source.kind == "cot":
         return _open_cot(spec, source, batch_rows)
+    if source.kind == "niv2":
+        return _open_niv2(spec, source, batch_rows)
     records, bad, path = read_embedded_split(spec, split)  # small demo files
     return iter([(records, bad)]), {"path": path}
 
@@ -593,6 +596,28 @@ def _open_cot(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[I
                             "download.optional: true, or leave it out of 'datasets'.")
     origin = {"path": str(path.resolve()), "sha256_source": sha256_file(path)}
     return iter_cot_batches(path, batch_rows), origin
+
+
+def _open_niv2(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[Iterator[Batch], dict]:
+    """A folder of NIv2 task files; the origin's ``niv2`` counts (tasks, instances, capped, MMLU's
+    tasks skipped) are filled in as the files are read, before the manifest is written."""
+    folder = Path(source.path)
+    if not folder.is_dir() or not any(folder.glob("*.json")):
+        raise DownloadError(f"{spec.name}: no task files (*.json) in {folder}. Where to get them: "
+                            f"{spec.local_instructions}.")
+    tally: dict[str, Any] = {}
+    origin = {"path": str(folder.resolve()), "per_task_cap": source.per_task_cap, "niv2": tally}
+
+    def batches() -> Iterator[Batch]:
+        try:
+            yield from iter_niv2_batches(folder, source.per_task_cap, batch_rows, tally)
+        except SourceFileError as err:
+            raise DownloadError(str(err)) from err
+        log.info("%s: %d tasks, %d instances read, %d past the cap of %s per task; skipped as FLAN did: %s",
+                 spec.name, tally["tasks"], tally["instances"], tally["capped"], source.per_task_cap,
+                 tally["excluded_tasks"] or "none")
+
+    return batches(), origin
 
 
 def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: int,

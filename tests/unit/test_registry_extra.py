@@ -212,3 +212,90 @@ def test_esnli_counts_in_nli_for_held_out_models():
     assert plan.mixture_datasets("commonsense") == ["rte", "sst2", "cot_esnli", "cot_gsm8k"]
     assert plan.mixture_datasets("cot") == ["rte", "copa", "sst2"]
     assert load_registry().clusters_of("cot_esnli") == ("cot", "nli")
+
+
+# --- Super-NaturalInstructions ----------------------------------------------------------------------
+
+def _task(source, definition, positives, instances):
+    return {"Contributors": ["x"], "Source": [source], "URL": [], "Categories": ["Question Answering"],
+            "Definition": definition, "Input_language": ["English"], "Output_language": ["English"],
+            "Positive Examples": [{"input": i, "output": o, "explanation": "because"} for i, o in positives],
+            "Negative Examples": [], "Instances": instances, "Instance License": ["Unknown"]}
+
+
+def _niv2_folder(tmp_path):
+    """Three tasks as allenai/natural-instructions writes them: one built on RTE (held out with nli),
+    one on SVAMP (no FLAN dataset), one MMLU-derived (skipped as FLAN did)."""
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    rte = _task("rte", ["Decide whether the second sentence follows from the first.", "Answer 1 or 0."],
+                [("A man sleeps. A person rests.", "1"), ("It rains. It is dry.", "0")],
+                [{"id": f"task1344-{i}", "input": f"Premise {i}. Hypothesis {i}.", "output": [str(i % 2)]}
+                 for i in range(5)])
+    svamp = _task("svamp", ["Subtract the numbers in the problem."], [("Tom had 5 and gave 2.", "3")],
+                  [{"id": "task751-0", "input": "Ann had 9 pens and lost 4.", "output": ["5"]},
+                   {"id": "task751-1", "output": ["1"]},  # no input: quarantined
+                   {"id": "task751-2", "input": "Bo had 7 cards and sold 7.", "output": ["0", "zero"]}])
+    mmlu = _task("measuring_massive_multitask_language_understanding", ["Answer the question."], [],
+                 [{"id": "task698-0", "input": "Global facts?", "output": ["A"]}])
+    for name, task in (("task1344_glue_entailment_classification", rte),
+                       ("task751_svamp_subtraction_question_answering", svamp),
+                       ("task698_mmmlu_answer_generation_global_facts", mmlu)):
+        (folder / f"{name}.json").write_text(json.dumps(task, indent=4))
+    return folder
+
+
+def test_niv2_folder_is_one_dataset_with_a_task_column(tmp_path):
+    parse_config({"registry": {"extra": ["niv2"]}})
+    source = SourceSpec(kind="niv2", path=str(_niv2_folder(tmp_path)), per_task_cap=3)
+    manifest = download_dataset("niv2", source, tmp_path / "raw", seed=1)
+    rows = pq.read_table(tmp_path / "raw/train.parquet").to_pylist()
+    assert [r["task"] for r in rows] == ["task1344_glue_entailment_classification"] * 3 + \
+        ["task751_svamp_subtraction_question_answering"] * 2  # rte capped at 3 of 5; one svamp row bad
+    assert rows[0]["definition"] == "Decide whether the second sentence follows from the first. Answer 1 or 0."
+    assert rows[0]["exemplars"] == ("Input: A man sleeps. A person rests.\nOutput: 1\n\n"
+                                    "Input: It rains. It is dry.\nOutput: 0")
+    assert rows[0]["shots"] == 2 and rows[4]["output"] == ["0", "zero"] and rows[0]["source"] == "rte"
+    train = manifest["splits"]["train"]
+    assert train["niv2"] == {"tasks": 2, "instances": 6, "capped": 2, "excluded_tasks": {
+        "task698_mmmlu_answer_generation_global_facts": "measuring_massive_multitask_language_understanding"}}
+    assert train["rejected_by_kind"] == {"invalid_instance": 1}
+
+
+def test_niv2_few_shot_prompts_say_the_definition_once(tmp_path):
+    folder = _niv2_folder(tmp_path)
+    mix = {"zs_opt": 0.0, "zs_noopt": 0.5, "fs_opt": 0.0, "fs_noopt": 0.5}
+    cfg = parse_config({"registry": {"extra": ["niv2"]}, "datasets": ["rte", "niv2"],
+                        "heldout_clusters": ["nli"], "ablations": {"enabled": False},
+                        "templatize": {"mix": mix, "passes": 8},
+                        "download": {"sources": {"niv2": {"kind": "niv2", "path": str(folder)}}}})
+    download_dataset("niv2", cfg.download.source_for("niv2"), tmp_path / "raw", seed=1)
+    out = tmp_path / "niv2.parquet"
+    templatize_dataset("niv2", tmp_path / "raw/train.parquet", tmp_path / "raw/eval.parquet", out,
+                       TemplatizeSlice.model_validate(Plan(cfg).slice("templatize", dataset="niv2")))
+    rows = pq.read_table(out).to_pylist()
+    few = [r for r in rows if r["prompt_type"] == "fs_noopt"]
+    zero = [r for r in rows if r["prompt_type"] == "zs_noopt"]
+    assert few and zero
+    definition = "Decide whether the second sentence follows from the first."
+    for r in few:
+        if definition in r["inputs"]:
+            assert r["inputs"].count(definition) == 1 and r["shots"] == 2
+            assert "Input: It rains. It is dry.\nOutput: 0" in r["inputs"]
+        else:
+            assert r["inputs"].count("Subtract the numbers") == 1 and r["shots"] == 1
+    assert all(r["shots"] == 0 and "Output: 1\n\n" not in r["inputs"] for r in zero)
+
+
+def test_niv2_tasks_built_on_a_heldout_dataset_are_matched_by_source():
+    from flanpipe.core.text.sources import niv2_sources, source_matches
+
+    parse_config({"registry": {"extra": ["niv2"]}})
+    reg = load_registry()
+    mapped = {d for names in niv2_sources()["datasets"].values() for d in names}
+    assert mapped <= set(reg.datasets), mapped - set(reg.datasets)  # the map names registry datasets
+    clusters = {d: s.cluster for d, s in reg.datasets.items()}
+    matches = source_matches(["rte", "svamp", "anli", "rte"], clusters)
+    assert [(rows, name, cluster) for rows, name, cluster in matches] == [
+        ([2], "source:anli_r1", "nli"), ([2], "source:anli_r2", "nli"), ([2], "source:anli_r3", "nli"),
+        ([0, 3], "source:rte", "nli")]

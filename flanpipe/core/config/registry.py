@@ -169,6 +169,10 @@ class DatasetSpec(_Strict):
     """Field paths that tell examples apart when they share the other text fields (SQuAD's question
     and answer beside a shared passage, an NLI hypothesis beside a shared premise). Two rows are near
     duplicates only if these fields are alike as well; empty: all text fields together."""
+    source_field: str | None = None
+    """A string field naming each row's source dataset (Super-NaturalInstructions' ``Source``): a
+    row whose source is a dataset of a held-out cluster (``data/registry/niv2_sources.yaml``) leaves
+    that held-out model's mixture."""
     counts_in: tuple[str, ...] = ()
     """Other clusters the dataset counts in for held-out purposes: it leaves the training mixture of
     a model that holds out (or excludes) any of them (``cot_esnli``, derived from SNLI: ``[nli]``)."""
@@ -188,7 +192,7 @@ class DatasetSpec(_Strict):
         """Every field path the entry names outside ``features``."""
         task = self.task
         paths = list(self.text_fields) + list(task.targets or ())
-        paths += [p for p in (task.label_field, task.label_in, self.id_field) if p]
+        paths += [p for p in (task.label_field, task.label_in, self.id_field, self.source_field) if p]
         if isinstance(task.choices, str):
             paths.append(task.choices)
         elif task.choices:

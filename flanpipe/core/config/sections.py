@@ -20,7 +20,7 @@ from pydantic import (
 
 from flanpipe.core.config.registry import load_registry
 
-SourceKind = Literal["embedded", "hub", "local", "cot"]
+SourceKind = Literal["embedded", "hub", "local", "cot", "niv2"]
 """Where a dataset's raw rows come from."""
 OptionsStyle = Literal["dash", "letters", "none"]
 """How a classification prompt lists its options: `dash` (FLAN's `OPTIONS:` and `- ` items), `letters`
@@ -75,7 +75,8 @@ class SourceSpec(_Section):
     the hub's auto-converted Parquet branch for a repository that ships only a loading script) or
     `local` (files in the dataset's hub schema under `path`) or `cot` (FLAN's chain-of-thought
     files: `<path>/<name>_train.tsv` for dataset `cot_<name>`, tab-separated question, answer and
-    rationale with no header, newlines written as a literal `\\n`)."""
+    rationale with no header, newlines written as a literal `\\n`) or `niv2` (a folder of
+    Super-NaturalInstructions task files, `<path>/*.json`, as the one dataset `niv2`)."""
     revision: str | None = None
     """hub only: a commit sha, tag or branch to pin; overrides the registry's pinned revision. When the
     Parquet branch is read, a commit of that branch."""
@@ -89,8 +90,11 @@ class SourceSpec(_Section):
     dataset's Parquet branch (`hf download ID --repo-type dataset --revision refs/convert/parquet
     --local-dir DIR`), read instead of the hub whenever the branch is read. cot: the folder of
     FLAN's `<name>_train.tsv` files (`flan/v2/cot_data` of a FLAN checkout)."""
+    per_task_cap: StrictInt | None = Field(None, ge=1)
+    """niv2 only: most instances kept of each task (the first, in file order); null: all. Flan 2022
+    capped each NIv2 task at 5,000."""
     optional: bool = False
-    """local and cot: when the dataset's files are absent, leave the dataset out of the run (the
+    """local, cot and niv2: when the dataset's files are absent, leave the dataset out of the run (the
     config check logs which) instead of failing; the datasets left out are listed by `flanpipe
     datasets --config`."""
 
@@ -101,10 +105,15 @@ class SourceSpec(_Section):
         if self.kind == "cot" and not self.path:
             raise ValueError("kind 'cot' needs 'path' (a folder of FLAN's <name>_train.tsv files), or "
                              "download.flan_root (a FLAN checkout) with the dataset not listed in sources")
-        if self.kind not in ("local", "hub", "cot") and self.path:
-            raise ValueError(f"'path' is only used with kind 'local', 'hub' or 'cot', not {self.kind!r}")
-        if self.optional and self.kind not in ("local", "cot"):
-            raise ValueError(f"'optional' is only used with kind 'local' or 'cot', not {self.kind!r}")
+        if self.kind == "niv2" and not self.path:
+            raise ValueError("kind 'niv2' needs 'path' (a folder of Super-NaturalInstructions task files)")
+        if self.kind not in ("local", "hub", "cot", "niv2") and self.path:
+            raise ValueError(f"'path' is only used with kind 'local', 'hub', 'cot' or 'niv2', not "
+                             f"{self.kind!r}")
+        if self.optional and self.kind not in ("local", "cot", "niv2"):
+            raise ValueError(f"'optional' is only used with kind 'local', 'cot' or 'niv2', not {self.kind!r}")
+        if self.per_task_cap is not None and self.kind != "niv2":
+            raise ValueError(f"'per_task_cap' is only used with kind 'niv2', not {self.kind!r}")
         if self.kind != "hub" and self.revision:
             raise ValueError(f"'revision' is only used with kind 'hub', not {self.kind!r}")
         if self.kind != "hub" and self.parquet_branch is not None:
@@ -125,6 +134,8 @@ class SourceSpec(_Section):
         """
         if self.kind == "cot":
             return [f"{self.path.rstrip('/')}/{dataset.removeprefix('cot_')}_train.tsv"]
+        if self.kind == "niv2":
+            return [f"{self.path.rstrip('/')}/*.json"]
         if self.kind == "local":
             return [f"{self.path.rstrip('/')}/{split}.{{parquet,jsonl,json,csv}}" for split in splits]
         return []
@@ -135,7 +146,9 @@ class SourceSpec(_Section):
         for pattern in self.files_for(dataset, splits):
             stem, _, suffixes = pattern.partition("{")
             options = [stem + s for s in suffixes.rstrip("}").split(",")] if suffixes else [stem]
-            if not any(Path(o).is_file() for o in options):
+            folder, _, name = pattern.rpartition("/")
+            found = any(Path(folder).glob(name)) if "*" in name else any(Path(o).is_file() for o in options)
+            if not found:
                 missing.append(pattern)
         return missing
 

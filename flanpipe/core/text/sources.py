@@ -5,6 +5,9 @@ no row).
 - FLAN's chain-of-thought files (``flan/v2/cot_data/<name>_train.tsv``): one row a line, three
   tab-separated fields (question, answer, rationale), no header, a newline inside a field written as
   the two characters ``\n``.
+- Super-NaturalInstructions task files (``tasks/<task>.json`` of allenai/natural-instructions): a
+  folder of them becomes one dataset, a row per instance with its ``task``, its task's ``source``,
+  ``definition`` and Positive Examples (``exemplars``, rendered once per task).
 
 >>> import tempfile
 >>> path = Path(tempfile.mkdtemp()) / "toy_train.tsv"
@@ -15,10 +18,15 @@ no row).
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from flanpipe.core.text.validate import BadLine
 
@@ -63,3 +71,122 @@ def iter_cot_batches(path: str | Path, batch_rows: int = BATCH_ROWS) -> Iterator
                     bad[len(records)] = why
                 records.append(record)
             yield records, bad
+
+
+# --- Super-NaturalInstructions ---------------------------------------------------------------------
+
+NIV2_KEYS = ("Source", "Definition", "Positive Examples", "Instances")
+"""The keys of a task file the loader reads; a JSON file without them is no task file."""
+
+
+class SourceFileError(ValueError):
+    """A file is not in the format its source kind reads; the message names the file."""
+
+
+@functools.cache
+def niv2_sources() -> dict[str, Any]:
+    """The map of NIv2 ``Source`` names to registry datasets, and the sources FLAN left out
+    (``flanpipe/data/registry/niv2_sources.yaml``)."""
+    text = resources.files("flanpipe").joinpath("data/registry/niv2_sources.yaml").read_text("utf-8")
+    data = yaml.safe_load(text)
+    return {"datasets": {k: list(v) for k, v in data["datasets"].items()},
+            "excluded": tuple(data["excluded"])}
+
+
+def render_exemplars(examples: list[dict[str, Any]]) -> str:
+    """A task's Positive Examples as one block, each an input and its output.
+
+    >>> render_exemplars([{"input": "2+2", "output": "4"}, {"input": "1+2", "output": "3"}])
+    'Input: 2+2\\nOutput: 4\\n\\nInput: 1+2\\nOutput: 3'
+    """
+    return "\n\n".join(f"Input: {e.get('input', '')}\nOutput: {e.get('output', '')}" for e in examples)
+
+
+def read_niv2_task(path: str | Path) -> dict[str, Any]:
+    """One task file, checked for the keys the loader reads (:class:`SourceFileError` names the file
+    and what it lacks)."""
+    path = Path(path)
+    try:
+        task = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SourceFileError(f"{path}: not a JSON task file ({err})") from None
+    missing = [k for k in NIV2_KEYS if not isinstance(task, dict) or k not in task]
+    if missing:
+        raise SourceFileError(f"{path}: not a Super-NaturalInstructions task file: it lacks {missing}")
+    return task
+
+
+def iter_niv2_batches(folder: str | Path, per_task_cap: int | None = None, batch_rows: int = BATCH_ROWS,
+                      tally: dict[str, Any] | None = None) -> Iterator[CotBatch]:
+    """Every instance of the task files in ``folder`` (sorted by file name), as rows of the ``niv2``
+    dataset: ``id``, ``task`` (the file's stem), ``source`` (the task's first Source), ``definition``
+    (its Definition, joined), ``input``, ``output`` (the list of acceptable answers), ``exemplars``
+    (its Positive Examples, :func:`render_exemplars`) and ``shots`` (how many).
+
+    Tasks whose Source FLAN left out (MMLU's, :func:`niv2_sources`) are skipped; at most
+    ``per_task_cap`` instances of a task are kept, the first in file order. An instance that is not
+    an object with ``input`` and ``output`` is quarantined as ``invalid_instance``. ``tally``, when
+    given, is filled with the tasks read, skipped and capped (the download manifest records it).
+    """
+    tally = tally if tally is not None else {}
+    tally.update(tasks=0, instances=0, capped=0, excluded_tasks={})
+    excluded = set(niv2_sources()["excluded"])
+    rows: list[dict[str, Any] | None] = []
+    bad: dict[int, BadLine] = {}
+    for path in sorted(Path(folder).glob("*.json")):
+        task = read_niv2_task(path)
+        source = (task["Source"] or [""])[0]
+        if source in excluded:
+            tally["excluded_tasks"][path.stem] = source
+            continue
+        tally["tasks"] += 1
+        instances = task["Instances"]
+        if per_task_cap is not None and len(instances) > per_task_cap:
+            tally["capped"] += len(instances) - per_task_cap
+            instances = instances[:per_task_cap]
+        definition = " ".join(task["Definition"]) if isinstance(task["Definition"], list) \
+            else str(task["Definition"])
+        positive = [e for e in task["Positive Examples"] if isinstance(e, dict)]
+        exemplars = render_exemplars(positive)
+        for instance in instances:
+            tally["instances"] += 1
+            if not isinstance(instance, dict) or "input" not in instance or "output" not in instance:
+                bad[len(rows)] = BadLine("invalid_instance", f"{path.name}: an instance needs input and "
+                                         "output", json.dumps(instance, ensure_ascii=False)[:2000])
+                rows.append(None)
+            else:
+                output = instance["output"]
+                rows.append({"id": instance.get("id"), "task": path.stem, "source": source,
+                             "definition": definition, "input": instance["input"],
+                             "output": output if isinstance(output, list) else [output],
+                             "exemplars": exemplars, "shots": len(positive)})
+            if len(rows) == batch_rows:
+                yield rows, bad
+                rows, bad = [], {}
+    if rows:
+        yield rows, bad
+
+
+SOURCE_MATCH_PREFIX = "source:"
+"""How a match by source is named in the decontamination tables' ``eval_dataset`` column
+(``source:anli_r1``), apart from the n-gram matches named by the eval dataset alone."""
+
+
+def source_matches(sources: list[str | None], datasets: dict[str, str]) -> list[tuple[list[int], str, str]]:
+    """The rows whose source is a registry dataset: ``(row positions, "source:<dataset>", its
+    cluster)`` for each dataset the NIv2 map (:func:`niv2_sources`) names for a row's source, of
+    ``datasets`` (registry name -> cluster).
+
+    >>> source_matches(["anli", "svamp", "rte", "anli"], {"anli_r1": "nli", "rte": "nli"})
+    [([0, 3], 'source:anli_r1', 'nli'), ([2], 'source:rte', 'nli')]
+    """
+    by_source: dict[str, list[int]] = {}
+    for i, source in enumerate(sources):
+        by_source.setdefault(source or "", []).append(i)
+    out = []
+    mapped = niv2_sources()["datasets"]
+    for source, rows in by_source.items():
+        for dataset in mapped.get(source, ()):
+            if dataset in datasets:
+                out.append((rows, SOURCE_MATCH_PREFIX + dataset, datasets[dataset]))
+    return sorted(out, key=lambda m: m[1])

@@ -92,10 +92,15 @@ class Template(BaseModel):
     inverted: bool = False
     answers: dict[str, str] | None = None
     """Classification: how each label name is said (overrides the dataset's map)."""
+    few_shot_input: str | None = None
+    """The input of this template's few-shot rows (the ``fs_*`` prompt types), rendered from the row
+    alone: the row carries its own exemplars in a field (NIv2's Positive Examples), so the
+    instruction is said once; without it, few-shot rows take solved exemplars from the train pool."""
 
-    def placeholders(self, part: Literal["input", "target"]) -> list[str]:
-        """The placeholders of ``input`` or ``target``, filters included (``concepts|lines``)."""
-        text = self.input if part == "input" else self.target
+    def placeholders(self, part: Literal["input", "target", "few_shot_input"]) -> list[str]:
+        """The placeholders of ``input``, ``target`` or ``few_shot_input``, filters included
+        (``concepts|lines``)."""
+        text = {"input": self.input, "target": self.target, "few_shot_input": self.few_shot_input or ""}[part]
         return [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
 
 
