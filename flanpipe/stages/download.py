@@ -9,7 +9,8 @@ Three sources, chosen per dataset in config (``download``):
 - ``local``: ``{split}.parquet``, ``{split}.jsonl`` or ``{split}.csv`` files in the hub schema;
 - ``embedded``: the small demo data shipped inside the package;
 - ``cot``: FLAN's chain-of-thought TSV files (:mod:`flanpipe.core.text.sources`);
-- ``niv2``: a folder of Super-NaturalInstructions task files, as the one dataset ``niv2``.
+- ``niv2``: a folder of Super-NaturalInstructions task files, as the one dataset ``niv2``;
+- ``flan_dump``: a published Flan Collection export, one ``_task_source`` per dataset.
 
 Every source is read in record batches (``batch_rows`` rows: Parquet row batches, chunks of
 JSONL lines, CSV blocks, the memory-mapped Arrow cache of ``datasets``), and each batch is checked
@@ -56,7 +57,14 @@ from flanpipe.core.io import (
 )
 from flanpipe.core.text.keys import duplicated, id_hashes
 from flanpipe.core.text.schemas import REJECTED_SCHEMA
-from flanpipe.core.text.sources import SourceFileError, iter_cot_batches, iter_niv2_batches
+from flanpipe.core.text.sources import (
+    DUMP_TASK_SOURCES,
+    SourceFileError,
+    dump_files,
+    iter_cot_batches,
+    iter_dump_batches,
+    iter_niv2_batches,
+)
 from flanpipe.core.text.validate import BadLine, SchemaError, SplitTally, check_split
 
 # 2: parquet-branch reads, bytes-repr decoding; 3: read and written in batches, fixed row groups
@@ -582,6 +590,8 @@ def _open_split(spec: DatasetSpec, source: SourceSpec, split: str,
         return _open_cot(spec, source, batch_rows)
     if source.kind == "niv2":
         return _open_niv2(spec, source, batch_rows)
+    if source.kind == "flan_dump":
+        return _open_dump(spec, source, batch_rows)
     records, bad, path = read_embedded_split(spec, split)  # small demo files
     return iter([(records, bad)]), {"path": path}
 
@@ -616,6 +626,35 @@ def _open_niv2(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[
         log.info("%s: %d tasks, %d instances read, %d past the cap of %s per task; skipped as FLAN did: %s",
                  spec.name, tally["tasks"], tally["instances"], tally["capped"], source.per_task_cap,
                  tally["excluded_tasks"] or "none")
+
+    return batches(), origin
+
+
+def _open_dump(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[Iterator[Batch], dict]:
+    """The rows of one ``_task_source`` of a Flan Collection export; its ``flan_dump`` counts are
+    filled in as the files are read."""
+    files = dump_files(source.path)
+    if not files:
+        raise DownloadError(f"{spec.name}: no dump file at {source.path} (a .parquet or .jsonl file, or a "
+                            f"folder of them). Where to get one: {spec.local_instructions}.")
+    task_source = source.task_source or DUMP_TASK_SOURCES.get(spec.name)
+    tally: dict[str, Any] = {}
+    origin = {"path": str(Path(source.path).resolve()), "files": [f.name for f in files],
+              "task_source": task_source, "per_task_cap": source.per_task_cap, "flan_dump": tally}
+
+    def batches() -> Iterator[Batch]:
+        try:
+            for table in iter_dump_batches(source.path, task_source, source.per_task_cap, batch_rows, tally):
+                yield table, {}
+        except SourceFileError as err:
+            raise DownloadError(str(err)) from err
+        if tally["unknown_template_type"]:
+            log.warning("%s: rows left out for a _template_type that is no prompt type: %s", spec.name,
+                        tally["unknown_template_type"])
+        if tally["rows_read"] and not tally["rows_of_source"]:
+            raise DownloadError(f"{spec.name}: none of the {tally['rows_read']} rows of {source.path} has "
+                                f"_task_source {task_source!r}; set task_source on its source to the "
+                                "spelling the dump uses")
 
     return batches(), origin
 

@@ -102,12 +102,13 @@ def has_options(spec: DatasetSpec, template: Template, style: str) -> bool:
 
 
 def draw_prompts(spec: DatasetSpec, templates: tuple[Template, ...], keys: np.ndarray, cfg: TemplatizeConfig,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+                 seed: int, raw_types: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(passes, n)`` template index and prompt type of each train row and pass, from the row's
     stable key: the template as :func:`template_draws` (or, with ``mix.inverted``, at that rate of
     turned-around templates), the type by the mix's rates. A ``*_opt`` type on a template without
     options (a generation task, a turned-around template, ``options: none``) folds into its
-    ``*_noopt`` type: the rendering is the same."""
+    ``*_noopt`` type: the rendering is the same. Rows that are prompts already (the registry's
+    ``prompt_type_field``, a published dump's) keep their own type, ``raw_types``."""
     mix = cfg.mix
     if mix.inverted is None:
         draws = template_draws(keys, len(templates), cfg.passes, spec.name, seed)
@@ -115,6 +116,8 @@ def draw_prompts(spec: DatasetSpec, templates: tuple[Template, ...], keys: np.nd
         draws = template_draws_inverted(keys, np.array([t.inverted for t in templates]), mix.inverted,
                                         cfg.passes, spec.name, seed)
     types = prompt_type_draws(keys, mix.rates(), cfg.passes, spec.name, seed)
+    if spec.prompt_type_field is not None:  # prompts already: each keeps its own type
+        return draws, np.broadcast_to(_own_prompt_types(spec, raw_types), draws.shape).copy()
     optionless = np.array([not has_options(spec, t, cfg.options) for t in templates])
     return draws, np.where(optionless[draws], types | 1, types)  # PROMPT_TYPES: odd indices are *_noopt
 
@@ -148,7 +151,8 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
         groups = [Group(t, 0, raw.num_rows, 0 if has_options(spec, t, cfg.options) else 1) for t in templates]
         return _render_groups(spec, bank, raw, role, cfg, groups, 0, fit, duplicate_ids)
     keys = stable_keys(spec, raw, duplicate_ids)
-    draws, types = draw_prompts(spec, templates, keys, cfg, seed)
+    raw_types = raw.column(spec.prompt_type_field) if spec.prompt_type_field else None
+    draws, types = draw_prompts(spec, templates, keys, cfg, seed, raw_types)
     pooled = np.array([t.few_shot_input is None for t in templates])  # few-shot from the train pool
     if few_shot is None and ((types >= PROMPT_TYPES.index("fs_opt")) & pooled[draws]).any():
         raise ValueError(f"{spec.name}: templatize.mix asks for few-shot rows; pass the train pool "
@@ -212,10 +216,22 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
     return pa.concat_tables(parts) if parts else TEMPLATIZED_SCHEMA.empty_table()
 
 
+def _own_prompt_types(spec: DatasetSpec, values: pa.Array) -> np.ndarray:
+    """Each row's prompt type (an index into PROMPT_TYPES) from its ``prompt_type_field``."""
+    index = pc.index_in(values, pa.array(PROMPT_TYPES)).to_numpy(zero_copy_only=False)
+    if np.isnan(index.astype(float)).any():
+        unknown = sorted(set(pc.filter(values, pc.is_null(pc.index_in(values, pa.array(PROMPT_TYPES))))
+                             .to_pylist()), key=str)
+        raise ValueError(f"{spec.name}: {spec.prompt_type_field} values {unknown} are no prompt type; "
+                         f"allowed: {list(PROMPT_TYPES)}")
+    return index.astype(np.int64)
+
+
 def _own_exemplars(bank: DatasetTemplates, template: Template, rows: pa.Table,
                    style: str) -> tuple[pa.Array, np.ndarray]:
     """Few-shot inputs from the rows' own exemplars (the template's ``few_shot_input``), and the
-    shots each shows (the rows' ``shots`` column, else 1). No long-field cut: the exemplars are the
+    shots each shows (the rows' ``shots`` column, else 1: a published few-shot row does not record
+    its count). No long-field cut: the exemplars are the
     task's, short by design."""
     own = render_template(bank, template.model_copy(update={"input": template.few_shot_input}), rows, style)
     shots = rows.column("shots").to_numpy(zero_copy_only=False).astype(np.int32) \

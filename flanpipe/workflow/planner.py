@@ -61,6 +61,8 @@ class Plan:
         if rule == "download":
             return DownloadSlice(seed=self.cfg.seed, source=self.cfg.download.source_for(dataset)
                                  ).model_dump(mode="json")
+        if rule == "pool":
+            return PoolSlice.of(self.cfg, dataset=dataset).model_dump(mode="json")
         if rule == "templatize":
             return TemplatizeSlice.of(self.cfg, dataset=dataset, **({"format": format} if format else {})
                                       ).model_dump(mode="json")

@@ -252,7 +252,8 @@ def test_niv2_folder_is_one_dataset_with_a_task_column(tmp_path):
     rows = pq.read_table(tmp_path / "raw/train.parquet").to_pylist()
     assert [r["task"] for r in rows] == ["task1344_glue_entailment_classification"] * 3 + \
         ["task751_svamp_subtraction_question_answering"] * 2  # rte capped at 3 of 5; one svamp row bad
-    assert rows[0]["definition"] == "Decide whether the second sentence follows from the first. Answer 1 or 0."
+    assert rows[0]["definition"] == ("Decide whether the second sentence follows from the first. "
+                                     "Answer 1 or 0.")
     assert rows[0]["exemplars"] == ("Input: A man sleeps. A person rests.\nOutput: 1\n\n"
                                     "Input: It rains. It is dry.\nOutput: 0")
     assert rows[0]["shots"] == 2 and rows[4]["output"] == ["0", "zero"] and rows[0]["source"] == "rte"
@@ -299,3 +300,63 @@ def test_niv2_tasks_built_on_a_heldout_dataset_are_matched_by_source():
     assert [(rows, name, cluster) for rows, name, cluster in matches] == [
         ([2], "source:anli_r1", "nli"), ([2], "source:anli_r2", "nli"), ([2], "source:anli_r3", "nli"),
         ([0, 3], "source:rte", "nli")]
+
+
+# --- published Flan Collection dumps ----------------------------------------------------------------
+
+def _dump_rows():
+    rows = []
+    for i in range(6):
+        rows.append({"inputs": f"Premise {i}. Does it follow?\n\nOPTIONS:\n- yes\n- no", "targets": "yes",
+                     "_task_source": "Flan2021", "_task_name": "rte:2.0.0" if i < 4 else "copa:1.0.0",
+                     "_template_type": ["zs_opt", "fs_noopt", "zs_noopt"][i % 3], "_template_idx": i % 10})
+    rows.append({"inputs": "Definition: add.\n\nInput: 1+1\nOutput:", "targets": "2", "_task_source": "NIv2",
+                 "_task_name": "task751_svamp", "_template_type": "zs_noopt", "_template_idx": 0})
+    return rows
+
+
+def test_a_dump_keeps_its_prompt_types_and_mixes_by_task_source(tmp_path):
+    import pyarrow as pa
+
+    dump = tmp_path / "flan.parquet"
+    pq.write_table(pa.Table.from_pylist(_dump_rows()), dump)
+    jsonl = tmp_path / "flan.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in _dump_rows()))
+    sources = {"dump_flan2021": {"kind": "flan_dump", "path": str(dump), "per_task_cap": 3},
+               "dump_niv2": {"kind": "flan_dump", "path": str(jsonl)}}
+    cfg = parse_config({"registry": {"extra": ["flan_dump"]},
+                        "datasets": ["rte", "dump_flan2021", "dump_niv2"],
+                        "heldout_clusters": ["nli"], "ablations": {"enabled": False},
+                        "download": {"sources": sources},
+                        "mix": {"submixtures": {"flan2021": {"datasets": ["dump_flan2021"], "weight": 0.4},
+                                                "niv2": {"datasets": ["dump_niv2"], "weight": 0.2},
+                                                "rest": {"datasets": "all"}}}})
+    manifest = download_dataset("dump_flan2021", cfg.download.source_for("dump_flan2021"), tmp_path / "a",
+                                seed=1)
+    raw = pq.read_table(tmp_path / "a/train.parquet").to_pylist()
+    # the Flan2021 rows only; rte's 4 capped at 3, copa's 2 kept
+    assert [r["task_name"] for r in raw] == ["rte:2.0.0"] * 3 + ["copa:1.0.0"] * 2
+    assert manifest["splits"]["train"]["flan_dump"]["capped"] == 1
+    download_dataset("dump_niv2", cfg.download.source_for("dump_niv2"), tmp_path / "b", seed=1)
+    assert pq.read_table(tmp_path / "b/train.parquet").column("targets").to_pylist() == ["2"]
+    out = tmp_path / "dump.parquet"
+    templatize_dataset("dump_flan2021", tmp_path / "a/train.parquet", tmp_path / "a/eval.parquet", out,
+                       TemplatizeSlice.model_validate(Plan(cfg).slice("templatize", dataset="dump_flan2021")))
+    rendered = pq.read_table(out).to_pylist()
+    by_row = {r["row_index"]: r for r in rendered if r["pass"] == 0}
+    for r in raw:  # rendered as they are, each in its own prompt type, in every pass
+        assert by_row[r["row_index"]]["inputs"] == r["inputs"]
+        assert by_row[r["row_index"]]["prompt_type"] == r["template_type"]
+    assert {r["prompt_type"] for r in rendered} == {"zs_opt", "fs_noopt", "zs_noopt"}
+    assert cfg.mix.submixture_of("dump_niv2") == "niv2"
+
+
+def test_a_file_in_another_schema_is_refused_naming_the_missing_columns(tmp_path):
+    import pyarrow as pa
+
+    parse_config({"registry": {"extra": ["flan_dump"]}})
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"inputs": ["x"], "targets": ["y"], "task": ["t"]}), other)
+    with pytest.raises(DownloadError, match=r"lacks the column\(s\) \['_task_source', '_task_name', "
+                                            r"'_template_type', '_template_idx'\]"):
+        download_dataset("dump_t0", SourceSpec(kind="flan_dump", path=str(other)), tmp_path / "raw", seed=1)

@@ -173,6 +173,10 @@ class DatasetSpec(_Strict):
     """A string field naming each row's source dataset (Super-NaturalInstructions' ``Source``): a
     row whose source is a dataset of a held-out cluster (``data/registry/niv2_sources.yaml``) leaves
     that held-out model's mixture."""
+    prompt_type_field: str | None = None
+    """Rows that are prompts already (a published Flan Collection dump): the string field holding
+    each row's prompt type (``zs_opt`` ... ``fs_noopt``), kept as it is instead of drawn from the
+    template mix."""
     counts_in: tuple[str, ...] = ()
     """Other clusters the dataset counts in for held-out purposes: it leaves the training mixture of
     a model that holds out (or excludes) any of them (``cot_esnli``, derived from SNLI: ``[nli]``)."""
@@ -192,7 +196,8 @@ class DatasetSpec(_Strict):
         """Every field path the entry names outside ``features``."""
         task = self.task
         paths = list(self.text_fields) + list(task.targets or ())
-        paths += [p for p in (task.label_field, task.label_in, self.id_field, self.source_field) if p]
+        paths += [p for p in (task.label_field, task.label_in, self.id_field, self.source_field,
+                              self.prompt_type_field) if p]
         if isinstance(task.choices, str):
             paths.append(task.choices)
         elif task.choices:
@@ -297,10 +302,11 @@ def _read_yaml(name: str) -> Any:
 EXTRA_ENV = "FLANPIPE_REGISTRY_EXTRA"
 """The environment variable that holds the active extra registries (``os.pathsep``-separated), so a
 Snakemake job's process reads the registry its workflow's config named."""
-PACKAGED_EXTRAS = ("cot", "niv2")
+PACKAGED_EXTRAS = ("cot", "niv2", "flan_dump")
 """Extra registries shipped in ``flanpipe/data/registry/extra/``, named in ``registry.extra`` by
 their bare name: ``cot``, the 9 chain-of-thought datasets of Flan 2022 (a ``cot`` cluster);
-``niv2``, Super-NaturalInstructions as one dataset (a ``niv2`` cluster)."""
+``niv2``, Super-NaturalInstructions as one dataset (a ``niv2`` cluster); ``flan_dump``, the rows of
+a published Flan Collection export, one dataset per ``_task_source`` (a ``flan_dump`` cluster)."""
 EXTRA_KEYS = ("clusters", "datasets", "templates")
 
 

@@ -20,7 +20,7 @@ from pydantic import (
 
 from flanpipe.core.config.registry import load_registry
 
-SourceKind = Literal["embedded", "hub", "local", "cot", "niv2"]
+SourceKind = Literal["embedded", "hub", "local", "cot", "niv2", "flan_dump"]
 """Where a dataset's raw rows come from."""
 OptionsStyle = Literal["dash", "letters", "none"]
 """How a classification prompt lists its options: `dash` (FLAN's `OPTIONS:` and `- ` items), `letters`
@@ -76,7 +76,9 @@ class SourceSpec(_Section):
     `local` (files in the dataset's hub schema under `path`) or `cot` (FLAN's chain-of-thought
     files: `<path>/<name>_train.tsv` for dataset `cot_<name>`, tab-separated question, answer and
     rationale with no header, newlines written as a literal `\\n`) or `niv2` (a folder of
-    Super-NaturalInstructions task files, `<path>/*.json`, as the one dataset `niv2`)."""
+    Super-NaturalInstructions task files, `<path>/*.json`, as the one dataset `niv2`) or `flan_dump`
+    (a published Flan Collection export: a Parquet or JSON Lines file, or a folder of them, with the
+    columns `inputs`, `targets`, `_task_source`, `_task_name`, `_template_type`, `_template_idx`)."""
     revision: str | None = None
     """hub only: a commit sha, tag or branch to pin; overrides the registry's pinned revision. When the
     Parquet branch is read, a commit of that branch."""
@@ -91,8 +93,12 @@ class SourceSpec(_Section):
     --local-dir DIR`), read instead of the hub whenever the branch is read. cot: the folder of
     FLAN's `<name>_train.tsv` files (`flan/v2/cot_data` of a FLAN checkout)."""
     per_task_cap: StrictInt | None = Field(None, ge=1)
-    """niv2 only: most instances kept of each task (the first, in file order); null: all. Flan 2022
-    capped each NIv2 task at 5,000."""
+    """niv2 and flan_dump: most rows kept of each task (NIv2's task file, a dump's `_task_name`;
+    the first, in file order); null: all. Flan 2022 capped each NIv2 task at 5,000."""
+    task_source: str | None = None
+    """flan_dump only: the `_task_source` whose rows this dataset keeps; null: the one its registry
+    name stands for (`dump_flan2021`: Flan2021, `dump_t0`: T0, `dump_niv2`: NIv2, `dump_cot`: CoT,
+    `dump_dialog`: Dialog), or every row for another name."""
     optional: bool = False
     """local, cot and niv2: when the dataset's files are absent, leave the dataset out of the run (the
     config check logs which) instead of failing; the datasets left out are listed by `flanpipe
@@ -107,13 +113,18 @@ class SourceSpec(_Section):
                              "download.flan_root (a FLAN checkout) with the dataset not listed in sources")
         if self.kind == "niv2" and not self.path:
             raise ValueError("kind 'niv2' needs 'path' (a folder of Super-NaturalInstructions task files)")
-        if self.kind not in ("local", "hub", "cot", "niv2") and self.path:
-            raise ValueError(f"'path' is only used with kind 'local', 'hub', 'cot' or 'niv2', not "
+        if self.kind == "flan_dump" and not self.path:
+            raise ValueError("kind 'flan_dump' needs 'path' (a Parquet or JSON Lines file, or a folder)")
+        if self.kind in ("embedded",) and self.path:
+            raise ValueError(f"'path' is not used with kind {self.kind!r}")
+        if self.optional and self.kind not in ("local", "cot", "niv2", "flan_dump"):
+            raise ValueError(f"'optional' is only used with kind 'local', 'cot', 'niv2' or 'flan_dump', "
+                             f"not {self.kind!r}")
+        if self.per_task_cap is not None and self.kind not in ("niv2", "flan_dump"):
+            raise ValueError(f"'per_task_cap' is only used with kind 'niv2' or 'flan_dump', not "
                              f"{self.kind!r}")
-        if self.optional and self.kind not in ("local", "cot", "niv2"):
-            raise ValueError(f"'optional' is only used with kind 'local', 'cot' or 'niv2', not {self.kind!r}")
-        if self.per_task_cap is not None and self.kind != "niv2":
-            raise ValueError(f"'per_task_cap' is only used with kind 'niv2', not {self.kind!r}")
+        if self.task_source is not None and self.kind != "flan_dump":
+            raise ValueError(f"'task_source' is only used with kind 'flan_dump', not {self.kind!r}")
         if self.kind != "hub" and self.revision:
             raise ValueError(f"'revision' is only used with kind 'hub', not {self.kind!r}")
         if self.kind != "hub" and self.parquet_branch is not None:
@@ -136,6 +147,8 @@ class SourceSpec(_Section):
             return [f"{self.path.rstrip('/')}/{dataset.removeprefix('cot_')}_train.tsv"]
         if self.kind == "niv2":
             return [f"{self.path.rstrip('/')}/*.json"]
+        if self.kind == "flan_dump":
+            return [self.path.rstrip("/") if Path(self.path).suffix else f"{self.path.rstrip('/')}/*.*"]
         if self.kind == "local":
             return [f"{self.path.rstrip('/')}/{split}.{{parquet,jsonl,json,csv}}" for split in splits]
         return []

@@ -8,6 +8,9 @@ no row).
 - Super-NaturalInstructions task files (``tasks/<task>.json`` of allenai/natural-instructions): a
   folder of them becomes one dataset, a row per instance with its ``task``, its task's ``source``,
   ``definition`` and Positive Examples (``exemplars``, rendered once per task).
+- Published Flan Collection dumps (Parquet or JSON Lines rows of ``inputs``, ``targets``,
+  ``_task_source``, ``_task_name``, ``_template_type``, ``_template_idx``): rows already templatized,
+  read one ``_task_source`` at a time.
 
 >>> import tempfile
 >>> path = Path(tempfile.mkdtemp()) / "toy_train.tsv"
@@ -26,8 +29,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
 import yaml
 
+from flanpipe.core.config import PROMPT_TYPES
 from flanpipe.core.text.validate import BadLine
 
 COT_FIELDS = ("question", "answer", "rationale")
@@ -190,3 +199,95 @@ def source_matches(sources: list[str | None], datasets: dict[str, str]) -> list[
             if dataset in datasets:
                 out.append((rows, SOURCE_MATCH_PREFIX + dataset, datasets[dataset]))
     return sorted(out, key=lambda m: m[1])
+
+
+# --- published Flan Collection dumps ----------------------------------------------------------------
+
+DUMP_COLUMNS = ("inputs", "targets", "_task_source", "_task_name", "_template_type", "_template_idx")
+"""The columns of a Flan Collection export row; a file without them is refused."""
+DUMP_TASK_SOURCES = {"dump_flan2021": "Flan2021", "dump_t0": "T0", "dump_niv2": "NIv2",
+                     "dump_cot": "CoT", "dump_dialog": "Dialog"}
+"""The ``_task_source`` each dataset of the packaged ``flan_dump`` registry keeps, as FLAN's export
+spells it; a source's ``task_source`` overrides it."""
+DUMP_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+def dump_files(path: str | Path) -> list[Path]:
+    """A dump's files: ``path`` itself, or the Parquet and JSON Lines files of a folder, sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.iterdir() if p.suffix in DUMP_SUFFIXES) if path.is_dir() else []
+
+
+def _dump_tables(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+    if path.suffix == ".parquet":
+        names = pq.read_schema(path).names
+        _check_dump_columns(path, names)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(DUMP_COLUMNS)):
+            yield pa.Table.from_batches([batch])
+        return
+    with pajson.open_json(path) as reader:
+        _check_dump_columns(path, reader.schema.names)
+        for batch in reader:
+            yield pa.Table.from_batches([batch]).select(list(DUMP_COLUMNS))
+
+
+def _check_dump_columns(path: Path, names: list[str]) -> None:
+    missing = [c for c in DUMP_COLUMNS if c not in names]
+    if missing:
+        raise SourceFileError(f"{path}: not a Flan Collection dump: it lacks the column(s) {missing} "
+                              f"(a dump row has {list(DUMP_COLUMNS)}; found {names})")
+
+
+def _rank_within(keys: np.ndarray, seen: dict[str, int]) -> np.ndarray:
+    """Each row's rank among the rows of its key so far (``seen``: counts before this batch, updated).
+
+    >>> _rank_within(np.array(["a", "b", "a"], object), {"a": 2})
+    array([2, 0, 3])
+    """
+    uniq, inverse = np.unique(keys.astype(str), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    sizes = np.bincount(inverse, minlength=len(uniq))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.empty(len(keys), np.int64)
+    rank[order] = np.arange(len(keys)) - np.repeat(starts, sizes)
+    base = np.array([seen.get(u, 0) for u in uniq], np.int64)
+    for u, n in zip(uniq, sizes, strict=True):
+        seen[u] = seen.get(u, 0) + int(n)
+    return rank + base[inverse]
+
+
+def iter_dump_batches(path: str | Path, task_source: str | None, per_task_cap: int | None = None,
+                      batch_rows: int = BATCH_ROWS,
+                      tally: dict[str, Any] | None = None) -> Iterator[pa.Table]:
+    """The rows of a dump (a file or a folder of them) whose ``_task_source`` is ``task_source``
+    (None: every row), at most ``per_task_cap`` per ``_task_name`` (the first, in file order), with
+    the leading underscores dropped from the column names (``task_source``, ``task_name``,
+    ``template_type``, ``template_idx``). A file without the dump's columns is refused, naming the
+    ones it lacks (:class:`SourceFileError`). ``tally`` gets the rows read, of the task source, past
+    the cap, and those left out for a ``_template_type`` that is no prompt type (by value)."""
+    tally = tally if tally is not None else {}
+    tally.update(files=0, rows_read=0, rows_of_source=0, capped=0, unknown_template_type={})
+    seen: dict[str, int] = {}
+    renamed = [c.removeprefix("_") for c in DUMP_COLUMNS]
+    for file in dump_files(path):
+        tally["files"] += 1
+        for table in _dump_tables(file, batch_rows):
+            tally["rows_read"] += table.num_rows
+            if task_source is not None:
+                table = table.filter(pc.equal(table.column("_task_source"), task_source))
+            tally["rows_of_source"] += table.num_rows
+            known = pc.is_in(table.column("_template_type"), pa.array(PROMPT_TYPES))
+            if not pc.all(known).as_py():
+                for value in table.filter(pc.invert(known)).column("_template_type").to_pylist():
+                    unknown = tally["unknown_template_type"]
+                    unknown[str(value)] = unknown.get(str(value), 0) + 1
+                table = table.filter(known)
+            if per_task_cap is not None and table.num_rows:
+                tasks = table.column("_task_name").to_numpy(zero_copy_only=False)
+                keep = _rank_within(tasks, seen) < per_task_cap
+                tally["capped"] += int((~keep).sum())
+                table = table.filter(pa.array(keep))
+            if table.num_rows:
+                yield table.rename_columns(renamed)
