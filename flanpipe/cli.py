@@ -434,6 +434,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config}: ok ({len(cfg.dataset_names())} datasets, held out: "
           f"{', '.join(cfg.heldout_clusters)})")
+    left_out = cfg.left_out()
+    if left_out:  # optional sources whose files are absent: the run goes on without them
+        print(f"left out ({len(left_out)}), their files absent:")
+        for name, missing in left_out.items():
+            print(f"  {name}: {', '.join(missing)}")
     return 0
 
 

@@ -226,9 +226,10 @@ class Config(_Section):
     def _mixes_name_known_groups(self) -> Config:
         """Every run dataset in one submixture, every listed one in the run; template-mix overrides
         keyed by a dataset or a submixture; few-shot rows with exemplars to show."""
-        names, groups = self.dataset_names(), self.mix.groups()
-        for group, sub in groups.items():
-            missing = [] if sub.datasets == "all" else [d for d in sub.datasets if d not in names]
+        names, groups, left_out = self.dataset_names(), self.mix.groups(), self.left_out()
+        for group, sub in groups.items():  # a dataset left out for its absent files may stay listed
+            missing = [] if sub.datasets == "all" else [d for d in sub.datasets
+                                                        if d not in names and d not in left_out]
             if missing:
                 raise ValueError(f"mix.submixtures.{group}.datasets: {missing} are not among the run's "
                                  f"datasets; allowed: names in 'datasets' ({names})")

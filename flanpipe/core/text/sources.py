@@ -221,23 +221,27 @@ def dump_files(path: str | Path) -> list[Path]:
 
 
 def _dump_tables(path: Path, batch_rows: int) -> Iterator[pa.Table]:
+    """A dump file's rows in batches, its columns in :data:`DUMP_COLUMNS` order and spelling."""
     if path.suffix == ".parquet":
-        names = pq.read_schema(path).names
-        _check_dump_columns(path, names)
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(DUMP_COLUMNS)):
-            yield pa.Table.from_batches([batch])
+        columns = _dump_columns(path, pq.read_schema(path).names)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+            yield pa.Table.from_batches([batch]).rename_columns(list(DUMP_COLUMNS))
         return
     with pajson.open_json(path) as reader:
-        _check_dump_columns(path, reader.schema.names)
+        columns = _dump_columns(path, reader.schema.names)
         for batch in reader:
-            yield pa.Table.from_batches([batch]).select(list(DUMP_COLUMNS))
+            yield pa.Table.from_batches([batch]).select(columns).rename_columns(list(DUMP_COLUMNS))
 
 
-def _check_dump_columns(path: Path, names: list[str]) -> None:
-    missing = [c for c in DUMP_COLUMNS if c not in names]
-    if missing:
-        raise SourceFileError(f"{path}: not a Flan Collection dump: it lacks the column(s) {missing} "
-                              f"(a dump row has {list(DUMP_COLUMNS)}; found {names})")
+def _dump_columns(path: Path, names: list[str]) -> list[str]:
+    """The file's names for :data:`DUMP_COLUMNS`: as written, or without the leading underscore (the
+    spelling of the submixtures published on the Hugging Face hub); refused naming what is missing."""
+    for spelling in (list(DUMP_COLUMNS), [c.removeprefix("_") for c in DUMP_COLUMNS]):
+        if all(c in names for c in spelling):
+            return spelling
+    missing = [c for c in DUMP_COLUMNS if c not in names and c.removeprefix("_") not in names]
+    raise SourceFileError(f"{path}: not a Flan Collection dump: it lacks the column(s) {missing} "
+                          f"(a dump row has {list(DUMP_COLUMNS)}; found {names})")
 
 
 def _rank_within(keys: np.ndarray, seen: dict[str, int]) -> np.ndarray:
