@@ -13,6 +13,7 @@
     flanpipe train --mixture nli [--config ...]   (one rank; started by torchrun, srun or launch)
     flanpipe bench templatize|dedup|pack|train|download [--rows N] [--threads 2] [--size 1b --steps 300]
     flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2] [--budget-steps 30000]
+    flanpipe bench collection --flan-root DIR [--niv2 DIR] [--workdir DIR]
     flanpipe bench fewshot [--rows 392702] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
     flanpipe bench layouts --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
     flanpipe bench precision --model DIR [--rows 80] [--threads 2]
@@ -283,6 +284,14 @@ def cmd_show_packed(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "collection":
+        from flanpipe.bench import collection as bench_collection
+
+        if not args.flan_root:
+            raise SystemExit("bench collection needs --flan-root (a FLAN checkout)")
+        bench_collection.print_collection(bench_collection.bench_collection(args.flan_root, args.niv2,
+                                                                            args.workdir))
+        return 0
     if args.what == "scale":
         from flanpipe.bench import scale as bench_scale
 
@@ -501,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
     p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale", "fewshot",
-                                     "download", "layouts", "precision", "chat"])
+                                     "download", "layouts", "precision", "chat", "collection"])
     p.add_argument("--model", default=None,
                    help="layouts, precision, chat, train: a pretrained checkpoint folder (flanpipe smollm2)")
     p.add_argument("--data", default=None, help="layouts: a folder with one folder per dataset, hub schema")
@@ -534,6 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-templates", type=int, default=None,
                    help="fewshot: eval templates the previous implementation runs (scaled to all; "
                         "default 1); layouts: templates lm-eval scores (default 3)")
+    p.add_argument("--flan-root", default=None,
+                   help="collection: a FLAN checkout (its flan/v2/cot_data/*.tsv are read)")
+    p.add_argument("--niv2", default=None,
+                   help="collection: a folder of Super-NaturalInstructions task files")
     p.add_argument("--budget-steps", type=int, default=30_000,
                    help="scale: train.steps of the budget that mix and pack fill (x 8,192 tokens; "
                         "the paper's 30,000)")

@@ -140,7 +140,9 @@ COLLECTION_MIX_SQL = """
            coalesce(t.source, m.dataset) AS source, count(*) AS rows,
            round(count(*) / sum(count(*)) OVER (PARTITION BY m.mixture), 6) AS share
     FROM mixtures m LEFT JOIN row_tasks t ON t.dataset = m.dataset AND t.row_index = m.row_index
-    GROUP BY ALL ORDER BY m.mixture, m.submixture, m.dataset, task, m.prompt_type, source"""
+    GROUP BY m.mixture, m.submixture, m.dataset, coalesce(t.task, m.dataset), m.prompt_type,
+             coalesce(t.source, m.dataset)
+    ORDER BY m.mixture, m.submixture, m.dataset, task, m.prompt_type, source"""
 """Rows a mixture holds by submixture, dataset, task, prompt type and source: the Flan Collection's
 own breakdown, to check a mixture against the paper's proportions."""
 TASK_COLUMNS = (("task", "source"), ("task_name", "task_source"))
