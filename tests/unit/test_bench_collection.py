@@ -19,10 +19,10 @@ def test_bench_collection_reports_each_job(tmp_path, capsys):
     lines = {"cot_creak": 25, "cot_gsm8k": 24, "niv2": 36}  # 3 tasks of 12 (MMLU's skipped)
     for r in results:
         if r["job"] == "download":
-            assert r["rows"] == lines[r["dataset"]]
+            assert r["rows"] == r["examples"] == lines[r["dataset"]]
         else:  # 4 passes of the kept train rows
             kept = pq.read_metadata(tmp_path / f"out/raw/{r['dataset']}/train.parquet").num_rows
-            assert r["rows"] == 4 * kept
+            assert r["rows"] == 4 * kept and r["examples"] == kept
         assert r["seconds"] > 0 and r["peak_rss_mb"] > 50
     print_collection(results)
-    assert "the full collection (15,000,000 rows)" in capsys.readouterr().out
+    assert "the full collection (15,000,000 examples)" in capsys.readouterr().out
