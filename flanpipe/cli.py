@@ -415,6 +415,10 @@ BENCHMARKS: dict[str, Benchmark] = {
         MODEL, _option("--rows", type=int, default=80, help="prompts"), THREADS)),
     "chat": Benchmark("the chat format's tokenization against transformers' apply_chat_template", (
         MODEL, _option("--rows", type=int, default=20_000, help="FLAN-like examples"), THREADS)),
+    "collection": Benchmark("download and templatize of the Flan 2022 files: examples/s, peak memory", (
+        _option("--flan-root", required=True, help="a FLAN checkout (its flan/v2/cot_data/ is read)"),
+        _option("--niv2", default=None, help="a folder of Super-NaturalInstructions task files"),
+        _option("--workdir", default=None, help="where the runs go (default: a temporary folder)"))),
 }
 
 
@@ -520,6 +524,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config}: ok ({len(cfg.dataset_names())} datasets, held out: "
           f"{', '.join(cfg.heldout_clusters)})")
+    left_out = cfg.left_out()
+    if left_out:  # optional sources whose files are absent: the run goes on without them
+        print(f"left out ({len(left_out)}), their files absent:")
+        for name, missing in left_out.items():
+            print(f"  {name}: {', '.join(missing)}")
     return 0
 
 

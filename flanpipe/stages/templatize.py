@@ -106,12 +106,14 @@ def has_options(spec: DatasetSpec, template: Template, style: str,
 
 
 def draw_prompts(spec: DatasetSpec, templates: tuple[Template, ...], keys: np.ndarray, cfg: TemplatizeConfig,
-                 seed: int, bank: DatasetTemplates | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 seed: int, bank: DatasetTemplates | None = None,
+                 raw_types: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(passes, n)`` template index and prompt type of each train row and pass, from the row's
     stable key: the template as :func:`template_draws` (or, with ``mix.inverted``, at that rate of
     turned-around templates), the type by the mix's rates. A ``*_opt`` type on a template without
     options (a generation task, a turned-around template, ``options: none``) folds into its
-    ``*_noopt`` type: the rendering is the same."""
+    ``*_noopt`` type: the rendering is the same. Rows that are prompts already (the registry's
+    ``prompt_type_field``, a published dump's) keep their own type, ``raw_types``."""
     mix = cfg.mix
     if mix.inverted is None:
         draws = template_draws(keys, len(templates), cfg.passes, spec.name, seed)
@@ -119,6 +121,8 @@ def draw_prompts(spec: DatasetSpec, templates: tuple[Template, ...], keys: np.nd
         draws = template_draws_inverted(keys, np.array([t.inverted for t in templates]), mix.inverted,
                                         cfg.passes, spec.name, seed)
     types = prompt_type_draws(keys, mix.rates(), cfg.passes, spec.name, seed)
+    if spec.prompt_type_field is not None:  # prompts already: each keeps its own type
+        return draws, np.broadcast_to(_own_prompt_types(spec, raw_types), draws.shape).copy()
     optionless = np.array([not has_options(spec, t, cfg.options, bank) for t in templates])
     return draws, np.where(optionless[draws], types | 1, types)  # PROMPT_TYPES: odd indices are *_noopt
 
@@ -153,8 +157,10 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
                   for t in templates]
         return _render_groups(spec, bank, raw, role, cfg, groups, 0, fit, duplicate_ids)
     keys = stable_keys(spec, raw, duplicate_ids)
-    draws, types = draw_prompts(spec, templates, keys, cfg, seed, bank)
-    if few_shot is None and (types >= PROMPT_TYPES.index("fs_opt")).any():
+    raw_types = raw.column(spec.prompt_type_field) if spec.prompt_type_field else None
+    draws, types = draw_prompts(spec, templates, keys, cfg, seed, bank, raw_types)
+    pooled = np.array([t.few_shot_input is None for t in templates])  # few-shot from the train pool
+    if few_shot is None and ((types >= PROMPT_TYPES.index("fs_opt")) & pooled[draws]).any():
         raise ValueError(f"{spec.name}: templatize.mix asks for few-shot rows; pass the train pool "
                          "(few_shot) to draw their exemplars from")
     shots = shot_draws(keys, few_shot.cfg.k, cfg.passes, spec.name, seed) if few_shot is not None else None
@@ -193,7 +199,9 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
         if fit is not None:
             r, cut = fit_long_field(bank, template, rows, r, *fit, style)
         inputs, shots = r.inputs, np.zeros(m, np.int32)
-        if PROMPT_TYPES[group.prompt_type].startswith("fs_"):
+        if PROMPT_TYPES[group.prompt_type].startswith("fs_") and template.few_shot_input is not None:
+            inputs, shots = _own_exemplars(bank, template, rows, style)
+        elif PROMPT_TYPES[group.prompt_type].startswith("fs_"):
             pool, keys, asked = asks
             found = pool.asking(rows, keys[start:start + m]).prompts(
                 template, style, estimated_tokens(cfg.chars_per_token), r.inputs, asked[start:start + m])
@@ -212,6 +220,29 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
             pa.array(cut, pa.int32()), const["prompt_type"], pa.array(shots, pa.int32())],
             schema=TEMPLATIZED_SCHEMA))
     return pa.concat_tables(parts) if parts else TEMPLATIZED_SCHEMA.empty_table()
+
+
+def _own_prompt_types(spec: DatasetSpec, values: pa.Array) -> np.ndarray:
+    """Each row's prompt type (an index into PROMPT_TYPES) from its ``prompt_type_field``."""
+    index = pc.index_in(values, pa.array(PROMPT_TYPES)).to_numpy(zero_copy_only=False)
+    if np.isnan(index.astype(float)).any():
+        unknown = sorted(set(pc.filter(values, pc.is_null(pc.index_in(values, pa.array(PROMPT_TYPES))))
+                             .to_pylist()), key=str)
+        raise ValueError(f"{spec.name}: {spec.prompt_type_field} values {unknown} are no prompt type; "
+                         f"allowed: {list(PROMPT_TYPES)}")
+    return index.astype(np.int64)
+
+
+def _own_exemplars(bank: DatasetTemplates, template: Template, rows: pa.Table,
+                   style: str) -> tuple[pa.Array, np.ndarray]:
+    """Few-shot inputs from the rows' own exemplars (the template's ``few_shot_input``), and the
+    shots each shows (the rows' ``shots`` column, else 1: a published few-shot row does not record
+    its count). No long-field cut: the exemplars are the
+    task's, short by design."""
+    own = render_template(bank, template.model_copy(update={"input": template.few_shot_input}), rows, style)
+    shots = rows.column("shots").to_numpy(zero_copy_only=False).astype(np.int32) \
+        if "shots" in rows.column_names else np.ones(rows.num_rows, np.int32)
+    return own.inputs, shots
 
 
 def estimated_tokens(chars_per_token: float) -> TokenCounter:
@@ -283,8 +314,9 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
             per_type: Counter[str] = Counter()
             rows = cut = 0
             dups = _split_duplicate_ids(spec, path, role, batch_rows)
+            pooled = cfg.format != "instructions" or _pools_exemplars(bank)
             pool = _few_shot_pool(spec, bank, path, dups, cfg, contaminated) \
-                if role == "train" and cfg.mix.few_shot else None
+                if role == "train" and cfg.mix.few_shot and pooled else None
             if pool is not None:
                 inputs["exemplars"] = {"rows": pool.train_raw.num_rows, "contaminated_file":
                                        None if contaminated is None else str(contaminated)}
@@ -306,6 +338,12 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
                 "created_at": utc_now()}
     write_json_atomic(out_path.with_suffix(".manifest.json"), manifest)
     return manifest
+
+
+def _pools_exemplars(bank: DatasetTemplates) -> bool:
+    """Whether some template's few-shot rows take exemplars from the train pool (no
+    ``few_shot_input``)."""
+    return any(t.few_shot_input is None for t in bank.templates)
 
 
 def _few_shot_pool(spec: DatasetSpec, bank: DatasetTemplates, path: Path, dups: np.ndarray,

@@ -28,7 +28,7 @@ def test_embedded_default_parses(repo):
     ({"download": {"default_source": "ftp"}}, "download.default_source",
      "'embedded', 'hub' or 'local'"),
     ({"download": {"sources": {"rte": {"kind": "ftp"}}}}, "download.sources.rte.kind",
-     "'embedded', 'hub' or 'local'"),
+     "'embedded', 'hub', 'local', 'cot', 'niv2' or 'flan_dump'"),
     ({"download": {"sources": {"rte": {"kind": "local"}}}}, "download.sources.rte",
      "needs 'path'"),
     ({"download": {"sources": {"nope": {"kind": "hub"}}}}, "download.sources", "unknown dataset"),

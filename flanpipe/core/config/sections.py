@@ -5,6 +5,7 @@ The types several sections and the stages' slices share are named here once."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -19,7 +20,7 @@ from pydantic import (
 
 from flanpipe.core.config.registry import load_registry
 
-SourceKind = Literal["embedded", "hub", "local"]
+SourceKind = Literal["embedded", "hub", "local", "cot", "niv2", "flan_dump"]
 """Where a dataset's raw rows come from."""
 OptionsStyle = Literal["dash", "letters", "none"]
 """How a classification prompt lists its options: `dash` (FLAN's `OPTIONS:` and `- ` items), `letters`
@@ -59,13 +60,29 @@ class _Section(BaseModel):
                               allow_inf_nan=False)
 
 
+class RegistryConfig(_Section):
+    """Datasets and clusters beyond the package's 62: extra registry files."""
+
+    extra: list[str] = Field(default_factory=list)
+    """Extra registries, in order: YAML files in the package registry's schema (`clusters:` and
+    `datasets:`, each entry as in `flanpipe/data/registry/`) with `templates:`, their template files
+    (paths relative to the registry file); or a registry the package ships, by name: `cot` (Flan
+    2022's 9 chain-of-thought datasets) or `niv2` (Super-NaturalInstructions). Their datasets are
+    used like the package's own in every stage; see docs/registry.md."""
+
+
 class SourceSpec(_Section):
     """Where one dataset's raw data comes from."""
 
     kind: SourceKind = "embedded"
     """`embedded` (demo data shipped in the package), `hub` (Hugging Face `datasets.load_dataset`, or
     the hub's auto-converted Parquet branch for a repository that ships only a loading script) or
-    `local` (files in the dataset's hub schema under `path`)."""
+    `local` (files in the dataset's hub schema under `path`) or `cot` (FLAN's chain-of-thought
+    files: `<path>/<name>_train.tsv` for dataset `cot_<name>`, tab-separated question, answer and
+    rationale with no header, newlines written as a literal `\\n`) or `niv2` (a folder of
+    Super-NaturalInstructions task files, `<path>/*.json`, as the one dataset `niv2`) or `flan_dump`
+    (a published Flan Collection export: a Parquet or JSON Lines file, or a folder of them, with the
+    columns `inputs`, `targets`, `_task_source`, `_task_name`, `_template_type`, `_template_idx`)."""
     revision: str | None = None
     """hub only: a commit sha, tag or branch to pin; overrides the registry's pinned revision. When the
     Parquet branch is read, a commit of that branch."""
@@ -77,14 +94,41 @@ class SourceSpec(_Section):
     """local: a directory holding `{split}.parquet`, `{split}.jsonl` or `{split}.csv` for each hub
     split name the registry lists (e.g. `train.jsonl`, `validation.jsonl`). hub: a local copy of the
     dataset's Parquet branch (`hf download ID --repo-type dataset --revision refs/convert/parquet
-    --local-dir DIR`), read instead of the hub whenever the branch is read."""
+    --local-dir DIR`), read instead of the hub whenever the branch is read. cot: the folder of
+    FLAN's `<name>_train.tsv` files (`flan/v2/cot_data` of a FLAN checkout)."""
+    per_task_cap: StrictInt | None = Field(None, ge=1)
+    """niv2 and flan_dump: most rows kept of each task (NIv2's task file, a dump's `_task_name`;
+    the first, in file order); null: all. Flan 2022 capped each NIv2 task at 5,000."""
+    task_source: str | None = None
+    """flan_dump only: the `_task_source` whose rows this dataset keeps; null: the one its registry
+    name stands for (`dump_flan2021`: Flan2021, `dump_t0`: T0, `dump_niv2`: NIv2, `dump_cot`: CoT,
+    `dump_dialog`: Dialog), or every row for another name."""
+    optional: bool = False
+    """local, cot and niv2: when the dataset's files are absent, leave the dataset out of the run (the
+    config check logs which) instead of failing; the datasets left out are listed by `flanpipe
+    datasets --config`."""
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> SourceSpec:
         if self.kind == "local" and not self.path:
             raise ValueError("kind 'local' needs 'path' (a directory with {split}.parquet|jsonl|csv)")
-        if self.kind not in ("local", "hub") and self.path:
-            raise ValueError(f"'path' is only used with kind 'local' or 'hub', not {self.kind!r}")
+        if self.kind == "cot" and not self.path:
+            raise ValueError("kind 'cot' needs 'path' (a folder of FLAN's <name>_train.tsv files), or "
+                             "download.flan_root (a FLAN checkout) with the dataset not listed in sources")
+        if self.kind == "niv2" and not self.path:
+            raise ValueError("kind 'niv2' needs 'path' (a folder of Super-NaturalInstructions task files)")
+        if self.kind == "flan_dump" and not self.path:
+            raise ValueError("kind 'flan_dump' needs 'path' (a Parquet or JSON Lines file, or a folder)")
+        if self.kind in ("embedded",) and self.path:
+            raise ValueError(f"'path' is not used with kind {self.kind!r}")
+        if self.optional and self.kind not in ("local", "cot", "niv2", "flan_dump"):
+            raise ValueError(f"'optional' is only used with kind 'local', 'cot', 'niv2' or 'flan_dump', "
+                             f"not {self.kind!r}")
+        if self.per_task_cap is not None and self.kind not in ("niv2", "flan_dump"):
+            raise ValueError(f"'per_task_cap' is only used with kind 'niv2' or 'flan_dump', not "
+                             f"{self.kind!r}")
+        if self.task_source is not None and self.kind != "flan_dump":
+            raise ValueError(f"'task_source' is only used with kind 'flan_dump', not {self.kind!r}")
         if self.kind != "hub" and self.revision:
             raise ValueError(f"'revision' is only used with kind 'hub', not {self.kind!r}")
         if self.kind != "hub" and self.parquet_branch is not None:
@@ -95,16 +139,53 @@ class SourceSpec(_Section):
         return self
 
 
+    def files_for(self, dataset: str, splits: list[str]) -> list[str]:
+        """The files this source reads for ``dataset``'s ``splits`` (its hub split names), as
+        patterns: `local` one per split (any of its suffixes), `cot` the one TSV file; none for the
+        hub or the embedded data.
+
+        >>> SourceSpec(kind="cot", path="/flan/v2/cot_data").files_for("cot_gsm8k", ["train"])
+        ['/flan/v2/cot_data/gsm8k_train.tsv']
+        """
+        if self.kind == "cot":
+            return [f"{self.path.rstrip('/')}/{dataset.removeprefix('cot_')}_train.tsv"]
+        if self.kind == "niv2":
+            return [f"{self.path.rstrip('/')}/*.json"]
+        if self.kind == "flan_dump":
+            return [self.path.rstrip("/") if Path(self.path).suffix else f"{self.path.rstrip('/')}/*.*"]
+        if self.kind == "local":
+            return [f"{self.path.rstrip('/')}/{split}.{{parquet,jsonl,json,csv}}" for split in splits]
+        return []
+
+    def missing_files(self, dataset: str, splits: list[str]) -> list[str]:
+        """Of :meth:`files_for`, those absent on disk."""
+        missing = []
+        for pattern in self.files_for(dataset, splits):
+            stem, _, suffixes = pattern.partition("{")
+            options = [stem + s for s in suffixes.rstrip("}").split(",")] if suffixes else [stem]
+            folder, _, name = pattern.rpartition("/")
+            found = any(Path(folder).glob(name)) if "*" in name else any(Path(o).is_file() for o in options)
+            if not found:
+                missing.append(pattern)
+        return missing
+
+
 class DownloadConfig(_Section):
     """Stage 1: fetch each dataset's train and eval split into raw Parquet."""
 
-    default_source: SourceKind = "embedded"
+    default_source: Literal["embedded", "hub", "local"] = "embedded"
     """Source for every dataset not listed in `sources`."""
     sources: dict[str, SourceSpec] = Field(default_factory=dict)
     """Per-dataset overrides, keyed by registry name, e.g. `{rte: {kind: hub, revision: main}}`."""
     local_root: str | None = None
     """With `default_source: local`: the folder that holds one folder per dataset, named as in the
     registry (`<local_root>/boolq/train.jsonl`, ...), for every dataset not listed in `sources`."""
+    flan_root: str | None = None
+    """A checkout of google-research/FLAN: every dataset of the `cot` cluster (`registry.extra:
+    [cot]`) not listed in `sources` reads `<flan_root>/flan/v2/cot_data/<name>_train.tsv`."""
+    optional: bool = False
+    """The `optional` of every source this section makes (`default_source: local`, `flan_root`):
+    a dataset whose files are absent is left out of the run, and the log names it."""
 
     @model_validator(mode="after")
     def _local_root_with_local(self) -> DownloadConfig:
@@ -137,8 +218,12 @@ class DownloadConfig(_Section):
         """The source to read ``dataset`` from."""
         if dataset in self.sources:
             return self.sources[dataset]
+        if self.flan_root and load_registry().datasets[dataset].cluster == "cot":
+            return SourceSpec(kind="cot", path=f"{self.flan_root.rstrip('/')}/flan/v2/cot_data",
+                              optional=self.optional)
         if self.default_source == "local":
-            return SourceSpec(kind="local", path=f"{self.local_root.rstrip('/')}/{dataset}")
+            return SourceSpec(kind="local", path=f"{self.local_root.rstrip('/')}/{dataset}",
+                              optional=self.optional)
         return SourceSpec(kind=self.default_source)
 
 

@@ -85,13 +85,29 @@ class DownloadSlice(Slice):
 
 
 class PoolSlice(Slice):
-    """pool: the rows a dataset's pool keeps (``cap``: the largest of any submixture's caps)."""
+    """pool: the rows a dataset's pool keeps (``cap``: the cap of the dataset's submixture, so a
+    large cap of one group, dialog's 200k, does not widen every dataset's pool; without a dataset,
+    the largest of any submixture's caps)."""
 
     KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "pool_factor": "dedup.pool_factor",
                                       "cap": "mix.largest_cap"}
     seed: int
     pool_factor: StrictFloat | None
     cap: int
+
+    @classmethod
+    def of(cls, cfg: Config, dataset: str | None = None, **overrides: Any) -> PoolSlice:
+        """The slice for ``dataset`` (its submixture's cap), or the largest cap without one.
+
+        >>> from flanpipe.core.config import parse_config
+        >>> cfg = parse_config({"mix": {"submixtures": {"small": {"datasets": ["rte"], "cap": 10},
+        ...                                             "big": {"cap": 200000}}}})
+        >>> PoolSlice.of(cfg, "rte").cap, PoolSlice.of(cfg, "copa").cap, PoolSlice.of(cfg).cap
+        (10, 200000, 200000)
+        """
+        group = cfg.mix.submixture_of(dataset) if dataset else None
+        cap = {"cap": cfg.mix.groups()[group].cap} if group else {}
+        return super().of(cfg, **{**cap, **overrides})
 
     @classmethod
     def paths(cls) -> list[str]:

@@ -43,7 +43,14 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from flanpipe.core.config.registry import DatasetSpec, field_type, load_registry
+from flanpipe.core.config.registry import (
+    DatasetSpec,
+    active_extras,
+    extra_template_files,
+    field_type,
+    is_builtin,
+    load_registry,
+)
 from flanpipe.core.text.validate import label_index
 
 FILTERS = ("first", "lines", "numbered", "comma", "nopunct", "unpunctuated", "options", "round")
@@ -93,10 +100,15 @@ class Template(BaseModel):
     inverted: bool = False
     answers: dict[str, str] | None = None
     """Classification: how each label name is said (overrides the dataset's map)."""
+    few_shot_input: str | None = None
+    """The input of this template's few-shot rows (the ``fs_*`` prompt types), rendered from the row
+    alone: the row carries its own exemplars in a field (NIv2's Positive Examples), so the
+    instruction is said once; without it, few-shot rows take solved exemplars from the train pool."""
 
-    def placeholders(self, part: Literal["input", "target"]) -> list[str]:
-        """The placeholders of ``input`` or ``target``, filters included (``concepts|lines``)."""
-        text = self.input if part == "input" else self.target
+    def placeholders(self, part: Literal["input", "target", "few_shot_input"]) -> list[str]:
+        """The placeholders of ``input``, ``target`` or ``few_shot_input``, filters included
+        (``concepts|lines``)."""
+        text = {"input": self.input, "target": self.target, "few_shot_input": self.few_shot_input or ""}[part]
         return [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
 
 
@@ -164,15 +176,22 @@ def load_bank(bank: str = "flanpipe", flan_root: str | None = None) -> dict[str,
     return _own_bank()
 
 
-@functools.cache
 def _own_bank() -> dict[str, DatasetTemplates]:
-    """flanpipe's templates, ``same_as`` references resolved."""
+    """flanpipe's templates, ``same_as`` references resolved: the package's files, one per cluster of
+    the registry, then the template files of the extra registries (``registry.extra``)."""
+    return _load_own_bank(active_extras())
+
+
+@functools.cache
+def _load_own_bank(extras: tuple[str, ...]) -> dict[str, DatasetTemplates]:
     root = resources.files("flanpipe").joinpath("data/templates")
     raw: dict[str, Any] = {}
     for cluster in load_registry().clusters:
         ref = root.joinpath(f"{cluster}.yaml")
         if ref.is_file():
             raw.update(yaml.safe_load(ref.read_text("utf-8")) or {})
+    for path in extra_template_files():
+        raw.update(yaml.safe_load(path.read_text("utf-8")) or {})
     bank = {}
     for name, entry in raw.items():
         source = entry
@@ -484,6 +503,8 @@ def templates_digest(name: str, bank_name: str = "flanpipe", flan_root: str | No
     checkout's file) reruns the dataset."""
     bank = load_bank(bank_name, flan_root).get(name)
     text = bank.model_dump_json() if bank else "none"
+    if name in load_registry().datasets and not is_builtin(name):
+        text += load_registry().datasets[name].model_dump_json()  # an extra's entry: editing it reruns
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
