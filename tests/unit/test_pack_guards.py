@@ -89,8 +89,8 @@ def test_a_chat_row_never_starts_bos_bos(smollm2_dir, chat_rows, tmp_path):
         firsts = row["tokens"][real & (row["positions"] == 0)]
         seconds = row["tokens"][real & (row["positions"] == 1)]
         assert (firsts == 1).all() and not (seconds == 1).any()
-    template = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    template = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     folder = template_folder(smollm2_dir, tmp_path, template)
     (folder / "config.json").write_text((smollm2_dir / "config.json").read_text())
     with pytest.raises(PackCheckError, match=r"pack: \w+/\S+: it starts with BOS twice \(id 1\)"):

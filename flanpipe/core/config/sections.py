@@ -666,7 +666,11 @@ class TrainConfig(_Section):
             raise ValueError(f"train.trackers: {trackers} names a tracker twice")
         packages = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
         for name in trackers:
-            if name in packages and importlib.util.find_spec(packages[name]) is None:
+            try:
+                found = name not in packages or importlib.util.find_spec(packages[name]) is not None
+            except (ImportError, ValueError):  # (a package present but broken)
+                found = False
+            if not found:
                 raise ValueError(f"train.trackers: {name} needs the package {packages[name]!r}, which is not "
                                  f"installed (pip install 'flanpipe[trackers]')")
         return trackers

@@ -475,8 +475,8 @@ def check_export(files: list[Path], expected: ExportSize, out: Path) -> None:
             header = struct.unpack("<Q", raw.read(8))[0]
         stored = path.stat().st_size - 8 - header
         if stored != listed:
-            raise RuntimeError(f"{out}: {path.name} holds {stored} bytes of weights, its header lists {listed}; "
-                               "the export is not done")
+            raise RuntimeError(f"{out}: {path.name} holds {stored} bytes of weights, its header lists "
+                               f"{listed}; the export is not done")
         nbytes += listed
     found = ExportSize(tensors, elements, nbytes)
     if found != expected:
