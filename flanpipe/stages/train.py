@@ -57,6 +57,7 @@ from flanpipe.core.config import TrainConfig, TrainSlice
 from flanpipe.core.config.checkpoints import is_encoder_decoder
 from flanpipe.core.io import atomic_path, code_version, sha256_file, utc_now, write_json_atomic
 from flanpipe.core.model.adapter import add_lora, trainable_count
+from flanpipe.core.model.card import write_card
 from flanpipe.core.model.causal import ATTENTION, PackedCausalLM, predicted
 from flanpipe.core.model.checkpoint import build_model, parameter_count, save_adapter, save_checkpoint
 from flanpipe.core.model.seq2seq import PackedSeq2SeqLM
@@ -83,8 +84,9 @@ from flanpipe.core.train.optim import (
 from flanpipe.core.train.trackers import Trackers
 
 # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
-# records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters
-STAGE_VERSION = "5"
+# records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters; 6: hf/README.md
+# (the model card), run.json's nonfinite_steps_skipped, trackers.json with mlflow or wandb
+STAGE_VERSION = "6"
 BATCH_FIELDS = {  # the model's int64 inputs per packed layout (the wrappers' forward arguments)
     "decoder_only": ("tokens", "segment_ids", "positions", "loss_mask"),
     "encoder_decoder": ("inputs", "inputs_segment_ids", "inputs_positions", "targets", "targets_segment_ids",
@@ -409,6 +411,8 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     if is_main:
         plot_loss(out_dir / "metrics.csv", out_dir / "loss.png", mixture)
         write_json_atomic(out_dir / "run.json", manifest)
+        if tokenizer is not None:
+            write_card(out_dir)  # hf/README.md, from run.json and the mixture's manifest
         metrics.close([out_dir / "run.json", out_dir / "loss.png"])
     torch.distributed.barrier()
     return manifest

@@ -58,7 +58,8 @@ def run(packed, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("tracked") / "m"
     uri = out.parent / "mlruns"
     launch(packed, out, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"}, steps=STEPS,
-           trackers=["csv", "tensorboard", "mlflow", "wandb"], mlflow={"tracking_uri": str(uri), "experiment": "t"})
+           trackers=["csv", "tensorboard", "mlflow", "wandb"],
+           mlflow={"tracking_uri": str(uri), "experiment": "t"})
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
@@ -76,7 +77,8 @@ def test_mlflow_holds_the_train_slice_and_every_steps_metrics(run, monkeypatch):
     got = runs[0]
     expected = guard_train.config(steps=STEPS, trackers=["csv", "tensorboard", "mlflow", "wandb"],
                                   mlflow={"tracking_uri": str(uri), "experiment": "t"})
-    assert got.data.params == flat_params({"seed": expected.seed, "train": expected.train.model_dump(mode="json")})
+    sliced = {"seed": expected.seed, "train": expected.train.model_dump(mode="json")}
+    assert got.data.params == flat_params(sliced)
     assert got.data.params["train.model.hidden_size"] == "32" and got.data.params["train.lr"] == "0.01"
     for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
         history = client.get_metric_history(got.info.run_id, f"train/{key}")

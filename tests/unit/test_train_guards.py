@@ -111,3 +111,37 @@ def test_a_killed_run_resumes_exactly_at_an_epoch_boundary_and_inside_a_later_ep
         for key in ("loss", "grad_norm", "target_tokens"):
             assert x[key] == y[key], (key, x, y)
     assert (straight / "hf/model.safetensors").read_bytes() == (out / "hf/model.safetensors").read_bytes()
+
+
+def test_the_trained_models_card_loads_and_carries_the_held_out_table_once_it_exists(straight, tmp_path):
+    """The card train wrote (no mixture manifest or evaluation beside this run), then the card
+    refreshed with a mixture manifest and eval results shaped as the mix and evaluate stages write
+    them: ``ModelCard.load`` reads its metadata back, the model-index holds each held-out score."""
+    from huggingface_hub import ModelCard
+
+    from flanpipe.core.model.card import write_card
+
+    card = ModelCard.load(straight / "hf/README.md", ignore_metadata_errors=False)
+    assert card.data.library_name == "transformers" and card.data.eval_results is None
+    run = json.loads((straight / "run.json").read_text())
+    assert f"| tokens seen | {7 * run['batch']['tokens_per_step']:,} " in card.text
+    assert "Not evaluated yet" in card.text and "random" in card.text
+    stats = [{"dataset": d, "cluster": c, "sampled": n, "zs_opt": n - 2, "zs_noopt": 2, "fs_opt": 0, "fs_noopt": 0}
+             for d, c, n in [("copa", "commonsense", 107), ("sst2", "sentiment", 96)]]
+    mixture = {"datasets": ["copa", "sst2"], "heldout_clusters": ["nli"], "examples": 203, "stats": stats}
+    (tmp_path / "mixture.json").write_text(json.dumps(mixture))
+    (tmp_path / "eval").mkdir()
+    for dataset, shots, mean, low, high in [("rte", 0, 56.25, 31.2, 78.8), ("anli_r1", 3, 41.0, 30.5, 51.5)]:
+        result = {"model": "m", "dataset": dataset, "paper_name": dataset.upper(), "cluster": "nli",
+                  "few_shot": bool(shots), "shots": shots, "primary": "accuracy", "layout": "eos",
+                  "task": "classification", "eval_split": {"registry_split": "validation"},
+                  "headline": {"mean": mean, "templates": 8, "interval": {"low": low, "high": high}}}
+        (tmp_path / "eval" / f"{dataset}.json").write_text(json.dumps(result))
+    write_card(straight, tmp_path / "mixture.json", tmp_path / "eval", hf_dir=tmp_path)
+    card = ModelCard.load(tmp_path / "README.md", ignore_metadata_errors=False)
+    scores = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert scores == {("RTE", "accuracy (zero-shot)"): 56.25, ("ANLI_R1", "accuracy (few-shot)"): 41.0}
+    assert "| nli | rte | zero-shot | accuracy | eos | 56.2 | [31.2, 78.8] | 8 |" in card.text
+    assert "| copa | commonsense | 107 | 105 | 2 | 0 | 0 |" in card.text
+    assert card.data.datasets == sorted(card.data.datasets) and len(card.data.datasets) == 2
+    assert "held out (and decontaminated against): nli" in card.text
