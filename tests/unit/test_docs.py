@@ -60,6 +60,9 @@ RUN_ELSEWHERE = {
     "python -m pytest -m slurm tests/e2e/test_slurm_multinode.py": (
         "tests/e2e/test_slurm_multinode.py", "it runs that test"),
     "mkdocs build --strict": ("tests/unit/test_docs.py::test_site_builds_strict", "into a temporary folder"),
+    "flanpipe publish --model models/nli --repo me/flanpipe-nli --dry-run": (
+        "tests/unit/test_publish.py::test_a_dry_run_lists_every_file_of_hf_and_adapter_with_its_size",
+        "on a tiny LoRA run in a temporary folder"),
 }
 
 

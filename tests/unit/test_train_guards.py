@@ -126,8 +126,8 @@ def test_the_trained_models_card_loads_and_carries_the_held_out_table_once_it_ex
     run = json.loads((straight / "run.json").read_text())
     assert f"| tokens seen | {7 * run['batch']['tokens_per_step']:,} " in card.text
     assert "Not evaluated yet" in card.text and "random" in card.text
-    stats = [{"dataset": d, "cluster": c, "sampled": n, "zs_opt": n - 2, "zs_noopt": 2, "fs_opt": 0, "fs_noopt": 0}
-             for d, c, n in [("copa", "commonsense", 107), ("sst2", "sentiment", 96)]]
+    stats = [{"dataset": d, "cluster": c, "sampled": n, "zs_opt": n - 2, "zs_noopt": 2, "fs_opt": 0,
+              "fs_noopt": 0} for d, c, n in [("copa", "commonsense", 107), ("sst2", "sentiment", 96)]]
     mixture = {"datasets": ["copa", "sst2"], "heldout_clusters": ["nli"], "examples": 203, "stats": stats}
     (tmp_path / "mixture.json").write_text(json.dumps(mixture))
     (tmp_path / "eval").mkdir()
