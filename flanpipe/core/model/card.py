@@ -167,8 +167,9 @@ def _evaluation(evals: list[dict]) -> str:
         shots = "few" if e["few_shot"] else "zero"
         rows.append(f"| {e.get('cluster', '-')} | {e['dataset']} | {shots}-shot | {e['primary']} | "
                     f"{e.get('layout', 'eos')} | {h['mean']:.1f} | {interval} | {h['templates']} |")
-    return ("## Held-out evaluation\n\nEach dataset scored on every template of its bank, on clusters the "
-            "model never trained on; the bootstrap interval is over examples.\n\n" + "\n".join(rows))
+    return ("## Held-out evaluation\n\nEach dataset of a cluster the model never trained on, scored on "
+            "the templates of its bank (`templates`: how many; `evaluate.max_templates`), the mean over them "
+            "with its bootstrap interval over examples.\n\n" + "\n".join(rows))
 
 
 def _licences(inputs: CardInputs) -> str:
