@@ -467,8 +467,14 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_card(args: argparse.Namespace) -> int:
     """(Re)write a model's card, ``hf/README.md``, with the evaluation as it now stands."""
     from flanpipe.core.model.card import write_card
+    from flanpipe.core.train.trackers import log_eval_results
 
     print(write_card(args.model, args.mixture_manifest, args.eval))
+    model = Path(args.model).resolve()
+    results = Path(args.eval or model.parent.parent / "results/eval" / model.name)
+    logged = log_eval_results(args.model, sorted(results.glob("*.json")))
+    if logged:
+        print(f"{logged} eval results added to the run's MLflow artifacts (eval/)")
     return 0
 
 

@@ -85,9 +85,32 @@ def test_mlflow_holds_the_train_slice_and_every_steps_metrics(run, monkeypatch):
         assert [m.step for m in history] == [int(r["step"]) for r in rows]
         assert [f"{m.value:.6g}" for m in history] == [r[key] for r in rows]  # metrics.csv keeps 6 digits
     artifacts = {a.path for a in client.list_artifacts(got.info.run_id)}
-    assert artifacts == {"run.json", "loss.png"}
+    assert {"run.json", "loss.png"} <= artifacts
     logged = json.loads(open(client.download_artifacts(got.info.run_id, "run.json", str(out.parent))).read())
     assert logged == json.loads((out / "run.json").read_text())
+
+
+def test_flanpipe_card_adds_the_evaluation_to_the_mlflow_run(run, tmp_path, monkeypatch):
+    import mlflow
+
+    from tests.conftest import BIN
+
+    out, uri, _ = run
+    (tmp_path / "eval").mkdir()
+    result = {"model": "m", "dataset": "rte", "paper_name": "RTE", "cluster": "nli", "few_shot": False,
+              "primary": "accuracy", "headline": {"mean": 52.5, "templates": 4,
+                                                  "interval": {"low": 40.0, "high": 65.0}}}
+    (tmp_path / "eval/rte.json").write_text(json.dumps(result))
+    command = [str(BIN / "flanpipe"), "card", "--model", str(out), "--eval", str(tmp_path / "eval")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 eval results added to the run's MLflow artifacts (eval/)" in proc.stdout
+    card = (out / "hf/README.md").read_text()
+    assert "| nli | rte | zero-shot | accuracy | eos | 52.5 | [40.0, 65.0] | 4 |" in card
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.MlflowClient(uri.as_uri())
+    run_id = json.loads((out / "trackers.json").read_text())["mlflow"]
+    assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/rte.json"]
 
 
 def test_wandb_offline_writes_a_run_folder_whose_history_holds_the_losses(run):

@@ -13,7 +13,9 @@
 
 A resumed run drops ``metrics.csv`` rows past its checkpoint and TensorBoard's events past it, and
 goes on logging into the same MLflow and W&B runs (their ids are kept in ``trackers.json``); those
-two keep the replayed steps' first values too, as their own histories do.
+two keep the replayed steps' first values too, as their own histories do. The evaluation comes
+later: :func:`log_eval_results` (``flanpipe card``) adds its result files to the run's MLflow
+artifacts, under ``eval/``.
 
 >>> Trackers.PACKAGES["mlflow"]
 'mlflow'
@@ -127,7 +129,7 @@ class Trackers:
                 items = [Param(k, v) for k, v in sorted(params.items())]
                 for i in range(0, len(items), 100):  # (MLflow takes at most 100 params a batch)
                     self.mlflow.log_batch(self.mlflow_run, params=items[i:i + 100])
-            ids["mlflow"] = self.mlflow_run
+            ids["mlflow"], ids["mlflow_tracking_uri"] = self.mlflow_run, uri
             log.info("mlflow: run %s at %s", self.mlflow_run, uri)
         if "wandb" in self.names:
             import wandb
@@ -174,3 +176,21 @@ class Trackers:
             for path in artifacts:
                 self.wandb.save(str(path), base_path=str(Path(path).parent), policy="now")
             self.wandb.finish()
+
+
+def log_eval_results(model_dir: str | Path, files: list[Path]) -> int:
+    """Add the eval result ``files`` to the MLflow run of the model folder (``trackers.json``), under
+    ``eval/``; returns how many were logged (0 where the run had no MLflow tracker)."""
+    ids_path = Path(model_dir) / "trackers.json"
+    ids = json.loads(ids_path.read_text(encoding="utf-8")) if ids_path.is_file() else {}
+    if not ids.get("mlflow") or not files:
+        return 0
+    import mlflow
+
+    uri = ids["mlflow_tracking_uri"]
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.MlflowClient(uri)
+    for path in files:
+        client.log_artifact(ids["mlflow"], str(path), artifact_path="eval")
+    return len(files)
