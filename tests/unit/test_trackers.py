@@ -137,3 +137,23 @@ def test_a_tracker_whose_package_is_missing_fails_at_config_time_naming_it():
     assert "train.trackers: wandb needs the package 'wandb', which is not installed" in proc.stderr
     with pytest.raises(ConfigError, match="train.trackers: csv is needed"):
         parse_config({"train": {"trackers": ["mlflow"]}})
+
+
+def test_a_killed_run_resumes_into_the_same_mlflow_run(packed, tmp_path, monkeypatch):  # noqa: F811
+    import mlflow
+
+    out, uri = tmp_path / "m", tmp_path / "mlruns"
+    keys = {"steps": 4, "checkpoint_every": 2, "trackers": ["csv", "mlflow"],
+            "mlflow": {"tracking_uri": str(uri), "experiment": "t"}}
+    killed = launch(packed, out, check=False, env={"FLANPIPE_FAIL_AT_STEP": "3"}, **keys)
+    assert killed.returncode != 0
+    launch(packed, out, **keys)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = mlflow.MlflowClient(uri.as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    with open(out / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    history = client.get_metric_history(runs[0].info.run_id, "train/loss")
+    assert [m.step for m in history] == [1, 2, 3, 4] == [int(r["step"]) for r in rows]
+    assert [f"{m.value:.6g}" for m in history] == [r["loss"] for r in rows]
