@@ -13,6 +13,8 @@
     flanpipe train --mixture nli [--config ...]   (one rank; started by torchrun, srun or launch)
     flanpipe bench templatize|dedup|pack|train|eval|fewshot|download|scale|layouts|precision|chat [...]
                   (a checkout's bench/, with the dev extra; flanpipe bench NAME --help for its options)
+    flanpipe card --model models/nli [--mixture-manifest ...] [--eval results/eval/nli]
+    flanpipe publish --model models/nli --repo USER/NAME [--dry-run] [--private]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -520,6 +522,36 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    """(Re)write a model's card, ``hf/README.md``, with the evaluation as it now stands."""
+    from flanpipe.core.model.card import write_card
+    from flanpipe.core.train.trackers import log_eval_results
+
+    print(write_card(args.model, args.mixture_manifest, args.eval))
+    model = Path(args.model).resolve()
+    results = Path(args.eval or model.parent.parent / "results/eval" / model.name)
+    logged = log_eval_results(args.model, sorted(results.glob("*.json")))
+    if logged:
+        print(f"{logged} eval results added to the run's MLflow artifacts (eval/)")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Upload a model's ``hf/`` (and ``adapter/``) to the Hugging Face Hub, or list them (--dry-run)."""
+    from flanpipe.core.model.publish import PublishError, human_size, publish
+
+    try:
+        uploads = publish(args.model, args.repo, dry_run=args.dry_run, private=args.private)
+    except PublishError as err:
+        print(f"flanpipe: {err}", file=sys.stderr)
+        return 1
+    verb = "would upload" if args.dry_run else "uploaded"
+    print(_table([[u.path_in_repo, human_size(u.size), str(u.path)] for u in uploads], ["in the repository",
+                                                                                    "size", "file"]))
+    print(f"{verb} {len(uploads)} files, {human_size(sum(u.size for u in uploads))}, to {args.repo}")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config}: ok ({len(cfg.dataset_names())} datasets, held out: "
@@ -683,6 +715,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="one line per eval result (headline score, best template, spread)")
     p.add_argument("--results", default="results", help="folder searched for result JSON files")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("card", help="(re)write a model's card (hf/README.md) with its evaluation so far")
+    p.add_argument("--model", required=True, help="the model folder, models/<name>")
+    p.add_argument("--mixture-manifest", help="default: data/mixtures/<name>/manifest.json")
+    p.add_argument("--eval", help="the model's eval results; default: results/eval/<name>")
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("publish", help="upload a model's hf/ (and adapter/) to the Hugging Face Hub "
+                                       "(not part of the workflow)")
+    p.add_argument("--model", required=True, help="the model folder, models/<name>")
+    p.add_argument("--repo", required=True, help="the Hub repository, user/name (created if need be)")
+    p.add_argument("--dry-run", action="store_true", help="list the files and their sizes; upload nothing")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("--config", default=DEFAULT_CONFIG)

@@ -66,6 +66,9 @@ def smollm2_dir() -> Path:
 # renamed test cannot fall into the fast tier unnoticed.
 SLOW = {
     "tests/unit/test_train_seq2seq.py": "torchrun: T5 training on two ranks",
+    "tests/unit/test_train_guards.py": "torchrun: tiny Llama runs stopped on a NaN loss, killed and resumed",
+    "tests/unit/test_trackers.py": "torchrun: a tiny Llama logged to MLflow and W&B",
+    "tests/unit/test_publish.py": "torchrun: a tiny LoRA run to publish",
     "tests/unit/test_lint.py": "ruff, snakefmt and import-linter",
     "tests/unit/test_lora.py::test_two_ranks_": "torchrun: LoRA under ZeRO-3 on two ranks",
     "tests/unit/test_bench_checkpoint.py::test_zero3_loads_partitioned_on_two_ranks_and_exports_back_exactly":

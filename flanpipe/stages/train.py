@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import logging
 import os
 import shutil
@@ -56,12 +57,14 @@ from flanpipe.core.config import TrainConfig, TrainSlice
 from flanpipe.core.config.checkpoints import is_encoder_decoder
 from flanpipe.core.io import atomic_path, code_version, sha256_file, utc_now, write_json_atomic
 from flanpipe.core.model.adapter import add_lora, trainable_count
+from flanpipe.core.model.card import write_card
 from flanpipe.core.model.causal import ATTENTION, PackedCausalLM, predicted
 from flanpipe.core.model.checkpoint import build_model, parameter_count, save_adapter, save_checkpoint
 from flanpipe.core.model.seq2seq import PackedSeq2SeqLM
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens.shards import PackedShards, verify_shards
 from flanpipe.core.train.distributed import DistEnv, disable_cpu_shm_op, dist_env, rank_nodes
+from flanpipe.core.train.guards import NonFiniteStep, check_finite, step_examples
 from flanpipe.core.train.launch import (
     LOCK_NAME,
     completed_checkpoint,
@@ -78,10 +81,12 @@ from flanpipe.core.train.optim import (
     optimized_parameters,
     optimizer_state_bytes,
 )
+from flanpipe.core.train.trackers import Trackers
 
 # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
-# records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters
-STAGE_VERSION = "5"
+# records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters; 6: hf/README.md
+# (the model card), run.json's nonfinite_steps_skipped, trackers.json with mlflow or wandb
+STAGE_VERSION = "6"
 BATCH_FIELDS = {  # the model's int64 inputs per packed layout (the wrappers' forward arguments)
     "decoder_only": ("tokens", "segment_ids", "positions", "loss_mask"),
     "encoder_decoder": ("inputs", "inputs_segment_ids", "inputs_positions", "targets", "targets_segment_ids",
@@ -89,7 +94,6 @@ BATCH_FIELDS = {  # the model's int64 inputs per packed layout (the wrappers' fo
 }
 log = logging.getLogger(__name__)
 
-METRICS = ["step", "loss", "lr", "grad_norm", "target_tokens", "tokens", "tokens_per_s", "elapsed_s"]
 FAIL_AT_STEP = "FLANPIPE_FAIL_AT_STEP"  # tests: rank 0 dies hard before this step, as a killed job does
 
 
@@ -298,10 +302,12 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     partitions = attach_zero_layout(engine.optimizer)  # Adafactor: which tensor each flat element is
 
     start = 0
+    skipped: list[int] = []  # steps of non-finite loss skipped (train.max_nonfinite_steps)
     resume = completed_checkpoint(ckpt_dir)  # never a save that was killed half way
     if resume is not None:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume[0])
         start = int(client["step"])
+        skipped = list(client.get("nonfinite_steps", []))
         log.info("resuming from %s at step %d", ckpt_dir / resume[0], start)
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -310,7 +316,7 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
                  "per step, %s, %s attention, ZeRO-%d", mixture, f"{parameters:,}", f"{trainable:,}",
                  dist.world_size, plan.micro_batch_rows, plan.accumulation, plan.rows_per_step,
                  plan.tokens_per_step, "bf16" if bf16 else "fp32", attention, tcfg.zero_stage)
-    metrics = _Metrics(out_dir, start) if is_main else None
+    metrics = Trackers(out_dir, start, tcfg, mixture, cfg.model_dump(mode="json")) if is_main else None
     fail_at = int(os.environ.get(FAIL_AT_STEP, 0))
     t0 = time.perf_counter()
     tokens_seen = 0
@@ -331,18 +337,26 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
         scale = dist.world_size * plan.accumulation / max(total_targets, 1.0)
         loss_total = torch.zeros((), device=device)
         lr = schedule.get_last_lr()[0]
-        for batch in current.batches:
+        guard = _Guard(step + 1, packed_dir, plan, cfg.seed, skipped, tcfg.max_nonfinite_steps)
+        if tcfg.max_nonfinite_steps and guard.skip_step(engine, current, total_targets):
+            if is_main:
+                refresh_lock(out_dir / LOCK_NAME)
+            continue
+        for m, batch in enumerate(current.batches):
             nll = engine(**batch)
             summed = nll.sum()
             engine.backward(summed * scale)
             loss_total += summed.detach().float()
+            if m == len(current.batches) - 1:  # the update is the last micro-batch's step: not on a bad loss
+                loss = _all_reduce(loss_total) / max(total_targets, 1.0)
+                guard.check(loss, None)
             engine.step()
-        loss = _all_reduce(loss_total) / max(total_targets, 1.0)
+        grad_norm = engine.get_global_grad_norm()  # None where DeepSpeed had no need of it
+        guard.check(None, grad_norm)  # (after the update: before any checkpoint of it)
         tokens_seen += plan.tokens_per_step
         done = step + 1
         if is_main and (done % tcfg.log_every == 0 or done == tcfg.steps):
             elapsed = time.perf_counter() - t0
-            grad_norm = engine.get_global_grad_norm()  # None where DeepSpeed had no need of it
             metrics.write({"step": done, "loss": loss, "lr": lr,
                            "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
                            "target_tokens": int(total_targets), "tokens": plan.tokens_per_step,
@@ -352,7 +366,8 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
             refresh_lock(out_dir / LOCK_NAME)
         if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
             tag = f"step{done:07d}"
-            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"step": done})
+            state = {"step": done, "nonfinite_steps": skipped}
+            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state)
             torch.distributed.barrier()  # every rank's part is written
             if is_main:
                 mark_complete(ckpt_dir, tag, done)
@@ -368,7 +383,8 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
         "precision": "bf16" if bf16 else "fp32", "attention": attention,
         "batch": {"rows_per_step": plan.rows_per_step, "tokens_per_step": plan.tokens_per_step,
                   "micro_batch_rows": plan.micro_batch_rows, "accumulation": plan.accumulation},
-        "steps": tcfg.steps, "resumed_from_step": start, "deepspeed": ds_cfg,
+        "steps": tcfg.steps, "resumed_from_step": start, "nonfinite_steps_skipped": skipped,
+        "deepspeed": ds_cfg,
         "optimizer": tcfg.optimizer, "optimizer_partitions": partitions,
         "optimized_parameters": optimized_parameters(engine.optimizer),
         "optimizer_state_bytes_rank0": optimizer_state_bytes(engine.optimizer),
@@ -395,7 +411,9 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     if is_main:
         plot_loss(out_dir / "metrics.csv", out_dir / "loss.png", mixture)
         write_json_atomic(out_dir / "run.json", manifest)
-        metrics.close()
+        if tokenizer is not None:
+            write_card(out_dir)  # hf/README.md, from run.json and the mixture's manifest
+        metrics.close([out_dir / "run.json", out_dir / "loss.png"])
     torch.distributed.barrier()
     return manifest
 
@@ -411,6 +429,43 @@ def adapter_base_path(tcfg: TrainConfig) -> str:
     return str(Path(tcfg.model.path).resolve()) if tcfg.model.source == "pretrained" else "base"
 
 
+class _Guard:
+    """The finite-loss guard of one (1-based) ``step`` (:mod:`flanpipe.core.train.guards`): raises
+    :class:`~flanpipe.core.train.guards.NonFiniteStep` naming the step's examples, or records a
+    skipped step in ``skipped``."""
+
+    def __init__(self, step: int, packed_dir: str | Path, plan: BatchPlan, seed: int, skipped: list[int],
+                 allowed: int):
+        self.step, self.skipped, self.allowed = step, skipped, allowed
+        self.examples = lambda: step_examples(packed_dir,
+                                              step_rows(step - 1, plan, len_rows(packed_dir), seed))
+
+    def check(self, loss: float | None, grad_norm) -> None:
+        verdict = check_finite(self.step, loss, None if grad_norm is None else float(grad_norm),
+                               len(self.skipped), self.allowed, self.examples, skippable=False)
+        if verdict.action != "train":
+            raise NonFiniteStep(verdict.message)
+
+    def skip_step(self, engine, current: StepBatches, total_targets: float) -> bool:
+        """``train.max_nonfinite_steps`` > 0: the step's loss, without gradients, before any backward
+        pass; True (the step recorded as skipped) where it is not finite and skips are left."""
+        with torch.no_grad():
+            total = sum(engine(**batch).sum().detach().float() for batch in current.batches)
+        loss = _all_reduce(total) / max(total_targets, 1.0)
+        verdict = check_finite(self.step, loss, None, len(self.skipped), self.allowed, self.examples)
+        if verdict.action == "stop":
+            raise NonFiniteStep(verdict.message)
+        if verdict.action == "skip":
+            self.skipped.append(self.step)
+            log.warning("%s", verdict.message)
+        return verdict.action == "skip"
+
+
+def len_rows(packed_dir: str | Path) -> int:
+    """The packed rows of a mixture, from its manifest."""
+    return int(json.loads((Path(packed_dir) / "manifest.json").read_text(encoding="utf-8"))["rows"])
+
+
 def _all_reduce(value: torch.Tensor) -> float:
     value = value.clone()
     torch.distributed.all_reduce(value)
@@ -421,42 +476,6 @@ def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
     tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
     for old in tags[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-class _Metrics:
-    """metrics.csv and TensorBoard, rank 0 only. A resumed run drops rows past its checkpoint."""
-
-    def __init__(self, out_dir: Path, start: int):
-        self.path = out_dir / "metrics.csv"
-        kept = []
-        if start and self.path.exists():
-            with open(self.path, newline="") as f:
-                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
-        self.file = open(self.path, "w", newline="")  # noqa: SIM115 (closed in close())
-        self.writer = csv.DictWriter(self.file, fieldnames=METRICS)
-        self.writer.writeheader()
-        self.writer.writerows(kept)
-        self.file.flush()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None)
-        except ImportError:  # tensorboard not installed: the CSV still has everything
-            self.tb = None
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self.file.flush()
-        if self.tb is not None:
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                self.tb.add_scalar(f"train/{k}", row[k], row["step"])
-        log.info("step %d loss %.4f lr %.2g grad norm %.3g %.0f tokens/s", row["step"], row["loss"],
-                 row["lr"], row["grad_norm"], row["tokens_per_s"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 def trained_format(manifest: dict) -> dict:

@@ -223,6 +223,31 @@ def test_report_has_every_figure_and_dataset(workdir):
         assert f"| {c} |" in text
 
 
+def test_the_demo_models_card_loads_and_carries_the_held_out_table(workdir, tmp_path):
+    """The card train wrote (the mixture's datasets, no evaluation yet), then the card rewritten
+    from the evaluation (into a scratch folder: ``hf/`` is the train rule's output): the Hub's card
+    classes read it back, its model-index holds each held-out result's mean, its table the intervals."""
+    from huggingface_hub import ModelCard
+
+    from flanpipe.core.model.card import write_card
+
+    card = ModelCard.load(workdir / "models/nli/hf/README.md", ignore_metadata_errors=False)
+    mixture = json.loads((workdir / "data/mixtures/nli/manifest.json").read_text())
+    for s in mixture["stats"]:
+        assert f"| {s['dataset']} | {s['cluster']} | {s['sampled']} |" in card.text
+    assert "Not evaluated yet" in card.text and card.data.library_name == "transformers"
+    write_card(workdir / "models/nli", hf_dir=tmp_path)
+    card = ModelCard.load(tmp_path / "README.md", ignore_metadata_errors=False)
+    results = [json.loads(p.read_text()) for p in sorted((workdir / "results/eval/nli").glob("*.json"))]
+    assert results
+    got = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert got == {(e["paper_name"], f"{e['primary']} ({'few' if e['few_shot'] else 'zero'}-shot)"):
+                   round(e["headline"]["mean"], 2) for e in results}
+    for e in results:
+        ci = e["headline"]["interval"]
+        assert f"| {e['headline']['mean']:.1f} | [{ci['low']:.1f}, {ci['high']:.1f}] |" in card.text
+
+
 def test_evaluate_cli_on_a_pretrained_bpe_checkpoint(tmp_path, smollm2_dir):
     """`flanpipe evaluate` on SmolLM2-135M-Instruct (Llama architecture, BPE tokenizer.json, no
     tokenizer.model) and ARC-Easy: every template is scored, in the continuation layout (flanpipe

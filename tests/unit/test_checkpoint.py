@@ -52,6 +52,26 @@ def test_the_export_reloads_in_transformers_with_identical_logits(name, tmp_path
     assert saved(text, add_special_tokens=False)["input_ids"] == tokenizer.encode(text)
 
 
+def test_an_export_missing_a_parameters_elements_is_refused_and_leaves_no_folder(tmp_path, tokenizer):
+    """ZeRO-3's near-empty export: a partitioned parameter (``ds_numel`` whole, its local data
+    empty) written without being gathered. The export counts what it wrote against the model and
+    stops before the folder is in place; the same model whole exports with every element."""
+    from flanpipe.core.model.checkpoint import expected_export
+
+    model = tiny_model("llama", seed=3)
+    save_checkpoint(model, tokenizer, tmp_path / "whole")
+    written = tensors(tmp_path / "whole")
+    size = expected_export(model, model.dtype)
+    assert (size.tensors, size.elements) == (len(written), sum(t.numel() for t in written.values()))
+    param = model.model.layers[0].mlp.down_proj.weight
+    param.ds_numel = param.numel()  # as DeepSpeed marks a partitioned parameter; no ds_id: not gathered
+    param.data = torch.empty(0)
+    with pytest.raises(RuntimeError, match=r"the export wrote 2\d tensors, [\d,]+ elements, .* \(empty: "
+                                           r"model.layers.0.mlp.down_proj.weight\); a ZeRO-3 parameter"):
+        save_checkpoint(model, tokenizer, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_a_new_models_vocabulary_is_padded_and_its_special_ids_are_ours():
     spec = ModelSpec(architecture="phi3", hidden_size=32, num_layers=1, num_heads=4)
     config = model_config(spec, 32_001, 64, {"pad_id": 0, "eos_id": 1, "unk_id": 2, "bos_id": 3})

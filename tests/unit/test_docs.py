@@ -64,6 +64,9 @@ RUN_ELSEWHERE = {
         "tests/unit/test_flan_bank.py::test_every_registry_entry_renders_all_it_can_and_the_cli_lists_the_rest",
         "with the tests' small checkout, and FLAN's own files where ../shared/flan has them, as --json"),
     "mkdocs build --strict": ("tests/unit/test_docs.py::test_site_builds_strict", "into a temporary folder"),
+    "flanpipe publish --model models/nli --repo me/flanpipe-nli --dry-run": (
+        "tests/unit/test_publish.py::test_a_dry_run_lists_every_file_of_hf_and_adapter_with_its_size",
+        "on a tiny LoRA run in a temporary folder"),
 }
 
 

@@ -165,6 +165,9 @@ class DatasetSpec(_Strict):
     text_fields: tuple[str, ...]
     task: Task
     metric: Literal[METRICS]  # type: ignore[valid-type]
+    license: str | None = None
+    """The dataset's licence as its source states it (an SPDX id where there is one); the model card
+    lists it. None: not recorded."""
     distinct: tuple[str, ...] = ()
     """Field paths that tell examples apart when they share the other text fields (SQuAD's question
     and answer beside a shared passage, an NLI hypothesis beside a shared premise). Two rows are near

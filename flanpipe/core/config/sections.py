@@ -570,6 +570,10 @@ class TokenizeConfig(_Section):
     """Examples packed together; larger windows pack tighter but hold more in memory."""
     rows_per_shard: StrictInt = Field(8_192, ge=1)
     """Packed rows per token shard."""
+    max_truncated_fraction: StrictFloat = Field(1.0, ge=0, le=1)
+    """Pack fails, naming the dataset and its fraction, when more than this fraction of a dataset's
+    examples have their inputs cut, or their targets cut (each counted on its own; 1.0: never
+    fails). A target cut short teaches the model to stop mid-answer."""
 
     @model_validator(mode="after")
     def _segments_fit(self) -> TokenizeConfig:
@@ -677,6 +681,25 @@ class AdapterConfig(_Section):
         return self
 
 
+class MlflowConfig(_Section):
+    """`train.mlflow`: the MLflow tracking server or folder."""
+
+    tracking_uri: str = "mlruns"
+    """An MLflow tracking URI (`http://host:5000`, `sqlite:///mlflow.db`) or a local folder, relative to
+    the working directory (the default `mlruns/`, as MLflow's own)."""
+    experiment: str = "flanpipe"
+    """The MLflow experiment the runs go in; each run is named after its mixture."""
+
+
+class WandbConfig(_Section):
+    """`train.wandb`: the Weights & Biases project and mode."""
+
+    project: str = "flanpipe"
+    mode: Literal["auto", "online", "offline"] = "auto"
+    """`auto`: `offline` where `WANDB_MODE` says so or there is no API key (the run folder under
+    `wandb/` of the model folder, uploaded later with `wandb sync`), else `online`."""
+
+
 class TrainConfig(_Section):
     """Stage 5: instruction tuning with DeepSpeed, one model per mixture. GPUs, nodes and time limits
     come from the Snakemake profile, not from here."""
@@ -724,6 +747,41 @@ class TrainConfig(_Section):
     keep_checkpoints: StrictInt = Field(2, ge=1)
     log_every: StrictInt = Field(10, ge=1)
     """Write metrics every N steps."""
+    max_nonfinite_steps: StrictInt = Field(0, ge=0)
+    """Steps whose loss is NaN or infinite that the run may skip (no update applied; counted in
+    `run.json`) before it stops. 0: the first one stops the run, before its update and before any
+    checkpoint of it, naming the step and its examples. A non-finite gradient norm always stops."""
+    trackers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["csv", "tensorboard"])
+    """Where rank 0 logs the run (`flanpipe.core.train.trackers`): `csv` (`metrics.csv`, needed by the
+    loss plot), `tensorboard`, `mlflow` (params, metrics per step, `run.json` and the loss plot as
+    artifacts) and `wandb` (offline where there is no network; `wandb sync` later). A tracker whose
+    package is missing fails when the config is read."""
+    mlflow: MlflowConfig = Field(default_factory=lambda: MlflowConfig())
+    """`trackers: [mlflow]`: where the runs go."""
+    wandb: WandbConfig = Field(default_factory=lambda: WandbConfig())
+    """`trackers: [wandb]`: the project and the mode."""
+
+    @field_validator("trackers")
+    @classmethod
+    def _trackers_installed(cls, trackers: list[str]) -> list[str]:
+        import importlib.util
+
+        if "csv" not in trackers:
+            raise ValueError("train.trackers: csv is needed (the loss plot and a resumed run read "
+                             "metrics.csv); allowed: csv plus any of tensorboard, mlflow, wandb")
+        if len(set(trackers)) != len(trackers):
+            raise ValueError(f"train.trackers: {trackers} names a tracker twice")
+        packages = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+        for name in trackers:
+            try:
+                found = name not in packages or importlib.util.find_spec(packages[name]) is not None
+            except (ImportError, ValueError):  # (a package present but broken)
+                found = False
+            if not found:
+                raise ValueError(f"train.trackers: {name} needs the package {packages[name]!r}, which is not "
+                                 f"installed (pip install 'flanpipe[trackers]')")
+        return trackers
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     """`none` (full fine-tuning) or LoRA adapters on a frozen base (see docs/stages/train.md)."""
 

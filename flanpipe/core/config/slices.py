@@ -217,7 +217,7 @@ class PackSlice(_FormatResolved):
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", **{k: f"tokenize.{k}" for k in (
             "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "layout", "packer",
-            "pack_window", "rows_per_shard")},
+            "pack_window", "rows_per_shard", "max_truncated_fraction")},
         "steps": "train.steps", "tokens_per_batch": "train.tokens_per_batch",
         "separator": "tokenize.separator"}
     seed: int
@@ -232,6 +232,7 @@ class PackSlice(_FormatResolved):
     packer: Packer
     pack_window: int
     rows_per_shard: int
+    max_truncated_fraction: float = 1.0
     steps: int
     tokens_per_batch: int
 
