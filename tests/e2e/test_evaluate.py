@@ -59,7 +59,8 @@ def test_every_evaluation_exists_and_adds_up(workdir):
         r = load(workdir, rel)
         eval_rows = pq.read_metadata(workdir / f"data/raw/{r['dataset']}/eval.parquet").num_rows
         assert r["examples"] == eval_rows
-        assert [t["template_id"] for t in r["templates"]] == [t.id for t in bank[r["dataset"]].eval_templates]
+        scored = bank[r["dataset"]].eval_templates[:CFG.evaluate.max_templates]  # the first N (demo: 4)
+        assert [t["template_id"] for t in r["templates"]] == [t.id for t in scored]
         values = [t["variants"][r["headline_variant"]][r["primary"]] for t in r["templates"]]
         h = r["headline"]
         assert h["mean"] == pytest.approx(np.mean(values), abs=1e-5)
@@ -236,6 +237,10 @@ def test_the_demo_models_card_loads_and_carries_the_held_out_table(workdir, tmp_
     for s in mixture["stats"]:
         assert f"| {s['dataset']} | {s['cluster']} | {s['sampled']} |" in card.text
     assert "Not evaluated yet" in card.text and card.data.library_name == "transformers"
+    # licences as the registry records them (the original datasets' own, e.g. BoolQ's CC BY-SA 3.0)
+    assert "| boolq | google/boolq | cc-by-sa-3.0 |" in card.text
+    assert "| copa | aps/super_glue | bsd-2-clause |" in card.text
+    assert "| rte |" not in card.text  # nli is held out of this model
     write_card(workdir / "models/nli", hf_dir=tmp_path)
     card = ModelCard.load(tmp_path / "README.md", ignore_metadata_errors=False)
     results = [json.loads(p.read_text()) for p in sorted((workdir / "results/eval/nli").glob("*.json"))]
