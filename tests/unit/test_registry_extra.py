@@ -263,6 +263,55 @@ def test_niv2_folder_is_one_dataset_with_a_task_column(tmp_path):
     assert train["rejected_by_kind"] == {"invalid_instance": 1}
 
 
+
+def _kept(folder, cap, seed=1):
+    """(task, id) of every row the NIv2 reader keeps from ``folder`` under ``cap`` per task."""
+    from flanpipe.core.text.sources import iter_niv2_batches
+    return [(r["task"], r["id"]) for rows, _ in iter_niv2_batches(folder, cap, seed=seed, dataset="niv2")
+            for r in rows if r is not None]
+
+
+def test_niv2_cap_per_task_is_a_seeded_draw_by_instance_id(tmp_path):
+    """Each task keeps ``per_task_cap`` of its valid instances, drawn by (seed, dataset, task, id):
+    not the first in file order, the same whatever the order of the file, and adding an instance
+    changes no other kept row but, at most, the one it displaces."""
+    parse_config({"registry": {"extra": ["niv2"]}})
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    alpha = [{"id": f"task1-{i}", "input": f"Alpha question {i}?", "output": [str(i)]} for i in range(30)]
+    beta = [{"id": f"task2-{i}", "input": f"Beta question {i}?", "output": ["b"]} for i in range(12)]
+    beta.insert(3, {"id": "task2-bad", "output": ["no input"]})  # quarantined, never counted as kept
+
+    def write(alpha_instances, beta_instances):
+        (folder / "task1_alpha.json").write_text(json.dumps(_task("svamp", ["Answer."], [], alpha_instances)))
+        (folder / "task2_beta.json").write_text(json.dumps(_task("svamp", ["Say b."], [], beta_instances)))
+
+    write(alpha, beta)
+    kept = _kept(folder, 5)
+    by_task = {t: [i for task, i in kept if task == t] for t in ("task1_alpha", "task2_beta")}
+    assert {t: len(ids) for t, ids in by_task.items()} == {"task1_alpha": 5, "task2_beta": 5}
+    assert by_task["task1_alpha"] != [f"task1-{i}" for i in range(5)]  # not the first five in the file
+    assert by_task["task1_alpha"] == sorted(by_task["task1_alpha"], key=lambda i: int(i.split("-")[1]))
+    assert set(_kept(folder, 5, seed=2)) != set(kept)  # the seed draws anew
+    write(alpha[::-1], beta[::-1])  # another order of the same instances: the same rows kept
+    assert set(_kept(folder, 5)) == set(kept)
+    displaced = 0
+    for n in range(12):  # one new instance at a time, at the start of the file
+        write([{"id": f"task1-new{n}", "input": f"A new question {n}?", "output": ["x"]}, *alpha], beta)
+        now = set(_kept(folder, 5))
+        assert len(now) == len(kept) and now - set(kept) <= {("task1_alpha", f"task1-new{n}")}, n
+        assert len(set(kept) - now) == len(now - set(kept)) <= 1, n  # what it displaces, if it enters
+        displaced += len(now - set(kept))
+    assert 0 < displaced < 12  # some new instances enter (5/31 each), some do not
+    # the stage passes its seed and dataset through: the download keeps the same rows
+    write(alpha, beta)
+    manifest = download_dataset("niv2", SourceSpec(kind="niv2", path=str(folder), per_task_cap=5),
+                                tmp_path / "raw", seed=1)
+    rows = pq.read_table(tmp_path / "raw/train.parquet").to_pylist()
+    assert [(r["task"], r["id"]) for r in rows] == kept
+    assert manifest["splits"]["train"]["niv2"]["capped"] == (30 - 5) + (12 - 5)
+    assert manifest["splits"]["train"]["rejected_by_kind"] == {"invalid_instance": 1}
+
 def test_niv2_few_shot_prompts_say_the_definition_once(tmp_path):
     folder = _niv2_folder(tmp_path)
     mix = {"zs_opt": 0.0, "zs_noopt": 0.5, "fs_opt": 0.0, "fs_noopt": 0.5}
