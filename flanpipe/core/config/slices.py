@@ -73,7 +73,8 @@ class Slice(_Section):
 
 SOURCE_READERS = {"niv2": "2"}
 """The version of a source kind's reader where its rows changed after the kind shipped (``niv2``
-2: the cap per task is a seeded draw by instance id, no longer the first instances in file order).
+2: the cap per task is a seeded draw by instance id, no longer the first instances in file order,
+and ``exemplars`` is the list of the task's Positive Examples, no longer one block of them all).
 It goes into the download params of that kind's datasets alone, so the change reruns their
 downloads and no other dataset's (a download ``STAGE_VERSION`` bump would rerun every one)."""
 

@@ -7,7 +7,7 @@ no row).
   the two characters ``\n``.
 - Super-NaturalInstructions task files (``tasks/<task>.json`` of allenai/natural-instructions): a
   folder of them becomes one dataset, a row per instance with its ``task``, its task's ``source``,
-  ``definition`` and Positive Examples (``exemplars``, rendered once per task).
+  ``definition`` and Positive Examples (``exemplars``, a list: few-shot prompts draw from it).
 - Published Flan Collection dumps (Parquet or JSON Lines rows of ``inputs``, ``targets``,
   ``_task_source``, ``_task_name``, ``_template_type``, ``_template_idx``): rows already templatized,
   read one ``_task_source`` at a time.
@@ -105,13 +105,14 @@ def niv2_sources() -> dict[str, Any]:
             "excluded": tuple(data["excluded"])}
 
 
-def render_exemplars(examples: list[dict[str, Any]]) -> str:
-    """A task's Positive Examples as one block, each an input and its output.
+def render_exemplars(examples: list[dict[str, Any]]) -> list[str]:
+    """A task's Positive Examples, each an input and its output; a few-shot prompt shows a seeded
+    draw of them (``flanpipe.stages.templatize.drawn_exemplars``).
 
     >>> render_exemplars([{"input": "2+2", "output": "4"}, {"input": "1+2", "output": "3"}])
-    'Input: 2+2\\nOutput: 4\\n\\nInput: 1+2\\nOutput: 3'
+    ['Input: 2+2\\nOutput: 4', 'Input: 1+2\\nOutput: 3']
     """
-    return "\n\n".join(f"Input: {e.get('input', '')}\nOutput: {e.get('output', '')}" for e in examples)
+    return [f"Input: {e.get('input', '')}\nOutput: {e.get('output', '')}" for e in examples]
 
 
 def read_niv2_task(path: str | Path) -> dict[str, Any]:
@@ -175,7 +176,7 @@ def iter_niv2_batches(folder: str | Path, per_task_cap: int | None = None, batch
     """Every instance of the task files in ``folder`` (sorted by file name), as rows of the ``niv2``
     dataset: ``id``, ``task`` (the file's stem), ``source`` (the task's first Source), ``definition``
     (its Definition, joined), ``input``, ``output`` (the list of acceptable answers), ``exemplars``
-    (its Positive Examples, :func:`render_exemplars`) and ``shots`` (how many).
+    (the list of its Positive Examples, :func:`render_exemplars`) and ``shots`` (how many it has).
 
     Tasks whose Source FLAN left out (MMLU's, :func:`niv2_sources`) are skipped. An instance that is
     not an object with ``input`` and ``output`` is quarantined as ``invalid_instance``; of the rest,
