@@ -579,7 +579,7 @@ def _read_hub(spec: DatasetSpec, source: SourceSpec, split: str,
 
 
 def _open_split(spec: DatasetSpec, source: SourceSpec, split: str,
-                batch_rows: int) -> tuple[Iterator[Batch], dict]:
+                batch_rows: int, seed: int = 0) -> tuple[Iterator[Batch], dict]:
     if source.kind == "hub":
         return _read_hub(spec, source, split, batch_rows)
     if source.kind == "local":
@@ -589,7 +589,7 @@ def _open_split(spec: DatasetSpec, source: SourceSpec, split: str,
     if source.kind == "cot":
         return _open_cot(spec, source, batch_rows)
     if source.kind == "niv2":
-        return _open_niv2(spec, source, batch_rows)
+        return _open_niv2(spec, source, batch_rows, seed)
     if source.kind == "flan_dump":
         return _open_dump(spec, source, batch_rows)
     records, bad, path = read_embedded_split(spec, split)  # small demo files
@@ -608,9 +608,11 @@ def _open_cot(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[I
     return iter_cot_batches(path, batch_rows), origin
 
 
-def _open_niv2(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[Iterator[Batch], dict]:
-    """A folder of NIv2 task files; the origin's ``niv2`` counts (tasks, instances, capped, MMLU's
-    tasks skipped) are filled in as the files are read, before the manifest is written."""
+def _open_niv2(spec: DatasetSpec, source: SourceSpec, batch_rows: int,
+               seed: int) -> tuple[Iterator[Batch], dict]:
+    """A folder of NIv2 task files, each task capped by a draw seeded from ``seed``; the origin's
+    ``niv2`` counts (tasks, instances, capped, MMLU's tasks skipped) are filled in as the files are
+    read, before the manifest is written."""
     folder = Path(source.path)
     if not folder.is_dir() or not any(folder.glob("*.json")):
         raise DownloadError(f"{spec.name}: no task files (*.json) in {folder}. Where to get them: "
@@ -620,7 +622,7 @@ def _open_niv2(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[
 
     def batches() -> Iterator[Batch]:
         try:
-            yield from iter_niv2_batches(folder, source.per_task_cap, batch_rows, tally)
+            yield from iter_niv2_batches(folder, source.per_task_cap, batch_rows, tally, spec.name, seed)
         except SourceFileError as err:
             raise DownloadError(str(err)) from err
         log.info("%s: %d tasks, %d instances read, %d past the cap of %s per task; skipped as FLAN did: %s",
@@ -688,7 +690,7 @@ def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: i
                 if split is None:  # eval- or train-only dataset: an empty file keeps outputs uniform
                     batches, origin = iter([([], {})]), {}
                 else:
-                    batches, origin = _open_split(spec, source, split, batch_rows)
+                    batches, origin = _open_split(spec, source, split, batch_rows, seed)
                 where = origin.get("path") or origin.get("hub_id") or source.kind
                 with RowGroupWriter(tmp, kept_schema, meta) as writer:
                     tally = _check_batches(batches, spec, split or role, writer, rejected_writer,

@@ -42,11 +42,14 @@ from flanpipe.core.io import (
 from flanpipe.core.logs import progress
 from flanpipe.core.text.fewshot import FewShotPool, TokenCounter
 from flanpipe.core.text.flan import checkout_identity
+from flanpipe.core.text.hashing import GOLDEN
 from flanpipe.core.text.keys import (
+    derive_seed,
     duplicate_id_hashes,
     example_ids,
     pool_duplicate_ids,
     prompt_type_draws,
+    scramble,
     shot_draws,
     stable_keys,
     template_draws,
@@ -163,7 +166,8 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
     if few_shot is None and ((types >= PROMPT_TYPES.index("fs_opt")) & pooled[draws]).any():
         raise ValueError(f"{spec.name}: templatize.mix asks for few-shot rows; pass the train pool "
                          "(few_shot) to draw their exemplars from")
-    shots = shot_draws(keys, few_shot.cfg.k, cfg.passes, spec.name, seed) if few_shot is not None else None
+    k = few_shot.cfg.k if few_shot is not None else cfg.few_shot.k if cfg.few_shot is not None else None
+    shots = shot_draws(keys, k, cfg.passes, spec.name, seed) if k is not None else None
     parts, n_types = [], len(PROMPT_TYPES)
     for p, (assignment, kind) in enumerate(zip(draws, types, strict=True)):
         order = np.lexsort((kind, assignment))  # by template, then prompt type; raw order within
@@ -171,7 +175,7 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         groups = [Group(templates[g // n_types], int(starts[g]), int(sizes[g]), g % n_types)
                   for g in range(len(sizes))]
-        asks = None if few_shot is None else (few_shot, keys[order], shots[p][order])
+        asks = None if shots is None else (few_shot, keys[order], shots[p][order])
         parts.append(_render_groups(spec, bank, raw.take(pa.array(order)), role, cfg, groups, p, fit,
                                     duplicate_ids, asks))
     return pa.concat_tables(parts)
@@ -181,10 +185,11 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
                    cfg: TemplatizeConfig, groups: list[Group], pass_: int,
                    fit: tuple[str | None, int] | None = None,
                    duplicate_ids: np.ndarray | None = None,
-                   asks: tuple[FewShotPool, np.ndarray, np.ndarray] | None = None) -> pa.Table:
+                   asks: tuple[FewShotPool | None, np.ndarray, np.ndarray] | None = None) -> pa.Table:
     """Render each group's rows (``raw.slice(start, rows)``) into the schema; ``fit``: (long field,
-    most input characters) for :func:`fit_long_field`; ``asks``: the few-shot pool and each row's
-    key and exemplars asked for, where groups are few-shot."""
+    most input characters) for :func:`fit_long_field`; ``asks``: the few-shot pool (None where the
+    templates bring their own exemplars) and each row's key and exemplars asked for, where groups
+    are few-shot."""
     ids = example_ids(spec, raw, role, duplicate_ids)
     row_index = raw.column("row_index").combine_chunks().cast(pa.int64())
     parts = []
@@ -200,7 +205,12 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
             r, cut = fit_long_field(bank, template, rows, r, *fit, style)
         inputs, shots = r.inputs, np.zeros(m, np.int32)
         if PROMPT_TYPES[group.prompt_type].startswith("fs_") and template.few_shot_input is not None:
-            inputs, shots = _own_exemplars(bank, template, rows, style)
+            own = None
+            if asks is not None and cfg.few_shot is not None:
+                own = (asks[1][start:start + m], asks[2][start:start + m],
+                       derive_seed(cfg.seed, f"own_exemplars/{spec.name}/{pass_}"), _budget(spec, cfg),
+                       estimated_tokens(cfg.chars_per_token))
+            inputs, shots = _own_exemplars(bank, template, rows, style, r.inputs, own)
         elif PROMPT_TYPES[group.prompt_type].startswith("fs_"):
             pool, keys, asked = asks
             found = pool.asking(rows, keys[start:start + m]).prompts(
@@ -233,16 +243,90 @@ def _own_prompt_types(spec: DatasetSpec, values: pa.Array) -> np.ndarray:
     return index.astype(np.int64)
 
 
-def _own_exemplars(bank: DatasetTemplates, template: Template, rows: pa.Table,
-                   style: str) -> tuple[pa.Array, np.ndarray]:
+def _own_exemplars(bank: DatasetTemplates, template: Template, rows: pa.Table, style: str,
+                   zero_shot: pa.Array | None = None,
+                   own: tuple[np.ndarray, np.ndarray, int, int, TokenCounter] | None = None,
+                   ) -> tuple[pa.Array, np.ndarray]:
     """Few-shot inputs from the rows' own exemplars (the template's ``few_shot_input``), and the
-    shots each shows (the rows' ``shots`` column, else 1: a published few-shot row does not record
-    its count). No long-field cut: the exemplars are the
-    task's, short by design."""
-    own = render_template(bank, template.model_copy(update={"input": template.few_shot_input}), rows, style)
-    shots = rows.column("shots").to_numpy(zero_copy_only=False).astype(np.int32) \
-        if "shots" in rows.column_names else np.ones(rows.num_rows, np.int32)
-    return own.inputs, shots
+    shots each shows. No long-field cut: the exemplars are the task's, short by design.
+
+    Where ``exemplars`` is a list (a NIv2 task's Positive Examples) and ``own`` gives each row's key,
+    the exemplars it asks for (1 to ``k``), a salt, the token budget and the token count: each row
+    shows that many of its list, drawn by :func:`drawn_exemplars`, and drops them oldest first until
+    the prompt fits the budget, as the pool's prompts do (:func:`~flanpipe.core.text.fewshot.trim_prompts`);
+    with none left it is the zero-shot rendering (``zero_shot``), 0 shots. Otherwise the rows'
+    ``exemplars`` text is shown whole: the shots are the rows' ``shots`` column, else 1 (a published
+    few-shot row does not record its count)."""
+    few = template.model_copy(update={"input": template.few_shot_input})
+    listed = "exemplars" in rows.column_names and pa.types.is_list(rows.schema.field("exemplars").type)
+    if not listed or own is None:
+        shots = rows.column("shots").to_numpy(zero_copy_only=False).astype(np.int32) \
+            if "shots" in rows.column_names else np.ones(rows.num_rows, np.int32)
+        return render_template(bank, few, rows, style).inputs, shots
+    keys, asked, salt, budget, count = own
+    chosen = drawn_exemplars(rows.column("exemplars").combine_chunks(), keys, asked, salt)
+    have = pc.list_value_length(chosen).to_numpy(zero_copy_only=False).astype(np.int64)
+    at = rows.column_names.index("exemplars")
+    prompts: list[str | None] = [None] * rows.num_rows
+    shots = np.zeros(rows.num_rows, np.int32)
+    active = np.arange(rows.num_rows)
+    for dropped in range(int(have.max(initial=0)) + 1):
+        if not len(active):
+            break
+        picks = pa.array(active)
+        left = have[active] - dropped
+        joined = pc.binary_join(pc.list_slice(chosen.take(picks), dropped), EXEMPLAR_SEPARATOR)
+        text = render_template(bank, few, rows.take(picks).set_column(at, "exemplars", joined), style).inputs
+        text = pc.if_else(pa.array(left > 0), text, zero_shot.take(picks))
+        done = (left <= 0) | (count(text.to_pylist()) <= budget)
+        for row, prompt in zip(active[done], text.filter(pa.array(done)).to_pylist(), strict=True):
+            prompts[row] = prompt
+        shots[active[done]] = np.maximum(left[done], 0)
+        active = active[~done]
+    return pa.array(prompts, pa.string()), shots
+
+
+EXEMPLAR_SEPARATOR = "\n\n"
+"""Between a task's own exemplars in a few-shot prompt."""
+
+
+def drawn_exemplars(lists: pa.ListArray, keys: np.ndarray, asked: np.ndarray, salt: int) -> pa.ListArray:
+    """Each row's ``asked`` exemplars of its list (all, where it has fewer), in the list's order:
+    those with the lowest seeded draws of (salt, the row's stable key, the exemplar's place in the
+    list), so a row's choice depends on nothing but itself.
+
+    >>> lists = pa.array([["a", "b", "c", "d"], ["e"], []])
+    >>> drawn = drawn_exemplars(lists, np.array([7, 8, 9], np.uint64), np.array([2, 3, 1]), 1)
+    >>> [len(x) for x in drawn.to_pylist()], drawn.to_pylist()[1:]
+    ([2, 1, 0], [['e'], []])
+    >>> again = drawn_exemplars(lists.slice(0, 1), np.array([7], np.uint64), np.array([2]), 1)
+    >>> again.to_pylist()[0] == drawn.to_pylist()[0]
+    True
+    """
+    values = pc.list_flatten(lists)
+    parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    place = np.arange(len(parent), dtype=np.int64) - starts[parent]
+    with np.errstate(over="ignore"):
+        points = scramble(keys.astype(np.uint64)[parent] ^ (place.astype(np.uint64) * GOLDEN), salt)
+    order = np.lexsort((points, parent))
+    rank = np.empty(len(parent), np.int64)
+    rank[order] = np.arange(len(parent)) - starts[parent[order]]
+    keep = rank < np.asarray(asked, np.int64)[parent]
+    sizes = np.bincount(parent[keep], minlength=len(lists))
+    offsets = pa.array(np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32), pa.int32())
+    return pa.ListArray.from_arrays(offsets, values.filter(pa.array(keep)))
+
+
+def _budget(spec: DatasetSpec, cfg: TemplatizeSlice) -> int:
+    """The token budget of a few-shot train prompt: ``templatize.few_shot.max_tokens`` within
+    ``tokenize.max_input_tokens``."""
+    budget = cfg.few_shot.within(cfg.max_input_tokens) if cfg.max_input_tokens else cfg.few_shot
+    if budget.max_tokens is None:
+        raise ValueError(f"{spec.name}: few-shot train rows need a token budget: "
+                         "templatize.few_shot.max_tokens or tokenize.max_input_tokens")
+    return budget.max_tokens
 
 
 def estimated_tokens(chars_per_token: float) -> TokenCounter:
@@ -355,10 +439,7 @@ def _few_shot_pool(spec: DatasetSpec, bank: DatasetTemplates, path: Path, dups: 
     if contaminated is not None:
         matched = read_table(contaminated, columns=["row_index"]).column("row_index")
         train = train.filter(pc.invert(pc.is_in(train.column("row_index"), matched)))
-    budget = cfg.few_shot.within(cfg.max_input_tokens) if cfg.max_input_tokens else cfg.few_shot
-    if budget.max_tokens is None:
-        raise ValueError(f"{spec.name}: few-shot train rows need a token budget: "
-                         "templatize.few_shot.max_tokens or tokenize.max_input_tokens")
+    budget = cfg.few_shot.model_copy(update={"max_tokens": _budget(spec, cfg)})
     keys = stable_keys(spec, train, dups)
     return FewShotPool(spec, bank, train.slice(0, 0), train, budget, cfg.seed, keys[:0], keys)
 

@@ -31,6 +31,7 @@ from flanpipe.core.config import (  # noqa: F401 (parse_config: doctests)
     parse_config,
 )
 from flanpipe.core.config.registry import load_registry
+from flanpipe.core.config.slices import SOURCE_READERS
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ class Plan:
         {'seed': 1234, 'pool_factor': 4.0, 'cap': 30000}
         """
         if rule == "download":
-            return DownloadSlice(seed=self.cfg.seed, source=self.cfg.download.source_for(dataset)).params()
+            source = self.cfg.download.source_for(dataset)
+            reader = SOURCE_READERS.get(source.kind)
+            return DownloadSlice(seed=self.cfg.seed, source=source, reader=reader).params()
         if rule == "pool":
             return PoolSlice.of(self.cfg, dataset=dataset).params()
         if rule == "templatize":

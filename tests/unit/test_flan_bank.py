@@ -13,20 +13,23 @@ import json
 import re
 import subprocess
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from flanpipe.cli import main as flanpipe_main
 from flanpipe.core.config import SourceSpec, TemplatizeConfig, TemplatizeSlice, parse_config
-from flanpipe.core.config.registry import embedded_datasets, load_registry
+from flanpipe.core.config.registry import embedded_datasets, load_registry, use_extra_registries
 from flanpipe.core.io import read_parquet_metadata
 from flanpipe.core.text.flan import (
     BANK_FILES,
+    V2_FILE,
     FlanBankError,
     checkout_identity,
     field_maps,
     git_commit,
     read_patterns,
+    read_v2_patterns,
 )
 from flanpipe.core.text.templates import load_bank, render_template
 from flanpipe.stages.catalog import template_banks
@@ -394,3 +397,135 @@ def test_the_bank_moves_the_templatize_and_evaluate_params_alone():
     for rule in ("templatize", "evaluate"):
         assert {k: after.slice(rule, dataset="rte")[k] for k in ("bank", "flan_root")} == \
             {"bank": "flan2021", "flan_root": str(FIXTURE)}
+
+
+# --- Flan 2022's own chain-of-thought templates (flan/v2/templates.py) ----------------------------
+
+V2_ROOTS = [root for root in ROOTS if (root / V2_FILE).is_file()]
+COT_DATA = REPO / "tests/data/collection/cot_data"
+
+
+@pytest.fixture
+def cot_registry():
+    use_extra_registries(["cot"])
+    yield load_registry()
+    use_extra_registries([])
+
+
+def v2_patterns_by_hand(root):
+    """The ``PATTERNS = {...}`` literal of FLAN v2's templates.py, literal-evaluated by the test; by
+    the file's later lines, each CoT task's inversion is ``cot_stream_general_input_inversion``."""
+    tree = ast.parse((root / V2_FILE).read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)
+                and n.targets[0].id == "PATTERNS")
+    return ast.literal_eval(node.value)
+
+
+def cot_row(stem):
+    """The first row of a CoT file in FLAN's field names, split by hand: question, answer, rationale."""
+    line = (COT_DATA / f"{stem}_train.tsv").read_text("utf-8").splitlines()[0]
+    question, answer, rationale = (field.replace("\\n", "\n") for field in line.split("\t"))
+    return {"question": question, "answer": answer, "chain_of_thought": rationale}
+
+
+@pytest.mark.parametrize("root", V2_ROOTS, ids=str)
+@pytest.mark.parametrize("name", ["cot_gsm8k", "cot_creak"])
+def test_a_cot_row_renders_exactly_the_string_flan_v2s_template_gives(name, root, cot_registry):
+    patterns = v2_patterns_by_hand(root)
+    forward, turned = patterns[name], patterns["cot_stream_general_input_inversion"]
+    values = cot_row(name.removeprefix("cot_"))
+    row = {"question": values["question"], "answer": values["answer"],
+           "rationale": values["chain_of_thought"]}
+    table = pa.Table.from_pylist([row], schema=cot_registry.datasets[name].schema)
+    bank = load_bank("flan2022", str(root))[name]
+    assert [(t.id, t.inverted) for t in bank.templates] == \
+        [(i, False) for i in range(len(forward))] + [(len(forward) + j, True) for j in range(len(turned))]
+    for index, (source, target) in [*enumerate(forward), *enumerate(turned, len(forward))]:
+        rendered = render_template(bank, bank.templates[index], table, "dash")
+        assert rendered.inputs[0].as_py() == fill(source, values), index
+        assert rendered.targets[0].as_py() == fill(target, values), index
+
+
+def test_the_fixtures_cot_strings_written_out(cot_registry):
+    """The same on the fixture's own sentences, the expected strings written out in full."""
+    row = {"question": "Ann has 2 pens and buys 3. How many?", "answer": "5", "rationale": "2 + 3 = 5."}
+    table = pa.Table.from_pylist([row], schema=cot_registry.datasets["cot_gsm8k"].schema)
+    bank = load_bank("flan2022", str(FIXTURE))["cot_gsm8k"]
+    shown = [render_template(bank, t, table, "dash") for t in bank.templates]
+    assert [(r.inputs[0].as_py(), r.targets[0].as_py()) for r in shown] == [
+        ("Work this out, one line at a time.\nAnn has 2 pens and buys 3. How many?", "2 + 3 = 5.\nHence 5."),
+        ("Sum it up slowly: Ann has 2 pens and buys 3. How many?", "2 + 3 = 5. All told: 5."),
+        ("Ann has 2 pens and buys 3. How many? Show the steps before the result.",
+         "Steps: 2 + 3 = 5.\nResult: 5"),
+        ("This reasoning ends in 5: 2 + 3 = 5.\nWhat was asked?",
+         "Asked: Ann has 2 pens and buys 3. How many?"),
+        ("Asked: Ann has 2 pens and buys 3. How many?\nAnswered: 5\nWhy?", "2 + 3 = 5.")]
+    assert [t.inverted for t in bank.templates] == [False, False, False, True, True]
+    # the fixture's file has no other CoT task; FLAN 2021 had none at all
+    absent = load_bank("flan2022", str(FIXTURE))["cot_qasc"].absent
+    assert absent == "flan/v2/templates.py has no task 'cot_qasc'"
+    assert not load_bank("flan2021", str(FIXTURE))["cot_gsm8k"].templates
+    assert "flan2022 alone" in load_bank("flan2021", str(FIXTURE))["cot_gsm8k"].absent
+
+
+def test_templatize_renders_cot_with_flans_templates_and_evaluates_none_turned_around(tmp_path, cot_registry):
+    folder = tmp_path / "cot_data"
+    folder.mkdir()
+    (folder / "creak_train.tsv").write_bytes((COT_DATA / "creak_train.tsv").read_bytes())
+    download_dataset("cot_creak", SourceSpec(kind="cot", path=str(folder)), tmp_path / "raw", seed=1)
+    out = tmp_path / "cot_creak.parquet"
+    templatize_dataset("cot_creak", tmp_path / "raw/train.parquet", tmp_path / "raw/eval.parquet", out,
+                       sliced(bank="flan2022", flan_root=str(FIXTURE)))
+    rows = pq.read_table(out).to_pylist()
+    assert rows and {r["template_id"] for r in rows} <= {0, 1, 2, 3}
+    assert all(r["inverted"] == (r["template_id"] >= 2) for r in rows)
+    assert any(r["inverted"] for r in rows) and not all(r["inverted"] for r in rows)
+    verdict = [r for r in rows if r["template_id"] == 0]
+    assert verdict and all(r["inputs"].startswith("Is this claim sound? ") and " Verdict: " in r["targets"]
+                           for r in verdict)
+
+
+def test_the_v2_reader_follows_the_shared_lists_and_never_runs_the_file(tmp_path):
+    mark = tmp_path / "ran.txt"
+    path = tmp_path / "templates.py"
+    path.write_text(f'import os\nopen({str(mark)!r}, "w").write("ran")\n'
+                    'def more():\n    open("x", "w")\n\n'
+                    'HEAD = "Think" + ": "\n'
+                    'PATTERNS = {"a": [(HEAD + "{question}", "{chain_of_thought}")]}\n'
+                    'PATTERNS["b"] = PATTERNS["a"]\n'
+                    'COPY = copy.deepcopy(PATTERNS)\nCOPY["c"] = more()\nmore()\n')
+    assert read_v2_patterns(path) == {"a": [("Think: {question}", "{chain_of_thought}")],
+                                      "b": [("Think: {question}", "{chain_of_thought}")]}
+    assert not mark.exists()
+    # the same file as Python runs it, to show the reader gives what running it would (a mark is left)
+    namespace = {"copy": __import__("copy")}
+    exec(compile(path.read_text().replace('COPY["c"] = more()\nmore()\n', ""), str(path), "exec"), namespace)
+    assert mark.exists() and namespace["PATTERNS"] == {"a": [("Think: {question}", "{chain_of_thought}")],
+                                                       "b": [("Think: {question}", "{chain_of_thought}")]}
+    mark.unlink()
+    # anything else that sets or could change PATTERNS is refused, naming the file and its line
+    base = 'PATTERNS = {"a": [("{question}", "{answer}")]}\n'
+    cases = {
+        "call": ('PATTERNS["b"] = make()\n', 2, "Call"),
+        "method": ('PATTERNS.update({"b": []})\n', 2, "(Expr)"),
+        "passed": ('register(PATTERNS)\n', 2, "(Expr)"),
+        "loop": ('for k in PATTERNS:\n  PATTERNS[k] = []\n', 2, "(For)"),
+        "function": ('def f():\n  return PATTERNS\n', 3, "(FunctionDef)"),
+        "comprehension": ('PATTERNS = {k: [] for k in "ab"}\n', 2, "DictComp"),
+        "undefined": ('PATTERNS["b"] = OTHER\n', 2, "OTHER is not set earlier"),
+        "number": ('PATTERNS["b"] = PATTERNS["a"] + 1\n', 2, "+ of something other than two strings"),
+    }
+    for what, (text, line, why) in cases.items():
+        path = tmp_path / f"{what}.py"
+        path.write_text(base + text)
+        with pytest.raises(FlanBankError, match=re.escape(f"{path}:{line}: PATTERNS cannot be read") + ".*"
+                           + re.escape(why)):
+            read_v2_patterns(path)
+
+
+def test_the_cot_bank_needs_flan_v2s_file(tmp_path, cot_registry):
+    root = tmp_path / "checkout"
+    (root / "flan/v2").mkdir(parents=True)
+    (root / BANK_FILES["flan2022"]).write_text('PATTERNS = {"rte": [("{premise}", "{answer}")]}\n')
+    with pytest.raises(FlanBankError, match=r"templatize.flan_root: .* holds no flan/v2/templates.py"):
+        load_bank("flan2022", str(root))

@@ -3,7 +3,9 @@
 the template bank, the download and templatize stages; the package's 62 stay the default."""
 
 import json
+import math
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -254,8 +256,8 @@ def test_niv2_folder_is_one_dataset_with_a_task_column(tmp_path):
         ["task751_svamp_subtraction_question_answering"] * 2  # rte capped at 3 of 5; one svamp row bad
     assert rows[0]["definition"] == ("Decide whether the second sentence follows from the first. "
                                      "Answer 1 or 0.")
-    assert rows[0]["exemplars"] == ("Input: A man sleeps. A person rests.\nOutput: 1\n\n"
-                                    "Input: It rains. It is dry.\nOutput: 0")
+    assert rows[0]["exemplars"] == ["Input: A man sleeps. A person rests.\nOutput: 1",
+                                    "Input: It rains. It is dry.\nOutput: 0"]
     assert rows[0]["shots"] == 2 and rows[4]["output"] == ["0", "zero"] and rows[0]["source"] == "rte"
     train = manifest["splits"]["train"]
     assert train["niv2"] == {"tasks": 2, "instances": 6, "capped": 2, "excluded_tasks": {
@@ -263,29 +265,133 @@ def test_niv2_folder_is_one_dataset_with_a_task_column(tmp_path):
     assert train["rejected_by_kind"] == {"invalid_instance": 1}
 
 
-def test_niv2_few_shot_prompts_say_the_definition_once(tmp_path):
-    folder = _niv2_folder(tmp_path)
+
+def _kept(folder, cap, seed=1):
+    """(task, id) of every row the NIv2 reader keeps from ``folder`` under ``cap`` per task."""
+    from flanpipe.core.text.sources import iter_niv2_batches
+    return [(r["task"], r["id"]) for rows, _ in iter_niv2_batches(folder, cap, seed=seed, dataset="niv2")
+            for r in rows if r is not None]
+
+
+def test_niv2_cap_per_task_is_a_seeded_draw_by_instance_id(tmp_path):
+    """Each task keeps ``per_task_cap`` of its valid instances, drawn by (seed, dataset, task, id):
+    not the first in file order, the same whatever the order of the file, and adding an instance
+    changes no other kept row but, at most, the one it displaces."""
+    parse_config({"registry": {"extra": ["niv2"]}})
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    alpha = [{"id": f"task1-{i}", "input": f"Alpha question {i}?", "output": [str(i)]} for i in range(30)]
+    beta = [{"id": f"task2-{i}", "input": f"Beta question {i}?", "output": ["b"]} for i in range(12)]
+    beta.insert(3, {"id": "task2-bad", "output": ["no input"]})  # quarantined, never counted as kept
+
+    def write(alpha_instances, beta_instances):
+        (folder / "task1_alpha.json").write_text(json.dumps(_task("svamp", ["Answer."], [], alpha_instances)))
+        (folder / "task2_beta.json").write_text(json.dumps(_task("svamp", ["Say b."], [], beta_instances)))
+
+    write(alpha, beta)
+    kept = _kept(folder, 5)
+    by_task = {t: [i for task, i in kept if task == t] for t in ("task1_alpha", "task2_beta")}
+    assert {t: len(ids) for t, ids in by_task.items()} == {"task1_alpha": 5, "task2_beta": 5}
+    assert by_task["task1_alpha"] != [f"task1-{i}" for i in range(5)]  # not the first five in the file
+    assert by_task["task1_alpha"] == sorted(by_task["task1_alpha"], key=lambda i: int(i.split("-")[1]))
+    assert set(_kept(folder, 5, seed=2)) != set(kept)  # the seed draws anew
+    write(alpha[::-1], beta[::-1])  # another order of the same instances: the same rows kept
+    assert set(_kept(folder, 5)) == set(kept)
+    displaced = 0
+    for n in range(12):  # one new instance at a time, at the start of the file
+        write([{"id": f"task1-new{n}", "input": f"A new question {n}?", "output": ["x"]}, *alpha], beta)
+        now = set(_kept(folder, 5))
+        assert len(now) == len(kept) and now - set(kept) <= {("task1_alpha", f"task1-new{n}")}, n
+        assert len(set(kept) - now) == len(now - set(kept)) <= 1, n  # what it displaces, if it enters
+        displaced += len(now - set(kept))
+    assert 0 < displaced < 12  # some new instances enter (5/31 each), some do not
+    # the stage passes its seed and dataset through: the download keeps the same rows
+    write(alpha, beta)
+    manifest = download_dataset("niv2", SourceSpec(kind="niv2", path=str(folder), per_task_cap=5),
+                                tmp_path / "raw", seed=1)
+    rows = pq.read_table(tmp_path / "raw/train.parquet").to_pylist()
+    assert [(r["task"], r["id"]) for r in rows] == kept
+    assert manifest["splits"]["train"]["niv2"]["capped"] == (30 - 5) + (12 - 5)
+    assert manifest["splits"]["train"]["rejected_by_kind"] == {"invalid_instance": 1}
+
+POSITIVES = [(f"Tom has {n} apples and eats {n - 1}." + " He counts them again." * (n % 3), "1")
+             for n in range(2, 9)]  # seven exemplars of different lengths
+
+
+def _niv2_few_shot(tmp_path, folder, out, max_tokens=None, drop=None):
+    """Templatize the niv2 rows of ``folder`` half few-shot (k=3), with ``max_tokens`` as the few-shot
+    budget; ``drop``: a row left out of the train file first. The rows written, as dicts."""
     mix = {"zs_opt": 0.0, "zs_noopt": 0.5, "fs_opt": 0.0, "fs_noopt": 0.5}
     cfg = parse_config({"registry": {"extra": ["niv2"]}, "datasets": ["rte", "niv2"],
                         "heldout_clusters": ["nli"], "ablations": {"enabled": False},
-                        "templatize": {"mix": mix, "passes": 8},
+                        "templatize": {"mix": mix, "passes": 4,
+                                       "few_shot": {"k": 3, "max_tokens": max_tokens}},
                         "download": {"sources": {"niv2": {"kind": "niv2", "path": str(folder)}}}})
-    download_dataset("niv2", cfg.download.source_for("niv2"), tmp_path / "raw", seed=1)
-    out = tmp_path / "niv2.parquet"
-    templatize_dataset("niv2", tmp_path / "raw/train.parquet", tmp_path / "raw/eval.parquet", out,
+    raw = tmp_path / "raw"
+    if not (raw / "train.parquet").exists():
+        download_dataset("niv2", cfg.download.source_for("niv2"), raw, seed=1)
+    train = raw / "train.parquet"
+    if drop is not None:
+        table = pq.read_table(train)
+        train = tmp_path / "dropped.parquet"
+        pq.write_table(table.filter(pc.not_equal(table.column("id"), drop)), train)
+    templatize_dataset("niv2", train, raw / "eval.parquet", out,
                        TemplatizeSlice.model_validate(Plan(cfg).slice("templatize", dataset="niv2")))
-    rows = pq.read_table(out).to_pylist()
+    return pq.read_table(out).to_pylist()
+
+
+def _shown(inputs, exemplars):
+    """The exemplars a prompt shows, in the order it shows them (each found by hand in the text)."""
+    found = sorted((inputs.find(e + "\n\n"), e) for e in exemplars if e + "\n\n" in inputs)
+    return [e for _, e in found]
+
+
+def test_niv2_few_shot_prompts_draw_1_to_k_positive_examples_and_say_the_definition_once(tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    definition = "Count the apples left."
+    task = _task("svamp", [definition], POSITIVES,
+                 [{"id": f"task9-{i}", "input": f"Ann has {i + 2} pears and eats {i}.", "output": ["2"]}
+                  for i in range(40)])
+    (folder / "task9_apples.json").write_text(json.dumps(task))
+    exemplars = [f"Input: {i}\nOutput: {o}" for i, o in POSITIVES]
+    rows = _niv2_few_shot(tmp_path, folder, tmp_path / "a.parquet")
     few = [r for r in rows if r["prompt_type"] == "fs_noopt"]
     zero = [r for r in rows if r["prompt_type"] == "zs_noopt"]
-    assert few and zero
-    definition = "Decide whether the second sentence follows from the first."
+    assert few and zero and all(r["shots"] == 0 and "Output: 1" not in r["inputs"] for r in zero)
+    drawn = set()
     for r in few:
-        if definition in r["inputs"]:
-            assert r["inputs"].count(definition) == 1 and r["shots"] == 2
-            assert "Input: It rains. It is dry.\nOutput: 0" in r["inputs"]
-        else:
-            assert r["inputs"].count("Subtract the numbers") == 1 and r["shots"] == 1
-    assert all(r["shots"] == 0 and "Output: 1\n\n" not in r["inputs"] for r in zero)
+        shown = _shown(r["inputs"], exemplars)
+        assert r["inputs"].count(definition) == 1
+        assert 1 <= r["shots"] == len(shown) <= 3, r["inputs"]  # no budget here: all it asked for
+        assert shown == sorted(shown, key=exemplars.index)  # in the task's order
+        drawn.add(tuple(shown))
+    assert {len(d) for d in drawn} == {1, 2, 3} and len(drawn) > 10  # not the same first ones each time
+    assert any(exemplars[0] not in d for d in drawn if len(d) == 3)
+    # seeded by the row's own key: leaving another row out changes no row's prompt
+    alone = _niv2_few_shot(tmp_path, folder, tmp_path / "b.parquet", drop="task9-0")
+    ours = {(r["example_id"], r["pass"]): r["inputs"] for r in rows if "task9-0" not in r["example_id"]}
+    assert {(r["example_id"], r["pass"]): r["inputs"] for r in alone} == ours
+    # a budget drops exemplars, oldest first, until the prompt's estimate (characters / 3) fits
+    budget = 60
+    tight = {(r["example_id"], r["pass"]): r
+             for r in _niv2_few_shot(tmp_path, folder, tmp_path / "c.parquet", budget)}
+    trimmed, partly = 0, 0
+    for r in few:
+        cut = tight[(r["example_id"], r["pass"])]
+        assert cut["prompt_type"] == "fs_noopt"
+        full, kept = _shown(r["inputs"], exemplars), _shown(cut["inputs"], exemplars)
+        assert kept == full[len(full) - len(kept):] and cut["shots"] == len(kept)  # a suffix: oldest gone
+        if kept:
+            assert math.ceil(len(cut["inputs"]) / 3.0) <= budget
+        if len(kept) < len(full):
+            trimmed += 1
+            if kept:  # the prompt with the last exemplar it dropped put back would not fit
+                partly += 1
+                back = full[len(full) - len(kept) - 1]
+                longer = cut["inputs"].replace(kept[0], back + "\n\n" + kept[0], 1)
+                assert math.ceil(len(longer) / 3.0) > budget
+    assert trimmed and partly and any(tight[(r["example_id"], r["pass"])]["shots"] for r in few)
 
 
 def test_niv2_tasks_built_on_a_heldout_dataset_are_matched_by_source():

@@ -97,8 +97,10 @@ class SourceSpec(_Section):
     --local-dir DIR`), read instead of the hub whenever the branch is read. cot: the folder of
     FLAN's `<name>_train.tsv` files (`flan/v2/cot_data` of a FLAN checkout)."""
     per_task_cap: StrictInt | None = Field(None, ge=1)
-    """niv2 and flan_dump: most rows kept of each task (NIv2's task file, a dump's `_task_name`;
-    the first, in file order); null: all. Flan 2022 capped each NIv2 task at 5,000."""
+    """niv2 and flan_dump: most rows kept of each task (NIv2's task file: a draw seeded by
+    (seed, dataset, task, instance id), so adding an instance changes no other kept row but the one
+    it displaces; a dump's `_task_name`: the first, in file order); null: all. Flan 2022 capped each
+    NIv2 task at 5,000."""
     task_source: str | None = None
     """flan_dump only: the `_task_source` whose rows this dataset keeps; null: the one its registry
     name stands for (`dump_flan2021`: Flan2021, `dump_t0`: T0, `dump_niv2`: NIv2, `dump_cot`: CoT,

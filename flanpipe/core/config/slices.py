@@ -71,13 +71,24 @@ class Slice(_Section):
         return list(cls.KEYS.values())
 
 
+SOURCE_READERS = {"niv2": "2"}
+"""The version of a source kind's reader where its rows changed after the kind shipped (``niv2``
+2: the cap per task is a seeded draw by instance id, no longer the first instances in file order,
+and ``exemplars`` is the list of the task's Positive Examples, no longer one block of them all).
+It goes into the download params of that kind's datasets alone, so the change reruns their
+downloads and no other dataset's (a download ``STAGE_VERSION`` bump would rerun every one)."""
+
+
 class DownloadSlice(Slice):
     """download: one dataset's source (``download.sources.<dataset>``, or ``download.default_source``
     with, for ``local``, ``download.local_root``)."""
 
     KEYS: ClassVar[dict[str, str]] = {"seed": "seed"}  # + the dataset's source (Plan.slice)
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ("reader",)
     seed: int
     source: SourceSpec
+    reader: str | None = None
+    """The source kind's reader version, :data:`SOURCE_READERS` (not a config key)."""
 
     @classmethod
     def paths(cls) -> list[str]:

@@ -7,7 +7,7 @@ no row).
   the two characters ``\n``.
 - Super-NaturalInstructions task files (``tasks/<task>.json`` of allenai/natural-instructions): a
   folder of them becomes one dataset, a row per instance with its ``task``, its task's ``source``,
-  ``definition`` and Positive Examples (``exemplars``, rendered once per task).
+  ``definition`` and Positive Examples (``exemplars``, a list: few-shot prompts draw from it).
 - Published Flan Collection dumps (Parquet or JSON Lines rows of ``inputs``, ``targets``,
   ``_task_source``, ``_task_name``, ``_template_type``, ``_template_idx``): rows already templatized,
   read one ``_task_source`` at a time.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -37,6 +38,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from flanpipe.core.config import PROMPT_TYPES
+from flanpipe.core.text.hashing import string_hashes
+from flanpipe.core.text.keys import derive_seed, scramble
 from flanpipe.core.text.validate import BadLine
 
 COT_FIELDS = ("question", "answer", "rationale")
@@ -102,13 +105,14 @@ def niv2_sources() -> dict[str, Any]:
             "excluded": tuple(data["excluded"])}
 
 
-def render_exemplars(examples: list[dict[str, Any]]) -> str:
-    """A task's Positive Examples as one block, each an input and its output.
+def render_exemplars(examples: list[dict[str, Any]]) -> list[str]:
+    """A task's Positive Examples, each an input and its output; a few-shot prompt shows a seeded
+    draw of them (``flanpipe.stages.templatize.drawn_exemplars``).
 
     >>> render_exemplars([{"input": "2+2", "output": "4"}, {"input": "1+2", "output": "3"}])
-    'Input: 2+2\\nOutput: 4\\n\\nInput: 1+2\\nOutput: 3'
+    ['Input: 2+2\\nOutput: 4', 'Input: 1+2\\nOutput: 3']
     """
-    return "\n\n".join(f"Input: {e.get('input', '')}\nOutput: {e.get('output', '')}" for e in examples)
+    return [f"Input: {e.get('input', '')}\nOutput: {e.get('output', '')}" for e in examples]
 
 
 def read_niv2_task(path: str | Path) -> dict[str, Any]:
@@ -125,17 +129,60 @@ def read_niv2_task(path: str | Path) -> dict[str, Any]:
     return task
 
 
+def instance_keys(task: str, instances: list[Any]) -> np.ndarray:
+    """A stable 64-bit key per instance of a task: the hash of (task, instance id), never its place
+    in the file; an instance without a string id, or one whose id another instance also holds, is
+    keyed by its content too, so the two draw apart.
+
+    >>> k = instance_keys("task1", [{"id": "a"}, {"id": "b"}])
+    >>> alone, other_task = instance_keys("task1", [{"id": "b"}]), instance_keys("task2", [{"id": "a"}])
+    >>> bool(k[1] == alone[0]), bool(k[0] == other_task[0])
+    (True, False)
+    """
+    def content(instance: Any) -> str:
+        return json.dumps(instance, sort_keys=True, ensure_ascii=False, default=str)
+    idents = [i.get("id") if isinstance(i, dict) and isinstance(i.get("id"), str) else None
+              for i in instances]
+    held = Counter(idents)
+    texts = [f"{task}\x1f{ident}" if ident is not None and held[ident] == 1
+             else f"{task}\x1f{ident}\x1f{content(instance)}"
+             for ident, instance in zip(idents, instances, strict=True)]
+    return string_hashes(pa.array(texts, pa.string()), seed=0)
+
+
+def capped_instances(task: str, instances: list[Any], cap: int, dataset: str, seed: int) -> list[int]:
+    """The positions (in file order) of the ``cap`` instances a task keeps: those with the lowest
+    seeded draws of (seed, dataset, task, instance id) (:func:`instance_keys` through
+    :func:`~flanpipe.core.text.keys.scramble`). A draw depends on its instance alone, so adding an
+    instance to a task file changes no other instance's draw: it keeps the others kept, but for the
+    one it displaces when it draws below them (consistent sampling).
+
+    >>> tasks = [{"id": f"t-{i}"} for i in range(6)]
+    >>> kept = capped_instances("t", tasks, 3, "niv2", 1)
+    >>> reversed_file = capped_instances("t", tasks[::-1], 3, "niv2", 1)
+    >>> len(kept), kept == sorted(kept), reversed_file == [5 - i for i in kept[::-1]]
+    (3, True, True)
+    """
+    if len(instances) <= cap:
+        return list(range(len(instances)))
+    keys = instance_keys(task, instances)
+    draws = scramble(keys, derive_seed(seed, f"per_task_cap/{dataset}"))
+    return sorted(np.lexsort((keys, draws))[:cap].tolist())
+
+
 def iter_niv2_batches(folder: str | Path, per_task_cap: int | None = None, batch_rows: int = BATCH_ROWS,
-                      tally: dict[str, Any] | None = None) -> Iterator[CotBatch]:
+                      tally: dict[str, Any] | None = None, dataset: str = "niv2",
+                      seed: int = 0) -> Iterator[CotBatch]:
     """Every instance of the task files in ``folder`` (sorted by file name), as rows of the ``niv2``
     dataset: ``id``, ``task`` (the file's stem), ``source`` (the task's first Source), ``definition``
     (its Definition, joined), ``input``, ``output`` (the list of acceptable answers), ``exemplars``
-    (its Positive Examples, :func:`render_exemplars`) and ``shots`` (how many).
+    (the list of its Positive Examples, :func:`render_exemplars`) and ``shots`` (how many it has).
 
-    Tasks whose Source FLAN left out (MMLU's, :func:`niv2_sources`) are skipped; at most
-    ``per_task_cap`` instances of a task are kept, the first in file order. An instance that is not
-    an object with ``input`` and ``output`` is quarantined as ``invalid_instance``. ``tally``, when
-    given, is filled with the tasks read, skipped and capped (the download manifest records it).
+    Tasks whose Source FLAN left out (MMLU's, :func:`niv2_sources`) are skipped. An instance that is
+    not an object with ``input`` and ``output`` is quarantined as ``invalid_instance``; of the rest,
+    at most ``per_task_cap`` per task are kept, drawn by :func:`capped_instances` from (``seed``,
+    ``dataset``, task, instance id), in file order. ``tally``, when given, is filled with the tasks
+    read, skipped and capped (the download manifest records it).
     """
     tally = tally if tally is not None else {}
     tally.update(tasks=0, instances=0, capped=0, excluded_tasks={})
@@ -150,16 +197,23 @@ def iter_niv2_batches(folder: str | Path, per_task_cap: int | None = None, batch
             continue
         tally["tasks"] += 1
         instances = task["Instances"]
-        if per_task_cap is not None and len(instances) > per_task_cap:
-            tally["capped"] += len(instances) - per_task_cap
-            instances = instances[:per_task_cap]
+        valid = [i for i, instance in enumerate(instances)
+                 if isinstance(instance, dict) and "input" in instance and "output" in instance]
+        kept = set(valid)
+        if per_task_cap is not None and len(valid) > per_task_cap:
+            drawn = capped_instances(path.stem, [instances[i] for i in valid], per_task_cap, dataset, seed)
+            kept = {valid[i] for i in drawn}
+            tally["capped"] += len(valid) - per_task_cap
         definition = " ".join(task["Definition"]) if isinstance(task["Definition"], list) \
             else str(task["Definition"])
         positive = [e for e in task["Positive Examples"] if isinstance(e, dict)]
         exemplars = render_exemplars(positive)
-        for instance in instances:
+        past_cap = set(valid) - kept
+        for i, instance in enumerate(instances):
+            if i in past_cap:
+                continue
             tally["instances"] += 1
-            if not isinstance(instance, dict) or "input" not in instance or "output" not in instance:
+            if i not in kept:
                 bad[len(rows)] = BadLine("invalid_instance", f"{path.name}: an instance needs input and "
                                          "output", json.dumps(instance, ensure_ascii=False)[:2000])
                 rows.append(None)
