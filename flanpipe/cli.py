@@ -14,7 +14,7 @@
     flanpipe bench templatize|dedup|pack|train|download [--rows N] [--threads 2] [--size 1b --steps 300]
     flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2] [--budget-steps 30000]
     flanpipe bench fewshot [--rows 392702] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
-    flanpipe bench layouts --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
+    flanpipe bench formats --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
     flanpipe bench precision --model DIR [--rows 80] [--threads 2]
     flanpipe bench chat --model DIR [--rows 20000] [--threads 2]
     flanpipe bench eval [--rows 96] [--threads 2] [--architecture llama|t5]
@@ -232,7 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
     if args.tokenizer and "train" in data and set(data) <= set(TrainSlice.KEYS):
         # the train rule's own file: its slice alone (seed and train), read as one (as a whole config,
-        # its missing tokenize section would read as the default decoder_only layout)
+        # its missing tokenize section would read as the default decoder_only model kind)
         cfg_slice, tokenizer = TrainSlice.model_validate(data), args.tokenizer
     else:
         cfg = load_config(args.config)
@@ -274,8 +274,8 @@ def cmd_show_packed(args: argparse.Namespace) -> int:
     width = sum(shards.dtype[name].shape[0] for name in ("tokens", "inputs", "targets")
                 if name in shards.dtype.names)
     used = sum(len(i) + len(t) for i, t in segments)
-    print(f"row {args.row} of {len(shards)} ({shards.layout}): {len(segments)} examples, {used} of {width} "
-          f"tokens ({100 * used / width:.1f}%)")
+    print(f"row {args.row} of {len(shards)} ({shards.model_kind}): {len(segments)} examples, {used} of "
+          f"{width} tokens ({100 * used / width:.1f}%)")
     for k, (inputs, targets) in enumerate(segments, 1):
         print(f"--- segment {k}: {len(inputs)} input + {len(targets)} target tokens (EOS included)")
         print(f"[input]\n{tok.decode(inputs[:-1])}\n[target]\n{tok.decode(targets[:-1])}")
@@ -305,14 +305,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_train.print_train(bench_train.bench_train(args.size, args.steps, args.micro_batch_rows,
                                                         optimizer=args.optimizer, model=args.model))
         return 0
-    if args.what == "layouts":
-        from flanpipe.bench import layouts as bench_layouts
+    if args.what == "formats":
+        from flanpipe.bench import layouts as bench_formats
 
         if not args.model or not args.data:
-            raise SystemExit("bench layouts needs --model (a checkpoint folder) and --data (a folder of "
+            raise SystemExit("bench formats needs --model (a checkpoint folder) and --data (a folder of "
                              "datasets)")
         datasets = (args.datasets or "arc_easy,boolq").split(",")
-        bench_layouts.print_layouts(bench_layouts.bench_layouts(
+        bench_formats.print_formats(bench_formats.bench_formats(
             args.model, args.data, datasets, rows=args.rows or 50, peer_templates=args.peer_templates or 3,
             threads=args.threads))
         return 0
@@ -374,7 +374,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = args.prompt or [sys.stdin.read()]
     outputs = generate_text(args.model, prompts, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                            layout=args.layout)
+                            format_name=args.format)
     for prompt, text in zip(prompts, outputs, strict=True):
         if len(prompts) > 1:
             print(f"### {prompt}")
@@ -390,15 +390,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_dataset(args.dataset, args.model, args.raw or f"data/raw/{args.dataset}", args.out,
                                EvaluateSlice.of(cfg),
                               args.few_shot, Path(args.model).name, args.contamination, threads=args.threads,
-                              layout=args.layout)
+                              format_name=args.format)
     h = result["headline"]
     ci = f" [{h['interval']['low']:.2f}, {h['interval']['high']:.2f}]" if h.get("interval") else ""
     print(f"{args.dataset}: {result['primary']} mean {h['mean']:.2f}{ci} over {h['templates']} templates, "
           f"best {h['best']:.2f} (template {h['best_template']}), std {h['std']:.2f}, "
-          f"{result['layout']} layout -> {args.out}")
-    for name, other in result["by_layout"].items():
-        if name != result["layout"]:
-            print(f"  in the {name} layout: mean {other['headline']['mean']:.2f}")
+          f"{result['format']} format -> {args.out}")
+    for name, other in result["by_format"].items():
+        if name != result["format"]:
+            print(f"  in the {name} format: mean {other['headline']['mean']:.2f}")
     return 0
 
 
@@ -419,14 +419,14 @@ def cmd_results(args: argparse.Namespace) -> int:
         r = json.loads(path.read_text(encoding="utf-8"))
         h = r["headline"]
         ci = h.get("interval")
-        others = [f"{n} {b['headline']['mean']:.1f}" for n, b in r.get("by_layout", {}).items()
-                  if n != r.get("layout")]
+        others = [f"{n} {b['headline']['mean']:.1f}" for n, b in r.get("by_format", {}).items()
+                  if n != r.get("format")]
         rows.append([str(path.relative_to(args.results)), r["model"], "few" if r["few_shot"] else "zero",
-                     r["primary"], r.get("layout", "eos"), f"{h['mean']:.1f}",
+                     r["primary"], r.get("format", "eos"), f"{h['mean']:.1f}",
                      f"[{ci['low']:.1f}, {ci['high']:.1f}]" if ci else "-", f"{h['best']:.1f}",
                      f"{h['std']:.2f}", ", ".join(others) or "-"])
-    print(_table(rows, ["result", "model", "shots", "metric", "layout", "mean", "95% interval", "best",
-                        "std", "other layout"]))
+    print(_table(rows, ["result", "model", "shots", "metric", "format", "mean", "95% interval", "best",
+                        "std", "other format"]))
     return 0
 
 
@@ -496,10 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
     p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale", "fewshot",
-                                     "download", "layouts", "precision", "chat"])
+                                     "download", "formats", "precision", "chat"])
     p.add_argument("--model", default=None,
-                   help="layouts, precision, chat, train: a pretrained checkpoint folder (flanpipe smollm2)")
-    p.add_argument("--data", default=None, help="layouts: a folder with one folder per dataset, hub schema")
+                   help="formats, precision, chat, train: a pretrained checkpoint folder (flanpipe smollm2)")
+    p.add_argument("--data", default=None, help="formats: a folder with one folder per dataset, hub schema")
     p.add_argument("--rows", type=int, default=None,
                    help="rows (default: 1M templatize and dedup, 100k pack, 200k download; eval: 96 prompts; "
                         "fewshot: 392,702 MNLI train rows)")
@@ -522,13 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=None, help="scale: where sources and runs go (kept)")
     p.add_argument("--cores", type=int, default=2, help="scale: snakemake --cores")
     p.add_argument("--datasets", default=None, help="scale: a comma-separated subset of its ten datasets; "
-                   "layouts: the datasets (default arc_easy,boolq)")
+                   "formats: the datasets (default arc_easy,boolq)")
     p.add_argument("--keep", action="store_true", help="scale: keep the generated sources")
     p.add_argument("--tokenizer", default=None,
                    help="fewshot: tokenizer folder or file (default: the SmolLM2 folder the tests cache)")
     p.add_argument("--peer-templates", type=int, default=None,
                    help="fewshot: eval templates the previous implementation runs (scaled to all; "
-                        "default 1); layouts: templates lm-eval scores (default 3)")
+                        "default 1); formats: templates lm-eval scores (default 3)")
     p.add_argument("--budget-steps", type=int, default=30_000,
                    help="scale: train.steps of the budget that mix and pack fill (x 8,192 tokens; "
                         "the paper's 30,000)")
@@ -580,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; the paper sampled at 0.9")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (the paper: 40)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=["eos", "text", "chat", "continuation"],
-                   help="prompt in this layout (default: the model's training format, or continuation)")
+    p.add_argument("--format", choices=["eos", "text", "chat", "continuation"],
+                   help="prompt in this format (default: the model's training format, or continuation)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="evaluate one model on one dataset (every template)")
@@ -594,8 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contamination", help="the model's mixture's contamination.parquet")
     p.add_argument("--out", required=True, help="the result JSON")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--layout", choices=["eos", "text", "chat", "continuation"],
-                   help="score in this layout (default: the one flanpipe trained the model in, or, for a "
+    p.add_argument("--format", choices=["eos", "text", "chat", "continuation"],
+                   help="score in this format (default: the one flanpipe trained the model in, or, for a "
                         "model flanpipe did not train, continuation: lm-eval's)")
     p.set_defaults(func=cmd_evaluate)
 

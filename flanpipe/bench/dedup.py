@@ -628,7 +628,7 @@ def pair_similarity(shaped: Shaped) -> np.ndarray:
 def ours_dropped(shaped: Shaped, use_distinct: bool = True, seed: int = 1) -> np.ndarray:
     """The rows our dedup drops (the first of each group kept), with or without the registry's
     distinct fields."""
-    from flanpipe.core.config import DedupConfig, FingerprintSlice, parse_config
+    from flanpipe.core.config import DedupeConfig, FingerprintSlice, parse_config
     from flanpipe.core.config.registry import load_registry
     from flanpipe.stages.dedupe import find_duplicates
     from flanpipe.stages.fingerprint import row_fingerprints
@@ -636,7 +636,7 @@ def ours_dropped(shaped: Shaped, use_distinct: bool = True, seed: int = 1) -> np
     spec = load_registry().datasets[shaped.dataset]
     if not use_distinct:
         spec = spec.model_copy(update={"distinct": ()})
-    cfg = DedupConfig()
+    cfg = DedupeConfig()
     f = row_fingerprints(spec, shaped.table, FingerprintSlice.of(parse_config({"seed": seed})))
     twin, _ = find_duplicates(f.exact[:, 0], f.exact[:, 1], f.signature, f.words, cfg, f.distinct_signature)
     return twin >= 0

@@ -455,7 +455,7 @@ def _dataset_part(mixture: str, k: int, files: DatasetInputs, pools: tuple[Pool,
     if short:
         log.warning("%s: %d rows kept, under the cap of %d, while %d train rows lie outside the pool: "
                     "dedup and decontamination removed more than the pool's spare rows; raise "
-                    "dedup.pool_factor (now %s) to keep up to %d more", name, len(kept), cap,
+                    "dedupe.pool_factor (now %s) to keep up to %d more", name, len(kept), cap,
                     outside, cfg.pool_factor, short)
     stats = {"mixture": mixture, "dataset": name, "cluster": load_registry().datasets[name].cluster,
              "submixture": submixture,

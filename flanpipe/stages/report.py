@@ -5,7 +5,7 @@ with its bootstrap interval and template spread, the ablation curves (training c
 format), the mixture composition (from the DuckDB catalog) and the training losses. The Markdown has
 the tables behind them. Every score is read from files the workflow wrote; the report only resamples
 the per-example scores in them: a cluster's interval, and the paired bootstrap of tuned minus base
-on the same rows and templates, each model in its own layout and both in the same one.
+on the same rows and templates, each model in its own format and both in the same one.
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ def cluster_means(results: list[dict]) -> dict[str, dict[str, float]]:
     return {c: {s: float(np.mean(v)) for s, v in by.items()} for c, by in acc.items()}
 
 
-def example_means(r: dict, layout: str | None = None) -> np.ndarray | None:
-    """A result's per-example score, averaged over templates, in ``layout`` (default: the model's
-    own); None where the metric is not a mean over examples."""
-    block = r.get("by_layout", {}).get(layout or r.get("layout"))
+def example_means(r: dict, format_name: str | None = None) -> np.ndarray | None:
+    """A result's per-example score, averaged over templates, in format ``format_name`` (default:
+    the model's own); None where the metric is not a mean over examples."""
+    block = r.get("by_format", {}).get(format_name or r.get("format"))
     scores = None if block is None else block.get("example_scores")
     if not scores or any(s is None for s in scores):
         return None
@@ -274,10 +274,10 @@ def plot_losses(metrics_files: list[str], out: Path) -> None:
 
 def paired_rows(results: list[dict], seed: int, resamples: int) -> list[list[str]]:
     """Per held-out dataset and shot setting, tuned against base on the same rows and templates:
-    each model's score in its own layout and in the other, and tuned minus base with its paired
-    bootstrap 95% interval, each model in its own layout and both in the tuned model's (its
-    training format, ``eos`` or ``text``). The share of the own-layout gap that the same-layout gap
-    does not show is the layout's."""
+    each model's score in its own format and in the other, and tuned minus base with its paired
+    bootstrap 95% interval, each model in its own format and both in the tuned model's (its
+    training format, ``eos`` or ``text``). The share of the own-format gap that the same-format gap
+    does not show is the format's."""
     by_key = defaultdict(dict)
     for r in results:
         by_key[(r["cluster"], r["dataset"], r["few_shot"])]["base" if r["model"] == "base" else "tuned"] = r
@@ -288,13 +288,13 @@ def paired_rows(results: list[dict], seed: int, resamples: int) -> list[list[str
         base, tuned = pair["base"], pair["tuned"]
         cells = [cluster, dataset, "few-shot" if few else "zero-shot"]
         for r in (base, tuned):
-            own = r["layout"]
-            other = next((n for n in r.get("by_layout", {}) if n != own), None)
+            own = r["format"]
+            other = next((n for n in r.get("by_format", {}) if n != own), None)
             cells.append(f"{r['headline']['mean']:.1f} ({own})")
-            cells.append(f"{r['by_layout'][other]['headline']['mean']:.1f} ({other})" if other else "-")
-        trained = tuned["layout"]
-        for base_layout, tuned_layout in ((base["layout"], trained), (trained, trained)):
-            a, b = example_means(tuned, tuned_layout), example_means(base, base_layout)
+            cells.append(f"{r['by_format'][other]['headline']['mean']:.1f} ({other})" if other else "-")
+        trained = tuned["format"]
+        for base_format, tuned_format in ((base["format"], trained), (trained, trained)):
+            a, b = example_means(tuned, tuned_format), example_means(base, base_format)
             if a is None or b is None or len(a) != len(b) or _template_ids(base) != _template_ids(tuned):
                 cells.append("-")
                 continue
@@ -365,10 +365,10 @@ def heldout_section(results: list[dict], out_dir: Path, seed: int, resamples: in
     interval."""
     intervals = cluster_intervals(results, seed, resamples)
     plot_clusters(results, out_dir / "heldout_clusters.png", intervals)
-    trained = sorted({r["layout"] for r in results if r["model"] != "base" and "layout" in r}) or ["eos"]
+    trained = sorted({r["format"] for r in results if r["model"] != "base" and "format" in r}) or ["eos"]
     md = ["## Held-out clusters", "", "![held-out clusters](heldout_clusters.png)", "",
           "Each cell: the mean over the cluster's datasets, with its bootstrap 95% interval over "
-          "examples. Each model is scored in its own layout: a tuned model in the format it was "
+          "examples. Each model is scored in its own format: the one a tuned model was "
           f"trained in ({', '.join(f'`{n}`' for n in trained)}), the untuned base as lm-eval scores "
           "a pretrained model (`continuation`).", ""]
     means = cluster_means(results)
@@ -389,11 +389,11 @@ def paired_section(results: list[dict], seed: int, resamples: int) -> list[str]:
         return []
     return ["## Tuned against base, paired", "",
             "The same eval rows and templates for both models. Tuned minus base, with the paired "
-            "bootstrap 95% interval over examples: each model in its own layout (the headline), "
-            "and both in the layout the tuned model was trained in (`eos`, `text` or `chat`). "
-            "Where the two differ, the layout explains that part of the gap.", "",
+            "bootstrap 95% interval over examples: each model in its own format (the headline), "
+            "and both in the format the tuned model was trained in (`eos`, `text` or `chat`). "
+            "Where the two differ, the format explains that part of the gap.", "",
             _table(["cluster", "dataset", "shots", "base (own)", "base (other)", "tuned (own)",
-                    "tuned (other)", "tuned - base, own layouts", "tuned - base, tuned's layout"],
+                    "tuned (other)", "tuned - base, own formats", "tuned - base, tuned's format"],
                    paired),
             ""]
 
@@ -405,14 +405,14 @@ def datasets_section(results: list[dict], out_dir: Path) -> list[str]:
     for r in sorted(results, key=lambda r: (r["cluster"], r["dataset"], _setting(r))):
         h = r["headline"]
         ci = h.get("interval")
-        rows.append([r["cluster"], r["dataset"], _setting(r), r.get("layout", "eos"),
+        rows.append([r["cluster"], r["dataset"], _setting(r), r.get("format", "eos"),
                      f"{r['metric']} ({r['primary']})",
                      f"{h['mean']:.1f}" + (f" [{ci['low']:.1f}, {ci['high']:.1f}]" if ci else ""),
                      f"{h['best']:.1f} (#{h['best_template']})", f"{h['worst']:.1f}",
                      f"{h['std']:.2f}", str(h["templates"]), str(r["examples"]),
                      str(r["contamination"]["removed_rows"])])
     return ["## Datasets and templates", "", "![datasets](datasets.png)", "",
-            _table(["cluster", "dataset", "setting", "layout", "metric", "mean [95% interval]",
+            _table(["cluster", "dataset", "setting", "format", "metric", "mean [95% interval]",
                     "best (template)", "worst", "std",
                     "templates", "examples", "contaminated train rows removed"], rows), ""]
 

@@ -81,9 +81,10 @@ from flanpipe.core.train.optim import (
 )
 
 # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
-# records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters
-STAGE_VERSION = "5"
-BATCH_FIELDS = {  # the model's int64 inputs per packed layout (the wrappers' forward arguments)
+# records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters; 6: flanpipe.json
+# names it `format` (was `layout`)
+STAGE_VERSION = "6"
+BATCH_FIELDS = {  # the model's int64 inputs per model kind (the wrappers' forward arguments)
     "decoder_only": ("tokens", "segment_ids", "positions", "loss_mask"),
     "encoder_decoder": ("inputs", "inputs_segment_ids", "inputs_positions", "targets", "targets_segment_ids",
                         "targets_positions", "loss_mask"),
@@ -173,9 +174,9 @@ def _device(dist: DistEnv) -> torch.device:
 def to_batch(rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
     """Packed rows (:meth:`PackedShards.take`, segment ids, positions and loss masks rebuilt) as the
     model's int64 inputs on ``device``, named as the wrapper's ``forward`` arguments."""
-    layout = "decoder_only" if "tokens" in rows.dtype.names else "encoder_decoder"
+    model_kind = "decoder_only" if "tokens" in rows.dtype.names else "encoder_decoder"
     return {name: torch.from_numpy(np.ascontiguousarray(rows[name]).astype(np.int64)).to(device)
-            for name in BATCH_FIELDS[layout]}
+            for name in BATCH_FIELDS[model_kind]}
 
 
 def target_count(batch: dict[str, torch.Tensor]) -> int:
@@ -192,20 +193,20 @@ def target_count(batch: dict[str, torch.Tensor]) -> int:
 
 
 def row_width(data: PackedShards) -> int:
-    """Token slots of one packed row: ``Li + Lt`` in either layout."""
+    """Token slots of one packed row: ``Li + Lt`` for either model kind."""
     return sum(data.stored_dtype[name].shape[0] for name in data.stored_dtype.names)
 
 
-def packed_model(model: torch.nn.Module, layout: str, packed_dir: str | Path) -> torch.nn.Module:
-    """The training wrapper of ``model`` for rows of ``layout``; a model that does not match the
-    layout is refused, naming both keys."""
+def packed_model(model: torch.nn.Module, model_kind: str, packed_dir: str | Path) -> torch.nn.Module:
+    """The training wrapper of ``model`` for rows packed for ``model_kind``; a model of another kind
+    is refused, naming both keys."""
     seq2seq = is_encoder_decoder(model.config)
-    if seq2seq != (layout == "encoder_decoder"):
+    if seq2seq != (model_kind == "encoder_decoder"):
         kind, wanted = ("an encoder-decoder", "encoder_decoder") if seq2seq else ("a decoder-only model",
                                                                                    "decoder_only")
-        raise ValueError(f"{packed_dir}: tokenize.layout {layout!r}, but train.model "
-                         f"({model.config.model_type}) is {kind}; allowed: tokenize.layout {wanted}")
-    return PackedSeq2SeqLM(model) if layout == "encoder_decoder" else PackedCausalLM(model)
+        raise ValueError(f"{packed_dir}: tokenize.model_kind {model_kind!r}, but train.model "
+                         f"({model.config.model_type}) is {kind}; allowed: tokenize.model_kind {wanted}")
+    return PackedSeq2SeqLM(model) if model_kind == "encoder_decoder" else PackedCausalLM(model)
 
 
 @dataclass(frozen=True)
@@ -381,7 +382,7 @@ def setup_run(packed_dir: str | Path, out_dir: str | Path, tcfg: TrainConfig) ->
                                  dist.world_size)
     bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_gpu)
     # (encoder-decoders: sdpa masks everywhere; their FlexAttention path is untested here)
-    flex = on_gpu and data.layout == "decoder_only"
+    flex = on_gpu and data.model_kind == "decoder_only"
     attention = tcfg.attention if tcfg.attention != "auto" else ("flex" if flex else "sdpa")
     return Setup(dist, device, on_gpu, nodes, Path(out_dir), data, verify_s, plan, bf16, attention,
                  deepspeed_config(tcfg, plan, bf16))
@@ -413,7 +414,7 @@ def build_engine(setup: Setup, cfg: TrainSlice) -> Trainer:
                                 tcfg.adafactor_decay_rate, tcfg.adafactor_clip_threshold,
                                 tcfg.adafactor_beta1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(tcfg.warmup_steps))
-    wrapped = packed_model(model, setup.data.layout, setup.data.directory)
+    wrapped = packed_model(model, setup.data.model_kind, setup.data.directory)
     engine, _, _, _ = deepspeed.initialize(model=wrapped, optimizer=optimizer, lr_scheduler=schedule,
                                            config=setup.ds_cfg)
     partitions = attach_zero_layout(engine.optimizer)  # Adafactor: which tensor each flat element is
@@ -589,14 +590,14 @@ class _Metrics:
 
 def trained_format(manifest: dict) -> dict:
     """The model folder's record of the format its rows were packed in (pack's manifest; shards
-    packed before ``tokenize.format`` existed are ``eos``): ``{"layout": ..., "separator": ...}``.
+    packed before ``tokenize.format`` existed are ``eos``): ``{"format": ..., "separator": ...}``.
 
     >>> trained_format({"format": "text", "separator": {"text": "\\n", "ids": [198]}})
-    {'layout': 'text', 'separator': '\\n'}
+    {'format': 'text', 'separator': '\\n'}
     """
     fmt = manifest.get("format", "eos")
     separator = (manifest.get("separator") or {}).get("text") if fmt == "text" else None
-    return {"layout": fmt, "separator": separator}
+    return {"format": fmt, "separator": separator}
 
 
 def plot_loss(metrics_csv: Path, out_png: Path, title: str) -> None:

@@ -26,7 +26,7 @@ Limits: rope scalings that pick their frequencies from the sequence length (Phi-
 does, so a prompt shorter than ``original_max_position_embeddings`` whose option crosses it scores
 as in cached decoding, not as a from-scratch forward pass of prompt + option.
 
-Token sequences follow the training layout (``inputs EOS targets EOS``): a prompt is the input's
+Token sequences follow the training format (``eos``: ``inputs EOS targets EOS``): a prompt is the input's
 tokens and its EOS, an option is the target's tokens and its EOS; the caller builds them.
 
 Encoder-decoders (``config.is_encoder_decoder``) take the same calls. For T5, FLAN-T5, mT5 and umT5,
