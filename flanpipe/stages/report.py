@@ -106,16 +106,18 @@ def stratified_interval(groups: list[list[np.ndarray]], seed: int, resamples: in
     return tuple(np.quantile(draws, [0.025, 0.975])) if draws else None
 
 
-def ablation_intervals(results: list[dict], key: str, seed: int, resamples: int) -> dict[str, tuple]:
-    """point -> the bootstrap 95% interval of its `average` (:func:`ablation_points`)."""
+def ablation_intervals(results: list[dict], points: list[str], kind: str, seed: int,
+                       resamples: int) -> dict[str, tuple]:
+    """point -> the bootstrap 95% interval of its `average` (:func:`ablation_points`); ``points[i]``
+    is result ``i``'s point, and ``kind`` names the ablation in the seed."""
     by: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
-        by[str(r[key])][r["cluster"]].append(example_means(r))
+    for r, point in zip(results, points, strict=True):
+        by[str(point)][r["cluster"]].append(example_means(r))
     out = {}
     for point, clusters in by.items():
         groups = [clusters[c] for c in sorted(clusters)]
         if all(a is not None for arrays in groups for a in arrays):
-            ci = stratified_interval(groups, derive_seed(seed, f"report/ablation/{key}/{point}"), resamples)
+            ci = stratified_interval(groups, derive_seed(seed, f"report/ablation/{kind}/{point}"), resamples)
             if ci is not None:
                 out[point] = ci
     return out
@@ -176,11 +178,12 @@ def plot_datasets(results: list[dict], out: Path) -> None:
     _save(fig, out)
 
 
-def ablation_points(results: list[dict], key: str) -> dict[str, dict[str, float]]:
-    """point (cluster count, or format) -> held-out cluster -> mean score; plus `average`."""
+def ablation_points(results: list[dict], points: list[str]) -> dict[str, dict[str, float]]:
+    """point (cluster count, or instruction format; ``points[i]`` is result ``i``'s) -> held-out
+    cluster -> mean score; plus `average`."""
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
-        acc[str(r[key])][r["cluster"]].append(r["headline"]["mean"])
+    for r, point in zip(results, points, strict=True):
+        acc[str(point)][r["cluster"]].append(r["headline"]["mean"])
     out = {}
     for point, by in acc.items():
         row = {c: float(np.mean(v)) for c, v in sorted(by.items())}
@@ -434,11 +437,9 @@ def ablation_clusters_section(paths: list[str], labels: list[str] | None, cluste
                               out_dir: Path, seed: int, resamples: int) -> list[str]:
     """The clusters ablation: each point (by default the model's ``clusters_k``), its figure and table."""
     loaded = _load(paths)
-    defaults = [r["model"].removeprefix("clusters_") for r in loaded]
-    for r, label in zip(loaded, labels or defaults, strict=True):
-        r["point"] = label
-    points = ablation_points(loaded, "point")
-    cis = ablation_intervals(loaded, "point", seed, resamples)
+    labels = labels or [r["model"].removeprefix("clusters_") for r in loaded]
+    points = ablation_points(loaded, labels)
+    cis = ablation_intervals(loaded, labels, "point", seed, resamples)
     plot_ablation_clusters(points, cluster_order, out_dir / "ablation_clusters.png", cis)
     cols = sorted({c for p in points.values() for c in p if c != "average"}) + ["average"]
     return ["## Ablation: number of instruction-tuning clusters", "",
@@ -454,10 +455,10 @@ def ablation_format_section(paths: list[str], labels: list[str] | None, formats:
     """The instruction-format ablation: each point (by default the result's folder, ``format/<f>/``),
     its figure and table."""
     loaded = _load(paths)
-    for r, label in zip(loaded, labels or [Path(p).parent.name for p in paths], strict=True):
-        r["format"] = label
-    points = ablation_points(loaded, "format")
-    cis = ablation_intervals(loaded, "format", seed, resamples)
+    # (the labels stay beside the results: a result's own `format` is the token format it was scored in)
+    labels = labels or [Path(p).parent.name for p in paths]
+    points = ablation_points(loaded, labels)
+    cis = ablation_intervals(loaded, labels, "format", seed, resamples)
     plot_ablation_format(points, formats, out_dir / "ablation_format.png", cis)
     cols = sorted({c for p in points.values() for c in p if c != "average"}) + ["average"]
     return ["## Ablation: instruction format", "",
