@@ -1,8 +1,8 @@
 """The ``flanpipe`` command: every stage function, reachable without Snakemake.
 
-    flanpipe datasets [--cluster nli] [--embedded] [--json]
+    flanpipe datasets [--cluster nli] [--embedded] [--json] [--bank flan2021 --flan-root ../FLAN]
     flanpipe download --dataset rte [--config config/config.yaml] [--out data/raw/rte]
-    flanpipe templates --dataset rte [--row 3] [--options letters]
+    flanpipe templates --dataset rte [--row 3] [--options letters] [--bank flan2021 --flan-root ../FLAN]
     flanpipe templatize --dataset rte [--config config/config.yaml]
     flanpipe summary [--data data]
     flanpipe stats [--mixture nli] [--catalog data/catalog.duckdb] [--json]
@@ -11,13 +11,10 @@
     flanpipe show-packed --mixture nli [--row 0]
     flanpipe launch [--launcher torchrun|srun] [--nodes 1] [--tasks-per-node 2] -- train --mixture nli
     flanpipe train --mixture nli [--config ...]   (one rank; started by torchrun, srun or launch)
-    flanpipe bench templatize|dedup|pack|train|download [--rows N] [--threads 2] [--size 1b --steps 300]
-    flanpipe bench scale [--scales 0.02,0.1] [--workdir DIR] [--cores 2] [--budget-steps 30000]
-    flanpipe bench fewshot [--rows 392702] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
-    flanpipe bench formats --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
-    flanpipe bench precision --model DIR [--rows 80] [--threads 2]
-    flanpipe bench chat --model DIR [--rows 20000] [--threads 2]
-    flanpipe bench eval [--rows 96] [--threads 2] [--architecture llama|t5]
+    flanpipe bench templatize|dedup|pack|train|eval|fewshot|download|scale|formats|precision|chat [...]
+                  (a checkout's bench/, with the dev extra; flanpipe bench NAME --help for its options)
+    flanpipe card --model models/nli [--mixture-manifest ...] [--eval results/eval/nli]
+    flanpipe publish --model models/nli --repo USER/NAME [--dry-run] [--private]
     flanpipe check-config [--config config/config.yaml]
     flanpipe config-schema [--output config/config.schema.json | --check config/config.schema.json]
 """
@@ -25,9 +22,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from flanpipe.core.config import (
     ConfigError,
@@ -65,6 +65,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         print(f"unknown cluster(s) {unknown}; allowed: {list(reg.clusters)}", file=sys.stderr)
         return 2
     names = [n for n in reg.datasets_in(clusters) if not args.embedded or n in embedded]
+    if args.bank:
+        return _datasets_in_bank(names, args)
     if args.json:
         out = [reg.datasets[n].model_dump(mode="json") | {"embedded": n in embedded} for n in names]
         print(json.dumps(out, indent=2))
@@ -84,6 +86,56 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bank_or_error(args: argparse.Namespace):
+    """The template bank ``--bank`` and ``--flan-root`` name, or None after printing why not."""
+    from flanpipe.core.text.flan import FlanBankError
+    from flanpipe.core.text.templates import load_bank
+
+    if args.bank != "flanpipe" and not args.flan_root:
+        print(f"--bank {args.bank} is read from a FLAN checkout: pass --flan-root (a clone of "
+              "google-research/FLAN)", file=sys.stderr)
+        return None
+    try:
+        return load_bank(args.bank, args.flan_root)
+    except FlanBankError as err:
+        print(str(err).replace("templatize.flan_root", "--flan-root"), file=sys.stderr)
+        return None
+
+
+def _datasets_in_bank(names: list[str], args: argparse.Namespace) -> int:
+    """Per dataset, the bank's templates it renders (turned around or not) and those it skips, why."""
+    from flanpipe.core.text.flan import checkout_identity
+
+    bank = _bank_or_error(args)
+    if bank is None:
+        return 2
+    out = {}
+    for n in names:
+        entry = bank[n]
+        skipped = getattr(entry, "skipped", {})
+        out[n] = {"key": getattr(entry, "key", n), "rendered": [t.id for t in entry.templates],
+                  "turned_around": [t.id for t in entry.templates if t.inverted],
+                  "skipped": {str(i): {"needs": s.needs, "why": s.why} for i, s in sorted(skipped.items())},
+                  "absent": getattr(entry, "absent", None)}
+    identity = checkout_identity(args.bank, args.flan_root)
+    rendered = sum(len(v["rendered"]) for v in out.values())
+    skipped = sum(len(v["skipped"]) for v in out.values())
+    if args.json:
+        print(json.dumps({"bank": identity, "datasets": out, "rendered": rendered, "skipped": skipped},
+                         indent=2))
+        return 0
+    rows = [[n, v["key"], len(v["rendered"]), len(v["turned_around"]), len(v["skipped"]),
+             v["absent"] or "; ".join(f"{i}: needs {{{s['needs']}}}: {s['why']}"
+                                      for i, s in v["skipped"].items())]
+            for n, v in out.items()]
+    print(_table(rows, ["dataset", "bank's task", "rendered", "turned around", "skipped", "skipped: why"]))
+    source = identity.get("git_commit") or identity.get("sha256", "")
+    where = f" ({identity['flan_root']}/{identity['file']}, {source})" if "file" in identity else ""
+    print(f"\nbank {args.bank}{where}: {rendered} templates rendered, {skipped} skipped, "
+          f"over {len(out)} registry entries")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from flanpipe.stages.download import download_dataset
 
@@ -96,7 +148,6 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_templates(args: argparse.Namespace) -> int:
     """Print one rendered example of each of a dataset's templates."""
 
-    from flanpipe.core.text.templates import load_bank
     from flanpipe.core.text.validate import check_split
     from flanpipe.stages.download import read_embedded_split
     from flanpipe.stages.templatize import render_examples
@@ -114,10 +165,13 @@ def cmd_templates(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     raw = raw.slice(args.row, 1)
-    bank = load_bank()[args.dataset]
+    banks = _bank_or_error(args)
+    if banks is None:
+        return 2
+    bank = banks[args.dataset]
     print(f"# {args.dataset} ({spec.paper_name}, {spec.cluster}): {len(bank.templates)} templates, "
           f"{sum(t.inverted for t in bank.templates)} turned around; raw row {args.row}\n")
-    for ex in render_examples(args.dataset, raw, args.options):
+    for ex in render_examples(args.dataset, raw, args.options, args.bank, args.flan_root):
         flag = " (turned around)" if ex["inverted"] else ""
         print(f"--- template {ex['template_id']}{flag}\n[input]\n{ex['inputs']}\n[target]\n{ex['targets']}\n")
     return 0
@@ -282,89 +336,127 @@ def cmd_show_packed(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Benchmark:
+    """One ``flanpipe bench`` benchmark: ``bench/<name>.py``'s ``run``, what it measures, the peers of
+    the dev extra it times us against (as pip names them), and its options (``argparse`` flags and
+    keywords; each option is a keyword argument of ``run``)."""
+
+    help: str
+    options: tuple[tuple[str, dict], ...]
+    peers: tuple[str, ...] = ()
+
+
+def _option(flag: str, **kwargs) -> tuple[str, dict]:
+    return flag, kwargs
+
+
+def _names(text: str) -> list[str]:
+    return text.split(",")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(s) for s in text.split(",")]
+
+
+THREADS = _option("--threads", type=int, default=2, help="encoder threads (eval: torch threads)")
+MODEL = _option("--model", required=True, help="a pretrained checkpoint folder (flanpipe smollm2)")
+
+# The benchmarks of a checkout's bench/ folder (not installed with the package), by name.
+BENCHMARKS: dict[str, Benchmark] = {
+    "templatize": Benchmark("Arrow templating against datasets.map, per core", (
+        _option("--rows", type=int, default=1_000_000, help="synthetic RTE rows"),
+        _option("--peer-rows", type=int, default=200_000, help="rows the peer renders"))),
+    "dedup": Benchmark("fingerprint kernels and DuckDB against pandas and datasketch, per core", (
+        _option("--rows", type=int, default=1_000_000, help="synthetic rows"),
+        _option("--peer-rows", type=int, default=20_000, help="rows datasketch hashes")),
+        peers=("datasketch", "pandas")),
+    "pack": Benchmark("tokenize and pack against raw SentencePiece and simpler packers", (
+        _option("--rows", type=int, default=100_000, help="FLAN-like examples"), THREADS,
+        _option("--vocab", type=int, default=32_000, help="SentencePiece vocabulary size"))),
+    "train": Benchmark("the trainer's tokens/s and MFU; LoRA beside full fine-tuning; a T5 beside a Llama", (
+        _option("--size", choices=["tiny", "125m", "1b"], default="1b", help="model size"),
+        _option("--steps", type=int, default=300, help="optimizer steps"),
+        _option("--micro-batch-rows", type=int, default=8, help="packed rows per forward pass"),
+        _option("--optimizer", choices=["adafactor", "adamw"], default="adafactor", help="optimizer"),
+        _option("--adapter", choices=["none", "lora"], default="none",
+                help="lora: full fine-tuning, then LoRA, on the same model, compared"),
+        _option("--architecture", choices=["llama", "t5"], default="llama",
+                help="t5: a T5 of --size's width trained beside the Llama of --size"),
+        _option("--model", default=None, help="a pretrained checkpoint folder instead of a new model"))),
+    "eval": Benchmark("rank classification against lm-eval's HFLM", (
+        _option("--rows", type=int, default=96, help="prompts"), THREADS,
+        _option("--architecture", choices=["llama", "t5"], default="llama",
+                help="a decoder (llama) or an encoder-decoder (t5) of the same width")),
+        peers=("lm-eval",)),
+    "fewshot": Benchmark("MNLI's few-shot prompts at real size against the previous implementation", (
+        _option("--rows", type=int, default=None, help="train rows (default: MNLI's 392,702)"),
+        _option("--tokenizer", default=None,
+                help="tokenizer folder or file (default: the SmolLM2 folder the tests cache)"),
+        THREADS,
+        _option("--peer-templates", type=int, default=1,
+                help="eval templates the previous implementation runs (its time scaled to all)"))),
+    "download": Benchmark("the JSON Lines reader against the plain one", (
+        _option("--rows", type=int, default=200_000, help="RTE-shaped JSON Lines rows"),)),
+    "scale": Benchmark("the workflow through pack on FLAN-shaped data at fractions of the real sizes", (
+        _option("--scales", type=_floats, default="0.02,0.1",
+                help="fractions of the real dataset sizes, comma-separated (1 = real size)"),
+        _option("--workdir", type=Path, default=None, help="where sources and runs go (kept)"),
+        _option("--cores", type=int, default=2, help="snakemake --cores"),
+        _option("--datasets", type=_names, default=None, help="a comma-separated subset of its ten datasets"),
+        _option("--keep", action="store_true", help="keep the generated sources"),
+        _option("--budget-steps", type=int, default=30_000,
+                help="train.steps of the budget that mix and pack fill (x 8,192 tokens; the paper's)"))),
+    "formats": Benchmark("a checkpoint's zero-shot accuracy in each scoring format, beside lm-eval", (
+        MODEL, _option("--data", required=True, help="a folder with one folder per dataset, hub schema"),
+        _option("--datasets", type=_names, default="arc_easy,boolq", help="comma-separated"),
+        _option("--rows", type=int, default=50, help="eval rows per dataset"),
+        _option("--peer-templates", type=int, default=3, help="templates lm-eval scores"), THREADS),
+        peers=("lm-eval",)),
+    "precision": Benchmark("float32 against bfloat16 on a CPU: training, scoring, the linear share", (
+        MODEL, _option("--rows", type=int, default=80, help="prompts"), THREADS)),
+    "chat": Benchmark("the chat format's tokenization against transformers' apply_chat_template", (
+        MODEL, _option("--rows", type=int, default=20_000, help="FLAN-like examples"), THREADS)),
+    "collection": Benchmark("download and templatize of the Flan 2022 files: examples/s, peak memory", (
+        _option("--flan-root", required=True, help="a FLAN checkout (its flan/v2/cot_data/ is read)"),
+        _option("--niv2", default=None, help="a folder of Super-NaturalInstructions task files"),
+        _option("--workdir", default=None, help="where the runs go (default: a temporary folder)"))),
+}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _imports(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``bench.<name>`` from the checkout this package runs from (``bench/`` beside ``flanpipe/``, as an
+    editable install has it), once the peers it measures against import; else a one-line error that
+    says what is missing and how to get it."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "bench/__init__.py").is_file() or not (checkout / "pyproject.toml").is_file():
+        raise SystemExit("flanpipe bench needs a checkout of flanpipe: bench/ is not installed with the "
+                         "package (clone the repository and pip install -e '.[dev]' in it)")
+    missing = [peer for peer in BENCHMARKS[name].peers if not _imports(peer.replace("-", "_"))]
+    if missing:
+        raise SystemExit(f"flanpipe bench {name} needs the dev extra: pip install -e '.[dev]' "
+                         f"(missing: {', '.join(missing)})")
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    return importlib.import_module(f"bench.{name}")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "scale":
-        from flanpipe.bench import scale as bench_scale
-
-        scales = [float(s) for s in args.scales.split(",")]
-        names = args.datasets.split(",") if args.datasets else None
-        bench_scale.print_scale(bench_scale.bench_scale(scales, args.workdir, args.cores, names,
-                                                        keep=args.keep, steps=args.budget_steps))
-        return 0
-    if args.what == "train":
-        from flanpipe.bench import train as bench_train
-
-        if args.adapter == "lora":
-            bench_train.print_lora(bench_train.bench_lora(args.size, args.steps, args.micro_batch_rows,
-                                                          args.optimizer, model=args.model))
-            return 0
-        if args.architecture != "llama":
-            bench_train.print_architectures(bench_train.bench_architectures(
-                args.size, args.steps, args.micro_batch_rows, args.optimizer, args.architecture))
-            return 0
-        bench_train.print_train(bench_train.bench_train(args.size, args.steps, args.micro_batch_rows,
-                                                        optimizer=args.optimizer, model=args.model))
-        return 0
-    if args.what == "formats":
-        from flanpipe.bench import layouts as bench_formats
-
-        if not args.model or not args.data:
-            raise SystemExit("bench formats needs --model (a checkpoint folder) and --data (a folder of "
-                             "datasets)")
-        datasets = (args.datasets or "arc_easy,boolq").split(",")
-        bench_formats.print_formats(bench_formats.bench_formats(
-            args.model, args.data, datasets, rows=args.rows or 50, peer_templates=args.peer_templates or 3,
-            threads=args.threads))
-        return 0
-    if args.what == "chat":
-        from flanpipe.bench import chat as bench_chat
-
-        if not args.model:
-            raise SystemExit("bench chat needs --model (an instruct checkpoint folder with a chat template)")
-        bench_chat.print_chat(bench_chat.bench_chat(args.model, args.rows or 20_000, args.threads))
-        return 0
-    if args.what == "precision":
-        from flanpipe.bench import precision as bench_precision
-
-        if not args.model:
-            raise SystemExit("bench precision needs --model (a checkpoint folder)")
-        bench_precision.print_precision(bench_precision.bench_precision(args.model, args.rows or 80,
-                                                                        args.threads))
-        return 0
-    if args.what == "eval":
-        from flanpipe.bench import eval as bench_eval
-
-        bench_eval.print_eval(bench_eval.bench_eval(prompts=args.rows or 96, threads=args.threads,
-                                                    architecture=args.architecture))
-        return 0
-    if args.what == "pack":
-        from flanpipe.bench import pack as bench_pack
-
-        bench_pack.print_pack(bench_pack.bench_pack(args.rows or 100_000, threads=args.threads))
-        return 0
-    if args.what == "fewshot":
-        from flanpipe.bench import fewshot as bench_fewshot
-
-        result = bench_fewshot.bench_fewshot(args.rows, args.tokenizer, args.threads,
-                                             args.peer_templates or 1)
-        bench_fewshot.print_fewshot(result)
-        return 0 if all(result["identical"].values()) else 1
-    if args.what == "download":
-        from flanpipe.bench import download as bench_download
-
-        bench_download.print_download(bench_download.bench_download(args.rows or 200_000))
-        return 0
-    if args.what == "dedup":
-        from flanpipe.bench import dedup as bench_dedup
-
-        result = bench_dedup.bench_dedup(args.rows or 1_000_000, args.peer_rows or 20_000)
-        bench_dedup.print_dedup(result)
-        return 0
-    from flanpipe.bench import templatize as bench
-
-    result = bench.bench_templatize(args.rows or 1_000_000, args.peer_rows or 200_000)
-    bench.print_templatize(result)
-    return 0 if result["identical_output"] else 1
+    """Run the benchmark's ``run`` with its options; its exit status."""
+    options = {_dest(flag): getattr(args, _dest(flag)) for flag, _ in BENCHMARKS[args.benchmark].options}
+    return load_benchmark(args.benchmark).run(**options)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -430,10 +522,45 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    """(Re)write a model's card, ``hf/README.md``, with the evaluation as it now stands."""
+    from flanpipe.core.model.card import write_card
+    from flanpipe.core.train.trackers import log_eval_results
+
+    print(write_card(args.model, args.mixture_manifest, args.eval))
+    model = Path(args.model).resolve()
+    results = Path(args.eval or model.parent.parent / "results/eval" / model.name)
+    logged = log_eval_results(args.model, sorted(results.glob("*.json")))
+    if logged:
+        print(f"{logged} eval results added to the run's MLflow artifacts (eval/)")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Upload a model's ``hf/`` (and ``adapter/``) to the Hugging Face Hub, or list them (--dry-run)."""
+    from flanpipe.core.model.publish import PublishError, human_size, publish
+
+    try:
+        uploads = publish(args.model, args.repo, dry_run=args.dry_run, private=args.private)
+    except PublishError as err:
+        print(f"flanpipe: {err}", file=sys.stderr)
+        return 1
+    verb = "would upload" if args.dry_run else "uploaded"
+    print(_table([[u.path_in_repo, human_size(u.size), str(u.path)] for u in uploads], ["in the repository",
+                                                                                    "size", "file"]))
+    print(f"{verb} {len(uploads)} files, {human_size(sum(u.size for u in uploads))}, to {args.repo}")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     print(f"{args.config}: ok ({len(cfg.dataset_names())} datasets, held out: "
           f"{', '.join(cfg.heldout_clusters)})")
+    left_out = cfg.left_out()
+    if left_out:  # optional sources whose files are absent: the run goes on without them
+        print(f"left out ({len(left_out)}), their files absent:")
+        for name, missing in left_out.items():
+            print(f"  {name}: {', '.join(missing)}")
     return 0
 
 
@@ -452,6 +579,15 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bank_arguments(p: argparse.ArgumentParser, default: str | None) -> None:
+    from flanpipe.core.text.templates import BANKS
+
+    p.add_argument("--bank", choices=BANKS, default=default,
+                   help="a template bank: per dataset, the templates it renders and those it skips, why")
+    p.add_argument("--flan-root", default=None, help="a FLAN checkout (a clone of google-research/FLAN), "
+                   "for --bank flan2021 or flan2022")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flanpipe", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -461,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", action="append", help="only this cluster (repeatable)")
     p.add_argument("--embedded", action="store_true", help="only datasets with embedded demo data")
     p.add_argument("--json", action="store_true", help="full entries as JSON")
+    _bank_arguments(p, None)
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("download", help="download one dataset into raw Parquet")
@@ -475,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row", type=int, default=0, help="which raw row to render (default 0)")
     p.add_argument("--raw", help="a raw Parquet file (default: the embedded demo data)")
     p.add_argument("--options", choices=["dash", "letters", "none"], default="dash")
+    _bank_arguments(p, "flanpipe")
     p.set_defaults(func=cmd_templates)
 
     p = sub.add_parser("templatize", help="templatize one dataset's raw splits")
@@ -494,44 +632,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="rows as JSON")
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run")
-    p.add_argument("what", choices=["templatize", "dedup", "pack", "train", "eval", "scale", "fewshot",
-                                     "download", "formats", "precision", "chat"])
-    p.add_argument("--model", default=None,
-                   help="formats, precision, chat, train: a pretrained checkpoint folder (flanpipe smollm2)")
-    p.add_argument("--data", default=None, help="formats: a folder with one folder per dataset, hub schema")
-    p.add_argument("--rows", type=int, default=None,
-                   help="rows (default: 1M templatize and dedup, 100k pack, 200k download; eval: 96 prompts; "
-                        "fewshot: 392,702 MNLI train rows)")
-    p.add_argument("--peer-rows", type=int, default=None,
-                   help="rows the (slower) peer processes (default: 200k templatize, 20k dedup)")
-    p.add_argument("--threads", type=int, default=2,
-                   help="pack, fewshot: encoder threads; eval: torch threads")
-    p.add_argument("--architecture", choices=["llama", "t5"], default="llama",
-                   help="eval: a decoder (llama) or an encoder-decoder (t5) of the same width; train: t5 "
-                        "trains one beside the Llama of --size")
-    p.add_argument("--size", choices=["tiny", "125m", "1b"], default="1b", help="train: model size")
-    p.add_argument("--steps", type=int, default=300, help="train: optimizer steps")
-    p.add_argument("--micro-batch-rows", type=int, default=8, help="train: packed rows per forward pass")
-    p.add_argument("--optimizer", choices=["adafactor", "adamw"], default="adafactor",
-                   help="train: optimizer")
-    p.add_argument("--adapter", choices=["none", "lora"], default="none",
-                   help="train: lora runs full fine-tuning and LoRA on the same model and compares them")
-    p.add_argument("--scales", default="0.02,0.1",
-                   help="scale: fractions of the real dataset sizes, comma-separated (1 = real size)")
-    p.add_argument("--workdir", default=None, help="scale: where sources and runs go (kept)")
-    p.add_argument("--cores", type=int, default=2, help="scale: snakemake --cores")
-    p.add_argument("--datasets", default=None, help="scale: a comma-separated subset of its ten datasets; "
-                   "formats: the datasets (default arc_easy,boolq)")
-    p.add_argument("--keep", action="store_true", help="scale: keep the generated sources")
-    p.add_argument("--tokenizer", default=None,
-                   help="fewshot: tokenizer folder or file (default: the SmolLM2 folder the tests cache)")
-    p.add_argument("--peer-templates", type=int, default=None,
-                   help="fewshot: eval templates the previous implementation runs (scaled to all; "
-                        "default 1); formats: templates lm-eval scores (default 3)")
-    p.add_argument("--budget-steps", type=int, default=30_000,
-                   help="scale: train.steps of the budget that mix and pack fill (x 8,192 tokens; "
-                        "the paper's 30,000)")
+    p = sub.add_parser("bench", help="benchmarks against a named peer, measured in the same run (from a "
+                       "checkout with the dev extra: bench/ is not installed with the package)")
+    benchmarks = p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, bench in BENCHMARKS.items():
+        b = benchmarks.add_parser(name, help=bench.help, description=bench.help,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        for flag, kwargs in bench.options:
+            b.add_argument(flag, **kwargs)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tokenizer", help="train (or copy) the SentencePiece model from a mixture")
@@ -607,6 +715,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="one line per eval result (headline score, best template, spread)")
     p.add_argument("--results", default="results", help="folder searched for result JSON files")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("card", help="(re)write a model's card (hf/README.md) with its evaluation so far")
+    p.add_argument("--model", required=True, help="the model folder, models/<name>")
+    p.add_argument("--mixture-manifest", help="default: data/mixtures/<name>/manifest.json")
+    p.add_argument("--eval", help="the model's eval results; default: results/eval/<name>")
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("publish", help="upload a model's hf/ (and adapter/) to the Hugging Face Hub "
+                                       "(not part of the workflow)")
+    p.add_argument("--model", required=True, help="the model folder, models/<name>")
+    p.add_argument("--repo", required=True, help="the Hub repository, user/name (created if need be)")
+    p.add_argument("--dry-run", action="store_true", help="list the files and their sizes; upload nothing")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("check-config", help="validate a config file")
     p.add_argument("--config", default=DEFAULT_CONFIG)

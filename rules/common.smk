@@ -22,9 +22,16 @@ def get_download_slice(wildcards):
     return PLAN.slice("download", dataset=wildcards.dataset)
 
 
+def get_pool_slice(wildcards):
+    """The pool slice of one dataset: its submixture's cap sizes its pool."""
+    return PLAN.slice("pool", dataset=wildcards.dataset)
+
+
 def get_templates_digest(wildcards):
     """A digest of the dataset's templates: editing them reruns the dataset's templatize."""
-    return templates_digest(wildcards.dataset)
+    return templates_digest(
+        wildcards.dataset, CFG.templatize.bank, CFG.templatize.flan_root
+    )
 
 
 def get_templatized():

@@ -16,7 +16,7 @@ rule pool:
     conda:
         "../envs/flanpipe.yaml"
     params:
-        config=PLAN.slice("pool"),
+        config=get_pool_slice,
         stage_version=POOL_VERSION,
     script:
         "../workflow_scripts/pool.py"

@@ -58,3 +58,42 @@ def smollm2_folder(cache: Path | None = None) -> Path:
 def smollm2_dir() -> Path:
     """A real pretrained checkpoint with its own BPE tokenizer (see :func:`smollm2_folder`)."""
     return smollm2_folder()
+
+
+# The fast tier (`bash scripts/test.sh --fast`: `pytest -m "not slow and not e2e and not slurm"`) is the
+# inner loop: the unit tests, without the ones below, which start torchrun or spawned ranks,
+# Snakemake, mkdocs or the linters. A name here that matches no test fails the collection, so a
+# renamed test cannot fall into the fast tier unnoticed.
+SLOW = {
+    "tests/unit/test_train_seq2seq.py": "torchrun: T5 training on two ranks",
+    "tests/unit/test_train_guards.py": "torchrun: tiny Llama runs stopped on a NaN loss, killed and resumed",
+    "tests/unit/test_trackers.py": "torchrun: a tiny Llama logged to MLflow and W&B",
+    "tests/unit/test_publish.py": "torchrun: a tiny LoRA run to publish",
+    "tests/unit/test_lint.py": "ruff, snakefmt and import-linter",
+    "tests/unit/test_lora.py::test_two_ranks_": "torchrun: LoRA under ZeRO-3 on two ranks",
+    "tests/unit/test_bench_checkpoint.py::test_zero3_loads_partitioned_on_two_ranks_and_exports_back_exactly":
+        "torchrun: a partitioned load on two ranks",
+    "tests/unit/test_optim.py::test_flat_partitions_on_two_ranks_match_whole_tensors": "two spawned ranks",
+    "tests/unit/test_launch.py::test_killing_the_jobs_process_group_mid_train_leaves_no_training_rank":
+        "torchrun: a two-rank train killed",
+    "tests/unit/test_shards.py::test_a_shard_overwritten_with_other_tokens_of_its_size_stops_train":
+        "torchrun: the train stage refuses a shard",
+    "tests/unit/test_bench_scale.py::test_a_real_snakemake_run_is_read_per_job_with_its_own_peak":
+        "a real Snakemake run",
+    "tests/unit/test_docs.py::test_site_builds_strict": "mkdocs build --strict",
+    "tests/unit/test_docs.py::test_cheap_commands_run": "the docs' commands, Snakemake's dry run among them",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k and -m deselect: the check sees every collected test
+def pytest_collection_modifyitems(config, items):
+    matched = set()
+    for item in items:
+        for prefix in SLOW:
+            if item.nodeid.startswith(prefix):
+                item.add_marker(pytest.mark.slow)
+                matched.add(prefix)
+    collected = {item.nodeid.split("::")[0] for item in items}
+    stale = [p for p in SLOW if p not in matched and p.split("::")[0] in collected]
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py SLOW names tests that do not exist: {stale}")

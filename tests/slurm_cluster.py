@@ -5,9 +5,10 @@ project's Slurm profile with its commented GPU blocks enabled.
 apt-get installs the packages if they are missing); `multinode_cluster()` starts a two-node one, each
 node a network namespace with its own address and hostname, with scripts/slurm/start_multinode.sh
 (commands for it run on its first node: `on_node("fpn1", ...)`). Both always stop their cluster when
-the block ends, whether the tests passed, failed or were interrupted. They skip only where a cluster
-cannot be had: not root, the packages are missing and cannot be installed, or (two nodes) network
-namespaces cannot be made.
+the block ends, whether the tests passed, failed or were interrupted. Where a cluster cannot be had
+(not root, the packages are missing and cannot be installed, or, for two nodes, network namespaces
+cannot be made) they skip, saying why; in CI (`CI` set, as CI services set it), which is meant to
+run the Slurm tests, they fail instead (`cannot_run`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -45,6 +47,20 @@ def _daemon_logs(state_dir: Path = STATE_DIR) -> str:
     return "\n".join(out)
 
 
+def in_ci() -> bool:
+    """Whether this is a CI run: `CI` set to anything but empty, `0` or `false` (scripts/test.sh
+    reads it alike)."""
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def cannot_run(reason: str) -> NoReturn:
+    """Skip a Slurm test that this machine cannot run, saying why (a developer without root); in CI,
+    where the Slurm tests are meant to run, fail it instead: a skip there passes in silence."""
+    if in_ci():
+        pytest.fail(f"CI is set and the Slurm tests must run, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def unavailable_reason() -> str | None:
     """Why no cluster can be started here, or None."""
     if os.geteuid() != 0:
@@ -56,6 +72,26 @@ def unavailable_reason() -> str | None:
 
 def _packages_missing() -> bool:
     return not all(shutil.which(c) for c in COMMANDS)
+
+
+def install_slurm_commands() -> None:
+    """Slurm's and munge's commands on this machine (`scontrol`, `sbatch`, ...), installed with
+    apt-get where they are missing, as start_slurm.sh installs them (scripts/slurm/common.sh's
+    `install_slurm`); `cannot_run` where they cannot be."""
+    if not _packages_missing():
+        return
+    reason = unavailable_reason()
+    if reason:
+        cannot_run(reason)
+    script = f'log() {{ echo "[install_slurm] $*" >&2; }}; . "{SCRIPTS}/common.sh"; install_slurm'
+    try:
+        proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        cannot_run("installing Slurm with apt-get took over 600 s")
+    if proc.returncode == PACKAGES_UNAVAILABLE:
+        cannot_run(f"Slurm packages unavailable: {_tail(proc.stderr, 5)}")
+    if proc.returncode != 0:
+        pytest.fail(f"installing Slurm failed ({proc.returncode}):\n{_tail(proc.stderr)}")
 
 
 @contextmanager
@@ -86,19 +122,19 @@ def _cluster(start: str, stop: str, env: dict[str, str], state_dir: Path,
              start_timeout: int) -> Iterator[None]:
     reason = unavailable_reason()
     if reason:
-        pytest.skip(reason)
+        cannot_run(reason)
     try:
         try:
             proc = subprocess.run(["bash", str(SCRIPTS / start)], env=env, capture_output=True, text=True,
                                   timeout=start_timeout)
         except subprocess.TimeoutExpired as e:
             if _packages_missing():
-                pytest.skip(f"installing Slurm with apt-get took over {start_timeout} s")
+                cannot_run(f"installing Slurm with apt-get took over {start_timeout} s")
             pytest.fail(f"{start} timed out:\n{_tail(str(e.stderr or ''))}\n{_daemon_logs(state_dir)}")
         if proc.returncode == PACKAGES_UNAVAILABLE:
-            pytest.skip(f"Slurm packages unavailable: {_tail(proc.stderr, 5)}")
+            cannot_run(f"Slurm packages unavailable: {_tail(proc.stderr, 5)}")
         if proc.returncode == NO_NAMESPACES:
-            pytest.skip(f"no network namespaces here for a second node: {_tail(proc.stderr, 5)}")
+            cannot_run(f"no network namespaces here for a second node: {_tail(proc.stderr, 5)}")
         if proc.returncode != 0:
             pytest.fail(f"{start} failed ({proc.returncode}):\n{_tail(proc.stderr)}\n"
                         f"{_daemon_logs(state_dir)}")

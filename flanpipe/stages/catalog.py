@@ -6,10 +6,14 @@ from there): ``raw.<dataset>_train`` / ``raw.<dataset>_eval`` (each dataset in i
 mixture's shards, with a ``mixture`` column), ``mixture_rows`` (what each mixture did with every
 pool row: kept, exact or near duplicate of a named kept twin, contaminated, capped) and
 ``packed_index`` (every packed example's row, segment and token counts). Tables hold the numbers:
-``mixture_stats``, ``template_usage``, ``prompt_mix`` (per mixture, submixture and dataset: rows per
-prompt type of the template mix, and their exemplars),
+``mixture_stats``, ``template_usage``, ``template_banks`` (per dataset: the template bank, and a FLAN
+bank's checkout, file, git commit and sha256), ``prompt_mix`` (per mixture, submixture and dataset:
+rows per prompt type of the template mix, and their exemplars),
 ``dedup_report``, ``contamination_report``, ``packing_stats`` (per mixture: packing efficiency next to
-next-fit and pad-to-max) and ``token_stats`` (per mixture and dataset: tokens and truncations). The
+next-fit and pad-to-max), ``token_stats`` (per mixture and dataset: tokens and truncations) and
+``collection_mix`` (per mixture: rows by submixture, dataset, task, prompt type and source, where a
+task is a Super-NaturalInstructions task or a published dump's ``task_name`` and a source is the
+task's ``Source`` or the dump's ``task_source``; the dataset itself elsewhere). The
 ``catalog`` rule rebuilds the file whenever an input changes; it is written to a temporary file and
 renamed into place.
 
@@ -17,6 +21,10 @@ Example (``duckdb data/catalog.duckdb`` or ``duckdb.connect("data/catalog.duckdb
 
     SELECT cluster, round(100 * sum(sampled) / sum(sum(sampled)) OVER (), 1) AS pct
     FROM mixture_stats WHERE mixture = 'nli' GROUP BY cluster ORDER BY pct DESC;
+
+    -- a mixture against the Flan 2022 weights (0.40, 0.32, 0.20, 0.05, 0.03)
+    SELECT submixture, sum(rows) AS rows, round(100 * sum(rows) / sum(sum(rows)) OVER (), 1) AS pct
+    FROM collection_mix WHERE mixture = 'all' GROUP BY submixture ORDER BY pct DESC;
 """
 
 from __future__ import annotations
@@ -27,14 +35,15 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from flanpipe.core.io import atomic_path
+from flanpipe.core.config.registry import load_registry
+from flanpipe.core.io import atomic_path, read_parquet_metadata
 
-STAGE_VERSION = "1"
+STAGE_VERSION = "2"  # 2: template_banks; collection_mix (rows by submixture, task, prompt type, source)
 
 log = logging.getLogger(__name__)
 
-TABLES = ("mixture_stats", "template_usage", "prompt_mix", "dedup_report", "contamination_report",
-          "packing_stats", "token_stats")
+TABLES = ("mixture_stats", "template_usage", "template_banks", "prompt_mix", "dedup_report",
+          "contamination_report", "packing_stats", "token_stats", "collection_mix")
 
 
 def _sql_path(path: str | Path) -> str:
@@ -93,7 +102,12 @@ def build_catalog(out_path: str | Path, datasets: list[str], mixtures: list[str]
                 SELECT mixture, dataset, template_id, inverted, count(*) AS rows,
                        count(DISTINCT example_id) AS examples
                 FROM mixtures GROUP BY ALL ORDER BY mixture, dataset, template_id""")
+            con.register("banks", template_banks(d / "templatized" / f"{n}.parquet" for n in datasets))
+            con.execute("CREATE TABLE template_banks AS SELECT * FROM banks ORDER BY dataset")
+            con.unregister("banks")
             con.execute(PROMPT_MIX_SQL)
+            con.execute(f"CREATE VIEW row_tasks AS {_row_tasks(datasets, d)}")
+            con.execute(COLLECTION_MIX_SQL)
             con.execute("""
                 CREATE TABLE dedup_report AS
                 SELECT dataset, reason,
@@ -112,6 +126,22 @@ def build_catalog(out_path: str | Path, datasets: list[str], mixtures: list[str]
     return counts
 
 
+BANK_FIELDS = ("bank", "flan_root", "file", "git_commit", "sha256")
+
+
+def template_banks(paths) -> pa.Table:
+    """Per templatized file, whose templates rendered it (from its Parquet metadata): the bank and,
+    for a FLAN bank, the checkout, the file, its git commit and sha256; flanpipe's own bank has the
+    rest null."""
+    rows = []
+    for path in paths:
+        meta = read_parquet_metadata(path)
+        bank = meta.get("bank", {"bank": "flanpipe"})
+        rows.append({"dataset": meta.get("dataset", Path(path).stem),
+                     **{k: bank.get(k) for k in BANK_FIELDS}})
+    return pa.Table.from_pylist(rows, schema=pa.schema([(k, pa.string()) for k in ("dataset", *BANK_FIELDS)]))
+
+
 PROMPT_MIX_SQL = """
     CREATE TABLE prompt_mix AS
     SELECT mixture, submixture, dataset, prompt_type, count(*) AS rows,
@@ -122,6 +152,37 @@ PROMPT_MIX_SQL = """
     ORDER BY mixture, submixture, dataset, prompt_type"""
 """Rows a mixture holds per submixture, dataset and prompt type (``templatize.mix``): what a run
 actually trained on. A few-shot row whose exemplars did not fit the budget shows 0 shots."""
+
+
+COLLECTION_MIX_SQL = """
+    CREATE TABLE collection_mix AS
+    SELECT m.mixture, m.submixture, m.dataset, coalesce(t.task, m.dataset) AS task, m.prompt_type,
+           coalesce(t.source, m.dataset) AS source, count(*) AS rows,
+           round(count(*) / sum(count(*)) OVER (PARTITION BY m.mixture), 6) AS share
+    FROM mixtures m LEFT JOIN row_tasks t ON t.dataset = m.dataset AND t.row_index = m.row_index
+    GROUP BY m.mixture, m.submixture, m.dataset, coalesce(t.task, m.dataset), m.prompt_type,
+             coalesce(t.source, m.dataset)
+    ORDER BY m.mixture, m.submixture, m.dataset, task, m.prompt_type, source"""
+"""Rows a mixture holds by submixture, dataset, task, prompt type and source: the Flan Collection's
+own breakdown, to check a mixture against the paper's proportions."""
+TASK_COLUMNS = (("task", "source"), ("task_name", "task_source"))
+"""A dataset's (task, source) columns, where its rows carry them: NIv2's, a published dump's."""
+
+
+def _row_tasks(datasets: list[str], d: Path) -> str:
+    """SELECT (dataset, row_index, task, source) over the raw train rows of the datasets that
+    carry a task column (:data:`TASK_COLUMNS`); an empty SELECT when none does."""
+    registry, parts = load_registry(), []
+    for name in datasets:
+        features = registry.datasets[name].features
+        for task, source in TASK_COLUMNS:
+            if task in features and source in features:
+                parts.append(f"SELECT {_sql_path(name)} AS dataset, row_index, {_ident(task)} AS task, "
+                             f"{_ident(source)} AS source FROM "
+                             f"read_parquet({_sql_path(d / 'raw' / name / 'train.parquet')})")
+                break
+    return " UNION ALL ".join(parts) or ("SELECT NULL::VARCHAR AS dataset, NULL::BIGINT AS row_index, "
+                                         "NULL::VARCHAR AS task, NULL::VARCHAR AS source WHERE false")
 
 
 def _list(paths) -> str:

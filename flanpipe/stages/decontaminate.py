@@ -10,6 +10,11 @@ every pool row (:mod:`flanpipe.stages.pool`) and records each (train row, eval d
 ``data/decontam/{dataset}.parquet``. Which matches remove a row depends on the mixture: the mixer
 drops rows matching the eval sets of the mixture's held-out cluster (for `all`, of every held-out
 cluster).
+
+A dataset whose registry entry names a ``source_field`` (Super-NaturalInstructions' task Source) also
+records each row whose source is a registry dataset (``flanpipe/data/registry/niv2_sources.yaml``) as
+a match of that dataset's cluster, named ``source:<dataset>``, with ``ngram`` and ``matches`` 0: the
+mixer removes such a row from the held-out model of that cluster as it removes a contaminated one.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from flanpipe.core.logs import progress
 from flanpipe.core.text import hashing as fp
 from flanpipe.core.text.keys import example_ids, pool_duplicate_ids
 from flanpipe.core.text.schemas import MATCH_SCHEMA
+from flanpipe.core.text.sources import source_matches
 from flanpipe.core.text.templates import raw_texts
 
 # 2: reads the pool file (data/pool) batch by batch
@@ -63,6 +69,20 @@ def contaminated_rows(words: fp.Words, eval_sets: dict[str, tuple[int, np.ndarra
     return out
 
 
+def _source_match_tables(sources: list[str | None], row_index: np.ndarray, ids: pa.Array,
+                         clusters: dict[str, str]) -> list[pa.Table]:
+    """Matches by source (:func:`~flanpipe.core.text.sources.source_matches`), in MATCH_SCHEMA."""
+    out = []
+    for rows, name, cluster in source_matches(sources, clusters):
+        n = len(rows)
+        out.append(pa.Table.from_arrays([
+            pa.array(row_index[rows], pa.int64()), ids.take(pa.array(rows)),
+            pa.array([name] * n, pa.string()),
+            pa.array([cluster] * n, pa.string()), pa.array(np.zeros(n, np.int32)),
+            pa.array(np.zeros(n, np.int32))], schema=MATCH_SCHEMA))
+    return out
+
+
 def decontaminate_dataset(name: str, pool: str | Path, fingerprints: str | Path,
                           ngram_paths: dict[str, str | Path], out_path: str | Path,
                           batch_rows: int = BATCH_ROWS) -> dict:
@@ -80,6 +100,7 @@ def decontaminate_dataset(name: str, pool: str | Path, fingerprints: str | Path,
         meta = read_parquet_metadata(path)
         eval_sets[eval_name] = (int(meta["ngram"]), read_table(path).column("hash").to_numpy())
     parts = []
+    clusters = {d: s.cluster for d, s in registry.datasets.items()}
     dups = pool_duplicate_ids(read_parquet_metadata(pool))
     for table in progress(iter_parquet(pool, batch_rows), pool_rows, f"{name}: decontaminate"):
         found = contaminated_rows(fp.word_hashes(raw_texts(spec, table)), eval_sets)
@@ -94,6 +115,9 @@ def decontaminate_dataset(name: str, pool: str | Path, fingerprints: str | Path,
                 pa.array([registry.datasets[eval_name].cluster] * len(rows), pa.string()),
                 pa.array([eval_sets[eval_name][0]] * len(rows), pa.int32()),
                 pa.array(counts, pa.int32())], schema=MATCH_SCHEMA))
+        if spec.source_field:
+            parts += _source_match_tables(table.column(spec.source_field).to_pylist(), row_index, ids,
+                                          clusters)
     table = pa.concat_tables(parts) if parts else MATCH_SCHEMA.empty_table()
     table = table.sort_by([("row_index", "ascending"), ("eval_dataset", "ascending")])
     for eval_name in sorted(eval_sets):

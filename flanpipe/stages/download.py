@@ -7,7 +7,10 @@ Three sources, chosen per dataset in config (``download``):
   ``load_dataset`` refuses the script), the hub's auto-converted Parquet branch
   ``refs/convert/parquet``, read from the hub or from a local copy of that branch;
 - ``local``: ``{split}.parquet``, ``{split}.jsonl`` or ``{split}.csv`` files in the hub schema;
-- ``embedded``: the small demo data shipped inside the package.
+- ``embedded``: the small demo data shipped inside the package;
+- ``cot``: FLAN's chain-of-thought TSV files (:mod:`flanpipe.core.text.sources`);
+- ``niv2``: a folder of Super-NaturalInstructions task files, as the one dataset ``niv2``;
+- ``flan_dump``: a published Flan Collection export, one ``_task_source`` per dataset.
 
 Every source is read in record batches (``batch_rows`` rows: Parquet row batches, chunks of
 JSONL lines, CSV blocks, the memory-mapped Arrow cache of ``datasets``), and each batch is checked
@@ -54,6 +57,14 @@ from flanpipe.core.io import (
 )
 from flanpipe.core.text.keys import duplicated, id_hashes
 from flanpipe.core.text.schemas import REJECTED_SCHEMA
+from flanpipe.core.text.sources import (
+    DUMP_TASK_SOURCES,
+    SourceFileError,
+    dump_files,
+    iter_cot_batches,
+    iter_dump_batches,
+    iter_niv2_batches,
+)
 from flanpipe.core.text.validate import BadLine, SchemaError, SplitTally, check_split
 
 # 2: parquet-branch reads, bytes-repr decoding; 3: read and written in batches, fixed row groups
@@ -575,8 +586,77 @@ def _open_split(spec: DatasetSpec, source: SourceSpec, split: str,
         path = local_split_path(Path(source.path), split)
         origin = {"path": str(path.resolve()), "sha256_source": sha256_file(path)}
         return iter_local_split(path, spec, batch_rows), origin
+    if source.kind == "cot":
+        return _open_cot(spec, source, batch_rows)
+    if source.kind == "niv2":
+        return _open_niv2(spec, source, batch_rows)
+    if source.kind == "flan_dump":
+        return _open_dump(spec, source, batch_rows)
     records, bad, path = read_embedded_split(spec, split)  # small demo files
     return iter([(records, bad)]), {"path": path}
+
+
+def _open_cot(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[Iterator[Batch], dict]:
+    """A CoT dataset's one TSV file; a missing one is named, with how to go on without it."""
+    path = Path(source.files_for(spec.name, ["train"])[0])
+    if not path.is_file():
+        raise DownloadError(f"{spec.name}: no CoT file {path} (expected {path.name} in {path.parent}). "
+                            f"Where to get it: {spec.local_instructions}. To run without it, set "
+                            f"optional: true on its source (download.sources.{spec.name}) or "
+                            "download.optional: true, or leave it out of 'datasets'.")
+    origin = {"path": str(path.resolve()), "sha256_source": sha256_file(path)}
+    return iter_cot_batches(path, batch_rows), origin
+
+
+def _open_niv2(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[Iterator[Batch], dict]:
+    """A folder of NIv2 task files; the origin's ``niv2`` counts (tasks, instances, capped, MMLU's
+    tasks skipped) are filled in as the files are read, before the manifest is written."""
+    folder = Path(source.path)
+    if not folder.is_dir() or not any(folder.glob("*.json")):
+        raise DownloadError(f"{spec.name}: no task files (*.json) in {folder}. Where to get them: "
+                            f"{spec.local_instructions}.")
+    tally: dict[str, Any] = {}
+    origin = {"path": str(folder.resolve()), "per_task_cap": source.per_task_cap, "niv2": tally}
+
+    def batches() -> Iterator[Batch]:
+        try:
+            yield from iter_niv2_batches(folder, source.per_task_cap, batch_rows, tally)
+        except SourceFileError as err:
+            raise DownloadError(str(err)) from err
+        log.info("%s: %d tasks, %d instances read, %d past the cap of %s per task; skipped as FLAN did: %s",
+                 spec.name, tally["tasks"], tally["instances"], tally["capped"], source.per_task_cap,
+                 tally["excluded_tasks"] or "none")
+
+    return batches(), origin
+
+
+def _open_dump(spec: DatasetSpec, source: SourceSpec, batch_rows: int) -> tuple[Iterator[Batch], dict]:
+    """The rows of one ``_task_source`` of a Flan Collection export; its ``flan_dump`` counts are
+    filled in as the files are read."""
+    files = dump_files(source.path)
+    if not files:
+        raise DownloadError(f"{spec.name}: no dump file at {source.path} (a .parquet or .jsonl file, or a "
+                            f"folder of them). Where to get one: {spec.local_instructions}.")
+    task_source = source.task_source or DUMP_TASK_SOURCES.get(spec.name)
+    tally: dict[str, Any] = {}
+    origin = {"path": str(Path(source.path).resolve()), "files": [f.name for f in files],
+              "task_source": task_source, "per_task_cap": source.per_task_cap, "flan_dump": tally}
+
+    def batches() -> Iterator[Batch]:
+        try:
+            for table in iter_dump_batches(source.path, task_source, source.per_task_cap, batch_rows, tally):
+                yield table, {}
+        except SourceFileError as err:
+            raise DownloadError(str(err)) from err
+        if tally["unknown_template_type"]:
+            log.warning("%s: rows left out for a _template_type that is no prompt type: %s", spec.name,
+                        tally["unknown_template_type"])
+        if tally["rows_read"] and not tally["rows_of_source"]:
+            raise DownloadError(f"{spec.name}: none of the {tally['rows_read']} rows of {source.path} has "
+                                f"_task_source {task_source!r}; set task_source on its source to the "
+                                "spelling the dump uses")
+
+    return batches(), origin
 
 
 def download_dataset(name: str, source: SourceSpec, out_dir: str | Path, seed: int,

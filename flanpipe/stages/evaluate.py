@@ -53,6 +53,7 @@ from flanpipe.core.io import code_version, read_schema, read_table, sha256_file,
 from flanpipe.core.model.adapter import adapter_base, is_adapter_folder
 from flanpipe.core.model.checkpoint import load_checkpoint
 from flanpipe.core.text.fewshot import FewShotPool, TokenCounter, few_shot_columns
+from flanpipe.core.text.flan import checkout_identity
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.text.templates import (
     DatasetTemplates,
@@ -132,7 +133,7 @@ def model_format(model_dir: str | Path, override: str | None = None) -> tuple[Fo
             raise ValueError(f"format {override!r}; allowed: {', '.join(FORMATS)}")
         return override, "override", separator
     if saved:
-        trained = saved.get("format", saved.get("layout"))  # (train stage version 5 and before: `layout`)
+        trained = saved.get("format", saved.get("layout"))  # (train stage version 6 and before: `layout`)
         if trained not in TRAIN_FORMATS:
             raise ValueError(f"{record}: format {trained!r}; allowed: {', '.join(TRAIN_FORMATS)}")
         return trained, "trained", separator
@@ -258,14 +259,15 @@ def decode(model: torch.nn.Module, fmt: Format, prompts: list[str], cfg: Evaluat
 
 
 def references(spec: DatasetSpec, template: Template, rendered_targets: list[str],
-               raw: pa.Table) -> list[list[str]]:
+               raw: pa.Table, bank: DatasetTemplates | None = None) -> list[list[str]]:
     """Every reference of a generation example. When the template's target is the answer as it is
     (``{answer}`` or a target field), that is every value of every target field the registry names
-    (TriviaQA's value and aliases, SQuAD's answer list), the rendered one first; otherwise the
-    rendered target alone."""
+    (TriviaQA's value and aliases, SQuAD's answer list), the rendered one first; otherwise, or where
+    the bank says the answer otherwise (a FLAN bank's numbered CoQA answers), the rendered target
+    alone."""
     fields = spec.task.targets
     as_is = {"{answer}"} | {"{" + f + filt + "}" for f in fields for filt in ("", "|first")}
-    plain = template.target.strip() in as_is
+    plain = template.target.strip() in as_is and (bank is None or bank.generation_answer() is None)
     if not plain:
         return [[t] for t in rendered_targets]
     columns = [column_at(raw, f).to_pylist() for f in fields]
@@ -324,7 +326,7 @@ def score_format(model: torch.nn.Module, fmt: Format, spec: DatasetSpec, bank: D
         variants: dict[str, dict] = {}
         if task == "generation":
             prompts = prompts_for(bank, template, eval_raw, pool, "none", count_tokens, field, budget)
-            refs = references(spec, template, rendered.targets.to_pylist(), eval_raw)
+            refs = references(spec, template, rendered.targets.to_pylist(), eval_raw, bank)
             modes = [("greedy", False)] + ([("sample", True)] if cfg.evaluate.generation.sample else [])
             for name, sample in modes:
                 preds = decode(model, fmt, prompts, cfg, sample)
@@ -399,7 +401,10 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     torch.set_num_threads(max(1, threads))
     t0 = time.perf_counter()
     spec = load_registry().datasets[dataset]
-    bank = load_bank()[dataset]
+    bank = load_bank(cfg.bank, cfg.flan_root)[dataset]
+    if not bank.eval_templates:
+        raise ValueError(f"{dataset}: bank {cfg.bank} has no template posing the dataset's own task "
+                         "(turned-around templates are not scored; flanpipe datasets --bank says why)")
     raw_dir = Path(raw_dir)
     eval_path = raw_dir / "eval.parquet"
     eval_raw = eval_sample(read_table(eval_path), cfg.evaluate.max_examples, cfg.seed, dataset)
@@ -445,6 +450,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         "eval_split": {"registry_split": spec.splits.eval, "file": str(eval_path),
                        "sha256": sha256_file(eval_path)},
         "contamination": contamination_counts(contamination, dataset),
+        "bank": checkout_identity(cfg.bank, cfg.flan_root),
         "config": {"evaluate": cfg.evaluate.model_dump(), "few_shot": cfg.few_shot.model_dump(),
                    "options": cfg.options, "seed": cfg.seed, "cut_long_field": cfg.cut_long_field,
                    "max_input_tokens": cfg.max_input_tokens},

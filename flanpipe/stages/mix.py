@@ -54,6 +54,7 @@ from flanpipe.core.text.schemas import (
     MIXTURE_STATS_SCHEMA,
     TEMPLATIZED_SCHEMA,
 )
+from flanpipe.core.text.sources import SOURCE_MATCH_PREFIX
 
 # 3: reads only the wanted renderings, shuffles through on-disk buckets (memory flat in the budget)
 STAGE_VERSION = "5"  # 5: submixtures; prompt types counted (4: rows with duplicated source ids)
@@ -269,13 +270,20 @@ def resolve_mixture(pools: list[Pool], components: tuple[np.ndarray, np.ndarray]
     return Fates(ds, position, fate, twin)
 
 
-def _load_pool(name: str, files: DatasetInputs, removes: set[str]) -> tuple[Pool, pa.Table]:
-    """A dataset's pool rows, with the rows this mixture removes as contaminated, and its matches."""
+def _load_pool(name: str, files: DatasetInputs, removes: set[str],
+               source_removes: set[str] = frozenset()) -> tuple[Pool, pa.Table]:
+    """A dataset's pool rows, with the rows this mixture removes as contaminated, and its matches.
+
+    ``source_removes``: the held-out clusters whose matches by source (``source:<dataset>``, a NIv2
+    task built on a held-out dataset) are removed too, whether n-gram decontamination is on or not."""
     fps = read_table(files.fingerprints, columns=["row_index", "example_id", "priority", "exact_hi",
                                                   "exact_lo"])
     row_index = fps.column("row_index").to_numpy()
     matches = read_table(files.decontam)
-    removing = _in_clusters(matches, removes).column("row_index").to_numpy()
+    by_source = pc.starts_with(matches.column("eval_dataset"), SOURCE_MATCH_PREFIX)
+    removing = np.union1d(
+        _in_clusters(matches.filter(pc.invert(by_source)), removes).column("row_index").to_numpy(),
+        _in_clusters(matches.filter(by_source), set(source_removes)).column("row_index").to_numpy())
     pool = Pool(name=name, row_index=row_index,
                 example_id=fps.column("example_id").to_numpy(zero_copy_only=False),
                 priority=fps.column("priority").to_numpy(),
@@ -306,6 +314,15 @@ def _duplicate_id_rows(files: DatasetInputs) -> int:
     """Raw train rows whose source id another row also holds (the download manifest's count)."""
     manifest = json.loads(Path(files.manifest).read_text(encoding="utf-8"))["splits"]["train"]
     return int(manifest.get("duplicate_ids", {}).get("rows", 0))
+
+
+def _removed(matches: pa.Table, removes: set[str], source_removes: set[str]) -> pa.Array:
+    """Whether this mixture removes each match: an n-gram match of a cluster in ``removes``, a match
+    by source of one in ``source_removes``."""
+    cluster = matches.column("eval_cluster")
+    return pc.if_else(pc.starts_with(matches.column("eval_dataset"), SOURCE_MATCH_PREFIX),
+                      pc.is_in(cluster, pa.array(sorted(source_removes), pa.string())),
+                      pc.is_in(cluster, pa.array(sorted(removes), pa.string())))
 
 
 def _in_clusters(matches: pa.Table, clusters: set[str]) -> pa.Table:
@@ -396,14 +413,15 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
     out_dir = Path(out_dir)
     heldout = set(heldout)
     removes = heldout if cfg.decontaminate else set()  # matches are still reported
+    by_source = heldout if mixture != "all" else set()  # `all` trains on the held-out datasets too
     _check_inputs(mixture, datasets, heldout, inputs)
-    loaded = [_load_pool(n, f, removes) for n, f in zip(datasets, inputs, strict=True)]
+    loaded = [_load_pool(n, f, removes, by_source) for n, f in zip(datasets, inputs, strict=True)]
     pools, matches = tuple(p for p, _ in loaded), [m for _, m in loaded]
     submixture = _submixtures(mixture, datasets, cfg)
     caps = [cfg.mix.groups()[g].cap for g in submixture]
     fates = resolve_mixture(list(pools), duplicate_components(dropped_paths), caps)
     parts = [_dataset_part(mixture, k, inputs[k], pools, fates, matches[k], caps[k], submixture[k], heldout,
-                           removes, cfg) for k in range(len(datasets))]
+                           removes, by_source, cfg) for k in range(len(datasets))]
     sampling = sample_sizes(parts, submixture, cfg)
     shards = _shuffle_into_shards(mixture, inputs, parts, submixture, sampling, out_dir, cfg)
     return _write_mixture(mixture, datasets, heldout, submixture, parts, sampling, shards, out_dir, cfg)
@@ -415,7 +433,7 @@ def _check_inputs(mixture: str, datasets: list[str], heldout: set[str], inputs: 
     registry = load_registry()
     if mixture != "all":
         excluded = {c for h in heldout for c in registry.excluded_clusters(h)}
-        leaked = [d for d in datasets if registry.datasets[d].cluster in excluded]
+        leaked = [d for d in datasets if not registry.trains_in(d, set(registry.clusters) - excluded)]
         if leaked:
             raise ValueError(f"mixture {mixture!r} must not train on {leaked} (held out or excluded)")
     for files in inputs:
@@ -436,7 +454,7 @@ def _submixtures(mixture: str, datasets: list[str], cfg: MixSlice) -> list[str]:
 
 def _dataset_part(mixture: str, k: int, files: DatasetInputs, pools: tuple[Pool, ...], fates: Fates,
                   matches: pa.Table, cap: int, submixture: str, heldout: set[str], removes: set[str],
-                  cfg: MixSlice) -> DatasetPart:
+                  by_source: set[str], cfg: MixSlice) -> DatasetPart:
     """Dataset ``k``'s fates, counts, kept rows, estimated tokens and contamination in this mixture."""
     pool = pools[k]
     name = pool.name
@@ -463,7 +481,7 @@ def _dataset_part(mixture: str, k: int, files: DatasetInputs, pools: tuple[Pool,
              "mean_tokens_est": tokens, "pool_short": short,
              "duplicate_id_rows": _duplicate_id_rows(files)}
     found = _in_clusters(matches, heldout)
-    removed = pc.is_in(found.column("eval_cluster"), pa.array(sorted(removes), pa.string()))
+    removed = _removed(found, removes, by_source)
     contamination = _contamination_rows(mixture, name, found.append_column(
         "removed", pc.cast(removed, pa.int64())))
     return DatasetPart(stats, kept, passes, contamination, _fate_table(name, pool, fate, fates, mine, pools))

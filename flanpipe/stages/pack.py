@@ -66,7 +66,14 @@ from flanpipe.core.text.schemas import PACKED_INDEX_SCHEMA, PACKED_STATS_SCHEMA,
 from flanpipe.core.tokens import binpack
 from flanpipe.core.tokens.chat import ChatTemplate, chat_template
 from flanpipe.core.tokens.formats import bos_token, separator_ids
-from flanpipe.core.tokens.shards import EXAMPLE_DTYPE, SHARD_FILES, row_dtype, stored_dtype
+from flanpipe.core.tokens.shards import (
+    EXAMPLE_DTYPE,
+    SHARD_FILES,
+    rebuild,
+    record_dtype,
+    row_dtype,
+    stored_dtype,
+)
 from flanpipe.core.tokens.tokenizers import Tokenizer, load_tokenizer
 
 # 5: the manifest's and packing.parquet's `layout` is `model_kind`; 4: tokenize.format (eos, text; chat,
@@ -251,12 +258,78 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: n
         target_off = off_b
     for offsets, sizes in zip((off_a, off_b), dims[::2], strict=True):
         _check_back_to_back(row, seg, offsets, sizes, tcfg.packer)
+    packed = packed_rows(tokens, row, seg, size_in, size_tg)
+    check_rows(packed, row, seg, off_a, size_in, targets, keep_tg, end, tokenizer.bos_id, table)
     placement = {"row": row, "segment": seg, "input_offset": off_a, "target_offset": target_off,
                  "input_tokens": size_in, "target_tokens": size_tg,
                  "input_tokens_full": inputs.full + k, "target_tokens_full": targets.full + e}
     counts = {"rows": n_rows, "rows_lower_bound": binpack.rows_lower_bound(*dims),
               "rows_next_fit": binpack.next_fit(*dims)[4], "chat_replies_merged": merged}
-    return packed_rows(tokens, row, seg, size_in, size_tg), placement, counts
+    return packed, placement, counts
+
+
+class PackCheckError(RuntimeError):
+    """A packed row is not what its examples say: an empty loss mask, a loss mask that is not the
+    target's tokens, or an example that starts with two BOS tokens."""
+
+
+def check_rows(packed: PackedRows, row: np.ndarray, segment: np.ndarray, input_offset: np.ndarray,
+               input_tokens: np.ndarray, targets: Encoded, keep_targets: np.ndarray, end: np.ndarray,
+               bos: int | None, table: pa.Table) -> None:
+    """Every packed example, read back as the trainer reads it (:func:`~flanpipe.core.tokens.shards.rebuild`):
+    its loss mask is not empty and covers exactly its target tokens, kept as truncation keeps them,
+    then ``end`` (EOS; also where the pad id is the EOS id: the mask comes from the stored lengths,
+    never from token ids); and it does not start with two ``bos`` tokens. Raises
+    :class:`PackCheckError` naming the first bad example's dataset and id.
+
+    >>> tokens = np.array([([7, 5, 1, 6, 1, 1],)], [("tokens", "<u2", (6,))])
+    >>> rows = packed_rows(tokens, np.array([0]), np.array([1]), np.array([3]), np.array([2]))
+    >>> tg = Encoded([np.array([6], np.int32)])
+    >>> table = pa.table({"dataset": ["rte"], "example_id": ["r1"]})
+    >>> check_rows(rows, np.array([0]), np.array([1]), np.array([0]), np.array([3]), tg, np.array([1]),
+    ...            np.array([1], np.int32), 7, table)
+    >>> check_rows(rows, np.array([0]), np.array([1]), np.array([0]), np.array([3]),
+    ...            Encoded([np.array([9], np.int32)]), np.array([1]), np.array([1], np.int32), 7, table)
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    flanpipe.stages.pack.PackCheckError: pack: rte/r1: its loss mask does not cover exactly its target ...
+    """
+    order = np.lexsort((segment, row))  # the examples as rows hold them
+    names = table.select(["dataset", "example_id"])
+
+    def fail(i: int, what: str) -> None:
+        raise PackCheckError(f"pack: {names['dataset'][int(i)]}/{names['example_id'][int(i)]}: {what}")
+
+    lengths = keep_targets + len(end)
+    if (lengths == 0).any():
+        fail(np.flatnonzero(lengths == 0)[0], "its loss mask is empty (no target token)")
+    record = np.empty(len(packed.tokens), record_dtype(packed.tokens.dtype))
+    for name in packed.tokens.dtype.names:
+        record[name] = packed.tokens[name]
+    rebuild(record, packed.examples, packed.examples_per_row)
+    side = "tokens" if "tokens" in record.dtype.names else "targets"
+    got = record[side][record["loss_mask"].astype(bool)]
+    kept, n = keep_targets[order], lengths[order]
+    starts = np.cumsum(n) - n
+    expected = np.empty(int(n.sum()), np.int64)
+    within = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
+    expected[np.repeat(starts, kept) + within] = targets.ids[np.repeat(targets.starts[order], kept) + within]
+    for j, token in enumerate(end):
+        expected[starts + kept + j] = token
+    if len(got) != len(expected) or not np.array_equal(got, expected):
+        at = int(np.argmax(got[:len(expected)] != expected[:len(got)])) if min(len(got), len(expected)) else 0
+        fail(order[np.searchsorted(starts, at, side="right") - 1],
+             f"its loss mask does not cover exactly its target tokens and EOS ({len(got)} masked tokens "
+             f"in the window, {len(expected)} expected)")
+    if bos is not None:
+        inputs = record["tokens" if side == "tokens" else "inputs"]
+        two = input_tokens >= 2
+        first = inputs[row, input_offset]
+        second = inputs[row, np.minimum(input_offset + 1, inputs.shape[1] - 1)]
+        double = two & (first == bos) & (second == bos)
+        if double.any():
+            fail(np.flatnonzero(double)[0], f"it starts with BOS twice (id {bos}); a chat template that "
+                 "writes its own BOS, or tokenize.add_bos with inputs that hold one already?")
 
 
 def packed_rows(tokens: np.ndarray, row: np.ndarray, segment: np.ndarray, input_tokens: np.ndarray,
@@ -329,13 +402,14 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
                 totals[k] += counts[k]
             totals["windows"] += 1
             position += table.num_rows
+        index = (pa.concat_tables(index_parts) if index_parts else PACKED_INDEX_SCHEMA.empty_table()).sort_by(
+            [("row", "ascending"), ("segment", "ascending")])
+        stats = token_stats(mixture, index, tcfg)
+        check_truncation(stats, tcfg.max_truncated_fraction)  # (before the shards are in place)
         shard_list = writer.close()
 
-    index = (pa.concat_tables(index_parts) if index_parts else PACKED_INDEX_SCHEMA.empty_table()).sort_by(
-        [("row", "ascending"), ("segment", "ascending")])
     meta = {"stage": "pack", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed}
     write_parquet_atomic(index, out_dir / "index.parquet", meta)
-    stats = token_stats(mixture, index, tcfg)
     write_parquet_atomic(stats, out_dir / "stats.parquet", meta)
     summary = packing_summary(mixture, stats, totals, tcfg, cfg.steps * cfg.tokens_per_batch)
     write_parquet_atomic(pa.Table.from_pylist([summary], schema=PACKING_SCHEMA), out_dir / "packing.parquet",
@@ -398,6 +472,27 @@ def token_stats(mixture: str, index: pa.Table, tcfg: PackSlice) -> pa.Table:
         "max_target_tokens_full": g.column("target_tokens_full_max"),
         "truncated_inputs": g.column("trunc_in_sum"), "truncated_targets": g.column("trunc_tg_sum"),
     }).cast(PACKED_STATS_SCHEMA)
+
+
+def check_truncation(stats: pa.Table, max_fraction: float) -> None:
+    """Raise naming the first dataset (of :func:`token_stats`) whose inputs, or whose targets, were
+    cut in more than ``max_fraction`` of its examples (``tokenize.max_truncated_fraction``).
+
+    >>> stats = pa.table({"dataset": ["rte", "xsum"], "examples": [10, 4], "truncated_inputs": [0, 1],
+    ...                   "truncated_targets": [1, 3]})
+    >>> check_truncation(stats, 0.75)
+    >>> check_truncation(stats, 0.5)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: pack: xsum: the targets of 3 of 4 examples (0.75) were cut, more than ...
+    """
+    for dataset, n, cut_in, cut_tg in zip(*(stats.column(c).to_pylist() for c in (
+            "dataset", "examples", "truncated_inputs", "truncated_targets")), strict=True):
+        for side, cut in (("inputs", cut_in), ("targets", cut_tg)):
+            if n and cut / n > max_fraction:
+                budget = "max_input_tokens" if side == "inputs" else "max_target_tokens"
+                raise ValueError(f"pack: {dataset}: the {side} of {cut} of {n} examples ({cut / n:.3g}) were "
+                                 f"cut, more than tokenize.max_truncated_fraction {max_fraction}; raise "
+                                 f"tokenize.{budget}, or allow it")
 
 
 def packing_summary(mixture: str, stats: pa.Table, totals: dict, tcfg: PackSlice, budget: int) -> dict:

@@ -324,6 +324,23 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def prompt_banks(results: list[dict]) -> list[str]:
+    """The report's line on whose prompts the results were scored with: the template bank and, for a
+    FLAN bank, the checkout's file, git commit and sha256 (results written before banks existed were
+    scored with flanpipe's own)."""
+    banks = {json.dumps(r.get("bank", {"bank": "flanpipe"}), sort_keys=True) for r in results}
+    lines = []
+    for text in sorted(banks):
+        bank = json.loads(text)
+        if bank["bank"] == "flanpipe":
+            lines.append("Prompts: flanpipe's own templates (`templatize.bank: flanpipe`).")
+        else:
+            commit = f"git commit `{bank['git_commit']}`, " if bank.get("git_commit") else ""
+            lines.append(f"Prompts: FLAN's own templates (`templatize.bank: {bank['bank']}`), read from "
+                         f"`{bank['flan_root']}/{bank['file']}` ({commit}sha256 `{bank['sha256'][:16]}`).")
+    return [*lines, ""] if lines else []
+
+
 def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: list[str],
                  ablation_format: list[str], catalog: str | Path, models: list[str], out_dir: str | Path,
                  cluster_order: list[str], formats: list[str], seed: int = 1234, resamples: int = 1000,
@@ -340,6 +357,7 @@ def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: l
           "Zero-shot (and few-shot) scores on held-out task clusters: each model never trained on the "
           "cluster it is evaluated on. Scores are the dataset's metric (0-100) per template; a dataset's "
           "score is the mean over its templates, with the best template and the spread beside it.", ""]
+    md += prompt_banks(results + _load(ablation_clusters) + _load(ablation_format))
     if results:
         md += heldout_section(results, out_dir, seed, resamples)
         md += paired_section(results, seed, resamples)

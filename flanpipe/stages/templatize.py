@@ -41,6 +41,7 @@ from flanpipe.core.io import (
 )
 from flanpipe.core.logs import progress
 from flanpipe.core.text.fewshot import FewShotPool, TokenCounter
+from flanpipe.core.text.flan import checkout_identity
 from flanpipe.core.text.keys import (
     duplicate_id_hashes,
     example_ids,
@@ -76,7 +77,7 @@ log = logging.getLogger(__name__)
 def templates_for(bank: DatasetTemplates, spec: DatasetSpec, cfg: TemplatizeConfig,
                   role: str) -> tuple[Template, ...]:
     if cfg.format != "instructions":
-        return (plain_template(spec, cfg.format),)
+        return (plain_template(spec, cfg.format, options_in_place=not bank.options_suffix),)
     return bank.templates if role == "train" else bank.eval_templates
 
 
@@ -91,23 +92,28 @@ class Group:
     prompt_type: int = 0
 
 
-def has_options(spec: DatasetSpec, template: Template, style: str) -> bool:
-    """Whether the template's renderings end in an OPTIONS suffix (what ``*_opt`` prompt types need).
+def has_options(spec: DatasetSpec, template: Template, style: str,
+                bank: DatasetTemplates | None = None) -> bool:
+    """Whether the template's renderings carry OPTIONS (what ``*_opt`` prompt types need): flanpipe's
+    suffix, or a FLAN template's ``{options_}`` (``bank``: the dataset's bank; None: flanpipe's).
 
     >>> rte = load_registry().datasets["rte"]
     >>> has_options(rte, Template(id=0, input="{premise}", target="{answer}"), "dash")
     True
     """
-    return spec.task.type != "generation" and not template.inverted and style != "none"
+    bank = bank or DatasetTemplates(dataset=spec.name, templates=())
+    return bank.shows_options(spec, template, style)
 
 
 def draw_prompts(spec: DatasetSpec, templates: tuple[Template, ...], keys: np.ndarray, cfg: TemplatizeConfig,
-                 seed: int) -> tuple[np.ndarray, np.ndarray]:
+                 seed: int, bank: DatasetTemplates | None = None,
+                 raw_types: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(passes, n)`` template index and prompt type of each train row and pass, from the row's
     stable key: the template as :func:`template_draws` (or, with ``mix.inverted``, at that rate of
     turned-around templates), the type by the mix's rates. A ``*_opt`` type on a template without
     options (a generation task, a turned-around template, ``options: none``) folds into its
-    ``*_noopt`` type: the rendering is the same."""
+    ``*_noopt`` type: the rendering is the same. Rows that are prompts already (the registry's
+    ``prompt_type_field``, a published dump's) keep their own type, ``raw_types``."""
     mix = cfg.mix
     if mix.inverted is None:
         draws = template_draws(keys, len(templates), cfg.passes, spec.name, seed)
@@ -115,7 +121,9 @@ def draw_prompts(spec: DatasetSpec, templates: tuple[Template, ...], keys: np.nd
         draws = template_draws_inverted(keys, np.array([t.inverted for t in templates]), mix.inverted,
                                         cfg.passes, spec.name, seed)
     types = prompt_type_draws(keys, mix.rates(), cfg.passes, spec.name, seed)
-    optionless = np.array([not has_options(spec, t, cfg.options) for t in templates])
+    if spec.prompt_type_field is not None:  # prompts already: each keeps its own type
+        return draws, np.broadcast_to(_own_prompt_types(spec, raw_types), draws.shape).copy()
+    optionless = np.array([not has_options(spec, t, cfg.options, bank) for t in templates])
     return draws, np.where(optionless[draws], types | 1, types)  # PROMPT_TYPES: odd indices are *_noopt
 
 
@@ -145,11 +153,14 @@ def templatize_split(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, r
     if max_input_tokens is not None and cfg.cut_long_field:
         fit = (field or long_field(spec, raw), math.floor((max_input_tokens - 1) * cfg.chars_per_token))
     if role != "train":
-        groups = [Group(t, 0, raw.num_rows, 0 if has_options(spec, t, cfg.options) else 1) for t in templates]
+        groups = [Group(t, 0, raw.num_rows, 0 if has_options(spec, t, cfg.options, bank) else 1)
+                  for t in templates]
         return _render_groups(spec, bank, raw, role, cfg, groups, 0, fit, duplicate_ids)
     keys = stable_keys(spec, raw, duplicate_ids)
-    draws, types = draw_prompts(spec, templates, keys, cfg, seed)
-    if few_shot is None and (types >= PROMPT_TYPES.index("fs_opt")).any():
+    raw_types = raw.column(spec.prompt_type_field) if spec.prompt_type_field else None
+    draws, types = draw_prompts(spec, templates, keys, cfg, seed, bank, raw_types)
+    pooled = np.array([t.few_shot_input is None for t in templates])  # few-shot from the train pool
+    if few_shot is None and ((types >= PROMPT_TYPES.index("fs_opt")) & pooled[draws]).any():
         raise ValueError(f"{spec.name}: templatize.mix asks for few-shot rows; pass the train pool "
                          "(few_shot) to draw their exemplars from")
     shots = shot_draws(keys, few_shot.cfg.k, cfg.passes, spec.name, seed) if few_shot is not None else None
@@ -188,7 +199,9 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
         if fit is not None:
             r, cut = fit_long_field(bank, template, rows, r, *fit, style)
         inputs, shots = r.inputs, np.zeros(m, np.int32)
-        if PROMPT_TYPES[group.prompt_type].startswith("fs_"):
+        if PROMPT_TYPES[group.prompt_type].startswith("fs_") and template.few_shot_input is not None:
+            inputs, shots = _own_exemplars(bank, template, rows, style)
+        elif PROMPT_TYPES[group.prompt_type].startswith("fs_"):
             pool, keys, asked = asks
             found = pool.asking(rows, keys[start:start + m]).prompts(
                 template, style, estimated_tokens(cfg.chars_per_token), r.inputs, asked[start:start + m])
@@ -207,6 +220,29 @@ def _render_groups(spec: DatasetSpec, bank: DatasetTemplates, raw: pa.Table, rol
             pa.array(cut, pa.int32()), const["prompt_type"], pa.array(shots, pa.int32())],
             schema=TEMPLATIZED_SCHEMA))
     return pa.concat_tables(parts) if parts else TEMPLATIZED_SCHEMA.empty_table()
+
+
+def _own_prompt_types(spec: DatasetSpec, values: pa.Array) -> np.ndarray:
+    """Each row's prompt type (an index into PROMPT_TYPES) from its ``prompt_type_field``."""
+    index = pc.index_in(values, pa.array(PROMPT_TYPES)).to_numpy(zero_copy_only=False)
+    if np.isnan(index.astype(float)).any():
+        unknown = sorted(set(pc.filter(values, pc.is_null(pc.index_in(values, pa.array(PROMPT_TYPES))))
+                             .to_pylist()), key=str)
+        raise ValueError(f"{spec.name}: {spec.prompt_type_field} values {unknown} are no prompt type; "
+                         f"allowed: {list(PROMPT_TYPES)}")
+    return index.astype(np.int64)
+
+
+def _own_exemplars(bank: DatasetTemplates, template: Template, rows: pa.Table,
+                   style: str) -> tuple[pa.Array, np.ndarray]:
+    """Few-shot inputs from the rows' own exemplars (the template's ``few_shot_input``), and the
+    shots each shows (the rows' ``shots`` column, else 1: a published few-shot row does not record
+    its count). No long-field cut: the exemplars are the
+    task's, short by design."""
+    own = render_template(bank, template.model_copy(update={"input": template.few_shot_input}), rows, style)
+    shots = rows.column("shots").to_numpy(zero_copy_only=False).astype(np.int32) \
+        if "shots" in rows.column_names else np.ones(rows.num_rows, np.int32)
+    return own.inputs, shots
 
 
 def estimated_tokens(chars_per_token: float) -> TokenCounter:
@@ -251,16 +287,22 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
         raise ValueError(f"{name}: templatize.mix has few-shot rows but the slice holds no few_shot config")
     use_string_pool()
     spec = load_registry().datasets[name]
-    bank = load_bank().get(name)
+    bank = load_bank(cfg.bank, cfg.flan_root).get(name)
     if bank is None and cfg.format == "instructions":
         raise TemplateError(f"{name}: no templates in flanpipe/data/templates/{spec.cluster}.yaml")
+    if bank is not None and not bank.templates and cfg.format == "instructions":
+        why = getattr(bank, "absent", None) or "flanpipe datasets --bank says why"
+        raise TemplateError(f"{name}: bank {cfg.bank} has no template this dataset can render ({why})")
     out_path = Path(out_path)
     bank = bank or DatasetTemplates(dataset=name, templates=())
     fitting = bool(max_input_tokens) and cfg.cut_long_field
     meta = {"stage": "templatize", "stage_version": STAGE_VERSION, "dataset": name,
             "format": cfg.format, "options": cfg.options, "passes": cfg.passes, "seed": seed,
             "max_input_tokens": max_input_tokens,
-            "templates_digest": templates_digest(name), "mix": cfg.mix.model_dump()}
+            "templates_digest": templates_digest(name, cfg.bank, cfg.flan_root), "mix": cfg.mix.model_dump()}
+    identity = checkout_identity(cfg.bank, cfg.flan_root)
+    if cfg.bank != "flanpipe":  # the default's table metadata stays as it was
+        meta["bank"] = identity
     counts, inputs = {}, {}
     with parquet_stream(out_path, TEMPLATIZED_SCHEMA, meta) as writer:
         for role, path in (("train", Path(train)), ("eval", Path(eval_split))):
@@ -272,8 +314,9 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
             per_type: Counter[str] = Counter()
             rows = cut = 0
             dups = _split_duplicate_ids(spec, path, role, batch_rows)
+            pooled = cfg.format != "instructions" or _pools_exemplars(bank)
             pool = _few_shot_pool(spec, bank, path, dups, cfg, contaminated) \
-                if role == "train" and cfg.mix.few_shot else None
+                if role == "train" and cfg.mix.few_shot and pooled else None
             if pool is not None:
                 inputs["exemplars"] = {"rows": pool.train_raw.num_rows, "contaminated_file":
                                        None if contaminated is None else str(contaminated)}
@@ -290,11 +333,17 @@ def templatize_dataset(name: str, train: str | Path, eval_split: str | Path, out
                             "per_prompt_type": {t: per_type[t] for t in PROMPT_TYPES if per_type[t]}}
             log.info("%s [%s]: %d examples -> %d rows over %d templates", name, role, examples, rows,
                      len(per_template))
-    manifest = {**meta, "config": cfg.model_dump(), "inputs": inputs, "outputs": counts,
+    manifest = {**meta, "bank": identity, "config": cfg.model_dump(), "inputs": inputs, "outputs": counts,
                 "sha256": sha256_file(out_path), "code": code_version("templatize", STAGE_VERSION),
                 "created_at": utc_now()}
     write_json_atomic(out_path.with_suffix(".manifest.json"), manifest)
     return manifest
+
+
+def _pools_exemplars(bank: DatasetTemplates) -> bool:
+    """Whether some template's few-shot rows take exemplars from the train pool (no
+    ``few_shot_input``)."""
+    return any(t.few_shot_input is None for t in bank.templates)
 
 
 def _few_shot_pool(spec: DatasetSpec, bank: DatasetTemplates, path: Path, dups: np.ndarray,
@@ -325,9 +374,10 @@ def _split_duplicate_ids(spec: DatasetSpec, path: Path, role: str, batch_rows: i
     return duplicate_id_hashes(spec, iter_parquet(path, batch_rows, [spec.id_field]))
 
 
-def render_examples(name: str, raw: pa.Table, options_style: str = "dash") -> list[dict]:
+def render_examples(name: str, raw: pa.Table, options_style: str = "dash", bank_name: str = "flanpipe",
+                    flan_root: str | None = None) -> list[dict]:
     """One rendered example per template, for ``flanpipe templates --dataset``."""
-    bank = load_bank()[name]
+    bank = load_bank(bank_name, flan_root)[name]
     rows = []
     for t in bank.templates:
         r = render_template(bank, t, raw.slice(0, 1), options_style)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import json
 import logging
 import os
 import shutil
@@ -57,12 +58,14 @@ from flanpipe.core.config import TrainConfig, TrainSlice
 from flanpipe.core.config.checkpoints import is_encoder_decoder
 from flanpipe.core.io import atomic_path, code_version, sha256_file, utc_now, write_json_atomic
 from flanpipe.core.model.adapter import add_lora, trainable_count
+from flanpipe.core.model.card import write_card
 from flanpipe.core.model.causal import ATTENTION, PackedCausalLM, predicted
 from flanpipe.core.model.checkpoint import build_model, parameter_count, save_adapter, save_checkpoint
 from flanpipe.core.model.seq2seq import PackedSeq2SeqLM
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens.shards import PackedShards, verify_shards
-from flanpipe.core.train.distributed import DistEnv, dist_env, rank_nodes
+from flanpipe.core.train.distributed import DistEnv, disable_cpu_shm_op, dist_env, rank_nodes
+from flanpipe.core.train.guards import NonFiniteStep, check_finite, step_examples
 from flanpipe.core.train.launch import (
     LOCK_NAME,
     completed_checkpoint,
@@ -79,11 +82,13 @@ from flanpipe.core.train.optim import (
     optimized_parameters,
     optimizer_state_bytes,
 )
+from flanpipe.core.train.trackers import Trackers
 
 # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
-# records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters; 6: flanpipe.json
-# names it `format` (was `layout`)
-STAGE_VERSION = "6"
+# records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters; 6: hf/README.md
+# (the model card), run.json's nonfinite_steps_skipped, trackers.json with mlflow or wandb; 7: flanpipe.json
+# names the format `format` (was `layout`)
+STAGE_VERSION = "7"
 BATCH_FIELDS = {  # the model's int64 inputs per model kind (the wrappers' forward arguments)
     "decoder_only": ("tokens", "segment_ids", "positions", "loss_mask"),
     "encoder_decoder": ("inputs", "inputs_segment_ids", "inputs_positions", "targets", "targets_segment_ids",
@@ -91,7 +96,6 @@ BATCH_FIELDS = {  # the model's int64 inputs per model kind (the wrappers' forwa
 }
 log = logging.getLogger(__name__)
 
-METRICS = ["step", "loss", "lr", "grad_norm", "target_tokens", "tokens", "tokens_per_s", "elapsed_s"]
 FAIL_AT_STEP = "FLANPIPE_FAIL_AT_STEP"  # tests: rank 0 dies hard before this step, as a killed job does
 
 
@@ -228,17 +232,6 @@ def load_step(data: PackedShards, plan: BatchPlan, step: int, seed: int, rank: i
     return StepBatches(batches, sum(target_count(b) for b in batches))
 
 
-def _disable_cpu_shm_op() -> None:
-    """DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce op (~70 s) on first use;
-    training with gloo does not need it. ``FLANPIPE_DS_SHM=1`` keeps it."""
-    if os.environ.get("FLANPIPE_DS_SHM") == "1":
-        return
-    import importlib
-
-    # (`import deepspeed.comm.torch` would bind the PyTorch package, which deepspeed.comm also names torch)
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-
 def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, out_dir: str | Path,
           cfg: TrainSlice) -> dict:
     """Train on the packed mixture; returns the run manifest (on every rank).
@@ -300,12 +293,13 @@ class Trainer:
 
 @dataclass(frozen=True)
 class StepResult:
-    """One optimizer step: the mean target-token loss over all ranks, the targets it counts and the
-    learning rate the step used."""
+    """One optimizer step: the mean target-token loss over all ranks, the targets it counts, the
+    learning rate the step used and the gradient norm (None where DeepSpeed had no need of it)."""
 
     loss: float
     total_targets: float
     lr: float
+    grad_norm: float | None
 
 
 def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, out_dir: str | Path,
@@ -315,10 +309,11 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     tcfg = cfg.train
     setup = setup_run(packed_dir, out_dir, tcfg)
     trainer = build_engine(setup, cfg)
-    start = resume(trainer.engine, setup.ckpt_dir)
+    start, skipped = resume(trainer.engine, setup.ckpt_dir)  # skipped: steps of non-finite loss skipped
     if setup.is_main:
         _log_start(mixture, setup, trainer, tcfg)
-    metrics = _Metrics(setup.out_dir, start) if setup.is_main else None
+    metrics = (Trackers(setup.out_dir, start, tcfg, mixture, cfg.model_dump(mode="json"))
+               if setup.is_main else None)
     fail_at = int(os.environ.get(FAIL_AT_STEP, 0))
     t0 = time.perf_counter()
     tokens_seen = 0
@@ -335,25 +330,32 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
         current = next_batches.result()
         if step + 1 < tcfg.steps:  # read the next step's rows while this one computes
             next_batches = loader.submit(read, step + 1)
-        result = train_step(trainer, current, setup)
+        guard = _Guard(step + 1, packed_dir, setup.plan, cfg.seed, skipped, tcfg.max_nonfinite_steps)
+        result = train_step(trainer, current, setup, guard)
+        if result is None:  # a non-finite loss, skipped (train.max_nonfinite_steps)
+            if setup.is_main:
+                refresh_lock(setup.out_dir / LOCK_NAME)
+            continue
         tokens_seen += setup.plan.tokens_per_step
         done = step + 1
         if setup.is_main and (done % tcfg.log_every == 0 or done == tcfg.steps):
-            metrics.write(_metrics_row(done, result, trainer, setup.plan, t_step, t0))
+            metrics.write(_metrics_row(done, result, setup.plan, t_step, t0))
         if setup.is_main:
             refresh_lock(setup.out_dir / LOCK_NAME)
         if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
-            save_step(trainer.engine, setup, done, tcfg.keep_checkpoints)
+            save_step(trainer.engine, setup, done, tcfg.keep_checkpoints, skipped)
     loader.shutdown()
     elapsed = time.perf_counter() - t0
-    manifest = run_manifest(mixture, packed_dir, cfg, setup, trainer, start,
+    manifest = run_manifest(mixture, packed_dir, cfg, setup, trainer, start, skipped,
                             tokens_seen / elapsed if elapsed > 0 else None)
     if tokenizer is not None:  # (benchmarks on synthetic rows have no tokenizer to export)
         export_model(trainer, tokenizer, mixture, setup, tcfg)
     if setup.is_main:
         plot_loss(setup.out_dir / "metrics.csv", setup.out_dir / "loss.png", mixture)
         write_json_atomic(setup.out_dir / "run.json", manifest)
-        metrics.close()
+        if tokenizer is not None:
+            write_card(setup.out_dir)  # hf/README.md, from run.json and the mixture's manifest
+        metrics.close([setup.out_dir / "run.json", setup.out_dir / "loss.png"])
     torch.distributed.barrier()
     return manifest
 
@@ -367,7 +369,7 @@ def setup_run(packed_dir: str | Path, out_dir: str | Path, tcfg: TrainConfig) ->
     on_gpu = torch.cuda.is_available()
     if not on_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        _disable_cpu_shm_op()
+        disable_cpu_shm_op()
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
     import deepspeed
 
@@ -421,41 +423,51 @@ def build_engine(setup: Setup, cfg: TrainSlice) -> Trainer:
     return Trainer(model, peft_model, parameters, trainable, engine, schedule, partitions)
 
 
-def resume(engine, ckpt_dir: Path) -> int:
-    """The step to start at: the latest completed checkpoint's, loaded into ``engine`` (never a save
-    that was killed half way), or 0."""
+def resume(engine, ckpt_dir: Path) -> tuple[int, list[int]]:
+    """The step to start at and the steps of non-finite loss skipped so far: the latest completed
+    checkpoint's, loaded into ``engine`` (never a save that was killed half way), or (0, [])."""
     found = completed_checkpoint(ckpt_dir)
     if found is None:
-        return 0
+        return 0, []
     _, client = engine.load_checkpoint(str(ckpt_dir), tag=found[0])
     start = int(client["step"])
     log.info("resuming from %s at step %d", ckpt_dir / found[0], start)
-    return start
+    return start, list(client.get("nonfinite_steps", []))
 
 
-def train_step(trainer: Trainer, current: StepBatches, setup: Setup) -> StepResult:
+def train_step(trainer: Trainer, current: StepBatches, setup: Setup, guard: _Guard) -> StepResult | None:
     """One optimizer step over this rank's micro-batches: forward, backward at the step's scale,
-    DeepSpeed's step (which applies the update after the last micro-batch)."""
+    DeepSpeed's step (which applies the update after the last micro-batch); ``guard`` stops on a
+    non-finite loss or gradient norm before the update, or (``train.max_nonfinite_steps``) skips
+    the step: None."""
     # the loss is a mean over every target token of the step, on all ranks; DeepSpeed divides
     # the gradient by ranks x accumulation (its average), which the scale puts back
     total_targets = _all_reduce(torch.tensor(float(current.local_targets), device=setup.device))
     scale = setup.dist.world_size * setup.plan.accumulation / max(total_targets, 1.0)
     loss_total = torch.zeros((), device=setup.device)
     lr = trainer.schedule.get_last_lr()[0]
-    for batch in current.batches:
+    if guard.allowed and guard.skip_step(trainer.engine, current, total_targets):
+        return None
+    for m, batch in enumerate(current.batches):
         nll = trainer.engine(**batch)
         summed = nll.sum()
         trainer.engine.backward(summed * scale)
         loss_total += summed.detach().float()
+        if m == len(current.batches) - 1:  # the update is the last micro-batch's step: not on a bad loss
+            loss = _all_reduce(loss_total) / max(total_targets, 1.0)
+            guard.check(loss, None)
         trainer.engine.step()
-    return StepResult(_all_reduce(loss_total) / max(total_targets, 1.0), total_targets, lr)
+    grad_norm = trainer.engine.get_global_grad_norm()  # None where DeepSpeed had no need of it
+    guard.check(None, grad_norm)  # (after the update: before any checkpoint of it)
+    return StepResult(loss, total_targets, lr, grad_norm)
 
 
-def save_step(engine, setup: Setup, done: int, keep: int) -> None:
-    """A DeepSpeed checkpoint after step ``done``, marked complete once every rank's part is written;
-    only the latest ``keep`` are kept."""
+def save_step(engine, setup: Setup, done: int, keep: int, skipped: list[int]) -> None:
+    """A DeepSpeed checkpoint after step ``done`` (with the steps skipped so far), marked complete
+    once every rank's part is written; only the latest ``keep`` are kept."""
     tag = f"step{done:07d}"
-    engine.save_checkpoint(str(setup.ckpt_dir), tag=tag, client_state={"step": done})
+    state = {"step": done, "nonfinite_steps": skipped}
+    engine.save_checkpoint(str(setup.ckpt_dir), tag=tag, client_state=state)
     torch.distributed.barrier()  # every rank's part is written
     if setup.is_main:
         mark_complete(setup.ckpt_dir, tag, done)
@@ -473,10 +485,9 @@ def _log_start(mixture: str, setup: Setup, trainer: Trainer, tcfg: TrainConfig) 
              tcfg.zero_stage)
 
 
-def _metrics_row(done: int, result: StepResult, trainer: Trainer, plan: BatchPlan, t_step: float,
-                 t0: float) -> dict:
+def _metrics_row(done: int, result: StepResult, plan: BatchPlan, t_step: float, t0: float) -> dict:
     elapsed = time.perf_counter() - t0
-    grad_norm = trainer.engine.get_global_grad_norm()  # None where DeepSpeed had no need of it
+    grad_norm = result.grad_norm
     return {"step": done, "loss": result.loss, "lr": result.lr,
             "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
             "target_tokens": int(result.total_targets), "tokens": plan.tokens_per_step,
@@ -485,7 +496,7 @@ def _metrics_row(done: int, result: StepResult, trainer: Trainer, plan: BatchPla
 
 
 def run_manifest(mixture: str, packed_dir: str | Path, cfg: TrainSlice, setup: Setup, trainer: Trainer,
-                 start: int, tokens_per_s: float | None) -> dict:
+                 start: int, skipped: list[int], tokens_per_s: float | None) -> dict:
     """``run.json``: what was trained, on what, how (the DeepSpeed config included) and how fast."""
     tcfg, plan, optimizer = cfg.train, setup.plan, trainer.engine.optimizer
     return {
@@ -498,7 +509,8 @@ def run_manifest(mixture: str, packed_dir: str | Path, cfg: TrainSlice, setup: S
         "precision": "bf16" if setup.bf16 else "fp32", "attention": setup.attention,
         "batch": {"rows_per_step": plan.rows_per_step, "tokens_per_step": plan.tokens_per_step,
                   "micro_batch_rows": plan.micro_batch_rows, "accumulation": plan.accumulation},
-        "steps": tcfg.steps, "resumed_from_step": start, "deepspeed": setup.ds_cfg,
+        "steps": tcfg.steps, "resumed_from_step": start, "nonfinite_steps_skipped": skipped,
+        "deepspeed": setup.ds_cfg,
         "optimizer": tcfg.optimizer, "optimizer_partitions": trainer.partitions,
         "optimized_parameters": optimized_parameters(optimizer),
         "optimizer_state_bytes_rank0": optimizer_state_bytes(optimizer),
@@ -540,6 +552,43 @@ def adapter_base_path(tcfg: TrainConfig) -> str:
     return str(Path(tcfg.model.path).resolve()) if tcfg.model.source == "pretrained" else "base"
 
 
+class _Guard:
+    """The finite-loss guard of one (1-based) ``step`` (:mod:`flanpipe.core.train.guards`): raises
+    :class:`~flanpipe.core.train.guards.NonFiniteStep` naming the step's examples, or records a
+    skipped step in ``skipped``."""
+
+    def __init__(self, step: int, packed_dir: str | Path, plan: BatchPlan, seed: int, skipped: list[int],
+                 allowed: int):
+        self.step, self.skipped, self.allowed = step, skipped, allowed
+        self.examples = lambda: step_examples(packed_dir,
+                                              step_rows(step - 1, plan, len_rows(packed_dir), seed))
+
+    def check(self, loss: float | None, grad_norm) -> None:
+        verdict = check_finite(self.step, loss, None if grad_norm is None else float(grad_norm),
+                               len(self.skipped), self.allowed, self.examples, skippable=False)
+        if verdict.action != "train":
+            raise NonFiniteStep(verdict.message)
+
+    def skip_step(self, engine, current: StepBatches, total_targets: float) -> bool:
+        """``train.max_nonfinite_steps`` > 0: the step's loss, without gradients, before any backward
+        pass; True (the step recorded as skipped) where it is not finite and skips are left."""
+        with torch.no_grad():
+            total = sum(engine(**batch).sum().detach().float() for batch in current.batches)
+        loss = _all_reduce(total) / max(total_targets, 1.0)
+        verdict = check_finite(self.step, loss, None, len(self.skipped), self.allowed, self.examples)
+        if verdict.action == "stop":
+            raise NonFiniteStep(verdict.message)
+        if verdict.action == "skip":
+            self.skipped.append(self.step)
+            log.warning("%s", verdict.message)
+        return verdict.action == "skip"
+
+
+def len_rows(packed_dir: str | Path) -> int:
+    """The packed rows of a mixture, from its manifest."""
+    return int(json.loads((Path(packed_dir) / "manifest.json").read_text(encoding="utf-8"))["rows"])
+
+
 def _all_reduce(value: torch.Tensor) -> float:
     value = value.clone()
     torch.distributed.all_reduce(value)
@@ -550,42 +599,6 @@ def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
     tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
     for old in tags[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-class _Metrics:
-    """metrics.csv and TensorBoard, rank 0 only. A resumed run drops rows past its checkpoint."""
-
-    def __init__(self, out_dir: Path, start: int):
-        self.path = out_dir / "metrics.csv"
-        kept = []
-        if start and self.path.exists():
-            with open(self.path, newline="") as f:
-                kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
-        self.file = open(self.path, "w", newline="")  # noqa: SIM115 (closed in close())
-        self.writer = csv.DictWriter(self.file, fieldnames=METRICS)
-        self.writer.writeheader()
-        self.writer.writerows(kept)
-        self.file.flush()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start + 1 if start else None)
-        except ImportError:  # tensorboard not installed: the CSV still has everything
-            self.tb = None
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self.file.flush()
-        if self.tb is not None:
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                self.tb.add_scalar(f"train/{k}", row[k], row["step"])
-        log.info("step %d loss %.4f lr %.2g grad norm %.3g %.0f tokens/s", row["step"], row["loss"],
-                 row["lr"], row["grad_norm"], row["tokens_per_s"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 def trained_format(manifest: dict) -> dict:

@@ -10,6 +10,7 @@ slice).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flanpipe.core.config import (  # noqa: F401 (parse_config: doctests)
@@ -31,6 +32,8 @@ from flanpipe.core.config import (  # noqa: F401 (parse_config: doctests)
 )
 from flanpipe.core.config.registry import load_registry
 
+log = logging.getLogger(__name__)
+
 SLICES: dict[str, type[Slice]] = {
     "download": DownloadSlice, "pool": PoolSlice, "templatize": TemplatizeSlice,
     "fingerprint": FingerprintSlice, "dedupe": DedupeSlice, "mix": MixSlice, "tokenizer": TokenizerSlice,
@@ -45,6 +48,8 @@ class Plan:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        for name, missing in cfg.left_out().items():
+            log.warning("%s is left out of this run: its optional source lacks %s", name, ", ".join(missing))
 
     def slice(self, rule: str, dataset: str | None = None, format: str | None = None) -> dict[str, Any]:
         """The config slice rule ``rule`` reads (its Snakemake ``params``), as JSON-able values: a
@@ -54,12 +59,13 @@ class Plan:
         {'seed': 1234, 'pool_factor': 4.0, 'cap': 30000}
         """
         if rule == "download":
-            return DownloadSlice(seed=self.cfg.seed, source=self.cfg.download.source_for(dataset)
-                                 ).model_dump(mode="json")
+            return DownloadSlice(seed=self.cfg.seed, source=self.cfg.download.source_for(dataset)).params()
+        if rule == "pool":
+            return PoolSlice.of(self.cfg, dataset=dataset).params()
         if rule == "templatize":
             return TemplatizeSlice.of(self.cfg, dataset=dataset, **({"format": format} if format else {})
-                                      ).model_dump(mode="json")
-        return SLICES[rule].of(self.cfg).model_dump(mode="json")
+                                      ).params()
+        return SLICES[rule].of(self.cfg).params()
 
     def dataset_names(self) -> list[str]:
         """The registry names this run uses, in registry order."""
@@ -158,7 +164,7 @@ class Plan:
         registry = load_registry()
         clusters = self._ablation_clusters(mixture)
         train = set(clusters if clusters is not None else registry.training_clusters(mixture))
-        return [d for d in self.cfg.dataset_names() if registry.datasets[d].cluster in train]
+        return [d for d in self.cfg.dataset_names() if registry.trains_in(d, train)]
 
     def heldout_for(self, mixture: str) -> list[str]:
         """The clusters whose eval sets a mixture is decontaminated against (and evaluated on)."""

@@ -59,7 +59,8 @@ def test_every_evaluation_exists_and_adds_up(workdir):
         r = load(workdir, rel)
         eval_rows = pq.read_metadata(workdir / f"data/raw/{r['dataset']}/eval.parquet").num_rows
         assert r["examples"] == eval_rows
-        assert [t["template_id"] for t in r["templates"]] == [t.id for t in bank[r["dataset"]].eval_templates]
+        scored = bank[r["dataset"]].eval_templates[:CFG.evaluate.max_templates]  # the first N (demo: 4)
+        assert [t["template_id"] for t in r["templates"]] == [t.id for t in scored]
         values = [t["variants"][r["headline_variant"]][r["primary"]] for t in r["templates"]]
         h = r["headline"]
         assert h["mean"] == pytest.approx(np.mean(values), abs=1e-5)
@@ -175,14 +176,25 @@ def test_generate_cli_equals_transformers_greedy(workdir):
 
 
 def test_base_model_is_the_untrained_initialisation(workdir):
-    """The base model is what every run starts from: it differs from each trained model, and its
-    scores come from a real (untuned) model, not a copy of a tuned one."""
-    from safetensors.torch import load_file
+    """The base model's weights are, exactly, a new model that `transformers` builds from the base's
+    config.json under the run's initialisation seed (seed + crc32("train/init"), as the train stage
+    seeds it), with no training step; every trained model has moved away from them."""
+    import zlib
 
-    base = load_file(str(workdir / "models/base/hf/model.safetensors"))
-    tuned = load_file(str(workdir / "models/nli/hf/model.safetensors"))
-    assert base.keys() == tuned.keys()
-    assert any(not torch.equal(base[k], tuned[k]) for k in base)
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = workdir / "models/base/hf"
+    base = load_file(str(folder / "model.safetensors"))
+    torch.manual_seed((CFG.seed + zlib.crc32(b"train/init")) % 2**32)
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    untrained = AutoModelForCausalLM.from_config(config, dtype=torch.float32).state_dict()
+    assert base.keys() == untrained.keys()
+    assert [k for k in base if not torch.equal(base[k], untrained[k])] == []
+    for mixture in PLAN.mixtures():
+        tuned = load_file(str(workdir / f"models/{mixture}/hf/model.safetensors"))
+        assert tuned.keys() == base.keys()
+        assert any(not torch.equal(base[k], tuned[k]) for k in base), mixture
 
 
 def test_evaluation_rerun_is_byte_identical(workdir):
@@ -210,6 +222,35 @@ def test_report_has_every_figure_and_dataset(workdir):
     registry = load_registry()
     for c in {registry.datasets[d].cluster for d in CFG.dataset_names()} & set(CFG.heldout_clusters):
         assert f"| {c} |" in text
+
+
+def test_the_demo_models_card_loads_and_carries_the_held_out_table(workdir, tmp_path):
+    """The card train wrote (the mixture's datasets, no evaluation yet), then the card rewritten
+    from the evaluation (into a scratch folder: ``hf/`` is the train rule's output): the Hub's card
+    classes read it back, its model-index holds each held-out result's mean, its table the intervals."""
+    from huggingface_hub import ModelCard
+
+    from flanpipe.core.model.card import write_card
+
+    card = ModelCard.load(workdir / "models/nli/hf/README.md", ignore_metadata_errors=False)
+    mixture = json.loads((workdir / "data/mixtures/nli/manifest.json").read_text())
+    for s in mixture["stats"]:
+        assert f"| {s['dataset']} | {s['cluster']} | {s['sampled']} |" in card.text
+    assert "Not evaluated yet" in card.text and card.data.library_name == "transformers"
+    # licences as the registry records them (the original datasets' own, e.g. BoolQ's CC BY-SA 3.0)
+    assert "| boolq | google/boolq | cc-by-sa-3.0 |" in card.text
+    assert "| copa | aps/super_glue | bsd-2-clause |" in card.text
+    assert "| rte |" not in card.text  # nli is held out of this model
+    write_card(workdir / "models/nli", hf_dir=tmp_path)
+    card = ModelCard.load(tmp_path / "README.md", ignore_metadata_errors=False)
+    results = [json.loads(p.read_text()) for p in sorted((workdir / "results/eval/nli").glob("*.json"))]
+    assert results
+    got = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert got == {(e["paper_name"], f"{e['primary']} ({'few' if e['few_shot'] else 'zero'}-shot)"):
+                   round(e["headline"]["mean"], 2) for e in results}
+    for e in results:
+        ci = e["headline"]["interval"]
+        assert f"| {e['headline']['mean']:.1f} | [{ci['low']:.1f}, {ci['high']:.1f}] |" in card.text
 
 
 def test_evaluate_cli_on_a_pretrained_bpe_checkpoint(tmp_path, smollm2_dir):

@@ -15,6 +15,7 @@ from tests.conftest import REPO, run_snakemake
 pytestmark = pytest.mark.e2e
 EXPERIMENT = REPO / "config/experiments/heldout_smollm2.yaml"
 CHAT = REPO / "config/experiments/heldout_smollm2_chat.yaml"
+FLAN = REPO / "config/experiments/heldout_smollm2_flan.yaml"
 
 
 def test_the_experiment_plans_leave_one_cluster_out_with_the_format_ablation(tmp_path, smollm2_dir):
@@ -82,6 +83,37 @@ def test_the_chat_comparison_plans_the_held_out_models_and_the_base_in_chat(tmp_
     merged = yaml.safe_load(EXPERIMENT.read_text())
     update_config(merged, yaml.safe_load(CHAT.read_text()))
     assert PackSlice.of(parse_config(merged)).format == "chat"
+
+
+def test_the_flan_prompts_comparison_plans_the_held_out_models_and_the_base(tmp_path, smollm2_dir):
+    """heldout_smollm2_flan.yaml on top of the experiment: the two held-out models and the base,
+    trained and scored with FLAN's 2021 templates read from the checkout the overlay names (relative
+    to the working directory: FLAN's own files, or the tests' small checkout in their place), no
+    ablation."""
+    import yaml
+    from snakemake.utils import update_config
+
+    from flanpipe.core.config import EvaluateSlice, TemplatizeSlice, parse_config
+
+    run = tmp_path / "main/runs/heldout_smollm2_flan"
+    (run / "models/pretrained").mkdir(parents=True)
+    (run / "models/pretrained/smollm2").symlink_to(smollm2_dir)
+    overlay = yaml.safe_load(FLAN.read_text())
+    assert overlay["templatize"] == {"bank": "flan2021", "flan_root": "../../../shared/flan"}
+    (tmp_path / "shared").mkdir()
+    shared = REPO.parent / "shared/flan"  # FLAN's own files where they are beside the project
+    (tmp_path / "shared/flan").symlink_to(shared if shared.is_dir() else REPO / "tests/data/flan")
+    proc = run_snakemake(run, "all", "-n", "--configfile", str(EXPERIMENT), str(FLAN), config_file=EXPERIMENT)
+    counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)}
+    assert counts["train"] == 2 and counts["evaluate"] == counts["evaluate_base"] == 3
+    assert counts["templatize"] == 5
+    assert not {"evaluate_ablation_format", "templatize_format"} & set(counts)
+    merged = yaml.safe_load(EXPERIMENT.read_text())
+    update_config(merged, overlay)
+    cfg = parse_config(merged)
+    for sliced in (TemplatizeSlice.of(cfg, dataset="copa"), EvaluateSlice.of(cfg)):
+        assert (sliced.bank, sliced.flan_root) == ("flan2021", "../../../shared/flan")
+    assert cfg.templatize.few_shot.k == 3  # the experiment's own keys stay
 
 
 def tiny_pretrained(folder, smollm2_dir):
@@ -156,3 +188,52 @@ def test_a_scaled_down_experiment_runs_end_to_end_on_embedded_data(tmp_path, smo
     for point in ("instructions", "no_template"):
         assert re.search(rf"^\| {point} \| [\d.]+ \| [\d.]+ \| \[[\d.]+, [\d.]+\] \|$", table, re.M), point
     assert (run / "results/report/ablation_format.png").stat().st_size > 0
+
+
+def test_a_scaled_down_run_trains_and_scores_with_flans_prompts(tmp_path, smollm2_dir):
+    """The experiment's own config with the FLAN-prompts overlay, scaled down as the test above (2
+    steps, 6 rows, 1 template, one held-out cluster) on the embedded data: the held-out model is
+    trained on FLAN's 2021 templates and it and the base are scored with them; every manifest,
+    result and the report name the bank and the checkout's file."""
+    import hashlib
+    import json
+
+    import yaml
+    from snakemake.utils import update_config
+
+    from flanpipe.core.text.templates import load_bank
+
+    shared = REPO.parent / "shared/flan"  # FLAN's own files where they are beside the project
+    root = shared if shared.is_dir() else REPO / "tests/data/flan"
+    cfg = yaml.safe_load(EXPERIMENT.read_text())
+    update_config(cfg, yaml.safe_load(FLAN.read_text()))
+    cfg["templatize"]["flan_root"] = str(root)
+    cfg["datasets"] = ["boolq", "copa", "winogrande", "arc_easy"]
+    cfg["download"] = {"default_source": "embedded"}
+    cfg["templatize"]["few_shot"]["max_tokens"] = None
+    cfg["tokenize"].update(max_input_tokens=128, max_target_tokens=16)
+    checkpoint = tiny_pretrained(tmp_path / "tiny", smollm2_dir)
+    cfg["train"].update(steps=2, tokens_per_batch=288, checkpoint_every=2, log_every=1,
+                        model={"source": "pretrained", "path": str(checkpoint)})
+    cfg["evaluate"].update(max_examples=6, max_templates=1, bootstrap=50)
+    cfg["heldout_clusters"] = ["commonsense"]
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    proc = run_snakemake(run, "all", "--set-resources", "train:tasks_per_node=1", config_file=config)
+    counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)}
+    assert counts["train"] == 1 and counts["evaluate"] == counts["evaluate_base"] == 1
+    identity = {"bank": "flan2021", "flan_root": str(root), "file": "flan/templates.py", "git_commit": None,
+                "sha256": hashlib.sha256((root / "flan/templates.py").read_bytes()).hexdigest()}
+    flan = load_bank("flan2021", str(root))
+    for dataset in cfg["datasets"]:
+        manifest = json.loads((run / f"data/templatized/{dataset}.manifest.json").read_text())
+        assert manifest["bank"] == identity
+        used = {int(t) for t in manifest["outputs"]["train"]["per_template"]}
+        assert used <= {t.id for t in flan[dataset].templates}
+    for model in ("commonsense", "base"):
+        result = json.loads((run / f"results/eval/{model}/copa.json").read_text())
+        assert result["bank"] == identity
+        assert [t["template_id"] for t in result["templates"]] == [flan["copa"].eval_templates[0].id]
+    report = (run / "results/report/index.md").read_text()
+    assert "Prompts: FLAN's own templates (`templatize.bank: flan2021`)" in report

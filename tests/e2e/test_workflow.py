@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -133,14 +134,88 @@ def test_lint_passes(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _job_processes(workdir: Path) -> list[int]:
+    """The processes of jobs that Snakemake runs in ``workdir`` (their scripts are in its
+    ``.snakemake/scripts``)."""
+    scripts, found = str(workdir / ".snakemake/scripts"), []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and scripts in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_killed_job_output_is_not_taken_as_complete(tmp_path):
-    """A partial output from a killed job: Snakemake's incomplete marker plus our temp-then-rename."""
-    run_snakemake(tmp_path, "data/raw/sst2/manifest.json")
-    shutil.rmtree(tmp_path / "data/raw/sst2")
-    (tmp_path / "data/raw/sst2").mkdir(parents=True)
-    (tmp_path / "data/raw/sst2/.train.parquet.abc.tmp").write_bytes(b"PAR1 half")
-    proc = run_snakemake(tmp_path, "data/raw/sst2/manifest.json", "-n")
-    assert "download" in proc.stdout + proc.stderr
+    """Snakemake killed while a download runs leaves its incomplete marker on the job's outputs and
+    the job's hidden temporaries, and no output. Outputs put back in place, as a download killed
+    after renaming them (before Snakemake saw it end) leaves them, do not make the job done: the next
+    run stops and names them; with --rerun-incomplete it downloads again, the same bytes, and removes
+    the temporaries. A job that ended, by contrast, is done: nothing to do."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import BIN
+
+    # sst2 from a local folder, so that its train file can be a FIFO the job waits on
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("train.jsonl", "validation.jsonl"):
+        shutil.copy(REPO / "flanpipe/data/embedded/sst2" / name, src / name)
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    cfg["download"]["sources"] = {"sst2": {"kind": "local", "path": str(src)}}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    target, out = "data/raw/sst2/manifest.json", tmp_path / "data/raw/sst2"
+    run_snakemake(tmp_path, target, config_file=config)
+    done = run_snakemake(tmp_path, target, "-n", config_file=config)
+    assert "Nothing to be done" in done.stdout + done.stderr
+    outputs = {path: (path.read_bytes(), path.stat()) for path in out.iterdir()}
+    assert sorted(p.name for p in outputs) == ["eval.parquet", "manifest.json", "rejected.parquet",
+                                               "train.parquet"]
+
+    # Run it again and kill Snakemake's process group while the job waits to read its train file (a
+    # FIFO nobody writes: the job cannot end first), once Snakemake has marked the job started.
+    (src / "train.jsonl").rename(src / "train.jsonl.kept")
+    os.mkfifo(src / "train.jsonl")
+    markers = tmp_path / ".snakemake/incomplete"  # Snakemake 9 writes one per output of a started job
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(config), "--cores", "2", "--forcerun", "download", "--", target]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300  # a guard against a hang, not a speed test
+        while not (list(out.glob(".train.parquet.*.tmp")) and len(list(markers.glob("*"))) == len(outputs)):
+            assert proc.poll() is None, "snakemake ended before its job waited on the train file"
+            assert time.monotonic() < deadline, f"no temporaries in {out} or no markers in {markers}"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for pid in _job_processes(tmp_path):  # a job outside the group would wait on the FIFO for ever
+            os.kill(pid, signal.SIGKILL)
+    (src / "train.jsonl").unlink()
+    (src / "train.jsonl.kept").rename(src / "train.jsonl")
+    run_snakemake(tmp_path, "--unlock", config_file=config)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == []
+    assert list(out.glob(".*.tmp"))
+    for path, (data, stat) in outputs.items():
+        path.write_bytes(data)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    stopped = run_snakemake(tmp_path, target, "-n", config_file=config, check=False)
+    text = stopped.stdout + stopped.stderr
+    assert stopped.returncode != 0 and "IncompleteFilesException" in text, text
+    assert all(str(path.relative_to(tmp_path)) in text for path in outputs), text
+    rerun = run_snakemake(tmp_path, target, "--rerun-incomplete", config_file=config)
+    assert re.search(r"^download\s+1$", rerun.stdout + rerun.stderr, re.M)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in outputs)  # no temporaries
+    for path, (data, _) in outputs.items():
+        if path.suffix == ".parquet":
+            assert path.read_bytes() == data, path
+    done = run_snakemake(tmp_path, target, "-n", config_file=config)
+    assert "Nothing to be done" in done.stdout + done.stderr
 
 
 def test_summary_lists_every_dataset(workdir):

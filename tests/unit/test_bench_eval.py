@@ -1,10 +1,6 @@
 """The eval benchmark end to end on a tiny model: ours and lm-eval's HFLM score the same requests alike."""
 
-import pytest
-
-pytest.importorskip("lm_eval")
-
-from flanpipe.bench.eval import bench_eval  # noqa: E402
+from bench.eval import bench_eval
 
 
 def test_bench_eval_scores_agree_with_lm_eval_on_every_option(monkeypatch):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.bench import scale
+from bench import scale
 from flanpipe.core.config.registry import load_registry
 from flanpipe.core.text.validate import check_split
 
@@ -68,6 +68,13 @@ def test_sources_are_the_same_bytes_on_a_rerun(tmp_path):
     a = scale.write_split(scale.SHAPES["squad_v1"], "train", 1500, tmp_path / "a.parquet", seed=3)
     b = scale.write_split(scale.SHAPES["squad_v1"], "train", 1500, tmp_path / "b.parquet", seed=3)
     assert a == b and (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+
+def test_the_runs_use_the_checkouts_snakefile_and_package():
+    """``run_workflow`` runs the Snakefile beside bench/ with that checkout's package on the path."""
+    assert scale.REPO == Path(__file__).resolve().parents[2]
+    assert (scale.REPO / "Snakefile").is_file() and (scale.REPO / "flanpipe/__init__.py").is_file()
 
 
 SNAKEFILE = """

@@ -7,7 +7,7 @@ import jsonschema
 import pytest
 import yaml
 
-from flanpipe.core.config import ConfigError, json_schema, json_schema_text, load_config, parse_config
+from flanpipe.core.config import Config, ConfigError, json_schema, json_schema_text, load_config, parse_config
 from flanpipe.core.config.registry import embedded_datasets, load_registry
 from flanpipe.workflow.planner import Plan
 
@@ -28,7 +28,7 @@ def test_embedded_default_parses(repo):
     ({"download": {"default_source": "ftp"}}, "download.default_source",
      "'embedded', 'hub' or 'local'"),
     ({"download": {"sources": {"rte": {"kind": "ftp"}}}}, "download.sources.rte.kind",
-     "'embedded', 'hub' or 'local'"),
+     "'embedded', 'hub', 'local', 'cot', 'niv2' or 'flan_dump'"),
     ({"download": {"sources": {"rte": {"kind": "local"}}}}, "download.sources.rte",
      "needs 'path'"),
     ({"download": {"sources": {"nope": {"kind": "hub"}}}}, "download.sources", "unknown dataset"),
@@ -236,3 +236,36 @@ def test_the_model_kind_follows_a_pretrained_checkpoint_naming_both_keys(encoder
         parse_config({"tokenize": {"model_kind": wrong}, "train": {"model": model}})
     cfg = parse_config({"tokenize": {"model_kind": right}, "train": {"model": model}})
     assert cfg.tokenize.model_kind == right
+
+
+# Where a slice's field is wider than the key it holds, on purpose: a stage function called without
+# the workflow (tests, benchmarks) may leave the input budget unset.
+WIDENED = {("templatize", "max_input_tokens")}
+
+
+def test_a_slices_fields_have_the_types_of_the_keys_they_hold():
+    """Each slice field that holds a config key is typed exactly as that key is in its section (the
+    types come from the sections, and are not restated): walked from the root Config's own fields."""
+    from pydantic import BaseModel
+
+    from flanpipe.workflow.planner import SLICES
+
+    def field_at(path):
+        model, info = Config, None
+        for part in path.split("."):
+            is_section = isinstance(model, type) and issubclass(model, BaseModel)
+            if not is_section or part not in model.model_fields:
+                return None  # a derived value (mix.largest_cap), not a field
+            info = model.model_fields[part]
+            model = info.annotation
+        return info
+
+    checked = 0
+    for rule, cls in SLICES.items():
+        for name, path in cls.KEYS.items():
+            key = field_at(path)
+            if key is None or (rule, name) in WIDENED:
+                continue
+            assert cls.model_fields[name].annotation == key.annotation, f"{rule}.{name} ({path})"
+            checked += 1
+    assert checked >= 40

@@ -7,12 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.bench.dedup import load_passages, nli_shaped, ours_dropped, pair_similarity, squad_shaped
 from flanpipe.core.config import DedupeConfig, DedupeSlice, FingerprintSlice, PoolSlice, parse_config
 from flanpipe.core.text import hashing as fp
 from flanpipe.stages.dedupe import dedupe, find_duplicates
 from flanpipe.stages.fingerprint import fingerprint_dataset
 from flanpipe.stages.pool import write_pool
+from tests.synthetic import load_passages, nli_shaped, ours_dropped, pair_similarity, squad_shaped
 
 VOCAB = [f"{a}{b}" for a in ("ka", "lo", "mi", "ne", "po", "ru", "si", "ta") for b in range(60)]
 

@@ -18,7 +18,7 @@ README = REPO / "README.md"
 PAGES = [README, *sorted((REPO / "docs").rglob("*.md"))]
 NOT_RUN = "not run by the tests"
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
-REPO_PATH = r"(flanpipe|tests|scripts|rules|workflow_scripts|config|profiles|docs|\.ci)/"
+REPO_PATH = r"(flanpipe|bench|tests|scripts|rules|workflow_scripts|config|profiles|docs|\.ci)/"
 
 # Cheap commands this module runs itself (test_cheap_commands_run), in this order, in a scratch
 # folder holding a copy of config/: a command that writes (download, config-schema --output) writes
@@ -44,7 +44,8 @@ RUN_ELSEWHERE = {
     "snakemake --cores 2 all": ("tests/e2e/conftest.py::demo_run", "the demo's whole workflow"),
     "snakemake -n all": ("tests/e2e/test_workflow.py::test_rerun_has_nothing_to_do", ""),
     "snakemake --cores 2 data/raw/sst2/manifest.json": (
-        "tests/e2e/test_workflow.py::test_killed_job_output_is_not_taken_as_complete", ""),
+        "tests/e2e/test_workflow.py::test_killed_job_output_is_not_taken_as_complete",
+        "with --configfile: sst2 from a local folder"),
     "snakemake --cores 2 models/nli/run.json": (
         "tests/e2e/test_pretrained.py::run", "with the pretrained checkpoint's config"),
     "flanpipe launch --tasks-per-node 2 -- train --mixture nli": (
@@ -59,7 +60,13 @@ RUN_ELSEWHERE = {
     "python -m pytest -m slurm tests/e2e/test_slurm.py": ("tests/e2e/test_slurm.py", "it runs that test"),
     "python -m pytest -m slurm tests/e2e/test_slurm_multinode.py": (
         "tests/e2e/test_slurm_multinode.py", "it runs that test"),
+    "flanpipe datasets --bank flan2021 --flan-root ../FLAN": (
+        "tests/unit/test_flan_bank.py::test_every_registry_entry_renders_all_it_can_and_the_cli_lists_the_rest",
+        "with the tests' small checkout, and FLAN's own files where ../shared/flan has them, as --json"),
     "mkdocs build --strict": ("tests/unit/test_docs.py::test_site_builds_strict", "into a temporary folder"),
+    "flanpipe publish --model models/nli --repo me/flanpipe-nli --dry-run": (
+        "tests/unit/test_publish.py::test_a_dry_run_lists_every_file_of_hf_and_adapter_with_its_size",
+        "on a tiny LoRA run in a temporary folder"),
 }
 
 
@@ -193,7 +200,7 @@ def test_cited_modules_and_names_exist():
     missing = []
     for page in PAGES:
         for span in _spans(page):
-            for dotted in re.findall(r"^(flanpipe(?:\.\w+)+)(?:\(.*\))?$", span.strip()):
+            for dotted in re.findall(r"^((?:flanpipe|bench)(?:\.\w+)+)(?:\(.*\))?$", span.strip()):
                 source, rest = _module_file(dotted.split("."))
                 if source is None or not _defines(source, rest):
                     missing.append(f"{page.relative_to(REPO)}: {dotted}")
@@ -228,6 +235,7 @@ def test_site_builds_strict(tmp_path):
     html = "".join(p.read_text(encoding="utf-8") for p in site.rglob("*.html"))
     assert "fonts.googleapis.com" not in html
     assert "flanpipe.core.config.Config" in html
+    assert "bench.train.print_train" in html  # the benchmarks, read from bench/ beside the package
 
 
 def test_the_layout_page_maps_every_core_module_and_the_reference_documents_each():
@@ -235,10 +243,12 @@ def test_the_layout_page_maps_every_core_module_and_the_reference_documents_each
     group its folder is; docs/reference/core.md renders each."""
     on_disk = {".".join(p.relative_to(REPO).with_suffix("").parts)
                for p in (REPO / "flanpipe/core").rglob("*.py") if p.name != "__init__.py"}
-    table = re.findall(r"^\| `([^`]+)` \| `(flanpipe\.core\.[\w.]+)` \|", (REPO / "docs/layout.md").read_text(), re.M)
+    layout = (REPO / "docs/layout.md").read_text()
+    table = re.findall(r"^\| `([^`]+)` \| `(flanpipe\.core\.[\w.]+)` \|", layout, re.M)
     assert {module for _, module in table} == on_disk
     for group, module in table:
         expected = module.split(".")[2] if module.count(".") == 3 else "(root)"
         assert group == expected, f"{module} is listed under {group}"
-    reference = set(re.findall(r"^::: (flanpipe\.core\.[\w.]+)$", (REPO / "docs/reference/core.md").read_text(), re.M))
+    rendered = (REPO / "docs/reference/core.md").read_text()
+    reference = set(re.findall(r"^::: (flanpipe\.core\.[\w.]+)$", rendered, re.M))
     assert reference == on_disk

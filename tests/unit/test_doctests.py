@@ -1,4 +1,5 @@
-"""Every example in the package's docstrings runs and prints what it says."""
+"""Every example in the docstrings of the package, of the benchmarks (bench/) and of the tests' shared
+synthetic data runs and prints what it says."""
 
 import doctest
 import importlib
@@ -7,8 +8,10 @@ import pkgutil
 import pytest
 
 import flanpipe
+from tests.conftest import REPO
 
 MODULES = [m.name for m in pkgutil.walk_packages(flanpipe.__path__, "flanpipe.")]
+MODULES += [m.name for m in pkgutil.walk_packages([str(REPO / "bench")], "bench.")] + ["tests.synthetic"]
 
 
 @pytest.mark.parametrize("name", MODULES)

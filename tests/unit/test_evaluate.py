@@ -111,7 +111,6 @@ def test_smollm2_option_scores_equal_lm_eval_hflm(smollm2_dir, smollm2):
     """The same (context, continuation) requests: ours through the tokenizer seam and the shared
     prompt cache, lm-eval's HFLM through its public ``loglikelihood`` (its own tokenizer, one
     sequence per request)."""
-    pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -154,7 +153,6 @@ def test_base_scores_equal_lm_eval_on_rendered_flan_prompts(smollm2_dir, smollm2
     options, tokenized by us (joint encoding at the boundary) and scored with the shared prompt
     cache, against lm-eval's HFLM.loglikelihood on the same (context, " " + option) strings, which
     it tokenizes itself."""
-    pytest.importorskip("lm_eval")
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -215,7 +213,7 @@ def test_a_model_is_scored_in_the_format_flanpipe_trained_it_in(tmp_path):
         model_format(folder, "dialogue")
     (folder / "flanpipe.json").write_text(json.dumps({"format": "text", "separator": "\nA:"}))
     assert model_format(folder) == ("text", "trained", "\nA:")
-    # a folder trained before the record said `format` (train stage version 5) names it `layout`
+    # a folder trained before the record said `format` (train stage version 6) names it `layout`
     (folder / "flanpipe.json").write_text(json.dumps({"layout": "text", "separator": "\nA:"}))
     assert model_format(folder) == ("text", "trained", "\nA:")
     (folder / "flanpipe.json").write_text(json.dumps({"format": "continuation"}))

@@ -8,8 +8,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.bench.dedup import load_passages
-from flanpipe.bench.fewshot import previous_few_shot_inputs
 from flanpipe.core.config import FewShotConfig, TokenizeConfig
 from flanpipe.core.config.registry import load_registry
 from flanpipe.core.text.fewshot import FewShotPool, few_shot_inputs
@@ -17,6 +15,7 @@ from flanpipe.core.text.templates import load_bank, render_template
 from flanpipe.core.tokens.formats import Format
 from flanpipe.core.tokens.tokenizers import load_tokenizer
 from flanpipe.stages.evaluate import read_exemplar_rows
+from tests.synthetic import load_passages, previous_few_shot_inputs
 
 SPEC, BANK = load_registry().datasets["mnli"], load_bank()["mnli"]
 

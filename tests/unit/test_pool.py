@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.bench.dedup import load_passages, nli_shaped, squad_shaped
 from flanpipe.core.config import (
     DedupeSlice,
     FingerprintSlice,
@@ -36,6 +35,7 @@ from flanpipe.stages.mix import DatasetInputs, build_mixture
 from flanpipe.stages.pool import Lowest, write_pool
 from flanpipe.stages.templatize import templatize_dataset
 from flanpipe.workflow.planner import Plan
+from tests.synthetic import load_passages, nli_shaped, squad_shaped
 
 REG = load_registry()
 

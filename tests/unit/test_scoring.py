@@ -197,10 +197,9 @@ def test_batched_generation_equals_one_prompt_at_a_time_with_transformers():
     prompts, _ = random_requests(5, 5)
     greedy = generate(model, prompts, max_new_tokens=6, eos_id=[1, 2], method="one_by_one")
     assert greedy == generate(model, prompts, max_new_tokens=6, eos_id=[1, 2], method="shared")
-    table = np.zeros((12, 12))
-    table[:, 4] = table[:, 6] = 5.0
-    sampled = generate(bigram_model(table), [[2]] * 6, 5, eos_id=1, temperature=0.9, top_k=2, seed=7,
-                       method="one_by_one")
+    sampled = generate(bigram_model(top_two_table()), [[2]] * 6, 5, eos_id=1, temperature=1.0, top_k=2,
+                       seed=7, method="one_by_one")
+    # 30 draws: with top_k ignored, all 30 fall on 4 or 6 with probability 0.377 ** 30 = 1.9e-13
     assert {t for row in sampled for t in row} == {4, 6}
 
 
@@ -223,15 +222,28 @@ def test_generation_never_emits_ids_past_the_tokenizer(method):
     assert generate(model, [[3]], 3, eos_id=1, method=method, vocab_limit=10) == [[5, 5, 5]]
 
 
-def test_sampling_is_seeded_and_top_k_limits_the_choice():
+def top_two_table() -> np.ndarray:
+    """Bigram logits whose top 2 (ids 4 and 6, logit 1) hold little of the mass: after any token
+    the softmax gives them e / (2e + 9) = 0.188 each, and the other nine ids 1 / (2e + 9) = 0.069
+    each, 0.623 together. EOS (id 1, logit -30: 6e-15) is never drawn, so every row runs its length.
+    Sampling with top_k=2 draws 4 or 6, each with probability 1/2; with top_k ignored a draw falls
+    on 4 or 6 with probability 0.377 only."""
     table = np.zeros((12, 12))
-    table[:, 4] = table[:, 6] = 5.0  # two likely tokens, the rest unlikely
-    model = bigram_model(table)
+    table[:, 4] = table[:, 6] = 1.0
+    table[:, 1] = -30.0
+    return table
+
+
+def test_sampling_is_seeded_and_top_k_limits_the_choice():
+    model = bigram_model(top_two_table())
     prompts = [[2]] * 20
-    a = generate(model, prompts, 5, eos_id=1, temperature=0.9, top_k=2, seed=7)
-    assert a == generate(model, prompts, 5, eos_id=1, temperature=0.9, top_k=2, seed=7)
-    assert {t for row in a for t in row} == {4, 6}  # top-2 only; both are drawn
-    assert a != generate(model, prompts, 5, eos_id=1, temperature=0.9, top_k=2, seed=8)
+    a = generate(model, prompts, 5, eos_id=1, temperature=1.0, top_k=2, seed=7)
+    assert a == generate(model, prompts, 5, eos_id=1, temperature=1.0, top_k=2, seed=7)
+    assert [len(row) for row in a] == [5] * 20
+    # top-2 only: with top_k ignored, all 100 draws fall on 4 or 6 with probability
+    # 0.377 ** 100 = 4e-43; both are drawn (only one of them: 2 * 0.5 ** 100 = 2e-30)
+    assert {t for row in a for t in row} == {4, 6}
+    assert a != generate(model, prompts, 5, eos_id=1, temperature=1.0, top_k=2, seed=8)
 
 
 def test_bad_requests_are_refused():

@@ -242,10 +242,12 @@ def test_a_shard_overwritten_with_other_tokens_of_its_size_stops_train_before_th
     from flanpipe.core.tokens.shards import verify_shards
 
     packed, tokens = _tampered(mixture, tmp_path, "overwritten")
-    assert verify_shards(packed) >= 0
+    verify_shards(packed)  # the untouched copy passes (it raises otherwise): train refuses the edit below
+    size = tokens.stat().st_size
     array = np.load(tokens)
     array["tokens"] = array["tokens"][::-1]  # other tokens, the same size
     np.save(tokens, array)
+    assert tokens.stat().st_size == size  # so the manifest's byte count cannot tell: only its sha256
     (tmp_path / "config.yaml").write_text("seed: 3\n")
     cmd = [sys.executable, "-m", "flanpipe.cli", "train", "--mixture", "m",
            "--config", str(tmp_path / "config.yaml"), "--packed", str(packed),

@@ -5,8 +5,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.bench.dedup import load_passages
-from flanpipe.bench.templatize import synthetic_rte
 from flanpipe.core.config import FewShotConfig, SourceSpec, TemplatizeConfig, TemplatizeSlice
 from flanpipe.core.config.registry import load_registry
 from flanpipe.core.text.fewshot import few_shot_inputs
@@ -16,6 +14,7 @@ from flanpipe.core.text.templates import Template, TemplateError, load_bank
 from flanpipe.stages.download import download_dataset
 from flanpipe.stages.templatize import templatize_dataset, templatize_split
 from tests.conftest import smollm2_folder
+from tests.synthetic import load_passages, synthetic_rte
 
 REG = load_registry()
 

@@ -92,13 +92,18 @@ def test_the_sample_read_shard_by_shard_is_the_sample_of_all_lines_at_once(tmp_p
 
 
 def test_build_trains_on_the_mixture_and_writes_a_manifest(tmp_path):
-    shard_dir = write_mixture(tmp_path / "m", corpus(200), corpus(200, seed=1))
+    inputs, targets = corpus(200), corpus(200, seed=1)
+    shard_dir = write_mixture(tmp_path / "m", inputs, targets)
     cfg = TokenizerSource(vocab_size=300, sample_sentences=1000)
     manifest = build_tokenizer(cfg, tmp_path / "tok/spm.model", seed=3, mixture_shard_dir=shard_dir,
                                mixture="all")
     saved = json.loads((tmp_path / "tok/manifest.json").read_text())
     assert saved["vocab_size"] == manifest["vocab_size"] == 300
-    assert saved["sample"] == {"sentences": 400, "available": 400, "bytes": saved["sample"]["bytes"]}
+    # 1000 asked for, 400 lines (one line each, shorter than max_sentence_chars): the sample is all
+    # of them, and its size is their UTF-8 bytes (café and naïve take two bytes a letter)
+    utf8_bytes = sum(len(line.encode()) for line in inputs + targets)
+    assert utf8_bytes > sum(len(line) for line in inputs + targets)
+    assert saved["sample"] == {"sentences": 400, "available": 400, "bytes": utf8_bytes}
     assert saved["special_ids"] == {"pad_id": 0, "eos_id": 1, "unk_id": 2, "bos_id": 3}
     assert not list((tmp_path / "tok").glob(".*tmp"))
 

@@ -1,8 +1,16 @@
-"""The FLAN dataset registry: 62 paper datasets in 12 task clusters, as data.
+"""The FLAN dataset registry: 62 paper datasets in 12 task clusters, as data, and the extra
+registries a config adds (``registry.extra``).
 
 The registry lives in ``flanpipe/data/registry/{clusters,datasets}.yaml``. This module loads it once,
 validates it with typed models and answers the questions the stages ask: which datasets form a
 cluster, which clusters leave training when one is held out, what a dataset's schema is.
+
+An extra registry is a YAML file in the same schema (``clusters:``, ``datasets:``) plus
+``templates:``, the template files of its datasets (paths relative to the file). The package ships
+some (:data:`PACKAGED_EXTRAS`, named by a bare name such as ``cot``). The active extras are a
+process-wide setting (:func:`use_extra_registries`, called when a config is read), kept in the
+environment variable :data:`EXTRA_ENV` so the Snakemake jobs a workflow starts read the same
+registry; :func:`load_registry` returns the package's entries followed by the extras'.
 
 >>> reg = load_registry()
 >>> reg.datasets["rte"].cluster
@@ -14,8 +22,10 @@ cluster, which clusters leave training when one is held out, what a dataset's sc
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -81,6 +91,7 @@ class _Strict(BaseModel):
 class Cluster(_Strict):
     name: str
     excludes: tuple[str, ...] = ()
+    description: str | None = None
 
 
 class HubSource(_Strict):
@@ -154,10 +165,24 @@ class DatasetSpec(_Strict):
     text_fields: tuple[str, ...]
     task: Task
     metric: Literal[METRICS]  # type: ignore[valid-type]
+    license: str | None = None
+    """The dataset's licence as its source states it (an SPDX id where there is one); the model card
+    lists it. None: not recorded."""
     distinct: tuple[str, ...] = ()
     """Field paths that tell examples apart when they share the other text fields (SQuAD's question
     and answer beside a shared passage, an NLI hypothesis beside a shared premise). Two rows are near
     duplicates only if these fields are alike as well; empty: all text fields together."""
+    source_field: str | None = None
+    """A string field naming each row's source dataset (Super-NaturalInstructions' ``Source``): a
+    row whose source is a dataset of a held-out cluster (``data/registry/niv2_sources.yaml``) leaves
+    that held-out model's mixture."""
+    prompt_type_field: str | None = None
+    """Rows that are prompts already (a published Flan Collection dump): the string field holding
+    each row's prompt type (``zs_opt`` ... ``fs_noopt``), kept as it is instead of drawn from the
+    template mix."""
+    counts_in: tuple[str, ...] = ()
+    """Other clusters the dataset counts in for held-out purposes: it leaves the training mixture of
+    a model that holds out (or excludes) any of them (``cot_esnli``, derived from SNLI: ``[nli]``)."""
 
     @functools.cached_property
     def schema(self) -> pa.Schema:
@@ -174,7 +199,8 @@ class DatasetSpec(_Strict):
         """Every field path the entry names outside ``features``."""
         task = self.task
         paths = list(self.text_fields) + list(task.targets or ())
-        paths += [p for p in (task.label_field, task.label_in, self.id_field) if p]
+        paths += [p for p in (task.label_field, task.label_in, self.id_field, self.source_field,
+                              self.prompt_type_field) if p]
         if isinstance(task.choices, str):
             paths.append(task.choices)
         elif task.choices:
@@ -224,7 +250,12 @@ class Registry(_Strict):
     def _check_links(self) -> Registry:
         for name, spec in self.datasets.items():
             if spec.cluster not in self.clusters:
-                raise ValueError(f"dataset {name}: unknown cluster {spec.cluster!r}")
+                raise ValueError(f"dataset {name}: unknown cluster {spec.cluster!r}; allowed: "
+                                 f"{list(self.clusters)}")
+            unknown = [c for c in spec.counts_in if c not in self.clusters]
+            if unknown:
+                raise ValueError(f"dataset {name}: counts_in names unknown cluster(s) {unknown}; "
+                                 f"allowed: {list(self.clusters)}")
         for name, cluster in self.clusters.items():
             for other in cluster.excludes:
                 if other not in self.clusters:
@@ -237,6 +268,17 @@ class Registry(_Strict):
         """Registry keys of the datasets in ``clusters``, in registry order."""
         wanted = set(clusters)
         return [name for name, spec in self.datasets.items() if spec.cluster in wanted]
+
+    def clusters_of(self, name: str) -> tuple[str, ...]:
+        """Every cluster dataset ``name`` counts in: its own, then its ``counts_in``."""
+        spec = self.datasets[name]
+        return (spec.cluster, *spec.counts_in)
+
+    def trains_in(self, name: str, clusters: Iterable[str]) -> bool:
+        """Whether dataset ``name`` may train in a mixture of ``clusters``: every cluster it counts
+        in is among them."""
+        allowed = set(clusters)
+        return all(c in allowed for c in self.clusters_of(name))
 
     def excluded_clusters(self, heldout: str) -> list[str]:
         """The held-out cluster plus every cluster it excludes from training."""
@@ -260,15 +302,108 @@ def _read_yaml(name: str) -> Any:
     return yaml.safe_load(text)
 
 
-@functools.cache
+EXTRA_ENV = "FLANPIPE_REGISTRY_EXTRA"
+"""The environment variable that holds the active extra registries (``os.pathsep``-separated), so a
+Snakemake job's process reads the registry its workflow's config named."""
+PACKAGED_EXTRAS = ("cot", "niv2", "flan_dump")
+"""Extra registries shipped in ``flanpipe/data/registry/extra/``, named in ``registry.extra`` by
+their bare name: ``cot``, the 9 chain-of-thought datasets of Flan 2022 (a ``cot`` cluster);
+``niv2``, Super-NaturalInstructions as one dataset (a ``niv2`` cluster); ``flan_dump``, the rows of
+a published Flan Collection export, one dataset per ``_task_source`` (a ``flan_dump`` cluster)."""
+EXTRA_KEYS = ("clusters", "datasets", "templates")
+
+
+def _extra_path(entry: str) -> Path:
+    if entry in PACKAGED_EXTRAS:
+        return Path(str(resources.files("flanpipe").joinpath("data/registry/extra", f"{entry}.yaml")))
+    return Path(entry)
+
+
+def read_extra(entry: str) -> dict[str, Any]:
+    """One extra registry file (or a packaged one's name) as a mapping, its template paths made
+    absolute; :class:`RegistryError` naming the file when it is missing or not of that shape."""
+    path = _extra_path(entry)
+    if not path.is_file():
+        raise RegistryError(f"{entry}: no such registry file; allowed: a YAML file with clusters:, "
+                            f"datasets: and templates:, or a packaged registry {list(PACKAGED_EXTRAS)}")
+    data = yaml.safe_load(path.read_text("utf-8")) or {}
+    if not isinstance(data, dict) or set(data) - set(EXTRA_KEYS):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise RegistryError(f"{path}: a registry file holds the keys {list(EXTRA_KEYS)}; found {found}")
+    templates = data.get("templates") or []
+    if isinstance(templates, str):
+        templates = [templates]
+    missing = [t for t in templates if not (path.parent / t).is_file()]
+    if missing:
+        raise RegistryError(f"{path}: templates: no such file(s) {missing} (paths are relative to "
+                            "the registry file)")
+    return {"path": str(path.resolve()), "clusters": data.get("clusters") or {},
+            "datasets": data.get("datasets") or {},
+            "templates": [str((path.parent / t).resolve()) for t in templates]}
+
+
+def use_extra_registries(entries: Sequence[str]) -> None:
+    """Make ``entries`` (registry files, or packaged names) the process's extra registries, after
+    checking them (:class:`RegistryError` names the file and the entry at fault); ``[]`` restores the
+    package's registry alone. Files are recorded by absolute path."""
+    resolved = [e if e in PACKAGED_EXTRAS else str(Path(e).resolve()) for e in entries]
+    _load_registry(tuple(resolved))  # raises on a bad file before it becomes active
+    if resolved:
+        os.environ[EXTRA_ENV] = os.pathsep.join(resolved)
+    else:
+        os.environ.pop(EXTRA_ENV, None)
+
+
+def active_extras() -> tuple[str, ...]:
+    """The extra registries in use (:func:`use_extra_registries`), in order."""
+    value = os.environ.get(EXTRA_ENV, "")
+    return tuple(part for part in value.split(os.pathsep) if part)
+
+
+def extra_template_files() -> list[Path]:
+    """The template files of the active extra registries, in order."""
+    return [Path(t) for entry in active_extras() for t in read_extra(entry)["templates"]]
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is one of the package's own datasets (not an extra registry's)."""
+    return name in _load_registry(()).datasets
+
+
 def load_registry() -> Registry:
-    """Load and validate the registry shipped with the package (cached)."""
-    clusters = _read_yaml("clusters.yaml")["clusters"]
-    datasets = _read_yaml("datasets.yaml")["datasets"]
-    return Registry(
-        clusters=clusters,
-        datasets={name: {"name": name, **entry} for name, entry in datasets.items()},
-    )
+    """The registry shipped with the package, followed by the active extras' entries (cached)."""
+    return _load_registry(active_extras())
+
+
+@functools.cache
+def _load_registry(extras: tuple[str, ...]) -> Registry:
+    clusters = dict(_read_yaml("clusters.yaml")["clusters"])
+    datasets = {name: {"name": name, **entry}
+                for name, entry in _read_yaml("datasets.yaml")["datasets"].items()}
+    if not extras:
+        return Registry(clusters=clusters, datasets=datasets)
+    Registry(clusters=clusters, datasets=datasets)  # the package's own, checked alone first
+    for entry in extras:
+        extra = read_extra(entry)
+        for key, have, new in (("clusters", clusters, extra["clusters"]),
+                               ("datasets", datasets, extra["datasets"])):
+            clash = sorted(set(have) & set(new))
+            if clash:
+                raise RegistryError(f"{extra['path']}: {key} {clash} are already in the registry; allowed: "
+                                    "new names")
+        clusters.update(extra["clusters"])
+        for name, cluster in extra["clusters"].items():  # an exclusion is written once, on the new side
+            for other in (cluster or {}).get("excludes", ()):
+                if other in clusters and other not in extra["clusters"]:
+                    have = dict(clusters[other])
+                    have["excludes"] = [*have.get("excludes", ()), name]
+                    clusters[other] = have
+        datasets.update({name: {"name": name, **(e or {})} for name, e in extra["datasets"].items()})
+        try:
+            Registry(clusters=clusters, datasets=datasets)
+        except ValueError as err:
+            raise RegistryError(f"{extra['path']}: {err}") from None
+    return Registry(clusters=clusters, datasets=datasets)
 
 
 def embedded_datasets() -> list[str]:

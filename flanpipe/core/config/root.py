@@ -14,7 +14,12 @@ from flanpipe.core.config.checkpoints import (
     folder_has_chat_template,
     folder_is_encoder_decoder,
 )
-from flanpipe.core.config.registry import embedded_datasets, load_registry
+from flanpipe.core.config.registry import (
+    RegistryError,
+    embedded_datasets,
+    load_registry,
+    use_extra_registries,
+)
 from flanpipe.core.config.sections import (
     AblationsConfig,
     DecontaminateConfig,
@@ -22,6 +27,7 @@ from flanpipe.core.config.sections import (
     DownloadConfig,
     EvaluateConfig,
     MixConfig,
+    RegistryConfig,
     TemplatizeConfig,
     TokenizeConfig,
     TrainConfig,
@@ -52,6 +58,9 @@ def renamed_keys(data: dict[str, Any]) -> list[str]:
 class Config(_Section):
     """The whole flanpipe config. Every stage reads only its own section."""
 
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    """The registry's extra datasets and clusters (read first: every other key is checked against
+    the registry it makes)."""
     seed: StrictInt = Field(1234, ge=0, le=2**31 - 1)
     """The one seed of a run; each stage and dataset derives its own from it (seed + crc32(name))."""
     datasets: Literal["embedded", "all"] | list[str] = "embedded"
@@ -79,6 +88,19 @@ class Config(_Section):
         found = renamed_keys(data) if isinstance(data, dict) else []
         if found:
             raise ValueError("; ".join(found))
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _activate_registry(cls, data: Any) -> Any:
+        """Make ``registry.extra`` the process's registry before any key is checked against it."""
+        section = data.get("registry") if isinstance(data, dict) else None
+        extra = section.get("extra") if isinstance(section, dict) else None
+        entries = extra if isinstance(extra, list) and all(isinstance(e, str) for e in extra) else []
+        try:
+            use_extra_registries(entries)
+        except RegistryError as err:
+            raise ValueError(f"registry.extra: {err}") from None
         return data
 
     @field_validator("datasets")
@@ -129,7 +151,7 @@ class Config(_Section):
                                  f"so its model would be evaluated on nothing; allowed: clusters of the "
                                  f"run's datasets {sorted(used)}")
             left_out = {cluster, *registry.excluded_clusters(cluster)}
-            if all(registry.datasets[d].cluster in left_out for d in names):
+            if not any(registry.trains_in(d, set(registry.clusters) - left_out) for d in names):
                 raise ValueError(f"heldout_clusters: holding out {cluster!r} (with {sorted(left_out)}) "
                                  f"leaves its mixture no dataset to train on; add datasets of other "
                                  f"clusters to 'datasets'")
@@ -232,9 +254,10 @@ class Config(_Section):
     def _mixes_name_known_groups(self) -> Config:
         """Every run dataset in one submixture, every listed one in the run; template-mix overrides
         keyed by a dataset or a submixture; few-shot rows with exemplars to show."""
-        names, groups = self.dataset_names(), self.mix.groups()
-        for group, sub in groups.items():
-            missing = [] if sub.datasets == "all" else [d for d in sub.datasets if d not in names]
+        names, groups, left_out = self.dataset_names(), self.mix.groups(), self.left_out()
+        for group, sub in groups.items():  # a dataset left out for its absent files may stay listed
+            missing = [] if sub.datasets == "all" else [d for d in sub.datasets
+                                                        if d not in names and d not in left_out]
             if missing:
                 raise ValueError(f"mix.submixtures.{group}.datasets: {missing} are not among the run's "
                                  f"datasets; allowed: names in 'datasets' ({names})")
@@ -262,13 +285,30 @@ class Config(_Section):
         return self
 
     def dataset_names(self) -> list[str]:
-        """The registry names this run uses, in registry order."""
+        """The registry names this run uses, in registry order: those asked for, less those whose
+        optional source is absent (:meth:`left_out`)."""
+        left_out = self.left_out()
+        return [name for name in self._asked_for() if name not in left_out]
+
+    def _asked_for(self) -> list[str]:
         if self.datasets == "embedded":
             return embedded_datasets()
         if self.datasets == "all":
             return list(load_registry().datasets)
         order = list(load_registry().datasets)
         return sorted(self.datasets, key=order.index)
+
+    def left_out(self) -> dict[str, list[str]]:
+        """The datasets asked for whose source is `optional` and whose files are absent, each with
+        the files it lacks: the run goes on without them."""
+        registry, out = load_registry(), {}
+        for name in self._asked_for():
+            source = self.download.source_for(name)
+            if source.optional:
+                missing = source.missing_files(name, list(registry.datasets[name].split_roles.values()))
+                if missing:
+                    out[name] = missing
+        return out
 
 
 def _inside(path: str, folder: str) -> bool:

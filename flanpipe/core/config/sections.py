@@ -5,6 +5,7 @@ The types several sections and the stages' slices share are named here once."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -19,7 +20,7 @@ from pydantic import (
 
 from flanpipe.core.config.registry import load_registry
 
-SourceKind = Literal["embedded", "hub", "local"]
+SourceKind = Literal["embedded", "hub", "local", "cot", "niv2", "flan_dump"]
 """Where a dataset's raw rows come from."""
 OptionsStyle = Literal["dash", "letters", "none"]
 """How a classification prompt lists its options: `dash` (FLAN's `OPTIONS:` and `- ` items), `letters`
@@ -28,6 +29,10 @@ OptionsStyle = Literal["dash", "letters", "none"]
 TemplateFormat = Literal["instructions", "no_template", "dataset_name"]
 """What a prompt says around an example: FLAN's `instructions`, or the ablations' `no_template` and
 `dataset_name`."""
+
+TemplateBank = Literal["flanpipe", "flan2021", "flan2022"]
+"""Whose templates: flanpipe's own, or FLAN's read from a FLAN checkout (`flan2021`: the paper's
+`flan/templates.py`; `flan2022`: `flan/v2/flan_templates_branched.py`)."""
 
 TrainFormat = Literal["eos", "text", "chat"]
 """How a decoder-only example's input meets its target in training (:mod:`flanpipe.core.tokens.formats`)."""
@@ -55,13 +60,29 @@ class _Section(BaseModel):
                               allow_inf_nan=False)
 
 
+class RegistryConfig(_Section):
+    """Datasets and clusters beyond the package's 62: extra registry files."""
+
+    extra: list[str] = Field(default_factory=list)
+    """Extra registries, in order: YAML files in the package registry's schema (`clusters:` and
+    `datasets:`, each entry as in `flanpipe/data/registry/`) with `templates:`, their template files
+    (paths relative to the registry file); or a registry the package ships, by name: `cot` (Flan
+    2022's 9 chain-of-thought datasets) or `niv2` (Super-NaturalInstructions). Their datasets are
+    used like the package's own in every stage; see docs/registry.md."""
+
+
 class SourceSpec(_Section):
     """Where one dataset's raw data comes from."""
 
     kind: SourceKind = "embedded"
     """`embedded` (demo data shipped in the package), `hub` (Hugging Face `datasets.load_dataset`, or
     the hub's auto-converted Parquet branch for a repository that ships only a loading script) or
-    `local` (files in the dataset's hub schema under `path`)."""
+    `local` (files in the dataset's hub schema under `path`) or `cot` (FLAN's chain-of-thought
+    files: `<path>/<name>_train.tsv` for dataset `cot_<name>`, tab-separated question, answer and
+    rationale with no header, newlines written as a literal `\\n`) or `niv2` (a folder of
+    Super-NaturalInstructions task files, `<path>/*.json`, as the one dataset `niv2`) or `flan_dump`
+    (a published Flan Collection export: a Parquet or JSON Lines file, or a folder of them, with the
+    columns `inputs`, `targets`, `_task_source`, `_task_name`, `_template_type`, `_template_idx`)."""
     revision: str | None = None
     """hub only: a commit sha, tag or branch to pin; overrides the registry's pinned revision. When the
     Parquet branch is read, a commit of that branch."""
@@ -73,14 +94,41 @@ class SourceSpec(_Section):
     """local: a directory holding `{split}.parquet`, `{split}.jsonl` or `{split}.csv` for each hub
     split name the registry lists (e.g. `train.jsonl`, `validation.jsonl`). hub: a local copy of the
     dataset's Parquet branch (`hf download ID --repo-type dataset --revision refs/convert/parquet
-    --local-dir DIR`), read instead of the hub whenever the branch is read."""
+    --local-dir DIR`), read instead of the hub whenever the branch is read. cot: the folder of
+    FLAN's `<name>_train.tsv` files (`flan/v2/cot_data` of a FLAN checkout)."""
+    per_task_cap: StrictInt | None = Field(None, ge=1)
+    """niv2 and flan_dump: most rows kept of each task (NIv2's task file, a dump's `_task_name`;
+    the first, in file order); null: all. Flan 2022 capped each NIv2 task at 5,000."""
+    task_source: str | None = None
+    """flan_dump only: the `_task_source` whose rows this dataset keeps; null: the one its registry
+    name stands for (`dump_flan2021`: Flan2021, `dump_t0`: T0, `dump_niv2`: NIv2, `dump_cot`: CoT,
+    `dump_dialog`: Dialog), or every row for another name."""
+    optional: bool = False
+    """local, cot and niv2: when the dataset's files are absent, leave the dataset out of the run (the
+    config check logs which) instead of failing; the datasets left out are listed by `flanpipe
+    datasets --config`."""
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> SourceSpec:
         if self.kind == "local" and not self.path:
             raise ValueError("kind 'local' needs 'path' (a directory with {split}.parquet|jsonl|csv)")
-        if self.kind not in ("local", "hub") and self.path:
-            raise ValueError(f"'path' is only used with kind 'local' or 'hub', not {self.kind!r}")
+        if self.kind == "cot" and not self.path:
+            raise ValueError("kind 'cot' needs 'path' (a folder of FLAN's <name>_train.tsv files), or "
+                             "download.flan_root (a FLAN checkout) with the dataset not listed in sources")
+        if self.kind == "niv2" and not self.path:
+            raise ValueError("kind 'niv2' needs 'path' (a folder of Super-NaturalInstructions task files)")
+        if self.kind == "flan_dump" and not self.path:
+            raise ValueError("kind 'flan_dump' needs 'path' (a Parquet or JSON Lines file, or a folder)")
+        if self.kind in ("embedded",) and self.path:
+            raise ValueError(f"'path' is not used with kind {self.kind!r}")
+        if self.optional and self.kind not in ("local", "cot", "niv2", "flan_dump"):
+            raise ValueError(f"'optional' is only used with kind 'local', 'cot', 'niv2' or 'flan_dump', "
+                             f"not {self.kind!r}")
+        if self.per_task_cap is not None and self.kind not in ("niv2", "flan_dump"):
+            raise ValueError(f"'per_task_cap' is only used with kind 'niv2' or 'flan_dump', not "
+                             f"{self.kind!r}")
+        if self.task_source is not None and self.kind != "flan_dump":
+            raise ValueError(f"'task_source' is only used with kind 'flan_dump', not {self.kind!r}")
         if self.kind != "hub" and self.revision:
             raise ValueError(f"'revision' is only used with kind 'hub', not {self.kind!r}")
         if self.kind != "hub" and self.parquet_branch is not None:
@@ -91,16 +139,53 @@ class SourceSpec(_Section):
         return self
 
 
+    def files_for(self, dataset: str, splits: list[str]) -> list[str]:
+        """The files this source reads for ``dataset``'s ``splits`` (its hub split names), as
+        patterns: `local` one per split (any of its suffixes), `cot` the one TSV file; none for the
+        hub or the embedded data.
+
+        >>> SourceSpec(kind="cot", path="/flan/v2/cot_data").files_for("cot_gsm8k", ["train"])
+        ['/flan/v2/cot_data/gsm8k_train.tsv']
+        """
+        if self.kind == "cot":
+            return [f"{self.path.rstrip('/')}/{dataset.removeprefix('cot_')}_train.tsv"]
+        if self.kind == "niv2":
+            return [f"{self.path.rstrip('/')}/*.json"]
+        if self.kind == "flan_dump":
+            return [self.path.rstrip("/") if Path(self.path).suffix else f"{self.path.rstrip('/')}/*.*"]
+        if self.kind == "local":
+            return [f"{self.path.rstrip('/')}/{split}.{{parquet,jsonl,json,csv}}" for split in splits]
+        return []
+
+    def missing_files(self, dataset: str, splits: list[str]) -> list[str]:
+        """Of :meth:`files_for`, those absent on disk."""
+        missing = []
+        for pattern in self.files_for(dataset, splits):
+            stem, _, suffixes = pattern.partition("{")
+            options = [stem + s for s in suffixes.rstrip("}").split(",")] if suffixes else [stem]
+            folder, _, name = pattern.rpartition("/")
+            found = any(Path(folder).glob(name)) if "*" in name else any(Path(o).is_file() for o in options)
+            if not found:
+                missing.append(pattern)
+        return missing
+
+
 class DownloadConfig(_Section):
     """Stage 1: fetch each dataset's train and eval split into raw Parquet."""
 
-    default_source: SourceKind = "embedded"
+    default_source: Literal["embedded", "hub", "local"] = "embedded"
     """Source for every dataset not listed in `sources`."""
     sources: dict[str, SourceSpec] = Field(default_factory=dict)
     """Per-dataset overrides, keyed by registry name, e.g. `{rte: {kind: hub, revision: main}}`."""
     local_root: str | None = None
     """With `default_source: local`: the folder that holds one folder per dataset, named as in the
     registry (`<local_root>/boolq/train.jsonl`, ...), for every dataset not listed in `sources`."""
+    flan_root: str | None = None
+    """A checkout of google-research/FLAN: every dataset of the `cot` cluster (`registry.extra:
+    [cot]`) not listed in `sources` reads `<flan_root>/flan/v2/cot_data/<name>_train.tsv`."""
+    optional: bool = False
+    """The `optional` of every source this section makes (`default_source: local`, `flan_root`):
+    a dataset whose files are absent is left out of the run, and the log names it."""
 
     @model_validator(mode="after")
     def _local_root_with_local(self) -> DownloadConfig:
@@ -133,8 +218,12 @@ class DownloadConfig(_Section):
         """The source to read ``dataset`` from."""
         if dataset in self.sources:
             return self.sources[dataset]
+        if self.flan_root and load_registry().datasets[dataset].cluster == "cot":
+            return SourceSpec(kind="cot", path=f"{self.flan_root.rstrip('/')}/flan/v2/cot_data",
+                              optional=self.optional)
         if self.default_source == "local":
-            return SourceSpec(kind="local", path=f"{self.local_root.rstrip('/')}/{dataset}")
+            return SourceSpec(kind="local", path=f"{self.local_root.rstrip('/')}/{dataset}",
+                              optional=self.optional)
         return SourceSpec(kind=self.default_source)
 
 
@@ -224,6 +313,15 @@ class TemplatizeConfig(_Section):
     format: TemplateFormat = "instructions"
     """`instructions` (the template bank), or the paper's ablations: `no_template` (input fields
     joined plainly) and `dataset_name` (the same, prefixed with `[Task: <dataset>]`)."""
+    bank: TemplateBank = "flanpipe"
+    """The template bank, for training and evaluation alike: `flanpipe` (the project's own,
+    `flanpipe/data/templates/`), or FLAN's own prompts read from the checkout at `flan_root`:
+    `flan2021` (the paper's) or `flan2022` (the same tasks as corrected for Flan 2022). A FLAN
+    template needing a field a dataset lacks is skipped (`flanpipe datasets --bank` lists them)."""
+    flan_root: str | None = None
+    """A FLAN checkout (a clone of google-research/FLAN): needed, and only used, when `bank` is a FLAN
+    bank. Its files are read as data, never executed; runs record its git commit (or the file's
+    sha256). A relative path is read from the workflow's working directory."""
     options: OptionsStyle = "dash"
     """The OPTIONS suffix of classification templates: `- choice` lines, lettered `(A) choice`
     lines, or `none` (the paper's no-options variant)."""
@@ -247,6 +345,16 @@ class TemplatizeConfig(_Section):
     """Flan 2022's template mix: how train rows are prompted (zero-/few-shot, with or without
     OPTIONS) and how often turned-around templates are drawn; the default renders as earlier
     releases did (every row zero-shot with OPTIONS, turned-around templates as often as any)."""
+
+    @model_validator(mode="after")
+    def _flan_root_with_flan_bank(self) -> TemplatizeConfig:
+        if self.bank != "flanpipe" and not self.flan_root:
+            raise ValueError(f"bank {self.bank!r} is read from a FLAN checkout: set flan_root (a clone "
+                             "of google-research/FLAN)")
+        if self.bank == "flanpipe" and self.flan_root:
+            raise ValueError("flan_root is only read with a FLAN bank (bank: flan2021 or flan2022), "
+                             "not with bank 'flanpipe'")
+        return self
 
 
 class NearDedupeConfig(_Section):
@@ -462,6 +570,10 @@ class TokenizeConfig(_Section):
     """Examples packed together; larger windows pack tighter but hold more in memory."""
     rows_per_shard: StrictInt = Field(8_192, ge=1)
     """Packed rows per token shard."""
+    max_truncated_fraction: StrictFloat = Field(1.0, ge=0, le=1)
+    """Pack fails, naming the dataset and its fraction, when more than this fraction of a dataset's
+    examples have their inputs cut, or their targets cut (each counted on its own; 1.0: never
+    fails). A target cut short teaches the model to stop mid-answer."""
 
     @model_validator(mode="after")
     def _segments_fit(self) -> TokenizeConfig:
@@ -570,6 +682,25 @@ class AdapterConfig(_Section):
         return self
 
 
+class MlflowConfig(_Section):
+    """`train.mlflow`: the MLflow tracking server or folder."""
+
+    tracking_uri: str = "mlruns"
+    """An MLflow tracking URI (`http://host:5000`, `sqlite:///mlflow.db`) or a local folder, relative to
+    the working directory (the default `mlruns/`, as MLflow's own)."""
+    experiment: str = "flanpipe"
+    """The MLflow experiment the runs go in; each run is named after its mixture."""
+
+
+class WandbConfig(_Section):
+    """`train.wandb`: the Weights & Biases project and mode."""
+
+    project: str = "flanpipe"
+    mode: Literal["auto", "online", "offline"] = "auto"
+    """`auto`: `offline` where `WANDB_MODE` says so or there is no API key (the run folder under
+    `wandb/` of the model folder, uploaded later with `wandb sync`), else `online`."""
+
+
 class TrainConfig(_Section):
     """Stage 5: instruction tuning with DeepSpeed, one model per mixture. GPUs, nodes and time limits
     come from the Snakemake profile, not from here."""
@@ -617,6 +748,41 @@ class TrainConfig(_Section):
     keep_checkpoints: StrictInt = Field(2, ge=1)
     log_every: StrictInt = Field(10, ge=1)
     """Write metrics every N steps."""
+    max_nonfinite_steps: StrictInt = Field(0, ge=0)
+    """Steps whose loss is NaN or infinite that the run may skip (no update applied; counted in
+    `run.json`) before it stops. 0: the first one stops the run, before its update and before any
+    checkpoint of it, naming the step and its examples. A non-finite gradient norm always stops."""
+    trackers: list[Literal["csv", "tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["csv", "tensorboard"])
+    """Where rank 0 logs the run (`flanpipe.core.train.trackers`): `csv` (`metrics.csv`, needed by the
+    loss plot), `tensorboard`, `mlflow` (params, metrics per step, `run.json` and the loss plot as
+    artifacts) and `wandb` (offline where there is no network; `wandb sync` later). A tracker whose
+    package is missing fails when the config is read."""
+    mlflow: MlflowConfig = Field(default_factory=lambda: MlflowConfig())
+    """`trackers: [mlflow]`: where the runs go."""
+    wandb: WandbConfig = Field(default_factory=lambda: WandbConfig())
+    """`trackers: [wandb]`: the project and the mode."""
+
+    @field_validator("trackers")
+    @classmethod
+    def _trackers_installed(cls, trackers: list[str]) -> list[str]:
+        import importlib.util
+
+        if "csv" not in trackers:
+            raise ValueError("train.trackers: csv is needed (the loss plot and a resumed run read "
+                             "metrics.csv); allowed: csv plus any of tensorboard, mlflow, wandb")
+        if len(set(trackers)) != len(trackers):
+            raise ValueError(f"train.trackers: {trackers} names a tracker twice")
+        packages = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+        for name in trackers:
+            try:
+                found = name not in packages or importlib.util.find_spec(packages[name]) is not None
+            except (ImportError, ValueError):  # (a package present but broken)
+                found = False
+            if not found:
+                raise ValueError(f"train.trackers: {name} needs the package {packages[name]!r}, which is not "
+                                 f"installed (pip install 'flanpipe[trackers]')")
+        return trackers
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     """`none` (full fine-tuning) or LoRA adapters on a frozen base (see docs/stages/train.md)."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, StrictFloat
 
 from flanpipe.core.config.root import Config
 from flanpipe.core.config.sections import (
@@ -22,6 +22,7 @@ from flanpipe.core.config.sections import (
     Packer,
     PromptMix,
     SourceSpec,
+    TemplateBank,
     TemplateFormat,
     TokenizerSource,
     TrainConfig,
@@ -39,6 +40,18 @@ class Slice(_Section):
     """The config keys one stage reads. ``KEYS`` maps each field to its path in :class:`Config`."""
 
     KEYS: ClassVar[dict[str, str]] = {}
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ()
+    """Fields left out of :meth:`params` while they hold their default: keys added after runs
+    existed, so that adding them changed no finished job's params (Snakemake would rerun it)."""
+
+    def params(self) -> dict[str, Any]:
+        """The slice as a rule's ``params``: JSON-able values, quiet defaults left out (a stage
+        rebuilds the slice with ``model_validate``, which puts them back)."""
+        out = self.model_dump(mode="json")
+        for name in self.QUIET_DEFAULTS:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                out.pop(name)
+        return out
 
     @classmethod
     def of(cls, cfg: Config, **overrides: Any) -> Slice:
@@ -72,13 +85,29 @@ class DownloadSlice(Slice):
 
 
 class PoolSlice(Slice):
-    """pool: the rows a dataset's pool keeps (``cap``: the largest of any submixture's caps)."""
+    """pool: the rows a dataset's pool keeps (``cap``: the cap of the dataset's submixture, so a
+    large cap of one group, dialog's 200k, does not widen every dataset's pool; without a dataset,
+    the largest of any submixture's caps)."""
 
     KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "pool_factor": "dedupe.pool_factor",
                                       "cap": "mix.largest_cap"}
     seed: int
-    pool_factor: float | None
+    pool_factor: StrictFloat | None
     cap: int
+
+    @classmethod
+    def of(cls, cfg: Config, dataset: str | None = None, **overrides: Any) -> PoolSlice:
+        """The slice for ``dataset`` (its submixture's cap), or the largest cap without one.
+
+        >>> from flanpipe.core.config import parse_config
+        >>> cfg = parse_config({"mix": {"submixtures": {"small": {"datasets": ["rte"], "cap": 10},
+        ...                                             "big": {"cap": 200000}}}})
+        >>> PoolSlice.of(cfg, "rte").cap, PoolSlice.of(cfg, "copa").cap, PoolSlice.of(cfg).cap
+        (10, 200000, 200000)
+        """
+        group = cfg.mix.submixture_of(dataset) if dataset else None
+        cap = {"cap": cfg.mix.groups()[group].cap} if group else {}
+        return super().of(cfg, **{**cap, **overrides})
 
     @classmethod
     def paths(cls) -> list[str]:
@@ -93,9 +122,13 @@ class TemplatizeSlice(Slice):
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", "format": "templatize.format", "options": "templatize.options",
         "passes": "templatize.passes", "cut_long_field": "templatize.cut_long_field",
-        "chars_per_token": "templatize.chars_per_token", "max_input_tokens": "tokenize.max_input_tokens"}
+        "chars_per_token": "templatize.chars_per_token", "max_input_tokens": "tokenize.max_input_tokens",
+        "bank": "templatize.bank", "flan_root": "templatize.flan_root"}
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ("bank", "flan_root")
     seed: int
     format: TemplateFormat
+    bank: TemplateBank = "flanpipe"
+    flan_root: str | None = None
     options: OptionsStyle
     passes: int
     cut_long_field: bool
@@ -149,7 +182,7 @@ class MixSlice(Slice):
         "tokens_per_batch": "train.tokens_per_batch"}
     seed: int
     mix: MixConfig
-    pool_factor: float | None
+    pool_factor: StrictFloat | None
     decontaminate: bool
     max_input_tokens: int
     max_target_tokens: int
@@ -184,7 +217,7 @@ class PackSlice(_FormatResolved):
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", **{k: f"tokenize.{k}" for k in (
             "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "model_kind", "packer",
-            "pack_window", "rows_per_shard")},
+            "pack_window", "rows_per_shard", "max_truncated_fraction")},
         "steps": "train.steps", "tokens_per_batch": "train.tokens_per_batch",
         "separator": "tokenize.separator"}
     seed: int
@@ -199,6 +232,7 @@ class PackSlice(_FormatResolved):
     packer: Packer
     pack_window: int
     rows_per_shard: int
+    max_truncated_fraction: float = 1.0
     steps: int
     tokens_per_batch: int
 
@@ -229,13 +263,18 @@ class EvaluateSlice(_FormatResolved):
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", "evaluate": "evaluate", "options": "templatize.options",
         "few_shot": "templatize.few_shot", "cut_long_field": "templatize.cut_long_field",
+        "bank": "templatize.bank", "flan_root": "templatize.flan_root",
         **{k: f"tokenize.{k}" for k in (
             "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "separator")}}
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ("bank", "flan_root")
     seed: int
     evaluate: EvaluateConfig
     options: OptionsStyle
     few_shot: FewShotConfig
     cut_long_field: bool = True
+    bank: TemplateBank = "flanpipe"
+    """The template bank evaluation renders prompts with: the one training used."""
+    flan_root: str | None = None
     add_bos: bool | None
     max_input_tokens: int
     max_target_tokens: int
@@ -252,6 +291,6 @@ class ReportSlice(Slice):
     KEYS: ClassVar[dict[str, str]] = {"clusters": "ablations.clusters", "formats": "ablations.formats",
                                       "seed": "seed", "bootstrap": "evaluate.bootstrap"}
     clusters: list[str]
-    formats: list[str]
+    formats: list[TemplateFormat]
     seed: int = 1234
     bootstrap: int = 1000

@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -362,7 +363,12 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype
 
     Under ZeRO-3 every rank must call it: parameters are gathered one at a time to rank 0, which
     alone writes. ``dtype`` (default: the model's) is the dtype of the saved weights. A model with
-    LoRA layers is saved merged (``merge_adapter=False``: its frozen base alone)."""
+    LoRA layers is saved merged (``merge_adapter=False``: its frozen base alone).
+
+    Before the folder is renamed into place, the weights written are read back and checked to hold
+    every parameter and persistent buffer of the model, whole (:func:`check_export`: tensor count,
+    elements and bytes), so a partitioned parameter exported ungathered (ZeRO-3's near-empty
+    weights file) fails the export instead of shipping."""
     from safetensors.torch import save_file
 
     is_main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
@@ -386,6 +392,7 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype
                  [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)])
         for file, shard in zip(names, shards, strict=True):
             save_file(shard, str(tmp / file), metadata={"format": "pt"})
+        check_export([tmp / file for file in names], expected_export(model, dtype), out)
         if len(shards) > 1:
             total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
             index = {"metadata": {"total_size": total},
@@ -401,6 +408,82 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype
         save_tokenizer(tokenizer, tmp)
         if record is not None:
             _write_json(tmp / "flanpipe.json", record)
+
+
+SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                     "BOOL": 1}
+"""Bytes per element of the safetensors dtypes an export writes."""
+
+
+@dataclass(frozen=True)
+class ExportSize:
+    """What an exported model's weights hold: tensors, elements and bytes."""
+
+    tensors: int
+    elements: int
+    bytes: int
+
+
+def expected_export(model: PreTrainedModel, dtype: torch.dtype) -> ExportSize:
+    """What :func:`save_checkpoint` must write for ``model``, from the parameters' whole shapes (ZeRO-3's
+    ``ds_numel`` where partitioned), not from the tensors gathered: every parameter once (a tied
+    output embedding and LoRA's adapter weights left out), in ``dtype``, and every persistent buffer.
+
+    >>> m = torch.nn.Linear(3, 2)
+    >>> m.config = type("C", (), {"tie_word_embeddings": False})()
+    >>> expected_export(m, torch.bfloat16)
+    ExportSize(tensors=2, elements=8, bytes=16)
+    """
+    from flanpipe.core.model.adapter import LORA_TAG
+
+    seen: set[int] = set()
+    tensors = elements = nbytes = 0
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen or LORA_TAG in name or _tied(model, name):
+            continue
+        seen.add(id(param))
+        n = getattr(param, "ds_numel", param.numel())
+        tensors, elements, nbytes = tensors + 1, elements + n, nbytes + n * dtype.itemsize
+    persistent = set(model.state_dict(keep_vars=True))
+    for name, buffer in model.named_buffers():
+        if name in persistent:
+            size = dtype.itemsize if buffer.is_floating_point() else buffer.element_size()
+            tensors, elements, nbytes = tensors + 1, elements + buffer.numel(), nbytes + buffer.numel() * size
+    return ExportSize(tensors, elements, nbytes)
+
+
+def check_export(files: list[Path], expected: ExportSize, out: Path) -> None:
+    """Read the safetensors ``files`` back (their headers, and each file's size) and raise unless they
+    hold ``expected``'s tensors, elements and bytes, naming what is missing."""
+    import struct
+
+    from safetensors import safe_open
+
+    tensors = elements = nbytes = 0
+    empty = []
+    for path in files:
+        listed = 0
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                piece = f.get_slice(key)
+                n = math.prod(piece.get_shape())
+                listed += n * SAFETENSORS_BYTES.get(piece.get_dtype(), 0)
+                tensors, elements = tensors + 1, elements + n
+                if n == 0:
+                    empty.append(key)
+        with open(path, "rb") as raw:
+            header = struct.unpack("<Q", raw.read(8))[0]
+        stored = path.stat().st_size - 8 - header
+        if stored != listed:
+            raise RuntimeError(f"{out}: {path.name} holds {stored} bytes of weights, its header lists "
+                               f"{listed}; the export is not done")
+        nbytes += listed
+    found = ExportSize(tensors, elements, nbytes)
+    if found != expected:
+        raise RuntimeError(f"{out}: the export wrote {found.tensors} tensors, {found.elements:,} elements, "
+                           f"{found.bytes:,} bytes; the model has {expected.tensors}, {expected.elements:,}, "
+                           f"{expected.bytes:,}" + (f" (empty: {', '.join(empty[:5])})" if empty else "")
+                           + "; a ZeRO-3 parameter exported without being gathered? the export is not done")
 
 
 def _write_json(path: Path, content: dict) -> None:

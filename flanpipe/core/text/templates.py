@@ -6,7 +6,9 @@ pair of format strings, ``input`` and ``target``, over a small placeholder langu
 - ``{field}`` / ``{struct.sub}``: a raw field by its registry path. Lists of strings are joined with
   ", "; lists of lists with " | " inside and "; " between (DART triples).
 - ``{field|first}``, ``{field|lines}``, ``{field|numbered}``, ``{field|comma}``: list filters;
-  ``{field|nopunct}``: a string lower-cased, without punctuation (fix-punctuation task inputs).
+  ``{field|nopunct}``: a string lower-cased, without punctuation (fix-punctuation task inputs);
+  ``{field|unpunctuated}``: the same with its case kept (FLAN's ``no_punct``); ``{field|options}``:
+  a list as FLAN's ``OPTIONS:`` block; ``{field|round}``: a number said as a whole number.
 - ``{answer}``: the label's answer text (classification, from the template's ``answers`` map), the
   correct choice (multiple choice) or the first reference (generation). A raw field that happens to
   be called ``answer`` is ``{@answer}``.
@@ -27,12 +29,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import string
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -40,10 +43,22 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from flanpipe.core.config.registry import DatasetSpec, field_type, load_registry
+from flanpipe.core.config.registry import (
+    DatasetSpec,
+    active_extras,
+    extra_template_files,
+    field_type,
+    is_builtin,
+    load_registry,
+)
 from flanpipe.core.text.validate import label_index
 
-FILTERS = ("first", "lines", "numbered", "comma", "nopunct")
+FILTERS = ("first", "lines", "numbered", "comma", "nopunct", "unpunctuated", "options", "round")
+BANKS = ("flanpipe", "flan2021", "flan2022")
+"""The template banks: flanpipe's own (``flanpipe/data/templates``) and FLAN's, read from a FLAN
+checkout (:mod:`flanpipe.core.text.flan`)."""
+OPTIONS_AT = re.compile(r"\s*\{options_\}")
+"""A template's own OPTIONS place (FLAN's ``{options_}``) with the blank lines before it."""
 
 
 def _string_pool() -> pa.MemoryPool:
@@ -85,10 +100,15 @@ class Template(BaseModel):
     inverted: bool = False
     answers: dict[str, str] | None = None
     """Classification: how each label name is said (overrides the dataset's map)."""
+    few_shot_input: str | None = None
+    """The input of this template's few-shot rows (the ``fs_*`` prompt types), rendered from the row
+    alone: the row carries its own exemplars in a field (NIv2's Positive Examples), so the
+    instruction is said once; without it, few-shot rows take solved exemplars from the train pool."""
 
-    def placeholders(self, part: Literal["input", "target"]) -> list[str]:
-        """The placeholders of ``input`` or ``target``, filters included (``concepts|lines``)."""
-        text = self.input if part == "input" else self.target
+    def placeholders(self, part: Literal["input", "target", "few_shot_input"]) -> list[str]:
+        """The placeholders of ``input``, ``target`` or ``few_shot_input``, filters included
+        (``concepts|lines``)."""
+        text = {"input": self.input, "target": self.target, "few_shot_input": self.few_shot_input or ""}[part]
         return [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
 
 
@@ -99,6 +119,15 @@ class DatasetTemplates(BaseModel):
     answers: dict[str, str] | None = None
     empty_answer: str | None = None
     templates: tuple[Template, ...]
+
+    options_suffix: ClassVar[bool] = True
+    """Classification and multiple choice: OPTIONS follow every template's input (flanpipe's bank);
+    a FLAN bank shows them only where a template puts ``{options_}``."""
+
+    def generation_answer(self) -> str | None:
+        """Generation: the answer as a placeholder expression, where it is not the registry's first
+        target as it is (a FLAN bank's numbered CoQA answers); None for the target."""
+        return None
 
     @model_validator(mode="after")
     def _unique_ids(self) -> DatasetTemplates:
@@ -116,21 +145,53 @@ class DatasetTemplates(BaseModel):
                                 f"label(s) {missing}")
         return [mapping.get(name, name.replace("_", " ")) for name in spec.task.labels]
 
+    def listed(self, spec: DatasetSpec, texts: list[str]) -> list[str]:
+        """Classification: the answer texts (in label order) in the order an OPTIONS block lists
+        them: label order here; a FLAN bank lists them in FLAN's order (TREC's)."""
+        return texts
+
     @property
     def eval_templates(self) -> tuple[Template, ...]:
         """Templates that pose the dataset's own task (turned-around ones do not)."""
         return tuple(t for t in self.templates if not t.inverted)
 
+    def shows_options(self, spec: DatasetSpec, template: Template, style: OptionsStyle) -> bool:
+        """Whether the template's inputs carry an OPTIONS block in ``style``: at its ``{options_}``
+        (a FLAN bank), or as flanpipe's suffix (classification and multiple choice, not turned
+        around)."""
+        if style == "none":
+            return False
+        if "options_" in template.placeholders("input"):
+            return True
+        return self.options_suffix and spec.task.type != "generation" and not template.inverted
+
+
+def load_bank(bank: str = "flanpipe", flan_root: str | None = None) -> dict[str, DatasetTemplates]:
+    """Every dataset's templates (cached): flanpipe's own, or a FLAN bank's read from the checkout at
+    ``flan_root`` (:func:`flanpipe.core.text.flan.load_flan_bank`)."""
+    if bank != "flanpipe":
+        from flanpipe.core.text.flan import load_flan_bank  # the FLAN banks build on this module
+
+        return load_flan_bank(bank, None if flan_root is None else str(flan_root))
+    return _own_bank()
+
+
+def _own_bank() -> dict[str, DatasetTemplates]:
+    """flanpipe's templates, ``same_as`` references resolved: the package's files, one per cluster of
+    the registry, then the template files of the extra registries (``registry.extra``)."""
+    return _load_own_bank(active_extras())
+
 
 @functools.cache
-def load_bank() -> dict[str, DatasetTemplates]:
-    """Every dataset's templates, ``same_as`` references resolved."""
+def _load_own_bank(extras: tuple[str, ...]) -> dict[str, DatasetTemplates]:
     root = resources.files("flanpipe").joinpath("data/templates")
     raw: dict[str, Any] = {}
     for cluster in load_registry().clusters:
         ref = root.joinpath(f"{cluster}.yaml")
         if ref.is_file():
             raw.update(yaml.safe_load(ref.read_text("utf-8")) or {})
+    for path in extra_template_files():
+        raw.update(yaml.safe_load(path.read_text("utf-8")) or {})
     bank = {}
     for name, entry in raw.items():
         source = entry
@@ -186,6 +247,11 @@ def as_text(arr: pa.Array, filt: str | None = None, sep: str = ", ") -> pa.Array
     ['a | b; c | d']
     """
     typ = arr.type
+    if filt == "round" and (pa.types.is_floating(typ) or pa.types.is_integer(typ)):
+        # a score said as a whole number, as printf's %.0f says it (half to even): 2.5 -> "2"
+        return pc.round(arr, 0, round_mode="half_to_even").cast(pa.int64()).cast(pa.string())
+    if filt == "unpunctuated" and pa.types.is_string(typ):  # FLAN's: punctuation removed, nothing else
+        return pc.replace_substring_regex(arr, r"[^\w\s]", "")
     if filt == "nopunct" and pa.types.is_string(typ):
         bare = pc.replace_substring_regex(pc.utf8_lower(arr), r"[^\w\s]", "")
         return pc.utf8_trim_whitespace(pc.replace_substring_regex(bare, r"\s+", " "))
@@ -201,6 +267,8 @@ def as_text(arr: pa.Array, filt: str | None = None, sep: str = ", ") -> pa.Array
         return pc.binary_join(pc.list_slice(arr, 0, 1), "")
     if filt == "numbered":
         return _numbered(arr)
+    if filt == "options":  # FLAN's OPTIONS block of a list (ReCoRD's entities)
+        return pc.binary_join_element_wise("OPTIONS:\n- ", pc.binary_join(arr, "\n- "), "")
     if filt == "lines":
         sep = "\n"
     elif filt == "comma":
@@ -252,8 +320,12 @@ def compute_answers(spec: DatasetSpec, bank: DatasetTemplates, template: Templat
     n = table.num_rows
     task = spec.task
     if task.type == "generation":
-        first = column_at(table, task.targets[0])
-        answer = as_text(first, "first" if pa.types.is_list(first.type) else None)
+        expression = bank.generation_answer()
+        if expression is not None:
+            answer = _broadcast(_render_string(expression, lambda name: field_text(spec, table, name)), n)
+        else:
+            first = column_at(table, task.targets[0])
+            answer = as_text(first, "first" if pa.types.is_list(first.type) else None)
         if bank.empty_answer is not None:
             empty = pc.fill_null(pc.equal(pc.utf8_length(answer), 0), True)
             answer = pc.if_else(empty, bank.empty_answer, answer)
@@ -295,20 +367,30 @@ def as_text_list(arr: pa.Array) -> pa.Array:
     return pa.ListArray.from_arrays(arr.offsets, as_text(arr.values))
 
 
-def options_suffix(options: pa.Array, style: OptionsStyle, constant: list[str] | None = None
-                   ) -> pa.Array | str:
-    """The ``OPTIONS`` suffix: a blank line, ``OPTIONS:``, then one ``- choice`` line per option.
+def options_block(options: pa.Array, style: OptionsStyle, constant: list[str] | None = None,
+                  head: str = "OPTIONS:\n") -> pa.Array | str:
+    """The ``OPTIONS`` block: ``OPTIONS:``, then one ``- choice`` line per option (``(A) choice``
+    with ``letters``); empty with ``none``. FLAN's ``{options_}`` renders as this block.
 
     ``constant``: the options when every row has the same (classification): one string, no column.
+
+    >>> options_block(pa.array([]), "dash", ["yes", "no"])
+    'OPTIONS:\\n- yes\\n- no'
     """
     if style == "none":
         return ""
     if constant is not None:
         marks = [letter_mark(i) if style == "letters" else "- " for i in range(len(constant))]
-        return "\n\nOPTIONS:\n" + "\n".join(m + c for m, c in zip(marks, constant, strict=True))
+        return head + "\n".join(m + c for m, c in zip(marks, constant, strict=True))
     body = _numbered(options, "letters") if style == "letters" else pc.binary_join_element_wise(
         "- ", pc.binary_join(options, "\n- "), "")
-    return pc.binary_join_element_wise("\n\nOPTIONS:\n", body, "")
+    return pc.binary_join_element_wise(head, body, "")
+
+
+def options_suffix(options: pa.Array, style: OptionsStyle, constant: list[str] | None = None
+                   ) -> pa.Array | str:
+    """The ``OPTIONS`` suffix flanpipe's bank appends to an input: a blank line, then the block."""
+    return options_block(options, style, constant, "\n\nOPTIONS:\n")
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -338,6 +420,21 @@ def _render_string(fmt: str, resolve, suffix: pa.Array | str = "") -> pa.Array |
     return pc.binary_join_element_wise(*pieces, "", memory_pool=STRING_POOL)
 
 
+def field_text(spec: DatasetSpec, table: pa.Table, name: str) -> pa.Array:
+    """A placeholder's column as text: ``field.path`` or ``@field`` with an optional ``|filter``."""
+    path, _, filt = name.partition("|")
+    path = path.removeprefix("@")
+    try:
+        field_type(spec.schema, path)
+    except KeyError:
+        raise TemplateError(f"placeholder {{{name}}} names no field of the dataset "
+                            f"(fields: {list(spec.features)})") from None
+    try:
+        return as_text(column_at(table, path), filt or None)
+    except TemplateError as err:
+        raise TemplateError(f"{{{name}}}: {err}") from None
+
+
 def _broadcast(value: pa.Array | str, n: int) -> pa.Array:
     return value if isinstance(value, pa.Array) else pa.repeat(pa.scalar(value, pa.string()), n)
 
@@ -347,28 +444,28 @@ def render_template(bank: DatasetTemplates, template: Template, table: pa.Table,
     """Render one template on every row of ``table`` (raw rows in the registry schema)."""
     spec = load_registry().datasets[bank.dataset]
     answers = compute_answers(spec, bank, template, table)
+    constant = bank.answer_texts(spec, template) if spec.task.type == "classification" else None
 
-    def resolve(name: str) -> pa.Array:
-        path, _, filt = name.partition("|")
-        if path == "answer":
+    def resolve(name: str) -> pa.Array | str:
+        if name == "answer":
             return answers.answer
-        path = path.removeprefix("@")
+        if name == "options_":  # FLAN's OPTIONS at the template's own place
+            return options_block(answers.options, options_style,
+                                 None if constant is None else bank.listed(spec, constant))
         try:
-            field_type(spec.schema, path)
-        except KeyError:
-            raise TemplateError(f"{spec.name} template {template.id}: placeholder {{{name}}} names "
-                                f"no field of the dataset (fields: {list(spec.features)})") from None
-        try:
-            return as_text(column_at(table, path), filt or None)
+            return field_text(spec, table, name)
         except TemplateError as err:
-            raise TemplateError(f"{spec.name} template {template.id}: {{{name}}}: {err}") from None
+            raise TemplateError(f"{spec.name} template {template.id}: {err}") from None
 
     n = table.num_rows
     suffix: pa.Array | str = ""
-    if spec.task.type != "generation" and not template.inverted:
-        constant = bank.answer_texts(spec, template) if spec.task.type == "classification" else None
+    source = template.input
+    if "options_" in template.placeholders("input"):
+        if options_style == "none":
+            source = OPTIONS_AT.sub("", source)
+    elif bank.options_suffix and spec.task.type != "generation" and not template.inverted:
         suffix = options_suffix(answers.options, options_style, constant)
-    inputs = _broadcast(_render_string(template.input, resolve, suffix), n)
+    inputs = _broadcast(_render_string(source, resolve, suffix), n)
     targets = _broadcast(_render_string(template.target, resolve), n)
     options = answers.options
     if template.inverted:  # a turned-around task is open generation
@@ -376,8 +473,10 @@ def render_template(bank: DatasetTemplates, template: Template, table: pa.Table,
     return Rendered(inputs, targets, options, answers.index if not template.inverted else np.full(n, -1))
 
 
-def plain_template(spec: DatasetSpec, fmt: Format) -> Template:
+def plain_template(spec: DatasetSpec, fmt: Format, options_in_place: bool = False) -> Template:
     """The ablation formats: the inputs' text fields joined plainly, optionally with the task name.
+    ``options_in_place``: for a FLAN bank, which shows OPTIONS only at ``{options_}``: the template
+    ends in ``{options_}`` after a blank line, where flanpipe's bank appends the same suffix.
 
     >>> plain_template(load_registry().datasets["rte"], "dataset_name").input
     '[Task: RTE]\\n{premise}\\n{hypothesis}'
@@ -394,13 +493,18 @@ def plain_template(spec: DatasetSpec, fmt: Format) -> Template:
         body = f"[Task: {spec.paper_name}]\n" + body
     target = "{answer}" if task.type != "generation" else "{" + task.targets[0] + "|first}" \
         if pa.types.is_list(field_type(spec.schema, task.targets[0])) else "{" + task.targets[0] + "}"
+    if options_in_place and task.type != "generation":
+        body += "\n\n{options_}"
     return Template(id=0, input=body, target=target)
 
 
-def templates_digest(name: str) -> str:
-    """A hash of a dataset's templates: a Snakemake param, so editing them reruns the dataset."""
-    bank = load_bank().get(name)
+def templates_digest(name: str, bank_name: str = "flanpipe", flan_root: str | None = None) -> str:
+    """A hash of a dataset's templates in a bank: a Snakemake param, so editing them (or the FLAN
+    checkout's file) reruns the dataset."""
+    bank = load_bank(bank_name, flan_root).get(name)
     text = bank.model_dump_json() if bank else "none"
+    if name in load_registry().datasets and not is_builtin(name):
+        text += load_registry().datasets[name].model_dump_json()  # an extra's entry: editing it reruns
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

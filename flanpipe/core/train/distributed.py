@@ -10,7 +10,8 @@
 
 Each rank also knows its node (``SLURMD_NODENAME`` under Slurm, else the hostname), logs it with its
 rank when it exports its variables, and :func:`rank_nodes` gathers every rank's node once
-``torch.distributed`` is initialised.
+``torch.distributed`` is initialised. On CPU, :func:`disable_cpu_shm_op` spares gloo ranks the
+build of DeepSpeed's shared-memory all-reduce.
 """
 
 from __future__ import annotations
@@ -133,3 +134,15 @@ def rank_nodes(dist: DistEnv) -> list[str]:
     nodes: list = [None] * dist.world_size
     torch.distributed.all_gather_object(nodes, dist.node)
     return nodes
+
+
+def disable_cpu_shm_op() -> None:
+    """Keep DeepSpeed's CPU accelerator from JIT-compiling its shared-memory all-reduce op (~70 s on
+    first use), which ranks that talk over gloo do not need; call it before DeepSpeed initialises.
+    ``FLANPIPE_DS_SHM=1`` keeps the op."""
+    if os.environ.get("FLANPIPE_DS_SHM") == "1":
+        return
+    import importlib
+
+    # (`import deepspeed.comm.torch` would bind the PyTorch package, which deepspeed.comm also names torch)
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None

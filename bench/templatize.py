@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pyarrow as pa
 
 from flanpipe.core.config import TemplatizeConfig
@@ -15,30 +14,7 @@ from flanpipe.core.config.registry import load_registry
 from flanpipe.core.text.keys import stable_keys, template_draws
 from flanpipe.core.text.templates import load_bank, use_string_pool
 from flanpipe.stages.templatize import templatize_split
-
-WORDS = ("the a one river city council library engineer teacher market storm bridge report season "
-         "village museum scientist festival budget harbour train painter company garden election "
-         "announced opened closed reported found built visited studied measured expected rose fell "
-         "quickly after before during because although yesterday today every several many new old "
-         "large small local national early late").split()
-
-
-def synthetic_rte(n: int, seed: int = 0) -> pa.Table:
-    """``n`` RTE-schema rows of random but sentence-like text (premise ~25 words, hypothesis ~9)."""
-    rng = np.random.default_rng(seed)
-    vocab = np.array(WORDS, dtype=object)
-
-    def sentences(mean_words: int) -> list[str]:
-        lengths = rng.integers(mean_words // 2, mean_words * 3 // 2, size=n)
-        flat = vocab[rng.integers(0, len(vocab), size=int(lengths.sum()))]
-        ends = np.cumsum(lengths)
-        return [" ".join(flat[e - k:e]).capitalize() + "." for e, k in zip(ends, lengths, strict=True)]
-
-    return pa.table({
-        "premise": sentences(25), "hypothesis": sentences(9),
-        "idx": pa.array(np.arange(n)), "label": pa.array(rng.integers(0, 2, size=n)),
-        "row_index": pa.array(np.arange(n)),
-    })
+from tests.synthetic import synthetic_rte
 
 
 def _peer_map(raw: pa.Table, seed: int, options: bool = True):
@@ -106,3 +82,10 @@ def print_templatize(r: dict) -> None:
     print(f"  ratio flanpipe / datasets.map: {r['ratio']:.1f}x (target >= 10x); "
           f"per core: {r['ours_rows_per_s']:,.0f} rows/s (target >= 500,000)")
     print(f"  identical output on the peer's rows: {'yes' if r['identical_output'] else 'NO'}")
+
+
+def run(rows: int, peer_rows: int) -> int:
+    """``flanpipe bench templatize``; exit status 1 unless our rows equal the peer's."""
+    result = bench_templatize(rows, peer_rows)
+    print_templatize(result)
+    return 0 if result["identical_output"] else 1

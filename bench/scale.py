@@ -40,10 +40,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from flanpipe.bench.dedup import CODAS, NUCLEI, ONSETS, WORDS
+from bench.dedup import CODAS, NUCLEI, ONSETS
 from flanpipe.core.text.keys import derive_seed
+from tests.synthetic import WORDS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # the checkout: bench/ is beside the Snakefile
 CHUNK_WORDS = 8_000_000
 """Words generated per chunk of rows: bounds the generator's memory whatever the scale."""
 PAPER_CAP = 30_000
@@ -54,7 +55,7 @@ PAPER_TOKENS_PER_BATCH = 8_192
 
 
 def made_up_words(size: int, seed: int) -> np.ndarray:
-    """``bench.dedup.WORDS`` then distinct made-up words of 1-3 syllables, drawn vectorised.
+    """``tests.synthetic.WORDS`` then distinct made-up words of 1-3 syllables, drawn vectorised.
 
     >>> words = made_up_words(1000, seed=0)
     >>> len(words), len(set(words)), words[0]
@@ -535,3 +536,10 @@ def _ratio(large: float, small: float) -> str:
 
 def print_scale(result: dict) -> None:
     print(format_scale(result))
+
+
+def run(scales: list[float], workdir: Path | None, cores: int, datasets: list[str] | None, keep: bool,
+        budget_steps: int) -> int:
+    """``flanpipe bench scale``."""
+    print_scale(bench_scale(scales, workdir, cores, datasets, keep=keep, steps=budget_steps))
+    return 0

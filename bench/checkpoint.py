@@ -1,9 +1,11 @@
 """Peak memory per rank while a checkpoint loads under DeepSpeed ZeRO-3
 (:mod:`flanpipe.core.model.checkpoint`).
 
-    python -m flanpipe.bench.checkpoint make --out /tmp/llama-1b              # random ~1B Llama, shards
+    python -m bench.checkpoint make --out /tmp/llama-1b              # random ~1B Llama, shards
     python -m torch.distributed.run --standalone --nproc-per-node 2 \\
-        -m flanpipe.bench.checkpoint load --folder /tmp/llama-1b            # one line per rank
+        -m bench.checkpoint load --folder /tmp/llama-1b            # one line per rank
+
+(from the checkout's root, where ``bench`` imports).
 
 ``load`` runs on every rank: it records the process's peak resident memory (``ru_maxrss``) after
 the imports and the process group (the baseline), loads the folder with
@@ -56,9 +58,9 @@ def _peak_mib() -> float:
 def load(folder: Path, export: Path | None, dtype: torch.dtype) -> list[dict] | None:
     """Load ``folder`` partitioned on every rank; rank 0 returns each rank's figures."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from flanpipe.stages.train import _disable_cpu_shm_op
+    from flanpipe.core.train.distributed import disable_cpu_shm_op
 
-    _disable_cpu_shm_op()
+    disable_cpu_shm_op()
     import deepspeed
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -2,7 +2,7 @@
 
     flanpipe bench chat --model ~/.cache/flanpipe/smollm2-135m-instruct [--rows 20000] [--threads 2]
 
-On FLAN-like synthetic examples (:func:`flanpipe.bench.pack.synthetic_examples`) it times
+On FLAN-like synthetic examples (:func:`bench.pack.synthetic_examples`) it times
 
 1. rendering alone: :meth:`flanpipe.core.tokens.chat.ChatTemplate.render` (the template rendered once
    around sentinels, rows built by concatenation) against the template's Jinja render per row (what
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 
-from flanpipe.bench.pack import synthetic_examples
+from bench.pack import synthetic_examples
 from flanpipe.core.tokens.chat import chat_template
 from flanpipe.core.tokens.tokenizers import load_tokenizer
 
@@ -75,3 +75,9 @@ def print_chat(r: dict) -> None:
           f"token: {r['split_at_tail']})")
     print(f"     the text format's encoding of the same inputs and targets: {r['text_s']:.2f} s "
           f"(chat / text: {r['ours_s'] / r['text_s']:.2f})")
+
+
+def run(model: str, rows: int, threads: int) -> int:
+    """``flanpipe bench chat``."""
+    print_chat(bench_chat(model, rows, threads))
+    return 0

@@ -10,7 +10,8 @@ Three measurements on one synthetic table of (inputs, targets) rows with planted
    datasketch ``MinHash`` with ``update_batch``, and how close both Jaccard estimates come to the truth;
 3. per-dataset stats queries, DuckDB on the Arrow table in-process vs pandas ``groupby``;
 4. near-duplicate precision and recall on SQuAD- and MNLI-shaped rows of real English (passages
-   shared by several questions or hypotheses, planted copies), ours next to datasketch's
+   shared by several questions or hypotheses, planted copies: :func:`tests.synthetic.squad_shaped`,
+   :func:`tests.synthetic.nli_shaped`, as the dedup tests use them), ours next to datasketch's
    ``MinHashLSH``, each with the registry's ``distinct`` fields and over all raw text.
 
 Every figure is per core: Arrow, DuckDB and the Numba kernels run on one thread, as pandas and
@@ -19,21 +20,28 @@ datasketch do.
 
 from __future__ import annotations
 
-import gzip
-import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe.bench.templatize import WORDS
 from flanpipe.core.text import hashing as fp
 from flanpipe.core.text.keys import derive_seed
+from tests.synthetic import (
+    WORD_RE,
+    WORDS,
+    Shaped,
+    example_texts,
+    load_passages,
+    nli_shaped,
+    ours_dropped,
+    pair_similarity,
+    shingles,
+    squad_shaped,
+)
 
 SHINGLE = 3
 NUM_PERM = 128
@@ -41,7 +49,6 @@ MINHASH_SEED = 1
 JACCARD_PAIRS = 2_000
 DATASETS = 62
 TEMPLATES = 10
-WORD_RE = re.compile(r"[a-z0-9\x80-\U0010ffff]+")  # the kernels' word rule, on lower-cased text
 
 # Row kinds planted by synthetic_rows, and the share of rows of each kind.
 ORIGINAL, EXACT, EXACT_VARIED, NEAR = 0, 1, 2, 3
@@ -68,7 +75,8 @@ CODAS = ["", "", "", "n", "r", "s", "t", "l", "m", "nd", "st"]
 
 
 def vocabulary(size: int = 4_000, seed: int = 0) -> np.ndarray:
-    """``bench.WORDS`` plus made-up words of 1-3 syllables: ``size`` distinct lower-case words.
+    """``tests.synthetic.WORDS`` plus made-up words of 1-3 syllables: ``size`` distinct lower-case
+    words.
 
     >>> v = vocabulary(100)
     >>> len(v), len(set(v)), v[0]
@@ -275,24 +283,12 @@ def _ours_minhash(inputs: pa.Array) -> tuple[np.ndarray, float]:
     return fp.minhash(words, SHINGLE, NUM_PERM, seed=MINHASH_SEED), words_s
 
 
-def shingles(text: str, k: int = SHINGLE) -> list[bytes]:
-    """The word ``k``-grams of a text as the kernels define them (the whole text if it is shorter),
-    in Python, utf-8 encoded.
-
-    >>> shingles("The cat, the HAT.", 3)
-    [b'the cat the', b'cat the hat']
-    """
-    words = WORD_RE.findall(text.lower())
-    k = min(k, len(words))
-    return [" ".join(words[i:i + k]).encode() for i in range(len(words) - k + 1)] if k else []
-
-
 def _peer_minhash(texts: list[str]) -> np.ndarray:
     """datasketch signatures: ``MinHash.generator`` reuses one MinHash's permutations (its fast
     path for many sets) and fills each copy with ``update_batch``."""
     from datasketch import MinHash
 
-    sets = (shingles(t) for t in texts)
+    sets = (shingles(t, SHINGLE) for t in texts)
     return np.array([m.hashvalues for m in MinHash.generator(sets, num_perm=NUM_PERM, seed=MINHASH_SEED)])
 
 
@@ -330,7 +326,7 @@ def _jaccard_accuracy(inputs: pa.Array, signatures: np.ndarray, plan: Plan, seed
     rows = rng.choice(near, size=min(JACCARD_PAIRS, len(near)), replace=False)
     pairs = np.stack([rows, plan.source[rows]], axis=1)
     texts = inputs.take(pa.array(pairs.reshape(-1))).to_pylist()
-    sets = [shingles(t) for t in texts]
+    sets = [shingles(t, SHINGLE) for t in texts]
     counts = fp.word_hashes(pa.array(texts)).counts
     assert (counts == [len(WORD_RE.findall(t.lower())) for t in texts]).all(), "the word rules differ"
     true = np.array([len(a & b) / len(a | b) for a, b in zip(map(set, sets[::2]), map(set, sets[1::2]),
@@ -450,197 +446,7 @@ def print_dedup(r: dict) -> None:
           f"{'met' if minhash_ok else 'NOT MET'} ({r['minhash_ratio']:.1f}x)")
 
 
-
 # --- precision and recall on data with real structure ---------------------------------------------
-
-PASSAGES = Path(__file__).resolve().parents[2] / "tests/data/english_passages.jsonl.gz"
-SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
-CONTENT_RE = re.compile(r"^([A-Za-z]{5,})([,.;:]?)$")
-
-
-def load_passages(path: str | Path = PASSAGES, overlap: float = 0.3) -> list[str]:
-    """Paragraphs of English prose (docstrings of the Python standard library and installed packages,
-    40-250 words each, the source of each in the file), less any that shares ``overlap`` of its word
-    3-grams with an earlier one (libraries repeat docstrings with small edits): every passage is its
-    own."""
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f]
-    seen: dict[bytes, int] = {}
-    out = []
-    for text in texts:
-        grams = set(shingles(text))
-        shared: dict[int, int] = {}
-        for g in grams:
-            if g in seen:
-                shared[seen[g]] = shared.get(seen[g], 0) + 1
-        if max(shared.values(), default=0) < overlap * len(grams):
-            out.append(text)
-            for g in grams:
-                seen.setdefault(g, len(out) - 1)
-    return out
-
-
-def _sentences(passage: str) -> list[str]:
-    return [s for s in SENTENCE_RE.split(passage) if 6 <= len(s.split()) <= 40]
-
-
-def _question(sentence: str, rng: np.random.Generator) -> tuple[str, str] | None:
-    """A SQuAD-like question about one sentence: a content word becomes "what", the clause around it
-    (at most 14 words) is kept; the word is the answer.
-
-    >>> s = "The parser reads every token before it builds the tree."
-    >>> q, a = _question(s, np.random.default_rng(0))
-    >>> "what" in q.split() and q.endswith("?") and a in s and a not in q.split()
-    True
-    """
-    words = sentence.split()
-    spots = [i for i, w in enumerate(words) if CONTENT_RE.match(w)]
-    if not spots:
-        return None
-    i = int(rng.choice(spots))
-    answer = CONTENT_RE.match(words[i]).group(1)
-    lo = max(0, i - 7)
-    clause = [*words[lo:i], "what", *words[i + 1:lo + 14]]
-    return " ".join(clause).rstrip(".,;:!?") + "?", answer
-
-
-@dataclass(frozen=True)
-class Shaped:
-    """A raw table in a registry dataset's schema with planted copies: ``original[i]`` is the row that
-    row ``i`` copies (-1 for a distinct example), ``kind`` is "case" or "near" for copies."""
-
-    dataset: str
-    table: pa.Table
-    original: np.ndarray
-    kind: np.ndarray
-
-
-def _plant(rng: np.random.Generator, rows: list[dict], fields: tuple[str, ...], case_only: int,
-           near: int, vocab: list[str]) -> tuple[list[dict], np.ndarray, np.ndarray]:
-    """Append ``case_only`` copies in other case and ``near`` copies with 0-3 words of one long field
-    replaced and punctuation changed, each of a distinct random row."""
-    n = len(rows)
-    chosen = rng.choice(n, case_only + near, replace=False)
-    copies, kinds = [], []
-    for k, i in enumerate(chosen):
-        row = dict(rows[i])
-        if k < case_only:
-            for f in fields:
-                row[f] = row[f].upper() if rng.random() < 0.5 else row[f].lower()
-            kinds.append("case")
-        else:
-            f = fields[0]
-            words = row[f].split()
-            for j in rng.choice(len(words), k % 4, replace=False):
-                words[j] = str(rng.choice(vocab))
-            row[f] = " ".join(words).replace(",", "", 1) + " "
-            kinds.append("near")
-        copies.append(row)
-    original = np.concatenate([np.full(n, -1), chosen])
-    return rows + copies, original, np.array([""] * n + kinds, object)
-
-
-def squad_shaped(passages: list[str], questions: int = 5, case_only: int = 40, near: int = 200,
-                 seed: int = 0) -> Shaped:
-    """SQuAD v1 rows: each passage with ``questions`` different questions (several may ask about
-    the same sentence), plus planted copies."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p, passage in enumerate(passages):
-        sentences = _sentences(passage)
-        asked = set()
-        for _ in range(questions * 4):
-            if len(asked) == questions:
-                break
-            qa = _question(sentences[int(rng.integers(len(sentences)))], rng)
-            if qa is None or qa in asked:
-                continue
-            asked.add(qa)
-            q, a = qa
-            rows.append({"id": f"{p}-{len(asked)}", "title": f"passage {p}", "context": passage,
-                         "question": q, "answers": {"text": [a], "answer_start": [max(passage.find(a), 0)]}})
-    vocab = sorted({w for p in passages[:50] for w in p.split()})
-    rows, original, kind = _plant(rng, rows, ("context", "question"), case_only, near, vocab)
-    for i, r in enumerate(rows):
-        r["id"], r["row_index"] = f"{r['id']}#{i}", i
-    return Shaped("squad_v1", pa.Table.from_pylist(rows), original, kind)
-
-
-def nli_shaped(passages: list[str], hypotheses: int = 3, case_only: int = 40, near: int = 200,
-               seed: int = 0) -> Shaped:
-    """MNLI rows: each premise with ``hypotheses`` hypotheses: a sentence it contains (entailment),
-    the same with one word changed (contradiction) and a sentence of another passage (neutral)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p, premise in enumerate(passages):
-        own, other = _sentences(premise), _sentences(passages[(p + 1) % len(passages)])
-        sentence = own[int(rng.integers(len(own)))]
-        words = sentence.split()
-        spots = [i for i, w in enumerate(words) if CONTENT_RE.match(w)] or [0]
-        changed = list(words)
-        changed[int(rng.choice(spots))] = "nothing"
-        candidates = [(sentence, 0), (" ".join(changed), 2), (other[int(rng.integers(len(other)))], 1)]
-        for h, label in candidates[:hypotheses]:
-            rows.append({"premise": premise, "hypothesis": h, "label": label})
-    vocab = sorted({w for p in passages[:50] for w in p.split()})
-    rows, original, kind = _plant(rng, rows, ("premise", "hypothesis"), case_only, near, vocab)
-    for i, r in enumerate(rows):
-        r["idx"], r["row_index"] = i, i
-    return Shaped("mnli", pa.Table.from_pylist(rows), original, kind)
-
-
-def true_jaccard(a: str, b: str) -> float:
-    """The exact Jaccard similarity of two texts' word-shingle sets, from scratch in Python."""
-    sa, sb = set(shingles(a)), set(shingles(b))
-    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-
-
-def _example_texts(shaped: Shaped) -> tuple[list[str], list[str], list[str] | None]:
-    """(all raw text, the distinct text, the label or None) per row, as dedup defines them: the
-    distinct fields, plus the target for a generation task; a classification task's label must be
-    equal instead."""
-    from flanpipe.core.config.registry import load_registry
-    from flanpipe.core.text.templates import distinct_texts
-    from flanpipe.stages.fingerprint import plain_pairs
-
-    spec = load_registry().datasets[shaped.dataset]
-    inputs, targets = plain_pairs(spec, shaped.table)
-    inputs, targets = inputs.to_pylist(), [t.lower() for t in targets.to_pylist()]
-    distinct = distinct_texts(spec, shaped.table).to_pylist()
-    if spec.task.type == "generation":
-        return inputs, [f"{d} {t}" for d, t in zip(distinct, targets, strict=True)], None
-    return inputs, distinct, targets
-
-
-def pair_similarity(shaped: Shaped) -> np.ndarray:
-    """For each planted copy, the true Jaccard with its original: the lower of all its raw text and
-    its distinct fields plus target, the two things a near duplicate must share (a copy keeps its
-    original's label)."""
-    inputs, distinct, labels = _example_texts(shaped)
-    out = np.full(len(inputs), np.nan)
-    for i in np.flatnonzero(shaped.original >= 0):
-        j = shaped.original[i]
-        same_label = labels is None or labels[i] == labels[j]
-        out[i] = min(true_jaccard(inputs[i], inputs[j]), true_jaccard(distinct[i], distinct[j])) * same_label
-    return out
-
-
-def ours_dropped(shaped: Shaped, use_distinct: bool = True, seed: int = 1) -> np.ndarray:
-    """The rows our dedup drops (the first of each group kept), with or without the registry's
-    distinct fields."""
-    from flanpipe.core.config import DedupeConfig, FingerprintSlice, parse_config
-    from flanpipe.core.config.registry import load_registry
-    from flanpipe.stages.dedupe import find_duplicates
-    from flanpipe.stages.fingerprint import row_fingerprints
-
-    spec = load_registry().datasets[shaped.dataset]
-    if not use_distinct:
-        spec = spec.model_copy(update={"distinct": ()})
-    cfg = DedupeConfig()
-    f = row_fingerprints(spec, shaped.table, FingerprintSlice.of(parse_config({"seed": seed})))
-    twin, _ = find_duplicates(f.exact[:, 0], f.exact[:, 1], f.signature, f.words, cfg, f.distinct_signature)
-    return twin >= 0
-
 
 def peer_dropped(shaped: Shaped, use_distinct: bool, threshold: float = 0.8) -> np.ndarray:
     """datasketch's ``MinHashLSH`` over all raw text, rows in order, each dropped if an earlier kept
@@ -648,7 +454,7 @@ def peer_dropped(shaped: Shaped, use_distinct: bool, threshold: float = 0.8) -> 
     whose example is alike too: distinct text at the threshold, same label)."""
     from datasketch import MinHash, MinHashLSH
 
-    inputs, distinct, labels = _example_texts(shaped)
+    inputs, distinct, labels = example_texts(shaped)
     full = list(MinHash.generator((shingles(t) for t in inputs), num_perm=NUM_PERM, seed=MINHASH_SEED))
     dist = list(MinHash.generator((shingles(t) for t in distinct), num_perm=NUM_PERM, seed=MINHASH_SEED))
     lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
@@ -703,3 +509,9 @@ def print_precision(r: dict) -> None:
             print(f"  {rule:<30} {m['distinct_dropped']:>8,} of {m['distinct_rows']:,} "
                   f"({100 * m['distinct_dropped'] / m['distinct_rows']:4.1f}%) "
                   f"{m['recall_clear']:>12.3f} of {m['copies_clear']:>3} {m['recall_all']:>12.3f}")
+
+
+def run(rows: int, peer_rows: int) -> int:
+    """``flanpipe bench dedup``."""
+    print_dedup(bench_dedup(rows, peer_rows))
+    return 0

@@ -111,3 +111,9 @@ def print_precision(r: dict) -> None:
               f"{x['score_ms_per_prompt']:.0f} |")
     print(f"\nbf16 / fp32: training {r['train_speedup']:.2f}x, scoring {r['score_speedup']:.2f}x; "
           f"{100 * r['choices_differ']:.1f}% of {r['prompts']} rows choose another option")
+
+
+def run(model: str, rows: int, threads: int) -> int:
+    """``flanpipe bench precision``: ``rows`` prompts."""
+    print_precision(bench_precision(model, rows, threads))
+    return 0

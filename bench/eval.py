@@ -4,7 +4,7 @@
 
 A small random-init ``transformers`` Llama (``LlamaForCausalLM``: hidden 256, 4 layers, 4 heads,
 MLP 8/3 x hidden; a SentencePiece vocabulary of 4,000 pieces trained here on synthetic FLAN-like
-text, :func:`flanpipe.bench.pack.synthetic_examples`) is saved as a Hugging Face checkpoint folder
+text, :func:`bench.pack.synthetic_examples`) is saved as a Hugging Face checkpoint folder
 (``save_pretrained``, and the tokenizer seam's ``save_pretrained``) in a temporary directory. Both
 scorers read that folder:
 
@@ -56,14 +56,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flanpipe.bench.pack import CLASS_WORDS, synthetic_examples
-from flanpipe.bench.templatize import WORDS
+from bench.pack import CLASS_WORDS, synthetic_examples
 from flanpipe.core.config import ModelSpec, TokenizerSource
 from flanpipe.core.eval.scoring import score_options
 from flanpipe.core.model.checkpoint import build_model, save_checkpoint
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizer, train_spm
 from flanpipe.stages.evaluate import load_for_scoring
+from tests.synthetic import WORDS
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def multiple_choice(tok: Tokenizer, prompts: int, options: int, seed: int) -> di
     :data:`PROMPT_TOKENS` tokens (the instruction's pieces and EOS) over the same passages, each with
     ``options`` options; multi-token options are :data:`OPTION_TOKENS` tokens (a phrase and EOS),
     single-token options one piece each (class words such as ``yes`` and ``no``, then
-    :data:`flanpipe.bench.templatize.WORDS`, those the vocabulary has as one piece). Passages and
-    phrases come from :func:`~flanpipe.bench.pack.synthetic_examples` (its inputs, and the first 2-6
+    :data:`tests.synthetic.WORDS`, those the vocabulary has as one piece). Passages and
+    phrases come from :func:`~bench.pack.synthetic_examples` (its inputs, and the first 2-6
     words of its free-text targets); instructions outside the length range are drawn again."""
     rng = np.random.default_rng(derive_seed(seed, "bench/eval/data"))
     eos = tok.eos_id
@@ -282,3 +282,9 @@ def print_eval(r: dict) -> None:
     print(f"  target: >= 3x on multi-token options: wall clock {'met' if m['ratio'] >= 3 else 'NOT MET'} "
           f"({m['ratio']:.2f}x), CPU time {'met' if m['cpu_ratio'] >= 3 else 'NOT MET'} "
           f"({m['cpu_ratio']:.2f}x)")
+
+
+def run(rows: int, threads: int, architecture: str) -> int:
+    """``flanpipe bench eval``: ``rows`` prompts."""
+    print_eval(bench_eval(prompts=rows, threads=threads, architecture=architecture))
+    return 0

@@ -166,51 +166,44 @@ def _one_run(kwargs: dict) -> dict:
     return bench_train(**kwargs)
 
 
-def _side_by_side(common: dict, peer: dict, ours: dict) -> tuple[dict, dict, str, dict]:
-    """:func:`bench_train` with ``common | peer``, then with ``common | ours``, each in a fresh process
-    (so that each peak resident set is its own); returns (peer run, our run, the memory figure both
-    have: GPU peak or resident set, the ratios ours / peer of tokens/s and of that memory)."""
-    runs = []
-    for kwargs in (common | peer, common | ours):
+def _side_by_side(common: dict, peer: tuple[str, dict], ours: tuple[str, dict]) -> dict:
+    """:func:`bench_train` with ``common`` and the peer's options, then with ``common`` and ours, each
+    in a fresh process (so that each peak resident set is its own); ``peer`` and ``ours`` are (name,
+    options). Returns :func:`compare` of the two runs."""
+    runs = {}
+    for name, options in (peer, ours):
         with multiprocessing.get_context("spawn").Pool(1) as pool:
-            runs.append(pool.apply(_one_run, (kwargs,)))
-    first, second = runs
+            runs[name] = pool.apply(_one_run, (common | options,))
+    return compare(runs)
+
+
+def compare(runs: dict[str, dict]) -> dict:
+    """Two :func:`bench_train` results by name, the peer's first: both, the memory figure both have
+    (the GPU's peak, else the resident set's) and the ratios ours / peer of each figure
+    :func:`print_train` shows.
+
+    >>> r = compare({"full": {"parameters": 8, "trainable_parameters": 8, "tokens_per_s": 100.0,
+    ...                       "peak_memory_bytes_rank0": None, "peak_rss_bytes": 40,
+    ...                       "optimizer_state_bytes_rank0": 16},
+    ...              "LoRA": {"parameters": 9, "trainable_parameters": 1, "tokens_per_s": 150.0,
+    ...                       "peak_memory_bytes_rank0": None, "peak_rss_bytes": 30,
+    ...                       "optimizer_state_bytes_rank0": 2}})
+    >>> r["memory"], [r["ratios"][k] for k in ("trainable_parameters", "tokens_per_s", "peak_rss_bytes")]
+    ('peak_rss_bytes', [0.125, 1.5, 0.75])
+    """
+    first, second = runs.values()
     memory = "peak_memory_bytes_rank0" if first["peak_memory_bytes_rank0"] else "peak_rss_bytes"
-    return first, second, memory, {"tokens_per_s_ratio": second["tokens_per_s"] / first["tokens_per_s"],
-                                   "peak_memory_ratio": second[memory] / first[memory]}
-
-
-def _memory_label(memory: str) -> str:
-    return "peak GPU memory" if memory == "peak_memory_bytes_rank0" else "peak resident memory"
+    figures = ("parameters", "trainable_parameters", "tokens_per_s", memory, "optimizer_state_bytes_rank0")
+    return {"runs": runs, "memory": memory, "ratios": {k: second[k] / first[k] for k in figures}}
 
 
 def bench_lora(size: str = "tiny", steps: int = 20, micro_batch_rows: int = 1, optimizer: str = "adafactor",
                model: str | None = None) -> dict:
-    """Full fine-tuning, then LoRA, on the same model and rows, each in a fresh process; returns both
-    runs and the ratios LoRA / full."""
+    """Full fine-tuning (the peer), then LoRA, on the same model and rows, each in a fresh process;
+    returns both runs and the ratios LoRA / full."""
     common = {"size": size, "steps": steps, "micro_batch_rows": micro_batch_rows, "optimizer": optimizer,
               "model": model}
-    full, lora, memory, ratios = _side_by_side(common, {"adapter": "none"}, {"adapter": "lora"})
-    return {"full": full, "lora": lora, "memory": memory, **ratios,
-            "optimizer_state_ratio": (lora["optimizer_state_bytes_rank0"]
-                                      / full["optimizer_state_bytes_rank0"])}
-
-
-def print_lora(r: dict) -> None:
-    print(json.dumps(r, indent=2))
-    full, lora, mem = r["full"], r["lora"], r["memory"]
-    what = _memory_label(mem)
-    mib = 2**20
-    print(f"LoRA against full fine-tuning (the peer, same run): {full['size']}, "
-          f"{full['parameters'] / 1e6:,.1f}M parameters ({lora['trainable_parameters'] / 1e6:,.2f}M train "
-          f"with LoRA), {full['device']} {full['precision']}, ZeRO-{full['zero_stage']}, "
-          f"{full['optimizer']}, {full['tokens_per_step']:,} tokens per step")
-    print(f"  tokens/s: full {full['tokens_per_s']:,.0f}, LoRA {lora['tokens_per_s']:,.0f} "
-          f"({r['tokens_per_s_ratio']:.2f}x)")
-    print(f"  {what}: full {full[mem] / mib:,.0f} MiB, LoRA {lora[mem] / mib:,.0f} MiB "
-          f"({r['peak_memory_ratio']:.2f}x)")
-    print(f"  optimizer state on rank 0: full {full['optimizer_state_bytes_rank0'] / mib:,.1f} MiB, "
-          f"LoRA {lora['optimizer_state_bytes_rank0'] / mib:,.2f} MiB ({r['optimizer_state_ratio']:.4f}x)")
+    return _side_by_side(common, ("full", {"adapter": "none"}), ("LoRA", {"adapter": "lora"}))
 
 
 def bench_architectures(size: str = "tiny", steps: int = 20, micro_batch_rows: int = 1,
@@ -219,35 +212,50 @@ def bench_architectures(size: str = "tiny", steps: int = 20, micro_batch_rows: i
     depth on each side and heads, on the same examples, each in a fresh process; returns both runs and
     the ratios encoder-decoder / decoder."""
     common = {"size": size, "steps": steps, "micro_batch_rows": micro_batch_rows, "optimizer": optimizer}
-    decoder, seq2seq, memory, ratios = _side_by_side(common, {"architecture": "llama"},
-                                                     {"architecture": architecture})
-    return {"decoder": decoder, "encoder_decoder": seq2seq, "memory": memory, **ratios,
-            "parameters_ratio": seq2seq["parameters"] / decoder["parameters"]}
-
-
-def print_architectures(r: dict) -> None:
-    print(json.dumps(r, indent=2))
-    dec, s2s, mem = r["decoder"], r["encoder_decoder"], r["memory"]
-    what = _memory_label(mem)
-    mib = 2**20
-    print(f"{s2s['architecture']} beside a decoder of the same width (the peer: Llama, same run), size "
-          f"{dec['size']}, {dec['device']} {dec['precision']}, ZeRO-{dec['zero_stage']}, {dec['optimizer']}, "
-          f"{dec['tokens_per_step']:,} row tokens per step (decoder rows of {LI + LT}; paired rows of "
-          f"{LI} + {LT})")
-    print(f"  parameters: decoder {dec['parameters'] / 1e6:,.1f}M, {s2s['architecture']} "
-          f"{s2s['parameters'] / 1e6:,.1f}M ({r['parameters_ratio']:.2f}x)")
-    print(f"  tokens/s: decoder {dec['tokens_per_s']:,.0f}, {s2s['architecture']} {s2s['tokens_per_s']:,.0f} "
-          f"({r['tokens_per_s_ratio']:.2f}x)")
-    print(f"  {what}: decoder {dec[mem] / mib:,.0f} MiB, {s2s['architecture']} {s2s[mem] / mib:,.0f} MiB "
-          f"({r['peak_memory_ratio']:.2f}x)")
+    return _side_by_side(common, ("decoder", {"architecture": "llama"}),
+                         (architecture, {"architecture": architecture}))
 
 
 def print_train(r: dict) -> None:
+    """The result as JSON, then one run's throughput and MFU (:func:`bench_train`), or two runs side by
+    side, each figure of the peer's beside ours and their ratio (:func:`bench_lora`,
+    :func:`bench_architectures`)."""
     print(json.dumps(r, indent=2))
-    print(f"train benchmark: {r['parameters'] / 1e6:,.0f}M-parameter {r['architecture']} model, "
-          f"{r['tokens_per_step']:,} tokens per step, "
-          f"{r['device']} {r['precision']}, {r['attention']} attention, ZeRO-{r['zero_stage']}, "
-          f"{r['optimizer']} ({r['optimizer_state_bytes_rank0'] / 2**20:,.1f} MiB of state on rank 0; "
-          f"AdamW's: {r['adamw_state_bytes_rank0'] / 2**20:,.1f} MiB): "
-          f"{r['tokens_per_s']:,.0f} tokens/s, MFU {100 * r['mfu']:.1f}% of the H100's 989 TFLOP/s bf16 peak "
-          "(target 40%; llm-foundry 1B: 42%)")
+    if "runs" not in r:
+        print(f"train benchmark: {r['parameters'] / 1e6:,.0f}M-parameter {r['architecture']} model, "
+              f"{r['tokens_per_step']:,} tokens per step, "
+              f"{r['device']} {r['precision']}, {r['attention']} attention, ZeRO-{r['zero_stage']}, "
+              f"{r['optimizer']} ({r['optimizer_state_bytes_rank0'] / 2**20:,.1f} MiB of state on rank 0; "
+              f"AdamW's: {r['adamw_state_bytes_rank0'] / 2**20:,.1f} MiB): "
+              f"{r['tokens_per_s']:,.0f} tokens/s, MFU {100 * r['mfu']:.1f}% of the H100's 989 TFLOP/s bf16 "
+              "peak (target 40%; llm-foundry 1B: 42%)")
+        return
+    (peer_name, peer), (ours_name, ours) = r["runs"].items()
+    rows = "" if ours["architecture"] not in ENCODER_DECODER_ARCHITECTURES else (
+        f" (decoder rows of {LI + LT}; paired rows of {LI} + {LT})")
+    print(f"{ours_name} beside {peer_name} (the peer, same run): {peer['size']}, {peer['device']} "
+          f"{peer['precision']}, ZeRO-{peer['zero_stage']}, {peer['optimizer']}, "
+          f"{peer['tokens_per_step']:,} row tokens per step{rows}")
+    memory = "peak GPU memory" if r["memory"] == "peak_memory_bytes_rank0" else "peak resident memory"
+    figures = (("parameters", "parameters", 1e6, 1, "M"),
+               ("trainable parameters", "trainable_parameters", 1e6, 2, "M"),
+               ("tokens/s", "tokens_per_s", 1, 0, ""),
+               (memory, r["memory"], 2**20, 0, " MiB"),
+               ("optimizer state on rank 0", "optimizer_state_bytes_rank0", 2**20, 1, " MiB"))
+    for label, key, scale, digits, unit in figures:
+        both = ", ".join(f"{name} {run[key] / scale:,.{digits}f}{unit}" for name, run in r["runs"].items())
+        print(f"  {label}: {both} ({r['ratios'][key]:.3g}x)")
+
+
+def run(size: str, steps: int, micro_batch_rows: int, optimizer: str, adapter: str, architecture: str,
+        model: str | None) -> int:
+    """``flanpipe bench train``: one run of the trainer, or (``adapter="lora"``) LoRA beside full
+    fine-tuning, or (an ``architecture`` other than llama) that encoder-decoder beside the Llama."""
+    if adapter == "lora":
+        result = bench_lora(size, steps, micro_batch_rows, optimizer, model=model)
+    elif architecture != "llama":
+        result = bench_architectures(size, steps, micro_batch_rows, optimizer, architecture)
+    else:
+        result = bench_train(size, steps, micro_batch_rows, optimizer=optimizer, model=model)
+    print_train(result)
+    return 0

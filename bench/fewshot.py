@@ -3,7 +3,7 @@ to the previous implementation measured in the same run.
 
     flanpipe bench fewshot [--rows 392702 (train)] [--tokenizer DIR] [--threads 2] [--peer-templates 1]
 
-MNLI-shaped raw splits in the hub schema (:func:`flanpipe.bench.scale.make_mnli`: premises of ~20
+MNLI-shaped raw splits in the hub schema (:func:`bench.scale.make_mnli`: premises of ~20
 made-up English-like words with a long tail, three hypotheses per premise, one per label) are
 written as Parquet, the train split with the pool file's extra ``priority`` column. Each run reads
 them as ``flanpipe evaluate`` does and builds the prompt of every eval row for every eval template
@@ -12,9 +12,10 @@ at its defaults (k=3, 1,024 tokens), counting tokens with a real tokenizer (the 
 uses: ``--tokenizer``, by default the SmolLM2 folder the tests cache) and with words.
 
 - **flanpipe**: :class:`flanpipe.core.text.fewshot.FewShotPool`, one per dataset, every template and style;
-- **previous**: :func:`previous_few_shot_inputs`, the implementation this one replaced, kept here
-  as the baseline. It renders and lists every train row per template and style and re-encodes each
-  joined prompt, so it runs only the first ``--peer-templates`` templates (both styles) and its time
+- **previous**: :func:`tests.synthetic.previous_few_shot_inputs`, the implementation this one
+  replaced, kept beside the tests (which take its prompts as the exact answer) as the baseline. It
+  renders and lists every train row per template and style and re-encodes each joined prompt, so
+  it runs only the first ``--peer-templates`` templates (both styles) and its time
   is scaled to all templates (said in the output).
 
 Each run is its own process (spawned), so its peak RSS (``ru_maxrss``) is its own; the RSS after
@@ -29,58 +30,20 @@ import os
 import resource
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flanpipe.bench.scale import SHAPES
+from bench.scale import SHAPES
 from flanpipe.core.config import FewShotConfig
-from flanpipe.core.config.registry import DatasetSpec
 from flanpipe.core.text.fewshot import whitespace_tokens
-from flanpipe.core.text.keys import derive_seed, stable_keys
-from flanpipe.core.text.keys import scramble as _scramble
-from flanpipe.core.text.templates import DatasetTemplates, Template, render_template
+from flanpipe.core.text.keys import derive_seed
+from tests.synthetic import previous_few_shot_inputs
 
 DATASET = "mnli"
 STYLES = ("dash", "none")  # evaluate's with_options (templatize.options) and without_options
-
-
-def previous_few_shot_inputs(spec: DatasetSpec, bank: DatasetTemplates, template: Template,
-                             eval_raw: pa.Table, train_raw: pa.Table, cfg: FewShotConfig, seed: int,
-                             count_tokens: Callable[[str], int] = whitespace_tokens,
-                             options_style: str = "dash") -> list[str]:
-    """The baseline: ``few_shot_inputs`` as it was before ``FewShotPool`` (the same ring, walked
-    per row in Python over the whole rendered train split, each joined prompt re-encoded while it
-    is over the budget)."""
-    ev = render_template(bank, template, eval_raw, options_style)
-    tr = render_template(bank, template, train_raw, options_style)
-    ev_inputs, tr_inputs, tr_targets = (ev.inputs.to_pylist(), tr.inputs.to_pylist(),
-                                        tr.targets.to_pylist())
-    salt = derive_seed(seed, f"few_shot/{spec.name}/{template.id}")
-    train_keys, eval_keys = stable_keys(spec, train_raw), stable_keys(spec, eval_raw)
-    ring = _scramble(train_keys, salt)
-    order = np.argsort(ring, kind="stable")
-    starts = np.searchsorted(ring[order], _scramble(eval_keys, salt ^ 0x5EED))
-    n = len(order)
-    out = []
-    for row, query in enumerate(ev_inputs):
-        chosen = []
-        for step in range(n):
-            j = int(order[(starts[row] + step) % n])
-            if train_keys[j] != eval_keys[row] and tr_inputs[j] != query:
-                chosen.append(f"{tr_inputs[j]}\n{tr_targets[j]}")
-                if len(chosen) == cfg.k:
-                    break
-        while True:
-            prompt = cfg.delimiter.join([*chosen, query])
-            if not chosen or count_tokens(prompt) <= cfg.max_tokens:
-                break
-            chosen = chosen[1:]
-        out.append(prompt)
-    return out
 
 
 def write_mnli(root: Path, train_rows: int, seed: int = 0) -> dict[str, Path]:
@@ -211,3 +174,11 @@ def print_fewshot(r: dict) -> None:
     for counter, ratio in r["ratio"].items():
         print(f"  ratio previous / flanpipe ({counter}): {ratio:.1f}x; identical prompts on the templates "
               f"both ran: {'yes' if r['identical'][counter] else 'NO'}")
+
+
+def run(rows: int | None, tokenizer: str | None, threads: int, peer_templates: int) -> int:
+    """``flanpipe bench fewshot``: ``rows`` train rows; exit status 1 unless the prompts of the
+    templates both implementations ran are identical."""
+    result = bench_fewshot(rows, tokenizer, threads, peer_templates)
+    print_fewshot(result)
+    return 0 if all(result["identical"].values()) else 1

@@ -110,3 +110,9 @@ def print_download(result: dict) -> None:
     clean = result["clean"]
     if not isinstance(clean["peer_rows_per_s"], str):
         print(f"reader / peer on the clean file: {clean['reader_rows_per_s'] / clean['peer_rows_per_s']:.2f}")
+
+
+def run(rows: int) -> int:
+    """``flanpipe bench download``."""
+    print_download(bench_download(rows))
+    return 0

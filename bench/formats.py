@@ -136,3 +136,10 @@ def print_formats(results: list[dict]) -> None:
         print(f"{r['dataset']}: flanpipe (all templates, both formats, with and without OPTIONS) "
               f"{s['flanpipe_both_formats']:.0f} s; lm-eval ({r['first_templates']['templates']} templates "
               f"with OPTIONS, and its own prompt) {s['lm_eval']:.0f} s")
+
+
+def run(model: str, data: str, datasets: list[str], rows: int, peer_templates: int, threads: int) -> int:
+    """``flanpipe bench formats``."""
+    print_formats(bench_formats(model, data, datasets, rows=rows, peer_templates=peer_templates,
+                                threads=threads))
+    return 0

@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flanpipe.bench.dedup import vocabulary
+from bench.dedup import vocabulary
 from flanpipe.core.config import PackSlice, TokenizerSource, parse_config
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens import binpack
@@ -292,3 +292,9 @@ def print_pack(r: dict) -> None:
               ("packer >= 100k examples/s per core", speed >= 1e5, f"{speed:,.0f}"),
               ("shards >= 3x smaller", fmt["bytes_ratio"] >= 3, f"{fmt['bytes_ratio']:.2f}x")]
     print("  targets: " + "; ".join(f"{name}: {'met' if ok else 'NOT MET'} ({v})" for name, ok, v in checks))
+
+
+def run(rows: int, threads: int, vocab: int) -> int:
+    """``flanpipe bench pack``."""
+    print_pack(bench_pack(rows, threads=threads, vocab=vocab))
+    return 0
