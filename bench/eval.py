@@ -9,7 +9,7 @@ text, :func:`bench.pack.synthetic_examples`) is saved as a Hugging Face checkpoi
 scorers read that folder:
 
 - **ours**: :func:`flanpipe.core.eval.scoring.score_options` on the model
-  :func:`flanpipe.stages.evaluate.load_model` loads (``AutoModelForCausalLM``): each prompt runs once
+  :func:`flanpipe.stages.evaluate.load_for_scoring` loads (``AutoModelForCausalLM``): each prompt runs once
   into a ``DynamicCache`` and all of its options run together on top, under one custom 4D mask;
 - **peer**: ``lm_eval.models.huggingface.HFLM`` (``device="cpu"``, ``dtype="float32"``), which runs
   prompt + option as one sequence per request. It is given the very same token ids through
@@ -57,12 +57,12 @@ import numpy as np
 import torch
 
 from bench.pack import CLASS_WORDS, synthetic_examples
-from flanpipe.core.config import ModelSpec, TokenizerConfig
+from flanpipe.core.config import ModelSpec, TokenizerSource
 from flanpipe.core.eval.scoring import score_options
 from flanpipe.core.model.checkpoint import build_model, save_checkpoint
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizer, train_spm
-from flanpipe.stages.evaluate import load_model
+from flanpipe.stages.evaluate import load_for_scoring
 from tests.synthetic import WORDS
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def build_checkpoint(out: Path, vocab: int, hidden: int, layers: int, heads: int
 
     inputs, targets = synthetic_examples(5_000, seed, WORD_VOCAB)
     sample = [line for t in inputs + targets for line in t.split("\n") if line]
-    spm_bytes, size = train_spm(sample, TokenizerConfig(vocab_size=vocab), seed=seed, threads=threads)
+    spm_bytes, size = train_spm(sample, TokenizerSource(vocab_size=vocab), seed=seed, threads=threads)
     tok = SentencePieceTokenizer(spm_bytes)
     if architecture != "llama":
         spec = ModelSpec(architecture=architecture, hidden_size=hidden, num_layers=layers, num_heads=heads)
@@ -188,7 +188,7 @@ def bench_eval(prompts: int = 96, options: int = 4, vocab: int = 4_000, hidden: 
                                           architecture)
         data = multiple_choice(load_tokenizer(folder), prompts, options, seed)
         r["build_s"] = time.perf_counter() - start
-        ours_model, _ = load_model(folder)
+        ours_model, _ = load_for_scoring(folder)
         r.update(vocab=config.vocab_size, hidden=hidden, layers=layers, heads=heads,
                  parameters=sum(p.numel() for p in ours_model.parameters()),
                  model=type(ours_model).__name__, attention=ours_model.config._attn_implementation)

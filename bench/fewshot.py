@@ -8,7 +8,7 @@ made-up English-like words with a long tail, three hypotheses per premise, one p
 written as Parquet, the train split with the pool file's extra ``priority`` column. Each run reads
 them as ``flanpipe evaluate`` does and builds the prompt of every eval row for every eval template
 (8) in each OPTIONS style evaluate scores (with and without: 16 prompt sets), ``templatize.few_shot``
-at its defaults (k=3, 1,024 tokens), counting tokens with a real tokenizer (the layout evaluate
+at its defaults (k=3, 1,024 tokens), counting tokens with a real tokenizer (the format evaluate
 uses: ``--tokenizer``, by default the SmolLM2 folder the tests cache) and with words.
 
 - **flanpipe**: :class:`flanpipe.core.text.fewshot.FewShotPool`, one per dataset, every template and style;
@@ -73,7 +73,7 @@ def _run(which: str, counter: str, paths: dict[str, Path], tokenizer: str, threa
     from flanpipe.core.config.registry import load_registry
     from flanpipe.core.text.fewshot import FewShotPool, few_shot_columns, whitespace_token_counts
     from flanpipe.core.text.templates import load_bank
-    from flanpipe.core.tokens.formats import Layout
+    from flanpipe.core.tokens.formats import Format
     from flanpipe.core.tokens.tokenizers import load_tokenizer
 
     spec, bank, seed = load_registry().datasets[DATASET], load_bank()[DATASET], 1234
@@ -81,9 +81,9 @@ def _run(which: str, counter: str, paths: dict[str, Path], tokenizer: str, threa
     if counter == "words":
         counts, count = whitespace_token_counts, whitespace_tokens
     else:
-        layout = Layout.of(load_tokenizer(tokenizer), TokenizeConfig(), threads)
-        counts = layout.counts
-        count = lambda text: len(layout.tokenizer.encode(text)) + 1 + (layout.bos is not None)  # noqa: E731
+        fmt = Format.of(load_tokenizer(tokenizer), TokenizeConfig(), threads)
+        counts = fmt.counts
+        count = lambda text: len(fmt.tokenizer.encode(text)) + 1 + (fmt.bos is not None)  # noqa: E731
     chosen = bank.eval_templates[:templates]
     imports_mb = _rss_mb()
     start = time.perf_counter()

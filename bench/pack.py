@@ -15,7 +15,7 @@ an OPTIONS suffix; 60% one-word class targets, the rest free text), it measures
 3. packer speed: examples per second of :func:`flanpipe.core.tokens.binpack.pack` alone, on one core;
 4. the shards' format (:mod:`flanpipe.core.tokens.shards`), against the format pack wrote before stage
    version 3 (every field of :func:`flanpipe.core.tokens.shards.row_dtype` stored, one structured ``.npy``
-   per shard; the peer writes it here from the same rows): bytes on disk per row, both layouts; and batch
+   per shard; the peer writes it here from the same rows): bytes on disk per row, both model kinds; and batch
    reads of the decoder-only rows, in rows per second: :meth:`flanpipe.core.tokens.shards.PackedShards.take`
    (tokens and lengths memory-mapped, the other fields rebuilt) against the peer's memory-mapped take of the
    stored fields, alone and with the trainer's conversion to int64 tensors
@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.dedup import vocabulary
-from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
+from flanpipe.core.config import PackSlice, TokenizerSource, parse_config
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens import binpack
 from flanpipe.core.tokens.shards import PackedShards, verify_shards
@@ -114,7 +114,7 @@ def bench_pack(rows: int = 100_000, threads: int = 2, vocab: int = 32_000, windo
         shards = _write_mixture(tmp / "mixture", inputs, targets)
         start = time.perf_counter()
         sample = [line for t in inputs[:50_000] + targets[:50_000] for line in t.split("\n") if line]
-        model, r["vocab"] = train_spm(sample, TokenizerConfig(vocab_size=vocab), seed=0, threads=threads)
+        model, r["vocab"] = train_spm(sample, TokenizerSource(vocab_size=vocab), seed=0, threads=threads)
         r["train_s"] = time.perf_counter() - start
         (tmp / "spm.model").write_bytes(model)
         sp = load_processor(model)
@@ -123,11 +123,11 @@ def bench_pack(rows: int = 100_000, threads: int = 2, vocab: int = 32_000, windo
             sp.encode(inputs, num_threads=threads, return_type=return_type)
             sp.encode(targets, num_threads=threads, return_type=return_type)
 
-        def ours(layout):
-            model = {"architecture": "t5"} if layout == "encoder_decoder" else {}  # (the layout follows it)
-            cfg = parse_config({"tokenize": {"layout": layout, "pack_window": window},
+        def ours(model_kind):
+            model = {"architecture": "t5"} if model_kind == "encoder_decoder" else {}  # (the kind follows it)
+            cfg = parse_config({"tokenize": {"model_kind": model_kind, "pack_window": window},
                                 "train": {"model": model}})
-            return tokenize_and_pack("bench", shards, tmp / "spm.model", tmp / f"packed-{layout}",
+            return tokenize_and_pack("bench", shards, tmp / "spm.model", tmp / f"packed-{model_kind}",
                                      PackSlice.of(cfg), threads=threads)
 
         ours("decoder_only")  # warm-up: Numba kernels loaded, files cached
@@ -137,9 +137,9 @@ def bench_pack(rows: int = 100_000, threads: int = 2, vocab: int = 32_000, windo
         dec = ours("decoder_only")["packing"]
         enc = ours("encoder_decoder")["packing"]
         r.update(decoder_only=dec, encoder_decoder=enc)
-        r["format"] = {layout: bench_format(tmp / f"packed-{layout}", tmp / f"stored-fields-{layout}",
-                                            read=layout == "decoder_only", repeats=repeats + 1)
-                       for layout in ("decoder_only", "encoder_decoder")}
+        r["format"] = {kind: bench_format(tmp / f"packed-{kind}", tmp / f"stored-fields-{kind}",
+                                          read=kind == "decoder_only", repeats=repeats + 1)
+                       for kind in ("decoder_only", "encoder_decoder")}
 
         packed = tmp / "packed-decoder_only"
         r["verify"] = {"s": _best_of(repeats + 1, lambda: verify_shards(packed)),

@@ -73,7 +73,7 @@ def synthetic_packed(out: Path, rows: int, seed: int = 0) -> Path:
     writer = ShardWriter(out / "shards", tokens.dtype, len(tokens))
     writer.add(packed_rows(tokens, bins[keep], seg[keep], size_in[keep], size_tg[keep]))
     write_json_atomic(out / "manifest.json", {
-        "layout": "decoder_only", "rows": len(tokens), "shards": writer.close(),
+        "model_kind": "decoder_only", "rows": len(tokens), "shards": writer.close(),
         "tokenizer": {"vocab_size": VOCAB,
                       "special_ids": {"pad_id": 0, "eos_id": 1, "unk_id": 2, "bos_id": 3}}})
     return out
@@ -106,7 +106,7 @@ def synthetic_paired(out: Path, rows: int, seed: int = 0) -> Path:
     writer = ShardWriter(out / "shards", tokens.dtype, len(tokens))
     writer.add(packed_rows(tokens, bins, seg, size_in[keep], size_tg[keep]))
     write_json_atomic(out / "manifest.json", {
-        "layout": "encoder_decoder", "rows": len(tokens), "shards": writer.close(),
+        "model_kind": "encoder_decoder", "rows": len(tokens), "shards": writer.close(),
         "tokenizer": {"vocab_size": VOCAB,
                       "special_ids": {"pad_id": 0, "eos_id": 1, "unk_id": 2, "bos_id": 3}}})
     return out
@@ -130,8 +130,8 @@ def bench_train(size: str = "1b", steps: int = 300, micro_batch_rows: int = 8,
         tmp = Path(tmp_name)
         rows = max(64, tokens_per_batch // (LI + LT) * min(steps, 64))
         packed = (synthetic_paired if paired else synthetic_packed)(tmp / "packed", rows)
-        layout = "encoder_decoder" if paired else "decoder_only"
-        cfg = parse_config({"tokenize": {"layout": layout}, "train": {
+        model_kind = "encoder_decoder" if paired else "decoder_only"
+        cfg = parse_config({"tokenize": {"model_kind": model_kind}, "train": {
                                       "steps": steps, "tokens_per_batch": tokens_per_batch,
                                       "micro_batch_rows": micro_batch_rows, "model": spec,
                                       "attention": attention, "checkpoint_every": 10**9, "log_every": 1,

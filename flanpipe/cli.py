@@ -11,7 +11,7 @@
     flanpipe show-packed --mixture nli [--row 0]
     flanpipe launch [--launcher torchrun|srun] [--nodes 1] [--tasks-per-node 2] -- train --mixture nli
     flanpipe train --mixture nli [--config ...]   (one rank; started by torchrun, srun or launch)
-    flanpipe bench templatize|dedup|pack|train|eval|fewshot|download|scale|layouts|precision|chat [...]
+    flanpipe bench templatize|dedup|pack|train|eval|fewshot|download|scale|formats|precision|chat [...]
                   (a checkout's bench/, with the dev extra; flanpipe bench NAME --help for its options)
     flanpipe card --model models/nli [--mixture-manifest ...] [--eval results/eval/nli]
     flanpipe publish --model models/nli --repo USER/NAME [--dry-run] [--private]
@@ -286,7 +286,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
     if args.tokenizer and "train" in data and set(data) <= set(TrainSlice.KEYS):
         # the train rule's own file: its slice alone (seed and train), read as one (as a whole config,
-        # its missing tokenize section would read as the default decoder_only layout)
+        # its missing tokenize section would read as the default decoder_only model kind)
         cfg_slice, tokenizer = TrainSlice.model_validate(data), args.tokenizer
     else:
         cfg = load_config(args.config)
@@ -328,8 +328,8 @@ def cmd_show_packed(args: argparse.Namespace) -> int:
     width = sum(shards.dtype[name].shape[0] for name in ("tokens", "inputs", "targets")
                 if name in shards.dtype.names)
     used = sum(len(i) + len(t) for i, t in segments)
-    print(f"row {args.row} of {len(shards)} ({shards.layout}): {len(segments)} examples, {used} of {width} "
-          f"tokens ({100 * used / width:.1f}%)")
+    print(f"row {args.row} of {len(shards)} ({shards.model_kind}): {len(segments)} examples, {used} of "
+          f"{width} tokens ({100 * used / width:.1f}%)")
     for k, (inputs, targets) in enumerate(segments, 1):
         print(f"--- segment {k}: {len(inputs)} input + {len(targets)} target tokens (EOS included)")
         print(f"[input]\n{tok.decode(inputs[:-1])}\n[target]\n{tok.decode(targets[:-1])}")
@@ -407,7 +407,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         _option("--keep", action="store_true", help="keep the generated sources"),
         _option("--budget-steps", type=int, default=30_000,
                 help="train.steps of the budget that mix and pack fill (x 8,192 tokens; the paper's)"))),
-    "layouts": Benchmark("a checkpoint's zero-shot accuracy in each scoring layout, beside lm-eval", (
+    "formats": Benchmark("a checkpoint's zero-shot accuracy in each scoring format, beside lm-eval", (
         MODEL, _option("--data", required=True, help="a folder with one folder per dataset, hub schema"),
         _option("--datasets", type=_names, default="arc_easy,boolq", help="comma-separated"),
         _option("--rows", type=int, default=50, help="eval rows per dataset"),
@@ -466,7 +466,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = args.prompt or [sys.stdin.read()]
     outputs = generate_text(args.model, prompts, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_k=args.top_k, seed=args.seed,
-                            layout=args.layout)
+                            format_name=args.format)
     for prompt, text in zip(prompts, outputs, strict=True):
         if len(prompts) > 1:
             print(f"### {prompt}")
@@ -482,15 +482,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_dataset(args.dataset, args.model, args.raw or f"data/raw/{args.dataset}", args.out,
                                EvaluateSlice.of(cfg),
                               args.few_shot, Path(args.model).name, args.contamination, threads=args.threads,
-                              layout=args.layout)
+                              format_name=args.format)
     h = result["headline"]
     ci = f" [{h['interval']['low']:.2f}, {h['interval']['high']:.2f}]" if h.get("interval") else ""
     print(f"{args.dataset}: {result['primary']} mean {h['mean']:.2f}{ci} over {h['templates']} templates, "
           f"best {h['best']:.2f} (template {h['best_template']}), std {h['std']:.2f}, "
-          f"{result['layout']} layout -> {args.out}")
-    for name, other in result["by_layout"].items():
-        if name != result["layout"]:
-            print(f"  in the {name} layout: mean {other['headline']['mean']:.2f}")
+          f"{result['format']} format -> {args.out}")
+    for name, other in result["by_format"].items():
+        if name != result["format"]:
+            print(f"  in the {name} format: mean {other['headline']['mean']:.2f}")
     return 0
 
 
@@ -511,14 +511,14 @@ def cmd_results(args: argparse.Namespace) -> int:
         r = json.loads(path.read_text(encoding="utf-8"))
         h = r["headline"]
         ci = h.get("interval")
-        others = [f"{n} {b['headline']['mean']:.1f}" for n, b in r.get("by_layout", {}).items()
-                  if n != r.get("layout")]
+        others = [f"{n} {b['headline']['mean']:.1f}" for n, b in r.get("by_format", {}).items()
+                  if n != r.get("format")]
         rows.append([str(path.relative_to(args.results)), r["model"], "few" if r["few_shot"] else "zero",
-                     r["primary"], r.get("layout", "eos"), f"{h['mean']:.1f}",
+                     r["primary"], r.get("format", "eos"), f"{h['mean']:.1f}",
                      f"[{ci['low']:.1f}, {ci['high']:.1f}]" if ci else "-", f"{h['best']:.1f}",
                      f"{h['std']:.2f}", ", ".join(others) or "-"])
-    print(_table(rows, ["result", "model", "shots", "metric", "layout", "mean", "95% interval", "best",
-                        "std", "other layout"]))
+    print(_table(rows, ["result", "model", "shots", "metric", "format", "mean", "95% interval", "best",
+                        "std", "other format"]))
     return 0
 
 
@@ -688,8 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy; the paper sampled at 0.9")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (the paper: 40)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", choices=["eos", "text", "chat", "continuation"],
-                   help="prompt in this layout (default: the model's training format, or continuation)")
+    p.add_argument("--format", choices=["eos", "text", "chat", "continuation"],
+                   help="prompt in this format (default: the model's training format, or continuation)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="evaluate one model on one dataset (every template)")
@@ -702,8 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contamination", help="the model's mixture's contamination.parquet")
     p.add_argument("--out", required=True, help="the result JSON")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--layout", choices=["eos", "text", "chat", "continuation"],
-                   help="score in this layout (default: the one flanpipe trained the model in, or, for a "
+    p.add_argument("--format", choices=["eos", "text", "chat", "continuation"],
+                   help="score in this format (default: the one flanpipe trained the model in, or, for a "
                         "model flanpipe did not train, continuation: lm-eval's)")
     p.set_defaults(func=cmd_evaluate)
 

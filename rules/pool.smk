@@ -1,4 +1,4 @@
-# Stage 2a, pool: the dedup.pool_factor * mix.cap train rows of lowest seeded priority (every row
+# Stage 2a, pool: the dedupe.pool_factor * mix.cap train rows of lowest seeded priority (every row
 # with pool_factor: null): every stage after this one works on these and the eval split only.
 # Code: workflow_scripts/pool.py -> flanpipe/stages/pool.py
 from flanpipe.stages.pool import STAGE_VERSION as POOL_VERSION

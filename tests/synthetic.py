@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from flanpipe.core.config import DedupConfig, FewShotConfig, FingerprintSlice, parse_config
+from flanpipe.core.config import DedupeConfig, FewShotConfig, FingerprintSlice, parse_config
 from flanpipe.core.config.registry import DatasetSpec, load_registry
 from flanpipe.core.text.fewshot import whitespace_tokens
 from flanpipe.core.text.keys import derive_seed, scramble, stable_keys
@@ -249,7 +249,7 @@ def ours_dropped(shaped: Shaped, use_distinct: bool = True, seed: int = 1) -> np
     spec = load_registry().datasets[shaped.dataset]
     if not use_distinct:
         spec = spec.model_copy(update={"distinct": ()})
-    cfg = DedupConfig()
+    cfg = DedupeConfig()
     f = row_fingerprints(spec, shaped.table, FingerprintSlice.of(parse_config({"seed": seed})))
     twin, _ = find_duplicates(f.exact[:, 0], f.exact[:, 1], f.signature, f.words, cfg, f.distinct_signature)
     return twin >= 0

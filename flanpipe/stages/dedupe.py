@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from flanpipe.core.config import DedupConfig, DedupeSlice
+from flanpipe.core.config import DedupeConfig, DedupeSlice
 from flanpipe.core.io import (
     ParquetReader,
     code_version,
@@ -76,14 +76,14 @@ def _load_fingerprints(paths: list[Path], num_perm: int) -> dict[str, np.ndarray
     return out
 
 
-def lsh_bands(cfg: DedupConfig) -> tuple[int, int]:
+def lsh_bands(cfg: DedupeConfig) -> tuple[int, int]:
     """(bands, rows per band): the configured bands, or the best pair for the threshold."""
     bands = cfg.near.bands or fp.lsh_params(cfg.near.threshold, cfg.near.num_perm)[0]
     return bands, cfg.near.num_perm // bands
 
 
 def find_duplicates(hi: np.ndarray, lo: np.ndarray, signature: np.ndarray, words: np.ndarray,
-                    cfg: DedupConfig, distinct: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    cfg: DedupeConfig, distinct: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(twin, reason) per row in the stable order: ``twin[i]`` is the kept row that row ``i``
     duplicates (-1 if kept); ``reason[i]`` is 1 for exact, 2 for near, 0 if kept.
 

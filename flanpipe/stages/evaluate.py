@@ -8,8 +8,10 @@ instruction format whatever the model was trained on.
 The model is any local ``transformers`` causal LM folder (ours, or a Hugging Face checkpoint such
 as SmolLM2 or Llama), or a T5-family encoder-decoder (T5, FLAN-T5, mT5), with its own tokenizer
 (:func:`flanpipe.core.tokens.tokenizers.load_tokenizer`:
-``tokenizer.json`` or ``tokenizer.model``). Token sequences follow the packer's training layout,
-``[BOS] inputs EOS targets EOS``, BOS where the tokenizer's convention or ``tokenize.add_bos`` says.
+``tokenizer.json`` or ``tokenizer.model``). Token sequences follow the model's format
+(:mod:`flanpipe.core.tokens.formats`: the one it was trained in, ``[BOS] inputs EOS targets EOS`` for
+``eos``, or lm-eval's ``continuation`` for a model flanpipe did not train), BOS where the tokenizer's
+convention or ``tokenize.add_bos`` says.
 
 - **Classification and multiple choice: rank classification.** Every option is scored by the
   log-likelihood of its tokens (and EOS) given the instruction, with the prompt run once for all of
@@ -65,17 +67,18 @@ from flanpipe.core.text.templates import (
 from flanpipe.core.tokens.chat import chat_template
 from flanpipe.core.tokens.formats import (
     FORMATS,
-    LAYOUTS,
     RECORD,
-    Layout,
-    LayoutName,
+    TRAIN_FORMATS,
+    Format,
+    FormatName,
     bos_token,
     encode,
     separator_ids,
 )
 from flanpipe.core.tokens.tokenizers import Tokenizer
 
-STAGE_VERSION = "3"
+# 4: the result's `layout`, `layout_from` and `by_layout` are `format`, `format_from` and `by_format`
+STAGE_VERSION = "4"
 NORMALIZATIONS = ("sum", "per_token", "per_char", "pmi")
 PMI_GROUP = 32  # unconditional options scored after one prompt at a time
 log = logging.getLogger(__name__)
@@ -95,9 +98,10 @@ def resolve_model_dir(path: str | Path) -> Path:
                             "e.g. models/all, or a Hugging Face Llama checkpoint folder)")
 
 
-def load_model(path: str | Path, precision: str = "auto") -> tuple[torch.nn.Module, Tokenizer]:
-    """A model folder (a trained model's, or any local Hugging Face causal LM checkpoint) as (model
-    in eval mode, its tokenizer), through the checkpoint seam: ``precision`` ``auto`` is float32
+def load_for_scoring(path: str | Path, precision: str = "auto") -> tuple[torch.nn.Module, Tokenizer]:
+    """A model folder (a trained model's, its ``hf/`` parent, an adapter folder, or any local
+    Hugging Face checkpoint) ready to score: (model in eval mode on the GPU if there is one, its
+    tokenizer), through the checkpoint seam: ``precision`` ``auto`` is float32
     on CPU and bfloat16 on a GPU."""
     cuda = torch.cuda.is_available()
     bf16 = precision == "bf16" or (precision == "auto" and cuda)
@@ -115,36 +119,36 @@ def is_encoder_decoder_folder(model_dir: str | Path) -> bool:
     return answer
 
 
-def model_layout(model_dir: str | Path, override: str | None = None) -> tuple[LayoutName, str, str | None]:
-    """The layout a model is scored in, why, and its ``text`` separator where its record names one:
-    ``override``; else the layout its folder's ``flanpipe.json`` records (a model flanpipe
+def model_format(model_dir: str | Path, override: str | None = None) -> tuple[FormatName, str, str | None]:
+    """The format a model is scored in, why, and its ``text`` separator where its record names one:
+    ``override``; else the format its folder's ``flanpipe.json`` records (a model flanpipe
     trained); else, for an encoder-decoder, ``eos`` (inputs EOS to the encoder, targets EOS from
     the decoder: how T5 and FLAN-T5 are trained and scored); else ``continuation``, lm-eval's
-    layout, for an untuned base model or any checkpoint flanpipe did not train."""
+    format, for an untuned base model or any checkpoint flanpipe did not train."""
     record = resolve_model_dir(model_dir) / RECORD
     saved = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
     separator = saved.get("separator")
     if override is not None:
-        if override not in LAYOUTS:
-            raise ValueError(f"layout {override!r}; allowed: {', '.join(LAYOUTS)}")
+        if override not in FORMATS:
+            raise ValueError(f"format {override!r}; allowed: {', '.join(FORMATS)}")
         return override, "override", separator
     if saved:
-        layout = saved.get("layout")
-        if layout not in FORMATS:
-            raise ValueError(f"{record}: layout {layout!r}; allowed: {', '.join(FORMATS)}")
-        return layout, "trained", separator
+        trained = saved.get("format", saved.get("layout"))  # (train stage version 6 and before: `layout`)
+        if trained not in TRAIN_FORMATS:
+            raise ValueError(f"{record}: format {trained!r}; allowed: {', '.join(TRAIN_FORMATS)}")
+        return trained, "trained", separator
     if is_encoder_decoder_folder(model_dir):
         return "eos", "encoder_decoder", None
     return "continuation", "untrained", None
 
 
-def stop_ids(model: torch.nn.Module, tokenizer: Tokenizer, layout: str = "eos") -> list[int]:
+def stop_ids(model: torch.nn.Module, tokenizer: Tokenizer, format_name: str = "eos") -> list[int]:
     """The tokens that end a generation: the tokenizer's EOS, then any other EOS the model's
-    generation config names (Llama 3 ends turns with ``<|eot_id|>``), and in the ``chat`` layout
+    generation config names (Llama 3 ends turns with ``<|eot_id|>``), and in the ``chat`` format
     the token that ends the assistant's turn in its chat template."""
     named = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     named = [] if named is None else [named] if isinstance(named, int) else list(named)
-    turn = chat_template(tokenizer).stop_id if layout == "chat" else None
+    turn = chat_template(tokenizer).stop_id if format_name == "chat" else None
     return list(dict.fromkeys([tokenizer.eos_id, *named, *([turn] if turn is not None else [])]))
 
 
@@ -208,12 +212,12 @@ def normalized(norm: str, sums: np.ndarray, tokens: np.ndarray, chars: np.ndarra
     raise ValueError(f"normalization {norm!r}; allowed: {', '.join(NORMALIZATIONS)}")
 
 
-def unconditional_scores(model: torch.nn.Module, layout: Layout, options: list[list[list[int]]], prefix: str,
+def unconditional_scores(model: torch.nn.Module, fmt: Format, options: list[list[list[int]]], prefix: str,
                          max_batch_tokens: int) -> list[np.ndarray]:
-    """Each option's log-likelihood after the answer prefix alone (the layout's prompt of
+    """Each option's log-likelihood after the answer prefix alone (the format's prompt of
     ``prefix``): the same tokens as after its own prompt, so PMI compares like with like. Each
     distinct option is scored once."""
-    prompt = layout.inputs([prefix])[0]
+    prompt = fmt.inputs([prefix])[0]
     unique = list(dict.fromkeys(tuple(o) for opts in options for o in opts))
     groups = [unique[i:i + PMI_GROUP] for i in range(0, len(unique), PMI_GROUP)]
     scores = score_options(model, [prompt] * len(groups), [[list(o) for o in g] for g in groups],
@@ -222,14 +226,14 @@ def unconditional_scores(model: torch.nn.Module, layout: Layout, options: list[l
     return [np.array([found[tuple(o)] for o in opts]) for opts in options]
 
 
-def rank_classify(model: torch.nn.Module, layout: Layout, prompts: list[str], options: list[list[str]],
+def rank_classify(model: torch.nn.Module, fmt: Format, prompts: list[str], options: list[list[str]],
                   max_batch_tokens: int, pmi_prefix: str = "") -> dict[str, np.ndarray]:
     """The chosen option of every row under each normalisation (:data:`NORMALIZATIONS`); ties go to
     the first option."""
-    ptoks = layout.inputs(prompts)
-    otoks = layout.options(prompts, options)
+    ptoks = fmt.inputs(prompts)
+    otoks = fmt.options(prompts, options)
     sums = score_options(model, ptoks, otoks, max_batch_tokens=max_batch_tokens)
-    uncond = unconditional_scores(model, layout, otoks, pmi_prefix, max_batch_tokens)
+    uncond = unconditional_scores(model, fmt, otoks, pmi_prefix, max_batch_tokens)
     picks = {}
     for norm in NORMALIZATIONS:
         chosen = [int(np.argmax(normalized(norm, s, np.array([len(t) for t in toks]),
@@ -239,17 +243,17 @@ def rank_classify(model: torch.nn.Module, layout: Layout, prompts: list[str], op
     return picks
 
 
-def decode(model: torch.nn.Module, layout: Layout, prompts: list[str], cfg: EvaluateSlice, sample: bool
+def decode(model: torch.nn.Module, fmt: Format, prompts: list[str], cfg: EvaluateSlice, sample: bool
            ) -> list[str]:
     """Greedy (or, with ``sample``, sampled) continuations of the prompts, as text."""
     gen = cfg.evaluate.generation
-    out = generate(model, layout.inputs(prompts), min(gen.max_new_tokens, layout.max_target_tokens),
-                   stop_ids(model, layout.tokenizer, layout.name),
+    out = generate(model, fmt.inputs(prompts), min(gen.max_new_tokens, fmt.max_target_tokens),
+                   stop_ids(model, fmt.tokenizer, fmt.name),
                    temperature=gen.temperature if sample else 0.0,
                    top_k=gen.top_k if sample else 0, seed=derive_seed(cfg.seed, "evaluate/sample"),
-                   max_batch_tokens=cfg.evaluate.max_batch_tokens, vocab_limit=layout.tokenizer.vocab_size)
-    texts = [layout.tokenizer.decode(ids) for ids in out]
-    if layout.name == "continuation":  # a base model writes on past its answer: keep the first paragraph
+                   max_batch_tokens=cfg.evaluate.max_batch_tokens, vocab_limit=fmt.tokenizer.vocab_size)
+    texts = [fmt.tokenizer.decode(ids) for ids in out]
+    if fmt.name == "continuation":  # a base model writes on past its answer: keep the first paragraph
         texts = [t.strip().split("\n\n")[0] for t in texts]
     return texts
 
@@ -306,16 +310,16 @@ def contamination_counts(path: str | Path | None, dataset: str) -> dict:
                                  for r in sorted(rows, key=lambda r: r["dataset"])}}
 
 
-def score_layout(model: torch.nn.Module, layout: Layout, spec: DatasetSpec, bank: DatasetTemplates,
+def score_format(model: torch.nn.Module, fmt: Format, spec: DatasetSpec, bank: DatasetTemplates,
                  eval_raw: pa.Table, pool: FewShotPool | None, cfg: EvaluateSlice, field: str | None,
                  budget: int) -> tuple[list[dict], dict]:
-    """Every eval template's variants in one layout. Returns the per-template entries and, for the
+    """Every eval template's variants in one format. Returns the per-template entries and, for the
     headline variant, each template's predictions and references (the bootstrap's material)."""
     task = spec.task.type
     key = metrics.primary(spec.metric)
     style_with = cfg.options if cfg.options != "none" else "dash"
     headline = headline_variant(task, cfg)
-    count_tokens = layout.counts
+    count_tokens = fmt.counts
     per_template, material = [], {"predictions": [], "references": []}
     for template in bank.eval_templates[:cfg.evaluate.max_templates]:
         rendered = render_template(bank, template, eval_raw, style_with)
@@ -325,7 +329,7 @@ def score_layout(model: torch.nn.Module, layout: Layout, spec: DatasetSpec, bank
             refs = references(spec, template, rendered.targets.to_pylist(), eval_raw, bank)
             modes = [("greedy", False)] + ([("sample", True)] if cfg.evaluate.generation.sample else [])
             for name, sample in modes:
-                preds = decode(model, layout, prompts, cfg, sample)
+                preds = decode(model, fmt, prompts, cfg, sample)
                 variants[name] = metrics.compute(spec.metric, preds, refs)
                 if name == headline:
                     shown = [{"prompt": p, "prediction": x, "references": r}
@@ -336,7 +340,7 @@ def score_layout(model: torch.nn.Module, layout: Layout, spec: DatasetSpec, bank
             gold = [[opts[i]] for opts, i in zip(options, rendered.answer_index, strict=True)]
             for suffix, style in (("with_options", style_with), ("without_options", "none")):
                 prompts = prompts_for(bank, template, eval_raw, pool, style, count_tokens, field, budget)
-                picks = rank_classify(model, layout, prompts, options, cfg.evaluate.max_batch_tokens,
+                picks = rank_classify(model, fmt, prompts, options, cfg.evaluate.max_batch_tokens,
                                       cfg.evaluate.pmi_prefix)
                 for norm, chosen in picks.items():
                     preds = [opts[c] for opts, c in zip(options, chosen, strict=True)]
@@ -354,7 +358,7 @@ def score_layout(model: torch.nn.Module, layout: Layout, spec: DatasetSpec, bank
                              "predictions": shown,
                              # the headline's primary score per example (None for a corpus metric)
                              "example_scores": None if scores is None else [_r(x) for x in scores]})
-        log.info("%s template %d (%s layout): %s", spec.name, template.id, layout.name,
+        log.info("%s template %d (%s format): %s", spec.name, template.id, fmt.name,
                  ", ".join(f"{v} {m[key]:.1f}" for v, m in variants.items()))
     return per_template, material
 
@@ -366,9 +370,9 @@ def headline_variant(task: str, cfg: EvaluateSlice) -> str:
             else f"{cfg.evaluate.options_suffix}_options/{cfg.evaluate.normalization}")
 
 
-def layout_summary(per_template: list[dict], material: dict, spec: DatasetSpec, headline: str,
+def format_summary(per_template: list[dict], material: dict, spec: DatasetSpec, headline: str,
                    cfg: EvaluateSlice, n: int) -> dict:
-    """One layout's headline (mean, best, spread over templates, and its bootstrap interval over
+    """One format's headline (mean, best, spread over templates, and its bootstrap interval over
     examples) and every variant's summary."""
     key = metrics.primary(spec.metric)
     score = metrics.template_mean(spec.metric, material["predictions"], material["references"])
@@ -384,14 +388,14 @@ def layout_summary(per_template: list[dict], material: dict, spec: DatasetSpec, 
 def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, out_path: str | Path,
                      cfg: EvaluateSlice, few_shot: bool, model_name: str,
                      contamination: str | Path | None = None, threads: int = 1,
-                     train: str | Path | None = None, layout: str | None = None) -> dict:
+                     train: str | Path | None = None, format_name: str | None = None) -> dict:
     """Evaluate one model on one dataset's eval split (``raw_dir/eval.parquet``); writes and returns
     the result. Few-shot exemplars come from ``train``: the workflow passes the dataset's pool
     (``data/pool/{dataset}.parquet``, at most ``pool_factor x cap`` rows, so a 40M-row translation
     set costs no more than a small one); by default ``raw_dir/train.parquet``.
 
-    The model is scored in its own layout (:func:`model_layout`; ``layout`` overrides it), and with
-    ``evaluate.cross_layouts`` in the other one too (``by_layout``). Every headline carries a
+    The model is scored in its own format (:func:`model_format`; ``format_name`` overrides it), and
+    with ``evaluate.cross_formats`` in the other one too (``by_format``). Every headline carries a
     bootstrap interval over the eval examples, and each template its per-example scores, from which
     the report pairs two models on the same rows."""
     torch.set_num_threads(max(1, threads))
@@ -411,25 +415,25 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         exemplars = read_exemplar_rows(spec, bank, train or raw_dir / "train.parquet")
         few = cfg.few_shot.within(cfg.max_input_tokens)
         pool = FewShotPool(spec, bank, eval_raw, exemplars, few, cfg.seed)
-    own, why, separator = model_layout(model_dir, layout)
-    model, tokenizer = load_model(model_dir, cfg.evaluate.precision)
-    base_layout = Layout.of(tokenizer, cfg, threads, own, separator)
+    own, why, separator = model_format(model_dir, format_name)
+    model, tokenizer = load_for_scoring(model_dir, cfg.evaluate.precision)
+    base_format = Format.of(tokenizer, cfg, threads, own, separator)
     field = long_field(spec, eval_raw) if cfg.cut_long_field else None
     budget = cfg.few_shot.within(cfg.max_input_tokens).max_tokens if few_shot else cfg.max_input_tokens
 
     task = spec.task.type
     key = metrics.primary(spec.metric)
     headline = headline_variant(task, cfg)
-    # beside its own layout, the other of (the run's training format, continuation); an
-    # encoder-decoder has one layout: its encoder reads the prompt, its decoder the option
-    cross = cfg.evaluate.cross_layouts and not is_encoder_decoder_folder(model_dir)
+    # beside its own format, the other of (the run's training format, continuation); an
+    # encoder-decoder has one format: its encoder reads the prompt, its decoder the option
+    cross = cfg.evaluate.cross_formats and not is_encoder_decoder_folder(model_dir)
     names = [own] + ([n for n in (cfg.format, "continuation") if n != own][:1] if cross else [])
-    by_layout, per_template = {}, None
+    by_format, per_template = {}, None
     for name in names:
-        templates, material = score_layout(model, base_layout.as_(name), spec, bank, eval_raw, pool, cfg,
+        templates, material = score_format(model, base_format.as_(name), spec, bank, eval_raw, pool, cfg,
                                            field, budget)
-        by_layout[name] = layout_summary(templates, material, spec, headline, cfg, eval_raw.num_rows)
-        by_layout[name]["example_scores"] = [t["example_scores"] for t in templates]
+        by_format[name] = format_summary(templates, material, spec, headline, cfg, eval_raw.num_rows)
+        by_format[name]["example_scores"] = [t["example_scores"] for t in templates]
         if name == own:
             per_template = templates
 
@@ -439,9 +443,9 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         "shots": cfg.few_shot.k if few_shot else 0, "task": task,
         "method": "generation" if task == "generation" else "rank_classification",
         "metric": spec.metric, "primary": key, "headline_variant": headline,
-        "layout": own, "layout_from": why,
-        "headline": by_layout[own]["headline"], "variants": by_layout[own]["variants"],
-        "by_layout": by_layout,
+        "format": own, "format_from": why,
+        "headline": by_format[own]["headline"], "variants": by_format[own]["variants"],
+        "by_format": by_format,
         "templates": per_template, "examples": eval_raw.num_rows,
         "eval_split": {"registry_split": spec.splits.eval, "file": str(eval_path),
                        "sha256": sha256_file(eval_path)},
@@ -454,7 +458,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     }
     write_text_atomic(out_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     interval = result["headline"]["interval"]
-    log.info("%s (%s, %s, %s layout): %s %s mean %.2f%s, best %.2f (template %d), %d examples x %d templates "
+    log.info("%s (%s, %s, %s format): %s %s mean %.2f%s, best %.2f (template %d), %d examples x %d templates "
              "in %.1f s", dataset, model_name, "few-shot" if few_shot else "zero-shot", own, headline, key,
              result["headline"]["mean"],
              f" [{interval['low']:.2f}, {interval['high']:.2f}]" if interval else "",
@@ -466,12 +470,12 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
 def generate_text(model_dir: str | Path, prompts: list[str], max_new_tokens: int = 64,
                   temperature: float = 0.0, top_k: int = 0, seed: int = 0,
                   max_input_tokens: int = 1024, add_bos: bool | None = None,
-                  layout: str | None = None) -> list[str]:
-    """Text from a model for prompts typed by hand (``flanpipe generate``), in the model's own layout
-    (:func:`model_layout`: its training format, or a plain continuation for a checkpoint flanpipe
+                  format_name: str | None = None) -> list[str]:
+    """Text from a model for prompts typed by hand (``flanpipe generate``), in the model's own format
+    (:func:`model_format`: its training format, or a plain continuation for a checkpoint flanpipe
     did not train; ``add_bos`` None follows the tokenizer's convention)."""
-    name, _, separator = model_layout(model_dir, layout)
-    model, tokenizer = load_model(model_dir)
+    name, _, separator = model_format(model_dir, format_name)
+    model, tokenizer = load_for_scoring(model_dir)
     if name == "chat":
         chat = chat_template(tokenizer)
         ptoks = [chat.cut_prompt(ids, max_input_tokens, False).tolist() for ids in chat.prompt_ids(prompts)]

@@ -375,6 +375,29 @@ def _estimated_tokens(rows: pa.Table, cfg: MixSlice) -> tuple[float, float, floa
     return float(chars_in.mean()), float(chars_out.mean()), float(tokens.mean())
 
 
+@dataclass(frozen=True)
+class DatasetPart:
+    """One dataset's part of a mixture: its stats row (sampling fills in the rest), its kept train
+    rows in priority order, its renderings per example, and its contamination and fate rows."""
+
+    stats: dict
+    kept: np.ndarray
+    passes: int
+    contamination: list[dict]
+    fates: pa.Table
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How many examples the mixture draws from each dataset, and why: the rates, the token budget
+    and the mean estimated tokens per example that turn the budget into examples."""
+
+    rates: np.ndarray
+    budget: int
+    mean_tokens: float
+    sampled: np.ndarray
+
+
 def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs: list[DatasetInputs],
                   out_dir: str | Path, cfg: MixSlice, dropped_paths: list[str | Path] | None = None) -> dict:
     """Dedupe, cap, rate, sample, shuffle and write one mixture; returns its manifest.
@@ -387,99 +410,143 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
     the mixture's own datasets' files.
     """
     dropped_paths = list(dropped_paths if dropped_paths is not None else [f.dropped for f in inputs])
-    registry = load_registry()
     out_dir = Path(out_dir)
     heldout = set(heldout)
     removes = heldout if cfg.decontaminate else set()  # matches are still reported
+    by_source = heldout if mixture != "all" else set()  # `all` trains on the held-out datasets too
+    _check_inputs(mixture, datasets, heldout, inputs)
+    loaded = [_load_pool(n, f, removes, by_source) for n, f in zip(datasets, inputs, strict=True)]
+    pools, matches = tuple(p for p, _ in loaded), [m for _, m in loaded]
+    submixture = _submixtures(mixture, datasets, cfg)
+    caps = [cfg.mix.groups()[g].cap for g in submixture]
+    fates = resolve_mixture(list(pools), duplicate_components(dropped_paths), caps)
+    parts = [_dataset_part(mixture, k, inputs[k], pools, fates, matches[k], caps[k], submixture[k], heldout,
+                           removes, by_source, cfg) for k in range(len(datasets))]
+    sampling = sample_sizes(parts, submixture, cfg)
+    shards = _shuffle_into_shards(mixture, inputs, parts, submixture, sampling, out_dir, cfg)
+    return _write_mixture(mixture, datasets, heldout, submixture, parts, sampling, shards, out_dir, cfg)
+
+
+def _check_inputs(mixture: str, datasets: list[str], heldout: set[str], inputs: list[DatasetInputs]) -> None:
+    """A mixture other than ``all`` trains on no held-out or excluded cluster, and the templatized
+    tables are the ones templatize wrote."""
+    registry = load_registry()
     if mixture != "all":
         excluded = {c for h in heldout for c in registry.excluded_clusters(h)}
         leaked = [d for d in datasets if not registry.trains_in(d, set(registry.clusters) - excluded)]
         if leaked:
             raise ValueError(f"mixture {mixture!r} must not train on {leaked} (held out or excluded)")
-    for files in inputs:  # the templatized tables are the ones templatize wrote
+    for files in inputs:
         manifest = Path(files.templatized).with_suffix(".manifest.json")
         if manifest.is_file():
             verify_sha256(files.templatized, json.loads(manifest.read_text(encoding="utf-8")).get("sha256"),
                           manifest)
-    by_source = heldout if mixture != "all" else set()  # `all` trains on the held-out datasets too
-    loaded = [_load_pool(n, f, removes, by_source) for n, f in zip(datasets, inputs, strict=True)]
-    pools, matches = tuple(p for p, _ in loaded), [m for _, m in loaded]
-    groups = cfg.mix.groups()
+
+
+def _submixtures(mixture: str, datasets: list[str], cfg: MixSlice) -> list[str]:
+    """Each dataset's submixture (``mix.submixtures``); a dataset in none is refused."""
     submixture = [cfg.mix.submixture_of(name) for name in datasets]
     unplaced = [d for d, g in zip(datasets, submixture, strict=True) if g is None]
     if unplaced:
         raise ValueError(f"mixture {mixture!r}: {unplaced} are in no submixture (mix.submixtures)")
-    caps = [groups[g].cap for g in submixture]
-    fates = resolve_mixture(list(pools), duplicate_components(dropped_paths), caps)
-    stats, kept_rows, passes, contamination, fate_tables = [], [], [], [], []
-    for k, (name, files, pool) in enumerate(zip(datasets, inputs, pools, strict=True)):
-        mine = np.flatnonzero(fates.dataset == k)
-        fate = np.empty(len(pool.row_index), np.int8)
-        fate[fates.position[mine]] = fates.fate[mine]
-        counts = _dataset_counts(name, files, pool, fate)
-        kept = np.flatnonzero(fate == Fate.KEPT)
-        kept = pool.row_index[kept[np.lexsort((pool.row_index[kept], pool.priority[kept]))]]
-        passes.append(_passes(files))
-        first = pa.Table.take(*_gather(files.templatized, passes[k], kept, np.zeros(len(kept), np.int32),
-                                       ["inputs", "targets"]))
-        chars_in, chars_out, tokens = _estimated_tokens(first, cfg)
-        outside = counts["rows_raw"] - counts["rejected"] - len(pool.row_index)
-        short = min(max(caps[k] - len(kept), 0), outside)
-        if short:
-            log.warning("%s: %d rows kept, under the cap of %d, while %d train rows lie outside the pool: "
-                        "dedup and decontamination removed more than the pool's spare rows; raise "
-                        "dedup.pool_factor (now %s) to keep up to %d more", name, len(kept), caps[k],
-                        outside, cfg.pool_factor, short)
-        stats.append({"mixture": mixture, "dataset": name, "cluster": registry.datasets[name].cluster,
-                      "submixture": submixture[k],
-                      **counts, "mean_input_chars": chars_in, "mean_target_chars": chars_out,
-                      "mean_tokens_est": tokens, "pool_short": short,
-                      "duplicate_id_rows": _duplicate_id_rows(files)})
-        kept_rows.append(kept)
-        found = _in_clusters(matches[k], heldout)
-        removed = _removed(found, removes, by_source)
-        contamination += _contamination_rows(mixture, name, found.append_column(
-            "removed", pc.cast(removed, pa.int64())))
-        fate_tables.append(_fate_table(name, pool, fate, fates, mine, pools))
+    return submixture
 
-    sizes = np.array([s["kept"] for s in stats], np.int64)
-    rates = submixture_rates(sizes, submixture, groups, cfg.mix.temperature)
-    mean_tokens = float(np.dot(rates, [s["mean_tokens_est"] for s in stats])) if sizes.any() else 0.0
+
+def _dataset_part(mixture: str, k: int, files: DatasetInputs, pools: tuple[Pool, ...], fates: Fates,
+                  matches: pa.Table, cap: int, submixture: str, heldout: set[str], removes: set[str],
+                  by_source: set[str], cfg: MixSlice) -> DatasetPart:
+    """Dataset ``k``'s fates, counts, kept rows, estimated tokens and contamination in this mixture."""
+    pool = pools[k]
+    name = pool.name
+    mine = np.flatnonzero(fates.dataset == k)
+    fate = np.empty(len(pool.row_index), np.int8)
+    fate[fates.position[mine]] = fates.fate[mine]
+    counts = _dataset_counts(name, files, pool, fate)
+    kept = np.flatnonzero(fate == Fate.KEPT)
+    kept = pool.row_index[kept[np.lexsort((pool.row_index[kept], pool.priority[kept]))]]
+    passes = _passes(files)
+    first = pa.Table.take(*_gather(files.templatized, passes, kept, np.zeros(len(kept), np.int32),
+                                   ["inputs", "targets"]))
+    chars_in, chars_out, tokens = _estimated_tokens(first, cfg)
+    outside = counts["rows_raw"] - counts["rejected"] - len(pool.row_index)
+    short = min(max(cap - len(kept), 0), outside)
+    if short:
+        log.warning("%s: %d rows kept, under the cap of %d, while %d train rows lie outside the pool: "
+                    "dedup and decontamination removed more than the pool's spare rows; raise "
+                    "dedupe.pool_factor (now %s) to keep up to %d more", name, len(kept), cap,
+                    outside, cfg.pool_factor, short)
+    stats = {"mixture": mixture, "dataset": name, "cluster": load_registry().datasets[name].cluster,
+             "submixture": submixture,
+             **counts, "mean_input_chars": chars_in, "mean_target_chars": chars_out,
+             "mean_tokens_est": tokens, "pool_short": short,
+             "duplicate_id_rows": _duplicate_id_rows(files)}
+    found = _in_clusters(matches, heldout)
+    removed = _removed(found, removes, by_source)
+    contamination = _contamination_rows(mixture, name, found.append_column(
+        "removed", pc.cast(removed, pa.int64())))
+    return DatasetPart(stats, kept, passes, contamination, _fate_table(name, pool, fate, fates, mine, pools))
+
+
+def sample_sizes(parts: list[DatasetPart], submixture: list[str], cfg: MixSlice) -> Sampling:
+    """The rates (:func:`submixture_rates` over the kept rows), the examples the token budget buys
+    at their rate-weighted mean of estimated tokens, and each dataset's share (:func:`apportion`)."""
+    sizes = np.array([p.stats["kept"] for p in parts], np.int64)
+    rates = submixture_rates(sizes, submixture, cfg.mix.groups(), cfg.mix.temperature)
+    mean_tokens = float(np.dot(rates, [p.stats["mean_tokens_est"] for p in parts])) if sizes.any() else 0.0
     budget = cfg.steps * cfg.tokens_per_batch
     total = math.ceil(budget / mean_tokens) if mean_tokens > 0 else 0
-    sampled = apportion(total, rates)
+    return Sampling(rates, budget, mean_tokens, apportion(total, rates))
 
-    # Shuffle: the mixture is the datasets' sampled rows one after another, permuted; row g of that
-    # order lands at position where[g]. Each dataset's rows are gathered alone and bucketed by shard
-    # on disk; then each shard is read back from the buckets. Memory holds one dataset's sampled
-    # rows or one shard, never the mixture.
+
+def _shuffle_into_shards(mixture: str, inputs: list[DatasetInputs], parts: list[DatasetPart],
+                         submixture: list[str], sampling: Sampling, out_dir: Path,
+                         cfg: MixSlice) -> list[dict]:
+    """Sample each dataset's rows (whole passes, then a seeded partial one), shuffle them together
+    and write the shards; fills in each part's sampling stats. Returns the shards' records.
+
+    The mixture is the datasets' sampled rows one after another, permuted; row g of that order lands
+    at position where[g]. Each dataset's rows are gathered alone and bucketed by shard on disk; then
+    each shard is read back from the buckets. Memory holds one dataset's sampled rows or one shard,
+    never the mixture."""
+    sampled, rates = sampling.sampled, sampling.rates
     total_rows = int(sampled.sum())
     perm = np.random.default_rng(derive_seed(cfg.seed, f"mix/{mixture}")).permutation(total_rows)
     where = np.empty(total_rows, np.int64)
     where[perm] = np.arange(total_rows)
     offsets = np.concatenate([[0], np.cumsum(sampled)])
     with _Buckets(out_dir, cfg.mix.rows_per_shard, total_rows) as buckets:
-        for k, (s, kept) in enumerate(zip(stats, kept_rows, strict=True)):
+        for k, part in enumerate(parts):
+            s, kept = part.stats, part.kept
             rng = np.random.default_rng(derive_seed(cfg.seed, f"mix/{mixture}/{s['dataset']}"))
             idx, epoch = repeat_sample(len(kept), int(sampled[k]), rng)
             s.update(rate=float(rates[k]), sampled=int(sampled[k]),
                      epochs=float(sampled[k] / len(kept)) if len(kept) else 0.0)
             # epoch e: its own rendering
-            renderings, at = _gather(inputs[k].templatized, passes[k], kept[idx], epoch)
+            renderings, at = _gather(inputs[k].templatized, part.passes, kept[idx], epoch)
             cut = pc.greater(renderings.column("input_cut"), 0).to_numpy(zero_copy_only=False)
             s["inputs_cut"] = int(cut[at].sum())
             types = np.asarray(renderings.column("prompt_type").to_pylist(), object)[at]
             s.update({t: int((types == t).sum()) for t in PROMPT_TYPES})
             buckets.add(renderings, at, epoch, where[offsets[k]:offsets[k + 1]], submixture[k])
-        shards = buckets.write_shards(out_dir / "shards", {"stage": "mix", "stage_version": STAGE_VERSION,
-                                                           "mixture": mixture, "seed": cfg.seed})
+        return buckets.write_shards(out_dir / "shards", {"stage": "mix", "stage_version": STAGE_VERSION,
+                                                         "mixture": mixture, "seed": cfg.seed})
 
-    stats_table = pa.Table.from_pylist(stats, schema=MIXTURE_STATS_SCHEMA)
-    write_parquet_atomic(stats_table, out_dir / "stats.parquet", {"stage": "mix", "mixture": mixture})
+
+def _write_mixture(mixture: str, datasets: list[str], heldout: set[str], submixture: list[str],
+                   parts: list[DatasetPart], sampling: Sampling, shards: list[dict], out_dir: Path,
+                   cfg: MixSlice) -> dict:
+    """``stats.parquet``, ``contamination.parquet``, ``rows.parquet`` and ``manifest.json``."""
+    stats = [p.stats for p in parts]
+    meta = {"stage": "mix", "mixture": mixture}
+    contamination = [row for p in parts for row in p.contamination]
+    write_parquet_atomic(pa.Table.from_pylist(stats, schema=MIXTURE_STATS_SCHEMA), out_dir / "stats.parquet",
+                         meta)
     write_parquet_atomic(pa.Table.from_pylist(contamination, schema=CONTAMINATION_SCHEMA),
-                         out_dir / "contamination.parquet", {"stage": "mix", "mixture": mixture})
-    write_parquet_atomic(pa.concat_tables(fate_tables) if fate_tables else FATE_SCHEMA.empty_table(),
-                         out_dir / "rows.parquet", {"stage": "mix", "mixture": mixture})
+                         out_dir / "contamination.parquet", meta)
+    write_parquet_atomic(pa.concat_tables([p.fates for p in parts]) if parts else FATE_SCHEMA.empty_table(),
+                         out_dir / "rows.parquet", meta)
+    groups = cfg.mix.groups()
+    total_rows = int(sampling.sampled.sum())
     manifest = {
         "stage": "mix", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed,
         "heldout_clusters": sorted(heldout) if mixture != "all" else [],
@@ -487,17 +554,15 @@ def build_mixture(mixture: str, datasets: list[str], heldout: list[str], inputs:
         "submixtures": {g: {**groups[g].model_dump(exclude={"datasets"}),
                             "datasets": [d for d, h in zip(datasets, submixture, strict=True) if h == g]}
                         for g in dict.fromkeys(submixture)},
-        "budget_tokens": budget, "mean_tokens_est": mean_tokens, "examples": total_rows,
+        "budget_tokens": sampling.budget, "mean_tokens_est": sampling.mean_tokens, "examples": total_rows,
         "config": cfg.model_dump(),
         "shards": shards, "stats": stats,
         "code": code_version("mix", STAGE_VERSION), "created_at": utc_now(),
     }
     write_json_atomic(out_dir / "manifest.json", manifest)
     log.info("%s: %d examples (%.0f est. tokens each) from %d datasets in %d shards", mixture,
-             total_rows, mean_tokens, len(datasets), len(shards))
+             total_rows, sampling.mean_tokens, len(datasets), len(shards))
     return manifest
-
-
 
 
 def _fate_table(name: str, pool: Pool, fate: np.ndarray, fates: Fates, mine: np.ndarray,

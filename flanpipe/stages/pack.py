@@ -8,7 +8,7 @@ included, truncations counted per dataset), packed by best-fit
 decreasing (:mod:`flanpipe.core.tokens.binpack`), and its rows are shuffled (seeded) and appended to the
 shards.
 
-Layouts (``tokenize.layout``), with ``Li``/``Lt`` the input/target budgets:
+Model kinds (``tokenize.model_kind``), with ``Li``/``Lt`` the input/target budgets:
 
 - ``decoder_only``: rows of ``Li + Lt`` tokens holding whole examples ``[BOS] inputs SEP targets EOS``,
   ``SEP`` being EOS (``tokenize.format: eos``, the paper's) or the separator's tokens (``text``;
@@ -76,8 +76,9 @@ from flanpipe.core.tokens.shards import (
 )
 from flanpipe.core.tokens.tokenizers import Tokenizer, load_tokenizer
 
-STAGE_VERSION = "4"  # 4: tokenize.format (eos, text; chat, added later, leaves those unchanged); 3: shards
-# store tokens and lengths
+# 5: the manifest's and packing.parquet's `layout` is `model_kind`; 4: tokenize.format (eos, text; chat,
+# added later, leaves those unchanged); 3: shards store tokens and lengths
+STAGE_VERSION = "5"
 log = logging.getLogger(__name__)
 
 COLUMNS = ["inputs", "targets", "dataset", "example_id", "template_id", "epoch"]
@@ -230,7 +231,7 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: n
     keep_in = np.minimum(inputs.lengths, li_max - k)
     keep_tg = np.minimum(targets.lengths, lt_max - e)
     size_in, size_tg = keep_in + k, keep_tg + e  # the separator (or EOS), EOS
-    if tcfg.layout == "decoder_only":
+    if tcfg.model_kind == "decoder_only":
         dims = (size_in + size_tg, li_max + lt_max, np.zeros_like(size_in), 0)
     else:
         dims = (size_in, li_max, size_tg, lt_max)
@@ -241,7 +242,7 @@ def pack_window(table: pa.Table, tokenizer: Tokenizer, tcfg: PackSlice, dtype: n
     row = perm[bins]
     tokens = np.zeros(n_rows, dtype)
     left = tcfg.truncate_inputs == "left"
-    if tcfg.layout == "decoder_only":
+    if tcfg.model_kind == "decoder_only":
         tokens["tokens"] = pad
         binpack.fill_decoder_only(tokens["tokens"], row, off_a, inputs.ids, inputs.starts, inputs.lengths,
                                   keep_in, targets.ids, targets.starts, targets.lengths, keep_tg, sep, end,
@@ -367,7 +368,7 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     out_dir = Path(out_dir)
     tok = load_tokenizer(tokenizer)
     eos, pad = tok.eos_id, tok.pad_id if tok.pad_id is not None else 0
-    fmt = tcfg.format if tcfg.layout == "decoder_only" else "eos"
+    fmt = tcfg.format if tcfg.model_kind == "decoder_only" else "eos"
     chat = chat_template(tok) if fmt == "chat" else None
     bos = bos_token(tok, tcfg.add_bos) if chat is None else None
     sep = np.array(separator_ids(tok, fmt, tcfg.separator), np.int32)
@@ -376,8 +377,8 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     if len(sep) + (bos is not None) >= tcfg.max_input_tokens:
         raise ValueError(f"tokenize.separator {tcfg.separator!r} is {len(sep)} tokens: it leaves no room for "
                          f"the input in tokenize.max_input_tokens {tcfg.max_input_tokens}")
-    dtype = stored_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
-    record = row_dtype(tcfg.layout, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
+    dtype = stored_dtype(tcfg.model_kind, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
+    record = row_dtype(tcfg.model_kind, tcfg.max_input_tokens, tcfg.max_target_tokens, tok.vocab_size)
     shards = mixture_shards(shard_dir)
     total = sum(ParquetReader(p).metadata.num_rows for p in shards)
     rng = np.random.default_rng(derive_seed(cfg.seed, f"pack/{mixture}"))
@@ -414,7 +415,8 @@ def tokenize_and_pack(mixture: str, shard_dir: str | Path, tokenizer: str | Path
     write_parquet_atomic(pa.Table.from_pylist([summary], schema=PACKING_SCHEMA), out_dir / "packing.parquet",
                          meta)
     manifest = {
-        **meta, "layout": tcfg.layout, "format": fmt, "examples": index.num_rows, "rows": totals["rows"],
+        **meta, "model_kind": tcfg.model_kind, "format": fmt, "examples": index.num_rows,
+        "rows": totals["rows"],
         "separator": {"text": tcfg.separator if fmt == "text" else None, "ids": sep.tolist()},
         **({"chat": chat.describe(totals["chat_replies_merged"])} if chat is not None else {}),
         "fields": {name: {"dtype": record[name].base.str, "shape": list(record[name].shape)}
@@ -503,7 +505,7 @@ def packing_summary(mixture: str, stats: pa.Table, totals: dict, tcfg: PackSlice
     tokens = total["input_tokens"] + targets
     rows, bound, nf = totals["rows"], totals["rows_lower_bound"], totals["rows_next_fit"]
     return {
-        "mixture": mixture, "layout": tcfg.layout, "packer": tcfg.packer, "row_tokens": width,
+        "mixture": mixture, "model_kind": tcfg.model_kind, "packer": tcfg.packer, "row_tokens": width,
         "examples": n, "rows": rows, "non_pad_tokens": tokens, "target_tokens": targets,
         "efficiency": tokens / (rows * width) if rows else 0.0,
         "rows_lower_bound": bound, "rows_over_lower_bound": rows / bound - 1 if bound else 0.0,

@@ -2,7 +2,7 @@
 
 Every train row gets a seeded 64-bit priority from its stable key (:func:`priorities`); the cap keeps
 a dataset's ``mix.cap`` surviving rows of lowest priority. Dedup and decontamination remove only a
-small share of a dataset, so the ``dedup.pool_factor * mix.cap`` rows of lowest priority (the
+small share of a dataset, so the ``dedupe.pool_factor * mix.cap`` rows of lowest priority (the
 *pool*) hold every row the cap can keep; the rest are counted as capped and never templatized,
 fingerprinted or mixed. The raw rows were all checked by download's row validator already.
 
@@ -10,7 +10,7 @@ fingerprinted or mixed. The raw rows were all checked by download's row validato
 columns the key needs), keeping a running set of the ``limit`` lowest priorities, and once to copy
 the chosen rows, in source order, with their ``priority`` column, to ``data/pool/{dataset}.parquet``.
 Memory holds a batch and the pool's (priority, row) pairs, whatever the split's size.
-``dedup.pool_factor: null`` makes the pool every row (a streamed copy), for those who want every row
+``dedupe.pool_factor: null`` makes the pool every row (a streamed copy), for those who want every row
 checked.
 """
 

@@ -5,7 +5,7 @@ with its bootstrap interval and template spread, the ablation curves (training c
 format), the mixture composition (from the DuckDB catalog) and the training losses. The Markdown has
 the tables behind them. Every score is read from files the workflow wrote; the report only resamples
 the per-example scores in them: a cluster's interval, and the paired bootstrap of tuned minus base
-on the same rows and templates, each model in its own layout and both in the same one.
+on the same rows and templates, each model in its own format and both in the same one.
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ def cluster_means(results: list[dict]) -> dict[str, dict[str, float]]:
     return {c: {s: float(np.mean(v)) for s, v in by.items()} for c, by in acc.items()}
 
 
-def example_means(r: dict, layout: str | None = None) -> np.ndarray | None:
-    """A result's per-example score, averaged over templates, in ``layout`` (default: the model's
-    own); None where the metric is not a mean over examples."""
-    block = r.get("by_layout", {}).get(layout or r.get("layout"))
+def example_means(r: dict, format_name: str | None = None) -> np.ndarray | None:
+    """A result's per-example score, averaged over templates, in format ``format_name`` (default:
+    the model's own); None where the metric is not a mean over examples."""
+    block = r.get("by_format", {}).get(format_name or r.get("format"))
     scores = None if block is None else block.get("example_scores")
     if not scores or any(s is None for s in scores):
         return None
@@ -106,16 +106,18 @@ def stratified_interval(groups: list[list[np.ndarray]], seed: int, resamples: in
     return tuple(np.quantile(draws, [0.025, 0.975])) if draws else None
 
 
-def ablation_intervals(results: list[dict], key: str, seed: int, resamples: int) -> dict[str, tuple]:
-    """point -> the bootstrap 95% interval of its `average` (:func:`ablation_points`)."""
+def ablation_intervals(results: list[dict], points: list[str], kind: str, seed: int,
+                       resamples: int) -> dict[str, tuple]:
+    """point -> the bootstrap 95% interval of its `average` (:func:`ablation_points`); ``points[i]``
+    is result ``i``'s point, and ``kind`` names the ablation in the seed."""
     by: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
-        by[str(r[key])][r["cluster"]].append(example_means(r))
+    for r, point in zip(results, points, strict=True):
+        by[str(point)][r["cluster"]].append(example_means(r))
     out = {}
     for point, clusters in by.items():
         groups = [clusters[c] for c in sorted(clusters)]
         if all(a is not None for arrays in groups for a in arrays):
-            ci = stratified_interval(groups, derive_seed(seed, f"report/ablation/{key}/{point}"), resamples)
+            ci = stratified_interval(groups, derive_seed(seed, f"report/ablation/{kind}/{point}"), resamples)
             if ci is not None:
                 out[point] = ci
     return out
@@ -176,11 +178,12 @@ def plot_datasets(results: list[dict], out: Path) -> None:
     _save(fig, out)
 
 
-def ablation_points(results: list[dict], key: str) -> dict[str, dict[str, float]]:
-    """point (cluster count, or format) -> held-out cluster -> mean score; plus `average`."""
+def ablation_points(results: list[dict], points: list[str]) -> dict[str, dict[str, float]]:
+    """point (cluster count, or instruction format; ``points[i]`` is result ``i``'s) -> held-out
+    cluster -> mean score; plus `average`."""
     acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in results:
-        acc[str(r[key])][r["cluster"]].append(r["headline"]["mean"])
+    for r, point in zip(results, points, strict=True):
+        acc[str(point)][r["cluster"]].append(r["headline"]["mean"])
     out = {}
     for point, by in acc.items():
         row = {c: float(np.mean(v)) for c, v in sorted(by.items())}
@@ -274,10 +277,10 @@ def plot_losses(metrics_files: list[str], out: Path) -> None:
 
 def paired_rows(results: list[dict], seed: int, resamples: int) -> list[list[str]]:
     """Per held-out dataset and shot setting, tuned against base on the same rows and templates:
-    each model's score in its own layout and in the other, and tuned minus base with its paired
-    bootstrap 95% interval, each model in its own layout and both in the tuned model's (its
-    training format, ``eos`` or ``text``). The share of the own-layout gap that the same-layout gap
-    does not show is the layout's."""
+    each model's score in its own format and in the other, and tuned minus base with its paired
+    bootstrap 95% interval, each model in its own format and both in the tuned model's (its
+    training format, ``eos`` or ``text``). The share of the own-format gap that the same-format gap
+    does not show is the format's."""
     by_key = defaultdict(dict)
     for r in results:
         by_key[(r["cluster"], r["dataset"], r["few_shot"])]["base" if r["model"] == "base" else "tuned"] = r
@@ -288,13 +291,13 @@ def paired_rows(results: list[dict], seed: int, resamples: int) -> list[list[str
         base, tuned = pair["base"], pair["tuned"]
         cells = [cluster, dataset, "few-shot" if few else "zero-shot"]
         for r in (base, tuned):
-            own = r["layout"]
-            other = next((n for n in r.get("by_layout", {}) if n != own), None)
+            own = r["format"]
+            other = next((n for n in r.get("by_format", {}) if n != own), None)
             cells.append(f"{r['headline']['mean']:.1f} ({own})")
-            cells.append(f"{r['by_layout'][other]['headline']['mean']:.1f} ({other})" if other else "-")
-        trained = tuned["layout"]
-        for base_layout, tuned_layout in ((base["layout"], trained), (trained, trained)):
-            a, b = example_means(tuned, tuned_layout), example_means(base, base_layout)
+            cells.append(f"{r['by_format'][other]['headline']['mean']:.1f} ({other})" if other else "-")
+        trained = tuned["format"]
+        for base_format, tuned_format in ((base["format"], trained), (trained, trained)):
+            a, b = example_means(tuned, tuned_format), example_means(base, base_format)
             if a is None or b is None or len(a) != len(b) or _template_ids(base) != _template_ids(tuned):
                 cells.append("-")
                 continue
@@ -349,100 +352,24 @@ def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: l
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _load(zero_shot) + _load(few_shot)
+    labels = ablation_labels or {}
     md = ["# flanpipe report", "",
           "Zero-shot (and few-shot) scores on held-out task clusters: each model never trained on the "
           "cluster it is evaluated on. Scores are the dataset's metric (0-100) per template; a dataset's "
           "score is the mean over its templates, with the best template and the spread beside it.", ""]
     md += prompt_banks(results + _load(ablation_clusters) + _load(ablation_format))
     if results:
-        intervals = cluster_intervals(results, seed, resamples)
-        plot_clusters(results, out_dir / "heldout_clusters.png", intervals)
-        plot_datasets(results, out_dir / "datasets.png")
-        trained = sorted({r["layout"] for r in results if r["model"] != "base" and "layout" in r}) or ["eos"]
-        md += ["## Held-out clusters", "", "![held-out clusters](heldout_clusters.png)", "",
-               "Each cell: the mean over the cluster's datasets, with its bootstrap 95% interval over "
-               "examples. Each model is scored in its own layout: a tuned model in the format it was "
-               f"trained in ({', '.join(f'`{n}`' for n in trained)}), the untuned base as lm-eval scores "
-               "a pretrained model (`continuation`).", ""]
-        means = cluster_means(results)
-        labels = [label for _, _, label in SETTINGS if any(label in v for v in means.values())]
-
-        def cell(c: str, label: str) -> str:
-            if label not in means[c]:
-                return "-"
-            ci = intervals.get(c, {}).get(label)
-            return f"{means[c][label]:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
-        md += [_table(["cluster", *labels], [[c, *(cell(c, s) for s in labels)] for c in means]), ""]
-        paired = paired_rows(results, seed, resamples)
-        if paired:
-            md += ["## Tuned against base, paired", "",
-                   "The same eval rows and templates for both models. Tuned minus base, with the paired "
-                   "bootstrap 95% interval over examples: each model in its own layout (the headline), "
-                   "and both in the layout the tuned model was trained in (`eos`, `text` or `chat`). "
-                   "Where the two differ, the layout explains that part of the gap.", "",
-                   _table(["cluster", "dataset", "shots", "base (own)", "base (other)", "tuned (own)",
-                           "tuned (other)", "tuned - base, own layouts", "tuned - base, tuned's layout"],
-                          paired),
-                   ""]
-        md += ["## Datasets and templates", "", "![datasets](datasets.png)", ""]
-        rows = []
-        for r in sorted(results, key=lambda r: (r["cluster"], r["dataset"], _setting(r))):
-            h = r["headline"]
-            ci = h.get("interval")
-            rows.append([r["cluster"], r["dataset"], _setting(r), r.get("layout", "eos"),
-                         f"{r['metric']} ({r['primary']})",
-                         f"{h['mean']:.1f}" + (f" [{ci['low']:.1f}, {ci['high']:.1f}]" if ci else ""),
-                         f"{h['best']:.1f} (#{h['best_template']})", f"{h['worst']:.1f}",
-                         f"{h['std']:.2f}", str(h["templates"]), str(r["examples"]),
-                         str(r["contamination"]["removed_rows"])])
-        md += [_table(["cluster", "dataset", "setting", "layout", "metric", "mean [95% interval]",
-                       "best (template)", "worst", "std",
-                       "templates", "examples", "contaminated train rows removed"], rows), ""]
-        md += ["### Scoring variants (mean over templates)", "",
-               "Rank classification scores prompts with and without the OPTIONS suffix, and each option by "
-               "its summed log-likelihood, per token, per character, or as PMI (minus its log-likelihood "
-               "after the answer prefix alone).", ""]
-        variant_names = sorted({v for r in results for v in r["variants"]})
-        md += [_table(["dataset", "setting", *variant_names],
-                      [[r["dataset"], _setting(r), *(f"{r['variants'][v]['mean']:.1f}" if v in r["variants"]
-                                                     else "-" for v in variant_names)]
-                       for r in sorted(results, key=lambda r: (r["dataset"], _setting(r)))]), ""]
-    labels = ablation_labels or {}
+        md += heldout_section(results, out_dir, seed, resamples)
+        md += paired_section(results, seed, resamples)
+        md += datasets_section(results, out_dir)
+        md += variants_section(results)
     if ablation_clusters:
-        loaded = _load(ablation_clusters)
-        for r, label in zip(loaded, labels.get("clusters") or [r["model"].removeprefix("clusters_")
-                                                                 for r in loaded], strict=True):
-            r["point"] = label
-        points = ablation_points(loaded, "point")
-        cis = ablation_intervals(loaded, "point", seed, resamples)
-        plot_ablation_clusters(points, cluster_order, out_dir / "ablation_clusters.png", cis)
-        md += ["## Ablation: number of instruction-tuning clusters", "",
-               f"Clusters added in order: {', '.join(cluster_order)}.", "",
-               "![clusters ablation](ablation_clusters.png)", ""]
-        cols = sorted({c for p in points.values() for c in p if c != "average"}) + ["average"]
-        md += [_table(["clusters", *cols, "average: 95% interval"],
-                      [[k, *(f"{points[k].get(c, float('nan')):.1f}" for c in cols), _interval(cis.get(k))]
-                       for k in sorted(points, key=int)]), ""]
+        md += ablation_clusters_section(ablation_clusters, labels.get("clusters"), cluster_order, out_dir,
+                                        seed, resamples)
     if ablation_format:
-        loaded = _load(ablation_format)
-        for r, label in zip(loaded, labels.get("format") or [Path(p).parent.name for p in ablation_format],
-                            strict=True):
-            r["format"] = label
-        points = ablation_points(loaded, "format")
-        cis = ablation_intervals(loaded, "format", seed, resamples)
-        plot_ablation_format(points, formats, out_dir / "ablation_format.png", cis)
-        md += ["## Ablation: instruction format", "",
-               "Models trained on the same clusters with instructions, with the inputs alone "
-               "(`no_template`) or with the dataset's name; all evaluated zero-shot with instructions.", "",
-               "![format ablation](ablation_format.png)", ""]
-        cols = sorted({c for p in points.values() for c in p if c != "average"}) + ["average"]
-        md += [_table(["format", *cols, "average: 95% interval"],
-                      [[f, *(f"{points[f].get(c, float('nan')):.1f}" for c in cols), _interval(cis.get(f))]
-                       for f in formats if f in points]), ""]
-    rows = composition(catalog)
-    plot_composition(rows, out_dir / "mixture_composition.png")
-    md += ["## Mixtures", "", "![mixture composition](mixture_composition.png)", "",
-           _table(["mixture", "cluster", "examples"], [[m, c, str(n)] for m, c, n in rows]), ""]
+        md += ablation_format_section(ablation_format, labels.get("format"), formats, out_dir, seed,
+                                      resamples)
+    md += mixtures_section(catalog, out_dir)
     if models:
         plot_losses(models, out_dir / "training_loss.png")
         md += ["## Training", "", "![training loss](training_loss.png)", ""]
@@ -452,3 +379,118 @@ def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: l
     write_text_atomic(out, "\n".join(md))
     log.info("report -> %s (%d results)", out, len(results))
     return out
+
+
+def heldout_section(results: list[dict], out_dir: Path, seed: int, resamples: int) -> list[str]:
+    """The held-out clusters: their figure, and each cluster's mean per setting with its bootstrap
+    interval."""
+    intervals = cluster_intervals(results, seed, resamples)
+    plot_clusters(results, out_dir / "heldout_clusters.png", intervals)
+    trained = sorted({r["format"] for r in results if r["model"] != "base" and "format" in r}) or ["eos"]
+    md = ["## Held-out clusters", "", "![held-out clusters](heldout_clusters.png)", "",
+          "Each cell: the mean over the cluster's datasets, with its bootstrap 95% interval over "
+          "examples. Each model is scored in its own format: the one a tuned model was "
+          f"trained in ({', '.join(f'`{n}`' for n in trained)}), the untuned base as lm-eval scores "
+          "a pretrained model (`continuation`).", ""]
+    means = cluster_means(results)
+    labels = [label for _, _, label in SETTINGS if any(label in v for v in means.values())]
+
+    def cell(c: str, label: str) -> str:
+        if label not in means[c]:
+            return "-"
+        ci = intervals.get(c, {}).get(label)
+        return f"{means[c][label]:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+    return md + [_table(["cluster", *labels], [[c, *(cell(c, s) for s in labels)] for c in means]), ""]
+
+
+def paired_section(results: list[dict], seed: int, resamples: int) -> list[str]:
+    """Tuned against base on the same rows and templates (:func:`paired_rows`); none without pairs."""
+    paired = paired_rows(results, seed, resamples)
+    if not paired:
+        return []
+    return ["## Tuned against base, paired", "",
+            "The same eval rows and templates for both models. Tuned minus base, with the paired "
+            "bootstrap 95% interval over examples: each model in its own format (the headline), "
+            "and both in the format the tuned model was trained in (`eos`, `text` or `chat`). "
+            "Where the two differ, the format explains that part of the gap.", "",
+            _table(["cluster", "dataset", "shots", "base (own)", "base (other)", "tuned (own)",
+                    "tuned (other)", "tuned - base, own formats", "tuned - base, tuned's format"],
+                   paired),
+            ""]
+
+
+def datasets_section(results: list[dict], out_dir: Path) -> list[str]:
+    """Every result's headline: mean with its interval, best and worst template, spread."""
+    plot_datasets(results, out_dir / "datasets.png")
+    rows = []
+    for r in sorted(results, key=lambda r: (r["cluster"], r["dataset"], _setting(r))):
+        h = r["headline"]
+        ci = h.get("interval")
+        rows.append([r["cluster"], r["dataset"], _setting(r), r.get("format", "eos"),
+                     f"{r['metric']} ({r['primary']})",
+                     f"{h['mean']:.1f}" + (f" [{ci['low']:.1f}, {ci['high']:.1f}]" if ci else ""),
+                     f"{h['best']:.1f} (#{h['best_template']})", f"{h['worst']:.1f}",
+                     f"{h['std']:.2f}", str(h["templates"]), str(r["examples"]),
+                     str(r["contamination"]["removed_rows"])])
+    return ["## Datasets and templates", "", "![datasets](datasets.png)", "",
+            _table(["cluster", "dataset", "setting", "format", "metric", "mean [95% interval]",
+                    "best (template)", "worst", "std",
+                    "templates", "examples", "contaminated train rows removed"], rows), ""]
+
+
+def variants_section(results: list[dict]) -> list[str]:
+    """Each result's mean under every scoring variant."""
+    variant_names = sorted({v for r in results for v in r["variants"]})
+    return ["### Scoring variants (mean over templates)", "",
+            "Rank classification scores prompts with and without the OPTIONS suffix, and each option by "
+            "its summed log-likelihood, per token, per character, or as PMI (minus its log-likelihood "
+            "after the answer prefix alone).", "",
+            _table(["dataset", "setting", *variant_names],
+                   [[r["dataset"], _setting(r), *(f"{r['variants'][v]['mean']:.1f}" if v in r["variants"]
+                                                  else "-" for v in variant_names)]
+                    for r in sorted(results, key=lambda r: (r["dataset"], _setting(r)))]), ""]
+
+
+def ablation_clusters_section(paths: list[str], labels: list[str] | None, cluster_order: list[str],
+                              out_dir: Path, seed: int, resamples: int) -> list[str]:
+    """The clusters ablation: each point (by default the model's ``clusters_k``), its figure and table."""
+    loaded = _load(paths)
+    labels = labels or [r["model"].removeprefix("clusters_") for r in loaded]
+    points = ablation_points(loaded, labels)
+    cis = ablation_intervals(loaded, labels, "point", seed, resamples)
+    plot_ablation_clusters(points, cluster_order, out_dir / "ablation_clusters.png", cis)
+    cols = sorted({c for p in points.values() for c in p if c != "average"}) + ["average"]
+    return ["## Ablation: number of instruction-tuning clusters", "",
+            f"Clusters added in order: {', '.join(cluster_order)}.", "",
+            "![clusters ablation](ablation_clusters.png)", "",
+            _table(["clusters", *cols, "average: 95% interval"],
+                   [[k, *(f"{points[k].get(c, float('nan')):.1f}" for c in cols), _interval(cis.get(k))]
+                    for k in sorted(points, key=int)]), ""]
+
+
+def ablation_format_section(paths: list[str], labels: list[str] | None, formats: list[str], out_dir: Path,
+                            seed: int, resamples: int) -> list[str]:
+    """The instruction-format ablation: each point (by default the result's folder, ``format/<f>/``),
+    its figure and table."""
+    loaded = _load(paths)
+    # (the labels stay beside the results: a result's own `format` is the token format it was scored in)
+    labels = labels or [Path(p).parent.name for p in paths]
+    points = ablation_points(loaded, labels)
+    cis = ablation_intervals(loaded, labels, "format", seed, resamples)
+    plot_ablation_format(points, formats, out_dir / "ablation_format.png", cis)
+    cols = sorted({c for p in points.values() for c in p if c != "average"}) + ["average"]
+    return ["## Ablation: instruction format", "",
+            "Models trained on the same clusters with instructions, with the inputs alone "
+            "(`no_template`) or with the dataset's name; all evaluated zero-shot with instructions.", "",
+            "![format ablation](ablation_format.png)", "",
+            _table(["format", *cols, "average: 95% interval"],
+                   [[f, *(f"{points[f].get(c, float('nan')):.1f}" for c in cols), _interval(cis.get(f))]
+                    for f in formats if f in points]), ""]
+
+
+def mixtures_section(catalog: str | Path, out_dir: Path) -> list[str]:
+    """Each mixture's examples per cluster, from the catalog, as a figure and a table."""
+    rows = composition(catalog)
+    plot_composition(rows, out_dir / "mixture_composition.png")
+    return ["## Mixtures", "", "![mixture composition](mixture_composition.png)", "",
+            _table(["mixture", "cluster", "examples"], [[m, c, str(n)] for m, c, n in rows]), ""]

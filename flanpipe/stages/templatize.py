@@ -434,7 +434,7 @@ def _few_shot_pool(spec: DatasetSpec, bank: DatasetTemplates, path: Path, dups: 
                    cfg: TemplatizeSlice, contaminated: str | Path | None = None) -> FewShotPool:
     """The exemplar pool of few-shot train rows: every row of the train split (the dataset's pool
     file) but those in ``contaminated`` (decontamination matches), keyed as the rows asking are.
-    Held whole in memory (at most ``dedup.pool_factor x`` the cap rows)."""
+    Held whole in memory (at most ``dedupe.pool_factor x`` the cap rows)."""
     train = read_table(path)
     if contaminated is not None:
         matched = read_table(contaminated, columns=["row_index"]).column("row_index")

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flanpipe.core.config import TokenizerConfig
+from flanpipe.core.config import TokenizerSource
 from flanpipe.core.io import (
     atomic_path,
     code_version,
@@ -71,7 +71,7 @@ def _shard_lines(path: Path) -> pa.Array:
     return lines.filter(pc.greater(pc.utf8_length(lines), 0))
 
 
-def build_tokenizer(cfg: TokenizerConfig, out_model: str | Path, seed: int, mixture_shard_dir: str | Path
+def build_tokenizer(cfg: TokenizerSource, out_model: str | Path, seed: int, mixture_shard_dir: str | Path
                     | None = None, mixture: str | None = None, threads: int = 1) -> dict:
     """Train (``cfg.source`` ``'train'`` or ``'auto'``, on the mixture in ``mixture_shard_dir``) or
     copy (``'file'``, a ``.model`` file) the SentencePiece model to ``out_model``, with

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import os
@@ -85,9 +86,10 @@ from flanpipe.core.train.trackers import Trackers
 
 # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
 # records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters; 6: hf/README.md
-# (the model card), run.json's nonfinite_steps_skipped, trackers.json with mlflow or wandb
-STAGE_VERSION = "6"
-BATCH_FIELDS = {  # the model's int64 inputs per packed layout (the wrappers' forward arguments)
+# (the model card), run.json's nonfinite_steps_skipped, trackers.json with mlflow or wandb; 7: flanpipe.json
+# names the format `format` (was `layout`)
+STAGE_VERSION = "7"
+BATCH_FIELDS = {  # the model's int64 inputs per model kind (the wrappers' forward arguments)
     "decoder_only": ("tokens", "segment_ids", "positions", "loss_mask"),
     "encoder_decoder": ("inputs", "inputs_segment_ids", "inputs_positions", "targets", "targets_segment_ids",
                         "targets_positions", "loss_mask"),
@@ -176,9 +178,9 @@ def _device(dist: DistEnv) -> torch.device:
 def to_batch(rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
     """Packed rows (:meth:`PackedShards.take`, segment ids, positions and loss masks rebuilt) as the
     model's int64 inputs on ``device``, named as the wrapper's ``forward`` arguments."""
-    layout = "decoder_only" if "tokens" in rows.dtype.names else "encoder_decoder"
+    model_kind = "decoder_only" if "tokens" in rows.dtype.names else "encoder_decoder"
     return {name: torch.from_numpy(np.ascontiguousarray(rows[name]).astype(np.int64)).to(device)
-            for name in BATCH_FIELDS[layout]}
+            for name in BATCH_FIELDS[model_kind]}
 
 
 def target_count(batch: dict[str, torch.Tensor]) -> int:
@@ -195,20 +197,20 @@ def target_count(batch: dict[str, torch.Tensor]) -> int:
 
 
 def row_width(data: PackedShards) -> int:
-    """Token slots of one packed row: ``Li + Lt`` in either layout."""
+    """Token slots of one packed row: ``Li + Lt`` for either model kind."""
     return sum(data.stored_dtype[name].shape[0] for name in data.stored_dtype.names)
 
 
-def packed_model(model: torch.nn.Module, layout: str, packed_dir: str | Path) -> torch.nn.Module:
-    """The training wrapper of ``model`` for rows of ``layout``; a model that does not match the
-    layout is refused, naming both keys."""
+def packed_model(model: torch.nn.Module, model_kind: str, packed_dir: str | Path) -> torch.nn.Module:
+    """The training wrapper of ``model`` for rows packed for ``model_kind``; a model of another kind
+    is refused, naming both keys."""
     seq2seq = is_encoder_decoder(model.config)
-    if seq2seq != (layout == "encoder_decoder"):
+    if seq2seq != (model_kind == "encoder_decoder"):
         kind, wanted = ("an encoder-decoder", "encoder_decoder") if seq2seq else ("a decoder-only model",
                                                                                    "decoder_only")
-        raise ValueError(f"{packed_dir}: tokenize.layout {layout!r}, but train.model "
-                         f"({model.config.model_type}) is {kind}; allowed: tokenize.layout {wanted}")
-    return PackedSeq2SeqLM(model) if layout == "encoder_decoder" else PackedCausalLM(model)
+        raise ValueError(f"{packed_dir}: tokenize.model_kind {model_kind!r}, but train.model "
+                         f"({model.config.model_type}) is {kind}; allowed: tokenize.model_kind {wanted}")
+    return PackedSeq2SeqLM(model) if model_kind == "encoder_decoder" else PackedCausalLM(model)
 
 
 @dataclass(frozen=True)
@@ -245,9 +247,122 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
         return _train(mixture, packed_dir, tokenizer, out_dir, cfg)
 
 
+@dataclass(frozen=True)
+class Setup:
+    """What a run is set up with before the model exists: the ranks, the device, the packed rows,
+    the batch plan and the precision, attention and DeepSpeed config they choose."""
+
+    dist: DistEnv
+    device: torch.device
+    on_gpu: bool
+    nodes: list
+    out_dir: Path
+    data: PackedShards
+    verify_s: float
+    plan: BatchPlan
+    bf16: bool
+    attention: str
+    ds_cfg: dict
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.rank == 0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """The model (LoRA: ``peft_model`` wraps it), its parameter counts, and the DeepSpeed engine that
+    trains its packed wrapper with the optimizer and the learning-rate schedule."""
+
+    model: torch.nn.Module
+    peft_model: torch.nn.Module | None
+    parameters: int
+    trainable: int
+    engine: object  # deepspeed.DeepSpeedEngine
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    partitions: object  # attach_zero_layout's record of the ZeRO partitions
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One optimizer step: the mean target-token loss over all ranks, the targets it counts, the
+    learning rate the step used and the gradient norm (None where DeepSpeed had no need of it)."""
+
+    loss: float
+    total_targets: float
+    lr: float
+    grad_norm: float | None
+
+
 def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, out_dir: str | Path,
            cfg: TrainSlice) -> dict:
+    """The run, top to bottom: set up, build the engine, resume, step (reading the next step's rows
+    while this one computes), checkpoint, then the exported model and the manifest."""
     tcfg = cfg.train
+    setup = setup_run(packed_dir, out_dir, tcfg)
+    trainer = build_engine(setup, cfg)
+    start, skipped = resume(trainer.engine, setup.ckpt_dir)  # skipped: steps of non-finite loss skipped
+    if setup.is_main:
+        _log_start(mixture, setup, trainer, tcfg)
+    metrics = (Trackers(setup.out_dir, start, tcfg, mixture, cfg.model_dump(mode="json"))
+               if setup.is_main else None)
+    fail_at = int(os.environ.get(FAIL_AT_STEP, 0))
+    t0 = time.perf_counter()
+    tokens_seen = 0
+    rank = setup.dist.rank
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flanpipe-prefetch")
+    read = functools.partial(load_step, setup.data, setup.plan, seed=cfg.seed, rank=rank, device=setup.device)
+    next_batches = loader.submit(read, start)
+    for step in range(start, tcfg.steps):
+        if fail_at and step + 1 == fail_at and setup.is_main:
+            os._exit(17)
+        t_step = time.perf_counter()
+        if trainer.peft_model is not None and tcfg.adapter.dropout > 0:  # LoRA: the same masks on resume
+            torch.manual_seed(derive_seed(cfg.seed, f"train/dropout/step{step}/rank{rank}"))
+        current = next_batches.result()
+        if step + 1 < tcfg.steps:  # read the next step's rows while this one computes
+            next_batches = loader.submit(read, step + 1)
+        guard = _Guard(step + 1, packed_dir, setup.plan, cfg.seed, skipped, tcfg.max_nonfinite_steps)
+        result = train_step(trainer, current, setup, guard)
+        if result is None:  # a non-finite loss, skipped (train.max_nonfinite_steps)
+            if setup.is_main:
+                refresh_lock(setup.out_dir / LOCK_NAME)
+            continue
+        tokens_seen += setup.plan.tokens_per_step
+        done = step + 1
+        if setup.is_main and (done % tcfg.log_every == 0 or done == tcfg.steps):
+            metrics.write(_metrics_row(done, result, setup.plan, t_step, t0))
+        if setup.is_main:
+            refresh_lock(setup.out_dir / LOCK_NAME)
+        if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
+            save_step(trainer.engine, setup, done, tcfg.keep_checkpoints, skipped)
+    loader.shutdown()
+    elapsed = time.perf_counter() - t0
+    manifest = run_manifest(mixture, packed_dir, cfg, setup, trainer, start, skipped,
+                            tokens_seen / elapsed if elapsed > 0 else None)
+    if tokenizer is not None:  # (benchmarks on synthetic rows have no tokenizer to export)
+        export_model(trainer, tokenizer, mixture, setup, tcfg)
+    if setup.is_main:
+        plot_loss(setup.out_dir / "metrics.csv", setup.out_dir / "loss.png", mixture)
+        write_json_atomic(setup.out_dir / "run.json", manifest)
+        if tokenizer is not None:
+            write_card(setup.out_dir)  # hf/README.md, from run.json and the mixture's manifest
+        metrics.close([setup.out_dir / "run.json", setup.out_dir / "loss.png"])
+    torch.distributed.barrier()
+    return manifest
+
+
+def setup_run(packed_dir: str | Path, out_dir: str | Path, tcfg: TrainConfig) -> Setup:
+    """The process group (DeepSpeed's, on gloo for CPU or nccl for GPU), the device, the verified
+    packed rows and the batch plan, precision, attention and DeepSpeed config they choose."""
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     dist = dist_env()
     dist.export()
@@ -261,161 +376,169 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     device = _device(dist)
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
     nodes = rank_nodes(dist)  # where each rank runs (every rank takes part)
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    is_main = dist.rank == 0
 
     verify_s = verify_shards(packed_dir)  # every rank: a mismatch stops each before the first step
     log.info("%s: packed shards match the pack manifest (%.2f s to check)", packed_dir, verify_s)
     data = PackedShards(packed_dir)
-    row_tokens = row_width(data)
-    plan = BatchPlan.from_tokens(tcfg.tokens_per_batch, row_tokens, tcfg.micro_batch_rows, dist.world_size)
+    plan = BatchPlan.from_tokens(tcfg.tokens_per_batch, row_width(data), tcfg.micro_batch_rows,
+                                 dist.world_size)
     bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_gpu)
     # (encoder-decoders: sdpa masks everywhere; their FlexAttention path is untested here)
-    flex = on_gpu and data.layout == "decoder_only"
+    flex = on_gpu and data.model_kind == "decoder_only"
     attention = tcfg.attention if tcfg.attention != "auto" else ("flex" if flex else "sdpa")
-    ds_cfg = deepspeed_config(tcfg, plan, bf16)
+    return Setup(dist, device, on_gpu, nodes, Path(out_dir), data, verify_s, plan, bf16, attention,
+                 deepspeed_config(tcfg, plan, bf16))
 
+
+def build_engine(setup: Setup, cfg: TrainSlice) -> Trainer:
+    """The model (the same initial weights on every rank; LoRA: the base frozen, adapters added),
+    the optimizer over the weights that train, and the DeepSpeed engine around the packed wrapper."""
+    import deepspeed
+
+    tcfg = cfg.train
     torch.manual_seed(derive_seed(cfg.seed, "train/init"))  # the same initial weights on every rank
-    tokenizer_info = data.manifest["tokenizer"]
-    model = build_model(tcfg.model, tokenizer_info["vocab_size"], row_tokens,
-                        special_ids=tokenizer_info["special_ids"],
-                        dtype=torch.bfloat16 if bf16 else torch.float32, attention=ATTENTION[attention],
-                        zero3=ds_cfg if tcfg.zero_stage == 3 else None)
-    adapter = tcfg.adapter
+    tokenizer_info = setup.data.manifest["tokenizer"]
+    model = build_model(tcfg.model, tokenizer_info["vocab_size"], setup.plan.row_tokens,
+                        special_ids=tokenizer_info["special_ids"], dtype=setup.dtype,
+                        attention=ATTENTION[setup.attention],
+                        zero3=setup.ds_cfg if tcfg.zero_stage == 3 else None)
     peft_model = None
-    if adapter.kind == "lora":  # the base frozen (partitioned already under ZeRO-3), LoRA layers added
-        peft_model = add_lora(model, adapter, derive_seed(cfg.seed, "train/adapter"), adapter_base_path(tcfg))
+    if tcfg.adapter.kind == "lora":  # the base frozen (partitioned already under ZeRO-3), LoRA layers added
+        peft_model = add_lora(model, tcfg.adapter, derive_seed(cfg.seed, "train/adapter"),
+                              adapter_base_path(tcfg))
     model.train()
     parameters = parameter_count(model)
     trainable = trainable_count(model)
-    torch.manual_seed(derive_seed(cfg.seed, f"train/rank{dist.rank}"))
+    torch.manual_seed(derive_seed(cfg.seed, f"train/rank{setup.dist.rank}"))
     # only the weights that train reach the optimizer (LoRA: the adapters; else every weight)
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(tcfg.optimizer, trained, tcfg.lr, tcfg.weight_decay, tcfg.adam_betas,
                                 tcfg.adafactor_decay_rate, tcfg.adafactor_clip_threshold,
                                 tcfg.adafactor_beta1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, constant_with_warmup(tcfg.warmup_steps))
-    wrapped = packed_model(model, data.layout, packed_dir)
+    wrapped = packed_model(model, setup.data.model_kind, setup.data.directory)
     engine, _, _, _ = deepspeed.initialize(model=wrapped, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=ds_cfg)
+                                           config=setup.ds_cfg)
     partitions = attach_zero_layout(engine.optimizer)  # Adafactor: which tensor each flat element is
+    return Trainer(model, peft_model, parameters, trainable, engine, schedule, partitions)
 
-    start = 0
-    skipped: list[int] = []  # steps of non-finite loss skipped (train.max_nonfinite_steps)
-    resume = completed_checkpoint(ckpt_dir)  # never a save that was killed half way
-    if resume is not None:
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume[0])
-        start = int(client["step"])
-        skipped = list(client.get("nonfinite_steps", []))
-        log.info("resuming from %s at step %d", ckpt_dir / resume[0], start)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / "ds_config.json", ds_cfg)
-        log.info("%s: %s parameters (%s train), %d ranks x %d rows x %d accumulation = %d rows (%d tokens) "
-                 "per step, %s, %s attention, ZeRO-%d", mixture, f"{parameters:,}", f"{trainable:,}",
-                 dist.world_size, plan.micro_batch_rows, plan.accumulation, plan.rows_per_step,
-                 plan.tokens_per_step, "bf16" if bf16 else "fp32", attention, tcfg.zero_stage)
-    metrics = Trackers(out_dir, start, tcfg, mixture, cfg.model_dump(mode="json")) if is_main else None
-    fail_at = int(os.environ.get(FAIL_AT_STEP, 0))
-    t0 = time.perf_counter()
-    tokens_seen = 0
-    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flanpipe-prefetch")
-    next_batches = loader.submit(load_step, data, plan, start, cfg.seed, dist.rank, device)
-    for step in range(start, tcfg.steps):
-        if fail_at and step + 1 == fail_at and is_main:
-            os._exit(17)
-        t_step = time.perf_counter()
-        if peft_model is not None and adapter.dropout > 0:  # LoRA dropout: the same masks after a resume
-            torch.manual_seed(derive_seed(cfg.seed, f"train/dropout/step{step}/rank{dist.rank}"))
-        current = next_batches.result()
-        if step + 1 < tcfg.steps:  # read the next step's rows while this one computes
-            next_batches = loader.submit(load_step, data, plan, step + 1, cfg.seed, dist.rank, device)
-        # the loss is a mean over every target token of the step, on all ranks; DeepSpeed divides
-        # the gradient by ranks x accumulation (its average), which the scale puts back
-        total_targets = _all_reduce(torch.tensor(float(current.local_targets), device=device))
-        scale = dist.world_size * plan.accumulation / max(total_targets, 1.0)
-        loss_total = torch.zeros((), device=device)
-        lr = schedule.get_last_lr()[0]
-        guard = _Guard(step + 1, packed_dir, plan, cfg.seed, skipped, tcfg.max_nonfinite_steps)
-        if tcfg.max_nonfinite_steps and guard.skip_step(engine, current, total_targets):
-            if is_main:
-                refresh_lock(out_dir / LOCK_NAME)
-            continue
-        for m, batch in enumerate(current.batches):
-            nll = engine(**batch)
-            summed = nll.sum()
-            engine.backward(summed * scale)
-            loss_total += summed.detach().float()
-            if m == len(current.batches) - 1:  # the update is the last micro-batch's step: not on a bad loss
-                loss = _all_reduce(loss_total) / max(total_targets, 1.0)
-                guard.check(loss, None)
-            engine.step()
-        grad_norm = engine.get_global_grad_norm()  # None where DeepSpeed had no need of it
-        guard.check(None, grad_norm)  # (after the update: before any checkpoint of it)
-        tokens_seen += plan.tokens_per_step
-        done = step + 1
-        if is_main and (done % tcfg.log_every == 0 or done == tcfg.steps):
-            elapsed = time.perf_counter() - t0
-            metrics.write({"step": done, "loss": loss, "lr": lr,
-                           "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
-                           "target_tokens": int(total_targets), "tokens": plan.tokens_per_step,
-                           "tokens_per_s": plan.tokens_per_step / (time.perf_counter() - t_step),
-                           "elapsed_s": elapsed})
-        if is_main:
-            refresh_lock(out_dir / LOCK_NAME)
-        if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
-            tag = f"step{done:07d}"
-            state = {"step": done, "nonfinite_steps": skipped}
-            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=state)
-            torch.distributed.barrier()  # every rank's part is written
-            if is_main:
-                mark_complete(ckpt_dir, tag, done)
-                _prune_checkpoints(ckpt_dir, tcfg.keep_checkpoints)
-    loader.shutdown()
+
+def resume(engine, ckpt_dir: Path) -> tuple[int, list[int]]:
+    """The step to start at and the steps of non-finite loss skipped so far: the latest completed
+    checkpoint's, loaded into ``engine`` (never a save that was killed half way), or (0, [])."""
+    found = completed_checkpoint(ckpt_dir)
+    if found is None:
+        return 0, []
+    _, client = engine.load_checkpoint(str(ckpt_dir), tag=found[0])
+    start = int(client["step"])
+    log.info("resuming from %s at step %d", ckpt_dir / found[0], start)
+    return start, list(client.get("nonfinite_steps", []))
+
+
+def train_step(trainer: Trainer, current: StepBatches, setup: Setup, guard: _Guard) -> StepResult | None:
+    """One optimizer step over this rank's micro-batches: forward, backward at the step's scale,
+    DeepSpeed's step (which applies the update after the last micro-batch); ``guard`` stops on a
+    non-finite loss or gradient norm before the update, or (``train.max_nonfinite_steps``) skips
+    the step: None."""
+    # the loss is a mean over every target token of the step, on all ranks; DeepSpeed divides
+    # the gradient by ranks x accumulation (its average), which the scale puts back
+    total_targets = _all_reduce(torch.tensor(float(current.local_targets), device=setup.device))
+    scale = setup.dist.world_size * setup.plan.accumulation / max(total_targets, 1.0)
+    loss_total = torch.zeros((), device=setup.device)
+    lr = trainer.schedule.get_last_lr()[0]
+    if guard.allowed and guard.skip_step(trainer.engine, current, total_targets):
+        return None
+    for m, batch in enumerate(current.batches):
+        nll = trainer.engine(**batch)
+        summed = nll.sum()
+        trainer.engine.backward(summed * scale)
+        loss_total += summed.detach().float()
+        if m == len(current.batches) - 1:  # the update is the last micro-batch's step: not on a bad loss
+            loss = _all_reduce(loss_total) / max(total_targets, 1.0)
+            guard.check(loss, None)
+        trainer.engine.step()
+    grad_norm = trainer.engine.get_global_grad_norm()  # None where DeepSpeed had no need of it
+    guard.check(None, grad_norm)  # (after the update: before any checkpoint of it)
+    return StepResult(loss, total_targets, lr, grad_norm)
+
+
+def save_step(engine, setup: Setup, done: int, keep: int, skipped: list[int]) -> None:
+    """A DeepSpeed checkpoint after step ``done`` (with the steps skipped so far), marked complete
+    once every rank's part is written; only the latest ``keep`` are kept."""
+    tag = f"step{done:07d}"
+    state = {"step": done, "nonfinite_steps": skipped}
+    engine.save_checkpoint(str(setup.ckpt_dir), tag=tag, client_state=state)
+    torch.distributed.barrier()  # every rank's part is written
+    if setup.is_main:
+        mark_complete(setup.ckpt_dir, tag, done)
+        _prune_checkpoints(setup.ckpt_dir, keep)
+
+
+def _log_start(mixture: str, setup: Setup, trainer: Trainer, tcfg: TrainConfig) -> None:
+    setup.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(setup.out_dir / "ds_config.json", setup.ds_cfg)
+    plan = setup.plan
+    log.info("%s: %s parameters (%s train), %d ranks x %d rows x %d accumulation = %d rows (%d tokens) "
+             "per step, %s, %s attention, ZeRO-%d", mixture, f"{trainer.parameters:,}",
+             f"{trainer.trainable:,}", setup.dist.world_size, plan.micro_batch_rows, plan.accumulation,
+             plan.rows_per_step, plan.tokens_per_step, "bf16" if setup.bf16 else "fp32", setup.attention,
+             tcfg.zero_stage)
+
+
+def _metrics_row(done: int, result: StepResult, plan: BatchPlan, t_step: float, t0: float) -> dict:
     elapsed = time.perf_counter() - t0
-    manifest = {
+    grad_norm = result.grad_norm
+    return {"step": done, "loss": result.loss, "lr": result.lr,
+            "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+            "target_tokens": int(result.total_targets), "tokens": plan.tokens_per_step,
+            "tokens_per_s": plan.tokens_per_step / (time.perf_counter() - t_step),
+            "elapsed_s": elapsed}
+
+
+def run_manifest(mixture: str, packed_dir: str | Path, cfg: TrainSlice, setup: Setup, trainer: Trainer,
+                 start: int, skipped: list[int], tokens_per_s: float | None) -> dict:
+    """``run.json``: what was trained, on what, how (the DeepSpeed config included) and how fast."""
+    tcfg, plan, optimizer = cfg.train, setup.plan, trainer.engine.optimizer
+    return {
         "stage": "train", "stage_version": STAGE_VERSION, "mixture": mixture, "seed": cfg.seed,
-        "model": model.config.to_dict(), "parameters": parameters, "trainable_parameters": trainable,
-        "adapter": adapter.model_dump(mode="json"), "world_size": dist.world_size,
-        "nodes": nodes,
-        "launcher": dist.launcher, "device": "cuda" if on_gpu else "cpu",
-        "precision": "bf16" if bf16 else "fp32", "attention": attention,
+        "model": trainer.model.config.to_dict(), "parameters": trainer.parameters,
+        "trainable_parameters": trainer.trainable,
+        "adapter": tcfg.adapter.model_dump(mode="json"), "world_size": setup.dist.world_size,
+        "nodes": setup.nodes,
+        "launcher": setup.dist.launcher, "device": "cuda" if setup.on_gpu else "cpu",
+        "precision": "bf16" if setup.bf16 else "fp32", "attention": setup.attention,
         "batch": {"rows_per_step": plan.rows_per_step, "tokens_per_step": plan.tokens_per_step,
                   "micro_batch_rows": plan.micro_batch_rows, "accumulation": plan.accumulation},
         "steps": tcfg.steps, "resumed_from_step": start, "nonfinite_steps_skipped": skipped,
-        "deepspeed": ds_cfg,
-        "optimizer": tcfg.optimizer, "optimizer_partitions": partitions,
-        "optimized_parameters": optimized_parameters(engine.optimizer),
-        "optimizer_state_bytes_rank0": optimizer_state_bytes(engine.optimizer),
-        "adamw_state_bytes_rank0": adam_state_bytes(engine.optimizer),
-        "peak_memory_bytes_rank0": torch.cuda.max_memory_allocated(device) if on_gpu else None,
-        "tokens_per_s_this_run": tokens_seen / elapsed if elapsed > 0 else None,
-        "packed": {"path": str(packed_dir), "rows": len(data), "verified_s": verify_s,
+        "deepspeed": setup.ds_cfg,
+        "optimizer": tcfg.optimizer, "optimizer_partitions": trainer.partitions,
+        "optimized_parameters": optimized_parameters(optimizer),
+        "optimizer_state_bytes_rank0": optimizer_state_bytes(optimizer),
+        "adamw_state_bytes_rank0": adam_state_bytes(optimizer),
+        "peak_memory_bytes_rank0": torch.cuda.max_memory_allocated(setup.device) if setup.on_gpu else None,
+        "tokens_per_s_this_run": tokens_per_s,
+        "packed": {"path": str(packed_dir), "rows": len(setup.data), "verified_s": setup.verify_s,
                    "manifest_sha256": sha256_file(Path(packed_dir) / "manifest.json")},
         "config": {"train": tcfg.model_dump(mode="json")}, "code": code_version("train", STAGE_VERSION),
         "created_at": utc_now(),
     }
-    if tokenizer is not None:  # (benchmarks on synthetic rows have no tokenizer to export)
-        dtype = torch.bfloat16 if bf16 else torch.float32
-        record = {**trained_format(data.manifest), "mixture": mixture, "steps": tcfg.steps,
-                  "stage_version": STAGE_VERSION}
-        save_checkpoint(model, tokenizer, out_dir / "hf", dtype=dtype, record=record)  # LoRA: merged
-        if peft_model is not None:
-            save_adapter(peft_model, tokenizer, out_dir / "adapter", record=record | {"adapter": "lora"})
-            if tcfg.model.source == "config":  # a new model's frozen base goes with its adapter
-                save_checkpoint(model, tokenizer, out_dir / "adapter" / "base", dtype=dtype,
-                                merge_adapter=False)
-        elif is_main and (out_dir / "adapter").exists():  # an earlier LoRA run's adapter is not this model's
-            shutil.rmtree(out_dir / "adapter")
-    if is_main:
-        plot_loss(out_dir / "metrics.csv", out_dir / "loss.png", mixture)
-        write_json_atomic(out_dir / "run.json", manifest)
-        if tokenizer is not None:
-            write_card(out_dir)  # hf/README.md, from run.json and the mixture's manifest
-        metrics.close([out_dir / "run.json", out_dir / "loss.png"])
-    torch.distributed.barrier()
-    return manifest
+
+
+def export_model(trainer: Trainer, tokenizer: str | Path, mixture: str, setup: Setup,
+                 tcfg: TrainConfig) -> None:
+    """``hf/``, the trained model as ``transformers`` loads it (LoRA: merged), and with LoRA
+    ``adapter/`` as ``peft`` saves it (a new model's frozen base in ``adapter/base``)."""
+    out_dir = setup.out_dir
+    record = {**trained_format(setup.data.manifest), "mixture": mixture, "steps": tcfg.steps,
+              "stage_version": STAGE_VERSION}
+    save_checkpoint(trainer.model, tokenizer, out_dir / "hf", dtype=setup.dtype, record=record)  # (merged)
+    if trainer.peft_model is not None:
+        save_adapter(trainer.peft_model, tokenizer, out_dir / "adapter", record=record | {"adapter": "lora"})
+        if tcfg.model.source == "config":  # a new model's frozen base goes with its adapter
+            save_checkpoint(trainer.model, tokenizer, out_dir / "adapter" / "base", dtype=setup.dtype,
+                            merge_adapter=False)
+    elif setup.is_main and (out_dir / "adapter").exists():  # an earlier LoRA run's adapter is not this one's
+        shutil.rmtree(out_dir / "adapter")
 
 
 def adapter_base_path(tcfg: TrainConfig) -> str:
@@ -480,14 +603,14 @@ def _prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
 
 def trained_format(manifest: dict) -> dict:
     """The model folder's record of the format its rows were packed in (pack's manifest; shards
-    packed before ``tokenize.format`` existed are ``eos``): ``{"layout": ..., "separator": ...}``.
+    packed before ``tokenize.format`` existed are ``eos``): ``{"format": ..., "separator": ...}``.
 
     >>> trained_format({"format": "text", "separator": {"text": "\\n", "ids": [198]}})
-    {'layout': 'text', 'separator': '\\n'}
+    {'format': 'text', 'separator': '\\n'}
     """
     fmt = manifest.get("format", "eos")
     separator = (manifest.get("separator") or {}).get("text") if fmt == "text" else None
-    return {"layout": fmt, "separator": separator}
+    return {"format": fmt, "separator": separator}
 
 
 def plot_loss(metrics_csv: Path, out_png: Path, title: str) -> None:

@@ -103,7 +103,7 @@ def test_each_pool_follows_its_own_groups_cap(workdir, plan):
         group = plan.cfg.mix.groups()[plan.cfg.mix.submixture_of(name)]
         raw_rows = pq.read_metadata(workdir / f"data/raw/{name}/train.parquet").num_rows
         pool_rows = pq.read_metadata(workdir / f"data/pool/{name}.parquet").num_rows
-        assert pool_rows == min(raw_rows, math.ceil(plan.cfg.dedup.pool_factor * group.cap)), name
+        assert pool_rows == min(raw_rows, math.ceil(plan.cfg.dedupe.pool_factor * group.cap)), name
 
 
 def test_niv2_tasks_mmlu_skipped_and_heldout_sources_removed(workdir):

@@ -71,15 +71,15 @@ def test_every_evaluation_exists_and_adds_up(workdir):
                         "without_options/per_char", "with_options/pmi", "without_options/pmi"):
             assert variant in r["variants"]
         assert r["shots"] == (CFG.templatize.few_shot.k if r["few_shot"] else 0)
-        # the base is scored as lm-eval scores a pretrained model, a tuned model in its training layout,
-        # and each in the other layout too
-        assert r["layout"] == ("continuation" if r["model"] == "base" else "eos")
-        assert set(r["by_layout"]) == {"eos", "continuation"}
-        assert r["by_layout"][r["layout"]]["headline"] == h
-        for name, block in r["by_layout"].items():
-            # each template's per-example scores average to its headline score in that layout
+        # the base is scored as lm-eval scores a pretrained model, a tuned model in its training format,
+        # and each in the other format too
+        assert r["format"] == ("continuation" if r["model"] == "base" else "eos")
+        assert set(r["by_format"]) == {"eos", "continuation"}
+        assert r["by_format"][r["format"]]["headline"] == h
+        for name, block in r["by_format"].items():
+            # each template's per-example scores average to its headline score in that format
             per_template = [np.mean(s) for s in block["example_scores"]]
-            if name == r["layout"]:
+            if name == r["format"]:
                 assert per_template == pytest.approx(values, abs=1e-4)
             assert block["headline"]["mean"] == pytest.approx(np.mean(per_template), abs=1e-4)
             ci = block["headline"]["interval"]
@@ -214,7 +214,7 @@ def test_report_has_every_figure_and_dataset(workdir):
         assert f"({png})" in text
     for d in PLAN.datasets_in(CFG.heldout_clusters):
         assert f"| {d} |" in text
-    # tuned against base on the same rows, with the paired interval, in own layouts and both in eos
+    # tuned against base on the same rows, with the paired interval, in own formats and both in eos
     paired = text.split("## Tuned against base, paired")[1].split("\n## ")[0]
     for d in PLAN.datasets_in(CFG.heldout_clusters):
         line = next(x for x in paired.splitlines() if f"| {d} | zero-shot |" in x)
@@ -255,7 +255,7 @@ def test_the_demo_models_card_loads_and_carries_the_held_out_table(workdir, tmp_
 
 def test_evaluate_cli_on_a_pretrained_bpe_checkpoint(tmp_path, smollm2_dir):
     """`flanpipe evaluate` on SmolLM2-135M-Instruct (Llama architecture, BPE tokenizer.json, no
-    tokenizer.model) and ARC-Easy: every template is scored, in the continuation layout (flanpipe
+    tokenizer.model) and ARC-Easy: every template is scored, in the continuation format (flanpipe
     did not train it), and template 0's choices equal `transformers`' own tokenizer and model, one
     plain forward pass per option."""
     from transformers import AutoTokenizer
@@ -272,7 +272,7 @@ def test_evaluate_cli_on_a_pretrained_bpe_checkpoint(tmp_path, smollm2_dir):
     r = json.loads(out.read_text())
     bank = load_bank()["arc_easy"]
     assert r["method"] == "rank_classification" and r["examples"] == 2
-    assert (r["layout"], r["layout_from"]) == ("continuation", "untrained")  # flanpipe did not train it
+    assert (r["format"], r["format_from"]) == ("continuation", "untrained")  # flanpipe did not train it
     assert [t["template_id"] for t in r["templates"]] == [t.id for t in bank.eval_templates]
 
     cfg = load_config(config)
@@ -284,7 +284,7 @@ def test_evaluate_cli_on_a_pretrained_bpe_checkpoint(tmp_path, smollm2_dir):
     rendered = render_template(bank, bank.eval_templates[0], table, cfg.templatize.options)
     chosen = []
     for prompt, options in zip(rendered.inputs.to_pylist(), rendered.options.to_pylist(), strict=True):
-        # the continuation layout, by hand: the option's tokens are those the joined text adds; no EOS
+        # the continuation format, by hand: the option's tokens are those the joined text adds; no EOS
         p = tok.encode(prompt, add_special_tokens=False)
         assert eos not in p
         scores = []

@@ -170,20 +170,20 @@ def test_a_scaled_down_experiment_runs_end_to_end_on_embedded_data(tmp_path, smo
         "commonsense", "format_no_template"]
     for model in ("commonsense",):
         record = json.loads((run / f"models/{model}/hf/flanpipe.json").read_text())
-        assert record["layout"] == "chat"
+        assert record["format"] == "chat"
         assert json.loads((run / f"models/{model}/run.json").read_text())["world_size"] == 1
     for heldout, dataset in (("commonsense", "copa"),):
         tuned = json.loads((run / f"results/eval/{heldout}/{dataset}.json").read_text())
         base = json.loads((run / f"results/eval/base/{dataset}.json").read_text())
-        assert (tuned["layout"], tuned["layout_from"]) == ("chat", "trained")
-        assert (base["layout"], base["layout_from"]) == ("continuation", "untrained")
+        assert (tuned["format"], tuned["format_from"]) == ("chat", "trained")
+        assert (base["format"], base["format_from"]) == ("continuation", "untrained")
         for r in (tuned, base):
-            assert set(r["by_layout"]) == {"chat", "continuation"} and r["examples"] == 6
+            assert set(r["by_format"]) == {"chat", "continuation"} and r["examples"] == 6
             assert len(r["templates"]) == 1 and r["headline"]["interval"] is not None
     assert not (run / "results/ablations/format/instructions").exists()
     assert {p.name for p in (run / "results/ablations/format").iterdir()} == {"no_template"}
     report = (run / "results/report/index.md").read_text()
-    assert "## Tuned against base, paired" in report and "tuned - base, tuned's layout" in report
+    assert "## Tuned against base, paired" in report and "tuned - base, tuned's format" in report
     table = report[report.index("## Ablation: instruction format"):]
     for point in ("instructions", "no_template"):
         assert re.search(rf"^\| {point} \| [\d.]+ \| [\d.]+ \| \[[\d.]+, [\d.]+\] \|$", table, re.M), point

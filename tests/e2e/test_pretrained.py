@@ -111,7 +111,7 @@ def test_packed_examples_are_the_checkpoints_own_token_ids(run, smollm2_dir):
         tokens = row["tokens"][row["segment_ids"] == entry["segment"]].tolist()
         assert tokens == [*inputs, newline, *targets, 2], example["example_id"]
     record = json.loads((run / "models/nli/hf/flanpipe.json").read_text())
-    assert record["layout"] == "text" and record["separator"] == "\n"
+    assert record["format"] == "text" and record["separator"] == "\n"
 
 
 def test_the_exported_folder_loads_and_encodes_exactly_as_the_checkpoint(run, smollm2_dir):

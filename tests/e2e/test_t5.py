@@ -1,4 +1,4 @@
-"""The whole workflow with a tiny T5 (`train.model.architecture: t5`, `tokenize.layout:
+"""The whole workflow with a tiny T5 (`train.model.architecture: t5`, `tokenize.model_kind:
 encoder_decoder`) on a small config of its own: five embedded datasets, two held-out clusters
 (classification and generation), 2 steps under DeepSpeed ZeRO-3 on 2 gloo ranks, evaluation and the
 the format ablation (one more model, `no_template`; no `all` model) and the report. The embedded
@@ -21,7 +21,7 @@ CONFIG = {
     "seed": 1234, "datasets": ["rte", "copa", "sst2", "common_gen", "cola"],
     "heldout_clusters": ["nli", "struct_to_text"], "all_model": False,
     "tokenize": {"tokenizer": {"vocab_size": 800}, "max_input_tokens": LI, "max_target_tokens": LT,
-                 "layout": "encoder_decoder"},
+                 "model_kind": "encoder_decoder"},
     "train": {"steps": 2, "tokens_per_batch": 2 * (LI + LT), "checkpoint_every": 2, "log_every": 1,
               "model": {"architecture": "t5", "hidden_size": 32, "num_layers": 2, "num_heads": 4}},
     "evaluate": {"max_examples": 4, "generation": {"max_new_tokens": 8}},
@@ -64,7 +64,7 @@ def test_a_t5_trains_on_paired_rows_and_its_first_loss_is_its_own(run):
         assert trained["model"]["model_type"] == "t5" and trained["world_size"] == 2
         assert trained["deepspeed"]["zero_optimization"]["stage"] == 3
         packed = json.loads((wd / f"data/packed/{mixture}/manifest.json").read_text())
-        assert packed["layout"] == "encoder_decoder"
+        assert packed["model_kind"] == "encoder_decoder"
         with open(wd / f"models/{mixture}/metrics.csv", newline="") as f:
             metrics = list(csv.DictReader(f))
         assert [int(m["step"]) for m in metrics] == [1, 2]
@@ -87,25 +87,25 @@ def test_the_export_loads_with_auto_classes_and_encodes_as_training_did(run):
     folder = wd / "models/nli/hf"
     model = AutoModelForSeq2SeqLM.from_pretrained(str(folder), local_files_only=True)
     assert type(model).__name__ == "T5ForConditionalGeneration"
-    assert json.loads((folder / "flanpipe.json").read_text())["layout"] == "eos"
+    assert json.loads((folder / "flanpipe.json").read_text())["format"] == "eos"
     sp = spm.SentencePieceProcessor(model_file=str(wd / "models/tokenizer/spm.model"))
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     text = "Premise: the cat sat.\nHypothesis: a cat sat.\nOPTIONS:\n- yes\n- no"
     assert tok(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
 
 
-@pytest.mark.parametrize("result, method, layout_from", [
+@pytest.mark.parametrize("result, method, format_from", [
     ("nli/rte.json", "rank_classification", "trained"),
     ("nli/rte.few_shot.json", "rank_classification", "trained"),
     ("struct_to_text/common_gen.json", "generation", "trained"),
     ("base/rte.json", "rank_classification", "encoder_decoder"),  # the untuned T5: eos all the same
     ("base/common_gen.json", "generation", "encoder_decoder"),
 ])
-def test_every_t5_is_evaluated_in_the_eos_layout_and_reported(run, result, method, layout_from):
+def test_every_t5_is_evaluated_in_the_eos_format_and_reported(run, result, method, format_from):
     wd, _ = run
     r = json.loads((wd / "results/eval" / result).read_text())
-    assert (r["method"], r["layout"], r["layout_from"]) == (method, "eos", layout_from)
-    assert list(r["by_layout"]) == ["eos"] and r["examples"] == 4
+    assert (r["method"], r["format"], r["format_from"]) == (method, "eos", format_from)
+    assert list(r["by_format"]) == ["eos"] and r["examples"] == 4
     assert "rte" in (wd / "results/report/index.md").read_text()
 
 
@@ -114,7 +114,7 @@ def test_the_format_ablation_trains_a_t5_and_the_report_shows_it(run):
     trained = json.loads((wd / "models/format_no_template/run.json").read_text())
     assert trained["model"]["model_type"] == "t5"
     r = json.loads((wd / "results/ablations/format/no_template/rte.json").read_text())
-    assert (r["method"], r["layout"], r["examples"]) == ("rank_classification", "eos", 4)
+    assert (r["method"], r["format"], r["examples"]) == ("rank_classification", "eos", 4)
     assert not (wd / "models/all").exists()
     report = (wd / "results/report/index.md").read_text()
     table = report[report.index("## Ablation: instruction format"):]
@@ -124,4 +124,4 @@ def test_the_format_ablation_trains_a_t5_and_the_report_shows_it(run):
 def test_the_demo_config_gains_no_jobs():
     """The embedded demo's dry run plans no encoder-decoder work: its config trains a Llama."""
     demo = load_config(REPO / "config/config.yaml")
-    assert demo.tokenize.layout == "decoder_only" and demo.train.model.architecture == "llama"
+    assert demo.tokenize.model_kind == "decoder_only" and demo.train.model.architecture == "llama"

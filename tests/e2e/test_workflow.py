@@ -265,11 +265,11 @@ def test_a_tokenizer_per_mixture_when_not_shared(tmp_path):
 
 
 def test_a_given_tokenizer_file_is_copied_without_any_mixture(tmp_path):
-    from flanpipe.core.config import TokenizerConfig
+    from flanpipe.core.config import TokenizerSource
     from flanpipe.core.tokens.tokenizers import train_spm
     from tests.unit.test_tokenizer import corpus
 
-    model, size = train_spm(corpus(300), TokenizerConfig(vocab_size=300), seed=1)
+    model, size = train_spm(corpus(300), TokenizerSource(vocab_size=300), seed=1)
     (tmp_path / "given.model").write_bytes(model)
     config = _config_with_tokenizer(tmp_path, source="file", path=str(tmp_path / "given.model"))
     run_snakemake(tmp_path, "models/tokenizer/manifest.json", config_file=config)

@@ -23,7 +23,7 @@ def config(pretrained: str | None = None, steps: int = STEPS):
     """The run's config: the packer's budgets, the checkpoint at ``pretrained``, LoRA, a step of 4 rows."""
     model = MODEL if pretrained is None else {"source": "pretrained", "path": pretrained}
     return parse_config({
-        "seed": 5, "tokenize": {"layout": "decoder_only", "format": "eos", "max_input_tokens": LI,
+        "seed": 5, "tokenize": {"model_kind": "decoder_only", "format": "eos", "max_input_tokens": LI,
                                 "max_target_tokens": LT, "pack_window": 64, "rows_per_shard": 7},
         "train": {"model": model, "steps": steps, "tokens_per_batch": ROWS_PER_STEP * (LI + LT),
                   "micro_batch_rows": 1, "zero_stage": 3, "optimizer": "adafactor", "lr": 1e-2,

@@ -8,9 +8,9 @@ from bench.train import LI, LT, synthetic_packed, synthetic_paired
 from flanpipe.core.tokens.shards import PackedShards, unpack_row
 
 
-def examples(folder, layout):
+def examples(folder, model_kind):
     data = PackedShards(folder)
-    assert data.layout == layout and len(data) == 16
+    assert data.model_kind == model_kind and len(data) == 16
     return [pair for row in data.take(np.arange(len(data))) for pair in unpack_row(row)]
 
 

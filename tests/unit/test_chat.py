@@ -1,7 +1,7 @@
 """The ``chat`` format (:mod:`flanpipe.core.tokens.chat`) with a real instruct checkpoint's template
 (SmolLM2-135M-Instruct): packed rows against ``transformers``' ``apply_chat_template`` on FLAN
 examples rendered from the embedded data, the loss mask against the prompt's own rendering, the
-evaluation layout, generation, and the refusals."""
+evaluation format, generation, and the refusals."""
 
 import json
 import shutil
@@ -11,7 +11,7 @@ import pytest
 
 from flanpipe.core.config import ConfigError, EvaluateSlice, PackSlice, parse_config
 from flanpipe.core.tokens.chat import ChatTemplate, ChatTemplateError, chat_template
-from flanpipe.core.tokens.formats import Layout
+from flanpipe.core.tokens.formats import Format
 from flanpipe.core.tokens.shards import PackedShards
 from flanpipe.core.tokens.tokenizers import load_tokenizer
 from flanpipe.stages.pack import tokenize_and_pack
@@ -188,14 +188,14 @@ def test_a_tokenizer_without_a_chat_template_is_refused(smollm2_dir, tmp_path):
     with pytest.raises(ChatTemplateError, match="tokenize.format: chat needs a tokenizer with a chat"):
         tokenize_and_pack("m", shards, folder, tmp_path / "p", PackSlice.of(cfg))
     with pytest.raises(ChatTemplateError, match="has none"):
-        Layout.of(load_tokenizer(folder), EvaluateSlice.of(cfg), name="chat").inputs(["x"])
+        Format.of(load_tokenizer(folder), EvaluateSlice.of(cfg), name="chat").inputs(["x"])
 
 
 @pytest.mark.parametrize(("config", "message"), [
     ({"tokenize": {"format": "chat"}}, "tokenize.format: chat renders examples through a pretrained"),
-    ({"tokenize": {"format": "chat", "layout": "encoder_decoder"},
+    ({"tokenize": {"format": "chat", "model_kind": "encoder_decoder"},
       "train": {"model": {"architecture": "t5"}}},
-     "tokenize.format: chat needs tokenize.layout: decoder_only"),
+     "tokenize.format: chat needs tokenize.model_kind: decoder_only"),
     ({"tokenize": {"format": "chat", "add_bos": True}}, "tokenize.add_bos: true with tokenize.format: chat"),
 ])
 def test_config_refuses_chat_where_it_cannot_work(config, message):
@@ -233,19 +233,19 @@ def test_a_template_that_trims_content_is_rendered_per_row_as_apply_chat_templat
         assert p.tolist() == peer_tokens(peer, u)
 
 
-def test_the_chat_layout_scores_options_as_the_assistant_turn(smollm2_dir, peer, rows):
+def test_the_chat_format_scores_options_as_the_assistant_turn(smollm2_dir, peer, rows):
     """Evaluation's prompt is ``apply_chat_template`` of the user turn with the generation prompt;
     each option is what the whole conversation with that option as the reply adds after it, its
     ``<|im_end|>\\n`` included; counts are the prompts' lengths; generation stops at ``<|im_end|>``."""
     cfg = parse_config({"train": {"model": {"source": "pretrained", "path": str(smollm2_dir)}},
                         "tokenize": {"format": "chat"}})
     tok = load_tokenizer(smollm2_dir)
-    layout = Layout.of(tok, EvaluateSlice.of(cfg), name="chat")
+    fmt = Format.of(tok, EvaluateSlice.of(cfg), name="chat")
     prompts = rows[0][:40:4]
     options = [["yes", "no", "it is not possible to tell"]] * len(prompts)
-    assert layout.inputs(prompts) == [peer_tokens(peer, p) for p in prompts]
-    assert layout.counts(prompts).tolist() == [len(peer_tokens(peer, p)) for p in prompts]
-    for prompt, opts, got in zip(prompts, options, layout.options(prompts, options), strict=True):
+    assert fmt.inputs(prompts) == [peer_tokens(peer, p) for p in prompts]
+    assert fmt.counts(prompts).tolist() == [len(peer_tokens(peer, p)) for p in prompts]
+    for prompt, opts, got in zip(prompts, options, fmt.options(prompts, options), strict=True):
         n = len(peer_tokens(peer, prompt))
         assert got == [peer_tokens(peer, prompt, o)[n:] for o in opts]
     assert chat_template(tok).stop_id == peer.convert_tokens_to_ids("<|im_end|>")
@@ -254,7 +254,7 @@ def test_the_chat_layout_scores_options_as_the_assistant_turn(smollm2_dir, peer,
 
 
 def test_generate_in_chat_equals_transformers_generate_on_the_chat_prompt(smollm2_dir, peer):
-    """``flanpipe generate --layout chat`` on SmolLM2-Instruct: the same greedy tokens as
+    """``flanpipe generate --format chat`` on SmolLM2-Instruct: the same greedy tokens as
     ``transformers``' ``generate`` on ``apply_chat_template``'s prompt, stopped at ``<|im_end|>``."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -262,7 +262,7 @@ def test_generate_in_chat_equals_transformers_generate_on_the_chat_prompt(smollm
     from flanpipe.stages.evaluate import generate_text
 
     prompt = "What is the capital of France? Answer in one word."
-    got = generate_text(smollm2_dir, [prompt], max_new_tokens=12, layout="chat")
+    got = generate_text(smollm2_dir, [prompt], max_new_tokens=12, format_name="chat")
     model = AutoModelForCausalLM.from_pretrained(str(smollm2_dir), local_files_only=True,
                                                  dtype=torch.float32).eval()
     ids = torch.tensor([peer_tokens(peer, prompt)])
@@ -273,16 +273,16 @@ def test_generate_in_chat_equals_transformers_generate_on_the_chat_prompt(smollm
 
 
 def test_a_model_trained_in_chat_is_scored_in_chat(tmp_path):
-    from flanpipe.stages.evaluate import model_layout
+    from flanpipe.stages.evaluate import model_format
 
     (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "flanpipe.json").write_text(json.dumps({"layout": "chat", "separator": None}))
-    assert model_layout(tmp_path) == ("chat", "trained", None)
+    (tmp_path / "flanpipe.json").write_text(json.dumps({"format": "chat", "separator": None}))
+    assert model_format(tmp_path) == ("chat", "trained", None)
 
 
 def test_evaluate_scores_the_instruct_base_in_chat_beside_continuation(smollm2_dir, peer, tmp_path):
     """``evaluate_dataset`` on SmolLM2-Instruct (RTE, 3 examples, one template) in a chat run: the
-    base is scored in its own ``continuation`` layout and in the run's ``chat`` beside it (the fair
+    base is scored in its own ``continuation`` format and in the run's ``chat`` beside it (the fair
     evaluation's pair). Its chat scores per example are those of argmax of ``transformers``' own
     log-likelihood of each option's assistant turn after ``apply_chat_template``'s prompt."""
     import pyarrow.parquet as pq
@@ -299,7 +299,7 @@ def test_evaluate_scores_the_instruct_base_in_chat_beside_continuation(smollm2_d
     download_dataset("rte", cfg.download.source_for("rte"), raw, cfg.seed)
     base = evaluate_dataset("rte", smollm2_dir, raw, tmp_path / "base.json", EvaluateSlice.of(cfg),
                             few_shot=False, model_name="base")
-    assert (base["layout"], list(base["by_layout"])) == ("continuation", ["continuation", "chat"])
+    assert (base["format"], list(base["by_format"])) == ("continuation", ["continuation", "chat"])
 
     model = AutoModelForCausalLM.from_pretrained(str(smollm2_dir), local_files_only=True,
                                                  dtype=torch.float32).eval()
@@ -318,7 +318,7 @@ def test_evaluate_scores_the_instruct_base_in_chat_beside_continuation(smollm2_d
             scores.append(float(logp.gather(-1, ids[0, n:, None]).sum()))
         right.append(100.0 * (np.argmax(scores) == gold))
     assert base["headline_variant"] == "with_options/sum"
-    assert base["by_layout"]["chat"]["example_scores"] == [right]
+    assert base["by_format"]["chat"]["example_scores"] == [right]
 
 
 def test_the_trainer_loss_is_transformers_loss_on_the_assistant_tokens(smollm2_dir, peer, rows, tmp_path):

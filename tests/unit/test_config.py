@@ -42,6 +42,25 @@ def test_bad_value_names_key_and_allowed(data, key, allowed):
     assert allowed in msg, msg
 
 
+@pytest.mark.parametrize("old, new, expect", [
+    ({"tokenize": {"layout": "encoder_decoder"}, "train": {"model": {"architecture": "t5"}}},
+     {"tokenize": {"model_kind": "encoder_decoder"}, "train": {"model": {"architecture": "t5"}}},
+     "tokenize.layout: renamed to tokenize.model_kind"),
+    ({"evaluate": {"cross_layouts": False}}, {"evaluate": {"cross_formats": False}},
+     "evaluate.cross_layouts: renamed to evaluate.cross_formats"),
+    ({"dedup": {"exact": False}}, {"dedupe": {"exact": False}}, "dedup: renamed to dedupe"),
+])
+def test_an_old_key_is_refused_naming_its_new_key(old, new, expect):
+    with pytest.raises(ConfigError) as err:
+        parse_config(old)
+    assert f"- {expect}" in str(err.value)
+    # the same value under the new key is taken
+    (section, values), = ((k, v) for k, v in new.items() if k != "train")
+    (key, value), = values.items()
+    default = getattr(getattr(parse_config({}), section), key)
+    assert getattr(getattr(parse_config(new), section), key) == value != default
+
+
 def test_hub_source_for_a_dataset_without_demo_data_is_fine():
     cfg = parse_config({"datasets": ["mnli"], "heldout_clusters": [], "download": {"default_source": "hub"}})
     assert cfg.dataset_names() == ["mnli"]
@@ -62,10 +81,10 @@ def test_schema_accepts_default_and_rejects_what_the_model_rejects(repo):
 @pytest.mark.parametrize("data, expect", [
     ({"decontaminate": {"ngram": 10, "min_ngram": 12}},
      "decontaminate.min_ngram (12) must be <= decontaminate.ngram (10)"),
-    ({"dedup": {"near": {"num_perm": 16, "bands": 32}}},
-     "dedup.near.bands: 32 bands need at least as many permutations"),
-    ({"dedup": {"near": {"threshold": 1.5}}},
-     "dedup.near.threshold: Input should be less than or equal to 1"),
+    ({"dedupe": {"near": {"num_perm": 16, "bands": 32}}},
+     "dedupe.near.bands: 32 bands need at least as many permutations"),
+    ({"dedupe": {"near": {"threshold": 1.5}}},
+     "dedupe.near.threshold: Input should be less than or equal to 1"),
     ({"mix": {"cap": 0}}, "mix.cap: Input should be greater than or equal to 1 (got 0)"),
 ])
 def test_stage3_values_are_checked_with_the_key_named(data, expect):
@@ -82,8 +101,8 @@ def test_stage3_values_are_checked_with_the_key_named(data, expect):
      "tokenize.tokenizer.path is only used with source 'file', not 'auto'"),
     ({"tokenize": {"tokenizer": {"vocab_size": 100}}},
      "tokenize.tokenizer.vocab_size: Input should be greater than or equal to 300 (got 100)"),
-    ({"tokenize": {"layout": "prefix_lm"}},
-     "tokenize.layout: Input should be 'decoder_only' or 'encoder_decoder' (got 'prefix_lm')"),
+    ({"tokenize": {"model_kind": "prefix_lm"}},
+     "tokenize.model_kind: Input should be 'decoder_only' or 'encoder_decoder' (got 'prefix_lm')"),
     ({"tokenize": {"packer": "first_fit"}},
      "tokenize.packer: Input should be 'best_fit', 'next_fit' or 'none'"),
     ({"tokenize": {"max_input_tokens": 65_000, "max_target_tokens": 1_000}},
@@ -188,33 +207,35 @@ def test_a_few_shot_budget_past_the_input_budget_is_refused_naming_both_keys():
 
 @pytest.mark.parametrize("data, expect", [
     ({"train": {"model": {"architecture": "t5"}}},
-     "tokenize.layout: 'decoder_only', but train.model.architecture (t5) is an encoder-decoder, which "
-     "trains on 'encoder_decoder' rows; allowed: tokenize.layout: encoder_decoder"),
-    ({"tokenize": {"layout": "encoder_decoder"}},
-     "tokenize.layout: 'encoder_decoder', but train.model.architecture (llama) is a decoder-only model, "
-     "which trains on 'decoder_only' rows; allowed: tokenize.layout: decoder_only"),
+     "tokenize.model_kind: 'decoder_only', but train.model.architecture (t5) is an encoder-decoder, which "
+     "trains on 'encoder_decoder' rows; allowed: tokenize.model_kind: encoder_decoder"),
+    ({"tokenize": {"model_kind": "encoder_decoder"}},
+     "tokenize.model_kind: 'encoder_decoder', but train.model.architecture (llama) is a decoder-only model, "
+     "which trains on 'decoder_only' rows; allowed: tokenize.model_kind: decoder_only"),
 ])
-def test_the_layout_follows_the_architecture_naming_both_keys(data, expect):
+def test_the_model_kind_follows_the_architecture_naming_both_keys(data, expect):
     with pytest.raises(ConfigError) as err:
         parse_config(data)
     assert expect in str(err.value)
     model = {"architecture": "mt5"}
-    assert parse_config({"tokenize": {"layout": "encoder_decoder"}, "train": {"model": model}})
+    assert parse_config({"tokenize": {"model_kind": "encoder_decoder"}, "train": {"model": model}})
 
 
 @pytest.mark.parametrize("encoder_decoder", [True, False])
-def test_the_layout_follows_a_pretrained_checkpoint_naming_both_keys(encoder_decoder, tmp_path):
+def test_the_model_kind_follows_a_pretrained_checkpoint_naming_both_keys(encoder_decoder, tmp_path):
     """A checkpoint folder's config.json says what it is (T5's `is_encoder_decoder: true`)."""
     import json
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5" if encoder_decoder else "llama",
                                                       "is_encoder_decoder": encoder_decoder}))
     model = {"source": "pretrained", "path": str(tmp_path)}
-    layouts = ("encoder_decoder", "decoder_only")
-    right, wrong = layouts if encoder_decoder else layouts[::-1]
-    with pytest.raises(ConfigError, match=rf"tokenize.layout: '{wrong}', but train.model.path \({tmp_path}"):
-        parse_config({"tokenize": {"layout": wrong}, "train": {"model": model}})
-    assert parse_config({"tokenize": {"layout": right}, "train": {"model": model}}).tokenize.layout == right
+    kinds = ("encoder_decoder", "decoder_only")
+    right, wrong = kinds if encoder_decoder else kinds[::-1]
+    expected = rf"tokenize.model_kind: '{wrong}', but train.model.path \({tmp_path}"
+    with pytest.raises(ConfigError, match=expected):
+        parse_config({"tokenize": {"model_kind": wrong}, "train": {"model": model}})
+    cfg = parse_config({"tokenize": {"model_kind": right}, "train": {"model": model}})
+    assert cfg.tokenize.model_kind == right
 
 
 # Where a slice's field is wider than the key it holds, on purpose: a stage function called without

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.core.config import DedupConfig, DedupeSlice, FingerprintSlice, PoolSlice, parse_config
+from flanpipe.core.config import DedupeConfig, DedupeSlice, FingerprintSlice, PoolSlice, parse_config
 from flanpipe.core.text import hashing as fp
 from flanpipe.stages.dedupe import dedupe, find_duplicates
 from flanpipe.stages.fingerprint import fingerprint_dataset
@@ -61,7 +61,7 @@ def test_recall_on_injected_near_duplicates():
     true = np.array([jaccard(texts[i], c) for i, c in zip(injected, copies, strict=True)])
     sig, counts = signatures(texts)
     hashes = fp.exact_hashes(pa.array(texts), pa.array([""] * len(texts)))
-    twin, reason = find_duplicates(hashes[:, 0], hashes[:, 1], sig, counts, DedupConfig())
+    twin, reason = find_duplicates(hashes[:, 0], hashes[:, 1], sig, counts, DedupeConfig())
     found = twin[len(originals):] == injected
     above, clear = true >= 0.8, true >= 0.85
     print(f"near-duplicate recall: {found[above].mean():.3f} of {above.sum()} copies with Jaccard >= 0.8, "
@@ -78,7 +78,7 @@ def test_exact_duplicates_are_found_before_near_ones_and_the_first_is_kept():
     texts = ["alpha beta gamma delta", "Alpha  beta gamma delta", "alpha beta gamma delta!", "other words"]
     sig, counts = signatures(texts)
     hashes = fp.exact_hashes(pa.array(texts), pa.array(["x"] * 4))
-    twin, reason = find_duplicates(hashes[:, 0], hashes[:, 1], sig, counts, DedupConfig())
+    twin, reason = find_duplicates(hashes[:, 0], hashes[:, 1], sig, counts, DedupeConfig())
     assert twin.tolist() == [-1, 0, 0, -1]
     assert reason.tolist() == [0, 1, 2, 0]  # whitespace/case: exact; punctuation: near
 
@@ -87,9 +87,9 @@ def test_switches_turn_each_kind_off():
     texts = ["alpha beta gamma delta", "alpha beta gamma delta", "alpha beta gamma delta!"]
     sig, counts = signatures(texts)
     hashes = fp.exact_hashes(pa.array(texts), pa.array(["x"] * 3))
-    off = DedupConfig(exact=False, near={"enabled": False})
+    off = DedupeConfig(exact=False, near={"enabled": False})
     assert find_duplicates(hashes[:, 0], hashes[:, 1], sig, counts, off)[0].tolist() == [-1, -1, -1]
-    only_exact = DedupConfig(near={"enabled": False})
+    only_exact = DedupeConfig(near={"enabled": False})
     assert find_duplicates(hashes[:, 0], hashes[:, 1], sig, counts, only_exact)[0].tolist() == [-1, 0, -1]
 
 
@@ -107,7 +107,7 @@ def write_raw(root, name, sentences_, labels):
 def test_dedupe_across_datasets_records_the_kept_twin(tmp_path):
     sst2 = ["a tender , funny film", "the plot wanders for two hours", "a tender, funny film", "fine"]
     cola = ["the plot wanders for two hours", "Colorless green ideas sleep."]
-    cfg = DedupConfig()
+    cfg = DedupeConfig()
     paths = []
     for name, rows, labels in (("sst2", sst2, [1, 0, 1, 1]), ("cola", cola, [0, 1])):
         raw = write_raw(tmp_path / "raw", name, rows, labels)

@@ -1,4 +1,4 @@
-"""Pieces of the evaluate stage: token layout, references, the template summary; and a real
+"""Pieces of the evaluate stage: token formats, references, the template summary; and a real
 checkpoint (SmolLM2-135M-Instruct, BPE tokenizer.json) scored against lm-evaluation-harness."""
 
 import json
@@ -12,16 +12,16 @@ import torch
 from flanpipe.core.config.registry import load_registry
 from flanpipe.core.eval.scoring import score_options
 from flanpipe.core.text.templates import Template
-from flanpipe.core.tokens.formats import Layout, encode
+from flanpipe.core.tokens.formats import Format, encode
 from flanpipe.core.tokens.tokenizers import load_tokenizer
-from flanpipe.stages.evaluate import eval_sample, load_model, references, stop_ids, summarize
+from flanpipe.stages.evaluate import eval_sample, load_for_scoring, references, stop_ids, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_dir):
-    return load_model(smollm2_dir)
+    return load_for_scoring(smollm2_dir)
 
 
 def test_encode_cuts_like_the_packer_and_ends_with_eos(smollm2_dir):
@@ -39,32 +39,32 @@ def test_encode_cuts_like_the_packer_and_ends_with_eos(smollm2_dir):
     assert encode(tok, [text], limit=5, end=[9, 8], left=True) == [ids[-3:] + [9, 8]]
 
 
-def test_text_layout_is_the_joined_text_for_a_byte_level_bpe(smollm2_dir):
+def test_the_text_format_is_the_joined_text_for_a_byte_level_bpe(smollm2_dir):
     """``text``: prompt ``input SEP`` then option ``target EOS``; with SmolLM2's byte-level BPE a
     newline never merges, so the two are the tokens of ``input + "\\n" + target``, plus EOS. The
-    prompt holds no EOS (the ``eos`` layout's ends with it)."""
+    prompt holds no EOS (the ``eos`` format's ends with it)."""
     from flanpipe.core.config import TokenizeConfig
 
     tok = load_tokenizer(smollm2_dir)
-    layout = Layout.of(tok, TokenizeConfig(), name="text")
+    fmt = Format.of(tok, TokenizeConfig(), name="text")
     prompts = ["Is the sky blue?\nOPTIONS:\n- yes\n- no", "Premise: it rained.  What happened next?"]
     options = [["yes", "no"], ["The ground got wet.", " the sun shone"]]
-    for prompt, ptoks, opts, otoks in zip(prompts, layout.inputs(prompts), options,
-                                          layout.options(prompts, options), strict=True):
+    for prompt, ptoks, opts, otoks in zip(prompts, fmt.inputs(prompts), options,
+                                          fmt.options(prompts, options), strict=True):
         assert tok.eos_id not in ptoks
         for option, ids in zip(opts, otoks, strict=True):
             assert ptoks + ids == tok.encode(prompt + "\n" + option) + [tok.eos_id]
-    assert layout.counts(prompts).tolist() == [len(p) for p in layout.inputs(prompts)]
-    assert layout.as_("eos").inputs(prompts[:1]) == [tok.encode(prompts[0]) + [tok.eos_id]]
+    assert fmt.counts(prompts).tolist() == [len(p) for p in fmt.inputs(prompts)]
+    assert fmt.as_("eos").inputs(prompts[:1]) == [tok.encode(prompts[0]) + [tok.eos_id]]
 
 
-def test_layout_follows_the_tokenizer_convention_unless_config_says(smollm2_dir):
+def test_the_bos_follows_the_tokenizer_convention_unless_config_says(smollm2_dir):
     from flanpipe.core.config import TokenizeConfig
 
     tok = load_tokenizer(smollm2_dir)
     assert tok.add_bos is False and tok.bos_id is not None  # SmolLM2 puts no BOS before a text
-    assert Layout.of(tok, TokenizeConfig()).bos is None
-    forced = Layout.of(tok, TokenizeConfig(add_bos=True, max_input_tokens=64))
+    assert Format.of(tok, TokenizeConfig()).bos is None
+    forced = Format.of(tok, TokenizeConfig(add_bos=True, max_input_tokens=64))
     assert forced.inputs(["Hello there"]) == [[tok.bos_id, *tok.encode("Hello there"), tok.eos_id]]
     assert forced.counts(["Hello there", ""]).tolist() == [len(tok.encode("Hello there")) + 2, 2]
 
@@ -139,7 +139,7 @@ def test_smollm2_option_scores_equal_lm_eval_hflm(smollm2_dir, smollm2):
     assert stop_ids(model, tok)[0] == tok.eos_id
 
 
-# --- fair evaluation: layouts, fitting, PMI, intervals ----------------------------------------------
+# --- fair evaluation: formats, fitting, PMI, intervals ----------------------------------------------
 
 def _embedded_rows(dataset: str, n: int) -> pa.Table:
     spec = load_registry().datasets[dataset]
@@ -149,7 +149,7 @@ def _embedded_rows(dataset: str, n: int) -> pa.Table:
 
 
 def test_base_scores_equal_lm_eval_on_rendered_flan_prompts(smollm2_dir, smollm2):
-    """The untuned base in the continuation layout: FLAN-rendered ARC-Easy prompts and their
+    """The untuned base in the continuation format: FLAN-rendered ARC-Easy prompts and their
     options, tokenized by us (joint encoding at the boundary) and scored with the shared prompt
     cache, against lm-eval's HFLM.loglikelihood on the same (context, " " + option) strings, which
     it tokenizes itself."""
@@ -161,13 +161,13 @@ def test_base_scores_equal_lm_eval_on_rendered_flan_prompts(smollm2_dir, smollm2
     model, tok = smollm2
     bank = load_bank()["arc_easy"]
     rows = _embedded_rows("arc_easy", 4)
-    layout = Layout(tok, None, 1024, 256, False, name="continuation", target_delimiter=" ")
+    fmt = Format(tok, None, 1024, 256, False, name="continuation", target_delimiter=" ")
     contexts, choices = [], []
     for template in bank.eval_templates[:2]:
         rendered = render_template(bank, template, rows, "dash")
         contexts += rendered.inputs.to_pylist()
         choices += rendered.options.to_pylist()
-    ours = score_options(model, layout.inputs(contexts), layout.options(contexts, choices),
+    ours = score_options(model, fmt.inputs(contexts), fmt.options(contexts, choices),
                          max_batch_tokens=2048)
 
     torch.manual_seed(0)
@@ -187,45 +187,48 @@ def test_continuation_tokens_follow_the_joined_text(smollm2_dir):
     """The option's tokens are what encoding the whole text adds after the context's tokens, with
     the context's trailing space moved onto the option (lm-eval's rule); no EOS anywhere."""
     tok = load_tokenizer(smollm2_dir)
-    layout = Layout(tok, None, 1024, 256, False, name="continuation", target_delimiter="")
+    fmt = Format(tok, None, 1024, 256, False, name="continuation", target_delimiter="")
     context, option = "Is the sky blue?\nAnswer: ", "yes"
-    [prompt] = layout.inputs([context])
-    [[tokens]] = layout.options([context], [[option]])
+    [prompt] = fmt.inputs([context])
+    [[tokens]] = fmt.options([context], [[option]])
     assert prompt == tok.encode("Is the sky blue?\nAnswer:")
     whole = tok.encode("Is the sky blue?\nAnswer: yes")
     assert prompt + tokens == whole and tok.eos_id not in prompt + tokens
-    eos = layout.as_("eos")
+    eos = fmt.as_("eos")
     assert eos.inputs([context])[0] == tok.encode(context) + [tok.eos_id]
     assert eos.options([context], [[option]])[0][0] == tok.encode(option) + [tok.eos_id]
 
 
-def test_a_model_is_scored_in_the_layout_flanpipe_trained_it_in(tmp_path):
-    from flanpipe.stages.evaluate import model_layout
+def test_a_model_is_scored_in_the_format_flanpipe_trained_it_in(tmp_path):
+    from flanpipe.stages.evaluate import model_format
 
     folder = tmp_path / "hf"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
-    assert model_layout(folder) == ("continuation", "untrained", None)  # a checkpoint flanpipe did not train
-    (folder / "flanpipe.json").write_text(json.dumps({"layout": "eos"}))
-    assert model_layout(tmp_path) == ("eos", "trained", None)
-    assert model_layout(folder, "continuation") == ("continuation", "override", None)
+    assert model_format(folder) == ("continuation", "untrained", None)  # a checkpoint flanpipe did not train
+    (folder / "flanpipe.json").write_text(json.dumps({"format": "eos"}))
+    assert model_format(tmp_path) == ("eos", "trained", None)
+    assert model_format(folder, "continuation") == ("continuation", "override", None)
     with pytest.raises(ValueError, match="allowed: eos, text, chat, continuation"):
-        model_layout(folder, "dialogue")
+        model_format(folder, "dialogue")
+    (folder / "flanpipe.json").write_text(json.dumps({"format": "text", "separator": "\nA:"}))
+    assert model_format(folder) == ("text", "trained", "\nA:")
+    # a folder trained before the record said `format` (train stage version 6) names it `layout`
     (folder / "flanpipe.json").write_text(json.dumps({"layout": "text", "separator": "\nA:"}))
-    assert model_layout(folder) == ("text", "trained", "\nA:")
-    (folder / "flanpipe.json").write_text(json.dumps({"layout": "continuation"}))
+    assert model_format(folder) == ("text", "trained", "\nA:")
+    (folder / "flanpipe.json").write_text(json.dumps({"format": "continuation"}))
     with pytest.raises(ValueError, match="allowed: eos, text, chat"):  # no model is trained as a continuation
-        model_layout(folder)
+        model_format(folder)
     t5 = tmp_path / "t5"  # an encoder-decoder flanpipe did not train (FLAN-T5): inputs EOS, targets EOS
     t5.mkdir()
     (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "is_encoder_decoder": True}))
-    assert model_layout(t5) == ("eos", "encoder_decoder", None)
+    assert model_format(t5) == ("eos", "encoder_decoder", None)
 
 
 def test_an_over_long_eval_input_keeps_its_instruction_and_options(smollm2_dir):
     """A BoolQ passage of ~3,000 tokens against a budget of 160: the fitted prompt cuts the
     passage's end, and keeps the question, the instruction after it and every OPTIONS line, in
-    both layouts, within the budget. Right truncation of the rendered prompt (the old path) keeps
+    both formats, within the budget. Right truncation of the rendered prompt (the old path) keeps
     the passage's start and loses the question and the OPTIONS."""
     from flanpipe.core.text.templates import load_bank, long_field, render_template
     from flanpipe.stages.evaluate import prompts_for
@@ -240,13 +243,13 @@ def test_an_over_long_eval_input_keeps_its_instruction_and_options(smollm2_dir):
     assert field == "passage"
     budget = 160
     for name in ("eos", "continuation"):
-        layout = Layout(tok, None, budget, 16, False, name=name)
+        fmt = Format(tok, None, budget, 16, False, name=name)
         for template in bank.eval_templates:
             if "{passage}" not in template.input:
                 continue
             whole = render_template(bank, template, rows, "dash").inputs.to_pylist()[0]
-            prompts = prompts_for(bank, template, rows, None, "dash", layout.counts, field, budget)
-            ids = layout.inputs(prompts)[0]
+            prompts = prompts_for(bank, template, rows, None, "dash", fmt.counts, field, budget)
+            ids = fmt.inputs(prompts)[0]
             assert len(ids) <= budget
             text = tok.decode([i for i in ids if i != tok.eos_id])
             tail = whole[whole.index(long) + len(long):]  # the template's text after the passage
@@ -273,7 +276,7 @@ def test_pmi_of_a_hand_worked_two_option_example():
 
 
 def test_unconditional_scores_equal_a_plain_forward_pass(smollm2_dir):
-    """PMI's unconditional term: each option after the layout's prompt of the answer prefix,
+    """PMI's unconditional term: each option after the format's prompt of the answer prefix,
     against log-softmax of one plain forward pass per (prefix + option) sequence."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -285,11 +288,11 @@ def test_unconditional_scores_equal_a_plain_forward_pass(smollm2_dir):
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                                          attn_implementation="sdpa")).eval()
     for name in ("eos", "continuation"):
-        layout = Layout(tok, None, 64, 16, False, name=name)
+        fmt = Format(tok, None, 64, 16, False, name=name)
         prompts = ["Is it raining?\nOPTIONS:\n- yes\n- no", "Pick one.\nOPTIONS:\n- red\n- blue"]
-        options = layout.options(prompts, [["yes", "no"], ["red", "blue"]])
-        got = unconditional_scores(model, layout, options, "Answer:", 512)
-        prefix = layout.inputs(["Answer:"])[0]
+        options = fmt.options(prompts, [["yes", "no"], ["red", "blue"]])
+        got = unconditional_scores(model, fmt, options, "Answer:", 512)
+        prefix = fmt.inputs(["Answer:"])[0]
         for opts, scores in zip(options, got, strict=True):
             for o, score in zip(opts, scores, strict=True):
                 ids = torch.tensor([prefix + o])

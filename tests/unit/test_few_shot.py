@@ -12,7 +12,7 @@ from flanpipe.core.config import FewShotConfig, TokenizeConfig
 from flanpipe.core.config.registry import load_registry
 from flanpipe.core.text.fewshot import FewShotPool, few_shot_inputs
 from flanpipe.core.text.templates import load_bank, render_template
-from flanpipe.core.tokens.formats import Layout
+from flanpipe.core.tokens.formats import Format
 from flanpipe.core.tokens.tokenizers import load_tokenizer
 from flanpipe.stages.evaluate import read_exemplar_rows
 from tests.synthetic import load_passages, previous_few_shot_inputs
@@ -38,11 +38,11 @@ def mnli_rows(n: int, first_id: int, seed: int) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def layout(smollm2_dir):
-    return Layout.of(load_tokenizer(smollm2_dir), TokenizeConfig(), threads=2)
+def fmt(smollm2_dir):
+    return Format.of(load_tokenizer(smollm2_dir), TokenizeConfig(), threads=2)
 
 
-def test_estimated_trimming_equals_exact_reencoding_with_a_real_tokenizer(layout):
+def test_estimated_trimming_equals_exact_reencoding_with_a_real_tokenizer(fmt):
     """With SmolLM2's BPE and real-English prompts of 325-860 tokens, every prompt equals the
     previous implementation's, which re-encodes each joined prompt until it fits: under a budget the
     prompts straddle (every number of exemplars is kept, most prompts are counted exactly), and
@@ -50,7 +50,7 @@ def test_estimated_trimming_equals_exact_reencoding_with_a_real_tokenizer(layout
     train, queries = mnli_rows(1500, 0, seed=1), mnli_rows(400, 10_000, seed=2)
 
     def count(text: str) -> int:
-        return len(layout.tokenizer.encode(text)) + 1
+        return len(fmt.tokenizer.encode(text)) + 1
 
     for budget, shots in ((420, {0, 1, 2, 3}), (800, {2, 3})):
         cfg = FewShotConfig(k=3, max_tokens=budget)
@@ -58,7 +58,7 @@ def test_estimated_trimming_equals_exact_reencoding_with_a_real_tokenizer(layout
         kept, counted, built = set(), 0, 0
         for template in BANK.eval_templates[:2]:
             for style in ("dash", "none"):
-                fast = pool.prompts(template, style, layout.counts)
+                fast = pool.prompts(template, style, fmt.counts)
                 exact = previous_few_shot_inputs(SPEC, BANK, template, queries, train, cfg, 5, count, style)
                 assert fast.prompts == exact
                 kept |= set(fast.shots.tolist())

@@ -249,7 +249,7 @@ def test_qlora_is_refused_naming_the_reason():
 def packed(tmp_path_factory):
     """120 examples (inputs of 3..11 words, targets of 1..5) packed into rows of 64 tokens, and a
     tiny Llama checkpoint with the SentencePiece vocabulary (train.model.source: pretrained)."""
-    from flanpipe.core.config import ModelSpec, PackSlice, TokenizerConfig
+    from flanpipe.core.config import ModelSpec, PackSlice, TokenizerSource
     from flanpipe.core.model.checkpoint import build_model
     from flanpipe.core.tokens.tokenizers import load_tokenizer, train_spm
     from flanpipe.stages.pack import tokenize_and_pack
@@ -259,7 +259,7 @@ def packed(tmp_path_factory):
     inputs = [" ".join(t.split()[:3 + i % 9]) for i, t in enumerate(corpus(120))]
     targets = [" ".join(t.split()[:1 + i % 5]) for i, t in enumerate(corpus(120, seed=1))]
     shards = write_mixture(tmp / "mixture", inputs, targets, rows_per_shard=50)
-    spm, _ = train_spm(corpus(400) + inputs, TokenizerConfig(vocab_size=300), seed=1)
+    spm, _ = train_spm(corpus(400) + inputs, TokenizerSource(vocab_size=300), seed=1)
     (tmp / "spm.model").write_bytes(spm)
     tokenize_and_pack("m", shards, tmp / "spm.model", tmp / "packed", PackSlice.of(lora_train.config("x")))
     tokenizer = load_tokenizer(tmp / "spm.model")
@@ -327,16 +327,16 @@ def test_two_ranks_export_scores_alike_in_both_forms(runs):
     """The evaluator's loader on `hf/` (merged) and on `adapter/` (base + PeftModel): the same option
     log-likelihoods."""
     from flanpipe.core.eval.scoring import score_options
-    from flanpipe.core.tokens.formats import Layout
-    from flanpipe.stages.evaluate import load_model, model_layout
+    from flanpipe.core.tokens.formats import Format
+    from flanpipe.stages.evaluate import load_for_scoring, model_format
 
     prompts = ["the cat sat on", "a man and a", "dogs run in the"]
     choices = [["mat", "dog"], ["woman", "yes no"], ["park", "rain"]]
     scores = []
     for form in ("hf", "adapter"):
-        model, tok = load_model(runs[2] / form)
-        assert model_layout(runs[2] / form)[0] == "eos"
-        layout = Layout(tok, None, 64, 16, False, name="eos")
-        scores.append(score_options(model, layout.inputs(prompts), layout.options(prompts, choices)))
+        model, tok = load_for_scoring(runs[2] / form)
+        assert model_format(runs[2] / form)[0] == "eos"
+        fmt = Format(tok, None, 64, 16, False, name="eos")
+        scores.append(score_options(model, fmt.inputs(prompts), fmt.options(prompts, choices)))
     for merged, adapted in zip(*scores, strict=True):
         assert merged == pytest.approx(adapted, rel=1e-5)

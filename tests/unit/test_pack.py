@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
+from flanpipe.core.config import PackSlice, TokenizerSource, parse_config
 from flanpipe.core.tokens.shards import PackedShards, unpack_row
 from flanpipe.core.tokens.tokenizers import load_processor, train_spm
 from flanpipe.stages.pack import tokenize_and_pack
@@ -26,14 +26,14 @@ def mixture(tmp_path_factory):
     inputs[5] = " ".join(corpus(8, seed=9))  # long
     targets = [t if rng.random() < 0.3 else "yes" for t in corpus(200, seed=1)]
     shards = write_mixture(tmp / "mixture", inputs, targets, rows_per_shard=70)
-    model, _ = train_spm(corpus(400) + inputs, TokenizerConfig(vocab_size=300), seed=1)
+    model, _ = train_spm(corpus(400) + inputs, TokenizerSource(vocab_size=300), seed=1)
     (tmp / "spm.model").write_bytes(model)
     return tmp, shards, inputs, targets
 
 
 def run(mixture, out, **tokenize):
     tmp, shards, _, _ = mixture
-    model = {"architecture": "t5"} if tokenize.get("layout") == "encoder_decoder" else {}
+    model = {"architecture": "t5"} if tokenize.get("model_kind") == "encoder_decoder" else {}
     cfg = parse_config({"seed": 5, "train": {"steps": 2, "tokens_per_batch": 64, "model": model},
                         "tokenize": {"max_input_tokens": LI, "max_target_tokens": LT, "pack_window": 64,
                                      "rows_per_shard": 7, **tokenize}})
@@ -61,10 +61,11 @@ def unpacked(shards):
                                for i in range(len(shards)) for a, b in unpack_row(shards[i]))
 
 
-@pytest.mark.parametrize("layout", ["decoder_only", "encoder_decoder"])
+@pytest.mark.parametrize("model_kind", ["decoder_only", "encoder_decoder"])
 @pytest.mark.parametrize("truncate", ["right", "left"])
-def test_unpacking_gives_back_every_example_once(mixture, layout, truncate):
-    manifest, shards = run(mixture, f"{layout}-{truncate}", layout=layout, truncate_inputs=truncate)
+def test_unpacking_gives_back_every_example_once(mixture, model_kind, truncate):
+    manifest, shards = run(mixture, f"{model_kind}-{truncate}", model_kind=model_kind,
+                           truncate_inputs=truncate)
     assert unpacked(shards) == collections.Counter(expected_examples(mixture, truncate == "left"))
     assert len(manifest["shards"]) == -(-manifest["rows"] // 7) > 1  # several shards and windows
     assert manifest["packing"]["windows"] == 4
@@ -101,8 +102,8 @@ def test_auto_format_follows_the_model_source():
     forced = parse_config({"tokenize": {"format": "eos"}, "train": {"model": {"source": "pretrained",
                                                                             "path": "/ckpt"}}})
     assert PackSlice.of(forced).format == "eos"
-    with pytest.raises(ValueError, match="tokenize.format: text needs tokenize.layout: decoder_only"):
-        parse_config({"tokenize": {"format": "text", "layout": "encoder_decoder"}})
+    with pytest.raises(ValueError, match="tokenize.format: text needs tokenize.model_kind: decoder_only"):
+        parse_config({"tokenize": {"format": "text", "model_kind": "encoder_decoder"}})
 
 
 def test_index_points_at_each_example(mixture):
@@ -120,7 +121,7 @@ def test_index_points_at_each_example(mixture):
 
 
 def test_encoder_decoder_segments_pair_inputs_with_their_targets(mixture):
-    _, shards = run(mixture, "pairs", layout="encoder_decoder")
+    _, shards = run(mixture, "pairs", model_kind="encoder_decoder")
     expected = expected_examples(mixture)
     index = pq.read_table(mixture[0] / "pairs/index.parquet").to_pylist()
     for e in index:

@@ -98,7 +98,7 @@ def build(tmp_path, tables: dict[str, pa.Table], cap: int, pool_factor: float | 
     extra = dict(extra or {})
     cfg = parse_config({"datasets": names, "heldout_clusters": [], "seed": 1,
                         "download": {"default_source": "hub"},  # not read: downloaded below
-                        "dedup": {"pool_factor": pool_factor},
+                        "dedupe": {"pool_factor": pool_factor},
                         "mix": {"cap": cap, "rows_per_shard": rows_per_shard, **extra.pop("mix", {})},
                         "train": {"steps": 40, "tokens_per_batch": 2048}, **extra})
     inputs = []

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flanpipe.core.config import ModelSpec, TokenizerConfig
+from flanpipe.core.config import ModelSpec, TokenizerSource
 from flanpipe.core.eval.scoring import generate, score_options
 from flanpipe.core.model.checkpoint import build_model, save_checkpoint
 from flanpipe.core.model.seq2seq import PackedSeq2SeqLM, decoder_inputs
@@ -185,7 +185,7 @@ def spm_tokenizer():
 
     words = "premise hypothesis question answer options yes no maybe the cat sat on a mat".split()
     text = [" ".join(words[(i * 7 + j) % len(words)] for j in range(12)) + f" {i}." for i in range(400)]
-    model, _ = train_spm(text, TokenizerConfig(vocab_size=300), seed=1)
+    model, _ = train_spm(text, TokenizerSource(vocab_size=300), seed=1)
     return SentencePieceTokenizer(model)
 
 
@@ -218,7 +218,7 @@ def test_the_export_reloads_with_auto_classes_and_identical_logits(family, tmp_p
 
 def test_evaluate_scores_an_encoder_decoder_as_transformers_does_per_option(tmp_path, one_thread):
     """`evaluate_dataset` on a T5 folder flanpipe did not train (RTE, 3 examples): scored in the
-    `eos` layout (inputs EOS to the encoder, option EOS from the decoder), one layout only, and
+    `eos` format (inputs EOS to the encoder, option EOS from the decoder), one format only, and
     template 0's choices equal transformers' own T5, one full forward per (prompt, option)."""
     import json
     import subprocess
@@ -240,12 +240,12 @@ def test_evaluate_scores_an_encoder_decoder_as_transformers_does_per_option(tmp_
     raw = tmp_path / "raw/rte"
     subprocess.run([str(BIN / "flanpipe"), "download", "--dataset", "rte", "--out", str(raw)], check=True,
                    capture_output=True, cwd=REPO)
-    cfg = parse_config({"evaluate": {"max_examples": 3}, "tokenize": {"layout": "encoder_decoder"},
+    cfg = parse_config({"evaluate": {"max_examples": 3}, "tokenize": {"model_kind": "encoder_decoder"},
                         "train": {"model": {"architecture": "t5"}}})
     result = evaluate_dataset("rte", tmp_path / "t5", raw, tmp_path / "rte.json", EvaluateSlice.of(cfg),
                               few_shot=False, model_name="t5")
-    assert (result["layout"], result["layout_from"]) == ("eos", "encoder_decoder")
-    assert list(result["by_layout"]) == ["eos"]
+    assert (result["format"], result["format_from"]) == ("eos", "encoder_decoder")
+    assert list(result["by_format"]) == ["eos"]
     assert json.loads((tmp_path / "rte.json").read_text())["examples"] == 3
 
     model = AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "t5"), local_files_only=True).eval()

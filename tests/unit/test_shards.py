@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.core.config import PackSlice, TokenizerConfig, parse_config
+from flanpipe.core.config import PackSlice, TokenizerSource, parse_config
 from flanpipe.core.tokens.shards import PackedShards, spans
 from flanpipe.core.tokens.tokenizers import load_processor, train_spm
 from flanpipe.stages.pack import tokenize_and_pack
@@ -33,14 +33,14 @@ def mixture(tmp_path_factory):
               else short[(7 * i) % len(short)] for i in range(240)]
     targets = [texts[(13 * i) % len(texts)] if i % 4 == 0 else ("yes" if i % 3 else "no") for i in range(240)]
     shards = write_mixture(tmp / "mixture", inputs, targets, rows_per_shard=90)
-    model, _ = train_spm(texts, TokenizerConfig(vocab_size=600), seed=1)
+    model, _ = train_spm(texts, TokenizerSource(vocab_size=600), seed=1)
     (tmp / "spm.model").write_bytes(model)
     return tmp, shards, inputs, targets
 
 
 def pack(mixture, out, **tokenize):
     tmp, shards, _, _ = mixture
-    model = {"architecture": "t5"} if tokenize.get("layout") == "encoder_decoder" else {}
+    model = {"architecture": "t5"} if tokenize.get("model_kind") == "encoder_decoder" else {}
     cfg = parse_config({"seed": 3, "train": {"steps": 1, "tokens_per_batch": 64, "model": model},
                         "tokenize": {"max_input_tokens": LI, "max_target_tokens": LT, "pack_window": 100,
                                      "rows_per_shard": 16, **tokenize}})
@@ -104,7 +104,7 @@ def test_decoder_only_rows_rebuild_as_computed_from_scratch(mixture, packer, bos
 
 
 def test_encoder_decoder_rows_rebuild_as_computed_from_scratch(mixture):
-    _, shards, index = pack(mixture, "encdec", layout="encoder_decoder")
+    _, shards, index = pack(mixture, "encdec", model_kind="encoder_decoder")
     examples = reference_examples(mixture)
     expected = {name: np.zeros((len(shards), width), int) for name, width in (
         ("inputs_segment_ids", LI), ("inputs_positions", LI), ("targets_segment_ids", LT),
@@ -162,6 +162,16 @@ def test_a_directory_of_the_old_format_asks_for_a_rerun(tmp_path):
         "shards": [{"file": "part-00000.npy", "rows": 1, "sha256": "x"}]}))
     with pytest.raises(ValueError, match="stage version 2, which stored segment ids.*rerun the pack rule"):
         PackedShards(tmp_path)
+
+
+def test_a_manifest_that_names_the_model_kind_layout_asks_for_a_rerun(mixture):
+    """Pack stage version 4 wrote the model kind as `layout`; a reader asks for a rerun, not a KeyError."""
+    manifest, _, _ = pack(mixture, "old-key")
+    folder = mixture[0] / "old-key"
+    old = {("layout" if k == "model_kind" else k): v for k, v in manifest.items()} | {"stage_version": "4"}
+    (folder / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="version 4, whose manifest names the model kind `layout`; rerun"):
+        PackedShards(folder)
 
 
 def test_spans_of_rows_with_padding_and_without():

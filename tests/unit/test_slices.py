@@ -129,7 +129,7 @@ NO_SINGLE_CHANGE = {
     "templatize.mix.fs_opt": "the four rates must sum to 1",
     "templatize.mix.fs_noopt": "the four rates must sum to 1",
     "tokenize.tokenizer.path": "read with tokenize.tokenizer.source 'file' only",
-    "tokenize.layout": "'encoder_decoder' needs an encoder-decoder train.model.architecture",
+    "tokenize.model_kind": "'encoder_decoder' needs an encoder-decoder train.model.architecture",
     "train.model.source": "'pretrained' needs train.model.path",
     "train.model.path": "read with train.model.source 'pretrained' only",
     "templatize.bank": "a FLAN bank needs templatize.flan_root, which is refused with flanpipe's bank",

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
-from flanpipe.core.config import TokenizerConfig
+from flanpipe.core.config import TokenizerSource
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens.tokenizers import TokenizerError, load_processor, train_spm
 from flanpipe.stages.tokenizer import build_tokenizer, sample_sentences
@@ -40,7 +40,7 @@ def write_mixture(directory, inputs, targets, epochs=None, rows_per_shard=50, da
 
 
 def test_a_small_corpus_trains_the_largest_vocabulary_it_supports(caplog):
-    cfg = TokenizerConfig(vocab_size=32000)
+    cfg = TokenizerSource(vocab_size=32000)
     with caplog.at_level(logging.WARNING):
         model, size = train_spm(corpus(300), cfg, seed=1)
     sp = load_processor(model)
@@ -50,7 +50,7 @@ def test_a_small_corpus_trains_the_largest_vocabulary_it_supports(caplog):
 
 
 def test_training_is_deterministic_and_lossless():
-    cfg = TokenizerConfig(vocab_size=400)
+    cfg = TokenizerSource(vocab_size=400)
     one, _ = train_spm(corpus(500), cfg, seed=7, threads=2)
     two, _ = train_spm(corpus(500), cfg, seed=7, threads=2)
     assert one == two
@@ -94,7 +94,7 @@ def test_the_sample_read_shard_by_shard_is_the_sample_of_all_lines_at_once(tmp_p
 def test_build_trains_on_the_mixture_and_writes_a_manifest(tmp_path):
     inputs, targets = corpus(200), corpus(200, seed=1)
     shard_dir = write_mixture(tmp_path / "m", inputs, targets)
-    cfg = TokenizerConfig(vocab_size=300, sample_sentences=1000)
+    cfg = TokenizerSource(vocab_size=300, sample_sentences=1000)
     manifest = build_tokenizer(cfg, tmp_path / "tok/spm.model", seed=3, mixture_shard_dir=shard_dir,
                                mixture="all")
     saved = json.loads((tmp_path / "tok/manifest.json").read_text())
@@ -109,10 +109,10 @@ def test_build_trains_on_the_mixture_and_writes_a_manifest(tmp_path):
 
 
 def test_a_given_model_file_is_used_as_is(tmp_path):
-    model, size = train_spm(corpus(300), TokenizerConfig(vocab_size=300), seed=1)
+    model, size = train_spm(corpus(300), TokenizerSource(vocab_size=300), seed=1)
     given = tmp_path / "given.model"
     given.write_bytes(model)
-    cfg = TokenizerConfig(source="file", path=str(given))
+    cfg = TokenizerSource(source="file", path=str(given))
     manifest = build_tokenizer(cfg, tmp_path / "tok/spm.model", seed=0)
     assert (tmp_path / "tok/spm.model").read_bytes() == model
     assert manifest["source"]["file"] == str(given) and manifest["vocab_size"] == size
@@ -126,10 +126,10 @@ def test_a_model_without_eos_or_not_a_model_is_refused(tmp_path):
                                    eos_id=-1, minloglevel=2)
     (tmp_path / "noeos.model").write_bytes(out.getvalue())
     with pytest.raises(TokenizerError, match="no EOS"):
-        build_tokenizer(TokenizerConfig(source="file", path=str(tmp_path / "noeos.model")),
+        build_tokenizer(TokenizerSource(source="file", path=str(tmp_path / "noeos.model")),
                         tmp_path / "tok/spm.model", seed=0)
     (tmp_path / "bad.model").write_bytes(b"not a model")
     with pytest.raises(TokenizerError, match="not a SentencePiece model"):
-        build_tokenizer(TokenizerConfig(source="file", path=str(tmp_path / "bad.model")),
+        build_tokenizer(TokenizerSource(source="file", path=str(tmp_path / "bad.model")),
                         tmp_path / "tok/spm.model", seed=0)
     assert not (tmp_path / "tok/spm.model").exists()

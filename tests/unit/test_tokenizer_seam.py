@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flanpipe.core.config import TokenizerConfig
+from flanpipe.core.config import TokenizerSource
 from flanpipe.core.tokens.tokenizers import (
     HFTokenizer,
     SentencePieceTokenizer,
@@ -59,7 +59,7 @@ def spm_model(request, texts, tmp_path_factory):
     (with some markup, so that `<` and `>` are in the vocabulary as in any real corpus)."""
     lines = [line for t in texts for line in t.split("\n") if line]
     lines += ["if a < b and c > d: <b>bold</b>"] * 300
-    model, _ = train_spm(lines, TokenizerConfig(vocab_size=2000, model_type=request.param), seed=0, threads=2)
+    model, _ = train_spm(lines, TokenizerSource(vocab_size=2000, model_type=request.param), seed=0, threads=2)
     path = tmp_path_factory.mktemp(request.param) / "spm.model"
     path.write_bytes(model)
     return path

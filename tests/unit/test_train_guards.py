@@ -13,7 +13,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from flanpipe.core.config import PackSlice, TokenizerConfig
+from flanpipe.core.config import PackSlice, TokenizerSource
 from flanpipe.core.tokens.shards import PackedShards
 from flanpipe.core.tokens.tokenizers import train_spm
 from flanpipe.stages.pack import tokenize_and_pack
@@ -31,7 +31,7 @@ def packed(tmp_path_factory):
     inputs = [" ".join(t.split()[:2 + i % 5]) for i, t in enumerate(corpus(EXAMPLES))]
     targets = [" ".join(t.split()[:1 + i % 3]) for i, t in enumerate(corpus(EXAMPLES, seed=1))]
     shards = write_mixture(tmp / "mixture", inputs, targets, rows_per_shard=5)
-    model, _ = train_spm(corpus(300) + inputs, TokenizerConfig(vocab_size=300), seed=1)
+    model, _ = train_spm(corpus(300) + inputs, TokenizerSource(vocab_size=300), seed=1)
     (tmp / "spm.model").write_bytes(model)
     tokenize_and_pack("m", shards, tmp / "spm.model", tmp / "packed", PackSlice.of(guard_train.config()))
     assert len(PackedShards(tmp / "packed")) == EXAMPLES
@@ -133,7 +133,7 @@ def test_the_trained_models_card_loads_and_carries_the_held_out_table_once_it_ex
     (tmp_path / "eval").mkdir()
     for dataset, shots, mean, low, high in [("rte", 0, 56.25, 31.2, 78.8), ("anli_r1", 3, 41.0, 30.5, 51.5)]:
         result = {"model": "m", "dataset": dataset, "paper_name": dataset.upper(), "cluster": "nli",
-                  "few_shot": bool(shots), "shots": shots, "primary": "accuracy", "layout": "eos",
+                  "few_shot": bool(shots), "shots": shots, "primary": "accuracy", "format": "eos",
                   "task": "classification", "eval_split": {"registry_split": "validation"},
                   "headline": {"mean": mean, "templates": 8, "interval": {"low": low, "high": high}}}
         (tmp_path / "eval" / f"{dataset}.json").write_text(json.dumps(result))

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flanpipe.core.config import ModelSpec, PackSlice, TokenizerConfig
+from flanpipe.core.config import ModelSpec, PackSlice, TokenizerSource
 from flanpipe.core.model.checkpoint import build_model
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens.shards import PackedShards, unpack_row
@@ -33,7 +33,7 @@ def packed(tmp_path_factory):
               for i, t in enumerate(corpus(120))]
     targets = [" ".join(t.split()[:6]) if i % 4 == 0 else "yes" for i, t in enumerate(corpus(120, seed=1))]
     shards = write_mixture(tmp / "mixture", inputs, targets, rows_per_shard=50)
-    model, _ = train_spm(corpus(400) + inputs, TokenizerConfig(vocab_size=300), seed=1)
+    model, _ = train_spm(corpus(400) + inputs, TokenizerSource(vocab_size=300), seed=1)
     (tmp / "spm.model").write_bytes(model)
     tokenize_and_pack("m", shards, tmp / "spm.model", tmp / "packed", PackSlice.of(seq2seq_train.config()))
     return tmp
@@ -62,7 +62,7 @@ def first_step_loss(packed, model) -> tuple[float, int]:
     transformers' own forward of ``model``, and their target tokens."""
     cfg = seq2seq_train.config()
     data = PackedShards(packed / "packed")
-    assert data.layout == "encoder_decoder"
+    assert data.model_kind == "encoder_decoder"
     plan = BatchPlan.from_tokens(cfg.train.tokens_per_batch, seq2seq_train.LI + seq2seq_train.LT, 1, 1)
     rows = data.take(step_rows(0, plan, len(data), cfg.seed))
     examples = [pair for row in rows for pair in unpack_row(row)]

@@ -23,7 +23,7 @@ from flanpipe.core.config.registry import (
 from flanpipe.core.config.sections import (
     AblationsConfig,
     DecontaminateConfig,
-    DedupConfig,
+    DedupeConfig,
     DownloadConfig,
     EvaluateConfig,
     MixConfig,
@@ -33,6 +33,26 @@ from flanpipe.core.config.sections import (
     TrainConfig,
     _Section,
 )
+
+RENAMED = {"dedup": "dedupe", "tokenize.layout": "tokenize.model_kind",
+           "evaluate.cross_layouts": "evaluate.cross_formats"}
+"""Keys that were renamed, old to new: a config that still uses an old key is refused with an error
+that names its new one."""
+
+
+def renamed_keys(data: dict[str, Any]) -> list[str]:
+    """Each old key of :data:`RENAMED` that ``data`` holds, as ``old: renamed to new``.
+
+    >>> renamed_keys({"tokenize": {"layout": "decoder_only"}, "dedup": {}})
+    ['dedup: renamed to dedupe', 'tokenize.layout: renamed to tokenize.model_kind']
+    """
+    found = []
+    for old, new in RENAMED.items():
+        section, _, key = old.rpartition(".")
+        parent = data.get(section) if section else data
+        if isinstance(parent, dict) and key in parent:
+            found.append(f"{old}: renamed to {new}")
+    return found
 
 
 class Config(_Section):
@@ -54,13 +74,21 @@ class Config(_Section):
     export). The held-out protocol needs only the per-cluster models."""
     download: DownloadConfig = Field(default_factory=DownloadConfig)
     templatize: TemplatizeConfig = Field(default_factory=TemplatizeConfig)
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
     decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     mix: MixConfig = Field(default_factory=MixConfig)
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ablations: AblationsConfig = Field(default_factory=AblationsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_renamed_keys(cls, data: Any) -> Any:
+        found = renamed_keys(data) if isinstance(data, dict) else []
+        if found:
+            raise ValueError("; ".join(found))
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -195,8 +223,8 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
-    def _layout_follows_model(self) -> Config:
-        spec, layout = self.train.model, self.tokenize.layout
+    def _model_kind_follows_model(self) -> Config:
+        spec, model_kind = self.train.model, self.tokenize.model_kind
         if spec.source == "config":
             key, value = "train.model.architecture", spec.architecture
             encoder_decoder = spec.architecture in ENCODER_DECODER_ARCHITECTURES
@@ -206,10 +234,10 @@ class Config(_Section):
             if encoder_decoder is None:  # no readable config.json yet: the train stage names the folder
                 return self
         wanted = "encoder_decoder" if encoder_decoder else "decoder_only"
-        if layout != wanted:
+        if model_kind != wanted:
             kind = "an encoder-decoder" if encoder_decoder else "a decoder-only model"
-            raise ValueError(f"tokenize.layout: {layout!r}, but {key} ({value}) is {kind}, which trains "
-                             f"on {wanted!r} rows; allowed: tokenize.layout: {wanted} (or another "
+            raise ValueError(f"tokenize.model_kind: {model_kind!r}, but {key} ({value}) is {kind}, which "
+                             f"trains on {wanted!r} rows; allowed: tokenize.model_kind: {wanted} (or another "
                              f"{key.rsplit('.', 1)[-1]})")
         return self
 
@@ -250,10 +278,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _bands_fit(self) -> Config:
-        near = self.dedup.near
+        near = self.dedupe.near
         if near.bands is not None and near.bands > near.num_perm:
-            raise ValueError(f"dedup.near.bands: {near.bands} bands need at least as many permutations "
-                             f"(dedup.near.num_perm is {near.num_perm})")
+            raise ValueError(f"dedupe.near.bands: {near.bands} bands need at least as many permutations "
+                             f"(dedupe.near.num_perm is {near.num_perm})")
         return self
 
     def dataset_names(self) -> list[str]:

@@ -1,4 +1,4 @@
-"""The config's sections: one typed model per top-level key (``download``, ``templatize``, ``dedup``,
+"""The config's sections: one typed model per top-level key (``download``, ``templatize``, ``dedupe``,
 ``decontaminate``, ``mix``, ``tokenize``, ``train``, ``evaluate``, ``ablations``), each field with its
 docstring (the one source of ``docs/config.md``) and its default; checks within one section live on it.
 The types several sections and the stages' slices share are named here once."""
@@ -359,7 +359,7 @@ class TemplatizeConfig(_Section):
         return self
 
 
-class NearDedupConfig(_Section):
+class NearDedupeConfig(_Section):
     """Near-duplicates: MinHash + LSH over each example's raw text fields (never the templated text,
     whose boilerplate would make unrelated examples look alike)."""
 
@@ -375,13 +375,13 @@ class NearDedupConfig(_Section):
     positives plus false negatives at `threshold`, as datasketch does."""
 
 
-class DedupConfig(_Section):
+class DedupeConfig(_Section):
     """Stage 3a: drop duplicate training examples within and across datasets; the first occurrence in
     the stable order (datasets in registry order, rows in source order) is kept."""
 
     exact: bool = True
     """Drop examples whose normalised inputs + targets (lower case, whitespace collapsed) repeat."""
-    near: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    near: NearDedupeConfig = Field(default_factory=NearDedupeConfig)
     pool_factor: StrictFloat | None = Field(4.0, ge=1.0)
     """Only the `pool_factor * mix.cap` rows of a dataset that a seeded draw would reach first are
     fingerprinted (the rest can never survive the cap, and are counted as capped away); null checks
@@ -494,9 +494,9 @@ class MixConfig(_Section):
         return max(g.cap for g in self.groups().values())
 
 
-class TokenizerConfig(_Section):
-    """The tokenizer: a SentencePiece model trained on a seeded sample of the mixture text, a given
-    one, or the pretrained checkpoint's own."""
+class TokenizerSource(_Section):
+    """`tokenize.tokenizer`, which tokenizer the run uses: a SentencePiece model trained on a seeded
+    sample of the mixture text, a given one, or the pretrained checkpoint's own."""
 
     source: Literal["auto", "train", "file"] = "auto"
     """`auto`: the checkpoint's own tokenizer when `train.model.source` is `pretrained` (read from
@@ -524,7 +524,7 @@ class TokenizerConfig(_Section):
     """Longer sampled lines are cut to this many characters before training."""
 
     @model_validator(mode="after")
-    def _path_matches_source(self) -> TokenizerConfig:
+    def _path_matches_source(self) -> TokenizerSource:
         if self.source == "file" and not self.path:
             raise ValueError("tokenize.tokenizer.path: source 'file' needs the path of a SentencePiece "
                              ".model file, a tokenizer.json or a folder holding one")
@@ -537,7 +537,7 @@ class TokenizerConfig(_Section):
 class TokenizeConfig(_Section):
     """Stage 4: tokenize each mixture and pack it into fixed-width token rows."""
 
-    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    tokenizer: TokenizerSource = Field(default_factory=TokenizerSource)
     add_bos: bool | None = None
     """Put the tokenizer's BOS token before each example's inputs. null: as the tokenizer's own
     convention says (a checkpoint whose tokenizer adds BOS, as Llama's do, gets one; SmolLM2's and
@@ -549,7 +549,7 @@ class TokenizeConfig(_Section):
     truncate_inputs: Truncation = "right"
     """Which end of a long input is cut: `right` keeps its beginning (seqio's rule), `left` keeps its
     end (where FLAN templates put the question and the OPTIONS)."""
-    layout: ModelKind = "decoder_only"
+    model_kind: ModelKind = "decoder_only"
     """`decoder_only`: rows of `max_input_tokens + max_target_tokens` tokens, each holding several
     `inputs EOS targets EOS` examples; `encoder_decoder`: inputs and targets packed into paired rows
     of `max_input_tokens` and `max_target_tokens`."""
@@ -580,14 +580,15 @@ class TokenizeConfig(_Section):
     @model_validator(mode="after")
     def _segments_fit(self) -> TokenizeConfig:
         width = self.max_input_tokens + self.max_target_tokens
-        if self.layout == "decoder_only" and width > 65_535:
+        if self.model_kind == "decoder_only" and width > 65_535:
             raise ValueError(f"tokenize: a decoder-only row of max_input_tokens + max_target_tokens = "
                              f"{width} tokens is too long (at most 65535)")
-        if self.layout == "encoder_decoder" and self.format == "text":
-            raise ValueError("tokenize.format: text needs tokenize.layout: decoder_only (an encoder-decoder's"
-                             " input and target are apart already); allowed with encoder_decoder: eos, auto")
-        if self.layout == "encoder_decoder" and self.format == "chat":
-            raise ValueError("tokenize.format: chat needs tokenize.layout: decoder_only (a chat template "
+        if self.model_kind == "encoder_decoder" and self.format == "text":
+            raise ValueError("tokenize.format: text needs tokenize.model_kind: decoder_only (an "
+                             "encoder-decoder's input and target are apart already); allowed with "
+                             "encoder_decoder: eos, auto")
+        if self.model_kind == "encoder_decoder" and self.format == "chat":
+            raise ValueError("tokenize.format: chat needs tokenize.model_kind: decoder_only (a chat template "
                              "renders one sequence of turns); allowed with encoder_decoder: eos, auto")
         if self.format == "chat" and self.add_bos:
             raise ValueError("tokenize.add_bos: true with tokenize.format: chat; the chat template places "
@@ -603,7 +604,7 @@ class TokenizeConfig(_Section):
         """
         if self.format != "auto":
             return self.format
-        return "text" if source == "pretrained" and self.layout == "decoder_only" else "eos"
+        return "text" if source == "pretrained" and self.model_kind == "decoder_only" else "eos"
 
 
 class ModelSpec(_Section):
@@ -621,7 +622,7 @@ class ModelSpec(_Section):
                           "phi3", "t5", "mt5", "umt5"] = "llama"
     """`config` only: the `transformers` model family of a new model (its `model_type`; `gemma3` is
     Gemma 3's text-only `gemma3_text`). `t5`, `mt5` and `umt5` are encoder-decoders (T5 v1.1 / FLAN-T5 shape:
-    gated-GELU, `num_layers` on each side), trained on `tokenize.layout: encoder_decoder` rows."""
+    gated-GELU, `num_layers` on each side), trained on `tokenize.model_kind: encoder_decoder` rows."""
     hidden_size: StrictInt = Field(768, ge=8)
     num_layers: StrictInt = Field(12, ge=1)
     num_heads: StrictInt = Field(12, ge=1)
@@ -815,15 +816,15 @@ class EvaluateConfig(_Section):
     (lm-eval `acc_norm`), or `pmi`: minus its log-likelihood after the answer prefix alone (lm-eval
     `acc_mutual_info`, OLMES `acc_uncond`)."""
     pmi_prefix: str = ""
-    """The text PMI's unconditional term scores each option after (in the model's layout): empty,
+    """The text PMI's unconditional term scores each option after (in the model's format): empty,
     as lm-eval's `acc_mutual_info`, or an answer cue such as `Answer:` (OLMES)."""
     target_delimiter: str = " "
-    """In the `continuation` layout (a model flanpipe did not train): the text between a prompt and
+    """In the `continuation` format (a model flanpipe did not train): the text between a prompt and
     its option, lm-eval's `target_delimiter`."""
-    cross_layouts: bool = True
-    """Also score every model in the other layout of the pair (the run's `tokenize.format`,
+    cross_formats: bool = True
+    """Also score every model in the other format of the pair (the run's `tokenize.format`,
     `continuation`): the base in the format the tuned models were trained in, a tuned model as a
-    plain continuation. The report then shows what share of a base-vs-tuned gap the layout alone
+    plain continuation. The report then shows what share of a base-vs-tuned gap the format alone
     explains. Doubles the scoring."""
     bootstrap: StrictInt = Field(1000, ge=0, le=100_000)
     """Resamples of the eval examples behind every headline's 95% interval (0: no intervals)."""

@@ -17,14 +17,14 @@ from flanpipe.core.config.sections import (
     MixConfig,
     ModelKind,
     ModelSpec,
-    NearDedupConfig,
+    NearDedupeConfig,
     OptionsStyle,
     Packer,
     PromptMix,
     SourceSpec,
     TemplateBank,
     TemplateFormat,
-    TokenizerConfig,
+    TokenizerSource,
     TrainConfig,
     TrainFormat,
     Truncation,
@@ -100,7 +100,7 @@ class PoolSlice(Slice):
     large cap of one group, dialog's 200k, does not widen every dataset's pool; without a dataset,
     the largest of any submixture's caps)."""
 
-    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "pool_factor": "dedup.pool_factor",
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "pool_factor": "dedupe.pool_factor",
                                       "cap": "mix.largest_cap"}
     seed: int
     pool_factor: StrictFloat | None
@@ -122,7 +122,7 @@ class PoolSlice(Slice):
 
     @classmethod
     def paths(cls) -> list[str]:
-        return ["seed", "dedup.pool_factor", "mix.cap", "mix.submixtures"]
+        return ["seed", "dedupe.pool_factor", "mix.cap", "mix.submixtures"]
 
 
 class TemplatizeSlice(Slice):
@@ -165,7 +165,7 @@ class FingerprintSlice(Slice):
     """fingerprint: MinHash signatures of the pool, n-grams of the eval split."""
 
     KEYS: ClassVar[dict[str, str]] = {
-        "seed": "seed", "shingle": "dedup.near.shingle", "num_perm": "dedup.near.num_perm",
+        "seed": "seed", "shingle": "dedupe.near.shingle", "num_perm": "dedupe.near.num_perm",
         "ngram": "decontaminate.ngram", "min_ngram": "decontaminate.min_ngram"}
     seed: int
     shingle: int
@@ -177,17 +177,17 @@ class FingerprintSlice(Slice):
 class DedupeSlice(Slice):
     """dedupe: which fingerprints count as duplicates."""
 
-    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "exact": "dedup.exact", "near": "dedup.near"}
+    KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "exact": "dedupe.exact", "near": "dedupe.near"}
     seed: int
     exact: bool
-    near: NearDedupConfig
+    near: NearDedupeConfig
 
 
 class MixSlice(Slice):
     """mix: cap, rates and shards of a mixture, and the budget its epochs are counted against."""
 
     KEYS: ClassVar[dict[str, str]] = {
-        "seed": "seed", "mix": "mix", "pool_factor": "dedup.pool_factor",
+        "seed": "seed", "mix": "mix", "pool_factor": "dedupe.pool_factor",
         "decontaminate": "decontaminate.enabled", "max_input_tokens": "tokenize.max_input_tokens",
         "max_target_tokens": "tokenize.max_target_tokens", "steps": "train.steps",
         "tokens_per_batch": "train.tokens_per_batch"}
@@ -206,7 +206,7 @@ class TokenizerSlice(Slice):
 
     KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "tokenizer": "tokenize.tokenizer"}
     seed: int
-    tokenizer: TokenizerConfig
+    tokenizer: TokenizerSource
 
 
 class _FormatResolved(Slice):
@@ -223,11 +223,11 @@ class _FormatResolved(Slice):
 
 
 class PackSlice(_FormatResolved):
-    """pack: the token layout and the packer (not the tokenizer: that is pack's input file)."""
+    """pack: the token format, the model kind and the packer (not the tokenizer: pack reads its file)."""
 
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", **{k: f"tokenize.{k}" for k in (
-            "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "layout", "packer",
+            "add_bos", "max_input_tokens", "max_target_tokens", "truncate_inputs", "model_kind", "packer",
             "pack_window", "rows_per_shard", "max_truncated_fraction")},
         "steps": "train.steps", "tokens_per_batch": "train.tokens_per_batch",
         "separator": "tokenize.separator"}
@@ -236,7 +236,7 @@ class PackSlice(_FormatResolved):
     max_input_tokens: int
     max_target_tokens: int
     truncate_inputs: Truncation
-    layout: ModelKind
+    model_kind: ModelKind
     format: TrainFormat
     """``tokenize.format`` resolved for ``train.model.source`` (see :meth:`TokenizeConfig.format_for`)."""
     separator: str
@@ -269,7 +269,7 @@ class BaseModelSlice(Slice):
 
 
 class EvaluateSlice(_FormatResolved):
-    """evaluate: scoring, prompts (OPTIONS style, few-shot) and the prompts' token layout."""
+    """evaluate: scoring, prompts (OPTIONS style, few-shot) and the prompts' token format."""
 
     KEYS: ClassVar[dict[str, str]] = {
         "seed": "seed", "evaluate": "evaluate", "options": "templatize.options",
@@ -292,8 +292,8 @@ class EvaluateSlice(_FormatResolved):
     truncate_inputs: Truncation
     separator: str = "\n"
     format: TrainFormat = "eos"
-    """The run's training format (``tokenize.format`` resolved): the layout a model is scored in
-    beside its own (``evaluate.cross_layouts``), and a ``text`` override's separator."""
+    """The run's training format (``tokenize.format`` resolved): the format a model is scored in
+    beside its own (``evaluate.cross_formats``), and a ``text`` override's separator."""
 
 
 class ReportSlice(Slice):

@@ -26,14 +26,14 @@ Limits: rope scalings that pick their frequencies from the sequence length (Phi-
 does, so a prompt shorter than ``original_max_position_embeddings`` whose option crosses it scores
 as in cached decoding, not as a from-scratch forward pass of prompt + option.
 
-Token sequences follow the training layout (``inputs EOS targets EOS``): a prompt is the input's
+Token sequences follow the training format (``eos``: ``inputs EOS targets EOS``): a prompt is the input's
 tokens and its EOS, an option is the target's tokens and its EOS; the caller builds them.
 
 Encoder-decoders (``config.is_encoder_decoder``) take the same calls. For T5, FLAN-T5, mT5 and umT5,
 rank classification encodes each prompt once (:func:`score_seq2seq`): all options of a prompt run
 as segments of one decoder row (each ``decoder_start_token_id`` then the option's tokens but its
 last), against the prompt's encoder output and its cross-attention keys and values.
-``method="per_option"`` (:func:`score_seq2seq_per_option`, also used for other encoder-decoders)
+``method="per_option"`` (:func:`score_per_option`, also used for other encoder-decoders)
 runs the model's own forward once per (prompt, option) instead. Generation goes through
 ``model.generate`` on batches of prompts, with the same stop rules (any EOS id, ``max_new_tokens``,
 ``vocab_limit``).
@@ -317,9 +317,9 @@ def score_options(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
         raise ValueError(f"method {method!r}: allowed are {', '.join(METHODS)}")
     _check_requests(prompts, options)
     if is_encoder_decoder(model.config):  # (other encoder-decoders than T5's family: their own forward)
-        shared = method != "per_option" and model.config.model_type in SEQ2SEQ_TYPES
-        score = score_seq2seq if shared else score_seq2seq_per_option
-        return score(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
+        if method != "per_option" and model.config.model_type in SEQ2SEQ_TYPES:
+            return score_seq2seq(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
+        return score_per_option(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
     if method == "per_option" or (method == "auto" and not shared_extension_supported(model)):
         return score_per_option(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
     kinds = AttentionKinds.of(model.config)
@@ -368,33 +368,59 @@ def score_per_option(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                      options: Sequence[Sequence[Sequence[int]]], max_batch_tokens: int = 16_384,
                      max_batch_rows: int = 64, progress: Callable[[int], None] | None = None
                      ) -> list[np.ndarray]:
-    """:func:`score_options` the plain way: prompt + option as one right-padded sequence per option,
-    the model's own causal mask, no cache. For attention kernels that take no custom mask, and the
-    reference the shared path is checked against."""
+    """:func:`score_options` the plain way: one right-padded sequence per (prompt, option), no cache.
+    A causal LM runs prompt + option under its own causal mask (:func:`_causal_option_sums`); an
+    encoder-decoder runs its own ``forward``, encoder and decoder (:func:`_seq2seq_option_sums`).
+    For attention kernels that take no custom mask, other encoder-decoders than T5's family, and the
+    reference the shared paths are checked against."""
     _check_requests(prompts, options)
-    if is_encoder_decoder(model.config):
-        return score_seq2seq_per_option(model, prompts, options, max_batch_tokens, max_batch_rows, progress)
     device = _device(model)
+    option_sums = _seq2seq_option_sums if is_encoder_decoder(model.config) else _causal_option_sums
     pairs = [(i, j) for i, opts in enumerate(options) for j in range(len(opts))]
-    seqs = [list(prompts[i]) + list(options[i][j]) for i, j in pairs]
     flat = np.zeros(len(pairs))
     done: set[int] = set()
-    for batch in _batches([len(s) for s in seqs], max_batch_tokens, max_batch_rows):
-        width = max(len(seqs[k]) for k in batch)
-        tokens = _padded([seqs[k] for k in batch], width, device)
-        positions = torch.arange(width, device=device).expand(len(batch), width)
-        logp = _log_softmax(model(input_ids=tokens, position_ids=positions, use_cache=False).logits)
-        for b, k in enumerate(batch):
-            i, j = pairs[k]
-            start, option = len(prompts[i]), options[i][j]
-            at = torch.arange(start - 1, start - 1 + len(option), device=device)
-            target = torch.as_tensor(list(option), dtype=torch.long, device=device)
-            flat[k] = float(logp[b, at, target].double().sum())
+    for batch in _batches([len(prompts[i]) + len(options[i][j]) for i, j in pairs], max_batch_tokens,
+                          max_batch_rows):
+        chosen = [pairs[k] for k in batch]
+        flat[batch] = option_sums(model, [prompts[i] for i, _ in chosen], [options[i][j] for i, j in chosen],
+                                  device)
         if progress:
-            new = {pairs[k][0] for k in batch} - done
+            new = {i for i, _ in chosen} - done
             done |= new
             progress(len(new))
     return _regrouped(flat, options)
+
+
+def _causal_option_sums(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                        options: Sequence[Sequence[int]], device: torch.device) -> np.ndarray:
+    """Row ``b``'s summed log-probability of ``options[b]`` after ``prompts[b]``, from one forward
+    pass of each prompt + option (right-padded)."""
+    seqs = [list(p) + list(o) for p, o in zip(prompts, options, strict=True)]
+    width = max(len(s) for s in seqs)
+    tokens = _padded(seqs, width, device)
+    positions = torch.arange(width, device=device).expand(len(seqs), width)
+    logp = _log_softmax(model(input_ids=tokens, position_ids=positions, use_cache=False).logits)
+    sums = np.zeros(len(seqs))
+    for b, (prompt, option) in enumerate(zip(prompts, options, strict=True)):
+        at = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(option), device=device)
+        target = torch.as_tensor(list(option), dtype=torch.long, device=device)
+        sums[b] = float(logp[b, at, target].double().sum())
+    return sums
+
+
+def _seq2seq_option_sums(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                         options: Sequence[Sequence[int]], device: torch.device) -> np.ndarray:
+    """Row ``b``'s summed log-probability of ``options[b]`` given ``prompts[b]``, from the
+    encoder-decoder's own ``forward`` (prompts and options right-padded)."""
+    width = max(len(p) for p in prompts)
+    ids = _padded(prompts, width, device)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+    inputs, labels, real = _option_rows(model, options, device)
+    logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=inputs,
+                   decoder_attention_mask=real.long(), use_cache=False).logits
+    logp = _log_softmax(logits).gather(-1, labels[..., None])[..., 0].double()
+    return (logp * real).sum(-1).cpu().numpy()
 
 
 # --- encoder-decoders ----------------------------------------------------------------------------
@@ -488,38 +514,6 @@ def score_seq2seq(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
         if progress:
             progress(len(batch))
     return out
-
-
-@torch.inference_mode()
-def score_seq2seq_per_option(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
-                             options: Sequence[Sequence[Sequence[int]]], max_batch_tokens: int = 16_384,
-                             max_batch_rows: int = 64, progress: Callable[[int], None] | None = None
-                             ) -> list[np.ndarray]:
-    """:func:`score_seq2seq` the plain way: the model's own ``forward`` (encoder and decoder) once
-    per (prompt, option), in right-padded batches."""
-    device = _device(model)
-    pairs = [(i, j) for i, opts in enumerate(options) for j in range(len(opts))]
-    flat = np.zeros(len(pairs))
-    done: set[int] = set()
-    sizes = [len(prompts[i]) + len(options[i][j]) for i, j in pairs]
-    for batch in _batches(sizes, max_batch_tokens, max_batch_rows):
-        width = max(len(prompts[pairs[k][0]]) for k in batch)
-        ids = _padded([prompts[pairs[k][0]] for k in batch], width, device)
-        lengths = torch.tensor([len(prompts[pairs[k][0]]) for k in batch], device=device)
-        mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
-        chosen = [options[i][j] for i, j in (pairs[k] for k in batch)]
-        inputs, labels, real = _option_rows(model, chosen, device)
-        logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=inputs,
-                       decoder_attention_mask=real.long(), use_cache=False).logits
-        logp = _log_softmax(logits).gather(-1, labels[..., None])[..., 0].double()
-        sums = (logp * real).sum(-1).cpu().numpy()
-        for b, k in enumerate(batch):
-            flat[k] = sums[b]
-        if progress:
-            new = {pairs[k][0] for k in batch} - done
-            done |= new
-            progress(len(new))
-    return _regrouped(flat, options)
 
 
 def _generate_seq2seq(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int,

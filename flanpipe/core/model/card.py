@@ -158,7 +158,7 @@ def _evaluation(evals: list[dict]) -> str:
     if not evals:
         return ("## Held-out evaluation\n\nNot evaluated yet: `flanpipe card --model models/<name>` adds "
                 "the table once `results/eval/<name>/` exists.")
-    rows = ["| cluster | dataset | shots | metric | layout | mean over templates | 95% interval "
+    rows = ["| cluster | dataset | shots | metric | format | mean over templates | 95% interval "
             "| templates |", "|---|---|---|---|---|---|---|---|"]
     for e in sorted(evals, key=lambda e: (e.get("cluster", ""), e["dataset"], e["few_shot"])):
         h = e["headline"]
@@ -166,7 +166,7 @@ def _evaluation(evals: list[dict]) -> str:
         interval = f"[{ci['low']:.1f}, {ci['high']:.1f}]" if ci else "-"
         shots = "few" if e["few_shot"] else "zero"
         rows.append(f"| {e.get('cluster', '-')} | {e['dataset']} | {shots}-shot | {e['primary']} | "
-                    f"{e.get('layout', 'eos')} | {h['mean']:.1f} | {interval} | {h['templates']} |")
+                    f"{e.get('format', 'eos')} | {h['mean']:.1f} | {interval} | {h['templates']} |")
     return ("## Held-out evaluation\n\nEach dataset of a cluster the model never trained on, scored on "
             "the templates of its bank (`templates`: how many; `evaluate.max_templates`), the mean over them "
             "with its bootstrap interval over examples.\n\n" + "\n".join(rows))

@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = {  # train.model.architecture -> transformers model_type (a causal LM each)
     "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
     "gemma3": "gemma3_text", "gpt_neox": "gpt_neox", "olmo2": "olmo2", "phi3": "phi3",
-    # encoder-decoders (T5 v1.1 / FLAN-T5 shapes, tokenize.layout: encoder_decoder)
+    # encoder-decoders (T5 v1.1 / FLAN-T5 shapes, tokenize.model_kind: encoder_decoder)
     "t5": "t5", "mt5": "mt5", "umt5": "umt5",
 }
 VOCAB_MULTIPLE = 128  # embedding rows of a model we build: a multiple of this (matmul-friendly shapes)
@@ -358,7 +358,7 @@ def save_checkpoint(model: PreTrainedModel, tokenizer, out: str | Path, *, dtype
     or ``model-0000i-of-0000n.safetensors`` with ``model.safetensors.index.json``), ``config.json``,
     ``generation_config.json``, and the tokenizer's files (``tokenizer.save_pretrained(out)``; a
     SentencePiece ``.model`` path is also accepted; None: no tokenizer files, for benchmarks), and
-    ``record`` as ``flanpipe.json`` (what flanpipe trained it in: its layout). Written to a
+    ``record`` as ``flanpipe.json`` (what flanpipe trained it in: its format). Written to a
     temporary folder and renamed.
 
     Under ZeRO-3 every rank must call it: parameters are gathered one at a time to rank 0, which

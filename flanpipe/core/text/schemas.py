@@ -67,7 +67,7 @@ MIXTURE_STATS_SCHEMA = pa.schema([
     pa.field("mean_tokens_est", pa.float64()),
     pa.field("inputs_cut", pa.int64()),  # sampled rows whose long field templatize cut to fit
     # kept < cap although raw rows outside the pool exist: at most this many more rows would have
-    # passed the cap with a larger pool (dedup.pool_factor); 0 when the pool was large enough
+    # passed the cap with a larger pool (dedupe.pool_factor); 0 when the pool was large enough
     pa.field("pool_short", pa.int64()),
     # raw rows whose source id another row of the split also has (keyed apart by their content)
     pa.field("duplicate_id_rows", pa.int64()),
@@ -122,7 +122,7 @@ DROPPED_SCHEMA = pa.schema([
 # pack.py
 PACKING_SCHEMA = pa.schema([
     pa.field("mixture", pa.string()),
-    pa.field("layout", pa.string()),
+    pa.field("model_kind", pa.string()),
     pa.field("packer", pa.string()),
     pa.field("row_tokens", pa.int64()),  # slots per row (inputs + targets for encoder-decoder)
     pa.field("examples", pa.int64()),

@@ -555,7 +555,7 @@ def fit_to_tokens(bank: DatasetTemplates, template: Template, raw: pa.Table, sty
     the tokenizer's truncation would cut them. Each pass cuts an over-long row's field by its excess
     tokens at that row's own characters per token, plus a tenth, then counts again. Returns the
     rendering and the characters cut per row; a row that still does not fit after ``passes`` (its
-    other text alone passes the budget) is left to the layout's truncation."""
+    other text alone passes the budget) is left to the format's truncation."""
     rendered = render_template(bank, template, raw, style)
     cut = np.zeros(raw.num_rows, np.int32)
     if not _uses(template, field):

@@ -1,4 +1,4 @@
-"""The ``chat`` layout: an example as a two-turn conversation in the tokenizer's own chat template
+"""The ``chat`` format: an example as a two-turn conversation in the tokenizer's own chat template
 (the instruction as the user turn, the target as the assistant turn), as instruct checkpoints
 (SmolLM2-Instruct, Llama 3 Instruct, Qwen Instruct) are trained and prompted.
 

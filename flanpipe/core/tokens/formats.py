@@ -1,9 +1,10 @@
-"""The token layout: how an example's text becomes tokens, for pack (training rows) and evaluate
-(prompts and options) alike. This module owns it.
+"""The token formats: how an example's text becomes tokens, for pack (training rows) and evaluate
+(prompts and options) alike. This module owns them.
 
-Layouts (:data:`LAYOUTS`); the first two are training formats (``tokenize.format``, :data:`FORMATS`):
+Formats (:data:`FORMATS`); all but ``continuation`` are training formats (``tokenize.format``,
+:data:`TRAIN_FORMATS`):
 
-- ``eos``, the paper's training layout: ``[BOS] input EOS`` then ``target EOS``. Inputs are cut to
+- ``eos``, the paper's training format: ``[BOS] input EOS`` then ``target EOS``. Inputs are cut to
   ``max_input_tokens`` and targets to ``max_target_tokens``, BOS and EOS always kept.
 - ``text``, how pretrained decoders are fine-tuned today: ``[BOS] input SEP`` then ``target EOS``,
   with ``SEP`` the tokens of ``tokenize.separator`` (a newline by default) encoded on their own, and
@@ -15,7 +16,7 @@ Layouts (:data:`LAYOUTS`); the first two are training formats (``tokenize.format
   ``target_delimiter + target``. As in lm-eval's ``HFLM._encode_pair``, the context's trailing spaces
   move to the option, and the option's tokens are those that encoding the joined text adds after
   the context's, so the merges at the boundary are the model's own. An untuned base model, and any
-  folder that flanpipe did not train, is scored in it: the ``eos`` layout would end its document
+  folder that flanpipe did not train, is scored in it: the ``eos`` format would end its document
   before the answer.
 
 - ``chat``, for instruct checkpoints: the tokenizer's chat template with the input as the user
@@ -43,13 +44,13 @@ from flanpipe.core.config import EvaluateSlice, PackSlice, TokenizeConfig
 from flanpipe.core.tokens.chat import ChatTemplate, chat_template
 from flanpipe.core.tokens.tokenizers import Tokenizer
 
-LayoutName = Literal["eos", "text", "chat", "continuation"]
-LAYOUTS: tuple[LayoutName, ...] = ("eos", "text", "chat", "continuation")
-FORMATS: tuple[LayoutName, ...] = ("eos", "text", "chat")
-"""The layouts a model is trained in (``tokenize.format``)."""
+FormatName = Literal["eos", "text", "chat", "continuation"]
+FORMATS: tuple[FormatName, ...] = ("eos", "text", "chat", "continuation")
+TRAIN_FORMATS: tuple[FormatName, ...] = ("eos", "text", "chat")
+"""The formats a model is trained in (``tokenize.format``)."""
 RECORD = "flanpipe.json"
-"""In a model folder flanpipe trained: the layout it was trained in and its separator
-(``{"layout": "text", "separator": "\\n", ...}``)."""
+"""In a model folder flanpipe trained: the format it was trained in and its separator
+(``{"format": "text", "separator": "\\n", ...}``)."""
 
 
 def bos_token(tokenizer: Tokenizer, add_bos: bool | None) -> int | None:
@@ -64,7 +65,7 @@ def bos_token(tokenizer: Tokenizer, add_bos: bool | None) -> int | None:
 
 
 def separator_ids(tokenizer: Tokenizer, name: str, separator: str) -> list[int]:
-    """The tokens between an input and its target in layout ``name``: EOS (``eos``), the
+    """The tokens between an input and its target in format ``name``: EOS (``eos``), the
     separator's own tokens (``text``), none (``continuation``)."""
     if name == "eos":
         return [tokenizer.eos_id]
@@ -72,13 +73,13 @@ def separator_ids(tokenizer: Tokenizer, name: str, separator: str) -> list[int]:
         return tokenizer.encode_batch([separator])[0].tolist() if separator else []
     if name in ("continuation", "chat"):
         return []
-    raise ValueError(f"layout {name!r}; allowed: {', '.join(LAYOUTS)}")
+    raise ValueError(f"format {name!r}; allowed: {', '.join(FORMATS)}")
 
 
 def encode(tokenizer: Tokenizer, texts: list[str], limit: int, end: list[int], left: bool = False,
            bos: int | None = None, threads: int = 1) -> list[list[int]]:
     """Token lists as the packer builds them: ``[BOS] text END`` in at most ``limit`` tokens (END:
-    EOS, or a ``text`` layout's separator), the text cut from the right, or with ``left`` from the
+    EOS, or a ``text`` format's separator), the text cut from the right, or with ``left`` from the
     left (BOS and END always kept)."""
     keep = limit - len(end) - (bos is not None)
     if keep < 0:
@@ -104,10 +105,10 @@ def split_pair(context: str, continuation: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class Layout:
-    """How evaluation turns text into tokens for one model: its tokenizer, the layout's name, the
+class Format:
+    """How evaluation turns text into tokens for one model: its tokenizer, the format's name, the
     BOS to put before inputs (or None), the packer's budgets, the text between a context and its
-    option (``continuation``) and the separator of a ``text`` layout."""
+    option (``continuation``) and the separator of a ``text`` format."""
 
     tokenizer: Tokenizer
     bos: int | None
@@ -115,18 +116,18 @@ class Layout:
     max_target_tokens: int
     truncate_left: bool
     threads: int = 1
-    name: LayoutName = "eos"
+    name: FormatName = "eos"
     target_delimiter: str = " "
     separator: str = "\n"
 
     @classmethod
     def of(cls, tokenizer: Tokenizer, tcfg: TokenizeConfig | EvaluateSlice | PackSlice, threads: int = 1,
-           name: LayoutName = "eos", separator: str | None = None) -> Layout:
-        """The layout ``name`` with ``tcfg``'s budgets, truncation side, BOS setting and separator
+           name: FormatName = "eos", separator: str | None = None) -> Format:
+        """The format ``name`` with ``tcfg``'s budgets, truncation side, BOS setting and separator
         (``separator`` replaces it: a trained model's own), and from an evaluate slice its target
         delimiter."""
-        if name not in LAYOUTS:
-            raise ValueError(f"layout {name!r}; allowed: {', '.join(LAYOUTS)}")
+        if name not in FORMATS:
+            raise ValueError(f"format {name!r}; allowed: {', '.join(FORMATS)}")
         evaluate = getattr(tcfg, "evaluate", None)
         delimiter = evaluate.target_delimiter if evaluate is not None else " "
         if separator is None:
@@ -135,15 +136,15 @@ class Layout:
                    tcfg.max_target_tokens, tcfg.truncate_inputs == "left", threads, name, delimiter,
                    separator)
 
-    def as_(self, name: LayoutName) -> Layout:
-        """The same tokenizer, budgets and separator in another layout."""
-        if name not in LAYOUTS:
-            raise ValueError(f"layout {name!r}; allowed: {', '.join(LAYOUTS)}")
+    def as_(self, name: FormatName) -> Format:
+        """The same tokenizer, budgets and separator in another format."""
+        if name not in FORMATS:
+            raise ValueError(f"format {name!r}; allowed: {', '.join(FORMATS)}")
         return replace(self, name=name)
 
     @property
     def chat(self) -> ChatTemplate:
-        """The tokenizer's checked chat template (the ``chat`` layout)."""
+        """The tokenizer's checked chat template (the ``chat`` format)."""
         return chat_template(self.tokenizer)
 
     @property
@@ -177,7 +178,7 @@ class Layout:
         """``target EOS`` per text (an option, ``eos`` and ``text``), on its own; in
         ``continuation`` use :meth:`options`, whose tokens depend on the context."""
         if self.name in ("continuation", "chat"):
-            raise ValueError(f"a {self.name} option's tokens depend on its context: use Layout.options")
+            raise ValueError(f"a {self.name} option's tokens depend on its context: use Format.options")
         return encode(self.tokenizer, texts, self.max_target_tokens, [self.tokenizer.eos_id],
                       threads=self.threads)
 

@@ -5,7 +5,7 @@ places them so), then padding. So a row's tokens and its examples' lengths say e
 each example starts, where its target starts, where the padding begins. On disk, per shard of
 ``data/packed/{mixture}/shards/``:
 
-- ``part-XXXXX.tokens.npy``: one record per row with the layout's token fields
+- ``part-XXXXX.tokens.npy``: one record per row with the model kind's token fields
   (:func:`stored_dtype`: ``tokens``, or ``inputs`` and ``targets``);
 - ``part-XXXXX.examples.npy``: one ``(input_tokens, target_tokens)`` record per example
   (:data:`EXAMPLE_DTYPE`, EOS and BOS included), row by row, in segment order;
@@ -32,7 +32,8 @@ import numpy as np
 
 from flanpipe.core.io import ArtifactMismatch, reading, verify_sha256
 
-LAYOUTS = ("decoder_only", "encoder_decoder")
+MODEL_KINDS = ("decoder_only", "encoder_decoder")
+"""What packed rows are for (``tokenize.model_kind``): a decoder-only model or an encoder-decoder."""
 EXAMPLE_DTYPE = np.dtype([("input_tokens", "<u2"), ("target_tokens", "<u2")])
 """An example's stored lengths: its inputs and its targets, each with its EOS (inputs with BOS, if added)."""
 SHARD_FILES = ("tokens", "examples", "examples_per_row")
@@ -48,8 +49,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.int32)
 
 
-def stored_dtype(layout: str, max_input: int, max_target: int, vocab_size: int) -> np.dtype:
-    """The record of one row in ``part-XXXXX.tokens.npy``: the layout's token fields.
+def stored_dtype(model_kind: str, max_input: int, max_target: int, vocab_size: int) -> np.dtype:
+    """The record of one row in ``part-XXXXX.tokens.npy``: the model kind's token fields.
 
     >>> stored_dtype("decoder_only", 4, 2, 32000).names
     ('tokens',)
@@ -57,11 +58,11 @@ def stored_dtype(layout: str, max_input: int, max_target: int, vocab_size: int) 
     (2,)
     """
     tok = token_dtype(vocab_size)
-    if layout == "decoder_only":
+    if model_kind == "decoder_only":
         return np.dtype([("tokens", tok, (max_input + max_target,))])
-    if layout == "encoder_decoder":
+    if model_kind == "encoder_decoder":
         return np.dtype([("inputs", tok, (max_input,)), ("targets", tok, (max_target,))])
-    raise ValueError(f"unknown layout {layout!r}; allowed: {', '.join(LAYOUTS)}")
+    raise ValueError(f"unknown model kind {model_kind!r}; allowed: {', '.join(MODEL_KINDS)}")
 
 
 def record_dtype(stored: np.dtype) -> np.dtype:
@@ -82,13 +83,13 @@ def record_dtype(stored: np.dtype) -> np.dtype:
     return np.dtype(fields)
 
 
-def row_dtype(layout: str, max_input: int, max_target: int, vocab_size: int) -> np.dtype:
+def row_dtype(model_kind: str, max_input: int, max_target: int, vocab_size: int) -> np.dtype:
     """The record of one packed row as :class:`PackedShards` gives it.
 
     >>> row_dtype("decoder_only", 4, 2, 32000).names
     ('tokens', 'segment_ids', 'positions', 'loss_mask')
     """
-    return record_dtype(stored_dtype(layout, max_input, max_target, vocab_size))
+    return record_dtype(stored_dtype(model_kind, max_input, max_target, vocab_size))
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ def _load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
 class PackedShards:
     """The packed rows of one mixture (``data/packed/{mixture}``), memory-mapped shard by shard.
 
-    ``len(shards)`` rows; ``shards[i]`` is row ``i`` (a record of :attr:`dtype`, the layout's
+    ``len(shards)`` rows; ``shards[i]`` is row ``i`` (a record of :attr:`dtype`, the model kind's
     fields); ``shards.take(indices)`` gathers rows into one array, segment ids, positions and loss
     masks rebuilt from the stored lengths.
     """
@@ -221,12 +222,16 @@ class PackedShards:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.manifest = json.loads((self.directory / "manifest.json").read_text(encoding="utf-8"))
-        self.layout: str = self.manifest["layout"]
         shards = self.manifest["shards"]
         if any("files" not in s for s in shards):
             raise ValueError(f"{self.directory}: written by pack stage version "
                              f"{self.manifest.get('stage_version')}, which stored segment ids, positions and "
                              "loss masks in the shards; rerun the pack rule")
+        if "model_kind" not in self.manifest:
+            raise ValueError(f"{self.directory}: written by pack stage version "
+                             f"{self.manifest.get('stage_version')}, whose manifest names the model kind "
+                             "`layout`; rerun the pack rule")
+        self.model_kind: str = self.manifest["model_kind"]
         folder = self.directory / "shards"
         # (plain ndarray views of the maps: indexing a np.memmap costs more than the copy it makes)
         self._tokens, self._examples = (

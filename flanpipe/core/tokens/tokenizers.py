@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import sentencepiece as spm
 
-from flanpipe.core.config import TokenizerConfig
+from flanpipe.core.config import TokenizerSource
 from flanpipe.core.io import sha256_file
 from flanpipe.core.text.keys import derive_seed
 
@@ -355,7 +355,7 @@ def spm_to_tokenizers(model: bytes, add_bos: bool = False):
     return rust
 
 
-def train_spm(sentences: list[str], cfg: TokenizerConfig, seed: int, threads: int = 1) -> tuple[bytes, int]:
+def train_spm(sentences: list[str], cfg: TokenizerSource, seed: int, threads: int = 1) -> tuple[bytes, int]:
     """Train a SentencePiece model on ``sentences``; returns (serialized model, vocabulary size).
 
     A corpus too small for ``cfg.vocab_size`` gets the largest vocabulary it supports, with a
@@ -381,7 +381,7 @@ def train_spm(sentences: list[str], cfg: TokenizerConfig, seed: int, threads: in
     raise TokenizerError(f"SentencePiece kept refusing vocabulary sizes down to {size}")
 
 
-def _train_once(sentences: list[str], cfg: TokenizerConfig, size: int, seed: int, threads: int) -> bytes:
+def _train_once(sentences: list[str], cfg: TokenizerSource, size: int, seed: int, threads: int) -> bytes:
     spm.set_random_generator_seed(derive_seed(seed, "tokenizer/train"))
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(

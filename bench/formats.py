@@ -1,14 +1,14 @@
-"""What the scoring layout does to a pretrained model's zero-shot accuracy, beside lm-evaluation-harness.
+"""What the scoring format does to a pretrained model's zero-shot accuracy, beside lm-evaluation-harness.
 
-    flanpipe bench layouts --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
+    flanpipe bench formats --model DIR --data DIR [--datasets arc_easy,boolq] [--rows 50]
 
 For each dataset (a folder of ``DIR/<dataset>/`` in its hub schema, e.g. ``../shared/data/real``), a
 seeded sample of ``--rows`` eval rows is scored by the model (any local Hugging Face causal LM folder
 flanpipe did not train, e.g. SmolLM2 from ``flanpipe smollm2``) four ways, in the same run:
 
-- **flanpipe, eos**: ``flanpipe.stages.evaluate`` in the training layout, ``[BOS] prompt EOS |
-  option EOS`` (how flanpipe scored every model before the layouts);
-- **flanpipe, continuation**: the same prompts in lm-eval's layout (the default for such a model);
+- **flanpipe, eos**: ``flanpipe.stages.evaluate`` in the training format, ``[BOS] prompt EOS |
+  option EOS`` (how flanpipe scored every model before the formats);
+- **flanpipe, continuation**: the same prompts in lm-eval's format (the default for such a model);
 - **lm-eval, same prompts**: ``lm_eval``'s ``HFLM.loglikelihood`` on the (FLAN prompt, " " + option)
   strings of the first ``--peer-templates`` templates, tokenized by lm-eval itself;
 - **lm-eval, its own prompt**: ``HFLM`` on the task's plain prompt as lm-eval's task defines it
@@ -50,7 +50,7 @@ def native_requests(dataset: str, rows: list[dict]) -> tuple[list[str], list[lis
     if dataset == "boolq":
         return ([f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:" for r in rows],
                 [[" no", " yes"] for _ in rows], [int(bool(r["answer"])) for r in rows])
-    raise ValueError(f"bench layouts: no lm-eval prompt for {dataset}; allowed: arc_easy, boolq")
+    raise ValueError(f"bench formats: no lm-eval prompt for {dataset}; allowed: arc_easy, boolq")
 
 
 def _peer_accuracy(peer, contexts: list[str], choices: list[list[str]], gold: list[int]) -> np.ndarray:
@@ -63,7 +63,7 @@ def _peer_accuracy(peer, contexts: list[str], choices: list[list[str]], gold: li
     return np.array([100.0 * (int(np.argmax(ll[bounds[i]:bounds[i + 1]])) == g) for i, g in enumerate(gold)])
 
 
-def bench_layouts(model: str, data: str, datasets: list[str], rows: int = 50, peer_templates: int = 3,
+def bench_formats(model: str, data: str, datasets: list[str], rows: int = 50, peer_templates: int = 3,
                   threads: int = 2, seed: int = 1234) -> list[dict]:
     import pyarrow.parquet as pq
     import torch
@@ -80,7 +80,7 @@ def bench_layouts(model: str, data: str, datasets: list[str], rows: int = 50, pe
             download_dataset(dataset, SourceSpec(kind="local", path=str(Path(data) / dataset)), raw, seed)
             t0 = time.perf_counter()
             result = evaluate_dataset(dataset, model, raw, Path(tmp) / f"{dataset}.json", cfg, False,
-                                      Path(model).name, threads=threads, layout="eos")
+                                      Path(model).name, threads=threads, format_name="eos")
             ours_s = time.perf_counter() - t0
             table = eval_sample(pq.read_table(raw / "eval.parquet"), rows, seed, dataset)
             bank = load_bank()[dataset]
@@ -102,21 +102,21 @@ def bench_layouts(model: str, data: str, datasets: list[str], rows: int = 50, pe
                 return bootstrap(lambda r, v=values: float(v[r].mean()), len(values), 1000, seed)
 
             ours_same = {name: float(np.mean(block["example_scores"][:peer_templates], axis=0).mean())
-                         for name, block in result["by_layout"].items()}
+                         for name, block in result["by_format"].items()}
             out.append({
                 "dataset": dataset, "rows": n, "templates": result["headline"]["templates"],
-                "eos": result["by_layout"]["eos"]["headline"],
-                "continuation": result["by_layout"]["continuation"]["headline"],
+                "eos": result["by_format"]["eos"]["headline"],
+                "continuation": result["by_format"]["continuation"]["headline"],
                 "first_templates": {"templates": peer_templates, **ours_same,
                                     "lm_eval": float(same.mean()), "lm_eval_interval": interval(same)},
                 "lm_eval_native": {"accuracy": float(native.mean()), "interval": interval(native)},
-                "seconds": {"flanpipe_both_layouts": ours_s, "lm_eval": peer_s},
+                "seconds": {"flanpipe_both_formats": ours_s, "lm_eval": peer_s},
             })
             log.info("%s: %s", dataset, json.dumps(out[-1]["first_templates"]))
     return out
 
 
-def print_layouts(results: list[dict]) -> None:
+def print_formats(results: list[dict]) -> None:
     def ci(h: dict) -> str:
         i = h.get("interval")
         return f"{h['mean']:.1f} [{i['low']:.1f}, {i['high']:.1f}]" if i else f"{h['mean']:.1f}"
@@ -133,13 +133,13 @@ def print_layouts(results: list[dict]) -> None:
               f"{n['accuracy']:.1f} [{n['interval']['low']:.1f}, {n['interval']['high']:.1f}] |")
     for r in results:
         s = r["seconds"]
-        print(f"{r['dataset']}: flanpipe (all templates, both layouts, with and without OPTIONS) "
-              f"{s['flanpipe_both_layouts']:.0f} s; lm-eval ({r['first_templates']['templates']} templates "
+        print(f"{r['dataset']}: flanpipe (all templates, both formats, with and without OPTIONS) "
+              f"{s['flanpipe_both_formats']:.0f} s; lm-eval ({r['first_templates']['templates']} templates "
               f"with OPTIONS, and its own prompt) {s['lm_eval']:.0f} s")
 
 
 def run(model: str, data: str, datasets: list[str], rows: int, peer_templates: int, threads: int) -> int:
-    """``flanpipe bench layouts``."""
-    print_layouts(bench_layouts(model, data, datasets, rows=rows, peer_templates=peer_templates,
+    """``flanpipe bench formats``."""
+    print_formats(bench_formats(model, data, datasets, rows=rows, peer_templates=peer_templates,
                                 threads=threads))
     return 0
