@@ -65,7 +65,7 @@ from flanpipe.core.text.sources import (
     iter_dump_batches,
     iter_niv2_batches,
 )
-from flanpipe.core.text.validate import BadLine, SchemaError, SplitTally, check_split
+from flanpipe.core.text.validate import BadLine, SchemaError, SplitTally, check_split, parse_lines
 
 # 2: parquet-branch reads, bytes-repr decoding; 3: read and written in batches, fixed row groups
 STAGE_VERSION = "3"
@@ -187,13 +187,7 @@ def parse_jsonl_lines(lines: list[bytes]) -> Batch:
                 return records, {}
     except (UnicodeDecodeError, json.JSONDecodeError):
         pass
-    records, bad = [], {}
-    for raw in lines:
-        record, why = parse_jsonl_line(raw)
-        if why is not None:
-            bad[len(records)] = why
-        records.append(record)
-    return records, bad
+    return parse_lines(lines, parse_jsonl_line)
 
 
 def _check_jsonl_start(path: Path, first_line: bytes) -> None:

@@ -40,7 +40,7 @@ import yaml
 from flanpipe.core.config import PROMPT_TYPES
 from flanpipe.core.text.hashing import string_hashes
 from flanpipe.core.text.keys import derive_seed, scramble
-from flanpipe.core.text.validate import BadLine
+from flanpipe.core.text.validate import BadLine, parse_lines
 
 COT_FIELDS = ("question", "answer", "rationale")
 """The columns of a CoT file, in file order."""
@@ -76,13 +76,7 @@ def iter_cot_batches(path: str | Path, batch_rows: int = BATCH_ROWS) -> Iterator
     with open(path, "rb") as f:
         lines = (raw for raw in f if raw.strip())
         while batch := list(itertools.islice(lines, batch_rows)):
-            records, bad = [], {}
-            for raw in batch:
-                record, why = parse_cot_line(raw)
-                if why is not None:
-                    bad[len(records)] = why
-                records.append(record)
-            yield records, bad
+            yield parse_lines(batch, parse_cot_line)
 
 
 # --- Super-NaturalInstructions ---------------------------------------------------------------------

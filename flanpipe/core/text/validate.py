@@ -53,6 +53,23 @@ class BadLine:
     text: str
 
 
+def parse_lines(lines, parse) -> tuple[list[Any], dict[int, BadLine]]:
+    """Each raw line through ``parse`` (which returns ``(record, None)`` or ``(None, BadLine)``): the
+    records, a None where a line was bad, and the bad lines by position, as the checks take them.
+
+    >>> parse_lines([b"1", b"x"], lambda raw: (int(raw), None) if raw.isdigit()
+    ...             else (None, BadLine("invalid_json", "not a number", raw.decode())))
+    ([1, None], {1: BadLine(kind='invalid_json', reason='not a number', text='x')})
+    """
+    records, bad = [], {}
+    for raw in lines:
+        record, why = parse(raw)
+        if why is not None:
+            bad[len(records)] = why
+        records.append(record)
+    return records, bad
+
+
 @dataclass
 class CheckedSplit:
     """The outcome of checking one split: the rows kept and the rows quarantined."""
