@@ -1,6 +1,8 @@
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,22 @@ def run_snakemake(workdir: Path, *args: str, config_file: Path | None = None,
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@contextmanager
+def open_catalog(workdir: Path) -> Iterator:
+    """The run's DuckDB catalog, read-only, opened from the workflow directory (its views use paths
+    relative to it), which is left again afterwards."""
+    import duckdb
+
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    con = duckdb.connect("data/catalog.duckdb", read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+        os.chdir(cwd)
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ and the DuckDB catalog; each count checked against the files it comes from (fixt
 tests/data/collection/README.md)."""
 
 import math
-import os
 
-import duckdb
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -17,7 +15,7 @@ import yaml
 from flanpipe.core.config import parse_config
 from flanpipe.core.config.registry import use_extra_registries
 from flanpipe.workflow.planner import Plan
-from tests.conftest import REPO, run_snakemake
+from tests.conftest import REPO, open_catalog, run_snakemake
 
 pytestmark = pytest.mark.e2e
 DATA = REPO / "tests/data/collection"
@@ -67,12 +65,8 @@ def plan():
 
 @pytest.fixture(scope="module")
 def con(workdir):
-    cwd = os.getcwd()
-    os.chdir(workdir)  # the catalog's views use paths relative to the workflow directory
-    c = duckdb.connect("data/catalog.duckdb", read_only=True)
-    yield c
-    c.close()
-    os.chdir(cwd)
+    with open_catalog(workdir) as c:
+        yield c
 
 
 def table(workdir, path):

@@ -13,7 +13,7 @@ import pytest
 from flanpipe.core.config import load_config
 from flanpipe.core.config.registry import load_registry
 from flanpipe.workflow.planner import Plan
-from tests.conftest import BIN, REPO
+from tests.conftest import BIN, REPO, open_catalog
 
 pytestmark = pytest.mark.e2e
 CFG = load_config(REPO / "config/config.yaml")
@@ -27,14 +27,8 @@ def workdir(demo_run):
 
 @pytest.fixture(scope="module")
 def con(workdir):
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(workdir)  # the catalog's views use paths relative to the workflow directory
-    c = duckdb.connect("data/catalog.duckdb", read_only=True)
-    yield c
-    c.close()
-    os.chdir(cwd)
+    with open_catalog(workdir) as c:
+        yield c
 
 
 def stats(con) -> list[dict]:
