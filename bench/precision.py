@@ -15,7 +15,8 @@ and in bfloat16:
   with the share of rows whose choice differs between the two precisions.
 
 bf16 matrix products run on the AMX or AVX-512 BF16 units of recent Xeons; elsewhere they may be
-slower than float32. The ratio printed is float32 time over bf16 time.
+slower than float32. The ratio printed is float32 time over bf16 time, and the last line says what
+``precision: auto`` chooses on this machine, and why.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from flanpipe.core.model.precision import resolve
 
 DTYPES = ("fp32", "bf16")
 LINEAR_OPS = ("aten::addmm", "aten::mm", "aten::linear", "aten::matmul")
@@ -98,6 +101,7 @@ def bench_precision(model_dir: str | Path, prompts: int = 80, threads: int = 2, 
     out["train_speedup"] = out["bf16"]["train_tokens_per_s"] / out["fp32"]["train_tokens_per_s"]
     out["score_speedup"] = out["fp32"]["score_ms_per_prompt"] / out["bf16"]["score_ms_per_prompt"]
     out["choices_differ"] = float((choices["fp32"] != choices["bf16"]).mean())
+    out["auto"] = resolve("auto", "cpu").record()
     return out
 
 
@@ -111,6 +115,8 @@ def print_precision(r: dict) -> None:
               f"{x['score_ms_per_prompt']:.0f} |")
     print(f"\nbf16 / fp32: training {r['train_speedup']:.2f}x, scoring {r['score_speedup']:.2f}x; "
           f"{100 * r['choices_differ']:.1f}% of {r['prompts']} rows choose another option")
+    print(f"precision: auto chooses {r['auto']['precision']} on this machine "
+          f"({r['auto']['precision_reason']})")
 
 
 def run(model: str, rows: int, threads: int) -> int:

@@ -52,6 +52,8 @@ from flanpipe.core.eval.scoring import generate, score_options
 from flanpipe.core.io import code_version, read_schema, read_table, sha256_file, write_text_atomic
 from flanpipe.core.model.adapter import adapter_base, is_adapter_folder
 from flanpipe.core.model.checkpoint import load_checkpoint
+from flanpipe.core.model.precision import Precision
+from flanpipe.core.model.precision import resolve as resolve_precision
 from flanpipe.core.text.fewshot import FewShotPool, TokenCounter, few_shot_columns
 from flanpipe.core.text.flan import checkout_identity
 from flanpipe.core.text.keys import derive_seed
@@ -78,7 +80,7 @@ from flanpipe.core.tokens.formats import (
 from flanpipe.core.tokens.tokenizers import Tokenizer
 
 # 4: the result's `layout`, `layout_from` and `by_layout` are `format`, `format_from` and `by_format`
-STAGE_VERSION = "4"
+STAGE_VERSION = "5"
 NORMALIZATIONS = ("sum", "per_token", "per_char", "pmi")
 PMI_GROUP = 32  # unconditional options scored after one prompt at a time
 log = logging.getLogger(__name__)
@@ -98,15 +100,21 @@ def resolve_model_dir(path: str | Path) -> Path:
                             "e.g. models/all, or a Hugging Face Llama checkpoint folder)")
 
 
-def load_for_scoring(path: str | Path, precision: str = "auto") -> tuple[torch.nn.Module, Tokenizer]:
+def load_for_scoring(path: str | Path, precision: str | Precision = "auto"
+                     ) -> tuple[torch.nn.Module, Tokenizer]:
     """A model folder (a trained model's, its ``hf/`` parent, an adapter folder, or any local
     Hugging Face checkpoint) ready to score: (model in eval mode on the GPU if there is one, its
-    tokenizer), through the checkpoint seam: ``precision`` ``auto`` is float32
-    on CPU and bfloat16 on a GPU."""
-    cuda = torch.cuda.is_available()
-    bf16 = precision == "bf16" or (precision == "auto" and cuda)
-    return load_checkpoint(resolve_model_dir(path), dtype=torch.bfloat16 if bf16 else torch.float32,
-                           device="cuda" if cuda else "cpu")
+    tokenizer), through the checkpoint seam, in ``precision`` (``auto``: :func:`scoring_precision`)."""
+    chosen = precision if isinstance(precision, Precision) else scoring_precision(precision)
+    return load_checkpoint(resolve_model_dir(path),
+                           dtype=torch.bfloat16 if chosen.name == "bf16" else torch.float32,
+                           device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def scoring_precision(requested: str) -> Precision:
+    """The precision a model is scored in on this machine, and why (:mod:`flanpipe.core.model.precision`:
+    ``auto`` takes bf16 on a GPU that supports it and on a CPU with bf16 matrix units)."""
+    return resolve_precision(requested, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def is_encoder_decoder_folder(model_dir: str | Path) -> bool:
@@ -338,7 +346,10 @@ def score_format(model: torch.nn.Module, fmt: Format, spec: DatasetSpec, bank: D
         else:
             options = rendered.options.to_pylist()
             gold = [[opts[i]] for opts, i in zip(options, rendered.answer_index, strict=True)]
-            for suffix, style in (("with_options", style_with), ("without_options", "none")):
+            suffixes = (("with_options", style_with), ("without_options", "none"))
+            if cfg.evaluate.suffixes == "headline":
+                suffixes = tuple(s for s in suffixes if s[0] == f"{cfg.evaluate.options_suffix}_options")
+            for suffix, style in suffixes:
                 prompts = prompts_for(bank, template, eval_raw, pool, style, count_tokens, field, budget)
                 picks = rank_classify(model, fmt, prompts, options, cfg.evaluate.max_batch_tokens,
                                       cfg.evaluate.pmi_prefix)
@@ -416,7 +427,8 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         few = cfg.few_shot.within(cfg.max_input_tokens)
         pool = FewShotPool(spec, bank, eval_raw, exemplars, few, cfg.seed)
     own, why, separator = model_format(model_dir, format_name)
-    model, tokenizer = load_for_scoring(model_dir, cfg.evaluate.precision)
+    precision = scoring_precision(cfg.evaluate.precision)
+    model, tokenizer = load_for_scoring(model_dir, precision)
     base_format = Format.of(tokenizer, cfg, threads, own, separator)
     field = long_field(spec, eval_raw) if cfg.cut_long_field else None
     budget = cfg.few_shot.within(cfg.max_input_tokens).max_tokens if few_shot else cfg.max_input_tokens
@@ -443,7 +455,7 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
         "shots": cfg.few_shot.k if few_shot else 0, "task": task,
         "method": "generation" if task == "generation" else "rank_classification",
         "metric": spec.metric, "primary": key, "headline_variant": headline,
-        "format": own, "format_from": why,
+        "format": own, "format_from": why, **precision.record(),
         "headline": by_format[own]["headline"], "variants": by_format[own]["variants"],
         "by_format": by_format,
         "templates": per_template, "examples": eval_raw.num_rows,
@@ -458,8 +470,9 @@ def evaluate_dataset(dataset: str, model_dir: str | Path, raw_dir: str | Path, o
     }
     write_text_atomic(out_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     interval = result["headline"]["interval"]
-    log.info("%s (%s, %s, %s format): %s %s mean %.2f%s, best %.2f (template %d), %d examples x %d templates "
-             "in %.1f s", dataset, model_name, "few-shot" if few_shot else "zero-shot", own, headline, key,
+    log.info("%s (%s, %s, %s format, %s): %s %s mean %.2f%s, best %.2f (template %d), %d examples x %d "
+             "templates in %.1f s", dataset, model_name, "few-shot" if few_shot else "zero-shot", own,
+             precision.name, headline, key,
              result["headline"]["mean"],
              f" [{interval['low']:.2f}, {interval['high']:.2f}]" if interval else "",
              result["headline"]["best"], result["headline"]["best_template"], eval_raw.num_rows,

@@ -61,6 +61,8 @@ from flanpipe.core.model.adapter import add_lora, trainable_count
 from flanpipe.core.model.card import write_card
 from flanpipe.core.model.causal import ATTENTION, PackedCausalLM, predicted
 from flanpipe.core.model.checkpoint import build_model, parameter_count, save_adapter, save_checkpoint
+from flanpipe.core.model.precision import Precision
+from flanpipe.core.model.precision import resolve as resolve_precision
 from flanpipe.core.model.seq2seq import PackedSeq2SeqLM
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens.shards import PackedShards, verify_shards
@@ -88,7 +90,7 @@ from flanpipe.core.train.trackers import Trackers
 # records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters; 6: hf/README.md
 # (the model card), run.json's nonfinite_steps_skipped, trackers.json with mlflow or wandb; 7: flanpipe.json
 # names the format `format` (was `layout`)
-STAGE_VERSION = "7"
+STAGE_VERSION = "8"
 BATCH_FIELDS = {  # the model's int64 inputs per model kind (the wrappers' forward arguments)
     "decoder_only": ("tokens", "segment_ids", "positions", "loss_mask"),
     "encoder_decoder": ("inputs", "inputs_segment_ids", "inputs_positions", "targets", "targets_segment_ids",
@@ -260,7 +262,7 @@ class Setup:
     data: PackedShards
     verify_s: float
     plan: BatchPlan
-    bf16: bool
+    precision: Precision
     attention: str
     ds_cfg: dict
 
@@ -271,6 +273,10 @@ class Setup:
     @property
     def ckpt_dir(self) -> Path:
         return self.out_dir / "checkpoints"
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision.name == "bf16"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -382,12 +388,12 @@ def setup_run(packed_dir: str | Path, out_dir: str | Path, tcfg: TrainConfig) ->
     data = PackedShards(packed_dir)
     plan = BatchPlan.from_tokens(tcfg.tokens_per_batch, row_width(data), tcfg.micro_batch_rows,
                                  dist.world_size)
-    bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and on_gpu)
+    precision = resolve_precision(tcfg.precision, "cuda" if on_gpu else "cpu")
     # (encoder-decoders: sdpa masks everywhere; their FlexAttention path is untested here)
     flex = on_gpu and data.model_kind == "decoder_only"
     attention = tcfg.attention if tcfg.attention != "auto" else ("flex" if flex else "sdpa")
-    return Setup(dist, device, on_gpu, nodes, Path(out_dir), data, verify_s, plan, bf16, attention,
-                 deepspeed_config(tcfg, plan, bf16))
+    return Setup(dist, device, on_gpu, nodes, Path(out_dir), data, verify_s, plan, precision, attention,
+                 deepspeed_config(tcfg, plan, precision.name == "bf16"))
 
 
 def build_engine(setup: Setup, cfg: TrainSlice) -> Trainer:
@@ -481,8 +487,8 @@ def _log_start(mixture: str, setup: Setup, trainer: Trainer, tcfg: TrainConfig) 
     log.info("%s: %s parameters (%s train), %d ranks x %d rows x %d accumulation = %d rows (%d tokens) "
              "per step, %s, %s attention, ZeRO-%d", mixture, f"{trainer.parameters:,}",
              f"{trainer.trainable:,}", setup.dist.world_size, plan.micro_batch_rows, plan.accumulation,
-             plan.rows_per_step, plan.tokens_per_step, "bf16" if setup.bf16 else "fp32", setup.attention,
-             tcfg.zero_stage)
+             plan.rows_per_step, plan.tokens_per_step, f"{setup.precision.name} ({setup.precision.reason})",
+             setup.attention, tcfg.zero_stage)
 
 
 def _metrics_row(done: int, result: StepResult, plan: BatchPlan, t_step: float, t0: float) -> dict:
@@ -506,7 +512,7 @@ def run_manifest(mixture: str, packed_dir: str | Path, cfg: TrainSlice, setup: S
         "adapter": tcfg.adapter.model_dump(mode="json"), "world_size": setup.dist.world_size,
         "nodes": setup.nodes,
         "launcher": setup.dist.launcher, "device": "cuda" if setup.on_gpu else "cpu",
-        "precision": "bf16" if setup.bf16 else "fp32", "attention": setup.attention,
+        **setup.precision.record(), "attention": setup.attention,
         "batch": {"rows_per_step": plan.rows_per_step, "tokens_per_step": plan.tokens_per_step,
                   "micro_batch_rows": plan.micro_batch_rows, "accumulation": plan.accumulation},
         "steps": tcfg.steps, "resumed_from_step": start, "nonfinite_steps_skipped": skipped,

@@ -18,10 +18,15 @@ CHAT = REPO / "config/experiments/heldout_smollm2_chat.yaml"
 FLAN = REPO / "config/experiments/heldout_smollm2_flan.yaml"
 
 
-def test_the_experiment_plans_leave_one_cluster_out_with_the_format_ablation(tmp_path, smollm2_dir):
+def test_the_experiment_plans_one_model_per_held_out_cluster_on_every_eval_row(tmp_path, smollm2_dir):
+    """Sized for power: three held-out clusters (reading comprehension among them), every eval row,
+    one template, the headline variant alone, no ablation; `precision: auto` in both stages."""
     cfg = load_config(EXPERIMENT)
-    assert cfg.train.model.source == "pretrained" and len(cfg.heldout_clusters) >= 2
-    assert cfg.ablations.formats == ["instructions", "no_template", "dataset_name"]
+    assert cfg.train.model.source == "pretrained"
+    assert set(cfg.heldout_clusters) == {"commonsense", "closed_book_qa", "reading_comprehension"}
+    assert cfg.evaluate.max_examples is None and cfg.evaluate.suffixes == "headline"
+    assert not cfg.evaluate.cross_formats and not cfg.ablations.enabled
+    assert cfg.train.precision == cfg.evaluate.precision == "auto"
     assert {cfg.download.source_for(d).path.rsplit("/", 1)[-1] for d in cfg.dataset_names()} == \
         set(cfg.dataset_names())
     (tmp_path / "models/pretrained").mkdir(parents=True)
@@ -30,22 +35,17 @@ def test_the_experiment_plans_leave_one_cluster_out_with_the_format_ablation(tmp
     text = proc.stdout + proc.stderr
     counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", text, re.M)}
     plan = Plan(cfg)
-    assert counts["train"] == len(plan.all_mixtures())
+    assert counts["train"] == len(plan.all_mixtures()) == 3 and "all" not in plan.all_mixtures()
     assert counts["download"] == len(cfg.dataset_names())
     assert "tokenizer" not in counts  # the checkpoint's own tokenizer, read in place
     heldout = plan.datasets_in(cfg.heldout_clusters)
-    assert counts["evaluate"] == counts["evaluate_base"] == len(heldout) >= 3
-    # the `instructions` point is the commonsense model (the same training set): scored once
-    assert plan.model_of("clusters_3") == "commonsense" and "all" not in plan.all_mixtures()
-    assert counts["train"] == 4
-    assert counts["evaluate_ablation_format"] == (len(cfg.ablations.formats) - 1) * len(plan.datasets_in(
-        cfg.ablations.heldout))
-    assert "evaluate_few_shot" not in counts and counts["report"] == 1
-
+    assert sorted(heldout) == ["arc_easy", "boolq", "copa", "piqa"]
+    assert counts["evaluate"] == counts["evaluate_base"] == len(heldout)
+    assert not {"evaluate_few_shot", "evaluate_ablation_format"} & set(counts) and counts["report"] == 1
 
 
 def test_the_eos_comparison_plans_the_held_out_models_alone(tmp_path, smollm2_dir):
-    """heldout_smollm2_eos.yaml on top of the experiment: the two held-out models in the `eos`
+    """heldout_smollm2_eos.yaml on top of the experiment: the three held-out models in the `eos`
     format, no ablation, no base."""
     (tmp_path / "models/pretrained").mkdir(parents=True)
     (tmp_path / "models/pretrained/smollm2").symlink_to(smollm2_dir)
@@ -53,7 +53,7 @@ def test_the_eos_comparison_plans_the_held_out_models_alone(tmp_path, smollm2_di
     proc = run_snakemake(tmp_path, "all", "-n", "--configfile", str(EXPERIMENT), str(eos),
                          config_file=EXPERIMENT)
     counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)}
-    assert counts["train"] == 2 and counts["evaluate"] == 3
+    assert counts["train"] == 3 and counts["evaluate"] == 4
     assert not {"evaluate_base", "evaluate_ablation_format", "templatize_format"} & set(counts)
     import yaml
     from snakemake.utils import update_config
@@ -66,7 +66,7 @@ def test_the_eos_comparison_plans_the_held_out_models_alone(tmp_path, smollm2_di
 
 
 def test_the_chat_comparison_plans_the_held_out_models_and_the_base_in_chat(tmp_path, smollm2_dir):
-    """heldout_smollm2_chat.yaml on top of the experiment: the two held-out models in the `chat`
+    """heldout_smollm2_chat.yaml on top of the experiment: the three held-out models in the `chat`
     format beside the base, no ablation."""
     import yaml
     from snakemake.utils import update_config
@@ -78,15 +78,16 @@ def test_the_chat_comparison_plans_the_held_out_models_and_the_base_in_chat(tmp_
     proc = run_snakemake(tmp_path, "all", "-n", "--configfile", str(EXPERIMENT), str(CHAT),
                          config_file=EXPERIMENT)
     counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)}
-    assert counts["train"] == 2 and counts["evaluate"] == counts["evaluate_base"] == 3
+    assert counts["train"] == 3 and counts["evaluate"] == counts["evaluate_base"] == 4
     assert not {"evaluate_ablation_format", "templatize_format"} & set(counts)
     merged = yaml.safe_load(EXPERIMENT.read_text())
     update_config(merged, yaml.safe_load(CHAT.read_text()))
-    assert PackSlice.of(parse_config(merged)).format == "chat"
+    chat = parse_config(merged)
+    assert PackSlice.of(chat).format == "chat" and chat.evaluate.cross_formats  # lm-eval's beside it
 
 
 def test_the_flan_prompts_comparison_plans_the_held_out_models_and_the_base(tmp_path, smollm2_dir):
-    """heldout_smollm2_flan.yaml on top of the experiment: the two held-out models and the base,
+    """heldout_smollm2_flan.yaml on top of the experiment: the three held-out models and the base,
     trained and scored with FLAN's 2021 templates read from the checkout the overlay names (relative
     to the working directory: FLAN's own files, or the tests' small checkout in their place), no
     ablation."""
@@ -105,7 +106,7 @@ def test_the_flan_prompts_comparison_plans_the_held_out_models_and_the_base(tmp_
     (tmp_path / "shared/flan").symlink_to(shared if shared.is_dir() else REPO / "tests/data/flan")
     proc = run_snakemake(run, "all", "-n", "--configfile", str(EXPERIMENT), str(FLAN), config_file=EXPERIMENT)
     counts = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M)}
-    assert counts["train"] == 2 and counts["evaluate"] == counts["evaluate_base"] == 3
+    assert counts["train"] == 3 and counts["evaluate"] == counts["evaluate_base"] == 4
     assert counts["templatize"] == 5
     assert not {"evaluate_ablation_format", "templatize_format"} & set(counts)
     merged = yaml.safe_load(EXPERIMENT.read_text())
@@ -157,9 +158,9 @@ def test_a_scaled_down_experiment_runs_end_to_end_on_embedded_data(tmp_path, smo
     checkpoint = tiny_pretrained(tmp_path / "tiny", smollm2_dir)
     cfg["train"].update(steps=2, tokens_per_batch=288, checkpoint_every=2, log_every=1,
                         model={"source": "pretrained", "path": str(checkpoint)})
-    cfg["evaluate"].update(max_examples=6, max_templates=1, bootstrap=50)
+    cfg["evaluate"].update(max_examples=6, max_templates=1, bootstrap=50, cross_formats=True)
     cfg["heldout_clusters"] = ["commonsense"]
-    cfg["ablations"]["formats"] = ["instructions", "no_template"]
+    cfg["ablations"].update(enabled=True, formats=["instructions", "no_template"])
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
@@ -231,9 +232,16 @@ def test_a_scaled_down_run_trains_and_scores_with_flans_prompts(tmp_path, smollm
         assert manifest["bank"] == identity
         used = {int(t) for t in manifest["outputs"]["train"]["per_template"]}
         assert used <= {t.id for t in flan[dataset].templates}
+    from flanpipe.core.model.precision import resolve
+
+    auto = resolve("auto", "cpu").record()  # the experiment's `precision: auto`, on this machine
+    assert {k: json.loads((run / "models/commonsense/run.json").read_text())[k] for k in auto} == auto
     for model in ("commonsense", "base"):
         result = json.loads((run / f"results/eval/{model}/copa.json").read_text())
         assert result["bank"] == identity
+        assert {k: result[k] for k in auto} == auto
+        # `evaluate.suffixes: headline`: the OPTIONS variant alone was scored
+        assert {v.split("/")[0] for v in result["variants"]} == {"with_options"}
         assert [t["template_id"] for t in result["templates"]] == [flan["copa"].eval_templates[0].id]
     report = (run / "results/report/index.md").read_text()
     assert "Prompts: FLAN's own templates (`templatize.bank: flan2021`)" in report

@@ -45,3 +45,4 @@ def test_the_probe_reads_this_cpus_flags_as_lscpu_does():
 
 def test_an_unreadable_cpuinfo_stays_on_fp32(tmp_path):
     assert cpu_bf16_units(tmp_path / "missing") == ()
+

@@ -739,7 +739,10 @@ class TrainConfig(_Section):
     zero_stage: StrictInt = Field(3, ge=0, le=3)
     """DeepSpeed ZeRO stage (3: parameters, gradients and optimizer state partitioned)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """`auto`: bf16 on GPU, fp32 on CPU."""
+    """The weights' precision while training. `auto`: bf16 on a GPU that supports it, and on a CPU
+    only where it has bf16 matrix units (AMX or AVX512-BF16); fp32 elsewhere, where bf16 is emulated
+    and about 5 times slower. `run.json` records the choice and why (`flanpipe bench precision`
+    says what this machine would choose)."""
     attention: Literal["auto", "sdpa", "flex", "eager"] = "auto"
     """The `transformers` attention kernel, given a segment mask of the packed rows: `flex`
     (FlexAttention with a block mask, no T x T mask; GPU), `sdpa` (a boolean T x T mask; CPU),
@@ -830,15 +833,21 @@ class EvaluateConfig(_Section):
     """Resamples of the eval examples behind every headline's 95% interval (0: no intervals)."""
     options_suffix: Literal["with", "without"] = "with"
     """The headline variant: prompts with the OPTIONS suffix (as the paper evaluates) or without
-    it; both are always scored and reported."""
+    it."""
+    suffixes: Literal["both", "headline"] = "both"
+    """Rank classification's prompts: `both` scores and reports them with and without the OPTIONS
+    suffix; `headline` only the headline's (`options_suffix`), half the scoring, for an
+    experiment that spends its budget on rows."""
     few_shot: bool = True
     """Also evaluate few-shot (k exemplars, `templatize.few_shot`) as its own targets."""
     base_model: bool = True
     """Also evaluate the untuned base model (the initial weights, or the pretrained checkpoint)."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """The weights' precision while scoring: `auto` is bf16 on a GPU and fp32 on a CPU. bf16 on a CPU
-    with AMX or AVX-512 BF16 (recent Xeons) scores about 2.4 times as fast as fp32."""
+    """The weights' precision while scoring. `auto`: bf16 on a GPU that supports it, and on a CPU
+    only where it has bf16 matrix units (AMX or AVX512-BF16: about 2.4 times as fast as fp32 there);
+    fp32 elsewhere, where bf16 is emulated and about 5 times slower. The eval JSON records the choice
+    and why."""
     max_batch_tokens: StrictInt = Field(16_384, ge=256)
     """Padded tokens per inference batch (a prompt with all of its options, or with its new tokens)."""
 
