@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 
 from flanpipe.core.config.registry import load_registry
-from flanpipe.core.eval.metrics import paired_bootstrap
+from flanpipe.core.eval.metrics import paired_bootstrap, paired_power
 from flanpipe.core.io import atomic_path, write_text_atomic
 from flanpipe.core.text.keys import derive_seed
 
@@ -275,20 +275,42 @@ def plot_losses(metrics_files: list[str], out: Path) -> None:
     _save(fig, out)
 
 
+def base_tuned_pairs(results: list[dict]) -> list[tuple[tuple[str, str, bool], dict, dict]]:
+    """((cluster, dataset, few-shot), base result, tuned result) for every held-out dataset and shot
+    setting scored by both, in order."""
+    by_key = defaultdict(dict)
+    for r in results:
+        by_key[(r["cluster"], r["dataset"], r["few_shot"])]["base" if r["model"] == "base" else "tuned"] = r
+    return [(key, pair["base"], pair["tuned"]) for key, pair in sorted(by_key.items())
+            if set(pair) == {"base", "tuned"}]
+
+
+def power_rows(results: list[dict]) -> list[list[str]]:
+    """Per paired held-out dataset (each model in its own format, the same rows and templates): the
+    rows, the standard deviation of the per-row difference, the interval's half-width it gives, the
+    smallest difference it detects (80% power, two-sided 5%) and the rows that +-4 and +-2 would need
+    (:func:`flanpipe.core.eval.metrics.paired_power`)."""
+    rows = []
+    for (_, dataset, few), base, tuned in base_tuned_pairs(results):
+        a, b = example_means(tuned), example_means(base)
+        if (a is None or b is None or len(a) != len(b) or len(a) < 2
+                or _template_ids(base) != _template_ids(tuned)):
+            continue
+        p = paired_power(a - b)
+        rows.append([dataset, "few-shot" if few else "zero-shot", str(p["n"]), f"{p['sd']:.1f}",
+                     f"+-{p['interval_half_width']:.1f}", f"{p['detectable']:.1f}", f"{p['rows_for_4']:,}",
+                     f"{p['rows_for_2']:,}"])
+    return rows
+
+
 def paired_rows(results: list[dict], seed: int, resamples: int) -> list[list[str]]:
     """Per held-out dataset and shot setting, tuned against base on the same rows and templates:
     each model's score in its own format and in the other, and tuned minus base with its paired
     bootstrap 95% interval, each model in its own format and both in the tuned model's (its
     training format, ``eos`` or ``text``). The share of the own-format gap that the same-format gap
     does not show is the format's."""
-    by_key = defaultdict(dict)
-    for r in results:
-        by_key[(r["cluster"], r["dataset"], r["few_shot"])]["base" if r["model"] == "base" else "tuned"] = r
     rows = []
-    for (cluster, dataset, few), pair in sorted(by_key.items()):
-        if set(pair) != {"base", "tuned"}:
-            continue
-        base, tuned = pair["base"], pair["tuned"]
+    for (cluster, dataset, few), base, tuned in base_tuned_pairs(results):
         cells = [cluster, dataset, "few-shot" if few else "zero-shot"]
         for r in (base, tuned):
             own = r["format"]
@@ -416,7 +438,21 @@ def paired_section(results: list[dict], seed: int, resamples: int) -> list[str]:
             _table(["cluster", "dataset", "shots", "base (own)", "base (other)", "tuned (own)",
                     "tuned (other)", "tuned - base, own formats", "tuned - base, tuned's format"],
                    paired),
-            ""]
+            ""] + power_section(results)
+
+
+def power_section(results: list[dict]) -> list[str]:
+    """What this budget can tell (:func:`power_rows`); none without pairs."""
+    rows = power_rows(results)
+    if not rows:
+        return []
+    return ["### Power", "",
+            "From the per-row differences (tuned minus base, each in its own format, averaged over "
+            "templates): their standard deviation, the 95% interval's half-width it gives (normal "
+            "approximation), the smallest true difference this many rows detect with 80% power at "
+            "the two-sided 5% level, and the rows an interval of +-4 and of +-2 points would need.", "",
+            _table(["dataset", "shots", "rows", "sd of the difference", "95% half-width",
+                    "detectable (80% power)", "rows for +-4", "rows for +-2"], rows), ""]
 
 
 def datasets_section(results: list[dict], out_dir: Path) -> list[str]:

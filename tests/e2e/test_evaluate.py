@@ -219,6 +219,19 @@ def test_report_has_every_figure_and_dataset(workdir):
     for d in PLAN.datasets_in(CFG.heldout_clusters):
         line = next(x for x in paired.splitlines() if f"| {d} | zero-shot |" in x)
         assert "(continuation)" in line and "(eos)" in line and line.count("[") == 2, line
+    # the power table: each dataset's sd of the per-row difference, recomputed from the eval JSON
+    import statistics
+
+    power = paired.split("### Power")[1]
+    for d in PLAN.datasets_in(CFG.heldout_clusters):
+        model = load_registry().datasets[d].cluster  # a held-out model is named after its cluster
+        rows = [json.loads((workdir / f"results/eval/{name}/{d}.json").read_text())
+                for name in (model, "base")]
+        tuned, base = ([statistics.fmean(t) for t in zip(*r["by_format"][r["format"]]["example_scores"],
+                                                             strict=True)] for r in rows)
+        sd = statistics.stdev([t - b for t, b in zip(tuned, base, strict=True)])
+        line = next(x for x in power.splitlines() if x.startswith(f"| {d} | zero-shot |"))
+        assert line.split(" | ")[2:4] == [str(len(tuned)), f"{sd:.1f}"], line
     registry = load_registry()
     for c in {registry.datasets[d].cluster for d in CFG.dataset_names()} & set(CFG.heldout_clusters):
         assert f"| {c} |" in text

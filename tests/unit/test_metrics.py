@@ -260,3 +260,23 @@ def test_correlation_edge_cases():
     assert constant == {"pearson": 0.0, "spearman": 0.0, "unparsed": 0}
     with pytest.raises(ValueError, match=r"references\[1\]"):
         metrics.compute("pearson_spearman", ["1", "2"], [["1"], ["high"]])
+
+
+def test_paired_power_agrees_with_the_statistics_module_and_the_paired_bootstrap():
+    """Two models' right/wrong on 800 rows that mostly agree (as a base and its tuned copy): the
+    standard deviation is the statistics module's, the normal interval's half-width is within 10% of
+    the paired bootstrap's, and the rows asked for +-2 would give that half-width."""
+    import statistics
+
+    from flanpipe.core.eval.metrics import paired_bootstrap, paired_power
+
+    rng = np.random.default_rng(7)
+    base = (rng.random(800) < 0.6).astype(float) * 100
+    flip = rng.random(800) < 0.25
+    tuned = np.where(flip, 100 - base, base)
+    p = paired_power(tuned - base)
+    assert p["n"] == 800 and p["sd"] == pytest.approx(statistics.stdev((tuned - base).tolist()))
+    d = paired_bootstrap(lambda r: tuned[r].mean(), lambda r: base[r].mean(), 800, 4000, seed=1)
+    assert p["interval_half_width"] == pytest.approx((d["high"] - d["low"]) / 2, rel=0.1)
+    assert 1.96 * p["sd"] / np.sqrt(p["rows_for_2"]) <= 2.0 < 1.96 * p["sd"] / np.sqrt(p["rows_for_2"] - 1)
+    assert p["detectable"] == pytest.approx((1.959964 + 0.841621) * p["sd"] / np.sqrt(800))
