@@ -63,5 +63,22 @@ def progress(items: Iterable[T], total: int, what: str, count: Callable[[T], int
             last = now
 
 
+def progress_counter(total: int, what: str, unit: str = "rows", every_s: float = 30.0
+                     ) -> Callable[[int], None]:
+    """:func:`progress` for code that reports by callback: the returned function takes how many more
+    of ``total`` are done (a scoring batch's prompts) and logs a line every ``every_s`` seconds."""
+    log = logging.getLogger("flanpipe.progress")
+    state = {"seen": 0, "started": time.monotonic(), "last": time.monotonic()}
+
+    def advance(n: int) -> None:
+        state["seen"] += n
+        now = time.monotonic()
+        if now - state["last"] >= every_s:
+            log.info("%s: %d / %d %s (%.0f%%), %.1f %s/s", what, state["seen"], total, unit,
+                     100 * state["seen"] / max(total, 1), state["seen"] / (now - state["started"]), unit)
+            state["last"] = now
+    return advance
+
+
 def _rows_or_one(item: object) -> int:
     return int(getattr(item, "num_rows", 1))

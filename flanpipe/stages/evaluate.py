@@ -50,6 +50,7 @@ from flanpipe.core.config.registry import DatasetSpec, load_registry
 from flanpipe.core.eval import metrics
 from flanpipe.core.eval.scoring import generate, score_options
 from flanpipe.core.io import code_version, read_schema, read_table, sha256_file, write_text_atomic
+from flanpipe.core.logs import progress_counter
 from flanpipe.core.model.adapter import adapter_base, is_adapter_folder
 from flanpipe.core.model.checkpoint import load_checkpoint
 from flanpipe.core.model.precision import Precision
@@ -240,7 +241,8 @@ def rank_classify(model: torch.nn.Module, fmt: Format, prompts: list[str], optio
     the first option."""
     ptoks = fmt.inputs(prompts)
     otoks = fmt.options(prompts, options)
-    sums = score_options(model, ptoks, otoks, max_batch_tokens=max_batch_tokens)
+    sums = score_options(model, ptoks, otoks, max_batch_tokens=max_batch_tokens,
+                         progress=progress_counter(len(ptoks), f"{fmt.name}: rank classification", "prompts"))
     uncond = unconditional_scores(model, fmt, otoks, pmi_prefix, max_batch_tokens)
     picks = {}
     for norm in NORMALIZATIONS:

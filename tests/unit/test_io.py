@@ -148,3 +148,20 @@ def test_an_error_that_ends_a_job_is_in_the_jobs_log(tmp_path):
     assert proc.returncode != 0
     text = log.read_text()
     assert "ERROR" in text and str(bad) in text, text
+
+
+def test_a_progress_counter_logs_how_far_along_the_callbacks_are(caplog):
+    """Scoring reports its batches by callback: the counter adds them up and logs the running total
+    (every call here, with ``every_s`` 0)."""
+    import logging
+
+    from flanpipe.core.logs import progress_counter
+
+    advance = progress_counter(10, "text: rank classification", "prompts", every_s=0.0)
+    with caplog.at_level(logging.INFO, logger="flanpipe.progress"):
+        for n in (4, 4, 2):
+            advance(n)
+    lines = [r.getMessage() for r in caplog.records if r.name == "flanpipe.progress"]
+    assert [line.split(",")[0] for line in lines] == [
+        "text: rank classification: 4 / 10 prompts (40%)", "text: rank classification: 8 / 10 prompts (80%)",
+        "text: rank classification: 10 / 10 prompts (100%)"]
