@@ -522,6 +522,17 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Two runs' held-out results, paired over the same eval rows."""
+    from flanpipe.stages.report import COMPARE_HEADER, compare_runs
+
+    print(f"A: {args.run_a}\nB: {args.run_b}\n")  # a Markdown table, to paste into notes
+    for row in [COMPARE_HEADER, ["---"] * len(COMPARE_HEADER),
+                *compare_runs(args.run_a, args.run_b, args.seed, args.bootstrap)]:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
 def cmd_card(args: argparse.Namespace) -> int:
     """(Re)write a model's card, ``hf/README.md``, with the evaluation as it now stands."""
     from flanpipe.core.model.card import write_card
@@ -715,6 +726,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("results", help="one line per eval result (headline score, best template, spread)")
     p.add_argument("--results", default="results", help="folder searched for result JSON files")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("compare", help="two runs' held-out results paired over the same eval rows")
+    p.add_argument("run_a", help="the first run's working directory (its results/eval)")
+    p.add_argument("run_b", help="the second run's working directory")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples behind each interval")
+    p.add_argument("--seed", type=int, default=1234, help="the bootstrap's seed")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("card", help="(re)write a model's card (hf/README.md) with its evaluation so far")
     p.add_argument("--model", required=True, help="the model folder, models/<name>")

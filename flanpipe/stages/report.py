@@ -530,3 +530,52 @@ def mixtures_section(catalog: str | Path, out_dir: Path) -> list[str]:
     plot_composition(rows, out_dir / "mixture_composition.png")
     return ["## Mixtures", "", "![mixture composition](mixture_composition.png)", "",
             _table(["mixture", "cluster", "examples"], [[m, c, str(n)] for m, c, n in rows]), ""]
+
+
+def _zero_shot_pairs(results_dir: Path) -> dict[str, tuple[dict, dict]]:
+    """dataset -> (base, tuned) zero-shot results of one run's ``results/eval``."""
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(results_dir).glob("*/*.json"))]
+    return {dataset: (base, tuned) for (_, dataset, few), base, tuned in base_tuned_pairs(results) if not few}
+
+
+def _same_rows(a: dict, b: dict) -> bool:
+    """Whether two results scored the same eval rows in the same order: the same eval file, seed and
+    row sample (``evaluate.max_examples``)."""
+    return (a["eval_split"]["sha256"] == b["eval_split"]["sha256"] and a["examples"] == b["examples"]
+            and a["config"]["seed"] == b["config"]["seed"]
+            and a["config"]["evaluate"]["max_examples"] == b["config"]["evaluate"]["max_examples"])
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, seed: int = 1234, resamples: int = 1000
+                 ) -> list[list[str]]:
+    """Two runs of the held-out experiment on the same eval rows (two template banks, two formats,
+    two training budgets): per held-out dataset scored by both, each run's tuned minus base and B
+    minus A of the tuned models and of the tuned-minus-base gaps, with paired bootstrap 95%
+    intervals over the same rows (each model in its own format, averaged over its templates).
+    ``run_a``/``run_b``: the workflow's working directories (their ``results/eval``). A dataset
+    whose rows differ between the runs is refused."""
+    a_pairs, b_pairs = (_zero_shot_pairs(Path(run) / "results/eval") for run in (run_a, run_b))
+    rows = []
+    for dataset in sorted(set(a_pairs) & set(b_pairs)):
+        (a_base, a_tuned), (b_base, b_tuned) = a_pairs[dataset], b_pairs[dataset]
+        if not all(_same_rows(a_base, r) for r in (a_tuned, b_base, b_tuned)):
+            raise ValueError(f"{dataset}: the two runs scored different eval rows (eval file, seed or "
+                             "evaluate.max_examples differ); their results cannot be paired")
+        means = [example_means(r) for r in (a_base, a_tuned, b_base, b_tuned)]
+        if any(m is None for m in means):
+            continue
+        ab, at, bb, bt = means
+        cells = [dataset, str(len(ab))]
+        for name, x, y in (("a", at, ab), ("b", bt, bb), ("tuned", bt, at), ("gap", bt - bb, at - ab)):
+            d = paired_bootstrap(lambda rows, x=x: float(x[rows].mean()),
+                                 lambda rows, y=y: float(y[rows].mean()), len(x), resamples,
+                                 derive_seed(seed, f"report/compare/{dataset}/{name}"))
+            delta = float(x.mean() - y.mean())
+            cells.append(f"{delta:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]" if d else f"{delta:+.1f}")
+        rows.append(cells)
+    return rows
+
+
+COMPARE_HEADER = ["dataset", "rows", "A: tuned - base", "B: tuned - base", "B - A, tuned",
+                  "B - A, of tuned - base"]
+"""The columns of :func:`compare_runs`' rows."""
