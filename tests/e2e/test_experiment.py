@@ -117,6 +117,23 @@ def test_the_flan_prompts_comparison_plans_the_held_out_models_and_the_base(tmp_
     assert cfg.templatize.few_shot.k == 3  # the experiment's own keys stay
 
 
+def test_the_base_checkpoint_overlay_changes_only_the_checkpoint():
+    """heldout_smollm2_base.yaml on top of the experiment: the same experiment, its model read from a
+    base (not instruct) checkpoint's folder."""
+    import yaml
+    from snakemake.utils import update_config
+
+    from flanpipe.core.config import parse_config
+
+    merged = yaml.safe_load(EXPERIMENT.read_text())
+    update_config(merged, yaml.safe_load((REPO / "config/experiments/heldout_smollm2_base.yaml").read_text()))
+    base, instruct = parse_config(merged), load_config(EXPERIMENT)
+    model = base.train.model
+    assert (model.source, model.path) == ("pretrained", "models/pretrained/smollm2-base")
+    assert base.model_copy(update={"train": instruct.train}) == instruct
+    assert base.train.model_copy(update={"model": instruct.train.model}) == instruct.train
+
+
 def tiny_pretrained(folder, smollm2_dir):
     """A 'pretrained' checkpoint small enough for the e2e suite: a random 2-layer Llama with
     SmolLM2's own tokenizer files (a real byte-level BPE, so the ``text`` format's newline is real)."""
