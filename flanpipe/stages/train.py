@@ -325,8 +325,9 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     if setup.is_main:
         _log_start(mixture, setup, trainer, tcfg)
     curve = Curve.of(cfg, setup, tokenizer, raw_dir, mixture)
-    metrics = (Trackers(setup.out_dir, start, tcfg, mixture, cfg.model_dump(mode="json"),
-                        curve=curve is not None) if setup.is_main else None)
+    params = cfg.model_dump(mode="json", exclude=None if curve else {"evaluate", "heldout", "validation"})
+    metrics = (Trackers(setup.out_dir, start, tcfg, mixture, params, curve=curve is not None)
+               if setup.is_main else None)
     if curve is not None:
         curve.resume(setup, start)
         if start == 0:  # the base, before any update
