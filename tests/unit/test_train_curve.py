@@ -105,6 +105,21 @@ def test_the_curve_has_one_point_per_dataset_at_the_base_every_n_steps_and_the_l
     assert len(scores) > 1, "the fixture's curve must move, or the checks below could not fail"
 
 
+def test_tensorboard_holds_the_curve_of_metrics_csv(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    rows = curve(run)
+    for split, dataset in (("heldout", "rte"), ("validation", "sst2")):
+        for key in ("score", "loss"):
+            logged = [(e.step, e.value) for e in events.Scalars(f"{split}/{dataset}/{key}")]
+            written = [(int(r["step"]), float(r[f"eval_{key}"])) for r in rows
+                       if r["eval_dataset"] == dataset]
+            assert [s for s, _ in logged] == [s for s, _ in written]
+            assert [v for _, v in logged] == pytest.approx([v for _, v in written], rel=1e-5)
+
+
 def test_best_val_exports_the_step_of_the_best_validation_score_in_metrics_csv(run):
     rows = curve(run)
     chosen = best_step(rows)
