@@ -200,6 +200,18 @@ def test_a_run_killed_and_resumed_writes_the_same_curve(run, prepared, tmp_path)
     assert manifest["selected"]["step"] == json.loads((run / "run.json").read_text())["selected"]["step"]
 
 
+def test_one_rank_under_zero_1_writes_the_curve_of_two_ranks_under_zero_3(run, prepared, tmp_path):
+    """The same steps on one rank with whole parameters: the same scores, the losses to float
+    precision (the two runs' weights differ only in the order of their sums)."""
+    out = tmp_path / "zero1"
+    launch(prepared, out, ranks=1, zero_stage=1)
+    one, two = curve(out), curve(run)
+    key = ("step", "eval_split", "eval_dataset", "eval_score")
+    assert [tuple(r[k] for k in key) for r in one] == [tuple(r[k] for k in key) for r in two]
+    assert [float(r["eval_loss"]) for r in one] == pytest.approx([float(r["eval_loss"]) for r in two],
+                                                                 rel=1e-4)
+
+
 def test_without_eval_every_metrics_csv_is_as_before(prepared, tmp_path):
     """The default (no curve) writes the metrics.csv columns, run.json keys and model record that runs
     wrote before the curve existed."""
