@@ -284,15 +284,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from flanpipe.stages.train import train
 
     data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-    if args.tokenizer and "train" in data and set(data) <= set(TrainSlice.KEYS):
+    if args.tokenizer and "train" in data and set(data) <= set(TrainSlice.model_fields):
         # the train rule's own file: its slice alone (seed and train), read as one (as a whole config,
         # its missing tokenize section would read as the default decoder_only model kind)
         cfg_slice, tokenizer = TrainSlice.model_validate(data), args.tokenizer
     else:
         cfg = load_config(args.config)
-        cfg_slice, tokenizer = TrainSlice.of(cfg), _tokenizer(args, cfg)
+        cfg_slice = TrainSlice.model_validate(Plan(cfg).slice("train", mixture=args.mixture))
+        tokenizer = _tokenizer(args, cfg)
     train(args.mixture, args.packed or f"data/packed/{args.mixture}", tokenizer,
-          args.out or f"models/{args.mixture}", cfg_slice)
+          args.out or f"models/{args.mixture}", cfg_slice, raw_dir=args.raw)
     return 0
 
 
@@ -675,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--packed", help="packed mixture (default data/packed/MIXTURE)")
     p.add_argument("--tokenizer", help="exported with the model (default: as for pack)")
     p.add_argument("--out", help="run directory (default models/MIXTURE)")
+    p.add_argument("--raw", default="data/raw",
+                   help="the eval splits the curve scores (train.eval_every): RAW/NAME/eval.parquet")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("launch", help="run a flanpipe command on every rank: launch -- train --mixture nli")

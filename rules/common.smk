@@ -134,6 +134,20 @@ def get_tokenizer(wildcards):
     return PLAN.tokenizer_path(wildcards.mixture)
 
 
+def get_train_slice(wildcards):
+    """The train rule's slice: seed and train, and with train.eval_every the mixture's curve."""
+    return PLAN.slice("train", mixture=wildcards.mixture)
+
+
+def get_train_eval_splits(wildcards):
+    """The raw eval splits a run scores while it trains (train.eval_every): its curve's held-out
+    datasets and its validation datasets; none without."""
+    if PLAN.cfg.train.eval_every is None:
+        return []
+    heldout, validation = PLAN.curve_datasets(wildcards.mixture)
+    return expand("data/raw/{dataset}/eval.parquet", dataset=[*heldout, *validation])
+
+
 def get_base_tokenizer(wildcards):
     """The base model's tokenizer: the shared one (or the `all` mixture's, when not shared)."""
     return get_tokenizer(Namespace(mixture="all"))

@@ -11,6 +11,7 @@ rule train:
         manifest="data/packed/{mixture}/manifest.json",
         shards="data/packed/{mixture}/shards",
         tokenizer=get_tokenizer,
+        eval_splits=get_train_eval_splits,
     output:
         hf=directory("models/{mixture}/hf"),
         metrics="models/{mixture}/metrics.csv",
@@ -28,7 +29,7 @@ rule train:
         tasks_per_node=2,
         launcher="torchrun",
     params:
-        config=PLAN.slice("train"),
+        config=get_train_slice,
         stage_version=TRAIN_VERSION,
     script:
         "../workflow_scripts/train.py"

@@ -19,7 +19,8 @@ from flanpipe.core.train.launch import (
 
 out = Path(snakemake.output.run).parent
 config = out / "config.yaml"
-# The run reads its slice (seed and train) only: `flanpipe train --config` loads this file.
+# The run reads its slice (seed and train; with train.eval_every its curve's) only: `flanpipe train
+# --config` loads this file.
 cfg = TrainSlice.model_validate(snakemake.params.config)
 write_text_atomic(config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 res = snakemake.resources
@@ -28,7 +29,10 @@ per_node = ranks_per_node(nodes, int(res.tasks_per_node), int(getattr(res, "task
 ranks = nodes * per_node
 run_key = {"packed": sha256_file(snakemake.input.manifest), "ranks": ranks,
            "tokenizer": sha256_file(snakemake.input.tokenizer), "train": snakemake.params.config["train"],
-           "seed": cfg.seed, "stage_version": snakemake.params.stage_version}
+           "seed": cfg.seed, "stage_version": snakemake.params.stage_version,
+           # (with train.eval_every: how and on what the curve scores; absent, the key is as before)
+           **{k: snakemake.params.config[k] for k in ("evaluate", "heldout", "validation")
+              if k in snakemake.params.config}}
 checkpoints = keep_or_clear_checkpoints(out, run_key, cfg.train.steps)
 cmd = launch_command(res.launcher, nodes, per_node, [
     "train", "--mixture", snakemake.wildcards.mixture, "--config", str(config),

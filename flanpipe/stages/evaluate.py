@@ -48,21 +48,28 @@ from flanpipe.core.config import EvaluateSlice
 from flanpipe.core.config.checkpoints import folder_is_encoder_decoder
 from flanpipe.core.config.registry import DatasetSpec, load_registry
 from flanpipe.core.eval import metrics
-from flanpipe.core.eval.scoring import generate, score_options
+from flanpipe.core.eval.ranking import (  # noqa: F401 (NORMALIZATIONS, normalized, unconditional_scores: the stage's names)
+    NORMALIZATIONS,
+    eval_sample,
+    headline_variant,
+    normalized,
+    prompts_for,
+    rank_classify,
+    unconditional_scores,
+)
+from flanpipe.core.eval.scoring import generate
 from flanpipe.core.io import code_version, read_schema, read_table, sha256_file, write_text_atomic
-from flanpipe.core.logs import progress_counter
 from flanpipe.core.model.adapter import adapter_base, is_adapter_folder
 from flanpipe.core.model.checkpoint import load_checkpoint
 from flanpipe.core.model.precision import Precision
 from flanpipe.core.model.precision import resolve as resolve_precision
-from flanpipe.core.text.fewshot import FewShotPool, TokenCounter, few_shot_columns
+from flanpipe.core.text.fewshot import FewShotPool, few_shot_columns
 from flanpipe.core.text.flan import checkout_identity
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.text.templates import (
     DatasetTemplates,
     Template,
     column_at,
-    fit_to_tokens,
     load_bank,
     long_field,
     render_template,
@@ -82,8 +89,6 @@ from flanpipe.core.tokens.tokenizers import Tokenizer
 
 # 4: the result's `layout`, `layout_from` and `by_layout` are `format`, `format_from` and `by_format`
 STAGE_VERSION = "5"
-NORMALIZATIONS = ("sum", "per_token", "per_char", "pmi")
-PMI_GROUP = 32  # unconditional options scored after one prompt at a time
 log = logging.getLogger(__name__)
 
 
@@ -163,14 +168,6 @@ def stop_ids(model: torch.nn.Module, tokenizer: Tokenizer, format_name: str = "e
 
 # --- prompts and tokens --------------------------------------------------------------------------
 
-def eval_sample(table: pa.Table, max_examples: int | None, seed: int, name: str) -> pa.Table:
-    """A seeded sample of ``max_examples`` eval rows (in source order), or every row."""
-    if max_examples is None or table.num_rows <= max_examples:
-        return table
-    rng = np.random.default_rng(derive_seed(seed, f"evaluate/{name}"))
-    return table.take(pa.array(np.sort(rng.choice(table.num_rows, max_examples, replace=False))))
-
-
 def read_exemplar_rows(spec: DatasetSpec, bank: DatasetTemplates, path: str | Path) -> pa.Table:
     """The train rows few-shot exemplars come from (a raw train split, or a pool file of the rows
     that can survive the cap), only the columns the prompts use."""
@@ -181,77 +178,7 @@ def read_exemplar_rows(spec: DatasetSpec, bank: DatasetTemplates, path: str | Pa
     return train_raw
 
 
-def prompts_for(bank: DatasetTemplates, template: Template, eval_raw: pa.Table, pool: FewShotPool | None,
-                style: str, count_tokens: TokenCounter, field: str | None, budget: int) -> list[str]:
-    """The prompt of every eval row under one template: zero-shot, or few-shot with exemplars from
-    ``pool``. The query is fitted to ``budget`` tokens by cutting the end of ``field`` (the
-    dataset's long field; None: no cut), as templatize fits training inputs, so the instruction
-    and the OPTIONS survive."""
-    fitted, cut = fit_to_tokens(bank, template, eval_raw, style, field, budget, count_tokens)
-    if cut.any():
-        log.info("%s template %d, OPTIONS %s: %d inputs fitted to %d tokens (%s cut)", bank.dataset,
-                 template.id, style, int((cut > 0).sum()), budget, field)
-    if pool is None:
-        return fitted.inputs.to_pylist()
-    built = pool.prompts(template, style, count_tokens, queries=fitted.inputs)
-    log.info("%s template %d, OPTIONS %s: %d few-shot prompts, %.2f exemplars each, %d counted exactly",
-             bank.dataset, template.id, style, len(built.prompts), built.shots.mean(), built.counted)
-    return built.prompts
-
-
 # --- scoring one template ------------------------------------------------------------------------
-
-def normalized(norm: str, sums: np.ndarray, tokens: np.ndarray, chars: np.ndarray,
-               unconditional: np.ndarray | None = None) -> np.ndarray:
-    """Options' scores under a normalisation: ``sum`` (summed log-likelihood, lm-eval ``acc``),
-    ``per_token``, ``per_char`` (lm-eval ``acc_norm``) or ``pmi`` (minus the log-likelihood of the
-    same tokens after the answer prefix alone, lm-eval ``acc_mutual_info``).
-
-    >>> normalized("pmi", np.array([-2.0, -3.0]), np.array([1, 2]), np.array([3, 6]), np.array([-0.5, -2.5]))
-    array([-1.5, -0.5])
-    """
-    if norm == "sum":
-        return sums
-    if norm == "per_token":
-        return sums / np.maximum(tokens, 1)
-    if norm == "per_char":
-        return sums / np.maximum(chars, 1)
-    if norm == "pmi":
-        return sums - unconditional
-    raise ValueError(f"normalization {norm!r}; allowed: {', '.join(NORMALIZATIONS)}")
-
-
-def unconditional_scores(model: torch.nn.Module, fmt: Format, options: list[list[list[int]]], prefix: str,
-                         max_batch_tokens: int) -> list[np.ndarray]:
-    """Each option's log-likelihood after the answer prefix alone (the format's prompt of
-    ``prefix``): the same tokens as after its own prompt, so PMI compares like with like. Each
-    distinct option is scored once."""
-    prompt = fmt.inputs([prefix])[0]
-    unique = list(dict.fromkeys(tuple(o) for opts in options for o in opts))
-    groups = [unique[i:i + PMI_GROUP] for i in range(0, len(unique), PMI_GROUP)]
-    scores = score_options(model, [prompt] * len(groups), [[list(o) for o in g] for g in groups],
-                           max_batch_tokens=max_batch_tokens)
-    found = {o: float(x) for g, sc in zip(groups, scores, strict=True) for o, x in zip(g, sc, strict=True)}
-    return [np.array([found[tuple(o)] for o in opts]) for opts in options]
-
-
-def rank_classify(model: torch.nn.Module, fmt: Format, prompts: list[str], options: list[list[str]],
-                  max_batch_tokens: int, pmi_prefix: str = "") -> dict[str, np.ndarray]:
-    """The chosen option of every row under each normalisation (:data:`NORMALIZATIONS`); ties go to
-    the first option."""
-    ptoks = fmt.inputs(prompts)
-    otoks = fmt.options(prompts, options)
-    sums = score_options(model, ptoks, otoks, max_batch_tokens=max_batch_tokens,
-                         progress=progress_counter(len(ptoks), f"{fmt.name}: rank classification", "prompts"))
-    uncond = unconditional_scores(model, fmt, otoks, pmi_prefix, max_batch_tokens)
-    picks = {}
-    for norm in NORMALIZATIONS:
-        chosen = [int(np.argmax(normalized(norm, s, np.array([len(t) for t in toks]),
-                                           np.array([len(o) for o in opts]), u)))
-                  for s, toks, opts, u in zip(sums, otoks, options, uncond, strict=True)]
-        picks[norm] = np.array(chosen)
-    return picks
-
 
 def decode(model: torch.nn.Module, fmt: Format, prompts: list[str], cfg: EvaluateSlice, sample: bool
            ) -> list[str]:
@@ -374,13 +301,6 @@ def score_format(model: torch.nn.Module, fmt: Format, spec: DatasetSpec, bank: D
         log.info("%s template %d (%s format): %s", spec.name, template.id, fmt.name,
                  ", ".join(f"{v} {m[key]:.1f}" for v, m in variants.items()))
     return per_template, material
-
-
-def headline_variant(task: str, cfg: EvaluateSlice) -> str:
-    """The variant a result's headline reports: ``greedy`` decoding, or rank classification's
-    ``<with|without>_options/<normalization>``."""
-    return ("greedy" if task == "generation"
-            else f"{cfg.evaluate.options_suffix}_options/{cfg.evaluate.normalization}")
 
 
 def format_summary(per_template: list[dict], material: dict, spec: DatasetSpec, headline: str,

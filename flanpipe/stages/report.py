@@ -265,7 +265,7 @@ def plot_losses(metrics_files: list[str], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for path in metrics_files:
         with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            rows = [r for r in csv.DictReader(f) if r["loss"]]  # (not the held-out curve's rows)
         ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
                 label=Path(path).parent.name)
     ax.set_xlabel("step")
@@ -301,6 +301,65 @@ def power_rows(results: list[dict]) -> list[list[str]]:
                      f"+-{p['interval_half_width']:.1f}", f"{p['detectable']:.1f}", f"{p['rows_for_4']:,}",
                      f"{p['rows_for_2']:,}"])
     return rows
+
+
+def heldout_curves(metrics_files: list[str]) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """Each model's held-out curve (``train.eval_every``) from its ``metrics.csv``: ``(model,
+    dataset)`` -> the ``(step, score)`` points in step order, step 0 the base; {} where no run
+    scored one."""
+    curves: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for path in metrics_files:
+        with open(path, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                if r.get("eval_split") == "heldout":
+                    key = (Path(path).parent.name, r["eval_dataset"])
+                    curves.setdefault(key, []).append((int(r["step"]), float(r["eval_score"])))
+    return {key: sorted(points) for key, points in curves.items()}
+
+
+def plot_heldout_curves(curves: dict[tuple[str, str], list[tuple[int, float]]], out: Path) -> None:
+    """Held-out score against training steps, one line per (model, held-out dataset), and the
+    base's score (step 0) as a dashed horizontal line of the same colour: the paper's
+    performance-against-steps view."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, ((model, dataset), points) in enumerate(sorted(curves.items())):
+        color = plt.get_cmap("tab10")(i % 10)
+        steps, scores = zip(*points, strict=True)
+        ax.plot(steps, scores, marker="o", ms=3, color=color, label=f"{dataset} ({model} model)")
+        base = dict(points).get(0)
+        if base is not None:
+            ax.axhline(base, color=color, ls="--", lw=0.9, alpha=0.7)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out score (mean over templates)")
+    ax.set_title("Held-out score over instruction tuning (dashed: the base, step 0)")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    _save(fig, out)
+
+
+def curve_section(metrics_files: list[str], out_dir: Path) -> list[str]:
+    """The held-out curves (``train.eval_every``): their figure and each curve's base, last and best
+    point; [] where no run scored one."""
+    curves = heldout_curves(metrics_files)
+    if not curves:
+        return []
+    plot_heldout_curves(curves, out_dir / "heldout_curve.png")
+    rows = []
+    for (model, dataset), points in sorted(curves.items()):
+        scores = dict(points)
+        best = max(points, key=lambda p: (p[1], -p[0]))
+        rows.append([model, dataset, f"{scores[0]:.1f}" if 0 in scores else "-",
+                     f"{points[-1][1]:.1f} (step {points[-1][0]})", f"{best[1]:.1f} (step {best[0]})",
+                     ", ".join(f"{s}: {x:.1f}" for s, x in points)])
+    return ["## Held-out score over training", "",
+            "Each model scored a fixed slice of its held-out datasets while it trained (`train.eval_every`, "
+            "`train.eval_rows` rows, the evaluation's templates and headline variant): the same rows "
+            "and prompts as `flanpipe evaluate` with `evaluate.max_examples` set to `train.eval_rows`. "
+            "Dashed: the base (step 0). The best held-out step is shown, never used: a checkpoint is "
+            "chosen on the training clusters' validation slices only (`train.select`).", "",
+            "![held-out curve](heldout_curve.png)", "",
+            *_table(["model", "held-out dataset", "base (step 0)", "last", "best", "every point"], rows)
+            .splitlines(), ""]
 
 
 def paired_rows(results: list[dict], seed: int, resamples: int) -> list[list[str]]:
@@ -395,6 +454,7 @@ def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: l
     if models:
         plot_losses(models, out_dir / "training_loss.png")
         md += ["## Training", "", "![training loss](training_loss.png)", ""]
+        md += curve_section(models, out_dir)
     md += ["Every number here comes from `results/eval/**.json`, `results/ablations/**.json` and "
            "`data/catalog.duckdb`.", ""]
     out = out_dir / "index.md"

@@ -54,8 +54,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flanpipe.core.config import TrainConfig, TrainSlice
+from flanpipe.core.config import EvaluateSlice, TrainConfig, TrainSlice
 from flanpipe.core.config.checkpoints import is_encoder_decoder
+from flanpipe.core.eval.ranking import Probe, ProbeScore, headline_variant
 from flanpipe.core.io import atomic_path, code_version, sha256_file, utc_now, write_json_atomic
 from flanpipe.core.model.adapter import add_lora, trainable_count
 from flanpipe.core.model.card import write_card
@@ -65,7 +66,9 @@ from flanpipe.core.model.precision import Precision
 from flanpipe.core.model.precision import resolve as resolve_precision
 from flanpipe.core.model.seq2seq import PackedSeq2SeqLM
 from flanpipe.core.text.keys import derive_seed
+from flanpipe.core.tokens.formats import Format
 from flanpipe.core.tokens.shards import PackedShards, verify_shards
+from flanpipe.core.tokens.tokenizers import load_tokenizer
 from flanpipe.core.train.distributed import DistEnv, disable_cpu_shm_op, dist_env, rank_nodes
 from flanpipe.core.train.guards import NonFiniteStep, check_finite, step_examples
 from flanpipe.core.train.launch import (
@@ -84,7 +87,7 @@ from flanpipe.core.train.optim import (
     optimized_parameters,
     optimizer_state_bytes,
 )
-from flanpipe.core.train.trackers import Trackers
+from flanpipe.core.train.trackers import Trackers, curve_rows
 
 # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
 # records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters; 6: hf/README.md
@@ -235,8 +238,10 @@ def load_step(data: PackedShards, plan: BatchPlan, step: int, seed: int, rank: i
 
 
 def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, out_dir: str | Path,
-          cfg: TrainSlice) -> dict:
+          cfg: TrainSlice, raw_dir: str | Path = "data/raw") -> dict:
     """Train on the packed mixture; returns the run manifest (on every rank).
+
+    With ``train.eval_every``, the curve's eval splits are ``raw_dir/<dataset>/eval.parquet``.
 
     A rank that torchrun started dies with torchrun (:func:`~flanpipe.core.train.launch.die_with_parent`),
     and rank 0 holds ``out_dir``'s lock for the run (:func:`~flanpipe.core.train.launch.run_lock`), so a
@@ -246,7 +251,7 @@ def train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, ou
     if dist.launcher == "torchrun":
         die_with_parent()
     with run_lock(out_dir) if dist.rank == 0 else contextlib.nullcontext():
-        return _train(mixture, packed_dir, tokenizer, out_dir, cfg)
+        return _train(mixture, packed_dir, tokenizer, out_dir, cfg, raw_dir)
 
 
 @dataclass(frozen=True)
@@ -309,17 +314,24 @@ class StepResult:
 
 
 def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, out_dir: str | Path,
-           cfg: TrainSlice) -> dict:
+           cfg: TrainSlice, raw_dir: str | Path) -> dict:
     """The run, top to bottom: set up, build the engine, resume, step (reading the next step's rows
-    while this one computes), checkpoint, then the exported model and the manifest."""
+    while this one computes), score the curve (``train.eval_every``), checkpoint, then the exported
+    model and the manifest."""
     tcfg = cfg.train
     setup = setup_run(packed_dir, out_dir, tcfg)
     trainer = build_engine(setup, cfg)
     start, skipped = resume(trainer.engine, setup.ckpt_dir)  # skipped: steps of non-finite loss skipped
     if setup.is_main:
         _log_start(mixture, setup, trainer, tcfg)
-    metrics = (Trackers(setup.out_dir, start, tcfg, mixture, cfg.model_dump(mode="json"))
+    curve = Curve.of(cfg, setup, tokenizer, raw_dir, mixture)
+    params = cfg.model_dump(mode="json", exclude=None if curve else {"evaluate", "heldout", "validation"})
+    metrics = (Trackers(setup.out_dir, start, tcfg, mixture, params, curve=curve is not None)
                if setup.is_main else None)
+    if curve is not None:
+        curve.resume(setup, start)
+        if start == 0:  # the base, before any update
+            curve.point(trainer, setup, 0, metrics)
     fail_at = int(os.environ.get(FAIL_AT_STEP, 0))
     t0 = time.perf_counter()
     tokens_seen = 0
@@ -346,6 +358,8 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
         done = step + 1
         if setup.is_main and (done % tcfg.log_every == 0 or done == tcfg.steps):
             metrics.write(_metrics_row(done, result, setup.plan, t_step, t0))
+        if curve is not None and (done % tcfg.eval_every == 0 or done == tcfg.steps):
+            curve.point(trainer, setup, done, metrics)  # (and a new best saved: before the checkpoint)
         if setup.is_main:
             refresh_lock(setup.out_dir / LOCK_NAME)
         if done % tcfg.checkpoint_every == 0 or done == tcfg.steps:
@@ -354,7 +368,11 @@ def _train(mixture: str, packed_dir: str | Path, tokenizer: str | Path | None, o
     elapsed = time.perf_counter() - t0
     manifest = run_manifest(mixture, packed_dir, cfg, setup, trainer, start, skipped,
                             tokens_seen / elapsed if elapsed > 0 else None)
-    if tokenizer is not None:  # (benchmarks on synthetic rows have no tokenizer to export)
+    if curve is not None:  # (without a curve, run.json is as before it existed)
+        manifest |= {"curve": curve.record(), "selected": curve.selected(tcfg)}
+    if curve is not None and tcfg.select == "best_val":
+        curve.export_best(setup)
+    elif tokenizer is not None:  # (benchmarks on synthetic rows have no tokenizer to export)
         export_model(trainer, tokenizer, mixture, setup, tcfg)
     if setup.is_main:
         plot_loss(setup.out_dir / "metrics.csv", setup.out_dir / "loss.png", mixture)
@@ -531,12 +549,14 @@ def run_manifest(mixture: str, packed_dir: str | Path, cfg: TrainSlice, setup: S
 
 
 def export_model(trainer: Trainer, tokenizer: str | Path, mixture: str, setup: Setup,
-                 tcfg: TrainConfig) -> None:
+                 tcfg: TrainConfig, out_dir: Path | None = None, step: int | None = None) -> None:
     """``hf/``, the trained model as ``transformers`` loads it (LoRA: merged), and with LoRA
-    ``adapter/`` as ``peft`` saves it (a new model's frozen base in ``adapter/base``)."""
-    out_dir = setup.out_dir
+    ``adapter/`` as ``peft`` saves it (a new model's frozen base in ``adapter/base``), in ``out_dir``
+    (default: the run's folder); ``step``: the step of the weights (``train.select: best_val``), else
+    the last."""
+    out_dir = out_dir or setup.out_dir
     record = {**trained_format(setup.data.manifest), "mixture": mixture, "steps": tcfg.steps,
-              "stage_version": STAGE_VERSION}
+              "stage_version": STAGE_VERSION, **({"step": step} if step is not None else {})}
     save_checkpoint(trainer.model, tokenizer, out_dir / "hf", dtype=setup.dtype, record=record)  # (merged)
     if trainer.peft_model is not None:
         save_adapter(trainer.peft_model, tokenizer, out_dir / "adapter", record=record | {"adapter": "lora"})
@@ -545,6 +565,158 @@ def export_model(trainer: Trainer, tokenizer: str | Path, mixture: str, setup: S
                             merge_adapter=False)
     elif setup.is_main and (out_dir / "adapter").exists():  # an earlier LoRA run's adapter is not this one's
         shutil.rmtree(out_dir / "adapter")
+
+
+CURVE_SCORING = ("every rank scores the whole slice, in lockstep (under ZeRO-3 each forward gathers "
+                 "a layer's parameters from every rank), in eval mode without gradients; rank 0 logs")
+
+
+@dataclass
+class Curve:
+    """Held-out accuracy over training (``train.eval_every``) and the checkpoint it may choose
+    (``train.select: best_val``).
+
+    At step 0 (the base), every ``eval_every`` steps and at the last, the model is scored on a fixed
+    slice of each held-out dataset (:class:`~flanpipe.core.eval.ranking.Probe`: the rows, templates,
+    prompts and format of ``flanpipe evaluate`` with ``evaluate.max_examples: train.eval_rows``) and,
+    with ``best_val``, of each validation dataset (the training clusters' eval splits). Every rank
+    scores every row: under ZeRO-3 a forward gathers each layer from all ranks, so the ranks must
+    run the same forwards; they get the same scores, and rank 0 writes them (``metrics.csv``,
+    TensorBoard). A new best mean validation score saves that step's model in ``best/`` (before the
+    step's checkpoint, so a resumed run finds it), which the export then makes ``hf/``. A held-out
+    dataset never chooses: the config refuses one as a validation dataset."""
+
+    evaluate: EvaluateSlice
+    fmt: Format
+    probes: dict[str, list[Probe]]  # "heldout" and "validation": each dataset's slice
+    tokenizer: str | Path
+    mixture: str
+    tcfg: TrainConfig
+    best: tuple[int, float] | None = None  # (step, mean validation score)
+    seconds: float = 0.0
+    points: int = 0
+
+    @classmethod
+    def of(cls, cfg: TrainSlice, setup: Setup, tokenizer: str | Path | None, raw_dir: str | Path,
+           mixture: str) -> Curve | None:
+        """The run's curve, its slices rendered and encoded once; None without ``train.eval_every``."""
+        if cfg.train.eval_every is None or tokenizer is None:
+            return None
+        if cfg.evaluate is None:
+            raise ValueError("train.eval_every: the run's slice has no evaluate slice to score with "
+                             "(build it with Plan.slice('train', mixture=...) or TrainSlice.of)")
+        trained = trained_format(setup.data.manifest)
+        fmt = Format.of(load_tokenizer(tokenizer), cfg.evaluate, 1, trained["format"], trained["separator"])
+        rows = cfg.train.eval_rows
+        probes = {split: [Probe.of(d, Path(raw_dir) / d / "eval.parquet", rows, cfg.evaluate, fmt)
+                          for d in names]
+                  for split, names in (("heldout", cfg.heldout), ("validation", cfg.validation)) if names}
+        if not probes.get("heldout"):
+            log.warning("train.eval_every: mixture %s has no held-out dataset with options to rank; the "
+                        "curve scores %s", mixture, "its validation datasets only" if probes else "nothing")
+        return cls(cfg.evaluate, fmt, probes, tokenizer, mixture, cfg.train)
+
+    def resume(self, setup: Setup, start: int) -> None:
+        """The best validation score of the steps up to ``start``, from ``metrics.csv`` (rank 0's,
+        already cut to them)."""
+        found = [None]
+        if setup.is_main and start:
+            found = [best_validation(curve_rows(setup.out_dir / "metrics.csv"))]
+        torch.distributed.broadcast_object_list(found, src=0)
+        self.best = found[0]
+
+    def point(self, trainer: Trainer, setup: Setup, step: int, metrics: Trackers | None) -> None:
+        """Score the slices after ``step`` steps, log them, and with ``best_val`` keep a new best."""
+        t0 = time.perf_counter()
+        module = trainer.engine.module
+        module.eval()
+        with torch.no_grad():
+            scores = {split: {p.dataset: p.score(trainer.model, self.fmt, self.evaluate) for p in probes}
+                      for split, probes in self.probes.items()}
+        module.train()
+        rows = [curve_row(split, dataset, score) for split, found in scores.items()
+                for dataset, score in found.items()]
+        if metrics is not None:
+            metrics.write_curve(step, rows)
+        if self.tcfg.select == "best_val":
+            val = best_validation([{**r, "step": step} for r in rows])[1]
+            decided = [self.best is None or val > self.best[1]]  # (rank 0 decides: ranks save together)
+            torch.distributed.broadcast_object_list(decided, src=0)
+            if decided[0]:
+                self.best = (step, val)
+                export_model(trainer, self.tokenizer, self.mixture, setup, self.tcfg, setup.out_dir / "best",
+                             step=step)
+                log.info("step %d: the best mean validation score so far, %.4f: saved in %s", step, val,
+                         setup.out_dir / "best")
+        self.points += 1
+        self.seconds += time.perf_counter() - t0
+
+    def record(self) -> dict:
+        """``run.json``'s ``curve``: what was scored, how, and what it cost this run."""
+        return {"eval_every": self.tcfg.eval_every, "eval_rows": self.tcfg.eval_rows,
+                "datasets": {split: [p.dataset for p in probes] for split, probes in self.probes.items()},
+                "rows": {p.dataset: p.rows for probes in self.probes.values() for p in probes},
+                "templates": {p.dataset: p.template_ids for probes in self.probes.values() for p in probes},
+                "format": self.fmt.name,
+                "headline_variant": headline_variant("classification", self.evaluate),
+                "scoring": CURVE_SCORING, "points_this_run": self.points,
+                "seconds_this_run": round(self.seconds, 3)}
+
+    def selected(self, tcfg: TrainConfig) -> dict:
+        """``run.json``'s ``selected``: the step the exported model holds, and why."""
+        if tcfg.select == "last":
+            return {"rule": "last", "step": tcfg.steps, "why": "train.select: last"}
+        step, score = self.best
+        names = [p.dataset for p in self.probes["validation"]]
+        return {"rule": "best_val", "step": step, "validation_score": score, "validation_datasets": names,
+                "why": (f"train.select: best_val: the best mean score on the validation slices of {names} "
+                        f"({tcfg.eval_rows} eval rows each) of the scored steps, the earliest of ties; "
+                        "held-out datasets never choose")}
+
+    def export_best(self, setup: Setup) -> None:
+        """``best/``'s model made the run's ``hf/`` (and ``adapter/``): rank 0 renames it into place."""
+        if setup.is_main:
+            best = setup.out_dir / "best"
+            if (best / "hf").is_dir():
+                for name in ("hf", "adapter"):
+                    old = setup.out_dir / f"{name}.replaced"
+                    shutil.rmtree(old, ignore_errors=True)
+                    if (setup.out_dir / name).exists():
+                        (setup.out_dir / name).rename(old)
+                    if (best / name).exists():
+                        (best / name).rename(setup.out_dir / name)
+                    shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(best)
+            record = json.loads((setup.out_dir / "hf" / "flanpipe.json").read_text(encoding="utf-8"))
+            if record.get("step") != self.best[0]:  # (a rerun of a finished run finds hf/ in place)
+                raise RuntimeError(f"{setup.out_dir}: hf/ holds step {record.get('step')}, but the best "
+                                   f"validation score is step {self.best[0]}'s and best/ is gone")
+        torch.distributed.barrier()
+
+
+def curve_row(split: str, dataset: str, score: ProbeScore) -> dict:
+    """One dataset's row of the curve (:data:`~flanpipe.core.train.trackers.CURVE_METRICS`)."""
+    return {"eval_split": split, "eval_dataset": dataset, "eval_score": score.score, "eval_loss": score.loss}
+
+
+def best_validation(rows: list[dict]) -> tuple[int, float] | None:
+    """The scored step with the best mean ``validation`` score, the earliest of ties, and that mean;
+    None where no row is a validation one.
+
+    >>> rows = [{"step": s, "eval_split": "validation", "eval_score": x} for s, x in
+    ...         [(0, 50.0), (0, 60.0), (2, 70.0), (2, 40.0), (4, 90.0), (4, 20.0)]]
+    >>> best_validation(rows + [{"step": 4, "eval_split": "heldout", "eval_score": 100.0}])
+    (0, 55.0)
+    """
+    by_step: dict[int, list[float]] = {}
+    for r in rows:
+        if r["eval_split"] == "validation":
+            by_step.setdefault(int(r["step"]), []).append(float(r["eval_score"]))
+    if not by_step:
+        return None
+    means = {step: float(np.mean(scores)) for step, scores in sorted(by_step.items())}
+    best = max(means, key=lambda step: (means[step], -step))
+    return best, means[best]
 
 
 def adapter_base_path(tcfg: TrainConfig) -> str:
@@ -629,6 +801,7 @@ def plot_loss(metrics_csv: Path, out_png: Path, title: str) -> None:
     with open(metrics_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    rows = [r for r in rows if r["loss"]]  # (the curve's rows, train.eval_every, hold no training loss)
     ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], lw=1.5)
     ax.set(xlabel="step", ylabel="loss (target tokens)", title=f"training loss: {title}")
     ax.grid(alpha=0.3)

@@ -52,9 +52,12 @@ class Plan:
         for name, missing in cfg.left_out().items():
             log.warning("%s is left out of this run: its optional source lacks %s", name, ", ".join(missing))
 
-    def slice(self, rule: str, dataset: str | None = None, format: str | None = None) -> dict[str, Any]:
+    def slice(self, rule: str, dataset: str | None = None, format: str | None = None,
+              mixture: str | None = None) -> dict[str, Any]:
         """The config slice rule ``rule`` reads (its Snakemake ``params``), as JSON-able values: a
-        download's is its dataset's source; the format ablation's templatize has its own format.
+        download's is its dataset's source; the format ablation's templatize has its own format; a
+        mixture's train, with ``train.eval_every``, the datasets of its curve
+        (:meth:`curve_datasets`).
 
         >>> Plan(parse_config({})).slice("pool")
         {'seed': 1234, 'pool_factor': 4.0, 'cap': 30000}
@@ -68,7 +71,39 @@ class Plan:
         if rule == "templatize":
             return TemplatizeSlice.of(self.cfg, dataset=dataset, **({"format": format} if format else {})
                                       ).params()
+        if rule == "train" and mixture is not None and self.cfg.train.eval_every is not None:
+            heldout, validation = self.curve_datasets(mixture)
+            return TrainSlice.of(self.cfg, heldout=heldout, validation=validation).params()
         return SLICES[rule].of(self.cfg).params()
+
+    def curve_datasets(self, mixture: str) -> tuple[list[str], list[str]]:
+        """The datasets a mixture's training scores (``train.eval_every``): the held-out ones it is
+        evaluated on, and (``train.select: best_val``) the validation ones that choose its
+        checkpoint: ``train.val_datasets`` (or every dataset) among those it trains on, never one
+        of a cluster any model holds out; each with an eval split whose options can be ranked.
+
+        >>> plan = Plan(parse_config({"train": {"eval_every": 5, "select": "best_val"}}))
+        >>> plan.curve_datasets("nli")
+        (['rte'], ['sst2', 'boolq', 'winogrande', 'cola', 'ag_news'])
+        """
+        registry = load_registry()
+
+        def rankable(name: str) -> bool:
+            spec = registry.datasets[name]
+            return spec.splits.eval is not None and spec.task.type != "generation"
+
+        heldout = [d for d in self.datasets_in(self.heldout_for(mixture)) if rankable(d)]
+        if self.cfg.train.select != "best_val":
+            return heldout, []
+        kept_out = {c for h in self.eval_clusters() for c in registry.excluded_clusters(h)}
+        named = self.cfg.train.val_datasets
+        validation = [d for d in self.mixture_datasets(mixture) if rankable(d)
+                      and (named is None or d in named) and not set(registry.clusters_of(d)) & kept_out]
+        if not validation:
+            raise ValueError(f"train.val_datasets: mixture {mixture} trains on none of {named} (with an eval "
+                             "split and options to rank), so train.select: best_val has nothing to choose "
+                             "with; allowed: datasets the mixture trains on")
+        return heldout, validation
 
     def dataset_names(self) -> list[str]:
         """The registry names this run uses, in registry order."""

@@ -114,11 +114,14 @@ CHANGES = {
     "train.adapter.target_modules": ["q_proj", "v_proj"],
     "templatize.flan_root": str(FLAN_FIXTURE / "copy"),
     "registry.extra": ["cot"],
+    "train.val_datasets": ["sst2"],
 }
 # Keys that a slice reads only through another key, changed on the demo config with that key set:
 # templatize reads rte's submixture only to look up its rates in `templatize.mix.overrides`.
 # The FLAN checkout's path is read only with a FLAN bank (the tests' own checkout, in FLAN's format).
-SETTING = {"mix.submixtures": {"templatize.mix.overrides": {"flan2021": {"zs_opt": 0.5, "fs_opt": 0.5}}},
+# train.select's best_val chooses among the curve's points: it needs train.eval_every.
+SETTING = {"train.select": {"train.eval_every": 2},
+           "mix.submixtures": {"templatize.mix.overrides": {"flan2021": {"zs_opt": 0.5, "fs_opt": 0.5}}},
            "templatize.flan_root": {"templatize.bank": "flan2021", "templatize.flan_root": str(FLAN_FIXTURE)}}
 # The keys no value of which the config allows while every other key keeps its demo value: each is
 # read only together with another key, which would have to change with it.

@@ -188,6 +188,35 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _validation_is_not_heldout(self) -> Config:
+        """``train.val_datasets`` chooses a checkpoint: never with a dataset that some model holds
+        out (a ``heldout_clusters`` cluster, the ablations' when they are on, or a cluster excluded
+        with one), and only datasets whose options can be ranked on an eval split."""
+        names = self.train.val_datasets
+        if names is None:
+            return self
+        registry = load_registry()
+        unknown = [d for d in names if d not in registry.datasets]
+        if unknown:
+            raise ValueError(f"train.val_datasets: unknown dataset(s) {unknown}; allowed: registry names of "
+                             "the run's training datasets")
+        heldout = [*self.heldout_clusters, *(self.ablations.heldout if self.ablations.enabled else [])]
+        for name in names:
+            for cluster in heldout:
+                hit = set(registry.clusters_of(name)) & set(registry.excluded_clusters(cluster))
+                if hit:
+                    why = "" if cluster in hit else f" (excluded with held-out {cluster})"
+                    raise ValueError(f"train.val_datasets: {name} is in held-out cluster {sorted(hit)[0]}"
+                                     f"{why}; a held-out dataset never chooses a checkpoint. Allowed: "
+                                     "datasets of the training clusters")
+            spec = registry.datasets[name]
+            if spec.splits.eval is None or spec.task.type == "generation":
+                raise ValueError(f"train.val_datasets: {name} has no eval split with options to rank "
+                                 f"({spec.task.type}); allowed: classification or multiple-choice "
+                                 "datasets with an eval split")
+        return self
+
+    @model_validator(mode="after")
     def _tokenizer_follows_checkpoint(self) -> Config:
         tok, spec = self.tokenize.tokenizer, self.train.model
         if spec.source != "pretrained":

@@ -790,6 +790,31 @@ class TrainConfig(_Section):
         return trackers
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     """`none` (full fine-tuning) or LoRA adapters on a frozen base (see docs/stages/train.md)."""
+    eval_every: StrictInt | None = Field(None, ge=1)
+    """Held-out accuracy over training: at step 0 (the base), every N optimizer steps and at the last,
+    score a fixed slice of each of the model's held-out datasets that has options to rank (rank
+    classification in the model's own format, with evaluation's templates, headline normalization
+    and OPTIONS suffix) and the gold answers' loss, into `metrics.csv` and TensorBoard, drawn by the
+    report. null: off."""
+    eval_rows: StrictInt = Field(32, ge=1)
+    """Rows of that slice per dataset: the seeded sample `evaluate.max_examples` draws, so a
+    `flanpipe evaluate` of a step's checkpoint with `evaluate.max_examples` set to this scores the
+    very same rows."""
+    select: Literal["last", "best_val"] = "last"
+    """The exported model: the last step's weights, or (`best_val`, needs `eval_every`) those of the
+    scored step with the best mean score on a validation slice of the training datasets
+    (`val_datasets`; the earliest of ties). A held-out dataset never chooses a checkpoint."""
+    val_datasets: list[str] | None = None
+    """`select: best_val`'s validation datasets (a seeded slice of `eval_rows` rows of each one's eval
+    split). null: the model's training datasets with an eval split and options to rank. A dataset of
+    a held-out cluster is refused."""
+
+    @model_validator(mode="after")
+    def _select_needs_curve(self) -> TrainConfig:
+        if self.select == "best_val" and self.eval_every is None:
+            raise ValueError("train.select: best_val chooses among the scored steps; set train.eval_every "
+                             "(allowed: select last without eval_every)")
+        return self
 
 
 class GenerationConfig(_Section):

@@ -249,11 +249,36 @@ class PackSlice(_FormatResolved):
 
 
 class TrainSlice(Slice):
-    """train: the run."""
+    """train: the run; with ``train.eval_every``, also how its held-out curve scores (evaluate's
+    slice) and on which datasets (the planner's, for the mixture)."""
 
     KEYS: ClassVar[dict[str, str]] = {"seed": "seed", "train": "train"}
+    QUIET_DEFAULTS: ClassVar[tuple[str, ...]] = ("evaluate", "heldout", "validation")
+    QUIET_TRAIN: ClassVar[tuple[str, ...]] = ("eval_every", "eval_rows", "select", "val_datasets")
+    """``train`` keys left out of :meth:`params` while they hold their default (added after runs existed)."""
     seed: int
     train: TrainConfig
+    evaluate: EvaluateSlice | None = None
+    """With ``train.eval_every``: the evaluate stage's slice, so a curve point is scored as the final
+    evaluation scores (templates, normalization, OPTIONS suffix, token budgets)."""
+    heldout: list[str] = Field(default_factory=list)
+    """With ``train.eval_every``: the held-out datasets the curve scores (those with options to rank)."""
+    validation: list[str] = Field(default_factory=list)
+    """With ``train.select: best_val``: the training datasets whose eval slices choose the checkpoint."""
+
+    @classmethod
+    def of(cls, cfg: Config, **overrides: Any) -> Slice:
+        """The slice of ``cfg``; with ``train.eval_every``, evaluate's slice beside it (the datasets
+        are the planner's: ``overrides``)."""
+        curve = {"evaluate": EvaluateSlice.of(cfg)} if cfg.train.eval_every is not None else {}
+        return super().of(cfg, **{**curve, **overrides})
+
+    def params(self) -> dict[str, Any]:
+        out = super().params()
+        for name in self.QUIET_TRAIN:
+            if getattr(self.train, name) == TrainConfig.model_fields[name].default:
+                out["train"].pop(name)
+        return out
 
 
 class BaseModelSlice(Slice):
@@ -305,3 +330,6 @@ class ReportSlice(Slice):
     formats: list[TemplateFormat]
     seed: int = 1234
     bootstrap: int = 1000
+
+
+TrainSlice.model_rebuild()  # (its evaluate field's class is defined after it)

@@ -274,7 +274,8 @@ def _target_log_probs(model: torch.nn.Module, states: torch.Tensor, targets: tor
     slice at a time) or, with ``logits``, already logits ``(n, vocab)``."""
     if logits:
         return _log_softmax(states).gather(-1, targets[:, None])[:, 0]
-    step = max(1, PROJECT_ELEMENTS // model.get_output_embeddings().weight.shape[0])
+    weight = model.get_output_embeddings().weight  # (under ZeRO-3 a partition: ds_shape is the whole's)
+    step = max(1, PROJECT_ELEMENTS // getattr(weight, "ds_shape", weight.shape)[0])
     parts = [_log_softmax(project(model, states[a:a + step])).gather(-1, targets[a:a + step, None])[:, 0]
              for a in range(0, len(states), step)]
     return torch.cat(parts)
@@ -440,7 +441,8 @@ def _option_rows(model: torch.nn.Module, options: Sequence[Sequence[int]], devic
 def _label_log_probs(model: torch.nn.Module, states: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     """The log-probability of each label given its decoder state, float64 (only those states
     projected onto the vocabulary, a slice at a time)."""
-    step = max(1, PROJECT_ELEMENTS // model.get_output_embeddings().weight.shape[0])
+    weight = model.get_output_embeddings().weight  # (under ZeRO-3 a partition: ds_shape is the whole's)
+    step = max(1, PROJECT_ELEMENTS // getattr(weight, "ds_shape", weight.shape)[0])
     logp = torch.cat([_log_softmax(lm_logits(model, states[a:a + step]))
                       .gather(-1, labels[a:a + step, None])[:, 0] for a in range(0, len(states), step)])
     return logp.double().cpu().numpy()

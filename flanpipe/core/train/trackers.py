@@ -11,6 +11,14 @@
   folder's ``wandb/``; offline where ``WANDB_MODE=offline`` or no API key is set (``wandb sync
   models/<name>/wandb/offline-run-*`` uploads it later).
 
+With ``train.eval_every``, ``metrics.csv`` has four more columns, :data:`CURVE_METRICS`, and the
+curve's rows beside the training ones: one per scored step and dataset, ``eval_split`` ``heldout``
+(the model's held-out datasets) or ``validation`` (``train.select: best_val``'s), ``eval_dataset``,
+``eval_score`` (the headline variant's primary metric, mean over templates, as evaluate's headline
+``mean``) and ``eval_loss`` (the gold options' NLL per token); the training columns are empty there,
+and the curve's are empty in the training rows. Step 0 is the base, before any update. TensorBoard,
+MLflow and W&B get them as ``<split>/<dataset>/score`` and ``<split>/<dataset>/loss``.
+
 A resumed run drops ``metrics.csv`` rows past its checkpoint and TensorBoard's events past it, and
 goes on logging into the same MLflow and W&B runs (their ids are kept in ``trackers.json``); those
 two keep the replayed steps' first values too, as their own histories do. The evaluation comes
@@ -35,6 +43,8 @@ from flanpipe.core.io import write_json_atomic
 log = logging.getLogger(__name__)
 
 METRICS = ["step", "loss", "lr", "grad_norm", "target_tokens", "tokens", "tokens_per_s", "elapsed_s"]
+CURVE_METRICS = ["eval_split", "eval_dataset", "eval_score", "eval_loss"]
+"""The curve's columns of ``metrics.csv`` (``train.eval_every`` only: without it the file is as before)."""
 SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s")
 """The metrics TensorBoard, MLflow and W&B get, as ``train/<name>``."""
 
@@ -89,7 +99,7 @@ class Trackers:
 
     PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
-    def __init__(self, out_dir: Path, start: int, tcfg, mixture: str, params: dict):
+    def __init__(self, out_dir: Path, start: int, tcfg, mixture: str, params: dict, curve: bool = False):
         self.out_dir, self.names = Path(out_dir), list(tcfg.trackers)
         self.path = self.out_dir / "metrics.csv"
         kept = []
@@ -97,7 +107,8 @@ class Trackers:
             with open(self.path, newline="") as f:
                 kept = [r for r in csv.DictReader(f) if int(r["step"]) <= start]
         self.file = open(self.path, "w", newline="")  # noqa: SIM115 (closed in close())
-        self.writer = csv.DictWriter(self.file, fieldnames=METRICS)
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS + (CURVE_METRICS if curve else []),
+                                     restval="", extrasaction="ignore")
         self.writer.writeheader()
         self.writer.writerows(kept)
         self.file.flush()
@@ -163,6 +174,32 @@ class Trackers:
         log.info("step %d loss %.4f lr %.2g grad norm %.3g %.0f tokens/s", step, row["loss"], row["lr"],
                  row["grad_norm"], row["tokens_per_s"])
 
+    def write_curve(self, step: int, scores: list[dict]) -> None:
+        """One scored step of the curve: ``scores`` holds one ``{"eval_split", "eval_dataset",
+        "eval_score", "eval_loss"}`` per dataset (the score is written exactly, the loss to 6 digits)."""
+        for row in scores:
+            self.writer.writerow({"step": step, **{k: row[k] for k in ("eval_split", "eval_dataset")},
+                                  "eval_score": repr(row["eval_score"]),
+                                  "eval_loss": f"{row['eval_loss']:.6g}"})
+        self.file.flush()
+        scalars = {f"{r['eval_split']}/{r['eval_dataset']}/{k}": float(r[f"eval_{k}"])
+                   for r in scores for k in ("score", "loss")}
+        if self.tb is not None:
+            for name, value in scalars.items():
+                self.tb.add_scalar(name, value, step)
+            self.tb.flush()
+        if self.mlflow is not None:
+            from mlflow.entities import Metric
+
+            now = int(1000 * time.time())
+            self.mlflow.log_batch(self.mlflow_run, metrics=[Metric(k, v, now, step)
+                                                            for k, v in scalars.items()])
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=step)
+        log.info("step %d curve: %s", step, ", ".join(f"{r['eval_split']} {r['eval_dataset']} "
+                                                      f"{r['eval_score']:.2f} (loss {r['eval_loss']:.4f})"
+                                                      for r in scores))
+
     def close(self, artifacts: list[Path] = ()) -> None:
         """Close every tracker; MLflow and W&B get ``artifacts`` (files) first."""
         self.file.close()
@@ -194,3 +231,14 @@ def log_eval_results(model_dir: str | Path, files: list[Path]) -> int:
     for path in files:
         client.log_artifact(ids["mlflow"], str(path), artifact_path="eval")
     return len(files)
+
+
+def curve_rows(path: str | Path) -> list[dict]:
+    """The curve's rows of a ``metrics.csv`` (``train.eval_every``), as written: step, split,
+    dataset, score and loss (numbers); [] where there are none."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{"step": int(r["step"]), "eval_split": r["eval_split"], "eval_dataset": r["eval_dataset"],
+                 "eval_score": float(r["eval_score"]), "eval_loss": float(r["eval_loss"])}
+                for r in csv.DictReader(f) if r.get("eval_split")]
