@@ -17,8 +17,9 @@ from flanpipe.workflow.planner import Plan
 LI, LT = 96, 8
 MODEL = {"architecture": "llama", "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64}
 EVALUATE = {"max_templates": 2, "cross_formats": False, "normalization": "per_token", "bootstrap": 0,
-            "max_batch_tokens": 2048}
-"""Scored per token: the tiny model's choice then turns with its training, so the curve moves."""
+            "max_batch_tokens": 2048, "precision": "fp32"}
+"""Scored per token: the tiny model's choice then turns with its training, so the curve moves. fp32 in
+training and evaluation alike, whatever the CPU's bf16 units (the loss is checked in float64)."""
 
 
 def config(**train_keys):
@@ -30,7 +31,8 @@ def config(**train_keys):
                      "pack_window": 64, "rows_per_shard": 50},
         "evaluate": EVALUATE,
         "train": {"model": MODEL, "steps": 10, "tokens_per_batch": 4 * (LI + LT), "micro_batch_rows": 1,
-                  "optimizer": "adafactor", "lr": 3e-2, "checkpoint_every": 2, "keep_checkpoints": 5,
+                  "precision": "fp32", "optimizer": "adafactor", "lr": 3e-2, "checkpoint_every": 2,
+                  "keep_checkpoints": 5,
                   "log_every": 1, "eval_every": 2, "eval_rows": 7, "select": "best_val",
                   "val_datasets": ["sst2"], **train_keys}})
 
