@@ -276,12 +276,14 @@ def score_format(model: torch.nn.Module, fmt: Format, spec: DatasetSpec, bank: D
             options = rendered.options.to_pylist()
             gold = [[opts[i]] for opts, i in zip(options, rendered.answer_index, strict=True)]
             suffixes = (("with_options", style_with), ("without_options", "none"))
-            if cfg.evaluate.suffixes == "headline":
+            norms = NORMALIZATIONS
+            if cfg.evaluate.variants == "headline":
                 suffixes = tuple(s for s in suffixes if s[0] == f"{cfg.evaluate.options_suffix}_options")
+                norms = tuple(n for n in NORMALIZATIONS if n != "pmi" or cfg.evaluate.normalization == "pmi")
             for suffix, style in suffixes:
                 prompts = prompts_for(bank, template, eval_raw, pool, style, count_tokens, field, budget)
                 picks = rank_classify(model, fmt, prompts, options, cfg.evaluate.max_batch_tokens,
-                                      cfg.evaluate.pmi_prefix)
+                                      cfg.evaluate.pmi_prefix, norms)
                 for norm, chosen in picks.items():
                     preds = [opts[c] for opts, c in zip(options, chosen, strict=True)]
                     variants[f"{suffix}/{norm}"] = metrics.compute(spec.metric, preds, gold)

@@ -24,7 +24,7 @@ def test_the_experiment_plans_one_model_per_held_out_cluster_on_every_eval_row(t
     cfg = load_config(EXPERIMENT)
     assert cfg.train.model.source == "pretrained"
     assert set(cfg.heldout_clusters) == {"commonsense", "closed_book_qa", "reading_comprehension"}
-    assert cfg.evaluate.max_examples is None and cfg.evaluate.suffixes == "headline"
+    assert cfg.evaluate.max_examples is None and cfg.evaluate.variants == "headline"
     assert not cfg.evaluate.cross_formats and not cfg.ablations.enabled
     assert cfg.train.precision == cfg.evaluate.precision == "auto"
     assert {cfg.download.source_for(d).path.rsplit("/", 1)[-1] for d in cfg.dataset_names()} == \
@@ -257,8 +257,8 @@ def test_a_scaled_down_run_trains_and_scores_with_flans_prompts(tmp_path, smollm
         result = json.loads((run / f"results/eval/{model}/copa.json").read_text())
         assert result["bank"] == identity
         assert {k: result[k] for k in auto} == auto
-        # `evaluate.suffixes: headline`: the OPTIONS variant alone was scored
-        assert {v.split("/")[0] for v in result["variants"]} == {"with_options"}
+        # `evaluate.variants: headline`: the OPTIONS variant alone, no PMI pass (the headline sums)
+        assert set(result["variants"]) == {f"with_options/{n}" for n in ("sum", "per_token", "per_char")}
         assert [t["template_id"] for t in result["templates"]] == [flan["copa"].eval_templates[0].id]
     report = (run / "results/report/index.md").read_text()
     assert "Prompts: FLAN's own templates (`templatize.bank: flan2021`)" in report

@@ -859,10 +859,11 @@ class EvaluateConfig(_Section):
     options_suffix: Literal["with", "without"] = "with"
     """The headline variant: prompts with the OPTIONS suffix (as the paper evaluates) or without
     it."""
-    suffixes: Literal["both", "headline"] = "both"
-    """Rank classification's prompts: `both` scores and reports them with and without the OPTIONS
-    suffix; `headline` only the headline's (`options_suffix`), half the scoring, for an
-    experiment that spends its budget on rows."""
+    variants: Literal["all", "headline"] = "all"
+    """Rank classification's variants: `all` scores and reports prompts with and without the OPTIONS
+    suffix, each option under every normalization; `headline` only what the headline needs (its
+    `options_suffix`, and PMI's unconditional pass only where `normalization` is `pmi`): about half
+    the scoring, for an experiment that spends its budget on rows."""
     few_shot: bool = True
     """Also evaluate few-shot (k exemplars, `templatize.few_shot`) as its own targets."""
     base_model: bool = True

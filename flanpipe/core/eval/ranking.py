@@ -137,10 +137,11 @@ def rank_scores(model: torch.nn.Module, fmt: Format, prompts: list[str], options
 
 
 def rank_classify(model: torch.nn.Module, fmt: Format, prompts: list[str], options: list[list[str]],
-                  max_batch_tokens: int, pmi_prefix: str = "") -> dict[str, np.ndarray]:
-    """The chosen option of every row under each normalisation (:data:`NORMALIZATIONS`); ties go to
-    the first option."""
-    return rank_scores(model, fmt, prompts, options, max_batch_tokens, pmi_prefix).picks
+                  max_batch_tokens: int, pmi_prefix: str = "", norms: tuple[str, ...] = NORMALIZATIONS
+                  ) -> dict[str, np.ndarray]:
+    """The chosen option of every row under each of ``norms`` (by default every one of
+    :data:`NORMALIZATIONS`); ties go to the first option."""
+    return rank_scores(model, fmt, prompts, options, max_batch_tokens, pmi_prefix, norms).picks
 
 
 def headline_variant(task: str, cfg: EvaluateSlice) -> str:
