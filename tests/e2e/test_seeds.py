@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from flanpipe.core.config import load_config, parse_config
+from flanpipe.core.text.keys import derive_seed
 from flanpipe.workflow.planner import Plan
 from tests.conftest import REPO, run_snakemake
 from tests.e2e.test_experiment import EXPERIMENT, tiny_pretrained
@@ -103,9 +104,11 @@ def test_a_scaled_down_run_trains_two_seeds_on_the_same_data_and_reports_their_s
     cfg["templatize"]["few_shot"]["max_tokens"] = None
     cfg["tokenize"].update(max_input_tokens=128, max_target_tokens=16)
     checkpoint = tiny_pretrained(tmp_path / "tiny", smollm2_dir)
+    # a rate at which 2 steps move the tiny model's answers; every eval row (COPA's 20), one template
     cfg["train"].update(steps=2, tokens_per_batch=288, checkpoint_every=2, log_every=1, precision="fp32",
-                        model={"source": "pretrained", "path": str(checkpoint)})
-    cfg["evaluate"].update(max_examples=6, max_templates=1, bootstrap=50, precision="fp32")
+                        lr=0.01, model={"source": "pretrained", "path": str(checkpoint)})
+    cfg["evaluate"].update(max_examples=20, max_templates=1, bootstrap=50, precision="fp32",
+                           cross_formats=False)
     cfg["heldout_clusters"] = ["commonsense"]
     cfg["ablations"] = {"enabled": False}
     cfg["experiment"] = {"seeds": [1, 4]}
@@ -135,18 +138,27 @@ def test_a_scaled_down_run_trains_two_seeds_on_the_same_data_and_reports_their_s
     assert losses[1].split(",")[1] != losses[4].split(",")[1]  # the first step's loss, on other rows
     assert json.loads((run / "data/mixtures/commonsense/manifest.json").read_text())["seed"] == 1234
 
-    # the spread over seeds, worked out from the per-seed result files
+    # the spread over seeds, worked out from the per-seed result files: each seed's tuned minus base
+    # on the same rows, and its paired bootstrap over rows (resampled here in NumPy)
     base = json.loads((run / "results/eval/base/copa.json").read_text())
     b = np.mean(np.array(base["by_format"][base["format"]]["example_scores"], np.float64), axis=0)
-    deltas = []
+    deltas, intervals, answers = [], [], []
     for s in (1, 4):
         tuned = json.loads((run / f"results/eval/commonsense/seed-{s}/copa.json").read_text())
         a = np.mean(np.array(tuned["by_format"][tuned["format"]]["example_scores"], np.float64), axis=0)
-        assert len(a) == len(b) == 6
+        assert len(a) == len(b) == 20
         deltas.append(float(a.mean() - b.mean()))
+        rng = np.random.default_rng(derive_seed(cfg["seed"], f"report/seeds/copa/{s}"))
+        draws = [a[rows].mean() - b[rows].mean() for rows in (rng.integers(0, 20, 20) for _ in range(50))]
+        intervals.append(list(np.quantile(draws, [0.025, 0.975])))
+        answers.append(a)
+    assert not np.array_equal(*answers)  # the two trainings answer some row differently
     (row,) = json.loads((run / "results/report/seeds.json").read_text())
     assert (row["cluster"], row["dataset"]) == ("commonsense", "copa")
     assert [p["delta"] for p in row["seeds"]] == pytest.approx(deltas, abs=1e-9)
+    assert [p["row_interval"] for p in row["seeds"]] == [pytest.approx(i, abs=1e-9) for i in intervals]
+    halves = [(high - low) / 2 for low, high in intervals]
+    assert row["row_half_width"] == pytest.approx(np.mean(halves), abs=1e-9)
     assert row["mean"] == pytest.approx(np.mean(deltas), abs=1e-9)
     assert row["sd"] == pytest.approx(np.std(deltas, ddof=1), abs=1e-9)
     assert (row["min"], row["max"]) == pytest.approx((min(deltas), max(deltas)), abs=1e-9)
