@@ -49,10 +49,9 @@ def test_the_experiments_dry_run_plans_a_training_and_an_evaluation_per_model_an
     plan = Plan(load_config(EXPERIMENT))
     trained = {re.fullmatch(r"models/(\w+)/seed-(\d+)/hf", outputs[0]).groups()
                for rule, outputs in jobs if rule == "train_seed"}
-    assert trained == {(m, s) for m in ["commonsense", "closed_book_qa"] for s in ("1", "2")}
-    assert plan.mixtures() == ["commonsense", "closed_book_qa"]
-    # the ablation's own models train once, with the root seed; its `instructions` point is the
-    # commonsense model of the first seed
+    assert len(plan.mixtures()) >= 2 and "all" not in plan.mixtures()
+    assert trained == {(m, s) for m in plan.mixtures() for s in ("1", "2")}
+    # an ablation's own models (if any) train once, with the root seed
     assert {outputs[0] for rule, outputs in jobs if rule == "train"} == {
         f"models/{m}/hf" for m in plan.ablation_mixtures()}
     scored = {outputs for rule, outputs in jobs if rule == "evaluate_seed"}
