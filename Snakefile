@@ -43,6 +43,7 @@ wildcard_constraints:
     heldout="|".join(CFG.heldout_clusters),
     format="instructions|no_template|dataset_name",
     k=r"\d+",
+    seed=r"\d+",
 
 
 rule all:

@@ -162,11 +162,18 @@ def get_packed():
 
 
 def get_models():
+    """Every main mixture's model: models/{mixture}/, or models/{mixture}/seed-{seed}/ per seed of
+    experiment.seeds."""
     return expand(
-        "models/{mixture}/{file}",
-        mixture=PLAN.mixtures(),
+        "{folder}/{file}",
+        folder=PLAN.model_folders(),
         file=["run.json", "metrics.csv", "loss.png"],
     )
+
+
+def get_train_seed_slice(wildcards):
+    """The train slice of one training seed (experiment.seeds): the mixture's, with that seed."""
+    return PLAN.slice("train", mixture=wildcards.mixture, seed=int(wildcards.seed))
 
 
 def get_catalog_inputs(wildcards):
@@ -201,8 +208,9 @@ def get_eval_inputs(wildcards):
     come from) and the contamination counts of the model's mixture (none for the base model).
     """
     model = get_eval_model_name(wildcards)
+    seed = int(wildcards.seed) if "seed" in wildcards.keys() else None
     inputs = {
-        "model": f"models/{model}/hf",
+        "model": f"{PLAN.model_folder(model, seed)}/hf",
         "eval": f"data/raw/{wildcards.dataset}/eval.parquet",
         "train": f"data/pool/{wildcards.dataset}.parquet",
     }
@@ -216,6 +224,11 @@ def get_eval_results(few_shot=False):
     return PLAN.eval_results(few_shot)
 
 
+def get_seed_results():
+    """Every held-out model's zero-shot result under each training seed (none without seeds)."""
+    return [path for _, _, _, path in PLAN.seed_results()]
+
+
 def get_ablation_results(kind):
     """The result files of one ablation (`clusters` or `format`)."""
     return PLAN.ablation_results(kind)
@@ -227,6 +240,7 @@ def get_report_inputs(wildcards):
         "few_shot": get_eval_results(few_shot=True),
         "ablation_clusters": get_ablation_results("clusters"),
         "ablation_format": get_ablation_results("format"),
+        "seeds": get_seed_results(),
         "catalog": "data/catalog.duckdb",
-        "models": expand("models/{mixture}/metrics.csv", mixture=PLAN.mixtures()),
+        "models": expand("{folder}/metrics.csv", folder=PLAN.model_folders()),
     }

@@ -39,6 +39,25 @@ use rule evaluate as evaluate_few_shot with:
         stage_version=EVALUATE_VERSION,
 
 
+# A held-out model trained under one seed of experiment.seeds (results/eval/{heldout}/seed-{seed}/...).
+use rule evaluate as evaluate_seed with:
+    output:
+        "results/eval/{heldout}/seed-{seed}/{dataset}.json",
+    log:
+        "logs/evaluate/{heldout}/seed-{seed}/{dataset}.log",
+    benchmark:
+        "benchmarks/evaluate/{heldout}/seed-{seed}/{dataset}.tsv"
+
+
+use rule evaluate_few_shot as evaluate_seed_few_shot with:
+    output:
+        "results/eval/{heldout}/seed-{seed}/{dataset}.few_shot.json",
+    log:
+        "logs/evaluate/{heldout}/seed-{seed}/{dataset}.few_shot.log",
+    benchmark:
+        "benchmarks/evaluate/{heldout}/seed-{seed}/{dataset}.few_shot.tsv"
+
+
 # The untuned base model, the same way (results/eval/base/...).
 use rule evaluate as evaluate_base with:
     output:
@@ -82,6 +101,7 @@ use rule evaluate as evaluate_ablation_format with:
 rule evaluate_all:
     input:
         get_eval_results(few_shot=False),
+        get_seed_results(),
         get_eval_results(few_shot=True),
         get_ablation_results("clusters"),
         get_ablation_results("format"),

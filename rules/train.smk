@@ -33,3 +33,20 @@ rule train:
         stage_version=TRAIN_VERSION,
     script:
         "../workflow_scripts/train.py"
+
+
+# One training per seed of experiment.seeds: the same packed mixture, the train slice's seed changed
+# (initial weights, LoRA's, data order, dropout), in models/{mixture}/seed-{seed}/.
+use rule train as train_seed with:
+    output:
+        hf=directory("models/{mixture}/seed-{seed}/hf"),
+        metrics="models/{mixture}/seed-{seed}/metrics.csv",
+        plot="models/{mixture}/seed-{seed}/loss.png",
+        run="models/{mixture}/seed-{seed}/run.json",
+    log:
+        "logs/train/{mixture}/seed-{seed}.log",
+    benchmark:
+        "benchmarks/train/{mixture}/seed-{seed}.tsv"
+    params:
+        config=get_train_seed_slice,
+        stage_version=TRAIN_VERSION,

@@ -14,6 +14,7 @@ build_report(
     ablation_clusters=list(snakemake.input.ablation_clusters),
     ablation_format=list(snakemake.input.ablation_format),
     ablation_labels=dict(snakemake.params.points),
+    seeds=list(snakemake.input.seeds),
     catalog=snakemake.input.catalog,
     models=list(snakemake.input.models),
     out_dir=Path(snakemake.output[0]).parent,

@@ -266,8 +266,9 @@ def plot_losses(metrics_files: list[str], out: Path) -> None:
     for path in metrics_files:
         with open(path, newline="", encoding="utf-8") as f:
             rows = [r for r in csv.DictReader(f) if r["loss"]]  # (not the held-out curve's rows)
-        ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows],
-                label=Path(path).parent.name)
+        folder = Path(path).parent  # models/<mixture>, or models/<mixture>/seed-<s>
+        label = f"{folder.parent.name} {folder.name}" if folder.name.startswith("seed-") else folder.name
+        ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (target tokens)")
     ax.set_title("Instruction tuning, one model per held-out cluster")
@@ -425,11 +426,13 @@ def prompt_banks(results: list[dict]) -> list[str]:
 def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: list[str],
                  ablation_format: list[str], catalog: str | Path, models: list[str], out_dir: str | Path,
                  cluster_order: list[str], formats: list[str], seed: int = 1234, resamples: int = 1000,
-                 ablation_labels: dict[str, list[str]] | None = None) -> Path:
+                 ablation_labels: dict[str, list[str]] | None = None, seeds: list[str] | None = None) -> Path:
     """Write ``out_dir/index.md`` and its figures; returns the Markdown's path. ``seed`` and
     ``resamples``: the report's own bootstraps (cluster intervals, paired deltas, ablation points);
     ``ablation_labels``: each ablation result's point, in order (by default read from the model's
-    name, ``clusters_k``, and the result's folder, ``format/<f>/``)."""
+    name, ``clusters_k``, and the result's folder, ``format/<f>/``); ``seeds``: the held-out models'
+    zero-shot results under each training seed (``.../seed-<s>/<dataset>.json``), for the spread over
+    seeds (:func:`seeds_section`, also written to ``out_dir/seeds.json``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _load(zero_shot) + _load(few_shot)
@@ -444,6 +447,8 @@ def build_report(zero_shot: list[str], few_shot: list[str], ablation_clusters: l
         md += paired_section(results, seed, resamples)
         md += datasets_section(results, out_dir)
         md += variants_section(results)
+    if seeds:
+        md += seeds_section(seeds, results, out_dir, seed, resamples)
     if ablation_clusters:
         md += ablation_clusters_section(ablation_clusters, labels.get("clusters"), cluster_order, out_dir,
                                         seed, resamples)
@@ -513,6 +518,114 @@ def power_section(results: list[dict]) -> list[str]:
             "the two-sided 5% level, and the rows an interval of +-4 and of +-2 points would need.", "",
             _table(["dataset", "shots", "rows", "sd of the difference", "95% half-width",
                     "detectable (80% power)", "rows for +-4", "rows for +-2"], rows), ""]
+
+
+def result_seed(path: str | Path) -> int:
+    """The training seed of a result under ``experiment.seeds``, read from its folder.
+
+    >>> result_seed("results/eval/nli/seed-17/rte.json")
+    17
+    """
+    folder = Path(path).parent.name
+    if not folder.startswith("seed-"):
+        raise ValueError(f"{path}: not a result under a training seed (results/eval/<cluster>/seed-<s>/)")
+    return int(folder.removeprefix("seed-"))
+
+
+def seed_spread(seeded: list[tuple[int, dict]], results: list[dict], seed: int, resamples: int) -> list[dict]:
+    """Per held-out dataset, tuned minus base (zero-shot, each model in its own format, as the paired
+    table's headline) under each training seed, and how much the seed moves it beside how much the
+    rows do: the mean over seeds, their standard deviation (``ddof=1``) and range, and each seed's
+    paired bootstrap 95% interval over rows, whose mean half-width is the row interval. ``seeded``:
+    (training seed, result) pairs; ``results``: the rest, where the base's results are."""
+    base = {(r["cluster"], r["dataset"]): r for r in results if r["model"] == "base" and not r["few_shot"]}
+    by_dataset: dict[tuple[str, str], list[tuple[int, dict]]] = defaultdict(list)
+    for training_seed, r in seeded:
+        by_dataset[(r["cluster"], r["dataset"])].append((training_seed, r))
+    out = []
+    for (cluster, dataset), runs in sorted(by_dataset.items()):
+        if (cluster, dataset) not in base:
+            continue
+        per_seed = [seed_delta(tuned, base[(cluster, dataset)], training_seed,
+                               derive_seed(seed, f"report/seeds/{dataset}/{training_seed}"), resamples)
+                    for training_seed, tuned in sorted(runs, key=lambda run: run[0])]
+        deltas = np.array([p["delta"] for p in per_seed])
+        halves = [(p["row_interval"][1] - p["row_interval"][0]) / 2 for p in per_seed if p["row_interval"]]
+        sd = float(np.std(deltas, ddof=1)) if len(deltas) > 1 else None
+        row = {"cluster": cluster, "dataset": dataset, "seeds": per_seed, "mean": float(deltas.mean()),
+               "sd": sd, "min": float(deltas.min()), "max": float(deltas.max()),
+               "row_half_width": float(np.mean(halves)) if halves else None}
+        row["verdict"] = seed_verdict(sd, row["row_half_width"])
+        out.append(row)
+    return out
+
+
+def seed_delta(tuned: dict, base: dict, training_seed: int, seed: int, resamples: int) -> dict:
+    """One training seed's tuned minus base, each in its own format, with its paired bootstrap 95%
+    interval over rows (none where the two were not scored on the same rows and templates, or the
+    metric is corpus-level: then the headlines' difference alone)."""
+    a, b = example_means(tuned, tuned["format"]), example_means(base, base["format"])
+    if a is None or b is None or len(a) != len(b) or _template_ids(base) != _template_ids(tuned):
+        return {"seed": training_seed, "delta": tuned["headline"]["mean"] - base["headline"]["mean"],
+                "row_interval": None}
+    ci = paired_bootstrap(lambda rows: float(a[rows].mean()), lambda rows: float(b[rows].mean()), len(a),
+                          resamples, seed)
+    return {"seed": training_seed, "delta": float(a.mean() - b.mean()),
+            "row_interval": None if ci is None else [ci["low"], ci["high"]]}
+
+
+def seed_verdict(sd: float | None, row_half_width: float | None) -> str:
+    """The sentence that says which spread dominates: the seeds' 95% range under a normal
+    approximation (±1.96 sd) against the mean row interval's half-width.
+
+    >>> seed_verdict(1.2, 3.5)
+    'spread over seeds (sd 1.2, ±2.4) is smaller than the row interval (±3.5): the rows dominate'
+    >>> seed_verdict(None, 3.5)
+    'one seed: no spread over seeds'
+    """
+    if sd is None:
+        return "one seed: no spread over seeds"
+    if row_half_width is None:
+        return f"spread over seeds (sd {sd:.1f}, ±{1.96 * sd:.1f}); no row interval to compare"
+    seeds_half = 1.96 * sd
+    if seeds_half < row_half_width:
+        relation, dominant = "smaller than", "the rows dominate"
+    elif seeds_half > row_half_width:
+        relation, dominant = "larger than", "the seeds dominate"
+    else:
+        relation, dominant = "as wide as", "neither dominates"
+    return (f"spread over seeds (sd {sd:.1f}, ±{seeds_half:.1f}) is {relation} the row interval "
+            f"(±{row_half_width:.1f}): {dominant}")
+
+
+def seeds_section(paths: list[str], results: list[dict], out_dir: Path, seed: int,
+                  resamples: int) -> list[str]:
+    """Tuned minus base over training seeds (:func:`seed_spread`), as a table and one sentence per
+    dataset; the same numbers in ``out_dir/seeds.json``."""
+    spread = seed_spread([(result_seed(p), r) for p, r in zip(paths, _load(paths), strict=True)], results,
+                         seed, resamples)
+    write_text_atomic(out_dir / "seeds.json", json.dumps(spread, indent=2) + "\n")
+    if not spread:
+        return []
+    rows = []
+    for row in spread:
+        cells = [f"{p['seed']}: {p['delta']:+.1f}" + (
+            f" [{p['row_interval'][0]:+.1f}, {p['row_interval'][1]:+.1f}]" if p["row_interval"] else "")
+            for p in row["seeds"]]
+        rows.append([row["cluster"], row["dataset"], "; ".join(cells), f"{row['mean']:+.1f}",
+                     "-" if row["sd"] is None else f"{row['sd']:.1f}",
+                     f"{row['min']:+.1f} to {row['max']:+.1f}",
+                     "-" if row["row_half_width"] is None else f"±{row['row_half_width']:.1f}"])
+    return ["## Tuned against base, over training seeds", "",
+            "The same mixture trained under each seed of `experiment.seeds` (the data, templates and "
+            "eval rows are the same for every seed: only training's randomness changes). Zero-shot "
+            "tuned minus base, each model in its own format: each seed's value with its paired "
+            "bootstrap 95% interval over rows, the mean over seeds, their standard deviation and "
+            "range, and the row interval (the mean half-width of the seeds' intervals). The seeds' "
+            "spread is compared as ±1.96 sd. The table's numbers are in `seeds.json`.", "",
+            _table(["cluster", "dataset", "each seed [row interval]", "mean", "sd over seeds",
+                    "min to max", "row interval"], rows), "",
+            *(f"- {row['dataset']}: {row['verdict']}." for row in spread), ""]
 
 
 def datasets_section(results: list[dict], out_dir: Path) -> list[str]:

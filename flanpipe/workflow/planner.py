@@ -53,14 +53,16 @@ class Plan:
             log.warning("%s is left out of this run: its optional source lacks %s", name, ", ".join(missing))
 
     def slice(self, rule: str, dataset: str | None = None, format: str | None = None,
-              mixture: str | None = None) -> dict[str, Any]:
+              mixture: str | None = None, seed: int | None = None) -> dict[str, Any]:
         """The config slice rule ``rule`` reads (its Snakemake ``params``), as JSON-able values: a
         download's is its dataset's source; the format ablation's templatize has its own format; a
         mixture's train, with ``train.eval_every``, the datasets of its curve
-        (:meth:`curve_datasets`).
+        (:meth:`curve_datasets`); a training under one of ``experiment.seeds`` has that ``seed``.
 
         >>> Plan(parse_config({})).slice("pool")
         {'seed': 1234, 'pool_factor': 4.0, 'cap': 30000}
+        >>> Plan(parse_config({})).slice("train", seed=7)["seed"]
+        7
         """
         if rule == "download":
             source = self.cfg.download.source_for(dataset)
@@ -71,9 +73,11 @@ class Plan:
         if rule == "templatize":
             return TemplatizeSlice.of(self.cfg, dataset=dataset, **({"format": format} if format else {})
                                       ).params()
-        if rule == "train" and mixture is not None and self.cfg.train.eval_every is not None:
-            heldout, validation = self.curve_datasets(mixture)
-            return TrainSlice.of(self.cfg, heldout=heldout, validation=validation).params()
+        if rule == "train" and (seed is not None or self.cfg.train.eval_every is not None):
+            fields: dict[str, Any] = {} if seed is None else {"seed": seed}
+            if mixture is not None and self.cfg.train.eval_every is not None:
+                fields["heldout"], fields["validation"] = self.curve_datasets(mixture)
+            return TrainSlice.of(self.cfg, **fields).params()
         return SLICES[rule].of(self.cfg).params()
 
     def curve_datasets(self, mixture: str) -> tuple[list[str], list[str]]:
@@ -253,16 +257,75 @@ class Plan:
         return {"shards": f"data/mixtures/{mixture}/shards",
                 "mixture_manifest": f"data/mixtures/{mixture}/manifest.json"}
 
+    # --- seeds (experiment.seeds): one training and one evaluation per (model, seed) ---------------
+
+    def seeds(self) -> list[int | None]:
+        """The training seeds of each main mixture: ``experiment.seeds``, or ``[None]`` (one training
+        with the root seed, in the folders of a run without seeds).
+
+        >>> Plan(parse_config({})).seeds(), Plan(parse_config({"experiment": {"seeds": [3, 1]}})).seeds()
+        ([None], [3, 1])
+        """
+        return list(self.cfg.experiment.seeds or [None])
+
+    def headline_seed(self) -> int | None:
+        """The seed whose results stand for a main mixture's model in the tables that take one model
+        (the paired table, few-shot, the ablations' reused points): the first of ``experiment.seeds``."""
+        return self.seeds()[0]
+
+    @staticmethod
+    def model_folder(mixture: str, seed: int | None = None) -> str:
+        """A trained model's folder: ``models/<mixture>``, or ``models/<mixture>/seed-<s>`` under a
+        training seed.
+
+        >>> Plan.model_folder("nli"), Plan.model_folder("nli", 2)
+        ('models/nli', 'models/nli/seed-2')
+        """
+        return f"models/{mixture}" if seed is None else f"models/{mixture}/seed-{seed}"
+
+    @staticmethod
+    def result_path(heldout: str, dataset: str, seed: int | None = None, few_shot: bool = False) -> str:
+        """A held-out model's result file: ``results/eval/<cluster>/<dataset>.json``, or
+        ``results/eval/<cluster>/seed-<s>/<dataset>.json`` under a training seed.
+
+        >>> Plan.result_path("nli", "rte"), Plan.result_path("nli", "rte", 2, few_shot=True)
+        ('results/eval/nli/rte.json', 'results/eval/nli/seed-2/rte.few_shot.json')
+        """
+        folder = f"results/eval/{heldout}" if seed is None else f"results/eval/{heldout}/seed-{seed}"
+        return f"{folder}/{dataset}{'.few_shot.json' if few_shot else '.json'}"
+
+    def model_folders(self) -> list[str]:
+        """Every main mixture's model folder, one per training seed (the ablations' own models train
+        once, with the root seed, and are built through their results)."""
+        return [self.model_folder(m, s) for m in self.mixtures() for s in self.seeds()]
+
+    def seed_results(self) -> list[tuple[int, str, str, str]]:
+        """Every held-out model's zero-shot result under each of ``experiment.seeds``, as (seed,
+        cluster, dataset, result file); none without seeds.
+
+        >>> plan = Plan(parse_config({"heldout_clusters": ["nli"], "datasets": ["rte", "sst2"],
+        ...                           "experiment": {"seeds": [1, 2]}}))
+        >>> [path for _, _, _, path in plan.seed_results()]
+        ['results/eval/nli/seed-1/rte.json', 'results/eval/nli/seed-2/rte.json']
+        """
+        if self.cfg.experiment.seeds is None:
+            return []
+        return [(seed, heldout, dataset, self.result_path(heldout, dataset, seed))
+                for heldout in self.cfg.heldout_clusters for dataset in self.datasets_in([heldout])
+                for seed in self.cfg.experiment.seeds]
+
     def eval_results(self, few_shot: bool = False) -> list[str]:
-        """Every held-out cluster's result files (tuned, and the base model's if configured).
+        """Every held-out cluster's result files (tuned, and the base model's if configured); under
+        ``experiment.seeds``, the tuned models' of the headline seed (:meth:`headline_seed`; the
+        other seeds' are :meth:`seed_results`).
 
         >>> Plan(parse_config({"heldout_clusters": ["nli"], "datasets": ["rte", "sst2"]})).eval_results()
         ['results/eval/nli/rte.json', 'results/eval/base/rte.json']
         """
-        suffix = ".few_shot.json" if few_shot else ".json"
         if few_shot and not self.cfg.evaluate.few_shot:
             return []
-        out = [f"results/eval/{heldout}/{dataset}{suffix}"
+        suffix = ".few_shot.json" if few_shot else ".json"
+        out = [self.result_path(heldout, dataset, self.headline_seed(), few_shot)
                for heldout in self.cfg.heldout_clusters for dataset in self.datasets_in([heldout])]
         if self.cfg.evaluate.base_model:
             out += [f"results/eval/base/{dataset}{suffix}"
@@ -289,7 +352,7 @@ class Plan:
             model = self.model_of(mixture)
             for d in datasets:
                 if model in self.mixtures():
-                    path = f"results/eval/{model}/{d}.json"
+                    path = self.result_path(model, d, self.headline_seed())
                 elif kind == "format" and model == f"clusters_{n}" and "clusters" in abl.kinds:
                     path = f"results/ablations/clusters/{n}/{d}.json"  # the clusters ablation's last point
                 else:

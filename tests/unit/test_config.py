@@ -269,3 +269,23 @@ def test_a_slices_fields_have_the_types_of_the_keys_they_hold():
             assert cls.model_fields[name].annotation == key.annotation, f"{rule}.{name} ({path})"
             checked += 1
     assert checked >= 40
+
+
+@pytest.mark.parametrize("seeds, key, allowed", [
+    ([1, 2, 1], "experiment.seeds", "seed(s) [1] listed twice; allowed: distinct integers"),
+    ([], "experiment.seeds", "allowed: null (one training with the root seed) or a list of distinct"),
+    ([1, -3], "experiment.seeds", "seed(s) [-3] out of range; allowed: distinct integers in [0, 2**31 - 1]"),
+    ([1, 2.5], "experiment.seeds.1", "valid integer"),
+    ([1, "2"], "experiment.seeds.1", "valid integer"),
+    ([True], "experiment.seeds.0", "valid integer"),
+    (3, "experiment.seeds", "valid list"),
+])
+def test_bad_training_seeds_name_the_key_and_what_is_allowed(seeds, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        parse_config({"experiment": {"seeds": seeds}})
+    assert f"- {key}: " in str(err.value) and allowed in str(err.value), str(err.value)
+
+
+def test_training_seeds_default_to_one_training_and_take_distinct_integers():
+    assert parse_config({}).experiment.seeds is None
+    assert parse_config({"experiment": {"seeds": [7, 0, 2**31 - 1]}}).experiment.seeds == [7, 0, 2**31 - 1]

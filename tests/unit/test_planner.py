@@ -55,3 +55,27 @@ def test_the_format_ablation_alone_still_trains_its_instructions_point():
         ("instructions", "rte", "results/ablations/format/instructions/rte.json"),
         ("dataset_name", "rte", "results/ablations/format/dataset_name/rte.json")]
     assert plan.format_mixture("instructions") == "clusters_1"
+
+
+def test_training_seeds_plan_a_model_and_a_result_per_seed_on_one_mixture():
+    """experiment.seeds: every main mixture trained per seed on the same data (its mixture and packed
+    folders, and every other slice, are the run's), with the seed in the train slice alone; the
+    headline seed's results stand for the model where one model is read (the ablation's reused point)."""
+    abl = {"enabled": True, "heldout": ["commonsense"], "kinds": ["clusters"],
+           "clusters": ["reading_comprehension", "coreference", "closed_book_qa"]}
+    data = dict(datasets=["boolq", "copa", "winogrande", "arc_easy"], heldout_clusters=["commonsense"],
+                ablations=abl)
+    plain, seeded = plan_of(**data), plan_of(**data, experiment={"seeds": [5, 3]})
+    assert seeded.model_folders() == ["models/commonsense/seed-5", "models/commonsense/seed-3",
+                                      "models/all/seed-5", "models/all/seed-3"]
+    assert plain.model_folders() == ["models/commonsense", "models/all"]
+    assert [(s, path) for s, _, _, path in seeded.seed_results()] == [
+        (5, "results/eval/commonsense/seed-5/copa.json"), (3, "results/eval/commonsense/seed-3/copa.json")]
+    assert plain.seed_results() == []
+    assert seeded.eval_results() == ["results/eval/commonsense/seed-5/copa.json",
+                                     "results/eval/base/copa.json"]
+    assert ("3", "copa", "results/eval/commonsense/seed-5/copa.json") in seeded.ablation_points("clusters")
+    assert seeded.all_mixtures() == plain.all_mixtures()
+    for rule in ("mix", "pack", "tokenizer", "evaluate", "base_model", "train"):
+        assert seeded.slice(rule) == plain.slice(rule), rule
+    assert seeded.slice("train", seed=3) == {**plain.slice("train"), "seed": 3}

@@ -77,3 +77,48 @@ def test_runs_that_scored_different_rows_are_not_compared(tmp_path):
         _result(run, "commonsense", "copa", [100, 100, 0], max_examples=n)
     with pytest.raises(ValueError, match="copa: the two runs scored different eval rows"):
         compare_runs(a, b)
+
+
+def test_the_seed_spread_is_each_seeds_paired_difference_and_their_spread(tmp_path):
+    """Three training seeds of one held-out model beside the base, on the same 5 rows and 2
+    templates: each seed's tuned minus base is worked by hand from the example scores, their sd,
+    range and the rows' interval (each seed's paired bootstrap, resampled here in NumPy) against the
+    report's table, sentence and seeds.json."""
+    from flanpipe.stages.report import seeds_section
+
+    def result(model, fmt, scores):
+        return {"cluster": "commonsense", "dataset": "copa", "model": model, "format": fmt, "few_shot": False,
+                "templates": [{"template_id": 0}, {"template_id": 1}],
+                "headline": {"mean": float(np.mean(scores))}, "by_format": {fmt: {"example_scores": scores}}}
+
+    base = result("base", "continuation", [[0, 100, 0, 100, 0], [0, 100, 100, 0, 0]])
+    tuned = {11: [[100, 100, 0, 100, 0], [100, 100, 100, 0, 0]],   # + 20 (two more rows of ten)
+             4: [[100, 100, 100, 100, 100], [100, 100, 100, 100, 0]],  # + 50
+             7: [[0, 100, 0, 100, 0], [0, 100, 100, 0, 0]]}  # + 0: the base's own scores
+    paths = []
+    for s, scores in tuned.items():
+        path = tmp_path / f"results/eval/commonsense/seed-{s}/copa.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(result("commonsense", "chat", scores)))
+        paths.append(str(path))
+    md = "\n".join(seeds_section(paths, [base], tmp_path, seed=9, resamples=400))
+    deltas = {11: 20.0, 4: 50.0, 7: 0.0}
+    sd = float(np.std(list(deltas.values()), ddof=1))  # 25.17
+    b = np.mean(np.array(base["by_format"]["continuation"]["example_scores"], float), axis=0)
+    halves = []
+    for s, scores in tuned.items():
+        a = np.mean(np.array(scores, float), axis=0)
+        rng = np.random.default_rng(derive_seed(9, f"report/seeds/copa/{s}"))
+        draws = [(a[rows].mean() - b[rows].mean()) for rows in (rng.integers(0, 5, 5) for _ in range(400))]
+        low, high = np.percentile(draws, [2.5, 97.5])
+        halves.append((high - low) / 2)
+    spread = json.loads((tmp_path / "seeds.json").read_text())
+    (row,) = spread
+    assert [p["seed"] for p in row["seeds"]] == [4, 7, 11]
+    assert [p["delta"] for p in row["seeds"]] == [deltas[4], deltas[7], deltas[11]]
+    assert row["mean"] == np.mean(list(deltas.values())) and (row["min"], row["max"]) == (0.0, 50.0)
+    assert abs(row["sd"] - sd) < 1e-12 and abs(row["row_half_width"] - np.mean(halves)) < 1e-9
+    assert "| commonsense | copa | 4: +50.0 [" in md and f"| +23.3 | {sd:.1f} | +0.0 to +50.0 |" in md
+    relation = "smaller" if 1.96 * sd < np.mean(halves) else "larger"
+    assert (f"- copa: spread over seeds (sd {sd:.1f}, ±{1.96 * sd:.1f}) is {relation} than the row interval "
+            f"(±{np.mean(halves):.1f})") in md

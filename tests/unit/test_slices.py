@@ -27,7 +27,9 @@ PLANNER_KEYS = {
     "ablations.clusters", "ablations.formats", "ablations.kinds", "all_model",
     # the registry a config names, and the sources that resolve into a dataset's download slice
     # (a cot dataset's path under the FLAN checkout) or leave an absent dataset out of the plan
-    "registry.extra", "download.flan_root", "download.optional"}
+    "registry.extra", "download.flan_root", "download.optional",
+    # one training per seed: the train slice's `seed` is each training's (Plan.slice("train", seed=...))
+    "experiment.seeds"}
 BOTH = {"templatize.format", "tokenize.tokenizer.source", "tokenize.tokenizer.path",
         "tokenize.tokenizer.shared", "train.model.source", "train.model.path", "evaluate.few_shot",
         "evaluate.base_model", "ablations.clusters", "ablations.formats"}
@@ -115,6 +117,7 @@ CHANGES = {
     "templatize.flan_root": str(FLAN_FIXTURE / "copy"),
     "registry.extra": ["cot"],
     "train.val_datasets": ["sst2"],
+    "experiment.seeds": [1, 2],
 }
 # Keys that a slice reads only through another key, changed on the demo config with that key set:
 # templatize reads rte's submixture only to look up its rates in `templatize.mix.overrides`.

@@ -26,6 +26,7 @@ from flanpipe.core.config.sections import (
     DedupeConfig,
     DownloadConfig,
     EvaluateConfig,
+    ExperimentConfig,
     MixConfig,
     RegistryConfig,
     TemplatizeConfig,
@@ -81,6 +82,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ablations: AblationsConfig = Field(default_factory=AblationsConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
 
     @model_validator(mode="before")
     @classmethod

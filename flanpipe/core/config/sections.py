@@ -1,6 +1,7 @@
 """The config's sections: one typed model per top-level key (``download``, ``templatize``, ``dedupe``,
-``decontaminate``, ``mix``, ``tokenize``, ``train``, ``evaluate``, ``ablations``), each field with its
-docstring (the one source of ``docs/config.md``) and its default; checks within one section live on it.
+``decontaminate``, ``mix``, ``tokenize``, ``train``, ``evaluate``, ``ablations``, ``experiment``), each
+field with its docstring (the one source of ``docs/config.md``) and its default; checks within one
+section live on it.
 The types several sections and the stages' slices share are named here once."""
 
 from __future__ import annotations
@@ -898,3 +899,33 @@ class AblationsConfig(_Section):
     kinds: list[Literal["clusters", "format"]] = Field(default_factory=lambda: ["clusters", "format"])
     """Which ablations to build. A point whose training data is a held-out model's (the same
     datasets, format and held-out clusters) reuses that model and its results."""
+
+
+class ExperimentConfig(_Section):
+    """How many times each model is trained: the same mixture under several training seeds."""
+
+    seeds: list[StrictInt] | None = None
+    """Training seeds: each held-out model (and `all`) is trained and evaluated once per seed, under
+    `models/<mixture>/seed-<s>/` and `results/eval/<cluster>/seed-<s>/`. A seed changes training's
+    randomness alone (new weights' initialisation, LoRA's, data order, dropout: the train stage's
+    `seed`); the data, mixtures, templates and eval rows keep deriving from the root `seed`. The
+    report gives tuned minus base per seed, with the mean and spread over seeds beside the interval
+    over rows. Ablation models train once, with the root `seed`. null: one training per model with
+    the root `seed`, in `models/<mixture>/` (a list `[<seed>]` holding the root seed trains the
+    same weights in the seed folder)."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("the seed list is empty; allowed: null (one training with the root seed) or "
+                             "a list of distinct integers in [0, 2**31 - 1]")
+        bad = [s for s in value if not 0 <= s <= 2**31 - 1]
+        if bad:
+            raise ValueError(f"seed(s) {bad} out of range; allowed: distinct integers in [0, 2**31 - 1]")
+        twice = sorted({s for s in value if value.count(s) > 1})
+        if twice:
+            raise ValueError(f"seed(s) {twice} listed twice; allowed: distinct integers")
+        return value
