@@ -159,7 +159,7 @@ def test_a_scaled_down_experiment_runs_end_to_end_on_embedded_data(tmp_path, smo
                         model={"source": "pretrained", "path": str(checkpoint)})
     cfg["evaluate"].update(max_examples=6, max_templates=1, bootstrap=50)
     cfg["heldout_clusters"] = ["commonsense"]
-    cfg["ablations"]["formats"] = ["instructions", "no_template"]
+    cfg["ablations"].update(clusters=["reading_comprehension"], formats=["instructions", "no_template"])
     config = tmp_path / "experiment.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
