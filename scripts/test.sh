@@ -3,9 +3,11 @@
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k registry`), which then runs once, plainly.
 # `bash scripts/test.sh --fast` runs the fast tier: the unit tests without torchrun, Snakemake, mkdocs or
 # the linters (tests/conftest.py SLOW), a few minutes.
-# Without arguments the Slurm tests (`-m slurm`: clusters on localhost, most of their time waiting on
-# Slurm's status polls; docs/slurm.md gives their time) run in a second pytest beside the rest; their
-# output follows.
+# Without arguments the suite runs as three pytest processes side by side, each in its own --basetemp,
+# their outputs printed one after the other: the tests of the shared demo run (`-m demo`, marked in
+# tests/conftest.py), the Slurm tests (`-m slurm`: clusters on localhost, most of their time waiting on
+# Slurm's status polls; docs/slurm.md gives their time), and the rest. Much of one pytest's work runs
+# on one core at a time: side by side they keep both busy (docs/development.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -25,10 +27,19 @@ trap 'rm -rf "$scratch"' EXIT
 python -m pytest -m slurm --basetemp "$scratch/slurm" --durations=10 -p no:cacheprovider \
   > "$scratch/slurm.log" 2>&1 &
 slurm=$!
+# demo_run is a fixture of tests/e2e/conftest.py: only tests/e2e can use it
+python -m pytest tests/e2e -m "demo and not slurm" --basetemp "$scratch/demo" --durations=15 \
+  -p no:cacheprovider > "$scratch/demo.log" 2>&1 &
+demo=$!
 rc=0
-python -m pytest -m "not slurm" --basetemp "$scratch/rest" --durations=30 || rc=$?
+python -m pytest -m "not demo and not slurm" --basetemp "$scratch/rest" --durations=30 || rc=$?
+demo_rc=0
+wait "$demo" || demo_rc=$?
 slurm_rc=0
 wait "$slurm" || slurm_rc=$?
+echo
+echo "=== the tests of the shared demo run (pytest tests/e2e -m demo, run beside the rest) ==="
+cat "$scratch/demo.log"
 echo
 echo "=== the Slurm tests (pytest -m slurm, run beside the rest) ==="
 cat "$scratch/slurm.log"
@@ -40,4 +51,5 @@ if [ "$slurm_rc" -eq 5 ] && { [ -z "$ci" ] || [ "$ci" = 0 ] || [ "$ci" = false ]
   slurm_rc=0
 fi
 [ "$rc" -ne 0 ] && exit "$rc"
+[ "$demo_rc" -ne 0 ] && exit "$demo_rc"
 exit "$slurm_rc"

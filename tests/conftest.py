@@ -103,10 +103,17 @@ SLOW = {
 }
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "demo: uses the shared demo run (tests/e2e/conftest.py demo_run; "
+                            "marked here): scripts/test.sh runs these in a pytest of their own")
+
+
 @pytest.hookimpl(tryfirst=True)  # before -k and -m deselect: the check sees every collected test
 def pytest_collection_modifyitems(config, items):
     matched = set()
     for item in items:
+        if "demo_run" in item.fixturenames:  # directly or through another fixture
+            item.add_marker(pytest.mark.demo)
         for prefix in SLOW:
             if item.nodeid.startswith(prefix):
                 item.add_marker(pytest.mark.slow)

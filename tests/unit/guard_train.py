@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from flanpipe.core.config import TrainSlice, parse_config
+from flanpipe.core.logs import setup_logging
 from flanpipe.stages.train import train
 
 ROWS_PER_STEP = 4
@@ -28,6 +29,7 @@ def config(**train_keys):
 
 
 def main(packed: str, tokenizer: str, out: str, overrides: str = "{}") -> None:
+    setup_logging()  # to stderr, as the CLI does: the test reads the step a run resumed from
     train("m", packed, tokenizer, Path(out), TrainSlice.of(config(**json.loads(overrides))))
 
 

@@ -1,12 +1,13 @@
 """The train loop's guards and resume, on a tiny Llama under torchrun (CPU, gloo, ZeRO-3): a loss
 made non-finite on purpose stops the run before its update, naming the step and its examples,
 with the checkpoint before it the last on disk; ``train.max_nonfinite_steps`` skips instead; and a
-run killed at an epoch boundary, or inside its second epoch, resumes to the losses and the weights
-of a run never killed."""
+run killed inside its second epoch, then at that epoch's end, resumes each time and ends with the
+losses and the weights of a run never killed."""
 
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -94,17 +95,21 @@ def straight(packed, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize(("every", "kill", "resumed"), [(3, 5, 3), (4, 6, 4)],
-                         ids=["at-the-epoch-boundary", "inside-epoch-2"])
-def test_a_killed_run_resumes_exactly_at_an_epoch_boundary_and_inside_a_later_epoch(
-        packed, straight, tmp_path, every, kill, resumed):
+def test_a_run_killed_inside_epoch_2_then_at_its_end_resumes_to_the_straight_runs_losses(
+        packed, straight, tmp_path):
+    """One run, a checkpoint every 2 steps, killed twice: before step 5 (its latest checkpoint is
+    step 4's, inside epoch 2), then, resumed from there, before step 7 (step 6's, the end of epoch 2);
+    resumed again it ends with the losses, gradient norms and weights of the run never killed."""
     out = tmp_path / "run"
-    killed = launch(packed, out, check=False, env={"FLANPIPE_FAIL_AT_STEP": str(kill)}, steps=7,
-                    checkpoint_every=every)
-    assert killed.returncode != 0
-    assert (out / "checkpoints/latest").read_text().strip() == f"step{resumed:07d}"
-    launch(packed, out, steps=7, checkpoint_every=every)
-    assert json.loads((out / "run.json").read_text())["resumed_from_step"] == resumed
+    for kill, resumed, latest in [(5, None, 4), (7, 4, 6)]:
+        killed = launch(packed, out, check=False, env={"FLANPIPE_FAIL_AT_STEP": str(kill)}, steps=7,
+                        checkpoint_every=2)
+        assert killed.returncode != 0
+        assert (out / "checkpoints/latest").read_text().strip() == f"step{latest:07d}"
+        started = re.findall(r"resuming from \S+ at step (\d+)", killed.stderr)
+        assert started == ([] if resumed is None else [str(resumed)]), killed.stderr[-3000:]
+    launch(packed, out, steps=7, checkpoint_every=2)
+    assert json.loads((out / "run.json").read_text())["resumed_from_step"] == 6
     a, b = metrics(straight), metrics(out)
     assert [int(r["step"]) for r in b] == list(range(1, 8))
     for x, y in zip(a, b, strict=True):
