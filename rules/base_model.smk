@@ -1,7 +1,9 @@
 # Stage 6a, base_model: the untuned model (the pretrained checkpoint, or a new model of the run's
 # architecture from the run's seed), evaluated beside the tuned ones.
 # Code: workflow_scripts/base_model.py -> flanpipe/stages/base_model.py
-from flanpipe.stages.base_model import STAGE_VERSION as BASE_MODEL_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+BASE_MODEL_VERSION = STAGE_VERSIONS["base_model"]
 
 
 rule base_model:

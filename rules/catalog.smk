@@ -1,6 +1,8 @@
 # Stage 3e, catalog: data/catalog.duckdb, views over every stage's stats for DuckDB queries.
 # Code: workflow_scripts/catalog.py -> flanpipe/stages/catalog.py
-from flanpipe.stages.catalog import STAGE_VERSION as CATALOG_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+CATALOG_VERSION = STAGE_VERSIONS["catalog"]
 
 
 rule catalog:

@@ -1,6 +1,8 @@
 # Stage 3c, decontaminate: per dataset, the pool rows that share an n-gram with a held-out eval set.
 # Code: workflow_scripts/decontaminate.py -> flanpipe/stages/decontaminate.py
-from flanpipe.stages.decontaminate import STAGE_VERSION as DECONTAMINATE_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+DECONTAMINATE_VERSION = STAGE_VERSIONS["decontaminate"]
 
 
 rule decontaminate:

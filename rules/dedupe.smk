@@ -1,7 +1,9 @@
 # Stage 3b, dedupe: one job over every dataset's fingerprints; exact and near duplicates, within
 # and across datasets, each with its kept twin.
 # Code: workflow_scripts/dedupe.py -> flanpipe/stages/dedupe.py
-from flanpipe.stages.dedupe import STAGE_VERSION as DEDUPE_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+DEDUPE_VERSION = STAGE_VERSIONS["dedupe"]
 
 
 rule dedupe:

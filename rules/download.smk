@@ -1,6 +1,8 @@
 # Stage 1, download: one job per dataset, raw Parquet in the dataset's hub schema + manifest.
 # Code: workflow_scripts/download.py -> flanpipe/stages/download.py
-from flanpipe.stages.download import STAGE_VERSION as DOWNLOAD_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+DOWNLOAD_VERSION = STAGE_VERSIONS["download"]
 
 
 rule download:

@@ -1,7 +1,9 @@
 # Stage 6, evaluate: every model on every dataset of the clusters it never trained on, zero-shot and
 # few-shot, next to the untuned base model; the ablations' models on the ablations' held-out clusters.
 # Code: workflow_scripts/evaluate.py -> flanpipe/stages/evaluate.py
-from flanpipe.stages.evaluate import STAGE_VERSION as EVALUATE_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+EVALUATE_VERSION = STAGE_VERSIONS["evaluate"]
 
 
 rule evaluate:

@@ -1,7 +1,9 @@
 # Stage 3a, fingerprint: per dataset, the pool's exact hashes and MinHash signatures (for dedupe)
 # and the eval split's n-grams (for decontaminate).
 # Code: workflow_scripts/fingerprint.py -> flanpipe/stages/fingerprint.py
-from flanpipe.stages.fingerprint import STAGE_VERSION as FINGERPRINT_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+FINGERPRINT_VERSION = STAGE_VERSIONS["fingerprint"]
 
 
 rule fingerprint:

@@ -1,6 +1,8 @@
 # Stage 3d, cap and mix: one mixture per held-out cluster plus `all` (and the ablations').
 # Code: workflow_scripts/mix.py -> flanpipe/stages/mix.py
-from flanpipe.stages.mix import STAGE_VERSION as MIX_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+MIX_VERSION = STAGE_VERSIONS["mix"]
 
 
 rule mix:

@@ -1,6 +1,8 @@
 # Stage 4b, pack: each mixture tokenized and packed into fixed-width token shards.
 # Code: workflow_scripts/pack.py -> flanpipe/stages/pack.py
-from flanpipe.stages.pack import STAGE_VERSION as PACK_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+PACK_VERSION = STAGE_VERSIONS["pack"]
 
 
 rule pack:

@@ -1,7 +1,9 @@
 # Stage 2a, pool: the dedupe.pool_factor * mix.cap train rows of lowest seeded priority (every row
 # with pool_factor: null): every stage after this one works on these and the eval split only.
 # Code: workflow_scripts/pool.py -> flanpipe/stages/pool.py
-from flanpipe.stages.pool import STAGE_VERSION as POOL_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+POOL_VERSION = STAGE_VERSIONS["pool"]
 
 
 rule pool:

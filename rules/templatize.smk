@@ -1,6 +1,8 @@
 # Stage 2b, templatize: one job per dataset; instructions from the template bank.
 # Code: workflow_scripts/templatize.py -> flanpipe/stages/templatize.py
-from flanpipe.stages.templatize import STAGE_VERSION as TEMPLATIZE_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+TEMPLATIZE_VERSION = STAGE_VERSIONS["templatize"]
 
 
 rule templatize:

@@ -1,7 +1,9 @@
 # Stage 4a, tokenizer: one SentencePiece model, trained on the `all` mixture (or given). A
 # pretrained checkpoint's own tokenizer is read in place instead (get_tokenizer): no job.
 # Code: workflow_scripts/tokenizer.py -> flanpipe/stages/tokenizer.py
-from flanpipe.stages.tokenizer import STAGE_VERSION as TOKENIZER_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+TOKENIZER_VERSION = STAGE_VERSIONS["tokenizer"]
 
 
 rule tokenizer:

@@ -3,7 +3,9 @@
 # profile sets launcher=srun, nodes, tasks_per_node (or tasks, all ranks, for one rank per node) and
 # GPUs per cluster.
 # Code: workflow_scripts/train.py -> flanpipe/stages/train.py (launched on every rank via `flanpipe train`)
-from flanpipe.stages.train import STAGE_VERSION as TRAIN_VERSION
+from flanpipe.core.versions import STAGE_VERSIONS
+
+TRAIN_VERSION = STAGE_VERSIONS["train"]
 
 
 rule train:

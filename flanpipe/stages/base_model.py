@@ -19,8 +19,9 @@ from flanpipe.core.config import BaseModelSlice
 from flanpipe.core.model.checkpoint import build_model, parameter_count, save_checkpoint
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens.tokenizers import load_tokenizer
+from flanpipe.core.versions import STAGE_VERSIONS
 
-STAGE_VERSION = "3"  # the train stage's version when the base model moved here
+STAGE_VERSION = STAGE_VERSIONS["base_model"]
 log = logging.getLogger(__name__)
 
 

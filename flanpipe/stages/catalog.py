@@ -37,8 +37,9 @@ import pyarrow as pa
 
 from flanpipe.core.config.registry import load_registry
 from flanpipe.core.io import atomic_path, read_parquet_metadata
+from flanpipe.core.versions import STAGE_VERSIONS
 
-STAGE_VERSION = "2"  # 2: template_banks; collection_mix (rows by submixture, task, prompt type, source)
+STAGE_VERSION = STAGE_VERSIONS["catalog"]
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,10 @@ from flanpipe.core.text.keys import example_ids, pool_duplicate_ids
 from flanpipe.core.text.schemas import MATCH_SCHEMA
 from flanpipe.core.text.sources import source_matches
 from flanpipe.core.text.templates import raw_texts
+from flanpipe.core.versions import STAGE_VERSIONS
 
 # 2: reads the pool file (data/pool) batch by batch
-STAGE_VERSION = "2"
+STAGE_VERSION = STAGE_VERSIONS["decontaminate"]
 BATCH_ROWS = 4_096
 """Pool rows checked at a time (their n-gram hashes are ~8 bytes a word)."""
 log = logging.getLogger(__name__)

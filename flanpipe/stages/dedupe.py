@@ -39,9 +39,10 @@ from flanpipe.core.io import (
 )
 from flanpipe.core.text import hashing as fp
 from flanpipe.core.text.schemas import DROPPED_SCHEMA
+from flanpipe.core.versions import STAGE_VERSIONS
 
 # 3: fingerprints the pool file (data/pool), batch by batch
-STAGE_VERSION = "3"
+STAGE_VERSION = STAGE_VERSIONS["dedupe"]
 BATCH_ROWS = 16_384
 """Pool rows fingerprinted at a time."""
 log = logging.getLogger(__name__)

@@ -66,9 +66,10 @@ from flanpipe.core.text.sources import (
     iter_niv2_batches,
 )
 from flanpipe.core.text.validate import BadLine, SchemaError, SplitTally, check_split, parse_lines
+from flanpipe.core.versions import STAGE_VERSIONS
 
 # 2: parquet-branch reads, bytes-repr decoding; 3: read and written in batches, fixed row groups
-STAGE_VERSION = "3"
+STAGE_VERSION = STAGE_VERSIONS["download"]
 BATCH_ROWS = 16_384
 """Rows read, checked and appended at a time: peak memory is a few batches, not a split."""
 log = logging.getLogger(__name__)

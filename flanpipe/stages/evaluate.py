@@ -86,9 +86,10 @@ from flanpipe.core.tokens.formats import (
     separator_ids,
 )
 from flanpipe.core.tokens.tokenizers import Tokenizer
+from flanpipe.core.versions import STAGE_VERSIONS
 
 # 4: the result's `layout`, `layout_from` and `by_layout` are `format`, `format_from` and `by_format`
-STAGE_VERSION = "5"
+STAGE_VERSION = STAGE_VERSIONS["evaluate"]
 log = logging.getLogger(__name__)
 
 

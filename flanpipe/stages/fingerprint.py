@@ -37,8 +37,9 @@ from flanpipe.core.text.templates import (
     raw_texts,
     render_template,
 )
+from flanpipe.core.versions import STAGE_VERSIONS
 
-STAGE_VERSION = "3"  # 3: fingerprints the pool file (data/pool), batch by batch
+STAGE_VERSION = STAGE_VERSIONS["fingerprint"]
 NGRAM_VERSION = "2"  # the eval n-gram files' own version (written by this stage, read by decontaminate)
 BATCH_ROWS = 16_384
 """Pool rows fingerprinted at a time."""

@@ -55,9 +55,10 @@ from flanpipe.core.text.schemas import (
     TEMPLATIZED_SCHEMA,
 )
 from flanpipe.core.text.sources import SOURCE_MATCH_PREFIX
+from flanpipe.core.versions import STAGE_VERSIONS
 
 # 3: reads only the wanted renderings, shuffles through on-disk buckets (memory flat in the budget)
-STAGE_VERSION = "5"  # 5: submixtures; prompt types counted (4: rows with duplicated source ids)
+STAGE_VERSION = STAGE_VERSIONS["mix"]
 GATHER_ROWS = 8_192
 """Templatized rows read at a time."""
 log = logging.getLogger(__name__)

@@ -75,10 +75,11 @@ from flanpipe.core.tokens.shards import (
     stored_dtype,
 )
 from flanpipe.core.tokens.tokenizers import Tokenizer, load_tokenizer
+from flanpipe.core.versions import STAGE_VERSIONS
 
 # 5: the manifest's and packing.parquet's `layout` is `model_kind`; 4: tokenize.format (eos, text; chat,
 # added later, leaves those unchanged); 3: shards store tokens and lengths
-STAGE_VERSION = "5"
+STAGE_VERSION = STAGE_VERSIONS["pack"]
 log = logging.getLogger(__name__)
 
 COLUMNS = ["inputs", "targets", "dataset", "example_id", "template_id", "epoch"]

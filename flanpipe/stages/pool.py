@@ -29,8 +29,9 @@ from flanpipe.core.config.registry import DatasetSpec, load_registry
 from flanpipe.core.io import ParquetReader, iter_parquet, lookup, parquet_stream, read_schema
 from flanpipe.core.logs import progress
 from flanpipe.core.text.keys import duplicate_id_hashes, priorities, stable_keys
+from flanpipe.core.versions import STAGE_VERSIONS
 
-STAGE_VERSION = "1"
+STAGE_VERSION = STAGE_VERSIONS["pool"]
 BATCH_ROWS = 16_384
 """Raw rows read at a time."""
 log = logging.getLogger(__name__)

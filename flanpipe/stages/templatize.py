@@ -68,9 +68,10 @@ from flanpipe.core.text.templates import (
     templates_digest,
     use_string_pool,
 )
+from flanpipe.core.versions import STAGE_VERSIONS
 
 # 4: renders the pool (data/pool), batch by batch
-STAGE_VERSION = "5"  # 5: the template mix (prompt_type, shots columns; few-shot train rows)
+STAGE_VERSION = STAGE_VERSIONS["templatize"]
 BATCH_ROWS = 8_192
 """Rows rendered at a time (each ``passes`` times for train, once per template for eval)."""
 log = logging.getLogger(__name__)

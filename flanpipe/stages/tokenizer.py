@@ -29,8 +29,9 @@ from flanpipe.core.io import (
 )
 from flanpipe.core.text.keys import derive_seed
 from flanpipe.core.tokens.tokenizers import TokenizerError, load_processor, special_ids, train_spm
+from flanpipe.core.versions import STAGE_VERSIONS
 
-STAGE_VERSION = "1"
+STAGE_VERSION = STAGE_VERSIONS["tokenizer"]
 log = logging.getLogger(__name__)
 
 

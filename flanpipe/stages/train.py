@@ -88,12 +88,13 @@ from flanpipe.core.train.optim import (
     optimizer_state_bytes,
 )
 from flanpipe.core.train.trackers import Trackers, curve_rows
+from flanpipe.core.versions import STAGE_VERSIONS
 
 # 2: Adafactor per tensor under ZeRO, no global norm clip; 3: transformers models; 4: flanpipe.json
 # records the training format; 5: train.adapter (LoRA), run.json's trainable_parameters; 6: hf/README.md
 # (the model card), run.json's nonfinite_steps_skipped, trackers.json with mlflow or wandb; 7: flanpipe.json
 # names the format `format` (was `layout`)
-STAGE_VERSION = "8"
+STAGE_VERSION = STAGE_VERSIONS["train"]
 BATCH_FIELDS = {  # the model's int64 inputs per model kind (the wrappers' forward arguments)
     "decoder_only": ("tokens", "segment_ids", "positions", "loss_mask"),
     "encoder_decoder": ("inputs", "inputs_segment_ids", "inputs_positions", "targets", "targets_segment_ids",
