@@ -266,9 +266,7 @@ def plot_losses(metrics_files: list[str], out: Path) -> None:
     for path in metrics_files:
         with open(path, newline="", encoding="utf-8") as f:
             rows = [r for r in csv.DictReader(f) if r["loss"]]  # (not the held-out curve's rows)
-        folder = Path(path).parent  # models/<mixture>, or models/<mixture>/seed-<s>
-        label = f"{folder.parent.name} {folder.name}" if folder.name.startswith("seed-") else folder.name
-        ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label=label)
+        ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label=model_label(path))
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (target tokens)")
     ax.set_title("Instruction tuning, one model per held-out cluster")
@@ -304,6 +302,13 @@ def power_rows(results: list[dict]) -> list[list[str]]:
     return rows
 
 
+def model_label(metrics_file: str | Path) -> str:
+    """A training run's name from its ``metrics.csv``: the mixture (``models/<mixture>/``), with its
+    seed under ``experiment.seeds`` (``models/<mixture>/seed-<s>/``: ``<mixture> seed-<s>``)."""
+    folder = Path(metrics_file).parent
+    return f"{folder.parent.name} {folder.name}" if folder.name.startswith("seed-") else folder.name
+
+
 def heldout_curves(metrics_files: list[str]) -> dict[tuple[str, str], list[tuple[int, float]]]:
     """Each model's held-out curve (``train.eval_every``) from its ``metrics.csv``: ``(model,
     dataset)`` -> the ``(step, score)`` points in step order, step 0 the base; {} where no run
@@ -313,7 +318,7 @@ def heldout_curves(metrics_files: list[str]) -> dict[tuple[str, str], list[tuple
         with open(path, newline="", encoding="utf-8") as f:
             for r in csv.DictReader(f):
                 if r.get("eval_split") == "heldout":
-                    key = (Path(path).parent.name, r["eval_dataset"])
+                    key = (model_label(path), r["eval_dataset"])
                     curves.setdefault(key, []).append((int(r["step"]), float(r["eval_score"])))
     return {key: sorted(points) for key, points in curves.items()}
 

@@ -5,6 +5,7 @@ spread over seeds is the one worked out here from the per-seed results."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -105,7 +106,8 @@ def test_a_scaled_down_run_trains_two_seeds_on_the_same_data_and_reports_their_s
     checkpoint = tiny_pretrained(tmp_path / "tiny", smollm2_dir)
     # a rate at which 2 steps move the tiny model's answers; every eval row (COPA's 20), one template
     cfg["train"].update(steps=2, tokens_per_batch=288, checkpoint_every=2, log_every=1, precision="fp32",
-                        lr=0.01, model={"source": "pretrained", "path": str(checkpoint)})
+                        lr=0.01, model={"source": "pretrained", "path": str(checkpoint)},
+                        eval_every=1, eval_rows=8)  # and the held-out curve, per seed
     cfg["evaluate"].update(max_examples=20, max_templates=1, bootstrap=50, precision="fp32",
                            cross_formats=False)
     cfg["heldout_clusters"] = ["commonsense"]
@@ -132,9 +134,16 @@ def test_a_scaled_down_run_trains_two_seeds_on_the_same_data_and_reports_their_s
     weights = {s: load_file(run / f"models/commonsense/seed-{s}/hf/model.safetensors") for s in (1, 5)}
     assert weights[1].keys() == weights[5].keys()
     assert any(not np.array_equal(weights[1][k], weights[5][k]) for k in weights[1])
-    losses = {s: (run / f"models/commonsense/seed-{s}/metrics.csv").read_text().splitlines()[1]
-              for s in (1, 5)}
-    assert losses[1].split(",")[1] != losses[5].split(",")[1]  # the first step's loss, on other rows
+    metrics = {s: list(csv.DictReader((run / f"models/commonsense/seed-{s}/metrics.csv").open()))
+               for s in (1, 5)}
+    losses = {s: next(r["loss"] for r in rows if r["loss"]) for s, rows in metrics.items()}
+    assert losses[1] != losses[5]  # the first step's loss, on other rows
+    # the held-out curve of each seed: COPA at steps 0, 1 and 2; step 0 is the same base on the same
+    # 8 rows under either seed, so its score is the same
+    curves = {s: {int(r["step"]): float(r["eval_score"]) for r in rows
+                  if r["eval_split"] == "heldout" and r["eval_dataset"] == "copa"}
+              for s, rows in metrics.items()}
+    assert sorted(curves[1]) == sorted(curves[5]) == [0, 1, 2] and curves[1][0] == curves[5][0]
     assert json.loads((run / "data/mixtures/commonsense/manifest.json").read_text())["seed"] == 1234
 
     # the spread over seeds, worked out from the per-seed result files: each seed's tuned minus base
@@ -164,6 +173,10 @@ def test_a_scaled_down_run_trains_two_seeds_on_the_same_data_and_reports_their_s
     assert (row["min"], row["max"]) == pytest.approx((min(deltas), max(deltas)), abs=1e-9)
     report = (run / "results/report/index.md").read_text()
     assert "## Tuned against base, over training seeds" in report
+    assert (run / "results/report/heldout_curve.png").stat().st_size > 0
+    for s in (1, 5):
+        points = ", ".join(f"{step}: {score:.1f}" for step, score in sorted(curves[s].items()))
+        assert f"| commonsense seed-{s} | copa | {curves[s][0]:.1f} |" in report and points in report
     spread = f"{np.std(deltas, ddof=1):.1f} | {min(deltas):+.1f} to {max(deltas):+.1f}"
     assert f"| {np.mean(deltas):+.1f} | {spread} |" in report
     assert re.search(r"^- copa: spread over seeds \(sd [\d.]+, ±[\d.]+\) is (smaller than|larger than|"
