@@ -730,8 +730,9 @@ def compare_runs(run_a: str | Path, run_b: str | Path, seed: int = 1234, resampl
     two training budgets): per held-out dataset scored by both, each run's tuned minus base and B
     minus A of the tuned models and of the tuned-minus-base gaps, with paired bootstrap 95%
     intervals over the same rows (each model in its own format, averaged over its templates).
-    ``run_a``/``run_b``: the workflow's working directories (their ``results/eval``). A dataset
-    whose rows differ between the runs is refused."""
+    ``run_a``/``run_b``: the workflow's working directories (their ``results/eval``; a run under
+    ``experiment.seeds`` keeps its seeds' results in ``seed-<s>/`` folders, which this does not
+    read). A dataset whose rows differ between the runs is refused."""
     a_pairs, b_pairs = (_zero_shot_pairs(Path(run) / "results/eval") for run in (run_a, run_b))
     rows = []
     for dataset in sorted(set(a_pairs) & set(b_pairs)):
