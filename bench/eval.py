@@ -188,7 +188,7 @@ def bench_eval(prompts: int = 96, options: int = 4, vocab: int = 4_000, hidden: 
                                           architecture)
         data = multiple_choice(load_tokenizer(folder), prompts, options, seed)
         r["build_s"] = time.perf_counter() - start
-        ours_model, _ = load_for_scoring(folder)
+        ours_model, _ = load_for_scoring(folder, "fp32")  # as the peer's dtype="float32"
         r.update(vocab=config.vocab_size, hidden=hidden, layers=layers, heads=heads,
                  parameters=sum(p.numel() for p in ours_model.parameters()),
                  model=type(ours_model).__name__, attention=ours_model.config._attn_implementation)

@@ -23,8 +23,9 @@ CONFIG = {
     "tokenize": {"tokenizer": {"vocab_size": 800}, "max_input_tokens": LI, "max_target_tokens": LT,
                  "model_kind": "encoder_decoder"},
     "train": {"steps": 2, "tokens_per_batch": 2 * (LI + LT), "checkpoint_every": 2, "log_every": 1,
+              "precision": "fp32",  # the losses are checked against a float forward, on every CPU
               "model": {"architecture": "t5", "hidden_size": 32, "num_layers": 2, "num_heads": 4}},
-    "evaluate": {"max_examples": 4, "generation": {"max_new_tokens": 8}},
+    "evaluate": {"max_examples": 4, "generation": {"max_new_tokens": 8}, "precision": "fp32"},
     # the format ablation on nli: its `instructions` point is the nli model (the same clusters)
     "ablations": {"enabled": True, "kinds": ["format"], "heldout": ["nli"],
                   "clusters": ["commonsense", "sentiment", "struct_to_text", "misc"],

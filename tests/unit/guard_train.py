@@ -23,7 +23,8 @@ def config(**train_keys):
     return parse_config({
         "seed": 3, "tokenize": {"max_input_tokens": LI, "max_target_tokens": LT, "packer": "none",
                                 "format": "eos", "pack_window": 64, "rows_per_shard": 7},
-        "train": {"model": MODEL, "steps": 4, "tokens_per_batch": ROWS_PER_STEP * (LI + LT),
+        "train": {"model": MODEL, "steps": 4,
+                  "precision": "fp32", "tokens_per_batch": ROWS_PER_STEP * (LI + LT),
                   "micro_batch_rows": 2, "optimizer": "adafactor", "lr": 1e-2, "checkpoint_every": 10**6,
                   "log_every": 1, **train_keys}})
 

@@ -25,7 +25,8 @@ def config(pretrained: str | None = None, steps: int = STEPS):
     return parse_config({
         "seed": 5, "tokenize": {"model_kind": "decoder_only", "format": "eos", "max_input_tokens": LI,
                                 "max_target_tokens": LT, "pack_window": 64, "rows_per_shard": 7},
-        "train": {"model": model, "steps": steps, "tokens_per_batch": ROWS_PER_STEP * (LI + LT),
+        "train": {"model": model, "steps": steps,
+                  "precision": "fp32", "tokens_per_batch": ROWS_PER_STEP * (LI + LT),
                   "micro_batch_rows": 1, "zero_stage": 3, "optimizer": "adafactor", "lr": 1e-2,
                   "checkpoint_every": 2, "log_every": 1, "grad_clip": 1e9, "adapter": ADAPTER}})
 

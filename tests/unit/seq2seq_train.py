@@ -26,7 +26,8 @@ def config(zero_stage: int = 3, steps: int = STEPS, pretrained: str | None = Non
     return parse_config({
         "seed": 11, "tokenize": {"model_kind": "encoder_decoder", "max_input_tokens": LI,
                                  "max_target_tokens": LT, "pack_window": 64, "rows_per_shard": 7},
-        "train": {"model": model, "steps": steps, "tokens_per_batch": ROWS_PER_STEP * (LI + LT),
+        "train": {"model": model, "steps": steps,
+                  "precision": "fp32", "tokens_per_batch": ROWS_PER_STEP * (LI + LT),
                   "micro_batch_rows": 1, "zero_stage": zero_stage, "optimizer": "adafactor", "lr": 1e-3,
                   "checkpoint_every": 10**6, "log_every": 1, "grad_clip": 1e9}})
 

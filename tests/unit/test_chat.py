@@ -294,7 +294,8 @@ def test_evaluate_scores_the_instruct_base_in_chat_beside_continuation(smollm2_d
     from flanpipe.stages.evaluate import eval_sample, evaluate_dataset
 
     cfg = parse_config({"train": {"model": {"source": "pretrained", "path": str(smollm2_dir)}},
-                        "tokenize": {"format": "chat"}, "evaluate": {"max_examples": 3, "max_templates": 1}})
+                        "tokenize": {"format": "chat"},
+                        "evaluate": {"max_examples": 3, "max_templates": 1, "precision": "fp32"}})
     raw = tmp_path / "raw/rte"
     download_dataset("rte", cfg.download.source_for("rte"), raw, cfg.seed)
     base = evaluate_dataset("rte", smollm2_dir, raw, tmp_path / "base.json", EvaluateSlice.of(cfg),

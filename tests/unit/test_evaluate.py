@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_dir):
-    return load_for_scoring(smollm2_dir)
+    return load_for_scoring(smollm2_dir, "fp32")
 
 
 def test_encode_cuts_like_the_packer_and_ends_with_eos(smollm2_dir):

@@ -334,7 +334,7 @@ def test_two_ranks_export_scores_alike_in_both_forms(runs):
     choices = [["mat", "dog"], ["woman", "yes no"], ["park", "rain"]]
     scores = []
     for form in ("hf", "adapter"):
-        model, tok = load_for_scoring(runs[2] / form)
+        model, tok = load_for_scoring(runs[2] / form, "fp32")
         assert model_format(runs[2] / form)[0] == "eos"
         fmt = Format(tok, None, 64, 16, False, name="eos")
         scores.append(score_options(model, fmt.inputs(prompts), fmt.options(prompts, choices)))

@@ -45,7 +45,8 @@ def test_profile_settings():
     rules -= TARGET_RULES  # inputs only: no job is submitted for them
     assert {"download", "mix", "tokenizer", "tokenizer_per_mixture", "pack", "evaluate", "report"} <= rules
     keys = {rule: {"cpus_per_task", "mem_mb", "runtime"} for rule in rules}
-    keys["train"] |= {"nodes", "gres", "tasks_per_node", "launcher", "mpi"}
+    for rule in ("train", "train_seed"):  # a seed's training is the same job as train
+        keys[rule] |= {"nodes", "gres", "tasks_per_node", "launcher", "mpi"}
     for rule in rules:
         if rule.startswith("evaluate"):
             keys[rule] |= {"nodes", "gres"}  # one GPU per evaluation
