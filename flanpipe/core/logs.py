@@ -50,17 +50,10 @@ def progress(items: Iterable[T], total: int, what: str, count: Callable[[T], int
                 yield item
                 bar.update(count(item))
         return
-    log = logging.getLogger("flanpipe.progress")
-    started = last = time.monotonic()
-    seen = 0
+    advance = progress_counter(total, what, unit, every_s)
     for item in items:
         yield item
-        seen += count(item)
-        now = time.monotonic()
-        if now - last >= every_s:
-            log.info("%s: %d / %d %s (%.0f%%), %.0f %s/s", what, seen, total, unit,
-                     100 * seen / max(total, 1), seen / (now - started), unit)
-            last = now
+        advance(count(item))
 
 
 def progress_counter(total: int, what: str, unit: str = "rows", every_s: float = 30.0
@@ -74,7 +67,7 @@ def progress_counter(total: int, what: str, unit: str = "rows", every_s: float =
         state["seen"] += n
         now = time.monotonic()
         if now - state["last"] >= every_s:
-            log.info("%s: %d / %d %s (%.0f%%), %.1f %s/s", what, state["seen"], total, unit,
+            log.info("%s: %d / %d %s (%.0f%%), %.0f %s/s", what, state["seen"], total, unit,
                      100 * state["seen"] / max(total, 1), state["seen"] / (now - state["started"]), unit)
             state["last"] = now
     return advance
