@@ -259,7 +259,7 @@ def score_format(model: torch.nn.Module, fmt: Format, spec: DatasetSpec, bank: D
     headline = headline_variant(task, cfg)
     count_tokens = fmt.counts
     per_template, material = [], {"predictions": [], "references": []}
-    for template in bank.eval_templates[:cfg.evaluate.max_templates]:
+    for template in bank.eval_templates[:cfg.evaluate.templates_for(spec.name)]:
         rendered = render_template(bank, template, eval_raw, style_with)
         variants: dict[str, dict] = {}
         if task == "generation":

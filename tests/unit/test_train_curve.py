@@ -131,11 +131,11 @@ def test_best_val_exports_the_step_of_the_best_validation_score_in_metrics_csv(r
     assert not (run / "best").exists()
 
 
-def evaluate_of(run, prepared, dataset, tmp_path):
+def evaluate_of(run, prepared, dataset, tmp_path, **evaluate_keys):
     """``flanpipe evaluate``'s function on the exported model, ``max_examples`` the curve's rows."""
     cfg = curve_train.config()
     data = cfg.model_dump(mode="json")
-    data["evaluate"]["max_examples"] = ROWS
+    data["evaluate"].update(max_examples=ROWS, **evaluate_keys)
     return evaluate_dataset(dataset, run / "hf", prepared / "raw" / dataset, tmp_path / f"{dataset}.json",
                             EvaluateSlice.of(parse_config(data)), few_shot=False, model_name="nli")
 
@@ -152,6 +152,18 @@ def test_a_curve_point_equals_a_separate_evaluate_of_that_steps_checkpoint(run, 
     assert result["headline"]["mean"] == score_at(rows, split, dataset, chosen)
     if dataset == "rte":
         assert score_at(rows, split, dataset, STEPS) != result["headline"]["mean"]
+
+
+def test_max_templates_by_dataset_scores_the_named_dataset_on_more_templates(run, prepared, tmp_path):
+    """``max_templates: 1`` with ``{rte: 2}``: RTE is scored on its first two eval templates, the
+    very score the curve (``max_templates: 2``) gave the chosen step; sst2 on its first one only."""
+    keys = {"max_templates": 1, "max_templates_by_dataset": {"rte": 2}}
+    rte = evaluate_of(run, prepared, "rte", tmp_path, **keys)
+    sst2 = evaluate_of(run, prepared, "sst2", tmp_path, **keys)
+    bank = load_bank("flanpipe", None)
+    assert [t["template_id"] for t in rte["templates"]] == [t.id for t in bank["rte"].eval_templates[:2]]
+    assert [t["template_id"] for t in sst2["templates"]] == [bank["sst2"].eval_templates[0].id]
+    assert rte["headline"]["mean"] == score_at(curve(run), "heldout", "rte", best_step(curve(run)))
 
 
 def test_the_curve_loss_is_the_gold_options_nll_per_token_by_transformers(run, prepared):
@@ -251,3 +263,11 @@ def test_a_heldout_validation_dataset_is_refused_naming_the_key(config, message)
         train.pop("eval_every")
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         parse_config({**config, "train": train})
+
+
+def test_max_templates_by_dataset_names_the_key_for_a_dataset_the_run_lacks():
+    message = (r"evaluate\.max_templates_by_dataset: \['piqa'\] not among the run's datasets; allowed: "
+               r"names in `datasets` \(rte, sst2\)")
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"datasets": ["rte", "sst2"], "heldout_clusters": ["nli"],
+                      "evaluate": {"max_templates_by_dataset": {"piqa": 2}}})

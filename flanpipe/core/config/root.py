@@ -190,6 +190,15 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _templates_by_dataset_known(self) -> Config:
+        asked = self._asked_for()
+        unknown = sorted(set(self.evaluate.max_templates_by_dataset) - set(asked))
+        if unknown:
+            raise ValueError(f"evaluate.max_templates_by_dataset: {unknown} not among the run's datasets; "
+                             f"allowed: names in `datasets` ({', '.join(asked)})")
+        return self
+
+    @model_validator(mode="after")
     def _validation_is_not_heldout(self) -> Config:
         """``train.val_datasets`` chooses a checkpoint: never with a dataset that some model holds
         out (a ``heldout_clusters`` cluster, the ablations' when they are on, or a cluster excluded

@@ -7,7 +7,7 @@ The types several sections and the stages' slices share are named here once."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -839,6 +839,10 @@ class EvaluateConfig(_Section):
     max_templates: StrictInt | None = Field(None, ge=1)
     """Score each dataset with its first this many eval templates (null: every one, up to 10); a
     held-out score is their mean."""
+    max_templates_by_dataset: dict[str, Annotated[StrictInt, Field(ge=1)]] = Field(default_factory=dict)
+    """`max_templates` for the datasets named here (each one of the run's datasets), e.g.
+    `{piqa: 2}`: more templates where a dataset's rows alone leave its interval too wide (averaging
+    over templates narrows the spread of each row's score), fewer where scoring is dear."""
     normalization: Literal["sum", "per_token", "per_char", "pmi"] = "sum"
     """Rank classification's headline score of an option (all four are reported): its tokens' summed
     log-likelihood (lm-eval `acc`), that divided by its token count, or by its character count
@@ -877,6 +881,14 @@ class EvaluateConfig(_Section):
     and why."""
     max_batch_tokens: StrictInt = Field(16_384, ge=256)
     """Padded tokens per inference batch (a prompt with all of its options, or with its new tokens)."""
+
+    def templates_for(self, dataset: str) -> int | None:
+        """How many of ``dataset``'s eval templates are scored (None: every one).
+
+        >>> EvaluateConfig(max_templates=1, max_templates_by_dataset={"piqa": 2}).templates_for("copa")
+        1
+        """
+        return self.max_templates_by_dataset.get(dataset, self.max_templates)
 
 
 class AblationsConfig(_Section):

@@ -184,7 +184,8 @@ class Probe:
     @classmethod
     def of(cls, dataset: str, eval_path: str | Path, rows: int, cfg: EvaluateSlice, fmt: Format) -> Probe:
         """The rows ``flanpipe evaluate`` scores with ``evaluate.max_examples: rows`` (zero-shot), its
-        first ``evaluate.max_templates`` eval templates, the prompts of the headline variant."""
+        first ``evaluate.templates_for(dataset)`` eval templates, the prompts of the headline
+        variant."""
         spec = load_registry().datasets[dataset]
         if spec.task.type == "generation":
             raise ValueError(f"{dataset}: a generation task has no options to rank")
@@ -197,7 +198,7 @@ class Probe:
         field = long_field(spec, eval_raw) if cfg.cut_long_field else None
         shown = options_style(cfg)
         style = shown if cfg.evaluate.options_suffix == "with" else "none"
-        templates = bank.eval_templates[:cfg.evaluate.max_templates]
+        templates = bank.eval_templates[:cfg.evaluate.templates_for(dataset)]
         texts, tokens, gold = [], [], []
         for template in templates:
             options = render_template(bank, template, eval_raw, shown)
