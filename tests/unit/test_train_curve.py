@@ -265,9 +265,13 @@ def test_a_heldout_validation_dataset_is_refused_naming_the_key(config, message)
         parse_config({**config, "train": train})
 
 
-def test_max_templates_by_dataset_names_the_key_for_a_dataset_the_run_lacks():
-    message = (r"evaluate\.max_templates_by_dataset: \['piqa'\] not among the run's datasets; allowed: "
-               r"names in `datasets` \(rte, sst2\)")
+def test_max_templates_by_dataset_refuses_a_name_outside_the_registry_naming_the_key():
+    """A typo is refused; a registry dataset the run leaves out is unused (a narrower `datasets`
+    keeps an experiment's config valid)."""
+    message = (r"evaluate\.max_templates_by_dataset: unknown dataset\(s\) \['arc-easy'\]; "
+               r"allowed: registry names")
     with pytest.raises(ConfigError, match=message):
-        parse_config({"datasets": ["rte", "sst2"], "heldout_clusters": ["nli"],
-                      "evaluate": {"max_templates_by_dataset": {"piqa": 2}}})
+        parse_config({"evaluate": {"max_templates_by_dataset": {"arc-easy": 2}}})
+    cfg = parse_config({"datasets": ["rte", "sst2"], "heldout_clusters": ["nli"],
+                        "evaluate": {"max_templates": 1, "max_templates_by_dataset": {"piqa": 2}}})
+    assert (cfg.evaluate.templates_for("piqa"), cfg.evaluate.templates_for("rte")) == (2, 1)

@@ -840,9 +840,10 @@ class EvaluateConfig(_Section):
     """Score each dataset with its first this many eval templates (null: every one, up to 10); a
     held-out score is their mean."""
     max_templates_by_dataset: dict[str, Annotated[StrictInt, Field(ge=1)]] = Field(default_factory=dict)
-    """`max_templates` for the datasets named here (each one of the run's datasets), e.g.
-    `{piqa: 2}`: more templates where a dataset's rows alone leave its interval too wide (averaging
-    over templates narrows the spread of each row's score), fewer where scoring is dear."""
+    """`max_templates` for the datasets named here (registry names; one the run leaves out is
+    unused), e.g. `{piqa: 2}`: more templates where a dataset's rows alone leave its interval too
+    wide (averaging over templates narrows the spread of each row's score), fewer where scoring is
+    dear."""
     normalization: Literal["sum", "per_token", "per_char", "pmi"] = "sum"
     """Rank classification's headline score of an option (all four are reported): its tokens' summed
     log-likelihood (lm-eval `acc`), that divided by its token count, or by its character count
