@@ -166,6 +166,29 @@ def test_max_templates_by_dataset_scores_the_named_dataset_on_more_templates(run
     assert rte["headline"]["mean"] == score_at(curve(run), "heldout", "rte", best_step(curve(run)))
 
 
+def test_best_val_with_lora_exports_the_chosen_steps_adapter_and_merged_weights(prepared, tmp_path):
+    """LoRA on the same run: the exported (merged) model and its ``adapter/`` are the chosen step's;
+    ``flanpipe evaluate`` of the merged model scores RTE as the curve did at that step, and ``peft``
+    loading the adapter onto its saved base gives the merged model's logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    launch(prepared, out, adapter={"kind": "lora", "rank": 4, "alpha": 8.0, "target_modules": "auto"})
+    rows = curve(out)
+    chosen = best_step(rows)
+    selected = json.loads((out / "run.json").read_text())["selected"]["step"]
+    assert selected == chosen == json.loads((out / "hf/flanpipe.json").read_text())["step"]
+    result = evaluate_of(out, prepared, "rte", tmp_path)
+    assert result["headline"]["mean"] == score_at(rows, "heldout", "rte", chosen)
+    merged = AutoModelForCausalLM.from_pretrained(out / "hf", torch_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(out / "adapter/base", torch_dtype=torch.float32)
+    adapted = PeftModel.from_pretrained(base, out / "adapter")
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(ids).logits, merged(ids).logits, rtol=1e-4, atol=1e-4)
+
+
 def test_the_curve_loss_is_the_gold_options_nll_per_token_by_transformers(run, prepared):
     """The held-out loss at the chosen step: the gold option's tokens (and EOS) after each prompt,
     summed by a plain ``transformers`` forward pass of prompt + option, per token."""
