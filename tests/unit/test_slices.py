@@ -110,6 +110,7 @@ CHANGES = {
     "ablations.clusters": ["translation"],
     "download.sources": {"rte": {"kind": "local", "path": "/data/rte"}},
     "templatize.mix.overrides": {"rte": {"zs_opt": 0.5, "fs_opt": 0.5}},
+    "evaluate.max_templates_by_dataset": {"rte": 2},
     "mix.submixtures": {"flan2021": {}, "mine": {"datasets": ["rte"], "cap": 64}},  # pool: the largest cap
     "train.model.hf_config": {"rope_theta": 1000.0},
     "train.adam_betas": [0.8, 0.99],
