@@ -190,16 +190,6 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
-    def _templates_by_dataset_known(self) -> Config:
-        """A name outside the registry is a typo; a registry dataset this run leaves out is unused
-        (so a narrower `datasets` on the command line keeps the experiment's config valid)."""
-        unknown = sorted(set(self.evaluate.max_templates_by_dataset) - set(load_registry().datasets))
-        if unknown:
-            raise ValueError(f"evaluate.max_templates_by_dataset: unknown dataset(s) {unknown}; allowed: "
-                             "registry names (`flanpipe datasets`)")
-        return self
-
-    @model_validator(mode="after")
     def _validation_is_not_heldout(self) -> Config:
         """``train.val_datasets`` chooses a checkpoint: never with a dataset that some model holds
         out (a ``heldout_clusters`` cluster, the ablations' when they are on, or a cluster excluded

@@ -883,6 +883,17 @@ class EvaluateConfig(_Section):
     max_batch_tokens: StrictInt = Field(16_384, ge=256)
     """Padded tokens per inference batch (a prompt with all of its options, or with its new tokens)."""
 
+    @field_validator("max_templates_by_dataset")
+    @classmethod
+    def _known_datasets(cls, value: dict[str, int]) -> dict[str, int]:
+        """A name outside the registry is a typo; a registry dataset the run leaves out is unused
+        (so a narrower `datasets` on the command line keeps an experiment's config valid)."""
+        unknown = sorted(set(value) - set(load_registry().datasets))
+        if unknown:
+            raise ValueError(f"unknown dataset(s) {unknown}; allowed: registry names "
+                             "(see `flanpipe datasets`)")
+        return value
+
     def templates_for(self, dataset: str) -> int | None:
         """How many of ``dataset``'s eval templates are scored (None: every one).
 
