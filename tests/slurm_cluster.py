@@ -106,9 +106,15 @@ def slurm_cluster(fake_gpus: int = 0, start_timeout: int = 600) -> Iterator[Path
 def multinode_cluster(fake_gpus: int = 0, start_timeout: int = 600) -> Iterator[Path]:
     """Start the two-node cluster (nodes `NODES`, `fake_gpus` GPUs each), yield its state directory,
     always stop it afterwards (daemons, namespaces and their link)."""
-    env = {**os.environ, "SLURM_FAKE_GPUS": str(fake_gpus), "SLURM_MULTINODE_DIR": str(MULTINODE_DIR)}
-    with _cluster("start_multinode.sh", "stop_multinode.sh", env, MULTINODE_DIR, start_timeout):
+    with _cluster("start_multinode.sh", "stop_multinode.sh", multinode_env(fake_gpus), MULTINODE_DIR,
+                  start_timeout):
         yield MULTINODE_DIR
+
+
+def multinode_env(fake_gpus: int = 0) -> dict[str, str]:
+    """The environment start_multinode.sh runs in for a cluster of `fake_gpus` GPUs a node (run again
+    with the same one, it leaves the running cluster as it is)."""
+    return {**os.environ, "SLURM_FAKE_GPUS": str(fake_gpus), "SLURM_MULTINODE_DIR": str(MULTINODE_DIR)}
 
 
 def on_node(node: str, *command: str) -> list[str]:

@@ -125,16 +125,21 @@ for i in 1 2; do
 done
 
 # ---------- 6. wait until both nodes are idle ----------
+# Up to 2 minutes of wall time: a loaded machine (the rest of the suite beside it) registers slowly,
+# and a controller that does not answer yet makes each sinfo wait for its 10 s MessageTimeout. No
+# state (nothing yet, unk, idle*) is an error until the time is up.
 states() { on_node 1 sinfo -h -N -o '%N %t' 2>/dev/null | sort -u || true; }
-for _ in $(seq 240); do  # up to 2 minutes: a loaded machine (the rest of the suite beside it) registers slowly
+ready() { [ "$(grep -cE ' (idle|mix|alloc)' <<<"$1" || true)" = 2 ]; }
+deadline=$((SECONDS + 120))
+while [ "$SECONDS" -lt "$deadline" ]; do
   s="$(states)"
-  if [ "$(grep -cE ' (idle|mix|alloc)' <<<"$s")" = 2 ]; then break; fi
-  grep -E ' (down|drain)' <<<"$s" | while read -r node _; do
+  if ready "$s"; then break; fi
+  for node in $(awk '$2 ~ /^(down|drain)/ {print $1}' <<<"$s"); do
     on_node 1 scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
   done
   sleep 0.5
 done
 s="$(states)"
 log "nodes: $(tr '\n' ' ' <<<"$s")"
-[ "$(grep -cE ' (idle|mix|alloc)' <<<"$s")" = 2 ] || { log "cluster not ready; see $BASE/log"; exit 1; }
+ready "$s" || { log "cluster not ready; see $BASE/log"; exit 1; }
 echo "bash $(cd "$(dirname "$0")" && pwd)/on_node.sh fpn1"

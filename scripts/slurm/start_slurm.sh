@@ -95,7 +95,8 @@ if ! alive "$BASE/run/slurmd.pid"; then
 fi
 
 # ---------- 6. wait for node idle ----------
-for i in $(seq 240); do  # up to 2 minutes: a loaded machine registers slowly
+deadline=$((SECONDS + 120))  # up to 2 minutes of wall time: a loaded machine registers slowly
+while [ "$SECONDS" -lt "$deadline" ]; do
   state="$(sinfo -h -N -n "$NODE" -o %t 2>/dev/null || true)"
   case "$state" in
     idle*|mix*|alloc*) break ;;

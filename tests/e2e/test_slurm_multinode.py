@@ -22,8 +22,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,15 @@ from safetensors.torch import load_file
 
 from tests.conftest import BIN, REPO, run_snakemake
 from tests.e2e.test_slurm import FAST, SUBMITTED, _job_name, read_metrics, write_config
-from tests.slurm_cluster import NODES, cannot_run, multinode_cluster, on_node, profile_one_rank_per_node
+from tests.slurm_cluster import (
+    NODES,
+    SCRIPTS,
+    cannot_run,
+    multinode_cluster,
+    multinode_env,
+    on_node,
+    profile_one_rank_per_node,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 
@@ -40,6 +50,7 @@ SUBSET = ["copa"]  # one dataset and the `all` mixture: the fewest local jobs be
 MIXTURE = "all"
 TRAIN_STEPS = 6
 NODE_COUNT = 2
+FAKE_GPUS = 1
 TARGET = f"models/{MIXTURE}/run.json"
 LOSS_COLUMNS = ("step", "loss", "lr", "grad_norm", "target_tokens", "tokens")
 # One line per rank, logged by flanpipe.core.train.distributed.DistEnv.export.
@@ -66,7 +77,7 @@ def cluster():
     cpus = len(os.sched_getaffinity(0))
     if cpus < NODE_COUNT:
         cannot_run(f"the train job runs {NODE_COUNT} ranks on this machine; it has {cpus} CPU")
-    with multinode_cluster(fake_gpus=1) as state_dir:
+    with multinode_cluster(fake_gpus=FAKE_GPUS) as state_dir:
         yield state_dir
 
 
@@ -176,3 +187,23 @@ def test_two_nodes_train_the_weights_of_one_node(runs):
     for slurm, local in zip(losses(runs["slurm"]), losses(runs["local"]), strict=True):
         assert slurm == pytest.approx(local, rel=1e-6), (slurm, local)
     assert len(losses(runs["local"])) == TRAIN_STEPS
+
+
+def test_the_cluster_start_waits_for_a_controller_that_does_not_answer_yet(cluster):
+    """start_multinode.sh waits for both nodes while slurmctld does not answer, as on a loaded machine
+    in its first moments (CI once failed so: the script's first sinfo found no node state and the
+    wait loop exited 1 at once). Here the running controller is stopped (SIGSTOP) for longer than one
+    sinfo's 10 s MessageTimeout while the script runs again (idempotent: it starts nothing), then
+    let go; the script must go on asking and succeed."""
+    controller = int((cluster / "run/slurmctld.pid").read_text())
+    os.kill(controller, signal.SIGSTOP)
+    try:
+        start = subprocess.Popen(["bash", str(SCRIPTS / "start_multinode.sh")], env=multinode_env(FAKE_GPUS),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(12)
+    finally:
+        os.kill(controller, signal.SIGCONT)
+    out, err = start.communicate(timeout=150)
+    assert start.returncode == 0, out + err
+    assert "nodes: fpn1 idle fpn2 idle" in err, err
+    assert "starting" not in err, err  # nothing was restarted: the nodes answered again by themselves
