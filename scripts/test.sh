@@ -24,15 +24,24 @@ if [ $# -gt 0 ]; then
 fi
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
+# The local runs (the demo run's tests and the rest) tell Slurm's commands that there is no cluster:
+# every `snakemake` start loads the Slurm executor plugin, which asks `scontrol show config`, and
+# where Slurm is installed but no controller answers (once the Slurm tests have stopped theirs)
+# that waits its 10 s timeout, at each of the suite's many Snakemake runs. With this config it
+# fails at once (port 1, MessageTimeout 1). The Slurm tests keep the machine's /etc/slurm.
+no_cluster="$scratch/no-cluster.conf"
+printf '%s\n' "# scripts/test.sh: no Slurm cluster for the local runs" "ClusterName=none" \
+  "SlurmctldHost=localhost" "SlurmctldPort=1" "MessageTimeout=1" > "$no_cluster"
 python -m pytest -m slurm --basetemp "$scratch/slurm" --durations=10 -p no:cacheprovider \
   > "$scratch/slurm.log" 2>&1 &
 slurm=$!
 # demo_run is a fixture of tests/e2e/conftest.py: only tests/e2e can use it
-python -m pytest tests/e2e -m "demo and not slurm" --basetemp "$scratch/demo" --durations=15 \
-  -p no:cacheprovider > "$scratch/demo.log" 2>&1 &
+SLURM_CONF="$no_cluster" python -m pytest tests/e2e -m "demo and not slurm" --basetemp "$scratch/demo" \
+  --durations=15 -p no:cacheprovider > "$scratch/demo.log" 2>&1 &
 demo=$!
 rc=0
-python -m pytest -m "not demo and not slurm" --basetemp "$scratch/rest" --durations=30 || rc=$?
+SLURM_CONF="$no_cluster" python -m pytest -m "not demo and not slurm" --basetemp "$scratch/rest" \
+  --durations=30 || rc=$?
 demo_rc=0
 wait "$demo" || demo_rc=$?
 slurm_rc=0
