@@ -6,6 +6,7 @@ The types several sections and the stages' slices share are named here once."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -51,6 +52,16 @@ ModelKind = Literal["decoder_only", "encoder_decoder"]
 
 class ConfigError(ValueError):
     """A config value is not allowed; the message names the key and what is allowed."""
+
+
+def _refuse_unknown_datasets(names: Iterable[str], key: str = "", also: str = "") -> None:
+    """The refusal of dataset names outside the registry, in their given order: `key` prefixes the
+    message (a sub-key such as ``nli.datasets: ``), `also` adds to what is allowed."""
+    known = load_registry().datasets
+    unknown = [d for d in names if d not in known]
+    if unknown:
+        raise ValueError(f"{key}unknown dataset(s) {unknown}; allowed: registry names "
+                         f"(see `flanpipe datasets`){also}")
 
 
 class _Section(BaseModel):
@@ -203,11 +214,8 @@ class DownloadConfig(_Section):
     @field_validator("sources")
     @classmethod
     def _known_datasets(cls, sources: dict[str, SourceSpec]) -> dict[str, SourceSpec]:
+        _refuse_unknown_datasets(sorted(sources))
         known = load_registry().datasets
-        unknown = sorted(set(sources) - set(known))
-        if unknown:
-            raise ValueError(f"unknown dataset(s) {unknown}; allowed: registry names "
-                             "(see `flanpipe datasets`)")
         for name, source in sources.items():
             if source.kind == "hub" and source.path and source.parquet_branch is None \
                     and not known[name].hub.parquet_branch:
@@ -450,7 +458,7 @@ class MixConfig(_Section):
     @field_validator("submixtures")
     @classmethod
     def _groups_are_disjoint(cls, groups: dict[str, SubmixtureConfig]) -> dict[str, SubmixtureConfig]:
-        known, owner = load_registry().datasets, {}
+        owner: dict[str, str] = {}
         catch_all = [name for name, g in groups.items() if g.datasets == "all"]
         if len(catch_all) > 1:
             raise ValueError(f"{catch_all[1]}.datasets: 'all' is already the group {catch_all[0]!r}; "
@@ -458,10 +466,7 @@ class MixConfig(_Section):
         for name, group in groups.items():
             if group.datasets == "all":
                 continue
-            unknown = [d for d in group.datasets if d not in known]
-            if unknown:
-                raise ValueError(f"{name}.datasets: unknown dataset(s) {unknown}; allowed: registry names "
-                                 "(see `flanpipe datasets`) or 'all'")
+            _refuse_unknown_datasets(group.datasets, key=f"{name}.datasets: ", also=" or 'all'")
             for d in group.datasets:
                 if d in owner:
                     raise ValueError(f"{name}.datasets: {d!r} is already in submixture {owner[d]!r}; "
@@ -888,10 +893,7 @@ class EvaluateConfig(_Section):
     def _known_datasets(cls, value: dict[str, int]) -> dict[str, int]:
         """A name outside the registry is a typo; a registry dataset the run leaves out is unused
         (so a narrower `datasets` on the command line keeps an experiment's config valid)."""
-        unknown = sorted(set(value) - set(load_registry().datasets))
-        if unknown:
-            raise ValueError(f"unknown dataset(s) {unknown}; allowed: registry names "
-                             "(see `flanpipe datasets`)")
+        _refuse_unknown_datasets(sorted(value))
         return value
 
     def templates_for(self, dataset: str) -> int | None:
